@@ -1,0 +1,247 @@
+"""RabbitMQ through aio-pika: one robust connection, a channel per purpose.
+
+Publishing goes through one channel with publisher confirms (``publish`` returns after the
+broker's ack) and persistent delivery. Each ``consume`` opens its own channel with its own
+prefetch, so closing it requeues exactly that consumer's unacked deliveries. Declarations
+use a short-lived channel: a PRECONDITION_FAILED (same name, other arguments) closes only
+that channel and surfaces as one TransportError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aio_pika
+import aiormq
+import yarl
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractRobustConnection,
+)
+
+from fedq.messages.transport import (
+    Delivery,
+    ExchangeKind,
+    Transport,
+    TransportError,
+    Unroutable,
+)
+
+DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+class BrokerUnavailable(TransportError):
+    """The broker could not be reached or refused the login; the message says what to do."""
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages a user will see."""
+    try:
+        parsed = yarl.URL(url)
+    except (ValueError, TypeError):
+        return "<unparseable URL>"
+    return str(parsed.with_password("***")) if parsed.password else str(parsed)
+
+
+class _AmqpDelivery:
+    __slots__ = ("_msg",)
+
+    def __init__(self, msg: AbstractIncomingMessage) -> None:
+        self._msg = msg
+
+    body = property(lambda self: self._msg.body)
+    message_id = property(lambda self: self._msg.message_id)
+    type = property(lambda self: self._msg.type)
+    user_id = property(lambda self: self._msg.user_id)
+    redelivered = property(lambda self: bool(self._msg.redelivered))
+
+    @property
+    def headers(self) -> Mapping[str, Any]:
+        return self._msg.headers or {}
+
+    async def ack(self) -> None:
+        try:
+            await self._msg.ack()
+        except (aio_pika.exceptions.MessageProcessError, aiormq.exceptions.AMQPError) as exc:
+            raise TransportError(f"ack failed: {exc}") from exc
+        except RuntimeError as exc:  # channel closed: the broker requeued the message
+            raise TransportError(f"ack failed: {exc}") from exc
+
+    async def nack(self, *, requeue: bool) -> None:
+        try:
+            await self._msg.nack(requeue=requeue)
+        except (aio_pika.exceptions.MessageProcessError, aiormq.exceptions.AMQPError) as exc:
+            raise TransportError(f"nack failed: {exc}") from exc
+        except RuntimeError as exc:
+            raise TransportError(f"nack failed: {exc}") from exc
+
+
+class _Inbox:
+    """Deliveries pushed by the broker; a cancelled ``__anext__`` loses nothing and ends nothing.
+
+    (aio-pika's own queue iterator closes itself when a waiting ``__anext__`` is cancelled.)
+    """
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+
+    async def put(self, message: AbstractIncomingMessage) -> None:
+        self.queue.put_nowait(message)
+
+    def __aiter__(self) -> _Inbox:
+        return self
+
+    async def __anext__(self) -> Delivery:
+        return _AmqpDelivery(await self.queue.get())
+
+
+class AmqpTransport(Transport):
+    def __init__(self, url: str = DEFAULT_BROKER_URL, *, connect_timeout: float = 10.0) -> None:
+        try:
+            parsed = yarl.URL(url)
+        except (ValueError, TypeError) as exc:
+            raise BrokerUnavailable(f"bad broker URL {url!r}: {exc}") from None
+        if parsed.scheme not in ("amqp", "amqps") or not parsed.host:
+            raise BrokerUnavailable(
+                f"bad broker URL {redact(url)!r}: expected amqp://user:password@host:port/vhost"
+            )
+        self.url = url
+        self.identity = parsed.user or "guest"
+        self._timeout = connect_timeout
+        self._connection: AbstractRobustConnection | None = None
+        self._publisher: AbstractChannel | None = None
+        self._exchanges: dict[str, AbstractExchange] = {}
+
+    async def connect(self) -> None:
+        where = redact(self.url)
+        try:
+            self._connection = await aio_pika.connect_robust(self.url, timeout=self._timeout)
+        except aiormq.exceptions.ProbableAuthenticationError:
+            raise BrokerUnavailable(
+                f"RabbitMQ at {where} refused the login: check the user and password in the URL"
+            ) from None
+        except (OSError, asyncio.TimeoutError, aiormq.exceptions.AMQPError) as exc:
+            raise BrokerUnavailable(
+                f"cannot reach RabbitMQ at {where} ({exc.__class__.__name__}): start it "
+                "(`rabbitmq-server -detached`) or pass the right --broker / FEDQ_BROKER_URL"
+            ) from None
+        self._publisher = await self._connection.channel(
+            publisher_confirms=True, on_return_raises=True
+        )
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+        self._connection = None
+        self._publisher = None
+        self._exchanges.clear()
+
+    @property
+    def _conn(self) -> AbstractRobustConnection:
+        if self._connection is None:
+            raise TransportError("transport is not connected")
+        return self._connection
+
+    async def declare_exchange(self, name: str, kind: ExchangeKind) -> None:
+        async with self._declaring(f"exchange {name!r}") as channel:
+            await channel.declare_exchange(name, aio_pika.ExchangeType(kind), durable=True)
+
+    async def declare_queue(
+        self, name: str, *, durable: bool = True, arguments: Mapping[str, Any] | None = None
+    ) -> None:
+        async with self._declaring(f"queue {name!r}") as channel:
+            await channel.declare_queue(name, durable=durable, arguments=dict(arguments or {}))
+
+    async def bind(self, queue: str, exchange: str, routing_key: str = "") -> None:
+        async with self._declaring(f"binding {queue!r} -> {exchange!r}") as channel:
+            q = await channel.get_queue(queue, ensure=True)
+            await q.bind(exchange, routing_key=routing_key)
+
+    async def delete_queue(self, name: str) -> None:
+        async with self._declaring(f"queue {name!r}") as channel:
+            await channel.queue_delete(name)
+
+    async def delete_exchange(self, name: str) -> None:
+        async with self._declaring(f"exchange {name!r}") as channel:
+            await channel.exchange_delete(name)
+        self._exchanges.pop(name, None)
+
+    async def queue_depth(self, name: str) -> int:
+        async with self._declaring(f"queue {name!r}") as channel:
+            queue = await channel.get_queue(name, ensure=True)
+            return int(queue.declaration_result.message_count or 0)
+
+    @asynccontextmanager
+    async def _declaring(self, what: str) -> AsyncIterator[AbstractChannel]:
+        channel = await self._conn.channel(publisher_confirms=False)
+        try:
+            yield channel
+        except aiormq.exceptions.ChannelClosed as exc:
+            raise TransportError(f"broker refused {what}: {exc}") from None
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+
+    async def _exchange(self, name: str) -> AbstractExchange:
+        assert self._publisher is not None, "connect() first"
+        exchange = self._exchanges.get(name)
+        if exchange is None:
+            if name == "":
+                exchange = self._publisher.default_exchange
+            else:
+                exchange = await self._publisher.get_exchange(name, ensure=False)
+            self._exchanges[name] = exchange
+        return exchange
+
+    async def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        *,
+        message_id: str | None = None,
+        type: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        mandatory: bool = False,
+    ) -> None:
+        message = aio_pika.Message(
+            body,
+            message_id=message_id,
+            type=type,
+            user_id=self.identity,
+            headers=dict(headers or {}),
+            content_type="application/x-msgpack",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        )
+        target = await self._exchange(exchange)
+        try:
+            await target.publish(message, routing_key, mandatory=mandatory)
+        except aio_pika.exceptions.PublishError as exc:
+            raise Unroutable(f"no queue bound to {exchange!r} for {routing_key!r}") from exc
+        except aio_pika.exceptions.DeliveryError as exc:
+            raise TransportError(f"broker did not take the message: {exc}") from exc
+
+    @asynccontextmanager
+    async def consume(self, queue: str, *, prefetch: int) -> AsyncIterator[AsyncIterator[Delivery]]:
+        channel = await self._conn.channel(publisher_confirms=False)
+        try:
+            await channel.set_qos(prefetch_count=max(1, prefetch))
+            try:
+                q = await channel.get_queue(queue, ensure=True)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                raise TransportError(f"no queue {queue!r}") from None
+            inbox = _Inbox()
+            tag = await q.consume(inbox.put)
+            try:
+                yield inbox
+            finally:
+                if not channel.is_closed:
+                    await q.cancel(tag)
+        finally:
+            if not channel.is_closed:
+                await channel.close()

@@ -1,0 +1,110 @@
+"""Typed messages: one pydantic model per message kind, validated at the boundary.
+
+Every message carries ``v`` (the schema version) and ``federation``. Updates and models
+also carry tensors, which are not part of these models: the codec appends them to the
+same msgpack map (see :mod:`fedq.messages.codec`), so metadata can be validated before a
+single tensor byte is looked at.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+FederationName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+ParticipantId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+Codec = Literal["raw", "fp16"]
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    v: Literal[1] = SCHEMA_VERSION
+    federation: FederationName
+
+
+class UpdateMeta(_Message):
+    """A participant's weight delta for one round, computed against model ``base_version``."""
+
+    kind: Literal["update"] = "update"
+    update_id: str = Field(default_factory=lambda: str(uuid.uuid4()), min_length=1, max_length=64)
+    participant: ParticipantId
+    round: int = Field(ge=1)
+    base_version: int = Field(ge=0)
+    num_examples: int = Field(gt=0, description="the FedAvg weight of this update")
+    metrics: dict[str, float] = Field(default_factory=dict)
+    train_seconds: float = Field(default=0.0, ge=0)
+
+
+class ModelMeta(_Message):
+    """A global model: version ``version`` opens round ``round`` (``round`` == 0 means done)."""
+
+    kind: Literal["model"] = "model"
+    version: int = Field(ge=0)
+    round: int = Field(ge=0)
+    rounds_total: int = Field(ge=1)
+
+
+class RoundOpen(_Message):
+    kind: Literal["round.open"] = "round.open"
+    round: int = Field(ge=1)
+    version: int = Field(ge=0)
+    quorum: int = Field(ge=1)
+    deadline_seconds: float = Field(gt=0)
+
+
+class RoundClosed(_Message):
+    kind: Literal["round.closed"] = "round.closed"
+    round: int = Field(ge=1)
+    version: int = Field(ge=1, description="the model version this round committed")
+    reason: Literal["quorum", "deadline"]
+    contributors: list[str]
+
+
+class FederationDone(_Message):
+    kind: Literal["federation.done"] = "federation.done"
+    rounds_completed: int = Field(ge=0)
+    model_version: int = Field(ge=0)
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+
+class Join(_Message):
+    kind: Literal["join"] = "join"
+    participant: ParticipantId
+    at: float = Field(default_factory=time.time)
+
+
+class Heartbeat(_Message):
+    kind: Literal["heartbeat"] = "heartbeat"
+    participant: ParticipantId
+    round: int = Field(ge=0, default=0)
+    at: float = Field(default_factory=time.time)
+
+
+class Leave(_Message):
+    kind: Literal["leave"] = "leave"
+    participant: ParticipantId
+    at: float = Field(default_factory=time.time)
+
+
+ControlMessage = Annotated[
+    RoundOpen | RoundClosed | FederationDone | Join | Heartbeat | Leave,
+    Field(discriminator="kind"),
+]
+
+#: AMQP ``type`` property per message kind.
+MESSAGE_TYPES: dict[str, str] = {
+    "update": "fedq.update.v1",
+    "model": "fedq.model.v1",
+    "round.open": "fedq.round-open.v1",
+    "round.closed": "fedq.round-closed.v1",
+    "federation.done": "fedq.federation-done.v1",
+    "join": "fedq.join.v1",
+    "heartbeat": "fedq.heartbeat.v1",
+    "leave": "fedq.leave.v1",
+}

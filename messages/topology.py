@@ -1,0 +1,100 @@
+"""fedq's broker topology: the fixed names of DESIGN.md, declared idempotently.
+
+For federation ``F`` every name starts with ``fedq.F.``. Operators rely on these names
+(dashboards, permissions in ``deploy/``), so they change only with a new schema version.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fedq.messages.transport import Transport
+
+#: Routing key on ``fedq.F.updates`` (a direct exchange with one queue of the same name).
+UPDATE_KEY = "update"
+#: Routing keys on ``fedq.F.control``.
+ROUND_OPEN = "round.open"
+ROUND_CLOSED = "round.closed"
+FEDERATION_DONE = "federation.done"
+
+
+def participant_key(kind: str, participant: str) -> str:
+    """``join.<p>``, ``heartbeat.<p>`` or ``leave.<p>``."""
+    return f"{kind}.{participant}"
+
+
+@dataclass(frozen=True)
+class Topology:
+    federation: str
+
+    @property
+    def prefix(self) -> str:
+        return f"fedq.{self.federation}"
+
+    @property
+    def updates(self) -> str:
+        """Exchange and durable queue: participants -> coordinator."""
+        return f"{self.prefix}.updates"
+
+    @property
+    def models(self) -> str:
+        """Fanout exchange: coordinator -> every participant's model queue."""
+        return f"{self.prefix}.models"
+
+    @property
+    def control(self) -> str:
+        """Topic exchange: round and membership events, both ways."""
+        return f"{self.prefix}.control"
+
+    @property
+    def coordinator(self) -> str:
+        """The coordinator's queue of join/heartbeat/leave events."""
+        return f"{self.prefix}.coordinator"
+
+    @property
+    def rejected(self) -> str:
+        """Dead-letter queue: every rejected update, body intact, with ``x-fedq-reason``."""
+        return f"{self.prefix}.rejected"
+
+    def model_queue(self, participant: str) -> str:
+        """A participant's queue: the newest model only, plus ``federation.done``."""
+        return f"{self.prefix}.model.{participant}"
+
+    async def declare_core(self, transport: Transport) -> None:
+        """Everything the coordinator owns. Safe to run any number of times."""
+        await transport.declare_exchange(self.updates, "direct")
+        await transport.declare_exchange(self.models, "fanout")
+        await transport.declare_exchange(self.control, "topic")
+        await transport.declare_queue(self.rejected)
+        await transport.declare_queue(
+            self.updates,
+            arguments={
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": self.rejected,
+            },
+        )
+        await transport.bind(self.updates, self.updates, UPDATE_KEY)
+        await transport.declare_queue(self.coordinator)
+        for kind in ("join", "heartbeat", "leave"):
+            await transport.bind(self.coordinator, self.control, f"{kind}.*")
+
+    async def declare_participant(self, transport: Transport, participant: str) -> None:
+        """A participant's model queue. ``x-max-length: 1`` with drop-head means a slow
+        participant only ever finds the newest model; the broker stores each body once."""
+        await transport.declare_exchange(self.models, "fanout")
+        await transport.declare_exchange(self.control, "topic")
+        queue = self.model_queue(participant)
+        await transport.declare_queue(
+            queue, arguments={"x-max-length": 1, "x-overflow": "drop-head"}
+        )
+        await transport.bind(queue, self.models)
+        await transport.bind(queue, self.control, FEDERATION_DONE)
+
+    async def delete(self, transport: Transport, participants: list[str]) -> None:
+        """Remove every queue and exchange of this federation (tests, `fedq` teardown)."""
+        for queue in [self.updates, self.rejected, self.coordinator] + [
+            self.model_queue(p) for p in participants
+        ]:
+            await transport.delete_queue(queue)
+        for exchange in (self.updates, self.models, self.control):
+            await transport.delete_exchange(exchange)

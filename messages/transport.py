@@ -1,0 +1,120 @@
+"""The one small interface both transports implement: AMQP 0-9-1's model, nothing more.
+
+Exchanges (direct, fanout, topic, and the default exchange ``""`` that routes to the queue
+named by the routing key), durable queues with RabbitMQ's arguments, bindings, confirmed
+publishing and manually acknowledged consumption. :mod:`fedq.messages.topology` builds
+fedq's fixed names on top of it; ``tests/test_transport_contract.py`` pins the semantics
+both implementations must share.
+
+Invariants every transport keeps:
+- ``publish`` returns only once the broker has taken responsibility for the message.
+- A delivery not acked when its consumer closes is delivered again, with ``redelivered``.
+- A queue with ``x-max-length`` and ``x-overflow: drop-head`` keeps only its newest ready
+  messages.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Literal, Protocol
+
+ExchangeKind = Literal["direct", "fanout", "topic"]
+
+
+class TransportError(RuntimeError):
+    """The broker refused or could not do what was asked."""
+
+
+class Unroutable(TransportError):
+    """A mandatory message matched no queue."""
+
+
+class Delivery(Protocol):
+    """A received message. Ack only after its effect is durable."""
+
+    @property
+    def body(self) -> bytes: ...
+    @property
+    def message_id(self) -> str | None: ...
+    @property
+    def type(self) -> str | None: ...
+    @property
+    def user_id(self) -> str | None: ...
+    @property
+    def headers(self) -> Mapping[str, Any]: ...
+    @property
+    def redelivered(self) -> bool: ...
+
+    async def ack(self) -> None: ...
+    async def nack(self, *, requeue: bool) -> None: ...
+
+
+class Transport(abc.ABC):
+    """A connection to a broker. Use as ``async with``; one per process and identity."""
+
+    #: The authenticated user: set as ``user_id`` on every message this transport publishes.
+    identity: str
+
+    async def __aenter__(self) -> Transport:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @abc.abstractmethod
+    async def connect(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def declare_exchange(self, name: str, kind: ExchangeKind) -> None:
+        """Declare a durable exchange; idempotent."""
+
+    @abc.abstractmethod
+    async def declare_queue(
+        self, name: str, *, durable: bool = True, arguments: Mapping[str, Any] | None = None
+    ) -> None:
+        """Declare a queue; idempotent for equal arguments, TransportError otherwise."""
+
+    @abc.abstractmethod
+    async def bind(self, queue: str, exchange: str, routing_key: str = "") -> None: ...
+
+    @abc.abstractmethod
+    async def delete_queue(self, name: str) -> None: ...
+
+    @abc.abstractmethod
+    async def delete_exchange(self, name: str) -> None: ...
+
+    @abc.abstractmethod
+    async def queue_depth(self, name: str) -> int:
+        """Ready (not yet delivered) messages in ``name``."""
+
+    @abc.abstractmethod
+    async def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        *,
+        message_id: str | None = None,
+        type: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        mandatory: bool = False,
+    ) -> None:
+        """Publish a persistent message and wait for the broker's confirm.
+
+        Raises Unroutable if ``mandatory`` and no queue took it.
+        """
+
+    @abc.abstractmethod
+    def consume(
+        self, queue: str, *, prefetch: int
+    ) -> AbstractAsyncContextManager[AsyncIterator[Delivery]]:
+        """Deliveries from ``queue``, at most ``prefetch`` unacked at a time.
+
+        Leaving the context requeues every delivery not yet acked.
+        """

@@ -1,0 +1,196 @@
+"""The semantics both transports share; the embedded broker must behave as RabbitMQ does."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from fedq.messages.transport import Delivery, Transport, TransportError, Unroutable
+
+
+def names() -> tuple[str, str]:
+    tag = uuid.uuid4().hex[:10]
+    return f"fedq.test-{tag}.x", f"fedq.test-{tag}.q"
+
+
+async def next_delivery(deliveries: AsyncIterator[Delivery], timeout: float = 5.0) -> Delivery:
+    return await asyncio.wait_for(anext(deliveries), timeout)
+
+
+async def no_delivery(deliveries: AsyncIterator[Delivery], wait: float = 0.3) -> bool:
+    task = asyncio.ensure_future(anext(deliveries))
+    done, _ = await asyncio.wait({task}, timeout=wait)
+    task.cancel()
+    return not done
+
+
+async def test_direct_exchange_routes_by_key_with_properties(transport_pair):
+    pub, sub = transport_pair
+    exchange, queue = names()
+    await pub.declare_exchange(exchange, "direct")
+    await pub.declare_queue(queue)
+    await pub.bind(queue, exchange, "update")
+    await pub.publish(exchange, "other", b"lost")
+    await pub.publish(
+        exchange, "update", b"\x00body", message_id="m-1", type="t.v1", headers={"round": 3}
+    )
+    try:
+        async with sub.consume(queue, prefetch=10) as deliveries:
+            got = await next_delivery(deliveries)
+            assert (bytes(got.body), got.message_id, got.type) == (b"\x00body", "m-1", "t.v1")
+            assert got.headers["round"] == 3
+            assert got.user_id == pub.identity
+            assert not got.redelivered
+            await got.ack()
+            assert await no_delivery(deliveries)
+    finally:
+        await pub.delete_queue(queue)
+        await pub.delete_exchange(exchange)
+
+
+async def test_fanout_reaches_every_bound_queue_and_topic_matches_patterns(transport_pair):
+    pub, sub = transport_pair
+    fanout, q1 = names()
+    topic, q2 = names()
+    await pub.declare_exchange(fanout, "fanout")
+    await pub.declare_exchange(topic, "topic")
+    for q in (q1, q2):
+        await pub.declare_queue(q)
+        await pub.bind(q, fanout)
+    await pub.bind(q2, topic, "join.*")
+    await pub.publish(fanout, "", b"model")
+    await pub.publish(topic, "join.p1", b"join")
+    await pub.publish(topic, "leave.p1", b"leave")
+    try:
+        assert await sub.queue_depth(q1) == 1
+        assert await sub.queue_depth(q2) == 2
+        async with sub.consume(q2, prefetch=10) as deliveries:
+            bodies = [bytes((await next_delivery(deliveries)).body) for _ in range(2)]
+        assert bodies == [b"model", b"join"]
+    finally:
+        for q in (q1, q2):
+            await pub.delete_queue(q)
+        for x in (fanout, topic):
+            await pub.delete_exchange(x)
+
+
+async def test_default_exchange_routes_to_the_queue_named_by_the_key(transport_pair):
+    pub, sub = transport_pair
+    _, queue = names()
+    await pub.declare_queue(queue)
+    await pub.publish("", queue, b"direct to you")
+    try:
+        async with sub.consume(queue, prefetch=1) as deliveries:
+            assert bytes((await next_delivery(deliveries)).body) == b"direct to you"
+    finally:
+        await pub.delete_queue(queue)
+
+
+async def test_mandatory_publish_without_a_queue_is_unroutable(transport_pair):
+    pub, _ = transport_pair
+    exchange, _ = names()
+    await pub.declare_exchange(exchange, "direct")
+    try:
+        with pytest.raises(Unroutable):
+            await pub.publish(exchange, "nobody", b"x", mandatory=True)
+        await pub.publish(exchange, "nobody", b"x")  # not mandatory: dropped silently
+    finally:
+        await pub.delete_exchange(exchange)
+
+
+async def test_max_length_one_drop_head_keeps_only_the_newest(transport_pair):
+    pub, sub = transport_pair
+    _, queue = names()
+    await pub.declare_queue(queue, arguments={"x-max-length": 1, "x-overflow": "drop-head"})
+    for version in range(3):
+        await pub.publish("", queue, f"model v{version}".encode())
+    try:
+        assert await sub.queue_depth(queue) == 1
+        async with sub.consume(queue, prefetch=5) as deliveries:
+            assert bytes((await next_delivery(deliveries)).body) == b"model v2"
+            assert await no_delivery(deliveries)
+    finally:
+        await pub.delete_queue(queue)
+
+
+async def test_unacked_deliveries_come_back_redelivered_in_order(transport_pair):
+    pub, sub = transport_pair
+    _, queue = names()
+    await pub.declare_queue(queue)
+    for i in range(3):
+        await pub.publish("", queue, b"%d" % i, message_id=str(i))
+    try:
+        async with sub.consume(queue, prefetch=10) as deliveries:
+            first = await next_delivery(deliveries)
+            await first.ack()
+            await next_delivery(deliveries)  # taken, never acked
+            await next_delivery(deliveries)
+        async with sub.consume(queue, prefetch=10) as deliveries:
+            again = [await next_delivery(deliveries) for _ in range(2)]
+            assert [d.message_id for d in again] == ["1", "2"]
+            assert all(d.redelivered for d in again)
+            for d in again:
+                await d.ack()
+            assert await no_delivery(deliveries)
+    finally:
+        await pub.delete_queue(queue)
+
+
+async def test_prefetch_bounds_unacked_deliveries(transport_pair):
+    pub, sub = transport_pair
+    _, queue = names()
+    await pub.declare_queue(queue)
+    for i in range(3):
+        await pub.publish("", queue, b"%d" % i)
+    try:
+        async with sub.consume(queue, prefetch=2) as deliveries:
+            a = await next_delivery(deliveries)
+            await next_delivery(deliveries)
+            assert await no_delivery(deliveries)
+            await a.ack()
+            assert bytes((await next_delivery(deliveries)).body) == b"2"
+    finally:
+        await pub.delete_queue(queue)
+
+
+async def test_nack_without_requeue_drops_and_with_requeue_redelivers(transport_pair):
+    pub, sub = transport_pair
+    _, queue = names()
+    await pub.declare_queue(queue)
+    await pub.publish("", queue, b"a")
+    await pub.publish("", queue, b"b")
+    try:
+        async with sub.consume(queue, prefetch=1) as deliveries:
+            await (await next_delivery(deliveries)).nack(requeue=False)
+            b = await next_delivery(deliveries)
+            await b.nack(requeue=True)
+            again = await next_delivery(deliveries)
+            assert (bytes(again.body), again.redelivered) == (b"b", True)
+            await again.ack()
+    finally:
+        await pub.delete_queue(queue)
+
+
+async def test_redeclaring_a_queue_with_other_arguments_fails_clearly(transport_pair):
+    pub, _ = transport_pair
+    _, queue = names()
+    await pub.declare_queue(queue, arguments={"x-max-length": 1})
+    try:
+        await pub.declare_queue(queue, arguments={"x-max-length": 1})  # idempotent
+        with pytest.raises(TransportError):
+            await pub.declare_queue(queue, arguments={"x-max-length": 2})
+        await pub.publish("", queue, b"still usable")
+        assert await pub.queue_depth(queue) == 1
+    finally:
+        await pub.delete_queue(queue)
+
+
+async def test_consuming_a_missing_queue_fails_clearly(transport_pair):
+    _, sub = transport_pair
+    _, queue = names()
+    with pytest.raises(TransportError):
+        async with sub.consume(queue, prefetch=1):
+            pass
