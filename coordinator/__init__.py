@@ -1,0 +1,1 @@
+"""The coordinator decides: rounds, validation, aggregation, commit, history."""

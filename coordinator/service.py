@@ -1,0 +1,416 @@
+"""The coordinator process: rounds over the broker, commit before ack, history in the ledger.
+
+Loop per round: OPEN(r, v) -> collect valid updates -> QUORUM or DEADLINE -> aggregate ->
+COMMIT (checkpoint v+1, then ledger) -> publish model v+1 -> ack the incorporated updates
+-> OPEN(r+1, v+1). Rejected updates are copied to ``fedq.F.rejected`` with an
+``x-fedq-reason`` header, recorded, then acked. Cancelling :meth:`Coordinator.run` (SIGINT)
+acks nothing that is not committed: the broker redelivers it to the next coordinator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from fedq.apps import App
+from fedq.coordinator.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from fedq.coordinator.fedavg import apply_mean_delta
+from fedq.coordinator.ledger import RoundHistory, UpdateLedger, VersionRecord
+from fedq.coordinator.rounds import CloseReason, QuorumRound
+from fedq.coordinator.validation import Rejection, check_tensors, spec_of
+from fedq.messages.codec import MalformedMessage, Weights, decode_message, encode_message
+from fedq.messages.schema import (
+    MESSAGE_TYPES,
+    FederationDone,
+    Heartbeat,
+    Join,
+    Leave,
+    ModelMeta,
+    RoundClosed,
+    RoundOpen,
+    UpdateMeta,
+)
+from fedq.messages.topology import FEDERATION_DONE, ROUND_CLOSED, ROUND_OPEN, Topology
+from fedq.messages.transport import Delivery, Transport, TransportError
+
+log = logging.getLogger("fedq.coordinator")
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    federation: str
+    participants: int
+    rounds: int
+    state_dir: Path
+    quorum: int | None = None
+    min_quorum: int | None = None
+    round_timeout: float = 120.0
+    server_lr: float = 1.0
+    codec: str = "raw"
+    linger_seconds: float = 0.0
+
+    @property
+    def k(self) -> int:
+        return self.quorum or self.participants
+
+    @property
+    def min_k(self) -> int:
+        return self.min_quorum or self.k
+
+
+@dataclass
+class FederationResult:
+    federation: str
+    rounds_completed: int
+    model_version: int
+    updates_incorporated: int
+    updates_rejected: int
+    rejected_by_reason: dict[str, int]
+    duplicates: int
+    final_metrics: dict[str, float]
+    wall_seconds: float
+    state_dir: str
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class CoordinatorObserver(Protocol):
+    """Hooks for a person watching (the CLI's live table). Called on the event loop."""
+
+    def round_opened(self, round_: int, version: int) -> None: ...
+    def update_seen(self, participant: str | None, accepted: bool, reason: str | None) -> None: ...
+    def round_committed(self, row: RoundHistory) -> None: ...
+
+
+class _Quiet:
+    def round_opened(self, round_: int, version: int) -> None:
+        pass
+
+    def update_seen(self, participant: str | None, accepted: bool, reason: str | None) -> None:
+        pass
+
+    def round_committed(self, row: RoundHistory) -> None:
+        pass
+
+
+class Coordinator:
+    def __init__(
+        self,
+        config: CoordinatorConfig,
+        app: App,
+        transport: Transport,
+        observer: CoordinatorObserver | None = None,
+    ) -> None:
+        if not 1 <= config.min_k <= config.k <= config.participants:
+            raise ValueError(
+                f"need 1 <= min quorum ({config.min_k}) <= quorum ({config.k}) <= "
+                f"participants ({config.participants})"
+            )
+        self.config = config
+        self.app = app
+        self.transport = transport
+        self.topology = Topology(config.federation)
+        self.observer: CoordinatorObserver = observer or _Quiet()
+        self.ledger = UpdateLedger(config.state_dir / "ledger.sqlite")
+        self.rejected: Counter[str] = Counter()
+        self.duplicates = 0
+        self.last_seen: dict[str, float] = {}
+        self._model_body = b""
+        self._model_meta: ModelMeta | None = None
+
+    # ----------------------------------------------------------------- run
+    async def run(self) -> FederationResult:
+        started = time.monotonic()
+        try:
+            await self.topology.declare_core(self.transport)
+            weights, version, round_ = await self._restore()
+            spec = spec_of(weights)
+            control = asyncio.create_task(self._serve_control(), name="fedq-control")
+            try:
+                async with self.transport.consume(
+                    self.topology.updates, prefetch=max(2 * self.config.participants, 16)
+                ) as deliveries:
+                    while round_ <= self.config.rounds:
+                        current = QuorumRound(
+                            number=round_,
+                            version=version,
+                            model=weights,
+                            quorum=self.config.k,
+                            min_quorum=self.config.min_k,
+                            deadline_seconds=self.config.round_timeout,
+                        )
+                        await self._open(current)
+                        reason = await self._collect(current, deliveries, spec)
+                        weights, version = await self._commit(current, reason)
+                        round_ += 1
+                    await self._finish(version)
+                    if self.config.linger_seconds > 0:
+                        await self._reject_late(deliveries, spec, version)
+            finally:
+                control.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await control
+            return await asyncio.to_thread(self._result, started)
+        finally:
+            await asyncio.to_thread(self.ledger.close)
+
+    async def _restore(self) -> tuple[Weights, int, int]:
+        """The model to continue from: the last committed checkpoint, or the app's v0."""
+        known = await asyncio.to_thread(self.ledger.get_meta, "federation")
+        if known is not None and known != self.config.federation:
+            raise ValueError(
+                f"state dir {self.config.state_dir} belongs to federation {known!r}; "
+                "use another --state-dir"
+            )
+        await asyncio.to_thread(self.ledger.set_meta, "federation", self.config.federation)
+        last = await asyncio.to_thread(self.ledger.last_version)
+        found = latest_checkpoint(self.config.state_dir / "models")
+        if last is not None and found is not None and found[0] == last.version:
+            log.info("resuming from model v%d after round %d", last.version, last.round)
+            return await asyncio.to_thread(load_checkpoint, found[1]), last.version, last.round + 1
+        weights = await asyncio.to_thread(self.app.initial_weights)
+        path = self.config.state_dir / "models"
+        await asyncio.to_thread(save_checkpoint, path, 0, weights)
+        return weights, 0, 1
+
+    # --------------------------------------------------------------- rounds
+    async def _open(self, current: QuorumRound) -> None:
+        meta = ModelMeta(
+            federation=self.config.federation,
+            version=current.version,
+            round=current.number,
+            rounds_total=self.config.rounds,
+        )
+        self._model_body = await asyncio.to_thread(
+            encode_message, meta, current.model, self.config.codec
+        )
+        self._model_meta = meta
+        await self._publish_control(
+            ROUND_OPEN,
+            RoundOpen(
+                federation=self.config.federation,
+                round=current.number,
+                version=current.version,
+                quorum=current.quorum,
+                deadline_seconds=current.deadline_seconds,
+            ),
+        )
+        await self.transport.publish(
+            self.topology.models,
+            "",
+            self._model_body,
+            message_id=f"{self.config.federation}-v{current.version}",
+            type=MESSAGE_TYPES["model"],
+            headers={"federation": self.config.federation, "version": current.version},
+        )
+        self.observer.round_opened(current.number, current.version)
+
+    async def _collect(
+        self, current: QuorumRound, deliveries: Any, spec: dict[str, Any]
+    ) -> CloseReason:
+        while True:
+            reason = current.close_reason()
+            if reason is not None:
+                return reason
+            try:
+                delivery = await asyncio.wait_for(
+                    anext(deliveries), timeout=max(0.01, current.seconds_left())
+                )
+            except TimeoutError:
+                continue
+            await self._handle(delivery, current, spec)
+
+    async def _handle(self, delivery: Delivery, current: QuorumRound, spec: dict[str, Any]) -> None:
+        meta: UpdateMeta | None = None
+        try:
+            try:
+                decoded = decode_message(delivery.body)
+                meta = decoded.meta(UpdateMeta)
+            except MalformedMessage as exc:
+                raise Rejection(exc.reason, exc.detail) from None
+            if meta.federation != self.config.federation:
+                raise Rejection("wrong_federation", f"update is for {meta.federation!r}")
+            if meta.update_id in current.pending:
+                # The broker redelivered an update this round already holds (a channel was
+                # re-opened): keep the new handle, the old one can no longer be acked.
+                current.pending[meta.update_id] = delivery
+                return
+            if await asyncio.to_thread(self.ledger.has_update, meta.update_id):
+                self.duplicates += 1
+                raise Rejection("duplicate", f"update {meta.update_id} is already committed")
+            current.admit(meta)
+            deltas = await asyncio.to_thread(check_tensors, decoded.tensors, spec)
+            await asyncio.to_thread(current.fold, meta, deltas, delivery)
+            self.observer.update_seen(meta.participant, True, None)
+        except Rejection as rejection:
+            await self._reject(delivery, meta, rejection)
+
+    async def _reject(
+        self, delivery: Delivery, meta: UpdateMeta | None, rejection: Rejection
+    ) -> None:
+        """Copy to the DLQ with the reason, record, then ack: nothing is lost, nothing blocks."""
+        headers = dict(delivery.headers)
+        headers["x-fedq-reason"] = rejection.header()
+        await self.transport.publish(
+            "",
+            self.topology.rejected,
+            delivery.body,
+            message_id=delivery.message_id,
+            type=delivery.type,
+            headers=headers,
+        )
+        await asyncio.to_thread(
+            self.ledger.record_rejection,
+            meta.update_id if meta else delivery.message_id,
+            meta.participant if meta else None,
+            meta.round if meta else None,
+            rejection.reason,
+            rejection.detail,
+        )
+        await delivery.ack()
+        self.rejected[rejection.reason] += 1
+        log.info("rejected update: %s", rejection.header())
+        self.observer.update_seen(meta.participant if meta else None, False, rejection.reason)
+
+    async def _commit(self, current: QuorumRound, reason: CloseReason) -> tuple[Weights, int]:
+        version = current.version + 1
+        mean = await asyncio.to_thread(current.accumulator.mean)
+        weights = await asyncio.to_thread(
+            apply_mean_delta, current.model, mean, self.config.server_lr
+        )
+        metrics = await asyncio.to_thread(self.app.evaluate, weights) or {}
+        path = await asyncio.to_thread(
+            save_checkpoint, self.config.state_dir / "models", version, weights
+        )
+        record = VersionRecord(
+            version=version,
+            round=current.number,
+            closed_by=reason,
+            total_weight=current.accumulator.total_weight,
+            opened_at=current.opened_wall,
+            committed_at=time.time(),
+            checkpoint=str(path),
+            metrics=metrics,
+        )
+        await asyncio.to_thread(self.ledger.commit_version, record, current.records)
+        # Committed: from here a redelivery of these updates is a duplicate, never re-applied.
+        for update_id, delivery in current.pending.items():
+            try:
+                await delivery.ack()
+            except TransportError as exc:
+                log.warning("ack of committed update %s failed (%s); it will come back as a "
+                            "duplicate", update_id, exc)
+        await self._publish_control(
+            ROUND_CLOSED,
+            RoundClosed(
+                federation=self.config.federation,
+                round=current.number,
+                version=version,
+                reason=reason,
+                contributors=current.contributors,
+            ),
+        )
+        self.observer.round_committed(
+            RoundHistory(
+                version=version,
+                round=current.number,
+                closed_by=reason,
+                n_updates=len(current.records),
+                participants=current.contributors,
+                rejected={},
+                seconds=record.committed_at - record.opened_at,
+                metrics=metrics,
+            )
+        )
+        return weights, version
+
+    async def _finish(self, version: int) -> None:
+        last = await asyncio.to_thread(self.ledger.last_version)
+        done = FederationDone(
+            federation=self.config.federation,
+            rounds_completed=last.round if last else 0,
+            model_version=version,
+            metrics=last.metrics if last else {},
+        )
+        await self._publish_control(FEDERATION_DONE, done)
+
+    async def _reject_late(self, deliveries: Any, spec: dict[str, Any], version: int) -> None:
+        """After the last round, refuse what still arrives for a while (stragglers' work)."""
+        closed = QuorumRound(
+            number=self.config.rounds + 1,
+            version=version,
+            model={},
+            quorum=1,
+            min_quorum=1,
+            deadline_seconds=self.config.linger_seconds,
+        )
+        deadline = time.monotonic() + self.config.linger_seconds
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                delivery = await asyncio.wait_for(anext(deliveries), timeout=left)
+            except TimeoutError:
+                return
+            await self._handle(delivery, closed, spec)
+
+    # -------------------------------------------------------------- control
+    async def _publish_control(self, key: str, message: Any) -> None:
+        await self.transport.publish(
+            self.topology.control,
+            key,
+            encode_message(message),
+            type=MESSAGE_TYPES[message.kind],
+        )
+
+    async def _serve_control(self) -> None:
+        """Membership: answer a join with the current model; track heartbeats and leaves."""
+        async with self.transport.consume(self.topology.coordinator, prefetch=64) as events:
+            async for delivery in events:
+                try:
+                    fields = decode_message(delivery.body).fields
+                    kind = fields.get("kind")
+                    if kind == "join":
+                        join = Join.model_validate(fields)
+                        self.last_seen[join.participant] = time.time()
+                        await self._send_current_model(join.participant)
+                    elif kind == "heartbeat":
+                        self.last_seen[Heartbeat.model_validate(fields).participant] = time.time()
+                    elif kind == "leave":
+                        self.last_seen.pop(Leave.model_validate(fields).participant, None)
+                except (MalformedMessage, ValueError) as exc:
+                    log.warning("ignored a malformed control message: %s", exc)
+                await delivery.ack()
+
+    async def _send_current_model(self, participant: str) -> None:
+        if not self._model_body or self._model_meta is None:
+            return
+        await self.transport.publish(
+            "",
+            self.topology.model_queue(participant),
+            self._model_body,
+            message_id=f"{self.config.federation}-v{self._model_meta.version}",
+            type=MESSAGE_TYPES["model"],
+            headers={"federation": self.config.federation, "version": self._model_meta.version},
+        )
+
+    # --------------------------------------------------------------- result
+    def _result(self, started: float) -> FederationResult:
+        history = self.ledger.history()
+        last = history[-1] if history else None
+        return FederationResult(
+            federation=self.config.federation,
+            rounds_completed=len(history),
+            model_version=last.version if last else 0,
+            updates_incorporated=self.ledger.count_updates(),
+            updates_rejected=sum(self.ledger.rejection_counts().values()),
+            rejected_by_reason=self.ledger.rejection_counts(),
+            duplicates=self.duplicates,
+            final_metrics=last.metrics if last else {},
+            wall_seconds=time.monotonic() - started,
+            state_dir=str(self.config.state_dir),
+            history=[h.__dict__ for h in history],
+        )

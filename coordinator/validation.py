@@ -1,0 +1,60 @@
+"""Checks an update must pass before it touches the accumulator. Pure: no I/O.
+
+Each failure is a :class:`Rejection` with a short machine-readable ``reason`` (the part of
+``x-fedq-reason`` before the colon) and a sentence for a person.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedq.messages.codec import WireTensor
+
+
+@dataclass(frozen=True)
+class Rejection(Exception):
+    reason: str
+    detail: str
+
+    def header(self) -> str:
+        return f"{self.reason}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+
+ModelSpec = Mapping[str, TensorSpec]
+
+
+def spec_of(weights: Mapping[str, np.ndarray]) -> dict[str, TensorSpec]:
+    return {name: TensorSpec(tuple(w.shape), w.dtype) for name, w in weights.items()}
+
+
+def check_tensors(tensors: list[WireTensor], spec: ModelSpec) -> dict[str, np.ndarray]:
+    """The update's deltas by name, or Rejection: names, shapes, dtypes, finite values."""
+    names = [t.name for t in tensors]
+    if set(names) != set(spec):
+        missing = sorted(set(spec) - set(names))
+        extra = sorted(set(names) - set(spec))
+        raise Rejection("tensor_mismatch", f"missing {missing[:5]}, unexpected {extra[:5]}")
+    for t in tensors:
+        want = spec[t.name]
+        if t.shape != want.shape:
+            raise Rejection(
+                "shape_mismatch", f"tensor {t.name!r} has shape {list(t.shape)}, model has "
+                f"{list(want.shape)}"
+            )
+        if t.dtype != want.dtype:
+            raise Rejection(
+                "dtype_mismatch", f"tensor {t.name!r} is {t.dtype}, model has {want.dtype}"
+            )
+    for t in tensors:
+        if not np.isfinite(t.array).all():
+            raise Rejection("non_finite", f"tensor {t.name!r} holds NaN or infinity")
+    return {t.name: t.array for t in tensors}

@@ -1,0 +1,87 @@
+"""``fedq.apps.fmnist:app``: a small CNN on Fashion-MNIST, IID split across participants.
+
+Reads the IDX files of Debian's ``dataset-fashion-mnist`` (``FEDQ_FMNIST_DIR`` overrides
+the folder). Nothing is downloaded: a machine without the files gets one line naming the
+package to install.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from fedq.apps import AppError, Partition
+from fedq.apps.keras_app import Arrays, KerasApp, shard
+
+SEED = 42
+DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+def _idx_file(stem: str) -> Path:
+    folder = Path(os.environ.get("FEDQ_FMNIST_DIR", DEFAULT_DIR))
+    for name in (f"{stem}.gz", stem):
+        if (folder / name).exists():
+            return folder / name
+    raise AppError(
+        f"Fashion-MNIST file {stem} not found in {folder}: install Debian's package "
+        "`dataset-fashion-mnist` (apt-get install dataset-fashion-mnist) or set FEDQ_FMNIST_DIR"
+    )
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX array (the MNIST file format): magic, dims, then big-endian unsigned bytes."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise AppError(f"{path} is not an unsigned-byte IDX file")
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+@functools.cache
+def _split(kind: str) -> Arrays:
+    images = read_idx(_idx_file(f"{kind}-images-idx3-ubyte"))
+    labels = read_idx(_idx_file(f"{kind}-labels-idx1-ubyte"))
+    x = (images.astype(np.float32) / 255.0)[..., np.newaxis]
+    return x, labels.astype(np.int64)
+
+
+def build_model():  # type: ignore[no-untyped-def]
+    import keras
+
+    model = keras.Sequential(
+        [
+            keras.Input(shape=(28, 28, 1)),
+            keras.layers.Conv2D(16, 3, activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(32, 3, activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Flatten(),
+            keras.layers.Dense(64, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=1e-3),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def load_partition(partition: Partition) -> Arrays:
+    return shard(_split("train"), partition, SEED)
+
+
+def load_test() -> Arrays:
+    return _split("t10k")
+
+
+app = KerasApp(build_model, load_partition, load_test, seed=SEED)

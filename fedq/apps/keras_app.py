@@ -1,0 +1,110 @@
+"""Keras apps: a model builder and data loaders, turned into a fedq :class:`~fedq.apps.App`.
+
+A user's app is a dozen lines::
+
+    app = KerasApp(build_model=make_cnn, load_partition=my_shard, load_test=my_test)
+
+Weights are named ``w000:kernel`` ... by position in ``model.weights``: Keras numbers layer
+names per process (``dense``, ``dense_1`` ...), so positional names are the only ones two
+processes agree on. Each partition trains its own model instance (built once and reused,
+so its optimizer state persists across rounds); threads never share a model.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fedq.apps import Partition, TrainConfig, TrainResult
+from fedq.messages.codec import Weights
+
+if TYPE_CHECKING:
+    import keras
+
+Arrays = tuple[np.ndarray, np.ndarray]
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+class KerasApp:
+    def __init__(
+        self,
+        build_model: Callable[[], keras.Model],
+        load_partition: Callable[[Partition], Arrays],
+        load_test: Callable[[], Arrays] | None = None,
+        seed: int = 0,
+        train_config: TrainConfig | None = None,
+    ) -> None:
+        #: What a participant runs unless its flags say otherwise.
+        self.train_config = train_config or TrainConfig(seed=seed)
+        self._build = build_model
+        self._load_partition = load_partition
+        self._load_test = load_test
+        self._seed = seed
+        self._lock = threading.Lock()
+        self._models: dict[Any, keras.Model] = {}
+        self._data: dict[Partition, Arrays] = {}
+        self._initial: Weights | None = None
+
+    def _model(self, key: Any) -> keras.Model:
+        with self._lock:
+            model = self._models.get(key)
+            if model is None:
+                import keras
+
+                keras.utils.set_random_seed(self._seed)  # same initial weights everywhere
+                model = self._models[key] = self._build()
+            return model
+
+    @staticmethod
+    def _names(model: keras.Model) -> list[str]:
+        return [f"w{i:03d}:{v.name}" for i, v in enumerate(model.weights)]
+
+    def _get(self, model: keras.Model) -> Weights:
+        return dict(zip(self._names(model), model.get_weights(), strict=True))
+
+    @staticmethod
+    def _set(model: keras.Model, weights: Weights) -> None:
+        model.set_weights([np.asarray(w, dtype=np.float32) for w in weights.values()])
+
+    def initial_weights(self) -> Weights:
+        if self._initial is None:
+            self._initial = self._get(self._model("initial"))
+        return self._initial
+
+    def train(self, weights: Weights, partition: Partition, config: TrainConfig) -> TrainResult:
+        model = self._model(("train", partition))
+        with self._lock:
+            data = self._data.get(partition)
+        if data is None:
+            data = self._load_partition(partition)
+            with self._lock:
+                self._data[partition] = data
+        x, y = data
+        self._set(model, weights)
+        history = model.fit(
+            x, y, epochs=config.epochs, batch_size=config.batch_size, verbose=0, shuffle=True
+        )
+        metrics = {k: float(v[-1]) for k, v in history.history.items()}
+        return TrainResult(self._get(model), num_examples=len(x), metrics=metrics)
+
+    def evaluate(self, weights: Weights) -> dict[str, float] | None:
+        if self._load_test is None:
+            return None
+        model = self._model("evaluate")
+        x, y = self._load_test()
+        self._set(model, weights)
+        values = model.evaluate(x, y, verbose=0, return_dict=True)
+        return {k: float(v) for k, v in values.items()}
+
+
+def shard(arrays: Arrays, partition: Partition, seed: int) -> Arrays:
+    """The IID share ``partition`` of ``arrays``: a fixed-seed shuffle cut in equal slices."""
+    x, y = arrays
+    order = np.random.default_rng(seed).permutation(len(x))
+    part = np.array_split(order, partition.count)[partition.index]
+    return x[part], y[part]

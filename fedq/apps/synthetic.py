@@ -1,0 +1,44 @@
+"""``fedq.apps.synthetic:app``: numpy only, no training, for system benchmarks.
+
+``train`` returns ``weights + delta`` where the delta is small, deterministic per
+(partition, round) and cheap to make, so a benchmark measures fedq and the broker, not
+TensorFlow. ``FEDQ_SYNTHETIC_PARAMS`` sets the parameter count (default 100_000).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from fedq.apps import Partition, TrainConfig, TrainResult
+from fedq.messages.codec import Weights
+
+
+class SyntheticApp:
+    def __init__(self, params: int | None = None, tensors: int = 4) -> None:
+        self.params = params or int(os.environ.get("FEDQ_SYNTHETIC_PARAMS", "100000"))
+        self.tensors = max(1, min(tensors, self.params))
+        self._delta: dict[int, Weights] = {}
+
+    def _sizes(self) -> list[int]:
+        base, extra = divmod(self.params, self.tensors)
+        return [base + (1 if i < extra else 0) for i in range(self.tensors)]
+
+    def initial_weights(self) -> Weights:
+        return {f"t{i}": np.zeros(n, dtype=np.float32) for i, n in enumerate(self._sizes())}
+
+    def train(self, weights: Weights, partition: Partition, config: TrainConfig) -> TrainResult:
+        delta = self._delta.get(partition.index)
+        if delta is None:  # made once per partition: the benchmark times fedq, not numpy
+            value = np.float32(0.001 * (partition.index + 1))
+            delta = {name: np.full_like(w, value, dtype=np.float32) for name, w in weights.items()}
+            self._delta[partition.index] = delta
+        local = {name: w + delta[name] for name, w in weights.items()}
+        return TrainResult(local, num_examples=100 * (partition.index + 1), metrics={"loss": 0.0})
+
+    def evaluate(self, weights: Weights) -> dict[str, float] | None:
+        return None
+
+
+app = SyntheticApp()

@@ -1,0 +1,86 @@
+"""``fedq simulate``: a coordinator and N participants in one process.
+
+On the embedded broker by default (no RabbitMQ needed); with a broker URL the very same
+code runs over RabbitMQ, the coordinator and the participants on separate connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from fedq.apps import App, Partition
+from fedq.coordinator.service import (
+    Coordinator,
+    CoordinatorConfig,
+    CoordinatorObserver,
+    FederationResult,
+)
+from fedq.messages.amqp import AmqpTransport
+from fedq.messages.memory import MemoryBroker, MemoryTransport
+from fedq.messages.transport import Transport
+from fedq.participant.worker import Participant, ParticipantConfig, ParticipantStats
+
+
+@dataclass(frozen=True)
+class SimulationPlan:
+    coordinator: CoordinatorConfig
+    participant: ParticipantConfig  # template: id and partition are set per participant
+    broker_url: str | None = None
+    #: participant index -> slowdown factor (straggler experiments)
+    slowdowns: tuple[tuple[int, float], ...] = ()
+
+
+def participant_configs(plan: SimulationPlan, prefix: str = "p") -> list[ParticipantConfig]:
+    n = plan.coordinator.participants
+    slow = dict(plan.slowdowns)
+    return [
+        replace(
+            plan.participant,
+            participant_id=f"{prefix}{i}",
+            partition=Partition(i, n),
+            slowdown=slow.get(i, 1.0),
+        )
+        for i in range(n)
+    ]
+
+
+def transports(broker_url: str | None) -> tuple[Transport, Transport]:
+    """(coordinator's, participants') connections to one broker."""
+    if broker_url is None:
+        broker = MemoryBroker()
+        return MemoryTransport(broker, "coordinator"), MemoryTransport(broker, "participants")
+    return AmqpTransport(broker_url), AmqpTransport(broker_url)
+
+
+async def run_participants(
+    configs: list[ParticipantConfig], app: App, transport: Transport
+) -> list[ParticipantStats]:
+    """M virtual participants on one connection (one broker identity)."""
+    return list(
+        await asyncio.gather(*(Participant(c, app, transport).run() for c in configs))
+    )
+
+
+async def simulate(
+    plan: SimulationPlan,
+    app: App,
+    observer: CoordinatorObserver | None = None,
+    on_ready: Callable[[], None] | None = None,
+) -> FederationResult:
+    coordinator_transport, participant_transport = transports(plan.broker_url)
+    async with coordinator_transport, participant_transport:
+        coordinator = Coordinator(plan.coordinator, app, coordinator_transport, observer)
+        await coordinator.topology.declare_core(coordinator_transport)
+        if on_ready:
+            on_ready()
+        workers = asyncio.create_task(
+            run_participants(participant_configs(plan), app, participant_transport)
+        )
+        try:
+            result = await coordinator.run()
+            await asyncio.wait_for(workers, timeout=max(60.0, plan.coordinator.round_timeout))
+        finally:
+            workers.cancel()
+        return result

@@ -1,0 +1,150 @@
+"""One participant: newest model in, local training in a thread, delta out.
+
+It declares its own queue (``fedq.F.model.<id>``: newest model only, plus
+``federation.done``), announces itself with ``join.<id>`` (the coordinator answers with the
+current model), and loops until ``federation.done``. The model message is acked only after
+the update it produced is confirmed by the broker, so a crash mid-training retrains the same
+model on restart instead of losing the round. Heartbeats flow while training runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedq.apps import App, Partition, TrainConfig
+from fedq.messages.codec import Weights, decode_message, encode_message
+from fedq.messages.schema import MESSAGE_TYPES, Heartbeat, Join, Leave, ModelMeta, UpdateMeta
+from fedq.messages.topology import UPDATE_KEY, Topology, participant_key
+from fedq.messages.transport import Delivery, Transport
+
+log = logging.getLogger("fedq.participant")
+
+
+@dataclass(frozen=True)
+class ParticipantConfig:
+    federation: str
+    participant_id: str
+    partition: Partition = Partition()
+    #: None: the app's ``train_config`` (or fedq's defaults).
+    train: TrainConfig | None = None
+    codec: str = "raw"
+    heartbeat_seconds: float = 5.0
+    #: Straggler emulation for experiments: take ``slowdown`` x the real training time.
+    slowdown: float = 1.0
+
+
+@dataclass
+class ParticipantStats:
+    participant: str
+    rounds_trained: int = 0
+    updates_sent: int = 0
+    last_version: int = -1
+
+
+class Participant:
+    def __init__(self, config: ParticipantConfig, app: App, transport: Transport) -> None:
+        self.config = config
+        self.app = app
+        self.transport = transport
+        self.topology = Topology(config.federation)
+        self.stats = ParticipantStats(config.participant_id)
+        self._round = 0
+
+    async def run(self) -> ParticipantStats:
+        pid = self.config.participant_id
+        await self.topology.declare_participant(self.transport, pid)
+        beat = asyncio.create_task(self._heartbeats(), name=f"fedq-heartbeat-{pid}")
+        try:
+            async with self.transport.consume(self.topology.model_queue(pid), prefetch=1) as inbox:
+                await self._control("join", Join(federation=self.config.federation, participant=pid))
+                async for delivery in inbox:
+                    if delivery.type == MESSAGE_TYPES["federation.done"]:
+                        await delivery.ack()
+                        break
+                    await self._train_round(delivery)
+                    await delivery.ack()
+            await self._control("leave", Leave(federation=self.config.federation, participant=pid))
+        finally:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
+        return self.stats
+
+    async def _train_round(self, delivery: Delivery) -> None:
+        decoded = decode_message(delivery.body)
+        meta = decoded.meta(ModelMeta)
+        if meta.federation != self.config.federation or meta.version <= self.stats.last_version:
+            return  # a model we already trained on (e.g. the answer to our join)
+        # Decoded tensors are read-only views (maybe fp16): train on float copies.
+        global_weights: Weights = {
+            t.name: np.array(t.array, dtype=t.dtype) for t in decoded.tensors
+        }
+        self._round = meta.round
+        started = time.monotonic()
+        train = self.config.train or getattr(self.app, "train_config", None) or TrainConfig()
+        result = await asyncio.to_thread(
+            self.app.train, global_weights, self.config.partition, train
+        )
+        elapsed = time.monotonic() - started
+        if self.config.slowdown > 1:
+            await asyncio.sleep((self.config.slowdown - 1) * elapsed)
+        update = UpdateMeta(
+            federation=self.config.federation,
+            participant=self.config.participant_id,
+            round=meta.round,
+            base_version=meta.version,
+            num_examples=result.num_examples,
+            metrics=result.metrics,
+            train_seconds=time.monotonic() - started,
+        )
+        body = await asyncio.to_thread(self._encode_delta, update, result.weights, global_weights)
+        await self.transport.publish(
+            self.topology.updates,
+            UPDATE_KEY,
+            body,
+            message_id=update.update_id,
+            type=MESSAGE_TYPES["update"],
+            headers={
+                "federation": update.federation,
+                "participant": update.participant,
+                "round": update.round,
+                "base_version": update.base_version,
+                "chunk_index": 0,
+                "chunk_count": 1,
+            },
+            mandatory=True,
+        )
+        self.stats.rounds_trained += 1
+        self.stats.updates_sent += 1
+        self.stats.last_version = meta.version
+        log.debug("%s sent its update for round %d", self.config.participant_id, meta.round)
+
+    def _encode_delta(self, update: UpdateMeta, local: Weights, global_: Weights) -> bytes:
+        delta = {name: np.subtract(local[name], w, dtype=w.dtype) for name, w in global_.items()}
+        return encode_message(update, delta, self.config.codec)
+
+    async def _control(self, kind: str, message: Join | Heartbeat | Leave) -> None:
+        await self.transport.publish(
+            self.topology.control,
+            participant_key(kind, self.config.participant_id),
+            encode_message(message),
+            type=MESSAGE_TYPES[kind],
+        )
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat_seconds)
+            await self._control(
+                "heartbeat",
+                Heartbeat(
+                    federation=self.config.federation,
+                    participant=self.config.participant_id,
+                    round=self._round,
+                ),
+            )
