@@ -1,0 +1,359 @@
+"""The ``fedq`` command. Every user mistake ends in one line saying what to do (exit 2)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import typer  # noqa: E402
+
+from fedq.apps import AppError, Partition, TrainConfig, load_app  # noqa: E402
+from fedq.console import RoundProgress, console, history_table, print_summary  # noqa: E402
+from fedq.coordinator.ledger import UpdateLedger  # noqa: E402
+from fedq.coordinator.service import Coordinator, CoordinatorConfig, FederationResult  # noqa: E402
+from fedq.messages.amqp import AmqpTransport, BrokerUnavailable, redact  # noqa: E402
+from fedq.messages.codecs import CODECS  # noqa: E402
+from fedq.messages.transport import TransportError  # noqa: E402
+from fedq.participant.worker import ParticipantConfig  # noqa: E402
+from fedq.settings import settings  # noqa: E402
+from fedq.simulation import SimulationPlan, run_participants, simulate  # noqa: E402
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    help="fedq: federated learning over RabbitMQ. Start with `fedq simulate --help`.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+broker_app = typer.Typer(help="Check the RabbitMQ broker.", no_args_is_help=True)
+app.add_typer(broker_app, name="broker")
+
+
+class UsageError(Exception):
+    """A mistake on the command line."""
+
+
+def fail(message: str) -> typer.Exit:
+    console.print(f"[bold red]fedq:[/] {message}", highlight=False)
+    return typer.Exit(2)
+
+
+def run(coro: Awaitable[T]) -> T:
+    """Run ``coro``; SIGINT/SIGTERM cancel it (nothing uncommitted is acked)."""
+
+    async def main() -> T:
+        task = asyncio.ensure_future(coro)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        return await task
+
+    try:
+        return asyncio.run(main())
+    except asyncio.CancelledError:
+        console.print("fedq: interrupted; uncommitted updates stay on the broker")
+        raise typer.Exit(130) from None
+    except (AppError, BrokerUnavailable, UsageError) as exc:
+        raise fail(str(exc)) from None
+    except TransportError as exc:
+        raise fail(f"broker error: {exc}") from None
+
+
+def setup_logging(verbose: bool) -> None:
+    level = logging.INFO if verbose else getattr(logging, settings().log_level.upper(), 30)
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for noisy in ("tensorflow", "absl", "aiormq", "aio_pika"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+def load(spec: str) -> Any:
+    try:
+        return load_app(spec)
+    except AppError as exc:
+        raise fail(str(exc)) from None
+
+
+def check_codec(codec: str) -> str:
+    if codec not in CODECS:
+        raise fail(f"unknown codec {codec!r}: choose one of {', '.join(CODECS)}")
+    return codec
+
+
+def parse_slow(values: list[str], n: int) -> tuple[tuple[int, float], ...]:
+    out = []
+    for value in values:
+        index, _, factor = value.partition(":")
+        try:
+            i, f = int(index), float(factor or "10")
+        except ValueError:
+            raise fail(f"--slow {value!r}: expected INDEX:FACTOR, e.g. 3:10") from None
+        if not 0 <= i < n or f < 1:
+            raise fail(f"--slow {value!r}: need 0 <= INDEX < {n} and FACTOR >= 1")
+        out.append((i, f))
+    return tuple(out)
+
+
+def write_report(path: Path | None, result: FederationResult, **extra: Any) -> None:
+    if path is None:
+        return
+    report = asdict(result) | extra
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    console.print(f"report written to {path}")
+
+
+AppOpt = Annotated[str, typer.Option("--app", help="The app, package.module:attr.")]
+BrokerOpt = Annotated[
+    str | None,
+    typer.Option("--broker", help="RabbitMQ URL [env FEDQ_BROKER_URL].", show_default=False),
+]
+StateOpt = Annotated[
+    Path | None, typer.Option("--state-dir", help="Checkpoints and ledger [env FEDQ_STATE_DIR].")
+]
+ReportOpt = Annotated[Path | None, typer.Option("--report", help="Write a JSON report here.")]
+QuorumOpt = Annotated[
+    int | None, typer.Option("--quorum", help="K valid updates close a round [default: N].")
+]
+MinQuorumOpt = Annotated[
+    int | None,
+    typer.Option("--min-quorum", help="At the deadline, close with at least this many [default: K]."),
+]
+TimeoutOpt = Annotated[
+    float, typer.Option("--round-timeout", help="Seconds before a round's deadline.")
+]
+CodecOpt = Annotated[str, typer.Option("--codec", help="Tensor codec on the wire: raw or fp16.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens.")]
+
+
+@app.command("simulate")
+def simulate_command(
+    app_spec: AppOpt = "fedq.apps.dense:app",
+    participants: Annotated[int, typer.Option("--participants", "-n", min=1)] = 4,
+    rounds: Annotated[int, typer.Option("--rounds", "-r", min=1)] = 5,
+    quorum: QuorumOpt = None,
+    min_quorum: MinQuorumOpt = None,
+    round_timeout: TimeoutOpt = 120.0,
+    broker: Annotated[
+        str | None,
+        typer.Option("--broker", help="Run on RabbitMQ at this URL instead of the embedded broker."),
+    ] = None,
+    federation: Annotated[
+        str | None, typer.Option("--federation", help="Name [default: sim-<timestamp>].")
+    ] = None,
+    state_dir: StateOpt = None,
+    report: ReportOpt = None,
+    codec: CodecOpt = "raw",
+    slow: Annotated[
+        list[str] | None,
+        typer.Option("--slow", help="Make participant INDEX FACTOR x slower, e.g. 3:10."),
+    ] = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Run a coordinator and N participants on this machine (embedded broker by default)."""
+    setup_logging(verbose)
+    name = federation or time.strftime("sim-%Y%m%d-%H%M%S")
+    cfg = settings()
+    plan = SimulationPlan(
+        coordinator=CoordinatorConfig(
+            federation=name,
+            participants=participants,
+            rounds=rounds,
+            state_dir=(state_dir or cfg.state_dir) / name,
+            quorum=quorum,
+            min_quorum=min_quorum,
+            round_timeout=round_timeout,
+            codec=check_codec(codec),
+        ),
+        participant=ParticipantConfig(federation=name, participant_id="p", codec=codec),
+        broker_url=broker,
+        slowdowns=parse_slow(slow or [], participants),
+    )
+    validate_quorum(plan.coordinator)
+    application = load(app_spec)
+    where = f"RabbitMQ at {redact(broker)}" if broker else "the embedded broker"
+    console.print(f"federation {name}: {participants} participants, {rounds} rounds on {where}")
+    with RoundProgress(rounds, plan.coordinator.k) as progress:
+        result = run(simulate(plan, application, progress))
+    print_summary(result)
+    write_report(report, result, broker="embedded" if broker is None else redact(broker))
+
+
+def validate_quorum(config: CoordinatorConfig) -> None:
+    if not 1 <= config.min_k <= config.k <= config.participants:
+        raise fail(
+            f"need 1 <= --min-quorum ({config.min_k}) <= --quorum ({config.k}) <= "
+            f"--participants ({config.participants})"
+        )
+
+
+@app.command("coordinator")
+def coordinator_command(
+    federation: Annotated[str, typer.Option("--federation", help="Federation name.")],
+    app_spec: AppOpt,
+    participants: Annotated[int, typer.Option("--participants", "-n", min=1)],
+    rounds: Annotated[int, typer.Option("--rounds", "-r", min=1)],
+    quorum: QuorumOpt = None,
+    min_quorum: MinQuorumOpt = None,
+    round_timeout: TimeoutOpt = 120.0,
+    broker: BrokerOpt = None,
+    state_dir: StateOpt = None,
+    report: ReportOpt = None,
+    codec: CodecOpt = "raw",
+    linger: Annotated[
+        float,
+        typer.Option("--linger", help="After the last round, keep rejecting late updates this long."),
+    ] = 5.0,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Run the coordinator of one federation on RabbitMQ."""
+    setup_logging(verbose)
+    cfg = settings()
+    config = CoordinatorConfig(
+        federation=federation,
+        participants=participants,
+        rounds=rounds,
+        state_dir=(state_dir or cfg.state_dir) / federation,
+        quorum=quorum,
+        min_quorum=min_quorum,
+        round_timeout=round_timeout,
+        codec=check_codec(codec),
+        linger_seconds=linger,
+    )
+    validate_quorum(config)
+    application = load(app_spec)
+    url = broker or cfg.broker_url
+
+    async def main() -> FederationResult:
+        async with AmqpTransport(url) as transport:
+            with RoundProgress(rounds, config.k) as progress:
+                return await Coordinator(config, application, transport, progress).run()
+
+    console.print(f"coordinator of {federation} on RabbitMQ at {redact(url)}")
+    result = run(main())
+    print_summary(result)
+    write_report(report, result, broker=redact(url))
+
+
+@app.command("participant")
+def participant_command(
+    federation: Annotated[str, typer.Option("--federation", help="Federation name.")],
+    app_spec: AppOpt,
+    participant_id: Annotated[str, typer.Option("--id", help="This participant's id.")],
+    count: Annotated[
+        int, typer.Option("--count", min=1, help="Run M virtual participants: <id>-0 ... <id>-(M-1).")
+    ] = 1,
+    partition: Annotated[
+        str, typer.Option("--partition", help="Data share INDEX/COUNT (0-based), e.g. 2/4.")
+    ] = "0/1",
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1)] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
+    codec: CodecOpt = "raw",
+    slowdown: Annotated[
+        float, typer.Option("--slowdown", min=1.0, help="Take this many times longer (experiments).")
+    ] = 1.0,
+    broker: BrokerOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Run one participant (or --count virtual ones) until the federation is done."""
+    setup_logging(verbose)
+    try:
+        index_text, _, count_text = partition.partition("/")
+        first = Partition(int(index_text), int(count_text))
+    except (ValueError, AppError):
+        raise fail(f"--partition {partition!r}: expected INDEX/COUNT with 0 <= INDEX < COUNT") from None
+    if first.index + count > first.count:
+        raise fail(f"--count {count} from partition {first.index} exceeds {first.count} partitions")
+    application = load(app_spec)
+    base = getattr(application, "train_config", None) or TrainConfig()
+    train = TrainConfig(
+        epochs=epochs or base.epochs, batch_size=batch_size or base.batch_size, seed=base.seed
+    )
+    configs = [
+        ParticipantConfig(
+            federation=federation,
+            participant_id=participant_id if count == 1 else f"{participant_id}-{i}",
+            partition=Partition(first.index + i, first.count),
+            train=train,
+            codec=check_codec(codec),
+            slowdown=slowdown,
+        )
+        for i in range(count)
+    ]
+    url = broker or settings().broker_url
+
+    async def main() -> None:
+        async with AmqpTransport(url) as transport:
+            stats = await run_participants(configs, application, transport)
+        for s in stats:
+            console.print(f"{s.participant}: trained {s.rounds_trained} rounds, sent "
+                          f"{s.updates_sent} updates; federation done")
+
+    console.print(f"{count} participant(s) of {federation} on RabbitMQ at {redact(url)}")
+    run(main())
+
+
+@app.command("history")
+def history_command(
+    state_dir: Annotated[Path, typer.Option("--state-dir", help="A federation's state dir.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Print the committed rounds and the rejected updates from a federation's ledger."""
+    ledger_path = state_dir / "ledger.sqlite"
+    if not ledger_path.exists():
+        candidates = sorted(p.parent for p in state_dir.glob("*/ledger.sqlite"))
+        hint = (" (federations here: " + ", ".join(str(c) for c in candidates) + ")") if candidates else ""
+        raise fail(f"no ledger at {ledger_path}: pass a federation's --state-dir{hint}")
+    ledger = UpdateLedger(ledger_path)
+    try:
+        rows = ledger.history()
+        rejections = ledger.rejections()
+        federation = ledger.get_meta("federation") or "?"
+    finally:
+        ledger.close()
+    if as_json:
+        print(json.dumps({"federation": federation, "rounds": [asdict(r) for r in rows],
+                          "rejections": rejections}, indent=2))
+        return
+    out = console.__class__()  # stdout
+    out.print(history_table(rows, f"federation {federation}"))
+    if rejections:
+        out.print(f"{len(rejections)} rejected updates:")
+        for r in rejections:
+            out.print(f"  round {r['round']} {r['participant'] or '?'}: {r['reason']}: {r['detail']}",
+                      highlight=False)
+
+
+@broker_app.command("check")
+def broker_check(broker: BrokerOpt = None) -> None:
+    """Say whether RabbitMQ is reachable, and what to do if it is not."""
+    url = broker or settings().broker_url
+
+    async def main() -> None:
+        async with AmqpTransport(url, connect_timeout=5.0):
+            pass
+
+    run(main())
+    console.print(f"RabbitMQ at {redact(url)} is reachable and accepted the login")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
