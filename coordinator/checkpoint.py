@@ -12,7 +12,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
 from fedq.messages.codec import Weights
 
 _NAME = re.compile(r"^model-v(\d{6,})\.npz$")
@@ -29,7 +28,7 @@ def save_checkpoint(folder: Path, version: int, weights: Weights) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             # Positional keys keep the model's order; names travel alongside.
-            np.savez(f, __names__=np.array(list(weights)), *weights.values())
+            np.savez(f, *weights.values(), __names__=np.array(list(weights)))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)

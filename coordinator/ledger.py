@@ -160,7 +160,11 @@ class UpdateLedger:
                 raise
 
     def record_rejection(
-        self, update_id: str | None, participant: str | None, round_: int | None, reason: str,
+        self,
+        update_id: str | None,
+        participant: str | None,
+        round_: int | None,
+        reason: str,
         detail: str,
     ) -> None:
         with self._lock:
@@ -181,7 +185,10 @@ class UpdateLedger:
             ).fetchone()
         if row is None:
             return None
-        return VersionRecord(*row[:7], metrics=json.loads(row[7]), n_updates=row[8])
+        version, round_, closed_by, total, opened, committed, checkpoint, metrics, n = row
+        return VersionRecord(
+            version, round_, closed_by, total, opened, committed, checkpoint, json.loads(metrics), n
+        )
 
     def count_updates(self) -> int:
         return int(self._one("SELECT COUNT(*) FROM updates"))

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from fedq.apps import App
 from fedq.coordinator.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from fedq.coordinator.fedavg import apply_mean_delta
 from fedq.coordinator.ledger import RoundHistory, UpdateLedger, VersionRecord
@@ -38,6 +37,8 @@ from fedq.messages.schema import (
 )
 from fedq.messages.topology import FEDERATION_DONE, ROUND_CLOSED, ROUND_OPEN, Topology
 from fedq.messages.transport import Delivery, Transport, TransportError
+
+from fedq.apps import App
 
 log = logging.getLogger("fedq.coordinator")
 
@@ -303,8 +304,11 @@ class Coordinator:
             try:
                 await delivery.ack()
             except TransportError as exc:
-                log.warning("ack of committed update %s failed (%s); it will come back as a "
-                            "duplicate", update_id, exc)
+                log.warning(
+                    "ack of committed update %s failed (%s); it will come back as a duplicate",
+                    update_id,
+                    exc,
+                )
         await self._publish_control(
             ROUND_CLOSED,
             RoundClosed(

@@ -10,7 +10,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-
 from fedq.messages.codec import WireTensor
 
 
@@ -47,8 +46,8 @@ def check_tensors(tensors: list[WireTensor], spec: ModelSpec) -> dict[str, np.nd
         want = spec[t.name]
         if t.shape != want.shape:
             raise Rejection(
-                "shape_mismatch", f"tensor {t.name!r} has shape {list(t.shape)}, model has "
-                f"{list(want.shape)}"
+                "shape_mismatch",
+                f"tensor {t.name!r} has shape {list(t.shape)}, model has {list(want.shape)}",
             )
         if t.dtype != want.dtype:
             raise Rejection(

@@ -23,7 +23,6 @@ from aio_pika.abc import (
     AbstractIncomingMessage,
     AbstractRobustConnection,
 )
-
 from fedq.messages.transport import (
     Delivery,
     ExchangeKind,
@@ -125,7 +124,7 @@ class AmqpTransport(Transport):
             raise BrokerUnavailable(
                 f"RabbitMQ at {where} refused the login: check the user and password in the URL"
             ) from None
-        except (OSError, asyncio.TimeoutError, aiormq.exceptions.AMQPError) as exc:
+        except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:
             raise BrokerUnavailable(
                 f"cannot reach RabbitMQ at {where} ({exc.__class__.__name__}): start it "
                 "(`rabbitmq-server -detached`) or pass the right --broker / FEDQ_BROKER_URL"

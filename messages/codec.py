@@ -17,18 +17,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import msgpack
 import numpy as np
-from pydantic import BaseModel, ValidationError
-
 from fedq.messages.codecs import CodecError, get_codec
 from fedq.messages.msgpack_view import (
     MsgpackError,
     array_header,
     bin_header,
     map_header,
+    pack,
     unpack_view,
 )
+from pydantic import BaseModel, ValidationError
 
 Weights = dict[str, np.ndarray]
 """Named tensors in model order. Names are unique; order is the model's weight order."""
@@ -84,13 +83,13 @@ def encode_message(
     """Encode ``meta`` (and ``tensors`` with ``codec``) as one msgpack map."""
     fields = meta.model_dump(mode="json")
     if tensors is None:
-        return msgpack.packb(fields, use_bin_type=True)  # type: ignore[no-any-return]
+        return pack(fields)
     tensor_codec = get_codec(codec)
     parts: list[bytes | memoryview] = [map_header(len(fields) + 1)]
     for key, value in fields.items():
-        parts.append(msgpack.packb(key))
-        parts.append(msgpack.packb(value, use_bin_type=True))
-    parts.append(msgpack.packb("tensors"))
+        parts.append(pack(key))
+        parts.append(pack(value))
+    parts.append(pack("tensors"))
     parts.append(array_header(len(tensors)))
     for name, array in tensors.items():
         payload = tensor_codec.encode(array)
@@ -102,11 +101,11 @@ def encode_message(
 
 def _tensor_head(name: str, array: np.ndarray, codec: str) -> bytes:
     """The tensor map's header and every field but the value of ``data`` (which follows)."""
-    head = msgpack.packb(
+    head = pack(
         {"name": name, "dtype": array.dtype.name, "shape": list(array.shape), "codec": codec}
     )
     # A 4-entry fixmap grows to 5 entries; append the "data" key, whose bin value follows.
-    return bytes([0x85]) + head[1:] + msgpack.packb("data")
+    return bytes([0x85]) + head[1:] + pack("data")
 
 
 def decode_message(body: bytes | bytearray | memoryview) -> DecodedMessage:

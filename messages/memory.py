@@ -155,14 +155,14 @@ class MemoryBroker:
         if kind is None:
             raise TransportError(f"no exchange {exchange!r}")
         names: list[str] = []
-        for queue, key in self.bindings.get(exchange, []):
+        for bound, key in self.bindings.get(exchange, []):
             hit = (
                 kind == "fanout"
                 or (kind == "direct" and key == routing_key)
                 or (kind == "topic" and _topic_matches(key, routing_key))
             )
-            if hit and queue not in names:
-                names.append(queue)
+            if hit and bound not in names:
+                names.append(bound)
         return [self.queues[n] for n in names if n in self.queues]
 
 

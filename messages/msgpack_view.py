@@ -15,6 +15,8 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+import msgpack
+
 _MAX_DEPTH = 32
 
 
@@ -149,3 +151,8 @@ def bin_header(n: int) -> bytes:
     if n < 1 << 32:
         return b"\xc6" + struct.pack(">I", n)
     raise MsgpackError("a bin value is limited to 4 GiB")
+
+
+def pack(obj: Any) -> bytes:
+    """``msgpack.packb`` with ``bin`` for bytes (msgpack's own function is untyped)."""
+    return bytes(msgpack.packb(obj, use_bin_type=True))

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 
 FederationName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 ParticipantId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]

@@ -13,15 +13,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
-
-from fedq.apps import App, Partition, TrainConfig
 from fedq.messages.codec import Weights, decode_message, encode_message
 from fedq.messages.schema import MESSAGE_TYPES, Heartbeat, Join, Leave, ModelMeta, UpdateMeta
 from fedq.messages.topology import UPDATE_KEY, Topology, participant_key
 from fedq.messages.transport import Delivery, Transport
+
+from fedq.apps import App, Partition, TrainConfig
 
 log = logging.getLogger("fedq.participant")
 
@@ -30,7 +30,7 @@ log = logging.getLogger("fedq.participant")
 class ParticipantConfig:
     federation: str
     participant_id: str
-    partition: Partition = Partition()
+    partition: Partition = field(default_factory=Partition)
     #: None: the app's ``train_config`` (or fedq's defaults).
     train: TrainConfig | None = None
     codec: str = "raw"
@@ -62,7 +62,9 @@ class Participant:
         beat = asyncio.create_task(self._heartbeats(), name=f"fedq-heartbeat-{pid}")
         try:
             async with self.transport.consume(self.topology.model_queue(pid), prefetch=1) as inbox:
-                await self._control("join", Join(federation=self.config.federation, participant=pid))
+                await self._control(
+                    "join", Join(federation=self.config.federation, participant=pid)
+                )
                 async for delivery in inbox:
                     if delivery.type == MESSAGE_TYPES["federation.done"]:
                         await delivery.ack()

@@ -7,7 +7,6 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.memory import MemoryBroker, MemoryTransport
 from fedq.messages.transport import Transport
@@ -21,7 +20,9 @@ def federation() -> str:
 
 
 @pytest.fixture(params=["memory", "amqp"])
-async def transport_pair(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Transport, Transport]]:
+async def transport_pair(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[tuple[Transport, Transport]]:
     """Two connections to one broker: the embedded one or the real RabbitMQ."""
     if request.param == "memory":
         broker = MemoryBroker()

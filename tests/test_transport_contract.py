@@ -7,8 +7,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-
-from fedq.messages.transport import Delivery, Transport, TransportError, Unroutable
+from fedq.messages.transport import Delivery, TransportError, Unroutable
 
 
 def names() -> tuple[str, str]:
@@ -16,8 +15,8 @@ def names() -> tuple[str, str]:
     return f"fedq.test-{tag}.x", f"fedq.test-{tag}.q"
 
 
-async def next_delivery(deliveries: AsyncIterator[Delivery], timeout: float = 5.0) -> Delivery:
-    return await asyncio.wait_for(anext(deliveries), timeout)
+async def next_delivery(deliveries: AsyncIterator[Delivery]) -> Delivery:
+    return await asyncio.wait_for(anext(deliveries), 5.0)
 
 
 async def no_delivery(deliveries: AsyncIterator[Delivery], wait: float = 0.3) -> bool:

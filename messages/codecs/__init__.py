@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Protocol
 
 import numpy as np
-
 from fedq.messages.codecs.buffers import CodecError
 from fedq.messages.codecs.fp16 import Fp16Codec
 from fedq.messages.codecs.raw import RawCodec
@@ -36,5 +35,6 @@ def get_codec(name: str) -> TensorCodec:
         return CODECS[name]
     except KeyError:
         raise CodecError(f"unknown codec {name!r}; known: {', '.join(CODECS)}") from None
+
 
 __all__ = ["CODECS", "CodecError", "TensorCodec", "get_codec"]

@@ -9,7 +9,6 @@ class CodecError(ValueError):
     """A tensor's bytes do not match what its codec, dtype and shape promise."""
 
 
-
 def view_as(data: memoryview, wire_dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
     """Zero-copy array of ``shape`` over ``data``, checking the byte count first."""
     count = int(np.prod(shape, dtype=np.int64))
@@ -24,4 +23,4 @@ def view_as(data: memoryview, wire_dtype: np.dtype, shape: tuple[int, ...]) -> n
 def as_le_bytes(array: np.ndarray, dtype: np.dtype) -> memoryview:
     """``array`` as contiguous little-endian ``dtype`` bytes; copies only when it must."""
     out = np.ascontiguousarray(array, dtype=dtype.newbyteorder("<"))
-    return memoryview(out).cast("B")
+    return out.data.cast("B")

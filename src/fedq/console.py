@@ -22,9 +22,20 @@ def _fmt(metrics: dict[str, float], key: str) -> str:
 
 def history_table(rows: Iterable[RoundHistory], title: str) -> Table:
     table = Table(title=title)
-    for column in ("round", "version", "closed by", "updates", "participants", "rejected",
-                   "loss", "accuracy", "seconds"):
-        table.add_column(column, justify="left" if column in ("participants", "rejected") else "right")
+    for column in (
+        "round",
+        "version",
+        "closed by",
+        "updates",
+        "participants",
+        "rejected",
+        "loss",
+        "accuracy",
+        "seconds",
+    ):
+        table.add_column(
+            column, justify="left" if column in ("participants", "rejected") else "right"
+        )
     for row in rows:
         rejected = ", ".join(f"{k} {v}" for k, v in sorted(row.rejected.items())) or "-"
         table.add_row(
@@ -67,12 +78,15 @@ class RoundProgress:
 
     def _status(self) -> str:
         rejected = sum(self.rejected.values())
-        return f"{self.accepted}/{self.quorum} updates" + (f", {rejected} rejected" if rejected else "")
+        return f"{self.accepted}/{self.quorum} updates" + (
+            f", {rejected} rejected" if rejected else ""
+        )
 
     def round_opened(self, round_: int, version: int) -> None:
         self.accepted = 0
-        self.progress.update(self.task, description=f"round {round_} (model v{version})",
-                             status=self._status())
+        self.progress.update(
+            self.task, description=f"round {round_} (model v{version})", status=self._status()
+        )
 
     def update_seen(self, participant: str | None, accepted: bool, reason: str | None) -> None:
         if accepted:
@@ -96,7 +110,9 @@ def print_summary(result: FederationResult) -> None:
     table.add_row("model version", str(result.model_version))
     table.add_row("updates incorporated", str(result.updates_incorporated))
     rejected = ", ".join(f"{k} {v}" for k, v in sorted(result.rejected_by_reason.items()))
-    table.add_row("updates rejected", f"{result.updates_rejected}" + (f" ({rejected})" if rejected else ""))
+    table.add_row(
+        "updates rejected", f"{result.updates_rejected}" + (f" ({rejected})" if rejected else "")
+    )
     table.add_row("duplicates", str(result.duplicates))
     for key, value in sorted(result.final_metrics.items()):
         table.add_row(f"final {key}", f"{value:.4f}")

@@ -66,7 +66,9 @@ def load_app(spec: str) -> App:
     """Import ``package.module:attr``; every failure is one AppError line."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise AppError(f"app {spec!r} must look like package.module:attr (e.g. fedq.apps.dense:app)")
+        raise AppError(
+            f"app {spec!r} must look like package.module:attr (e.g. fedq.apps.dense:app)"
+        )
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:

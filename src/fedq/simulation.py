@@ -58,9 +58,7 @@ async def run_participants(
     configs: list[ParticipantConfig], app: App, transport: Transport
 ) -> list[ParticipantStats]:
     """M virtual participants on one connection (one broker identity)."""
-    return list(
-        await asyncio.gather(*(Participant(c, app, transport).run() for c in configs))
-    )
+    return list(await asyncio.gather(*(Participant(c, app, transport).run() for c in configs)))
 
 
 async def simulate(

@@ -16,18 +16,18 @@ from typing import Annotated, Any, TypeVar
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import typer  # noqa: E402
+import typer
 
-from fedq.apps import AppError, Partition, TrainConfig, load_app  # noqa: E402
-from fedq.console import RoundProgress, console, history_table, print_summary  # noqa: E402
-from fedq.coordinator.ledger import UpdateLedger  # noqa: E402
-from fedq.coordinator.service import Coordinator, CoordinatorConfig, FederationResult  # noqa: E402
-from fedq.messages.amqp import AmqpTransport, BrokerUnavailable, redact  # noqa: E402
-from fedq.messages.codecs import CODECS  # noqa: E402
-from fedq.messages.transport import TransportError  # noqa: E402
-from fedq.participant.worker import ParticipantConfig  # noqa: E402
-from fedq.settings import settings  # noqa: E402
-from fedq.simulation import SimulationPlan, run_participants, simulate  # noqa: E402
+from fedq.apps import AppError, Partition, TrainConfig, load_app
+from fedq.console import RoundProgress, console, history_table, print_summary
+from fedq.coordinator.ledger import UpdateLedger
+from fedq.coordinator.service import Coordinator, CoordinatorConfig, FederationResult
+from fedq.messages.amqp import AmqpTransport, BrokerUnavailable, redact
+from fedq.messages.codecs import CODECS
+from fedq.messages.transport import TransportError
+from fedq.participant.worker import ParticipantConfig
+from fedq.settings import settings
+from fedq.simulation import SimulationPlan, run_participants, simulate
 
 T = TypeVar("T")
 
@@ -128,7 +128,9 @@ QuorumOpt = Annotated[
 ]
 MinQuorumOpt = Annotated[
     int | None,
-    typer.Option("--min-quorum", help="At the deadline, close with at least this many [default: K]."),
+    typer.Option(
+        "--min-quorum", help="At the deadline, close with at least this many [default: K]."
+    ),
 ]
 TimeoutOpt = Annotated[
     float, typer.Option("--round-timeout", help="Seconds before a round's deadline.")
@@ -147,7 +149,9 @@ def simulate_command(
     round_timeout: TimeoutOpt = 120.0,
     broker: Annotated[
         str | None,
-        typer.Option("--broker", help="Run on RabbitMQ at this URL instead of the embedded broker."),
+        typer.Option(
+            "--broker", help="Run on RabbitMQ at this URL instead of the embedded broker."
+        ),
     ] = None,
     federation: Annotated[
         str | None, typer.Option("--federation", help="Name [default: sim-<timestamp>].")
@@ -213,7 +217,9 @@ def coordinator_command(
     codec: CodecOpt = "raw",
     linger: Annotated[
         float,
-        typer.Option("--linger", help="After the last round, keep rejecting late updates this long."),
+        typer.Option(
+            "--linger", help="After the last round, keep rejecting late updates this long."
+        ),
     ] = 5.0,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -252,7 +258,8 @@ def participant_command(
     app_spec: AppOpt,
     participant_id: Annotated[str, typer.Option("--id", help="This participant's id.")],
     count: Annotated[
-        int, typer.Option("--count", min=1, help="Run M virtual participants: <id>-0 ... <id>-(M-1).")
+        int,
+        typer.Option("--count", min=1, help="Run M virtual participants: <id>-0 ... <id>-(M-1)."),
     ] = 1,
     partition: Annotated[
         str, typer.Option("--partition", help="Data share INDEX/COUNT (0-based), e.g. 2/4.")
@@ -261,7 +268,8 @@ def participant_command(
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
     codec: CodecOpt = "raw",
     slowdown: Annotated[
-        float, typer.Option("--slowdown", min=1.0, help="Take this many times longer (experiments).")
+        float,
+        typer.Option("--slowdown", min=1.0, help="Take this many times longer (experiments)."),
     ] = 1.0,
     broker: BrokerOpt = None,
     verbose: VerboseOpt = False,
@@ -272,7 +280,9 @@ def participant_command(
         index_text, _, count_text = partition.partition("/")
         first = Partition(int(index_text), int(count_text))
     except (ValueError, AppError):
-        raise fail(f"--partition {partition!r}: expected INDEX/COUNT with 0 <= INDEX < COUNT") from None
+        raise fail(
+            f"--partition {partition!r}: expected INDEX/COUNT with 0 <= INDEX < COUNT"
+        ) from None
     if first.index + count > first.count:
         raise fail(f"--count {count} from partition {first.index} exceeds {first.count} partitions")
     application = load(app_spec)
@@ -297,8 +307,10 @@ def participant_command(
         async with AmqpTransport(url) as transport:
             stats = await run_participants(configs, application, transport)
         for s in stats:
-            console.print(f"{s.participant}: trained {s.rounds_trained} rounds, sent "
-                          f"{s.updates_sent} updates; federation done")
+            console.print(
+                f"{s.participant}: trained {s.rounds_trained} rounds, sent "
+                f"{s.updates_sent} updates; federation done"
+            )
 
     console.print(f"{count} participant(s) of {federation} on RabbitMQ at {redact(url)}")
     run(main())
@@ -313,7 +325,11 @@ def history_command(
     ledger_path = state_dir / "ledger.sqlite"
     if not ledger_path.exists():
         candidates = sorted(p.parent for p in state_dir.glob("*/ledger.sqlite"))
-        hint = (" (federations here: " + ", ".join(str(c) for c in candidates) + ")") if candidates else ""
+        hint = (
+            (" (federations here: " + ", ".join(str(c) for c in candidates) + ")")
+            if candidates
+            else ""
+        )
         raise fail(f"no ledger at {ledger_path}: pass a federation's --state-dir{hint}")
     ledger = UpdateLedger(ledger_path)
     try:
@@ -323,16 +339,26 @@ def history_command(
     finally:
         ledger.close()
     if as_json:
-        print(json.dumps({"federation": federation, "rounds": [asdict(r) for r in rows],
-                          "rejections": rejections}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "federation": federation,
+                    "rounds": [asdict(r) for r in rows],
+                    "rejections": rejections,
+                },
+                indent=2,
+            )
+        )
         return
     out = console.__class__()  # stdout
     out.print(history_table(rows, f"federation {federation}"))
     if rejections:
         out.print(f"{len(rejections)} rejected updates:")
         for r in rejections:
-            out.print(f"  round {r['round']} {r['participant'] or '?'}: {r['reason']}: {r['detail']}",
-                      highlight=False)
+            out.print(
+                f"  round {r['round']} {r['participant'] or '?'}: {r['reason']}: {r['detail']}",
+                highlight=False,
+            )
 
 
 @broker_app.command("check")
@@ -349,6 +375,7 @@ def broker_check(broker: BrokerOpt = None) -> None:
 
 
 def main() -> None:
+    tune_malloc_for_large_buffers()
     try:
         app()
     except KeyboardInterrupt:
