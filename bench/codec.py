@@ -54,34 +54,41 @@ def main() -> None:
     )
     print(header)
     for megabytes in (4, 40):
-        params = megabytes * 1_000_000 // 4
-        sizes = np.array_split(np.arange(params), args.tensors)
-        tensors = {
-            f"t{i}": rng.standard_normal(len(s)).astype(np.float32) for i, s in enumerate(sizes)
-        }
-        payload = b"".join(t.tobytes() for t in tensors.values())
-        target = bytearray(len(payload))
-        dst = (ctypes.c_char * len(target)).from_buffer(target)
-        gb = len(payload) / 1e9
-        memcpy = best_seconds(lambda: ctypes.memmove(dst, payload, len(payload)), args.repeat)
-        for codec in ("raw", "fp16"):
-            body = encode_message(meta, tensors, codec)
-            encode = best_seconds(lambda c=codec: encode_message(meta, tensors, c), args.repeat)
+        for line in measure(meta, megabytes, args.tensors, args.repeat, rng):
+            print(line)
 
-            def decode(b: bytes = body) -> None:
-                decoded = decode_message(b)
-                decoded.meta(UpdateMeta)
-                decoded.weights()
 
-            dec = best_seconds(decode, args.repeat)
-            packb = best_seconds(lambda: msgpack.packb(payload), args.repeat)
-            packed = msgpack.packb(payload)
-            unpackb = best_seconds(lambda p=packed: msgpack.unpackb(p), args.repeat)
-            print(
-                f"{megabytes:>4}MB {codec:>6} {gb / memcpy:>12.2f} {gb / encode:>12.2f} "
-                f"{memcpy / encode:>6.2f} {gb / dec:>12.1f} {memcpy / dec:>7.1f} "
-                f"{memcpy / packb:>12.2f} {memcpy / unpackb:>14.2f}"
-            )
+def measure(
+    meta: UpdateMeta, megabytes: int, n_tensors: int, repeat: int, rng: np.random.Generator
+) -> list[str]:
+    params = megabytes * 1_000_000 // 4
+    sizes = np.array_split(np.arange(params), n_tensors)
+    tensors = {f"t{i}": rng.standard_normal(len(s)).astype(np.float32) for i, s in enumerate(sizes)}
+    payload = b"".join(t.tobytes() for t in tensors.values())
+    target = bytearray(len(payload))
+    dst = (ctypes.c_char * len(target)).from_buffer(target)
+    gb = len(payload) / 1e9
+    memcpy = best_seconds(lambda: ctypes.memmove(dst, payload, len(payload)), repeat)
+    packb = best_seconds(lambda: msgpack.packb(payload), repeat)
+    packed = msgpack.packb(payload)
+    unpackb = best_seconds(lambda: msgpack.unpackb(packed), repeat)
+    lines = []
+    for codec in ("raw", "fp16"):
+        body = encode_message(meta, tensors, codec)
+        encode = best_seconds(lambda c=codec: encode_message(meta, tensors, c), repeat)
+
+        def decode(b: bytes = body) -> None:
+            decoded = decode_message(b)
+            decoded.meta(UpdateMeta)
+            decoded.weights()
+
+        dec = best_seconds(decode, repeat)
+        lines.append(
+            f"{megabytes:>4}MB {codec:>6} {gb / memcpy:>12.2f} {gb / encode:>12.2f} "
+            f"{memcpy / encode:>6.2f} {gb / dec:>12.1f} {memcpy / dec:>7.1f} "
+            f"{memcpy / packb:>12.2f} {memcpy / unpackb:>14.2f}"
+        )
+    return lines
 
 
 if __name__ == "__main__":

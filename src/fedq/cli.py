@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import signal
 import sys
 import time
@@ -14,14 +13,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
 import typer
 
 from fedq.apps import AppError, Partition, TrainConfig, load_app
 from fedq.console import RoundProgress, console, history_table, print_summary
 from fedq.coordinator.ledger import UpdateLedger
 from fedq.coordinator.service import Coordinator, CoordinatorConfig, FederationResult
+from fedq.messages.allocator import tune_malloc_for_large_buffers
 from fedq.messages.amqp import AmqpTransport, BrokerUnavailable, redact
 from fedq.messages.codecs import CODECS
 from fedq.messages.transport import TransportError

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 Arrays = tuple[np.ndarray, np.ndarray]
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ info lines
 
 
 class KerasApp:
