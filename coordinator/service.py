@@ -120,7 +120,9 @@ class Coordinator:
         self.ledger = UpdateLedger(config.state_dir / "ledger.sqlite")
         self.rejected: Counter[str] = Counter()
         self.duplicates = 0
+        #: participant -> last sign of life; a leave removes it.
         self.last_seen: dict[str, float] = {}
+        self.joined: set[str] = set()
         self._model_body = b""
         self._model_meta: ModelMeta | None = None
 
@@ -344,7 +346,8 @@ class Coordinator:
         await self._publish_control(FEDERATION_DONE, done)
 
     async def _reject_late(self, deliveries: Any, spec: dict[str, Any], version: int) -> None:
-        """After the last round, refuse what still arrives for a while (stragglers' work)."""
+        """After the last round, refuse what still arrives (stragglers' work) until every
+        participant that joined has left, or ``linger_seconds`` pass."""
         closed = QuorumRound(
             number=self.config.rounds + 1,
             version=version,
@@ -355,10 +358,13 @@ class Coordinator:
         )
         deadline = time.monotonic() + self.config.linger_seconds
         while (left := deadline - time.monotonic()) > 0:
+            everyone_left = bool(self.joined) and not self.last_seen
             try:
-                delivery = await asyncio.wait_for(anext(deliveries), timeout=left)
+                delivery = await asyncio.wait_for(anext(deliveries), timeout=min(left, 0.5))
             except TimeoutError:
-                return
+                if everyone_left:  # and half a second passed with nothing left to refuse
+                    return
+                continue
             await self._handle(delivery, closed, spec)
 
     # -------------------------------------------------------------- control
@@ -380,6 +386,7 @@ class Coordinator:
                     if kind == "join":
                         join = Join.model_validate(fields)
                         self.last_seen[join.participant] = time.time()
+                        self.joined.add(join.participant)
                         await self._send_current_model(join.participant)
                     elif kind == "heartbeat":
                         self.last_seen[Heartbeat.model_validate(fields).participant] = time.time()

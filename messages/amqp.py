@@ -129,9 +129,13 @@ class AmqpTransport(Transport):
                 f"cannot reach RabbitMQ at {where} ({exc.__class__.__name__}): start it "
                 "(`rabbitmq-server -detached`) or pass the right --broker / FEDQ_BROKER_URL"
             ) from None
-        self._publisher = await self._connection.channel(
-            publisher_confirms=True, on_return_raises=True
-        )
+        await self._reopen_publisher()
+
+    async def _reopen_publisher(self) -> None:
+        self._exchanges.clear()
+        if self._publisher is not None and not self._publisher.is_closed:
+            await self._publisher.close()
+        self._publisher = await self._conn.channel(publisher_confirms=True, on_return_raises=True)
 
     async def close(self) -> None:
         if self._connection is not None:
@@ -224,6 +228,11 @@ class AmqpTransport(Transport):
             raise Unroutable(f"no queue bound to {exchange!r} for {routing_key!r}") from exc
         except aio_pika.exceptions.DeliveryError as exc:
             raise TransportError(f"broker did not take the message: {exc}") from exc
+        except aiormq.exceptions.ChannelClosed as exc:
+            # e.g. NOT_FOUND for a missing exchange: the broker closed the publishing
+            # channel; open a fresh one so the next publish works.
+            await self._reopen_publisher()
+            raise TransportError(f"broker refused the publish to {exchange!r}: {exc}") from None
 
     @asynccontextmanager
     async def consume(self, queue: str, *, prefetch: int) -> AsyncIterator[AsyncIterator[Delivery]]:

@@ -193,3 +193,16 @@ async def test_consuming_a_missing_queue_fails_clearly(transport_pair):
     with pytest.raises(TransportError):
         async with sub.consume(queue, prefetch=1):
             pass
+
+
+async def test_publishing_to_a_missing_exchange_fails_and_the_transport_recovers(transport_pair):
+    pub, _ = transport_pair
+    exchange, queue = names()
+    with pytest.raises(TransportError):
+        await pub.publish(exchange, "key", b"nowhere to go")
+    await pub.declare_queue(queue)
+    try:
+        await pub.publish("", queue, b"still works")
+        assert await pub.queue_depth(queue) == 1
+    finally:
+        await pub.delete_queue(queue)

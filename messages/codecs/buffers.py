@@ -23,4 +23,4 @@ def view_as(data: memoryview, wire_dtype: np.dtype, shape: tuple[int, ...]) -> n
 def as_le_bytes(array: np.ndarray, dtype: np.dtype) -> memoryview:
     """``array`` as contiguous little-endian ``dtype`` bytes; copies only when it must."""
     out = np.ascontiguousarray(array, dtype=dtype.newbyteorder("<"))
-    return out.data.cast("B")
+    return out.reshape(-1).view(np.uint8).data

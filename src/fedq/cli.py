@@ -134,6 +134,14 @@ TimeoutOpt = Annotated[
     float, typer.Option("--round-timeout", help="Seconds before a round's deadline.")
 ]
 CodecOpt = Annotated[str, typer.Option("--codec", help="Tensor codec on the wire: raw or fp16.")]
+LingerOpt = Annotated[
+    float,
+    typer.Option(
+        "--linger",
+        help="After the last round, refuse late updates until all participants left, at most "
+        "this many seconds.",
+    ),
+]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens.")]
 
 
@@ -161,6 +169,7 @@ def simulate_command(
         list[str] | None,
         typer.Option("--slow", help="Make participant INDEX FACTOR x slower, e.g. 3:10."),
     ] = None,
+    linger: LingerOpt = 30.0,
     verbose: VerboseOpt = False,
 ) -> None:
     """Run a coordinator and N participants on this machine (embedded broker by default)."""
@@ -177,6 +186,7 @@ def simulate_command(
             min_quorum=min_quorum,
             round_timeout=round_timeout,
             codec=check_codec(codec),
+            linger_seconds=linger,
         ),
         participant=ParticipantConfig(federation=name, participant_id="p", codec=codec),
         broker_url=broker,
@@ -213,12 +223,7 @@ def coordinator_command(
     state_dir: StateOpt = None,
     report: ReportOpt = None,
     codec: CodecOpt = "raw",
-    linger: Annotated[
-        float,
-        typer.Option(
-            "--linger", help="After the last round, keep rejecting late updates this long."
-        ),
-    ] = 5.0,
+    linger: LingerOpt = 30.0,
     verbose: VerboseOpt = False,
 ) -> None:
     """Run the coordinator of one federation on RabbitMQ."""

@@ -1,0 +1,537 @@
+"""Seconds per round of fedq on RabbitMQ next to a raw aio-pika floor that moves the same bytes.
+
+    python bench/round_overhead.py --participants 10 --params 1000000 10000000 --rounds 6 \
+        --broker amqp://guest:guest@127.0.0.1:5672/
+
+For each parameter count P (float32), in one run on the real broker:
+
+- fedq: ``fedq.simulation.simulate`` of N participants with ``fedq.apps.synthetic``
+  (``SyntheticApp(params=P)``), quorum = N (every update required each round). A round
+  lasts from one commit to the next (an observer stamps each commit); reported is the
+  median over rounds 2 and later, with the median of its phases.
+- raw floor: plain aio-pika doing what a fedq round does on the wire, nothing else. Per
+  round, N concurrent publishers (one confirm channel on the "participants" connection,
+  as fedq's transport) each publish one persistent update of fedq's update body size to a
+  direct exchange bound to one durable queue; one consumer on the "coordinator"
+  connection acks each; then one persistent model message of fedq's model body size is
+  published (with confirms) to a fanout exchange bound to N durable queues
+  (``x-max-length: 1``, ``x-overflow: drop-head``), each consumed and acked by its own
+  consumer. A round lasts from the first update publish until all N models were consumed.
+  Median over rounds 2 and later.
+- CPU parts of one round, single-threaded, no broker: update encode, decode + validation,
+  N accumulator folds, mean + apply, checkpoint save, model encode, and the participant
+  side (model decode + copy, train, delta, encode), to compare with the round time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aio_pika
+import numpy as np
+from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractRobustConnection
+from fedq.coordinator.accumulator import WeightedMeanAccumulator
+from fedq.coordinator.checkpoint import save_checkpoint
+from fedq.coordinator.fedavg import apply_mean_delta
+from fedq.coordinator.ledger import RoundHistory
+from fedq.coordinator.service import CoordinatorConfig
+from fedq.coordinator.validation import check_tensors, spec_of
+from fedq.messages.allocator import tune_malloc_for_large_buffers
+from fedq.messages.amqp import DEFAULT_BROKER_URL, AmqpTransport, redact
+from fedq.messages.codec import Weights, decode_message, encode_message
+from fedq.messages.schema import ModelMeta, UpdateMeta
+from fedq.messages.topology import Topology
+from fedq.participant.worker import ParticipantConfig
+
+from fedq.apps import Partition, TrainConfig
+from fedq.apps.synthetic import SyntheticApp
+from fedq.simulation import SimulationPlan, participant_configs, simulate
+
+
+def median_from_round_2(durations: dict[int, float]) -> float:
+    """Median of the durations of rounds 2, 3, ... (round 1 includes warm-up)."""
+    values = [seconds for round_, seconds in durations.items() if round_ >= 2]
+    return statistics.median(values) if values else float("nan")
+
+
+# ------------------------------------------------------------------------------------ fedq
+@dataclass
+class CommitClock:
+    """A CoordinatorObserver that stamps time.perf_counter() at each round's events."""
+
+    opened: dict[int, float] = field(default_factory=dict)
+    first_update: dict[int, float] = field(default_factory=dict)
+    last_update: dict[int, float] = field(default_factory=dict)
+    committed: dict[int, float] = field(default_factory=dict)
+    rejected: int = 0
+    _round: int = 0
+
+    def round_opened(self, round_: int, version: int) -> None:
+        self._round = round_
+        self.opened[round_] = time.perf_counter()
+
+    def update_seen(self, participant: str | None, accepted: bool, reason: str | None) -> None:
+        if not accepted:
+            self.rejected += 1
+            return
+        now = time.perf_counter()
+        self.first_update.setdefault(self._round, now)
+        self.last_update[self._round] = now
+
+    def round_committed(self, row: RoundHistory) -> None:
+        self.committed[row.round] = time.perf_counter()
+
+    def between(self, start: dict[int, float], end: dict[int, float], lag: int = 0) -> float:
+        """Median over rounds r >= 2 of end[r] - start[r - lag]."""
+        return median_from_round_2(
+            {r: t - start[r - lag] for r, t in end.items() if r - lag in start}
+        )
+
+
+@dataclass
+class FedqResult:
+    seconds_per_round: float
+    commit_to_open: float  # model encode + round.open + model publish (confirmed)
+    open_to_first_fold: float  # participants: model in, train, delta out; first fold done
+    first_to_last_fold: float  # the other N-1 updates received, validated, folded
+    last_fold_to_commit: float  # mean, apply, checkpoint, ledger, acks, round.closed
+    history_seconds: float  # the ledger's commit minus open time, median from round 2
+    rejected: int
+
+
+async def run_fedq(url: str, n: int, params: int, rounds: int) -> FedqResult:
+    federation = f"bench-{uuid.uuid4().hex[:8]}-{params}"
+    clock = CommitClock()
+    with tempfile.TemporaryDirectory(prefix="fedq-bench-") as state:
+        plan = SimulationPlan(
+            coordinator=CoordinatorConfig(
+                federation=federation,
+                participants=n,
+                rounds=rounds,
+                state_dir=Path(state),
+                quorum=n,
+                round_timeout=600.0,
+            ),
+            participant=ParticipantConfig(federation=federation, participant_id="p"),
+            broker_url=url,
+        )
+        try:
+            result = await simulate(plan, SyntheticApp(params=params), observer=clock)
+        finally:
+            async with AmqpTransport(url) as transport:
+                participants = [c.participant_id for c in participant_configs(plan)]
+                await Topology(federation).delete(transport, participants)
+    history = {int(row["round"]): float(row["seconds"]) for row in result.history}
+    return FedqResult(
+        seconds_per_round=clock.between(clock.committed, clock.committed, lag=1),
+        commit_to_open=clock.between(clock.committed, clock.opened, lag=1),
+        open_to_first_fold=clock.between(clock.opened, clock.first_update),
+        first_to_last_fold=clock.between(clock.first_update, clock.last_update),
+        last_fold_to_commit=clock.between(clock.last_update, clock.committed),
+        history_seconds=median_from_round_2(history),
+        rejected=clock.rejected + result.updates_rejected,
+    )
+
+
+# ------------------------------------------------------------------------------- raw floor
+@dataclass
+class Countdown:
+    """Set ``done`` (and stamp ``at``) once ``count`` messages were acked."""
+
+    count: int
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    at: float = float("nan")
+
+    async def acked(self, message: AbstractIncomingMessage) -> None:
+        await message.ack()
+        self.count -= 1
+        if self.count == 0:
+            self.at = time.perf_counter()
+            self.done.set()
+
+
+@dataclass(frozen=True)
+class RawRound:
+    """Seconds from the round's start (first update publish) to the end of each step."""
+
+    updates_consumed: float  # all N updates delivered to and acked by the coordinator
+    updates_confirmed: float  # all N update publishes confirmed to their publisher
+    model_confirmed: float  # the model publish (started once all updates were consumed)
+    models_consumed: float  # all N model copies delivered and acked
+
+    @property
+    def total(self) -> float:
+        """The round is over when every copy was consumed and every publish confirmed."""
+        return max(
+            self.updates_consumed,
+            self.updates_confirmed,
+            self.model_confirmed,
+            self.models_consumed,
+        )
+
+
+@dataclass(frozen=True)
+class RawResult:
+    seconds_per_round: float
+    steps: RawRound  # each step's median from round 2
+
+
+async def run_raw(
+    url: str, n: int, update_body: bytes, model_body: bytes, rounds: int
+) -> RawResult:
+    prefix = f"fedq-bench-raw-{uuid.uuid4().hex[:12]}"
+    updates, models = f"{prefix}.updates", f"{prefix}.models"
+    model_queues = [f"{prefix}.model.p{i}" for i in range(n)]
+    # One connection per side, as fedq.simulation does.
+    coordinator = await aio_pika.connect_robust(url)
+    participants = await aio_pika.connect_robust(url)
+    try:
+        setup = await coordinator.channel()
+        update_exchange = await setup.declare_exchange(
+            updates, aio_pika.ExchangeType.DIRECT, durable=True
+        )
+        update_queue = await setup.declare_queue(updates, durable=True)
+        await update_queue.bind(update_exchange, routing_key="update")
+        model_exchange = await setup.declare_exchange(
+            models, aio_pika.ExchangeType.FANOUT, durable=True
+        )
+        for name in model_queues:
+            queue = await setup.declare_queue(
+                name, durable=True, arguments={"x-max-length": 1, "x-overflow": "drop-head"}
+            )
+            await queue.bind(model_exchange)
+        await setup.close()
+        measured = await _raw_rounds(
+            coordinator,
+            participants,
+            updates,
+            models,
+            model_queues,
+            update_body,
+            model_body,
+            rounds,
+        )
+    finally:
+        await _delete_raw(coordinator, [updates, *model_queues], [updates, models])
+        await participants.close()
+        await coordinator.close()
+
+    def median(step: Callable[[RawRound], float]) -> float:
+        return median_from_round_2({r: step(row) for r, row in measured.items()})
+
+    return RawResult(
+        seconds_per_round=median(lambda row: row.total),
+        steps=RawRound(
+            updates_consumed=median(lambda row: row.updates_consumed),
+            updates_confirmed=median(lambda row: row.updates_confirmed),
+            model_confirmed=median(lambda row: row.model_confirmed),
+            models_consumed=median(lambda row: row.models_consumed),
+        ),
+    )
+
+
+def _message(body: bytes) -> aio_pika.Message:
+    return aio_pika.Message(
+        body,
+        message_id=str(uuid.uuid4()),
+        content_type="application/x-msgpack",
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+    )
+
+
+async def _publish(exchange: AbstractExchange, key: str, body: bytes, *, copies: int) -> None:
+    """``copies`` concurrent persistent publishes of ``body``, each awaiting its confirm."""
+    await asyncio.gather(*(exchange.publish(_message(body), key) for _ in range(copies)))
+
+
+async def _stamp(awaitable: Awaitable[object]) -> float:
+    await awaitable
+    return time.perf_counter()
+
+
+async def _raw_rounds(
+    coordinator: AbstractRobustConnection,
+    participants: AbstractRobustConnection,
+    updates: str,
+    models: str,
+    model_queues: list[str],
+    update_body: bytes,
+    model_body: bytes,
+    rounds: int,
+) -> dict[int, RawRound]:
+    n = len(model_queues)
+    # Channels as fedq's AmqpTransport opens them: one confirm channel per connection for
+    # publishing (the N virtual participants share theirs), one channel per consumer
+    # (coordinator prefetch max(2N, 16), each participant prefetch 1).
+    coordinator_publish = await coordinator.channel(publisher_confirms=True)
+    participant_publish = await participants.channel(publisher_confirms=True)
+    update_exchange = await participant_publish.get_exchange(updates, ensure=False)
+    model_exchange = await coordinator_publish.get_exchange(models, ensure=False)
+    update_done = Countdown(0)
+    model_done = Countdown(0)
+
+    async def on_update(message: AbstractIncomingMessage) -> None:
+        await update_done.acked(message)
+
+    async def on_model(message: AbstractIncomingMessage) -> None:
+        await model_done.acked(message)
+
+    channels = [coordinator_publish, participant_publish]
+    consume = await coordinator.channel()
+    channels.append(consume)
+    await consume.set_qos(prefetch_count=max(2 * n, 16))
+    await (await consume.get_queue(updates)).consume(on_update)
+    for name in model_queues:
+        channel = await participants.channel()
+        channels.append(channel)
+        await channel.set_qos(prefetch_count=1)
+        await (await channel.get_queue(name)).consume(on_model)
+
+    measured: dict[int, RawRound] = {}
+    try:
+        for round_ in range(1, rounds + 1):
+            update_done = Countdown(n)
+            model_done = Countdown(n)
+            start = time.perf_counter()
+            # Confirms are not on the critical path (fedq's coordinator sees an update
+            # before its publisher has the confirm), but the round ends only when they came.
+            updates_confirmed = asyncio.create_task(
+                _stamp(_publish(update_exchange, "update", update_body, copies=n))
+            )
+            await update_done.done.wait()
+            model_confirmed = asyncio.create_task(
+                _stamp(_publish(model_exchange, "", model_body, copies=1))
+            )
+            await model_done.done.wait()
+            confirmed = await asyncio.gather(updates_confirmed, model_confirmed)
+            measured[round_] = RawRound(
+                updates_consumed=update_done.at - start,
+                updates_confirmed=confirmed[0] - start,
+                model_confirmed=confirmed[1] - start,
+                models_consumed=model_done.at - start,
+            )
+    finally:
+        for channel in reversed(channels):
+            await channel.close()
+    return measured
+
+
+async def _delete_raw(
+    connection: AbstractRobustConnection, queues: Sequence[str], exchanges: Sequence[str]
+) -> None:
+    channel = await connection.channel()
+    for queue in queues:
+        await channel.queue_delete(queue)
+    for exchange in exchanges:
+        await channel.exchange_delete(exchange)
+    await channel.close()
+
+
+# ------------------------------------------------------------------------------- CPU parts
+@dataclass
+class CpuParts:
+    """Seconds, single-threaded, median of ``repeat`` runs."""
+
+    encode_one: float  # encode_message of one update
+    decode_validate_one: float  # decode_message + UpdateMeta + check_tensors
+    fold_n: float  # N x WeightedMeanAccumulator.add
+    mean_apply: float  # accumulator mean + apply_mean_delta
+    checkpoint: float  # save_checkpoint (npz + fsync)
+    model_encode: float  # encode_message of the model (once per round)
+    participant_one: float  # model decode + float copy + train + delta + encode, one participant
+
+    def serial_round(self, n: int) -> float:
+        """All of a round's CPU work done one after the other (no overlap, no broker)."""
+        return (
+            n * (self.encode_one + self.decode_validate_one + self.participant_one)
+            + self.fold_n
+            + self.mean_apply
+            + self.checkpoint
+            + self.model_encode
+        )
+
+
+def median_seconds(fn: Callable[[], object], repeat: int) -> float:
+    fn()  # warm up
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def update_meta(participant: str = "p0", num_examples: int = 100) -> UpdateMeta:
+    return UpdateMeta(
+        federation="bench",
+        participant=participant,
+        round=1,
+        base_version=0,
+        num_examples=num_examples,
+        metrics={"loss": 0.0},
+    )
+
+
+def model_meta() -> ModelMeta:
+    return ModelMeta(federation="bench", version=1, round=1, rounds_total=1)
+
+
+def measure_cpu(app: SyntheticApp, n: int, repeat: int) -> CpuParts:
+    weights = app.initial_weights()
+    spec = spec_of(weights)
+    partition = Partition(0, n)
+    train = TrainConfig()
+    local = app.train(weights, partition, train).weights
+    delta: Weights = {name: np.subtract(local[name], w) for name, w in weights.items()}
+    meta = update_meta()
+    body = encode_message(meta, delta)
+    model_body = encode_message(model_meta(), weights)
+
+    def decode_validate() -> None:
+        decoded = decode_message(body)
+        decoded.meta(UpdateMeta)
+        check_tensors(decoded.tensors, spec)
+
+    deltas = check_tensors(decode_message(body).tensors, spec)
+
+    def fold() -> WeightedMeanAccumulator:
+        accumulator = WeightedMeanAccumulator(weights)
+        for i in range(n):
+            accumulator.add(deltas, 100.0 * (i + 1))
+        return accumulator
+
+    accumulator = fold()
+
+    def participant() -> None:  # what fedq.participant.worker does with one model
+        decoded = decode_message(model_body)
+        decoded.meta(ModelMeta)
+        global_ = {t.name: np.array(t.array, dtype=t.dtype) for t in decoded.tensors}
+        result = app.train(global_, partition, train)
+        out = {k: np.subtract(result.weights[k], w, dtype=w.dtype) for k, w in global_.items()}
+        encode_message(meta, out)
+
+    with tempfile.TemporaryDirectory(prefix="fedq-bench-ckpt-") as folder:
+        versions = iter(range(1, repeat + 2))
+        checkpoint = median_seconds(
+            lambda: save_checkpoint(Path(folder), next(versions), weights), repeat
+        )
+    return CpuParts(
+        encode_one=median_seconds(lambda: encode_message(meta, delta), repeat),
+        decode_validate_one=median_seconds(decode_validate, repeat),
+        fold_n=median_seconds(fold, repeat),
+        mean_apply=median_seconds(lambda: apply_mean_delta(weights, accumulator.mean()), repeat),
+        checkpoint=checkpoint,
+        model_encode=median_seconds(lambda: encode_message(model_meta(), weights), repeat),
+        participant_one=median_seconds(participant, repeat),
+    )
+
+
+# ------------------------------------------------------------------------------------ main
+@dataclass
+class Row:
+    params: int
+    update_bytes: int
+    model_bytes: int
+    fedq: FedqResult
+    raw: RawResult
+    cpu: CpuParts
+
+
+async def measure(url: str, n: int, params: int, rounds: int, repeat: int) -> Row:
+    app = SyntheticApp(params=params)
+    weights = app.initial_weights()
+    update_body = encode_message(update_meta(), weights)
+    model_body = encode_message(model_meta(), weights)
+    cpu = measure_cpu(app, n, repeat)
+    print(f"  P={params:,}: CPU parts done; raw floor ...", flush=True)
+    raw = await run_raw(url, n, update_body, model_body, rounds)
+    print(f"  P={params:,}: raw floor done; fedq ...", flush=True)
+    fedq = await run_fedq(url, n, params, rounds)
+    return Row(params, len(update_body), len(model_body), fedq, raw, cpu)
+
+
+def line(seconds: float, what: str, times: int = 1) -> str:
+    """One breakdown line in milliseconds; ``times`` > 1 also shows the N-fold total."""
+    total = f" (x{times} = {times * seconds * 1e3:.1f} ms)" if times > 1 else ""
+    return f"    {seconds * 1e3:9.1f} ms  {what}{total}"
+
+
+def report(rows: list[Row], n: int) -> None:
+    print()
+    print(f"{'P':>12} {'body MB':>8} {'fedq s/round':>13} {'raw s/round':>12} {'fedq/raw':>9}")
+    for row in rows:
+        print(
+            f"{row.params:>12,} {row.update_bytes / 1e6:>8.1f} "
+            f"{row.fedq.seconds_per_round:>13.3f} {row.raw.seconds_per_round:>12.3f} "
+            f"{row.fedq.seconds_per_round / row.raw.seconds_per_round:>9.2f}"
+        )
+    for row in rows:
+        f, r, c = row.fedq, row.raw, row.cpu
+        print()
+        print(f"P = {row.params:,} ({row.update_bytes / 1e6:.1f} MB per update, N = {n})")
+        print("  fedq round, median from round 2 (commit to commit):")
+        print(line(f.commit_to_open, "commit -> open: model encode + round.open + model publish"))
+        print(line(f.open_to_first_fold, "open -> 1st update folded: model in, train, delta out"))
+        print(line(f.first_to_last_fold, f"1st -> {n}th update folded"))
+        print(line(f.last_fold_to_commit, "last fold -> commit: mean, apply, checkpoint, ledger"))
+        print(
+            line(f.seconds_per_round, f"round (ledger's open -> commit: {f.history_seconds:.3f} s)")
+        )
+        if f.rejected:
+            print(f"    !! {f.rejected} updates rejected")
+        print("  raw floor round, median from round 2 (each step from the round's start):")
+        print(line(r.steps.updates_consumed, f"{n} updates consumed + acked"))
+        print(line(r.steps.updates_confirmed, f"{n} update publishes confirmed"))
+        print(line(r.steps.model_confirmed, "model publish confirmed"))
+        print(line(r.steps.models_consumed, f"{n} model copies consumed + acked"))
+        print(line(r.seconds_per_round, "round (each round ends at its last step)"))
+        print("  CPU parts of one round, single thread, no broker (median):")
+        print(line(c.encode_one, "encode 1 update", n))
+        print(line(c.decode_validate_one, "decode + validate 1 update", n))
+        print(line(c.fold_n, f"accumulator fold x{n}"))
+        print(line(c.mean_apply, "mean + apply"))
+        print(line(c.checkpoint, "checkpoint save (npz + fsync)"))
+        print(line(c.model_encode, "model encode"))
+        print(line(c.participant_one, "participant: model decode + copy, train, delta, encode", n))
+        print(line(c.serial_round(n), "sum: all of a round's CPU work in series"))
+
+
+async def amain(args: argparse.Namespace) -> list[Row]:
+    rows = []
+    for params in args.params:
+        rows.append(await measure(args.broker, args.participants, params, args.rounds, args.repeat))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--participants", type=int, default=10)
+    parser.add_argument("--params", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    parser.add_argument("--rounds", type=int, default=6, help="rounds per run (>= 2)")
+    parser.add_argument("--broker", default=DEFAULT_BROKER_URL)
+    parser.add_argument("--repeat", type=int, default=3, help="runs per CPU part")
+    args = parser.parse_args()
+    if args.rounds < 2:
+        parser.error("--rounds must be at least 2: round 1 is warm-up")
+    tuned = tune_malloc_for_large_buffers()
+    print(f"glibc malloc tuning: {'on' if tuned else 'off'} (FEDQ_MALLOC_TUNING=0 turns it off)")
+    print(
+        f"N = {args.participants} participants, quorum = N, {args.rounds} rounds, "
+        f"P = {', '.join(f'{p:,}' for p in args.params)} float32, RabbitMQ at {redact(args.broker)}"
+    )
+    started = time.perf_counter()
+    rows = asyncio.run(amain(args))
+    report(rows, args.participants)
+    print(f"\nwall time {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

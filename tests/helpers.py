@@ -1,0 +1,51 @@
+"""Helpers for integration tests: run the real `fedq` CLI, read the real broker's queues."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from fedq.messages.amqp import AmqpTransport
+from fedq.messages.transport import Delivery
+
+FEDQ = [sys.executable, "-m", "fedq.cli"]
+
+
+def fedq_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    env["COLUMNS"] = "200"
+    return env
+
+
+def run_fedq(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*FEDQ, *args], capture_output=True, text=True, timeout=timeout, env=fedq_env()
+    )
+
+
+def start_fedq(*args: str, log: Path) -> subprocess.Popen[bytes]:
+    handle = log.open("wb")
+    return subprocess.Popen([*FEDQ, *args], stdout=handle, stderr=subprocess.STDOUT, env=fedq_env())
+
+
+def read_report(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())  # type: ignore[no-any-return]
+
+
+async def drain(url: str, queue: str, quiet: float = 1.0) -> list[Delivery]:
+    """Every message now in ``queue`` (acked: the test owns the queue)."""
+    out: list[Delivery] = []
+    async with AmqpTransport(url) as transport, transport.consume(queue, prefetch=100) as inbox:
+        while True:
+            try:
+                delivery = await asyncio.wait_for(anext(inbox), quiet)
+            except TimeoutError:
+                return out
+            await delivery.ack()
+            out.append(delivery)

@@ -1,0 +1,313 @@
+"""Whole federations on the real RabbitMQ with real Keras training: the walking skeleton."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fedq.coordinator.ledger import UpdateLedger
+from fedq.coordinator.service import CoordinatorConfig
+from fedq.messages.amqp import AmqpTransport
+from fedq.messages.codec import encode_message
+from fedq.messages.schema import MESSAGE_TYPES, UpdateMeta
+from fedq.messages.topology import UPDATE_KEY, Topology
+from fedq.messages.transport import TransportError
+from fedq.participant.worker import ParticipantConfig
+
+from fedq.apps.synthetic import SyntheticApp
+from fedq.simulation import SimulationPlan, simulate
+from tests.conftest import BROKER_URL
+from tests.helpers import drain, read_report, run_fedq, start_fedq
+
+
+def plan(federation: str, state: Path, participants: int = 3, rounds: int = 2) -> SimulationPlan:
+    return SimulationPlan(
+        coordinator=CoordinatorConfig(
+            federation=federation, participants=participants, rounds=rounds, state_dir=state
+        ),
+        participant=ParticipantConfig(federation=federation, participant_id="p"),
+        broker_url=BROKER_URL,
+    )
+
+
+async def cleanup(federation: str, participants: list[str]) -> None:
+    async with AmqpTransport(BROKER_URL) as transport:
+        await Topology(federation).delete(transport, participants)
+
+
+@pytest.mark.keras
+@pytest.mark.parametrize("on", ["embedded", "rabbitmq"])
+def test_dense_seed_example_reaches_90_percent(tmp_path, federation, on):
+    report = tmp_path / "report.json"
+    broker = ["--broker", BROKER_URL] if on == "rabbitmq" else []
+    result = run_fedq(
+        "simulate",
+        "--app",
+        "fedq.apps.dense:app",
+        "--participants",
+        "4",
+        "--rounds",
+        "5",
+        "--federation",
+        federation,
+        "--state-dir",
+        str(tmp_path),
+        "--report",
+        str(report),
+        *broker,
+    )
+    assert result.returncode == 0, result.stderr
+    data = read_report(report)
+    assert data["rounds_completed"] == 5 and data["model_version"] == 5
+    assert data["updates_incorporated"] == 20 and data["updates_rejected"] == 0
+    assert data["final_metrics"]["accuracy"] >= 0.9
+    assert set(data) >= {"federation", "duplicates", "wall_seconds", "final_metrics"}
+    if on == "rabbitmq":
+        asyncio.run(cleanup(federation, [f"p{i}" for i in range(4)]))
+
+
+@pytest.mark.keras
+def test_fashion_mnist_cnn_over_rabbitmq_reaches_75_percent(tmp_path, federation):
+    report = tmp_path / "report.json"
+    result = run_fedq(
+        "simulate",
+        "--app",
+        "fedq.apps.fmnist:app",
+        "--participants",
+        "10",
+        "--rounds",
+        "3",
+        "--broker",
+        BROKER_URL,
+        "--federation",
+        federation,
+        "--state-dir",
+        str(tmp_path),
+        "--report",
+        str(report),
+    )
+    assert result.returncode == 0, result.stderr
+    data = read_report(report)
+    assert data["rounds_completed"] == 3
+    assert data["final_metrics"]["accuracy"] >= 0.75
+    asyncio.run(cleanup(federation, [f"p{i}" for i in range(10)]))
+
+
+def hostile_bodies(federation: str, model: dict[str, np.ndarray]) -> dict[str, bytes]:
+    def update(tensors: dict[str, np.ndarray]) -> bytes:
+        meta = UpdateMeta(
+            federation=federation, participant="mallory", round=1, base_version=0, num_examples=9
+        )
+        return encode_message(meta, tensors)
+
+    wrong_shape = {k: np.zeros(v.size + 1, np.float32) for k, v in model.items()}
+    with_nan = {k: np.zeros_like(v) for k, v in model.items()}
+    next(iter(with_nan.values()))[0] = np.nan
+    return {
+        "undecodable": b"\xc1 garbage, not msgpack \x00\xff",
+        "shape_mismatch": update(wrong_shape),
+        "non_finite": update(with_nan),
+    }
+
+
+async def test_garbage_wrong_shape_and_nan_go_to_the_dlq_with_distinct_reasons(
+    tmp_path, federation
+):
+    app = SyntheticApp(params=1000)
+    topology = Topology(federation)
+    async with AmqpTransport(BROKER_URL) as transport:
+        await topology.declare_core(transport)
+        for reason, body in hostile_bodies(federation, app.initial_weights()).items():
+            await transport.publish(
+                topology.updates,
+                UPDATE_KEY,
+                body,
+                message_id=f"bad-{reason}",
+                type=MESSAGE_TYPES["update"],
+                mandatory=True,
+            )
+    try:
+        result = await simulate(plan(federation, tmp_path), app)
+        assert result.rounds_completed == 2
+        assert result.rejected_by_reason == {"non_finite": 1, "shape_mismatch": 1, "undecodable": 1}
+        assert result.updates_rejected == 3 and result.updates_incorporated == 6
+        dead = await drain(BROKER_URL, topology.rejected)
+        reasons = {d.message_id: str(d.headers["x-fedq-reason"]) for d in dead}
+        assert {k: v.split(":")[0] for k, v in reasons.items()} == {
+            "bad-undecodable": "undecodable",
+            "bad-shape_mismatch": "shape_mismatch",
+            "bad-non_finite": "non_finite",
+        }
+        assert bytes(dead[0].body) in hostile_bodies(federation, app.initial_weights()).values()
+        # Exactly once: every update id is in one committed version, counted once.
+        ledger = UpdateLedger(tmp_path / "ledger.sqlite")
+        by_version = ledger.update_ids_by_version()
+        assert len(by_version) == result.updates_incorporated
+        assert sum(h.n_updates for h in ledger.history()) == len(by_version)
+    finally:
+        await cleanup(federation, ["p0", "p1", "p2"])
+
+
+async def test_a_replayed_update_is_counted_as_duplicate_and_never_applied_twice(
+    tmp_path, federation
+):
+    app = SyntheticApp(params=1000)
+    try:
+        first = await simulate(plan(federation, tmp_path, rounds=1), app)
+        assert first.model_version == 1
+        db = sqlite3.connect(tmp_path / "ledger.sqlite")
+        [(committed_id,)] = db.execute("SELECT update_id FROM updates LIMIT 1").fetchall()
+        db.close()
+        replay = UpdateMeta(
+            federation=federation,
+            update_id=committed_id,
+            participant="p0",
+            round=2,
+            base_version=1,
+            num_examples=100,
+        )
+        body = encode_message(
+            replay, {k: np.ones_like(v) for k, v in app.initial_weights().items()}
+        )
+        async with AmqpTransport(BROKER_URL) as transport:
+            await transport.publish(
+                Topology(federation).updates,
+                UPDATE_KEY,
+                body,
+                message_id=committed_id,
+                mandatory=True,
+            )
+        second = await simulate(plan(federation, tmp_path, rounds=2), app)  # resumes at round 2
+        assert second.model_version == 2
+        assert second.duplicates == 1
+        assert second.rejected_by_reason == {"duplicate": 1}
+        assert UpdateLedger(tmp_path / "ledger.sqlite").update_ids_by_version()[committed_id] == 1
+    finally:
+        await cleanup(federation, ["p0", "p1", "p2"])
+
+
+@pytest.mark.keras
+def test_rounds_close_at_quorum_without_the_straggler_whose_updates_are_stale(tmp_path, federation):
+    """One coordinator and four participant processes; p3 trains 10x slower."""
+    app = ["--app", "fedq.apps.dense:app", "--federation", federation, "--broker", BROKER_URL]
+    report = tmp_path / "report.json"
+    coordinator = start_fedq(
+        "coordinator",
+        *app,
+        "--participants",
+        "4",
+        "--quorum",
+        "3",
+        "--rounds",
+        "3",
+        "--state-dir",
+        str(tmp_path),
+        "--report",
+        str(report),
+        "--linger",
+        "120",
+        log=tmp_path / "coordinator.log",
+    )
+    time.sleep(1.0)
+    participants = [
+        start_fedq(
+            "participant",
+            *app,
+            "--id",
+            f"p{i}",
+            "--partition",
+            f"{i}/4",
+            *(["--slowdown", "10"] if i == 3 else []),
+            log=tmp_path / f"p{i}.log",
+        )
+        for i in range(4)
+    ]
+    try:
+        assert coordinator.wait(timeout=300) == 0, (tmp_path / "coordinator.log").read_text()
+        for i, p in enumerate(participants):
+            assert p.wait(timeout=120) == 0, (tmp_path / f"p{i}.log").read_text()
+        data = read_report(report)
+        assert data["rounds_completed"] == 3
+        for row in data["history"]:
+            assert row["closed_by"] == "quorum" and len(row["participants"]) == 3
+            assert "p3" not in row["participants"]
+        assert data["rejected_by_reason"].get("stale", 0) >= 1
+        dead = asyncio.run(drain(BROKER_URL, Topology(federation).rejected))
+        stale = [d for d in dead if str(d.headers["x-fedq-reason"]).startswith("stale:")]
+        assert stale and all(d.headers["participant"] == "p3" for d in stale)
+        history = run_fedq("history", "--state-dir", str(tmp_path / federation))
+        assert history.returncode == 0, history.stderr
+        assert "stale" in history.stdout and "p3" in history.stdout
+    finally:
+        for p in (coordinator, *participants):
+            if p.poll() is None:
+                p.kill()
+        asyncio.run(cleanup(federation, [f"p{i}" for i in range(4)]))
+
+
+def test_sigterm_leaves_uncommitted_updates_on_the_broker(tmp_path, federation):
+    """A coordinator holding an update while it waits for quorum is stopped: the update is
+    not acked, so the broker keeps it for the next coordinator."""
+    coordinator = start_fedq(
+        "coordinator",
+        "--app",
+        "fedq.apps.synthetic:app",
+        "--federation",
+        federation,
+        "--broker",
+        BROKER_URL,
+        "--participants",
+        "2",
+        "--rounds",
+        "1",
+        "--state-dir",
+        str(tmp_path),
+        log=tmp_path / "coordinator.log",
+    )
+    topology = Topology(federation)
+    update = UpdateMeta(
+        federation=federation, participant="p0", round=1, base_version=0, num_examples=5
+    )
+    body = encode_message(
+        update, {k: np.ones_like(v) for k, v in SyntheticApp().initial_weights().items()}
+    )
+
+    async def hand_over_one_update() -> None:
+        async with AmqpTransport(BROKER_URL) as transport:
+            for _ in range(200):  # until the coordinator has declared its queue
+                try:
+                    await transport.publish(
+                        topology.updates,
+                        UPDATE_KEY,
+                        body,
+                        message_id=update.update_id,
+                        mandatory=True,
+                    )
+                    break
+                except TransportError:  # no exchange or queue yet
+                    await asyncio.sleep(0.1)
+            for _ in range(200):  # until the coordinator holds it (delivered, not acked)
+                if await transport.queue_depth(topology.updates) == 0:
+                    return
+                await asyncio.sleep(0.1)
+            raise AssertionError((tmp_path / "coordinator.log").read_text())
+
+    async def depth() -> int:
+        async with AmqpTransport(BROKER_URL) as transport:
+            return await transport.queue_depth(topology.updates)
+
+    try:
+        asyncio.run(hand_over_one_update())
+        time.sleep(0.5)
+        coordinator.terminate()
+        assert coordinator.wait(timeout=30) == 130, (tmp_path / "coordinator.log").read_text()
+        assert asyncio.run(depth()) == 1
+        assert UpdateLedger(tmp_path / federation / "ledger.sqlite").count_updates() == 0
+    finally:
+        if coordinator.poll() is None:
+            coordinator.kill()
+        asyncio.run(cleanup(federation, []))

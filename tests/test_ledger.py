@@ -1,0 +1,62 @@
+"""The ledger and checkpoints: atomic commits, one version per update id, torn-free files."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import numpy as np
+import pytest
+from fedq.coordinator.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from fedq.coordinator.ledger import UpdateLedger, UpdateRecord, VersionRecord
+
+
+def version(v: int) -> VersionRecord:
+    return VersionRecord(v, v, "quorum", 10.0, 1.0, 2.0, f"model-v{v}.npz", {"accuracy": 0.5})
+
+
+def update(uid: str, participant: str = "p") -> UpdateRecord:
+    return UpdateRecord(uid, participant, 1, 0, 5, 5.0)
+
+
+def test_a_version_and_its_updates_commit_together(tmp_path):
+    ledger = UpdateLedger(tmp_path / "ledger.sqlite")
+    ledger.commit_version(version(1), [update("a"), update("b", "q")])
+    assert ledger.has_update("a") and ledger.has_update("b")
+    [row] = ledger.history()
+    assert (row.version, row.n_updates, row.participants) == (1, 2, ["p", "q"])
+    assert ledger.last_version().metrics == {"accuracy": 0.5}
+
+
+def test_an_update_id_can_never_join_a_second_version(tmp_path):
+    ledger = UpdateLedger(tmp_path / "ledger.sqlite")
+    ledger.commit_version(version(1), [update("a")])
+    with pytest.raises(sqlite3.IntegrityError):
+        ledger.commit_version(version(2), [update("c"), update("a")])
+    assert [h.version for h in ledger.history()] == [1]  # version 2 rolled back whole
+    assert not ledger.has_update("c")
+    assert ledger.update_ids_by_version() == {"a": 1}
+
+
+def test_rejections_are_counted_by_reason_and_shown_with_their_round(tmp_path):
+    ledger = UpdateLedger(tmp_path / "ledger.sqlite")
+    ledger.commit_version(version(1), [update("a")])
+    ledger.record_rejection("x", "slow", 1, "stale", "late")
+    ledger.record_rejection(None, None, None, "undecodable", "garbage")
+    assert ledger.rejection_counts() == {"stale": 1, "undecodable": 1}
+    assert ledger.history()[0].rejected == {"stale": 1}
+
+
+def test_ledger_survives_reopening(tmp_path):
+    UpdateLedger(tmp_path / "l.sqlite").commit_version(version(1), [update("a")])
+    assert UpdateLedger(tmp_path / "l.sqlite").count_updates() == 1
+
+
+def test_checkpoints_round_trip_in_model_order_and_leave_no_temp_files(tmp_path):
+    weights = {"z": np.arange(3, dtype=np.float32), "a": np.ones((2, 2), np.float32)}
+    save_checkpoint(tmp_path, 1, weights)
+    path = save_checkpoint(tmp_path, 2, {k: v + 1 for k, v in weights.items()})
+    assert latest_checkpoint(tmp_path) == (2, path)
+    loaded = load_checkpoint(path)
+    assert list(loaded) == ["z", "a"]
+    np.testing.assert_array_equal(loaded["z"], [1, 2, 3])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model-v000001.npz", "model-v000002.npz"]
