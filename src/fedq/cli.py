@@ -72,8 +72,11 @@ def run(coro: Awaitable[T]) -> T:
 def setup_logging(verbose: bool) -> None:
     level = logging.INFO if verbose else getattr(logging, settings().log_level.upper(), 30)
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    for noisy in ("tensorflow", "absl", "aiormq", "aio_pika"):
+    for noisy in ("tensorflow", "absl"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    # The broker client logs each failed connection attempt; fedq reports them in one line.
+    for client in ("aiormq", "aio_pika"):
+        logging.getLogger(client).setLevel(level if verbose else logging.CRITICAL)
 
 
 def load(spec: str) -> Any:
@@ -367,6 +370,7 @@ def history_command(
 @broker_app.command("check")
 def broker_check(broker: BrokerOpt = None) -> None:
     """Say whether RabbitMQ is reachable, and what to do if it is not."""
+    setup_logging(verbose=False)
     url = broker or settings().broker_url
 
     async def main() -> None:

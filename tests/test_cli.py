@@ -1,0 +1,80 @@
+"""A user's mistakes end in one line that says what to do, never a traceback."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import BROKER_URL
+from tests.helpers import run_fedq
+
+
+def one_line_error(result) -> str:
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("app", "says"),
+    [
+        ("fedq.apps.nope:app", "cannot import 'fedq.apps.nope'"),
+        ("fedq.apps.dense:nope", "has no attribute 'nope'"),
+        ("fedq.apps.dense", "must look like package.module:attr"),
+        ("fedq.apps.dense:build_model", "not an app"),
+    ],
+)
+def test_a_wrong_app_path_is_one_clear_line(tmp_path, app, says):
+    result = run_fedq("simulate", "--app", app, "--state-dir", str(tmp_path))
+    assert says in one_line_error(result)
+
+
+def test_an_unreachable_broker_is_one_line_saying_what_to_do():
+    result = run_fedq("broker", "check", "--broker", "amqp://guest:guest@127.0.0.1:1/")
+    line = one_line_error(result)
+    assert "cannot reach RabbitMQ at amqp://guest:***@127.0.0.1:1/" in line
+    assert "rabbitmq-server -detached" in line
+
+
+def test_a_wrong_password_is_reported_without_echoing_it():
+    result = run_fedq("broker", "check", "--broker", "amqp://guest:hunter2@127.0.0.1:5672/")
+    line = one_line_error(result)
+    assert "refused the login" in line and "hunter2" not in line
+
+
+def test_a_bad_url_is_one_line():
+    line = one_line_error(run_fedq("broker", "check", "--broker", "http://example"))
+    assert "bad broker URL" in line
+
+
+def test_broker_check_passes_on_the_real_broker():
+    result = run_fedq("broker", "check", "--broker", BROKER_URL)
+    assert result.returncode == 0 and "reachable" in result.stderr
+
+
+def test_an_impossible_quorum_is_one_line(tmp_path):
+    result = run_fedq("simulate", "--participants", "3", "--quorum", "4", "--state-dir",
+                      str(tmp_path))
+    assert "--quorum (4) <= --participants (3)" in one_line_error(result)
+
+
+def test_history_of_a_missing_state_dir_is_one_line(tmp_path):
+    assert "no ledger at" in one_line_error(run_fedq("history", "--state-dir", str(tmp_path)))
+
+
+def test_every_command_has_help():
+    for command in (["simulate"], ["coordinator"], ["participant"], ["history"],
+                    ["broker", "check"]):
+        result = run_fedq(*command, "--help")
+        assert result.returncode == 0 and "Usage" in result.stdout
+
+
+def test_simulate_then_history_shows_the_rounds(tmp_path):
+    run = run_fedq("simulate", "--app", "fedq.apps.synthetic:app", "--participants", "2",
+                   "--rounds", "2", "--federation", "hist", "--state-dir", str(tmp_path))
+    assert run.returncode == 0, run.stderr
+    table = run_fedq("history", "--state-dir", str(tmp_path / "hist"))
+    assert table.returncode == 0 and "p0, p1" in table.stdout
+    as_json = run_fedq("history", "--state-dir", str(tmp_path / "hist"), "--json")
+    assert '"version": 2' in as_json.stdout
