@@ -27,6 +27,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import functools
+import os
 import statistics
 import tempfile
 import time
@@ -62,6 +65,54 @@ def median_from_round_2(durations: dict[int, float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+# ------------------------------------------------------------------------------ CPU clocks
+@functools.cache
+def _broker_stat_files() -> tuple[Path, ...]:
+    """/proc stat files of a local RabbitMQ (Erlang ``beam.smp``); empty if it is remote."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            if "(beam.smp)" in stat.read_text():
+                found.append(stat)
+    return tuple(found)
+
+
+def broker_cpu_seconds() -> float:
+    """User + system CPU seconds a local broker used so far; NaN if none is found."""
+    ticks = 0
+    files = _broker_stat_files()
+    for stat in files:
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return ticks / os.sysconf("SC_CLK_TCK") if files else float("nan")
+
+
+@dataclass(frozen=True)
+class CpuUse:
+    """CPU seconds of this Python process (all threads) and of the broker."""
+
+    python: float
+    broker: float
+
+    @classmethod
+    def now(cls) -> CpuUse:
+        return cls(time.process_time(), broker_cpu_seconds())
+
+    @classmethod
+    def per_round(cls, at_round_end: dict[int, CpuUse]) -> CpuUse:
+        """Median from round 2 of the CPU used between consecutive round ends."""
+        rounds = [r for r in at_round_end if r - 1 in at_round_end]
+        return cls(
+            median_from_round_2(
+                {r: at_round_end[r].python - at_round_end[r - 1].python for r in rounds}
+            ),
+            median_from_round_2(
+                {r: at_round_end[r].broker - at_round_end[r - 1].broker for r in rounds}
+            ),
+        )
+
+
 # ------------------------------------------------------------------------------------ fedq
 @dataclass
 class CommitClock:
@@ -71,6 +122,7 @@ class CommitClock:
     first_update: dict[int, float] = field(default_factory=dict)
     last_update: dict[int, float] = field(default_factory=dict)
     committed: dict[int, float] = field(default_factory=dict)
+    cpu: dict[int, CpuUse] = field(default_factory=dict)
     rejected: int = 0
     _round: int = 0
 
@@ -88,6 +140,7 @@ class CommitClock:
 
     def round_committed(self, row: RoundHistory) -> None:
         self.committed[row.round] = time.perf_counter()
+        self.cpu[row.round] = CpuUse.now()
 
     def between(self, start: dict[int, float], end: dict[int, float], lag: int = 0) -> float:
         """Median over rounds r >= 2 of end[r] - start[r - lag]."""
@@ -104,6 +157,7 @@ class FedqResult:
     first_to_last_fold: float  # the other N-1 updates received, validated, folded
     last_fold_to_commit: float  # mean, apply, checkpoint, ledger, acks, round.closed
     history_seconds: float  # the ledger's commit minus open time, median from round 2
+    cpu: CpuUse
     rejected: int
 
 
@@ -137,6 +191,7 @@ async def run_fedq(url: str, n: int, params: int, rounds: int) -> FedqResult:
         first_to_last_fold=clock.between(clock.first_update, clock.last_update),
         last_fold_to_commit=clock.between(clock.last_update, clock.committed),
         history_seconds=median_from_round_2(history),
+        cpu=CpuUse.per_round(clock.cpu),
         rejected=clock.rejected + result.updates_rejected,
     )
 
@@ -182,6 +237,7 @@ class RawRound:
 class RawResult:
     seconds_per_round: float
     steps: RawRound  # each step's median from round 2
+    cpu: CpuUse
 
 
 async def run_raw(
@@ -209,7 +265,7 @@ async def run_raw(
             )
             await queue.bind(model_exchange)
         await setup.close()
-        measured = await _raw_rounds(
+        measured, cpu = await _raw_rounds(
             coordinator,
             participants,
             updates,
@@ -235,6 +291,7 @@ async def run_raw(
             model_confirmed=median(lambda row: row.model_confirmed),
             models_consumed=median(lambda row: row.models_consumed),
         ),
+        cpu=CpuUse.per_round(cpu),
     )
 
 
@@ -266,7 +323,7 @@ async def _raw_rounds(
     update_body: bytes,
     model_body: bytes,
     rounds: int,
-) -> dict[int, RawRound]:
+) -> tuple[dict[int, RawRound], dict[int, CpuUse]]:
     n = len(model_queues)
     # Channels as fedq's AmqpTransport opens them: one confirm channel per connection for
     # publishing (the N virtual participants share theirs), one channel per consumer
@@ -296,6 +353,7 @@ async def _raw_rounds(
         await (await channel.get_queue(name)).consume(on_model)
 
     measured: dict[int, RawRound] = {}
+    cpu = {0: CpuUse.now()}
     try:
         for round_ in range(1, rounds + 1):
             update_done = Countdown(n)
@@ -318,10 +376,11 @@ async def _raw_rounds(
                 model_confirmed=confirmed[1] - start,
                 models_consumed=model_done.at - start,
             )
+            cpu[round_] = CpuUse.now()
     finally:
         for channel in reversed(channels):
             await channel.close()
-    return measured
+    return measured, cpu
 
 
 async def _delete_raw(
@@ -487,12 +546,16 @@ def report(rows: list[Row], n: int) -> None:
         )
         if f.rejected:
             print(f"    !! {f.rejected} updates rejected")
+        print(line(f.cpu.python, "CPU of this Python process per round (all threads)"))
+        print(line(f.cpu.broker, "CPU of the broker (beam.smp) per round"))
         print("  raw floor round, median from round 2 (each step from the round's start):")
         print(line(r.steps.updates_consumed, f"{n} updates consumed + acked"))
         print(line(r.steps.updates_confirmed, f"{n} update publishes confirmed"))
         print(line(r.steps.model_confirmed, "model publish confirmed"))
         print(line(r.steps.models_consumed, f"{n} model copies consumed + acked"))
         print(line(r.seconds_per_round, "round (each round ends at its last step)"))
+        print(line(r.cpu.python, "CPU of this Python process per round (all threads)"))
+        print(line(r.cpu.broker, "CPU of the broker (beam.smp) per round"))
         print("  CPU parts of one round, single thread, no broker (median):")
         print(line(c.encode_one, "encode 1 update", n))
         print(line(c.decode_validate_one, "decode + validate 1 update", n))

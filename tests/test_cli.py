@@ -54,8 +54,9 @@ def test_broker_check_passes_on_the_real_broker():
 
 
 def test_an_impossible_quorum_is_one_line(tmp_path):
-    result = run_fedq("simulate", "--participants", "3", "--quorum", "4", "--state-dir",
-                      str(tmp_path))
+    result = run_fedq(
+        "simulate", "--participants", "3", "--quorum", "4", "--state-dir", str(tmp_path)
+    )
     assert "--quorum (4) <= --participants (3)" in one_line_error(result)
 
 
@@ -64,15 +65,31 @@ def test_history_of_a_missing_state_dir_is_one_line(tmp_path):
 
 
 def test_every_command_has_help():
-    for command in (["simulate"], ["coordinator"], ["participant"], ["history"],
-                    ["broker", "check"]):
+    for command in (
+        ["simulate"],
+        ["coordinator"],
+        ["participant"],
+        ["history"],
+        ["broker", "check"],
+    ):
         result = run_fedq(*command, "--help")
         assert result.returncode == 0 and "Usage" in result.stdout
 
 
 def test_simulate_then_history_shows_the_rounds(tmp_path):
-    run = run_fedq("simulate", "--app", "fedq.apps.synthetic:app", "--participants", "2",
-                   "--rounds", "2", "--federation", "hist", "--state-dir", str(tmp_path))
+    run = run_fedq(
+        "simulate",
+        "--app",
+        "fedq.apps.synthetic:app",
+        "--participants",
+        "2",
+        "--rounds",
+        "2",
+        "--federation",
+        "hist",
+        "--state-dir",
+        str(tmp_path),
+    )
     assert run.returncode == 0, run.stderr
     table = run_fedq("history", "--state-dir", str(tmp_path / "hist"))
     assert table.returncode == 0 and "p0, p1" in table.stdout

@@ -8,19 +8,19 @@ high accuracy); 4,000 training rows split IID across participants and 1,000 held
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import numpy as np
 
 from fedq.apps import Partition, TrainConfig
-from fedq.apps.keras_app import Arrays, KerasApp, shard
+from fedq.apps.keras_app import Arrays, KerasApp, import_keras, shard
 
 SEED = 1234
 _TRUE_WEIGHTS = np.array([1.5, -2.0, 0.7, 1.0, -0.5], dtype=np.float32)
 
 
-def build_model():  # type: ignore[no-untyped-def]
-    import keras
-
+def build_model() -> Any:
+    keras = import_keras()
     model = keras.Sequential(
         [
             keras.Input(shape=(5,)),

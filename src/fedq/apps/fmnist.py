@@ -12,11 +12,12 @@ import gzip
 import os
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from fedq.apps import AppError, Partition
-from fedq.apps.keras_app import Arrays, KerasApp, shard
+from fedq.apps.keras_app import Arrays, KerasApp, import_keras, shard
 
 SEED = 42
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
@@ -53,9 +54,8 @@ def _split(kind: str) -> Arrays:
     return x, labels.astype(np.int64)
 
 
-def build_model():  # type: ignore[no-untyped-def]
-    import keras
-
+def build_model() -> Any:
+    keras = import_keras()
     model = keras.Sequential(
         [
             keras.Input(shape=(28, 28, 1)),

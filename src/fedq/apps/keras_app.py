@@ -12,9 +12,12 @@ so its optimizer state persists across rounds); threads never share a model.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
+import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -28,6 +31,28 @@ if TYPE_CHECKING:
 Arrays = tuple[np.ndarray, np.ndarray]
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ info lines
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """TensorFlow's C++ start-up lines ignore TF_CPP_MIN_LOG_LEVEL; hide fd 2 meanwhile."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+@functools.cache
+def import_keras() -> Any:
+    """Import Keras (and TensorFlow) once, quietly. Python errors still surface as usual."""
+    with _native_stderr_silenced():
+        import keras
+    return keras
 
 
 class KerasApp:
@@ -54,8 +79,7 @@ class KerasApp:
         with self._lock:
             model = self._models.get(key)
             if model is None:
-                import keras
-
+                keras = import_keras()
                 keras.utils.set_random_seed(self._seed)  # same initial weights everywhere
                 model = self._models[key] = self._build()
             return model
