@@ -24,7 +24,8 @@ def test_a_version_and_its_updates_commit_together(tmp_path):
     assert ledger.has_update("a") and ledger.has_update("b")
     [row] = ledger.history()
     assert (row.version, row.n_updates, row.participants) == (1, 2, ["p", "q"])
-    assert ledger.last_version().metrics == {"accuracy": 0.5}
+    last = ledger.last_version()
+    assert last is not None and last.metrics == {"accuracy": 0.5}
 
 
 def test_an_update_id_can_never_join_a_second_version(tmp_path):
