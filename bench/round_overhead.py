@@ -13,14 +13,17 @@ For each parameter count P (float32), in one run on the real broker:
   round, N concurrent publishers (one confirm channel on the "participants" connection,
   as fedq's transport) each publish one persistent update of fedq's update body size to a
   direct exchange bound to one durable queue; one consumer on the "coordinator"
-  connection acks each; then one persistent model message of fedq's model body size is
-  published (with confirms) to a fanout exchange bound to N durable queues
+  connection acks each; once all N arrived, one persistent model message of fedq's model
+  body size is published (with confirms) to a fanout exchange bound to N durable queues
   (``x-max-length: 1``, ``x-overflow: drop-head``), each consumed and acked by its own
-  consumer. A round lasts from the first update publish until all N models were consumed.
-  Median over rounds 2 and later.
-- CPU parts of one round, single-threaded, no broker: update encode, decode + validation,
-  N accumulator folds, mean + apply, checkpoint save, model encode, and the participant
-  side (model decode + copy, train, delta, encode), to compare with the round time.
+  consumer. A round lasts from the first update publish until all N model copies were
+  consumed and every publish was confirmed. Median over rounds 2 and later.
+- CPU seconds per round of this process (all threads) and of a local broker (``beam.smp``
+  in /proc), for both: on a small machine they share the cores.
+- CPU parts of one round, single-threaded on warm buffers, no broker: update encode,
+  decode + validation, N accumulator folds, mean + apply, checkpoint save, model encode,
+  and the participant side (model decode + copy, train, delta, encode), to compare with the
+  round time.
 """
 
 from __future__ import annotations
@@ -547,7 +550,7 @@ def report(rows: list[Row], n: int) -> None:
         if f.rejected:
             print(f"    !! {f.rejected} updates rejected")
         print(line(f.cpu.python, "CPU of this Python process per round (all threads)"))
-        print(line(f.cpu.broker, "CPU of the broker (beam.smp) per round"))
+        print(line(f.cpu.broker, "CPU of the broker per round (with Erlang busy-wait)"))
         print("  raw floor round, median from round 2 (each step from the round's start):")
         print(line(r.steps.updates_consumed, f"{n} updates consumed + acked"))
         print(line(r.steps.updates_confirmed, f"{n} update publishes confirmed"))
@@ -555,8 +558,8 @@ def report(rows: list[Row], n: int) -> None:
         print(line(r.steps.models_consumed, f"{n} model copies consumed + acked"))
         print(line(r.seconds_per_round, "round (each round ends at its last step)"))
         print(line(r.cpu.python, "CPU of this Python process per round (all threads)"))
-        print(line(r.cpu.broker, "CPU of the broker (beam.smp) per round"))
-        print("  CPU parts of one round, single thread, no broker (median):")
+        print(line(r.cpu.broker, "CPU of the broker per round (with Erlang busy-wait)"))
+        print("  CPU parts of one round, single thread, warm buffers, no broker (median):")
         print(line(c.encode_one, "encode 1 update", n))
         print(line(c.decode_validate_one, "decode + validate 1 update", n))
         print(line(c.fold_n, f"accumulator fold x{n}"))
@@ -590,6 +593,7 @@ def main() -> None:
         f"N = {args.participants} participants, quorum = N, {args.rounds} rounds, "
         f"P = {', '.join(f'{p:,}' for p in args.params)} float32, RabbitMQ at {redact(args.broker)}"
     )
+    print(f"{os.cpu_count()} CPU cores shared by this process and a local broker, if any")
     started = time.perf_counter()
     rows = asyncio.run(amain(args))
     report(rows, args.participants)

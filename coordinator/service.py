@@ -242,6 +242,7 @@ class Coordinator:
                 # The broker redelivered an update this round already holds (a channel was
                 # re-opened): keep the new handle, the old one can no longer be acked.
                 current.pending[meta.update_id] = delivery
+                delivery.release_body()
                 return
             if await asyncio.to_thread(self.ledger.has_update, meta.update_id):
                 self.duplicates += 1
@@ -249,6 +250,8 @@ class Coordinator:
             current.admit(meta)
             deltas = await asyncio.to_thread(check_tensors, decoded.tensors, spec)
             await asyncio.to_thread(current.fold, meta, deltas, delivery)
+            del decoded, deltas  # views into the body: let it go until the commit acks it
+            delivery.release_body()
             self.observer.update_seen(meta.participant, True, None)
         except Rejection as rejection:
             await self._reject(delivery, meta, rejection)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 import aio_pika
 import aiormq
@@ -48,12 +48,21 @@ def redact(url: str) -> str:
 
 
 class _AmqpDelivery:
-    __slots__ = ("_msg",)
+    __slots__ = ("_body", "_msg")
 
     def __init__(self, msg: AbstractIncomingMessage) -> None:
         self._msg = msg
+        self._body = msg.body
+        # This wrapper becomes the body's only holder, so release_body() really frees it.
+        cast(aio_pika.IncomingMessage, msg).body = b""
 
-    body = property(lambda self: self._msg.body)
+    @property
+    def body(self) -> bytes:
+        return self._body
+
+    def release_body(self) -> None:
+        self._body = b""
+
     message_id = property(lambda self: self._msg.message_id)
     type = property(lambda self: self._msg.type)
     user_id = property(lambda self: self._msg.user_id)

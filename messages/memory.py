@@ -49,6 +49,10 @@ class _MemoryDelivery:
     headers = property(lambda self: self._msg.headers)
     redelivered = property(lambda self: self._msg.redelivered)
 
+    def release_body(self) -> None:
+        """Nothing to release: like RabbitMQ, the embedded broker keeps the message until
+        it is acked (it may have to deliver it again)."""
+
     def _settle(self) -> None:
         if self._done:
             raise TransportError("delivery already acknowledged")

@@ -47,6 +47,13 @@ class Delivery(Protocol):
     @property
     def redelivered(self) -> bool: ...
 
+    def release_body(self) -> None:
+        """Drop this process's reference to the body; ack and nack still work.
+
+        The coordinator holds incorporated deliveries until the commit; releasing their
+        bodies keeps its memory O(model size) rather than O(quorum x model size).
+        """
+
     async def ack(self) -> None: ...
     async def nack(self, *, requeue: bool) -> None: ...
 

@@ -206,3 +206,19 @@ async def test_publishing_to_a_missing_exchange_fails_and_the_transport_recovers
         assert await pub.queue_depth(queue) == 1
     finally:
         await pub.delete_queue(queue)
+
+
+async def test_a_delivery_can_be_acked_after_its_body_is_released(transport_pair):
+    pub, sub = transport_pair
+    _, queue = names()
+    await pub.declare_queue(queue)
+    await pub.publish("", queue, b"x" * 1000)
+    try:
+        async with sub.consume(queue, prefetch=1) as deliveries:
+            delivery = await next_delivery(deliveries)
+            delivery.release_body()
+            await delivery.ack()
+            assert await no_delivery(deliveries)
+        assert await sub.queue_depth(queue) == 0
+    finally:
+        await pub.delete_queue(queue)

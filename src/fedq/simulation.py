@@ -7,7 +7,6 @@ code runs over RabbitMQ, the coordinator and the participants on separate connec
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from fedq.apps import App, Partition
@@ -65,20 +64,29 @@ async def simulate(
     plan: SimulationPlan,
     app: App,
     observer: CoordinatorObserver | None = None,
-    on_ready: Callable[[], None] | None = None,
 ) -> FederationResult:
     coordinator_transport, participant_transport = transports(plan.broker_url)
     async with coordinator_transport, participant_transport:
         coordinator = Coordinator(plan.coordinator, app, coordinator_transport, observer)
+        # Declared before participants start, so their joins are queued, not dropped.
         await coordinator.topology.declare_core(coordinator_transport)
-        if on_ready:
-            on_ready()
+        running = asyncio.create_task(coordinator.run(), name="fedq-coordinator")
         workers = asyncio.create_task(
-            run_participants(participant_configs(plan), app, participant_transport)
+            run_participants(participant_configs(plan), app, participant_transport),
+            name="fedq-participants",
         )
         try:
-            result = await coordinator.run()
-            await asyncio.wait_for(workers, timeout=max(60.0, plan.coordinator.round_timeout))
+            await asyncio.wait({running, workers}, return_when=asyncio.FIRST_COMPLETED)
+            failure = workers.exception() if workers.done() else None
+            if failure is not None:  # a participant crashed: do not wait for its quorum
+                raise failure
+            result = await running
+            # Participants exit on federation.done; a straggler may still be mid-training.
+            done, _ = await asyncio.wait({workers}, timeout=plan.coordinator.linger_seconds + 5)
+            if workers in done:
+                workers.result()
         finally:
-            workers.cancel()
+            for task in (running, workers):
+                task.cancel()
+            await asyncio.gather(running, workers, return_exceptions=True)
         return result
