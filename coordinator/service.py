@@ -278,7 +278,10 @@ class Coordinator:
             rejection.reason,
             rejection.detail,
         )
-        await delivery.ack()
+        try:
+            await delivery.ack()
+        except TransportError as exc:  # redelivered later and rejected again: DLQ holds a copy
+            log.warning("ack of a rejected update failed: %s", exc)
         self.rejected[rejection.reason] += 1
         log.info("rejected update: %s", rejection.header())
         self.observer.update_seen(meta.participant if meta else None, False, rejection.reason)

@@ -19,7 +19,7 @@ import numpy as np
 from fedq.messages.codec import Weights, decode_message, encode_message
 from fedq.messages.schema import MESSAGE_TYPES, Heartbeat, Join, Leave, ModelMeta, UpdateMeta
 from fedq.messages.topology import UPDATE_KEY, Topology, participant_key
-from fedq.messages.transport import Delivery, Transport
+from fedq.messages.transport import Delivery, Transport, TransportError
 
 from fedq.apps import App, Partition, TrainConfig
 
@@ -70,13 +70,21 @@ class Participant:
                         await delivery.ack()
                         break
                     await self._train_round(delivery)
-                    await delivery.ack()
+                    await self._settle(delivery)
             await self._control("leave", Leave(federation=self.config.federation, participant=pid))
         finally:
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beat
         return self.stats
+
+    async def _settle(self, delivery: Delivery) -> None:
+        try:
+            await delivery.ack()
+        except TransportError as exc:
+            # The channel was re-opened (broker restart): the model comes back and is
+            # skipped, since its version is already trained on.
+            log.warning("%s: ack of the model failed (%s)", self.config.participant_id, exc)
 
     async def _train_round(self, delivery: Delivery) -> None:
         decoded = decode_message(delivery.body)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.conftest import BROKER_URL
@@ -61,7 +63,7 @@ def test_an_impossible_quorum_is_one_line(tmp_path):
 
 
 def test_history_of_a_missing_state_dir_is_one_line(tmp_path):
-    assert "no ledger at" in one_line_error(run_fedq("history", "--state-dir", str(tmp_path)))
+    assert "no ledger under" in one_line_error(run_fedq("history", "--state-dir", str(tmp_path)))
 
 
 def test_every_command_has_help():
@@ -91,7 +93,26 @@ def test_simulate_then_history_shows_the_rounds(tmp_path):
         str(tmp_path),
     )
     assert run.returncode == 0, run.stderr
-    table = run_fedq("history", "--state-dir", str(tmp_path / "hist"))
-    assert table.returncode == 0 and "p0, p1" in table.stdout
-    as_json = run_fedq("history", "--state-dir", str(tmp_path / "hist"), "--json")
-    assert '"version": 2' in as_json.stdout
+    for where in (tmp_path, tmp_path / "hist"):  # the state dir or the federation's folder
+        table = run_fedq("history", "--state-dir", str(where))
+        assert table.returncode == 0, table.stderr
+        assert "federation hist" in table.stdout and "p0, p1" in table.stdout
+    as_json = json.loads(run_fedq("history", "--state-dir", str(tmp_path), "--json").stdout)
+    assert [r["version"] for r in as_json["rounds"]] == [1, 2]
+    assert as_json["rounds"][0]["participants"] == ["p0", "p1"]
+
+
+def test_missing_fashion_mnist_names_the_debian_package(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEDQ_FMNIST_DIR", str(tmp_path))
+    result = run_fedq(
+        "simulate",
+        "--app",
+        "fedq.apps.fmnist:app",
+        "--participants",
+        "2",
+        "--rounds",
+        "1",
+        "--state-dir",
+        str(tmp_path),
+    )
+    assert "apt-get install dataset-fashion-mnist" in one_line_error(result)

@@ -9,15 +9,16 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from rich.console import Console
 
 from fedq.apps import AppError, Partition, TrainConfig, load_app
 from fedq.console import RoundProgress, console, history_table, print_summary
-from fedq.coordinator.ledger import UpdateLedger
+from fedq.coordinator.ledger import RoundHistory, UpdateLedger
 from fedq.coordinator.service import Coordinator, CoordinatorConfig, FederationResult
 from fedq.messages.allocator import tune_malloc_for_large_buffers
 from fedq.messages.amqp import AmqpTransport, BrokerUnavailable, redact
@@ -44,7 +45,7 @@ class UsageError(Exception):
 
 
 def fail(message: str) -> typer.Exit:
-    console.print(f"[bold red]fedq:[/] {message}", highlight=False)
+    console.print(f"[bold red]fedq:[/] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(2)
 
 
@@ -324,47 +325,61 @@ def participant_command(
 
 @app.command("history")
 def history_command(
-    state_dir: Annotated[Path, typer.Option("--state-dir", help="A federation's state dir.")],
+    state_dir: StateOpt = None,
+    federation: Annotated[
+        str | None, typer.Option("--federation", help="Only this federation.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Print the committed rounds and the rejected updates from a federation's ledger."""
-    ledger_path = state_dir / "ledger.sqlite"
-    if not ledger_path.exists():
-        candidates = sorted(p.parent for p in state_dir.glob("*/ledger.sqlite"))
-        hint = (
-            (" (federations here: " + ", ".join(str(c) for c in candidates) + ")")
-            if candidates
-            else ""
-        )
-        raise fail(f"no ledger at {ledger_path}: pass a federation's --state-dir{hint}")
-    ledger = UpdateLedger(ledger_path)
-    try:
-        rows = ledger.history()
-        rejections = ledger.rejections()
-        federation = ledger.get_meta("federation") or "?"
-    finally:
-        ledger.close()
+    """Print committed rounds and rejected updates from the ledger(s) under a state dir.
+
+    DIR is either one federation's folder or the state dir holding one folder per federation.
+    """
+    root = state_dir or settings().state_dir
+    ledgers = (
+        [root / "ledger.sqlite"]
+        if (root / "ledger.sqlite").exists()
+        else sorted(root.glob("*/ledger.sqlite"), key=lambda p: p.stat().st_mtime)
+    )
+    if federation is not None:
+        ledgers = [p for p in ledgers if p.parent.name == federation or p.parent == root]
+    if not ledgers:
+        raise fail(f"no ledger under {root}: pass the --state-dir a coordinator or simulate used")
+    histories = [read_history(path) for path in ledgers]
     if as_json:
-        print(
-            json.dumps(
-                {
-                    "federation": federation,
-                    "rounds": [asdict(r) for r in rows],
-                    "rejections": rejections,
-                },
-                indent=2,
-            )
-        )
+        data = [asdict(h) for h in histories]
+        print(json.dumps(data if len(data) > 1 else data[0], indent=2))
         return
-    out = console.__class__()  # stdout
-    out.print(history_table(rows, f"federation {federation}"))
-    if rejections:
-        out.print(f"{len(rejections)} rejected updates:")
-        for r in rejections:
+    out = Console()  # stdout: the history is this command's output
+    for h in histories:
+        out.print(history_table(h.rounds, f"federation {h.federation} ({h.state_dir})"))
+        for r in h.rejections:
             out.print(
-                f"  round {r['round']} {r['participant'] or '?'}: {r['reason']}: {r['detail']}",
+                f"  rejected: round {r['round']} {r['participant'] or '?'}: "
+                f"{r['reason']}: {r['detail']}",
                 highlight=False,
             )
+
+
+@dataclass
+class FederationHistory:
+    federation: str
+    state_dir: str
+    rounds: list[RoundHistory]
+    rejections: list[dict[str, Any]]
+
+
+def read_history(path: Path) -> FederationHistory:
+    ledger = UpdateLedger(path)
+    try:
+        return FederationHistory(
+            federation=ledger.get_meta("federation") or path.parent.name,
+            state_dir=str(path.parent),
+            rounds=ledger.history(),
+            rejections=ledger.rejections(),
+        )
+    finally:
+        ledger.close()
 
 
 @broker_app.command("check")

@@ -1,6 +1,8 @@
 """Apps: a user's model and data, named ``package.module:attr``.
 
-An app is any object with ``initial_weights``, ``train`` and ``evaluate`` (see :class:`App`).
+An app is any object with ``initial_weights``, ``train`` and ``evaluate`` (see :class:`App`),
+and optionally ``check()``, which raises AppError when this machine cannot run it (say, its
+data is missing), so that the CLI stops before the federation starts.
 Keras users subclass nothing: :class:`fedq.apps.keras_app.KerasApp` wraps a model builder
 and two data loaders. fedq ships ``fedq.apps.synthetic:app`` (numpy only),
 ``fedq.apps.dense:app`` and ``fedq.apps.fmnist:app``.
@@ -85,4 +87,7 @@ def load_app(spec: str) -> App:
             f"{spec!r} is a {type(app).__name__}, not an app: it needs initial_weights(), "
             "train() and evaluate()"
         )
+    check = getattr(app, "check", None)
+    if callable(check):  # optional: fail now, in one line, rather than mid-federation
+        check()
     return app

@@ -84,4 +84,10 @@ def load_test() -> Arrays:
     return _split("t10k")
 
 
-app = KerasApp(build_model, load_partition, load_test, seed=SEED)
+def check_files() -> None:
+    for kind in ("train", "t10k"):
+        for part in ("images-idx3", "labels-idx1"):
+            _idx_file(f"{kind}-{part}-ubyte")
+
+
+app = KerasApp(build_model, load_partition, load_test, seed=SEED, check=check_files)

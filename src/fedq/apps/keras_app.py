@@ -63,7 +63,9 @@ class KerasApp:
         load_test: Callable[[], Arrays] | None = None,
         seed: int = 0,
         train_config: TrainConfig | None = None,
+        check: Callable[[], object] | None = None,
     ) -> None:
+        self._check = check
         #: What a participant runs unless its flags say otherwise.
         self.train_config = train_config or TrainConfig(seed=seed)
         self._build = build_model
@@ -74,6 +76,11 @@ class KerasApp:
         self._models: dict[Any, keras.Model] = {}
         self._data: dict[Partition, Arrays] = {}
         self._initial: Weights | None = None
+
+    def check(self) -> None:
+        """Raise AppError if this machine cannot run the app (e.g. its data is missing)."""
+        if self._check is not None:
+            self._check()
 
     def _model(self, key: Any) -> keras.Model:
         with self._lock:
