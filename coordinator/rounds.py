@@ -49,8 +49,8 @@ class QuorumRound:
         if meta.round < self.number or meta.base_version < self.version:
             raise Rejection(
                 "stale",
-                f"update for round {meta.round} (model v{meta.base_version}) arrived while "
-                f"round {self.number} (model v{self.version}) is open",
+                f"update for round {meta.round} (model v{meta.base_version}) arrived after "
+                f"that round closed; model v{self.version} is current",
             )
         if meta.round > self.number or meta.base_version > self.version:
             raise Rejection(

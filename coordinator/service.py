@@ -54,7 +54,11 @@ class CoordinatorConfig:
     round_timeout: float = 120.0
     server_lr: float = 1.0
     codec: str = "raw"
+    #: After the last round, keep refusing late updates at most this long ...
     linger_seconds: float = 0.0
+    #: ... while some participant is alive: it left no ``leave`` and sent a heartbeat or
+    #: join within this many seconds (participants beat every 5 s by default).
+    liveness_seconds: float = 15.0
 
     @property
     def k(self) -> int:
@@ -122,7 +126,6 @@ class Coordinator:
         self.duplicates = 0
         #: participant -> last sign of life; a leave removes it.
         self.last_seen: dict[str, float] = {}
-        self.joined: set[str] = set()
         self._model_body = b""
         self._model_meta: ModelMeta | None = None
 
@@ -352,8 +355,9 @@ class Coordinator:
         await self._publish_control(FEDERATION_DONE, done)
 
     async def _reject_late(self, deliveries: Any, spec: dict[str, Any], version: int) -> None:
-        """After the last round, refuse what still arrives (stragglers' work) until every
-        participant that joined has left, or ``linger_seconds`` pass."""
+        """After the last round, refuse what still arrives (stragglers' work) while some
+        participant is alive, at most ``linger_seconds``: a straggler's update is then
+        counted and dead-lettered now rather than found by the next coordinator."""
         closed = QuorumRound(
             number=self.config.rounds + 1,
             version=version,
@@ -364,7 +368,10 @@ class Coordinator:
         )
         deadline = time.monotonic() + self.config.linger_seconds
         while (left := deadline - time.monotonic()) > 0:
-            everyone_left = bool(self.joined) and not self.last_seen
+            now = time.time()
+            everyone_left = all(
+                now - seen > self.config.liveness_seconds for seen in self.last_seen.values()
+            )
             try:
                 delivery = await asyncio.wait_for(anext(deliveries), timeout=min(left, 0.5))
             except TimeoutError:
@@ -392,7 +399,6 @@ class Coordinator:
                     if kind == "join":
                         join = Join.model_validate(fields)
                         self.last_seen[join.participant] = time.time()
-                        self.joined.add(join.participant)
                         await self._send_current_model(join.participant)
                     elif kind == "heartbeat":
                         self.last_seen[Heartbeat.model_validate(fields).participant] = time.time()

@@ -67,15 +67,16 @@ class Participant:
                 )
                 async for delivery in inbox:
                     if delivery.type == MESSAGE_TYPES["federation.done"]:
-                        await delivery.ack()
+                        await self._settle(delivery)
                         break
                     await self._train_round(delivery)
                     await self._settle(delivery)
-            await self._control("leave", Leave(federation=self.config.federation, participant=pid))
         finally:
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beat
+        # After the last heartbeat, so the coordinator never hears from us after "leave".
+        await self._control("leave", Leave(federation=self.config.federation, participant=pid))
         return self.stats
 
     async def _settle(self, delivery: Delivery) -> None:

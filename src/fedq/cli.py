@@ -142,8 +142,8 @@ LingerOpt = Annotated[
     float,
     typer.Option(
         "--linger",
-        help="After the last round, refuse late updates until all participants left, at most "
-        "this many seconds.",
+        help="After the last round, refuse late updates while participants are alive (not "
+        "left, heard from within 15 s), at most this many seconds.",
     ),
 ]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens.")]
@@ -173,7 +173,7 @@ def simulate_command(
         list[str] | None,
         typer.Option("--slow", help="Make participant INDEX FACTOR x slower, e.g. 3:10."),
     ] = None,
-    linger: LingerOpt = 30.0,
+    linger: LingerOpt = 120.0,
     verbose: VerboseOpt = False,
 ) -> None:
     """Run a coordinator and N participants on this machine (embedded broker by default)."""
@@ -227,7 +227,7 @@ def coordinator_command(
     state_dir: StateOpt = None,
     report: ReportOpt = None,
     codec: CodecOpt = "raw",
-    linger: LingerOpt = 30.0,
+    linger: LingerOpt = 120.0,
     verbose: VerboseOpt = False,
 ) -> None:
     """Run the coordinator of one federation on RabbitMQ."""

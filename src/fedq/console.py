@@ -12,7 +12,7 @@ from rich.table import Table
 from fedq.coordinator.ledger import RoundHistory
 from fedq.coordinator.service import FederationResult
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 def _fmt(metrics: dict[str, float], key: str) -> str:
