@@ -43,6 +43,10 @@ from fedq.apps import App
 log = logging.getLogger("fedq.coordinator")
 
 
+class ConfigError(ValueError):
+    """The coordinator cannot run with these settings; the message says which and why."""
+
+
 @dataclass(frozen=True)
 class CoordinatorConfig:
     federation: str
@@ -59,6 +63,13 @@ class CoordinatorConfig:
     #: ... while some participant is alive: it left no ``leave`` and sent a heartbeat or
     #: join within this many seconds (participants beat every 5 s by default).
     liveness_seconds: float = 15.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_k <= self.k <= self.participants:
+            raise ConfigError(
+                f"need 1 <= --min-quorum ({self.min_k}) <= --quorum ({self.k}) <= "
+                f"--participants ({self.participants})"
+            )
 
     @property
     def k(self) -> int:
@@ -111,11 +122,6 @@ class Coordinator:
         transport: Transport,
         observer: CoordinatorObserver | None = None,
     ) -> None:
-        if not 1 <= config.min_k <= config.k <= config.participants:
-            raise ValueError(
-                f"need 1 <= min quorum ({config.min_k}) <= quorum ({config.k}) <= "
-                f"participants ({config.participants})"
-            )
         self.config = config
         self.app = app
         self.transport = transport
@@ -169,7 +175,7 @@ class Coordinator:
         """The model to continue from: the last committed checkpoint, or the app's v0."""
         known = await asyncio.to_thread(self.ledger.get_meta, "federation")
         if known is not None and known != self.config.federation:
-            raise ValueError(
+            raise ConfigError(
                 f"state dir {self.config.state_dir} belongs to federation {known!r}; "
                 "use another --state-dir"
             )

@@ -19,7 +19,12 @@ from rich.console import Console
 from fedq.apps import AppError, Partition, TrainConfig, load_app
 from fedq.console import RoundProgress, console, history_table, print_summary
 from fedq.coordinator.ledger import RoundHistory, UpdateLedger
-from fedq.coordinator.service import Coordinator, CoordinatorConfig, FederationResult
+from fedq.coordinator.service import (
+    ConfigError,
+    Coordinator,
+    CoordinatorConfig,
+    FederationResult,
+)
 from fedq.messages.allocator import tune_malloc_for_large_buffers
 from fedq.messages.amqp import AmqpTransport, BrokerUnavailable, redact
 from fedq.messages.codecs import CODECS
@@ -38,10 +43,6 @@ app = typer.Typer(
 )
 broker_app = typer.Typer(help="Check the RabbitMQ broker.", no_args_is_help=True)
 app.add_typer(broker_app, name="broker")
-
-
-class UsageError(Exception):
-    """A mistake on the command line."""
 
 
 def fail(message: str) -> typer.Exit:
@@ -64,7 +65,7 @@ def run(coro: Awaitable[T]) -> T:
     except asyncio.CancelledError:
         console.print("fedq: interrupted; uncommitted updates stay on the broker")
         raise typer.Exit(130) from None
-    except (AppError, BrokerUnavailable, UsageError) as exc:
+    except (AppError, BrokerUnavailable, ConfigError) as exc:
         raise fail(str(exc)) from None
     except TransportError as exc:
         raise fail(f"broker error: {exc}") from None
@@ -179,24 +180,14 @@ def simulate_command(
     """Run a coordinator and N participants on this machine (embedded broker by default)."""
     setup_logging(verbose)
     name = federation or time.strftime("sim-%Y%m%d-%H%M%S")
-    cfg = settings()
     plan = SimulationPlan(
-        coordinator=CoordinatorConfig(
-            federation=name,
-            participants=participants,
-            rounds=rounds,
-            state_dir=(state_dir or cfg.state_dir) / name,
-            quorum=quorum,
-            min_quorum=min_quorum,
-            round_timeout=round_timeout,
-            codec=check_codec(codec),
-            linger_seconds=linger,
+        coordinator=coordinator_config(
+            name, participants, rounds, quorum, min_quorum, round_timeout, state_dir, codec, linger
         ),
         participant=ParticipantConfig(federation=name, participant_id="p", codec=codec),
         broker_url=broker,
         slowdowns=parse_slow(slow or [], participants),
     )
-    validate_quorum(plan.coordinator)
     application = load(app_spec)
     where = f"RabbitMQ at {redact(broker)}" if broker else "the embedded broker"
     console.print(f"federation {name}: {participants} participants, {rounds} rounds on {where}")
@@ -206,12 +197,32 @@ def simulate_command(
     write_report(report, result, broker="embedded" if broker is None else redact(broker))
 
 
-def validate_quorum(config: CoordinatorConfig) -> None:
-    if not 1 <= config.min_k <= config.k <= config.participants:
-        raise fail(
-            f"need 1 <= --min-quorum ({config.min_k}) <= --quorum ({config.k}) <= "
-            f"--participants ({config.participants})"
+def coordinator_config(
+    federation: str,
+    participants: int,
+    rounds: int,
+    quorum: int | None,
+    min_quorum: int | None,
+    round_timeout: float,
+    state_dir: Path | None,
+    codec: str,
+    linger: float,
+) -> CoordinatorConfig:
+    """The coordinator's settings from its flags; its state lives in STATE_DIR/<federation>."""
+    try:
+        return CoordinatorConfig(
+            federation=federation,
+            participants=participants,
+            rounds=rounds,
+            state_dir=(state_dir or settings().state_dir) / federation,
+            quorum=quorum,
+            min_quorum=min_quorum,
+            round_timeout=round_timeout,
+            codec=check_codec(codec),
+            linger_seconds=linger,
         )
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
 
 
 @app.command("coordinator")
@@ -232,21 +243,19 @@ def coordinator_command(
 ) -> None:
     """Run the coordinator of one federation on RabbitMQ."""
     setup_logging(verbose)
-    cfg = settings()
-    config = CoordinatorConfig(
-        federation=federation,
-        participants=participants,
-        rounds=rounds,
-        state_dir=(state_dir or cfg.state_dir) / federation,
-        quorum=quorum,
-        min_quorum=min_quorum,
-        round_timeout=round_timeout,
-        codec=check_codec(codec),
-        linger_seconds=linger,
+    config = coordinator_config(
+        federation,
+        participants,
+        rounds,
+        quorum,
+        min_quorum,
+        round_timeout,
+        state_dir,
+        codec,
+        linger,
     )
-    validate_quorum(config)
     application = load(app_spec)
-    url = broker or cfg.broker_url
+    url = broker or settings().broker_url
 
     async def main() -> FederationResult:
         async with AmqpTransport(url) as transport:
