@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -39,29 +41,21 @@ async def cleanup(federation: str, participants: list[str]) -> None:
         await Topology(federation).delete(transport, participants)
 
 
+def simulate_report(tmp_path: Path, federation: str, *args: str) -> dict[str, Any]:
+    """Run `fedq simulate ARGS` as a user would and return its JSON report."""
+    report = tmp_path / "report.json"
+    where = ["--federation", federation, "--state-dir", str(tmp_path), "--report", str(report)]
+    result = run_fedq("simulate", *args, *where)
+    assert result.returncode == 0, result.stderr
+    return read_report(report)
+
+
 @pytest.mark.keras
 @pytest.mark.parametrize("on", ["embedded", "rabbitmq"])
 def test_dense_seed_example_reaches_90_percent(tmp_path, federation, on):
-    report = tmp_path / "report.json"
-    broker = ["--broker", BROKER_URL] if on == "rabbitmq" else []
-    result = run_fedq(
-        "simulate",
-        "--app",
-        "fedq.apps.dense:app",
-        "--participants",
-        "4",
-        "--rounds",
-        "5",
-        "--federation",
-        federation,
-        "--state-dir",
-        str(tmp_path),
-        "--report",
-        str(report),
-        *broker,
-    )
-    assert result.returncode == 0, result.stderr
-    data = read_report(report)
+    broker = f" --broker {BROKER_URL}" if on == "rabbitmq" else ""
+    args = f"--app fedq.apps.dense:app --participants 4 --rounds 5{broker}"
+    data = simulate_report(tmp_path, federation, *args.split())
     assert data["rounds_completed"] == 5 and data["model_version"] == 5
     assert data["updates_incorporated"] == 20 and data["updates_rejected"] == 0
     assert data["final_metrics"]["accuracy"] >= 0.9
@@ -72,26 +66,8 @@ def test_dense_seed_example_reaches_90_percent(tmp_path, federation, on):
 
 @pytest.mark.keras
 def test_fashion_mnist_cnn_over_rabbitmq_reaches_75_percent(tmp_path, federation):
-    report = tmp_path / "report.json"
-    result = run_fedq(
-        "simulate",
-        "--app",
-        "fedq.apps.fmnist:app",
-        "--participants",
-        "10",
-        "--rounds",
-        "3",
-        "--broker",
-        BROKER_URL,
-        "--federation",
-        federation,
-        "--state-dir",
-        str(tmp_path),
-        "--report",
-        str(report),
-    )
-    assert result.returncode == 0, result.stderr
-    data = read_report(report)
+    args = f"--app fedq.apps.fmnist:app --participants 10 --rounds 3 --broker {BROKER_URL}"
+    data = simulate_report(tmp_path, federation, *args.split())
     assert data["rounds_completed"] == 3
     assert data["final_metrics"]["accuracy"] >= 0.75
     asyncio.run(cleanup(federation, [f"p{i}" for i in range(10)]))
@@ -195,39 +171,19 @@ def test_rounds_close_at_quorum_without_the_straggler_whose_updates_are_stale(tm
     """One coordinator and four participant processes; p3 trains 10x slower."""
     app = ["--app", "fedq.apps.dense:app", "--federation", federation, "--broker", BROKER_URL]
     report = tmp_path / "report.json"
-    coordinator = start_fedq(
-        "coordinator",
-        *app,
-        "--participants",
-        "4",
-        "--quorum",
-        "3",
-        "--rounds",
-        "3",
-        "--state-dir",
-        str(tmp_path),
-        "--report",
-        str(report),
-        "--linger",
-        "120",
-        log=tmp_path / "coordinator.log",
-    )
+    shape = ["--participants", "4", "--quorum", "3", "--rounds", "3", "--linger", "120"]
+    files = ["--state-dir", str(tmp_path), "--report", str(report)]
+    coordinator = start_fedq("coordinator", *app, *shape, *files, log=tmp_path / "coord.log")
     time.sleep(1.0)
-    participants = [
-        start_fedq(
-            "participant",
-            *app,
-            "--id",
-            f"p{i}",
-            "--partition",
-            f"{i}/4",
-            *(["--slowdown", "10"] if i == 3 else []),
-            log=tmp_path / f"p{i}.log",
-        )
-        for i in range(4)
-    ]
+
+    def participant(i: int) -> subprocess.Popen[bytes]:
+        slow = ["--slowdown", "10"] if i == 3 else []
+        who = ["--id", f"p{i}", "--partition", f"{i}/4"]
+        return start_fedq("participant", *app, *who, *slow, log=tmp_path / f"p{i}.log")
+
+    participants = [participant(i) for i in range(4)]
     try:
-        assert coordinator.wait(timeout=300) == 0, (tmp_path / "coordinator.log").read_text()
+        assert coordinator.wait(timeout=300) == 0, (tmp_path / "coord.log").read_text()
         for i, p in enumerate(participants):
             assert p.wait(timeout=120) == 0, (tmp_path / f"p{i}.log").read_text()
         data = read_report(report)
@@ -252,22 +208,9 @@ def test_rounds_close_at_quorum_without_the_straggler_whose_updates_are_stale(tm
 def test_sigterm_leaves_uncommitted_updates_on_the_broker(tmp_path, federation):
     """A coordinator holding an update while it waits for quorum is stopped: the update is
     not acked, so the broker keeps it for the next coordinator."""
-    coordinator = start_fedq(
-        "coordinator",
-        "--app",
-        "fedq.apps.synthetic:app",
-        "--federation",
-        federation,
-        "--broker",
-        BROKER_URL,
-        "--participants",
-        "2",
-        "--rounds",
-        "1",
-        "--state-dir",
-        str(tmp_path),
-        log=tmp_path / "coordinator.log",
-    )
+    args = ["--app", "fedq.apps.synthetic:app", "--participants", "2", "--rounds", "1"]
+    where = ["--federation", federation, "--broker", BROKER_URL, "--state-dir", str(tmp_path)]
+    coordinator = start_fedq("coordinator", *args, *where, log=tmp_path / "coordinator.log")
     topology = Topology(federation)
     update = UpdateMeta(
         federation=federation, participant="p0", round=1, base_version=0, num_examples=5
