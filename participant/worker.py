@@ -35,8 +35,10 @@ class ParticipantConfig:
     train: TrainConfig | None = None
     codec: str = "raw"
     heartbeat_seconds: float = 5.0
-    #: Straggler emulation for experiments: take ``slowdown`` x the real training time.
+    #: Straggler emulation for experiments: take ``slowdown`` x the real training time,
+    #: plus ``delay_seconds``, each round.
     slowdown: float = 1.0
+    delay_seconds: float = 0.0
 
 
 @dataclass
@@ -103,8 +105,9 @@ class Participant:
             self.app.train, global_weights, self.config.partition, train
         )
         elapsed = time.monotonic() - started
-        if self.config.slowdown > 1:
-            await asyncio.sleep((self.config.slowdown - 1) * elapsed)
+        extra = (self.config.slowdown - 1) * elapsed + self.config.delay_seconds
+        if extra > 0:
+            await asyncio.sleep(extra)
         update = UpdateMeta(
             federation=self.config.federation,
             participant=self.config.participant_id,

@@ -9,7 +9,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -31,7 +31,7 @@ from fedq.messages.codecs import CODECS
 from fedq.messages.transport import TransportError
 from fedq.participant.worker import ParticipantConfig
 from fedq.settings import settings
-from fedq.simulation import SimulationPlan, run_participants, simulate
+from fedq.simulation import SimulationPlan, Straggler, run_participants, simulate
 
 T = TypeVar("T")
 
@@ -94,18 +94,23 @@ def check_codec(codec: str) -> str:
     return codec
 
 
-def parse_slow(values: list[str], n: int) -> tuple[tuple[int, float], ...]:
-    out = []
-    for value in values:
-        index, _, factor = value.partition(":")
-        try:
-            i, f = int(index), float(factor or "10")
-        except ValueError:
-            raise fail(f"--slow {value!r}: expected INDEX:FACTOR, e.g. 3:10") from None
-        if not 0 <= i < n or f < 1:
-            raise fail(f"--slow {value!r}: need 0 <= INDEX < {n} and FACTOR >= 1")
-        out.append((i, f))
-    return tuple(out)
+def parse_stragglers(slow: list[str], delay: list[str], n: int) -> tuple[Straggler, ...]:
+    """``--slow INDEX:FACTOR`` and ``--delay INDEX:SECONDS`` into one Straggler per index."""
+    found: dict[int, Straggler] = {}
+    for flag, values, field_name in (
+        ("--slow", slow, "slowdown"),
+        ("--delay", delay, "delay_seconds"),
+    ):
+        for value in values:
+            index, _, amount = value.partition(":")
+            try:
+                i, x = int(index), float(amount)
+            except ValueError:
+                raise fail(f"{flag} {value!r}: expected INDEX:NUMBER, e.g. 3:10") from None
+            if not 0 <= i < n or x < (1 if flag == "--slow" else 0):
+                raise fail(f"{flag} {value!r}: need 0 <= INDEX < {n} and a sensible NUMBER")
+            found[i] = replace(found.get(i, Straggler(i)), **{field_name: x})
+    return tuple(found.values())
 
 
 def write_report(path: Path | None, result: FederationResult, **extra: Any) -> None:
@@ -174,6 +179,10 @@ def simulate_command(
         list[str] | None,
         typer.Option("--slow", help="Make participant INDEX FACTOR x slower, e.g. 3:10."),
     ] = None,
+    delay: Annotated[
+        list[str] | None,
+        typer.Option("--delay", help="Add SECONDS to each round of participant INDEX, e.g. 3:5."),
+    ] = None,
     linger: LingerOpt = 120.0,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -186,7 +195,7 @@ def simulate_command(
         ),
         participant=ParticipantConfig(federation=name, participant_id="p", codec=codec),
         broker_url=broker,
-        slowdowns=parse_slow(slow or [], participants),
+        stragglers=parse_stragglers(slow or [], delay or [], participants),
     )
     application = load(app_spec)
     where = f"RabbitMQ at {redact(broker)}" if broker else "the embedded broker"
@@ -287,6 +296,9 @@ def participant_command(
         float,
         typer.Option("--slowdown", min=1.0, help="Take this many times longer (experiments)."),
     ] = 1.0,
+    delay: Annotated[
+        float, typer.Option("--delay", min=0.0, help="Add this many seconds to each round.")
+    ] = 0.0,
     broker: BrokerOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -314,6 +326,7 @@ def participant_command(
             train=train,
             codec=check_codec(codec),
             slowdown=slowdown,
+            delay_seconds=delay,
         )
         for i in range(count)
     ]

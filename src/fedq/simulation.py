@@ -23,23 +23,32 @@ from fedq.participant.worker import Participant, ParticipantConfig, ParticipantS
 
 
 @dataclass(frozen=True)
+class Straggler:
+    """Participant ``index`` takes ``slowdown`` x its training time plus ``delay_seconds``."""
+
+    index: int
+    slowdown: float = 1.0
+    delay_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
 class SimulationPlan:
     coordinator: CoordinatorConfig
     participant: ParticipantConfig  # template: id and partition are set per participant
     broker_url: str | None = None
-    #: participant index -> slowdown factor (straggler experiments)
-    slowdowns: tuple[tuple[int, float], ...] = ()
+    stragglers: tuple[Straggler, ...] = ()
 
 
 def participant_configs(plan: SimulationPlan, prefix: str = "p") -> list[ParticipantConfig]:
     n = plan.coordinator.participants
-    slow = dict(plan.slowdowns)
+    slow = {s.index: s for s in plan.stragglers}
     return [
         replace(
             plan.participant,
             participant_id=f"{prefix}{i}",
             partition=Partition(i, n),
-            slowdown=slow.get(i, 1.0),
+            slowdown=slow[i].slowdown if i in slow else 1.0,
+            delay_seconds=slow[i].delay_seconds if i in slow else 0.0,
         )
         for i in range(n)
     ]

@@ -1,0 +1,89 @@
+"""Round mechanics on the real broker with the numpy app: exact FedAvg, deadlines, stale."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fedq.coordinator.checkpoint import latest_checkpoint, load_checkpoint
+from fedq.coordinator.service import CoordinatorConfig
+from fedq.messages.amqp import AmqpTransport
+from fedq.messages.topology import Topology
+from fedq.participant.worker import ParticipantConfig
+
+from fedq.apps.synthetic import SyntheticApp
+from fedq.simulation import SimulationPlan, Straggler, simulate
+from tests.conftest import BROKER_URL
+
+
+def synthetic_fedavg_step(indices: list[int]) -> float:
+    """One FedAvg step of SyntheticApp: participant i sends delta 0.001 (i+1), weight 100 (i+1)."""
+    weights = [100 * (i + 1) for i in indices]
+    deltas = [0.001 * (i + 1) for i in indices]
+    return sum(w * d for w, d in zip(weights, deltas, strict=True)) / sum(weights)
+
+
+async def teardown(federation: str, n: int) -> None:
+    async with AmqpTransport(BROKER_URL) as transport:
+        await Topology(federation).delete(transport, [f"p{i}" for i in range(n)])
+
+
+@pytest.mark.parametrize("codec", ["raw", "fp16"])
+async def test_the_committed_model_is_the_example_weighted_mean_of_the_deltas(
+    tmp_path: Path, federation: str, codec: str
+):
+    plan = SimulationPlan(
+        coordinator=CoordinatorConfig(
+            federation=federation, participants=3, rounds=3, state_dir=tmp_path, codec=codec
+        ),
+        participant=ParticipantConfig(federation=federation, participant_id="p", codec=codec),
+        broker_url=BROKER_URL,
+    )
+    try:
+        result = await simulate(plan, SyntheticApp(params=5000))
+        assert result.model_version == 3 and result.updates_incorporated == 9
+        found = latest_checkpoint(tmp_path / "models")
+        assert found is not None and found[0] == 3
+        model = load_checkpoint(found[1])
+        expected = 3 * synthetic_fedavg_step([0, 1, 2])
+        rtol = 1e-5 if codec == "raw" else 2e-3
+        for tensor in model.values():
+            np.testing.assert_allclose(tensor, expected, rtol=rtol)
+    finally:
+        await teardown(federation, 3)
+
+
+async def test_a_deadline_closes_the_round_with_min_quorum_and_the_late_update_is_stale(
+    tmp_path: Path, federation: str
+):
+    plan = SimulationPlan(
+        coordinator=CoordinatorConfig(
+            federation=federation,
+            participants=3,
+            rounds=2,
+            state_dir=tmp_path,
+            quorum=3,
+            min_quorum=2,
+            round_timeout=1.0,
+            linger_seconds=30,
+        ),
+        participant=ParticipantConfig(federation=federation, participant_id="p"),
+        broker_url=BROKER_URL,
+        stragglers=(Straggler(2, delay_seconds=2.5),),
+    )
+    try:
+        result = await simulate(plan, SyntheticApp(params=1000))
+        assert [(h["closed_by"], h["participants"]) for h in result.history] == [
+            ("deadline", ["p0", "p1"]),
+            ("deadline", ["p0", "p1"]),
+        ]
+        # p2's round-1 update arrives in round 2; by then its queue holds only the newest
+        # message (federation.done, which dropped model v1 and v2), so it sends no other.
+        assert result.rejected_by_reason == {"stale": 1}
+        model = load_checkpoint(tmp_path / "models" / "model-v000002.npz")
+        expected = 2 * synthetic_fedavg_step([0, 1])
+        for tensor in model.values():
+            np.testing.assert_allclose(tensor, expected, rtol=1e-5)
+    finally:
+        await teardown(federation, 3)
