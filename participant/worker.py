@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,7 +22,7 @@ from fedq.messages.schema import MESSAGE_TYPES, Heartbeat, Join, Leave, ModelMet
 from fedq.messages.topology import UPDATE_KEY, Topology, participant_key
 from fedq.messages.transport import Delivery, Transport, TransportError
 
-from fedq.apps import App, Partition, TrainConfig
+from fedq.apps import App, AppError, Partition, TrainConfig
 
 log = logging.getLogger("fedq.participant")
 
@@ -41,6 +42,19 @@ class ParticipantConfig:
     delay_seconds: float = 0.0
 
 
+@dataclass(frozen=True)
+class TrainedRound:
+    """What a participant did in one round, for the person watching it."""
+
+    participant: str
+    round: int
+    version: int
+    num_examples: int
+    seconds: float
+    update_bytes: int
+    metrics: dict[str, float]
+
+
 @dataclass
 class ParticipantStats:
     participant: str
@@ -50,8 +64,15 @@ class ParticipantStats:
 
 
 class Participant:
-    def __init__(self, config: ParticipantConfig, app: App, transport: Transport) -> None:
+    def __init__(
+        self,
+        config: ParticipantConfig,
+        app: App,
+        transport: Transport,
+        on_round: Callable[[TrainedRound], None] | None = None,
+    ) -> None:
         self.config = config
+        self.on_round = on_round
         self.app = app
         self.transport = transport
         self.topology = Topology(config.federation)
@@ -101,9 +122,17 @@ class Participant:
         self._round = meta.round
         started = time.monotonic()
         train = self.config.train or getattr(self.app, "train_config", None) or TrainConfig()
-        result = await asyncio.to_thread(
-            self.app.train, global_weights, self.config.partition, train
-        )
+        try:
+            result = await asyncio.to_thread(
+                self.app.train, global_weights, self.config.partition, train
+            )
+        except AppError:
+            raise
+        except Exception as exc:  # the user's code: one line naming it, not a traceback
+            raise AppError(
+                f"{self.config.participant_id}: the app failed to train on model "
+                f"v{meta.version}: {exc.__class__.__name__}: {exc}"
+            ) from exc
         elapsed = time.monotonic() - started
         extra = (self.config.slowdown - 1) * elapsed + self.config.delay_seconds
         if extra > 0:
@@ -137,6 +166,18 @@ class Participant:
         self.stats.rounds_trained += 1
         self.stats.updates_sent += 1
         self.stats.last_version = meta.version
+        if self.on_round is not None:
+            self.on_round(
+                TrainedRound(
+                    participant=update.participant,
+                    round=update.round,
+                    version=meta.version,
+                    num_examples=update.num_examples,
+                    seconds=update.train_seconds,
+                    update_bytes=len(body),
+                    metrics=update.metrics,
+                )
+            )
         log.debug("%s sent its update for round %d", self.config.participant_id, meta.round)
 
     def _encode_delta(self, update: UpdateMeta, local: Weights, global_: Weights) -> bytes:

@@ -17,7 +17,13 @@ import typer
 from rich.console import Console
 
 from fedq.apps import AppError, Partition, TrainConfig, load_app
-from fedq.console import RoundProgress, console, history_table, print_summary
+from fedq.console import (
+    ParticipantProgress,
+    RoundProgress,
+    console,
+    history_table,
+    print_summary,
+)
 from fedq.coordinator.ledger import RoundHistory, UpdateLedger
 from fedq.coordinator.service import (
     ConfigError,
@@ -97,19 +103,19 @@ def check_codec(codec: str) -> str:
 def parse_stragglers(slow: list[str], delay: list[str], n: int) -> tuple[Straggler, ...]:
     """``--slow INDEX:FACTOR`` and ``--delay INDEX:SECONDS`` into one Straggler per index."""
     found: dict[int, Straggler] = {}
-    for flag, values, field_name in (
-        ("--slow", slow, "slowdown"),
-        ("--delay", delay, "delay_seconds"),
-    ):
+    for flag, values, minimum in (("--slow", slow, 1.0), ("--delay", delay, 0.0)):
         for value in values:
             index, _, amount = value.partition(":")
             try:
                 i, x = int(index), float(amount)
             except ValueError:
                 raise fail(f"{flag} {value!r}: expected INDEX:NUMBER, e.g. 3:10") from None
-            if not 0 <= i < n or x < (1 if flag == "--slow" else 0):
-                raise fail(f"{flag} {value!r}: need 0 <= INDEX < {n} and a sensible NUMBER")
-            found[i] = replace(found.get(i, Straggler(i)), **{field_name: x})
+            if not 0 <= i < n or x < minimum:
+                raise fail(f"{flag} {value!r}: need 0 <= INDEX < {n} and NUMBER >= {minimum}")
+            was = found.get(i, Straggler(i))
+            found[i] = (
+                replace(was, slowdown=x) if flag == "--slow" else replace(was, delay_seconds=x)
+            )
     return tuple(found.values())
 
 
@@ -334,7 +340,8 @@ def participant_command(
 
     async def main() -> None:
         async with AmqpTransport(url) as transport:
-            stats = await run_participants(configs, application, transport)
+            with ParticipantProgress(count) as progress:
+                stats = await run_participants(configs, application, transport, progress.trained)
         for s in stats:
             console.print(
                 f"{s.participant}: trained {s.rounds_trained} rounds, sent "

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from fedq.coordinator.ledger import RoundHistory
 from fedq.coordinator.service import FederationResult
+from fedq.participant.worker import TrainedRound
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -50,6 +51,13 @@ def history_table(rows: Iterable[RoundHistory], title: str) -> Table:
             f"{row.seconds:.2f}",
         )
     return table
+
+
+def human_bytes(n: int) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
 
 
 class RoundProgress:
@@ -96,12 +104,51 @@ class RoundProgress:
         self.progress.update(self.task, status=self._status())
 
     def round_committed(self, row: RoundHistory) -> None:
-        self.progress.advance(self.task)
+        self.progress.update(self.task, advance=1, description=f"committed model v{row.version}")
         self.progress.console.print(
             f"round {row.round}: model v{row.version} from {row.n_updates} updates "
             f"({row.closed_by}) in {row.seconds:.2f}s  loss {_fmt(row.metrics, 'loss')}  "
             f"accuracy {_fmt(row.metrics, 'accuracy')}"
         )
+
+
+class ParticipantProgress:
+    """A line per trained round for a few participants; a running count for many."""
+
+    LINES_UP_TO = 8
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            TextColumn("{task.completed} updates sent"),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[status]}"),
+            console=console,
+        )
+        self.task = self.progress.add_task(
+            f"{count} participants", total=None, status="waiting for the first model"
+        )
+
+    def __enter__(self) -> ParticipantProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def trained(self, r: TrainedRound) -> None:
+        status = (
+            f"last: {r.participant} round {r.round}, {r.num_examples} examples in "
+            f"{r.seconds:.2f}s, loss {_fmt(r.metrics, 'loss')}"
+        )
+        self.progress.update(self.task, advance=1, status=status)
+        if self.count <= self.LINES_UP_TO:
+            self.progress.console.print(
+                f"{r.participant}: round {r.round} (model v{r.version}): {r.num_examples} "
+                f"examples in {r.seconds:.2f}s, loss {_fmt(r.metrics, 'loss')}, "
+                f"accuracy {_fmt(r.metrics, 'accuracy')}, sent {human_bytes(r.update_bytes)}"
+            )
 
 
 def print_summary(result: FederationResult) -> None:

@@ -7,6 +7,7 @@ code runs over RabbitMQ, the coordinator and the participants on separate connec
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from fedq.apps import App, Partition
@@ -19,7 +20,12 @@ from fedq.coordinator.service import (
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.memory import MemoryBroker, MemoryTransport
 from fedq.messages.transport import Transport
-from fedq.participant.worker import Participant, ParticipantConfig, ParticipantStats
+from fedq.participant.worker import (
+    Participant,
+    ParticipantConfig,
+    ParticipantStats,
+    TrainedRound,
+)
 
 
 @dataclass(frozen=True)
@@ -63,10 +69,14 @@ def transports(broker_url: str | None) -> tuple[Transport, Transport]:
 
 
 async def run_participants(
-    configs: list[ParticipantConfig], app: App, transport: Transport
+    configs: list[ParticipantConfig],
+    app: App,
+    transport: Transport,
+    on_round: Callable[[TrainedRound], None] | None = None,
 ) -> list[ParticipantStats]:
     """M virtual participants on one connection (one broker identity)."""
-    return list(await asyncio.gather(*(Participant(c, app, transport).run() for c in configs)))
+    workers = (Participant(c, app, transport, on_round).run() for c in configs)
+    return list(await asyncio.gather(*workers))
 
 
 async def simulate(
