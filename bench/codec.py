@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import msgpack
 import numpy as np
+
 from fedq.messages.allocator import tune_malloc_for_large_buffers
 from fedq.messages.codec import decode_message, encode_message
 from fedq.messages.schema import UpdateMeta

@@ -44,6 +44,9 @@ from pathlib import Path
 import aio_pika
 import numpy as np
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractRobustConnection
+
+from fedq.apps import Partition, TrainConfig
+from fedq.apps.synthetic import SyntheticApp
 from fedq.coordinator.accumulator import WeightedMeanAccumulator
 from fedq.coordinator.checkpoint import save_checkpoint
 from fedq.coordinator.fedavg import apply_mean_delta
@@ -56,9 +59,6 @@ from fedq.messages.codec import Weights, decode_message, encode_message
 from fedq.messages.schema import ModelMeta, UpdateMeta
 from fedq.messages.topology import Topology
 from fedq.participant.worker import ParticipantConfig
-
-from fedq.apps import Partition, TrainConfig
-from fedq.apps.synthetic import SyntheticApp
 from fedq.simulation import SimulationPlan, participant_configs, simulate
 
 

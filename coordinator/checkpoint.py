@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
 from fedq.messages.codec import Weights
 
 _NAME = re.compile(r"^model-v(\d{6,})\.npz$")

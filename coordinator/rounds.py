@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
+
 from fedq.coordinator.accumulator import WeightedMeanAccumulator
 from fedq.coordinator.ledger import UpdateRecord
 from fedq.coordinator.validation import Rejection

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from fedq.apps import App
 from fedq.coordinator.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from fedq.coordinator.fedavg import apply_mean_delta
 from fedq.coordinator.ledger import RoundHistory, UpdateLedger, VersionRecord
@@ -37,8 +38,6 @@ from fedq.messages.schema import (
 )
 from fedq.messages.topology import FEDERATION_DONE, ROUND_CLOSED, ROUND_OPEN, Topology
 from fedq.messages.transport import Delivery, Transport, TransportError
-
-from fedq.apps import App
 
 log = logging.getLogger("fedq.coordinator")
 

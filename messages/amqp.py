@@ -23,6 +23,7 @@ from aio_pika.abc import (
     AbstractIncomingMessage,
     AbstractRobustConnection,
 )
+
 from fedq.messages.transport import (
     Delivery,
     ExchangeKind,

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
+from pydantic import BaseModel, ValidationError
+
 from fedq.messages.codecs import CodecError, get_codec
 from fedq.messages.msgpack_view import (
     MsgpackError,
@@ -27,7 +29,6 @@ from fedq.messages.msgpack_view import (
     pack,
     unpack_view,
 )
-from pydantic import BaseModel, ValidationError
 
 Weights = dict[str, np.ndarray]
 """Named tensors in model order. Names are unique; order is the model's weight order."""

@@ -17,12 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from fedq.apps import App, AppError, Partition, TrainConfig
 from fedq.messages.codec import Weights, decode_message, encode_message
 from fedq.messages.schema import MESSAGE_TYPES, Heartbeat, Join, Leave, ModelMeta, UpdateMeta
 from fedq.messages.topology import UPDATE_KEY, Topology, participant_key
 from fedq.messages.transport import Delivery, Transport, TransportError
-
-from fedq.apps import App, AppError, Partition, TrainConfig
 
 log = logging.getLogger("fedq.participant")
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from fedq.coordinator.accumulator import WeightedMeanAccumulator
 from fedq.coordinator.fedavg import apply_mean_delta
 from fedq.coordinator.rounds import QuorumRound
 from fedq.coordinator.validation import Rejection, check_tensors, spec_of
 from fedq.messages.codec import decode_message, encode_message
 from fedq.messages.schema import UpdateMeta
-from hypothesis import given
-from hypothesis import strategies as st
 
 MODEL = {"w": np.zeros((3, 2), np.float32), "b": np.zeros(2, np.float32)}
 

@@ -11,11 +11,19 @@ from tests.helpers import run_fedq
 
 
 def one_line_error(result) -> str:
+    """The error is one line, the last thing printed, and there is no traceback."""
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    return lines[0]
+    errors = [line for line in lines if line.startswith("fedq:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr
+    return errors[0]
+
+
+def test_errors_before_the_run_are_all_that_is_printed(tmp_path):
+    result = run_fedq("simulate", "--app", "nope:app", "--state-dir", str(tmp_path))
+    one_line_error(result)
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize(
@@ -116,3 +124,19 @@ def test_missing_fashion_mnist_names_the_debian_package(tmp_path, monkeypatch):
         str(tmp_path),
     )
     assert "apt-get install dataset-fashion-mnist" in one_line_error(result)
+
+
+def test_an_app_that_fails_to_train_is_one_line_naming_the_error(tmp_path):
+    result = run_fedq(
+        "simulate",
+        "--app",
+        "tests.broken_app:app",
+        "--participants",
+        "2",
+        "--rounds",
+        "1",
+        "--state-dir",
+        str(tmp_path),
+    )
+    line = one_line_error(result)
+    assert "the app failed to train on model v0: ValueError: labels have 3 classes" in line

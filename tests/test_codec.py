@@ -5,12 +5,13 @@ from __future__ import annotations
 import msgpack
 import numpy as np
 import pytest
-from fedq.messages.codec import MalformedMessage, decode_message, encode_message
-from fedq.messages.msgpack_view import MsgpackError, unpack_view
-from fedq.messages.schema import ModelMeta, UpdateMeta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+
+from fedq.messages.codec import MalformedMessage, decode_message, encode_message
+from fedq.messages.msgpack_view import MsgpackError, unpack_view
+from fedq.messages.schema import ModelMeta, UpdateMeta
 
 META = UpdateMeta(federation="f", participant="p1", round=2, base_version=1, num_examples=10)
 

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+
+from fedq.apps.synthetic import SyntheticApp
 from fedq.coordinator.ledger import UpdateLedger
 from fedq.coordinator.service import CoordinatorConfig
 from fedq.messages.amqp import AmqpTransport
@@ -19,8 +21,6 @@ from fedq.messages.schema import MESSAGE_TYPES, UpdateMeta
 from fedq.messages.topology import UPDATE_KEY, Topology
 from fedq.messages.transport import TransportError
 from fedq.participant.worker import ParticipantConfig
-
-from fedq.apps.synthetic import SyntheticApp
 from fedq.simulation import SimulationPlan, simulate
 from tests.conftest import BROKER_URL
 from tests.helpers import drain, read_report, run_fedq, start_fedq

@@ -6,6 +6,7 @@ import sqlite3
 
 import numpy as np
 import pytest
+
 from fedq.coordinator.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from fedq.coordinator.ledger import UpdateLedger, UpdateRecord, VersionRecord
 

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from fedq.apps.synthetic import SyntheticApp
 from fedq.coordinator.checkpoint import latest_checkpoint, load_checkpoint
 from fedq.coordinator.service import CoordinatorConfig
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.topology import Topology
 from fedq.participant.worker import ParticipantConfig
-
-from fedq.apps.synthetic import SyntheticApp
 from fedq.simulation import SimulationPlan, Straggler, simulate
 from tests.conftest import BROKER_URL
 

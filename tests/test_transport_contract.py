@@ -7,6 +7,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+
 from fedq.messages.transport import Delivery, TransportError, Unroutable
 
 

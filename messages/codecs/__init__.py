@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Protocol
 
 import numpy as np
+
 from fedq.messages.codecs.buffers import CodecError
 from fedq.messages.codecs.fp16 import Fp16Codec
 from fedq.messages.codecs.raw import RawCodec

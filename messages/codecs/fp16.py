@@ -8,6 +8,7 @@ large. Non-float tensors travel raw. Decoding yields float16 views; consumers up
 from __future__ import annotations
 
 import numpy as np
+
 from fedq.messages.codecs.buffers import as_le_bytes, view_as
 
 _HALF = np.dtype("<f2")

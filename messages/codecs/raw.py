@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from fedq.messages.codecs.buffers import as_le_bytes, view_as
 
 

@@ -51,9 +51,17 @@ broker_app = typer.Typer(help="Check the RabbitMQ broker.", no_args_is_help=True
 app.add_typer(broker_app, name="broker")
 
 
-def fail(message: str) -> typer.Exit:
-    console.print(f"[bold red]fedq:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(2)
+def fail(message: str) -> Failure:
+    """A mistake in the command's flags: raise what this returns."""
+    return Failure(message)
+
+
+class Failure(Exception):
+    """A run ended on a user-facing error; ``main`` prints it after every display stopped."""
+
+    def __init__(self, message: str, status: int = 2) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def run(coro: Awaitable[T]) -> T:
@@ -69,12 +77,11 @@ def run(coro: Awaitable[T]) -> T:
     try:
         return asyncio.run(main())
     except asyncio.CancelledError:
-        console.print("fedq: interrupted; uncommitted updates stay on the broker")
-        raise typer.Exit(130) from None
+        raise Failure("interrupted; uncommitted updates stay on the broker", 130) from None
     except (AppError, BrokerUnavailable, ConfigError) as exc:
-        raise fail(str(exc)) from None
+        raise Failure(str(exc)) from None
     except TransportError as exc:
-        raise fail(f"broker error: {exc}") from None
+        raise Failure(f"broker error: {exc}") from None
 
 
 def setup_logging(verbose: bool) -> None:
@@ -429,6 +436,9 @@ def main() -> None:
     tune_malloc_for_large_buffers()
     try:
         app()
+    except Failure as exc:
+        console.print(f"[bold red]fedq:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.status)
     except KeyboardInterrupt:
         sys.exit(130)
 
