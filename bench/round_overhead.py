@@ -57,7 +57,7 @@ from fedq.messages.allocator import tune_malloc_for_large_buffers
 from fedq.messages.amqp import DEFAULT_BROKER_URL, AmqpTransport, redact
 from fedq.messages.codec import Weights, decode_message, encode_message
 from fedq.messages.schema import ModelMeta, UpdateMeta
-from fedq.messages.topology import Topology
+from fedq.messages.topology import Topology, UpdatesQueueType
 from fedq.participant.worker import ParticipantConfig
 from fedq.simulation import SimulationPlan, participant_configs, simulate
 
@@ -164,7 +164,9 @@ class FedqResult:
     rejected: int
 
 
-async def run_fedq(url: str, n: int, params: int, rounds: int) -> FedqResult:
+async def run_fedq(
+    url: str, n: int, params: int, rounds: int, queue_type: UpdatesQueueType
+) -> FedqResult:
     federation = f"bench-{uuid.uuid4().hex[:8]}-{params}"
     clock = CommitClock()
     with tempfile.TemporaryDirectory(prefix="fedq-bench-") as state:
@@ -176,6 +178,7 @@ async def run_fedq(url: str, n: int, params: int, rounds: int) -> FedqResult:
                 state_dir=Path(state),
                 quorum=n,
                 round_timeout=600.0,
+                updates_queue=queue_type,
             ),
             participant=ParticipantConfig(federation=federation, participant_id="p"),
             broker_url=url,
@@ -244,7 +247,7 @@ class RawResult:
 
 
 async def run_raw(
-    url: str, n: int, update_body: bytes, model_body: bytes, rounds: int
+    url: str, n: int, update_body: bytes, model_body: bytes, rounds: int, queue_type: str
 ) -> RawResult:
     prefix = f"fedq-bench-raw-{uuid.uuid4().hex[:12]}"
     updates, models = f"{prefix}.updates", f"{prefix}.models"
@@ -257,7 +260,9 @@ async def run_raw(
         update_exchange = await setup.declare_exchange(
             updates, aio_pika.ExchangeType.DIRECT, durable=True
         )
-        update_queue = await setup.declare_queue(updates, durable=True)
+        update_queue = await setup.declare_queue(
+            updates, durable=True, arguments={"x-queue-type": queue_type}
+        )
         await update_queue.bind(update_exchange, routing_key="update")
         model_exchange = await setup.declare_exchange(
             models, aio_pika.ExchangeType.FANOUT, durable=True
@@ -507,16 +512,18 @@ class Row:
     cpu: CpuParts
 
 
-async def measure(url: str, n: int, params: int, rounds: int, repeat: int) -> Row:
+async def measure(
+    url: str, n: int, params: int, rounds: int, repeat: int, queue_type: UpdatesQueueType
+) -> Row:
     app = SyntheticApp(params=params)
     weights = app.initial_weights()
     update_body = encode_message(update_meta(), weights)
     model_body = encode_message(model_meta(), weights)
     cpu = measure_cpu(app, n, repeat)
     print(f"  P={params:,}: CPU parts done; raw floor ...", flush=True)
-    raw = await run_raw(url, n, update_body, model_body, rounds)
+    raw = await run_raw(url, n, update_body, model_body, rounds, queue_type)
     print(f"  P={params:,}: raw floor done; fedq ...", flush=True)
-    fedq = await run_fedq(url, n, params, rounds)
+    fedq = await run_fedq(url, n, params, rounds, queue_type)
     return Row(params, len(update_body), len(model_body), fedq, raw, cpu)
 
 
@@ -573,7 +580,10 @@ def report(rows: list[Row], n: int) -> None:
 async def amain(args: argparse.Namespace) -> list[Row]:
     rows = []
     for params in args.params:
-        rows.append(await measure(args.broker, args.participants, params, args.rounds, args.repeat))
+        row = await measure(
+            args.broker, args.participants, params, args.rounds, args.repeat, args.updates_queue
+        )
+        rows.append(row)
     return rows
 
 
@@ -584,6 +594,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6, help="rounds per run (>= 2)")
     parser.add_argument("--broker", default=DEFAULT_BROKER_URL)
     parser.add_argument("--repeat", type=int, default=3, help="runs per CPU part")
+    parser.add_argument(
+        "--updates-queue",
+        choices=["classic", "quorum"],
+        default="quorum",
+        help="type of the updates queue, for fedq and the raw floor alike",
+    )
     args = parser.parse_args()
     if args.rounds < 2:
         parser.error("--rounds must be at least 2: round 1 is warm-up")
@@ -591,7 +607,8 @@ def main() -> None:
     print(f"glibc malloc tuning: {'on' if tuned else 'off'} (FEDQ_MALLOC_TUNING=0 turns it off)")
     print(
         f"N = {args.participants} participants, quorum = N, {args.rounds} rounds, "
-        f"P = {', '.join(f'{p:,}' for p in args.params)} float32, RabbitMQ at {redact(args.broker)}"
+        f"P = {', '.join(f'{p:,}' for p in args.params)} float32, "
+        f"RabbitMQ at {redact(args.broker)}, {args.updates_queue} updates queue"
     )
     print(f"{os.cpu_count()} CPU cores shared by this process and a local broker, if any")
     started = time.perf_counter()

@@ -36,7 +36,13 @@ from fedq.messages.schema import (
     RoundOpen,
     UpdateMeta,
 )
-from fedq.messages.topology import FEDERATION_DONE, ROUND_CLOSED, ROUND_OPEN, Topology
+from fedq.messages.topology import (
+    FEDERATION_DONE,
+    ROUND_CLOSED,
+    ROUND_OPEN,
+    Topology,
+    UpdatesQueueType,
+)
 from fedq.messages.transport import Delivery, Transport, TransportError
 
 log = logging.getLogger("fedq.coordinator")
@@ -57,6 +63,7 @@ class CoordinatorConfig:
     round_timeout: float = 120.0
     server_lr: float = 1.0
     codec: str = "raw"
+    updates_queue: UpdatesQueueType = "quorum"
     #: After the last round, keep refusing late updates at most this long ...
     linger_seconds: float = 0.0
     #: ... while some participant is alive: it left no ``leave`` and sent a heartbeat or
@@ -124,7 +131,7 @@ class Coordinator:
         self.config = config
         self.app = app
         self.transport = transport
-        self.topology = Topology(config.federation)
+        self.topology = Topology(config.federation, config.updates_queue)
         self.observer: CoordinatorObserver = observer or _Quiet()
         self.ledger = UpdateLedger(config.state_dir / "ledger.sqlite")
         self.rejected: Counter[str] = Counter()

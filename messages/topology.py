@@ -7,6 +7,7 @@ For federation ``F`` every name starts with ``fedq.F.``. Operators rely on these
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from fedq.messages.transport import Transport
 
@@ -23,9 +24,17 @@ def participant_key(kind: str, participant: str) -> str:
     return f"{kind}.{participant}"
 
 
+UpdatesQueueType = Literal["classic", "quorum"]
+
+
 @dataclass(frozen=True)
 class Topology:
     federation: str
+    #: ``quorum`` (the default) replicates the updates queue across a cluster (Raft), and
+    #: measured no slower than ``classic`` on one node (bench/round_overhead.py
+    #: --updates-queue). Its dead-lettering is made at-least-once, which RabbitMQ allows
+    #: only with ``x-overflow: reject-publish``.
+    updates_queue_type: UpdatesQueueType = "quorum"
 
     @property
     def prefix(self) -> str:
@@ -60,19 +69,23 @@ class Topology:
         """A participant's queue: the newest model only, plus ``federation.done``."""
         return f"{self.prefix}.model.{participant}"
 
+    def updates_arguments(self) -> dict[str, str]:
+        arguments = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": self.rejected}
+        if self.updates_queue_type == "quorum":
+            arguments |= {
+                "x-queue-type": "quorum",
+                "x-dead-letter-strategy": "at-least-once",
+                "x-overflow": "reject-publish",
+            }
+        return arguments
+
     async def declare_core(self, transport: Transport) -> None:
         """Everything the coordinator owns. Safe to run any number of times."""
         await transport.declare_exchange(self.updates, "direct")
         await transport.declare_exchange(self.models, "fanout")
         await transport.declare_exchange(self.control, "topic")
         await transport.declare_queue(self.rejected)
-        await transport.declare_queue(
-            self.updates,
-            arguments={
-                "x-dead-letter-exchange": "",
-                "x-dead-letter-routing-key": self.rejected,
-            },
-        )
+        await transport.declare_queue(self.updates, arguments=self.updates_arguments())
         await transport.bind(self.updates, self.updates, UPDATE_KEY)
         await transport.declare_queue(self.coordinator)
         for kind in ("join", "heartbeat", "leave"):

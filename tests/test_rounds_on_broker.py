@@ -11,7 +11,7 @@ from fedq.apps.synthetic import SyntheticApp
 from fedq.coordinator.checkpoint import latest_checkpoint, load_checkpoint
 from fedq.coordinator.service import CoordinatorConfig
 from fedq.messages.amqp import AmqpTransport
-from fedq.messages.topology import Topology
+from fedq.messages.topology import Topology, UpdatesQueueType
 from fedq.participant.worker import ParticipantConfig
 from fedq.simulation import SimulationPlan, Straggler, simulate
 from tests.conftest import BROKER_URL
@@ -29,13 +29,19 @@ async def teardown(federation: str, n: int) -> None:
         await Topology(federation).delete(transport, [f"p{i}" for i in range(n)])
 
 
+@pytest.mark.parametrize("queue", ["quorum", "classic"])
 @pytest.mark.parametrize("codec", ["raw", "fp16"])
 async def test_the_committed_model_is_the_example_weighted_mean_of_the_deltas(
-    tmp_path: Path, federation: str, codec: str
+    tmp_path: Path, federation: str, codec: str, queue: UpdatesQueueType
 ):
     plan = SimulationPlan(
         coordinator=CoordinatorConfig(
-            federation=federation, participants=3, rounds=3, state_dir=tmp_path, codec=codec
+            federation=federation,
+            participants=3,
+            rounds=3,
+            state_dir=tmp_path,
+            codec=codec,
+            updates_queue=queue,
         ),
         participant=ParticipantConfig(federation=federation, participant_id="p", codec=codec),
         broker_url=BROKER_URL,

@@ -11,7 +11,7 @@ import time
 from collections.abc import Awaitable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, cast
 
 import typer
 from rich.console import Console
@@ -34,6 +34,7 @@ from fedq.coordinator.service import (
 from fedq.messages.allocator import tune_malloc_for_large_buffers
 from fedq.messages.amqp import AmqpTransport, BrokerUnavailable, redact
 from fedq.messages.codecs import CODECS
+from fedq.messages.topology import UpdatesQueueType
 from fedq.messages.transport import TransportError
 from fedq.participant.worker import ParticipantConfig
 from fedq.settings import settings
@@ -107,6 +108,12 @@ def check_codec(codec: str) -> str:
     return codec
 
 
+def check_queue_type(kind: str) -> UpdatesQueueType:
+    if kind not in ("classic", "quorum"):
+        raise fail(f"--updates-queue {kind!r}: choose classic or quorum")
+    return cast(UpdatesQueueType, kind)
+
+
 def parse_stragglers(slow: list[str], delay: list[str], n: int) -> tuple[Straggler, ...]:
     """``--slow INDEX:FACTOR`` and ``--delay INDEX:SECONDS`` into one Straggler per index."""
     found: dict[int, Straggler] = {}
@@ -165,6 +172,13 @@ LingerOpt = Annotated[
         "left, heard from within 15 s), at most this many seconds.",
     ),
 ]
+UpdatesQueueOpt = Annotated[
+    str,
+    typer.Option(
+        "--updates-queue",
+        help="Type of the fedq.F.updates queue: classic, or quorum (replicated in a cluster).",
+    ),
+]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens.")]
 
 
@@ -197,6 +211,7 @@ def simulate_command(
         typer.Option("--delay", help="Add SECONDS to each round of participant INDEX, e.g. 3:5."),
     ] = None,
     linger: LingerOpt = 120.0,
+    updates_queue: UpdatesQueueOpt = "quorum",
     verbose: VerboseOpt = False,
 ) -> None:
     """Run a coordinator and N participants on this machine (embedded broker by default)."""
@@ -204,7 +219,16 @@ def simulate_command(
     name = federation or time.strftime("sim-%Y%m%d-%H%M%S")
     plan = SimulationPlan(
         coordinator=coordinator_config(
-            name, participants, rounds, quorum, min_quorum, round_timeout, state_dir, codec, linger
+            federation=name,
+            participants=participants,
+            rounds=rounds,
+            quorum=quorum,
+            min_quorum=min_quorum,
+            round_timeout=round_timeout,
+            state_dir=state_dir,
+            codec=codec,
+            linger=linger,
+            updates_queue=updates_queue,
         ),
         participant=ParticipantConfig(federation=name, participant_id="p", codec=codec),
         broker_url=broker,
@@ -220,6 +244,7 @@ def simulate_command(
 
 
 def coordinator_config(
+    *,
     federation: str,
     participants: int,
     rounds: int,
@@ -229,6 +254,7 @@ def coordinator_config(
     state_dir: Path | None,
     codec: str,
     linger: float,
+    updates_queue: str,
 ) -> CoordinatorConfig:
     """The coordinator's settings from its flags; its state lives in STATE_DIR/<federation>."""
     try:
@@ -242,6 +268,7 @@ def coordinator_config(
             round_timeout=round_timeout,
             codec=check_codec(codec),
             linger_seconds=linger,
+            updates_queue=check_queue_type(updates_queue),
         )
     except ConfigError as exc:
         raise fail(str(exc)) from None
@@ -261,20 +288,22 @@ def coordinator_command(
     report: ReportOpt = None,
     codec: CodecOpt = "raw",
     linger: LingerOpt = 120.0,
+    updates_queue: UpdatesQueueOpt = "quorum",
     verbose: VerboseOpt = False,
 ) -> None:
     """Run the coordinator of one federation on RabbitMQ."""
     setup_logging(verbose)
     config = coordinator_config(
-        federation,
-        participants,
-        rounds,
-        quorum,
-        min_quorum,
-        round_timeout,
-        state_dir,
-        codec,
-        linger,
+        federation=federation,
+        participants=participants,
+        rounds=rounds,
+        quorum=quorum,
+        min_quorum=min_quorum,
+        round_timeout=round_timeout,
+        state_dir=state_dir,
+        codec=codec,
+        linger=linger,
+        updates_queue=updates_queue,
     )
     application = load(app_spec)
     url = broker or settings().broker_url
