@@ -103,6 +103,21 @@ class Topology:
         await transport.bind(queue, self.models)
         await transport.bind(queue, self.control, FEDERATION_DONE)
 
+    async def tidy(self, transport: Transport) -> list[str]:
+        """After a finished run whose participants are gone: remove the coordinator's queue,
+        the exchanges, and the updates and dead-letter queues unless they hold messages,
+        which stay for inspection. Returns the queues kept."""
+        # A depth check, not ``if-empty``: quorum queues refuse that flag (NOT_IMPLEMENTED).
+        kept = [q for q in (self.updates, self.rejected) if await transport.queue_depth(q) > 0]
+        for queue in {self.updates, self.rejected} - set(kept):
+            await transport.delete_queue(queue)
+        await transport.delete_queue(self.coordinator)
+        for exchange in (self.models, self.control):
+            await transport.delete_exchange(exchange)
+        if self.updates not in kept:
+            await transport.delete_exchange(self.updates)
+        return kept
+
     async def delete(self, transport: Transport, participants: list[str]) -> None:
         """Remove every queue and exchange of this federation (tests, `fedq` teardown)."""
         for queue in [self.updates, self.rejected, self.coordinator] + [

@@ -91,7 +91,8 @@ class Transport(abc.ABC):
     async def bind(self, queue: str, exchange: str, routing_key: str = "") -> None: ...
 
     @abc.abstractmethod
-    async def delete_queue(self, name: str) -> None: ...
+    async def delete_queue(self, name: str) -> None:
+        """Delete ``name`` and its messages; a missing queue is no error."""
 
     @abc.abstractmethod
     async def delete_exchange(self, name: str) -> None: ...

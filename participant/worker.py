@@ -83,6 +83,7 @@ class Participant:
         pid = self.config.participant_id
         await self.topology.declare_participant(self.transport, pid)
         beat = asyncio.create_task(self._heartbeats(), name=f"fedq-heartbeat-{pid}")
+        done = False
         try:
             async with self.transport.consume(self.topology.model_queue(pid), prefetch=1) as inbox:
                 await self._control(
@@ -91,6 +92,7 @@ class Participant:
                 async for delivery in inbox:
                     if delivery.type == MESSAGE_TYPES["federation.done"]:
                         await self._settle(delivery)
+                        done = True
                         break
                     await self._train_round(delivery)
                     await self._settle(delivery)
@@ -100,6 +102,8 @@ class Participant:
                 await beat
         # After the last heartbeat, so the coordinator never hears from us after "leave".
         await self._control("leave", Leave(federation=self.config.federation, participant=pid))
+        if done:  # the queue has nothing more to bring; do not leave it on the broker
+            await self.transport.delete_queue(self.topology.model_queue(pid))
         return self.stats
 
     async def _settle(self, delivery: Delivery) -> None:

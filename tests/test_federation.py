@@ -150,6 +150,7 @@ async def test_a_replayed_update_is_counted_as_duplicate_and_never_applied_twice
             replay, {k: np.ones_like(v) for k, v in app.initial_weights().items()}
         )
         async with AmqpTransport(BROKER_URL) as transport:
+            await Topology(federation).declare_core(transport)  # the simulation tidied up
             await transport.publish(
                 Topology(federation).updates,
                 UPDATE_KEY,

@@ -12,6 +12,7 @@ from fedq.coordinator.checkpoint import latest_checkpoint, load_checkpoint
 from fedq.coordinator.service import CoordinatorConfig
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.topology import Topology, UpdatesQueueType
+from fedq.messages.transport import TransportError
 from fedq.participant.worker import ParticipantConfig
 from fedq.simulation import SimulationPlan, Straggler, simulate
 from tests.conftest import BROKER_URL
@@ -93,3 +94,23 @@ async def test_a_deadline_closes_the_round_with_min_quorum_and_the_late_update_i
             np.testing.assert_allclose(tensor, expected, rtol=1e-5)
     finally:
         await teardown(federation, 3)
+
+
+async def test_a_finished_simulation_leaves_only_queues_that_hold_messages(
+    tmp_path: Path, federation: str
+):
+    plan = SimulationPlan(
+        coordinator=CoordinatorConfig(
+            federation=federation, participants=2, rounds=1, state_dir=tmp_path
+        ),
+        participant=ParticipantConfig(federation=federation, participant_id="p"),
+        broker_url=BROKER_URL,
+    )
+    await simulate(plan, SyntheticApp(params=10))
+    topology = Topology(federation)
+    async with AmqpTransport(BROKER_URL) as transport:
+        for queue in [topology.updates, topology.rejected, topology.coordinator] + [
+            topology.model_queue(p) for p in ("p0", "p1")
+        ]:
+            with pytest.raises(TransportError):
+                await transport.queue_depth(queue)

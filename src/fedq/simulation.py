@@ -108,4 +108,5 @@ async def simulate(
             for task in (running, workers):
                 task.cancel()
             await asyncio.gather(running, workers, return_exceptions=True)
+        await coordinator.topology.tidy(coordinator_transport)
         return result
