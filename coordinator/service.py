@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,7 +23,7 @@ from fedq.coordinator.checkpoint import latest_checkpoint, load_checkpoint, save
 from fedq.coordinator.fedavg import apply_mean_delta
 from fedq.coordinator.ledger import RoundHistory, UpdateLedger, VersionRecord
 from fedq.coordinator.rounds import CloseReason, QuorumRound
-from fedq.coordinator.validation import Rejection, check_tensors, spec_of
+from fedq.coordinator.validation import ModelSpec, Rejection, check_tensors, spec_of
 from fedq.messages.codec import MalformedMessage, Weights, decode_message, encode_message
 from fedq.messages.schema import (
     MESSAGE_TYPES,
@@ -134,8 +134,6 @@ class Coordinator:
         self.topology = Topology(config.federation, config.updates_queue)
         self.observer: CoordinatorObserver = observer or _Quiet()
         self.ledger = UpdateLedger(config.state_dir / "ledger.sqlite")
-        self.rejected: Counter[str] = Counter()
-        self.duplicates = 0
         #: participant -> last sign of life; a leave removes it.
         self.last_seen: dict[str, float] = {}
         self._model_body = b""
@@ -150,8 +148,10 @@ class Coordinator:
             spec = spec_of(weights)
             control = asyncio.create_task(self._serve_control(), name="fedq-control")
             try:
+                # Up to K deliveries are held (bodies released) until the commit acks them;
+                # two more can be in flight, so the client buffers at most K + 2 bodies.
                 async with self.transport.consume(
-                    self.topology.updates, prefetch=max(2 * self.config.participants, 16)
+                    self.topology.updates, prefetch=self.config.k + 2
                 ) as deliveries:
                     while round_ <= self.config.rounds:
                         current = QuorumRound(
@@ -218,18 +218,11 @@ class Coordinator:
                 deadline_seconds=current.deadline_seconds,
             ),
         )
-        await self.transport.publish(
-            self.topology.models,
-            "",
-            self._model_body,
-            message_id=f"{self.config.federation}-v{current.version}",
-            type=MESSAGE_TYPES["model"],
-            headers={"federation": self.config.federation, "version": current.version},
-        )
+        await self._publish_model(self.topology.models, "")
         self.observer.round_opened(current.number, current.version)
 
     async def _collect(
-        self, current: QuorumRound, deliveries: Any, spec: dict[str, Any]
+        self, current: QuorumRound, deliveries: AsyncIterator[Delivery], spec: ModelSpec
     ) -> CloseReason:
         while True:
             reason = current.close_reason()
@@ -243,7 +236,7 @@ class Coordinator:
                 continue
             await self._handle(delivery, current, spec)
 
-    async def _handle(self, delivery: Delivery, current: QuorumRound, spec: dict[str, Any]) -> None:
+    async def _handle(self, delivery: Delivery, current: QuorumRound, spec: ModelSpec) -> None:
         meta: UpdateMeta | None = None
         try:
             try:
@@ -260,7 +253,6 @@ class Coordinator:
                 delivery.release_body()
                 return
             if await asyncio.to_thread(self.ledger.has_update, meta.update_id):
-                self.duplicates += 1
                 raise Rejection("duplicate", f"update {meta.update_id} is already committed")
             current.admit(meta)
             deltas = await asyncio.to_thread(check_tensors, decoded.tensors, spec)
@@ -297,7 +289,6 @@ class Coordinator:
             await delivery.ack()
         except TransportError as exc:  # redelivered later and rejected again: DLQ holds a copy
             log.warning("ack of a rejected update failed: %s", exc)
-        self.rejected[rejection.reason] += 1
         log.info("rejected update: %s", rejection.header())
         self.observer.update_seen(meta.participant if meta else None, False, rejection.reason)
 
@@ -366,10 +357,14 @@ class Coordinator:
         )
         await self._publish_control(FEDERATION_DONE, done)
 
-    async def _reject_late(self, deliveries: Any, spec: dict[str, Any], version: int) -> None:
+    async def _reject_late(
+        self, deliveries: AsyncIterator[Delivery], spec: ModelSpec, version: int
+    ) -> None:
         """After the last round, refuse what still arrives (stragglers' work) while some
         participant is alive, at most ``linger_seconds``: a straggler's update is then
         counted and dead-lettered now rather than found by the next coordinator."""
+        # A round that never opens (no tensors, nothing is ever folded): every update for a
+        # real round is stale against it.
         closed = QuorumRound(
             number=self.config.rounds + 1,
             version=version,
@@ -411,7 +406,8 @@ class Coordinator:
                     if kind == "join":
                         join = Join.model_validate(fields)
                         self.last_seen[join.participant] = time.time()
-                        await self._send_current_model(join.participant)
+                        # Its queue may have been bound after the fanout: send it directly.
+                        await self._publish_model("", self.topology.model_queue(join.participant))
                     elif kind == "heartbeat":
                         self.last_seen[Heartbeat.model_validate(fields).participant] = time.time()
                     elif kind == "leave":
@@ -420,30 +416,34 @@ class Coordinator:
                     log.warning("ignored a malformed control message: %s", exc)
                 await delivery.ack()
 
-    async def _send_current_model(self, participant: str) -> None:
-        if not self._model_body or self._model_meta is None:
-            return
+    async def _publish_model(self, exchange: str, routing_key: str) -> None:
+        """The current model: to every participant (fanout) or one queue (default exchange)."""
+        if self._model_meta is None:
+            return  # no round open yet: the participant gets the model when one opens
+        version = self._model_meta.version
         await self.transport.publish(
-            "",
-            self.topology.model_queue(participant),
+            exchange,
+            routing_key,
             self._model_body,
-            message_id=f"{self.config.federation}-v{self._model_meta.version}",
+            message_id=f"{self.config.federation}-v{version}",
             type=MESSAGE_TYPES["model"],
-            headers={"federation": self.config.federation, "version": self._model_meta.version},
+            headers={"federation": self.config.federation, "version": version},
         )
 
     # --------------------------------------------------------------- result
     def _result(self, started: float) -> FederationResult:
+        """Counts come from the ledger, so they cover every run of this state dir."""
         history = self.ledger.history()
+        rejected = self.ledger.rejection_counts()
         last = history[-1] if history else None
         return FederationResult(
             federation=self.config.federation,
             rounds_completed=len(history),
             model_version=last.version if last else 0,
             updates_incorporated=self.ledger.count_updates(),
-            updates_rejected=sum(self.ledger.rejection_counts().values()),
-            rejected_by_reason=self.ledger.rejection_counts(),
-            duplicates=self.duplicates,
+            updates_rejected=sum(rejected.values()),
+            rejected_by_reason=rejected,
+            duplicates=rejected.get("duplicate", 0),
             final_metrics=last.metrics if last else {},
             wall_seconds=time.monotonic() - started,
             state_dir=str(self.config.state_dir),
