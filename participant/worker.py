@@ -19,7 +19,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedq.apps import App, AppError, Partition, TrainConfig
-from fedq.messages.codec import Weights, decode_message, encode_message
+from fedq.messages.codec import (
+    DecodedMessage,
+    MalformedMessage,
+    Weights,
+    decode_message,
+    encode_message,
+)
 from fedq.messages.schema import MESSAGE_TYPES, Heartbeat, Join, Leave, ModelMeta, UpdateMeta
 from fedq.messages.topology import UPDATE_KEY, Topology, participant_key
 from fedq.messages.transport import Delivery, Transport, TransportError
@@ -61,6 +67,11 @@ class ParticipantStats:
     rounds_trained: int = 0
     updates_sent: int = 0
     last_version: int = -1
+
+
+def writable_copy(decoded: DecodedMessage) -> Weights:
+    """Decoded tensors are read-only views of the body (maybe fp16): train on float copies."""
+    return {t.name: np.array(t.array, dtype=t.dtype) for t in decoded.tensors}
 
 
 class Participant:
@@ -115,14 +126,15 @@ class Participant:
             log.warning("%s: ack of the model failed (%s)", self.config.participant_id, exc)
 
     async def _train_round(self, delivery: Delivery) -> None:
-        decoded = decode_message(delivery.body)
-        meta = decoded.meta(ModelMeta)
+        try:
+            decoded = decode_message(delivery.body)
+            meta = decoded.meta(ModelMeta)
+        except MalformedMessage as exc:  # only the coordinator should write here: skip it
+            log.warning("%s: ignored a malformed model (%s)", self.config.participant_id, exc)
+            return
         if meta.federation != self.config.federation or meta.version <= self.stats.last_version:
             return  # a model we already trained on (e.g. the answer to our join)
-        # Decoded tensors are read-only views (maybe fp16): train on float copies.
-        global_weights: Weights = {
-            t.name: np.array(t.array, dtype=t.dtype) for t in decoded.tensors
-        }
+        global_weights = await asyncio.to_thread(writable_copy, decoded)
         self._round = meta.round
         started = time.monotonic()
         train = self.config.train or getattr(self.app, "train_config", None) or TrainConfig()
