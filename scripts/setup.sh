@@ -29,7 +29,12 @@ if $dev; then
         say "starting RabbitMQ"
         rabbitmq-server -detached
     fi
-    timeout 120 rabbitmqctl -q await_startup
+    # await_startup fails at once while the node is not yet reachable: retry for 2 minutes.
+    for _ in $(seq 120); do
+        rabbitmqctl -q await_startup >/dev/null 2>&1 && break
+        sleep 1
+    done
+    rabbitmqctl -q await_startup
     rabbitmq-plugins -q enable rabbitmq_management >/dev/null
     extras=".[keras,dev]"
 else
