@@ -17,7 +17,7 @@ from fedq.coordinator.ledger import UpdateLedger
 from fedq.coordinator.service import CoordinatorConfig
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.codec import encode_message
-from fedq.messages.schema import MESSAGE_TYPES, UpdateMeta
+from fedq.messages.schema import MESSAGE_TYPES, ModelMeta, UpdateMeta
 from fedq.messages.topology import UPDATE_KEY, Topology
 from fedq.messages.transport import TransportError
 from fedq.participant.worker import ParticipantConfig
@@ -255,3 +255,44 @@ def test_sigterm_leaves_uncommitted_updates_on_the_broker(tmp_path, federation):
         if coordinator.poll() is None:
             coordinator.kill()
         asyncio.run(cleanup(federation, []))
+
+
+def test_sigterm_on_a_participant_leaves_its_model_on_the_broker(tmp_path, federation):
+    """A participant stopped mid-round has not acked its model: it gets it again on restart."""
+    topology = Topology(federation)
+    app = SyntheticApp()
+    model = ModelMeta(federation=federation, version=0, round=1, rounds_total=1)
+    body = encode_message(model, app.initial_weights())
+
+    async def declare() -> None:
+        async with AmqpTransport(BROKER_URL) as transport:
+            await topology.declare_core(transport)
+            await topology.declare_participant(transport, "p0")
+
+    async def depth_after_model_is_taken() -> int:
+        async with AmqpTransport(BROKER_URL) as transport:
+            await transport.publish(topology.models, "", body, type=MESSAGE_TYPES["model"])
+            for _ in range(200):
+                if await transport.queue_depth(topology.model_queue("p0")) == 0:
+                    return 0
+                await asyncio.sleep(0.1)
+            return -1
+
+    async def depth() -> int:
+        async with AmqpTransport(BROKER_URL) as transport:
+            return await transport.queue_depth(topology.model_queue("p0"))
+
+    asyncio.run(declare())
+    args = ["--app", "fedq.apps.synthetic:app", "--id", "p0", "--delay", "60"]
+    where = ["--federation", federation, "--broker", BROKER_URL]
+    participant = start_fedq("participant", *args, *where, log=tmp_path / "p0.log")
+    try:
+        assert asyncio.run(depth_after_model_is_taken()) == 0, (tmp_path / "p0.log").read_text()
+        time.sleep(0.5)
+        participant.terminate()
+        assert participant.wait(timeout=30) == 130, (tmp_path / "p0.log").read_text()
+        assert asyncio.run(depth()) == 1
+    finally:
+        if participant.poll() is None:
+            participant.kill()
+        asyncio.run(cleanup(federation, ["p0"]))
