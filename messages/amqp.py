@@ -73,20 +73,23 @@ class _AmqpDelivery:
     def headers(self) -> Mapping[str, Any]:
         return self._msg.headers or {}
 
+    # A closed channel (RuntimeError in aio-pika) means the broker already requeued it.
+    _SETTLE_ERRORS = (
+        aio_pika.exceptions.MessageProcessError,
+        aiormq.exceptions.AMQPError,
+        RuntimeError,
+    )
+
     async def ack(self) -> None:
         try:
             await self._msg.ack()
-        except (aio_pika.exceptions.MessageProcessError, aiormq.exceptions.AMQPError) as exc:
-            raise TransportError(f"ack failed: {exc}") from exc
-        except RuntimeError as exc:  # channel closed: the broker requeued the message
+        except self._SETTLE_ERRORS as exc:
             raise TransportError(f"ack failed: {exc}") from exc
 
     async def nack(self, *, requeue: bool) -> None:
         try:
             await self._msg.nack(requeue=requeue)
-        except (aio_pika.exceptions.MessageProcessError, aiormq.exceptions.AMQPError) as exc:
-            raise TransportError(f"nack failed: {exc}") from exc
-        except RuntimeError as exc:
+        except self._SETTLE_ERRORS as exc:
             raise TransportError(f"nack failed: {exc}") from exc
 
 
@@ -113,8 +116,10 @@ class AmqpTransport(Transport):
     def __init__(self, url: str = DEFAULT_BROKER_URL, *, connect_timeout: float = 10.0) -> None:
         try:
             parsed = yarl.URL(url)
-        except (ValueError, TypeError) as exc:
-            raise BrokerUnavailable(f"bad broker URL {url!r}: {exc}") from None
+        except (ValueError, TypeError):
+            raise BrokerUnavailable(
+                "bad broker URL: expected amqp://user:password@host:port/vhost"
+            ) from None
         if parsed.scheme not in ("amqp", "amqps") or not parsed.host:
             raise BrokerUnavailable(
                 f"bad broker URL {redact(url)!r}: expected amqp://user:password@host:port/vhost"
