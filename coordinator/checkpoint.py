@@ -7,15 +7,12 @@ fsync the folder: after a crash a checkpoint is either whole or absent, never to
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from fedq.messages.codec import Weights
-
-_NAME = re.compile(r"^model-v(\d{6,})\.npz$")
 
 
 def checkpoint_path(folder: Path, version: int) -> Path:
@@ -48,12 +45,3 @@ def load_checkpoint(path: Path) -> Weights:
     with np.load(path, allow_pickle=False) as data:
         names = [str(n) for n in data["__names__"]]
         return {name: data[f"arr_{i}"] for i, name in enumerate(names)}
-
-
-def latest_checkpoint(folder: Path) -> tuple[int, Path] | None:
-    found = [
-        (int(m.group(1)), p)
-        for p in folder.glob("model-v*.npz")
-        if (m := _NAME.match(p.name)) is not None
-    ]
-    return max(found) if found else None

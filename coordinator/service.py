@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from fedq.apps import App
-from fedq.coordinator.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from fedq.coordinator.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from fedq.coordinator.fedavg import apply_mean_delta
 from fedq.coordinator.ledger import RoundHistory, UpdateLedger, VersionRecord
 from fedq.coordinator.rounds import CloseReason, QuorumRound
@@ -186,14 +186,18 @@ class Coordinator:
                 "use another --state-dir"
             )
         await asyncio.to_thread(self.ledger.set_meta, "federation", self.config.federation)
+        models = self.config.state_dir / "models"
         last = await asyncio.to_thread(self.ledger.last_version)
-        found = latest_checkpoint(self.config.state_dir / "models")
-        if last is not None and found is not None and found[0] == last.version:
+        if last is not None:
+            # The ledger decides: a checkpoint newer than its last version was written by a
+            # coordinator that died before committing it, and is overwritten when redone.
             log.info("resuming from model v%d after round %d", last.version, last.round)
-            return await asyncio.to_thread(load_checkpoint, found[1]), last.version, last.round + 1
+            weights = await asyncio.to_thread(
+                load_checkpoint, checkpoint_path(models, last.version)
+            )
+            return weights, last.version, last.round + 1
         weights = await asyncio.to_thread(self.app.initial_weights)
-        path = self.config.state_dir / "models"
-        await asyncio.to_thread(save_checkpoint, path, 0, weights)
+        await asyncio.to_thread(save_checkpoint, models, 0, weights)
         return weights, 0, 1
 
     # --------------------------------------------------------------- rounds

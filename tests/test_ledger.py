@@ -7,8 +7,12 @@ import sqlite3
 import numpy as np
 import pytest
 
-from fedq.coordinator.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from fedq.apps.synthetic import SyntheticApp
+from fedq.coordinator.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from fedq.coordinator.ledger import UpdateLedger, UpdateRecord, VersionRecord
+from fedq.coordinator.service import CoordinatorConfig
+from fedq.participant.worker import ParticipantConfig
+from fedq.simulation import SimulationPlan, simulate
 
 
 def version(v: int) -> VersionRecord:
@@ -57,8 +61,27 @@ def test_checkpoints_round_trip_in_model_order_and_leave_no_temp_files(tmp_path)
     weights = {"z": np.arange(3, dtype=np.float32), "a": np.ones((2, 2), np.float32)}
     save_checkpoint(tmp_path, 1, weights)
     path = save_checkpoint(tmp_path, 2, {k: v + 1 for k, v in weights.items()})
-    assert latest_checkpoint(tmp_path) == (2, path)
+    assert path == checkpoint_path(tmp_path, 2)
     loaded = load_checkpoint(path)
     assert list(loaded) == ["z", "a"]
     np.testing.assert_array_equal(loaded["z"], [1, 2, 3])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model-v000001.npz", "model-v000002.npz"]
+
+
+async def test_a_checkpoint_the_ledger_never_committed_is_redone_not_trusted(tmp_path):
+    """A coordinator died between writing checkpoint v2 and committing it in the ledger."""
+
+    def plan(rounds: int) -> SimulationPlan:
+        return SimulationPlan(
+            CoordinatorConfig("f", participants=2, rounds=rounds, state_dir=tmp_path),
+            ParticipantConfig("f", "p"),
+        )
+
+    app = SyntheticApp(params=4)
+    await simulate(plan(1), app)
+    save_checkpoint(tmp_path / "models", 2, {k: v + 99 for k, v in app.initial_weights().items()})
+    result = await simulate(plan(2), app)
+    assert result.model_version == 2 and result.updates_incorporated == 4
+    step = (100 * 0.001 + 200 * 0.002) / 300  # SyntheticApp's FedAvg step with 2 participants
+    for tensor in load_checkpoint(checkpoint_path(tmp_path / "models", 2)).values():
+        np.testing.assert_allclose(tensor, 2 * step, rtol=1e-5)
