@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from fedq.apps.synthetic import SyntheticApp
+from fedq.coordinator.checkpoint import checkpoint_path, load_checkpoint
 from fedq.coordinator.ledger import UpdateLedger
 from fedq.coordinator.service import CoordinatorConfig
 from fedq.messages.amqp import AmqpTransport
@@ -296,3 +297,63 @@ def test_sigterm_on_a_participant_leaves_its_model_on_the_broker(tmp_path, feder
         if participant.poll() is None:
             participant.kill()
         asyncio.run(cleanup(federation, ["p0"]))
+
+
+def test_a_killed_coordinator_restarts_without_losing_or_double_counting_an_update(
+    tmp_path, federation
+):
+    """kill -9 the coordinator after round 1; a new one resumes from the ledger and the
+    broker's redeliveries, and the final model is exactly four FedAvg steps."""
+    where = ["--federation", federation, "--broker", BROKER_URL]
+    shape = ["--participants", "2", "--rounds", "4", "--state-dir", str(tmp_path)]
+    app = ["--app", "fedq.apps.synthetic:app"]
+    ledger = tmp_path / federation / "ledger.sqlite"
+
+    def committed_versions() -> int:
+        if not ledger.exists():
+            return 0
+        db = sqlite3.connect(ledger)
+        try:
+            return int(db.execute("SELECT COUNT(*) FROM versions").fetchone()[0])
+        except sqlite3.OperationalError:  # tables not created yet
+            return 0
+        finally:
+            db.close()
+
+    first = start_fedq("coordinator", *app, *where, *shape, log=tmp_path / "c1.log")
+
+    def participant(i: int) -> subprocess.Popen[bytes]:
+        who = ["--id", f"p{i}", "--partition", f"{i}/2", "--delay", "1"]
+        return start_fedq("participant", *app, *where, *who, log=tmp_path / f"p{i}.log")
+
+    participants = [participant(i) for i in range(2)]
+    report = tmp_path / "report.json"
+    second = None
+    try:
+        for _ in range(600):
+            if committed_versions() >= 1:
+                break
+            time.sleep(0.05)
+        first.kill()
+        first.wait(timeout=10)
+        killed_after = committed_versions()
+        assert 1 <= killed_after < 4, (tmp_path / "c1.log").read_text()
+        second = start_fedq(
+            "coordinator", *app, *where, *shape, "--report", str(report),
+            log=tmp_path / "c2.log",
+        )  # fmt: skip
+        assert second.wait(timeout=120) == 0, (tmp_path / "c2.log").read_text()
+        for i, p in enumerate(participants):
+            assert p.wait(timeout=60) == 0, (tmp_path / f"p{i}.log").read_text()
+        data = read_report(report)
+        assert data["rounds_completed"] == 4 and data["updates_incorporated"] == 8
+        assert [sorted(h["participants"]) for h in data["history"]] == [["p0", "p1"]] * 4
+        step = (100 * 0.001 + 200 * 0.002) / 300  # SyntheticApp's FedAvg step, 2 participants
+        model = load_checkpoint(checkpoint_path(tmp_path / federation / "models", 4))
+        for tensor in model.values():
+            np.testing.assert_allclose(tensor, 4 * step, rtol=1e-5)
+    finally:
+        for p in (first, second, *participants):
+            if p is not None and p.poll() is None:
+                p.kill()
+        asyncio.run(cleanup(federation, ["p0", "p1"]))
