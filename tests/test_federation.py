@@ -353,7 +353,7 @@ def test_a_killed_coordinator_restarts_without_losing_or_double_counting_an_upda
         for tensor in model.values():
             np.testing.assert_allclose(tensor, 4 * step, rtol=1e-5)
     finally:
-        for p in (first, second, *participants):
-            if p is not None and p.poll() is None:
-                p.kill()
+        for process in (first, second, *participants):
+            if process is not None and process.poll() is None:
+                process.kill()
         asyncio.run(cleanup(federation, ["p0", "p1"]))
