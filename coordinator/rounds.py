@@ -34,7 +34,9 @@ class QuorumRound:
     opened_wall: float = field(default_factory=time.time)
     opened: float = field(default_factory=time.monotonic)
     extensions: int = 0
-    pending: dict[str, Delivery] = field(default_factory=dict)
+    #: update id -> every delivery of it held for the commit's ack (a redelivery after a
+    #: reconnect, or a publisher's retry, brings the same id again: folded once, acked all).
+    pending: dict[str, list[Delivery]] = field(default_factory=dict)
     records: list[UpdateRecord] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -67,7 +69,7 @@ class QuorumRound:
     def fold(self, meta: UpdateMeta, deltas: dict[str, np.ndarray], delivery: Delivery) -> None:
         """Add an admitted, validated update. Heavy numpy: call from a worker thread."""
         self.accumulator.add(deltas, float(meta.num_examples))
-        self.pending[meta.update_id] = delivery
+        self.pending[meta.update_id] = [delivery]
         self.records.append(
             UpdateRecord(
                 update_id=meta.update_id,

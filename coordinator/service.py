@@ -251,9 +251,8 @@ class Coordinator:
             if meta.federation != self.config.federation:
                 raise Rejection("wrong_federation", f"update is for {meta.federation!r}")
             if meta.update_id in current.pending:
-                # The broker redelivered an update this round already holds (a channel was
-                # re-opened): keep the new handle, the old one can no longer be acked.
-                current.pending[meta.update_id] = delivery
+                # Already folded in this round: hold this copy too and ack it with the rest.
+                current.pending[meta.update_id].append(delivery)
                 delivery.release_body()
                 return
             if await asyncio.to_thread(self.ledger.has_update, meta.update_id):
@@ -318,15 +317,16 @@ class Coordinator:
         )
         await asyncio.to_thread(self.ledger.commit_version, record, current.records)
         # Committed: from here a redelivery of these updates is a duplicate, never re-applied.
-        for update_id, delivery in current.pending.items():
-            try:
-                await delivery.ack()
-            except TransportError as exc:
-                log.warning(
-                    "ack of committed update %s failed (%s); it will come back as a duplicate",
-                    update_id,
-                    exc,
-                )
+        for update_id, deliveries in current.pending.items():
+            for delivery in deliveries:
+                try:
+                    await delivery.ack()
+                except TransportError as exc:  # its channel closed: the broker redelivers it
+                    log.warning(
+                        "ack of committed update %s failed (%s); it will come back as a duplicate",
+                        update_id,
+                        exc,
+                    )
         await self._publish_control(
             ROUND_CLOSED,
             RoundClosed(
