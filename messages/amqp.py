@@ -1,5 +1,11 @@
 """RabbitMQ through aio-pika: one robust connection, a channel per purpose.
 
+When the broker restarts or the network drops, the robust connection reconnects (every
+second) and restores channels, queues and consumers; a publish caught in the outage is
+retried until it is confirmed (up to ``outage_seconds``), so delivery is at-least-once and
+consumers dedupe by ``message_id``. Acks of deliveries from before the outage fail with
+TransportError: the broker has already requeued those messages.
+
 Publishing goes through one channel with publisher confirms (``publish`` returns after the
 broker's ack) and persistent delivery. Each ``consume`` opens its own channel with its own
 prefetch, so closing it requeues exactly that consumer's unacked deliveries. Declarations
@@ -10,6 +16,8 @@ that channel and surfaces as one TransportError.
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, cast
@@ -33,6 +41,26 @@ from fedq.messages.transport import (
 )
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+log = logging.getLogger("fedq.amqp")
+
+
+#: What a broker restart or a network cut raises while the robust connection reconnects.
+_CONNECTION_LOST = (
+    aiormq.exceptions.AMQPConnectionError,
+    aiormq.exceptions.ChannelInvalidStateError,
+    ConnectionError,
+)
+
+
+def _being_cancelled() -> bool:
+    """True when this task itself is being cancelled (not a future aiormq cancelled)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+class ConnectionLost(TransportError):
+    """The broker stayed unreachable for longer than the transport rides out."""
 
 
 class BrokerUnavailable(TransportError):
@@ -113,7 +141,13 @@ class _Inbox:
 
 
 class AmqpTransport(Transport):
-    def __init__(self, url: str = DEFAULT_BROKER_URL, *, connect_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str = DEFAULT_BROKER_URL,
+        *,
+        connect_timeout: float = 10.0,
+        outage_seconds: float = 120.0,
+    ) -> None:
         try:
             parsed = yarl.URL(url)
         except (ValueError, TypeError):
@@ -127,6 +161,8 @@ class AmqpTransport(Transport):
         self.url = url
         self.identity = parsed.user or "guest"
         self._timeout = connect_timeout
+        #: How long a publish keeps retrying while the connection is being re-established.
+        self._outage_seconds = outage_seconds
         self._connection: AbstractRobustConnection | None = None
         self._publisher: AbstractChannel | None = None
         self._exchanges: dict[str, AbstractExchange] = {}
@@ -134,7 +170,9 @@ class AmqpTransport(Transport):
     async def connect(self) -> None:
         where = redact(self.url)
         try:
-            self._connection = await aio_pika.connect_robust(self.url, timeout=self._timeout)
+            self._connection = await aio_pika.connect_robust(
+                self.url, timeout=self._timeout, reconnect_interval=1.0
+            )
         except aiormq.exceptions.ProbableAuthenticationError:
             raise BrokerUnavailable(
                 f"RabbitMQ at {where} refused the login: check the user and password in the URL"
@@ -236,18 +274,36 @@ class AmqpTransport(Transport):
             content_type="application/x-msgpack",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )
-        target = await self._exchange(exchange)
-        try:
-            await target.publish(message, routing_key, mandatory=mandatory)
-        except aio_pika.exceptions.PublishError as exc:
-            raise Unroutable(f"no queue bound to {exchange!r} for {routing_key!r}") from exc
-        except aio_pika.exceptions.DeliveryError as exc:
-            raise TransportError(f"broker did not take the message: {exc}") from exc
-        except aiormq.exceptions.ChannelClosed as exc:
-            # e.g. NOT_FOUND for a missing exchange: the broker closed the publishing
-            # channel; open a fresh one so the next publish works.
-            await self._reopen_publisher()
-            raise TransportError(f"broker refused the publish to {exchange!r}: {exc}") from None
+        deadline = time.monotonic() + self._outage_seconds
+        retrying = False
+        while True:
+            try:
+                target = await self._exchange(exchange)
+                await target.publish(message, routing_key, mandatory=mandatory)
+                return
+            except aio_pika.exceptions.PublishError as exc:
+                raise Unroutable(f"no queue bound to {exchange!r} for {routing_key!r}") from exc
+            except aio_pika.exceptions.DeliveryError as exc:
+                raise TransportError(f"broker did not take the message: {exc}") from exc
+            except aiormq.exceptions.ChannelClosed as exc:
+                # e.g. NOT_FOUND for a missing exchange: the broker closed the publishing
+                # channel; open a fresh one so the next publish works.
+                await self._reopen_publisher()
+                raise TransportError(f"broker refused the publish to {exchange!r}: {exc}") from None
+            except (*_CONNECTION_LOST, asyncio.CancelledError) as exc:
+                if isinstance(exc, asyncio.CancelledError) and _being_cancelled():
+                    raise
+                # The robust connection is coming back; the message may or may not have
+                # arrived, so this is at-least-once: consumers dedupe by message_id.
+                if time.monotonic() > deadline:
+                    raise ConnectionLost(
+                        f"RabbitMQ at {redact(self.url)} was unreachable for more than "
+                        f"{self._outage_seconds:.0f} s"
+                    ) from exc
+                if not retrying:
+                    log.warning("publish to %r interrupted (%s); retrying", exchange, exc)
+                retrying = True
+                await asyncio.sleep(0.5)
 
     @asynccontextmanager
     async def consume(self, queue: str, *, prefetch: int) -> AsyncIterator[AsyncIterator[Delivery]]:
