@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from pydantic import ValidationError
+
 from fedq.apps import App
 from fedq.coordinator.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from fedq.coordinator.fedavg import apply_mean_delta
@@ -26,7 +28,9 @@ from fedq.coordinator.rounds import CloseReason, QuorumRound
 from fedq.coordinator.validation import ModelSpec, Rejection, check_tensors, spec_of
 from fedq.messages.codec import MalformedMessage, Weights, decode_message, encode_message
 from fedq.messages.schema import (
+    CONTROL_MESSAGE,
     MESSAGE_TYPES,
+    ControlMessage,
     FederationDone,
     Heartbeat,
     Join,
@@ -405,20 +409,23 @@ class Coordinator:
         async with self.transport.consume(self.topology.coordinator, prefetch=64) as events:
             async for delivery in events:
                 try:
-                    fields = decode_message(delivery.body).fields
-                    kind = fields.get("kind")
-                    if kind == "join":
-                        join = Join.model_validate(fields)
-                        self.last_seen[join.participant] = time.time()
-                        # Its queue may have been bound after the fanout: send it directly.
-                        await self._publish_model("", self.topology.model_queue(join.participant))
-                    elif kind == "heartbeat":
-                        self.last_seen[Heartbeat.model_validate(fields).participant] = time.time()
-                    elif kind == "leave":
-                        self.last_seen.pop(Leave.model_validate(fields).participant, None)
-                except (MalformedMessage, ValueError) as exc:
+                    event = CONTROL_MESSAGE.validate_python(decode_message(delivery.body).fields)
+                except (MalformedMessage, ValidationError) as exc:
                     log.warning("ignored a malformed control message: %s", exc)
-                await delivery.ack()
+                else:
+                    await self._on_control(event)
+                with contextlib.suppress(TransportError):  # from before a reconnect: harmless
+                    await delivery.ack()
+
+    async def _on_control(self, event: ControlMessage) -> None:
+        if isinstance(event, Join):
+            self.last_seen[event.participant] = time.time()
+            # Its queue may have been bound after the fanout: send it the model directly.
+            await self._publish_model("", self.topology.model_queue(event.participant))
+        elif isinstance(event, Heartbeat):
+            self.last_seen[event.participant] = time.time()
+        elif isinstance(event, Leave):
+            self.last_seen.pop(event.participant, None)
 
     async def _publish_model(self, exchange: str, routing_key: str) -> None:
         """The current model: to every participant (fanout) or one queue (default exchange)."""

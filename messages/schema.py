@@ -12,13 +12,12 @@ import time
 import uuid
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 SCHEMA_VERSION: Literal[1] = 1
 
 FederationName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 ParticipantId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
-Codec = Literal["raw", "fp16"]
 
 
 class _Message(BaseModel):
@@ -96,6 +95,8 @@ ControlMessage = Annotated[
     RoundOpen | RoundClosed | FederationDone | Join | Heartbeat | Leave,
     Field(discriminator="kind"),
 ]
+#: Validates any message of the control exchange into its kind's model.
+CONTROL_MESSAGE: TypeAdapter[ControlMessage] = TypeAdapter(ControlMessage)
 
 #: AMQP ``type`` property per message kind.
 MESSAGE_TYPES: dict[str, str] = {
