@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up fedq on a fresh Debian machine. Idempotent: a second run only checks.
-#   bash scripts/setup.sh           fedq with Keras (enough for `fedq simulate`)
+#   bash scripts/setup.sh           fedq with Keras and plots (enough for `fedq simulate`)
 #   bash scripts/setup.sh --dev     also the test/lint tools, Fashion-MNIST and a running RabbitMQ
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,7 +38,7 @@ if $dev; then
     rabbitmq-plugins -q enable rabbitmq_management >/dev/null
     extras=".[keras,dev]"
 else
-    extras=".[keras]"
+    extras=".[keras,plot]"
 fi
 
 say "pip install -e '$extras'"

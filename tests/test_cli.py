@@ -105,6 +105,9 @@ def test_simulate_then_history_shows_the_rounds(tmp_path):
         table = run_fedq("history", "--state-dir", str(where))
         assert table.returncode == 0, table.stderr
         assert "federation hist" in table.stdout and "p0, p1" in table.stdout
+    plotted = run_fedq("history", "--state-dir", str(tmp_path), "--plot", str(tmp_path / "h.png"))
+    assert plotted.returncode == 0, plotted.stderr
+    assert (tmp_path / "h.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     as_json = json.loads(run_fedq("history", "--state-dir", str(tmp_path), "--json").stdout)
     assert [r["version"] for r in as_json["rounds"]] == [1, 2]
     assert as_json["rounds"][0]["participants"] == ["p0", "p1"]

@@ -37,6 +37,7 @@ from fedq.messages.codecs import CODECS
 from fedq.messages.topology import UpdatesQueueType
 from fedq.messages.transport import TransportError
 from fedq.participant.worker import ParticipantConfig
+from fedq.plot import PlotUnavailable, plot_history
 from fedq.settings import settings
 from fedq.simulation import SimulationPlan, Straggler, run_participants, simulate
 
@@ -395,6 +396,10 @@ def history_command(
         str | None, typer.Option("--federation", help="Only this federation.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    plot: Annotated[
+        Path | None,
+        typer.Option("--plot", help="Also draw loss and accuracy per round into this PNG."),
+    ] = None,
 ) -> None:
     """Print committed rounds and rejected updates from the ledger(s) under a state dir.
 
@@ -411,6 +416,12 @@ def history_command(
     if not ledgers:
         raise fail(f"no ledger under {root}: pass the --state-dir a coordinator or simulate used")
     histories = [read_history(path) for path in ledgers]
+    if plot is not None:
+        try:
+            plot_history([(h.federation, h.rounds) for h in histories], plot)
+        except PlotUnavailable as exc:
+            raise fail(str(exc)) from None
+        console.print(f"plot written to {plot}")
     if as_json:
         data = [asdict(h) for h in histories]
         print(json.dumps(data if len(data) > 1 else data[0], indent=2))
