@@ -51,7 +51,7 @@ from fedq.coordinator.accumulator import WeightedMeanAccumulator
 from fedq.coordinator.checkpoint import save_checkpoint
 from fedq.coordinator.fedavg import apply_mean_delta
 from fedq.coordinator.ledger import RoundHistory
-from fedq.coordinator.service import CoordinatorConfig
+from fedq.coordinator.service import CoordinatorConfig, CoordinatorObserver
 from fedq.coordinator.validation import check_tensors, spec_of
 from fedq.messages.allocator import tune_malloc_for_large_buffers
 from fedq.messages.amqp import DEFAULT_BROKER_URL, AmqpTransport, redact
@@ -118,7 +118,7 @@ class CpuUse:
 
 # ------------------------------------------------------------------------------------ fedq
 @dataclass
-class CommitClock:
+class CommitClock(CoordinatorObserver):
     """A CoordinatorObserver that stamps time.perf_counter() at each round's events."""
 
     opened: dict[int, float] = field(default_factory=dict)

@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -105,23 +105,24 @@ class FederationResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-class CoordinatorObserver(Protocol):
-    """Hooks for a person watching (the CLI's live table). Called on the event loop."""
+class CoordinatorObserver:
+    """Hooks for whoever watches a coordinator: the CLI's live view, benchmarks, tests.
 
-    def round_opened(self, round_: int, version: int) -> None: ...
-    def update_seen(self, participant: str | None, accepted: bool, reason: str | None) -> None: ...
-    def round_committed(self, row: RoundHistory) -> None: ...
+    Subclass and override what you need; the rest do nothing. Hooks run on the event loop
+    and must not block it.
+    """
 
-
-class _Quiet:
     def round_opened(self, round_: int, version: int) -> None:
-        pass
+        """Round ``round_`` opened on model ``version``."""
 
     def update_seen(self, participant: str | None, accepted: bool, reason: str | None) -> None:
-        pass
+        """An update was folded in (``accepted``) or refused with ``reason``."""
 
     def round_committed(self, row: RoundHistory) -> None:
-        pass
+        """A new model version is committed and published."""
+
+    def participants_alive(self, alive: int) -> None:
+        """How many participants joined or beat within the liveness window and did not leave."""
 
 
 class Coordinator:
@@ -136,7 +137,7 @@ class Coordinator:
         self.app = app
         self.transport = transport
         self.topology = Topology(config.federation, config.updates_queue)
-        self.observer: CoordinatorObserver = observer or _Quiet()
+        self.observer = observer or CoordinatorObserver()
         self.ledger = UpdateLedger(config.state_dir / "ledger.sqlite")
         #: participant -> last sign of life; a leave removes it.
         self.last_seen: dict[str, float] = {}
@@ -383,10 +384,7 @@ class Coordinator:
         )
         deadline = time.monotonic() + self.config.linger_seconds
         while (left := deadline - time.monotonic()) > 0:
-            now = time.time()
-            everyone_left = all(
-                now - seen > self.config.liveness_seconds for seen in self.last_seen.values()
-            )
+            everyone_left = self._alive() == 0
             try:
                 delivery = await asyncio.wait_for(anext(deliveries), timeout=min(left, 0.5))
             except TimeoutError:
@@ -426,6 +424,11 @@ class Coordinator:
             self.last_seen[event.participant] = time.time()
         elif isinstance(event, Leave):
             self.last_seen.pop(event.participant, None)
+        self.observer.participants_alive(self._alive())
+
+    def _alive(self) -> int:
+        now = time.time()
+        return sum(now - seen <= self.config.liveness_seconds for seen in self.last_seen.values())
 
     async def _publish_model(self, exchange: str, routing_key: str) -> None:
         """The current model: to every participant (fanout) or one queue (default exchange)."""

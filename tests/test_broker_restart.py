@@ -10,7 +10,7 @@ import numpy as np
 from fedq.apps.synthetic import SyntheticApp
 from fedq.coordinator.checkpoint import checkpoint_path, load_checkpoint
 from fedq.coordinator.ledger import RoundHistory
-from fedq.coordinator.service import CoordinatorConfig
+from fedq.coordinator.service import CoordinatorConfig, CoordinatorObserver
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.topology import Topology
 from fedq.participant.worker import ParticipantConfig
@@ -23,7 +23,7 @@ async def rabbitmqctl(*args: str) -> None:
     assert await process.wait() == 0, f"rabbitmqctl {' '.join(args)} failed"
 
 
-class RestartAfterRound:
+class RestartAfterRound(CoordinatorObserver):
     """An observer that stops and starts the broker's application once round N committed."""
 
     def __init__(self, round_: int) -> None:
@@ -35,12 +35,6 @@ class RestartAfterRound:
         await asyncio.sleep(1.0)
         await rabbitmqctl("start_app")
         await rabbitmqctl("await_startup")
-
-    def round_opened(self, round_: int, version: int) -> None:
-        pass
-
-    def update_seen(self, participant: str | None, accepted: bool, reason: str | None) -> None:
-        pass
 
     def round_committed(self, row: RoundHistory) -> None:
         if row.round == self.round and self.task is None:

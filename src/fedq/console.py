@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from fedq.coordinator.ledger import RoundHistory
-from fedq.coordinator.service import FederationResult
+from fedq.coordinator.service import CoordinatorObserver, FederationResult
 from fedq.participant.worker import TrainedRound
 
 console = Console(stderr=True, soft_wrap=True)
@@ -60,7 +60,7 @@ def human_bytes(n: int) -> str:
     return f"{n} B"
 
 
-class RoundProgress:
+class RoundProgress(CoordinatorObserver):
     """A :class:`~fedq.coordinator.service.CoordinatorObserver` drawing with rich."""
 
     def __init__(self, rounds: int, quorum: int) -> None:
@@ -75,6 +75,7 @@ class RoundProgress:
         )
         self.task = self.progress.add_task("rounds", total=rounds, status="starting")
         self.accepted = 0
+        self.alive: int | None = None
         self.rejected: Counter[str] = Counter()
 
     def __enter__(self) -> RoundProgress:
@@ -85,10 +86,16 @@ class RoundProgress:
         self.progress.stop()
 
     def _status(self) -> str:
-        rejected = sum(self.rejected.values())
-        return f"{self.accepted}/{self.quorum} updates" + (
-            f", {rejected} rejected" if rejected else ""
-        )
+        parts = [f"{self.accepted}/{self.quorum} updates"]
+        if rejected := sum(self.rejected.values()):
+            parts.append(f"{rejected} rejected")
+        if self.alive is not None:
+            parts.append(f"{self.alive} participants alive")
+        return ", ".join(parts)
+
+    def participants_alive(self, alive: int) -> None:
+        self.alive = alive
+        self.progress.update(self.task, status=self._status())
 
     def round_opened(self, round_: int, version: int) -> None:
         self.accepted = 0
