@@ -82,6 +82,6 @@ async def test_a_checkpoint_the_ledger_never_committed_is_redone_not_trusted(tmp
     save_checkpoint(tmp_path / "models", 2, {k: v + 99 for k, v in app.initial_weights().items()})
     result = await simulate(plan(2), app)
     assert result.model_version == 2 and result.updates_incorporated == 4
-    step = (100 * 0.001 + 200 * 0.002) / 300  # SyntheticApp's FedAvg step with 2 participants
+    step = SyntheticApp.fedavg_step([0, 1])
     for tensor in load_checkpoint(checkpoint_path(tmp_path / "models", 2)).values():
         np.testing.assert_allclose(tensor, 2 * step, rtol=1e-5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,11 +19,21 @@ from fedq.simulation import SimulationPlan, Straggler, simulate
 from tests.conftest import BROKER_URL
 
 
-def synthetic_fedavg_step(indices: list[int]) -> float:
-    """One FedAvg step of SyntheticApp: participant i sends delta 0.001 (i+1), weight 100 (i+1)."""
-    weights = [100 * (i + 1) for i in indices]
-    deltas = [0.001 * (i + 1) for i in indices]
-    return sum(w * d for w, d in zip(weights, deltas, strict=True)) / sum(weights)
+def on_rabbitmq(
+    federation: str,
+    state_dir: Path,
+    codec: str = "raw",
+    stragglers: tuple[Straggler, ...] = (),
+    **coordinator: Any,
+) -> SimulationPlan:
+    return SimulationPlan(
+        coordinator=CoordinatorConfig(
+            federation=federation, state_dir=state_dir, codec=codec, **coordinator
+        ),
+        participant=ParticipantConfig(federation=federation, participant_id="p", codec=codec),
+        broker_url=BROKER_URL,
+        stragglers=stragglers,
+    )
 
 
 async def teardown(federation: str, n: int) -> None:
@@ -35,23 +46,12 @@ async def teardown(federation: str, n: int) -> None:
 async def test_the_committed_model_is_the_example_weighted_mean_of_the_deltas(
     tmp_path: Path, federation: str, codec: str, queue: UpdatesQueueType
 ):
-    plan = SimulationPlan(
-        coordinator=CoordinatorConfig(
-            federation=federation,
-            participants=3,
-            rounds=3,
-            state_dir=tmp_path,
-            codec=codec,
-            updates_queue=queue,
-        ),
-        participant=ParticipantConfig(federation=federation, participant_id="p", codec=codec),
-        broker_url=BROKER_URL,
-    )
+    plan = on_rabbitmq(federation, tmp_path, codec, participants=3, rounds=3, updates_queue=queue)
     try:
         result = await simulate(plan, SyntheticApp(params=5000))
         assert result.model_version == 3 and result.updates_incorporated == 9
         model = load_checkpoint(checkpoint_path(tmp_path / "models", 3))
-        expected = 3 * synthetic_fedavg_step([0, 1, 2])
+        expected = 3 * SyntheticApp.fedavg_step([0, 1, 2])
         rtol = 1e-5 if codec == "raw" else 2e-3
         for tensor in model.values():
             np.testing.assert_allclose(tensor, expected, rtol=rtol)
@@ -62,20 +62,16 @@ async def test_the_committed_model_is_the_example_weighted_mean_of_the_deltas(
 async def test_a_deadline_closes_the_round_with_min_quorum_and_the_late_update_is_stale(
     tmp_path: Path, federation: str
 ):
-    plan = SimulationPlan(
-        coordinator=CoordinatorConfig(
-            federation=federation,
-            participants=3,
-            rounds=2,
-            state_dir=tmp_path,
-            quorum=3,
-            min_quorum=2,
-            round_timeout=1.0,
-            linger_seconds=30,
-        ),
-        participant=ParticipantConfig(federation=federation, participant_id="p"),
-        broker_url=BROKER_URL,
+    plan = on_rabbitmq(
+        federation,
+        tmp_path,
         stragglers=(Straggler(2, delay_seconds=2.5),),
+        participants=3,
+        rounds=2,
+        quorum=3,
+        min_quorum=2,
+        round_timeout=1.0,
+        linger_seconds=30,
     )
     try:
         result = await simulate(plan, SyntheticApp(params=1000))
@@ -87,7 +83,7 @@ async def test_a_deadline_closes_the_round_with_min_quorum_and_the_late_update_i
         # message (federation.done, which dropped model v1 and v2), so it sends no other.
         assert result.rejected_by_reason == {"stale": 1}
         model = load_checkpoint(tmp_path / "models" / "model-v000002.npz")
-        expected = 2 * synthetic_fedavg_step([0, 1])
+        expected = 2 * SyntheticApp.fedavg_step([0, 1])
         for tensor in model.values():
             np.testing.assert_allclose(tensor, expected, rtol=1e-5)
     finally:
@@ -97,13 +93,7 @@ async def test_a_deadline_closes_the_round_with_min_quorum_and_the_late_update_i
 async def test_a_finished_simulation_leaves_only_queues_that_hold_messages(
     tmp_path: Path, federation: str
 ):
-    plan = SimulationPlan(
-        coordinator=CoordinatorConfig(
-            federation=federation, participants=2, rounds=1, state_dir=tmp_path
-        ),
-        participant=ParticipantConfig(federation=federation, participant_id="p"),
-        broker_url=BROKER_URL,
-    )
+    plan = on_rabbitmq(federation, tmp_path, participants=2, rounds=1)
     await simulate(plan, SyntheticApp(params=10))
     topology = Topology(federation)
     async with AmqpTransport(BROKER_URL) as transport:

@@ -8,6 +8,7 @@ TensorFlow. ``FEDQ_SYNTHETIC_PARAMS`` sets the parameter count (default 100_000)
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -28,14 +29,33 @@ class SyntheticApp:
     def initial_weights(self) -> Weights:
         return {f"t{i}": np.zeros(n, dtype=np.float32) for i, n in enumerate(self._sizes())}
 
+    @staticmethod
+    def delta_value(index: int) -> float:
+        """Every value of partition ``index``'s delta."""
+        return 0.001 * (index + 1)
+
+    @staticmethod
+    def num_examples(index: int) -> int:
+        """Partition ``index``'s FedAvg weight."""
+        return 100 * (index + 1)
+
+    @classmethod
+    def fedavg_step(cls, indices: Iterable[int]) -> float:
+        """What one FedAvg round adds to every parameter when ``indices`` contribute: a run
+        on this app can be checked exactly (nothing lost, nothing counted twice)."""
+        chosen = list(indices)
+        total = sum(cls.num_examples(i) for i in chosen)
+        return sum(cls.num_examples(i) * cls.delta_value(i) for i in chosen) / total
+
     def train(self, weights: Weights, partition: Partition, config: TrainConfig) -> TrainResult:
         delta = self._delta.get(partition.index)
         if delta is None:  # made once per partition: the benchmark times fedq, not numpy
-            value = np.float32(0.001 * (partition.index + 1))
+            value = np.float32(self.delta_value(partition.index))
             delta = {name: np.full_like(w, value, dtype=np.float32) for name, w in weights.items()}
             self._delta[partition.index] = delta
         local = {name: w + delta[name] for name, w in weights.items()}
-        return TrainResult(local, num_examples=100 * (partition.index + 1), metrics={"loss": 0.0})
+        examples = self.num_examples(partition.index)
+        return TrainResult(local, num_examples=examples, metrics={"loss": 0.0})
 
     def evaluate(self, weights: Weights) -> dict[str, float] | None:
         return None
