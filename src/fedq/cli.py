@@ -358,9 +358,7 @@ def participant_command(
         raise fail(f"--count {count} from partition {first.index} exceeds {first.count} partitions")
     application = load(app_spec)
     base = getattr(application, "train_config", None) or TrainConfig()
-    train = TrainConfig(
-        epochs=epochs or base.epochs, batch_size=batch_size or base.batch_size, seed=base.seed
-    )
+    train = TrainConfig(epochs=epochs or base.epochs, batch_size=batch_size or base.batch_size)
     configs = [
         ParticipantConfig(
             federation=federation,

@@ -37,7 +37,6 @@ class Partition:
 class TrainConfig:
     epochs: int = 1
     batch_size: int = 32
-    seed: int = 0
 
 
 @dataclass

@@ -57,5 +57,5 @@ app = KerasApp(
     load_partition,
     load_test,
     seed=SEED,
-    train_config=TrainConfig(epochs=5, batch_size=16, seed=SEED),
+    train_config=TrainConfig(epochs=5, batch_size=16),
 )

@@ -67,7 +67,7 @@ class KerasApp:
     ) -> None:
         self._check = check
         #: What a participant runs unless its flags say otherwise.
-        self.train_config = train_config or TrainConfig(seed=seed)
+        self.train_config = train_config or TrainConfig()
         self._build = build_model
         self._load_partition = load_partition
         self._load_test = load_test
