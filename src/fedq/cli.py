@@ -424,7 +424,7 @@ def history_command(
         data = [asdict(h) for h in histories]
         print(json.dumps(data if len(data) > 1 else data[0], indent=2))
         return
-    out = Console()  # stdout: the history is this command's output
+    out = Console(soft_wrap=True)  # stdout: the history is this command's output
     for h in histories:
         out.print(history_table(h.rounds, f"federation {h.federation} ({h.state_dir})"))
         for r in h.rejections:
