@@ -424,7 +424,8 @@ def history_command(
         data = [asdict(h) for h in histories]
         print(json.dumps(data if len(data) > 1 else data[0], indent=2))
         return
-    out = Console(soft_wrap=True)  # stdout: the history is this command's output
+    # stdout: the history is this command's output; piped, it is not cut to 80 columns.
+    out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
     for h in histories:
         out.print(history_table(h.rounds, f"federation {h.federation} ({h.state_dir})"))
         for r in h.rejections:
