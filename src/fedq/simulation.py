@@ -48,16 +48,19 @@ class SimulationPlan:
 def participant_configs(plan: SimulationPlan, prefix: str = "p") -> list[ParticipantConfig]:
     n = plan.coordinator.participants
     slow = {s.index: s for s in plan.stragglers}
-    return [
-        replace(
-            plan.participant,
-            participant_id=f"{prefix}{i}",
-            partition=Partition(i, n),
-            slowdown=slow[i].slowdown if i in slow else 1.0,
-            delay_seconds=slow[i].delay_seconds if i in slow else 0.0,
+    configs = []
+    for i in range(n):
+        straggler = slow.get(i, Straggler(i))
+        configs.append(
+            replace(
+                plan.participant,
+                participant_id=f"{prefix}{i}",
+                partition=Partition(i, n),
+                slowdown=straggler.slowdown,
+                delay_seconds=straggler.delay_seconds,
+            )
         )
-        for i in range(n)
-    ]
+    return configs
 
 
 def transports(broker_url: str | None) -> tuple[Transport, Transport]:
