@@ -41,11 +41,11 @@ class UpdateMeta(_Message):
 
 
 class ModelMeta(_Message):
-    """A global model: version ``version`` opens round ``round`` (``round`` == 0 means done)."""
+    """A global model: version ``version``, which participants train on in round ``round``."""
 
     kind: Literal["model"] = "model"
     version: int = Field(ge=0)
-    round: int = Field(ge=0)
+    round: int = Field(ge=1)
     rounds_total: int = Field(ge=1)
 
 
