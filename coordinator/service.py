@@ -68,6 +68,11 @@ class CoordinatorConfig:
     server_lr: float = 1.0
     codec: str = "raw"
     updates_queue: UpdatesQueueType = "quorum"
+    #: Reject an update whose delta has a larger L2 norm (``norm_exceeded``); None: no bound.
+    max_update_norm: float | None = None
+    #: Reject an update whose broker user (AMQP ``user_id``, checked by RabbitMQ) is not the
+    #: participant it claims to be (``forged``). Needs one broker user per participant.
+    verify_identity: bool = False
     #: After the last round, keep refusing late updates at most this long ...
     linger_seconds: float = 0.0
     #: ... while some participant is alive: it left no ``leave`` and sent a heartbeat or
@@ -255,6 +260,12 @@ class Coordinator:
                 raise Rejection(exc.reason, exc.detail) from None
             if meta.federation != self.config.federation:
                 raise Rejection("wrong_federation", f"update is for {meta.federation!r}")
+            if self.config.verify_identity and delivery.user_id != meta.participant:
+                raise Rejection(
+                    "forged",
+                    f"claims participant {meta.participant!r}, sent by broker user "
+                    f"{delivery.user_id!r}",
+                )
             if meta.update_id in current.pending:
                 # Already folded in this round: hold this copy too and ack it with the rest.
                 current.pending[meta.update_id].append(delivery)
@@ -263,7 +274,9 @@ class Coordinator:
             if await asyncio.to_thread(self.ledger.has_update, meta.update_id):
                 raise Rejection("duplicate", f"update {meta.update_id} is already committed")
             current.admit(meta)
-            deltas = await asyncio.to_thread(check_tensors, decoded.tensors, spec)
+            deltas = await asyncio.to_thread(
+                check_tensors, decoded.tensors, spec, self.config.max_update_norm
+            )
             await asyncio.to_thread(current.fold, meta, deltas, delivery)
             del decoded, deltas  # views into the body: let it go until the commit acks it
             delivery.release_body()

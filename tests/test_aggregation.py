@@ -116,3 +116,15 @@ def test_round_closes_at_quorum_or_at_deadline_with_min_quorum():
     assert current.close_reason(t0 + 21) == "deadline"
     current.fold(meta("c", 1, 0), fold, None)  # type: ignore[arg-type]
     assert current.close_reason(t0 + 1) == "quorum"
+
+
+def test_an_update_above_the_norm_bound_is_rejected_even_in_fp16():
+    spec = spec_of(MODEL)
+    poisoned = {k: np.full_like(v, 300.0) for k, v in MODEL.items()}  # squares overflow fp16
+    meta = UpdateMeta(federation="f", participant="p", round=1, base_version=0, num_examples=1)
+    half = decode_message(encode_message(meta, poisoned, "fp16")).tensors
+    with pytest.raises(Rejection) as err:
+        check_tensors(half, spec, max_norm=100.0)
+    assert err.value.reason == "norm_exceeded" and "bound 100" in err.value.detail
+    small = {k: np.full_like(v, 0.01) for k, v in MODEL.items()}
+    assert set(check_tensors(wire(small), spec, max_norm=100.0)) == set(MODEL)

@@ -27,10 +27,20 @@ from tests.conftest import BROKER_URL
 from tests.helpers import drain, read_report, run_fedq, start_fedq
 
 
-def plan(federation: str, state: Path, participants: int = 3, rounds: int = 2) -> SimulationPlan:
+def plan(
+    federation: str,
+    state: Path,
+    participants: int = 3,
+    rounds: int = 2,
+    max_update_norm: float | None = None,
+) -> SimulationPlan:
     return SimulationPlan(
         coordinator=CoordinatorConfig(
-            federation=federation, participants=participants, rounds=rounds, state_dir=state
+            federation=federation,
+            participants=participants,
+            rounds=rounds,
+            state_dir=state,
+            max_update_norm=max_update_norm,
         ),
         participant=ParticipantConfig(federation=federation, participant_id="p"),
         broker_url=BROKER_URL,
@@ -84,14 +94,16 @@ def hostile_bodies(federation: str, model: dict[str, np.ndarray]) -> dict[str, b
     wrong_shape = {k: np.zeros(v.size + 1, np.float32) for k, v in model.items()}
     with_nan = {k: np.zeros_like(v) for k, v in model.items()}
     next(iter(with_nan.values()))[0] = np.nan
+    poisoned = {k: np.full_like(v, 10.0) for k, v in model.items()}  # finite, right shape
     return {
         "undecodable": b"\xc1 garbage, not msgpack \x00\xff",
         "shape_mismatch": update(wrong_shape),
         "non_finite": update(with_nan),
+        "norm_exceeded": update(poisoned),
     }
 
 
-async def test_garbage_wrong_shape_and_nan_go_to_the_dlq_with_distinct_reasons(
+async def test_garbage_wrong_shape_nan_and_poisoned_updates_go_to_the_dlq_with_their_reasons(
     tmp_path, federation
 ):
     app = SyntheticApp(params=1000)
@@ -108,16 +120,22 @@ async def test_garbage_wrong_shape_and_nan_go_to_the_dlq_with_distinct_reasons(
                 mandatory=True,
             )
     try:
-        result = await simulate(plan(federation, tmp_path), app)
+        result = await simulate(plan(federation, tmp_path, max_update_norm=1.0), app)
         assert result.rounds_completed == 2
-        assert result.rejected_by_reason == {"non_finite": 1, "shape_mismatch": 1, "undecodable": 1}
-        assert result.updates_rejected == 3 and result.updates_incorporated == 6
+        assert result.rejected_by_reason == {
+            "non_finite": 1,
+            "norm_exceeded": 1,
+            "shape_mismatch": 1,
+            "undecodable": 1,
+        }
+        assert result.updates_rejected == 4 and result.updates_incorporated == 6
         dead = await drain(BROKER_URL, topology.rejected)
         reasons = {d.message_id: str(d.headers["x-fedq-reason"]) for d in dead}
         assert {k: v.split(":")[0] for k, v in reasons.items()} == {
             "bad-undecodable": "undecodable",
             "bad-shape_mismatch": "shape_mismatch",
             "bad-non_finite": "non_finite",
+            "bad-norm_exceeded": "norm_exceeded",
         }
         assert bytes(dead[0].body) in hostile_bodies(federation, app.initial_weights()).values()
         # Exactly once: every update id is in one committed version, counted once.

@@ -180,6 +180,12 @@ UpdatesQueueOpt = Annotated[
         help="Type of the fedq.F.updates queue: classic, or quorum (replicated in a cluster).",
     ),
 ]
+MaxNormOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--max-update-norm", min=0.0, help="Reject updates whose delta has a larger L2 norm."
+    ),
+]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens.")]
 
 
@@ -213,6 +219,7 @@ def simulate_command(
     ] = None,
     linger: LingerOpt = 120.0,
     updates_queue: UpdatesQueueOpt = "quorum",
+    max_update_norm: MaxNormOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Run a coordinator and N participants on this machine (embedded broker by default)."""
@@ -230,6 +237,7 @@ def simulate_command(
             codec=codec,
             linger=linger,
             updates_queue=updates_queue,
+            max_update_norm=max_update_norm,
         ),
         participant=ParticipantConfig(federation=name, participant_id="p", codec=codec),
         broker_url=broker,
@@ -256,6 +264,8 @@ def coordinator_config(
     codec: str,
     linger: float,
     updates_queue: str,
+    max_update_norm: float | None,
+    verify_identity: bool = False,
 ) -> CoordinatorConfig:
     """The coordinator's settings from its flags; its state lives in STATE_DIR/<federation>."""
     try:
@@ -270,6 +280,8 @@ def coordinator_config(
             codec=check_codec(codec),
             linger_seconds=linger,
             updates_queue=check_queue_type(updates_queue),
+            max_update_norm=max_update_norm,
+            verify_identity=verify_identity,
         )
     except ConfigError as exc:
         raise fail(str(exc)) from None
@@ -290,6 +302,15 @@ def coordinator_command(
     codec: CodecOpt = "raw",
     linger: LingerOpt = 120.0,
     updates_queue: UpdatesQueueOpt = "quorum",
+    max_update_norm: MaxNormOpt = None,
+    verify_identity: Annotated[
+        bool,
+        typer.Option(
+            "--verify-identity",
+            help="Reject updates whose broker user is not the participant they claim "
+            "(needs one broker user per participant).",
+        ),
+    ] = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Run the coordinator of one federation on RabbitMQ."""
@@ -305,6 +326,8 @@ def coordinator_command(
         codec=codec,
         linger=linger,
         updates_queue=updates_queue,
+        max_update_norm=max_update_norm,
+        verify_identity=verify_identity,
     )
     application = load(app_spec)
     url = broker or settings().broker_url
