@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 
@@ -113,33 +114,18 @@ def test_simulate_then_history_shows_the_rounds(tmp_path):
     assert as_json["rounds"][0]["participants"] == ["p0", "p1"]
 
 
+def simulate_briefly(app: str, state_dir) -> subprocess.CompletedProcess[str]:
+    """`fedq simulate` of one round with two participants of ``app``."""
+    rounds = ["--participants", "2", "--rounds", "1", "--state-dir", str(state_dir)]
+    return run_fedq("simulate", "--app", app, *rounds)
+
+
 def test_missing_fashion_mnist_names_the_debian_package(tmp_path, monkeypatch):
     monkeypatch.setenv("FEDQ_FMNIST_DIR", str(tmp_path))
-    result = run_fedq(
-        "simulate",
-        "--app",
-        "fedq.apps.fmnist:app",
-        "--participants",
-        "2",
-        "--rounds",
-        "1",
-        "--state-dir",
-        str(tmp_path),
-    )
+    result = simulate_briefly("fedq.apps.fmnist:app", tmp_path)
     assert "apt-get install dataset-fashion-mnist" in one_line_error(result)
 
 
 def test_an_app_that_fails_to_train_is_one_line_naming_the_error(tmp_path):
-    result = run_fedq(
-        "simulate",
-        "--app",
-        "tests.broken_app:app",
-        "--participants",
-        "2",
-        "--rounds",
-        "1",
-        "--state-dir",
-        str(tmp_path),
-    )
-    line = one_line_error(result)
+    line = one_line_error(simulate_briefly("tests.broken_app:app", tmp_path))
     assert "the app failed to train on model v0: ValueError: labels have 3 classes" in line
