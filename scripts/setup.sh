@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# Set up fedq on a fresh Debian machine. Idempotent: a second run only checks.
+# Set up fedq on a fresh Debian machine, in a virtual environment: nothing is installed into
+# a system interpreter (Debian's refuses it, PEP 668). Idempotent: a second run only checks.
 #   bash scripts/setup.sh           fedq with Keras and plots (enough for `fedq simulate`)
 #   bash scripts/setup.sh --dev     also the test/lint tools, Fashion-MNIST and a running RabbitMQ
+# PYTHON picks the interpreter the environment is made from (default: python3 on PATH);
+# FEDQ_VENV where it lives (default: .venv in the checkout).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1
 dev=false
 [[ "${1:-}" == "--dev" ]] && dev=true
 python=${PYTHON:-python3}
+venv=${FEDQ_VENV:-.venv}
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
@@ -21,6 +25,19 @@ apt_install() {
     $sudo apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1 \
         || { $sudo apt-get update -qq && $sudo apt-get install -y -qq "${missing[@]}"; }
 }
+
+command -v "$python" >/dev/null || { echo "setup: no interpreter '$python'; set PYTHON" >&2; exit 2; }
+
+if [[ ! -x "$venv/bin/python" ]]; then
+    # Debian ships venv and ensurepip apart from the interpreter (python3.X-venv).
+    if ! "$python" -c 'import ensurepip, venv' >/dev/null 2>&1; then
+        version=$("$python" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+        apt_install "python$version-venv"
+    fi
+    say "creating the virtual environment $venv with $("$python" -c 'import sys; print(sys.executable)')"
+    "$python" -m venv "$venv"
+fi
+vpython=$(cd "$venv/bin" && pwd)/python
 
 if $dev; then
     apt_install dataset-fashion-mnist
@@ -36,10 +53,23 @@ if $dev; then
     done
     rabbitmqctl -q await_startup
     rabbitmq-plugins -q enable rabbitmq_management >/dev/null
-    extras=".[keras,dev]"
+    extras=".[keras,plot,dev]"
 else
     extras=".[keras,plot]"
 fi
 
-say "pip install -e '$extras'"
-"$python" -m pip install -q -e "$extras" --config-settings editable_mode=strict
+# pip resolves TensorFlow's whole tree even when nothing changed: remember what was
+# installed and only check it next time. The strict editable install links each module, so
+# a new module also needs a reinstall: the digest covers pyproject.toml and the module
+# names. The dev set includes the plain one.
+stamp="$venv/.fedq-installed"
+digest=$({ cat pyproject.toml; find src coordinator participant messages -name '*.py' | sort; } \
+    | sha256sum | cut -d' ' -f1)
+digest="$digest $(pwd)"
+if ! grep -qxF -e "$extras $digest" -e ".[keras,plot,dev] $digest" "$stamp" 2>/dev/null \
+    || ! "$vpython" -c 'import fedq.cli' >/dev/null 2>&1; then
+    say "pip install -e '$extras' into $venv"
+    "$vpython" -m pip install -q --upgrade pip
+    "$vpython" -m pip install -q -e "$extras" --config-settings editable_mode=strict
+    echo "$extras $digest" >>"$stamp"
+fi

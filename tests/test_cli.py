@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 
 import pytest
 
 from tests.conftest import BROKER_URL
-from tests.helpers import run_fedq
+from tests.helpers import FEDQ, fedq_env, run_fedq
 
 
 def one_line_error(result) -> str:
@@ -129,3 +130,24 @@ def test_missing_fashion_mnist_names_the_debian_package(tmp_path, monkeypatch):
 def test_an_app_that_fails_to_train_is_one_line_naming_the_error(tmp_path):
     line = one_line_error(simulate_briefly("tests.broken_app:app", tmp_path))
     assert "the app failed to train on model v0: ValueError: labels have 3 classes" in line
+
+
+HELP_COMMANDS = [[], ["simulate"], ["coordinator"], ["participant"], ["history"], ["broker"]]
+HELP_COMMANDS.append(["broker", "check"])
+
+
+@pytest.mark.parametrize("command", HELP_COMMANDS, ids=lambda c: " ".join(c) or "fedq")
+def test_every_help_text_renders_whole_sentences(command):
+    """Rich markup once swallowed "[default: N]" and left "a round ."; nothing may be lost."""
+    result = subprocess.run(
+        [*FEDQ, *command, "--help"],
+        capture_output=True,
+        text=True,
+        env={**fedq_env(), "COLUMNS": "300", "NO_COLOR": "1"},
+        check=True,
+    )
+    text = result.stdout
+    assert "Usage:" in text
+    # " ." is a sentence whose end was swallowed, or an empty one; "..." is an ellipsis.
+    stray = [line.strip() for line in text.splitlines() if re.search(r"\s\.(?!\.\.)", line)]
+    assert not stray

@@ -146,19 +146,19 @@ def write_report(path: Path | None, result: FederationResult, **extra: Any) -> N
 AppOpt = Annotated[str, typer.Option("--app", help="The app, package.module:attr.")]
 BrokerOpt = Annotated[
     str | None,
-    typer.Option("--broker", help="RabbitMQ URL [env FEDQ_BROKER_URL].", show_default=False),
+    typer.Option("--broker", help="RabbitMQ URL (env FEDQ_BROKER_URL).", show_default=False),
 ]
 StateOpt = Annotated[
-    Path | None, typer.Option("--state-dir", help="Checkpoints and ledger [env FEDQ_STATE_DIR].")
+    Path | None, typer.Option("--state-dir", help="Checkpoints and ledger (env FEDQ_STATE_DIR).")
 ]
 ReportOpt = Annotated[Path | None, typer.Option("--report", help="Write a JSON report here.")]
 QuorumOpt = Annotated[
-    int | None, typer.Option("--quorum", help="K valid updates close a round [default: N].")
+    int | None, typer.Option("--quorum", help="K valid updates close a round (default: N, every participant).")
 ]
 MinQuorumOpt = Annotated[
     int | None,
     typer.Option(
-        "--min-quorum", help="At the deadline, close with at least this many [default: K]."
+        "--min-quorum", help="At the deadline, close with at least this many (default: K)."
     ),
 ]
 TimeoutOpt = Annotated[
@@ -204,7 +204,7 @@ def simulate_command(
         ),
     ] = None,
     federation: Annotated[
-        str | None, typer.Option("--federation", help="Name [default: sim-<timestamp>].")
+        str | None, typer.Option("--federation", help="Name (default: sim-<timestamp>).")
     ] = None,
     state_dir: StateOpt = None,
     report: ReportOpt = None,
