@@ -153,7 +153,7 @@ StateOpt = Annotated[
 ]
 ReportOpt = Annotated[Path | None, typer.Option("--report", help="Write a JSON report here.")]
 QuorumOpt = Annotated[
-    int | None, typer.Option("--quorum", help="K valid updates close a round (default: N, every participant).")
+    int | None, typer.Option("--quorum", help="K valid updates close a round (default: N).")
 ]
 MinQuorumOpt = Annotated[
     int | None,
