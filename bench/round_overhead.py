@@ -45,7 +45,6 @@ import aio_pika
 import numpy as np
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractRobustConnection
 
-from fedq.apps import Partition, TrainConfig
 from fedq.apps.synthetic import SyntheticApp
 from fedq.coordinator.accumulator import WeightedMeanAccumulator
 from fedq.coordinator.checkpoint import save_checkpoint
@@ -58,6 +57,7 @@ from fedq.messages.amqp import DEFAULT_BROKER_URL, AmqpTransport, redact
 from fedq.messages.codec import Weights, decode_message, encode_message
 from fedq.messages.schema import ModelMeta, UpdateMeta
 from fedq.messages.topology import Topology, UpdatesQueueType
+from fedq.participant.app import Partition, TrainConfig
 from fedq.participant.worker import ParticipantConfig
 from fedq.simulation import SimulationPlan, participant_configs, simulate
 

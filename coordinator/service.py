@@ -1,31 +1,55 @@
-"""The coordinator process: rounds over the broker, commit before ack, history in the ledger.
+"""The coordinator process: the loop, the commit transaction, membership.
 
-Loop per round: OPEN(r, v) -> collect valid updates -> QUORUM or DEADLINE -> aggregate ->
-COMMIT (checkpoint v+1, then ledger) -> publish model v+1 -> ack the incorporated updates
--> OPEN(r+1, v+1). Rejected updates are copied to ``fedq.F.rejected`` with an
-``x-fedq-reason`` header, recorded, then acked. Cancelling :meth:`Coordinator.run` (SIGINT)
-acks nothing that is not committed: the broker redelivers it to the next coordinator.
+Per version: open (publish the model) -> collect: each delivery goes through the intake and
+is folded, counted as a duplicate, or dead-lettered -> the mode says it may close ->
+commit: aggregate, server step, evaluate, checkpoint (model and optimizer state), ledger,
+ack the held deliveries, announce. Cancelling :meth:`Coordinator.run` (SIGINT) acks
+nothing that is not committed: the broker redelivers it to the next coordinator, which
+resumes from the ledger's last version.
+
+What lives elsewhere: the checks (:mod:`.intake`), what is admitted and when a version
+closes (:mod:`.modes`), the maths (:mod:`.strategies`), the unacked deliveries
+(:mod:`.held`), and whoever watches (:mod:`.observers`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from fedq.apps import App
-from fedq.coordinator.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
-from fedq.coordinator.fedavg import apply_mean_delta
-from fedq.coordinator.ledger import RoundHistory, UpdateLedger, VersionRecord
-from fedq.coordinator.rounds import CloseReason, QuorumRound
-from fedq.coordinator.validation import ModelSpec, Rejection, check_tensors, spec_of
+from fedq.coordinator.app import CoordinatorApp
+from fedq.coordinator.checkpoint import (
+    checkpoint_path,
+    load_checkpoint,
+    load_optimizer_state,
+    save_checkpoint,
+)
+from fedq.coordinator.config import ConfigError, CoordinatorConfig
+from fedq.coordinator.held import HeldDeliveries
+from fedq.coordinator.intake import (
+    Admission,
+    Candidate,
+    Duplicate,
+    Intake,
+    Refused,
+    Verdict,
+    spec_of,
+)
+from fedq.coordinator.ledger import UpdateLedger
+from fedq.coordinator.modes import CloseReason, OpenVersion, make_mode, refuse_after_last
+from fedq.coordinator.observers import CoordinatorObserver, Observers, UpdateSeen
+from fedq.coordinator.records import RoundHistory, UpdateRecord, VersionRecord
+from fedq.coordinator.strategies import Aggregation, AggregationContext
+from fedq.coordinator.strategy import compose_strategy
 from fedq.messages.codec import MalformedMessage, Weights, decode_message, encode_message
 from fedq.messages.schema import (
     CONTROL_MESSAGE,
@@ -38,66 +62,17 @@ from fedq.messages.schema import (
     ModelMeta,
     RoundClosed,
     RoundOpen,
-    UpdateMeta,
 )
-from fedq.messages.topology import (
-    FEDERATION_DONE,
-    ROUND_CLOSED,
-    ROUND_OPEN,
-    Topology,
-    UpdatesQueueType,
-)
+from fedq.messages.topology import FEDERATION_DONE, ROUND_CLOSED, ROUND_OPEN, Topology
 from fedq.messages.transport import Delivery, Transport, TransportError
 
 log = logging.getLogger("fedq.coordinator")
 
 
-class ConfigError(ValueError):
-    """The coordinator cannot run with these settings; the message says which and why."""
-
-
-@dataclass(frozen=True)
-class CoordinatorConfig:
-    federation: str
-    participants: int
-    rounds: int
-    state_dir: Path
-    quorum: int | None = None
-    min_quorum: int | None = None
-    round_timeout: float = 120.0
-    server_lr: float = 1.0
-    codec: str = "raw"
-    updates_queue: UpdatesQueueType = "quorum"
-    #: Reject an update whose delta has a larger L2 norm (``norm_exceeded``); None: no bound.
-    max_update_norm: float | None = None
-    #: Reject an update whose broker user (AMQP ``user_id``, checked by RabbitMQ) is not the
-    #: participant it claims to be (``forged``). Needs one broker user per participant.
-    verify_identity: bool = False
-    #: After the last round, keep refusing late updates at most this long ...
-    linger_seconds: float = 0.0
-    #: ... while some participant is alive: it left no ``leave`` and sent a heartbeat or
-    #: join within this many seconds (participants beat every 5 s by default).
-    liveness_seconds: float = 15.0
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.min_k <= self.k <= self.participants:
-            raise ConfigError(
-                f"need 1 <= --min-quorum ({self.min_k}) <= --quorum ({self.k}) <= "
-                f"--participants ({self.participants})"
-            )
-
-    @property
-    def k(self) -> int:
-        return self.quorum or self.participants
-
-    @property
-    def min_k(self) -> int:
-        return self.min_quorum or self.k
-
-
 @dataclass
 class FederationResult:
     federation: str
+    mode: str
     rounds_completed: int
     model_version: int
     updates_incorporated: int
@@ -107,78 +82,70 @@ class FederationResult:
     final_metrics: dict[str, float]
     wall_seconds: float
     state_dir: str
+    #: Differential privacy spent by the last version (None: DP off).
+    epsilon: float | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-class CoordinatorObserver:
-    """Hooks for whoever watches a coordinator: the CLI's live view, benchmarks, tests.
-
-    Subclass and override what you need; the rest do nothing. Hooks run on the event loop
-    and must not block it.
-    """
-
-    def round_opened(self, round_: int, version: int) -> None:
-        """Round ``round_`` opened on model ``version``."""
-
-    def update_seen(self, participant: str | None, accepted: bool, reason: str | None) -> None:
-        """An update was folded in (``accepted``) or refused with ``reason``."""
-
-    def round_committed(self, row: RoundHistory) -> None:
-        """A new model version is committed and published."""
-
-    def participants_alive(self, alive: int) -> None:
-        """How many participants joined or beat within the liveness window and did not leave."""
 
 
 class Coordinator:
     def __init__(
         self,
         config: CoordinatorConfig,
-        app: App,
+        app: CoordinatorApp,
         transport: Transport,
-        observer: CoordinatorObserver | None = None,
+        observers: Sequence[CoordinatorObserver] = (),
     ) -> None:
         self.config = config
         self.app = app
         self.transport = transport
         self.topology = Topology(config.federation, config.updates_queue)
-        self.observer = observer or CoordinatorObserver()
+        self.observers = Observers(observers)
+        self.mode = make_mode(config)
         self.ledger = UpdateLedger(config.state_dir / "ledger.sqlite")
+        self.strategy = compose_strategy(config, self._dp_seed())
         #: participant -> last sign of life; a leave removes it.
         self.last_seen: dict[str, float] = {}
         self._model_body = b""
-        self._model_meta: ModelMeta | None = None
+        self._model_version: int | None = None
+
+    def _dp_seed(self) -> int:
+        """The secret seed of differential privacy's noise, kept with the ledger so that a
+        version redone after a crash gets the very same noise."""
+        seed = self.ledger.get_meta("dp_seed")
+        if seed is None:
+            seed = str(secrets.randbits(63))
+            self.ledger.set_meta("dp_seed", seed)
+        return int(seed)
 
     # ----------------------------------------------------------------- run
     async def run(self) -> FederationResult:
         started = time.monotonic()
         try:
             await self.topology.declare_core(self.transport)
-            weights, version, round_ = await self._restore()
-            spec = spec_of(weights)
+            weights, version = await self._restore()
+            intake = Intake(
+                self.config.federation,
+                spec_of(weights),
+                self.ledger.digest_of,
+                verify_identity=self.config.verify_identity,
+                max_bytes=self.config.max_update_bytes,
+                max_norm=self.config.max_update_norm,
+            )
             control = asyncio.create_task(self._serve_control(), name="fedq-control")
             try:
-                # Up to K deliveries are held (bodies released) until the commit acks them;
-                # two more can be in flight, so the client buffers at most K + 2 bodies.
+                # At most K deliveries are held (bodies released) until the commit acks
+                # them, and every other one is settled as soon as it is checked; two more
+                # in flight keep the pipe full.
                 async with self.transport.consume(
                     self.topology.updates, prefetch=self.config.k + 2
                 ) as deliveries:
-                    while round_ <= self.config.rounds:
-                        current = QuorumRound(
-                            number=round_,
-                            version=version,
-                            model=weights,
-                            quorum=self.config.k,
-                            min_quorum=self.config.min_k,
-                            deadline_seconds=self.config.round_timeout,
+                    while version < self.config.rounds:
+                        weights, version = await self._make_version(
+                            weights, version, deliveries, intake
                         )
-                        await self._open(current)
-                        reason = await self._collect(current, deliveries, spec)
-                        weights, version = await self._commit(current, reason)
-                        round_ += 1
                     await self._finish(version)
                     if self.config.linger_seconds > 0:
-                        await self._reject_late(deliveries, spec, version)
+                        await self._refuse_late(deliveries, intake, version)
             finally:
                 control.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -187,8 +154,8 @@ class Coordinator:
         finally:
             await asyncio.to_thread(self.ledger.close)
 
-    async def _restore(self) -> tuple[Weights, int, int]:
-        """The model to continue from: the last committed checkpoint, or the app's v0."""
+    async def _restore(self) -> tuple[Weights, int]:
+        """The model to continue from: the ledger's last version, or the app's v0."""
         known = await asyncio.to_thread(self.ledger.get_meta, "federation")
         if known is not None and known != self.config.federation:
             raise ConfigError(
@@ -201,200 +168,235 @@ class Coordinator:
         if last is not None:
             # The ledger decides: a checkpoint newer than its last version was written by a
             # coordinator that died before committing it, and is overwritten when redone.
-            log.info("resuming from model v%d after round %d", last.version, last.round)
-            weights = await asyncio.to_thread(
-                load_checkpoint, checkpoint_path(models, last.version)
-            )
-            return weights, last.version, last.round + 1
+            log.info("resuming from model v%d", last.version)
+            path = checkpoint_path(models, last.version)
+            weights = await asyncio.to_thread(load_checkpoint, path)
+            state = await asyncio.to_thread(load_optimizer_state, path)
+            self.strategy.optimizer.load_state(state)
+            return weights, last.version
         weights = await asyncio.to_thread(self.app.initial_weights)
         await asyncio.to_thread(save_checkpoint, models, 0, weights)
-        return weights, 0, 1
+        return weights, 0
 
-    # --------------------------------------------------------------- rounds
-    async def _open(self, current: QuorumRound) -> None:
+    # ------------------------------------------------------------- versions
+    async def _make_version(
+        self,
+        weights: Weights,
+        version: int,
+        deliveries: AsyncIterator[Delivery],
+        intake: Intake,
+    ) -> tuple[Weights, int]:
+        open_ = self.mode.open(version)
+        aggregation = self.strategy.aggregator.start(
+            AggregationContext(
+                template=weights,
+                capacity=open_.quorum,
+                memory_budget=int(self.config.robust_memory_mb * 2**20),
+                spill_dir=self.config.state_dir / "spill",
+                version=version + 1,
+            )
+        )
+        held = HeldDeliveries()
+        try:
+            await self._open(open_, weights)
+            reason = await self._collect(open_, aggregation, held, deliveries, intake)
+            return await self._commit(open_, reason, weights, aggregation, held)
+        finally:
+            aggregation.close()
+
+    async def _open(self, open_: OpenVersion, weights: Weights) -> None:
         meta = ModelMeta(
             federation=self.config.federation,
-            version=current.version,
-            round=current.number,
+            version=open_.version,
+            round=open_.round,
             rounds_total=self.config.rounds,
         )
-        self._model_body = await asyncio.to_thread(
-            encode_message, meta, current.model, self.config.codec
-        )
-        self._model_meta = meta
-        await self._publish_control(
-            ROUND_OPEN,
-            RoundOpen(
-                federation=self.config.federation,
-                round=current.number,
-                version=current.version,
-                quorum=current.quorum,
-                deadline_seconds=current.deadline_seconds,
-            ),
-        )
+        self._model_body = await asyncio.to_thread(encode_message, meta, weights, self.config.codec)
+        self._model_version = open_.version
+        if open_.round is not None:
+            await self._publish_control(
+                ROUND_OPEN,
+                RoundOpen(
+                    federation=self.config.federation,
+                    round=open_.round,
+                    version=open_.version,
+                    quorum=open_.quorum,
+                    deadline_seconds=open_.deadline_seconds,
+                ),
+            )
         await self._publish_model(self.topology.models, "")
-        self.observer.round_opened(current.number, current.version)
+        self.observers.version_opened(open_.version, open_.round)
 
     async def _collect(
-        self, current: QuorumRound, deliveries: AsyncIterator[Delivery], spec: ModelSpec
+        self,
+        open_: OpenVersion,
+        aggregation: Aggregation,
+        held: HeldDeliveries,
+        deliveries: AsyncIterator[Delivery],
+        intake: Intake,
     ) -> CloseReason:
-        while True:
-            reason = current.close_reason()
-            if reason is not None:
-                return reason
+        admit: Admission = functools.partial(self.mode.admit, open_)
+        while (reason := open_.close_reason()) is None:
             try:
                 delivery = await asyncio.wait_for(
-                    anext(deliveries), timeout=max(0.01, current.seconds_left())
+                    anext(deliveries), timeout=max(0.01, open_.seconds_left())
                 )
             except TimeoutError:
                 continue
-            await self._handle(delivery, current, spec)
-
-    async def _handle(self, delivery: Delivery, current: QuorumRound, spec: ModelSpec) -> None:
-        meta: UpdateMeta | None = None
-        try:
-            try:
-                decoded = decode_message(delivery.body)
-                meta = decoded.meta(UpdateMeta)
-            except MalformedMessage as exc:
-                raise Rejection(exc.reason, exc.detail) from None
-            if meta.federation != self.config.federation:
-                raise Rejection("wrong_federation", f"update is for {meta.federation!r}")
-            if self.config.verify_identity and delivery.user_id != meta.participant:
-                raise Rejection(
-                    "forged",
-                    f"claims participant {meta.participant!r}, sent by broker user "
-                    f"{delivery.user_id!r}",
-                )
-            if meta.update_id in current.pending:
-                # Already folded in this round: hold this copy too and ack it with the rest.
-                current.pending[meta.update_id].append(delivery)
-                delivery.release_body()
-                return
-            if await asyncio.to_thread(self.ledger.has_update, meta.update_id):
-                raise Rejection("duplicate", f"update {meta.update_id} is already committed")
-            current.admit(meta)
-            deltas = await asyncio.to_thread(
-                check_tensors, decoded.tensors, spec, self.config.max_update_norm
+            verdict = await asyncio.to_thread(
+                intake.check, delivery.body, delivery.user_id, held.digest_of, admit
             )
-            await asyncio.to_thread(current.fold, meta, deltas, delivery)
-            del decoded, deltas  # views into the body: let it go until the commit acks it
-            delivery.release_body()
-            self.observer.update_seen(meta.participant, True, None)
-        except Rejection as rejection:
-            await self._reject(delivery, meta, rejection)
+            if isinstance(verdict, Candidate):
+                await self._fold(verdict, delivery, open_, aggregation, held)
+            else:
+                await self._settle(verdict, delivery, open_.version)
+            del verdict  # its tensors are views over the body: let the body go
+        return reason
 
-    async def _reject(
-        self, delivery: Delivery, meta: UpdateMeta | None, rejection: Rejection
+    async def _fold(
+        self,
+        candidate: Candidate,
+        delivery: Delivery,
+        open_: OpenVersion,
+        aggregation: Aggregation,
+        held: HeldDeliveries,
     ) -> None:
-        """Copy to the DLQ with the reason, record, then ack: nothing is lost, nothing blocks."""
-        headers = dict(delivery.headers)
-        headers["x-fedq-reason"] = rejection.header()
-        await self.transport.publish(
-            "",
-            self.topology.rejected,
-            delivery.body,
-            message_id=delivery.message_id,
-            type=delivery.type,
-            headers=headers,
+        meta, admitted = candidate.meta, candidate.admitted
+        await asyncio.to_thread(
+            aggregation.add, candidate.deltas, float(meta.num_examples), admitted.scale
         )
+        open_.records.append(
+            UpdateRecord(
+                update_id=meta.update_id,
+                participant=meta.participant,
+                round=meta.round,
+                base_version=meta.base_version,
+                num_examples=meta.num_examples,
+                weight=meta.num_examples * admitted.scale,
+                staleness=admitted.staleness,
+                digest=candidate.digest,
+                metrics=dict(meta.metrics),
+            )
+        )
+        held.hold(meta.update_id, delivery, candidate.digest)
+        self.observers.update_seen(
+            UpdateSeen(meta.participant, True, None, meta.base_version, admitted.staleness)
+        )
+
+    async def _settle(self, verdict: Verdict, delivery: Delivery, version: int) -> None:
+        """A duplicate is recorded and acked; a refusal is copied to the DLQ with its reason,
+        recorded, then acked. Either way it is off the coordinator's hands at once."""
+        if isinstance(verdict, Duplicate):
+            meta, reason = verdict.meta, "duplicate"
+            detail = f"the same bytes as update {meta.update_id}, already {verdict.of}"
+        else:
+            assert isinstance(verdict, Refused)
+            meta, reason, detail = verdict.meta, verdict.rejection.reason, verdict.rejection.detail
+            headers = dict(delivery.headers)
+            headers["x-fedq-reason"] = verdict.rejection.header()
+            await self.transport.publish(
+                "",
+                self.topology.rejected,
+                delivery.body,
+                message_id=delivery.message_id,
+                type=delivery.type,
+                headers=headers,
+            )
+            log.info("rejected update: %s", verdict.rejection.header())
         await asyncio.to_thread(
             self.ledger.record_rejection,
             meta.update_id if meta else delivery.message_id,
             meta.participant if meta else None,
             meta.round if meta else None,
-            rejection.reason,
-            rejection.detail,
+            meta.base_version if meta else None,
+            version,
+            reason,
+            detail,
         )
         try:
             await delivery.ack()
-        except TransportError as exc:  # redelivered later and rejected again: DLQ holds a copy
-            log.warning("ack of a rejected update failed: %s", exc)
-        log.info("rejected update: %s", rejection.header())
-        self.observer.update_seen(meta.participant if meta else None, False, rejection.reason)
+        except TransportError as exc:  # redelivered later and settled again
+            log.warning("ack of a refused update failed: %s", exc)
+        self.observers.update_seen(UpdateSeen(meta.participant if meta else None, False, reason))
 
-    async def _commit(self, current: QuorumRound, reason: CloseReason) -> tuple[Weights, int]:
-        version = current.version + 1
-        mean = await asyncio.to_thread(current.accumulator.mean)
-        weights = await asyncio.to_thread(
-            apply_mean_delta, current.model, mean, self.config.server_lr
-        )
-        metrics = await asyncio.to_thread(self.app.evaluate, weights) or {}
+    async def _commit(
+        self,
+        open_: OpenVersion,
+        reason: CloseReason,
+        weights: Weights,
+        aggregation: Aggregation,
+        held: HeldDeliveries,
+    ) -> tuple[Weights, int]:
+        version = open_.version + 1
+        delta = await asyncio.to_thread(aggregation.result)
+        new = await asyncio.to_thread(self.strategy.optimizer.step, weights, delta)
+        del delta
+        metrics = await asyncio.to_thread(self.app.evaluate, new) or {}
         path = await asyncio.to_thread(
-            save_checkpoint, self.config.state_dir / "models", version, weights
+            save_checkpoint,
+            self.config.state_dir / "models",
+            version,
+            new,
+            self.strategy.optimizer.state(),
         )
         record = VersionRecord(
             version=version,
-            round=current.number,
+            round=open_.round,
             closed_by=reason,
-            total_weight=current.accumulator.total_weight,
-            opened_at=current.opened_wall,
+            total_weight=open_.total_weight,
+            opened_at=open_.opened_wall,
             committed_at=time.time(),
             checkpoint=str(path),
             metrics=metrics,
+            epsilon=self.strategy.epsilon(version),
         )
-        await asyncio.to_thread(self.ledger.commit_version, record, current.records)
+        await asyncio.to_thread(self.ledger.commit_version, record, open_.records)
         # Committed: from here a redelivery of these updates is a duplicate, never re-applied.
-        for update_id, deliveries in current.pending.items():
-            for delivery in deliveries:
-                try:
-                    await delivery.ack()
-                except TransportError as exc:  # its channel closed: the broker redelivers it
-                    log.warning(
-                        "ack of committed update %s failed (%s); it will come back as a duplicate",
-                        update_id,
-                        exc,
-                    )
-        await self._publish_control(
-            ROUND_CLOSED,
-            RoundClosed(
-                federation=self.config.federation,
-                round=current.number,
-                version=version,
-                reason=reason,
-                contributors=current.contributors,
-            ),
-        )
-        self.observer.round_committed(
+        await held.ack_all()
+        if open_.round is not None:
+            await self._publish_control(
+                ROUND_CLOSED,
+                RoundClosed(
+                    federation=self.config.federation,
+                    round=open_.round,
+                    version=version,
+                    reason=reason,
+                    contributors=open_.contributors,
+                ),
+            )
+        self.observers.version_committed(
             RoundHistory(
                 version=version,
-                round=current.number,
+                round=open_.round,
                 closed_by=reason,
-                n_updates=len(current.records),
-                participants=current.contributors,
+                n_updates=len(open_.records),
+                participants=open_.contributors,
                 rejected={},
                 seconds=record.committed_at - record.opened_at,
                 metrics=metrics,
+                updates=[(r.participant, r.base_version, r.staleness) for r in open_.records],
+                epsilon=record.epsilon,
             )
         )
-        return weights, version
+        return new, version
 
     async def _finish(self, version: int) -> None:
         last = await asyncio.to_thread(self.ledger.last_version)
         done = FederationDone(
             federation=self.config.federation,
-            rounds_completed=last.round if last else 0,
+            rounds_completed=version,
             model_version=version,
             metrics=last.metrics if last else {},
         )
         await self._publish_control(FEDERATION_DONE, done)
 
-    async def _reject_late(
-        self, deliveries: AsyncIterator[Delivery], spec: ModelSpec, version: int
+    async def _refuse_late(
+        self, deliveries: AsyncIterator[Delivery], intake: Intake, version: int
     ) -> None:
-        """After the last round, refuse what still arrives (stragglers' work) while some
+        """After the last version, refuse what still arrives (stragglers' work) while some
         participant is alive, at most ``linger_seconds``: a straggler's update is then
         counted and dead-lettered now rather than found by the next coordinator."""
-        # A round that never opens (no tensors, nothing is ever folded): every update for a
-        # real round is stale against it.
-        closed = QuorumRound(
-            number=self.config.rounds + 1,
-            version=version,
-            model={},
-            quorum=1,
-            min_quorum=1,
-            deadline_seconds=self.config.linger_seconds,
-        )
+        refuse = refuse_after_last(version)
         deadline = time.monotonic() + self.config.linger_seconds
         while (left := deadline - time.monotonic()) > 0:
             everyone_left = self._alive() == 0
@@ -404,7 +406,11 @@ class Coordinator:
                 if everyone_left:  # and half a second passed with nothing left to refuse
                     return
                 continue
-            await self._handle(delivery, closed, spec)
+            verdict = await asyncio.to_thread(
+                intake.check, delivery.body, delivery.user_id, _nothing_held, refuse
+            )
+            assert not isinstance(verdict, Candidate), "nothing is admitted after the last version"
+            await self._settle(verdict, delivery, version)
 
     # -------------------------------------------------------------- control
     async def _publish_control(self, key: str, message: Any) -> None:
@@ -437,7 +443,7 @@ class Coordinator:
             self.last_seen[event.participant] = time.time()
         elif isinstance(event, Leave):
             self.last_seen.pop(event.participant, None)
-        self.observer.participants_alive(self._alive())
+        self.observers.participants_alive(self._alive())
 
     def _alive(self) -> int:
         now = time.time()
@@ -445,9 +451,9 @@ class Coordinator:
 
     async def _publish_model(self, exchange: str, routing_key: str) -> None:
         """The current model: to every participant (fanout) or one queue (default exchange)."""
-        if self._model_meta is None:
-            return  # no round open yet: the participant gets the model when one opens
-        version = self._model_meta.version
+        if self._model_version is None:
+            return  # nothing open yet: the participant gets the model when a version opens
+        version = self._model_version
         await self.transport.publish(
             exchange,
             routing_key,
@@ -461,18 +467,25 @@ class Coordinator:
     def _result(self, started: float) -> FederationResult:
         """Counts come from the ledger, so they cover every run of this state dir."""
         history = self.ledger.history()
-        rejected = self.ledger.rejection_counts()
+        refused = self.ledger.rejection_counts()
+        duplicates = refused.pop("duplicate", 0)
         last = history[-1] if history else None
         return FederationResult(
             federation=self.config.federation,
+            mode=self.config.mode,
             rounds_completed=len(history),
             model_version=last.version if last else 0,
             updates_incorporated=self.ledger.count_updates(),
-            updates_rejected=sum(rejected.values()),
-            rejected_by_reason=rejected,
-            duplicates=rejected.get("duplicate", 0),
+            updates_rejected=sum(refused.values()),
+            rejected_by_reason=refused,
+            duplicates=duplicates,
             final_metrics=last.metrics if last else {},
             wall_seconds=time.monotonic() - started,
             state_dir=str(self.config.state_dir),
+            epsilon=last.epsilon if last else None,
             history=[h.__dict__ for h in history],
         )
+
+
+def _nothing_held(update_id: str) -> str | None:
+    return None

@@ -28,25 +28,27 @@ class _Message(BaseModel):
 
 
 class UpdateMeta(_Message):
-    """A participant's weight delta for one round, computed against model ``base_version``."""
+    """A participant's weight delta, computed against model ``base_version``."""
 
     kind: Literal["update"] = "update"
     update_id: str = Field(default_factory=lambda: str(uuid.uuid4()), min_length=1, max_length=64)
     participant: ParticipantId
-    round: int = Field(ge=1)
-    base_version: int = Field(ge=0)
+    #: The round it was trained for; None in async mode, which has no rounds.
+    round: int | None = Field(default=None, ge=1)
+    base_version: int = Field(ge=0, description="the model version the delta is against")
     num_examples: int = Field(gt=0, description="the FedAvg weight of this update")
     metrics: dict[str, float] = Field(default_factory=dict)
     train_seconds: float = Field(default=0.0, ge=0)
 
 
 class ModelMeta(_Message):
-    """A global model: version ``version``, which participants train on in round ``round``."""
+    """A global model: version ``version``, which participants train on in round ``round``
+    (None in async mode: train on it whenever free)."""
 
     kind: Literal["model"] = "model"
     version: int = Field(ge=0)
-    round: int = Field(ge=1)
-    rounds_total: int = Field(ge=1)
+    round: int | None = Field(default=None, ge=1)
+    rounds_total: int = Field(ge=1, description="versions the federation will commit")
 
 
 class RoundOpen(_Message):

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedq.apps import App, AppError, Partition, TrainConfig
 from fedq.messages.codec import (
     DecodedMessage,
     MalformedMessage,
@@ -29,6 +28,7 @@ from fedq.messages.codec import (
 from fedq.messages.schema import MESSAGE_TYPES, Heartbeat, Join, Leave, ModelMeta, UpdateMeta
 from fedq.messages.topology import UPDATE_KEY, Topology, participant_key
 from fedq.messages.transport import Delivery, Transport, TransportError
+from fedq.participant.app import App, AppError, Partition, TrainConfig
 
 log = logging.getLogger("fedq.participant")
 
@@ -53,7 +53,8 @@ class TrainedRound:
     """What a participant did in one round, for the person watching it."""
 
     participant: str
-    round: int
+    #: None in async mode.
+    round: int | None
     version: int
     num_examples: int
     seconds: float
@@ -135,7 +136,7 @@ class Participant:
         if meta.federation != self.config.federation or meta.version <= self.stats.last_version:
             return  # a model we already trained on (e.g. the answer to our join)
         global_weights = await asyncio.to_thread(writable_copy, decoded)
-        self._round = meta.round
+        self._round = meta.round or 0
         started = time.monotonic()
         train = self.config.train or getattr(self.app, "train_config", None) or TrainConfig()
         try:
@@ -172,7 +173,7 @@ class Participant:
             headers={
                 "federation": update.federation,
                 "participant": update.participant,
-                "round": update.round,
+                **({} if update.round is None else {"round": update.round}),
                 "base_version": update.base_version,
                 "chunk_index": 0,
                 "chunk_count": 1,
@@ -194,7 +195,7 @@ class Participant:
                     metrics=update.metrics,
                 )
             )
-        log.debug("%s sent its update for round %d", self.config.participant_id, meta.round)
+        log.debug("%s sent its update on model v%d", self.config.participant_id, meta.version)
 
     def _encode_delta(self, update: UpdateMeta, local: Weights, global_: Weights) -> bytes:
         delta = {name: np.subtract(local[name], w, dtype=w.dtype) for name, w in global_.items()}

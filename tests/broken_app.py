@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from fedq.apps import Partition, TrainConfig, TrainResult
 from fedq.apps.synthetic import SyntheticApp
 from fedq.messages.codec import Weights
+from fedq.participant.app import Partition, TrainConfig, TrainResult
 
 
 class BrokenApp(SyntheticApp):

@@ -11,12 +11,11 @@ import time
 from collections.abc import Awaitable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Annotated, Any, TypeVar, cast
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 
-from fedq.apps import AppError, Partition, TrainConfig, load_app
 from fedq.console import (
     ParticipantProgress,
     RoundProgress,
@@ -24,18 +23,18 @@ from fedq.console import (
     history_table,
     print_summary,
 )
-from fedq.coordinator.ledger import RoundHistory, UpdateLedger
-from fedq.coordinator.service import (
-    ConfigError,
-    Coordinator,
-    CoordinatorConfig,
-    FederationResult,
-)
+from fedq.coordinator.config import ConfigError, CoordinatorConfig
+from fedq.coordinator.ledger import LedgerError, UpdateLedger
+from fedq.coordinator.records import RoundHistory
+from fedq.coordinator.service import Coordinator, FederationResult
+from fedq.coordinator.strategies import StrategyError
+from fedq.coordinator.strategy import compose_strategy
 from fedq.messages.allocator import tune_malloc_for_large_buffers
 from fedq.messages.amqp import AmqpTransport, BrokerUnavailable, redact
 from fedq.messages.codecs import CODECS
-from fedq.messages.topology import UpdatesQueueType
 from fedq.messages.transport import TransportError
+from fedq.options import OptionsError, build_config, with_coordinator_options
+from fedq.participant.app import AppError, Partition, TrainConfig, load_app
 from fedq.participant.worker import ParticipantConfig
 from fedq.plot import PlotUnavailable, plot_history
 from fedq.settings import settings
@@ -80,7 +79,7 @@ def run(coro: Awaitable[T]) -> T:
         return asyncio.run(main())
     except asyncio.CancelledError:
         raise Failure("interrupted; uncommitted updates stay on the broker", 130) from None
-    except (AppError, BrokerUnavailable, ConfigError) as exc:
+    except (AppError, BrokerUnavailable, ConfigError, LedgerError) as exc:
         raise Failure(str(exc)) from None
     except TransportError as exc:
         raise Failure(f"broker error: {exc}") from None
@@ -107,12 +106,6 @@ def check_codec(codec: str) -> str:
     if codec not in CODECS:
         raise fail(f"unknown codec {codec!r}: choose one of {', '.join(CODECS)}")
     return codec
-
-
-def check_queue_type(kind: str) -> UpdatesQueueType:
-    if kind not in ("classic", "quorum"):
-        raise fail(f"--updates-queue {kind!r}: choose classic or quorum")
-    return cast(UpdatesQueueType, kind)
 
 
 def parse_stragglers(slow: list[str], delay: list[str], n: int) -> tuple[Straggler, ...]:
@@ -152,51 +145,17 @@ StateOpt = Annotated[
     Path | None, typer.Option("--state-dir", help="Checkpoints and ledger (env FEDQ_STATE_DIR).")
 ]
 ReportOpt = Annotated[Path | None, typer.Option("--report", help="Write a JSON report here.")]
-QuorumOpt = Annotated[
-    int | None, typer.Option("--quorum", help="K valid updates close a round (default: N).")
-]
-MinQuorumOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--min-quorum", help="At the deadline, close with at least this many (default: K)."
-    ),
-]
-TimeoutOpt = Annotated[
-    float, typer.Option("--round-timeout", help="Seconds before a round's deadline.")
-]
-CodecOpt = Annotated[str, typer.Option("--codec", help="Tensor codec on the wire: raw or fp16.")]
-LingerOpt = Annotated[
-    float,
-    typer.Option(
-        "--linger",
-        help="After the last round, refuse late updates while participants are alive (not "
-        "left, heard from within 15 s), at most this many seconds.",
-    ),
-]
-UpdatesQueueOpt = Annotated[
-    str,
-    typer.Option(
-        "--updates-queue",
-        help="Type of the fedq.F.updates queue: classic, or quorum (replicated in a cluster).",
-    ),
-]
-MaxNormOpt = Annotated[
-    float | None,
-    typer.Option(
-        "--max-update-norm", min=0.0, help="Reject updates whose delta has a larger L2 norm."
-    ),
+CodecOpt = Annotated[
+    str, typer.Option("--codec", help="Tensor codec of the updates sent: raw or fp16.")
 ]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens.")]
 
 
 @app.command("simulate")
+@with_coordinator_options
 def simulate_command(
+    coordinator_options: dict[str, Any],
     app_spec: AppOpt = "fedq.apps.dense:app",
-    participants: Annotated[int, typer.Option("--participants", "-n", min=1)] = 4,
-    rounds: Annotated[int, typer.Option("--rounds", "-r", min=1)] = 5,
-    quorum: QuorumOpt = None,
-    min_quorum: MinQuorumOpt = None,
-    round_timeout: TimeoutOpt = 120.0,
     broker: Annotated[
         str | None,
         typer.Option(
@@ -208,7 +167,6 @@ def simulate_command(
     ] = None,
     state_dir: StateOpt = None,
     report: ReportOpt = None,
-    codec: CodecOpt = "raw",
     slow: Annotated[
         list[str] | None,
         typer.Option("--slow", help="Make participant INDEX FACTOR x slower, e.g. 3:10."),
@@ -217,127 +175,73 @@ def simulate_command(
         list[str] | None,
         typer.Option("--delay", help="Add SECONDS to each round of participant INDEX, e.g. 3:5."),
     ] = None,
-    linger: LingerOpt = 120.0,
-    updates_queue: UpdatesQueueOpt = "quorum",
-    max_update_norm: MaxNormOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Run a coordinator and N participants on this machine (embedded broker by default)."""
+    """Run a coordinator and N participants on this machine (embedded broker by default).
+
+    4 participants and 5 rounds unless told otherwise; every coordinator flag applies.
+    """
     setup_logging(verbose)
     name = federation or time.strftime("sim-%Y%m%d-%H%M%S")
+    config = coordinator_config(
+        name, state_dir, {"participants": 4, "rounds": 5, **coordinator_options}
+    )
     plan = SimulationPlan(
-        coordinator=coordinator_config(
-            federation=name,
-            participants=participants,
-            rounds=rounds,
-            quorum=quorum,
-            min_quorum=min_quorum,
-            round_timeout=round_timeout,
-            state_dir=state_dir,
-            codec=codec,
-            linger=linger,
-            updates_queue=updates_queue,
-            max_update_norm=max_update_norm,
-        ),
-        participant=ParticipantConfig(federation=name, participant_id="p", codec=codec),
+        coordinator=config,
+        participant=ParticipantConfig(federation=name, participant_id="p", codec=config.codec),
         broker_url=broker,
-        stragglers=parse_stragglers(slow or [], delay or [], participants),
+        stragglers=parse_stragglers(slow or [], delay or [], config.participants),
     )
     application = load(app_spec)
     where = f"RabbitMQ at {redact(broker)}" if broker else "the embedded broker"
-    console.print(f"federation {name}: {participants} participants, {rounds} rounds on {where}")
-    with RoundProgress(rounds, plan.coordinator.k) as progress:
-        result = run(simulate(plan, application, progress))
+    console.print(
+        f"federation {name}: {config.participants} participants, {config.rounds} versions "
+        f"({config.mode} mode) on {where}"
+    )
+    with RoundProgress(config.rounds, config.k) as progress:
+        result = run(simulate(plan, application, [progress]))
     print_summary(result)
     write_report(report, result, broker="embedded" if broker is None else redact(broker))
 
 
 def coordinator_config(
-    *,
-    federation: str,
-    participants: int,
-    rounds: int,
-    quorum: int | None,
-    min_quorum: int | None,
-    round_timeout: float,
-    state_dir: Path | None,
-    codec: str,
-    linger: float,
-    updates_queue: str,
-    max_update_norm: float | None,
-    verify_identity: bool = False,
+    federation: str, state_dir: Path | None, options: dict[str, Any]
 ) -> CoordinatorConfig:
-    """The coordinator's settings from its flags; its state lives in STATE_DIR/<federation>."""
+    """The coordinator's settings from its flags; its state lives in STATE_DIR/<federation>.
+    Strategy settings are tried out here, so a mistake stops the command before it starts."""
+    root = state_dir or settings().state_dir
     try:
-        return CoordinatorConfig(
-            federation=federation,
-            participants=participants,
-            rounds=rounds,
-            state_dir=(state_dir or settings().state_dir) / federation,
-            quorum=quorum,
-            min_quorum=min_quorum,
-            round_timeout=round_timeout,
-            codec=check_codec(codec),
-            linger_seconds=linger,
-            updates_queue=check_queue_type(updates_queue),
-            max_update_norm=max_update_norm,
-            verify_identity=verify_identity,
-        )
-    except ConfigError as exc:
+        config = build_config({**options, "federation": federation, "state_dir": root / federation})
+        check_codec(config.codec)
+        compose_strategy(config, dp_seed=0)
+    except (OptionsError, StrategyError) as exc:
         raise fail(str(exc)) from None
+    return config
 
 
 @app.command("coordinator")
+@with_coordinator_options
 def coordinator_command(
+    coordinator_options: dict[str, Any],
     federation: Annotated[str, typer.Option("--federation", help="Federation name.")],
     app_spec: AppOpt,
-    participants: Annotated[int, typer.Option("--participants", "-n", min=1)],
-    rounds: Annotated[int, typer.Option("--rounds", "-r", min=1)],
-    quorum: QuorumOpt = None,
-    min_quorum: MinQuorumOpt = None,
-    round_timeout: TimeoutOpt = 120.0,
     broker: BrokerOpt = None,
     state_dir: StateOpt = None,
     report: ReportOpt = None,
-    codec: CodecOpt = "raw",
-    linger: LingerOpt = 120.0,
-    updates_queue: UpdatesQueueOpt = "quorum",
-    max_update_norm: MaxNormOpt = None,
-    verify_identity: Annotated[
-        bool,
-        typer.Option(
-            "--verify-identity",
-            help="Reject updates whose broker user is not the participant they claim "
-            "(needs one broker user per participant).",
-        ),
-    ] = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Run the coordinator of one federation on RabbitMQ."""
     setup_logging(verbose)
-    config = coordinator_config(
-        federation=federation,
-        participants=participants,
-        rounds=rounds,
-        quorum=quorum,
-        min_quorum=min_quorum,
-        round_timeout=round_timeout,
-        state_dir=state_dir,
-        codec=codec,
-        linger=linger,
-        updates_queue=updates_queue,
-        max_update_norm=max_update_norm,
-        verify_identity=verify_identity,
-    )
+    config = coordinator_config(federation, state_dir, coordinator_options)
     application = load(app_spec)
     url = broker or settings().broker_url
 
     async def main() -> FederationResult:
         async with AmqpTransport(url) as transport:
-            with RoundProgress(rounds, config.k) as progress:
-                return await Coordinator(config, application, transport, progress).run()
+            with RoundProgress(config.rounds, config.k) as progress:
+                return await Coordinator(config, application, transport, [progress]).run()
 
-    console.print(f"coordinator of {federation} on RabbitMQ at {redact(url)}")
+    console.print(f"coordinator of {federation} ({config.mode} mode) on RabbitMQ at {redact(url)}")
     result = run(main())
     print_summary(result)
     write_report(report, result, broker=redact(url))
@@ -452,9 +356,10 @@ def history_command(
     for h in histories:
         out.print(history_table(h.rounds, f"federation {h.federation} ({h.state_dir})"))
         for r in h.rejections:
+            base = "" if r["base_version"] is None else f" on v{r['base_version']}"
             out.print(
-                f"  rejected: round {r['round']} {r['participant'] or '?'}: "
-                f"{r['reason']}: {r['detail']}",
+                f"  refused while v{r['during_version']} was current: "
+                f"{r['participant'] or '?'}{base}: {r['reason']}: {r['detail']}",
                 highlight=False,
             )
 
@@ -498,9 +403,9 @@ def main() -> None:
     tune_malloc_for_large_buffers()
     try:
         app()
-    except Failure as exc:
+    except (Failure, OptionsError) as exc:
         console.print(f"[bold red]fedq:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(exc.status)
+        sys.exit(exc.status if isinstance(exc, Failure) else 2)
     except KeyboardInterrupt:
         sys.exit(130)
 

@@ -9,8 +9,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fedq.coordinator.ledger import RoundHistory
-from fedq.coordinator.service import CoordinatorObserver, FederationResult
+from fedq.coordinator.observers import CoordinatorObserver, UpdateSeen
+from fedq.coordinator.records import RoundHistory
+from fedq.coordinator.service import FederationResult
 from fedq.participant.worker import TrainedRound
 
 console = Console(stderr=True, soft_wrap=True)
@@ -21,35 +22,39 @@ def _fmt(metrics: dict[str, float], key: str) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
+def _updates(row: RoundHistory) -> str:
+    """Contributors; a stale one with its base version and staleness: ``p3 (v2, tau 1)``."""
+    return ", ".join(
+        p if tau == 0 else f"{p} (v{base}, tau {tau})" for p, base, tau in row.updates
+    ) or ", ".join(row.participants)
+
+
 def history_table(rows: Iterable[RoundHistory], title: str) -> Table:
+    rows = list(rows)
+    private = any(r.epsilon is not None for r in rows)
     table = Table(title=title)
-    for column in (
-        "round",
-        "version",
-        "closed by",
-        "updates",
-        "participants",
-        "rejected",
-        "loss",
-        "accuracy",
-        "seconds",
-    ):
+    columns = ["version", "round", "closed by", "updates", "participants", "refused"]
+    columns += ["loss", "accuracy", "seconds"] + (["epsilon"] if private else [])
+    for column in columns:
         table.add_column(
-            column, justify="left" if column in ("participants", "rejected") else "right"
+            column, justify="left" if column in ("participants", "refused") else "right"
         )
     for row in rows:
-        rejected = ", ".join(f"{k} {v}" for k, v in sorted(row.rejected.items())) or "-"
-        table.add_row(
-            str(row.round),
+        refused = ", ".join(f"{k} {v}" for k, v in sorted(row.rejected.items())) or "-"
+        cells = [
             str(row.version),
+            "-" if row.round is None else str(row.round),
             row.closed_by,
             str(row.n_updates),
-            ", ".join(row.participants),
-            rejected,
+            _updates(row),
+            refused,
             _fmt(row.metrics, "loss"),
             _fmt(row.metrics, "accuracy"),
             f"{row.seconds:.2f}",
-        )
+        ]
+        if private:
+            cells.append("-" if row.epsilon is None else f"{row.epsilon:.3g}")
+        table.add_row(*cells)
     return table
 
 
@@ -97,25 +102,27 @@ class RoundProgress(CoordinatorObserver):
         self.alive = alive
         self.progress.update(self.task, status=self._status())
 
-    def round_opened(self, round_: int, version: int) -> None:
+    def version_opened(self, version: int, round_: int | None) -> None:
         self.accepted = 0
-        self.progress.update(
-            self.task, description=f"round {round_} (model v{version})", status=self._status()
-        )
+        what = f"round {round_} (model v{version})" if round_ else f"after model v{version}"
+        self.progress.update(self.task, description=what, status=self._status())
 
-    def update_seen(self, participant: str | None, accepted: bool, reason: str | None) -> None:
-        if accepted:
+    def update_seen(self, update: UpdateSeen) -> None:
+        if update.accepted:
             self.accepted += 1
         else:
-            self.rejected[reason or "?"] += 1
+            self.rejected[update.reason or "?"] += 1
         self.progress.update(self.task, status=self._status())
 
-    def round_committed(self, row: RoundHistory) -> None:
+    def version_committed(self, row: RoundHistory) -> None:
         self.progress.update(self.task, advance=1, description=f"committed model v{row.version}")
+        stale = sum(1 for _, _, tau in row.updates if tau > 0)
+        privacy = "" if row.epsilon is None else f"  epsilon {row.epsilon:.3g}"
+        where = f"round {row.round}" if row.round is not None else f"version {row.version}"
         self.progress.console.print(
-            f"round {row.round}: model v{row.version} from {row.n_updates} updates "
-            f"({row.closed_by}) in {row.seconds:.2f}s  loss {_fmt(row.metrics, 'loss')}  "
-            f"accuracy {_fmt(row.metrics, 'accuracy')}"
+            f"{where}: model v{row.version} from {row.n_updates} updates"
+            f"{f' ({stale} stale)' if stale else ''} ({row.closed_by}) in {row.seconds:.2f}s  "
+            f"loss {_fmt(row.metrics, 'loss')}  accuracy {_fmt(row.metrics, 'accuracy')}{privacy}"
         )
 
 
@@ -146,13 +153,13 @@ class ParticipantProgress:
 
     def trained(self, r: TrainedRound) -> None:
         status = (
-            f"last: {r.participant} round {r.round}, {r.num_examples} examples in "
+            f"last: {r.participant} on model v{r.version}, {r.num_examples} examples in "
             f"{r.seconds:.2f}s, loss {_fmt(r.metrics, 'loss')}"
         )
         self.progress.update(self.task, advance=1, status=status)
         if self.count <= self.LINES_UP_TO:
             self.progress.console.print(
-                f"{r.participant}: round {r.round} (model v{r.version}): {r.num_examples} "
+                f"{r.participant}: model v{r.version}: {r.num_examples} "
                 f"examples in {r.seconds:.2f}s, loss {_fmt(r.metrics, 'loss')}, "
                 f"accuracy {_fmt(r.metrics, 'accuracy')}, sent {human_bytes(r.update_bytes)}"
             )
@@ -160,14 +167,17 @@ class ParticipantProgress:
 
 def print_summary(result: FederationResult) -> None:
     table = Table(title=f"federation {result.federation}", show_header=False)
-    table.add_row("rounds completed", str(result.rounds_completed))
+    table.add_row("mode", result.mode)
+    table.add_row("versions committed", str(result.rounds_completed))
     table.add_row("model version", str(result.model_version))
     table.add_row("updates incorporated", str(result.updates_incorporated))
     rejected = ", ".join(f"{k} {v}" for k, v in sorted(result.rejected_by_reason.items()))
     table.add_row(
         "updates rejected", f"{result.updates_rejected}" + (f" ({rejected})" if rejected else "")
     )
-    table.add_row("duplicates", str(result.duplicates))
+    table.add_row("duplicates (acked, not applied)", str(result.duplicates))
+    if result.epsilon is not None:
+        table.add_row("privacy spent (epsilon)", f"{result.epsilon:.4g}")
     for key, value in sorted(result.final_metrics.items()):
         table.add_row(f"final {key}", f"{value:.4f}")
     table.add_row("wall seconds", f"{result.wall_seconds:.1f}")

@@ -7,10 +7,9 @@ code runs over RabbitMQ, the coordinator and the participants on separate connec
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from fedq.apps import App, Partition
 from fedq.coordinator.service import (
     Coordinator,
     CoordinatorConfig,
@@ -20,6 +19,7 @@ from fedq.coordinator.service import (
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.memory import MemoryBroker, MemoryTransport
 from fedq.messages.transport import Transport
+from fedq.participant.app import App, Partition
 from fedq.participant.worker import (
     Participant,
     ParticipantConfig,
@@ -85,11 +85,11 @@ async def run_participants(
 async def simulate(
     plan: SimulationPlan,
     app: App,
-    observer: CoordinatorObserver | None = None,
+    observers: Sequence[CoordinatorObserver] = (),
 ) -> FederationResult:
     coordinator_transport, participant_transport = transports(plan.broker_url)
     async with coordinator_transport, participant_transport:
-        coordinator = Coordinator(plan.coordinator, app, coordinator_transport, observer)
+        coordinator = Coordinator(plan.coordinator, app, coordinator_transport, observers)
         # Declared before participants start, so their joins are queued, not dropped.
         await coordinator.topology.declare_core(coordinator_transport)
         running = asyncio.create_task(coordinator.run(), name="fedq-coordinator")

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from fedq.apps import Partition, TrainConfig
 from fedq.apps.keras_app import Arrays, KerasApp, import_keras, shard
+from fedq.participant.app import Partition, TrainConfig
 
 SEED = 1234
 _TRUE_WEIGHTS = np.array([1.5, -2.0, 0.7, 1.0, -0.5], dtype=np.float32)

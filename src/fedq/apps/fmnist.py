@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from fedq.apps import AppError, Partition
 from fedq.apps.keras_app import Arrays, KerasApp, import_keras, shard
+from fedq.participant.app import AppError, Partition
 
 SEED = 42
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"

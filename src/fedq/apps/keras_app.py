@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedq.apps import Partition, TrainConfig, TrainResult
 from fedq.messages.codec import Weights
+from fedq.participant.app import Partition, TrainConfig, TrainResult
 
 if TYPE_CHECKING:
     import keras

@@ -12,8 +12,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from fedq.apps import Partition, TrainConfig, TrainResult
 from fedq.messages.codec import Weights
+from fedq.participant.app import Partition, TrainConfig, TrainResult
 
 
 class SyntheticApp:

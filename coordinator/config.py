@@ -1,0 +1,182 @@
+"""The coordinator's settings: one pydantic model, the single place an option is declared.
+
+Each field's ``description`` is its ``--help`` text; the CLI makes a flag of every field
+not marked ``cli=False`` (``--round-timeout`` for ``round_timeout``, or the ``flag`` named
+in its extra), and a TOML file (``--config``) may set any field by its name. Adding an
+option is one field here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from fedq.messages.schema import FederationName
+from fedq.messages.topology import UpdatesQueueType
+
+Mode = Literal["sync", "quorum", "async"]
+LatePolicy = Literal["reject", "fold"]
+StrategyOptions = dict[str, float | int | str | bool]
+
+
+class ConfigError(ValueError):
+    """The coordinator cannot run with these settings; the message says which and why."""
+
+
+def _cli(flag: str | None = None, *, cli: bool = True) -> dict[str, Any]:
+    """Field metadata for the CLI: its flag when not ``--field-name`` (a short one, such
+    as ``-n``, is added to it), or ``cli=False`` for fields the commands set themselves."""
+    return {"cli": cli, **({"flag": flag} if flag else {})}
+
+
+class CoordinatorConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    federation: FederationName = Field(json_schema_extra=_cli(cli=False))
+    participants: int = Field(
+        ge=1, description="N, the participants of the federation.", json_schema_extra=_cli("-n")
+    )
+    rounds: int = Field(
+        ge=1,
+        description="Versions to commit: rounds in sync and quorum mode, buffers in async mode.",
+        json_schema_extra=_cli("-r"),
+    )
+    state_dir: Path = Field(json_schema_extra=_cli(cli=False))
+
+    mode: Mode = Field(
+        "quorum",
+        description="sync: every participant each round; quorum: K of N close a round; "
+        "async (FedBuff): no rounds, a version every K updates from any base version.",
+    )
+    quorum: int | None = Field(
+        None,
+        ge=1,
+        description="K, the updates that make a version: of N in quorum mode, the buffer in "
+        "async mode (default: N; sync mode is always N).",
+    )
+    min_quorum: int | None = Field(
+        None, ge=1, description="At the deadline, commit with at least this many (default: K)."
+    )
+    round_timeout: float = Field(
+        120.0, gt=0, description="Seconds before a round's (or a buffer's) deadline."
+    )
+    late_updates: LatePolicy = Field(
+        "reject",
+        description="Quorum mode, an update for a closed round: reject it as stale, or fold "
+        "it into the next version with the staleness weight.",
+    )
+    staleness_exponent: float = Field(
+        0.5,
+        ge=0,
+        description="a in s(tau) = (1 + tau)^-a, the factor of an update tau versions behind.",
+    )
+    max_staleness: int = Field(
+        4, ge=0, description="Reject an update more than this many versions behind (stale)."
+    )
+
+    aggregator: str = Field(
+        "mean",
+        description="mean (streaming, O(model) memory), clipped_mean, median, trimmed_mean, "
+        "krum, or package.module:attr. median, trimmed_mean and krum keep all K deltas: "
+        "K x model size, in RAM up to --robust-memory-mb, beyond it in a file.",
+    )
+    aggregator_options: StrategyOptions = Field(
+        default_factory=dict,
+        description="KEY=VALUE for the aggregator: clip_norm (clipped_mean), trim_fraction "
+        "(trimmed_mean, 0.1), byzantine and select (krum, 1 and 1; select > 1 is multi-Krum).",
+        json_schema_extra=_cli("--aggregator-option"),
+    )
+    server_optimizer: str = Field(
+        "fedavg",
+        description="fedavg, fedavgm, fedadam, fedyogi, fedadagrad, or package.module:attr.",
+    )
+    server_lr: float = Field(
+        1.0, gt=0, description="The server optimizer's learning rate (adaptive ones: try 0.1)."
+    )
+    optimizer_options: StrategyOptions = Field(
+        default_factory=dict,
+        description="KEY=VALUE for the server optimizer: momentum (fedavgm, 0.9); beta1, "
+        "beta2, tau (fedadam, fedyogi, fedadagrad: 0.9, 0.99, 0.001).",
+        json_schema_extra=_cli("--optimizer-option"),
+    )
+    robust_memory_mb: float = Field(
+        1024.0,
+        gt=0,
+        description="RAM for the deltas median, trimmed_mean and krum keep; beyond it they "
+        "spill to a file in the state dir.",
+    )
+
+    dp_clip: float | None = Field(
+        None,
+        gt=0,
+        description="Central differential privacy: clip every update to this L2 norm and add "
+        "Gaussian noise to their sum (uniform weights, fixed denominator K).",
+    )
+    dp_noise_multiplier: float = Field(
+        1.0, ge=0, description="With --dp-clip, the noise's standard deviation over the clip."
+    )
+    dp_delta: float = Field(
+        1e-5, gt=0, lt=1, description="With --dp-clip, the delta of the epsilon reported."
+    )
+    dp_sampling_rate: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="With --dp-clip, the rate at which participants are sampled at random "
+        "per version, for the accountant; 1 claims no amplification (first K to arrive are "
+        "not a random sample).",
+    )
+
+    codec: str = Field("raw", description="Tensor codec of the published models: raw or fp16.")
+    updates_queue: UpdatesQueueType = Field(
+        "quorum",
+        description="Type of the fedq.F.updates queue: classic, or quorum (replicated in a "
+        "cluster).",
+    )
+    max_update_norm: float | None = Field(
+        None, gt=0, description="Reject updates whose delta has a larger L2 norm."
+    )
+    max_update_bytes: int | None = Field(
+        None,
+        gt=0,
+        description="Reject larger update bodies (default: the raw model's size plus 1 MiB).",
+    )
+    verify_identity: bool = Field(
+        False,
+        description="Reject updates whose broker user is not the participant they claim "
+        "(needs one broker user per participant).",
+    )
+    linger_seconds: float = Field(
+        120.0,
+        ge=0,
+        description="After the last version, refuse late updates while participants are "
+        "alive (not left, heard from within 15 s), at most this many seconds.",
+        json_schema_extra=_cli("--linger"),
+    )
+    liveness_seconds: float = Field(15.0, gt=0, json_schema_extra=_cli(cli=False))
+
+    @model_validator(mode="after")
+    def _quorum_fits(self) -> CoordinatorConfig:
+        if not 1 <= self.min_k <= self.k <= self.participants:
+            raise ValueError(
+                f"need 1 <= --min-quorum ({self.min_k}) <= --quorum ({self.k}) <= "
+                f"--participants ({self.participants})"
+            )
+        if self.mode == "sync" and self.quorum not in (None, self.participants):
+            raise ValueError("sync mode takes every participant: drop --quorum or use quorum mode")
+        return self
+
+    @property
+    def k(self) -> int:
+        """Updates per version."""
+        return self.participants if self.mode == "sync" else self.quorum or self.participants
+
+    @property
+    def min_k(self) -> int:
+        return self.min_quorum or self.k
+
+    def staleness_factor(self, tau: int) -> float:
+        """s(tau) = (1 + tau)^-a (FedBuff): 1 for a fresh update, smaller the older it is."""
+        return float((1 + tau) ** -self.staleness_exponent)

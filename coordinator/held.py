@@ -1,0 +1,59 @@
+"""The deliveries the coordinator holds unacked: one per update folded into the open version.
+
+An update is acked only once the version that includes it is committed (checkpoint and
+ledger), so a crash before that leaves it on the broker for the next coordinator. This
+object owns those deliveries and nothing else does: at most one per accepted update id, so
+what it holds never exceeds the open version's K contributors, whatever senders publish
+(another copy of a held id is settled at the intake at once, never held).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from fedq.messages.transport import Delivery, TransportError
+
+log = logging.getLogger("fedq.coordinator")
+
+
+@dataclass(frozen=True)
+class HeldUpdate:
+    delivery: Delivery
+    #: Digest of the body (released once folded): a later copy is compared against it.
+    digest: str
+
+
+class HeldDeliveries:
+    def __init__(self) -> None:
+        self._held: dict[str, HeldUpdate] = {}
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def digest_of(self, update_id: str) -> str | None:
+        held = self._held.get(update_id)
+        return None if held is None else held.digest
+
+    def hold(self, update_id: str, delivery: Delivery, digest: str) -> None:
+        """Keep ``delivery`` for the commit; its body is dropped (the fold has it)."""
+        assert update_id not in self._held, "a held update id is settled at the intake"
+        delivery.release_body()
+        self._held[update_id] = HeldUpdate(delivery, digest)
+
+    async def ack_all(self) -> None:
+        """After the commit: ack every held delivery and forget them.
+
+        A failed ack (its channel closed) is harmless: the broker redelivers the update,
+        and the intake finds its id committed and counts it as a duplicate.
+        """
+        held, self._held = self._held, {}
+        for update_id, update in held.items():
+            try:
+                await update.delivery.ack()
+            except TransportError as exc:
+                log.warning(
+                    "ack of committed update %s failed (%s); it will come back as a duplicate",
+                    update_id,
+                    exc,
+                )

@@ -1,0 +1,70 @@
+"""Hooks for whoever watches a coordinator: the CLI's live view, metrics, a dashboard, tests.
+
+Subclass :class:`CoordinatorObserver` and override what you need; the rest do nothing. A
+coordinator takes any number of them and calls each in turn. Hooks run on the event loop:
+they must return quickly and never block it. An observer that raises is logged and the
+federation goes on: watching must never stop the work.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from fedq.coordinator.ledger import RoundHistory
+
+log = logging.getLogger("fedq.coordinator")
+
+
+@dataclass(frozen=True)
+class UpdateSeen:
+    """One delivery's outcome at the intake."""
+
+    participant: str | None
+    accepted: bool
+    #: The rejection's machine-readable reason; None when accepted.
+    reason: str | None = None
+    base_version: int | None = None
+    staleness: int | None = None
+
+
+class CoordinatorObserver:
+    def version_opened(self, version: int, round_: int | None) -> None:
+        """The coordinator collects updates for the version after ``version`` (round
+        ``round_`` in sync and quorum mode; None in async mode)."""
+
+    def update_seen(self, update: UpdateSeen) -> None:
+        """An update was accepted into the open version or refused with a reason."""
+
+    def version_committed(self, row: RoundHistory) -> None:
+        """A new model version is committed and published."""
+
+    def participants_alive(self, alive: int) -> None:
+        """How many participants joined or beat within the liveness window and did not leave."""
+
+
+class Observers(CoordinatorObserver):
+    """Many observers as one; a failing observer is logged, not fatal."""
+
+    def __init__(self, observers: Sequence[CoordinatorObserver] = ()) -> None:
+        self.observers = list(observers)
+
+    def _each(self, hook: str, *args: object) -> None:
+        for observer in self.observers:
+            try:
+                getattr(observer, hook)(*args)
+            except Exception:
+                log.exception("observer %s failed in %s", type(observer).__name__, hook)
+
+    def version_opened(self, version: int, round_: int | None) -> None:
+        self._each("version_opened", version, round_)
+
+    def update_seen(self, update: UpdateSeen) -> None:
+        self._each("update_seen", update)
+
+    def version_committed(self, row: RoundHistory) -> None:
+        self._each("version_committed", row)
+
+    def participants_alive(self, alive: int) -> None:
+        self._each("participants_alive", alive)

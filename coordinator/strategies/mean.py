@@ -1,0 +1,50 @@
+"""The weighted mean, streaming: O(model) memory however many updates a version takes.
+
+sum_k w_k * s_k * delta_k / sum_k w_k, folded in float32 buffers shaped like the model;
+``add`` keeps nothing of the update, so its message body can go as soon as it returns.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fedq.coordinator.strategies.base import (
+    Aggregation,
+    AggregationContext,
+    Aggregator,
+    Delta,
+    Weights,
+)
+
+
+class StreamingMean(Aggregation):
+    def __init__(self, context: AggregationContext) -> None:
+        super().__init__()
+        template = context.template
+        self._sums = {name: np.zeros(t.shape, dtype=np.float32) for name, t in template.items()}
+        self._scratch = {name: np.empty(t.shape, dtype=np.float32) for name, t in template.items()}
+        self.total_weight = 0.0
+
+    def add(self, delta: Delta, weight: float, scale: float = 1.0) -> None:
+        assert weight > 0 and 0 < scale <= 1, "weight > 0 and a staleness factor in (0, 1]"
+        factor = np.float32(weight * scale)
+        for name, total in self._sums.items():
+            scratch = self._scratch[name]
+            np.multiply(delta[name], factor, out=scratch, casting="unsafe")
+            total += scratch
+        self.total_weight += weight
+        self.count += 1
+
+    def result(self) -> Weights:
+        assert self.count > 0, "mean of no updates"
+        inverse = np.float32(1.0 / self.total_weight)
+        return {name: total * inverse for name, total in self._sums.items()}
+
+
+class WeightedMean(Aggregator):
+    """FedAvg's aggregation: the example-weighted mean of the deltas."""
+
+    name = "mean"
+
+    def start(self, context: AggregationContext) -> StreamingMean:
+        return StreamingMean(context)
