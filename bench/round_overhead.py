@@ -46,12 +46,14 @@ import numpy as np
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractRobustConnection
 
 from fedq.apps.synthetic import SyntheticApp
-from fedq.coordinator.accumulator import WeightedMeanAccumulator
 from fedq.coordinator.checkpoint import save_checkpoint
-from fedq.coordinator.fedavg import apply_mean_delta
-from fedq.coordinator.ledger import RoundHistory
-from fedq.coordinator.service import CoordinatorConfig, CoordinatorObserver
-from fedq.coordinator.validation import check_tensors, spec_of
+from fedq.coordinator.config import CoordinatorConfig
+from fedq.coordinator.intake import check_tensors, spec_of
+from fedq.coordinator.observers import CoordinatorObserver, UpdateSeen
+from fedq.coordinator.records import RoundHistory
+from fedq.coordinator.strategies import Aggregation, AggregationContext
+from fedq.coordinator.strategies.fedavg import FedAvg
+from fedq.coordinator.strategies.mean import WeightedMean
 from fedq.messages.allocator import tune_malloc_for_large_buffers
 from fedq.messages.amqp import DEFAULT_BROKER_URL, AmqpTransport, redact
 from fedq.messages.codec import Weights, decode_message, encode_message
@@ -129,21 +131,21 @@ class CommitClock(CoordinatorObserver):
     rejected: int = 0
     _round: int = 0
 
-    def round_opened(self, round_: int, version: int) -> None:
-        self._round = round_
-        self.opened[round_] = time.perf_counter()
+    def version_opened(self, version: int, round_: int | None) -> None:
+        self._round = version + 1
+        self.opened[self._round] = time.perf_counter()
 
-    def update_seen(self, participant: str | None, accepted: bool, reason: str | None) -> None:
-        if not accepted:
+    def update_seen(self, update: UpdateSeen) -> None:
+        if not update.accepted:
             self.rejected += 1
             return
         now = time.perf_counter()
         self.first_update.setdefault(self._round, now)
         self.last_update[self._round] = now
 
-    def round_committed(self, row: RoundHistory) -> None:
-        self.committed[row.round] = time.perf_counter()
-        self.cpu[row.round] = CpuUse.now()
+    def version_committed(self, row: RoundHistory) -> None:
+        self.committed[row.version] = time.perf_counter()
+        self.cpu[row.version] = CpuUse.now()
 
     def between(self, start: dict[int, float], end: dict[int, float], lag: int = 0) -> float:
         """Median over rounds r >= 2 of end[r] - start[r - lag]."""
@@ -184,12 +186,12 @@ async def run_fedq(
             broker_url=url,
         )
         try:
-            result = await simulate(plan, SyntheticApp(params=params), observer=clock)
+            result = await simulate(plan, SyntheticApp(params=params), [clock])
         finally:
             async with AmqpTransport(url) as transport:
                 participants = [c.participant_id for c in participant_configs(plan)]
                 await Topology(federation).delete(transport, participants)
-    history = {int(row["round"]): float(row["seconds"]) for row in result.history}
+    history = {int(row["version"]): float(row["seconds"]) for row in result.history}
     return FedqResult(
         seconds_per_round=clock.between(clock.committed, clock.committed, lag=1),
         commit_to_open=clock.between(clock.committed, clock.opened, lag=1),
@@ -469,13 +471,15 @@ def measure_cpu(app: SyntheticApp, n: int, repeat: int) -> CpuParts:
 
     deltas = check_tensors(decode_message(body).tensors, spec)
 
-    def fold() -> WeightedMeanAccumulator:
-        accumulator = WeightedMeanAccumulator(weights)
+    def fold() -> Aggregation:
+        aggregation = WeightedMean().start(
+            AggregationContext(weights, n, 0, Path(tempfile.gettempdir()), version=1)
+        )
         for i in range(n):
-            accumulator.add(deltas, 100.0 * (i + 1))
-        return accumulator
+            aggregation.add(deltas, 100.0 * (i + 1))
+        return aggregation
 
-    accumulator = fold()
+    aggregation = fold()
 
     def participant() -> None:  # what fedq.participant.worker does with one model
         decoded = decode_message(model_body)
@@ -494,7 +498,7 @@ def measure_cpu(app: SyntheticApp, n: int, repeat: int) -> CpuParts:
         encode_one=median_seconds(lambda: encode_message(meta, delta), repeat),
         decode_validate_one=median_seconds(decode_validate, repeat),
         fold_n=median_seconds(fold, repeat),
-        mean_apply=median_seconds(lambda: apply_mean_delta(weights, accumulator.mean()), repeat),
+        mean_apply=median_seconds(lambda: FedAvg().step(weights, aggregation.result()), repeat),
         checkpoint=checkpoint,
         model_encode=median_seconds(lambda: encode_message(model_meta(), weights), repeat),
         participant_one=median_seconds(participant, repeat),

@@ -12,6 +12,7 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,14 +34,11 @@ def save_checkpoint(
             # Positional keys keep the model's order; names travel alongside (a tensor name
             # may hold any character, so none is used as a key).
             state = dict(state or {})
-            arrays = {f"arr_{i}": w for i, w in enumerate(weights.values())}
+            arrays: dict[str, Any] = {f"arr_{i}": w for i, w in enumerate(weights.values())}
             arrays |= {f"state_{i}": a for i, a in enumerate(state.values())}
-            np.savez(
-                f,
-                __names__=np.array(list(weights), dtype=str),
-                __state_names__=np.array(list(state), dtype=str),
-                **arrays,
-            )
+            arrays["__names__"] = np.array(list(weights), dtype=str)
+            arrays["__state_names__"] = np.array(list(state), dtype=str)
+            np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)

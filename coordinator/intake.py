@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import xxhash
 
+from fedq.coordinator.strategies.clipped_mean import l2_norm
 from fedq.messages.codec import MalformedMessage, WireTensor, decode_message
 from fedq.messages.schema import UpdateMeta
 
@@ -177,19 +178,9 @@ def check_tensors(
     for t in tensors:
         if not np.isfinite(t.array).all():
             raise Rejection("non_finite", f"tensor {t.name!r} holds NaN or infinity")
+    deltas = {t.name: t.array for t in tensors}
     if max_norm is not None:
-        norm = update_norm([t.array for t in tensors])
+        norm = l2_norm(deltas)
         if norm > max_norm:
             raise Rejection("norm_exceeded", f"update L2 norm {norm:.4g} > bound {max_norm:.4g}")
-    return {t.name: t.array for t in tensors}
-
-
-def update_norm(arrays: list[np.ndarray]) -> float:
-    """L2 norm over every value of every tensor, accumulated in float64."""
-    total = 0.0
-    for a in arrays:
-        flat = a.reshape(-1)
-        if flat.dtype != np.float32 and flat.dtype != np.float64:
-            flat = flat.astype(np.float32)  # fp16 squares overflow: widen first
-        total += float(np.dot(flat, flat))
-    return float(np.sqrt(total))
+    return deltas

@@ -77,7 +77,7 @@ class UpdateLedger:
         self._db.execute("PRAGMA synchronous=FULL")
         tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master")}
         if "versions" in tables:
-            found = self.get_meta("schema")
+            found = self.get_meta("schema") if "meta" in tables else None
             if found != SCHEMA_VERSION:
                 self._db.close()
                 raise LedgerError(

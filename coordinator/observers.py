@@ -12,7 +12,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from fedq.coordinator.ledger import RoundHistory
+from fedq.coordinator.records import RoundHistory
 
 log = logging.getLogger("fedq.coordinator")
 

@@ -62,6 +62,7 @@ from fedq.messages.schema import (
     ModelMeta,
     RoundClosed,
     RoundOpen,
+    UpdateMeta,
 )
 from fedq.messages.topology import FEDERATION_DONE, ROUND_CLOSED, ROUND_OPEN, Topology
 from fedq.messages.transport import Delivery, Transport, TransportError
@@ -286,6 +287,7 @@ class Coordinator:
     async def _settle(self, verdict: Verdict, delivery: Delivery, version: int) -> None:
         """A duplicate is recorded and acked; a refusal is copied to the DLQ with its reason,
         recorded, then acked. Either way it is off the coordinator's hands at once."""
+        meta: UpdateMeta | None
         if isinstance(verdict, Duplicate):
             meta, reason = verdict.meta, "duplicate"
             detail = f"the same bytes as update {meta.update_id}, already {verdict.of}"

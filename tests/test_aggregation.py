@@ -1,57 +1,106 @@
-"""Pure parts of the coordinator: streaming FedAvg, the server step, validation, rounds."""
+"""Pure parts of the coordinator: the streaming mean, the intake's checks, the modes."""
 
 from __future__ import annotations
+
+import tracemalloc
+from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fedq.coordinator.accumulator import WeightedMeanAccumulator
-from fedq.coordinator.fedavg import apply_mean_delta
-from fedq.coordinator.rounds import QuorumRound
-from fedq.coordinator.validation import Rejection, check_tensors, spec_of
+from fedq.coordinator.config import CoordinatorConfig
+from fedq.coordinator.intake import (
+    Admitted,
+    Candidate,
+    Duplicate,
+    Intake,
+    Refused,
+    Rejection,
+    body_digest,
+    check_tensors,
+    spec_of,
+)
+from fedq.coordinator.modes import OpenVersion, make_mode
+from fedq.coordinator.records import UpdateRecord
+from fedq.coordinator.strategies import AggregationContext
+from fedq.coordinator.strategies.fedavg import FedAvg
+from fedq.coordinator.strategies.mean import WeightedMean
 from fedq.messages.codec import decode_message, encode_message
 from fedq.messages.schema import UpdateMeta
 
 MODEL = {"w": np.zeros((3, 2), np.float32), "b": np.zeros(2, np.float32)}
 
 
+def context(template=MODEL, capacity: int = 4) -> AggregationContext:
+    return AggregationContext(template, capacity, 1 << 30, Path("/nonexistent"), version=1)
+
+
 @given(
-    st.lists(st.tuples(st.integers(1, 1000), st.floats(-10, 10, width=32)), min_size=1, max_size=12)
+    st.lists(
+        st.tuples(st.integers(1, 1000), st.floats(-10, 10, width=32), st.floats(0.05, 1)),
+        min_size=1,
+        max_size=12,
+    )
 )
-def test_streaming_mean_equals_weighted_average(updates):
-    acc = WeightedMeanAccumulator(MODEL)
-    deltas = []
-    for weight, value in updates:
-        delta = {k: np.full_like(v, value) for k, v in MODEL.items()}
-        deltas.append((weight, delta))
-        acc.add(delta, weight)
-    total = sum(w for w, _ in deltas)
-    for name in MODEL:
-        expected = sum(w * d[name] for w, d in deltas) / total
-        np.testing.assert_allclose(acc.mean()[name], expected, rtol=1e-5, atol=1e-5)
+def test_streaming_mean_is_the_example_weighted_mean_of_the_scaled_deltas(updates):
+    mean = WeightedMean().start(context())
+    for weight, value, scale in updates:
+        mean.add({k: np.full_like(v, value) for k, v in MODEL.items()}, weight, scale)
+    total = sum(w for w, _, _ in updates)
+    expected = sum(w * s * value for w, value, s in updates) / total
+    for tensor in mean.result().values():
+        np.testing.assert_allclose(tensor, expected, rtol=1e-4, atol=1e-5)
 
 
-def test_accumulator_memory_does_not_grow_with_updates():
-    acc = WeightedMeanAccumulator(MODEL)
-    before = sum(a.nbytes for a in (*acc._sums.values(), *acc._scratch.values()))
-    for _ in range(100):
-        acc.add({k: np.ones_like(v) for k, v in MODEL.items()}, 3)
-    after = sum(a.nbytes for a in (*acc._sums.values(), *acc._scratch.values()))
-    assert before == after and acc.count == 100
+def test_folding_many_updates_holds_no_more_memory_than_folding_a_few():
+    """The process's own allocations (tracemalloc sees numpy's) while updates stream in:
+    an aggregation that kept anything of an update would grow with their number."""
+    big = {"w": np.zeros(250_000, np.float32), "b": np.zeros(250_000, np.float32)}  # 2 MB
+    mean = WeightedMean().start(context(big))
+    tracemalloc.start()
+    try:
+
+        def fold(n: int) -> int:
+            tracemalloc.reset_peak()
+            for i in range(n):
+                mean.add({k: np.full_like(v, float(i)) for k, v in big.items()}, 1.0)
+            return tracemalloc.get_traced_memory()[1]
+
+        peak_after_few = fold(3)
+        peak_after_many = fold(200)
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    one_update = sum(v.nbytes for v in big.values())
+    assert peak_after_many <= peak_after_few + one_update // 10
+    assert held < one_update // 10  # nothing of the updates is still allocated
+    assert mean.count == 203
 
 
-def test_server_step_adds_the_mean_delta_and_keeps_the_old_model():
-    new = apply_mean_delta(MODEL, {k: np.ones_like(v) for k, v in MODEL.items()}, lr=0.5)
+def test_fedavg_adds_lr_times_the_delta_and_keeps_the_old_model():
+    new = FedAvg(lr=0.5).step(MODEL, {k: np.ones_like(v) for k, v in MODEL.items()})
     assert new["w"].dtype == np.float32
     np.testing.assert_array_equal(new["w"], np.full((3, 2), 0.5))
     np.testing.assert_array_equal(MODEL["w"], 0)
 
 
+def update_meta(participant="p", round_: int | None = 2, base=1, federation="f", uid=None):
+    extra = {} if uid is None else {"update_id": uid}
+    return UpdateMeta(
+        federation=federation,
+        participant=participant,
+        round=round_,
+        base_version=base,
+        num_examples=5,
+        **extra,
+    )
+
+
 def wire(tensors):
-    meta = UpdateMeta(federation="f", participant="p", round=1, base_version=0, num_examples=1)
-    return decode_message(encode_message(meta, tensors)).tensors
+    return decode_message(encode_message(update_meta(), tensors)).tensors
 
 
 @pytest.mark.parametrize(
@@ -71,60 +120,149 @@ def test_invalid_tensors_are_rejected_with_their_reason(tensors, reason):
     assert err.value.header().startswith(f"{reason}: ")
 
 
-def test_valid_tensors_pass():
-    deltas = check_tensors(wire({k: np.ones_like(v) for k, v in MODEL.items()}), spec_of(MODEL))
-    assert set(deltas) == set(MODEL)
-
-
-def meta(participant="p", round_=2, base=1):
-    return UpdateMeta(
-        federation="f", participant=participant, round=round_, base_version=base, num_examples=5
-    )
-
-
-def test_round_admission_rejects_stale_future_and_second_updates():
-    current = QuorumRound(
-        number=2, version=1, model=MODEL, quorum=2, min_quorum=1, deadline_seconds=60
-    )
-    for bad, reason in [
-        (meta(round_=1, base=0), "stale"),
-        (meta(round_=3, base=2), "unknown_round"),
-    ]:
-        with pytest.raises(Rejection) as err:
-            current.admit(bad)
-        assert err.value.reason == reason
-    ok = meta()
-    current.admit(ok)
-    current.fold(ok, {k: np.ones_like(v) for k, v in MODEL.items()}, delivery=None)  # type: ignore[arg-type]
-    with pytest.raises(Rejection) as err:
-        current.admit(meta())
-    assert err.value.reason == "already_submitted"
-
-
-def test_round_closes_at_quorum_or_at_deadline_with_min_quorum():
-    current = QuorumRound(
-        number=1, version=0, model=MODEL, quorum=3, min_quorum=2, deadline_seconds=10
-    )
-    t0 = current.opened
-    fold = {k: np.ones_like(v) for k, v in MODEL.items()}
-    current.fold(meta("a", 1, 0), fold, None)  # type: ignore[arg-type]
-    assert current.close_reason(t0 + 1) is None
-    assert current.close_reason(t0 + 11) is None  # below min quorum: the deadline extends
-    assert current.seconds_left(t0 + 11) == pytest.approx(9)
-    current.fold(meta("b", 1, 0), fold, None)  # type: ignore[arg-type]
-    assert current.close_reason(t0 + 15) is None
-    assert current.close_reason(t0 + 21) == "deadline"
-    current.fold(meta("c", 1, 0), fold, None)  # type: ignore[arg-type]
-    assert current.close_reason(t0 + 1) == "quorum"
-
-
 def test_an_update_above_the_norm_bound_is_rejected_even_in_fp16():
     spec = spec_of(MODEL)
     poisoned = {k: np.full_like(v, 300.0) for k, v in MODEL.items()}  # squares overflow fp16
-    meta = UpdateMeta(federation="f", participant="p", round=1, base_version=0, num_examples=1)
-    half = decode_message(encode_message(meta, poisoned, "fp16")).tensors
+    half = decode_message(encode_message(update_meta(), poisoned, "fp16")).tensors
     with pytest.raises(Rejection) as err:
         check_tensors(half, spec, max_norm=100.0)
     assert err.value.reason == "norm_exceeded" and "bound 100" in err.value.detail
     small = {k: np.full_like(v, 0.01) for k, v in MODEL.items()}
     assert set(check_tensors(wire(small), spec, max_norm=100.0)) == set(MODEL)
+
+
+def admit_all(meta: UpdateMeta) -> Admitted:
+    return Admitted(0, 1.0)
+
+
+def refuse_all(meta: UpdateMeta) -> Admitted:
+    raise Rejection("stale", "refused by the mode")
+
+
+def nothing(update_id: str) -> str | None:
+    return None
+
+
+class TestIntake:
+    """The order of the checks decides the reason: the cheap and the identity-related
+    ones come before the mode and the tensors."""
+
+    intake = Intake("f", spec_of(MODEL), nothing, verify_identity=True, max_norm=10.0)
+    ok: ClassVar = {k: np.ones_like(v) for k, v in MODEL.items()}
+
+    def check(self, body, user="p", held=nothing, admit=admit_all):
+        return self.intake.check(body, user, held, admit)
+
+    def reason(self, verdict) -> str:
+        assert isinstance(verdict, Refused), verdict
+        return verdict.rejection.reason
+
+    def test_a_valid_update_is_a_candidate_with_the_digest_of_its_body(self):
+        body = encode_message(update_meta(), self.ok)
+        verdict = self.check(body)
+        assert isinstance(verdict, Candidate)
+        assert verdict.digest == body_digest(body) and set(verdict.deltas) == set(MODEL)
+
+    @pytest.mark.parametrize(
+        ("make", "user", "reason"),
+        [
+            (lambda ok: b"\xc1 not msgpack", "p", "undecodable"),
+            (lambda ok: encode_message(update_meta(federation="g"), ok), "p", "wrong_federation"),
+            (lambda ok: encode_message(update_meta(), ok), "mallory", "forged"),
+            (lambda ok: encode_message(update_meta(), {"w": np.zeros(10**6)}), "p", "too_large"),
+        ],
+    )
+    def test_checks_before_the_mode(self, make, user, reason):
+        assert self.reason(self.check(make(self.ok), user=user, admit=refuse_all)) == reason
+
+    def test_the_mode_is_asked_before_the_tensors_are_looked_at(self):
+        nan = {k: np.full_like(v, np.nan) for k, v in MODEL.items()}
+        assert self.reason(self.check(encode_message(update_meta(), nan), admit=refuse_all)) == (
+            "stale"
+        )
+        assert self.reason(self.check(encode_message(update_meta(), nan))) == "non_finite"
+
+    @pytest.mark.parametrize("of", ["held", "committed"])
+    def test_a_copy_is_a_duplicate_and_other_bytes_under_its_id_conflict(self, of):
+        body = encode_message(update_meta(uid="u1"), self.ok)
+        altered = encode_message(
+            update_meta(uid="u1"), {k: np.full_like(v, 1e20) for k, v in MODEL.items()}
+        )
+        digests = {"u1": body_digest(body)}
+        intake = Intake("f", spec_of(MODEL), digests.get if of == "committed" else nothing)
+        held = digests.get if of == "held" else nothing
+        same = intake.check(body, "p", held, refuse_all)  # the mode is never asked
+        assert isinstance(same, Duplicate) and same.of == of
+        verdict = intake.check(altered, "p", held, refuse_all)
+        assert self.reason(verdict) == "conflicting_duplicate"
+
+
+def config(**kwargs) -> CoordinatorConfig:
+    base = {"federation": "f", "participants": 4, "rounds": 10, "state_dir": Path("/tmp/x")}
+    return CoordinatorConfig(**(base | kwargs))
+
+
+def record(participant: str, base: int) -> UpdateRecord:
+    return UpdateRecord("id-" + participant, participant, base + 1, base, 5, 5.0, 0)
+
+
+def reason_of(mode, open_, meta) -> str:
+    with pytest.raises(Rejection) as err:
+        mode.admit(open_, meta)
+    return err.value.reason
+
+
+def test_quorum_mode_admits_only_the_open_round_once_per_participant():
+    mode = make_mode(config(quorum=2))
+    open_ = mode.open(version=1)
+    assert open_.round == 2
+    assert reason_of(mode, open_, update_meta(round_=1, base=0)) == "stale"
+    assert reason_of(mode, open_, update_meta(round_=3, base=2)) == "unknown_round"
+    assert reason_of(mode, open_, update_meta(round_=None, base=1)) == "unknown_round"
+    assert mode.admit(open_, update_meta()) == Admitted(0, 1.0)
+    open_.records.append(record("p", 1))
+    assert reason_of(mode, open_, update_meta()) == "already_submitted"
+
+
+def test_quorum_mode_folds_late_updates_with_the_staleness_weight_when_asked():
+    mode = make_mode(config(late_updates="fold", max_staleness=2, staleness_exponent=0.5))
+    open_ = mode.open(version=3)
+    late = mode.admit(open_, update_meta(round_=3, base=2))
+    assert late.staleness == 1 and late.scale == pytest.approx(2**-0.5)
+    assert mode.admit(open_, update_meta(round_=2, base=1)).scale == pytest.approx(3**-0.5)
+    assert reason_of(mode, open_, update_meta(round_=1, base=0)) == "stale"
+
+
+def test_async_mode_has_no_rounds_and_weighs_by_staleness():
+    mode = make_mode(config(mode="async", quorum=3, max_staleness=3, staleness_exponent=1.0))
+    open_ = mode.open(version=5)
+    assert open_.round is None
+    assert mode.admit(open_, update_meta(round_=None, base=5)) == Admitted(0, 1.0)
+    assert mode.admit(open_, update_meta(round_=None, base=2)) == Admitted(3, 0.25)
+    assert reason_of(mode, open_, update_meta(round_=None, base=1)) == "stale"
+    assert reason_of(mode, open_, update_meta(round_=None, base=6)) == "unknown_round"
+    open_.records.append(record("p", 2))
+    assert reason_of(mode, open_, update_meta(round_=None, base=2)) == "already_submitted"
+    assert mode.admit(open_, update_meta(round_=None, base=3)).staleness == 2
+
+
+def test_sync_mode_takes_every_participant():
+    assert make_mode(config(mode="sync")).open(0).quorum == 4
+    with pytest.raises(ValueError, match="sync mode takes every participant"):
+        config(mode="sync", quorum=2)
+
+
+def test_a_version_closes_at_quorum_or_at_the_deadline_with_min_quorum():
+    open_ = OpenVersion(
+        version=0, round=1, quorum=3, min_quorum=2, deadline_seconds=10
+    )  # fmt: skip
+    t0 = open_.opened
+    open_.records.append(record("a", 0))
+    assert open_.close_reason(t0 + 1) is None
+    assert open_.close_reason(t0 + 11) is None  # below min quorum: the deadline extends
+    assert open_.seconds_left(t0 + 11) == pytest.approx(9)
+    open_.records.append(record("b", 0))
+    assert open_.close_reason(t0 + 15) is None
+    assert open_.close_reason(t0 + 21) == "deadline"
+    open_.records.append(record("c", 0))
+    assert open_.close_reason(t0 + 1) == "quorum"

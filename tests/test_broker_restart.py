@@ -9,8 +9,9 @@ import numpy as np
 
 from fedq.apps.synthetic import SyntheticApp
 from fedq.coordinator.checkpoint import checkpoint_path, load_checkpoint
-from fedq.coordinator.ledger import RoundHistory
-from fedq.coordinator.service import CoordinatorConfig, CoordinatorObserver
+from fedq.coordinator.config import CoordinatorConfig
+from fedq.coordinator.observers import CoordinatorObserver
+from fedq.coordinator.records import RoundHistory
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.topology import Topology
 from fedq.participant.worker import ParticipantConfig
@@ -36,7 +37,7 @@ class RestartAfterRound(CoordinatorObserver):
         await rabbitmqctl("start_app")
         await rabbitmqctl("await_startup")
 
-    def round_committed(self, row: RoundHistory) -> None:
+    def version_committed(self, row: RoundHistory) -> None:
         if row.round == self.round and self.task is None:
             self.task = asyncio.create_task(self._restart())
 
@@ -56,7 +57,7 @@ async def test_a_broker_restart_mid_federation_loses_and_double_counts_nothing(
     )  # fmt: skip
     restart = RestartAfterRound(2)
     try:
-        result = await asyncio.wait_for(simulate(plan, SyntheticApp(params=1000), restart), 180)
+        result = await asyncio.wait_for(simulate(plan, SyntheticApp(params=1000), [restart]), 180)
         assert restart.task is not None and restart.task.done()
         restart.task.result()
         assert result.model_version == rounds

@@ -8,7 +8,8 @@ import numpy as np
 
 from fedq.apps.synthetic import SyntheticApp
 from fedq.coordinator.checkpoint import checkpoint_path, load_checkpoint
-from fedq.coordinator.service import Coordinator, CoordinatorConfig
+from fedq.coordinator.config import CoordinatorConfig
+from fedq.coordinator.service import Coordinator
 from fedq.messages.codec import encode_message
 from fedq.messages.schema import MESSAGE_TYPES, UpdateMeta
 from fedq.messages.topology import UPDATE_KEY, Topology
@@ -19,7 +20,7 @@ async def test_the_same_update_twice_in_a_round_is_folded_once_and_both_copies_a
 ):
     coordinator_transport, sender = transport_pair
     app = SyntheticApp(params=6)
-    config = CoordinatorConfig(federation, participants=2, rounds=1, state_dir=tmp_path)
+    config = CoordinatorConfig(federation=federation, participants=2, rounds=1, state_dir=tmp_path)
     topology = Topology(federation)
     await topology.declare_core(sender)
 

@@ -14,8 +14,9 @@ import pytest
 
 from fedq.apps.synthetic import SyntheticApp
 from fedq.coordinator.checkpoint import checkpoint_path, load_checkpoint
+from fedq.coordinator.config import CoordinatorConfig
 from fedq.coordinator.ledger import UpdateLedger
-from fedq.coordinator.service import CoordinatorConfig
+from fedq.coordinator.service import Coordinator
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.codec import encode_message
 from fedq.messages.schema import MESSAGE_TYPES, ModelMeta, UpdateMeta
@@ -108,9 +109,10 @@ async def test_garbage_wrong_shape_nan_and_poisoned_updates_go_to_the_dlq_with_t
 ):
     app = SyntheticApp(params=1000)
     topology = Topology(federation)
+    published = hostile_bodies(federation, app.initial_weights())
     async with AmqpTransport(BROKER_URL) as transport:
         await topology.declare_core(transport)
-        for reason, body in hostile_bodies(federation, app.initial_weights()).items():
+        for reason, body in published.items():
             await transport.publish(
                 topology.updates,
                 UPDATE_KEY,
@@ -137,7 +139,10 @@ async def test_garbage_wrong_shape_nan_and_poisoned_updates_go_to_the_dlq_with_t
             "bad-non_finite": "non_finite",
             "bad-norm_exceeded": "norm_exceeded",
         }
-        assert bytes(dead[0].body) in hostile_bodies(federation, app.initial_weights()).values()
+        # Body intact: each dead letter is byte for byte what was published under its id.
+        assert {d.message_id: bytes(d.body) for d in dead} == {
+            f"bad-{reason}": body for reason, body in published.items()
+        }
         # Exactly once: every update id is in one committed version, counted once.
         ledger = UpdateLedger(tmp_path / "ledger.sqlite")
         by_version = ledger.update_ids_by_version()
@@ -147,43 +152,58 @@ async def test_garbage_wrong_shape_nan_and_poisoned_updates_go_to_the_dlq_with_t
         await cleanup(federation, ["p0", "p1", "p2"])
 
 
-async def test_a_replayed_update_is_counted_as_duplicate_and_never_applied_twice(
+async def test_a_replayed_update_is_a_duplicate_and_other_bytes_under_its_id_conflict(
     tmp_path, federation
 ):
+    """After a coordinator restart, a committed update comes back: the very same bytes are
+    acked and counted as a duplicate, other bytes under its id are dead-lettered as
+    conflicting, and neither is applied again (the ledger keeps each body's digest)."""
     app = SyntheticApp(params=1000)
+    topology = Topology(federation)
+
+    def body(index: int, round_: int, update_id: str, value: float | None = None) -> bytes:
+        meta = UpdateMeta(
+            federation=federation, update_id=update_id, participant=f"p{index}", round=round_,
+            base_version=round_ - 1, num_examples=SyntheticApp.num_examples(index),
+        )  # fmt: skip
+        delta = SyntheticApp.delta_value(index) if value is None else value
+        return encode_message(
+            meta, {k: np.full_like(v, delta) for k, v in app.initial_weights().items()}
+        )
+
+    async def run(rounds: int, messages: list[tuple[str, bytes]]):
+        config = CoordinatorConfig(
+            federation=federation, participants=2, rounds=rounds, state_dir=tmp_path,
+            linger_seconds=0,
+        )  # fmt: skip
+        async with AmqpTransport(BROKER_URL) as sender, AmqpTransport(BROKER_URL) as own:
+            await topology.declare_core(sender)
+            for message_id, data in messages:
+                await sender.publish(
+                    topology.updates, UPDATE_KEY, data, message_id=message_id, mandatory=True
+                )
+            return await asyncio.wait_for(Coordinator(config, app, own).run(), 60)
+
+    first_round = [(f"r1-p{i}", body(i, 1, f"r1-p{i}")) for i in range(2)]
     try:
-        first = await simulate(plan(federation, tmp_path, rounds=1), app)
-        assert first.model_version == 1
-        db = sqlite3.connect(tmp_path / "ledger.sqlite")
-        [(committed_id,)] = db.execute("SELECT update_id FROM updates LIMIT 1").fetchall()
-        db.close()
-        replay = UpdateMeta(
-            federation=federation,
-            update_id=committed_id,
-            participant="p0",
-            round=2,
-            base_version=1,
-            num_examples=100,
-        )
-        body = encode_message(
-            replay, {k: np.ones_like(v) for k, v in app.initial_weights().items()}
-        )
-        async with AmqpTransport(BROKER_URL) as transport:
-            await Topology(federation).declare_core(transport)  # the simulation tidied up
-            await transport.publish(
-                Topology(federation).updates,
-                UPDATE_KEY,
-                body,
-                message_id=committed_id,
-                mandatory=True,
-            )
-        second = await simulate(plan(federation, tmp_path, rounds=2), app)  # resumes at round 2
+        first = await run(1, first_round)
+        assert first.model_version == 1 and first.duplicates == 0
+        replays = [first_round[0], ("r1-p1", body(1, 1, "r1-p1", value=5.0))]
+        second_round = [(f"r2-p{i}", body(i, 2, f"r2-p{i}")) for i in range(2)]
+        second = await run(2, replays + second_round)
         assert second.model_version == 2
         assert second.duplicates == 1
-        assert second.rejected_by_reason == {"duplicate": 1}
-        assert UpdateLedger(tmp_path / "ledger.sqlite").update_ids_by_version()[committed_id] == 1
+        assert second.rejected_by_reason == {"conflicting_duplicate": 1}
+        assert UpdateLedger(tmp_path / "ledger.sqlite").update_ids_by_version() == {
+            "r1-p0": 1, "r1-p1": 1, "r2-p0": 2, "r2-p1": 2,
+        }  # fmt: skip
+        [dead] = await drain(BROKER_URL, topology.rejected)
+        assert bytes(dead.body) == replays[1][1]
+        step = SyntheticApp.fedavg_step([0, 1])
+        for tensor in load_checkpoint(checkpoint_path(tmp_path / "models", 2)).values():
+            np.testing.assert_allclose(tensor, 2 * step, rtol=1e-6)
     finally:
-        await cleanup(federation, ["p0", "p1", "p2"])
+        await cleanup(federation, [])
 
 
 @pytest.mark.keras

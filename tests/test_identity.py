@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from fedq.apps.synthetic import SyntheticApp
-from fedq.coordinator.service import Coordinator, CoordinatorConfig
+from fedq.coordinator.config import CoordinatorConfig
+from fedq.coordinator.service import Coordinator
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.codec import encode_message
 from fedq.messages.memory import MemoryBroker, MemoryTransport
@@ -60,7 +61,7 @@ async def test_a_forged_update_is_rejected_and_the_real_participant_is_not(
     coordinator_t, impostor_t, participant_t = connections(kind, broker_user)
     app = SyntheticApp(params=10)
     config = CoordinatorConfig(
-        federation, participants=1, rounds=1, state_dir=tmp_path, verify_identity=True
+        federation=federation, participants=1, rounds=1, state_dir=tmp_path, verify_identity=True
     )
     topology = Topology(federation)
     async with coordinator_t, impostor_t, participant_t:

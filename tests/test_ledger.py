@@ -8,9 +8,15 @@ import numpy as np
 import pytest
 
 from fedq.apps.synthetic import SyntheticApp
-from fedq.coordinator.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
-from fedq.coordinator.ledger import UpdateLedger, UpdateRecord, VersionRecord
-from fedq.coordinator.service import CoordinatorConfig
+from fedq.coordinator.checkpoint import (
+    checkpoint_path,
+    load_checkpoint,
+    load_optimizer_state,
+    save_checkpoint,
+)
+from fedq.coordinator.config import CoordinatorConfig
+from fedq.coordinator.ledger import LedgerError, UpdateLedger
+from fedq.coordinator.records import UpdateRecord, VersionRecord
 from fedq.participant.worker import ParticipantConfig
 from fedq.simulation import SimulationPlan, simulate
 
@@ -20,7 +26,7 @@ def version(v: int) -> VersionRecord:
 
 
 def update(uid: str, participant: str = "p") -> UpdateRecord:
-    return UpdateRecord(uid, participant, 1, 0, 5, 5.0)
+    return UpdateRecord(uid, participant, 1, 0, 5, 5.0, digest=f"d-{uid}")
 
 
 def test_a_version_and_its_updates_commit_together(tmp_path):
@@ -46,15 +52,43 @@ def test_an_update_id_can_never_join_a_second_version(tmp_path):
 def test_rejections_are_counted_by_reason_and_shown_with_their_round(tmp_path):
     ledger = UpdateLedger(tmp_path / "ledger.sqlite")
     ledger.commit_version(version(1), [update("a")])
-    ledger.record_rejection("x", "slow", 1, "stale", "late")
-    ledger.record_rejection(None, None, None, "undecodable", "garbage")
+    ledger.record_rejection("x", "slow", 1, 0, 0, "stale", "late")
+    ledger.record_rejection(None, None, None, None, 1, "undecodable", "garbage")
     assert ledger.rejection_counts() == {"stale": 1, "undecodable": 1}
     assert ledger.history()[0].rejected == {"stale": 1}
+
+
+def test_a_committed_update_keeps_its_digest(tmp_path):
+    ledger = UpdateLedger(tmp_path / "ledger.sqlite")
+    ledger.commit_version(version(1), [update("a")])
+    assert ledger.digest_of("a") == "d-a" and ledger.digest_of("b") is None
+    [row] = ledger.updates_of(1)
+    assert (row.update_id, row.digest, row.staleness) == ("a", "d-a", 0)
+
+
+def test_a_ledger_of_the_old_schema_is_refused_with_what_to_do(tmp_path):
+    db = sqlite3.connect(tmp_path / "ledger.sqlite")
+    db.execute("CREATE TABLE versions (version INTEGER PRIMARY KEY, round INTEGER NOT NULL)")
+    db.commit()
+    db.close()
+    with pytest.raises(LedgerError, match="use a new --state-dir"):
+        UpdateLedger(tmp_path / "ledger.sqlite")
 
 
 def test_ledger_survives_reopening(tmp_path):
     UpdateLedger(tmp_path / "l.sqlite").commit_version(version(1), [update("a")])
     assert UpdateLedger(tmp_path / "l.sqlite").count_updates() == 1
+
+
+def test_a_checkpoint_carries_the_optimizer_state_whatever_the_tensor_names(tmp_path):
+    weights = {"w000:kernel/0": np.ones(2, np.float32)}
+    state = {"m.w000:kernel/0": np.full(2, 0.5, np.float32)}
+    path = save_checkpoint(tmp_path, 1, weights, state)
+    assert list(load_checkpoint(path)) == ["w000:kernel/0"]
+    restored = load_optimizer_state(path)
+    assert list(restored) == ["m.w000:kernel/0"]
+    np.testing.assert_array_equal(restored["m.w000:kernel/0"], [0.5, 0.5])
+    assert load_optimizer_state(save_checkpoint(tmp_path, 2, weights)) == {}
 
 
 def test_checkpoints_round_trip_in_model_order_and_leave_no_temp_files(tmp_path):
@@ -73,7 +107,7 @@ async def test_a_checkpoint_the_ledger_never_committed_is_redone_not_trusted(tmp
 
     def plan(rounds: int) -> SimulationPlan:
         return SimulationPlan(
-            CoordinatorConfig("f", participants=2, rounds=rounds, state_dir=tmp_path),
+            CoordinatorConfig(federation="f", participants=2, rounds=rounds, state_dir=tmp_path),
             ParticipantConfig("f", "p"),
         )
 

@@ -10,7 +10,7 @@ import pytest
 
 from fedq.apps.synthetic import SyntheticApp
 from fedq.coordinator.checkpoint import checkpoint_path, load_checkpoint
-from fedq.coordinator.service import CoordinatorConfig
+from fedq.coordinator.config import CoordinatorConfig
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.topology import Topology, UpdatesQueueType
 from fedq.messages.transport import TransportError

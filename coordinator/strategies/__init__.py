@@ -74,11 +74,11 @@ def _build(
 
 
 def build_aggregator(spec: str, options: Mapping[str, Any] | None = None) -> Aggregator:
-    return _build("aggregator", spec, AGGREGATORS, Aggregator, options or {})
+    return _build("aggregator", spec, AGGREGATORS, Aggregator, options or {})  # type: ignore[type-abstract]
 
 
 def build_optimizer(spec: str, options: Mapping[str, Any] | None = None) -> ServerOptimizer:
-    return _build("server optimizer", spec, OPTIMIZERS, ServerOptimizer, options or {})
+    return _build("server optimizer", spec, OPTIMIZERS, ServerOptimizer, options or {})  # type: ignore[type-abstract]
 
 
 __all__ = [

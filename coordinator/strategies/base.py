@@ -99,7 +99,7 @@ class ServerOptimizer(abc.ABC):
         """The new model; ``weights`` is left untouched (it is the committed version)."""
 
     def state(self) -> State:
-        """Arrays to save with the checkpoint (names without '/'), empty if stateless."""
+        """Arrays to save with the checkpoint by name (any string), empty if stateless."""
         return {}
 
     def load_state(self, state: Mapping[str, np.ndarray]) -> None:  # noqa: B027

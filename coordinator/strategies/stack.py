@@ -52,6 +52,7 @@ class DeltaStack:
         if context.capacity * self.size * 4 <= context.memory_budget:
             self._matrix: np.ndarray = np.empty(shape, dtype=np.float32)
             return
+        context.spill_dir.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix="deltas-", suffix=".f32", dir=context.spill_dir)
         os.close(fd)
         self.spill_path = Path(name)

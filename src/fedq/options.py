@@ -56,10 +56,10 @@ def cli_fields() -> dict[str, FieldInfo]:
     }
 
 
-def _option(name: str, info: FieldInfo, default_shown: Any) -> tuple[Any, Any]:
-    """(annotation, typer.Option) of one field's flag; the default is always None, meaning
-    "not given", so a config file can fill it."""
-    kind = info.annotation
+def _option(name: str, info: FieldInfo, default_shown: Any) -> Any:
+    """The annotation of one field's flag: its type and its typer.Option. The default is
+    always None, meaning "not given", so a config file can fill it."""
+    kind: Any = info.annotation
     optional = typing.get_origin(kind) in (typing.Union, types.UnionType)
     if optional:
         kind = next(a for a in typing.get_args(kind) if a is not type(None))
@@ -71,14 +71,14 @@ def _option(name: str, info: FieldInfo, default_shown: Any) -> tuple[Any, Any]:
     if default_shown not in (None, {}, "") and not help_text.endswith(")"):
         help_text += f" (default: {default_shown})"
     if typing.get_origin(kind) is Literal:  # typer shows an Enum's values as the choices
-        kind = enum.StrEnum(name, {str(a): str(a) for a in typing.get_args(kind)})
+        kind = enum.StrEnum(name, {str(a): str(a) for a in typing.get_args(kind)})  # type: ignore[misc,no-redef]
     elif typing.get_origin(kind) is dict:
         kind = list[str]
         help_text += " Repeat for several."
     elif kind is bool:
         names = [f"{names[0]}/--no-{names[0][2:]}"]
     option = typer.Option(*names, help=help_text, show_default=False)
-    return Annotated[kind | None, option], None
+    return Annotated[typing.Optional[kind], option]  # noqa: UP045 - kind is a runtime value
 
 
 def with_coordinator_options(command: F) -> F:
@@ -93,7 +93,7 @@ def with_coordinator_options(command: F) -> F:
     generated = []
     for name, info in cli_fields().items():
         default = None if info.is_required() else info.get_default(call_default_factory=True)
-        annotation, _ = _option(name, info, default)
+        annotation = _option(name, info, default)
         generated.append(
             inspect.Parameter(
                 name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation

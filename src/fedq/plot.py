@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from fedq.coordinator.ledger import RoundHistory
+from fedq.coordinator.records import RoundHistory
 
 
 class PlotUnavailable(RuntimeError):

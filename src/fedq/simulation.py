@@ -10,12 +10,9 @@ import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from fedq.coordinator.service import (
-    Coordinator,
-    CoordinatorConfig,
-    CoordinatorObserver,
-    FederationResult,
-)
+from fedq.coordinator.config import CoordinatorConfig
+from fedq.coordinator.observers import CoordinatorObserver
+from fedq.coordinator.service import Coordinator, FederationResult
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.memory import MemoryBroker, MemoryTransport
 from fedq.messages.transport import Transport
