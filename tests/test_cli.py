@@ -151,3 +151,54 @@ def test_every_help_text_renders_whole_sentences(command):
     # " ." is a sentence whose end was swallowed, or an empty one; "..." is an ellipsis.
     stray = [line.strip() for line in text.splitlines() if re.search(r"\s\.(?!\.\.)", line)]
     assert not stray
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (
+            ["-n", "4", "--quorum", "9"],
+            "need 1 <= --min-quorum (9) <= --quorum (9) <= --participants (4)",
+        ),
+        (["--aggregator", "geomedian"], "aggregator 'geomedian': choose one of mean"),
+        (["-n", "4", "--aggregator", "krum"], "krum"),
+        (
+            ["--aggregator-option", "trim_fraction"],
+            "--aggregator-option 'trim_fraction': expected KEY=VALUE",
+        ),
+        (["--aggregator", "median", "--aggregator-option", "clip_norm=1"], "clip_norm"),
+        (["--mode", "sync", "--quorum", "2"], "sync mode takes every participant"),
+        (["--round-timeout", "0"], "--round-timeout: Input should be greater than 0"),
+        (["--config", "/nonexistent/fedq.toml"], "--config /nonexistent/fedq.toml: cannot read it"),
+        (["--dp-clip", "1", "--aggregator", "median"], "--dp-clip replaces the aggregator"),
+    ],
+)
+def test_a_bad_coordinator_setting_is_one_line_naming_it(tmp_path, flags, says):
+    result = run_fedq(
+        "simulate", "--app", "fedq.apps.synthetic:app", *flags, "--state-dir", str(tmp_path)
+    )
+    assert says in one_line_error(result)
+
+
+def test_settings_come_from_a_config_file_and_flags_win(tmp_path):
+    config = tmp_path / "fedq.toml"
+    config.write_text(
+        'mode = "async"\nquorum = 2\nparticipants = 3\nrounds = 9\nserver-optimizer = "fedavgm"\n'
+        "[optimizer_options]\nmomentum = 0.5\n"
+    )
+    report = tmp_path / "report.json"
+    result = run_fedq(
+        "simulate", "--app", "fedq.apps.synthetic:app", "--config", str(config),
+        "--rounds", "2", "--state-dir", str(tmp_path), "--report", str(report),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    data = json.loads(report.read_text())
+    assert data["mode"] == "async" and data["model_version"] == 2
+    assert all(row["n_updates"] == 2 and row["round"] is None for row in data["history"])
+
+
+def test_an_unknown_config_file_setting_is_named(tmp_path):
+    config = tmp_path / "fedq.toml"
+    config.write_text("quorom = 2\n")
+    result = run_fedq("simulate", "--app", "fedq.apps.synthetic:app", "--config", str(config))
+    assert "--config: unknown setting 'quorom'" in one_line_error(result)

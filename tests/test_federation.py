@@ -337,13 +337,14 @@ def test_sigterm_on_a_participant_leaves_its_model_on_the_broker(tmp_path, feder
         asyncio.run(cleanup(federation, ["p0"]))
 
 
-def test_a_killed_coordinator_restarts_without_losing_or_double_counting_an_update(
-    tmp_path, federation
-):
-    """kill -9 the coordinator after round 1; a new one resumes from the ledger and the
-    broker's redeliveries, and the final model is exactly four FedAvg steps."""
+def kill_and_restart_the_coordinator(
+    tmp_path: Path, federation: str, *strategy: str
+) -> dict[str, np.ndarray]:
+    """kill -9 the coordinator of a 2-participant, 4-version federation once it committed
+    a version; a new one resumes from the ledger and the broker's redeliveries. Checks that
+    nothing was lost or counted twice; returns the final model."""
     where = ["--federation", federation, "--broker", BROKER_URL]
-    shape = ["--participants", "2", "--rounds", "4", "--state-dir", str(tmp_path)]
+    shape = ["--participants", "2", "--rounds", "4", "--state-dir", str(tmp_path), *strategy]
     app = ["--app", "fedq.apps.synthetic:app"]
     ledger = tmp_path / federation / "ledger.sqlite"
 
@@ -386,12 +387,41 @@ def test_a_killed_coordinator_restarts_without_losing_or_double_counting_an_upda
         data = read_report(report)
         assert data["rounds_completed"] == 4 and data["updates_incorporated"] == 8
         assert [sorted(h["participants"]) for h in data["history"]] == [["p0", "p1"]] * 4
-        step = SyntheticApp.fedavg_step([0, 1])
-        model = load_checkpoint(checkpoint_path(tmp_path / federation / "models", 4))
-        for tensor in model.values():
-            np.testing.assert_allclose(tensor, 4 * step, rtol=1e-5)
+        return load_checkpoint(checkpoint_path(tmp_path / federation / "models", 4))
     finally:
         for process in (first, second, *participants):
             if process is not None and process.poll() is None:
                 process.kill()
         asyncio.run(cleanup(federation, ["p0", "p1"]))
+
+
+def test_a_killed_coordinator_restarts_without_losing_or_double_counting_an_update(
+    tmp_path, federation
+):
+    """The final model is exactly four FedAvg steps."""
+    model = kill_and_restart_the_coordinator(tmp_path, federation)
+    step = SyntheticApp.fedavg_step([0, 1])
+    for tensor in model.values():
+        np.testing.assert_allclose(tensor, 4 * step, rtol=1e-5)
+
+
+def test_a_killed_coordinator_under_fedadam_ends_with_the_model_of_an_uninterrupted_run(
+    tmp_path, federation
+):
+    """FedAdam's moments are saved with each checkpoint: the restarted coordinator goes on
+    from them, so its last model is bit for bit the one of a run that was never killed."""
+    fedadam = ["--server-optimizer", "fedadam", "--server-lr", "0.1"]
+    killed = kill_and_restart_the_coordinator(tmp_path, federation, *fedadam)
+    reference = SimulationPlan(
+        coordinator=CoordinatorConfig(
+            federation="reference", participants=2, rounds=4, state_dir=tmp_path / "reference",
+            server_optimizer="fedadam", server_lr=0.1,
+        ),
+        participant=ParticipantConfig(federation="reference", participant_id="p"),
+    )  # fmt: skip
+    asyncio.run(simulate(reference, SyntheticApp()))
+    uninterrupted = load_checkpoint(checkpoint_path(tmp_path / "reference" / "models", 4))
+    fedavg = 4 * SyntheticApp.fedavg_step([0, 1])
+    for name, tensor in uninterrupted.items():
+        assert not np.allclose(tensor, fedavg)  # FedAdam really took other steps
+        np.testing.assert_array_equal(killed[name], tensor)
