@@ -57,6 +57,34 @@ def test_decoded_tensors_are_views_into_the_body():
     assert not array.flags.writeable
 
 
+@given(
+    st.dictionaries(st.text(min_size=1, max_size=20), float_arrays, min_size=1, max_size=6),
+    st.text(max_size=30),
+)
+def test_every_tensor_starts_16_bytes_aligned_from_the_body_start(tensors, participant_name):
+    meta = UpdateMeta(
+        federation="f", participant="p" + "x" * len(participant_name), round=1,
+        base_version=0, num_examples=1, metrics={participant_name: 1.0},
+    )  # fmt: skip
+    body = encode_message(meta, tensors)
+    start = np.frombuffer(body, dtype=np.uint8).__array_interface__["data"][0]
+    for tensor in decode_message(body).tensors:
+        if tensor.array.size:
+            assert (tensor.array.__array_interface__["data"][0] - start) % 16 == 0
+            assert tensor.array.flags.aligned
+
+
+def test_a_tensor_without_pad_still_decodes():
+    plain = msgpack.packb(
+        {**META.model_dump(mode="json"), "tensors": [
+            {"name": "w", "dtype": "float32", "shape": [2], "codec": "raw",
+             "data": np.ones(2, np.float32).tobytes()},
+        ]},
+        use_bin_type=True,
+    )  # fmt: skip
+    np.testing.assert_array_equal(decode_message(plain).weights()["w"], [1, 1])
+
+
 def test_body_is_plain_msgpack_that_any_client_reads():
     body = encode_message(META, {"w": np.arange(3, dtype=np.float32)})
     plain = msgpack.unpackb(body)

@@ -3,7 +3,9 @@
 Each coordinate of the result is the median of that coordinate over the version's
 (staleness-scaled) deltas; example counts are ignored, as in the standard rule, so one
 participant cannot buy influence by claiming many examples. With an even count the median
-is the mean of the two middle values. It holds every delta (:class:`DeltaStack`).
+is the mean of the two middle values: the trimmed mean that keeps only the middle, which
+is how it is computed (a sort along the updates is ~3x faster than ``np.median`` here,
+bench/aggregate.py). It holds every delta (:class:`DeltaStack`).
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ import numpy as np
 
 from fedq.coordinator.strategies.base import AggregationContext, Aggregator
 from fedq.coordinator.strategies.stack import DeltaStack, StackedAggregation
+from fedq.coordinator.strategies.trimmed_mean import trimmed_mean_of_columns
 
 
 class _MedianAggregation(StackedAggregation):
     def combine(self, stack: DeltaStack) -> np.ndarray:
-        return stack.reduce_columns(lambda slab: np.median(slab, axis=0))
+        cut = (stack.count - 1) // 2  # leaves the middle value, or the middle two
+        return stack.reduce_columns(lambda slab: trimmed_mean_of_columns(slab, cut))
 
 
 class CoordinateMedian(Aggregator):
