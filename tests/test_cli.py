@@ -160,7 +160,7 @@ def test_every_help_text_renders_whole_sentences(command):
             ["-n", "4", "--quorum", "9"],
             "need 1 <= --min-quorum (9) <= --quorum (9) <= --participants (4)",
         ),
-        (["--aggregator", "geomedian"], "aggregator 'geomedian': choose one of mean"),
+        (["--aggregator", "geomedian"], "aggregator 'geomedian': choose one of clipped_mean, krum"),
         (["-n", "4", "--aggregator", "krum"], "krum"),
         (
             ["--aggregator-option", "trim_fraction"],

@@ -1,8 +1,9 @@
 """Aggregators and server optimizers, by name or as a user's ``package.module:attr``.
 
-A new built-in is one file in this folder plus one line in the tables below; a user's own
-plugs in without either: ``--aggregator mypkg.robust:GeometricMedian`` names a class (or
-any callable) that takes the options as keyword arguments and returns an
+A new built-in is one file in this folder: a subclass of Aggregator or ServerOptimizer
+with a ``name`` is found by that name. A user's own needs no file here:
+``--aggregator mypkg.robust:GeometricMedian`` names a class (or any callable) that takes
+the options as keyword arguments and returns an
 :class:`~fedq.coordinator.strategies.base.Aggregator`.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import pkgutil
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -21,41 +23,45 @@ from fedq.coordinator.strategies.base import (
     StrategyError,
 )
 
-_P = "fedq.coordinator.strategies"
-
-#: name -> where its class lives (imported only when chosen).
-AGGREGATORS: dict[str, str] = {
-    "mean": f"{_P}.mean:WeightedMean",
-    "clipped_mean": f"{_P}.clipped_mean:NormClippedMean",
-    "median": f"{_P}.median:CoordinateMedian",
-    "trimmed_mean": f"{_P}.trimmed_mean:TrimmedMean",
-    "krum": f"{_P}.krum:Krum",
-}
-OPTIMIZERS: dict[str, str] = {
-    "fedavg": f"{_P}.fedavg:FedAvg",
-    "fedavgm": f"{_P}.fedavgm:FedAvgM",
-    "fedadam": f"{_P}.fedadam:FedAdam",
-    "fedyogi": f"{_P}.fedyogi:FedYogi",
-    "fedadagrad": f"{_P}.fedadagrad:FedAdagrad",
-}
-
 T = TypeVar("T")
 
 
+def _named(base: type[T]) -> dict[str, type[T]]:
+    """Every subclass of ``base`` in this folder that has a name, by name."""
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+    found: dict[str, type[T]] = {}
+    todo = list(base.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        todo += cls.__subclasses__()
+        name = getattr(cls, "name", "")
+        if name and getattr(cls, "by_name", True) and not inspect.isabstract(cls):
+            found[name] = cls
+    return dict(sorted(found.items()))
+
+
+#: name -> class: every aggregator and server optimizer defined in this folder.
+AGGREGATORS: dict[str, type[Aggregator]] = _named(Aggregator)  # type: ignore[type-abstract]
+OPTIMIZERS: dict[str, type[ServerOptimizer]] = _named(ServerOptimizer)  # type: ignore[type-abstract]
+
+
 def _build(
-    kind: str, spec: str, table: Mapping[str, str], base: type[T], options: Mapping[str, Any]
+    kind: str, spec: str, table: Mapping[str, type[T]], base: type[T], options: Mapping[str, Any]
 ) -> T:
-    target = table.get(spec, spec)
-    module_name, sep, attr = target.partition(":")
-    if not sep or not module_name or not attr:
+    module_name, sep, attr = spec.partition(":")
+    if spec in table:
+        factory: Any = table[spec]
+    elif not sep or not module_name or not attr:
         raise StrategyError(
             f"{kind} {spec!r}: choose one of {', '.join(table)} or name your own as "
             "package.module:attr"
         )
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise StrategyError(f"{kind} {spec!r} cannot be imported: {exc}") from None
+    else:
+        try:
+            factory = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise StrategyError(f"{kind} {spec!r} cannot be imported: {exc}") from None
     try:
         inspect.signature(factory).bind(**options)
     except TypeError as exc:

@@ -80,6 +80,8 @@ class Aggregator(abc.ABC):
     name: str = ""
     #: True when every delta of a version must be kept until ``result`` (K x P memory).
     holds_updates: bool = False
+    #: Offered as ``--aggregator <name>``.
+    by_name: bool = True
 
     @abc.abstractmethod
     def start(self, context: AggregationContext) -> Aggregation: ...
