@@ -38,6 +38,8 @@ if [[ ! -x "$venv/bin/python" ]]; then
     "$python" -m venv "$venv"
 fi
 vpython=$(cd "$venv/bin" && pwd)/python
+# pip's cache too stays in the environment: set-up writes nothing outside it (and apt's).
+export PIP_CACHE_DIR=${PIP_CACHE_DIR:-$(dirname "$(dirname "$vpython")")/.cache/pip}
 
 if $dev; then
     apt_install dataset-fashion-mnist

@@ -6,8 +6,11 @@ import json
 import re
 import subprocess
 
+import numpy as np
 import pytest
 
+from fedq.apps.synthetic import SyntheticApp
+from fedq.coordinator.checkpoint import checkpoint_path, load_checkpoint
 from tests.conftest import BROKER_URL
 from tests.helpers import FEDQ, fedq_env, run_fedq
 
@@ -202,3 +205,16 @@ def test_an_unknown_config_file_setting_is_named(tmp_path):
     config.write_text("quorom = 2\n")
     result = run_fedq("simulate", "--app", "fedq.apps.synthetic:app", "--config", str(config))
     assert "--config: unknown setting 'quorom'" in one_line_error(result)
+
+
+def test_a_users_own_aggregator_plugs_in_by_its_path(tmp_path):
+    report = tmp_path / "report.json"
+    result = run_fedq(
+        "simulate", "--app", "fedq.apps.synthetic:app", "-n", "3", "--rounds", "1",
+        "--aggregator", "tests.user_strategy:LargestUpdate", "--aggregator-option", "factor=2",
+        "--state-dir", str(tmp_path), "--report", str(report), "--federation", "mine",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    model = load_checkpoint(checkpoint_path(tmp_path / "mine" / "models", 1))
+    for tensor in model.values():  # p2 has the most examples: its delta alone, doubled
+        np.testing.assert_allclose(tensor, 2 * SyntheticApp.delta_value(2))
