@@ -11,6 +11,7 @@ import pytest
 from fedq.apps.synthetic import SyntheticApp
 from fedq.coordinator.checkpoint import checkpoint_path, load_checkpoint
 from fedq.coordinator.config import CoordinatorConfig
+from fedq.coordinator.ledger import UpdateLedger
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.topology import Topology, UpdatesQueueType
 from fedq.messages.transport import TransportError
@@ -85,6 +86,45 @@ async def test_a_deadline_closes_the_round_with_min_quorum_and_the_late_update_i
         model = load_checkpoint(tmp_path / "models" / "model-v000002.npz")
         expected = 2 * SyntheticApp.fedavg_step([0, 1])
         for tensor in model.values():
+            np.testing.assert_allclose(tensor, expected, rtol=1e-5)
+    finally:
+        await teardown(federation, 3)
+
+
+async def test_with_late_updates_folded_a_straggler_counts_in_the_next_round_at_s_tau(
+    tmp_path: Path, federation: str
+):
+    """p2 takes 3 s a round, the deadline is 2 s: its update for round r arrives while
+    round r + 1 is open and is folded there, tau = 1, weight n x 2^-0.5."""
+    plan = on_rabbitmq(
+        federation,
+        tmp_path,
+        stragglers=(Straggler(2, delay_seconds=3.0),),
+        participants=3,
+        rounds=3,
+        quorum=3,
+        min_quorum=2,
+        round_timeout=2.0,
+        late_updates="fold",
+        linger_seconds=30,
+    )
+    try:
+        await simulate(plan, SyntheticApp(params=1000))
+        ledger = UpdateLedger(tmp_path / "ledger.sqlite")
+        expected = 0.0
+        late = []
+        for version in (1, 2, 3):
+            updates = ledger.updates_of(version)
+            for u in updates:
+                tau = version - 1 - u.base_version
+                assert u.staleness == tau
+                assert u.weight == pytest.approx(u.num_examples * (1 + tau) ** -0.5, rel=1e-12)
+                late += [u] if tau else []
+            expected += sum(
+                u.weight * SyntheticApp.delta_value(int(u.participant[1:])) for u in updates
+            ) / sum(u.num_examples for u in updates)
+        assert late and all(u.participant == "p2" and u.staleness == 1 for u in late)
+        for tensor in load_checkpoint(checkpoint_path(tmp_path / "models", 3)).values():
             np.testing.assert_allclose(tensor, expected, rtol=1e-5)
     finally:
         await teardown(federation, 3)
