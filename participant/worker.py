@@ -29,6 +29,7 @@ from fedq.messages.schema import MESSAGE_TYPES, Heartbeat, Join, Leave, ModelMet
 from fedq.messages.topology import UPDATE_KEY, Topology, participant_key
 from fedq.messages.transport import Delivery, Transport, TransportError
 from fedq.participant.app import App, AppError, Partition, TrainConfig
+from fedq.participant.attacks import parse_attack
 
 log = logging.getLogger("fedq.participant")
 
@@ -46,6 +47,9 @@ class ParticipantConfig:
     #: plus ``delay_seconds``, each round.
     slowdown: float = 1.0
     delay_seconds: float = 0.0
+    #: Experiments only: makes this participant malicious. An attack spec (see
+    #: :mod:`fedq.participant.attacks`, e.g. ``scale:-10``) applied to every delta it sends.
+    attack: str | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,7 @@ class Participant:
         self.topology = Topology(config.federation)
         self.stats = ParticipantStats(config.participant_id)
         self._round = 0
+        self._attack = None if config.attack is None else parse_attack(config.attack)
 
     async def run(self) -> ParticipantStats:
         pid = self.config.participant_id
@@ -199,6 +204,8 @@ class Participant:
 
     def _encode_delta(self, update: UpdateMeta, local: Weights, global_: Weights) -> bytes:
         delta = {name: np.subtract(local[name], w, dtype=w.dtype) for name, w in global_.items()}
+        if self._attack is not None:
+            delta = self._attack.apply(delta)
         return encode_message(update, delta, self.config.codec)
 
     async def _control(self, kind: str, message: Join | Heartbeat | Leave) -> None:

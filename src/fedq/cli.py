@@ -35,6 +35,7 @@ from fedq.messages.codecs import CODECS
 from fedq.messages.transport import TransportError
 from fedq.options import OptionsError, build_config, with_coordinator_options
 from fedq.participant.app import AppError, Partition, TrainConfig, load_app
+from fedq.participant.attacks import parse_attack
 from fedq.participant.worker import ParticipantConfig
 from fedq.plot import PlotUnavailable, plot_history
 from fedq.settings import settings
@@ -127,6 +128,33 @@ def parse_stragglers(slow: list[str], delay: list[str], n: int) -> tuple[Straggl
     return tuple(found.values())
 
 
+def check_attack(flag: str, spec: str) -> str:
+    try:
+        parse_attack(spec)
+    except ValueError as exc:
+        raise fail(f"{flag}: {exc}") from None
+    return spec
+
+
+def parse_malicious(values: list[str], n: int) -> tuple[tuple[int, str], ...]:
+    """``--malicious INDEX:ATTACK`` into (index, attack spec) pairs, one per index."""
+    found: dict[int, str] = {}
+    for value in values:
+        index, _, spec = value.partition(":")
+        try:
+            i = int(index)
+        except ValueError:
+            raise fail(
+                f"--malicious {value!r}: expected INDEX:ATTACK, e.g. 0:scale:-10 or 1:sign_flip"
+            ) from None
+        if not 0 <= i < n:
+            raise fail(f"--malicious {value!r}: need 0 <= INDEX < {n}")
+        if i in found:
+            raise fail(f"--malicious {value!r}: participant {i} already has an attack")
+        found[i] = check_attack(f"--malicious {value!r}", spec)
+    return tuple(sorted(found.items()))
+
+
 def write_report(path: Path | None, result: FederationResult, **extra: Any) -> None:
     if path is None:
         return
@@ -175,6 +203,14 @@ def simulate_command(
         list[str] | None,
         typer.Option("--delay", help="Add SECONDS to each round of participant INDEX, e.g. 3:5."),
     ] = None,
+    malicious: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--malicious",
+            help="Make participant INDEX send poisoned updates (experiments): INDEX:ATTACK, "
+            "ATTACK scale:FACTOR or sign_flip, e.g. 0:scale:-10.",
+        ),
+    ] = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Run a coordinator and N participants on this machine (embedded broker by default).
@@ -191,6 +227,7 @@ def simulate_command(
         participant=ParticipantConfig(federation=name, participant_id="p", codec=config.codec),
         broker_url=broker,
         stragglers=parse_stragglers(slow or [], delay or [], config.participants),
+        malicious=parse_malicious(malicious or [], config.participants),
     )
     application = load(app_spec)
     where = f"RabbitMQ at {redact(broker)}" if broker else "the embedded broker"
@@ -198,6 +235,9 @@ def simulate_command(
         f"federation {name}: {config.participants} participants, {config.rounds} versions "
         f"({config.mode} mode) on {where}"
     )
+    if plan.malicious:
+        named = ", ".join(f"p{i} {spec}" for i, spec in plan.malicious)
+        console.print(f"malicious (experiment): {named}")
     with RoundProgress(config.rounds, config.k) as progress:
         result = run(simulate(plan, application, [progress]))
     print_summary(result)
@@ -269,6 +309,14 @@ def participant_command(
     delay: Annotated[
         float, typer.Option("--delay", min=0.0, help="Add this many seconds to each round.")
     ] = 0.0,
+    attack: Annotated[
+        str | None,
+        typer.Option(
+            "--attack",
+            help="Send poisoned updates (experiments): scale:FACTOR or sign_flip; "
+            "with --count, every virtual participant does.",
+        ),
+    ] = None,
     broker: BrokerOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -283,6 +331,8 @@ def participant_command(
         ) from None
     if first.index + count > first.count:
         raise fail(f"--count {count} from partition {first.index} exceeds {first.count} partitions")
+    if attack is not None:
+        check_attack("--attack", attack)
     application = load(app_spec)
     base = getattr(application, "train_config", None) or TrainConfig()
     train = TrainConfig(epochs=epochs or base.epochs, batch_size=batch_size or base.batch_size)
@@ -295,6 +345,7 @@ def participant_command(
             codec=check_codec(codec),
             slowdown=slowdown,
             delay_seconds=delay,
+            attack=attack,
         )
         for i in range(count)
     ]

@@ -40,11 +40,16 @@ class SimulationPlan:
     participant: ParticipantConfig  # template: id and partition are set per participant
     broker_url: str | None = None
     stragglers: tuple[Straggler, ...] = ()
+    #: Experiments only: (index, attack spec) of the malicious participants, e.g.
+    #: ``((0, "scale:-10"), (1, "sign_flip"))`` (see :mod:`fedq.participant.attacks`);
+    #: every other participant is honest, whatever the template's ``attack``.
+    malicious: tuple[tuple[int, str], ...] = ()
 
 
 def participant_configs(plan: SimulationPlan, prefix: str = "p") -> list[ParticipantConfig]:
     n = plan.coordinator.participants
     slow = {s.index: s for s in plan.stragglers}
+    attacks = dict(plan.malicious)
     configs = []
     for i in range(n):
         straggler = slow.get(i, Straggler(i))
@@ -55,6 +60,7 @@ def participant_configs(plan: SimulationPlan, prefix: str = "p") -> list[Partici
                 partition=Partition(i, n),
                 slowdown=straggler.slowdown,
                 delay_seconds=straggler.delay_seconds,
+                attack=attacks.get(i),
             )
         )
     return configs
