@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from timing import median_seconds
 
 from fedq.coordinator.intake import (
     Admitted,
@@ -70,14 +71,6 @@ NUM_EXAMPLES = 100
 
 
 # --------------------------------------------------------------------------------- timing
-def median_seconds(fn: Callable[[], object], repeat: int) -> float:
-    fn()  # warm up
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def median_pair(run: Callable[[], tuple[float, float]], repeat: int) -> tuple[float, float]:

@@ -44,6 +44,7 @@ from pathlib import Path
 import aio_pika
 import numpy as np
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractRobustConnection
+from timing import median_seconds
 
 from fedq.apps.synthetic import SyntheticApp
 from fedq.coordinator.checkpoint import save_checkpoint
@@ -426,16 +427,6 @@ class CpuParts:
             + self.checkpoint
             + self.model_encode
         )
-
-
-def median_seconds(fn: Callable[[], object], repeat: int) -> float:
-    fn()  # warm up
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def update_meta(participant: str = "p0", num_examples: int = 100) -> UpdateMeta:
