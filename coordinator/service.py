@@ -132,6 +132,16 @@ class Coordinator:
                 max_bytes=self.config.max_update_bytes,
                 max_norm=self.config.max_update_norm,
             )
+            if self.strategy.aggregator.holds_updates:
+                held_bytes = self.config.k * sum(w.nbytes for w in weights.values())
+                log.info(
+                    "aggregator %s keeps all %d deltas of a version: %.1f MB, in RAM up to "
+                    "--robust-memory-mb %.0f, beyond it in a file",
+                    self.config.aggregator,
+                    self.config.k,
+                    held_bytes / 1e6,
+                    self.config.robust_memory_mb,
+                )
             control = asyncio.create_task(self._serve_control(), name="fedq-control")
             try:
                 # At most K deliveries are held (bodies released) until the commit acks
