@@ -47,6 +47,8 @@ class OpenVersion:
     opened: float = field(default_factory=time.monotonic)
     extensions: int = 0
     records: list[UpdateRecord] = field(default_factory=list)
+    #: Deliveries settled without being folded (refused or duplicate) while it was open.
+    refused: int = 0
 
     def __post_init__(self) -> None:
         assert 1 <= self.min_quorum <= self.quorum, "need 1 <= min_quorum <= quorum"

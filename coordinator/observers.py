@@ -27,6 +27,22 @@ class UpdateSeen:
     reason: str | None = None
     base_version: int | None = None
     staleness: int | None = None
+    #: Bytes of the message body as received.
+    size: int = 0
+
+
+@dataclass(frozen=True)
+class CommitTimings:
+    """Where a commit's time went, in seconds."""
+
+    version: int
+    #: The aggregation's result and the server optimizer's step.
+    aggregate: float
+    evaluate: float
+    #: Writing the checkpoint (model and optimizer state, fsynced).
+    checkpoint: float
+    #: The ledger's transaction.
+    ledger: float
 
 
 class CoordinatorObserver:
@@ -39,6 +55,9 @@ class CoordinatorObserver:
 
     def version_committed(self, row: RoundHistory) -> None:
         """A new model version is committed and published."""
+
+    def commit_timed(self, timings: CommitTimings) -> None:
+        """How long the parts of the last commit took."""
 
     def participants_alive(self, alive: int) -> None:
         """How many participants joined or beat within the liveness window and did not leave."""
@@ -65,6 +84,9 @@ class Observers(CoordinatorObserver):
 
     def version_committed(self, row: RoundHistory) -> None:
         self._each("version_committed", row)
+
+    def commit_timed(self, timings: CommitTimings) -> None:
+        self._each("commit_timed", timings)
 
     def participants_alive(self, alive: int) -> None:
         self._each("participants_alive", alive)

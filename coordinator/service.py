@@ -46,7 +46,7 @@ from fedq.coordinator.intake import (
 )
 from fedq.coordinator.ledger import UpdateLedger
 from fedq.coordinator.modes import CloseReason, OpenVersion, make_mode, refuse_after_last
-from fedq.coordinator.observers import CoordinatorObserver, Observers, UpdateSeen
+from fedq.coordinator.observers import CommitTimings, CoordinatorObserver, Observers, UpdateSeen
 from fedq.coordinator.records import RoundHistory, UpdateRecord, VersionRecord
 from fedq.coordinator.strategies import Aggregation, AggregationContext
 from fedq.coordinator.strategy import compose_strategy
@@ -63,8 +63,15 @@ from fedq.messages.schema import (
     RoundClosed,
     RoundOpen,
     UpdateMeta,
+    VersionProgress,
 )
-from fedq.messages.topology import FEDERATION_DONE, ROUND_CLOSED, ROUND_OPEN, Topology
+from fedq.messages.topology import (
+    FEDERATION_DONE,
+    ROUND_CLOSED,
+    ROUND_OPEN,
+    VERSION_PROGRESS,
+    Topology,
+)
 from fedq.messages.transport import Delivery, Transport, TransportError
 
 log = logging.getLogger("fedq.coordinator")
@@ -108,6 +115,7 @@ class Coordinator:
         self.last_seen: dict[str, float] = {}
         self._model_body = b""
         self._model_version: int | None = None
+        self._progress_sent = 0.0
 
     def _dp_seed(self) -> int:
         """The secret seed of differential privacy's noise, kept with the ledger so that a
@@ -237,6 +245,29 @@ class Coordinator:
             )
         await self._publish_model(self.topology.models, "")
         self.observers.version_opened(open_.version, open_.round)
+        await self._publish_progress(open_, force=True)
+
+    async def _publish_progress(self, open_: OpenVersion, *, force: bool) -> None:
+        """``version.progress`` for whoever watches: at once when forced (a version opened,
+        an update was folded), else at most once a second, so a flood costs no more."""
+        now = time.monotonic()
+        if not force and now - self._progress_sent < 1.0:
+            return
+        self._progress_sent = now
+        await self._publish_control(
+            VERSION_PROGRESS,
+            VersionProgress(
+                federation=self.config.federation,
+                mode=self.config.mode,
+                version=open_.version,
+                round=open_.round,
+                accepted=len(open_.records),
+                quorum=open_.quorum,
+                refused=open_.refused,
+                seconds_left=max(0.0, open_.seconds_left(now)),
+                rounds_total=self.config.rounds,
+            ),
+        )
 
     async def _collect(
         self,
@@ -257,11 +288,14 @@ class Coordinator:
             verdict = await asyncio.to_thread(
                 intake.check, delivery.body, delivery.user_id, held.digest_of, admit
             )
+            folded = isinstance(verdict, Candidate)
             if isinstance(verdict, Candidate):
                 await self._fold(verdict, delivery, open_, aggregation, held)
             else:
+                open_.refused += 1
                 await self._settle(verdict, delivery, open_.version)
             del verdict  # its tensors are views over the body: let the body go
+            await self._publish_progress(open_, force=folded)
         return reason
 
     async def _fold(
@@ -273,6 +307,7 @@ class Coordinator:
         held: HeldDeliveries,
     ) -> None:
         meta, admitted = candidate.meta, candidate.admitted
+        size = len(delivery.body)
         await asyncio.to_thread(
             aggregation.add, candidate.deltas, float(meta.num_examples), admitted.scale
         )
@@ -291,7 +326,7 @@ class Coordinator:
         )
         held.hold(meta.update_id, delivery, candidate.digest)
         self.observers.update_seen(
-            UpdateSeen(meta.participant, True, None, meta.base_version, admitted.staleness)
+            UpdateSeen(meta.participant, True, None, meta.base_version, admitted.staleness, size)
         )
 
     async def _settle(self, verdict: Verdict, delivery: Delivery, version: int) -> None:
@@ -329,7 +364,15 @@ class Coordinator:
             await delivery.ack()
         except TransportError as exc:  # redelivered later and settled again
             log.warning("ack of a refused update failed: %s", exc)
-        self.observers.update_seen(UpdateSeen(meta.participant if meta else None, False, reason))
+        self.observers.update_seen(
+            UpdateSeen(
+                meta.participant if meta else None,
+                False,
+                reason,
+                meta.base_version if meta else None,
+                size=len(delivery.body),
+            )
+        )
 
     async def _commit(
         self,
@@ -340,10 +383,13 @@ class Coordinator:
         held: HeldDeliveries,
     ) -> tuple[Weights, int]:
         version = open_.version + 1
+        clock = time.perf_counter()
         delta = await asyncio.to_thread(aggregation.result)
         new = await asyncio.to_thread(self.strategy.optimizer.step, weights, delta)
         del delta
+        aggregated = time.perf_counter()
         metrics = await asyncio.to_thread(self.app.evaluate, new) or {}
+        evaluated = time.perf_counter()
         path = await asyncio.to_thread(
             save_checkpoint,
             self.config.state_dir / "models",
@@ -351,6 +397,7 @@ class Coordinator:
             new,
             self.strategy.optimizer.state(),
         )
+        saved = time.perf_counter()
         record = VersionRecord(
             version=version,
             round=open_.round,
@@ -363,6 +410,15 @@ class Coordinator:
             epsilon=self.strategy.epsilon(version),
         )
         await asyncio.to_thread(self.ledger.commit_version, record, open_.records)
+        self.observers.commit_timed(
+            CommitTimings(
+                version=version,
+                aggregate=aggregated - clock,
+                evaluate=evaluated - aggregated,
+                checkpoint=saved - evaluated,
+                ledger=time.perf_counter() - saved,
+            )
+        )
         # Committed: from here a redelivery of these updates is a duplicate, never re-applied.
         await held.ack_all()
         if open_.round is not None:

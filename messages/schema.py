@@ -67,6 +67,21 @@ class RoundClosed(_Message):
     contributors: list[str]
 
 
+class VersionProgress(_Message):
+    """The open version's progress, for whoever watches (coordinator -> all): sent when a
+    version opens, when an update is accepted, and at most every second otherwise."""
+
+    kind: Literal["version.progress"] = "version.progress"
+    mode: Literal["sync", "quorum", "async"]
+    version: int = Field(ge=0, description="the current model; the open version is +1")
+    round: int | None = Field(default=None, ge=1)
+    accepted: int = Field(ge=0)
+    quorum: int = Field(ge=1)
+    refused: int = Field(ge=0, description="updates refused while this version is open")
+    seconds_left: float
+    rounds_total: int = Field(ge=1)
+
+
 class FederationDone(_Message):
     kind: Literal["federation.done"] = "federation.done"
     rounds_completed: int = Field(ge=0)
@@ -80,10 +95,19 @@ class Join(_Message):
     at: float = Field(default_factory=time.time)
 
 
+ParticipantState = Literal["idle", "training", "sending"]
+
+
 class Heartbeat(_Message):
     kind: Literal["heartbeat"] = "heartbeat"
     participant: ParticipantId
     round: int = Field(ge=0, default=0)
+    #: What it is doing now, the model version it last trained on (-1: none yet), and
+    #: what it has sent so far: for the people watching (the dashboard).
+    state: ParticipantState = "idle"
+    version: int = Field(ge=-1, default=-1)
+    updates_sent: int = Field(ge=0, default=0)
+    bytes_sent: int = Field(ge=0, default=0)
     at: float = Field(default_factory=time.time)
 
 
@@ -94,7 +118,7 @@ class Leave(_Message):
 
 
 ControlMessage = Annotated[
-    RoundOpen | RoundClosed | FederationDone | Join | Heartbeat | Leave,
+    RoundOpen | RoundClosed | VersionProgress | FederationDone | Join | Heartbeat | Leave,
     Field(discriminator="kind"),
 ]
 #: Validates any message of the control exchange into its kind's model.
@@ -106,6 +130,7 @@ MESSAGE_TYPES: dict[str, str] = {
     "model": "fedq.model.v1",
     "round.open": "fedq.round-open.v1",
     "round.closed": "fedq.round-closed.v1",
+    "version.progress": "fedq.version-progress.v1",
     "federation.done": "fedq.federation-done.v1",
     "join": "fedq.join.v1",
     "heartbeat": "fedq.heartbeat.v1",

@@ -16,6 +16,7 @@ UPDATE_KEY = "update"
 #: Routing keys on ``fedq.F.control``.
 ROUND_OPEN = "round.open"
 ROUND_CLOSED = "round.closed"
+VERSION_PROGRESS = "version.progress"
 FEDERATION_DONE = "federation.done"
 
 

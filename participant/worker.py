@@ -25,7 +25,15 @@ from fedq.messages.codec import (
     decode_message,
     encode_message,
 )
-from fedq.messages.schema import MESSAGE_TYPES, Heartbeat, Join, Leave, ModelMeta, UpdateMeta
+from fedq.messages.schema import (
+    MESSAGE_TYPES,
+    Heartbeat,
+    Join,
+    Leave,
+    ModelMeta,
+    ParticipantState,
+    UpdateMeta,
+)
 from fedq.messages.topology import UPDATE_KEY, Topology, participant_key
 from fedq.messages.transport import Delivery, Transport, TransportError
 from fedq.participant.app import App, AppError, Partition, TrainConfig
@@ -71,7 +79,9 @@ class ParticipantStats:
     participant: str
     rounds_trained: int = 0
     updates_sent: int = 0
+    bytes_sent: int = 0
     last_version: int = -1
+    state: ParticipantState = "idle"
 
 
 def writable_copy(decoded: DecodedMessage) -> Weights:
@@ -140,6 +150,15 @@ class Participant:
             return
         if meta.federation != self.config.federation or meta.version <= self.stats.last_version:
             return  # a model we already trained on (e.g. the answer to our join)
+        self.stats.state = "training"
+        await self._beat()
+        try:
+            await self._train_and_send(meta, decoded)
+        finally:
+            self.stats.state = "idle"
+        await self._beat()
+
+    async def _train_and_send(self, meta: ModelMeta, decoded: DecodedMessage) -> None:
         global_weights = await asyncio.to_thread(writable_copy, decoded)
         self._round = meta.round or 0
         started = time.monotonic()
@@ -168,6 +187,7 @@ class Participant:
             metrics=result.metrics,
             train_seconds=time.monotonic() - started,
         )
+        self.stats.state = "sending"
         body = await asyncio.to_thread(self._encode_delta, update, result.weights, global_weights)
         await self.transport.publish(
             self.topology.updates,
@@ -187,6 +207,7 @@ class Participant:
         )
         self.stats.rounds_trained += 1
         self.stats.updates_sent += 1
+        self.stats.bytes_sent += len(body)
         self.stats.last_version = meta.version
         if self.on_round is not None:
             self.on_round(
@@ -219,11 +240,20 @@ class Participant:
     async def _heartbeats(self) -> None:
         while True:
             await asyncio.sleep(self.config.heartbeat_seconds)
-            await self._control(
-                "heartbeat",
-                Heartbeat(
-                    federation=self.config.federation,
-                    participant=self.config.participant_id,
-                    round=self._round,
-                ),
-            )
+            await self._beat()
+
+    async def _beat(self) -> None:
+        """A heartbeat: also sent when training starts and when an update is sent, so
+        whoever watches sees each change of state at once."""
+        await self._control(
+            "heartbeat",
+            Heartbeat(
+                federation=self.config.federation,
+                participant=self.config.participant_id,
+                round=self._round,
+                state=self.stats.state,
+                version=self.stats.last_version,
+                updates_sent=self.stats.updates_sent,
+                bytes_sent=self.stats.bytes_sent,
+            ),
+        )
