@@ -42,7 +42,7 @@ vpython=$(cd "$venv/bin" && pwd)/python
 export PIP_CACHE_DIR=${PIP_CACHE_DIR:-$(dirname "$(dirname "$vpython")")/.cache/pip}
 
 if $dev; then
-    apt_install dataset-fashion-mnist
+    apt_install dataset-fashion-mnist chromium  # chromium: the dashboard's browser test
     command -v rabbitmq-server >/dev/null || apt_install rabbitmq-server
     if ! rabbitmqctl -q status >/dev/null 2>&1; then
         say "starting RabbitMQ"
