@@ -232,6 +232,11 @@ class AmqpTransport(Transport):
             queue = await channel.get_queue(name, ensure=True)
             return int(queue.declaration_result.message_count or 0)
 
+    async def queue_consumers(self, name: str) -> int:
+        async with self._declaring(f"queue {name!r}") as channel:
+            queue = await channel.get_queue(name, ensure=True)
+            return int(queue.declaration_result.consumer_count or 0)
+
     @asynccontextmanager
     async def _declaring(self, what: str) -> AsyncIterator[AbstractChannel]:
         channel = await self._conn.channel(publisher_confirms=False)

@@ -222,6 +222,12 @@ class MemoryTransport(Transport):
             raise TransportError(f"no queue {name!r}")
         return len(queue.ready)
 
+    async def queue_consumers(self, name: str) -> int:
+        queue = self.broker.queues.get(name)
+        if queue is None:
+            raise TransportError(f"no queue {name!r}")
+        return len(queue.consumers)
+
     async def publish(
         self,
         exchange: str,

@@ -102,6 +102,10 @@ class Transport(abc.ABC):
         """Ready (not yet delivered) messages in ``name``."""
 
     @abc.abstractmethod
+    async def queue_consumers(self, name: str) -> int:
+        """Consumers attached to ``name`` now (a running coordinator consumes its updates)."""
+
+    @abc.abstractmethod
     async def publish(
         self,
         exchange: str,

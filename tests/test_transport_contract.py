@@ -116,6 +116,19 @@ async def test_max_length_one_drop_head_keeps_only_the_newest(transport_pair):
         await pub.delete_queue(queue)
 
 
+async def test_a_queue_counts_its_consumers(transport_pair):
+    pub, sub = transport_pair
+    _, queue = names()
+    await pub.declare_queue(queue)
+    try:
+        assert await pub.queue_consumers(queue) == 0
+        async with sub.consume(queue, prefetch=1):
+            assert await pub.queue_consumers(queue) == 1
+        assert await pub.queue_consumers(queue) == 0
+    finally:
+        await pub.delete_queue(queue)
+
+
 async def test_unacked_deliveries_come_back_redelivered_in_order(transport_pair):
     pub, sub = transport_pair
     _, queue = names()

@@ -40,6 +40,7 @@ from fedq.participant.worker import ParticipantConfig
 from fedq.plot import PlotUnavailable, plot_history
 from fedq.settings import settings
 from fedq.simulation import SimulationPlan, Straggler, run_participants, simulate
+from fedq.teardown import TeardownError, management_url_for, teardown
 
 T = TypeVar("T")
 
@@ -434,6 +435,37 @@ def read_history(path: Path) -> FederationHistory:
         )
     finally:
         ledger.close()
+
+
+@app.command("teardown")
+def teardown_command(
+    federation: Annotated[str, typer.Option("--federation", help="Federation name.")],
+    broker: BrokerOpt = None,
+    management_url: Annotated[
+        str | None,
+        typer.Option(
+            "--management-url",
+            help="RabbitMQ's management API, which lists what to delete (default: the "
+            "broker's host, port 15672, same login).",
+            show_default=False,
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Delete even while a coordinator is running.")
+    ] = False,
+) -> None:
+    """Delete every queue and exchange of a federation (fedq.F.*) from the broker."""
+    setup_logging(verbose=False)
+    url = broker or settings().broker_url
+    management = management_url or management_url_for(url)
+    try:
+        removed = run(teardown(federation, url, management, force=force))
+    except TeardownError as exc:
+        raise fail(str(exc)) from None
+    console.print(
+        f"removed {len(removed.queues)} queues and {len(removed.exchanges)} exchanges of "
+        f"{federation}: {', '.join(removed.queues + removed.exchanges) or 'nothing was there'}"
+    )
 
 
 @broker_app.command("check")

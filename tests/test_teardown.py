@@ -1,0 +1,74 @@
+"""``fedq teardown`` on the real RabbitMQ: nothing named fedq.F.* is left, and a running
+coordinator is not pulled from under its feet unless forced."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+
+from fedq.messages.amqp import AmqpTransport
+from fedq.messages.topology import Topology
+from fedq.teardown import management_url_for
+from tests.conftest import BROKER_URL
+from tests.helpers import run_fedq
+
+
+def names_left(federation: str) -> list[str]:
+    """Every queue and exchange whose name starts with fedq.<federation>., as RabbitMQ's
+    management API lists them."""
+    url = httpx.URL(management_url_for(BROKER_URL))
+    base = f"{url.scheme}://{url.host}:{url.port}"
+    auth = (url.username or "guest", url.password or "guest")
+    found = []
+    for kind in ("queues", "exchanges"):
+        listing = httpx.get(f"{base}/api/{kind}/%2F", auth=auth, timeout=10).json()
+        found += [x["name"] for x in listing if x["name"].startswith(f"fedq.{federation}.")]
+    return found
+
+
+async def declare(federation: str) -> None:
+    async with AmqpTransport(BROKER_URL) as transport:
+        topology = Topology(federation)
+        await topology.declare_core(transport)
+        for participant in ("p0", "p1"):
+            await topology.declare_participant(transport, participant)
+
+
+def test_teardown_leaves_no_queue_or_exchange_of_the_federation(federation):
+    asyncio.run(declare(federation))
+    assert len(names_left(federation)) == 8  # 5 queues (2 participants'), 3 exchanges
+    result = run_fedq("teardown", "--federation", federation, "--broker", BROKER_URL)
+    assert result.returncode == 0, result.stderr
+    assert names_left(federation) == []
+    again = run_fedq("teardown", "--federation", federation, "--broker", BROKER_URL)
+    assert again.returncode == 0 and "nothing was there" in again.stderr
+
+
+def test_teardown_refuses_while_a_coordinator_consumes_unless_forced(federation):
+    async def scenario() -> tuple[int, str, int]:
+        await declare(federation)
+        async with (
+            AmqpTransport(BROKER_URL) as transport,
+            transport.consume(Topology(federation).updates, prefetch=1),
+        ):
+            refused = await asyncio.to_thread(
+                run_fedq, "teardown", "--federation", federation, "--broker", BROKER_URL
+            )
+        forced = await asyncio.to_thread(
+            run_fedq, "teardown", "--federation", federation, "--broker", BROKER_URL, "--force"
+        )
+        return refused.returncode, refused.stderr, forced.returncode
+
+    status, stderr, forced = asyncio.run(scenario())
+    assert status == 2 and "a coordinator of" in stderr and "--force" in stderr
+    assert forced == 0 and names_left(federation) == []
+
+
+def test_an_unreachable_management_api_is_one_line_saying_what_to_do(federation):
+    result = run_fedq(
+        "teardown", "--federation", federation, "--broker", BROKER_URL,
+        "--management-url", "http://guest:guest@127.0.0.1:1",
+    )  # fmt: skip
+    assert result.returncode == 2 and "rabbitmq_management" in result.stderr
+    assert "Traceback" not in result.stderr
