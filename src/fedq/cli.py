@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import signal
 import sys
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -25,6 +26,7 @@ from fedq.console import (
 )
 from fedq.coordinator.config import ConfigError, CoordinatorConfig
 from fedq.coordinator.ledger import LedgerError, UpdateLedger
+from fedq.coordinator.observers import CoordinatorObserver
 from fedq.coordinator.records import RoundHistory
 from fedq.coordinator.service import Coordinator, FederationResult
 from fedq.coordinator.strategies import StrategyError
@@ -33,6 +35,7 @@ from fedq.messages.allocator import tune_malloc_for_large_buffers
 from fedq.messages.amqp import AmqpTransport, BrokerUnavailable, redact
 from fedq.messages.codecs import CODECS
 from fedq.messages.transport import TransportError
+from fedq.metrics import PrometheusMetrics, serve_metrics
 from fedq.options import OptionsError, build_config, with_coordinator_options
 from fedq.participant.app import AppError, Partition, TrainConfig, load_app
 from fedq.participant.attacks import parse_attack
@@ -239,10 +242,30 @@ def simulate_command(
     if plan.malicious:
         named = ", ".join(f"p{i} {spec}" for i, spec in plan.malicious)
         console.print(f"malicious (experiment): {named}")
+
+    async def main() -> FederationResult:
+        async with watching(config, progress) as observers:
+            return await simulate(plan, application, observers)
+
     with RoundProgress(config.rounds, config.k) as progress:
-        result = run(simulate(plan, application, [progress]))
+        result = run(main())
     print_summary(result)
     write_report(report, result, broker="embedded" if broker is None else redact(broker))
+
+
+@contextlib.asynccontextmanager
+async def watching(
+    config: CoordinatorConfig, progress: RoundProgress
+) -> AsyncIterator[list[CoordinatorObserver]]:
+    """The coordinator's observers: the live view, and Prometheus metrics served at
+    /metrics while it runs when --metrics-port is set."""
+    if config.metrics_port is None:
+        yield [progress]
+        return
+    metrics = PrometheusMetrics(config.federation)
+    async with serve_metrics(metrics, config.metrics_host, config.metrics_port) as url:
+        progress.progress.console.print(f"Prometheus metrics at {url}")
+        yield [progress, metrics]
 
 
 def coordinator_config(
@@ -278,12 +301,12 @@ def coordinator_command(
     url = broker or settings().broker_url
 
     async def main() -> FederationResult:
-        async with AmqpTransport(url) as transport:
-            with RoundProgress(config.rounds, config.k) as progress:
-                return await Coordinator(config, application, transport, [progress]).run()
+        async with AmqpTransport(url) as transport, watching(config, progress) as observers:
+            return await Coordinator(config, application, transport, observers).run()
 
     console.print(f"coordinator of {federation} ({config.mode} mode) on RabbitMQ at {redact(url)}")
-    result = run(main())
+    with RoundProgress(config.rounds, config.k) as progress:
+        result = run(main())
     print_summary(result)
     write_report(report, result, broker=redact(url))
 
