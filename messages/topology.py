@@ -1,4 +1,4 @@
-"""fedq's broker topology: the fixed names of DESIGN.md, declared idempotently.
+"""fedq's broker topology: the fixed names of docs/wire-protocol.md, declared idempotently.
 
 For federation ``F`` every name starts with ``fedq.F.``. Operators rely on these names
 (dashboards, permissions in ``deploy/``), so they change only with a new schema version.
