@@ -41,6 +41,20 @@ class HeldDeliveries:
         delivery.release_body()
         self._held[update_id] = HeldUpdate(delivery, digest)
 
+    def replace(self, update_id: str, copy: Delivery) -> Delivery:
+        """Hold ``copy``, the same bytes as the held update, instead; return the delivery
+        it replaces, for the caller to ack.
+
+        The newest copy is the one kept: after a reconnect the broker redelivers what was
+        unacked, and the old delivery's channel is gone, so acking the new copy and keeping
+        the old would leave nothing on the broker to redeliver if the coordinator then died
+        before the commit. Acking the old one instead costs nothing either way.
+        """
+        held = self._held[update_id]
+        copy.release_body()
+        self._held[update_id] = HeldUpdate(copy, held.digest)
+        return held.delivery
+
     async def ack_all(self) -> None:
         """After the commit: ack every held delivery and forget them.
 

@@ -293,7 +293,10 @@ class Coordinator:
                 await self._fold(verdict, delivery, open_, aggregation, held)
             else:
                 open_.refused += 1
-                await self._settle(verdict, delivery, open_.version)
+                size = len(delivery.body)
+                if isinstance(verdict, Duplicate) and verdict.of == "held":
+                    delivery = held.replace(verdict.meta.update_id, delivery)
+                await self._settle(verdict, delivery, open_.version, size)
             del verdict  # its tensors are views over the body: let the body go
             await self._publish_progress(open_, force=folded)
         return reason
@@ -329,9 +332,13 @@ class Coordinator:
             UpdateSeen(meta.participant, True, None, meta.base_version, admitted.staleness, size)
         )
 
-    async def _settle(self, verdict: Verdict, delivery: Delivery, version: int) -> None:
+    async def _settle(
+        self, verdict: Verdict, delivery: Delivery, version: int, size: int | None = None
+    ) -> None:
         """A duplicate is recorded and acked; a refusal is copied to the DLQ with its reason,
-        recorded, then acked. Either way it is off the coordinator's hands at once."""
+        recorded, then acked. Either way it is off the coordinator's hands at once. ``size``:
+        the body's bytes, when ``delivery`` is not the one that brought them (a held copy
+        it replaced)."""
         meta: UpdateMeta | None
         if isinstance(verdict, Duplicate):
             meta, reason = verdict.meta, "duplicate"
@@ -370,7 +377,7 @@ class Coordinator:
                 False,
                 reason,
                 meta.base_version if meta else None,
-                size=len(delivery.body),
+                size=len(delivery.body) if size is None else size,
             )
         )
 
