@@ -31,6 +31,8 @@ from fedq.coordinator.records import RoundHistory
 from fedq.coordinator.service import Coordinator, FederationResult
 from fedq.coordinator.strategies import StrategyError
 from fedq.coordinator.strategy import compose_strategy
+from fedq.dashboard.app import DEFAULT_PORT, DashboardError, serve
+from fedq.dashboard.management import DEFAULT_MANAGEMENT_URL
 from fedq.messages.allocator import tune_malloc_for_large_buffers
 from fedq.messages.amqp import AmqpTransport, BrokerUnavailable, redact
 from fedq.messages.codecs import CODECS
@@ -458,6 +460,40 @@ def read_history(path: Path) -> FederationHistory:
         )
     finally:
         ledger.close()
+
+
+@app.command("dashboard")
+def dashboard_command(
+    broker: BrokerOpt = None,
+    management_url: Annotated[
+        str,
+        typer.Option(
+            "--management-url",
+            help="RabbitMQ's management API, for the queues (its login defaults to the broker's).",
+        ),
+    ] = DEFAULT_MANAGEMENT_URL,
+    state_dir: StateOpt = None,
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port of the page.")] = (
+        DEFAULT_PORT
+    ),
+    host: Annotated[
+        str, typer.Option("--host", help="Address to bind (0.0.0.0: every one).")
+    ] = "127.0.0.1",
+    verbose: VerboseOpt = False,
+) -> None:
+    """Serve a live page of the federations under a state dir: versions, plots,
+    participants, queues and the dead-letter queue."""
+    setup_logging(verbose)
+    url, root = broker or settings().broker_url, state_dir or settings().state_dir
+    console.print(f"dashboard of {root} on http://{host}:{port}/ (Ctrl+C stops it)")
+    try:
+        run(serve(root, url, management_url, host=host, port=port))
+    except DashboardError as exc:
+        raise fail(str(exc)) from None
+    except Failure as exc:
+        if exc.status != 130:
+            raise
+        console.print("dashboard stopped")
 
 
 @app.command("teardown")

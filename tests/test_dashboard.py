@@ -1,0 +1,440 @@
+"""`fedq dashboard` in a real browser (Debian's Chromium), over a real federation on the real
+RabbitMQ: what the page shows, and that it stays up and recovers when the broker or the
+management API goes away. The shared broker is never stopped: a TCP relay in front of it
+stands in for "the broker" where it has to go away.
+
+Screenshots go to each test's tmp_path; set FEDQ_ARTIFACTS=1 to keep copies in
+tests/artifacts/ (dashboard.png: the page over a running federation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import shutil
+import socket
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import yarl
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from fedq.apps.synthetic import SyntheticApp
+from fedq.coordinator.config import CoordinatorConfig
+from fedq.coordinator.ledger import UpdateLedger
+from fedq.dashboard.app import serve
+from fedq.dashboard.ledgers import read_only
+from fedq.messages.amqp import AmqpTransport
+from fedq.messages.codec import Weights, encode_message
+from fedq.messages.schema import MESSAGE_TYPES, Heartbeat, ParticipantState
+from fedq.messages.topology import UPDATE_KEY, Topology, participant_key
+from fedq.participant.worker import ParticipantConfig
+from fedq.simulation import SimulationPlan, Straggler, simulate
+from tests.conftest import BROKER_URL
+
+MANAGEMENT_URL = os.environ.get("FEDQ_TEST_MANAGEMENT_URL", "http://127.0.0.1:15672")
+CHROMIUM = os.environ.get("FEDQ_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+HAVE_CHROMIUM = Path(CHROMIUM).exists()
+ARTIFACTS = Path(__file__).parent / "artifacts"
+ROUNDS = 10
+
+pytestmark = pytest.mark.broker
+
+
+class LearningSynthetic(SyntheticApp):
+    """The synthetic app with a made-up evaluation, so the plots have curves: its weights
+    grow by about 0.002 a version, and the 'loss' falls and the 'accuracy' rises with
+    their mean."""
+
+    def evaluate(self, weights: Weights) -> dict[str, float]:
+        mean = float(np.mean(np.concatenate([w.ravel() for w in weights.values()])))
+        learned = 1 - math.exp(-300 * max(mean, 0.0))
+        return {"loss": 0.15 + 2.2 * (1 - learned), "accuracy": 0.1 + 0.85 * learned}
+
+
+# ------------------------------------------------------------------ helpers
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def until(check: Callable[[], Awaitable[bool]], what: str, within: float = 20.0) -> None:
+    deadline = time.monotonic() + within
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {within:.0f} s: {what}")
+        await asyncio.sleep(0.25)
+
+
+@dataclass
+class RunningDashboard:
+    url: str
+    http: httpx.AsyncClient
+
+    async def state(self) -> dict[str, Any]:
+        response = await self.http.get("api/state")
+        assert response.status_code == 200
+        return dict(response.json())
+
+    async def status(self, source: str) -> dict[str, Any]:
+        return dict((await self.state())["status"][source])
+
+    async def until_status(self, source: str, ok: bool, within: float = 20.0) -> str:
+        """Wait until ``source`` is up (or down); its message then."""
+
+        async def reached() -> bool:
+            return (await self.status(source))["ok"] is ok
+
+        await until(reached, f"{source} {'up' if ok else 'down'} on the page", within)
+        return str((await self.status(source))["message"])
+
+
+@contextlib.asynccontextmanager
+async def dashboard(
+    state_dir: Path, broker_url: str = BROKER_URL, management_url: str = MANAGEMENT_URL
+) -> AsyncIterator[RunningDashboard]:
+    """``serve`` in this loop on a free port; cancelled at the end, which must stop it."""
+    port = free_port()
+    serving = asyncio.create_task(serve(state_dir, broker_url, management_url, port=port))
+    url = f"http://127.0.0.1:{port}/"
+    async with httpx.AsyncClient(base_url=url, timeout=5.0) as http:
+
+        async def healthy() -> bool:
+            assert not serving.done(), serving.exception()
+            with contextlib.suppress(httpx.TransportError):
+                return (await http.get("healthz")).status_code == 200
+            return False
+
+        await until(healthy, "the dashboard answers /healthz", within=10)
+        try:
+            yield RunningDashboard(url, http)
+        finally:
+            serving.cancel()
+            done, _ = await asyncio.wait({serving}, timeout=10)
+            assert serving in done, "serve() still running 10 s after it was cancelled"
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    assert HAVE_CHROMIUM, f"no Chromium at {CHROMIUM}: run `bash scripts/setup.sh --dev`"
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+@dataclass
+class OpenPage:
+    page: Page
+    #: Uncaught errors of the page's script.
+    errors: list[str]
+
+    async def screenshot(self, path: Path) -> None:
+        await self.page.screenshot(path=path, full_page=True)
+        if os.environ.get("FEDQ_ARTIFACTS"):
+            ARTIFACTS.mkdir(exist_ok=True)
+            shutil.copy(path, ARTIFACTS / path.name)
+
+
+async def open_page(browser: Browser, url: str) -> OpenPage:
+    page = await browser.new_page(viewport={"width": 1360, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    await page.goto(url)
+    return OpenPage(page, errors)
+
+
+async def version_on_page(page: Page, federation: str, above: int) -> int:
+    """The model version the federation's card shows, once it is above ``above``."""
+    selector = f"#fed-{federation} .version"
+    await page.wait_for_function(
+        "([sel, above]) => { const el = document.querySelector(sel);"
+        " return el && parseInt(el.textContent.slice(1)) > above; }",
+        arg=[selector, above],
+        timeout=30_000,
+    )
+    return int((await page.locator(selector).inner_text()).removeprefix("v"))
+
+
+def federation_plan(federation: str, state: Path) -> SimulationPlan:
+    """Quorum 2 of 3 with late updates folded, and DP on: p2 is a straggler, so the page
+    has staleness, privacy spent, and rounds slow enough to watch."""
+    return SimulationPlan(
+        coordinator=CoordinatorConfig(
+            federation=federation,
+            participants=3,
+            rounds=ROUNDS,
+            quorum=2,
+            late_updates="fold",
+            dp_clip=0.1,
+            dp_noise_multiplier=0.3,
+            state_dir=state,
+        ),
+        participant=ParticipantConfig(
+            federation=federation, participant_id="p", heartbeat_seconds=1.0
+        ),
+        broker_url=BROKER_URL,
+        stragglers=(
+            Straggler(0, delay_seconds=1.0),
+            Straggler(1, delay_seconds=1.0),
+            Straggler(2, delay_seconds=2.5),
+        ),
+    )
+
+
+async def delete_topology(federation: str, participants: list[str]) -> None:
+    async with AmqpTransport(BROKER_URL) as transport:
+        await Topology(federation).delete(transport, participants)
+
+
+# -------------------------------------------------------------------- tests
+async def test_the_page_follows_a_federation_its_queues_and_its_dlq_live(
+    tmp_path, federation, browser
+):
+    state = tmp_path / "state"
+    topology = Topology(federation)
+    async with AmqpTransport(BROKER_URL) as transport:
+        await topology.declare_core(transport)
+        await transport.publish(
+            topology.updates,
+            UPDATE_KEY,
+            b"\xc1garbage",
+            message_id="garbage",
+            type=MESSAGE_TYPES["update"],
+            mandatory=True,
+        )
+    try:
+        async with dashboard(state) as dash:
+            run = asyncio.create_task(
+                simulate(federation_plan(federation, state / federation), LearningSynthetic(1000))
+            )
+            opened = await open_page(browser, dash.url)
+            page = opened.page
+            card = page.locator(f"#fed-{federation}")
+
+            first = await version_on_page(page, federation, above=0)
+            second = await version_on_page(page, federation, above=first)
+            assert second > first
+
+            await expect(card.locator(".kpi").first).to_contain_text("quorum")
+            await expect(card.locator(".quorum")).to_contain_text("of 2")
+            await expect(card.locator(".epsilon")).to_contain_text("ε")
+            for participant in ("p0", "p1", "p2"):
+                row = card.locator(f'tr[data-participant="{participant}"]')
+                await expect(row).to_contain_text(" ago")
+            await expect(page.locator("#queues-table")).to_contain_text(
+                f"fedq.{federation}.updates"
+            )
+            await expect(page.locator("#dlq-table")).to_contain_text("undecodable")
+            # Both plots are drawn, each with a line of loss and one of accuracy.
+            for plot in ("by-version", "by-time"):
+                await expect(card.locator(f".{plot} svg path")).to_have_count(2)
+            for source in ("Broker", "Management API", "Ledgers"):
+                await expect(page.locator(f'.status.ok[data-source="{source}"]')).to_be_visible()
+
+            shown = await version_on_page(page, federation, above=ROUNDS - 4)
+            await expect(card.locator(".by-version svg circle")).to_have_count(2 * shown)
+            await opened.screenshot(tmp_path / "dashboard.png")
+
+            result = await asyncio.wait_for(run, 120)
+            assert result.rounds_completed == ROUNDS
+            await expect(card.locator(".badge.done")).to_be_visible()
+            await expect(card.locator(".version")).to_have_text(f"v{ROUNDS}")
+            await expect(card.locator(".state.gone")).to_have_count(3)  # each sent its leave
+            reasons = (await dash.http.get(f"api/rejections?federation={federation}")).json()
+            assert "undecodable" in {r["reason"] for r in reasons["rejections"]}
+            assert not opened.errors
+    finally:
+        await delete_topology(federation, ["p0", "p1", "p2"])
+
+
+async def test_with_the_broker_and_management_api_down_the_page_says_what_to_do(tmp_path, browser):
+    nowhere = str(yarl.URL(BROKER_URL).with_host("127.0.0.1").with_port(free_port()))
+    async with dashboard(tmp_path, nowhere, f"http://127.0.0.1:{free_port()}") as dash:
+        broker = await dash.until_status("broker", ok=False)
+        management = await dash.until_status("management", ok=False)
+        assert "rabbitmq-server -detached" in broker
+        assert "rabbitmq-plugins enable rabbitmq_management" in management
+        opened = await open_page(browser, dash.url)
+        page = opened.page
+        await expect(page.locator('.status.down[data-source="Broker"]')).to_contain_text(
+            "cannot reach RabbitMQ"
+        )
+        await expect(page.locator('.status.down[data-source="Management API"]')).to_contain_text(
+            "rabbitmq-plugins enable rabbitmq_management"
+        )
+        await expect(page.locator("#federations")).to_contain_text("No federation yet")
+        await opened.screenshot(tmp_path / "dashboard-all-down.png")
+        assert not opened.errors
+
+
+class BrokerRelay:
+    """A TCP relay in front of RabbitMQ: stopping it is, to its clients, the broker going
+    away, and starting it again the broker coming back."""
+
+    def __init__(self, target: yarl.URL) -> None:
+        self.target = (target.host or "127.0.0.1", target.port or 5672)
+        self.url = str(target.with_host("127.0.0.1").with_port(free_port()))
+        self._server: asyncio.Server | None = None
+        self._open: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        port = yarl.URL(self.url).port
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", port)
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in list(self._open):
+            writer.transport.abort()
+        await self._server.wait_closed()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream = await asyncio.open_connection(*self.target)
+        self._open |= {writer, upstream}
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            sink.transport.abort()
+            self._open.discard(sink)
+
+        await asyncio.gather(pipe(reader, upstream), pipe(upstream_reader, writer))
+
+
+async def beat(federation: str, participant: str, state: ParticipantState) -> None:
+    """A participant's heartbeat on the federation's control exchange, as it sends them."""
+    heartbeat = Heartbeat(federation=federation, participant=participant, state=state)
+    async with AmqpTransport(BROKER_URL) as transport:
+        await transport.publish(
+            Topology(federation).control,
+            participant_key("heartbeat", participant),
+            encode_message(heartbeat),
+            type=MESSAGE_TYPES["heartbeat"],
+        )
+
+
+async def test_the_dashboard_stays_up_while_the_broker_is_gone_and_recovers(
+    tmp_path, federation, browser
+):
+    UpdateLedger(tmp_path / federation / "ledger.sqlite").close()  # a coordinator's state dir
+    async with AmqpTransport(BROKER_URL) as transport:
+        await transport.declare_exchange(Topology(federation).control, "topic")
+    relay = BrokerRelay(yarl.URL(BROKER_URL))
+    await relay.start()
+    try:
+        async with dashboard(tmp_path, relay.url) as dash:
+
+            async def participant_state(expected: str) -> bool:
+                cards = (await dash.state())["federations"]
+                card = next(f for f in cards if f["name"] == federation)
+                return any(p["state"] == expected for p in card["participants"])
+
+            await dash.until_status("broker", ok=True)
+            await beat(federation, "p-watched", "training")
+            await until(lambda: participant_state("training"), "the heartbeat on the page")
+
+            await relay.stop()
+            message = await dash.until_status("broker", ok=False)
+            assert "RabbitMQ" in message and "retrying" in message
+            opened = await open_page(browser, dash.url)
+            page = opened.page
+            await expect(page.locator('.status.down[data-source="Broker"]')).to_contain_text(
+                "retrying every"
+            )
+            await expect(page.locator(f"#fed-{federation}")).to_be_visible()
+            await opened.screenshot(tmp_path / "dashboard-broker-down.png")
+
+            await relay.start()
+            await dash.until_status("broker", ok=True, within=30)
+            await beat(federation, "p-watched", "sending")
+            await until(lambda: participant_state("sending"), "a heartbeat after the outage")
+            await expect(page.locator('.status.ok[data-source="Broker"]')).to_be_visible()
+            assert not opened.errors
+    finally:
+        await relay.stop()
+        async with AmqpTransport(BROKER_URL) as transport:
+            await transport.delete_exchange(Topology(federation).control)
+
+
+async def rabbitmq_plugins(*args: str) -> None:
+    process = await asyncio.create_subprocess_exec(
+        "rabbitmq-plugins", "-q", *args, stdout=asyncio.subprocess.DEVNULL
+    )
+    assert await asyncio.wait_for(process.wait(), 120) == 0, f"rabbitmq-plugins {args} failed"
+
+
+async def test_the_dashboard_stays_up_while_the_management_plugin_is_off_and_recovers(
+    tmp_path, browser
+):
+    async with dashboard(tmp_path) as dash:
+        await dash.until_status("management", ok=True)
+        await rabbitmq_plugins("disable", "rabbitmq_management")
+        try:
+            message = await dash.until_status("management", ok=False)
+            assert "rabbitmq-plugins enable rabbitmq_management" in message
+            opened = await open_page(browser, dash.url)
+            await expect(
+                opened.page.locator('.status.down[data-source="Management API"]')
+            ).to_contain_text("rabbitmq-plugins enable rabbitmq_management")
+            await opened.screenshot(tmp_path / "dashboard-management-down.png")
+            assert (await dash.status("broker"))["ok"] is True  # AMQP does not need it
+        finally:
+            await rabbitmq_plugins("enable", "rabbitmq_management")
+        await dash.until_status("management", ok=True, within=60)
+        await expect(
+            opened.page.locator('.status.ok[data-source="Management API"]')
+        ).to_be_visible()
+        assert not opened.errors
+
+
+async def test_the_dlq_is_browsed_page_by_page_and_by_reason_from_the_ledger(
+    tmp_path, federation, browser
+):
+    ledger = UpdateLedger(tmp_path / federation / "ledger.sqlite")
+    ledger.set_meta("federation", federation)
+    for i in range(30):
+        reason = "stale" if i % 3 else "norm_exceeded"
+        ledger.record_rejection(f"u{i}", f"p{i % 4}", 1, 0, 1, reason, f"update number {i}")
+    ledger.close()
+    async with dashboard(tmp_path) as dash:
+        opened = await open_page(browser, dash.url)
+        rows = opened.page.locator("#dlq-table tbody tr")
+        await expect(rows).to_have_count(25)
+        await expect(rows.first).to_contain_text("update number 29")  # newest first
+        await opened.page.click("#dlq-older")
+        await expect(rows).to_have_count(5)
+        await expect(rows.last).to_contain_text("update number 0")
+        await opened.page.select_option("#dlq-reason", "norm_exceeded")
+        await expect(rows).to_have_count(10)
+        await expect(opened.page.locator("#dlq-table")).not_to_contain_text("stale")
+        assert not opened.errors
+
+
+def test_the_ledger_is_opened_read_only(tmp_path):
+    path = tmp_path / "ledger.sqlite"
+    UpdateLedger(path).close()
+    with read_only(path) as db, pytest.raises(sqlite3.OperationalError, match="readonly"):
+        db.execute("INSERT INTO meta VALUES ('written', 'by the dashboard')")
