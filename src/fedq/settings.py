@@ -13,8 +13,8 @@ from fedq.messages.amqp import DEFAULT_BROKER_URL
 class FedqSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FEDQ_", env_file="fedq.env", extra="ignore")
 
-    #: RabbitMQ URL for ``coordinator``, ``participant`` and ``broker check``. ``simulate``
-    #: uses it only when ``--broker`` is given without a value or FEDQ_SIMULATE_BROKER=1.
+    #: RabbitMQ URL for ``coordinator``, ``participant``, ``dashboard``, ``teardown`` and
+    #: ``broker check``. ``simulate`` runs on the embedded broker unless given ``--broker``.
     broker_url: str = DEFAULT_BROKER_URL
     state_dir: Path = Path("fedq-state")
     log_level: str = "WARNING"
