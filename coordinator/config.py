@@ -129,7 +129,9 @@ class CoordinatorConfig(BaseModel):
         "not a random sample).",
     )
 
-    codec: str = Field("raw", description="Tensor codec of the published models: raw or fp16.")
+    codec: Literal["raw", "fp16"] = Field(
+        "raw", description="Tensor codec of the published models (updates: --update-codec)."
+    )
     updates_queue: UpdatesQueueType = Field(
         "quorum",
         description="Type of the fedq.F.updates queue: classic, or quorum (replicated in a "

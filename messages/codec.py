@@ -90,7 +90,8 @@ class DecodedMessage:
 def encode_message(
     meta: BaseModel, tensors: Mapping[str, np.ndarray] | None = None, codec: str = "raw"
 ) -> bytes:
-    """Encode ``meta`` (and ``tensors`` with ``codec``) as one msgpack map."""
+    """Encode ``meta`` (and ``tensors`` with ``codec``) as one msgpack map. Each tensor
+    records the codec's plain name (``topk`` for ``topk:0.05``): what decoding needs."""
     fields = meta.model_dump(mode="json")
     if tensors is None:
         return pack(fields)
@@ -104,7 +105,7 @@ def encode_message(
     offset = sum(len(p) for p in parts)
     for name, array in tensors.items():
         payload = tensor_codec.encode(array)
-        head = _tensor_head(name, array, codec, offset, bin_header(payload.nbytes))
+        head = _tensor_head(name, array, tensor_codec.name, offset, bin_header(payload.nbytes))
         parts += (head, payload)
         offset += len(head) + payload.nbytes
     return b"".join(parts)

@@ -38,6 +38,7 @@ from fedq.messages.topology import UPDATE_KEY, Topology, participant_key
 from fedq.messages.transport import Delivery, Transport, TransportError
 from fedq.participant.app import App, AppError, Partition, TrainConfig
 from fedq.participant.attacks import parse_attack
+from fedq.participant.compression import ErrorFeedback
 
 log = logging.getLogger("fedq.participant")
 
@@ -105,6 +106,8 @@ class Participant:
         self.stats = ParticipantStats(config.participant_id)
         self._round = 0
         self._attack = None if config.attack is None else parse_attack(config.attack)
+        #: A lossy update codec's residual, carried across rounds (None: lossless).
+        self._feedback = ErrorFeedback(config.codec) if ErrorFeedback.wanted(config.codec) else None
 
     async def run(self) -> ParticipantStats:
         pid = self.config.participant_id
@@ -227,6 +230,8 @@ class Participant:
         delta = {name: np.subtract(local[name], w, dtype=w.dtype) for name, w in global_.items()}
         if self._attack is not None:
             delta = self._attack.apply(delta)
+        if self._feedback is not None:
+            delta = self._feedback.compress(delta)
         return encode_message(update, delta, self.config.codec)
 
     async def _control(self, kind: str, message: Join | Heartbeat | Leave) -> None:

@@ -3,20 +3,29 @@
 A codec is one small file with a class satisfying :class:`TensorCodec`; register it in
 ``CODECS``. Decoding always follows the ``codec`` field recorded on each tensor, never the
 federation's setting, so a coordinator can read any mix of codecs.
+
+A codec is stateless: whatever must persist across rounds (the residual of a lossy codec's
+error feedback) belongs to the participant (:mod:`fedq.participant.compression`). A codec
+with a setting takes it after a colon (``topk:0.05``); the setting is the encoder's only and
+never needed to decode, so every tensor records the codec's plain ``name`` (``topk``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
 
 from fedq.messages.codecs.buffers import CodecError
 from fedq.messages.codecs.fp16 import Fp16Codec
+from fedq.messages.codecs.int8 import Int8Codec
 from fedq.messages.codecs.raw import RawCodec
+from fedq.messages.codecs.topk import TopKCodec
 
 
 class TensorCodec(Protocol):
+    #: What each tensor's ``codec`` field records and decoding looks up.
     name: str
 
     def encode(self, array: np.ndarray) -> memoryview:
@@ -28,14 +37,25 @@ class TensorCodec(Protocol):
         ...
 
 
-CODECS: dict[str, TensorCodec] = {c.name: c for c in (RawCodec(), Fp16Codec())}
+CODECS: dict[str, TensorCodec] = {
+    c.name: c for c in (RawCodec(), Fp16Codec(), Int8Codec(), TopKCodec())
+}
+#: Codecs that take a setting after a colon: name -> parser of the setting.
+_PARAMETERIZED: dict[str, Callable[[str], TensorCodec]] = {"topk": TopKCodec.parse}
+#: Codecs whose decoded values are exactly the encoded ones: no error feedback needed.
+LOSSLESS = frozenset({"raw"})
 
 
 def get_codec(name: str) -> TensorCodec:
+    """The codec called ``name``, or ``name:setting`` for a codec that takes one."""
+    base, colon, argument = name.partition(":")
+    if colon and base in _PARAMETERIZED:
+        return _PARAMETERIZED[base](argument)
     try:
         return CODECS[name]
     except KeyError:
-        raise CodecError(f"unknown codec {name!r}; known: {', '.join(CODECS)}") from None
+        known = [*CODECS, *(f"{n}:<setting>" for n in _PARAMETERIZED)]
+        raise CodecError(f"unknown codec {name!r}; known: {', '.join(known)}") from None
 
 
-__all__ = ["CODECS", "CodecError", "TensorCodec", "get_codec"]
+__all__ = ["CODECS", "LOSSLESS", "CodecError", "TensorCodec", "get_codec"]

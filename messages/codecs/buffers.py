@@ -9,9 +9,13 @@ class CodecError(ValueError):
     """A tensor's bytes do not match what its codec, dtype and shape promise."""
 
 
+def element_count(shape: tuple[int, ...]) -> int:
+    return int(np.prod(shape, dtype=np.int64))
+
+
 def view_as(data: memoryview, wire_dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
     """Zero-copy array of ``shape`` over ``data``, checking the byte count first."""
-    count = int(np.prod(shape, dtype=np.int64))
+    count = element_count(shape)
     if len(data) != count * wire_dtype.itemsize:
         raise CodecError(
             f"payload has {len(data)} bytes, shape {list(shape)} of {wire_dtype} needs "

@@ -35,7 +35,7 @@ from fedq.dashboard.app import DEFAULT_PORT, DashboardError, serve
 from fedq.dashboard.management import DEFAULT_MANAGEMENT_URL
 from fedq.messages.allocator import tune_malloc_for_large_buffers
 from fedq.messages.amqp import AmqpTransport, BrokerUnavailable, redact
-from fedq.messages.codecs import CODECS
+from fedq.messages.codecs import CODECS, CodecError, get_codec
 from fedq.messages.transport import TransportError
 from fedq.metrics import PrometheusMetrics, serve_metrics
 from fedq.options import OptionsError, build_config, with_coordinator_options
@@ -110,8 +110,12 @@ def load(spec: str) -> Any:
 
 
 def check_codec(codec: str) -> str:
-    if codec not in CODECS:
-        raise fail(f"unknown codec {codec!r}: choose one of {', '.join(CODECS)}")
+    try:
+        get_codec(codec)
+    except CodecError:
+        raise fail(
+            f"unknown codec {codec!r}: choose one of {', '.join(CODECS)} or topk:FRACTION"
+        ) from None
     return codec
 
 
@@ -179,9 +183,11 @@ StateOpt = Annotated[
     Path | None, typer.Option("--state-dir", help="Checkpoints and ledger (env FEDQ_STATE_DIR).")
 ]
 ReportOpt = Annotated[Path | None, typer.Option("--report", help="Write a JSON report here.")]
-CodecOpt = Annotated[
-    str, typer.Option("--codec", help="Tensor codec of the updates sent: raw or fp16.")
-]
+CODEC_HELP = (
+    "Tensor codec of the updates sent: raw, fp16, int8 (~4x smaller), topk (1% of the "
+    "entries, ~50x smaller) or topk:FRACTION; lossy codecs carry error feedback across rounds."
+)
+CodecOpt = Annotated[str, typer.Option("--codec", help=CODEC_HELP)]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens.")]
 
 
@@ -201,6 +207,7 @@ def simulate_command(
     ] = None,
     state_dir: StateOpt = None,
     report: ReportOpt = None,
+    update_codec: Annotated[str, typer.Option("--update-codec", help=CODEC_HELP)] = "raw",
     slow: Annotated[
         list[str] | None,
         typer.Option("--slow", help="Make participant INDEX FACTOR x slower, e.g. 3:10."),
@@ -230,7 +237,9 @@ def simulate_command(
     )
     plan = SimulationPlan(
         coordinator=config,
-        participant=ParticipantConfig(federation=name, participant_id="p", codec=config.codec),
+        participant=ParticipantConfig(
+            federation=name, participant_id="p", codec=check_codec(update_codec)
+        ),
         broker_url=broker,
         stragglers=parse_stragglers(slow or [], delay or [], config.participants),
         malicious=parse_malicious(malicious or [], config.participants),
@@ -278,7 +287,6 @@ def coordinator_config(
     root = state_dir or settings().state_dir
     try:
         config = build_config({**options, "federation": federation, "state_dir": root / federation})
-        check_codec(config.codec)
         compose_strategy(config, dp_seed=0)
     except (OptionsError, StrategyError) as exc:
         raise fail(str(exc)) from None

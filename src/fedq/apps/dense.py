@@ -2,7 +2,8 @@
 
 Binary cross-entropy with SGD (lr 0.01). Data is synthetic with a fixed seed: 5 standard
 normal features, label 1 when a fixed linear score is positive (so a good model reaches
-high accuracy); 4,000 training rows split IID across participants and 1,000 held out.
+high accuracy); 4,000 training rows split across participants (IID unless ``FEDQ_PARTITION`` names a
+scheme, see :mod:`fedq.participant.partitions`) and 1,000 held out.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 
 from fedq.apps.keras_app import Arrays, KerasApp, import_keras, shard
 from fedq.participant.app import Partition, TrainConfig
+from fedq.participant.partitions import scheme_from_env
 
 SEED = 1234
 _TRUE_WEIGHTS = np.array([1.5, -2.0, 0.7, 1.0, -0.5], dtype=np.float32)
@@ -44,8 +46,13 @@ def _dataset(rows: int, seed: int) -> Arrays:
     return x, y.reshape(-1, 1)
 
 
+def load_train() -> Arrays:
+    """Every training row, before the split (``fedq partition`` reads its labels)."""
+    return _dataset(4000, SEED)
+
+
 def load_partition(partition: Partition) -> Arrays:
-    return shard(_dataset(4000, SEED), partition, SEED)
+    return shard(load_train(), partition, SEED, scheme_from_env())
 
 
 def load_test() -> Arrays:

@@ -1,4 +1,5 @@
-"""``fedq.apps.fmnist:app``: a small CNN on Fashion-MNIST, IID split across participants.
+"""``fedq.apps.fmnist:app``: a small CNN on Fashion-MNIST split across participants:
+IID unless ``FEDQ_PARTITION`` names a scheme (see :mod:`fedq.participant.partitions`).
 
 Reads the IDX files of Debian's ``dataset-fashion-mnist`` (``FEDQ_FMNIST_DIR`` overrides
 the folder). Nothing is downloaded: a machine without the files gets one line naming the
@@ -18,6 +19,7 @@ import numpy as np
 
 from fedq.apps.keras_app import Arrays, KerasApp, import_keras, shard
 from fedq.participant.app import AppError, Partition
+from fedq.participant.partitions import scheme_from_env
 
 SEED = 42
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
@@ -76,8 +78,13 @@ def build_model() -> Any:
     return model
 
 
+def load_train() -> Arrays:
+    """Every training image, before the split (``fedq partition`` reads its labels)."""
+    return _split("train")
+
+
 def load_partition(partition: Partition) -> Arrays:
-    return shard(_split("train"), partition, SEED)
+    return shard(load_train(), partition, SEED, scheme_from_env())
 
 
 def load_test() -> Arrays:

@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fedq.messages.codec import Weights
+from fedq.participant import partitions
 from fedq.participant.app import Partition, TrainConfig, TrainResult
+from fedq.participant.partitions import Scheme
 
 if TYPE_CHECKING:
     import keras
@@ -133,9 +135,9 @@ class KerasApp:
         return {k: float(v) for k, v in values.items()}
 
 
-def shard(arrays: Arrays, partition: Partition, seed: int) -> Arrays:
-    """The IID share ``partition`` of ``arrays``: a fixed-seed shuffle cut in equal slices."""
-    x, y = arrays
-    order = np.random.default_rng(seed).permutation(len(x))
-    part = np.array_split(order, partition.count)[partition.index]
-    return x[part], y[part]
+def shard(arrays: Arrays, partition: Partition, seed: int, scheme: Scheme | str = "iid") -> Arrays:
+    """The share ``partition`` of ``arrays`` under ``scheme`` (see :mod:`fedq.participant.
+    partitions`); ``iid`` is a fixed-seed shuffle cut in equal slices."""
+    if isinstance(scheme, str):
+        scheme = Scheme.parse(scheme)
+    return partitions.apply(arrays, partition, scheme, seed)

@@ -1,0 +1,223 @@
+"""How a dataset is split across participants: IID or one of NIID-Bench's non-IID schemes.
+
+Li et al., "Federated Learning on Non-IID Data Silos: An Experimental Study" (ICDE 2022)
+define the schemes; a :class:`Scheme` is parsed from one of these specs:
+
+=================  ==============================================================
+``iid``            a seeded shuffle cut into equal slices
+``dirichlet:B``    label skew: per label, shares p ~ Dir(B) over participants
+                   (redrawn until every participant holds ``min_size`` samples)
+``labels:K``       #C=K: each participant holds K distinct labels; a label's
+                   samples are split evenly among the participants holding it
+``quantity:B``     quantity skew: sizes ~ Dir(B) over shuffled samples
+                   (redrawn until every participant holds ``min_size`` samples)
+``noise:S``        IID, plus Gaussian noise on x with std S * index / count
+=================  ==============================================================
+
+Every participant computes the same split from the same seed and takes its own part, so
+nothing is exchanged: :func:`split` depends only on (labels, count, scheme, seed), never on
+who asks. The parts are disjoint and cover every sample once, with one exception:
+``labels:K`` hands labels out round-robin over a seeded label order, so every label has a
+holder when ``count * K >= classes``; otherwise ``classes - count * K`` labels have none and
+their samples are left out of every part.
+
+The shipped apps read the scheme from ``FEDQ_PARTITION`` (:func:`scheme_from_env`, default
+``iid``); ``fedq simulate`` and ``fedq participant`` set it from ``--partition-scheme``.
+Pure numpy: no broker, no files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from fedq.participant.app import AppError, Partition
+
+Arrays = tuple[np.ndarray, np.ndarray]
+Kind = Literal["iid", "dirichlet", "labels", "quantity", "noise"]
+
+ENV_VAR = "FEDQ_PARTITION"
+#: NIID-Bench's minimum part size for the Dirichlet schemes.
+MIN_SIZE = 10
+#: Dirichlet draws tried before giving up on ``min_size`` (NIID-Bench loops forever).
+MAX_DRAWS = 1000
+FORMS = "iid, dirichlet:BETA, labels:K, quantity:BETA or noise:SIGMA (e.g. dirichlet:0.5)"
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """A partitioning scheme; ``value`` is beta, k or sigma (None for ``iid``)."""
+
+    kind: Kind = "iid"
+    value: float | None = None
+
+    @classmethod
+    def parse(cls, spec: str) -> Scheme:
+        kind, sep, raw = spec.strip().lower().partition(":")
+        if kind == "iid" and not sep:
+            return cls()
+        if kind not in ("dirichlet", "labels", "quantity", "noise") or not raw:
+            raise ValueError(f"partition scheme {spec!r}: expected {FORMS}")
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"partition scheme {spec!r}: {raw!r} is not a number") from None
+        if kind == "labels":
+            if not value.is_integer() or value < 1:
+                raise ValueError(f"partition scheme {spec!r}: K must be a whole number >= 1")
+        elif kind == "noise":
+            if not (np.isfinite(value) and value >= 0):
+                raise ValueError(f"partition scheme {spec!r}: SIGMA must be >= 0")
+        elif not (np.isfinite(value) and value > 0):
+            raise ValueError(f"partition scheme {spec!r}: BETA must be > 0")
+        return cls(kind, value)  # type: ignore[arg-type]  # kind checked against Kind above
+
+    def __str__(self) -> str:
+        if self.value is None:
+            return self.kind
+        shown = int(self.value) if self.kind == "labels" else self.value
+        return f"{self.kind}:{shown}"
+
+
+def scheme_from_env() -> Scheme:
+    """The scheme in ``FEDQ_PARTITION`` (default ``iid``); a bad value is one AppError line."""
+    spec = os.environ.get(ENV_VAR, "iid")
+    try:
+        return Scheme.parse(spec)
+    except ValueError as exc:
+        raise AppError(f"{ENV_VAR}: {exc}") from None
+
+
+def _classes(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct labels, each sample's position among them); labels may be (n, 1)."""
+    flat = np.asarray(labels).reshape(len(labels), -1)
+    if flat.shape[1] != 1:
+        raise ValueError("labels must hold one label per sample (shape (n,) or (n, 1))")
+    values, codes = np.unique(flat[:, 0], return_inverse=True)
+    return values, codes.reshape(-1)
+
+
+def _iid(n: int, count: int, rng: np.random.Generator) -> list[np.ndarray]:
+    return np.array_split(rng.permutation(n), count)
+
+
+def _dirichlet_labels(
+    codes: np.ndarray,
+    classes: int,
+    count: int,
+    beta: float,
+    min_size: int,
+    rng: np.random.Generator,
+) -> list[np.ndarray]:
+    n = len(codes)
+    for _ in range(MAX_DRAWS):
+        parts: list[list[np.ndarray]] = [[] for _ in range(count)]
+        sizes = np.zeros(count, dtype=np.int64)
+        for label in range(classes):
+            members = rng.permutation(np.flatnonzero(codes == label))
+            shares = rng.dirichlet(np.full(count, beta))
+            # NIID-Bench: a participant already above the mean size takes no more.
+            open_ = sizes < n / count
+            shares = np.where(open_, shares, 0.0)
+            total = shares.sum()
+            shares = shares / total if np.isfinite(total) and total > 0 else open_ / open_.sum()
+            cuts = (np.cumsum(shares) * len(members)).astype(int)[:-1]
+            for i, piece in enumerate(np.split(members, cuts)):
+                parts[i].append(piece)
+                sizes[i] += len(piece)
+        if sizes.min() >= min_size:
+            return [rng.permutation(np.concatenate(p)) for p in parts]
+    raise ValueError(
+        f"dirichlet:{beta}: no draw in {MAX_DRAWS} gave each of {count} participants "
+        f"{min_size} samples; raise BETA, lower min_size or use fewer participants"
+    )
+
+
+def _label_owners(classes: int, count: int, k: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Participant i holds labels order[i*k .. i*k+k-1] (mod classes): k distinct labels,
+    every label held when count*k >= classes, and holders per label differ by at most one."""
+    if k > classes:
+        raise ValueError(f"labels:{k}: the data has only {classes} labels; need K <= {classes}")
+    order = rng.permutation(classes)
+    return [order[(i * k + np.arange(k)) % classes] for i in range(count)]
+
+
+def _label_count(
+    codes: np.ndarray, classes: int, count: int, k: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    owners = _label_owners(classes, count, k, rng)
+    parts: list[list[np.ndarray]] = [[] for _ in range(count)]
+    for label in range(classes):
+        holders = [i for i, held in enumerate(owners) if label in held]
+        members = rng.permutation(np.flatnonzero(codes == label))
+        if not holders:
+            continue  # count*k < classes: nobody holds this label; its samples are left out
+        for i, piece in zip(holders, np.array_split(members, len(holders)), strict=True):
+            parts[i].append(piece)
+    return [rng.permutation(np.concatenate(p)) if p else np.zeros(0, dtype=np.int64) for p in parts]
+
+
+def _quantity(
+    n: int, count: int, beta: float, min_size: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    order = rng.permutation(n)
+    for _ in range(MAX_DRAWS):
+        shares = rng.dirichlet(np.full(count, beta))
+        if np.isfinite(shares).all() and (shares * n).min() >= min_size:
+            cuts = (np.cumsum(shares / shares.sum()) * n).astype(int)[:-1]
+            return np.split(order, cuts)
+    raise ValueError(
+        f"quantity:{beta}: no draw in {MAX_DRAWS} gave each of {count} participants "
+        f"{min_size} samples; raise BETA, lower min_size or use fewer participants"
+    )
+
+
+def split(
+    labels: np.ndarray, count: int, scheme: Scheme, seed: int, min_size: int = MIN_SIZE
+) -> list[np.ndarray]:
+    """Sample indices of each of ``count`` participants, a pure function of the arguments.
+
+    Parts are disjoint and together cover every sample once (``labels:K`` with
+    ``count * K < classes`` leaves the unheld labels' samples out). ``min_size`` applies to
+    ``dirichlet`` and ``quantity`` only; ValueError when it cannot be met.
+    """
+    if count < 1:
+        raise ValueError(f"need at least one participant, not {count}")
+    n = len(labels)
+    if scheme.kind in ("dirichlet", "quantity") and count * min_size > n:
+        raise ValueError(f"{scheme}: {n} samples cannot give {count} participants {min_size} each")
+    rng = np.random.default_rng(seed)
+    if scheme.kind in ("iid", "noise"):
+        return _iid(n, count, rng)  # the first draw of the seed, as the IID shard always was
+    assert scheme.value is not None
+    if scheme.kind == "quantity":
+        return _quantity(n, count, scheme.value, min_size, rng)
+    values, codes = _classes(labels)
+    if scheme.kind == "dirichlet":
+        return _dirichlet_labels(codes, len(values), count, scheme.value, min_size, rng)
+    return _label_count(codes, len(values), count, int(scheme.value), rng)
+
+
+def noise_std(scheme: Scheme, partition: Partition) -> float:
+    """NIID-Bench's feature skew: participant 0 gets clean data, noise grows with the index."""
+    if scheme.kind != "noise" or scheme.value is None:
+        return 0.0
+    return scheme.value * partition.index / partition.count
+
+
+def apply(
+    arrays: Arrays, partition: Partition, scheme: Scheme, seed: int, min_size: int = MIN_SIZE
+) -> Arrays:
+    """Participant ``partition.index``'s (x, y) under ``scheme`` (noisy x for ``noise``)."""
+    x, y = arrays
+    part = split(y, partition.count, scheme, seed, min_size)[partition.index]
+    x, y = x[part], y[part]
+    std = noise_std(scheme, partition)
+    if std > 0:
+        rng = np.random.default_rng([seed, partition.index])
+        x = x.astype(x.dtype if np.issubdtype(x.dtype, np.floating) else np.float32)
+        x = x + rng.normal(0.0, std, size=x.shape).astype(x.dtype)
+    return x, y

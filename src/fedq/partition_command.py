@@ -1,0 +1,136 @@
+"""``fedq partition``: how a scheme splits an app's training labels, as a table and a plot.
+
+The app's module must define ``load_train() -> (x, y)``, every training sample before the
+split (the shipped Keras apps do). The split is the one each participant computes for
+itself (:func:`fedq.participant.partitions.split`), so what this prints is what a federation
+run with the same scheme and seed trains on.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.table import Table
+
+from fedq.console import console
+from fedq.options import OptionsError
+from fedq.participant.app import AppError, load_app
+from fedq.participant.partitions import Scheme, split
+
+
+class PartitionError(OptionsError):
+    """A flag or app ``fedq partition`` cannot use; ``fedq.cli.main`` prints it in one line."""
+
+
+def label_histogram(labels: np.ndarray, parts: list[np.ndarray]) -> tuple[list[str], np.ndarray]:
+    """(label names, counts[participant, label]) of each part's samples."""
+    flat = np.asarray(labels).reshape(len(labels))
+    values, codes = np.unique(flat, return_inverse=True)
+    counts = np.stack([np.bincount(codes[p], minlength=len(values)) for p in parts])
+    names = [str(int(v)) if float(v).is_integer() else str(v) for v in values]
+    return names, counts
+
+
+def plot_histogram(names: list[str], counts: np.ndarray, title: str, path: Path) -> None:
+    """A stacked bar per participant, one colour per label."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only: no display needed
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise PartitionError(
+            "plotting needs matplotlib: pip install 'fedq[plot]' (or pip install matplotlib)"
+        ) from None
+    figure, axis = plt.subplots(figsize=(max(6.0, 0.4 * len(counts) + 3), 4))
+    bottom = np.zeros(len(counts))
+    participants = np.arange(len(counts))
+    for j, name in enumerate(names):
+        axis.bar(participants, counts[:, j], bottom=bottom, label=name)
+        bottom += counts[:, j]
+    axis.set_title(title)
+    axis.set_xlabel("participant")
+    axis.set_ylabel("samples")
+    axis.set_xticks(participants)
+    axis.legend(title="label", fontsize="small", bbox_to_anchor=(1.01, 1), loc="upper left")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def _training_labels(app_spec: str) -> np.ndarray:
+    try:
+        load_app(app_spec)  # the same checks (and one-line errors) as every other command
+    except AppError as exc:
+        raise PartitionError(str(exc)) from None
+    module = importlib.import_module(app_spec.partition(":")[0])
+    load_train = getattr(module, "load_train", None)
+    if not callable(load_train):
+        raise PartitionError(
+            f"app {app_spec!r}: its module defines no load_train() returning the training "
+            "(x, y), which `fedq partition` needs to read the labels"
+        )
+    try:
+        _, y = load_train()
+    except AppError as exc:
+        raise PartitionError(str(exc)) from None
+    return np.asarray(y)
+
+
+def partition_command(
+    app_spec: Annotated[str, typer.Option("--app", help="The app, package.module:attr.")],
+    participants: Annotated[
+        int, typer.Option("--participants", "-n", min=1, help="How many participants.")
+    ],
+    scheme: Annotated[
+        str,
+        typer.Option(
+            "--scheme",
+            help="iid, dirichlet:BETA, labels:K, quantity:BETA or noise:SIGMA.",
+        ),
+    ] = "iid",
+    seed: Annotated[
+        int | None,
+        typer.Option("--seed", help="Split seed (default: the app module's SEED, else 0)."),
+    ] = None,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="Write a stacked bar chart (PNG) here.")
+    ] = None,
+) -> None:
+    """Print each participant's label histogram under a partition scheme (and plot it)."""
+    try:
+        parsed = Scheme.parse(scheme)
+    except ValueError as exc:
+        raise PartitionError(f"--scheme: {exc}") from None
+    labels = _training_labels(app_spec)
+    if seed is None:  # the seed the app itself passes to shard(), so the split matches a run
+        seed = int(getattr(importlib.import_module(app_spec.partition(":")[0]), "SEED", 0))
+    try:
+        parts = split(labels, participants, parsed, seed)
+    except ValueError as exc:
+        raise PartitionError(str(exc)) from None
+    names, counts = label_histogram(labels, parts)
+
+    console.print(f"{app_spec} split {parsed} (seed {seed}), samples per label:", highlight=False)
+    table = Table()
+    table.add_column("participant", justify="right")
+    table.add_column("samples", justify="right")
+    for name in names:
+        table.add_column(name, justify="right")
+    for i, row in enumerate(counts):
+        table.add_row(str(i), str(int(row.sum())), *(str(int(c)) for c in row))
+    console.print(table)
+    left_out = len(labels) - int(counts.sum())
+    if left_out:
+        console.print(
+            f"{left_out} of {len(labels)} samples are held by no participant: "
+            f"{participants} participants x {parsed} cover fewer than the {len(names)} labels"
+        )
+    if plot is not None:
+        plot_histogram(names, counts, f"{app_spec}: {parsed}", plot)
+        console.print(f"plot written to {plot}")

@@ -1,0 +1,228 @@
+"""Lossy update codecs (int8, topk) and the participant's error feedback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from fedq.apps.synthetic import SyntheticApp
+from fedq.coordinator.checkpoint import checkpoint_path, load_checkpoint
+from fedq.coordinator.config import CoordinatorConfig
+from fedq.messages.codec import MalformedMessage, decode_message, encode_message
+from fedq.messages.codecs import CodecError, get_codec
+from fedq.messages.codecs.int8 import BLOCK
+from fedq.messages.schema import UpdateMeta
+from fedq.participant.compression import ErrorFeedback
+from fedq.participant.worker import ParticipantConfig
+from fedq.simulation import SimulationPlan, simulate
+
+META = UpdateMeta(federation="f", participant="p1", round=2, base_version=1, num_examples=10)
+INT8 = get_codec("int8")
+TOPK = get_codec("topk")
+
+
+def round_trip(codec_name: str, array: np.ndarray) -> np.ndarray:
+    codec = get_codec(codec_name)
+    return codec.decode(codec.encode(array), array.dtype, array.shape)
+
+
+def int8_bound(array: np.ndarray) -> np.ndarray:
+    """Per value: half its block's scale, plus float32 rounding."""
+    flat = array.reshape(-1).astype(np.float64)
+    bound = np.empty_like(flat)
+    for start in range(0, flat.size, BLOCK):
+        block = flat[start : start + BLOCK]
+        peak = np.abs(block).max()
+        bound[start : start + BLOCK] = peak / 127 / 2 + 4 * np.finfo(np.float32).eps * peak
+    return bound.reshape(array.shape) + 1e-30
+
+
+@given(
+    hnp.arrays(
+        np.float32,
+        hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=8),
+        elements=st.floats(-1e4, 1e4, width=32, allow_subnormal=False),
+    )
+)
+def test_int8_round_trip_is_within_half_a_scale(array):
+    decoded = decode_message(encode_message(META, {"w": array}, "int8")).tensors[0]
+    assert decoded.codec == "int8"
+    assert decoded.array.dtype == np.float32 and decoded.array.shape == array.shape
+    assert not decoded.array.flags.writeable
+    assert (np.abs(decoded.array - array) <= int8_bound(array)).all()
+
+
+def test_int8_scales_each_block_on_its_own():
+    """A large block does not coarsen a small one: each keeps its own scale."""
+    rng = np.random.default_rng(1)
+    array = rng.standard_normal(3 * BLOCK + 17).astype(np.float32)
+    array[:BLOCK] *= 1000
+    array[-17:] *= 1e-3
+    error = np.abs(round_trip("int8", array) - array)
+    assert (error <= int8_bound(array)).all()
+    assert error[-17:].max() < 1e-4
+
+
+def test_int8_leaves_integer_tensors_exact():
+    counts = np.arange(-5, 5, dtype=np.int64)
+    np.testing.assert_array_equal(round_trip("int8", counts), counts)
+    np.testing.assert_array_equal(round_trip("topk", counts), counts)
+
+
+def test_topk_keeps_exactly_the_k_largest_magnitudes_and_zeros_the_rest():
+    rng = np.random.default_rng(2)
+    array = rng.permutation(np.linspace(-1, 1, 10_001)).astype(np.float32).reshape(73, 137)
+    decoded = round_trip("topk", array)
+    assert decoded.shape == array.shape and decoded.dtype == np.float32
+    k = round(0.01 * array.size)
+    largest = np.argsort(np.abs(array), axis=None)[-k:]
+    kept = np.flatnonzero(decoded)
+    np.testing.assert_array_equal(np.sort(kept), np.sort(largest))
+    np.testing.assert_array_equal(decoded.reshape(-1)[kept], array.reshape(-1)[kept])
+
+
+def test_topk_fraction_is_set_after_a_colon_and_the_wire_says_topk():
+    array = np.arange(1, 1001, dtype=np.float32)
+    decoded = decode_message(encode_message(META, {"w": array}, "topk:0.05")).tensors[0]
+    assert decoded.codec == "topk"
+    assert np.count_nonzero(decoded.array) == 50
+    with pytest.raises(CodecError):
+        get_codec("topk:0")
+    with pytest.raises(CodecError):
+        get_codec("topk:lots")
+
+
+def test_topk_of_a_tiny_tensor_keeps_one_entry_and_of_an_empty_one_none():
+    np.testing.assert_array_equal(round_trip("topk", np.array([0.5, -2.0], np.float32)), [0, -2])
+    assert round_trip("topk", np.zeros((0, 3), np.float32)).shape == (0, 3)
+
+
+@pytest.mark.parametrize(("codec", "at_least"), [("int8", 3.5), ("topk", 30.0)])
+def test_codec_cuts_the_bytes_of_a_1m_float_update(codec, at_least):
+    update = {"w": np.random.default_rng(3).standard_normal(1_000_000).astype(np.float32)}
+    raw = len(encode_message(META, update, "raw"))
+    assert raw / len(encode_message(META, update, codec)) >= at_least
+
+
+def with_payload(tensor_codec: str, shape: list[int], data: bytes) -> bytes:
+    """A body whose one float32 tensor carries ``data`` as-is under ``tensor_codec``."""
+    return msgpack.packb(
+        {**META.model_dump(mode="json"), "tensors": [
+            {"name": "w", "dtype": "float32", "shape": shape, "codec": tensor_codec,
+             "data": data},
+        ]},
+        use_bin_type=True,
+    )  # fmt: skip
+
+
+def topk_payload(k: int, indices: list[int], values: list[float]) -> bytes:
+    return (
+        np.array([k], "<u4").tobytes()
+        + np.array(indices, "<u4").tobytes()
+        + np.array(values, "<f4").tobytes()
+    )
+
+
+HOSTILE = {
+    "int8 too short": ("int8", [10], np.zeros(4, "<f4").tobytes() + bytes(9)),
+    "int8 too long": ("int8", [10], np.zeros(1, "<f4").tobytes() + bytes(11)),
+    "int8 nan scale": ("int8", [10], np.array([np.nan], "<f4").tobytes() + bytes(10)),
+    "int8 inf scale": ("int8", [10], np.array([np.inf], "<f4").tobytes() + bytes(10)),
+    "int8 negative scale": ("int8", [10], np.array([-1], "<f4").tobytes() + bytes(10)),
+    "topk no k": ("topk", [10], b"\x01\x00"),
+    "topk wrong length": ("topk", [10], topk_payload(2, [1, 2], [1.0, 2.0])[:-1]),
+    "topk k > size": ("topk", [3], topk_payload(4, [0, 1, 2, 3], [1, 1, 1, 1])),
+    "topk index out of range": ("topk", [10], topk_payload(2, [1, 10], [1.0, 2.0])),
+    "topk duplicate indices": ("topk", [10], topk_payload(2, [4, 4], [1.0, 2.0])),
+    "topk unsorted indices": ("topk", [10], topk_payload(2, [5, 4], [1.0, 2.0])),
+    "unknown parameter": ("topk:x", [10], topk_payload(1, [1], [1.0])),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_hostile_payload_is_undecodable(case):
+    codec, shape, data = HOSTILE[case]
+    with pytest.raises(MalformedMessage) as err:
+        decode_message(with_payload(codec, shape, data))
+    assert err.value.reason == "undecodable"
+
+
+def test_a_well_formed_topk_payload_decodes():
+    decoded = decode_message(with_payload("topk", [5], topk_payload(2, [1, 4], [1.5, -2.0])))
+    np.testing.assert_array_equal(decoded.weights()["w"], [0, 1.5, 0, 0, -2.0])
+
+
+def sent(codec: str, corrected: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """What the coordinator decodes from the update the participant encodes."""
+    return decode_message(encode_message(META, corrected, codec)).weights()
+
+
+@pytest.mark.parametrize("codec", ["int8", "topk", "fp16"])
+def test_sent_plus_residual_is_the_sum_of_the_true_deltas(codec):
+    rng = np.random.default_rng(4)
+    feedback = ErrorFeedback(codec)
+    true_sum = np.zeros(5000)
+    sent_sum = np.zeros(5000)
+    for _ in range(20):
+        delta = rng.standard_normal(5000).astype(np.float32)
+        true_sum += delta
+        sent_sum += sent(codec, feedback.compress({"w": delta}))["w"]
+    np.testing.assert_allclose(sent_sum + feedback.residual["w"], true_sum, atol=1e-4)
+
+
+def test_error_feedback_makes_topk_converge_to_the_true_sum():
+    """The same 1%-sparse codec, with and without feedback, on 300 noisy copies of one
+    direction: without, the 99% never sent are lost for good; with, they arrive late."""
+    rng = np.random.default_rng(5)
+    direction = rng.standard_normal(2000).astype(np.float32)
+    feedback = ErrorFeedback("topk")
+    true_sum, with_feedback, without = np.zeros(2000), np.zeros(2000), np.zeros(2000)
+    for _ in range(300):
+        delta = direction + 0.1 * rng.standard_normal(2000).astype(np.float32)
+        true_sum += delta
+        with_feedback += sent("topk", feedback.compress({"w": delta}))["w"]
+        without += sent("topk", {"w": delta})["w"]
+
+    def error(total: np.ndarray) -> float:
+        return float(np.linalg.norm(total - true_sum) / np.linalg.norm(true_sum))
+
+    assert error(with_feedback) < 0.2
+    assert error(without) > 0.9
+    assert error(with_feedback) < error(without) / 4
+
+
+def test_error_feedback_is_only_for_lossy_codecs():
+    assert not ErrorFeedback.wanted("raw")
+    assert all(ErrorFeedback.wanted(c) for c in ("int8", "topk", "topk:0.05", "fp16"))
+
+
+async def run_synthetic(tmp_path: Path, codec: str, rounds: int = 3):
+    plan = SimulationPlan(
+        coordinator=CoordinatorConfig(
+            federation="compressed", participants=3, rounds=rounds, state_dir=tmp_path
+        ),
+        participant=ParticipantConfig(federation="compressed", participant_id="p", codec=codec),
+    )
+    return await simulate(plan, SyntheticApp(params=20_000))
+
+
+async def test_an_int8_federation_ends_near_the_fedavg_oracle(tmp_path: Path):
+    result = await run_synthetic(tmp_path, "int8")
+    assert result.updates_rejected == 0 and result.model_version == 3
+    oracle = 3 * SyntheticApp.fedavg_step([0, 1, 2])
+    # Each delta is within half an int8 step of its block's peak (0.003 at most).
+    tolerance = 3 * 0.003 / 127 / 2
+    for tensor in load_checkpoint(checkpoint_path(tmp_path / "models", 3)).values():
+        np.testing.assert_allclose(tensor, oracle, atol=tolerance)
+
+
+async def test_a_topk_federation_decodes_every_update(tmp_path: Path):
+    result = await run_synthetic(tmp_path, "topk")
+    assert result.updates_rejected == 0
+    assert result.updates_incorporated == 9 and result.model_version == 3
