@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -41,7 +42,10 @@ from fedq.metrics import PrometheusMetrics, serve_metrics
 from fedq.options import OptionsError, build_config, with_coordinator_options
 from fedq.participant.app import AppError, Partition, TrainConfig, load_app
 from fedq.participant.attacks import parse_attack
+from fedq.participant.partitions import ENV_VAR as PARTITION_ENV
+from fedq.participant.partitions import Scheme
 from fedq.participant.worker import ParticipantConfig
+from fedq.partition_command import partition_command
 from fedq.plot import PlotUnavailable, plot_history
 from fedq.settings import settings
 from fedq.simulation import SimulationPlan, Straggler, run_participants, simulate
@@ -189,6 +193,23 @@ CODEC_HELP = (
 )
 CodecOpt = Annotated[str, typer.Option("--codec", help=CODEC_HELP)]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens.")]
+SchemeOpt = Annotated[
+    str,
+    typer.Option(
+        "--partition-scheme",
+        help="How the shipped apps split the data: iid, dirichlet:BETA (label skew), "
+        "labels:K (K labels each), quantity:BETA (size skew) or noise:SIGMA (feature noise).",
+    ),
+]
+
+
+def use_scheme(scheme: str) -> None:
+    """Check ``scheme`` and hand it to the apps (they read FEDQ_PARTITION when loading)."""
+    try:
+        Scheme.parse(scheme)
+    except ValueError as exc:
+        raise fail(f"--partition-scheme: {exc}") from None
+    os.environ[PARTITION_ENV] = scheme
 
 
 @app.command("simulate")
@@ -208,6 +229,7 @@ def simulate_command(
     state_dir: StateOpt = None,
     report: ReportOpt = None,
     update_codec: Annotated[str, typer.Option("--update-codec", help=CODEC_HELP)] = "raw",
+    partition_scheme: SchemeOpt = "iid",
     slow: Annotated[
         list[str] | None,
         typer.Option("--slow", help="Make participant INDEX FACTOR x slower, e.g. 3:10."),
@@ -244,6 +266,7 @@ def simulate_command(
         stragglers=parse_stragglers(slow or [], delay or [], config.participants),
         malicious=parse_malicious(malicious or [], config.participants),
     )
+    use_scheme(partition_scheme)
     application = load(app_spec)
     where = f"RabbitMQ at {redact(broker)}" if broker else "the embedded broker"
     console.print(
@@ -333,6 +356,7 @@ def participant_command(
     partition: Annotated[
         str, typer.Option("--partition", help="Data share INDEX/COUNT (0-based), e.g. 2/4.")
     ] = "0/1",
+    partition_scheme: SchemeOpt = "iid",
     epochs: Annotated[int | None, typer.Option("--epochs", min=1)] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
     codec: CodecOpt = "raw",
@@ -367,6 +391,7 @@ def participant_command(
         raise fail(f"--count {count} from partition {first.index} exceeds {first.count} partitions")
     if attack is not None:
         check_attack("--attack", attack)
+    use_scheme(partition_scheme)
     application = load(app_spec)
     base = getattr(application, "train_config", None) or TrainConfig()
     train = TrainConfig(epochs=epochs or base.epochs, batch_size=batch_size or base.batch_size)
@@ -468,6 +493,9 @@ def read_history(path: Path) -> FederationHistory:
         )
     finally:
         ledger.close()
+
+
+app.command("partition")(partition_command)
 
 
 @app.command("dashboard")

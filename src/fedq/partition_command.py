@@ -9,11 +9,13 @@ run with the same scheme and seed trains on.
 from __future__ import annotations
 
 import importlib
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import numpy as np
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from fedq.console import console
@@ -116,7 +118,9 @@ def partition_command(
         raise PartitionError(str(exc)) from None
     names, counts = label_histogram(labels, parts)
 
-    console.print(f"{app_spec} split {parsed} (seed {seed}), samples per label:", highlight=False)
+    # stdout: the histogram is this command's output; piped, it is not cut to 80 columns.
+    out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+    out.print(f"{app_spec} split {parsed} (seed {seed}), samples per label:", highlight=False)
     table = Table()
     table.add_column("participant", justify="right")
     table.add_column("samples", justify="right")
@@ -124,7 +128,7 @@ def partition_command(
         table.add_column(name, justify="right")
     for i, row in enumerate(counts):
         table.add_row(str(i), str(int(row.sum())), *(str(int(c)) for c in row))
-    console.print(table)
+    out.print(table)
     left_out = len(labels) - int(counts.sum())
     if left_out:
         console.print(
