@@ -25,6 +25,7 @@ from fedq.console import (
     history_table,
     print_summary,
 )
+from fedq.coordinator.checkpoint import checkpoint_path, load_checkpoint
 from fedq.coordinator.config import ConfigError, CoordinatorConfig
 from fedq.coordinator.ledger import LedgerError, UpdateLedger
 from fedq.coordinator.observers import CoordinatorObserver
@@ -496,6 +497,42 @@ def read_history(path: Path) -> FederationHistory:
 
 
 app.command("partition")(partition_command)
+
+
+@app.command("export")
+def export_command(
+    app_spec: AppOpt,
+    state_dir: Annotated[
+        Path, typer.Option("--state-dir", help="The federation's folder (holds ledger.sqlite).")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="The .keras file to write.")],
+    version: Annotated[
+        int | None,
+        typer.Option("--version", min=0, help="Which model version (default: the last committed)."),
+    ] = None,
+) -> None:
+    """Write a committed global model as a .keras file that keras.saving.load_model reads."""
+    ledger_path = state_dir / "ledger.sqlite"
+    if not ledger_path.exists():
+        raise fail(f"no ledger in {state_dir}: pass the folder of one federation (STATE_DIR/F)")
+    ledger = UpdateLedger(ledger_path)
+    try:
+        last = ledger.last_version()
+    finally:
+        ledger.close()
+    chosen = version if version is not None else (last.version if last else 0)
+    checkpoint = checkpoint_path(state_dir / "models", chosen)
+    if not checkpoint.exists():
+        raise fail(f"no checkpoint of model v{chosen} in {state_dir / 'models'}")
+    if out.suffix != ".keras":
+        raise fail(f"--out {out}: Keras saves whole models to a .keras file")
+    application = load(app_spec)
+    export = getattr(application, "export", None)
+    if not callable(export):
+        raise fail(f"app {app_spec!r} cannot export a model (it has no export(weights, path))")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    export(load_checkpoint(checkpoint), out)
+    console.print(f"model v{chosen} written to {out}")
 
 
 @app.command("dashboard")

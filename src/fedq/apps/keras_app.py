@@ -18,6 +18,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -124,6 +125,14 @@ class KerasApp:
         )
         metrics = {k: float(v[-1]) for k, v in history.history.items()}
         return TrainResult(self._get(model), num_examples=len(x), metrics=metrics)
+
+    def export(self, weights: Weights, path: Path) -> None:
+        """Save ``weights`` as a whole Keras model (architecture, weights, compile settings)
+        that ``keras.saving.load_model`` reads back without fedq."""
+        model = self._model("export")
+        with self._lock:
+            self._set(model, weights)
+            model.save(path)
 
     def evaluate(self, weights: Weights) -> dict[str, float] | None:
         if self._load_test is None:
