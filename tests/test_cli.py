@@ -136,7 +136,7 @@ def test_an_app_that_fails_to_train_is_one_line_naming_the_error(tmp_path):
 
 
 HELP_COMMANDS = [[], ["simulate"], ["coordinator"], ["participant"], ["history"], ["broker"]]
-HELP_COMMANDS.append(["broker", "check"])
+HELP_COMMANDS += [["broker", "check"], ["dashboard"], ["teardown"], ["partition"], ["export"]]
 
 
 @pytest.mark.parametrize("command", HELP_COMMANDS, ids=lambda c: " ".join(c) or "fedq")

@@ -505,13 +505,13 @@ def export_command(
     state_dir: Annotated[
         Path, typer.Option("--state-dir", help="The federation's folder (holds ledger.sqlite).")
     ],
-    out: Annotated[Path, typer.Option("--out", help="The .keras file to write.")],
+    out: Annotated[Path, typer.Option("--out", help="The file to write, named *.keras.")],
     version: Annotated[
         int | None,
         typer.Option("--version", min=0, help="Which model version (default: the last committed)."),
     ] = None,
 ) -> None:
-    """Write a committed global model as a .keras file that keras.saving.load_model reads."""
+    """Write a committed global model to a file that keras.saving.load_model reads."""
     ledger_path = state_dir / "ledger.sqlite"
     if not ledger_path.exists():
         raise fail(f"no ledger in {state_dir}: pass the folder of one federation (STATE_DIR/F)")
