@@ -20,7 +20,7 @@ from typing import Any
 from fedq.coordinator.records import RoundHistory, UpdateRecord, VersionRecord
 
 #: Bumped when a table changes; a ledger of another schema is refused with what to do.
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -46,7 +46,8 @@ CREATE TABLE IF NOT EXISTS updates (
     weight REAL NOT NULL,
     staleness INTEGER NOT NULL,
     digest TEXT NOT NULL,
-    metrics TEXT NOT NULL
+    metrics TEXT NOT NULL,
+    bytes INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS rejections (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -129,7 +130,7 @@ class UpdateLedger:
                     ),
                 )
                 self._db.executemany(
-                    "INSERT INTO updates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO updates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [
                         (
                             u.update_id,
@@ -142,6 +143,7 @@ class UpdateLedger:
                             u.staleness,
                             u.digest,
                             json.dumps(u.metrics),
+                            u.size,
                         )
                         for u in updates
                     ],
@@ -221,7 +223,7 @@ class UpdateLedger:
                 "epsilon FROM versions ORDER BY version"
             ).fetchall()
             updates = self._db.execute(
-                "SELECT version, participant, base_version, staleness FROM updates "
+                "SELECT version, participant, base_version, staleness, bytes FROM updates "
                 "ORDER BY version, participant, base_version"
             ).fetchall()
             rejected = self._db.execute(
@@ -229,8 +231,10 @@ class UpdateLedger:
                 "GROUP BY during_version, reason"
             ).fetchall()
         by_version: dict[int, list[tuple[str, int, int]]] = {}
-        for version, participant, base, staleness in updates:
+        sizes: dict[int, int] = {}
+        for version, participant, base, staleness, size in updates:
             by_version.setdefault(version, []).append((participant, int(base), int(staleness)))
+            sizes[version] = sizes.get(version, 0) + int(size)
         refused: dict[int | None, dict[str, int]] = {}
         for during, reason, n in rejected:
             refused.setdefault(during, {})[reason] = int(n)
@@ -246,6 +250,7 @@ class UpdateLedger:
                 metrics=json.loads(metrics),
                 updates=by_version.get(v, []),
                 epsilon=epsilon,
+                update_bytes=sizes.get(v, 0),
             )
             for v, r, closed_by, n, opened, committed, metrics, epsilon in versions
         ]
@@ -267,10 +272,11 @@ class UpdateLedger:
         """The updates committed in ``version``, as recorded."""
         rows = self._all(
             "SELECT update_id, participant, round, base_version, num_examples, weight, "
-            "staleness, digest, metrics FROM updates WHERE version = ? ORDER BY participant",
+            "staleness, digest, metrics, bytes FROM updates WHERE version = ? "
+            "ORDER BY participant",
             version,
         )
         return [
-            UpdateRecord(uid, p, r, base, n, w, tau, digest, json.loads(metrics))
-            for uid, p, r, base, n, w, tau, digest, metrics in rows
+            UpdateRecord(uid, p, r, base, n, w, tau, digest, json.loads(metrics), size)
+            for uid, p, r, base, n, w, tau, digest, metrics, size in rows
         ]

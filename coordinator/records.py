@@ -23,6 +23,8 @@ class UpdateRecord:
     #: xxh3-128 of the message body: tells a retried copy from another body with its id.
     digest: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
+    #: Bytes of the message body on the wire (what the update's codec made of it).
+    size: int = 0
 
 
 @dataclass(frozen=True)
@@ -56,3 +58,5 @@ class RoundHistory:
     #: Per update, in participant order: (participant, base version, staleness).
     updates: list[tuple[str, int, int]] = field(default_factory=list)
     epsilon: float | None = None
+    #: Bytes of the version's updates on the wire, all together.
+    update_bytes: int = 0

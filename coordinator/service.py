@@ -325,6 +325,7 @@ class Coordinator:
                 staleness=admitted.staleness,
                 digest=candidate.digest,
                 metrics=dict(meta.metrics),
+                size=size,
             )
         )
         held.hold(meta.update_id, delivery, candidate.digest)
@@ -451,6 +452,7 @@ class Coordinator:
                 metrics=metrics,
                 updates=[(r.participant, r.base_version, r.staleness) for r in open_.records],
                 epsilon=record.epsilon,
+                update_bytes=sum(r.size for r in open_.records),
             )
         )
         return new, version

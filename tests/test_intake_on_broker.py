@@ -13,6 +13,7 @@ import numpy as np
 from fedq.apps.synthetic import SyntheticApp
 from fedq.coordinator.checkpoint import checkpoint_path, load_checkpoint
 from fedq.coordinator.config import CoordinatorConfig
+from fedq.coordinator.ledger import UpdateLedger
 from fedq.coordinator.service import Coordinator
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.codec import encode_message
@@ -88,6 +89,12 @@ async def test_copies_of_a_held_id_and_a_garbage_flood_neither_stall_the_round_n
                 "conflicting_duplicate": Counter(altered),
                 "undecodable": Counter(garbage),
             }
+            # The ledger keeps each folded update's bytes on the wire: the genuine bodies.
+            ledger = UpdateLedger(tmp_path / "ledger.sqlite")
+            assert {u.participant: u.size for u in ledger.updates_of(1)} == {
+                f"p{i}": len(genuine[i]) for i in range(3)
+            }
+            assert ledger.history()[0].update_bytes == sum(len(b) for b in genuine.values())
             step = SyntheticApp.fedavg_step([0, 1, 2])
             for tensor in load_checkpoint(checkpoint_path(tmp_path / "models", 1)).values():
                 np.testing.assert_allclose(tensor, step, rtol=1e-6)

@@ -34,7 +34,7 @@ def history_table(rows: Iterable[RoundHistory], title: str) -> Table:
     private = any(r.epsilon is not None for r in rows)
     table = Table(title=title)
     columns = ["version", "round", "closed by", "updates", "participants", "refused"]
-    columns += ["loss", "accuracy", "seconds"] + (["epsilon"] if private else [])
+    columns += ["bytes in", "loss", "accuracy", "seconds"] + (["epsilon"] if private else [])
     for column in columns:
         table.add_column(
             column, justify="left" if column in ("participants", "refused") else "right"
@@ -48,6 +48,7 @@ def history_table(rows: Iterable[RoundHistory], title: str) -> Table:
             str(row.n_updates),
             _updates(row),
             refused,
+            human_bytes(row.update_bytes),
             _fmt(row.metrics, "loss"),
             _fmt(row.metrics, "accuracy"),
             f"{row.seconds:.2f}",
