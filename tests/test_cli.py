@@ -207,6 +207,17 @@ def test_an_unknown_config_file_setting_is_named(tmp_path):
     assert "--config: unknown setting 'quorom'" in one_line_error(result)
 
 
+def test_a_ledger_of_another_schema_is_one_line_for_history(tmp_path):
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "ledger.sqlite")
+    db.execute("CREATE TABLE versions (version INTEGER PRIMARY KEY)")
+    db.commit()
+    db.close()
+    line = one_line_error(run_fedq("history", "--state-dir", str(tmp_path)))
+    assert "use a new --state-dir" in line
+
+
 def test_a_users_own_aggregator_plugs_in_by_its_path(tmp_path):
     report = tmp_path / "report.json"
     result = run_fedq(

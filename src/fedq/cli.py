@@ -483,8 +483,16 @@ class FederationHistory:
     rejections: list[dict[str, Any]]
 
 
+def open_ledger(path: Path) -> UpdateLedger:
+    """A ledger for reading; one of another fedq's schema is one line saying what to do."""
+    try:
+        return UpdateLedger(path)
+    except LedgerError as exc:
+        raise fail(str(exc)) from None
+
+
 def read_history(path: Path) -> FederationHistory:
-    ledger = UpdateLedger(path)
+    ledger = open_ledger(path)
     try:
         return FederationHistory(
             federation=ledger.get_meta("federation") or path.parent.name,
@@ -515,7 +523,7 @@ def export_command(
     ledger_path = state_dir / "ledger.sqlite"
     if not ledger_path.exists():
         raise fail(f"no ledger in {state_dir}: pass the folder of one federation (STATE_DIR/F)")
-    ledger = UpdateLedger(ledger_path)
+    ledger = open_ledger(ledger_path)
     try:
         last = ledger.last_version()
     finally:
