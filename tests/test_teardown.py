@@ -7,9 +7,9 @@ import asyncio
 
 import httpx
 
+from fedq.management import default_management_url
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.topology import Topology
-from fedq.teardown import management_url_for
 from tests.conftest import BROKER_URL
 from tests.helpers import run_fedq
 
@@ -17,9 +17,10 @@ from tests.helpers import run_fedq
 def names_left(federation: str) -> list[str]:
     """Every queue and exchange whose name starts with fedq.<federation>., as RabbitMQ's
     management API lists them."""
-    url = httpx.URL(management_url_for(BROKER_URL))
+    url = httpx.URL(default_management_url(BROKER_URL))
     base = f"{url.scheme}://{url.host}:{url.port}"
-    auth = (url.username or "guest", url.password or "guest")
+    broker = httpx.URL(BROKER_URL.replace("amqp://", "http://"))
+    auth = (broker.username or "guest", broker.password or "guest")
     found = []
     for kind in ("queues", "exchanges"):
         listing = httpx.get(f"{base}/api/{kind}/%2F", auth=auth, timeout=10).json()

@@ -34,7 +34,7 @@ from fedq.coordinator.service import Coordinator, FederationResult
 from fedq.coordinator.strategies import StrategyError
 from fedq.coordinator.strategy import compose_strategy
 from fedq.dashboard.app import DEFAULT_PORT, DashboardError, serve
-from fedq.dashboard.management import DEFAULT_MANAGEMENT_URL
+from fedq.management import ManagementUnavailable, default_management_url
 from fedq.messages.allocator import tune_malloc_for_large_buffers
 from fedq.messages.amqp import AmqpTransport, BrokerUnavailable, redact
 from fedq.messages.codecs import CODECS, CodecError, get_codec
@@ -50,7 +50,7 @@ from fedq.partition_command import partition_command
 from fedq.plot import PlotUnavailable, plot_history
 from fedq.settings import settings
 from fedq.simulation import SimulationPlan, Straggler, run_participants, simulate
-from fedq.teardown import TeardownError, management_url_for, teardown
+from fedq.teardown import TeardownError, teardown
 
 T = TypeVar("T")
 
@@ -194,6 +194,15 @@ CODEC_HELP = (
 )
 CodecOpt = Annotated[str, typer.Option("--codec", help=CODEC_HELP)]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens.")]
+ManagementOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--management-url",
+        help="RabbitMQ's management API, which lists the queues (default: the broker's host, "
+        "port 15672, the broker's login).",
+        show_default=False,
+    ),
+]
 SchemeOpt = Annotated[
     str,
     typer.Option(
@@ -546,13 +555,7 @@ def export_command(
 @app.command("dashboard")
 def dashboard_command(
     broker: BrokerOpt = None,
-    management_url: Annotated[
-        str,
-        typer.Option(
-            "--management-url",
-            help="RabbitMQ's management API, for the queues (its login defaults to the broker's).",
-        ),
-    ] = DEFAULT_MANAGEMENT_URL,
+    management_url: ManagementOpt = None,
     state_dir: StateOpt = None,
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port of the page.")] = (
         DEFAULT_PORT
@@ -581,15 +584,7 @@ def dashboard_command(
 def teardown_command(
     federation: Annotated[str, typer.Option("--federation", help="Federation name.")],
     broker: BrokerOpt = None,
-    management_url: Annotated[
-        str | None,
-        typer.Option(
-            "--management-url",
-            help="RabbitMQ's management API, which lists what to delete (default: the "
-            "broker's host, port 15672, same login).",
-            show_default=False,
-        ),
-    ] = None,
+    management_url: ManagementOpt = None,
     force: Annotated[
         bool, typer.Option("--force", help="Delete even while a coordinator is running.")
     ] = False,
@@ -597,10 +592,10 @@ def teardown_command(
     """Delete every queue and exchange of a federation (fedq.F.*) from the broker."""
     setup_logging(verbose=False)
     url = broker or settings().broker_url
-    management = management_url or management_url_for(url)
+    management = management_url or default_management_url(url)
     try:
         removed = run(teardown(federation, url, management, force=force))
-    except TeardownError as exc:
+    except (TeardownError, ManagementUnavailable) as exc:
         raise fail(str(exc)) from None
     console.print(
         f"removed {len(removed.queues)} queues and {len(removed.exchanges)} exchanges of "

@@ -28,8 +28,8 @@ from starlette.routing import Route
 
 from fedq.dashboard.board import Board
 from fedq.dashboard.ledgers import page_of_rejections
-from fedq.dashboard.management import DEFAULT_MANAGEMENT_URL
 from fedq.dashboard.page import PAGE
+from fedq.management import default_management_url
 from fedq.messages.amqp import AmqpTransport
 
 log = logging.getLogger("fedq.dashboard")
@@ -116,7 +116,7 @@ def create_app(board: Board) -> Starlette:
 async def serve(
     state_dir: Path,
     broker_url: str,
-    management_url: str = DEFAULT_MANAGEMENT_URL,
+    management_url: str | None = None,
     host: str = "127.0.0.1",
     port: int = DEFAULT_PORT,
 ) -> None:
@@ -127,6 +127,7 @@ async def serve(
     so, and the dashboard picks them up when they are back.
     """
     AmqpTransport(broker_url)  # raises BrokerUnavailable, saying what to do, for a bad URL
+    management_url = management_url or default_management_url(broker_url)
     if not management_url.startswith(("http://", "https://")):
         raise DashboardError(f"bad --management-url {management_url!r}: expected http://host:15672")
     board = Board(state_dir, broker_url, management_url)

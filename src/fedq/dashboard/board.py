@@ -19,8 +19,8 @@ from typing import Any
 
 from fedq.dashboard.ledgers import LEDGER, FederationLedger, find_ledgers, read_federation
 from fedq.dashboard.live import ControlListener, FederationLive, LiveState
-from fedq.dashboard.management import ManagementClient, ManagementUnavailable, QueueStats
 from fedq.dashboard.status import SourceStatus
+from fedq.management import ManagementClient, ManagementUnavailable, QueueStats
 from fedq.messages.schema import ControlMessage, FederationDone, RoundClosed, VersionProgress
 
 log = logging.getLogger("fedq.dashboard")

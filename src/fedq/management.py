@@ -1,5 +1,5 @@
-"""RabbitMQ's management API, as the dashboard needs it: the ``fedq.*`` queues and the
-federations' control exchanges of one vhost.
+"""RabbitMQ's management API, as fedq needs it: the ``fedq.*`` queues and exchanges of
+one vhost (the dashboard shows them, ``fedq teardown`` deletes them).
 
 The API's user and password are the broker URL's unless the management URL has its own
 (RabbitMQ's users are the same for both). Every failure becomes a ManagementUnavailable whose
@@ -18,7 +18,15 @@ import yarl
 
 from fedq.messages.amqp import redact
 
-DEFAULT_MANAGEMENT_URL = "http://127.0.0.1:15672"
+
+def default_management_url(broker_url: str) -> str:
+    """The management API beside a broker: its host, port 15672 (the login comes from the
+    broker URL when the management URL has none)."""
+    return str(
+        yarl.URL.build(scheme="http", host=yarl.URL(broker_url).host or "127.0.0.1", port=15672)
+    )
+
+
 #: ``fedq.<federation>.control``: the exchange that tells a federation exists on the broker.
 CONTROL_EXCHANGE = re.compile(r"^fedq\.([A-Za-z0-9_-]{1,64})\.control$")
 _QUEUE_COLUMNS = (
@@ -77,10 +85,16 @@ class ManagementClient:
             key=lambda q: q.name,
         )
 
+    async def exchanges(self) -> list[str]:
+        """The names of every ``fedq.*`` exchange of the vhost, sorted."""
+        rows = await self._get(f"exchanges/{self._vhost_path}", {"columns": "name"})
+        return sorted(name for row in rows if (name := str(row["name"])).startswith("fedq."))
+
     async def federations(self) -> set[str]:
         """Federations whose control exchange exists on the broker."""
-        rows = await self._get(f"exchanges/{self._vhost_path}", {"columns": "name"})
-        return {m.group(1) for row in rows if (m := CONTROL_EXCHANGE.match(str(row["name"])))}
+        return {
+            m.group(1) for name in await self.exchanges() if (m := CONTROL_EXCHANGE.match(name))
+        }
 
     @property
     def _vhost_path(self) -> str:
