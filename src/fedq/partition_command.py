@@ -22,6 +22,7 @@ from fedq.console import console
 from fedq.options import OptionsError
 from fedq.participant.app import AppError, load_app
 from fedq.participant.partitions import Scheme, split
+from fedq.plot import PlotUnavailable, pyplot, save
 
 
 class PartitionError(OptionsError):
@@ -40,14 +41,9 @@ def label_histogram(labels: np.ndarray, parts: list[np.ndarray]) -> tuple[list[s
 def plot_histogram(names: list[str], counts: np.ndarray, title: str, path: Path) -> None:
     """A stacked bar per participant, one colour per label."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # files only: no display needed
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise PartitionError(
-            "plotting needs matplotlib: pip install 'fedq[plot]' (or pip install matplotlib)"
-        ) from None
+        plt = pyplot()
+    except PlotUnavailable as exc:
+        raise PartitionError(str(exc)) from None
     figure, axis = plt.subplots(figsize=(max(6.0, 0.4 * len(counts) + 3), 4))
     bottom = np.zeros(len(counts))
     participants = np.arange(len(counts))
@@ -60,9 +56,7 @@ def plot_histogram(names: list[str], counts: np.ndarray, title: str, path: Path)
     axis.set_xticks(participants)
     axis.legend(title="label", fontsize="small", bbox_to_anchor=(1.01, 1), loc="upper left")
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save(figure, path)
 
 
 def _training_labels(app_spec: str) -> np.ndarray:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from fedq.coordinator.records import RoundHistory
 
@@ -15,18 +16,33 @@ class PlotUnavailable(RuntimeError):
     pass
 
 
-def plot_history(histories: Sequence[tuple[str, list[RoundHistory]]], path: Path) -> None:
-    """Write a PNG (or any format matplotlib knows from the suffix) of loss and accuracy."""
+def pyplot() -> Any:
+    """matplotlib's pyplot, drawing to files only (no display needed), or PlotUnavailable
+    saying how to get it."""
     try:
         import matplotlib
 
-        matplotlib.use("Agg")  # files only: no display needed
+        matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        from matplotlib.ticker import MaxNLocator
     except ImportError:
         raise PlotUnavailable(
             "plotting needs matplotlib: pip install 'fedq[plot]' (or pip install matplotlib)"
         ) from None
+    return plt
+
+
+def save(figure: Any, path: Path) -> None:
+    """Write ``figure`` (PNG, or any format matplotlib knows from the suffix) and free it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    pyplot().close(figure)
+
+
+def plot_history(histories: Sequence[tuple[str, list[RoundHistory]]], path: Path) -> None:
+    """Write a PNG (or any format matplotlib knows from the suffix) of loss and accuracy."""
+    plt = pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     figure, (loss_axis, accuracy_axis) = plt.subplots(
         1, 2, figsize=(10, 4), constrained_layout=True
     )
@@ -41,6 +57,4 @@ def plot_history(histories: Sequence[tuple[str, list[RoundHistory]]], path: Path
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
         axis.legend(fontsize="small")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save(figure, path)
