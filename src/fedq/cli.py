@@ -34,6 +34,7 @@ from fedq.coordinator.service import Coordinator, FederationResult
 from fedq.coordinator.strategies import StrategyError
 from fedq.coordinator.strategy import compose_strategy
 from fedq.dashboard.app import DEFAULT_PORT, DashboardError, serve
+from fedq.dashboard.ledgers import find_ledgers
 from fedq.management import ManagementUnavailable, default_management_url
 from fedq.messages.allocator import tune_malloc_for_large_buffers
 from fedq.messages.amqp import AmqpTransport, BrokerUnavailable, redact
@@ -451,11 +452,7 @@ def history_command(
     DIR is either one federation's folder or the state dir holding one folder per federation.
     """
     root = state_dir or settings().state_dir
-    ledgers = (
-        [root / "ledger.sqlite"]
-        if (root / "ledger.sqlite").exists()
-        else sorted(root.glob("*/ledger.sqlite"), key=lambda p: p.stat().st_mtime)
-    )
+    ledgers = sorted(find_ledgers(root).values(), key=lambda p: p.stat().st_mtime)
     if federation is not None:
         ledgers = [p for p in ledgers if p.parent.name == federation or p.parent == root]
     if not ledgers:
