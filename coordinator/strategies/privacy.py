@@ -32,24 +32,20 @@ from fedq.coordinator.strategies.base import (
     StrategyError,
     Weights,
 )
-from fedq.coordinator.strategies.clipped_mean import check_clip_norm, clip_factor
+from fedq.coordinator.strategies.clipped_mean import ClippedStreamingMean, check_clip_norm
 
 
-class _PrivateSum(Aggregation):
+class _PrivateSum(ClippedStreamingMean):
+    """The clipped deltas summed with weight 1 (the clipped mean's fold), then noised."""
+
     def __init__(self, context: AggregationContext, rule: DifferentiallyPrivateMean) -> None:
-        super().__init__()
+        super().__init__(context, rule.clip_norm)
         self._rule = rule
         self._version = context.version
-        self._sums = {
-            name: np.zeros(t.shape, dtype=np.float32) for name, t in context.template.items()
-        }
 
     def add(self, delta: Delta, weight: float, scale: float = 1.0) -> None:
-        assert weight > 0 and 0 < scale <= 1, "weight > 0 and a staleness factor in (0, 1]"
-        factor = np.float32(scale * clip_factor(delta, scale, self._rule.clip_norm))
-        for name, total in self._sums.items():
-            total += factor * delta[name]
-        self.count += 1
+        assert weight > 0, "a positive example count (not used: it would leak)"
+        super().add(delta, 1.0, scale)
 
     def result(self) -> Weights:
         assert self.count > 0, "mean of no updates"
