@@ -22,8 +22,10 @@ from fedq.coordinator.records import RoundHistory, UpdateRecord, VersionRecord
 #: Bumped when a table changes; a ledger of another schema is refused with what to do.
 SCHEMA_VERSION = "3"
 
-SCHEMA = """
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- Before any other table, so a ledger is never left without its schema; kept if present.
+INSERT OR IGNORE INTO meta VALUES ('schema', '{SCHEMA_VERSION}');
 CREATE TABLE IF NOT EXISTS versions (
     version INTEGER PRIMARY KEY,
     round INTEGER,
@@ -86,7 +88,6 @@ class UpdateLedger:
                     f"one reads {SCHEMA_VERSION}): use a new --state-dir"
                 )
         self._db.executescript(SCHEMA)
-        self.set_meta("schema", SCHEMA_VERSION)
 
     def close(self) -> None:
         with self._lock:
