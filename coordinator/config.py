@@ -167,6 +167,11 @@ class CoordinatorConfig(BaseModel):
     metrics_host: str = Field(
         "127.0.0.1", description="Address the metrics endpoint binds (0.0.0.0: every one)."
     )
+    tensorboard_dir: Path | None = Field(
+        None,
+        description="Write TensorBoard scalars to DIR/<federation>, a step per committed "
+        "version: held-out loss and accuracy, updates, and each participant's local metrics.",
+    )
 
     @model_validator(mode="after")
     def _quorum_fits(self) -> CoordinatorConfig:

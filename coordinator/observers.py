@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fedq.coordinator.records import RoundHistory
 
@@ -29,6 +29,8 @@ class UpdateSeen:
     staleness: int | None = None
     #: Bytes of the message body as received.
     size: int = 0
+    #: The participant's local training metrics it sent (``loss``, ``accuracy`` ...).
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

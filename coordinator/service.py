@@ -330,7 +330,15 @@ class Coordinator:
         )
         held.hold(meta.update_id, delivery, candidate.digest)
         self.observers.update_seen(
-            UpdateSeen(meta.participant, True, None, meta.base_version, admitted.staleness, size)
+            UpdateSeen(
+                meta.participant,
+                True,
+                None,
+                meta.base_version,
+                admitted.staleness,
+                size,
+                dict(meta.metrics),
+            )
         )
 
     async def _settle(

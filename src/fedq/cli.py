@@ -52,6 +52,7 @@ from fedq.plot import PlotUnavailable, plot_history
 from fedq.settings import settings
 from fedq.simulation import SimulationPlan, Straggler, run_participants, simulate
 from fedq.teardown import TeardownError, teardown
+from fedq.tensorboard import tensorboard_scalars
 
 T = TypeVar("T")
 
@@ -302,15 +303,24 @@ def simulate_command(
 async def watching(
     config: CoordinatorConfig, progress: RoundProgress
 ) -> AsyncIterator[list[CoordinatorObserver]]:
-    """The coordinator's observers: the live view, and Prometheus metrics served at
-    /metrics while it runs when --metrics-port is set."""
-    if config.metrics_port is None:
-        yield [progress]
-        return
-    metrics = PrometheusMetrics(config.federation)
-    async with serve_metrics(metrics, config.metrics_host, config.metrics_port) as url:
-        progress.progress.console.print(f"Prometheus metrics at {url}")
-        yield [progress, metrics]
+    """The coordinator's observers: the live view, Prometheus metrics served at /metrics
+    while it runs when --metrics-port is set, TensorBoard scalars when --tensorboard-dir is."""
+    observers: list[CoordinatorObserver] = [progress]
+    async with contextlib.AsyncExitStack() as stack:
+        if config.tensorboard_dir is not None:
+            board = await stack.enter_async_context(
+                tensorboard_scalars(config.tensorboard_dir, config.federation)
+            )
+            progress.progress.console.print(f"TensorBoard scalars in {board.directory}")
+            observers.append(board)
+        if config.metrics_port is not None:
+            metrics = PrometheusMetrics(config.federation)
+            url = await stack.enter_async_context(
+                serve_metrics(metrics, config.metrics_host, config.metrics_port)
+            )
+            progress.progress.console.print(f"Prometheus metrics at {url}")
+            observers.append(metrics)
+        yield observers
 
 
 def coordinator_config(
