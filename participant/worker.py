@@ -39,6 +39,7 @@ from fedq.messages.transport import Delivery, Transport, TransportError
 from fedq.participant.app import App, AppError, Partition, TrainConfig
 from fedq.participant.attacks import parse_attack
 from fedq.participant.compression import ErrorFeedback
+from fedq.participant.dropout import drops_out
 
 log = logging.getLogger("fedq.participant")
 
@@ -56,6 +57,11 @@ class ParticipantConfig:
     #: plus ``delay_seconds``, each round.
     slowdown: float = 1.0
     delay_seconds: float = 0.0
+    #: Dropout for experiments: the probability of skipping a model (ack it, train nothing,
+    #: send nothing), drawn per model version from ``dropout_seed`` and the participant id
+    #: (:func:`fedq.participant.dropout.drops_out`), so a run can be reproduced.
+    dropout: float = 0.0
+    dropout_seed: int = 0
     #: Experiments only: makes this participant malicious. An attack spec (see
     #: :mod:`fedq.participant.attacks`, e.g. ``scale:-10``) applied to every delta it sends.
     attack: str | None = None
@@ -83,6 +89,9 @@ class ParticipantStats:
     bytes_sent: int = 0
     last_version: int = -1
     state: ParticipantState = "idle"
+    #: Models skipped by dropout (see ``ParticipantConfig.dropout``), by version.
+    rounds_dropped: int = 0
+    dropped_versions: list[int] = field(default_factory=list)
 
 
 def writable_copy(decoded: DecodedMessage) -> Weights:
@@ -105,6 +114,8 @@ class Participant:
         self.topology = Topology(config.federation)
         self.stats = ParticipantStats(config.participant_id)
         self._round = 0
+        #: The newest version skipped by dropout: it is not drawn for again when redelivered.
+        self._dropped = -1
         self._attack = None if config.attack is None else parse_attack(config.attack)
         #: A lossy update codec's residual, carried across rounds (None: lossless).
         self._feedback = ErrorFeedback(config.codec) if ErrorFeedback.wanted(config.codec) else None
@@ -151,8 +162,16 @@ class Participant:
         except MalformedMessage as exc:  # only the coordinator should write here: skip it
             log.warning("%s: ignored a malformed model (%s)", self.config.participant_id, exc)
             return
-        if meta.federation != self.config.federation or meta.version <= self.stats.last_version:
-            return  # a model we already trained on (e.g. the answer to our join)
+        seen = max(self.stats.last_version, self._dropped)
+        if meta.federation != self.config.federation or meta.version <= seen:
+            return  # a model we already trained on or skipped (e.g. the answer to our join)
+        config = self.config
+        if drops_out(config.dropout_seed, config.participant_id, meta.version, config.dropout):
+            self._dropped = meta.version
+            self.stats.rounds_dropped += 1
+            self.stats.dropped_versions.append(meta.version)
+            log.debug("%s dropped out of model v%d", self.config.participant_id, meta.version)
+            return
         self.stats.state = "training"
         await self._beat()
         try:
