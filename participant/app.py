@@ -12,8 +12,8 @@ participant's side.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, runtime_checkable
 
 from fedq.messages.codec import Weights
 
@@ -36,8 +36,34 @@ class Partition:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """How a participant trains each round. ``None`` keeps what the app's model was compiled
+    with (its optimizer's learning rate and momentum)."""
+
     epochs: int = 1
     batch_size: int = 32
+    learning_rate: float | None = None
+    momentum: float | None = None
+    #: False (the default, as in NIID-Bench and most papers): every round starts from a
+    #: fresh local optimizer (no momentum or Adam moments carried over from the previous
+    #: global model). True keeps the optimizer's state across rounds.
+    keep_optimizer: bool = False
+    #: FedProx's mu: adds mu/2 * ||w - w_global||^2 over the trainable weights to the local
+    #: loss, pulling local training toward the round's global model (0: plain FedAvg).
+    proximal_mu: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise AppError("epochs and batch size must be at least 1")
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise AppError(f"learning rate {self.learning_rate}: must be > 0")
+        if self.momentum is not None and not 0 <= self.momentum < 1:
+            raise AppError(f"momentum {self.momentum}: must be in [0, 1)")
+        if not self.proximal_mu >= 0:
+            raise AppError(f"proximal mu {self.proximal_mu}: must be >= 0")
+
+    def with_overrides(self, **overrides: Any) -> TrainConfig:
+        """This config with every override that is not None applied (flags over the app)."""
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
 
 @dataclass

@@ -6,8 +6,9 @@ A user's app is a dozen lines::
 
 Weights are named ``w000:kernel`` ... by position in ``model.weights``: Keras numbers layer
 names per process (``dense``, ``dense_1`` ...), so positional names are the only ones two
-processes agree on. Each partition trains its own model instance (built once and reused,
-so its optimizer state persists across rounds); threads never share a model.
+processes agree on. Each partition trains its own model instance, built once and reused;
+threads never share a model. How it trains each round (a fresh optimizer by default,
+learning rate, momentum, FedProx) is :mod:`fedq.apps.local_training`.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fedq.apps.local_training import LocalTraining
 from fedq.messages.codec import Weights
 from fedq.participant import partitions
-from fedq.participant.app import Partition, TrainConfig, TrainResult
+from fedq.participant.app import AppError, Partition, TrainConfig, TrainResult
 from fedq.participant.partitions import Scheme
 
 if TYPE_CHECKING:
@@ -78,6 +80,7 @@ class KerasApp:
         self._lock = threading.Lock()
         self._models: dict[Any, keras.Model] = {}
         self._data: dict[Partition, Arrays] = {}
+        self._local: dict[Partition, LocalTraining] = {}
         self._initial: Weights | None = None
 
     def check(self) -> None:
@@ -91,7 +94,7 @@ class KerasApp:
             if model is None:
                 keras = import_keras()
                 keras.utils.set_random_seed(self._seed)  # same initial weights everywhere
-                model = self._models[key] = self._build()
+                model = self._models[key] = _checked(self._build())
             return model
 
     @staticmethod
@@ -120,6 +123,11 @@ class KerasApp:
                 self._data[partition] = data
         x, y = data
         self._set(model, weights)
+        with self._lock:
+            local = self._local.get(partition)
+            if local is None:
+                local = self._local[partition] = LocalTraining(model)
+        local.prepare(config)
         history = model.fit(
             x, y, epochs=config.epochs, batch_size=config.batch_size, verbose=0, shuffle=True
         )
@@ -128,11 +136,24 @@ class KerasApp:
 
     def export(self, weights: Weights, path: Path) -> None:
         """Save ``weights`` as a whole Keras model (architecture, weights, compile settings)
-        that ``keras.saving.load_model`` reads back without fedq."""
+        that ``keras.saving.load_model`` reads back without fedq. The file is loaded back
+        once before this returns: Keras saves a custom class it cannot load again (one not
+        registered as serializable), and that must fail here, not in the user's hands."""
         model = self._model("export")
         with self._lock:
             self._set(model, weights)
             model.save(path)
+        try:
+            import_keras().saving.load_model(path)
+        except Exception as exc:
+            path.unlink(missing_ok=True)
+            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise AppError(
+                f"Keras saved the model but cannot load it back ({why}): decorate custom "
+                "layers and models with @keras.saving.register_keras_serializable(), give "
+                "those whose __init__ takes arguments a get_config(), and build a subclassed "
+                "model by calling it on a batch"
+            ) from None
 
     def evaluate(self, weights: Weights) -> dict[str, float] | None:
         if self._load_test is None:
@@ -142,6 +163,25 @@ class KerasApp:
         self._set(model, weights)
         values = model.evaluate(x, y, verbose=0, return_dict=True)
         return {k: float(v) for k, v in values.items()}
+
+
+def _checked(model: keras.Model) -> keras.Model:
+    """``model`` if fedq can federate it: compiled (participants call ``fit``), and built, so
+    that ``model.weights`` (what is federated, non-trainable variables such as batch-norm
+    statistics included) exists before any data is seen. A subclassed model has no weights
+    until it is called, and the coordinator never calls it: it needs version 0's weights."""
+    if not model.weights:
+        raise AppError(
+            f"build_model returned a {type(model).__name__} without weights: a subclassed "
+            "model has none until it is called; call it on a batch of the input's shape "
+            "before returning it, e.g. model(keras.ops.zeros((1, *input_shape)))"
+        )
+    if not getattr(model, "compiled", True):
+        raise AppError(
+            f"build_model returned a {type(model).__name__} that is not compiled: call "
+            "model.compile(optimizer=..., loss=..., metrics=[...]) before returning it"
+        )
+    return model
 
 
 def shard(arrays: Arrays, partition: Partition, seed: int, scheme: Scheme | str = "iid") -> Arrays:
