@@ -224,8 +224,8 @@ class UpdateLedger:
                 "epsilon FROM versions ORDER BY version"
             ).fetchall()
             updates = self._db.execute(
-                "SELECT version, participant, base_version, staleness, bytes FROM updates "
-                "ORDER BY version, participant, base_version"
+                "SELECT version, participant, base_version, staleness, bytes, num_examples, "
+                "metrics FROM updates ORDER BY version, participant, base_version"
             ).fetchall()
             rejected = self._db.execute(
                 "SELECT during_version, reason, COUNT(*) FROM rejections "
@@ -233,9 +233,11 @@ class UpdateLedger:
             ).fetchall()
         by_version: dict[int, list[tuple[str, int, int]]] = {}
         sizes: dict[int, int] = {}
-        for version, participant, base, staleness, size in updates:
+        local: dict[int, list[tuple[int, dict[str, float]]]] = {}
+        for version, participant, base, staleness, size, examples, metrics in updates:
             by_version.setdefault(version, []).append((participant, int(base), int(staleness)))
             sizes[version] = sizes.get(version, 0) + int(size)
+            local.setdefault(version, []).append((int(examples), json.loads(metrics)))
         refused: dict[int | None, dict[str, int]] = {}
         for during, reason, n in rejected:
             refused.setdefault(during, {})[reason] = int(n)
@@ -252,6 +254,7 @@ class UpdateLedger:
                 updates=by_version.get(v, []),
                 epsilon=epsilon,
                 update_bytes=sizes.get(v, 0),
+                local_metrics=weighted_mean(local.get(v, [])),
             )
             for v, r, closed_by, n, opened, committed, metrics, epsilon in versions
         ]
@@ -281,3 +284,14 @@ class UpdateLedger:
             UpdateRecord(uid, p, r, base, n, w, tau, digest, json.loads(metrics), size)
             for uid, p, r, base, n, w, tau, digest, metrics, size in rows
         ]
+
+
+def weighted_mean(samples: list[tuple[int, dict[str, float]]]) -> dict[str, float]:
+    """Each metric averaged over the updates that report it, weighted by their examples."""
+    sums: dict[str, float] = {}
+    weights: dict[str, int] = {}
+    for examples, metrics in samples:
+        for key, value in metrics.items():
+            sums[key] = sums.get(key, 0.0) + examples * float(value)
+            weights[key] = weights.get(key, 0) + examples
+    return {k: sums[k] / weights[k] for k in sorted(sums) if weights[k] > 0}

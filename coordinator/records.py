@@ -60,3 +60,6 @@ class RoundHistory:
     epsilon: float | None = None
     #: Bytes of the version's updates on the wire, all together.
     update_bytes: int = 0
+    #: The participants' own training metrics (loss, accuracy on their data), averaged over
+    #: the version's updates weighted by examples.
+    local_metrics: dict[str, float] = field(default_factory=dict)
