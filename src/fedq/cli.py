@@ -35,6 +35,7 @@ from fedq.coordinator.strategies import StrategyError
 from fedq.coordinator.strategy import compose_strategy
 from fedq.dashboard.app import DEFAULT_PORT, DashboardError, serve
 from fedq.dashboard.ledgers import find_ledgers
+from fedq.lateness import Attendance, attendance
 from fedq.management import ManagementUnavailable, default_management_url
 from fedq.messages.allocator import tune_malloc_for_large_buffers
 from fedq.messages.amqp import AmqpTransport, BrokerUnavailable, redact
@@ -49,8 +50,18 @@ from fedq.participant.partitions import Scheme
 from fedq.participant.worker import ParticipantConfig
 from fedq.partition_command import partition_command
 from fedq.plot import PlotUnavailable, plot_history
+from fedq.scenario import (
+    ParticipantProfile,
+    Scenario,
+    ScenarioError,
+    describe,
+    heterogeneous,
+    load_scenario,
+    profiles,
+    with_flag,
+)
 from fedq.settings import settings
-from fedq.simulation import SimulationPlan, Straggler, run_participants, simulate
+from fedq.simulation import SimulationPlan, run_participants, simulate
 from fedq.teardown import TeardownError, teardown
 from fedq.tensorboard import tensorboard_scalars
 
@@ -126,23 +137,19 @@ def check_codec(codec: str) -> str:
     return codec
 
 
-def parse_stragglers(slow: list[str], delay: list[str], n: int) -> tuple[Straggler, ...]:
-    """``--slow INDEX:FACTOR`` and ``--delay INDEX:SECONDS`` into one Straggler per index."""
-    found: dict[int, Straggler] = {}
-    for flag, values, minimum in (("--slow", slow, 1.0), ("--delay", delay, 0.0)):
-        for value in values:
-            index, _, amount = value.partition(":")
-            try:
-                i, x = int(index), float(amount)
-            except ValueError:
-                raise fail(f"{flag} {value!r}: expected INDEX:NUMBER, e.g. 3:10") from None
-            if not 0 <= i < n or x < minimum:
-                raise fail(f"{flag} {value!r}: need 0 <= INDEX < {n} and NUMBER >= {minimum}")
-            was = found.get(i, Straggler(i))
-            found[i] = (
-                replace(was, slowdown=x) if flag == "--slow" else replace(was, delay_seconds=x)
-            )
-    return tuple(found.values())
+def heterogeneity(
+    scenario: Path | None, flags: dict[str, list[str] | None], n: int
+) -> tuple[tuple[ParticipantProfile, ...], int]:
+    """Each participant's slowdown, dropout and delay: the ``--scenario`` file's, then what
+    ``--slow``, ``--delay`` and ``--dropout`` say; and the seed of the dropout draws."""
+    try:
+        chosen = Scenario() if scenario is None else load_scenario(scenario)
+        found = profiles(chosen, n)
+        for flag, values in flags.items():
+            found = with_flag(found, flag, values or [])
+    except ScenarioError as exc:
+        raise fail(str(exc)) from None
+    return found, chosen.seed
 
 
 def check_attack(flag: str, spec: str) -> str:
@@ -242,13 +249,33 @@ def simulate_command(
     report: ReportOpt = None,
     update_codec: Annotated[str, typer.Option("--update-codec", help=CODEC_HELP)] = "raw",
     partition_scheme: SchemeOpt = "iid",
+    scenario: Annotated[
+        Path | None,
+        typer.Option(
+            "--scenario",
+            help="A TOML file of who is slow, drops out or lags (docs/experiments.md); "
+            "--slow, --delay and --dropout change it.",
+        ),
+    ] = None,
     slow: Annotated[
         list[str] | None,
-        typer.Option("--slow", help="Make participant INDEX FACTOR x slower, e.g. 3:10."),
+        typer.Option(
+            "--slow", help="Make participant INDEX FACTOR x slower, e.g. 3:10 (FACTOR: all)."
+        ),
     ] = None,
     delay: Annotated[
         list[str] | None,
-        typer.Option("--delay", help="Add SECONDS to each round of participant INDEX, e.g. 3:5."),
+        typer.Option(
+            "--delay",
+            help="Add SECONDS to each round of participant INDEX, e.g. 3:5 (SECONDS: all).",
+        ),
+    ] = None,
+    dropout: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--dropout",
+            help="Participant INDEX skips each model with probability P, e.g. 3:0.5 (P: all).",
+        ),
     ] = None,
     malicious: Annotated[
         list[str] | None,
@@ -275,9 +302,12 @@ def simulate_command(
             federation=name, participant_id="p", codec=check_codec(update_codec)
         ),
         broker_url=broker,
-        stragglers=parse_stragglers(slow or [], delay or [], config.participants),
         malicious=parse_malicious(malicious or [], config.participants),
     )
+    found, seed = heterogeneity(
+        scenario, {"--slow": slow, "--delay": delay, "--dropout": dropout}, config.participants
+    )
+    plan = replace(plan, profiles=found, dropout_seed=seed)
     use_scheme(partition_scheme)
     application = load(app_spec)
     where = f"RabbitMQ at {redact(broker)}" if broker else "the embedded broker"
@@ -288,6 +318,14 @@ def simulate_command(
     if plan.malicious:
         named = ", ".join(f"p{i} {spec}" for i, spec in plan.malicious)
         console.print(f"malicious (experiment): {named}")
+    if heterogeneous(found):
+        for line in describe(found):
+            console.print(f"heterogeneity (seed {seed}): {line}", highlight=False)
+        if any(p.dropout > 0 for p in found) and config.min_k == config.k:
+            console.print(
+                f"note: with dropout a version can get fewer than its {config.k} updates and "
+                "then waits; set --min-quorum below K to close it at its --round-timeout"
+            )
 
     async def main() -> FederationResult:
         async with watching(config, progress) as observers:
@@ -388,6 +426,15 @@ def participant_command(
     delay: Annotated[
         float, typer.Option("--delay", min=0.0, help="Add this many seconds to each round.")
     ] = 0.0,
+    dropout: Annotated[
+        float,
+        typer.Option(
+            "--dropout",
+            min=0.0,
+            help="Skip each model with this probability, below 1 (experiments; the same "
+            "models in every run).",
+        ),
+    ] = 0.0,
     attack: Annotated[
         str | None,
         typer.Option(
@@ -412,6 +459,8 @@ def participant_command(
         raise fail(f"--count {count} from partition {first.index} exceeds {first.count} partitions")
     if attack is not None:
         check_attack("--attack", attack)
+    if dropout >= 1.0:
+        raise fail(f"--dropout {dropout}: need a probability below 1")
     use_scheme(partition_scheme)
     application = load(app_spec)
     base = getattr(application, "train_config", None) or TrainConfig()
@@ -425,6 +474,7 @@ def participant_command(
             codec=check_codec(codec),
             slowdown=slowdown,
             delay_seconds=delay,
+            dropout=dropout,
             attack=attack,
         )
         for i in range(count)
@@ -436,8 +486,9 @@ def participant_command(
             with ParticipantProgress(count) as progress:
                 stats = await run_participants(configs, application, transport, progress.trained)
         for s in stats:
+            dropped = f" (dropped {s.rounds_dropped})" if s.rounds_dropped else ""
             console.print(
-                f"{s.participant}: trained {s.rounds_trained} rounds, sent "
+                f"{s.participant}: trained {s.rounds_trained} rounds{dropped}, sent "
                 f"{s.updates_sent} updates; federation done"
             )
 
@@ -457,7 +508,8 @@ def history_command(
         typer.Option("--plot", help="Also draw loss and accuracy per round into this PNG."),
     ] = None,
 ) -> None:
-    """Print committed rounds and rejected updates from the ledger(s) under a state dir.
+    """Print committed rounds, who was late or missing in each, and rejected updates from
+    the ledger(s) under a state dir.
 
     DIR is either one federation's folder or the state dir holding one folder per federation.
     """
@@ -481,7 +533,8 @@ def history_command(
     # stdout: the history is this command's output; piped, it is not cut to 80 columns.
     out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
     for h in histories:
-        out.print(history_table(h.rounds, f"federation {h.federation} ({h.state_dir})"))
+        title = f"federation {h.federation} ({h.state_dir})"
+        out.print(history_table(h.rounds, title, h.attendance))
         for r in h.rejections:
             base = "" if r["base_version"] is None else f" on v{r['base_version']}"
             out.print(
@@ -497,6 +550,8 @@ class FederationHistory:
     state_dir: str
     rounds: list[RoundHistory]
     rejections: list[dict[str, Any]]
+    #: Per version, who was on time, late, refused or missing (see fedq.lateness).
+    attendance: list[Attendance]
 
 
 def open_ledger(path: Path) -> UpdateLedger:
@@ -510,11 +565,13 @@ def open_ledger(path: Path) -> UpdateLedger:
 def read_history(path: Path) -> FederationHistory:
     ledger = open_ledger(path)
     try:
+        rounds, rejections = ledger.history(), ledger.rejections()
         return FederationHistory(
             federation=ledger.get_meta("federation") or path.parent.name,
             state_dir=str(path.parent),
-            rounds=ledger.history(),
-            rejections=ledger.rejections(),
+            rounds=rounds,
+            rejections=rejections,
+            attendance=attendance(rounds, rejections),
         )
     finally:
         ledger.close()

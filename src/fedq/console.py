@@ -12,6 +12,7 @@ from rich.table import Table
 from fedq.coordinator.observers import CoordinatorObserver, UpdateSeen
 from fedq.coordinator.records import RoundHistory
 from fedq.coordinator.service import FederationResult
+from fedq.lateness import Attendance, describe_late
 from fedq.participant.worker import TrainedRound
 
 console = Console(stderr=True, soft_wrap=True)
@@ -29,16 +30,21 @@ def _updates(row: RoundHistory) -> str:
     ) or ", ".join(row.participants)
 
 
-def history_table(rows: Iterable[RoundHistory], title: str) -> Table:
+def history_table(
+    rows: Iterable[RoundHistory], title: str, attendance: Iterable[Attendance] = ()
+) -> Table:
+    """A row per committed version; with ``attendance`` (:mod:`fedq.lateness`), who was late
+    and who was missing in it."""
     rows = list(rows)
     private = any(r.epsilon is not None for r in rows)
+    who = {a.version: a for a in attendance}
     table = Table(title=title)
     columns = ["version", "round", "closed by", "updates", "participants", "refused"]
+    columns += ["late", "missing"] if who else []
     columns += ["bytes in", "loss", "accuracy", "seconds"] + (["epsilon"] if private else [])
+    left = ("participants", "refused", "late", "missing")
     for column in columns:
-        table.add_column(
-            column, justify="left" if column in ("participants", "refused") else "right"
-        )
+        table.add_column(column, justify="left" if column in left else "right")
     for row in rows:
         refused = ", ".join(f"{k} {v}" for k, v in sorted(row.rejected.items())) or "-"
         cells = [
@@ -48,6 +54,7 @@ def history_table(rows: Iterable[RoundHistory], title: str) -> Table:
             str(row.n_updates),
             _updates(row),
             refused,
+            *(_attendance(who.get(row.version)) if who else []),
             human_bytes(row.update_bytes),
             _fmt(row.metrics, "loss"),
             _fmt(row.metrics, "accuracy"),
@@ -57,6 +64,13 @@ def history_table(rows: Iterable[RoundHistory], title: str) -> Table:
             cells.append("-" if row.epsilon is None else f"{row.epsilon:.3g}")
         table.add_row(*cells)
     return table
+
+
+def _attendance(a: Attendance | None) -> list[str]:
+    """The late and missing cells of a version."""
+    if a is None:
+        return ["-", "-"]
+    return [describe_late(a.late) or "-", ", ".join(a.missing) or "-"]
 
 
 def human_bytes(n: int) -> str:

@@ -23,11 +23,13 @@ from fedq.participant.worker import (
     ParticipantStats,
     TrainedRound,
 )
+from fedq.scenario import ParticipantProfile
 
 
 @dataclass(frozen=True)
 class Straggler:
-    """Participant ``index`` takes ``slowdown`` x its training time plus ``delay_seconds``."""
+    """Participant ``index`` takes ``slowdown`` x its training time plus ``delay_seconds``
+    (both, whatever its profile says)."""
 
     index: int
     slowdown: float = 1.0
@@ -44,15 +46,25 @@ class SimulationPlan:
     #: ``((0, "scale:-10"), (1, "sign_flip"))`` (see :mod:`fedq.participant.attacks`);
     #: every other participant is honest, whatever the template's ``attack``.
     malicious: tuple[tuple[int, str], ...] = ()
+    #: Per participant, by index: slowdown, dropout and network delay (see
+    #: :mod:`fedq.scenario`); none: every participant is the plain default one.
+    profiles: tuple[ParticipantProfile, ...] = ()
+    #: Keys every participant's dropout draws (the scenario's seed).
+    dropout_seed: int = 0
 
 
 def participant_configs(plan: SimulationPlan, prefix: str = "p") -> list[ParticipantConfig]:
+    """One config per participant: the template, its profile, then its Straggler if any."""
     n = plan.coordinator.participants
+    if plan.profiles and len(plan.profiles) != n:
+        raise ValueError(f"{len(plan.profiles)} profiles for {n} participants")
+    profiles = {p.index: p for p in plan.profiles}
     slow = {s.index: s for s in plan.stragglers}
     attacks = dict(plan.malicious)
     configs = []
     for i in range(n):
-        straggler = slow.get(i, Straggler(i))
+        profile = profiles.get(i, ParticipantProfile(i))
+        straggler = slow.get(i, Straggler(i, profile.slowdown, profile.delay_seconds))
         configs.append(
             replace(
                 plan.participant,
@@ -60,6 +72,8 @@ def participant_configs(plan: SimulationPlan, prefix: str = "p") -> list[Partici
                 partition=Partition(i, n),
                 slowdown=straggler.slowdown,
                 delay_seconds=straggler.delay_seconds,
+                dropout=profile.dropout,
+                dropout_seed=plan.dropout_seed,
                 attack=attacks.get(i),
             )
         )
@@ -90,14 +104,28 @@ async def simulate(
     app: App,
     observers: Sequence[CoordinatorObserver] = (),
 ) -> FederationResult:
+    result, _ = await simulate_with_participants(plan, app, observers)
+    return result
+
+
+async def simulate_with_participants(
+    plan: SimulationPlan,
+    app: App,
+    observers: Sequence[CoordinatorObserver] = (),
+    on_round: Callable[[TrainedRound], None] | None = None,
+) -> tuple[FederationResult, list[ParticipantStats]]:
+    """:func:`simulate`, and what each participant did: its stats (models trained, dropped)
+    once it has finished, and ``on_round`` called for every update it sent. The stats are
+    empty if the participants did not finish within ``linger_seconds + 5`` of the end."""
     coordinator_transport, participant_transport = transports(plan.broker_url)
+    stats: list[ParticipantStats] = []
     async with coordinator_transport, participant_transport:
         coordinator = Coordinator(plan.coordinator, app, coordinator_transport, observers)
         # Declared before participants start, so their joins are queued, not dropped.
         await coordinator.topology.declare_core(coordinator_transport)
         running = asyncio.create_task(coordinator.run(), name="fedq-coordinator")
         workers = asyncio.create_task(
-            run_participants(participant_configs(plan), app, participant_transport),
+            run_participants(participant_configs(plan), app, participant_transport, on_round),
             name="fedq-participants",
         )
         try:
@@ -109,10 +137,10 @@ async def simulate(
             # Participants exit on federation.done; a straggler may still be mid-training.
             done, _ = await asyncio.wait({workers}, timeout=plan.coordinator.linger_seconds + 5)
             if workers in done:
-                workers.result()
+                stats = workers.result()
         finally:
             for task in (running, workers):
                 task.cancel()
             await asyncio.gather(running, workers, return_exceptions=True)
         await coordinator.topology.tidy(coordinator_transport)
-        return result
+        return result, stats
