@@ -1,0 +1,231 @@
+"""Learning quality in NIID-Bench's Fashion-MNIST setting: does fedq learn as well as the
+published baselines?
+
+    python bench/accuracy.py           # quick profile: 2 local epochs, 10 rounds
+    python bench/accuracy.py --full    # the paper's scale: 10 local epochs, 50 rounds
+
+The setting of NIID-Bench (Li, Diao, Chen, He: "Federated Learning on Non-IID Data Silos:
+An Experimental Study", ICDE 2022): its simple CNN (``fedq.apps.fmnist:niid_cnn``), 10
+participants, all of them in every round (sync mode), batches of 64, SGD with learning
+rate 0.01 and momentum 0.9, a fresh local optimizer each round. Partitions (fedq's
+``--partition-scheme``): homogeneous (``iid``), label skew ``dirichlet:0.5``, ``#C=1``,
+``#C=2`` and ``#C=3`` (``labels:K``: K labels per participant), quantity skew
+``quantity:0.5``. Algorithms: FedAvg; FedProx (mu, ``--mu``, default 0.01); with
+``--algorithms`` also FedAvgM (server momentum 0.9, server learning rate 0.1, so an
+effective step of 1 as FedAvg's) and FedAdam (server learning rate 0.01, beta1 0.9, beta2
+0.99, tau 0.001).
+
+Each run is ``fedq.simulation.simulate`` in this process on the embedded broker; the test
+accuracy is measured on the 10,000 test images after every round. Written to
+``--out`` (default ``bench/results/accuracy-quick`` or ``-full``): ``results.json`` (every
+figure and the provenance: date, machine, versions, seeds), ``results.md`` (the table) and
+``accuracy.png`` (accuracy per round, one panel per partition). The last line printed is
+one JSON object with the table's figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fmnist_runs import fresh_app, provenance, run_isolated
+
+from fedq.apps import fmnist
+from fedq.coordinator.config import CoordinatorConfig, StrategyOptions
+from fedq.participant.app import TrainConfig
+from fedq.participant.partitions import ENV_VAR as PARTITION_ENV
+from fedq.participant.worker import ParticipantConfig
+from fedq.plot import pyplot, save
+from fedq.simulation import SimulationPlan, simulate
+
+#: label -> fedq partition scheme
+PARTITIONS = {
+    "homogeneous": "iid",
+    "dir(0.5)": "dirichlet:0.5",
+    "#C=1": "labels:1",
+    "#C=2": "labels:2",
+    "#C=3": "labels:3",
+    "quantity dir(0.5)": "quantity:0.5",
+}
+PROFILES = {"quick": (2, 10), "full": (10, 50)}  # local epochs, rounds
+BATCH_SIZE = 64
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    server_optimizer: str = "fedavg"
+    server_lr: float = 1.0
+    optimizer_options: StrategyOptions = field(default_factory=dict)
+    proximal: bool = False
+
+
+ALGORITHMS = {
+    "fedavg": Algorithm(),
+    "fedprox": Algorithm(proximal=True),
+    "fedavgm": Algorithm("fedavgm", 0.1, {"momentum": 0.9}),
+    "fedadam": Algorithm("fedadam", 0.01),
+}
+
+
+@dataclass
+class Run:
+    partition: str
+    algorithm: str
+    final_accuracy: float
+    best_accuracy: float
+    accuracy_per_round: list[float]
+    seconds: float
+
+
+async def federate(
+    partition: str, algorithm: str, args: argparse.Namespace, state: Path
+) -> list[float]:
+    name = f"acc-{algorithm}-{list(PARTITIONS).index(partition)}"
+    chosen = ALGORITHMS[algorithm]
+    train = TrainConfig(
+        epochs=args.epochs,
+        batch_size=BATCH_SIZE,
+        keep_optimizer=False,
+        proximal_mu=args.mu if chosen.proximal else 0.0,
+    )
+    plan = SimulationPlan(
+        coordinator=CoordinatorConfig(
+            federation=name,
+            participants=args.participants,
+            rounds=args.rounds,
+            mode="sync",
+            state_dir=state,
+            server_optimizer=chosen.server_optimizer,
+            server_lr=chosen.server_lr,
+            optimizer_options=chosen.optimizer_options,
+            round_timeout=3600.0,
+        ),
+        participant=ParticipantConfig(federation=name, participant_id="p", train=train),
+    )
+    os.environ[PARTITION_ENV] = PARTITIONS[partition]
+    result = await simulate(plan, fresh_app(fmnist.build_niid_cnn, train))
+    return [row["metrics"]["accuracy"] for row in result.history]
+
+
+def run_one(partition: str, algorithm: str, args: argparse.Namespace) -> Run:
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="fedq-accuracy-") as state:
+        accuracy = run_isolated(lambda: federate(partition, algorithm, args, Path(state)))
+    return Run(
+        partition=partition,
+        algorithm=algorithm,
+        final_accuracy=accuracy[-1],
+        best_accuracy=max(accuracy),
+        accuracy_per_round=accuracy,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def table(runs: list[Run]) -> str:
+    lines = [
+        "| partition | algorithm | final accuracy | best accuracy | wall seconds |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for r in runs:
+        lines.append(
+            f"| {r.partition} | {r.algorithm} | {100 * r.final_accuracy:.1f}% | "
+            f"{100 * r.best_accuracy:.1f}% | {r.seconds:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(runs: list[Run], path: Path, title: str) -> None:
+    plt = pyplot()
+    partitions = list(dict.fromkeys(r.partition for r in runs))
+    columns = min(3, len(partitions))
+    rows = -(-len(partitions) // columns)
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(4 * columns, 3.2 * rows), squeeze=False, constrained_layout=True
+    )
+    for axis, partition in zip(axes.flat, partitions, strict=False):
+        for r in (r for r in runs if r.partition == partition):
+            rounds = range(1, len(r.accuracy_per_round) + 1)
+            axis.plot(rounds, [100 * a for a in r.accuracy_per_round], label=r.algorithm)
+        axis.set_title(partition)
+        axis.set_xlabel("round")
+        axis.set_ylabel("test accuracy %")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize="small")
+    for axis in list(axes.flat)[len(partitions) :]:
+        axis.set_visible(False)
+    figure.suptitle(title)
+    save(figure, path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="10 local epochs, 50 rounds")
+    parser.add_argument("--epochs", type=int, help="local epochs (overrides the profile)")
+    parser.add_argument("--rounds", type=int, help="rounds (overrides the profile)")
+    parser.add_argument("--participants", type=int, default=10)
+    parser.add_argument("--mu", type=float, default=0.01, help="FedProx's mu")
+    parser.add_argument(
+        "--partitions", nargs="+", choices=list(PARTITIONS), default=list(PARTITIONS)
+    )
+    parser.add_argument(
+        "--algorithms", nargs="+", choices=list(ALGORITHMS), default=["fedavg", "fedprox"]
+    )
+    parser.add_argument("--out", type=Path, help="results folder")
+    args = parser.parse_args()
+    profile = "full" if args.full else "quick"
+    epochs, rounds = PROFILES[profile]
+    args.epochs = args.epochs or epochs
+    args.rounds = args.rounds or rounds
+    out: Path = args.out or Path(__file__).parent / "results" / f"accuracy-{profile}"
+    fmnist.check_files()
+    print(
+        f"NIID-Bench CNN on Fashion-MNIST ({profile}): {args.participants} participants, "
+        f"{args.epochs} local epochs, {args.rounds} rounds, batch {BATCH_SIZE}, "
+        f"SGD 0.01 momentum 0.9 fresh each round; {os.cpu_count()} CPU cores",
+        flush=True,
+    )
+    started = time.perf_counter()
+    runs = []
+    for partition in args.partitions:
+        for algorithm in args.algorithms:
+            run = run_one(partition, algorithm, args)
+            print(
+                f"  {partition:<18} {algorithm:<8} {100 * run.final_accuracy:5.1f}% "
+                f"(best {100 * run.best_accuracy:.1f}%) in {run.seconds:.0f} s",
+                flush=True,
+            )
+            runs.append(run)
+    wall = time.perf_counter() - started
+    text = table(runs)
+    print()
+    print(text)
+    print(f"\nwall time {wall:.0f} s")
+    figures: dict[str, Any] = {
+        "bench": "accuracy",
+        "profile": profile,
+        "participants": args.participants,
+        "local_epochs": args.epochs,
+        "rounds": args.rounds,
+        "batch_size": BATCH_SIZE,
+        "fedprox_mu": args.mu,
+        "algorithms": {a: asdict(ALGORITHMS[a]) for a in args.algorithms},
+        "runs": [asdict(r) for r in runs],
+        "wall_seconds": wall,
+        **provenance(),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(figures, indent=2) + "\n")
+    (out / "results.md").write_text(text + "\n")
+    plot(runs, out / "accuracy.png", f"fedq, NIID-Bench CNN, Fashion-MNIST ({profile})")
+    print(f"written to {out}/ (results.json, results.md, accuracy.png)")
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()

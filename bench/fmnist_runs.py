@@ -1,0 +1,73 @@
+"""What the learning benchmarks share: a Fashion-MNIST app with nothing trained yet, one
+federation run in isolation, and the facts a result is only meaningful with.
+
+Every run gets a fresh app instance: a KerasApp keeps each partition's model (and its
+optimizer) between federations of one process, which would carry one run's training into
+the next. After a run, Keras' global state (models, traced functions) is cleared, so a
+long bench does not grow with every run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import importlib.metadata
+import math
+import os
+import platform
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+from fedq.apps import fmnist
+from fedq.apps.keras_app import KerasApp, import_keras
+from fedq.participant.app import TrainConfig
+
+T = TypeVar("T")
+
+
+def fresh_app(
+    build: Callable[[], Any] = fmnist.build_model, train: TrainConfig | None = None
+) -> KerasApp:
+    """An fmnist app (its data, partitions and seed) around ``build``, no model built yet."""
+    return KerasApp(
+        build,
+        fmnist.load_partition,
+        fmnist.load_test,
+        seed=fmnist.SEED,
+        train_config=train,
+        check=fmnist.check_files,
+    )
+
+
+def run_isolated(coroutine: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run one federation in its own event loop, then free what Keras kept of it."""
+    try:
+        return asyncio.run(coroutine())
+    finally:
+        import_keras().backend.clear_session()
+        gc.collect()
+
+
+def finite_or_none(value: float) -> float | None:
+    """JSON has no NaN: a diverged model's loss is written as null."""
+    return value if math.isfinite(value) else None
+
+
+def provenance() -> dict[str, Any]:
+    """Where and with what a result was measured."""
+    versions = {}
+    for package in ("fedq", "keras", "tensorflow-cpu", "tensorflow", "numpy"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": platform.node(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": versions,
+        "data_seed": fmnist.SEED,
+    }
