@@ -612,7 +612,10 @@ def export_command(
     if not callable(export):
         raise fail(f"app {app_spec!r} cannot export a model (it has no export(weights, path))")
     out.parent.mkdir(parents=True, exist_ok=True)
-    export(load_checkpoint(checkpoint), out)
+    try:
+        export(load_checkpoint(checkpoint), out)
+    except AppError as exc:
+        raise fail(str(exc)) from None
     console.print(f"model v{chosen} written to {out}")
 
 

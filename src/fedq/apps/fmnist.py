@@ -1,5 +1,12 @@
-"""``fedq.apps.fmnist:app``: a small CNN on Fashion-MNIST split across participants:
-IID unless ``FEDQ_PARTITION`` names a scheme (see :mod:`fedq.participant.partitions`).
+"""Fashion-MNIST split across participants, IID unless ``FEDQ_PARTITION`` names a scheme (see
+:mod:`fedq.participant.partitions`), with either of two CNNs:
+
+- ``fedq.apps.fmnist:app``: conv 16@3x3, conv 32@3x3, FC 64, FC 10; Adam (lr 0.001), one local
+  epoch of batches of 32 per round;
+- ``fedq.apps.fmnist:niid_cnn``: NIID-Bench's simple CNN (Li et al., ICDE 2022), the model of
+  its MNIST-like experiments: conv 6@5x5, max-pool, conv 16@5x5, max-pool, FC 120, FC 84,
+  FC 10 with ReLU, 44,426 parameters; SGD (lr 0.01, momentum 0.9), 10 local epochs of
+  batches of 64 per round, as NIID-Bench's scripts run it.
 
 Reads the IDX files of Debian's ``dataset-fashion-mnist`` (``FEDQ_FMNIST_DIR`` overrides
 the folder). Nothing is downloaded: a machine without the files gets one line naming the
@@ -18,11 +25,13 @@ from typing import Any
 import numpy as np
 
 from fedq.apps.keras_app import Arrays, KerasApp, import_keras, shard
-from fedq.participant.app import AppError, Partition
+from fedq.participant.app import AppError, Partition, TrainConfig
 from fedq.participant.partitions import scheme_from_env
 
 SEED = 42
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
+#: Local epochs per round of NIID-Bench's image experiments (scripts/*.sh: --epochs=10).
+NIID_EPOCHS = 10
 
 
 def _idx_file(stem: str) -> Path:
@@ -78,6 +87,31 @@ def build_model() -> Any:
     return model
 
 
+def build_niid_cnn() -> Any:
+    """NIID-Bench's ``SimpleCNNMNIST``: 'valid' convolutions take 28x28 to 24x24, pooled to
+    12x12, then 8x8, pooled to 4x4: the 16 * 4 * 4 = 256 features of its first FC layer."""
+    keras = import_keras()
+    model = keras.Sequential(
+        [
+            keras.Input(shape=(28, 28, 1)),
+            keras.layers.Conv2D(6, 5, activation="relu"),
+            keras.layers.MaxPooling2D(2),
+            keras.layers.Conv2D(16, 5, activation="relu"),
+            keras.layers.MaxPooling2D(2),
+            keras.layers.Flatten(),
+            keras.layers.Dense(120, activation="relu"),
+            keras.layers.Dense(84, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=0.01, momentum=0.9),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
+
+
 def load_train() -> Arrays:
     """Every training image, before the split (``fedq partition`` reads its labels)."""
     return _split("train")
@@ -98,3 +132,12 @@ def check_files() -> None:
 
 
 app = KerasApp(build_model, load_partition, load_test, seed=SEED, check=check_files)
+#: NIID-Bench's simple CNN on the same data and partitions (``--partition-scheme``).
+niid_cnn = KerasApp(
+    build_niid_cnn,
+    load_partition,
+    load_test,
+    seed=SEED,
+    train_config=TrainConfig(epochs=NIID_EPOCHS, batch_size=64),
+    check=check_files,
+)

@@ -61,6 +61,18 @@ def import_keras() -> Any:
 
 
 class KerasApp:
+    """A compiled ``keras.Model`` (Sequential, functional or subclassed) and its data as an app.
+
+    What is federated is ``model.weights``, every variable in it: trainable ones and
+    non-trainable ones alike. Batch-norm moving means and variances are therefore averaged
+    like kernels (FedAvg: the example-weighted mean of what participants send), so the global
+    model carries statistics of all the participants' data, and the coordinator's held-out
+    evaluation and ``fedq export`` see a model fit for inference. (FedBN's alternative, batch
+    norm kept local, leaves no single global model to evaluate or export.) Optimizer state is
+    not federated. ``build_model`` must return the model compiled and built (see
+    :func:`_checked`).
+    """
+
     def __init__(
         self,
         build_model: Callable[[], keras.Model],
