@@ -2,9 +2,10 @@
 and a scenario of 30% stragglers (5x slower) and 10% dropout run to the end on the real
 RabbitMQ in quorum mode and in async mode, its history naming who was late or missing.
 
-On the synthetic app training takes milliseconds, so the scenario emulates a round's time
-with ``delay_seconds``: 0.1 s for everyone, 0.5 s (5x) for the stragglers, who also have
-``slowdown = 5`` (5x their real training time, a few milliseconds more).
+On the synthetic app training takes milliseconds, so the scenario
+(deploy/scenarios/stragglers-synthetic.toml) emulates a round's time with ``delay_seconds``:
+0.1 s for everyone, 0.5 s (5x) for the stragglers, who also have ``slowdown = 5`` (5x their
+real training time, a few milliseconds more).
 """
 
 from __future__ import annotations
@@ -30,17 +31,7 @@ from fedq.simulation import SimulationPlan, simulate_with_participants
 from tests.conftest import BROKER_URL
 
 N = 10
-SCENARIO = """
-seed = 7
-[default]
-dropout = 0.1
-delay_seconds = 0.1
-[[groups]]
-name = "stragglers"
-fraction = 0.3
-slowdown = 5.0
-delay_seconds = 0.5
-"""
+SCENARIO = Path(__file__).resolve().parent.parent / "deploy/scenarios/stragglers-synthetic.toml"
 
 
 # ------------------------------------------------------------------ lateness, pure
@@ -191,12 +182,12 @@ class Run:
 async def run_scenario(
     tmp_path: Path, federation: str, **coordinator: Any
 ) -> tuple[Run, set[str], int]:
-    path = tmp_path / "scenario.toml"
-    path.write_text(SCENARIO)
-    scenario = load_scenario(path)
+    scenario = load_scenario(SCENARIO)
     found = profiles(scenario, N)
     slow = {f"p{p.index}" for p in found if p.group == "stragglers"}
-    assert len(slow) == 3 and all(p.dropout == 0.1 for p in found)
+    assert len(slow) == 3 and all(p.dropout == 0.1 for p in found)  # 30% stragglers, 10% dropout
+    fast = min(p.delay_seconds for p in found)
+    assert all(p.delay_seconds == 5 * fast and p.slowdown == 5 for p in found if p.group)
     config = CoordinatorConfig(
         federation=federation,
         participants=N,

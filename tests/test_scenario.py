@@ -22,7 +22,7 @@ from fedq.scenario import (
 from tests.helpers import run_fedq
 
 ROOT = Path(__file__).resolve().parent.parent
-SAMPLE = ROOT / "deploy" / "scenarios" / "stragglers.toml"
+SAMPLES = ROOT / "deploy" / "scenarios"
 
 STRAGGLERS = """
 seed = 7
@@ -58,8 +58,9 @@ def test_a_fraction_group_takes_its_share_and_the_rest_keep_the_default(tmp_path
     assert len(picks) > 1  # another seed, other participants
 
 
-def test_the_sample_scenario_is_30_percent_stragglers_at_5x_and_10_percent_dropout():
-    found = profiles(load_scenario(SAMPLE), 10)
+@pytest.mark.parametrize("name", ["stragglers.toml", "stragglers-synthetic.toml"])
+def test_the_sample_scenarios_are_30_percent_stragglers_at_5x_and_10_percent_dropout(name: str):
+    found = profiles(load_scenario(SAMPLES / name), 10)
     assert sum(p.slowdown == 5.0 for p in found) == 3
     assert all(p.dropout == 0.1 for p in found)
 
