@@ -1,9 +1,16 @@
 """Seconds per round of fedq on RabbitMQ next to a raw aio-pika floor that moves the same bytes.
 
     python bench/round_overhead.py --participants 10 --params 1000000 10000000 --rounds 6 \
-        --broker amqp://guest:guest@127.0.0.1:5672/
+        --broker amqp://guest:guest@127.0.0.1:5672/ [--processes]
 
-For each parameter count P (float32), in one run on the real broker:
+Two shapes, each against its own floor measured in the same run:
+
+- ``--processes``, the deployment shape (``deployment_shape.py`` says how): a ``fedq
+  coordinator`` process and N ``fedq participant`` processes, one connection each, against
+  a floor of N participant processes with one aio-pika connection each. Reported first.
+- the simulation shape (always): every participant on one connection in this process.
+
+For each parameter count P (float32), in one run on the real broker, the simulation shape:
 
 - fedq: ``fedq.simulation.simulate`` of N participants with ``fedq.apps.synthetic``
   (``SyntheticApp(params=P)``), quorum = N (every update required each round). A round
@@ -31,7 +38,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import functools
+import json
+import math
 import os
 import statistics
 import tempfile
@@ -40,10 +50,18 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aio_pika
 import numpy as np
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractRobustConnection
+from deployment_shape import (
+    FedqProcessResult,
+    RawProcessResult,
+    ShapeCpu,
+    run_fedq_processes,
+    run_raw_processes,
+)
 from timing import median_seconds
 
 from fedq.apps.synthetic import SyntheticApp
@@ -498,6 +516,14 @@ def measure_cpu(app: SyntheticApp, n: int, repeat: int) -> CpuParts:
 
 # ------------------------------------------------------------------------------------ main
 @dataclass
+class ProcessRow:
+    """The deployment shape: fedq and its floor as separate processes (deployment_shape.py)."""
+
+    fedq: FedqProcessResult
+    raw: RawProcessResult
+
+
+@dataclass
 class Row:
     params: int
     update_bytes: int
@@ -505,21 +531,47 @@ class Row:
     fedq: FedqResult
     raw: RawResult
     cpu: CpuParts
+    processes: ProcessRow | None = None
+    #: 1-minute load average when this row's measurements started and ended.
+    loadavg: tuple[float, float] = (float("nan"), float("nan"))
 
 
 async def measure(
-    url: str, n: int, params: int, rounds: int, repeat: int, queue_type: UpdatesQueueType
+    url: str,
+    n: int,
+    params: int,
+    rounds: int,
+    repeat: int,
+    queue_type: UpdatesQueueType,
+    processes: bool,
 ) -> Row:
+    load_at_start = os.getloadavg()[0]
     app = SyntheticApp(params=params)
     weights = app.initial_weights()
     update_body = encode_message(update_meta(), weights)
     model_body = encode_message(model_meta(), weights)
     cpu = measure_cpu(app, n, repeat)
-    print(f"  P={params:,}: CPU parts done; raw floor ...", flush=True)
+    process_row = None
+    if processes:
+        print(f"  P={params:,}: CPU parts done; raw floor, {n + 1} processes ...", flush=True)
+        raw_processes = await run_raw_processes(url, n, update_body, model_body, rounds, queue_type)
+        print(f"  P={params:,}: raw floor done; fedq, {n + 1} processes ...", flush=True)
+        fedq_processes = await run_fedq_processes(url, n, params, rounds, queue_type)
+        process_row = ProcessRow(fedq_processes, raw_processes)
+    print(f"  P={params:,}: raw floor, one process ...", flush=True)
     raw = await run_raw(url, n, update_body, model_body, rounds, queue_type)
-    print(f"  P={params:,}: raw floor done; fedq ...", flush=True)
+    print(f"  P={params:,}: raw floor done; fedq, one process ...", flush=True)
     fedq = await run_fedq(url, n, params, rounds, queue_type)
-    return Row(params, len(update_body), len(model_body), fedq, raw, cpu)
+    return Row(
+        params,
+        len(update_body),
+        len(model_body),
+        fedq,
+        raw,
+        cpu,
+        process_row,
+        (load_at_start, os.getloadavg()[0]),
+    )
 
 
 def line(seconds: float, what: str, times: int = 1) -> str:
@@ -528,20 +580,75 @@ def line(seconds: float, what: str, times: int = 1) -> str:
     return f"    {seconds * 1e3:9.1f} ms  {what}{total}"
 
 
-def report(rows: list[Row], n: int) -> None:
-    print()
-    print(f"{'P':>12} {'body MB':>8} {'fedq s/round':>13} {'raw s/round':>12} {'fedq/raw':>9}")
-    for row in rows:
-        print(
-            f"{row.params:>12,} {row.update_bytes / 1e6:>8.1f} "
-            f"{row.fedq.seconds_per_round:>13.3f} {row.raw.seconds_per_round:>12.3f} "
-            f"{row.fedq.seconds_per_round / row.raw.seconds_per_round:>9.2f}"
+def shapes(row: Row) -> list[tuple[str, float, float]]:
+    """(shape, fedq s/round, raw floor s/round) of a row, the deployment shape first."""
+    found = []
+    if row.processes is not None:
+        found.append(
+            (
+                "processes",
+                row.processes.fedq.seconds_per_round,
+                row.processes.raw.seconds_per_round,
+            )
         )
+    found.append(("simulation", row.fedq.seconds_per_round, row.raw.seconds_per_round))
+    return found
+
+
+def report_processes(row: ProcessRow, n: int, cores: int) -> None:
+    f, r = row.fedq, row.raw
+    print(f"  deployment shape: fedq, 1 + {n} processes, median from round 2 (ledger, logs):")
+    print(line(f.commit_to_open, "commit -> next version opened"))
+    print(line(f.open_to_first_sent, "opened -> 1st participant's update confirmed"))
+    print(line(f.open_to_last_sent, f"opened -> {n}th participant's update confirmed"))
+    print(line(f.last_sent_to_commit, f"{n}th update confirmed -> commit"))
+    print(line(f.seconds_per_round, "round (commit to commit)"))
+    print(f"    (round 1, with start-up: {f.startup_seconds:.1f} s from launch to commit)")
+    if f.rejected:
+        print(f"    !! {f.rejected} updates rejected")
+    cpu_lines(f.cpu, f.seconds_per_round, n, cores, "coordinator process")
+    print(f"  deployment shape: raw floor, 1 + {n} processes, median from round 2:")
+    print(line(r.end_to_publish, "round end -> next model publish"))
+    print(line(r.publish_to_first_model, "model publish -> 1st copy consumed"))
+    print(line(r.publish_to_last_model, f"model publish -> {n}th copy consumed"))
+    print(line(r.model_confirmed, "model publish -> confirmed"))
+    print(line(r.publish_to_last_update, f"model publish -> {n}th update consumed (round end)"))
+    print(line(r.publish_to_updates_confirmed, f"model publish -> {n} updates confirmed"))
+    print(line(r.seconds_per_round, "round (end to end)"))
+    cpu_lines(r.cpu, r.seconds_per_round, n, cores, "coordinator side (this process)")
+
+
+def cpu_lines(cpu: ShapeCpu, seconds: float, n: int, cores: int, coordinator: str) -> None:
+    print(line(cpu.coordinator, f"CPU per round: {coordinator}"))
+    print(line(cpu.participants, f"CPU per round: {n} participant processes together"))
+    print(line(cpu.broker, "CPU per round: broker (with Erlang busy-wait)"))
+    busy = cpu.total / (cores * seconds) if seconds > 0 else float("nan")
+    print(line(cpu.total, f"CPU per round, all: {busy:.0%} of {cores} cores over the round"))
+
+
+def report(rows: list[Row], n: int) -> None:
+    cores = os.cpu_count() or 1
+    print()
+    print(
+        f"{'shape':>10} {'P':>12} {'body MB':>8} {'fedq s/round':>13} {'raw s/round':>12} "
+        f"{'fedq/raw':>9}"
+    )
+    for row in rows:
+        for shape, fedq_seconds, raw_seconds in shapes(row):
+            print(
+                f"{shape:>10} {row.params:>12,} {row.update_bytes / 1e6:>8.1f} "
+                f"{fedq_seconds:>13.3f} {raw_seconds:>12.3f} {fedq_seconds / raw_seconds:>9.2f}"
+            )
     for row in rows:
         f, r, c = row.fedq, row.raw, row.cpu
         print()
-        print(f"P = {row.params:,} ({row.update_bytes / 1e6:.1f} MB per update, N = {n})")
-        print("  fedq round, median from round 2 (commit to commit):")
+        print(
+            f"P = {row.params:,} ({row.update_bytes / 1e6:.1f} MB per update, N = {n}; "
+            f"1-min load average {row.loadavg[0]:.1f} at start, {row.loadavg[1]:.1f} at end)"
+        )
+        if row.processes is not None:
+            report_processes(row.processes, n, cores)
+        print("  simulation shape: fedq round, median from round 2 (commit to commit):")
         print(line(f.commit_to_open, "commit -> open: model encode + round.open + model publish"))
         print(line(f.open_to_first_fold, "open -> 1st update folded: model in, train, delta out"))
         print(line(f.first_to_last_fold, f"1st -> {n}th update folded"))
@@ -553,7 +660,7 @@ def report(rows: list[Row], n: int) -> None:
             print(f"    !! {f.rejected} updates rejected")
         print(line(f.cpu.python, "CPU of this Python process per round (all threads)"))
         print(line(f.cpu.broker, "CPU of the broker per round (with Erlang busy-wait)"))
-        print("  raw floor round, median from round 2 (each step from the round's start):")
+        print("  simulation shape: raw floor round, median from round 2 (from the round's start):")
         print(line(r.steps.updates_consumed, f"{n} updates consumed + acked"))
         print(line(r.steps.updates_confirmed, f"{n} update publishes confirmed"))
         print(line(r.steps.model_confirmed, "model publish confirmed"))
@@ -572,11 +679,74 @@ def report(rows: list[Row], n: int) -> None:
         print(line(c.serial_round(n), "sum: all of a round's CPU work in series"))
 
 
+def finite(value: Any) -> Any:
+    """``value`` with every NaN (a figure that could not be taken) as None, for strict JSON."""
+    if isinstance(value, float):
+        return None if math.isnan(value) else value
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(item) for item in value]
+    return value
+
+
+def figures(args: argparse.Namespace, tuned: bool, rows: list[Row], wall: float) -> dict[str, Any]:
+    """Every figure of the run, for the last line."""
+
+    def ratios(row: Row) -> dict[str, Any]:
+        return {
+            shape: {
+                "fedq_s_per_round": fedq_seconds,
+                "raw_s_per_round": raw_seconds,
+                "ratio": fedq_seconds / raw_seconds,
+            }
+            for shape, fedq_seconds, raw_seconds in shapes(row)
+        }
+
+    return finite(
+        {
+            "participants": args.participants,
+            "rounds": args.rounds,
+            "updates_queue": args.updates_queue,
+            "processes": args.processes,
+            "malloc_tuning": tuned,
+            "cores": os.cpu_count(),
+            "wall_seconds": wall,
+            "rows": [
+                {
+                    "params": row.params,
+                    "update_bytes": row.update_bytes,
+                    "model_bytes": row.model_bytes,
+                    "loadavg_1min": list(row.loadavg),
+                    "shapes": ratios(row),
+                    "fedq": dataclasses.asdict(row.fedq),
+                    "raw": dataclasses.asdict(row.raw) | {"steps_total": row.raw.steps.total},
+                    "cpu_parts": dataclasses.asdict(row.cpu)
+                    | {"serial_round": row.cpu.serial_round(args.participants)},
+                    "processes": None
+                    if row.processes is None
+                    else {
+                        "fedq": dataclasses.asdict(row.processes.fedq),
+                        "raw": dataclasses.asdict(row.processes.raw),
+                    },
+                }
+                for row in rows
+            ],
+        }
+    )
+
+
 async def amain(args: argparse.Namespace) -> list[Row]:
     rows = []
     for params in args.params:
         row = await measure(
-            args.broker, args.participants, params, args.rounds, args.repeat, args.updates_queue
+            args.broker,
+            args.participants,
+            params,
+            args.rounds,
+            args.repeat,
+            args.updates_queue,
+            args.processes,
         )
         rows.append(row)
     return rows
@@ -595,6 +765,12 @@ def main() -> None:
         default="quorum",
         help="type of the updates queue, for fedq and the raw floor alike",
     )
+    parser.add_argument(
+        "--processes",
+        action="store_true",
+        help="also measure the deployment shape: a fedq coordinator and N fedq participant "
+        "processes, one connection each, against a floor of N participant processes",
+    )
     args = parser.parse_args()
     if args.rounds < 2:
         parser.error("--rounds must be at least 2: round 1 is warm-up")
@@ -605,11 +781,13 @@ def main() -> None:
         f"P = {', '.join(f'{p:,}' for p in args.params)} float32, "
         f"RabbitMQ at {redact(args.broker)}, {args.updates_queue} updates queue"
     )
-    print(f"{os.cpu_count()} CPU cores shared by this process and a local broker, if any")
+    print(f"{os.cpu_count()} CPU cores shared by these processes and a local broker, if any")
     started = time.perf_counter()
     rows = asyncio.run(amain(args))
     report(rows, args.participants)
-    print(f"\nwall time {time.perf_counter() - started:.0f} s")
+    wall = time.perf_counter() - started
+    print(f"\nwall time {wall:.0f} s")
+    print(json.dumps(figures(args, tuned, rows, wall)))
 
 
 if __name__ == "__main__":
