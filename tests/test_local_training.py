@@ -3,6 +3,7 @@ momentum and FedProx's proximal term."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,8 @@ import pytest
 from fedq.apps.keras_app import Arrays, KerasApp, import_keras
 from fedq.messages.codec import Weights
 from fedq.participant.app import AppError, Partition, TrainConfig
+from tests.helpers import run_fedq
+from tests.test_cli import one_line_error
 
 SAMPLES, FEATURES, CLASSES = 256, 8, 3
 
@@ -111,3 +114,18 @@ def test_mistakes_in_the_options_are_one_clear_error() -> None:
     assert TrainConfig(epochs=2).with_overrides(epochs=None, batch_size=7) == TrainConfig(
         epochs=2, batch_size=7
     )
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--momentum", "2"], "momentum 2.0: must be in [0, 1)"),
+        (["--learning-rate", "0"], "learning rate 0.0: must be > 0"),
+        (["--proximal-mu", "-1"], "proximal mu -1.0: must be >= 0"),
+    ],
+)
+def test_bad_training_flags_are_one_line(tmp_path: Path, flags: list[str], says: str) -> None:
+    result = run_fedq(
+        "simulate", "--app", "fedq.apps.synthetic:app", *flags, "--state-dir", str(tmp_path)
+    )
+    assert says in one_line_error(result)

@@ -222,6 +222,46 @@ SchemeOpt = Annotated[
 ]
 
 
+EpochsOpt = Annotated[
+    int | None, typer.Option("--epochs", min=1, help="Local epochs per round (default: the app's).")
+]
+BatchSizeOpt = Annotated[
+    int | None, typer.Option("--batch-size", min=1, help="Local batch size (default: the app's).")
+]
+LearningRateOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--learning-rate", help="The local optimizer's learning rate (default: the app's)."
+    ),
+]
+MomentumOpt = Annotated[
+    float | None,
+    typer.Option("--momentum", help="The local optimizer's momentum, SGD or RMSprop only."),
+]
+KeepOptimizerOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--keep-optimizer/--fresh-optimizer",
+        help="Keep the local optimizer's state (momentum, moments) across rounds, or start "
+        "each round with a fresh one (the default, as in NIID-Bench).",
+        show_default=False,
+    ),
+]
+ProximalMuOpt = Annotated[
+    float | None,
+    typer.Option("--proximal-mu", help="FedProx: pull local training toward the global model."),
+]
+
+
+def train_config(application: Any, **flags: Any) -> TrainConfig:
+    """How participants train: the app's ``train_config`` with the flags given on top."""
+    base = getattr(application, "train_config", None) or TrainConfig()
+    try:
+        return base.with_overrides(**flags)
+    except AppError as exc:
+        raise fail(str(exc)) from None
+
+
 def use_scheme(scheme: str) -> None:
     """Check ``scheme`` and hand it to the apps (they read FEDQ_PARTITION when loading)."""
     try:
@@ -249,6 +289,12 @@ def simulate_command(
     report: ReportOpt = None,
     update_codec: Annotated[str, typer.Option("--update-codec", help=CODEC_HELP)] = "raw",
     partition_scheme: SchemeOpt = "iid",
+    epochs: EpochsOpt = None,
+    batch_size: BatchSizeOpt = None,
+    learning_rate: LearningRateOpt = None,
+    momentum: MomentumOpt = None,
+    keep_optimizer: KeepOptimizerOpt = None,
+    proximal_mu: ProximalMuOpt = None,
     scenario: Annotated[
         Path | None,
         typer.Option(
@@ -310,6 +356,16 @@ def simulate_command(
     plan = replace(plan, profiles=found, dropout_seed=seed)
     use_scheme(partition_scheme)
     application = load(app_spec)
+    train = train_config(
+        application,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        momentum=momentum,
+        keep_optimizer=keep_optimizer,
+        proximal_mu=proximal_mu,
+    )
+    plan = replace(plan, participant=replace(plan.participant, train=train))
     where = f"RabbitMQ at {redact(broker)}" if broker else "the embedded broker"
     console.print(
         f"federation {name}: {config.participants} participants, {config.rounds} versions "
@@ -416,8 +472,12 @@ def participant_command(
         str, typer.Option("--partition", help="Data share INDEX/COUNT (0-based), e.g. 2/4.")
     ] = "0/1",
     partition_scheme: SchemeOpt = "iid",
-    epochs: Annotated[int | None, typer.Option("--epochs", min=1)] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
+    epochs: EpochsOpt = None,
+    batch_size: BatchSizeOpt = None,
+    learning_rate: LearningRateOpt = None,
+    momentum: MomentumOpt = None,
+    keep_optimizer: KeepOptimizerOpt = None,
+    proximal_mu: ProximalMuOpt = None,
     codec: CodecOpt = "raw",
     slowdown: Annotated[
         float,
@@ -463,8 +523,15 @@ def participant_command(
         raise fail(f"--dropout {dropout}: need a probability below 1")
     use_scheme(partition_scheme)
     application = load(app_spec)
-    base = getattr(application, "train_config", None) or TrainConfig()
-    train = TrainConfig(epochs=epochs or base.epochs, batch_size=batch_size or base.batch_size)
+    train = train_config(
+        application,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        momentum=momentum,
+        keep_optimizer=keep_optimizer,
+        proximal_mu=proximal_mu,
+    )
     configs = [
         ParticipantConfig(
             federation=federation,
