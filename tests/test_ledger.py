@@ -39,6 +39,15 @@ def test_a_version_and_its_updates_commit_together(tmp_path):
     assert last is not None and last.metrics == {"accuracy": 0.5}
 
 
+def test_history_averages_the_participants_local_metrics_by_examples(tmp_path):
+    ledger = UpdateLedger(tmp_path / "ledger.sqlite")
+    small = UpdateRecord("a", "p", 1, 0, 10, 10.0, digest="da", metrics={"accuracy": 0.2})
+    large = UpdateRecord("b", "q", 1, 0, 30, 30.0, digest="db", metrics={"accuracy": 0.6})
+    silent = UpdateRecord("c", "r", 1, 0, 60, 60.0, digest="dc")  # reports nothing
+    ledger.commit_version(version(1), [small, large, silent])
+    assert ledger.history()[0].local_metrics == pytest.approx({"accuracy": 0.5})
+
+
 def test_an_update_id_can_never_join_a_second_version(tmp_path):
     ledger = UpdateLedger(tmp_path / "ledger.sqlite")
     ledger.commit_version(version(1), [update("a")])

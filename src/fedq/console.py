@@ -34,14 +34,18 @@ def history_table(
     rows: Iterable[RoundHistory], title: str, attendance: Iterable[Attendance] = ()
 ) -> Table:
     """A row per committed version; with ``attendance`` (:mod:`fedq.lateness`), who was late
-    and who was missing in it."""
+    and who was missing in it. ``loss`` and ``accuracy`` are the app's held-out evaluation
+    of the version; ``local accuracy`` is what its updates' participants measured on their
+    own data while training, weighted by examples."""
     rows = list(rows)
     private = any(r.epsilon is not None for r in rows)
     who = {a.version: a for a in attendance}
     table = Table(title=title)
     columns = ["version", "round", "closed by", "updates", "participants", "refused"]
     columns += ["late", "missing"] if who else []
-    columns += ["bytes in", "loss", "accuracy", "seconds"] + (["epsilon"] if private else [])
+    local = any("accuracy" in r.local_metrics for r in rows)
+    columns += ["bytes in", "loss", "accuracy"] + (["local accuracy"] if local else [])
+    columns += ["seconds"] + (["epsilon"] if private else [])
     left = ("participants", "refused", "late", "missing")
     for column in columns:
         table.add_column(column, justify="left" if column in left else "right")
@@ -58,6 +62,7 @@ def history_table(
             human_bytes(row.update_bytes),
             _fmt(row.metrics, "loss"),
             _fmt(row.metrics, "accuracy"),
+            *([_fmt(row.local_metrics, "accuracy")] if local else []),
             f"{row.seconds:.2f}",
         ]
         if private:
