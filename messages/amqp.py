@@ -6,17 +6,31 @@ retried until it is confirmed (up to ``outage_seconds``), so delivery is at-leas
 consumers dedupe by ``message_id``. Acks of deliveries from before the outage fail with
 TransportError: the broker has already requeued those messages.
 
-Publishing goes through one channel with publisher confirms (``publish`` returns after the
-broker's ack) and persistent delivery. Each ``consume`` opens its own channel with its own
-prefetch, so closing it requeues exactly that consumer's unacked deliveries. Declarations
-use a short-lived channel: a PRECONDITION_FAILED (same name, other arguments) closes only
-that channel and surfaces as one TransportError.
+Channels (one connection may open at most the broker's ``channel_max``, 2047 by default;
+one more and the broker closes the whole connection, every consumer on it included):
+- one for publishing, with publisher confirms (``publish`` returns after the broker's ack)
+  and persistent delivery, shared by every publisher of the process;
+- a pool of up to ``DECLARING_CHANNELS`` for declarations, deletions and queue counts,
+  each doing one operation at a time: a PRECONDITION_FAILED (same name, other arguments)
+  closes only that channel and surfaces as one TransportError. A pool, not one channel per
+  operation nor a single shared one: 1,000 virtual participants starting together declare
+  5,000 things, which would open as many channels at once, or wait in one line behind a
+  busy connection;
+- one per ``consume``, with its own prefetch, so closing it requeues exactly that
+  consumer's unacked deliveries. M virtual participants in one process therefore take
+  M + 1 + ``DECLARING_CHANNELS`` channels of one connection at most; a ``consume`` beyond
+  what the broker allows is refused with a TransportError saying so.
+
+The connection is named (``connection_name``, shown by the management UI and API) after
+the process, ``fedq pid <pid>``, unless told otherwise.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -41,6 +55,9 @@ from fedq.messages.transport import (
 )
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+#: Declarations, deletions and queue counts that may run at once, each on its own channel.
+DECLARING_CHANNELS = 16
 
 log = logging.getLogger("fedq.amqp")
 
@@ -147,6 +164,7 @@ class AmqpTransport(Transport):
         *,
         connect_timeout: float = 10.0,
         outage_seconds: float = 120.0,
+        name: str | None = None,
     ) -> None:
         try:
             parsed = yarl.URL(url)
@@ -163,15 +181,27 @@ class AmqpTransport(Transport):
         self._timeout = connect_timeout
         #: How long a publish keeps retrying while the connection is being re-established.
         self._outage_seconds = outage_seconds
+        #: The connection's client-provided name, as the management API lists it.
+        self.name = name or f"fedq pid {os.getpid()}"
         self._connection: AbstractRobustConnection | None = None
         self._publisher: AbstractChannel | None = None
         self._exchanges: dict[str, AbstractExchange] = {}
+        #: Idle channels of the declarations' pool (plain, not robust: a closed one is
+        #: replaced on demand, and nothing declared through them is replayed on reconnect).
+        self._idle_declarers: list[AbstractChannel] = []
+        self._declaring_slots = asyncio.Semaphore(DECLARING_CHANNELS)
+        #: Consumers open or opening: each holds a channel.
+        self._consumers = 0
+        self._channel_max = 0
 
     async def connect(self) -> None:
         where = redact(self.url)
         try:
             self._connection = await aio_pika.connect_robust(
-                self.url, timeout=self._timeout, reconnect_interval=1.0
+                self.url,
+                timeout=self._timeout,
+                reconnect_interval=1.0,
+                client_properties={"connection_name": self.name},
             )
         except aiormq.exceptions.ProbableAuthenticationError:
             raise BrokerUnavailable(
@@ -182,6 +212,9 @@ class AmqpTransport(Transport):
                 f"cannot reach RabbitMQ at {where} ({exc.__class__.__name__}): start it "
                 "(`rabbitmq-server -detached`) or pass the right --broker / FEDQ_BROKER_URL"
             ) from None
+        underlay = self._conn.transport
+        assert underlay is not None, "connect_robust returns connected"
+        self._channel_max = underlay.connection.connection_tune.channel_max or 65535
         await self._reopen_publisher()
 
     async def _reopen_publisher(self) -> None:
@@ -195,6 +228,7 @@ class AmqpTransport(Transport):
             await self._connection.close()
         self._connection = None
         self._publisher = None
+        self._idle_declarers.clear()
         self._exchanges.clear()
 
     @property
@@ -215,7 +249,8 @@ class AmqpTransport(Transport):
 
     async def bind(self, queue: str, exchange: str, routing_key: str = "") -> None:
         async with self._declaring(f"binding {queue!r} -> {exchange!r}") as channel:
-            q = await channel.get_queue(queue, ensure=True)
+            # No passive declare first: a missing queue fails the bind itself (NOT_FOUND).
+            q = await channel.get_queue(queue, ensure=False)
             await q.bind(exchange, routing_key=routing_key)
 
     async def delete_queue(self, name: str) -> None:
@@ -239,14 +274,31 @@ class AmqpTransport(Transport):
 
     @asynccontextmanager
     async def _declaring(self, what: str) -> AsyncIterator[AbstractChannel]:
-        channel = await self._conn.channel(publisher_confirms=False)
-        try:
-            yield channel
-        except aiormq.exceptions.ChannelClosed as exc:
-            raise TransportError(f"broker refused {what}: {exc}") from None
-        finally:
-            if not channel.is_closed:
-                await channel.close()
+        """A channel of the declarations' pool, for one operation. After any failure it is
+        dropped (the broker may have closed it, or an RPC may be left half done)."""
+        async with self._declaring_slots:
+            channel = None
+            while self._idle_declarers and channel is None:
+                idle = self._idle_declarers.pop()
+                channel = None if idle.is_closed else idle
+            if channel is None:
+                channel = await aio_pika.Channel(self._conn, publisher_confirms=False)
+            try:
+                yield channel
+            except BaseException as exc:
+                if not channel.is_closed:
+                    with contextlib.suppress(Exception):
+                        await channel.close()
+                if isinstance(exc, aiormq.exceptions.ChannelClosed):
+                    raise TransportError(f"broker refused {what}: {exc}") from None
+                raise
+            self._idle_declarers.append(channel)
+
+    @property
+    def max_consumers(self) -> int:
+        """Consumers this connection can hold: the broker's ``channel_max`` less the
+        publishing and declaring channels (2047 - 17 = 2030 with RabbitMQ's defaults)."""
+        return self._channel_max - 1 - DECLARING_CHANNELS
 
     async def _exchange(self, name: str) -> AbstractExchange:
         assert self._publisher is not None, "connect() first"
@@ -312,6 +364,24 @@ class AmqpTransport(Transport):
 
     @asynccontextmanager
     async def consume(self, queue: str, *, prefetch: int) -> AsyncIterator[AsyncIterator[Delivery]]:
+        self._conn  # noqa: B018 (raises TransportError when not connected)
+        if self._consumers >= self.max_consumers:
+            # Checked here, before any await: the broker would close the whole connection.
+            raise TransportError(
+                f"this connection already has {self._consumers} consumers, as many as the "
+                f"broker's channel_max ({self._channel_max}) allows: each takes a channel "
+                f"(each virtual participant one), so run at most {self.max_consumers} "
+                "participants per process"
+            )
+        self._consumers += 1
+        try:
+            async with self._consuming(queue, prefetch) as inbox:
+                yield inbox
+        finally:
+            self._consumers -= 1
+
+    @asynccontextmanager
+    async def _consuming(self, queue: str, prefetch: int) -> AsyncIterator[AsyncIterator[Delivery]]:
         channel = await self._conn.channel(publisher_confirms=False)
         try:
             await channel.set_qos(prefetch_count=max(1, prefetch))
