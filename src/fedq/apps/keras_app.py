@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import sys
 import threading
@@ -54,9 +55,14 @@ def _native_stderr_silenced() -> Iterator[None]:
 
 @functools.cache
 def import_keras() -> Any:
-    """Import Keras (and TensorFlow) once, quietly. Python errors still surface as usual."""
+    """Import Keras (and TensorFlow) once, quietly. Python errors still surface as usual.
+
+    TensorFlow's own warnings are turned off too: with one model per simulated participant
+    in a process, "N out of the last M calls triggered tf.function retracing" counts the
+    first trace of every model's own training function, which is expected, not a fault."""
     with _native_stderr_silenced():
         import keras
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
     return keras
 
 
