@@ -59,6 +59,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
+from fedq.coordinator.checkpoint import checkpoint_path
 from fedq.messages.allocator import tune_malloc_for_large_buffers
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.topology import Topology, UpdatesQueueType
@@ -257,8 +258,8 @@ async def run_fedq_processes(
 
         try:
             started = time.time()
-            # The coordinator first: it declares the federation's exchanges the
-            # participants bind to; it has the ledger once it got that far.
+            # The coordinator first, the participants once it declared its queues (the
+            # participants' joins go to one) and saved model v0, so none is lost.
             await start(
                 "coordinator",
                 [
@@ -271,7 +272,7 @@ async def run_fedq_processes(
                 {},
             )
             coordinator = children[0]
-            while not ledger.path.exists():
+            while not checkpoint_path(state / federation / "models", 0).exists():
                 if coordinator.returncode is not None:
                     raise RuntimeError(
                         f"fedq coordinator exited ({coordinator.returncode}):\n"
