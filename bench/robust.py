@@ -35,10 +35,7 @@ in two full runs on a shared machine).
 from __future__ import annotations
 
 import argparse
-import asyncio
-import gc
 import json
-import math
 import os
 import tempfile
 import time
@@ -46,8 +43,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from fmnist_runs import finite_or_none, fresh_app, run_isolated
+
 from fedq.apps import fmnist
-from fedq.apps.keras_app import KerasApp, import_keras
 from fedq.coordinator.config import CoordinatorConfig, StrategyOptions
 from fedq.participant.worker import ParticipantConfig
 from fedq.simulation import SimulationPlan, simulate
@@ -75,22 +73,6 @@ class Run:
     accuracy_per_round: list[float]
     seconds: float
     updates_rejected: int
-
-
-def fresh_app() -> KerasApp:
-    """fedq.apps.fmnist's app with no Keras model built yet (see the module docstring)."""
-    return KerasApp(
-        fmnist.build_model,
-        fmnist.load_partition,
-        fmnist.load_test,
-        seed=fmnist.SEED,
-        check=fmnist.check_files,
-    )
-
-
-def finite_or_none(value: float) -> float | None:
-    """JSON has no NaN: a diverged model's loss is written as null."""
-    return value if math.isfinite(value) else None
 
 
 async def federate(
@@ -128,10 +110,7 @@ async def federate(
 
 def run_one(attack: str | None, label: str, participants: int, rounds: int) -> Run:
     with tempfile.TemporaryDirectory(prefix="fedq-robust-") as state:
-        run = asyncio.run(federate(attack, label, participants, rounds, Path(state)))
-    import_keras().backend.clear_session()  # this run's models and traced functions
-    gc.collect()
-    return run
+        return run_isolated(lambda: federate(attack, label, participants, rounds, Path(state)))
 
 
 def points(run: Run, clean: Run) -> float:
