@@ -76,6 +76,9 @@ from fedq.messages.transport import Delivery, Transport, TransportError
 
 log = logging.getLogger("fedq.coordinator")
 
+#: Update bodies the broker may push ahead of the one being checked.
+UPDATES_IN_FLIGHT = 4
+
 
 @dataclass
 class FederationResult:
@@ -152,11 +155,12 @@ class Coordinator:
                 )
             control = asyncio.create_task(self._serve_control(), name="fedq-control")
             try:
-                # At most K deliveries are held (bodies released) until the commit acks
-                # them, and every other one is settled as soon as it is checked; two more
-                # in flight keep the pipe full.
+                # Up to K deliveries are held until the commit acks them, their bodies
+                # released, which takes them out of the prefetch; every other one is settled
+                # as soon as it is checked. So the prefetch bounds only the bodies in
+                # memory: a few keep the pipe full, whatever K (memory independent of K).
                 async with self.transport.consume(
-                    self.topology.updates, prefetch=self.config.k + 2
+                    self.topology.updates, prefetch=UPDATES_IN_FLIGHT
                 ) as deliveries:
                     while version < self.config.rounds:
                         weights, version = await self._make_version(

@@ -43,6 +43,7 @@ from aio_pika.abc import (
     AbstractChannel,
     AbstractExchange,
     AbstractIncomingMessage,
+    AbstractQueue,
     AbstractRobustConnection,
 )
 
@@ -94,11 +95,13 @@ def redact(url: str) -> str:
 
 
 class _AmqpDelivery:
-    __slots__ = ("_body", "_msg")
+    __slots__ = ("_body", "_inbox", "_msg", "_released")
 
-    def __init__(self, msg: AbstractIncomingMessage) -> None:
+    def __init__(self, msg: AbstractIncomingMessage, inbox: _Inbox) -> None:
         self._msg = msg
-        self._body = msg.body
+        self._inbox = inbox
+        self._released = False
+        self._body = inbox.bodies.shared(msg)
         # This wrapper becomes the body's only holder, so release_body() really frees it.
         cast(aio_pika.IncomingMessage, msg).body = b""
 
@@ -108,6 +111,9 @@ class _AmqpDelivery:
 
     def release_body(self) -> None:
         self._body = b""
+        if not self._released:
+            self._released = True
+            self._inbox.released(self._msg.consumer_tag)
 
     message_id = property(lambda self: self._msg.message_id)
     type = property(lambda self: self._msg.type)
@@ -125,36 +131,132 @@ class _AmqpDelivery:
         RuntimeError,
     )
 
+    def _settled(self) -> None:
+        if self._released:
+            self._released = False
+            self._inbox.settled(self._msg.consumer_tag)
+
     async def ack(self) -> None:
+        self._settled()
         try:
             await self._msg.ack()
         except self._SETTLE_ERRORS as exc:
             raise TransportError(f"ack failed: {exc}") from exc
 
     async def nack(self, *, requeue: bool) -> None:
+        self._settled()
         try:
             await self._msg.nack(requeue=requeue)
         except self._SETTLE_ERRORS as exc:
             raise TransportError(f"nack failed: {exc}") from exc
 
 
+class _SharedBodies:
+    """One bytes object per distinct large body: M virtual participants in one process each
+    receive the same model message on their own queue, and keep one copy between them, not
+    M. Keyed by (message_id, size) and compared byte for byte before sharing."""
+
+    #: Smaller bodies (heartbeats, control messages) are not worth a lookup.
+    MIN_BYTES = 64 * 1024
+    #: Distinct bodies remembered: the current model and a few before it.
+    KEEP = 4
+
+    def __init__(self) -> None:
+        self._bodies: dict[tuple[str, int], bytes] = {}
+
+    def shared(self, msg: AbstractIncomingMessage) -> bytes:
+        body = msg.body
+        if len(body) < self.MIN_BYTES or not msg.message_id:
+            return body
+        key = (msg.message_id, len(body))
+        known = self._bodies.get(key)
+        if known is not None and known == body:
+            return known
+        self._bodies[key] = body
+        while len(self._bodies) > self.KEEP:
+            del self._bodies[next(iter(self._bodies))]  # the oldest
+        return body
+
+
 class _Inbox:
     """Deliveries pushed by the broker; a cancelled ``__anext__`` loses nothing and ends nothing.
 
     (aio-pika's own queue iterator closes itself when a waiting ``__anext__`` is cancelled.)
+
+    Released deliveries (``release_body``) do not count toward the prefetch. The broker counts
+    a consumer's unacked deliveries per consumer tag, and applies the channel's prefetch to
+    each new consumer: so once every unacked delivery of the current tag is released, a new
+    consumer is started on the same channel, with a fresh window, and the old one cancelled.
+    Nothing is lost in the switch: deliveries sent to the old tag before its cancel-ok still
+    reach this inbox, its unacked ones stay ackable on the channel, and closing the channel
+    requeues them all.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, queue: AbstractQueue, prefetch: int, bodies: _SharedBodies) -> None:
         self.queue: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self.bodies = bodies
+        self._source = queue
+        self._prefetch = prefetch
+        self.tag: str | None = None
+        #: Per consumer tag: deliveries released and not yet settled.
+        self._held: dict[str | None, int] = {}
+        self._full = asyncio.Event()
+        self._switcher: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.tag = await self._source.consume(self.put)
+        self._switcher = asyncio.create_task(self._switch_when_full(), name="fedq-consumer-switch")
+
+    async def stop(self, *, cancel: bool) -> None:
+        """Stop switching, and cancel the consumer if ``cancel`` (its channel is open)."""
+        if self._switcher is not None:
+            self._switcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._switcher
+        if cancel and self.tag is not None:
+            await self._source.cancel(self.tag)
 
     async def put(self, message: AbstractIncomingMessage) -> None:
         self.queue.put_nowait(message)
+
+    def released(self, tag: str | None) -> None:
+        self._held[tag] = self._held.get(tag, 0) + 1
+        if tag == self.tag and self._held[tag] >= self._prefetch:
+            self._full.set()
+
+    def settled(self, tag: str | None) -> None:
+        left = self._held.get(tag, 0) - 1
+        if left > 0:
+            self._held[tag] = left
+        else:
+            self._held.pop(tag, None)
+
+    async def _switch_when_full(self) -> None:
+        while True:
+            await self._full.wait()
+            self._full.clear()
+            old = self.tag
+            if self._held.get(old, 0) < self._prefetch:
+                continue  # settled meanwhile: the window reopened
+            try:
+                self.tag = await self._source.consume(self.put)
+            except (*_CONNECTION_LOST, aiormq.exceptions.AMQPError) as exc:
+                # Reconnecting: try again shortly (the restored consumer has a fresh window
+                # anyway, since the broker requeued every unacked delivery).
+                log.warning("could not start a consumer on %s (%s); retrying", self._source, exc)
+                await asyncio.sleep(1.0)
+                self._full.set()
+                continue
+            if old is not None:
+                # A stalled consumer left behind (reconnecting) costs nothing: it is full.
+                with contextlib.suppress(*_CONNECTION_LOST, aiormq.exceptions.AMQPError):
+                    await self._source.cancel(old)
 
     def __aiter__(self) -> _Inbox:
         return self
 
     async def __anext__(self) -> Delivery:
-        return _AmqpDelivery(await self.queue.get())
+        return _AmqpDelivery(await self.queue.get(), self)
 
 
 class AmqpTransport(Transport):
@@ -193,6 +295,7 @@ class AmqpTransport(Transport):
         #: Consumers open or opening: each holds a channel.
         self._consumers = 0
         self._channel_max = 0
+        self._bodies = _SharedBodies()
 
     async def connect(self) -> None:
         where = redact(self.url)
@@ -389,13 +492,12 @@ class AmqpTransport(Transport):
                 q = await channel.get_queue(queue, ensure=True)
             except aiormq.exceptions.ChannelNotFoundEntity:
                 raise TransportError(f"no queue {queue!r}") from None
-            inbox = _Inbox()
-            tag = await q.consume(inbox.put)
+            inbox = _Inbox(q, max(1, prefetch), self._bodies)
+            await inbox.start()
             try:
                 yield inbox
             finally:
-                if not channel.is_closed:
-                    await q.cancel(tag)
+                await inbox.stop(cancel=not channel.is_closed)
         finally:
             if not channel.is_closed:
                 await channel.close()

@@ -35,12 +35,13 @@ class _Message:
 
 
 class _MemoryDelivery:
-    __slots__ = ("_consumer", "_done", "_msg")
+    __slots__ = ("_consumer", "_done", "_msg", "_released")
 
     def __init__(self, consumer: _Consumer, msg: _Message) -> None:
         self._consumer = consumer
         self._msg = msg
         self._done = False
+        self._released = False
 
     body = property(lambda self: self._msg.body)
     message_id = property(lambda self: self._msg.message_id)
@@ -50,8 +51,12 @@ class _MemoryDelivery:
     redelivered = property(lambda self: self._msg.redelivered)
 
     def release_body(self) -> None:
-        """Nothing to release: like RabbitMQ, the embedded broker keeps the message until
-        it is acked (it may have to deliver it again)."""
+        """Nothing to free: like RabbitMQ, the embedded broker keeps the message until it
+        is acked (it may have to deliver it again). It stops counting toward the prefetch."""
+        if not (self._released or self._done or self._consumer.closed):
+            self._released = True
+            self._consumer.released += 1
+            self._consumer.queue.dispatch()
 
     def _settle(self) -> None:
         if self._done:
@@ -59,6 +64,7 @@ class _MemoryDelivery:
         if self._consumer.closed:
             raise TransportError("consumer closed: the delivery was requeued")
         self._done = True
+        self._consumer.released -= self._released
         self._consumer.unacked.pop(self, None)
 
     async def ack(self) -> None:
@@ -79,6 +85,8 @@ class _Consumer:
     prefetch: int
     inbox: asyncio.Queue[_MemoryDelivery] = field(default_factory=asyncio.Queue)
     unacked: dict[_MemoryDelivery, None] = field(default_factory=dict)  # delivery order
+    #: Unacked deliveries whose body was released: they do not count toward the prefetch.
+    released: int = 0
     closed: bool = False
 
 
@@ -101,7 +109,7 @@ class _Queue:
 
     def dispatch(self) -> None:
         while self.ready:
-            open_ = [c for c in self.consumers if len(c.unacked) < c.prefetch]
+            open_ = [c for c in self.consumers if len(c.unacked) - c.released < c.prefetch]
             if not open_:
                 return
             consumer = open_[next(self._turn) % len(open_)]

@@ -9,6 +9,7 @@ both implementations must share.
 Invariants every transport keeps:
 - ``publish`` returns only once the broker has taken responsibility for the message.
 - A delivery not acked when its consumer closes is delivered again, with ``redelivered``.
+- A consumer has at most ``prefetch`` deliveries unacked and not released at a time.
 - A queue with ``x-max-length`` and ``x-overflow: drop-head`` keeps only its newest ready
   messages.
 """
@@ -48,10 +49,12 @@ class Delivery(Protocol):
     def redelivered(self) -> bool: ...
 
     def release_body(self) -> None:
-        """Drop this process's reference to the body; ack and nack still work.
+        """Drop this process's reference to the body; ack and nack still work, and the
+        delivery no longer counts toward its consumer's prefetch.
 
         The coordinator holds incorporated deliveries until the commit; releasing their
-        bodies keeps its memory O(model size) rather than O(quorum x model size).
+        bodies keeps its memory O(model size) rather than O(quorum x model size), and a small
+        prefetch keeps only a few bodies in flight however many it holds.
         """
 
     async def ack(self) -> None: ...
@@ -126,7 +129,8 @@ class Transport(abc.ABC):
     def consume(
         self, queue: str, *, prefetch: int
     ) -> AbstractAsyncContextManager[AsyncIterator[Delivery]]:
-        """Deliveries from ``queue``, at most ``prefetch`` unacked at a time.
+        """Deliveries from ``queue``, at most ``prefetch`` unacked at a time, not counting
+        released ones (``Delivery.release_body``).
 
         Leaving the context requeues every delivery not yet acked.
         """
