@@ -1,6 +1,7 @@
 """Stragglers: wall-clock time to a target accuracy in sync, quorum and async (FedBuff) mode.
 
-    python bench/async_vs_sync.py [--rounds 10] [--target 0.80]
+    python bench/async_vs_sync.py [--rounds 10] [--target 0.70]
+    python bench/async_vs_sync.py --from bench/results/async-vs-sync/results.json --target 0.75
 
 Fashion-MNIST (``fedq.apps.fmnist:app``'s CNN), label skew Dirichlet(0.5), 10
 participants of which 3 (p0, p1, p2) take 5x as long to train (``--slow``-style
@@ -20,6 +21,8 @@ the run started. Reported: seconds to reach ``--target`` (None if never), the sp
 against sync, the final accuracy and its difference to sync in points. Written to
 ``--out`` (default ``bench/results/async-vs-sync``): ``results.json`` and ``accuracy.png``
 (accuracy against time, one line per mode). The last line printed is one JSON object.
+``--from`` re-reads an earlier ``results.json`` and reports it against another target: the
+curves are the measurement, the target only reads them.
 """
 
 from __future__ import annotations
@@ -133,44 +136,53 @@ def plot(runs: list[Run], target: float, path: Path) -> None:
     save(figure, path)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=10, help="sync rounds (the budget)")
-    parser.add_argument("--target", type=float, default=0.80, help="target test accuracy")
-    parser.add_argument(
-        "--out", type=Path, default=Path(__file__).parent / "results" / "async-vs-sync"
-    )
-    args = parser.parse_args()
-    fmnist.check_files()
-    budget = PARTICIPANTS * args.rounds
+def measure(rounds: int, target: float) -> list[Run]:
+    budget = PARTICIPANTS * rounds
     modes: tuple[Mode, ...] = ("sync", "quorum", "async")
-    plans = {mode: -(-budget // QUORUM[mode]) for mode in modes}
     print(
         f"fmnist CNN, {SCHEME}, {PARTICIPANTS} participants, p{', p'.join(map(str, SLOW))} "
-        f"{SLOWDOWN:g}x slower; {budget} updates per mode; target {100 * args.target:.0f}%; "
+        f"{SLOWDOWN:g}x slower; {budget} updates per mode; target {100 * target:.0f}%; "
         f"{os.cpu_count()} CPU cores",
         flush=True,
     )
     runs = []
-    for mode, versions in plans.items():
-        run = run_one(mode, versions)
-        reached = run.seconds_to(args.target)
+    for mode in modes:
+        run = run_one(mode, -(-budget // QUORUM[mode]))
+        reached = run.seconds_to(target)
         print(
-            f"  {mode:<7} {versions:>3} versions in {run.seconds:5.0f} s, final "
+            f"  {mode:<7} {run.versions:>3} versions in {run.seconds:5.0f} s, final "
             f"{100 * run.final_accuracy:.1f}%, target at "
             f"{'never' if reached is None else f'{reached:.0f} s'}",
             flush=True,
         )
         runs.append(run)
+    return runs
+
+
+def reload(path: Path) -> tuple[list[Run], dict[str, Any]]:
+    """The runs of an earlier results.json: the curves are the measurement, the target
+    only reads them, so another target needs no new federations."""
+    data = json.loads(path.read_text())
+    runs = [
+        Run(r["mode"], r["versions"], [(t, a) for t, a in r["curve"]], r["seconds"])
+        for r in data["runs"]
+    ]
+    return runs, {k: data[k] for k in data if k in PROVENANCE_KEYS}
+
+
+PROVENANCE_KEYS = ("date", "machine", "cpu_count", "platform", "python", "versions", "data_seed")
+
+
+def report(runs: list[Run], target: float) -> list[dict[str, Any]]:
     sync = runs[0]
-    base = sync.seconds_to(args.target)
+    base = sync.seconds_to(target)
     rows = []
     print(
         f"\n{'mode':<7} {'K':>3} {'versions':>8} {'to target s':>11} {'speed-up':>8} "
         f"{'final %':>7} {'vs sync':>7} {'total s':>7}"
     )
     for run in runs:
-        reached = run.seconds_to(args.target)
+        reached = run.seconds_to(target)
         speedup = None if reached is None or base is None else base / reached
         points = 100 * (run.final_accuracy - sync.final_accuracy)
         rows.append(
@@ -192,6 +204,28 @@ def main() -> None:
             f"{'-' if speedup is None else f'{speedup:.2f}x':>8} "
             f"{100 * run.final_accuracy:>7.2f} {points:>+7.2f} {run.seconds:>7.0f}"
         )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=10, help="sync rounds (the budget)")
+    parser.add_argument("--target", type=float, default=0.70, help="target test accuracy")
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "results" / "async-vs-sync"
+    )
+    parser.add_argument(
+        "--from",
+        dest="source",
+        type=Path,
+        help="re-read the curves of an earlier results.json instead of running (new --target)",
+    )
+    args = parser.parse_args()
+    if args.source is not None:
+        runs, measured = reload(args.source)
+    else:
+        fmnist.check_files()
+        runs, measured = measure(args.rounds, args.target), provenance()
     figures: dict[str, Any] = {
         "bench": "async_vs_sync",
         "participants": PARTICIPANTS,
@@ -199,9 +233,9 @@ def main() -> None:
         "slowdown": SLOWDOWN,
         "scheme": SCHEME,
         "target": args.target,
-        "updates_per_mode": budget,
-        "runs": rows,
-        **provenance(),
+        "updates_per_mode": sum(QUORUM[r.mode] * r.versions for r in runs[:1]),
+        "runs": report(runs, args.target),
+        **measured,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(figures, indent=2) + "\n")
