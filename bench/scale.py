@@ -287,9 +287,10 @@ def ratios(runs: list[Run]) -> dict[str, float]:
 
 def report(runs: list[Run], console: Console) -> None:
     table = Table(title="N virtual participants in one process, quorum mode")
+    # part: the participant process; chans: its most channels seen at once
     for column in (
-        "N", "P", "K", "rounds/min", "round 1 s", "coord RSS MB", "part RSS MB",
-        "CPU s/round coord/part/broker", "conns", "channels", "queues left", "stale refused",
+        "N", "P", "K", "rounds/min", "round 1 s", "RSS MB coord", "RSS MB part",
+        "CPU s/round coord/part/broker", "conns", "chans", "queues left", "stale",
     ):  # fmt: skip
         table.add_column(column, justify="right")
     for r in runs:
@@ -321,7 +322,7 @@ def main() -> None:
     if args.rounds < 2:
         parser.error("--rounds must be at least 2: round 1 includes the joins")
     args.management_url = args.management_url or default_management_url(args.broker)
-    console = Console(width=160)
+    console = Console(width=180)
     load = os.getloadavg()
     console.print(
         f"RabbitMQ at {redact(args.broker)}; {os.cpu_count()} CPU cores shared by the "

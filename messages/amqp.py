@@ -95,13 +95,13 @@ def redact(url: str) -> str:
 
 
 class _AmqpDelivery:
-    __slots__ = ("_body", "_inbox", "_msg", "_released")
+    __slots__ = ("_body", "_inbox", "_msg", "_released", "_shared")
 
     def __init__(self, msg: AbstractIncomingMessage, inbox: _Inbox) -> None:
         self._msg = msg
         self._inbox = inbox
         self._released = False
-        self._body = inbox.bodies.shared(msg)
+        self._body, self._shared = inbox.bodies.take(msg)
         # This wrapper becomes the body's only holder, so release_body() really frees it.
         cast(aio_pika.IncomingMessage, msg).body = b""
 
@@ -109,8 +109,14 @@ class _AmqpDelivery:
     def body(self) -> bytes:
         return self._body
 
+    def _let_go(self) -> None:
+        if self._shared is not None:
+            self._inbox.bodies.drop(self._shared)
+            self._shared = None
+
     def release_body(self) -> None:
         self._body = b""
+        self._let_go()
         if not self._released:
             self._released = True
             self._inbox.released(self._msg.consumer_tag)
@@ -132,6 +138,7 @@ class _AmqpDelivery:
     )
 
     def _settled(self) -> None:
+        self._let_go()
         if self._released:
             self._released = False
             self._inbox.settled(self._msg.consumer_tag)
@@ -154,28 +161,40 @@ class _AmqpDelivery:
 class _SharedBodies:
     """One bytes object per distinct large body: M virtual participants in one process each
     receive the same model message on their own queue, and keep one copy between them, not
-    M. Keyed by (message_id, size) and compared byte for byte before sharing."""
+    M. Keyed by (message_id, size) and compared byte for byte before sharing; a body is
+    remembered only while a delivery of it still holds it (released or settled ones do
+    not), so the coordinator's released update bodies are really freed."""
 
     #: Smaller bodies (heartbeats, control messages) are not worth a lookup.
     MIN_BYTES = 64 * 1024
-    #: Distinct bodies remembered: the current model and a few before it.
+    #: At most this many distinct bodies remembered, the oldest forgotten first.
     KEEP = 4
 
     def __init__(self) -> None:
-        self._bodies: dict[tuple[str, int], bytes] = {}
+        #: key -> [body, deliveries holding it]
+        self._bodies: dict[tuple[str, int], list[Any]] = {}
 
-    def shared(self, msg: AbstractIncomingMessage) -> bytes:
+    def take(self, msg: AbstractIncomingMessage) -> tuple[bytes, tuple[str, int] | None]:
+        """The body to keep for ``msg``, and the key to ``drop`` once it is let go."""
         body = msg.body
         if len(body) < self.MIN_BYTES or not msg.message_id:
-            return body
+            return body, None
         key = (msg.message_id, len(body))
         known = self._bodies.get(key)
-        if known is not None and known == body:
-            return known
-        self._bodies[key] = body
+        if known is not None and known[0] == body:
+            known[1] += 1
+            return known[0], key
+        self._bodies[key] = [body, 1]
         while len(self._bodies) > self.KEEP:
             del self._bodies[next(iter(self._bodies))]  # the oldest
-        return body
+        return body, key
+
+    def drop(self, key: tuple[str, int]) -> None:
+        known = self._bodies.get(key)
+        if known is not None:
+            known[1] -= 1
+            if known[1] <= 0:
+                del self._bodies[key]
 
 
 class _Inbox:
