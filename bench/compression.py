@@ -24,7 +24,9 @@ RabbitMQ. The body sizes, so the ratios, are the same either way. Local training
 with TensorFlow's shared random state while 10 participants train in threads at once, so
 two runs of one codec differ a little even with one seed.
 
-The last line is one JSON object with every figure, for scripts.
+The last line is one JSON object with every figure, for scripts. On 2 CPU cores shared
+with other work, one federation of 10 rounds took 2 to 2.5 minutes and the default bench
+(4 codecs) 572 s and 587 s in two runs.
 """
 
 from __future__ import annotations
