@@ -1,11 +1,14 @@
 """Update codecs on Fashion-MNIST: bytes on the wire against final accuracy.
 
     python bench/compression.py [--participants 10] [--rounds 10] [--scheme dirichlet:0.5]
-        [--codecs raw fp16 int8 topk:0.01] [--epochs 1] [--seed 42] [--broker URL]
+        [--codecs raw fp16 int8 topk:0.01] [--app app] [--epochs 1] [--seed 42]
+        [--broker URL]
 
 For each codec the same federation runs through ``fedq.simulation.simulate`` in this
-process: the CNN of ``fedq.apps.fmnist`` (56,714 float32 parameters), N participants on
-the same seeded split (``--scheme``, default label skew Dirichlet(0.5)), sync mode (every
+process: the CNN of ``fedq.apps.fmnist:app`` (56,714 float32 parameters, Adam; or with
+``--app niid_cnn`` NIID-Bench's CNN, 44,426 parameters, SGD with momentum) with fedq's
+default local training (a fresh optimizer each round), N participants on the same seeded
+split (``--scheme``, default label skew Dirichlet(0.5)), sync mode (every
 participant in every round, so rounds are comparable), the same seeded initial weights,
 R rounds, ``--epochs`` local epochs per round, its own temporary state dir. Participants
 send their deltas with the codec; a lossy one (fp16, int8, topk) is paired with the
@@ -22,7 +25,8 @@ building each participant's model) and the accuracy after each round.
 Embedded broker by default (no RabbitMQ); ``--broker amqp://...`` runs the same code on
 RabbitMQ. The body sizes, so the ratios, are the same either way. Local training shuffles
 with TensorFlow's shared random state while 10 participants train in threads at once, so
-two runs of one codec differ a little even with one seed.
+two runs of one codec differ a little even with one seed: raw ended at 74.68 %, 74.56 %
+and 74.62 % in three runs of the default setting.
 
 The last line is one JSON object with every figure, for scripts. On 2 CPU cores shared
 with other work, one federation of 10 rounds took 2 to 2.5 minutes and the default bench
