@@ -25,12 +25,12 @@ building each participant's model) and the accuracy after each round.
 Embedded broker by default (no RabbitMQ); ``--broker amqp://...`` runs the same code on
 RabbitMQ. The body sizes, so the ratios, are the same either way. Local training shuffles
 with TensorFlow's shared random state while 10 participants train in threads at once, so
-two runs of one codec differ a little even with one seed: raw ended at 74.68 %, 74.56 %
-and 74.62 % in three runs of the default setting.
+two runs of one codec differ a little even with one seed: raw ended at 74.56 % and
+74.62 % in two runs of the default setting.
 
 The last line is one JSON object with every figure, for scripts. On 2 CPU cores shared
-with other work, one federation of 10 rounds took 2 to 2.5 minutes and the default bench
-(4 codecs) 572 s and 587 s in two runs.
+with other work, one federation of 10 rounds took 2 to 3 minutes and the default bench
+(4 codecs) 572 s.
 """
 
 from __future__ import annotations
