@@ -5,11 +5,15 @@ are inserted in the same transaction as the version itself, so an update id belo
 most one committed version, and a version is committed with all of its updates or none.
 Each update's body digest is kept, so a later copy of a committed id is told apart: the
 same bytes are a duplicate, other bytes a conflicting duplicate.
+Tamper evidence: each version stores the sha256 of its checkpoint file and ``chain``, the
+sha256 of its own row, its updates' rows and the previous version's ``chain``
+(:func:`chain_hash`); ``fedq audit`` recomputes both (:mod:`fedq.coordinator.audit`).
 Calls block; the coordinator runs them with ``asyncio.to_thread``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import threading
@@ -20,7 +24,7 @@ from typing import Any
 from fedq.coordinator.records import RoundHistory, UpdateRecord, VersionRecord
 
 #: Bumped when a table changes; a ledger of another schema is refused with what to do.
-SCHEMA_VERSION = "3"
+SCHEMA_VERSION = "4"
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -36,7 +40,10 @@ CREATE TABLE IF NOT EXISTS versions (
     committed_at REAL NOT NULL,
     checkpoint TEXT NOT NULL,
     metrics TEXT NOT NULL,
-    epsilon REAL
+    epsilon REAL,
+    -- sha256 of the checkpoint file, and of this record chained to the previous one's
+    checkpoint_sha256 TEXT NOT NULL,
+    chain TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS updates (
     update_id TEXT PRIMARY KEY,
@@ -110,49 +117,76 @@ class UpdateLedger:
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
-    def commit_version(self, version: VersionRecord, updates: list[UpdateRecord]) -> None:
-        """Atomically record ``version`` and the updates it incorporated."""
+    def commit_version(self, version: VersionRecord, updates: list[UpdateRecord]) -> str:
+        """Atomically record ``version`` and the updates it incorporated, chained to the
+        previous version (the checkpoint file must be written already: it is hashed).
+        Returns the version's chain hash, the ledger's new head."""
+        checkpoint_sha256 = file_sha256(Path(version.checkpoint))
+        # Each value as the type its column stores (REAL: float), so that the hash of
+        # what is written is the hash of what is read back.
+        row = (
+            int(version.version),
+            _int_or_none(version.round),
+            version.closed_by,
+            len(updates),
+            float(version.total_weight),
+            float(version.opened_at),
+            float(version.committed_at),
+            version.checkpoint,
+            json.dumps(version.metrics),
+            None if version.epsilon is None else float(version.epsilon),
+            checkpoint_sha256,
+        )
+        update_rows = [
+            (
+                u.update_id,
+                int(version.version),
+                u.participant,
+                _int_or_none(u.round),
+                int(u.base_version),
+                int(u.num_examples),
+                float(u.weight),
+                int(u.staleness),
+                u.digest,
+                json.dumps(u.metrics),
+                int(u.size),
+            )
+            for u in updates
+        ]
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                prev = self._db.execute(
+                    "SELECT chain FROM versions ORDER BY version DESC LIMIT 1"
+                ).fetchone()
+                chain = chain_hash(GENESIS if prev is None else prev[0], row, update_rows)
                 self._db.execute(
-                    "INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        version.version,
-                        version.round,
-                        version.closed_by,
-                        len(updates),
-                        version.total_weight,
-                        version.opened_at,
-                        version.committed_at,
-                        version.checkpoint,
-                        json.dumps(version.metrics),
-                        version.epsilon,
-                    ),
+                    f"INSERT INTO versions ({VERSION_COLUMNS}, chain) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (*row, chain),
                 )
                 self._db.executemany(
-                    "INSERT INTO updates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (
-                            u.update_id,
-                            version.version,
-                            u.participant,
-                            u.round,
-                            u.base_version,
-                            u.num_examples,
-                            u.weight,
-                            u.staleness,
-                            u.digest,
-                            json.dumps(u.metrics),
-                            u.size,
-                        )
-                        for u in updates
-                    ],
+                    f"INSERT INTO updates ({UPDATE_COLUMNS}) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    update_rows,
                 )
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+        return chain
+
+    def chained_rows(self) -> list[tuple[tuple[Any, ...], list[tuple[Any, ...]], str]]:
+        """Every version's row, its updates' rows and its stored chain, as hashed."""
+        with self._lock:
+            versions = self._db.execute(
+                f"SELECT {VERSION_COLUMNS}, chain FROM versions ORDER BY version"
+            ).fetchall()
+            updates = self._db.execute(f"SELECT {UPDATE_COLUMNS} FROM updates").fetchall()
+        by_version: dict[int, list[tuple[Any, ...]]] = {}
+        for u in updates:
+            by_version.setdefault(u[1], []).append(tuple(u))
+        return [(tuple(v[:-1]), by_version.get(v[0], []), str(v[-1])) for v in versions]
 
     def record_rejection(
         self,
@@ -208,6 +242,12 @@ class UpdateLedger:
             n,
             eps,
         )
+
+    def duplicated_update_ids(self) -> list[tuple[str, int]]:
+        rows = self._all(
+            "SELECT update_id, COUNT(*) FROM updates GROUP BY update_id HAVING COUNT(*) > 1"
+        )
+        return [(str(uid), int(n)) for uid, n in rows]
 
     def count_updates(self) -> int:
         return int(self._one("SELECT COUNT(*) FROM updates"))
@@ -295,3 +335,37 @@ def weighted_mean(samples: list[tuple[int, dict[str, float]]]) -> dict[str, floa
             sums[key] = sums.get(key, 0.0) + examples * float(value)
             weights[key] = weights.get(key, 0) + examples
     return {k: sums[k] / weights[k] for k in sorted(sums) if weights[k] > 0}
+
+
+#: The columns a version's and an update's hash cover, in this order.
+VERSION_COLUMNS = (
+    "version, round, closed_by, n_updates, total_weight, opened_at, committed_at, checkpoint, "
+    "metrics, epsilon, checkpoint_sha256"
+)
+UPDATE_COLUMNS = (
+    "update_id, version, participant, round, base_version, num_examples, weight, staleness, "
+    "digest, metrics, bytes"
+)
+#: What the first version chains to.
+GENESIS = "0" * 64
+
+
+def chain_hash(prev: str, row: tuple[Any, ...], updates: list[tuple[Any, ...]]) -> str:
+    """sha256 of a version's row, its updates' rows (by update id) and the previous chain.
+
+    JSON of the values as SQLite stores them: floats round-trip exactly through both, so
+    recomputing from the ledger gives the same bytes."""
+    payload = json.dumps(
+        [prev, list(row), [list(u) for u in sorted(updates, key=lambda u: str(u[0]))]],
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _int_or_none(value: int | None) -> int | None:
+    return None if value is None else int(value)

@@ -429,7 +429,9 @@ class Coordinator:
             metrics=metrics,
             epsilon=self.strategy.epsilon(version),
         )
-        await asyncio.to_thread(self.ledger.commit_version, record, open_.records)
+        head = await asyncio.to_thread(self.ledger.commit_version, record, open_.records)
+        # Logged so the chain's head is also recorded outside the ledger (fedq audit).
+        log.info("committed v%d, ledger chain %s", version, head)
         self.observers.commit_timed(
             CommitTimings(
                 version=version,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,8 +22,16 @@ from fedq.participant.worker import ParticipantConfig
 from fedq.simulation import SimulationPlan, simulate
 
 
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch):
+    """Versions name their checkpoint relative to the test's own folder (the ledger hashes it)."""
+    monkeypatch.chdir(tmp_path)
+
+
 def version(v: int) -> VersionRecord:
-    return VersionRecord(v, v, "quorum", 10.0, 1.0, 2.0, f"model-v{v}.npz", {"accuracy": 0.5})
+    checkpoint = Path(f"model-v{v}.npz")
+    checkpoint.write_bytes(f"checkpoint {v}".encode())
+    return VersionRecord(v, v, "quorum", 10.0, 1.0, 2.0, str(checkpoint), {"accuracy": 0.5})
 
 
 def update(uid: str, participant: str = "p") -> UpdateRecord:

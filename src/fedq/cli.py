@@ -25,6 +25,7 @@ from fedq.console import (
     history_table,
     print_summary,
 )
+from fedq.coordinator.audit import audit
 from fedq.coordinator.checkpoint import checkpoint_path, load_checkpoint
 from fedq.coordinator.config import ConfigError, CoordinatorConfig
 from fedq.coordinator.ledger import LedgerError, UpdateLedger
@@ -581,11 +582,11 @@ def history_command(
     DIR is either one federation's folder or the state dir holding one folder per federation.
     """
     root = state_dir or settings().state_dir
-    ledgers = sorted(find_ledgers(root).values(), key=lambda p: p.stat().st_mtime)
+    ledgers = ledgers_under(root)
     if federation is not None:
         ledgers = [p for p in ledgers if p.parent.name == federation or p.parent == root]
     if not ledgers:
-        raise fail(f"no ledger under {root}: pass the --state-dir a coordinator or simulate used")
+        raise fail(f"no ledger of {federation} under {root}")
     histories = [read_history(path) for path in ledgers]
     if plot is not None:
         try:
@@ -642,6 +643,42 @@ def read_history(path: Path) -> FederationHistory:
         )
     finally:
         ledger.close()
+
+
+def ledgers_under(root: Path) -> list[Path]:
+    """The ledgers in ``root`` (one federation's folder, or a state dir of them), oldest
+    first; none is one line saying where to look."""
+    ledgers = sorted(find_ledgers(root).values(), key=lambda p: p.stat().st_mtime)
+    if not ledgers:
+        raise fail(f"no ledger under {root}: pass the --state-dir a coordinator or simulate used")
+    return ledgers
+
+
+@app.command("audit")
+def audit_command(state_dir: StateOpt = None) -> None:
+    """Check the ledger's hash chain, every checkpoint's sha256 and that no update id
+    appears twice; exit status 1 on any failure.
+
+    DIR is either one federation's folder or the state dir holding one folder per federation.
+    """
+    failed = False
+    for path in ledgers_under(state_dir or settings().state_dir):
+        try:
+            report = audit(path)
+        except LedgerError as exc:
+            raise fail(str(exc)) from None
+        console.print(
+            f"{path.parent}: {report.versions} versions chained (head {report.head}), "
+            f"{report.checkpoints} checkpoints matching their sha256, {report.updates} "
+            "update ids each in one version",
+            highlight=False,
+        )
+        for failure in report.failures:
+            console.print(f"  FAILED {failure}", style="bold red", highlight=False)
+        failed = failed or not report.ok
+    if failed:
+        raise typer.Exit(1)
+    console.print("audit passed", style="green")
 
 
 app.command("partition")(partition_command)

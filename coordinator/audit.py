@@ -1,0 +1,75 @@
+"""``fedq audit``: check that a federation's ledger and checkpoints are what was committed.
+
+What is checked, for one federation's folder (``ledger.sqlite`` and ``models/``):
+
+- the versions are 1, 2, ... with no gap, and each has as many update rows as it says;
+- every version's ``chain`` equals the sha256 of its row, its updates' rows and the
+  previous version's recomputed chain: a changed, added or removed row breaks its version
+  and, since each link hashes the one before, every later one unless all of them were
+  recomputed;
+- every version's checkpoint file exists and its sha256 is the one recorded;
+- no update id appears twice (the table's key forbids it; a rebuilt table would not).
+
+The chain's head is printed: recorded elsewhere (a log, a ticket), it also catches a ledger
+rewritten whole, which no check inside the ledger can. Version 0 (the initial model) is
+not in the ledger and not checked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fedq.coordinator.ledger import GENESIS, UpdateLedger, chain_hash, file_sha256
+
+
+@dataclass
+class AuditReport:
+    ledger: Path
+    versions: int = 0
+    checkpoints: int = 0
+    updates: int = 0
+    head: str = GENESIS
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+def audit(ledger_path: Path) -> AuditReport:
+    report = AuditReport(ledger_path)
+    models = ledger_path.parent / "models"
+    ledger = UpdateLedger(ledger_path)
+    try:
+        rows = ledger.chained_rows()
+        duplicated = ledger.duplicated_update_ids()
+    finally:
+        ledger.close()
+    chain = GENESIS
+    for expected, (row, updates, stored) in enumerate(rows, start=1):
+        version, n_updates, checkpoint, checkpoint_sha256 = row[0], row[3], row[7], row[10]
+        report.versions += 1
+        report.updates += len(updates)
+        if version != expected:
+            report.failures.append(f"v{version}: expected v{expected} (a version is missing)")
+        if n_updates != len(updates):
+            report.failures.append(
+                f"v{version}: records {n_updates} updates but {len(updates)} rows refer to it"
+            )
+        chain = chain_hash(chain, row, updates)
+        if chain != stored:
+            report.failures.append(
+                f"v{version}: its record or one before it changed (chain {stored[:12]} "
+                f"recorded, {chain[:12]} recomputed)"
+            )
+        path = models / Path(checkpoint).name
+        if not path.is_file():
+            report.failures.append(f"v{version}: checkpoint {path} is missing")
+        elif file_sha256(path) != checkpoint_sha256:
+            report.failures.append(f"v{version}: checkpoint {path} does not match its sha256")
+        else:
+            report.checkpoints += 1
+    report.head = chain
+    report.failures += [f"update {uid} appears {n} times" for uid, n in duplicated]
+    return report
