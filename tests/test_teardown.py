@@ -10,6 +10,7 @@ import httpx
 from fedq.management import default_management_url
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.topology import Topology
+from fedq.teardown import SHOWN_NAMES, Removed
 from tests.conftest import BROKER_URL
 from tests.helpers import run_fedq
 
@@ -41,6 +42,7 @@ def test_teardown_leaves_no_queue_or_exchange_of_the_federation(federation):
     assert len(names_left(federation)) == 8  # 5 queues (2 participants'), 3 exchanges
     result = run_fedq("teardown", "--federation", federation, "--broker", BROKER_URL)
     assert result.returncode == 0, result.stderr
+    assert "removed 5 queues (2 participants' model queues) and 3 exchanges" in result.stderr
     assert names_left(federation) == []
     again = run_fedq("teardown", "--federation", federation, "--broker", BROKER_URL)
     assert again.returncode == 0 and "nothing was there" in again.stderr
@@ -73,3 +75,16 @@ def test_an_unreachable_management_api_is_one_line_saying_what_to_do(federation)
     )  # fmt: skip
     assert result.returncode == 2 and "rabbitmq_management" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_summary_counts_every_name_but_lists_only_a_few():
+    """1,000 participants' queues made a 50 kB line; now it is counts and a few names."""
+    topology = Topology("f")
+    queues = [topology.updates] + [topology.model_queue(f"p{i}") for i in range(1000)]
+    line = Removed(queues, [topology.models, topology.control]).summary("f")
+    assert line.startswith("removed 1001 queues (1000 participants' model queues) and 2 ")
+    assert line.count("fedq.f.") == SHOWN_NAMES
+    assert line.endswith(f", ... and {1003 - SHOWN_NAMES} more")
+    assert len(line) < 500
+    few = Removed([topology.updates], []).summary("f")
+    assert few.endswith(f": {topology.updates}") and "more" not in few

@@ -550,7 +550,17 @@ def participant_command(
     url = broker or settings().broker_url
 
     async def main() -> None:
-        async with AmqpTransport(url) as transport:
+        amqp = AmqpTransport(url)
+        async with amqp as transport:
+            # Checked before any participant declares its queue: past the limit the last
+            # ``consume`` is refused only after ~2,000 queues were declared and left behind.
+            if count > amqp.max_consumers:
+                raise fail(
+                    f"--count {count}: one process holds at most {amqp.max_consumers} "
+                    "participants (a channel each, within the broker's channel_max); run "
+                    "several `fedq participant` processes, each with its own --id and a "
+                    "share of the partitions (--partition INDEX/COUNT --count M)"
+                )
             with ParticipantProgress(count) as progress:
                 stats = await run_participants(configs, application, transport, progress.trained)
         for s in stats:
@@ -768,10 +778,7 @@ def teardown_command(
         removed = run(teardown(federation, url, management, force=force))
     except (TeardownError, ManagementUnavailable) as exc:
         raise fail(str(exc)) from None
-    console.print(
-        f"removed {len(removed.queues)} queues and {len(removed.exchanges)} exchanges of "
-        f"{federation}: {', '.join(removed.queues + removed.exchanges) or 'nothing was there'}"
-    )
+    console.print(removed.summary(federation), highlight=False)
 
 
 @broker_app.command("check")
