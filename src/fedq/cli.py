@@ -608,8 +608,9 @@ def history_command(
         data = [asdict(h) for h in histories]
         print(json.dumps(data if len(data) > 1 else data[0], indent=2))
         return
-    # stdout: the history is this command's output; piped, it is not cut to 80 columns.
-    out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+    # stdout: the history is this command's output. Piped, a table keeps its natural width
+    # (not cut to 80 columns, no cell wrapped), so its lines can be grepped.
+    out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 10_000)
     for h in histories:
         title = f"federation {h.federation} ({h.state_dir})"
         out.print(history_table(h.rounds, title, h.attendance))
