@@ -166,7 +166,7 @@ def fedq_executable() -> str:
     beside = Path(sys.executable).parent / "fedq"
     found = str(beside) if beside.exists() else shutil.which("fedq")
     if found is None:
-        raise SystemExit("round_overhead: no `fedq` command next to this Python or on PATH")
+        raise SystemExit("no `fedq` command next to this Python or on PATH: bash scripts/setup.sh")
     return found
 
 
@@ -456,14 +456,16 @@ class _Countdown:
             self.done.set()
 
 
-async def _declare_raw(
+async def declare_raw_topology(
     connection: AbstractRobustConnection,
     updates: str,
     models: str,
     model_queues: Sequence[str],
     queue_type: str,
 ) -> None:
-    """The floor's topology, as ``round_overhead.run_raw`` declares it."""
+    """The raw floor's topology (both shapes): a direct updates exchange bound to one
+    durable queue of ``queue_type``, and a fanout models exchange feeding one
+    ``x-max-length: 1`` drop-head queue per participant, as fedq's topology has them."""
     channel = await connection.channel()
     update_exchange = await channel.declare_exchange(
         updates, aio_pika.ExchangeType.DIRECT, durable=True
@@ -515,7 +517,7 @@ async def run_raw_processes(
     ]
     connection = await aio_pika.connect_robust(url)
     try:
-        await _declare_raw(connection, updates, models, model_queues, queue_type)
+        await declare_raw_topology(connection, updates, models, model_queues, queue_type)
         for process in processes:
             process.start()
         await _collect(ready, processes, n, limit=300.0)

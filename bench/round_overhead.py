@@ -59,6 +59,7 @@ from deployment_shape import (
     FedqProcessResult,
     RawProcessResult,
     ShapeCpu,
+    declare_raw_topology,
     run_fedq_processes,
     run_raw_processes,
 )
@@ -277,23 +278,7 @@ async def run_raw(
     coordinator = await aio_pika.connect_robust(url)
     participants = await aio_pika.connect_robust(url)
     try:
-        setup = await coordinator.channel()
-        update_exchange = await setup.declare_exchange(
-            updates, aio_pika.ExchangeType.DIRECT, durable=True
-        )
-        update_queue = await setup.declare_queue(
-            updates, durable=True, arguments={"x-queue-type": queue_type}
-        )
-        await update_queue.bind(update_exchange, routing_key="update")
-        model_exchange = await setup.declare_exchange(
-            models, aio_pika.ExchangeType.FANOUT, durable=True
-        )
-        for name in model_queues:
-            queue = await setup.declare_queue(
-                name, durable=True, arguments={"x-max-length": 1, "x-overflow": "drop-head"}
-            )
-            await queue.bind(model_exchange)
-        await setup.close()
+        await declare_raw_topology(coordinator, updates, models, model_queues, queue_type)
         measured, cpu = await _raw_rounds(
             coordinator,
             participants,

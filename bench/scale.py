@@ -37,10 +37,8 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.parse
@@ -50,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from deployment_shape import fedq_executable
 from rich.console import Console
 from rich.table import Table
 
@@ -120,15 +119,6 @@ class Run:
     model_queues_left: int
     stale_refused: int
     update_bytes: int
-
-
-def fedq_executable() -> str:
-    """The ``fedq`` command next to this interpreter (the venv's), else the one on PATH."""
-    beside = Path(sys.executable).parent / "fedq"
-    found = str(beside) if beside.exists() else shutil.which("fedq")
-    if found is None:
-        raise SystemExit("scale: no `fedq` command next to this Python or on PATH")
-    return found
 
 
 def broker_cpu_seconds() -> float:
