@@ -3,18 +3,24 @@
 Layout (msgpack)::
 
     {<metadata fields of the pydantic model>...,
-     "tensors": [{"name": str, "dtype": str, "shape": [int], "codec": str, "pad": bin,
-                  "data": bin}, ...]}
+     "chunk": {"index": int, "count": int, "digest": str},        # chunks only
+     "tensors": [{"name": str, "dtype": str, "shape": [int], "codec": str,
+                  "slice": [start, stop],                            # chunks only
+                  "pad": bin, "data": bin}, ...]}
 
 ``dtype`` is the tensor's logical dtype (what the model holds); ``codec`` says how ``data``
 encodes it; ``pad`` (0 to 15 zero bytes, optional when reading) puts ``data`` at a
-multiple of 16 bytes from the body's start. Encoding writes the msgpack headers by hand and
+multiple of 16 bytes from the body's start. A message too large for one AMQP message
+travels as chunks (:mod:`fedq.messages.chunks`): each chunk repeats the metadata, says
+which of how many it is, and carries slices ``[start, stop)`` of the flattened tensors
+(``shape`` stays the whole tensor's). Encoding writes the msgpack headers by hand and
 joins them with each tensor's buffer, so a ``raw`` payload is copied exactly once.
 Decoding is zero-copy: each tensor is an ``np.frombuffer`` view over the received body.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -23,6 +29,7 @@ import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from fedq.messages.codecs import CodecError, get_codec
+from fedq.messages.codecs.buffers import element_count
 from fedq.messages.msgpack_view import (
     MsgpackError,
     array_header,
@@ -60,19 +67,35 @@ class MalformedMessage(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class WireTensor:
-    """One tensor as received: ``array`` is a read-only view over the message body."""
+    """One tensor (or, in a chunk, one slice of it) as received: ``array`` is a read-only
+    view over the message body, flat for a slice; ``payload`` is the encoded bytes."""
 
     name: str
     dtype: np.dtype
+    #: The whole tensor's shape, also for a slice.
     shape: tuple[int, ...]
     codec: str
     array: np.ndarray
+    payload: memoryview
+    #: [start, stop) of the flattened tensor in a chunk; None for a whole tensor.
+    slice: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkInfo:
+    """Which chunk of a message this is, and the digest of the whole
+    (:func:`fedq.messages.chunks.whole_digest`), which every chunk repeats."""
+
+    index: int
+    count: int
+    digest: str
 
 
 @dataclass(frozen=True, slots=True)
 class DecodedMessage:
     fields: dict[str, Any]
     tensors: list[WireTensor]
+    chunk: ChunkInfo | None = None
 
     def meta(self, model: type[M]) -> M:
         """Validate the metadata as ``model``; raises MalformedMessage(reason='schema')."""
@@ -96,34 +119,65 @@ def encode_message(
     if tensors is None:
         return pack(fields)
     tensor_codec = get_codec(codec)
-    parts: list[bytes | memoryview] = [map_header(len(fields) + 1)]
-    for key, value in fields.items():
+    encoded = [
+        EncodedTensor(
+            name, array.dtype, array.shape, tensor_codec.name, None, tensor_codec.encode(array)
+        )
+        for name, array in tensors.items()
+    ]
+    return encode_body(fields, encoded)
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedTensor:
+    """A tensor (or a slice of one) ready to go: its description and encoded payload."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    codec: str
+    slice: tuple[int, int] | None
+    payload: memoryview
+
+
+def encode_body(
+    fields: Mapping[str, Any], tensors: list[EncodedTensor], chunk: ChunkInfo | None = None
+) -> bytes:
+    """The msgpack body of ``fields`` plus ``tensors`` (and ``chunk``), each payload
+    copied once, straight into the joined body."""
+    extra = {} if chunk is None else {"chunk": dataclasses.asdict(chunk)}
+    parts: list[bytes | memoryview] = [map_header(len(fields) + len(extra) + 1)]
+    for key, value in (*fields.items(), *extra.items()):
         parts.append(pack(key))
         parts.append(pack(value))
     parts.append(pack("tensors"))
     parts.append(array_header(len(tensors)))
     offset = sum(len(p) for p in parts)
-    for name, array in tensors.items():
-        payload = tensor_codec.encode(array)
-        head = _tensor_head(name, array, tensor_codec.name, offset, bin_header(payload.nbytes))
-        parts += (head, payload)
-        offset += len(head) + payload.nbytes
+    for tensor in tensors:
+        head = _tensor_head(tensor, offset, bin_header(tensor.payload.nbytes))
+        parts += (head, tensor.payload)
+        offset += len(head) + tensor.payload.nbytes
     return b"".join(parts)
 
 
-def _tensor_head(
-    name: str, array: np.ndarray, codec: str, offset: int, data_header: bytes
-) -> bytes:
+def _tensor_head(tensor: EncodedTensor, offset: int, data_header: bytes) -> bytes:
     """Everything of the tensor's map before the bytes of ``data``, for a map starting at
     ``offset`` in the body: a ``pad`` bin makes ``data`` start at a multiple of ALIGNMENT."""
-    fields = pack(
-        {"name": name, "dtype": array.dtype.name, "shape": list(array.shape), "codec": codec}
-    )[1:]  # the 4 entries without their fixmap header: the map gets 6
+    described: dict[str, Any] = {
+        "name": tensor.name,
+        "dtype": tensor.dtype.name,
+        "shape": list(tensor.shape),
+        "codec": tensor.codec,
+    }
+    if tensor.slice is not None:
+        described["slice"] = list(tensor.slice)
+    fields = pack(described)[1:]  # the entries without their fixmap header: + pad and data
     before_pad = 1 + len(fields) + len(_PAD_KEY) + 2  # + the pad's bin8 header
     after_pad = len(_DATA_KEY) + len(data_header)
     pad = -(offset + before_pad + after_pad) % ALIGNMENT
+    entries = bytes([0x80 | (len(described) + 2)])
     return b"".join(
-        (b"\x86", fields, _PAD_KEY, bin_header(pad), bytes(pad), _DATA_KEY, data_header)
+        (entries, fields, _PAD_KEY, bin_header(pad), bytes(pad), _DATA_KEY, data_header)
     )
 
 
@@ -135,6 +189,7 @@ def decode_message(body: bytes | bytearray | memoryview) -> DecodedMessage:
         raise MalformedMessage("undecodable", str(exc)) from None
     if not isinstance(obj, dict):
         raise MalformedMessage("undecodable", f"body is a msgpack {type(obj).__name__}, not a map")
+    chunk = _decode_chunk(obj.pop("chunk")) if "chunk" in obj else None
     raw_tensors = obj.pop("tensors", [])
     if not isinstance(raw_tensors, list):
         raise MalformedMessage("schema", "tensors must be a list")
@@ -144,13 +199,52 @@ def decode_message(body: bytes | bytearray | memoryview) -> DecodedMessage:
         tensor = _decode_tensor(i, entry)
         if tensor.name in seen:
             raise MalformedMessage("schema", f"tensor {tensor.name!r} appears twice")
+        if (tensor.slice is None) != (chunk is None):
+            raise MalformedMessage(
+                "schema", f"tensor {tensor.name!r}: slices go in chunks, and only slices"
+            )
         seen.add(tensor.name)
         tensors.append(tensor)
-    return DecodedMessage(fields=obj, tensors=tensors)
+    return DecodedMessage(fields=obj, tensors=tensors, chunk=chunk)
+
+
+#: More chunks than this per message is refused: 1 TiB at the default 16 MiB.
+MAX_CHUNKS = 1 << 16
+
+
+def _decode_chunk(entry: Any) -> ChunkInfo:
+    if not isinstance(entry, dict) or set(entry) != {"index", "count", "digest"}:
+        raise MalformedMessage("schema", "chunk must have exactly index, count, digest")
+    index, count, digest = entry["index"], entry["count"], entry["digest"]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (index, count)):
+        raise MalformedMessage("schema", "chunk index and count must be integers")
+    if not 0 <= index < count <= MAX_CHUNKS:
+        raise MalformedMessage(
+            "schema", f"chunk {index} of {count}: need 0 <= index < count <= {MAX_CHUNKS}"
+        )
+    if not isinstance(digest, str) or len(digest) != 32:
+        raise MalformedMessage("schema", "chunk digest must be 32 hex characters")
+    return ChunkInfo(index, count, digest)
+
+
+def _decode_slice(name: str, entry: Any, shape: tuple[int, ...]) -> tuple[int, int]:
+    if (
+        not isinstance(entry, list)
+        or len(entry) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in entry)
+    ):
+        raise MalformedMessage("schema", f"tensor {name!r}: slice must be [start, stop]")
+    start, stop = entry
+    size = element_count(shape)
+    if not 0 <= start < stop <= size:
+        raise MalformedMessage(
+            "schema", f"tensor {name!r}: slice [{start}, {stop}) is not within its {size} values"
+        )
+    return start, stop
 
 
 def _decode_tensor(index: int, entry: Any) -> WireTensor:
-    if not isinstance(entry, dict) or set(entry) - {"pad"} != _TENSOR_KEYS:
+    if not isinstance(entry, dict) or set(entry) - {"pad", "slice"} != _TENSOR_KEYS:
         raise MalformedMessage(
             "schema", f"tensor #{index} must have exactly name, dtype, shape, codec, data"
         )
@@ -167,8 +261,12 @@ def _decode_tensor(index: int, entry: Any) -> WireTensor:
         raise MalformedMessage("schema", f"tensor {name!r}: dtype {dtype!r} is not allowed")
     if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
         raise MalformedMessage("schema", f"tensor {name!r}: shape must be a list of sizes")
+    whole = tuple(shape)
+    part = _decode_slice(name, entry["slice"], whole) if "slice" in entry else None
     try:
-        array = get_codec(str(codec)).decode(data, np.dtype(dtype), tuple(shape))
+        array = get_codec(str(codec)).decode(
+            data, np.dtype(dtype), whole if part is None else (part[1] - part[0],)
+        )
     except CodecError as exc:
         raise MalformedMessage("undecodable", f"tensor {name!r}: {exc}") from None
-    return WireTensor(name, np.dtype(dtype), tuple(shape), str(codec), array)
+    return WireTensor(name, np.dtype(dtype), whole, str(codec), array, data, part)

@@ -3,10 +3,13 @@
 A version's aggregated delta is made in three steps, each a part chosen per federation:
 
 1. an :class:`Aggregator` starts one :class:`Aggregation` per version and is given each
-   accepted update as ``add(delta, weight, scale)``: ``weight`` is the update's example
-   count (FedAvg's w_k before normalisation) and ``scale`` its staleness factor s(tau) in
-   (0, 1]. The update contributes ``scale * delta``; the normaliser uses ``weight`` only,
-   so an all-fresh version is plain FedAvg and stale updates shrink the step (FedBuff).
+   accepted update as ``add_pieces(pieces, weight, scale)`` (:class:`DeltaPieces`: the
+   delta read slice by slice, so a chunked 500 MB update is never whole in memory; an
+   aggregation that does not stream gets it whole through ``add(delta, weight, scale)``):
+   ``weight`` is the update's example count (FedAvg's w_k before normalisation) and
+   ``scale`` its staleness factor s(tau) in (0, 1]. The update contributes
+   ``scale * delta``; the normaliser uses ``weight`` only, so an all-fresh version is
+   plain FedAvg and stale updates shrink the step (FedBuff).
 2. ``Aggregation.result()`` is the aggregated delta, float32, shaped like the model.
 3. a :class:`ServerOptimizer` turns (model v, aggregated delta) into model v + 1 and keeps
    its state (momentum, moments) in :meth:`ServerOptimizer.state`, which the coordinator
@@ -24,7 +27,8 @@ What must stay true:
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +37,75 @@ import numpy as np
 Weights = dict[str, np.ndarray]
 Delta = Mapping[str, np.ndarray]
 State = dict[str, np.ndarray]
+
+
+#: Values a streaming fold or a norm converts at once: bounded scratch, whatever the model.
+BLOCK_VALUES = 1 << 20
+
+#: A piece of a delta: tensor name, flat start, flat values (read-only, valid until the
+#: next piece is read).
+Piece = tuple[str, int, np.ndarray]
+
+
+def blocks(values: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """(offset, up to BLOCK_VALUES values) of a flat array, in order."""
+    for start in range(0, values.size, BLOCK_VALUES):
+        yield start, values[start : start + BLOCK_VALUES]
+
+
+def l2_norm(delta: Delta) -> float:
+    """The L2 norm over every value of every tensor, accumulated in float64."""
+    total = 0.0
+    for tensor in delta.values():
+        for _, block in blocks(tensor.reshape(-1)):
+            part = block.astype(np.float64)
+            total += float(np.dot(part, part))
+    return math.sqrt(total)
+
+
+class DeltaPieces(abc.ABC):
+    """One update's delta read piece by piece: every value of every tensor exactly once.
+
+    ``spec`` gives each tensor's shape and dtype in model order. Pieces may come in any
+    order and any size, and may be read more than once (``iter`` again)."""
+
+    def __init__(self, spec: Mapping[str, tuple[tuple[int, ...], np.dtype]]) -> None:
+        self.spec = spec
+
+    @abc.abstractmethod
+    def __iter__(self) -> Iterator[Piece]: ...
+
+    @abc.abstractmethod
+    def norm(self) -> float:
+        """The L2 norm of the whole delta."""
+
+    def materialize(self) -> Weights:
+        """The delta as whole tensors: O(model) memory, for aggregations that need it."""
+        out = {name: np.empty(shape, dtype) for name, (shape, dtype) in self.spec.items()}
+        for name, start, values in self:
+            out[name].reshape(-1)[start : start + values.size] = values
+        return out
+
+
+class WholeDelta(DeltaPieces):
+    """A delta whose tensors are all in memory (an update that came in one message)."""
+
+    def __init__(self, delta: Delta) -> None:
+        super().__init__({name: (t.shape, t.dtype) for name, t in delta.items()})
+        self.delta = delta
+        self._norm: float | None = None
+
+    def __iter__(self) -> Iterator[Piece]:
+        for name, tensor in self.delta.items():
+            yield name, 0, tensor.reshape(-1)
+
+    def norm(self) -> float:
+        if self._norm is None:
+            self._norm = l2_norm(self.delta)
+        return self._norm
+
+    def materialize(self) -> Weights:
+        return dict(self.delta)
 
 
 class StrategyError(ValueError):
@@ -64,6 +137,11 @@ class Aggregation(abc.ABC):
     @abc.abstractmethod
     def add(self, delta: Delta, weight: float, scale: float = 1.0) -> None:
         """Take ``scale * delta`` with example weight ``weight`` (> 0); scale in (0, 1]."""
+
+    def add_pieces(self, pieces: DeltaPieces, weight: float, scale: float = 1.0) -> None:
+        """``add`` for a delta read in pieces. This default makes it whole first (O(model)
+        memory per call); streaming aggregations override it to fold piece by piece."""
+        self.add(pieces.materialize(), weight, scale)
 
     @abc.abstractmethod
     def result(self) -> Weights:

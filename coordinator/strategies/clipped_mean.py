@@ -10,29 +10,24 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
-from fedq.coordinator.strategies.base import AggregationContext, Aggregator, Delta, StrategyError
+from fedq.coordinator.strategies.base import (
+    AggregationContext,
+    Aggregator,
+    Delta,
+    DeltaPieces,
+    StrategyError,
+    WholeDelta,
+    l2_norm,
+)
 from fedq.coordinator.strategies.mean import StreamingMean
 
-#: Values converted to float64 at once by :func:`l2_norm` (8 MiB of scratch).
-_CHUNK = 1 << 20
+__all__ = ["ClippedStreamingMean", "NormClippedMean", "clip_factor", "l2_norm"]
 
 
-def l2_norm(delta: Delta) -> float:
-    """The L2 norm over every value of every tensor, accumulated in float64."""
-    total = 0.0
-    for tensor in delta.values():
-        flat = tensor.reshape(-1)
-        for start in range(0, flat.size, _CHUNK):
-            part = flat[start : start + _CHUNK].astype(np.float64)
-            total += float(np.dot(part, part))
-    return math.sqrt(total)
-
-
-def clip_factor(delta: Delta, scale: float, clip_norm: float) -> float:
+def clip_factor(delta: Delta | DeltaPieces, scale: float, clip_norm: float) -> float:
     """The factor in (0, 1] that brings ``scale * delta`` to L2 norm <= clip_norm."""
-    norm = scale * l2_norm(delta)
+    pieces = delta if isinstance(delta, DeltaPieces) else WholeDelta(delta)
+    norm = scale * pieces.norm()
     return clip_norm / norm if norm > clip_norm else 1.0
 
 
@@ -47,8 +42,8 @@ class ClippedStreamingMean(StreamingMean):
         super().__init__(context)
         self.clip_norm = clip_norm
 
-    def add(self, delta: Delta, weight: float, scale: float = 1.0) -> None:
-        super().add(delta, weight, scale * clip_factor(delta, scale, self.clip_norm))
+    def add_pieces(self, pieces: DeltaPieces, weight: float, scale: float = 1.0) -> None:
+        super().add_pieces(pieces, weight, scale * clip_factor(pieces, scale, self.clip_norm))
 
 
 class NormClippedMean(Aggregator):

@@ -1,7 +1,8 @@
 """The weighted mean, streaming: O(model) memory however many updates a version takes.
 
-sum_k w_k * s_k * delta_k / sum_k w_k, folded in float32 buffers shaped like the model;
-``add`` keeps nothing of the update, so its message body can go as soon as it returns.
+sum_k w_k * s_k * delta_k / sum_k w_k, folded in float32 buffers shaped like the model,
+piece by piece through a scratch of BLOCK_VALUES values: memory is the model once plus
+4 MiB, and ``add`` keeps nothing of the update, so its body can go as soon as it returns.
 """
 
 from __future__ import annotations
@@ -9,11 +10,15 @@ from __future__ import annotations
 import numpy as np
 
 from fedq.coordinator.strategies.base import (
+    BLOCK_VALUES,
     Aggregation,
     AggregationContext,
     Aggregator,
     Delta,
+    DeltaPieces,
     Weights,
+    WholeDelta,
+    blocks,
 )
 
 
@@ -22,16 +27,21 @@ class StreamingMean(Aggregation):
         super().__init__()
         template = context.template
         self._sums = {name: np.zeros(t.shape, dtype=np.float32) for name, t in template.items()}
-        self._scratch = {name: np.empty(t.shape, dtype=np.float32) for name, t in template.items()}
+        self._scratch = np.empty(BLOCK_VALUES, dtype=np.float32)
         self.total_weight = 0.0
 
     def add(self, delta: Delta, weight: float, scale: float = 1.0) -> None:
+        self.add_pieces(WholeDelta(delta), weight, scale)
+
+    def add_pieces(self, pieces: DeltaPieces, weight: float, scale: float = 1.0) -> None:
         assert weight > 0 and 0 < scale <= 1, "weight > 0 and a staleness factor in (0, 1]"
         factor = np.float32(weight * scale)
-        for name, total in self._sums.items():
-            scratch = self._scratch[name]
-            np.multiply(delta[name], factor, out=scratch, casting="unsafe")
-            total += scratch
+        for name, start, values in pieces:
+            total = self._sums[name].reshape(-1)[start : start + values.size]
+            for offset, block in blocks(values):
+                scratch = self._scratch[: block.size]
+                np.multiply(block, factor, out=scratch, casting="unsafe")
+                total[offset : offset + block.size] += scratch
         self.total_weight += weight
         self.count += 1
 

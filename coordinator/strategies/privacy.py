@@ -28,7 +28,7 @@ from fedq.coordinator.strategies.base import (
     Aggregation,
     AggregationContext,
     Aggregator,
-    Delta,
+    DeltaPieces,
     StrategyError,
     Weights,
 )
@@ -43,9 +43,9 @@ class _PrivateSum(ClippedStreamingMean):
         self._rule = rule
         self._version = context.version
 
-    def add(self, delta: Delta, weight: float, scale: float = 1.0) -> None:
+    def add_pieces(self, pieces: DeltaPieces, weight: float, scale: float = 1.0) -> None:
         assert weight > 0, "a positive example count (not used: it would leak)"
-        super().add(delta, 1.0, scale)
+        super().add_pieces(pieces, 1.0, scale)
 
     def result(self) -> Weights:
         assert self.count > 0, "mean of no updates"

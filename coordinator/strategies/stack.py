@@ -25,7 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
-from fedq.coordinator.strategies.base import Aggregation, AggregationContext, Delta, Weights
+from fedq.coordinator.strategies.base import (
+    Aggregation,
+    AggregationContext,
+    Delta,
+    DeltaPieces,
+    Weights,
+    WholeDelta,
+)
 
 
 def _remove(path: Path) -> None:
@@ -39,9 +46,11 @@ class DeltaStack:
     def __init__(self, context: AggregationContext) -> None:
         assert context.capacity >= 1, "a stack holds at least one update"
         self._layout: list[tuple[str, tuple[int, ...], int, int]] = []
+        self._offsets: dict[str, int] = {}
         start = 0
         for name, tensor in context.template.items():
             self._layout.append((name, tensor.shape, start, start + tensor.size))
+            self._offsets[name] = start
             start += tensor.size
         self.size = start
         self.capacity = context.capacity
@@ -68,14 +77,15 @@ class DeltaStack:
         """The example counts of the rows added so far (float64)."""
         return self._weights[: self.count]
 
-    def add(self, delta: Delta, weight: float, scale: float = 1.0) -> None:
+    def add(self, delta: Delta | DeltaPieces, weight: float, scale: float = 1.0) -> None:
+        """Row ``count`` becomes ``scale * delta``, written piece by piece."""
         assert self.count < self.capacity, f"more than the capacity of {self.capacity} updates"
+        pieces = delta if isinstance(delta, DeltaPieces) else WholeDelta(delta)
         row = self._matrix[self.count]
         factor = np.float32(scale)
-        for name, shape, start, stop in self._layout:
-            tensor = delta[name]
-            assert tensor.shape == shape, f"{name}: shape {tensor.shape}, expected {shape}"
-            np.multiply(tensor, factor, out=row[start:stop].reshape(shape), casting="unsafe")
+        for name, start, values in pieces:
+            at = self._offsets[name] + start
+            np.multiply(values, factor, out=row[at : at + values.size], casting="unsafe")
         self._weights[self.count] = weight
         self.count += 1
 
@@ -135,8 +145,11 @@ class StackedAggregation(Aggregation):
         self.stack = DeltaStack(context)
 
     def add(self, delta: Delta, weight: float, scale: float = 1.0) -> None:
+        self.add_pieces(WholeDelta(delta), weight, scale)
+
+    def add_pieces(self, pieces: DeltaPieces, weight: float, scale: float = 1.0) -> None:
         assert weight > 0 and 0 < scale <= 1, "weight > 0 and a staleness factor in (0, 1]"
-        self.stack.add(delta, weight, scale)
+        self.stack.add(pieces, weight, scale)
         self.count += 1
 
     @abc.abstractmethod

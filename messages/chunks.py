@@ -1,0 +1,159 @@
+"""Chunks: a model or update too large for one AMQP message travels as several.
+
+RabbitMQ refuses a message above ``max_message_size`` (128 MiB by default), and a whole
+500 MB body would have to sit in memory at both ends. So a message whose tensors take more
+than ``chunk_bytes`` (default 16 MiB) is cut into chunks of at most that many raw tensor
+bytes. Each chunk is a complete fedq body (:mod:`fedq.messages.codec`): the same metadata,
+``chunk = {index, count, digest}``, and slices ``[start, stop)`` of the flattened tensors.
+
+How tensors are cut: tensors are laid end to end in model order and cut every
+``chunk_bytes``; a tensor that spans a cut becomes one slice per chunk it touches, and small
+tensors share a chunk. Cuts fall on multiples of :data:`SLICE_ALIGN` values, so ``int8``'s
+scale blocks never straddle two chunks and its chunks decode exactly as the whole tensor
+would. ``topk`` keeps the top fraction per slice: the participant's error feedback computes
+what it sends with the same plan (:func:`plan_chunks`), so nothing is lost either way.
+
+The digest: each chunk's is xxh3-128 over its slices' names, codecs, bounds and encoded
+payloads; the whole's (``digest`` in every chunk) is xxh3-128 over the chunks' digests in
+index order. A receiver checks each chunk's when it arrives (cheap, and any chunk may come
+first) and the whole's when it has them all: a chunk replaced by other bytes, or chunks of
+two different messages under one id, never pass. It tells copies apart; it is no signature.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import xxhash
+from pydantic import BaseModel
+
+from fedq.messages.codec import ChunkInfo, EncodedTensor, WireTensor, encode_body, encode_message
+from fedq.messages.codecs import get_codec
+
+#: The default most raw tensor bytes per chunk: well under RabbitMQ's 128 MiB limit, and
+#: small enough that a few in flight cost little memory.
+DEFAULT_CHUNK_BYTES = 16 << 20
+#: Cuts fall on multiples of this many values (``int8``'s block).
+SLICE_ALIGN = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSlice:
+    name: str
+    start: int
+    stop: int
+
+
+Plan = list[list[TensorSlice]]
+
+
+def plan_chunks(tensors: Mapping[str, np.ndarray], chunk_bytes: int) -> Plan:
+    """The slices of each chunk; one chunk of whole tensors when they fit ``chunk_bytes``.
+
+    Deterministic in the tensors' names, sizes and dtypes, so sender and error feedback
+    agree. Each chunk holds at most ``chunk_bytes`` raw bytes, or one aligned block of a
+    tensor whose values are so large that a block exceeds it."""
+    total = sum(t.nbytes for t in tensors.values())
+    if total <= chunk_bytes:
+        return [[TensorSlice(name, 0, t.size) for name, t in tensors.items() if t.size]]
+    plan: Plan = [[]]
+    room = chunk_bytes
+    for name, tensor in tensors.items():
+        start, size, itemsize = 0, tensor.size, tensor.dtype.itemsize
+        while start < size:
+            fits = room // itemsize
+            if start + fits < size:
+                fits = fits // SLICE_ALIGN * SLICE_ALIGN  # a cut inside: aligned
+            if fits <= 0:
+                if plan[-1]:
+                    plan.append([])
+                    room = chunk_bytes
+                    continue
+                fits = SLICE_ALIGN  # a block larger than a chunk: one block per chunk
+            stop = min(size, start + fits)
+            plan[-1].append(TensorSlice(name, start, stop))
+            room -= (stop - start) * itemsize
+            start = stop
+    return [chunk for chunk in plan if chunk]
+
+
+def _slice_digest_into(
+    hasher: xxhash.xxh3_128, name: str, codec: str, start: int, stop: int, payload: memoryview
+) -> None:
+    hasher.update(name.encode())
+    hasher.update(b"\0" + codec.encode() + b"\0")
+    hasher.update(struct.pack("<QQ", start, stop))
+    hasher.update(payload)
+
+
+def chunk_digest(slices: Iterable[WireTensor] | Iterable[EncodedTensor]) -> bytes:
+    """xxh3-128 of one chunk's slices (16 bytes)."""
+    hasher = xxhash.xxh3_128()
+    for t in slices:
+        assert t.slice is not None, "a chunk carries slices"
+        _slice_digest_into(hasher, t.name, t.codec, t.slice[0], t.slice[1], t.payload)
+    return hasher.digest()
+
+
+def whole_digest(chunk_digests: Sequence[bytes]) -> str:
+    """The digest every chunk carries: xxh3-128 (hex) of the chunks' digests in order."""
+    return xxhash.xxh3_128_hexdigest(b"".join(chunk_digests))
+
+
+def _encode_chunk(
+    tensors: Mapping[str, np.ndarray], slices: list[TensorSlice], codec: str
+) -> list[EncodedTensor]:
+    tensor_codec = get_codec(codec)
+    out = []
+    for part in slices:
+        tensor = tensors[part.name]
+        values = tensor.reshape(-1)[part.start : part.stop]
+        out.append(
+            EncodedTensor(
+                part.name,
+                tensor.dtype,
+                tensor.shape,
+                tensor_codec.name,
+                (part.start, part.stop),
+                tensor_codec.encode(values),
+            )
+        )
+    return out
+
+
+def encode_chunks(
+    meta: BaseModel,
+    tensors: Mapping[str, np.ndarray],
+    codec: str = "raw",
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> Iterator[bytes]:
+    """The bodies that carry ``meta`` and ``tensors``, one at a time: one plain message
+    (:func:`~fedq.messages.codec.encode_message`) when it fits, else its chunks.
+
+    Only one chunk's body exists at a time. The whole digest needs every chunk's digest
+    before the first chunk goes, so each chunk is encoded twice: for ``raw`` the first
+    pass only hashes views of the tensors (no copy); lossy codecs pay a second encode.
+    """
+    plan = plan_chunks(tensors, chunk_bytes)
+    if len(plan) == 1:
+        yield encode_message(meta, tensors, codec)
+        return
+    digests = [chunk_digest(_encode_chunk(tensors, slices, codec)) for slices in plan]
+    digest = whole_digest(digests)
+    fields = meta.model_dump(mode="json")
+    for index, slices in enumerate(plan):
+        chunk = ChunkInfo(index, len(plan), digest)
+        yield encode_body(fields, _encode_chunk(tensors, slices, codec), chunk)
+
+
+def chunk_count(tensors: Mapping[str, np.ndarray], chunk_bytes: int) -> int:
+    return len(plan_chunks(tensors, chunk_bytes))
+
+
+def raw_bytes(shapes: Iterable[tuple[tuple[int, ...], np.dtype]]) -> int:
+    """Raw bytes of tensors given as (shape, dtype)."""
+    return sum(math.prod(shape) * np.dtype(dtype).itemsize for shape, dtype in shapes)
