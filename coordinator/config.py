@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from fedq.messages.chunks import DEFAULT_CHUNK_BYTES
 from fedq.messages.schema import FederationName
 from fedq.messages.topology import UpdatesQueueType
 
@@ -144,6 +145,24 @@ class CoordinatorConfig(BaseModel):
         None,
         gt=0,
         description="Reject larger update bodies (default: the raw model's size plus 1 MiB).",
+    )
+    chunk_bytes: int = Field(
+        DEFAULT_CHUNK_BYTES,
+        ge=1 << 16,
+        le=120 << 20,
+        description="Models larger than this many bytes are published in chunks of at most "
+        "this size (RabbitMQ refuses messages over 128 MiB).",
+    )
+    max_streams: int = Field(
+        64,
+        ge=1,
+        description="Chunked updates assembled at once; one more is refused (too_many_streams).",
+    )
+    chunk_timeout: float = Field(
+        120.0,
+        gt=0,
+        description="Refuse a chunked update as incomplete when no chunk of it came for this "
+        "many seconds.",
     )
     verify_identity: bool = Field(
         False,

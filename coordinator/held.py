@@ -1,4 +1,5 @@
-"""The deliveries the coordinator holds unacked: one per update folded into the open version.
+"""The deliveries the coordinator holds unacked: those of each update folded into the open
+version (one, or one per chunk of a chunked update).
 
 An update is acked only once the version that includes it is committed (checkpoint and
 ledger), so a crash before that leaves it on the broker for the next coordinator. This
@@ -19,8 +20,10 @@ log = logging.getLogger("fedq.coordinator")
 
 @dataclass(frozen=True)
 class HeldUpdate:
-    delivery: Delivery
-    #: Digest of the body (released once folded): a later copy is compared against it.
+    #: By chunk index (0 for an update in one message).
+    deliveries: dict[int, Delivery]
+    #: Digest of the body (released once folded), or of a chunked update's whole: a later
+    #: copy is compared against it.
     digest: str
 
 
@@ -35,25 +38,29 @@ class HeldDeliveries:
         held = self._held.get(update_id)
         return None if held is None else held.digest
 
-    def hold(self, update_id: str, delivery: Delivery, digest: str) -> None:
-        """Keep ``delivery`` for the commit; its body is dropped (the fold has it)."""
+    def hold(self, update_id: str, deliveries: dict[int, Delivery], digest: str) -> None:
+        """Keep ``deliveries`` for the commit; their bodies are dropped (the fold has them)."""
         assert update_id not in self._held, "a held update id is settled at the intake"
-        delivery.release_body()
-        self._held[update_id] = HeldUpdate(delivery, digest)
+        for delivery in deliveries.values():
+            delivery.release_body()
+        self._held[update_id] = HeldUpdate(dict(deliveries), digest)
 
-    def replace(self, update_id: str, copy: Delivery) -> Delivery:
-        """Hold ``copy``, the same bytes as the held update, instead; return the delivery
-        it replaces, for the caller to ack.
+    def replace(self, update_id: str, copy: Delivery, chunk: int = 0) -> Delivery:
+        """Hold ``copy``, the same bytes as the held update (or its chunk ``chunk``),
+        instead; return the delivery it replaces, for the caller to ack (``copy`` itself
+        when there is no such chunk).
 
         The newest copy is the one kept: after a reconnect the broker redelivers what was
         unacked, and the old delivery's channel is gone, so acking the new copy and keeping
         the old would leave nothing on the broker to redeliver if the coordinator then died
         before the commit. Acking the old one instead costs nothing either way.
         """
-        held = self._held[update_id]
+        deliveries = self._held[update_id].deliveries
+        if chunk not in deliveries:
+            return copy
         copy.release_body()
-        self._held[update_id] = HeldUpdate(copy, held.digest)
-        return held.delivery
+        replaced, deliveries[chunk] = deliveries[chunk], copy
+        return replaced
 
     async def ack_all(self) -> None:
         """After the commit: ack every held delivery and forget them.
@@ -63,11 +70,16 @@ class HeldDeliveries:
         """
         held, self._held = self._held, {}
         for update_id, update in held.items():
-            try:
-                await update.delivery.ack()
-            except TransportError as exc:
-                log.warning(
-                    "ack of committed update %s failed (%s); it will come back as a duplicate",
-                    update_id,
-                    exc,
-                )
+            for delivery in update.deliveries.values():
+                await self._ack(update_id, delivery)
+
+    @staticmethod
+    async def _ack(update_id: str, delivery: Delivery) -> None:
+        try:
+            await delivery.ack()
+        except TransportError as exc:
+            log.warning(
+                "ack of committed update %s failed (%s); it will come back as a duplicate",
+                update_id,
+                exc,
+            )

@@ -6,9 +6,13 @@ shapes and dtypes -> finite values -> norm.
 
 The verdict is a :class:`Candidate` to fold, a :class:`Duplicate` (the same bytes as an
 update already held or committed: ack it, count it, never apply it twice) or a
-:class:`Refused` with its reason for the dead-letter queue. Cheap checks come first, and
-nothing here keeps a reference to the body beyond the verdict. Pure apart from the two
-lookups it is given (held and committed digests); runs in a worker thread.
+:class:`Refused` with its reason for the dead-letter queue. A chunk of a large update
+(:mod:`fedq.messages.chunks`) passes the same checks on its own slices and becomes a
+:class:`ChunkCandidate` for the assembler (:mod:`.assembly`), which makes the update whole
+and checks what only the whole can show (every value present once, the digest, the norm).
+Cheap checks come first, and nothing here keeps a reference to the body beyond the
+verdict. Pure apart from the two lookups it is given (held and committed digests); runs in
+a worker thread.
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 import xxhash
 
-from fedq.coordinator.strategies.clipped_mean import l2_norm
-from fedq.messages.codec import MalformedMessage, WireTensor, decode_message
+from fedq.coordinator.strategies.base import blocks, l2_norm
+from fedq.messages.chunks import TensorSlice, chunk_digest
+from fedq.messages.codec import ChunkInfo, MalformedMessage, WireTensor, decode_message
 from fedq.messages.schema import UpdateMeta
 
 #: Bytes a body may carry beyond its raw tensors (metadata, msgpack headers) by default.
@@ -74,10 +79,26 @@ class Candidate:
 
 
 @dataclass(frozen=True)
+class ChunkCandidate:
+    """One chunk whose own checks passed; the update it belongs to is not whole yet."""
+
+    meta: UpdateMeta
+    chunk: ChunkInfo
+    slices: list[TensorSlice]
+    #: Sum of the squares of its values (float64), for the whole update's norm.
+    sum_squares: float
+    #: Its own digest (:func:`fedq.messages.chunks.chunk_digest`).
+    digest: bytes
+    admitted: Admitted
+
+
+@dataclass(frozen=True)
 class Duplicate:
     meta: UpdateMeta
     #: "held" (in the open version) or "committed" (in the ledger).
     of: str
+    #: Which chunk it is a copy of (0 for an update in one message).
+    chunk: int = 0
 
 
 @dataclass(frozen=True)
@@ -86,7 +107,7 @@ class Refused:
     meta: UpdateMeta | None
 
 
-Verdict = Candidate | Duplicate | Refused
+Verdict = Candidate | ChunkCandidate | Duplicate | Refused
 
 
 def body_digest(body: bytes | memoryview) -> str:
@@ -136,21 +157,60 @@ class Intake:
                 raise Rejection(
                     "too_large", f"body of {len(body)} bytes > limit of {self.max_bytes}"
                 )
-            digest = body_digest(body)
+            chunk = decoded.chunk
+            # A chunked update is known by the whole's digest, which every chunk carries.
+            digest = body_digest(body) if chunk is None else chunk.digest
             for of, known in (("held", held_digest), ("committed", self.committed_digest)):
                 seen = known(meta.update_id)
                 if seen == digest:
-                    return Duplicate(meta, of)
+                    return Duplicate(meta, of, 0 if chunk is None else chunk.index)
                 if seen is not None:
                     raise Rejection(
                         "conflicting_duplicate",
                         f"update id {meta.update_id} is {of} with other contents",
                     )
             admitted = admit(meta)
+            if chunk is not None:
+                slices, squares = check_slices(decoded.tensors, self.spec)
+                return ChunkCandidate(
+                    meta, chunk, slices, squares, chunk_digest(decoded.tensors), admitted
+                )
             deltas = check_tensors(decoded.tensors, self.spec, self.max_norm)
             return Candidate(meta, deltas, digest, admitted)
         except Rejection as rejection:
             return Refused(rejection, meta)
+
+
+def _check_kind(t: WireTensor, spec: ModelSpec) -> None:
+    want = spec.get(t.name)
+    if want is None:
+        raise Rejection("tensor_mismatch", f"unexpected tensor {t.name!r}")
+    if t.shape != want.shape:
+        raise Rejection(
+            "shape_mismatch",
+            f"tensor {t.name!r} has shape {list(t.shape)}, model has {list(want.shape)}",
+        )
+    if t.dtype != want.dtype:
+        raise Rejection("dtype_mismatch", f"tensor {t.name!r} is {t.dtype}, model has {want.dtype}")
+
+
+def check_slices(tensors: list[WireTensor], spec: ModelSpec) -> tuple[list[TensorSlice], float]:
+    """A chunk's slices and the sum of their squared values, or Rejection: names, whole
+    shapes, dtypes, finite values. Whether the chunks cover each value exactly once is
+    the assembler's check, once it has them all."""
+    slices: list[TensorSlice] = []
+    squares = 0.0
+    for t in tensors:
+        _check_kind(t, spec)
+        assert t.slice is not None, "the decoder gives every tensor of a chunk its slice"
+        for _, block in blocks(t.array.reshape(-1)):
+            part = block.astype(np.float64)
+            square = float(np.dot(part, part))
+            if not np.isfinite(square) or not np.isfinite(part).all():
+                raise Rejection("non_finite", f"tensor {t.name!r} holds NaN or infinity")
+            squares += square
+        slices.append(TensorSlice(t.name, *t.slice))
+    return slices, squares
 
 
 def check_tensors(
@@ -165,16 +225,7 @@ def check_tensors(
         extra = sorted(set(names) - set(spec))
         raise Rejection("tensor_mismatch", f"missing {missing[:5]}, unexpected {extra[:5]}")
     for t in tensors:
-        want = spec[t.name]
-        if t.shape != want.shape:
-            raise Rejection(
-                "shape_mismatch",
-                f"tensor {t.name!r} has shape {list(t.shape)}, model has {list(want.shape)}",
-            )
-        if t.dtype != want.dtype:
-            raise Rejection(
-                "dtype_mismatch", f"tensor {t.name!r} is {t.dtype}, model has {want.dtype}"
-            )
+        _check_kind(t, spec)
     for t in tensors:
         if not np.isfinite(t.array).all():
             raise Rejection("non_finite", f"tensor {t.name!r} holds NaN or infinity")

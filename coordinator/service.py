@@ -27,6 +27,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from fedq.coordinator.app import CoordinatorApp
+from fedq.coordinator.assembly import Assembled, Assembler, ChunkCopy, Stream
 from fedq.coordinator.checkpoint import (
     checkpoint_path,
     load_checkpoint,
@@ -37,10 +38,13 @@ from fedq.coordinator.config import ConfigError, CoordinatorConfig
 from fedq.coordinator.held import HeldDeliveries
 from fedq.coordinator.intake import (
     Admission,
+    Admitted,
     Candidate,
+    ChunkCandidate,
     Duplicate,
     Intake,
     Refused,
+    Rejection,
     Verdict,
     spec_of,
 )
@@ -49,6 +53,7 @@ from fedq.coordinator.modes import CloseReason, OpenVersion, make_mode, refuse_a
 from fedq.coordinator.observers import CommitTimings, CoordinatorObserver, Observers, UpdateSeen
 from fedq.coordinator.records import RoundHistory, UpdateRecord, VersionRecord
 from fedq.coordinator.strategies import Aggregation, AggregationContext
+from fedq.coordinator.strategies.base import DeltaPieces, WholeDelta
 from fedq.coordinator.strategy import compose_strategy
 from fedq.messages.codec import MalformedMessage, Weights, decode_message, encode_message
 from fedq.messages.schema import (
@@ -118,6 +123,8 @@ class Coordinator:
         self.last_seen: dict[str, float] = {}
         self._model_body = b""
         self._model_version: int | None = None
+        #: Chunked updates in assembly; made in run() once the model's shapes are known.
+        self.assembler: Assembler | None = None
         self._progress_sent = 0.0
 
     def _dp_seed(self) -> int:
@@ -143,6 +150,14 @@ class Coordinator:
                 max_bytes=self.config.max_update_bytes,
                 max_norm=self.config.max_update_norm,
             )
+            self.assembler = Assembler(
+                self.config.state_dir / "spool",
+                intake.spec,
+                max_bytes=intake.max_bytes,
+                max_norm=self.config.max_update_norm,
+                max_streams=self.config.max_streams,
+                timeout_seconds=self.config.chunk_timeout,
+            )
             if self.strategy.aggregator.holds_updates:
                 held_bytes = self.config.k * sum(w.nbytes for w in weights.values())
                 log.info(
@@ -167,6 +182,7 @@ class Coordinator:
                             weights, version, deliveries, intake
                         )
                     await self._finish(version)
+                    await self._refuse_unfinished(version)
                     if self.config.linger_seconds > 0:
                         await self._refuse_late(deliveries, intake, version)
             finally:
@@ -282,41 +298,148 @@ class Coordinator:
         intake: Intake,
     ) -> CloseReason:
         admit: Admission = functools.partial(self.mode.admit, open_)
+        assembler = self.assembler
+        assert assembler is not None, "run() makes the assembler"
         while (reason := open_.close_reason()) is None:
+            wait = open_.seconds_left()
+            if (expiry := assembler.next_expiry()) is not None:
+                wait = min(wait, expiry - time.monotonic())
             try:
-                delivery = await asyncio.wait_for(
-                    anext(deliveries), timeout=max(0.01, open_.seconds_left())
-                )
+                delivery = await asyncio.wait_for(anext(deliveries), timeout=max(0.01, wait))
             except TimeoutError:
+                delivery = None
+            for stream, rejection in assembler.expired():
+                open_.refused += 1
+                await self._dead_letter_stream(stream, rejection, open_.version)
+            if delivery is None:
                 continue
             verdict = await asyncio.to_thread(
                 intake.check, delivery.body, delivery.user_id, held.digest_of, admit
             )
-            folded = isinstance(verdict, Candidate)
+            folded = False
             if isinstance(verdict, Candidate):
-                await self._fold(verdict, delivery, open_, aggregation, held)
+                pieces = WholeDelta(verdict.deltas)
+                whole = {0: delivery}
+                size = len(delivery.body)
+                await self._fold(
+                    verdict.meta,
+                    pieces,
+                    verdict.admitted,
+                    verdict.digest,
+                    whole,
+                    size,
+                    open_,
+                    aggregation,
+                    held,
+                )
+                folded = True
+            elif isinstance(verdict, ChunkCandidate):
+                folded = await self._take_chunk(verdict, delivery, admit, open_, aggregation, held)
             else:
                 open_.refused += 1
                 size = len(delivery.body)
                 if isinstance(verdict, Duplicate) and verdict.of == "held":
-                    delivery = held.replace(verdict.meta.update_id, delivery)
+                    delivery = held.replace(verdict.meta.update_id, delivery, verdict.chunk)
                 await self._settle(verdict, delivery, open_.version, size)
             del verdict  # its tensors are views over the body: let the body go
             await self._publish_progress(open_, force=folded)
         return reason
 
+    async def _take_chunk(
+        self,
+        candidate: ChunkCandidate,
+        delivery: Delivery,
+        admit: Admission,
+        open_: OpenVersion,
+        aggregation: Aggregation,
+        held: HeldDeliveries,
+    ) -> bool:
+        """Spool a chunk; fold its update when it is the last one and the whole passes.
+        Returns whether an update was folded."""
+        assembler = self.assembler
+        assert assembler is not None, "run() makes the assembler"
+        size = len(delivery.body)
+        try:
+            outcome = await asyncio.to_thread(assembler.add, candidate, delivery)
+        except Rejection as rejection:
+            open_.refused += 1
+            await self._settle(Refused(rejection, candidate.meta), delivery, open_.version)
+            return False
+        delivery.release_body()  # spooled
+        if isinstance(outcome, ChunkCopy):
+            open_.refused += 1
+            copy = Duplicate(candidate.meta, "in assembly", candidate.chunk.index)
+            await self._settle(copy, outcome.replaced, open_.version, size)
+            return False
+        if not isinstance(outcome, Assembled):
+            return False
+        stream = outcome.stream
+        try:
+            try:
+                pieces = await asyncio.to_thread(assembler.finish, stream)
+                # Admitted again: the version may have moved on while the chunks came.
+                admitted = admit(stream.meta)
+            except Rejection as rejection:
+                assembler.remember(stream.update_id, rejection)
+                open_.refused += 1
+                await self._dead_letter_stream(stream, rejection, open_.version)
+                return False
+            await self._fold(
+                stream.meta,
+                pieces,
+                admitted,
+                stream.digest,
+                stream.deliveries(),
+                stream.size,
+                open_,
+                aggregation,
+                held,
+            )
+            return True
+        finally:
+            stream.close()
+
+    async def _dead_letter_stream(self, stream: Stream, rejection: Rejection, version: int) -> None:
+        """A refused chunked update: each chunk that came goes to the dead-letter queue as it
+        came (read back from the spool) with the reason, and is acked; the ledger records
+        the update's refusal once."""
+        for index in sorted(stream.chunks):
+            delivery = stream.chunks[index].delivery
+            await self._dead_letter(
+                delivery, await asyncio.to_thread(stream.read, index), rejection
+            )
+            await self._ack_settled(delivery)
+        stream.close()
+        await self._record_settled(
+            Refused(rejection, stream.meta), stream.update_id, version, stream.size
+        )
+
+    async def _refuse_unfinished(self, version: int) -> None:
+        """After the last version: chunked updates still in assembly will never be folded."""
+        assert self.assembler is not None, "run() makes the assembler"
+        for stream in self.assembler.drain():
+            rejection = Rejection(
+                "stale",
+                f"update was still in assembly when the last version, v{version}, was committed",
+            )
+            await self._dead_letter_stream(stream, rejection, version)
+
     async def _fold(
         self,
-        candidate: Candidate,
-        delivery: Delivery,
+        meta: UpdateMeta,
+        pieces: DeltaPieces,
+        admitted: Admitted,
+        digest: str,
+        deliveries: dict[int, Delivery],
+        size: int,
         open_: OpenVersion,
         aggregation: Aggregation,
         held: HeldDeliveries,
     ) -> None:
-        meta, admitted = candidate.meta, candidate.admitted
-        size = len(delivery.body)
+        """Fold an admitted update and hold its deliveries (one, or one per chunk) until
+        the commit."""
         await asyncio.to_thread(
-            aggregation.add, candidate.deltas, float(meta.num_examples), admitted.scale
+            aggregation.add_pieces, pieces, float(meta.num_examples), admitted.scale
         )
         open_.records.append(
             UpdateRecord(
@@ -327,12 +450,12 @@ class Coordinator:
                 num_examples=meta.num_examples,
                 weight=meta.num_examples * admitted.scale,
                 staleness=admitted.staleness,
-                digest=candidate.digest,
+                digest=digest,
                 metrics=dict(meta.metrics),
                 size=size,
             )
         )
-        held.hold(meta.update_id, delivery, candidate.digest)
+        held.hold(meta.update_id, deliveries, digest)
         self.observers.update_seen(
             UpdateSeen(
                 meta.participant,
@@ -352,27 +475,50 @@ class Coordinator:
         recorded, then acked. Either way it is off the coordinator's hands at once. ``size``:
         the body's bytes, when ``delivery`` is not the one that brought them (a held copy
         it replaced)."""
+        assert isinstance(verdict, Duplicate | Refused), "candidates are folded, not settled"
+        if isinstance(verdict, Refused):
+            await self._dead_letter(delivery, delivery.body, verdict.rejection)
+        await self._ack_settled(delivery)
+        size = len(delivery.body) if size is None else size
+        await self._record_settled(verdict, delivery.message_id, version, size)
+
+    async def _dead_letter(self, delivery: Delivery, body: bytes, rejection: Rejection) -> None:
+        """A copy of ``body`` (what ``delivery`` brought) to the dead-letter queue, with the
+        reason in ``x-fedq-reason``."""
+        headers = dict(delivery.headers)
+        headers["x-fedq-reason"] = rejection.header()
+        await self.transport.publish(
+            "",
+            self.topology.rejected,
+            body,
+            message_id=delivery.message_id,
+            type=delivery.type,
+            headers=headers,
+        )
+        log.info("rejected update: %s", rejection.header())
+
+    @staticmethod
+    async def _ack_settled(delivery: Delivery) -> None:
+        try:
+            await delivery.ack()
+        except TransportError as exc:  # redelivered later and settled again
+            log.warning("ack of a refused update failed: %s", exc)
+
+    async def _record_settled(
+        self, verdict: Duplicate | Refused, message_id: str | None, version: int, size: int
+    ) -> None:
+        """A settled (refused or duplicate) update into the ledger and to the observers."""
         meta: UpdateMeta | None
         if isinstance(verdict, Duplicate):
             meta, reason = verdict.meta, "duplicate"
             detail = f"the same bytes as update {meta.update_id}, already {verdict.of}"
+            if verdict.chunk:
+                detail = f"chunk {verdict.chunk}: {detail}"
         else:
-            assert isinstance(verdict, Refused)
             meta, reason, detail = verdict.meta, verdict.rejection.reason, verdict.rejection.detail
-            headers = dict(delivery.headers)
-            headers["x-fedq-reason"] = verdict.rejection.header()
-            await self.transport.publish(
-                "",
-                self.topology.rejected,
-                delivery.body,
-                message_id=delivery.message_id,
-                type=delivery.type,
-                headers=headers,
-            )
-            log.info("rejected update: %s", verdict.rejection.header())
         await asyncio.to_thread(
             self.ledger.record_rejection,
-            meta.update_id if meta else delivery.message_id,
+            meta.update_id if meta else message_id,
             meta.participant if meta else None,
             meta.round if meta else None,
             meta.base_version if meta else None,
@@ -380,17 +526,13 @@ class Coordinator:
             reason,
             detail,
         )
-        try:
-            await delivery.ack()
-        except TransportError as exc:  # redelivered later and settled again
-            log.warning("ack of a refused update failed: %s", exc)
         self.observers.update_seen(
             UpdateSeen(
                 meta.participant if meta else None,
                 False,
                 reason,
                 meta.base_version if meta else None,
-                size=len(delivery.body) if size is None else size,
+                size=size,
             )
         )
 
@@ -500,7 +642,7 @@ class Coordinator:
             verdict = await asyncio.to_thread(
                 intake.check, delivery.body, delivery.user_id, _nothing_held, refuse
             )
-            assert not isinstance(verdict, Candidate), "nothing is admitted after the last version"
+            assert not isinstance(verdict, Candidate | ChunkCandidate), "nothing is admitted now"
             await self._settle(verdict, delivery, version)
 
     # -------------------------------------------------------------- control

@@ -1,0 +1,311 @@
+"""The assembler: the chunks of a large update made whole on disk, folded once complete.
+
+A chunk passes the intake's checks on its own (:class:`~.intake.ChunkCandidate`); the
+assembler keeps its delivery unacked and appends its body to the update's spool file in
+``<state dir>/spool``, then the body is released. When an update's last chunk is in, the
+whole is checked (each value present exactly once, the digest of the whole, the norm) and
+the service folds it, reading the spool back one chunk at a time (:class:`ChunkedDelta`).
+
+Why spool to disk and fold at completion, rather than fold each chunk as it arrives:
+- An update that fails after some of its chunks were folded (a chunk never comes, the
+  digest does not match, the norm is over the bound, it went stale meanwhile) would have
+  to be taken out of the accumulator again; float sums cannot be undone exactly, and a
+  per-update scratch in RAM costs the model's size for every update in flight, which
+  grows with the number of senders. A spool costs disk, not memory, and nothing partial
+  ever reaches the accumulator.
+- A refused update goes to the dead-letter queue as the very chunk bodies that came, read
+  back from the spool: RabbitMQ's own dead-lettering could not add fedq's reason.
+- The spool is a cache: the broker still holds every chunk unacked. After a crash the
+  spool is wiped and the redelivered chunks rebuild it.
+- The cost is one write and one read of each chunk (page cache, usually not the disk).
+
+Memory: the bodies in flight (the consumer's prefetch) plus one chunk while folding;
+never a whole update. Disk: at most ``max_streams`` updates of at most ``max_bytes``.
+What a sender can do: chunks of updates that never complete are refused ``incomplete``
+``timeout_seconds`` after their last chunk came; more than ``max_streams`` updates in
+assembly at once are refused ``too_many_streams``; a stream beyond ``max_bytes`` is
+refused ``too_large``. Only the service's loop calls in (one thread at a time).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import xxhash
+
+from fedq.coordinator.intake import Admitted, ChunkCandidate, ModelSpec, Rejection
+from fedq.coordinator.strategies.base import DeltaPieces, Piece
+from fedq.messages.chunks import TensorSlice, whole_digest
+from fedq.messages.codec import decode_message
+from fedq.messages.schema import UpdateMeta
+from fedq.messages.transport import Delivery
+
+#: Refused update ids remembered, so their later chunks are refused at once, not spooled.
+REMEMBERED_REFUSALS = 1024
+
+
+@dataclass
+class SpooledChunk:
+    delivery: Delivery
+    digest: bytes
+    offset: int
+    size: int
+    slices: list[TensorSlice]
+
+
+@dataclass
+class Stream:
+    """One update in assembly: its chunks so far, their bodies in ``spool``."""
+
+    meta: UpdateMeta
+    count: int
+    digest: str
+    admitted: Admitted
+    spool: Path
+    chunks: dict[int, SpooledChunk] = field(default_factory=dict)
+    sum_squares: float = 0.0
+    size: int = 0
+    last_seen: float = field(default_factory=time.monotonic)
+
+    @property
+    def update_id(self) -> str:
+        return self.meta.update_id
+
+    @property
+    def complete(self) -> bool:
+        return len(self.chunks) == self.count
+
+    def deliveries(self) -> dict[int, Delivery]:
+        return {index: chunk.delivery for index, chunk in self.chunks.items()}
+
+    def read(self, index: int) -> bytes:
+        """The body of chunk ``index`` as it came."""
+        chunk = self.chunks[index]
+        with self.spool.open("rb") as f:
+            f.seek(chunk.offset)
+            return f.read(chunk.size)
+
+    def close(self) -> None:
+        self.spool.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class Pending:
+    """The chunk is spooled; its update is not complete."""
+
+
+@dataclass(frozen=True)
+class ChunkCopy:
+    """The same bytes as a chunk already spooled: the new delivery is kept, ``replaced``
+    is the caller's to ack (as :meth:`~.held.HeldDeliveries.replace` does)."""
+
+    replaced: Delivery
+
+
+@dataclass(frozen=True)
+class Assembled:
+    """Every chunk is in; :meth:`Assembler.finish` checks the whole."""
+
+    stream: Stream
+
+
+Outcome = Pending | ChunkCopy | Assembled
+
+
+class ChunkedDelta(DeltaPieces):
+    """A spooled update's delta, read back one chunk at a time."""
+
+    def __init__(self, stream: Stream, spec: ModelSpec) -> None:
+        super().__init__({name: (s.shape, s.dtype) for name, s in spec.items()})
+        self.stream = stream
+
+    def __iter__(self) -> Iterator[Piece]:
+        for index in range(self.stream.count):
+            decoded = decode_message(self.stream.read(index))
+            for tensor in decoded.tensors:
+                assert tensor.slice is not None, "a spooled chunk passed the intake"
+                yield tensor.name, tensor.slice[0], tensor.array.reshape(-1)
+
+    def norm(self) -> float:
+        return math.sqrt(self.stream.sum_squares)
+
+
+def _file_name(update_id: str) -> str:
+    """A spool file name for any update id (ids are the sender's strings)."""
+    safe = re.sub(r"[^A-Za-z0-9_-]", "_", update_id)[:64]
+    return f"{safe}-{xxhash.xxh64_hexdigest(update_id.encode())}.chunks"
+
+
+class Assembler:
+    def __init__(
+        self,
+        spool_dir: Path,
+        spec: ModelSpec,
+        *,
+        max_bytes: int,
+        max_norm: float | None,
+        max_streams: int,
+        timeout_seconds: float,
+    ) -> None:
+        self.spool_dir = spool_dir
+        # Whatever a previous coordinator left: the broker redelivers those chunks.
+        shutil.rmtree(spool_dir, ignore_errors=True)
+        spool_dir.mkdir(parents=True, exist_ok=True)
+        self.spec = spec
+        self.max_bytes = max_bytes
+        self.max_norm = max_norm
+        self.max_streams = max_streams
+        self.timeout_seconds = timeout_seconds
+        self.streams: dict[str, Stream] = {}
+        self._refused: OrderedDict[str, Rejection] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.streams)
+
+    def add(self, candidate: ChunkCandidate, delivery: Delivery) -> Outcome:
+        """Spool ``candidate``'s body (``delivery.body``); raises Rejection for this chunk
+        alone (the rest of its update stays in assembly)."""
+        meta, chunk = candidate.meta, candidate.chunk
+        earlier = self._refused.get(meta.update_id)
+        if earlier is not None:
+            raise Rejection(
+                earlier.reason, f"an earlier chunk's update was refused: {earlier.detail}"
+            )
+        stream = self.streams.get(meta.update_id)
+        if stream is None:
+            if len(self.streams) >= self.max_streams:
+                raise Rejection(
+                    "too_many_streams",
+                    f"{len(self.streams)} chunked updates are in assembly already, the most "
+                    "allowed (--max-streams)",
+                )
+            stream = Stream(
+                meta,
+                chunk.count,
+                chunk.digest,
+                candidate.admitted,
+                self.spool_dir / _file_name(meta.update_id),
+            )
+            self.streams[meta.update_id] = stream
+        elif meta != stream.meta or (chunk.count, chunk.digest) != (stream.count, stream.digest):
+            raise Rejection(
+                "conflicting_chunk",
+                f"chunk {chunk.index} of update {meta.update_id} does not match its other "
+                "chunks' metadata, count or digest",
+            )
+        stream.last_seen = time.monotonic()
+        known = stream.chunks.get(chunk.index)
+        if known is not None:
+            if known.digest != candidate.digest:
+                raise Rejection(
+                    "conflicting_duplicate",
+                    f"chunk {chunk.index} of update {meta.update_id} came before with other "
+                    "contents",
+                )
+            replaced, known.delivery = known.delivery, delivery
+            return ChunkCopy(replaced)
+        body = delivery.body
+        if stream.size + len(body) > self.max_bytes:
+            raise Rejection(
+                "too_large",
+                f"update {meta.update_id}'s chunks exceed the limit of {self.max_bytes} bytes",
+            )
+        with stream.spool.open("ab") as f:
+            offset = f.tell()
+            f.write(body)
+        stream.chunks[chunk.index] = SpooledChunk(
+            delivery, candidate.digest, offset, len(body), candidate.slices
+        )
+        stream.size += len(body)
+        stream.sum_squares += candidate.sum_squares
+        return Assembled(stream) if stream.complete else Pending()
+
+    def finish(self, stream: Stream) -> ChunkedDelta:
+        """The complete ``stream``'s delta, or Rejection: every value of every tensor
+        exactly once, the digest of the whole, the norm bound. Removes it from assembly
+        either way (the caller folds or dead-letters it, then closes it)."""
+        self.streams.pop(stream.update_id, None)
+        try:
+            self._check_coverage(stream)
+            digests = [stream.chunks[i].digest for i in range(stream.count)]
+            if whole_digest(digests) != stream.digest:
+                raise Rejection(
+                    "digest_mismatch",
+                    f"update {stream.update_id}'s chunks do not hash to the digest they carry",
+                )
+            delta = ChunkedDelta(stream, self.spec)
+            if self.max_norm is not None and delta.norm() > self.max_norm:
+                raise Rejection(
+                    "norm_exceeded",
+                    f"update L2 norm {delta.norm():.4g} > bound {self.max_norm:.4g}",
+                )
+            return delta
+        except Rejection as rejection:
+            self.remember(stream.update_id, rejection)
+            raise
+
+    def _check_coverage(self, stream: Stream) -> None:
+        ranges: dict[str, list[tuple[int, int]]] = {name: [] for name in self.spec}
+        for chunk in stream.chunks.values():
+            for part in chunk.slices:
+                ranges[part.name].append((part.start, part.stop))
+        for name, spec in self.spec.items():
+            expected = math.prod(spec.shape)
+            covered = 0
+            for start, stop in sorted(ranges[name]):
+                if start != covered:
+                    raise Rejection(
+                        "chunk_coverage",
+                        f"tensor {name!r}: values from {min(start, covered)} are "
+                        f"{'missing' if start > covered else 'sent twice'}",
+                    )
+                covered = stop
+            if covered != expected:
+                raise Rejection(
+                    "chunk_coverage", f"tensor {name!r}: {covered} of {expected} values sent"
+                )
+
+    def remember(self, update_id: str, rejection: Rejection) -> None:
+        self._refused[update_id] = rejection
+        while len(self._refused) > REMEMBERED_REFUSALS:
+            self._refused.popitem(last=False)
+
+    def next_expiry(self) -> float | None:
+        """When the oldest-waiting stream times out (monotonic), or None."""
+        if not self.streams:
+            return None
+        return min(s.last_seen for s in self.streams.values()) + self.timeout_seconds
+
+    def expired(self, now: float | None = None) -> list[tuple[Stream, Rejection]]:
+        """Streams whose last chunk came ``timeout_seconds`` ago, removed from assembly,
+        each with its ``incomplete`` rejection."""
+        now = time.monotonic() if now is None else now
+        late = []
+        for stream in [
+            s for s in self.streams.values() if now - s.last_seen >= self.timeout_seconds
+        ]:
+            rejection = Rejection(
+                "incomplete",
+                f"{len(stream.chunks)} of update {stream.update_id}'s {stream.count} chunks came, "
+                f"then none for {self.timeout_seconds:g} s",
+            )
+            self.take(stream, rejection)
+            late.append((stream, rejection))
+        return late
+
+    def take(self, stream: Stream, rejection: Rejection) -> None:
+        """Remove ``stream`` from assembly, refused for ``rejection``."""
+        self.streams.pop(stream.update_id, None)
+        self.remember(stream.update_id, rejection)
+
+    def drain(self) -> list[Stream]:
+        """Every stream still in assembly, removed (the federation is done)."""
+        streams, self.streams = list(self.streams.values()), {}
+        return streams
