@@ -55,6 +55,7 @@ from fedq.coordinator.records import RoundHistory, UpdateRecord, VersionRecord
 from fedq.coordinator.strategies import Aggregation, AggregationContext
 from fedq.coordinator.strategies.base import DeltaPieces, WholeDelta
 from fedq.coordinator.strategy import compose_strategy
+from fedq.messages.chunks import chunk_count, encode_chunks
 from fedq.messages.codec import MalformedMessage, Weights, decode_message, encode_message
 from fedq.messages.schema import (
     CONTROL_MESSAGE,
@@ -121,8 +122,11 @@ class Coordinator:
         self.strategy = compose_strategy(config, self._dp_seed())
         #: participant -> last sign of life; a leave removes it.
         self.last_seen: dict[str, float] = {}
-        self._model_body = b""
-        self._model_version: int | None = None
+        #: The open version's model: its weights and meta, and its body when it fits in
+        #: one message (a chunked model is encoded again for each publish, one chunk at a
+        #: time, rather than kept: the coordinator holds the model once).
+        self._model: tuple[ModelMeta, Weights] | None = None
+        self._model_body: bytes | None = None
         #: Chunked updates in assembly; made in run() once the model's shapes are known.
         self.assembler: Assembler | None = None
         self._progress_sent = 0.0
@@ -250,8 +254,12 @@ class Coordinator:
             round=open_.round,
             rounds_total=self.config.rounds,
         )
-        self._model_body = await asyncio.to_thread(encode_message, meta, weights, self.config.codec)
-        self._model_version = open_.version
+        self._model = (meta, weights)
+        self._model_body = None
+        if chunk_count(weights, self.config.chunk_bytes) == 1:
+            self._model_body = await asyncio.to_thread(
+                encode_message, meta, weights, self.config.codec
+            )
         if open_.round is not None:
             await self._publish_control(
                 ROUND_OPEN,
@@ -684,17 +692,33 @@ class Coordinator:
 
     async def _publish_model(self, exchange: str, routing_key: str) -> None:
         """The current model: to every participant (fanout) or one queue (default exchange)."""
-        if self._model_version is None:
+        if self._model is None:
             return  # nothing open yet: the participant gets the model when a version opens
-        version = self._model_version
-        await self.transport.publish(
-            exchange,
-            routing_key,
-            self._model_body,
-            message_id=f"{self.config.federation}-v{version}",
-            type=MESSAGE_TYPES["model"],
-            headers={"federation": self.config.federation, "version": version},
-        )
+        meta, weights = self._model
+        message_id = f"{self.config.federation}-v{meta.version}"
+        headers = {"federation": self.config.federation, "version": meta.version}
+        if self._model_body is not None:
+            await self.transport.publish(
+                exchange,
+                routing_key,
+                self._model_body,
+                message_id=message_id,
+                type=MESSAGE_TYPES["model"],
+                headers=headers,
+            )
+            return
+        bodies = encode_chunks(meta, weights, self.config.codec, self.config.chunk_bytes)
+        index = 0
+        while (body := await asyncio.to_thread(next, bodies, None)) is not None:
+            await self.transport.publish(
+                exchange,
+                routing_key,
+                body,
+                message_id=f"{message_id}.{index}",
+                type=MESSAGE_TYPES["model"],
+                headers={**headers, "chunk_index": index},
+            )
+            index += 1
 
     # --------------------------------------------------------------- result
     def _result(self, started: float) -> FederationResult:

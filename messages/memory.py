@@ -105,6 +105,11 @@ class _Queue:
         if limit is not None:
             while len(self.ready) > int(limit):
                 self.ready.popleft()  # drop-head: the oldest ready message goes
+        byte_limit = self.arguments.get("x-max-length-bytes")
+        if byte_limit is not None:
+            held = sum(len(m.body) for m in self.ready)
+            while held > int(byte_limit):
+                held -= len(self.ready.popleft().body)
         self.dispatch()
 
     def dispatch(self) -> None:

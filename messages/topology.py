@@ -92,15 +92,18 @@ class Topology:
         for kind in ("join", "heartbeat", "leave"):
             await transport.bind(self.coordinator, self.control, f"{kind}.*")
 
-    async def declare_participant(self, transport: Transport, participant: str) -> None:
+    async def declare_participant(
+        self, transport: Transport, participant: str, max_bytes: int | None = None
+    ) -> None:
         """A participant's model queue. ``x-max-length: 1`` with drop-head means a slow
-        participant only ever finds the newest model; the broker stores each body once."""
+        participant only ever finds the newest model; the broker stores each body once.
+        A model that comes in chunks needs room for all of them: ``max_bytes`` then bounds
+        the queue by bytes instead (``x-max-length-bytes``), the oldest chunks dropped."""
         await transport.declare_exchange(self.models, "fanout")
         await transport.declare_exchange(self.control, "topic")
         queue = self.model_queue(participant)
-        await transport.declare_queue(
-            queue, arguments={"x-max-length": 1, "x-overflow": "drop-head"}
-        )
+        bound = {"x-max-length": 1} if max_bytes is None else {"x-max-length-bytes": max_bytes}
+        await transport.declare_queue(queue, arguments={**bound, "x-overflow": "drop-head"})
         await transport.bind(queue, self.models)
         await transport.bind(queue, self.control, FEDERATION_DONE)
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from fedq.messages.chunks import DEFAULT_CHUNK_BYTES, plan_chunks
 from fedq.messages.codec import Weights
 from fedq.messages.codecs import LOSSLESS, get_codec
 
@@ -41,21 +42,32 @@ class ErrorFeedback:
         """Whether ``codec`` loses anything, so that feedback pays for its memory."""
         return get_codec(codec).name not in LOSSLESS
 
-    def compress(self, delta: Weights) -> Weights:
+    def compress(self, delta: Weights, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Weights:
         """The tensors to encode this round: ``delta`` plus the carried residual. Encoding
-        them with the codec yields exactly what the coordinator sees (codecs are
-        deterministic); the residual becomes the rest. Non-float tensors pass unchanged."""
+        them with the codec, cut into the chunks ``chunk_bytes`` makes
+        (:func:`~fedq.messages.chunks.plan_chunks`), yields exactly what the coordinator
+        sees (codecs are deterministic and see the same slices); the residual becomes the
+        rest. Non-float tensors pass unchanged."""
         corrected: Weights = {}
         for name, values in delta.items():
-            if not np.issubdtype(values.dtype, np.floating):
-                corrected[name] = values
-                continue
-            carried = self.residual.get(name)
-            if carried is not None and carried.shape == values.shape:
-                values = np.add(values, carried, dtype=values.dtype)
-            sent = self.codec.decode(self.codec.encode(values), values.dtype, values.shape)
-            self.residual[name] = np.subtract(values, sent, dtype=values.dtype)
+            if np.issubdtype(values.dtype, np.floating):
+                carried = self.residual.get(name)
+                if carried is not None and carried.shape == values.shape:
+                    values = np.add(values, carried, dtype=values.dtype)
             corrected[name] = values
+        for slices in plan_chunks(corrected, chunk_bytes):
+            for part in slices:
+                values = corrected[part.name]
+                if not np.issubdtype(values.dtype, np.floating):
+                    continue
+                residual = self.residual.get(part.name)
+                if residual is None or residual.shape != values.shape:
+                    residual = self.residual[part.name] = np.empty_like(values)
+                flat = values.reshape(-1)[part.start : part.stop]
+                sent = self.codec.decode(self.codec.encode(flat), values.dtype, flat.shape)
+                np.subtract(
+                    flat, sent, out=residual.reshape(-1)[part.start : part.stop], dtype=values.dtype
+                )
         return corrected
 
     def reset(self) -> None:

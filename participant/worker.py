@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fedq.messages.chunks import DEFAULT_CHUNK_BYTES, chunk_count, encode_chunks
 from fedq.messages.codec import (
     DecodedMessage,
     MalformedMessage,
@@ -40,6 +41,7 @@ from fedq.participant.app import App, AppError, Partition, TrainConfig
 from fedq.participant.attacks import parse_attack
 from fedq.participant.compression import ErrorFeedback
 from fedq.participant.dropout import drops_out
+from fedq.participant.model_assembly import ModelAssembler, WholeModel
 from fedq.participant.working import pausing, working
 
 log = logging.getLogger("fedq.participant")
@@ -53,6 +55,8 @@ class ParticipantConfig:
     #: None: the app's ``train_config`` (or fedq's defaults).
     train: TrainConfig | None = None
     codec: str = "raw"
+    #: Updates larger than this many raw bytes are sent in chunks of at most this size.
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
     heartbeat_seconds: float = 5.0
     #: Straggler emulation for experiments: take ``slowdown`` x the real training time,
     #: plus ``delay_seconds``, each round.
@@ -100,6 +104,11 @@ def writable_copy(decoded: DecodedMessage) -> Weights:
     return {t.name: np.array(t.array, dtype=t.dtype) for t in decoded.tensors}
 
 
+def _model_bytes(app: App) -> int:
+    """The raw size of the app's model, which tells whether models come in chunks."""
+    return sum(w.nbytes for w in app.initial_weights().values())
+
+
 class Participant:
     def __init__(
         self,
@@ -120,10 +129,18 @@ class Participant:
         self._attack = None if config.attack is None else parse_attack(config.attack)
         #: A lossy update codec's residual, carried across rounds (None: lossless).
         self._feedback = ErrorFeedback(config.codec) if ErrorFeedback.wanted(config.codec) else None
+        self._models = ModelAssembler()
 
     async def run(self) -> ParticipantStats:
         pid = self.config.participant_id
-        await self.topology.declare_participant(self.transport, pid)
+        model_bytes = await asyncio.to_thread(_model_bytes, self.app)
+        chunked = model_bytes > self.config.chunk_bytes
+        await self.topology.declare_participant(
+            self.transport,
+            pid,
+            # Room for the newest model's chunks and the next one's first: the oldest go.
+            max_bytes=model_bytes + 2 * self.config.chunk_bytes + (1 << 20) if chunked else None,
+        )
         beat = asyncio.create_task(self._heartbeats(), name=f"fedq-heartbeat-{pid}")
         done = False
         try:
@@ -136,8 +153,13 @@ class Participant:
                         await self._settle(delivery)
                         done = True
                         break
-                    await self._train_round(delivery)
-                    await self._settle(delivery)
+                    model, finished = await self._receive(delivery)
+                    for settled in finished:
+                        await self._settle(settled)
+                    if model is not None:
+                        await self._train_round(model.meta, model.weights)
+                        for settled in model.deliveries:
+                            await self._settle(settled)
         finally:
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -156,16 +178,31 @@ class Participant:
             # skipped, since its version is already trained on.
             log.warning("%s: ack of the model failed (%s)", self.config.participant_id, exc)
 
-    async def _train_round(self, delivery: Delivery) -> None:
+    async def _receive(self, delivery: Delivery) -> tuple[WholeModel | None, list[Delivery]]:
+        """The model ``delivery`` completes (it alone, or its last chunk), if any, and the
+        deliveries to ack now (old versions, malformed ones, dropped chunks)."""
         try:
             decoded = decode_message(delivery.body)
             meta = decoded.meta(ModelMeta)
         except MalformedMessage as exc:  # only the coordinator should write here: skip it
             log.warning("%s: ignored a malformed model (%s)", self.config.participant_id, exc)
-            return
+            return None, [delivery]
         seen = max(self.stats.last_version, self._dropped)
         if meta.federation != self.config.federation or meta.version <= seen:
-            return  # a model we already trained on or skipped (e.g. the answer to our join)
+            return None, [delivery]  # already trained on or skipped (e.g. the join's answer)
+        if decoded.chunk is None:
+            weights = await asyncio.to_thread(writable_copy, decoded)
+            return WholeModel(meta, weights, [delivery]), []
+        try:
+            result = await asyncio.to_thread(self._models.add, meta, decoded, delivery)
+        except MalformedMessage as exc:
+            log.warning("%s: ignored a malformed chunk (%s)", self.config.participant_id, exc)
+            return None, [delivery]
+        del decoded
+        delivery.release_body()  # copied into the model's buffers
+        return result
+
+    async def _train_round(self, meta: ModelMeta, weights: Weights) -> None:
         config = self.config
         if drops_out(config.dropout_seed, config.participant_id, meta.version, config.dropout):
             self._dropped = meta.version
@@ -177,13 +214,12 @@ class Participant:
         await self._beat()
         try:
             async with working():  # one of a few at a time per process: memory O(few x model)
-                await self._train_and_send(meta, decoded)
+                await self._train_and_send(meta, weights)
         finally:
             self.stats.state = "idle"
         await self._beat()
 
-    async def _train_and_send(self, meta: ModelMeta, decoded: DecodedMessage) -> None:
-        global_weights = await asyncio.to_thread(writable_copy, decoded)
+    async def _train_and_send(self, meta: ModelMeta, global_weights: Weights) -> None:
         self._round = meta.round or 0
         started = time.monotonic()
         train = self.config.train or getattr(self.app, "train_config", None) or TrainConfig()
@@ -213,26 +249,10 @@ class Participant:
             train_seconds=time.monotonic() - started,
         )
         self.stats.state = "sending"
-        body = await asyncio.to_thread(self._encode_delta, update, result.weights, global_weights)
-        await self.transport.publish(
-            self.topology.updates,
-            UPDATE_KEY,
-            body,
-            message_id=update.update_id,
-            type=MESSAGE_TYPES["update"],
-            headers={
-                "federation": update.federation,
-                "participant": update.participant,
-                **({} if update.round is None else {"round": update.round}),
-                "base_version": update.base_version,
-                "chunk_index": 0,
-                "chunk_count": 1,
-            },
-            mandatory=True,
-        )
+        sent = await self._send(update, result.weights, global_weights)
         self.stats.rounds_trained += 1
         self.stats.updates_sent += 1
-        self.stats.bytes_sent += len(body)
+        self.stats.bytes_sent += sent
         self.stats.last_version = meta.version
         if self.on_round is not None:
             self.on_round(
@@ -242,19 +262,57 @@ class Participant:
                     version=meta.version,
                     num_examples=update.num_examples,
                     seconds=update.train_seconds,
-                    update_bytes=len(body),
+                    update_bytes=sent,
                     metrics=update.metrics,
                 )
             )
         log.debug("%s sent its update on model v%d", self.config.participant_id, meta.version)
 
-    def _encode_delta(self, update: UpdateMeta, local: Weights, global_: Weights) -> bytes:
-        delta = {name: np.subtract(local[name], w, dtype=w.dtype) for name, w in global_.items()}
+    async def _send(self, update: UpdateMeta, local: Weights, global_: Weights) -> int:
+        """Publish the update, in one message or chunk by chunk (one body in memory at a
+        time, each confirmed before the next is made); returns the bytes sent. A retried
+        chunk is the same bytes under the same update id: the coordinator keeps one."""
+        delta = await asyncio.to_thread(self._delta, local, global_)
+        count = chunk_count(delta, self.config.chunk_bytes)
+        bodies = encode_chunks(update, delta, self.config.codec, self.config.chunk_bytes)
+        sent = 0
+        index = 0
+        while (body := await asyncio.to_thread(next, bodies, None)) is not None:
+            await self.transport.publish(
+                self.topology.updates,
+                UPDATE_KEY,
+                body,
+                message_id=f"{update.update_id}.{index}" if count > 1 else update.update_id,
+                type=MESSAGE_TYPES["update"],
+                headers={
+                    "federation": update.federation,
+                    "participant": update.participant,
+                    **({} if update.round is None else {"round": update.round}),
+                    "base_version": update.base_version,
+                    "chunk_index": index,
+                    "chunk_count": count,
+                },
+                mandatory=True,
+            )
+            sent += len(body)
+            index += 1
+        return sent
+
+    def _delta(self, local: Weights, global_: Weights) -> Weights:
+        """local - global, written over ``local`` (the app's fresh arrays: one model-sized
+        buffer fewer), attacked and compressed as configured."""
+        delta = {}
+        for name, w in global_.items():
+            mine = local[name]
+            if mine.flags.writeable and mine.dtype == w.dtype and mine.shape == w.shape:
+                delta[name] = np.subtract(mine, w, out=mine)
+            else:
+                delta[name] = np.subtract(mine, w, dtype=w.dtype)
         if self._attack is not None:
             delta = self._attack.apply(delta)
         if self._feedback is not None:
-            delta = self._feedback.compress(delta)
-        return encode_message(update, delta, self.config.codec)
+            delta = self._feedback.compress(delta, self.config.chunk_bytes)
+        return delta
 
     async def _control(self, kind: str, message: Join | Heartbeat | Leave) -> None:
         await self.transport.publish(

@@ -40,6 +40,7 @@ from fedq.lateness import Attendance, attendance
 from fedq.management import ManagementUnavailable, default_management_url
 from fedq.messages.allocator import tune_malloc_for_large_buffers
 from fedq.messages.amqp import AmqpTransport, BrokerUnavailable, redact
+from fedq.messages.chunks import DEFAULT_CHUNK_BYTES
 from fedq.messages.codecs import CODECS, CodecError, get_codec
 from fedq.messages.transport import TransportError
 from fedq.metrics import PrometheusMetrics, serve_metrics
@@ -346,7 +347,10 @@ def simulate_command(
     plan = SimulationPlan(
         coordinator=config,
         participant=ParticipantConfig(
-            federation=name, participant_id="p", codec=check_codec(update_codec)
+            federation=name,
+            participant_id="p",
+            codec=check_codec(update_codec),
+            chunk_bytes=config.chunk_bytes,
         ),
         broker_url=broker,
         malicious=parse_malicious(malicious or [], config.participants),
@@ -480,6 +484,15 @@ def participant_command(
     keep_optimizer: KeepOptimizerOpt = None,
     proximal_mu: ProximalMuOpt = None,
     codec: CodecOpt = "raw",
+    chunk_bytes: Annotated[
+        int,
+        typer.Option(
+            "--chunk-bytes",
+            min=1 << 16,
+            max=120 << 20,
+            help="Send updates larger than this many bytes in chunks of at most this size.",
+        ),
+    ] = DEFAULT_CHUNK_BYTES,
     slowdown: Annotated[
         float,
         typer.Option("--slowdown", min=1.0, help="Take this many times longer (experiments)."),
@@ -540,6 +553,7 @@ def participant_command(
             partition=Partition(first.index + i, first.count),
             train=train,
             codec=check_codec(codec),
+            chunk_bytes=chunk_bytes,
             slowdown=slowdown,
             delay_seconds=delay,
             dropout=dropout,

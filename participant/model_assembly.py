@@ -1,0 +1,91 @@
+"""A chunked global model received into one preallocated buffer per tensor.
+
+The coordinator publishes a model larger than its chunk size as chunks
+(:mod:`fedq.messages.chunks`). Each chunk's slices are copied (and cast from the wire's
+dtype, e.g. fp16) straight into the model's own arrays, allocated when the first chunk of a
+version arrives; the bodies are released as soon as they are copied, so the participant
+holds the model once plus one chunk, never the whole body. The deliveries stay unacked
+until the caller has trained and sent, as for a model in one message.
+
+Only the newest version matters: a chunk of a newer version drops the one in assembly
+(its deliveries are handed back to be acked), and a chunk of an older version is handed
+back at once. A model whose chunks do not hash to the digest they carry is dropped too.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fedq.messages.chunks import chunk_digest, whole_digest
+from fedq.messages.codec import DecodedMessage, MalformedMessage, Weights
+from fedq.messages.schema import ModelMeta
+from fedq.messages.transport import Delivery
+
+log = logging.getLogger("fedq.participant")
+
+
+@dataclass
+class _Assembly:
+    meta: ModelMeta
+    count: int
+    digest: str
+    weights: Weights
+    digests: dict[int, bytes] = field(default_factory=dict)
+    deliveries: list[Delivery] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class WholeModel:
+    meta: ModelMeta
+    #: Writable, the participant's own.
+    weights: Weights
+    #: To ack once the update trained on it is confirmed.
+    deliveries: list[Delivery]
+
+
+class ModelAssembler:
+    def __init__(self) -> None:
+        self._current: _Assembly | None = None
+
+    def add(
+        self, meta: ModelMeta, decoded: DecodedMessage, delivery: Delivery
+    ) -> tuple[WholeModel | None, list[Delivery]]:
+        """Copy a chunk in. Returns the model once whole, and deliveries to ack now (an
+        older version's, a dropped assembly's, a copy's). Raises MalformedMessage."""
+        chunk = decoded.chunk
+        assert chunk is not None, "a chunk"
+        done: list[Delivery] = []
+        current = self._current
+        if current is not None and meta.version < current.meta.version:
+            return None, [delivery]
+        if current is not None and (
+            meta.version > current.meta.version
+            or (chunk.count, chunk.digest) != (current.count, current.digest)
+        ):
+            done += current.deliveries
+            current = self._current = None
+        if current is None:
+            current = self._current = _Assembly(meta, chunk.count, chunk.digest, {})
+        if chunk.index in current.digests:
+            return None, [*done, delivery]  # a copy (redelivered): the first one counts
+        for tensor in decoded.tensors:
+            assert tensor.slice is not None, "the decoder gives every tensor of a chunk its slice"
+            target = current.weights.get(tensor.name)
+            if target is None:
+                target = current.weights[tensor.name] = np.empty(tensor.shape, tensor.dtype)
+            if target.shape != tensor.shape or target.dtype != tensor.dtype:
+                raise MalformedMessage("schema", f"tensor {tensor.name!r} changed between chunks")
+            start, stop = tensor.slice
+            target.reshape(-1)[start:stop] = tensor.array
+        current.digests[chunk.index] = chunk_digest(decoded.tensors)
+        current.deliveries.append(delivery)
+        if len(current.digests) < current.count:
+            return None, done
+        self._current = None
+        if whole_digest([current.digests[i] for i in range(current.count)]) != current.digest:
+            log.warning("dropped model v%d: its chunks do not hash to its digest", meta.version)
+            return None, [*done, *current.deliveries]
+        return WholeModel(current.meta, current.weights, current.deliveries), done
