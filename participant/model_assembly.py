@@ -49,6 +49,8 @@ class WholeModel:
 class ModelAssembler:
     def __init__(self) -> None:
         self._current: _Assembly | None = None
+        #: The newest version made whole: its late chunks and older ones are handed back.
+        self._completed = -1
 
     def add(
         self, meta: ModelMeta, decoded: DecodedMessage, delivery: Delivery
@@ -59,7 +61,9 @@ class ModelAssembler:
         assert chunk is not None, "a chunk"
         done: list[Delivery] = []
         current = self._current
-        if current is not None and meta.version < current.meta.version:
+        if meta.version <= self._completed or (
+            current is not None and meta.version < current.meta.version
+        ):
             return None, [delivery]
         if current is not None and (
             meta.version > current.meta.version
@@ -88,4 +92,5 @@ class ModelAssembler:
         if whole_digest([current.digests[i] for i in range(current.count)]) != current.digest:
             log.warning("dropped model v%d: its chunks do not hash to its digest", meta.version)
             return None, [*done, *current.deliveries]
+        self._completed = meta.version
         return WholeModel(current.meta, current.weights, current.deliveries), done

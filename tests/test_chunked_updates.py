@@ -1,0 +1,190 @@
+"""Chunked updates against a coordinator on the real RabbitMQ: lost, copied, reordered and
+tampered chunks, a sender that stops halfway, and a coordinator killed (-9) while chunks
+of several updates are in flight. Each time nothing is applied twice, nothing partial is
+applied, the federation completes, and the refused chunks are in the DLQ with a reason."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedq.apps.synthetic import SyntheticApp
+from fedq.coordinator.checkpoint import checkpoint_path, load_checkpoint
+from fedq.coordinator.config import CoordinatorConfig
+from fedq.coordinator.ledger import UpdateLedger
+from fedq.coordinator.service import Coordinator
+from fedq.messages.amqp import AmqpTransport
+from fedq.messages.chunks import encode_chunks
+from fedq.messages.schema import MESSAGE_TYPES, UpdateMeta
+from fedq.messages.topology import UPDATE_KEY, Topology
+from fedq.messages.transport import Transport
+from tests.conftest import BROKER_URL
+from tests.helpers import drain, start_fedq
+
+PARAMS = 100_000  # 400 kB of float32: 7 chunks of at most 64 KiB
+CHUNK = 1 << 16
+
+
+def chunks(federation: str, index: int, update_id: str, round_: int = 1) -> list[bytes]:
+    """Participant ``index``'s synthetic update on model v(round - 1), as chunk bodies."""
+    meta = UpdateMeta(
+        federation=federation,
+        participant=f"p{index}",
+        round=round_,
+        base_version=round_ - 1,
+        num_examples=SyntheticApp.num_examples(index),
+        update_id=update_id,
+    )
+    model = SyntheticApp(params=PARAMS).initial_weights()
+    delta = {k: np.full_like(v, SyntheticApp.delta_value(index)) for k, v in model.items()}
+    return list(encode_chunks(meta, delta, "raw", CHUNK))
+
+
+async def publish(
+    sender: Transport, topology: Topology, update_id: str, bodies: list[bytes]
+) -> None:
+    for body in bodies:
+        await sender.publish(
+            topology.updates, UPDATE_KEY, body, message_id=update_id,
+            type=MESSAGE_TYPES["update"], mandatory=True,
+        )  # fmt: skip
+
+
+def dead_letters_by_reason(dead: list) -> dict[str, Counter[bytes]]:
+    out: dict[str, Counter[bytes]] = {}
+    for d in dead:
+        reason = str(d.headers["x-fedq-reason"]).split(":")[0]
+        out.setdefault(reason, Counter())[bytes(d.body)] += 1
+    return out
+
+
+def assert_model_is_fedavg(state_dir: Path, rounds: list[list[int]]) -> None:
+    """The last checkpoint is exactly the FedAvg of the given contributors per round."""
+    expected = sum(SyntheticApp.fedavg_step(who) for who in rounds)
+    weights = load_checkpoint(checkpoint_path(state_dir / "models", len(rounds)))
+    assert sum(w.size for w in weights.values()) == PARAMS
+    for tensor in weights.values():
+        np.testing.assert_allclose(tensor, expected, rtol=1e-6)
+
+
+async def test_lost_copied_reordered_and_tampered_chunks(tmp_path: Path, federation: str):
+    """p1's first update loses a chunk (refused ``incomplete`` after the timeout), its second
+    has a chunk altered in transit (``digest_mismatch`` once complete), p0's arrives in
+    reverse order with one chunk twice, and p1's third is honest. The version is exactly
+    FedAvg of p0's and p1's honest updates."""
+    topology = Topology(federation)
+    lost = chunks(federation, 1, "lost")
+    missing = lost.pop(3)
+    tampered = chunks(federation, 1, "tampered")
+    altered = bytearray(tampered[2])
+    altered[-4] ^= 0x01  # the lowest mantissa byte of the last value: still finite
+    tampered[2] = bytes(altered)
+    reordered = chunks(federation, 0, "reordered")[::-1]
+    reordered.insert(3, reordered[5])  # chunk 1, twice
+    honest = chunks(federation, 1, "honest")
+    assert missing not in lost and len(honest) == 7
+    config = CoordinatorConfig(
+        federation=federation, participants=2, rounds=1, state_dir=tmp_path,
+        round_timeout=600, linger_seconds=0, chunk_bytes=CHUNK, chunk_timeout=2,
+    )  # fmt: skip
+    async with AmqpTransport(BROKER_URL) as sender, AmqpTransport(BROKER_URL) as own:
+        await topology.declare_core(sender)
+        try:
+            coordinator = Coordinator(config, SyntheticApp(params=PARAMS), own)
+            run = asyncio.create_task(coordinator.run())
+            await publish(sender, topology, "lost", lost)
+            await publish(sender, topology, "tampered", tampered)
+            await publish(sender, topology, "reordered", reordered)
+            await asyncio.sleep(4)  # the lost chunk's update times out meanwhile
+            await publish(sender, topology, "honest", honest)
+            result = await asyncio.wait_for(run, 120)
+            assert [sorted(h["participants"]) for h in result.history] == [["p0", "p1"]]
+            assert result.rejected_by_reason == {"incomplete": 1, "digest_mismatch": 1}
+            assert result.duplicates == 1
+            assert await sender.queue_depth(topology.updates) == 0
+            dead = dead_letters_by_reason(await drain(BROKER_URL, topology.rejected))
+            assert dead == {"incomplete": Counter(lost), "digest_mismatch": Counter(tampered)}
+            ledger = UpdateLedger(tmp_path / "ledger.sqlite")
+            assert {u.update_id: u.size for u in ledger.updates_of(1)} == {
+                "reordered": sum(len(b) for b in set(reordered)),
+                "honest": sum(len(b) for b in honest),
+            }
+            ledger.close()
+            assert_model_is_fedavg(tmp_path, [[0, 1]])
+        finally:
+            await topology.delete(sender, [])
+
+
+async def test_a_sender_that_stops_halfway_and_sends_again(tmp_path: Path, federation: str):
+    """A participant dies after 3 of its 7 chunks; restarted, it trains again and sends a
+    new update (a new id). The partial one is refused ``incomplete``, the new one counts."""
+    topology = Topology(federation)
+    partial = chunks(federation, 0, "first-try")[:3]
+    config = CoordinatorConfig(
+        federation=federation, participants=2, rounds=1, state_dir=tmp_path,
+        round_timeout=600, linger_seconds=0, chunk_bytes=CHUNK, chunk_timeout=2,
+    )  # fmt: skip
+    async with AmqpTransport(BROKER_URL) as sender, AmqpTransport(BROKER_URL) as own:
+        await topology.declare_core(sender)
+        try:
+            run = asyncio.create_task(Coordinator(config, SyntheticApp(params=PARAMS), own).run())
+            await publish(sender, topology, "first-try", partial)
+            await publish(sender, topology, "p1", chunks(federation, 1, "p1"))
+            await asyncio.sleep(3)
+            await publish(sender, topology, "second-try", chunks(federation, 0, "second-try"))
+            result = await asyncio.wait_for(run, 120)
+            assert result.rejected_by_reason == {"incomplete": 1}
+            dead = dead_letters_by_reason(await drain(BROKER_URL, topology.rejected))
+            assert dead == {"incomplete": Counter(partial)}
+            assert_model_is_fedavg(tmp_path, [[0, 1]])
+        finally:
+            await topology.delete(sender, [])
+
+
+async def test_coordinator_killed_while_chunks_of_several_updates_are_in_flight(
+    tmp_path: Path, federation: str, monkeypatch: pytest.MonkeyPatch
+):
+    """Three updates' chunks are half in when the coordinator gets SIGKILL: they are held,
+    spooled and unacked. A new coordinator gets them all again with the rest and makes
+    the version from exactly those three updates, each once."""
+    topology = Topology(federation)
+    updates = {i: chunks(federation, i, f"u{i}") for i in range(3)}
+    app = ["--app", "fedq.apps.synthetic:app"]
+    where = ["--federation", federation, "--broker", BROKER_URL, "--state-dir", str(tmp_path)]
+    shape = ["--participants", "3", "--rounds", "1", "--linger", "0", "--chunk-bytes", str(CHUNK)]
+    monkeypatch.setenv("FEDQ_SYNTHETIC_PARAMS", str(PARAMS))
+    async with AmqpTransport(BROKER_URL) as sender:
+        await topology.declare_core(sender)
+        first = start_fedq("coordinator", *app, *where, *shape, log=tmp_path / "c1.log")
+        try:
+            for i, bodies in updates.items():
+                await publish(sender, topology, f"u{i}", bodies[:4])
+            for _ in range(300):  # until the coordinator holds them (delivered, unacked)
+                if await sender.queue_depth(topology.updates) == 0:
+                    break
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(1)
+            spool = list((tmp_path / federation / "spool").glob("*.chunks"))
+            assert len(spool) == 3, (tmp_path / "c1.log").read_text()
+            first.send_signal(signal.SIGKILL)
+            first.wait(timeout=30)
+            for i, bodies in updates.items():
+                await publish(sender, topology, f"u{i}", bodies[4:])
+            second = start_fedq("coordinator", *app, *where, *shape, log=tmp_path / "c2.log")
+            assert second.wait(timeout=120) == 0, (tmp_path / "c2.log").read_text()
+            ledger = UpdateLedger(tmp_path / federation / "ledger.sqlite")
+            assert sorted(u.update_id for u in ledger.updates_of(1)) == ["u0", "u1", "u2"]
+            assert ledger.count_updates() == 3
+            ledger.close()
+            assert await sender.queue_depth(topology.updates) == 0
+            assert await sender.queue_depth(topology.rejected) == 0
+            assert_model_is_fedavg(tmp_path / federation, [[0, 1, 2]])
+        finally:
+            if first.poll() is None:
+                first.kill()
+            await topology.delete(sender, [])
