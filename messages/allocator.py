@@ -17,7 +17,12 @@ import sys
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
-_THRESHOLD = 512 << 20
+#: Above every message body (chunks are at most 16 MiB by default, 120 MiB at most), below
+#: a large model's tensors: bodies are reused from the heap, while model-sized arrays are
+#: mapped and handed back to the system when freed (at 512 MiB, freed model-sized arrays
+#: stayed in a fragmented heap: 8x a 100 MB model at the coordinator's peak, against
+#: about 3x at 64 MiB; ``python bench/large_model.py``).
+_THRESHOLD = int(os.environ.get("FEDQ_MALLOC_THRESHOLD_MB", "64")) << 20
 
 
 def tune_malloc_for_large_buffers() -> bool:

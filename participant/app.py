@@ -83,10 +83,7 @@ class App(Protocol):
 
     def train(self, weights: Weights, partition: Partition, config: TrainConfig) -> TrainResult:
         """Train from ``weights`` on the partition's data; return the local weights.
-
-        ``weights`` are the participant's own writable copy of the global model, and the
-        returned arrays become fedq's: it overwrites them with the delta (one model-sized
-        buffer fewer), so return fresh arrays, never ones the app keeps."""
+        ``weights`` are the participant's own writable copy of the global model."""
         ...
 
     def evaluate(self, weights: Weights) -> dict[str, float] | None:

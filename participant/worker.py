@@ -299,15 +299,9 @@ class Participant:
         return sent
 
     def _delta(self, local: Weights, global_: Weights) -> Weights:
-        """local - global, written over ``local`` (the app's fresh arrays: one model-sized
-        buffer fewer), attacked and compressed as configured."""
-        delta = {}
-        for name, w in global_.items():
-            mine = local[name]
-            if mine.flags.writeable and mine.dtype == w.dtype and mine.shape == w.shape:
-                delta[name] = np.subtract(mine, w, out=mine)
-            else:
-                delta[name] = np.subtract(mine, w, dtype=w.dtype)
+        """local - global, attacked and compressed as configured. ``local`` is left alone:
+        an app may keep what it returned."""
+        delta = {name: np.subtract(local[name], w, dtype=w.dtype) for name, w in global_.items()}
         if self._attack is not None:
             delta = self._attack.apply(delta)
         if self._feedback is not None:

@@ -145,7 +145,8 @@ class Aggregation(abc.ABC):
 
     @abc.abstractmethod
     def result(self) -> Weights:
-        """The aggregated delta (float32, the template's shapes). Needs count >= 1."""
+        """The aggregated delta (float32, the template's shapes). Needs count >= 1. Called
+        once, when the version closes; it may hand over its own buffers."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release what the aggregation holds (spill files). Safe to call twice."""
@@ -176,7 +177,9 @@ class ServerOptimizer(abc.ABC):
 
     @abc.abstractmethod
     def step(self, weights: Mapping[str, np.ndarray], delta: Mapping[str, np.ndarray]) -> Weights:
-        """The new model; ``weights`` is left untouched (it is the committed version)."""
+        """The new model; ``weights`` is left untouched (it is the committed version).
+        ``delta`` (the aggregation's result, used for nothing else) may be overwritten,
+        e.g. to become the new model without another model-sized buffer."""
 
     def state(self) -> State:
         """Arrays to save with the checkpoint by name (any string), empty if stateless."""

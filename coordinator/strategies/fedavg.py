@@ -17,6 +17,15 @@ class FedAvg(ServerOptimizer):
 
     def step(self, weights: Mapping[str, np.ndarray], delta: Mapping[str, np.ndarray]) -> Weights:
         lr = np.float32(self.lr)
-        return {
-            name: (w + lr * delta[name]).astype(w.dtype, copy=False) for name, w in weights.items()
-        }
+        return {name: _plus_scaled(w, lr, delta[name]) for name, w in weights.items()}
+
+
+def _plus_scaled(w: np.ndarray, lr: np.float32, delta: np.ndarray) -> np.ndarray:
+    """w + lr * delta, written over ``delta`` when it is a writable array of w's dtype (the
+    aggregation's result, which nothing else uses): no model-sized temporaries."""
+    if isinstance(delta, np.ndarray) and delta.flags.writeable and delta.dtype == w.dtype:
+        if lr != 1:
+            delta *= lr
+        delta += w
+        return delta
+    return (w + lr * delta).astype(w.dtype, copy=False)

@@ -29,6 +29,7 @@ class StreamingMean(Aggregation):
         self._sums = {name: np.zeros(t.shape, dtype=np.float32) for name, t in template.items()}
         self._scratch = np.empty(BLOCK_VALUES, dtype=np.float32)
         self.total_weight = 0.0
+        self._finished = False
 
     def add(self, delta: Delta, weight: float, scale: float = 1.0) -> None:
         self.add_pieces(WholeDelta(delta), weight, scale)
@@ -46,9 +47,14 @@ class StreamingMean(Aggregation):
         self.count += 1
 
     def result(self) -> Weights:
+        """The mean, made in place in the sums (no second model-sized buffer): call once."""
         assert self.count > 0, "mean of no updates"
+        assert not self._finished, "result() already taken"
+        self._finished = True
         inverse = np.float32(1.0 / self.total_weight)
-        return {name: total * inverse for name, total in self._sums.items()}
+        for total in self._sums.values():
+            total *= inverse
+        return self._sums
 
 
 class WeightedMean(Aggregator):
