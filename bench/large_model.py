@@ -46,10 +46,11 @@ def peak_rss(pid: int) -> int:
     return 0
 
 
-def run(params: int, n: int, rounds: int) -> dict[str, float | int | bool]:
+def run(params: int, n: int, rounds: int, chunk_bytes: int) -> dict[str, float | int | bool]:
     federation = f"large-{uuid.uuid4().hex[:8]}"
     env = os.environ | {"FEDQ_SYNTHETIC_PARAMS": str(params), "TF_CPP_MIN_LOG_LEVEL": "3"}
     where = ["--federation", federation, "--broker", BROKER, "--app", "fedq.apps.synthetic:app"]
+    where += ["--chunk-bytes", str(chunk_bytes)]
     with tempfile.TemporaryDirectory(prefix="fedq-large-") as folder:
         state = Path(folder) / "state"
         shape = ["--participants", str(n), "--rounds", str(rounds), "--linger", "0"]
@@ -74,6 +75,10 @@ def run(params: int, n: int, rounds: int) -> dict[str, float | int | bool]:
             p.wait(timeout=120)
         if coordinator.returncode != 0:
             raise SystemExit((Path(folder) / "c.log").read_text()[-3000:])
+        subprocess.run(
+            [*FEDQ, "teardown", "--federation", federation, "--broker", BROKER],
+            env=env, capture_output=True, check=False,
+        )  # fmt: skip
         ledger = sqlite3.connect(state / federation / "ledger.sqlite")
         commits = [row[0] for row in ledger.execute("SELECT committed_at FROM versions ORDER BY version")]
         ledger.close()
@@ -86,6 +91,7 @@ def run(params: int, n: int, rounds: int) -> dict[str, float | int | bool]:
         "params": params,
         "model_mb": round(model / 1e6, 1),
         "participants": n,
+        "chunk_mib": round(chunk_bytes / 2**20, 2),
         "rounds": rounds,
         "seconds_per_round": round(statistics.median(steps), 2) if steps else float("nan"),
         "coordinator_peak_x_model": round(peaks[coordinator.pid] / model, 2),
@@ -100,8 +106,10 @@ def main() -> None:
     parser.add_argument("--params", type=int, nargs="*", default=[25_000_000, 125_000_000])
     parser.add_argument("--participants", type=int, nargs="*", default=[4, 8])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--chunk-mb", type=float, default=16)
     args = parser.parse_args()
-    rows = [run(p, n, args.rounds) for p in args.params for n in args.participants]
+    chunk = int(args.chunk_mb * 2**20)
+    rows = [run(p, n, args.rounds, chunk) for p in args.params for n in args.participants]
     head = list(rows[0])
     print(" | ".join(head))
     for row in rows:

@@ -127,6 +127,11 @@ class Coordinator:
         #: time, rather than kept: the coordinator holds the model once).
         self._model: tuple[ModelMeta, Weights] | None = None
         self._model_body: bytes | None = None
+        #: One model publish at a time, so two copies of a chunked model (the fanout and a
+        #: join's answer) never interleave in a participant's queue: bounded by bytes, it
+        #: drops the oldest chunks first, which could then be the same index of both
+        #: copies. In sequence, the newest copy always arrives whole.
+        self._publishing_model = asyncio.Lock()
         #: Chunked updates in assembly; made in run() once the model's shapes are known.
         self.assembler: Assembler | None = None
         self._progress_sent = 0.0
@@ -708,17 +713,18 @@ class Coordinator:
             )
             return
         bodies = encode_chunks(meta, weights, self.config.codec, self.config.chunk_bytes)
-        index = 0
-        while (body := await asyncio.to_thread(next, bodies, None)) is not None:
-            await self.transport.publish(
-                exchange,
-                routing_key,
-                body,
-                message_id=f"{message_id}.{index}",
-                type=MESSAGE_TYPES["model"],
-                headers={**headers, "chunk_index": index},
-            )
-            index += 1
+        async with self._publishing_model:
+            index = 0
+            while (body := await asyncio.to_thread(next, bodies, None)) is not None:
+                await self.transport.publish(
+                    exchange,
+                    routing_key,
+                    body,
+                    message_id=f"{message_id}.{index}",
+                    type=MESSAGE_TYPES["model"],
+                    headers={**headers, "chunk_index": index},
+                )
+                index += 1
 
     # --------------------------------------------------------------- result
     def _result(self, started: float) -> FederationResult:

@@ -35,5 +35,5 @@ def tune_malloc_for_large_buffers() -> bool:
     except (OSError, AttributeError):  # musl and others: nothing to tune
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, _THRESHOLD)) and bool(
-        mallopt(_M_TRIM_THRESHOLD, 2 * _THRESHOLD)
+        mallopt(_M_TRIM_THRESHOLD, int(os.environ.get("FEDQ_TRIM_MB", str(2 * (_THRESHOLD >> 20)))) << 20)
     )

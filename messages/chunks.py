@@ -23,6 +23,7 @@ two different messages under one id, never pass. It tells copies apart; it is no
 from __future__ import annotations
 
 import math
+import os
 import struct
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,8 +36,9 @@ from fedq.messages.codec import ChunkInfo, EncodedTensor, WireTensor, encode_bod
 from fedq.messages.codecs import get_codec
 
 #: The default most raw tensor bytes per chunk: well under RabbitMQ's 128 MiB limit, and
-#: small enough that a few in flight cost little memory.
-DEFAULT_CHUNK_BYTES = 16 << 20
+#: small enough that a few in flight cost little memory. ``FEDQ_CHUNK_BYTES`` overrides it
+#: (for every process: coordinator and participants must agree).
+DEFAULT_CHUNK_BYTES = int(os.environ.get("FEDQ_CHUNK_BYTES", str(16 << 20)))
 #: Cuts fall on multiples of this many values (``int8``'s block).
 SLICE_ALIGN = 4096
 

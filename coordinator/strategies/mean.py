@@ -36,6 +36,7 @@ class StreamingMean(Aggregation):
 
     def add_pieces(self, pieces: DeltaPieces, weight: float, scale: float = 1.0) -> None:
         assert weight > 0 and 0 < scale <= 1, "weight > 0 and a staleness factor in (0, 1]"
+        assert not self._finished, "the result was taken"
         factor = np.float32(weight * scale)
         for name, start, values in pieces:
             total = self._sums[name].reshape(-1)[start : start + values.size]
@@ -47,13 +48,14 @@ class StreamingMean(Aggregation):
         self.count += 1
 
     def result(self) -> Weights:
-        """The mean, made in place in the sums (no second model-sized buffer): call once."""
+        """The mean, made in place in the sums (no second model-sized buffer) and handed
+        over: the caller may overwrite it. Adding after it is an error."""
         assert self.count > 0, "mean of no updates"
-        assert not self._finished, "result() already taken"
-        self._finished = True
-        inverse = np.float32(1.0 / self.total_weight)
-        for total in self._sums.values():
-            total *= inverse
+        if not self._finished:
+            self._finished = True
+            inverse = np.float32(1.0 / self.total_weight)
+            for total in self._sums.values():
+                total *= inverse
         return self._sums
 
 
