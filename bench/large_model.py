@@ -2,7 +2,7 @@
 
 One ``fedq coordinator`` and N ``fedq participant`` processes (``fedq.apps.synthetic:app``
 with ``FEDQ_SYNTHETIC_PARAMS`` = P float32 values), quorum N, models and updates chunked at
-16 MiB. Reports seconds per round (the ledger's commits, median from round 2), each
+4 MiB (``--chunk-mb``). Reports seconds per round (the ledger's commits, median from round 2), each
 process's peak RSS (``VmHWM``) as a multiple of the model's size, and whether the final
 model is exactly the FedAvg of every update (the synthetic app's oracle).
 
@@ -61,7 +61,8 @@ def run(params: int, n: int, rounds: int, chunk_bytes: int) -> dict[str, float |
         participants = [
             subprocess.Popen(
                 [*FEDQ, "participant", *where, "--id", f"p{i}", "--partition", f"{i}/{n}"],
-                env=env, stdout=(Path(folder) / f"p{i}.log").open("wb"),
+                env=env,
+                stdout=(Path(folder) / f"p{i}.log").open("wb"),
                 stderr=subprocess.STDOUT,
             )  # fmt: skip
             for i in range(n)
@@ -80,7 +81,9 @@ def run(params: int, n: int, rounds: int, chunk_bytes: int) -> dict[str, float |
             env=env, capture_output=True, check=False,
         )  # fmt: skip
         ledger = sqlite3.connect(state / federation / "ledger.sqlite")
-        commits = [row[0] for row in ledger.execute("SELECT committed_at FROM versions ORDER BY version")]
+        commits = [
+            row[0] for row in ledger.execute("SELECT committed_at FROM versions ORDER BY version")
+        ]
         ledger.close()
         final = load_checkpoint(checkpoint_path(state / federation / "models", rounds))
         expected = rounds * SyntheticApp.fedavg_step(range(n))
@@ -106,7 +109,7 @@ def main() -> None:
     parser.add_argument("--params", type=int, nargs="*", default=[25_000_000, 125_000_000])
     parser.add_argument("--participants", type=int, nargs="*", default=[4, 8])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--chunk-mb", type=float, default=16)
+    parser.add_argument("--chunk-mb", type=float, default=4)
     args = parser.parse_args()
     chunk = int(args.chunk_mb * 2**20)
     rows = [run(p, n, args.rounds, chunk) for p in args.params for n in args.participants]

@@ -35,10 +35,13 @@ from pydantic import BaseModel
 from fedq.messages.codec import ChunkInfo, EncodedTensor, WireTensor, encode_body, encode_message
 from fedq.messages.codecs import get_codec
 
-#: The default most raw tensor bytes per chunk: well under RabbitMQ's 128 MiB limit, and
-#: small enough that a few in flight cost little memory. ``FEDQ_CHUNK_BYTES`` overrides it
-#: (for every process: coordinator and participants must agree).
-DEFAULT_CHUNK_BYTES = int(os.environ.get("FEDQ_CHUNK_BYTES", str(16 << 20)))
+#: The default most raw tensor bytes per chunk: far under RabbitMQ's 128 MiB limit, and
+#: small because each body in flight costs several transient copies in the AMQP client
+#: (frames, the socket buffer): at 10M parameters the coordinator peaked at 342 MiB with
+#: 16 MiB chunks and 267 MiB with 4 MiB chunks, rounds no slower
+#: (``python bench/large_model.py --chunk-mb``). ``FEDQ_CHUNK_BYTES`` overrides it (for
+#: every process: coordinator and participants must agree).
+DEFAULT_CHUNK_BYTES = int(os.environ.get("FEDQ_CHUNK_BYTES", str(4 << 20)))
 #: Cuts fall on multiples of this many values (``int8``'s block).
 SLICE_ALIGN = 4096
 
