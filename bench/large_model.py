@@ -15,6 +15,7 @@ Not yet here: the raw aio-pika floor moving the same chunks in the same run.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sqlite3
@@ -64,7 +65,7 @@ def run(params: int, n: int, rounds: int, chunk_bytes: int) -> dict[str, float |
                 env=env,
                 stdout=(Path(folder) / f"p{i}.log").open("wb"),
                 stderr=subprocess.STDOUT,
-            )  # fmt: skip
+            )
             for i in range(n)
         ]
         peaks = {p.pid: 0 for p in [coordinator, *participants]}
@@ -89,7 +90,7 @@ def run(params: int, n: int, rounds: int, chunk_bytes: int) -> dict[str, float |
         expected = rounds * SyntheticApp.fedavg_step(range(n))
         exact = all(np.allclose(t, expected, rtol=1e-5) for t in final.values())
     model = params * 4
-    steps = [b - a for a, b in zip(commits, commits[1:], strict=False)]
+    steps = [b - a for a, b in itertools.pairwise(commits)]
     return {
         "params": params,
         "model_mb": round(model / 1e6, 1),

@@ -83,7 +83,8 @@ class App(Protocol):
 
     def train(self, weights: Weights, partition: Partition, config: TrainConfig) -> TrainResult:
         """Train from ``weights`` on the partition's data; return the local weights.
-        ``weights`` are the participant's own writable copy of the global model."""
+        ``weights`` are the participant's own writable copy of the global model, which it
+        reuses once ``train`` returns (it becomes the delta): copy what you keep of it."""
         ...
 
     def evaluate(self, weights: Weights) -> dict[str, float] | None:

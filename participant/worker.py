@@ -299,9 +299,16 @@ class Participant:
         return sent
 
     def _delta(self, local: Weights, global_: Weights) -> Weights:
-        """local - global, attacked and compressed as configured. ``local`` is left alone:
-        an app may keep what it returned."""
-        delta = {name: np.subtract(local[name], w, dtype=w.dtype) for name, w in global_.items()}
+        """local - global, attacked and compressed as configured, written over ``global_``:
+        the participant's own copy of the model, of no use once trained on (one
+        model-sized buffer fewer). ``local`` is left alone: an app may keep it."""
+        delta = {}
+        for name, w in global_.items():
+            mine = local[name]
+            if w.flags.writeable and w.shape == mine.shape:
+                delta[name] = np.subtract(mine, w, out=w, dtype=w.dtype, casting="unsafe")
+            else:
+                delta[name] = np.subtract(mine, w, dtype=w.dtype)
         if self._attack is not None:
             delta = self._attack.apply(delta)
         if self._feedback is not None:
