@@ -366,23 +366,34 @@ async def _wall_stamp(awaitable: Awaitable[object]) -> float:
     return time.time()
 
 
+Bodies = list[bytes]
+"""A message as the bodies that carry it: one, or its chunks (each confirmed in turn)."""
+
+
 def raw_participant(
     url: str,
     index: int,
     updates: str,
     model_queue: str,
-    body: bytes,
+    bodies: Bodies,
+    model_chunks: int,
     rounds: int,
     ready: MpQueue[int],
     results: MpQueue[tuple[int, list[float], list[float]]],
 ) -> None:
-    """A floor participant process: on each model copy, ack it and publish one update.
-    Reports (index, model copies consumed at, update publishes confirmed at)."""
+    """A floor participant process: on each model copy (``model_chunks`` messages), ack
+    it and publish one update (``bodies``, each confirmed before the next). Reports
+    (index, model copies consumed at, update publishes confirmed at)."""
     tune_malloc_for_large_buffers()  # as the fedq CLI does at start
     received, confirmed = asyncio.run(
-        _raw_participant(url, index, updates, model_queue, body, rounds, ready)
+        _raw_participant(url, index, updates, model_queue, bodies, model_chunks, rounds, ready)
     )
     results.put((index, received, confirmed))
+
+
+async def _publish_all(exchange: Any, bodies: Bodies, routing_key: str) -> None:
+    for body in bodies:
+        await exchange.publish(_persistent(body), routing_key)
 
 
 async def _raw_participant(
@@ -390,7 +401,8 @@ async def _raw_participant(
     index: int,
     updates: str,
     model_queue: str,
-    body: bytes,
+    bodies: Bodies,
+    model_chunks: int,
     rounds: int,
     ready: MpQueue[int],
 ) -> tuple[list[float], list[float]]:
@@ -401,10 +413,14 @@ async def _raw_participant(
         consuming = await connection.channel()
         await consuming.set_qos(prefetch_count=1)
         arrived: asyncio.Queue[float] = asyncio.Queue()
+        chunks_seen = 0
 
         async def on_model(message: AbstractIncomingMessage) -> None:
+            nonlocal chunks_seen
             await message.ack()
-            arrived.put_nowait(time.time())
+            chunks_seen += 1
+            if chunks_seen % model_chunks == 0:
+                arrived.put_nowait(time.time())
 
         await (await consuming.get_queue(model_queue, ensure=False)).consume(on_model)
         ready.put(index)
@@ -413,7 +429,7 @@ async def _raw_participant(
         for _ in range(rounds):
             received.append(await arrived.get())
             pending.append(
-                asyncio.create_task(_wall_stamp(exchange.publish(_persistent(body), "update")))
+                asyncio.create_task(_wall_stamp(_publish_all(exchange, bodies, "update")))
             )
         confirmed = list(await asyncio.gather(*pending))
         await consuming.close()
@@ -462,10 +478,12 @@ async def declare_raw_topology(
     models: str,
     model_queues: Sequence[str],
     queue_type: str,
+    model_bound: dict[str, int] | None = None,
 ) -> None:
     """The raw floor's topology (both shapes): a direct updates exchange bound to one
     durable queue of ``queue_type``, and a fanout models exchange feeding one
-    ``x-max-length: 1`` drop-head queue per participant, as fedq's topology has them."""
+    ``x-max-length: 1`` drop-head queue per participant, as fedq's topology has them
+    (``model_bound`` replaces the length bound, e.g. by bytes for chunked models)."""
     channel = await connection.channel()
     update_exchange = await channel.declare_exchange(
         updates, aio_pika.ExchangeType.DIRECT, durable=True
@@ -479,7 +497,9 @@ async def declare_raw_topology(
     )
     for name in model_queues:
         queue_ = await channel.declare_queue(
-            name, durable=True, arguments={"x-max-length": 1, "x-overflow": "drop-head"}
+            name,
+            durable=True,
+            arguments={**(model_bound or {"x-max-length": 1}), "x-overflow": "drop-head"},
         )
         await queue_.bind(model_exchange)
     await channel.close()
@@ -497,9 +517,19 @@ async def _delete_raw(
 
 
 async def run_raw_processes(
-    url: str, n: int, update_body: bytes, model_body: bytes, rounds: int, queue_type: str
+    url: str,
+    n: int,
+    update_body: bytes | Bodies,
+    model_body: bytes | Bodies,
+    rounds: int,
+    queue_type: str,
 ) -> RawProcessResult:
-    """The floor in the deployment shape: N participant processes, one connection each."""
+    """The floor in the deployment shape: N participant processes, one connection each.
+    A model or update given as several bodies (chunks) goes as those messages in turn."""
+    update_bodies = [update_body] if isinstance(update_body, bytes) else update_body
+    model_bodies = [model_body] if isinstance(model_body, bytes) else model_body
+    chunked = len(model_bodies) > 1
+    bound = {"x-max-length-bytes": 2 * sum(map(len, model_bodies))} if chunked else None
     prefix = f"fedq-bench-rawproc-{uuid.uuid4().hex[:12]}"
     updates, models = f"{prefix}.updates", f"{prefix}.models"
     model_queues = [f"{prefix}.model.p{i}" for i in range(n)]
@@ -509,7 +539,17 @@ async def run_raw_processes(
     processes = [
         context.Process(
             target=raw_participant,
-            args=(url, i, updates, model_queues[i], update_body, rounds, ready, results),
+            args=(
+                url,
+                i,
+                updates,
+                model_queues[i],
+                update_bodies,
+                len(model_bodies),
+                rounds,
+                ready,
+                results,
+            ),
             name=f"raw-p{i}",
             daemon=True,
         )
@@ -517,13 +557,19 @@ async def run_raw_processes(
     ]
     connection = await aio_pika.connect_robust(url)
     try:
-        await declare_raw_topology(connection, updates, models, model_queues, queue_type)
+        await declare_raw_topology(connection, updates, models, model_queues, queue_type, bound)
         for process in processes:
             process.start()
         await _collect(ready, processes, n, limit=300.0)
         pids = [p.pid for p in processes if p.pid is not None]
         ends, cpu, publishes, model_confirms = await _raw_coordinator(
-            connection, updates, models, model_body, n, rounds, CpuClocks(os.getpid(), pids)
+            connection,
+            updates,
+            models,
+            model_bodies,
+            n * len(update_bodies),
+            rounds,
+            CpuClocks(os.getpid(), pids),
         )
         reports = await _collect(results, processes, n, limit=120.0)
         for process in processes:
@@ -561,18 +607,18 @@ async def _raw_coordinator(
     connection: AbstractRobustConnection,
     updates: str,
     models: str,
-    model_body: bytes,
-    n: int,
+    model_bodies: Bodies,
+    messages: int,
     rounds: int,
     clocks: CpuClocks,
 ) -> tuple[dict[int, float], dict[int, ShapeCpu], dict[int, float], dict[int, float]]:
-    """The floor's coordinator side: per round, publish the model (fanout, confirmed) and
-    consume N updates. Returns each round's end, CPU clocks at the end, model publish start
-    and model confirm (wall clock)."""
+    """The floor's coordinator side: per round, publish the model (fanout, each body
+    confirmed in turn) and consume ``messages`` update messages. Returns each round's end,
+    CPU clocks at the end, model publish start and model confirm (wall clock)."""
     publishing = await connection.channel(publisher_confirms=True)
     exchange = await publishing.get_exchange(models, ensure=False)
     consuming = await connection.channel()
-    await consuming.set_qos(prefetch_count=max(2 * n, 16))
+    await consuming.set_qos(prefetch_count=min(max(2 * messages, 16), 64))
     countdown = _Countdown(0)
 
     async def on_update(message: AbstractIncomingMessage) -> None:
@@ -585,11 +631,9 @@ async def _raw_coordinator(
     confirms: dict[int, float] = {}
     try:
         for round_ in range(1, rounds + 1):
-            countdown = _Countdown(n)
+            countdown = _Countdown(messages)
             publishes[round_] = time.time()
-            confirm = asyncio.create_task(
-                _wall_stamp(exchange.publish(_persistent(model_body), ""))
-            )
+            confirm = asyncio.create_task(_wall_stamp(_publish_all(exchange, model_bodies, "")))
             await countdown.done.wait()
             ends[round_] = countdown.at
             cpu[round_] = clocks.now()

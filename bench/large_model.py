@@ -9,12 +9,17 @@ model is exactly the FedAvg of every update (the synthetic app's oracle).
     python bench/large_model.py                      # 100 MB and 500 MB, N = 4 and 8
     python bench/large_model.py --params 25000000 --participants 4 --rounds 3
 
-Not yet here: the raw aio-pika floor moving the same chunks in the same run.
+Next to each fedq run, in the same run, the raw aio-pika floor of
+``bench/round_overhead.py --processes`` (``bench/deployment_shape.py``) moves the same
+chunk bodies in the same shape: N participant processes, each confirming its update's
+chunks one after another, and the coordinator side fanning out the model's chunks, each
+confirmed in turn, as fedq does.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import itertools
 import json
 import os
@@ -28,9 +33,12 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+from deployment_shape import run_raw_processes
 
 from fedq.apps.synthetic import SyntheticApp
 from fedq.coordinator.checkpoint import checkpoint_path, load_checkpoint
+from fedq.messages.chunks import encode_chunks
+from fedq.messages.schema import ModelMeta, UpdateMeta
 
 BROKER = os.environ.get("FEDQ_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/")
 FEDQ = [sys.executable, "-m", "fedq.cli"]
@@ -105,6 +113,23 @@ def run(params: int, n: int, rounds: int, chunk_bytes: int) -> dict[str, float |
     }
 
 
+def raw_floor(params: int, n: int, rounds: int, chunk_bytes: int) -> float:
+    """Seconds per round of the raw floor moving fedq's chunk bodies for this shape."""
+    app = SyntheticApp(params=params)
+    weights = app.initial_weights()
+    model = ModelMeta(federation="floor", version=0, round=1, rounds_total=rounds)
+    model_chunks = list(encode_chunks(model, weights, "raw", chunk_bytes))
+    update = UpdateMeta(federation="floor", participant="p0", round=1, base_version=0,
+                        num_examples=app.num_examples(0))  # fmt: skip
+    delta = {k: w + np.float32(app.delta_value(0)) for k, w in weights.items()}
+    update_chunks = list(encode_chunks(update, delta, "raw", chunk_bytes))
+    del weights, delta
+    result = asyncio.run(
+        run_raw_processes(BROKER, n, update_chunks, model_chunks, max(rounds, 2), "quorum")
+    )
+    return result.seconds_per_round
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=int, nargs="*", default=[25_000_000, 125_000_000])
@@ -113,7 +138,14 @@ def main() -> None:
     parser.add_argument("--chunk-mb", type=float, default=4)
     args = parser.parse_args()
     chunk = int(args.chunk_mb * 2**20)
-    rows = [run(p, n, args.rounds, chunk) for p in args.params for n in args.participants]
+    rows = []
+    for p in args.params:
+        for n in args.participants:
+            row = run(p, n, args.rounds, chunk)
+            floor = raw_floor(p, n, args.rounds, chunk)
+            row["raw_seconds_per_round"] = round(floor, 2)
+            row["ratio"] = round(float(row["seconds_per_round"]) / floor, 2)
+            rows.append(row)
     head = list(rows[0])
     print(" | ".join(head))
     for row in rows:
