@@ -22,7 +22,7 @@ from fedq.messages.amqp import AmqpTransport
 from fedq.messages.chunks import encode_chunks
 from fedq.messages.schema import MESSAGE_TYPES, UpdateMeta
 from fedq.messages.topology import UPDATE_KEY, Topology
-from fedq.messages.transport import Transport
+from fedq.messages.transport import Delivery, Transport
 from tests.conftest import BROKER_URL
 from tests.helpers import drain, start_fedq
 
@@ -55,7 +55,7 @@ async def publish(
         )  # fmt: skip
 
 
-def dead_letters_by_reason(dead: list) -> dict[str, Counter[bytes]]:
+def dead_letters_by_reason(dead: list[Delivery]) -> dict[str, Counter[bytes]]:
     out: dict[str, Counter[bytes]] = {}
     for d in dead:
         reason = str(d.headers["x-fedq-reason"]).split(":")[0]

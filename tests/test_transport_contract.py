@@ -116,6 +116,30 @@ async def test_max_length_one_drop_head_keeps_only_the_newest(transport_pair):
         await pub.delete_queue(queue)
 
 
+async def test_max_length_bytes_drop_head_keeps_the_newest_that_fit(transport_pair):
+    """A chunked model's queue: bounded by bytes, the oldest ready messages go first, and
+    delivered (unacked) ones do not count."""
+    pub, sub = transport_pair
+    _, queue = names()
+    await pub.declare_queue(queue, arguments={"x-max-length-bytes": 25, "x-overflow": "drop-head"})
+    try:
+        async with sub.consume(queue, prefetch=1) as deliveries:
+            await pub.publish("", queue, b"held-chunk")  # 10 bytes, delivered and kept unacked
+            held = await next_delivery(deliveries)
+            for index in range(4):
+                await pub.publish("", queue, f"chunk-{index}-10".encode())  # 10 bytes each
+            assert await sub.queue_depth(queue) == 2  # 20 of 25 bytes: chunk 2 and chunk 3
+            await held.ack()
+            kept = []
+            for _ in range(2):
+                delivery = await next_delivery(deliveries)
+                kept.append(bytes(delivery.body))
+                await delivery.ack()
+            assert kept == [b"chunk-2-10", b"chunk-3-10"]
+    finally:
+        await pub.delete_queue(queue)
+
+
 async def test_a_queue_counts_its_consumers(transport_pair):
     pub, sub = transport_pair
     _, queue = names()
