@@ -22,7 +22,6 @@ two different messages under one id, never pass. It tells copies apart; it is no
 
 from __future__ import annotations
 
-import math
 import os
 import struct
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -157,8 +156,3 @@ def encode_chunks(
 
 def chunk_count(tensors: Mapping[str, np.ndarray], chunk_bytes: int) -> int:
     return len(plan_chunks(tensors, chunk_bytes))
-
-
-def raw_bytes(shapes: Iterable[tuple[tuple[int, ...], np.dtype]]) -> int:
-    """Raw bytes of tensors given as (shape, dtype)."""
-    return sum(math.prod(shape) * np.dtype(dtype).itemsize for shape, dtype in shapes)

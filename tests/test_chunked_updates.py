@@ -55,6 +55,14 @@ async def publish(
         )  # fmt: skip
 
 
+def two_participants(federation: str, state_dir: Path) -> CoordinatorConfig:
+    """One round of two participants, chunks as sent here, a 2 s chunk timeout."""
+    return CoordinatorConfig(
+        federation=federation, participants=2, rounds=1, state_dir=state_dir,
+        round_timeout=600, linger_seconds=0, chunk_bytes=CHUNK, chunk_timeout=2,
+    )  # fmt: skip
+
+
 def dead_letters_by_reason(dead: list[Delivery]) -> dict[str, Counter[bytes]]:
     out: dict[str, Counter[bytes]] = {}
     for d in dead:
@@ -88,10 +96,7 @@ async def test_lost_copied_reordered_and_tampered_chunks(tmp_path: Path, federat
     reordered.insert(3, reordered[5])  # chunk 1, twice
     honest = chunks(federation, 1, "honest")
     assert missing not in lost and len(honest) == 7
-    config = CoordinatorConfig(
-        federation=federation, participants=2, rounds=1, state_dir=tmp_path,
-        round_timeout=600, linger_seconds=0, chunk_bytes=CHUNK, chunk_timeout=2,
-    )  # fmt: skip
+    config = two_participants(federation, tmp_path)
     async with AmqpTransport(BROKER_URL) as sender, AmqpTransport(BROKER_URL) as own:
         await topology.declare_core(sender)
         try:
@@ -125,10 +130,7 @@ async def test_a_sender_that_stops_halfway_and_sends_again(tmp_path: Path, feder
     new update (a new id). The partial one is refused ``incomplete``, the new one counts."""
     topology = Topology(federation)
     partial = chunks(federation, 0, "first-try")[:3]
-    config = CoordinatorConfig(
-        federation=federation, participants=2, rounds=1, state_dir=tmp_path,
-        round_timeout=600, linger_seconds=0, chunk_bytes=CHUNK, chunk_timeout=2,
-    )  # fmt: skip
+    config = two_participants(federation, tmp_path)
     async with AmqpTransport(BROKER_URL) as sender, AmqpTransport(BROKER_URL) as own:
         await topology.declare_core(sender)
         try:
