@@ -5,13 +5,17 @@
 For 4 MB and 40 MB float32 updates: encode (metadata + tensors -> one msgpack body) and
 decode (body -> validated metadata + zero-copy tensor views), as GB/s of tensor payload
 and as a ratio to memcpy of the same bytes into a warm buffer (best of N runs each).
-For context it also times naive ``msgpack.packb`` / ``unpackb`` of the payload as bytes.
+Codec ``raw/chunks`` is the 40 MB update as fedq sends it: chunks of the default chunk
+size (``encode_chunks``, each body made and dropped in turn, digests included; decode of
+every chunk). For context it also times naive ``msgpack.packb`` / ``unpackb`` of the
+payload as bytes. Ends with one JSON line of the figures.
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
+import json
 import time
 from collections.abc import Callable
 
@@ -19,6 +23,7 @@ import msgpack
 import numpy as np
 
 from fedq.messages.allocator import tune_malloc_for_large_buffers
+from fedq.messages.chunks import DEFAULT_CHUNK_BYTES, encode_chunks
 from fedq.messages.codec import decode_message, encode_message
 from fedq.messages.schema import UpdateMeta
 
@@ -50,18 +55,26 @@ def main() -> None:
     )
     rng = np.random.default_rng(0)
     header = (
-        f"{'size':>6} {'codec':>6} {'memcpy GB/s':>12} {'encode GB/s':>12} {'ratio':>6} "
+        f"{'size':>6} {'codec':>10} {'memcpy GB/s':>8} {'encode GB/s':>12} {'ratio':>6} "
         f"{'decode GB/s':>12} {'ratio':>7} {'packb ratio':>12} {'unpackb ratio':>14}"
     )
     print(header)
+    rows: list[dict[str, object]] = []
     for megabytes in (4, 40):
-        for line in measure(meta, megabytes, args.tensors, args.repeat, rng):
-            print(line)
+        for row in measure(meta, megabytes, args.tensors, args.repeat, rng):
+            rows.append(row)
+            print(
+                f"{megabytes:>4}MB {row['codec']:>10} {row['memcpy_gbs']:>8.2f} "
+                f"{row['encode_gbs']:>12.2f} {row['encode_ratio']:>6.2f} "
+                f"{row['decode_gbs']:>12.1f} {row['decode_ratio']:>7.1f} "
+                f"{row['packb_ratio']:>12.2f} {row['unpackb_ratio']:>14.2f}"
+            )
+    print(json.dumps({"bench": "codec", "malloc_tuning": tuned, "rows": rows}))
 
 
 def measure(
     meta: UpdateMeta, megabytes: int, n_tensors: int, repeat: int, rng: np.random.Generator
-) -> list[str]:
+) -> list[dict[str, object]]:
     params = megabytes * 1_000_000 // 4
     sizes = np.array_split(np.arange(params), n_tensors)
     tensors = {f"t{i}": rng.standard_normal(len(s)).astype(np.float32) for i, s in enumerate(sizes)}
@@ -73,25 +86,48 @@ def measure(
     packb = best_seconds(lambda: msgpack.packb(payload), repeat)
     packed = msgpack.packb(payload)
     unpackb = best_seconds(lambda: msgpack.unpackb(packed), repeat)
-    lines = []
-    for codec in ("raw", "fp16"):
-        body = encode_message(meta, tensors, codec)
+    rows = []
+    codecs = (
+        ("raw", "fp16", "raw/chunks")
+        if megabytes * 1_000_000 > DEFAULT_CHUNK_BYTES
+        else ("raw", "fp16")
+    )
+    for codec in codecs:
+        chunked = codec == "raw/chunks"
+        bodies = (
+            list(encode_chunks(meta, tensors, "raw"))
+            if chunked
+            else [encode_message(meta, tensors, codec)]
+        )
 
-        def encode(c: str = codec) -> None:
-            encode_message(meta, tensors, c)
+        def encode(c: str = codec, chunked: bool = chunked) -> None:
+            if chunked:
+                for _ in encode_chunks(meta, tensors, "raw"):
+                    pass
+            else:
+                encode_message(meta, tensors, c)
 
-        def decode(b: bytes = body) -> None:
-            decoded = decode_message(b)
-            decoded.meta(UpdateMeta)
-            decoded.weights()
+        def decode(bodies: list[bytes] = bodies) -> None:
+            for b in bodies:
+                decoded = decode_message(b)
+                decoded.meta(UpdateMeta)
+                decoded.weights()
 
         enc, dec = best_seconds(encode, repeat), best_seconds(decode, repeat)
-        lines.append(
-            f"{megabytes:>4}MB {codec:>6} {gb / memcpy:>12.2f} {gb / enc:>12.2f} "
-            f"{memcpy / enc:>6.2f} {gb / dec:>12.1f} {memcpy / dec:>7.1f} "
-            f"{memcpy / packb:>12.2f} {memcpy / unpackb:>14.2f}"
+        rows.append(
+            {
+                "megabytes": megabytes,
+                "codec": codec,
+                "memcpy_gbs": round(gb / memcpy, 2),
+                "encode_gbs": round(gb / enc, 2),
+                "encode_ratio": round(memcpy / enc, 2),
+                "decode_gbs": round(gb / dec, 1),
+                "decode_ratio": round(memcpy / dec, 1),
+                "packb_ratio": round(memcpy / packb, 2),
+                "unpackb_ratio": round(memcpy / unpackb, 2),
+            }
         )
-    return lines
+    return rows
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
 from collections import Counter
 from pathlib import Path
 
@@ -146,6 +147,52 @@ async def test_a_sender_that_stops_halfway_and_sends_again(tmp_path: Path, feder
             assert_model_is_fedavg(tmp_path, [[0, 1]])
         finally:
             await topology.delete(sender, [])
+
+
+async def test_a_participant_process_killed_halfway_through_sending(
+    tmp_path: Path, federation: str, monkeypatch: pytest.MonkeyPatch
+):
+    """A real ``fedq participant`` gets SIGKILL while its update's chunks are going out
+    (its spool file at the coordinator has begun). Restarted, it finds the model again,
+    trains and sends a new update: the partial one is refused ``incomplete``, the version is
+    exactly FedAvg of the new one and the other participant's."""
+    params = 5_000_000  # 20 MB: 306 chunks of 64 KiB, sent one after another
+    monkeypatch.setenv("FEDQ_SYNTHETIC_PARAMS", str(params))
+    config = two_participants(federation, tmp_path)
+    topology = Topology(federation)
+    args = ["--app", "fedq.apps.synthetic:app", "--federation", federation]
+    args += ["--broker", BROKER_URL, "--chunk-bytes", str(CHUNK)]
+
+    def participant(i: int, log: str) -> subprocess.Popen[bytes]:
+        return start_fedq("participant", *args, "--id", f"p{i}", "--partition", f"{i}/2",
+                          log=tmp_path / log)  # fmt: skip
+
+    async with AmqpTransport(BROKER_URL) as own:
+        run = asyncio.create_task(Coordinator(config, SyntheticApp(params=params), own).run())
+        first = participant(0, "p0-first.log")
+        try:
+            spool = tmp_path / "spool"
+            for _ in range(6000):  # until p0's first chunks are in the coordinator's spool
+                if spool.is_dir() and any(spool.glob("*.chunks")):
+                    break
+                await asyncio.sleep(0.005)
+            first.send_signal(signal.SIGKILL)
+            first.wait(timeout=30)
+            assert len(list(spool.glob("*.chunks"))) == 1, (tmp_path / "p0-first.log").read_text()
+            await asyncio.sleep(3)  # past the chunk timeout: refused while the round is open
+            others = [participant(0, "p0-second.log"), participant(1, "p1.log")]
+            result = await asyncio.wait_for(run, 180)
+            for process in others:
+                assert process.wait(timeout=60) == 0
+            assert result.rejected_by_reason == {"incomplete": 1}
+            assert [sorted(h["participants"]) for h in result.history] == [["p0", "p1"]]
+            weights = load_checkpoint(checkpoint_path(tmp_path / "models", 1))
+            for tensor in weights.values():
+                np.testing.assert_allclose(tensor, SyntheticApp.fedavg_step([0, 1]), rtol=1e-6)
+        finally:
+            if first.poll() is None:
+                first.kill()
+            await topology.delete(own, ["p0", "p1"])
 
 
 async def test_coordinator_killed_while_chunks_of_several_updates_are_in_flight(
