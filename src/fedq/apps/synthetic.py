@@ -20,7 +20,6 @@ class SyntheticApp:
     def __init__(self, params: int | None = None, tensors: int = 4) -> None:
         self.params = params or int(os.environ.get("FEDQ_SYNTHETIC_PARAMS", "100000"))
         self.tensors = max(1, min(tensors, self.params))
-        self._delta: dict[int, Weights] = {}
 
     def _sizes(self) -> list[int]:
         base, extra = divmod(self.params, self.tensors)
@@ -48,12 +47,10 @@ class SyntheticApp:
         return sum(cls.num_examples(i) * cls.delta_value(i) for i in chosen) / total
 
     def train(self, weights: Weights, partition: Partition, config: TrainConfig) -> TrainResult:
-        delta = self._delta.get(partition.index)
-        if delta is None:  # made once per partition: the benchmark times fedq, not numpy
-            value = np.float32(self.delta_value(partition.index))
-            delta = {name: np.full_like(w, value, dtype=np.float32) for name, w in weights.items()}
-            self._delta[partition.index] = delta
-        local = {name: w + delta[name] for name, w in weights.items()}
+        # The delta is one value everywhere: adding it as a scalar keeps no delta array
+        # around (the app holds only what it returns) and costs one pass, like fedq's own.
+        value = np.float32(self.delta_value(partition.index))
+        local = {name: w + value for name, w in weights.items()}
         examples = self.num_examples(partition.index)
         return TrainResult(local, num_examples=examples, metrics={"loss": 0.0})
 
