@@ -37,13 +37,26 @@ class _Assembly:
     deliveries: list[Delivery] = field(default_factory=list)
 
 
+def writable_copy(decoded: DecodedMessage) -> Weights:
+    """Decoded tensors are read-only views of the body (maybe fp16): train on float copies."""
+    return {t.name: np.array(t.array, dtype=t.dtype) for t in decoded.tensors}
+
+
 @dataclass(frozen=True)
 class WholeModel:
     meta: ModelMeta
-    #: Writable, the participant's own.
-    weights: Weights
+    #: The participant's own arrays (a chunked model, assembled), or the message to copy
+    #: them from (a model in one message: M virtual participants share its body until
+    #: each is at work, so the copy is made then, not on arrival).
+    source: Weights | DecodedMessage
     #: To ack once the update trained on it is confirmed.
     deliveries: list[Delivery]
+
+    def own_weights(self) -> Weights:
+        """Writable arrays of the model, the participant's own (run in a worker thread)."""
+        if isinstance(self.source, DecodedMessage):
+            return writable_copy(self.source)
+        return self.source
 
 
 class ModelAssembler:

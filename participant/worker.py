@@ -20,7 +20,6 @@ import numpy as np
 
 from fedq.messages.chunks import DEFAULT_CHUNK_BYTES, chunk_count, encode_chunks
 from fedq.messages.codec import (
-    DecodedMessage,
     MalformedMessage,
     Weights,
     decode_message,
@@ -99,11 +98,6 @@ class ParticipantStats:
     dropped_versions: list[int] = field(default_factory=list)
 
 
-def writable_copy(decoded: DecodedMessage) -> Weights:
-    """Decoded tensors are read-only views of the body (maybe fp16): train on float copies."""
-    return {t.name: np.array(t.array, dtype=t.dtype) for t in decoded.tensors}
-
-
 def _model_bytes(app: App) -> int:
     """The raw size of the app's model, which tells whether models come in chunks."""
     return sum(w.nbytes for w in app.initial_weights().values())
@@ -157,7 +151,7 @@ class Participant:
                     for settled in finished:
                         await self._settle(settled)
                     if model is not None:
-                        await self._train_round(model.meta, model.weights)
+                        await self._train_round(model)
                         for settled in model.deliveries:
                             await self._settle(settled)
         finally:
@@ -190,9 +184,8 @@ class Participant:
         seen = max(self.stats.last_version, self._dropped)
         if meta.federation != self.config.federation or meta.version <= seen:
             return None, [delivery]  # already trained on or skipped (e.g. the join's answer)
-        if decoded.chunk is None:
-            weights = await asyncio.to_thread(writable_copy, decoded)
-            return WholeModel(meta, weights, [delivery]), []
+        if decoded.chunk is None:  # copied only once at work (``working``)
+            return WholeModel(meta, decoded, [delivery]), []
         try:
             result = await asyncio.to_thread(self._models.add, meta, decoded, delivery)
         except MalformedMessage as exc:
@@ -202,7 +195,8 @@ class Participant:
         delivery.release_body()  # copied into the model's buffers
         return result
 
-    async def _train_round(self, meta: ModelMeta, weights: Weights) -> None:
+    async def _train_round(self, model: WholeModel) -> None:
+        meta = model.meta
         config = self.config
         if drops_out(config.dropout_seed, config.participant_id, meta.version, config.dropout):
             self._dropped = meta.version
@@ -214,7 +208,7 @@ class Participant:
         await self._beat()
         try:
             async with working():  # one of a few at a time per process: memory O(few x model)
-                await self._train_and_send(meta, weights)
+                await self._train_and_send(meta, await asyncio.to_thread(model.own_weights))
         finally:
             self.stats.state = "idle"
         await self._beat()
