@@ -23,7 +23,7 @@ _M_MMAP_THRESHOLD = -3
 #: reused from the heap at full speed; below a large model's tensors, which are mapped and
 #: handed back to the system when freed instead of fragmenting the heap. Measured with
 #: ``python bench/large_model.py --params 10000000 --participants 10 --rounds 5`` (40 MB
-#: model): the coordinator's peak RSS was 342 MiB at 512 MiB thresholds and 16 MiB chunks,
+#: model): the coordinator's peak RSS was 342 MiB at 64 MiB thresholds and 16 MiB chunks,
 #: 222 MiB at these values and 4 MiB chunks.
 _THRESHOLD = 8 << 20
 _TRIM_THRESHOLD = 8 << 20

@@ -2,7 +2,7 @@
 
 RabbitMQ refuses a message above ``max_message_size`` (128 MiB by default), and a whole
 500 MB body would have to sit in memory at both ends. So a message whose tensors take more
-than ``chunk_bytes`` (default 16 MiB) is cut into chunks of at most that many raw tensor
+than ``chunk_bytes`` (default 4 MiB) is cut into chunks of at most that many raw tensor
 bytes. Each chunk is a complete fedq body (:mod:`fedq.messages.codec`): the same metadata,
 ``chunk = {index, count, digest}``, and slices ``[start, stop)`` of the flattened tensors.
 
@@ -36,8 +36,8 @@ from fedq.messages.codecs import get_codec
 
 #: The default most raw tensor bytes per chunk: far under RabbitMQ's 128 MiB limit, and
 #: small because each body in flight costs several transient copies in the AMQP client
-#: (frames, the socket buffer): at 10M parameters the coordinator peaked at 342 MiB with
-#: 16 MiB chunks and 267 MiB with 4 MiB chunks, rounds no slower
+#: (frames, the socket buffer): at 10M parameters (malloc thresholds at 64 MiB) the
+#: coordinator peaked at 342 MiB with 16 MiB chunks and 267 MiB with 4 MiB, rounds no slower
 #: (``python bench/large_model.py --chunk-mb``). ``FEDQ_CHUNK_BYTES`` overrides it (for
 #: every process: coordinator and participants must agree).
 DEFAULT_CHUNK_BYTES = int(os.environ.get("FEDQ_CHUNK_BYTES", str(4 << 20)))

@@ -208,7 +208,7 @@ def decode_message(body: bytes | bytearray | memoryview) -> DecodedMessage:
     return DecodedMessage(fields=obj, tensors=tensors, chunk=chunk)
 
 
-#: More chunks than this per message is refused: 1 TiB at the default 16 MiB.
+#: More chunks than this per message is refused: 256 GiB at the default 4 MiB.
 MAX_CHUNKS = 1 << 16
 
 
