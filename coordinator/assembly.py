@@ -40,7 +40,7 @@ from pathlib import Path
 
 import xxhash
 
-from fedq.coordinator.intake import Admitted, ChunkCandidate, ModelSpec, Rejection
+from fedq.coordinator.intake import ChunkCandidate, ModelSpec, Rejection
 from fedq.coordinator.strategies.base import DeltaPieces, Piece
 from fedq.messages.chunks import TensorSlice, whole_digest
 from fedq.messages.codec import decode_message
@@ -67,7 +67,6 @@ class Stream:
     meta: UpdateMeta
     count: int
     digest: str
-    admitted: Admitted
     spool: Path
     chunks: dict[int, SpooledChunk] = field(default_factory=dict)
     sum_squares: float = 0.0
@@ -166,9 +165,6 @@ class Assembler:
         self.streams: dict[str, Stream] = {}
         self._refused: OrderedDict[str, Rejection] = OrderedDict()
 
-    def __len__(self) -> int:
-        return len(self.streams)
-
     def add(self, candidate: ChunkCandidate, delivery: Delivery) -> Outcome:
         """Spool ``candidate``'s body (``delivery.body``); raises Rejection for this chunk
         alone (the rest of its update stays in assembly)."""
@@ -190,7 +186,6 @@ class Assembler:
                 meta,
                 chunk.count,
                 chunk.digest,
-                candidate.admitted,
                 self.spool_dir / _file_name(meta.update_id),
             )
             self.streams[meta.update_id] = stream

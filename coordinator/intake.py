@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import xxhash
 
-from fedq.coordinator.strategies.base import blocks, l2_norm
+from fedq.coordinator.strategies.base import l2_norm, sum_of_squares
 from fedq.messages.chunks import TensorSlice, chunk_digest
 from fedq.messages.codec import ChunkInfo, MalformedMessage, WireTensor, decode_message
 from fedq.messages.schema import UpdateMeta
@@ -89,7 +89,6 @@ class ChunkCandidate:
     sum_squares: float
     #: Its own digest (:func:`fedq.messages.chunks.chunk_digest`).
     digest: bytes
-    admitted: Admitted
 
 
 @dataclass(frozen=True)
@@ -169,12 +168,11 @@ class Intake:
                         "conflicting_duplicate",
                         f"update id {meta.update_id} is {of} with other contents",
                     )
+            # For a chunk, an early no (stale, ahead): the assembler admits the whole again.
             admitted = admit(meta)
             if chunk is not None:
                 slices, squares = check_slices(decoded.tensors, self.spec)
-                return ChunkCandidate(
-                    meta, chunk, slices, squares, chunk_digest(decoded.tensors), admitted
-                )
+                return ChunkCandidate(meta, chunk, slices, squares, chunk_digest(decoded.tensors))
             deltas = check_tensors(decoded.tensors, self.spec, self.max_norm)
             return Candidate(meta, deltas, digest, admitted)
         except Rejection as rejection:
@@ -203,12 +201,10 @@ def check_slices(tensors: list[WireTensor], spec: ModelSpec) -> tuple[list[Tenso
     for t in tensors:
         _check_kind(t, spec)
         assert t.slice is not None, "the decoder gives every tensor of a chunk its slice"
-        for _, block in blocks(t.array.reshape(-1)):
-            part = block.astype(np.float64)
-            square = float(np.dot(part, part))
-            if not np.isfinite(square) or not np.isfinite(part).all():
-                raise Rejection("non_finite", f"tensor {t.name!r} holds NaN or infinity")
-            squares += square
+        square = sum_of_squares(t.array)
+        if not np.isfinite(square):  # NaN or infinity among the values
+            raise Rejection("non_finite", f"tensor {t.name!r} holds NaN or infinity")
+        squares += square
         slices.append(TensorSlice(t.name, *t.slice))
     return slices, squares
 

@@ -53,14 +53,19 @@ def blocks(values: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
         yield start, values[start : start + BLOCK_VALUES]
 
 
+def sum_of_squares(values: np.ndarray) -> float:
+    """The sum of the squared values, accumulated in float64 a block at a time. NaN or
+    infinity among the values makes it non-finite."""
+    total = 0.0
+    for _, block in blocks(values.reshape(-1)):
+        part = block.astype(np.float64)
+        total += float(np.dot(part, part))
+    return total
+
+
 def l2_norm(delta: Delta) -> float:
     """The L2 norm over every value of every tensor, accumulated in float64."""
-    total = 0.0
-    for tensor in delta.values():
-        for _, block in blocks(tensor.reshape(-1)):
-            part = block.astype(np.float64)
-            total += float(np.dot(part, part))
-    return math.sqrt(total)
+    return math.sqrt(sum(sum_of_squares(tensor) for tensor in delta.values()))
 
 
 class DeltaPieces(abc.ABC):
