@@ -8,7 +8,10 @@ What is checked, for one federation's folder (``ledger.sqlite`` and ``models/``)
   and, since each link hashes the one before, every later one unless all of them were
   recomputed;
 - every version's checkpoint file exists and its sha256 is the one recorded;
-- no update id appears twice (the table's key forbids it; a rebuilt table would not).
+- no update id appears twice (the table's key forbids it; a rebuilt table would not);
+- given participants' sent logs (:mod:`fedq.messages.sent_log`), every update the broker
+  confirmed to them is in a committed version or was refused with a reason: none lost.
+  Run it once the federation is over: an update of the open version is in neither yet.
 
 The chain's head is printed: recorded elsewhere (a log, a ticket), it also catches a ledger
 rewritten whole, which no check inside the ledger can. Version 0 (the initial model) is
@@ -17,10 +20,12 @@ not in the ledger and not checked.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedq.coordinator.ledger import GENESIS, UpdateLedger, chain_hash, file_sha256
+from fedq.messages.sent_log import SentUpdate
 
 
 @dataclass
@@ -30,6 +35,9 @@ class AuditReport:
     checkpoints: int = 0
     updates: int = 0
     head: str = GENESIS
+    #: Of the sent logs' updates for this federation: how many were committed, refused.
+    sent_committed: int = 0
+    sent_refused: int = 0
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -37,13 +45,16 @@ class AuditReport:
         return not self.failures
 
 
-def audit(ledger_path: Path) -> AuditReport:
+def audit(ledger_path: Path, sent: Sequence[SentUpdate] = ()) -> AuditReport:
     report = AuditReport(ledger_path)
     models = ledger_path.parent / "models"
     ledger = UpdateLedger(ledger_path)
     try:
         rows = ledger.chained_rows()
         duplicated = ledger.duplicated_update_ids()
+        federation = ledger.get_meta("federation")
+        committed = ledger.update_ids_by_version()
+        refused = {r["update_id"] for r in ledger.rejections() if r["reason"] != "duplicate"}
     finally:
         ledger.close()
     chain = GENESIS
@@ -72,4 +83,16 @@ def audit(ledger_path: Path) -> AuditReport:
             report.checkpoints += 1
     report.head = chain
     report.failures += [f"update {uid} appears {n} times" for uid, n in duplicated]
+    for update in sent:
+        if update.federation != federation:
+            continue
+        if update.update_id in committed:
+            report.sent_committed += 1
+        elif update.update_id in refused:
+            report.sent_refused += 1
+        else:
+            report.failures.append(
+                f"update {update.update_id} of {update.participant} (on v{update.base_version})"
+                " was confirmed by the broker but is in no version and was not refused: lost"
+            )
     return report

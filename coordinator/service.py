@@ -57,6 +57,7 @@ from fedq.coordinator.strategies.base import DeltaPieces, WholeDelta
 from fedq.coordinator.strategy import compose_strategy
 from fedq.messages.chunks import chunk_count, encode_chunks
 from fedq.messages.codec import MalformedMessage, Weights, decode_message, encode_message
+from fedq.messages.failpoints import failpoint
 from fedq.messages.schema import (
     CONTROL_MESSAGE,
     MESSAGE_TYPES,
@@ -469,6 +470,7 @@ class Coordinator:
             )
         )
         held.hold(meta.update_id, deliveries, digest)
+        failpoint("collecting")
         self.observers.update_seen(
             UpdateSeen(
                 meta.participant,
@@ -573,6 +575,7 @@ class Coordinator:
             self.strategy.optimizer.state(),
         )
         saved = time.perf_counter()
+        failpoint("after_checkpoint")
         record = VersionRecord(
             version=version,
             round=open_.round,
@@ -587,6 +590,7 @@ class Coordinator:
         head = await asyncio.to_thread(self.ledger.commit_version, record, open_.records)
         # Logged so the chain's head is also recorded outside the ledger (fedq audit).
         log.info("committed v%d, ledger chain %s", version, head)
+        failpoint("after_ledger_commit")
         self.observers.commit_timed(
             CommitTimings(
                 version=version,
@@ -624,6 +628,7 @@ class Coordinator:
                 update_bytes=sum(r.size for r in open_.records),
             )
         )
+        failpoint("between_versions")
         return new, version
 
     async def _finish(self, version: int) -> None:
@@ -724,6 +729,7 @@ class Coordinator:
                     type=MESSAGE_TYPES["model"],
                     headers={**headers, "chunk_index": index},
                 )
+                failpoint("publishing_model")
                 index += 1
 
     # --------------------------------------------------------------- result

@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -34,6 +35,7 @@ from fedq.messages.schema import (
     ParticipantState,
     UpdateMeta,
 )
+from fedq.messages.sent_log import SentUpdate, append_sent
 from fedq.messages.topology import UPDATE_KEY, Topology, participant_key
 from fedq.messages.transport import Delivery, Transport, TransportError
 from fedq.participant.app import App, AppError, Partition, TrainConfig
@@ -69,6 +71,8 @@ class ParticipantConfig:
     #: Experiments only: makes this participant malicious. An attack spec (see
     #: :mod:`fedq.participant.attacks`, e.g. ``scale:-10``) applied to every delta it sends.
     attack: str | None = None
+    #: Append a line here for each update the broker confirmed (:mod:`fedq.messages.sent_log`).
+    sent_log: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -244,6 +248,11 @@ class Participant:
         )
         self.stats.state = "sending"
         sent = await self._send(update, result.weights, global_weights)
+        if self.config.sent_log is not None:
+            sent_update = SentUpdate(
+                update.federation, update.update_id, update.participant, meta.version, sent
+            )
+            await asyncio.to_thread(append_sent, self.config.sent_log, sent_update)
         self.stats.rounds_trained += 1
         self.stats.updates_sent += 1
         self.stats.bytes_sent += sent

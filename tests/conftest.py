@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 
@@ -33,3 +36,27 @@ async def transport_pair(
         a, b = AmqpTransport(BROKER_URL), AmqpTransport(BROKER_URL)
     async with a, b:
         yield a, b
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The fault and hostile-input table, when those tests ran (tests/fault_table.py)."""
+    from tests.fault_table import ROWS
+
+    if not ROWS:
+        return
+    header = ("fault or input", "tried", "lost", "applied twice", "crashes", "peak RSS MiB")
+    rows = [
+        (r.kind, str(r.tried), str(r.lost), str(r.applied_twice),
+         str(r.coordinator_crashes), f"{r.peak_rss_mib:.0f}")
+        for r in ROWS
+    ]  # fmt: skip
+    widths = [max(len(c) for c in column) for column in zip(header, *rows, strict=True)]
+    terminalreporter.section("faults and hostile input")
+    for line in (header, *rows):
+        terminalreporter.write_line(
+            "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True))
+        )
+    if os.environ.get("FEDQ_ARTIFACTS") == "1":
+        out = Path(__file__).parent / "artifacts" / "faults.json"
+        out.parent.mkdir(exist_ok=True)
+        out.write_text(json.dumps([asdict(r) for r in ROWS], indent=1))

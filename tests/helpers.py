@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,26 @@ def run_fedq(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[st
     )
 
 
-def start_fedq(*args: str, log: Path) -> subprocess.Popen[bytes]:
+def start_fedq(*args: str, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """`fedq ARGS` as a process, its output into ``log``; ``env`` adds to the environment."""
     handle = log.open("wb")
-    return subprocess.Popen([*FEDQ, *args], stdout=handle, stderr=subprocess.STDOUT, env=fedq_env())
+    return subprocess.Popen(
+        [*FEDQ, *args], stdout=handle, stderr=subprocess.STDOUT, env=fedq_env() | (env or {})
+    )
+
+
+def wait_with_peak_rss(process: subprocess.Popen[bytes], timeout: float) -> tuple[int, float]:
+    """Wait for ``process`` to end; its exit code (negative: the signal that ended it) and its
+    peak resident memory in MiB (``ru_maxrss`` from wait4: known even after a SIGKILL)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid:
+            process.returncode = os.waitstatus_to_exitcode(status)
+            return process.returncode, usage.ru_maxrss / 1024
+        if time.monotonic() > deadline:
+            raise subprocess.TimeoutExpired(process.args, timeout)
+        time.sleep(0.05)
 
 
 def read_report(path: Path) -> dict[str, Any]:

@@ -42,6 +42,7 @@ from fedq.messages.allocator import tune_malloc_for_large_buffers
 from fedq.messages.amqp import AmqpTransport, BrokerUnavailable, redact
 from fedq.messages.chunks import DEFAULT_CHUNK_BYTES
 from fedq.messages.codecs import CODECS, CodecError, get_codec
+from fedq.messages.sent_log import read_sent
 from fedq.messages.transport import TransportError
 from fedq.metrics import PrometheusMetrics, serve_metrics
 from fedq.options import OptionsError, build_config, with_coordinator_options
@@ -517,6 +518,14 @@ def participant_command(
             "with --count, every virtual participant does.",
         ),
     ] = None,
+    sent_log: Annotated[
+        Path | None,
+        typer.Option(
+            "--sent-log",
+            help="Append a JSON line per update the broker confirmed (for fedq audit --sent-log).",
+            dir_okay=False,
+        ),
+    ] = None,
     broker: BrokerOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -558,6 +567,7 @@ def participant_command(
             delay_seconds=delay,
             dropout=dropout,
             attack=attack,
+            sent_log=sent_log,
         )
         for i in range(count)
     ]
@@ -680,22 +690,42 @@ def ledgers_under(root: Path) -> list[Path]:
 
 
 @app.command("audit")
-def audit_command(state_dir: StateOpt = None) -> None:
+def audit_command(
+    state_dir: StateOpt = None,
+    sent_logs: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--sent-log",
+            help="A participant's --sent-log: check that each update the broker confirmed "
+            "is committed or refused, not lost. Repeat for several.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+) -> None:
     """Check the ledger's hash chain, every checkpoint's sha256 and that no update id
-    appears twice; exit status 1 on any failure.
+    appears twice (and, given sent logs, that no confirmed update was lost); exit status 1
+    on any failure.
 
     DIR is either one federation's folder or the state dir holding one folder per federation.
     """
+    sent = [update for log_path in sent_logs or [] for update in read_sent(log_path)]
     failed = False
     for path in ledgers_under(state_dir or settings().state_dir):
         try:
-            report = audit(path)
+            report = audit(path, sent)
         except LedgerError as exc:
             raise fail(str(exc)) from None
+        checked_sent = (
+            f", of the sent logs' updates {report.sent_committed} committed and "
+            f"{report.sent_refused} refused"
+            if sent_logs
+            else ""
+        )
         console.print(
             f"{path.parent}: {report.versions} versions chained (head {report.head}), "
             f"{report.checkpoints} checkpoints matching their sha256, {report.updates} "
-            "update ids each in one version",
+            f"update ids each in one version{checked_sent}",
             highlight=False,
         )
         for failure in report.failures:

@@ -1,0 +1,55 @@
+"""Named points where a test can have a real process die by SIGKILL, in the middle of what
+it is doing (gofail's failpoints, FoundationDB's BUGGIFY, in their simplest form).
+
+``FEDQ_FAILPOINT=after_checkpoint`` makes the process kill itself the first time it reaches
+``failpoint("after_checkpoint")``; ``after_checkpoint:3`` the third time. Nothing else is
+simulated: the process gets the same SIGKILL as from ``kill -9``, so what the fault tests
+then check (nothing confirmed is lost, nothing is applied twice) is what happens to a real
+crash at that very instruction, not at whatever moment an outside ``kill`` happens to land.
+
+Unset (every deployment), a failpoint is one comparison against None.
+
+The coordinator's points, in the order a version reaches them:
+
+- ``collecting``: an update was just folded into the open version (held, not acked);
+- ``after_checkpoint``: the new version's checkpoint is on disk, the ledger does not know it;
+- ``after_ledger_commit``: the ledger committed the version, its updates are not yet acked;
+- ``publishing_model``: the first chunk of a new model is published, the others are not;
+- ``between_versions``: a version is committed, acked and announced, the next not opened.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+POINTS = (
+    "collecting",
+    "after_checkpoint",
+    "after_ledger_commit",
+    "publishing_model",
+    "between_versions",
+)
+
+
+def _armed(spec: str | None) -> tuple[str, int] | None:
+    if not spec:
+        return None
+    name, _, nth = spec.partition(":")
+    if name not in POINTS:
+        raise ValueError(f"FEDQ_FAILPOINT={spec!r}: no such failpoint; the points are {POINTS}")
+    return name, int(nth or 1)
+
+
+_ARMED = _armed(os.environ.get("FEDQ_FAILPOINT"))
+_hits = 0
+
+
+def failpoint(name: str) -> None:
+    """Die here by SIGKILL if ``FEDQ_FAILPOINT`` names this point (and this is its nth hit)."""
+    global _hits
+    if _ARMED is None or _ARMED[0] != name:
+        return
+    _hits += 1
+    if _hits == _ARMED[1]:
+        os.kill(os.getpid(), signal.SIGKILL)

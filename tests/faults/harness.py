@@ -1,0 +1,185 @@
+"""A federation of real `fedq` processes for fault tests, and its accounting afterwards.
+
+The coordinator and each participant are their own process on a real RabbitMQ, with
+``fedq.apps.synthetic:app``, whose FedAvg is known exactly. Participants keep a sent log
+(each update the broker confirmed), so that after any crash the accounting is the promise
+itself: every confirmed update is in a committed version or refused with a reason (and
+then in the dead-letter queue), none is in two versions, and each version's model is
+exactly the FedAvg of the updates its ledger lists (an update folded twice, or a partial
+one folded, would change it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fedq.apps.synthetic import SyntheticApp
+from fedq.coordinator.audit import audit
+from fedq.coordinator.checkpoint import checkpoint_path, load_checkpoint
+from fedq.coordinator.ledger import UpdateLedger
+from fedq.messages.amqp import AmqpTransport
+from fedq.messages.sent_log import SentUpdate, read_sent
+from fedq.messages.topology import Topology
+from tests.conftest import BROKER_URL
+from tests.fault_table import FaultRow, record
+from tests.helpers import drain, run_fedq, start_fedq, wait_with_peak_rss
+
+PARAMS = 100_000  # 400 kB of float32: 7 chunks of 64 KiB when chunked
+CHUNK = 1 << 16
+
+
+@dataclass
+class Accounting:
+    confirmed: int
+    committed: int
+    refused: int
+    lost: list[str]
+    #: Update ids in more than one version, and versions whose model is not the exact
+    #: FedAvg of their ledger's updates.
+    applied_twice: list[str]
+    #: Refused update ids with no copy in the dead-letter queue.
+    missing_from_dlq: list[str]
+    versions: int
+
+
+@dataclass
+class FaultyFederation:
+    root: Path
+    name: str
+    participants: int = 3
+    rounds: int = 4
+    coordinator_args: list[str] = field(default_factory=list)
+    participant_args: list[str] = field(default_factory=list)
+    broker: str = BROKER_URL
+    #: Sync and quorum modes: each version's model is checked against FedAvg exactly.
+    exact_fedavg: bool = True
+    peak_rss_mib: float = 0.0
+    #: Coordinator exits the test did not cause (neither 0 nor its own SIGKILL).
+    crashes: int = 0
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def state(self) -> Path:
+        return self.root / self.name
+
+    def sent_log(self, index: int) -> Path:
+        return self.root / f"sent-p{index}.jsonl"
+
+    def start_coordinator(
+        self, label: str, failpoint: str | None = None
+    ) -> subprocess.Popen[bytes]:
+        args = ["--federation", self.name, "--app", "fedq.apps.synthetic:app"]
+        args += ["--participants", str(self.participants), "--rounds", str(self.rounds)]
+        args += ["--state-dir", str(self.root), "--broker", self.broker, "--linger", "10"]
+        env = {"FEDQ_SYNTHETIC_PARAMS": str(PARAMS)}
+        if failpoint:
+            env["FEDQ_FAILPOINT"] = failpoint
+        process = start_fedq(
+            "coordinator", *args, *self.coordinator_args, log=self.root / f"{label}.log", env=env
+        )
+        self.processes.append(process)
+        return process
+
+    def start_participant(self, index: int, label: str | None = None) -> subprocess.Popen[bytes]:
+        args = ["--federation", self.name, "--app", "fedq.apps.synthetic:app"]
+        args += ["--id", f"p{index}", "--partition", f"{index}/{self.participants}"]
+        args += ["--broker", self.broker, "--sent-log", str(self.sent_log(index))]
+        log = self.root / f"{label or f'p{index}'}.log"
+        env = {"FEDQ_SYNTHETIC_PARAMS": str(PARAMS)}
+        process = start_fedq("participant", *args, *self.participant_args, log=log, env=env)
+        self.processes.append(process)
+        return process
+
+    def wait_coordinator(
+        self, process: subprocess.Popen[bytes], timeout: float = 180, *, killed: bool = False
+    ) -> int:
+        """Its exit code; counts a crash the test did not cause, and its peak RSS."""
+        code, peak = wait_with_peak_rss(process, timeout)
+        self.peak_rss_mib = max(self.peak_rss_mib, peak)
+        if code not in ((0, -9) if killed else (0,)):
+            self.crashes += 1
+        return code
+
+    def logs(self) -> str:
+        """Every process's log, for a failed assertion's message."""
+        return "\n".join(
+            f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}"
+            for log in sorted(self.root.glob("*.log"))
+        )
+
+    def sent(self) -> list[SentUpdate]:
+        return [
+            u
+            for i in range(self.participants)
+            if self.sent_log(i).exists()
+            for u in read_sent(self.sent_log(i))
+        ]
+
+    def audit_command(self) -> subprocess.CompletedProcess[str]:
+        """`fedq audit` with every sent log, as an operator would run it."""
+        logs = [a for i in range(self.participants) for a in ("--sent-log", str(self.sent_log(i)))]
+        return run_fedq("audit", "--state-dir", str(self.state), *logs, timeout=120)
+
+    def account(self) -> Accounting:
+        sent = self.sent()
+        report = audit(self.state / "ledger.sqlite", sent)
+        ledger = UpdateLedger(self.state / "ledger.sqlite")
+        try:
+            refused = {r["update_id"] for r in ledger.rejections() if r["reason"] != "duplicate"}
+            by_version = [
+                [int(u.participant.removeprefix("p")) for u in ledger.updates_of(v)]
+                for v in range(1, report.versions + 1)
+            ]
+        finally:
+            ledger.close()
+        dead = asyncio.run(drain(self.broker, Topology(self.name).rejected))
+        in_dlq = {(d.message_id or "").split(".")[0] for d in dead}
+        twice = [f for f in report.failures if "appears" in f]
+        if self.exact_fedavg:
+            twice += [f"v{v}" for v, who in enumerate(by_version, 1) if not self._is_fedavg(v, who)]
+        return Accounting(
+            confirmed=len(sent),
+            committed=report.sent_committed,
+            refused=report.sent_refused,
+            lost=[f for f in report.failures if f.endswith(": lost")],
+            applied_twice=twice,
+            missing_from_dlq=sorted(uid for uid in refused if uid not in in_dlq),
+            versions=report.versions,
+        )
+
+    def _is_fedavg(self, version: int, contributors: list[int]) -> bool:
+        models = self.state / "models"
+        before = load_checkpoint(checkpoint_path(models, version - 1))
+        after = load_checkpoint(checkpoint_path(models, version))
+        step = SyntheticApp.fedavg_step(contributors)
+        return all(np.allclose(after[k] - before[k], step, rtol=1e-4) for k in after)
+
+    def record(self, kind: str, tried: int, accounting: Accounting) -> None:
+        record(
+            FaultRow(
+                kind=kind,
+                tried=tried,
+                lost=len(accounting.lost),
+                applied_twice=len(accounting.applied_twice),
+                coordinator_crashes=self.crashes,
+                peak_rss_mib=self.peak_rss_mib,
+            )
+        )
+
+    def close(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+        async def delete() -> None:
+            async with AmqpTransport(self.broker) as transport:
+                participants = [f"p{i}" for i in range(self.participants)]
+                await Topology(self.name).delete(transport, participants)
+
+        asyncio.run(delete())

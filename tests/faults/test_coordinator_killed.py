@@ -1,0 +1,68 @@
+"""The coordinator gets SIGKILL at each point of a version (``fedq.messages.failpoints``:
+the process kills itself at that very instruction) while real participants keep working;
+a new coordinator on the same state dir finishes the federation. Then nothing confirmed
+is lost, nothing is applied twice, every version is exactly FedAvg, refused updates are in
+the dead-letter queue, and `fedq audit` passes."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.faults.harness import CHUNK, PARAMS, FaultyFederation
+
+#: The 7 chunks of v0's model go out once to the fanout and once per join answer (3), so
+#: the 30th chunk published is inside a later model's publication.
+MID_MODEL = 30
+
+CASES = {
+    "collecting": ("collecting", [], True),
+    "after checkpoint, before ledger": ("after_checkpoint:2", [], True),
+    "after ledger, before acks": ("after_ledger_commit:2", [], True),
+    "publishing a chunked model": (
+        f"publishing_model:{MID_MODEL}",
+        ["--chunk-bytes", str(CHUNK)],
+        True,
+    ),
+    "async, between versions": (
+        "between_versions:2",
+        ["--mode", "async", "--quorum", "2"],
+        False,
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(CASES))
+def test_a_coordinator_killed_at_each_point_loses_and_double_counts_nothing(
+    tmp_path, federation, kind
+):
+    failpoint, coordinator_args, exact = CASES[kind]
+    fed = FaultyFederation(
+        tmp_path,
+        federation,
+        coordinator_args=coordinator_args,
+        participant_args=["--chunk-bytes", str(CHUNK)]
+        if "--chunk-bytes" in coordinator_args
+        else [],
+        exact_fedavg=exact,
+    )
+    assert PARAMS * 4 > 6 * CHUNK  # the chunked case publishes 7 chunks per model
+    try:
+        first = fed.start_coordinator("coordinator-1", failpoint)
+        participants = [fed.start_participant(i) for i in range(fed.participants)]
+        assert fed.wait_coordinator(first, killed=True) == -9, fed.logs()
+        second = fed.start_coordinator("coordinator-2")
+        assert fed.wait_coordinator(second) == 0, fed.logs()
+        for participant in participants:
+            assert participant.wait(timeout=120) == 0, fed.logs()
+        accounting = fed.account()
+        fed.record(f"coordinator killed: {kind}", 1, accounting)
+        assert accounting.versions == fed.rounds, fed.logs()
+        assert accounting.confirmed >= fed.rounds * 2
+        assert accounting.lost == [] and accounting.applied_twice == []
+        assert accounting.missing_from_dlq == []
+        assert accounting.committed + accounting.refused == accounting.confirmed
+        audited = fed.audit_command()
+        assert audited.returncode == 0, audited.stdout + audited.stderr
+        assert "audit passed" in audited.stdout + audited.stderr
+    finally:
+        fed.close()
