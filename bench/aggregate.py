@@ -55,14 +55,13 @@ from fedq.coordinator.intake import (
     Intake,
     body_digest,
     check_tensors,
-    spec_of,
 )
 from fedq.coordinator.strategies.base import Aggregation, AggregationContext, Aggregator
 from fedq.coordinator.strategies.mean import WeightedMean
 from fedq.coordinator.strategies.median import CoordinateMedian
 from fedq.coordinator.strategies.trimmed_mean import TrimmedMean
 from fedq.messages.allocator import tune_malloc_for_large_buffers
-from fedq.messages.codec import Weights, decode_message, encode_message
+from fedq.messages.codec import Weights, decode_message, encode_message, spec_of
 from fedq.messages.schema import UpdateMeta
 
 TENSORS = 8
@@ -195,9 +194,9 @@ def measure_one_update(body: bytes, template: Weights, repeat: int) -> OneUpdate
         aggregation.add(verdict.deltas, verdict.meta.num_examples, verdict.admitted.scale)
 
     def decode_schema() -> None:
-        decode_message(body).meta(UpdateMeta)
+        decode_message(body, spec).meta(UpdateMeta)
 
-    tensors = decode_message(body).tensors
+    tensors = decode_message(body, spec).tensors
     deltas = check().deltas
     aligned = {name: np.frombuffer(d.tobytes(), dtype=d.dtype) for name, d in deltas.items()}
     aligned_tensors = [dataclasses.replace(t, array=aligned[t.name]) for t in tensors]

@@ -68,7 +68,7 @@ from timing import median_seconds
 from fedq.apps.synthetic import SyntheticApp
 from fedq.coordinator.checkpoint import save_checkpoint
 from fedq.coordinator.config import CoordinatorConfig
-from fedq.coordinator.intake import check_tensors, spec_of
+from fedq.coordinator.intake import check_tensors
 from fedq.coordinator.observers import CoordinatorObserver, UpdateSeen
 from fedq.coordinator.records import RoundHistory
 from fedq.coordinator.strategies import Aggregation, AggregationContext
@@ -76,7 +76,7 @@ from fedq.coordinator.strategies.fedavg import FedAvg
 from fedq.coordinator.strategies.mean import WeightedMean
 from fedq.messages.allocator import tune_malloc_for_large_buffers
 from fedq.messages.amqp import DEFAULT_BROKER_URL, AmqpTransport, redact
-from fedq.messages.codec import Weights, decode_message, encode_message
+from fedq.messages.codec import Weights, decode_message, encode_message, spec_of
 from fedq.messages.schema import ModelMeta, UpdateMeta
 from fedq.messages.topology import Topology, UpdatesQueueType
 from fedq.participant.app import Partition, TrainConfig
@@ -459,11 +459,11 @@ def measure_cpu(app: SyntheticApp, n: int, repeat: int) -> CpuParts:
     model_body = encode_message(model_meta(), weights)
 
     def decode_validate() -> None:
-        decoded = decode_message(body)
+        decoded = decode_message(body, spec)
         decoded.meta(UpdateMeta)
         check_tensors(decoded.tensors, spec)
 
-    deltas = check_tensors(decode_message(body).tensors, spec)
+    deltas = check_tensors(decode_message(body, spec).tensors, spec)
 
     def fold() -> Aggregation:
         aggregation = WeightedMean().start(

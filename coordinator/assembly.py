@@ -40,10 +40,10 @@ from pathlib import Path
 
 import xxhash
 
-from fedq.coordinator.intake import ChunkCandidate, ModelSpec, Rejection
+from fedq.coordinator.intake import ChunkCandidate, Rejection
 from fedq.coordinator.strategies.base import DeltaPieces, Piece
 from fedq.messages.chunks import TensorSlice, whole_digest
-from fedq.messages.codec import decode_message
+from fedq.messages.codec import ModelSpec, decode_message
 from fedq.messages.schema import UpdateMeta
 from fedq.messages.transport import Delivery
 
@@ -124,10 +124,11 @@ class ChunkedDelta(DeltaPieces):
     def __init__(self, stream: Stream, spec: ModelSpec) -> None:
         super().__init__({name: (s.shape, s.dtype) for name, s in spec.items()})
         self.stream = stream
+        self.spec = spec
 
     def __iter__(self) -> Iterator[Piece]:
         for index in range(self.stream.count):
-            decoded = decode_message(self.stream.read(index))
+            decoded = decode_message(self.stream.read(index), self.spec)
             for tensor in decoded.tensors:
                 assert tensor.slice is not None, "a spooled chunk passed the intake"
                 yield tensor.name, tensor.slice[0], tensor.array.reshape(-1)

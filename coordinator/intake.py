@@ -17,7 +17,7 @@ a worker thread.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +25,13 @@ import xxhash
 
 from fedq.coordinator.strategies.base import l2_norm, sum_of_squares
 from fedq.messages.chunks import TensorSlice, chunk_digest
-from fedq.messages.codec import ChunkInfo, MalformedMessage, WireTensor, decode_message
+from fedq.messages.codec import (
+    ChunkInfo,
+    MalformedMessage,
+    ModelSpec,
+    WireTensor,
+    decode_message,
+)
 from fedq.messages.schema import UpdateMeta
 
 #: Bytes a body may carry beyond its raw tensors (metadata, msgpack headers) by default.
@@ -54,19 +60,6 @@ class Admitted:
 Admission = Callable[[UpdateMeta], Admitted]
 #: update id -> digest of the body held or committed under it, or None.
 DigestLookup = Callable[[str], str | None]
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    shape: tuple[int, ...]
-    dtype: np.dtype
-
-
-ModelSpec = Mapping[str, TensorSpec]
-
-
-def spec_of(weights: Mapping[str, np.ndarray]) -> dict[str, TensorSpec]:
-    return {name: TensorSpec(tuple(w.shape), w.dtype) for name, w in weights.items()}
 
 
 @dataclass(frozen=True)
@@ -141,7 +134,7 @@ class Intake:
         meta: UpdateMeta | None = None
         try:
             try:
-                decoded = decode_message(body)
+                decoded = decode_message(body, self.spec)
                 meta = decoded.meta(UpdateMeta)
             except MalformedMessage as exc:
                 raise Rejection(exc.reason, exc.detail) from None
@@ -171,7 +164,7 @@ class Intake:
             # For a chunk, an early no (stale, ahead): the assembler admits the whole again.
             admitted = admit(meta)
             if chunk is not None:
-                slices, squares = check_slices(decoded.tensors, self.spec)
+                slices, squares = check_slices(decoded.tensors)
                 return ChunkCandidate(meta, chunk, slices, squares, chunk_digest(decoded.tensors))
             deltas = check_tensors(decoded.tensors, self.spec, self.max_norm)
             return Candidate(meta, deltas, digest, admitted)
@@ -179,27 +172,14 @@ class Intake:
             return Refused(rejection, meta)
 
 
-def _check_kind(t: WireTensor, spec: ModelSpec) -> None:
-    want = spec.get(t.name)
-    if want is None:
-        raise Rejection("tensor_mismatch", f"unexpected tensor {t.name!r}")
-    if t.shape != want.shape:
-        raise Rejection(
-            "shape_mismatch",
-            f"tensor {t.name!r} has shape {list(t.shape)}, model has {list(want.shape)}",
-        )
-    if t.dtype != want.dtype:
-        raise Rejection("dtype_mismatch", f"tensor {t.name!r} is {t.dtype}, model has {want.dtype}")
-
-
-def check_slices(tensors: list[WireTensor], spec: ModelSpec) -> tuple[list[TensorSlice], float]:
-    """A chunk's slices and the sum of their squared values, or Rejection: names, whole
-    shapes, dtypes, finite values. Whether the chunks cover each value exactly once is
-    the assembler's check, once it has them all."""
+def check_slices(tensors: list[WireTensor]) -> tuple[list[TensorSlice], float]:
+    """A chunk's slices and the sum of their squared values, or Rejection: finite values.
+    ``tensors`` were decoded against the model's spec (names, shapes and dtypes checked
+    before decoding); whether the chunks cover each value exactly once is the assembler's check,
+    once it has them all."""
     slices: list[TensorSlice] = []
     squares = 0.0
     for t in tensors:
-        _check_kind(t, spec)
         assert t.slice is not None, "the decoder gives every tensor of a chunk its slice"
         square = sum_of_squares(t.array)
         if not np.isfinite(square):  # NaN or infinity among the values
@@ -212,16 +192,15 @@ def check_slices(tensors: list[WireTensor], spec: ModelSpec) -> tuple[list[Tenso
 def check_tensors(
     tensors: list[WireTensor], spec: ModelSpec, max_norm: float | None = None
 ) -> dict[str, np.ndarray]:
-    """The update's deltas by name, or Rejection: names, shapes, dtypes, finite values, and
-    (if ``max_norm`` is set) the L2 norm of the whole delta, a first guard against an update
-    scaled up to drag the model (model replacement)."""
+    """The update's deltas by name, or Rejection: every tensor of ``spec`` present, finite
+    values, and (if ``max_norm`` is set) the L2 norm of the whole delta, a first guard
+    against an update scaled up to drag the model (model replacement). ``tensors`` were
+    decoded against ``spec``, which checked each one's shape and dtype before decoding."""
     names = [t.name for t in tensors]
     if set(names) != set(spec):
         missing = sorted(set(spec) - set(names))
         extra = sorted(set(names) - set(spec))
         raise Rejection("tensor_mismatch", f"missing {missing[:5]}, unexpected {extra[:5]}")
-    for t in tensors:
-        _check_kind(t, spec)
     for t in tensors:
         if not np.isfinite(t.array).all():
             raise Rejection("non_finite", f"tensor {t.name!r} holds NaN or infinity")

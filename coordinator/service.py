@@ -46,7 +46,6 @@ from fedq.coordinator.intake import (
     Refused,
     Rejection,
     Verdict,
-    spec_of,
 )
 from fedq.coordinator.ledger import UpdateLedger
 from fedq.coordinator.modes import CloseReason, OpenVersion, make_mode, refuse_after_last
@@ -56,7 +55,13 @@ from fedq.coordinator.strategies import Aggregation, AggregationContext
 from fedq.coordinator.strategies.base import DeltaPieces, WholeDelta
 from fedq.coordinator.strategy import compose_strategy
 from fedq.messages.chunks import chunk_count, encode_chunks
-from fedq.messages.codec import MalformedMessage, Weights, decode_message, encode_message
+from fedq.messages.codec import (
+    MalformedMessage,
+    Weights,
+    decode_message,
+    encode_message,
+    spec_of,
+)
 from fedq.messages.failpoints import failpoint
 from fedq.messages.schema import (
     CONTROL_MESSAGE,

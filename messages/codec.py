@@ -16,6 +16,12 @@ which of how many it is, and carries slices ``[start, stop)`` of the flattened t
 (``shape`` stays the whole tensor's). Encoding writes the msgpack headers by hand and
 joins them with each tensor's buffer, so a ``raw`` payload is copied exactly once.
 Decoding is zero-copy: each tensor is an ``np.frombuffer`` view over the received body.
+
+A compressed tensor's declared shape says how much memory decoding it takes (``topk``:
+a few bytes can declare gigabytes of zeros), so a receiver that knows what it expects
+passes the model's :data:`ModelSpec` and each tensor's name, shape and dtype are checked
+against it before its codec runs. Without one, a shape is still refused above
+:data:`MAX_ELEMENTS` values or with sizes whose product overflows.
 """
 
 from __future__ import annotations
@@ -54,6 +60,25 @@ _DATA_KEY = pack("data")
 _ALLOWED_DTYPES = frozenset(
     {"float16", "float32", "float64", "int8", "int32", "int64", "uint8", "uint32", "uint64"}
 )
+
+
+#: The most values one tensor may declare when the receiver has no spec to check it against
+#: (16 GiB of float32).
+MAX_ELEMENTS = 1 << 32
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+
+#: What a receiver expects, by tensor name.
+ModelSpec = Mapping[str, TensorSpec]
+
+
+def spec_of(weights: Mapping[str, np.ndarray]) -> dict[str, TensorSpec]:
+    return {name: TensorSpec(tuple(w.shape), w.dtype) for name, w in weights.items()}
 
 
 class MalformedMessage(ValueError):
@@ -181,8 +206,12 @@ def _tensor_head(tensor: EncodedTensor, offset: int, data_header: bytes) -> byte
     )
 
 
-def decode_message(body: bytes | bytearray | memoryview) -> DecodedMessage:
-    """Decode any fedq body without copying tensor bytes; raises MalformedMessage."""
+def decode_message(
+    body: bytes | bytearray | memoryview, spec: ModelSpec | None = None
+) -> DecodedMessage:
+    """Decode any fedq body without copying tensor bytes; raises MalformedMessage. With
+    ``spec``, a tensor not in it or of another shape or dtype is refused before it is
+    decoded (reasons ``tensor_mismatch``, ``shape_mismatch``, ``dtype_mismatch``)."""
     try:
         obj = unpack_view(body)
     except MsgpackError as exc:
@@ -196,7 +225,7 @@ def decode_message(body: bytes | bytearray | memoryview) -> DecodedMessage:
     tensors: list[WireTensor] = []
     seen: set[str] = set()
     for i, entry in enumerate(raw_tensors):
-        tensor = _decode_tensor(i, entry)
+        tensor = _decode_tensor(i, entry, spec)
         if tensor.name in seen:
             raise MalformedMessage("schema", f"tensor {tensor.name!r} appears twice")
         if (tensor.slice is None) != (chunk is None):
@@ -243,7 +272,31 @@ def _decode_slice(name: str, entry: Any, shape: tuple[int, ...]) -> tuple[int, i
     return start, stop
 
 
-def _decode_tensor(index: int, entry: Any) -> WireTensor:
+def _check_shape(name: str, dtype: str, shape: tuple[int, ...], spec: ModelSpec | None) -> None:
+    """Before a tensor is decoded: is it what the receiver expects, and of a sane size?"""
+    if spec is not None:
+        want = spec.get(name)
+        if want is None:
+            raise MalformedMessage("tensor_mismatch", f"unexpected tensor {name!r}")
+        if shape != want.shape:
+            raise MalformedMessage(
+                "shape_mismatch",
+                f"tensor {name!r} has shape {list(shape)}, model has {list(want.shape)}",
+            )
+        if np.dtype(dtype) != want.dtype:
+            raise MalformedMessage(
+                "dtype_mismatch", f"tensor {name!r} is {dtype}, model has {want.dtype}"
+            )
+    count = 1
+    for size in shape:  # Python ints: no overflow, and stops as soon as it is too many
+        count *= size
+        if count > MAX_ELEMENTS:
+            raise MalformedMessage(
+                "too_large", f"tensor {name!r}: shape {list(shape)[:8]} is too many values"
+            )
+
+
+def _decode_tensor(index: int, entry: Any, spec: ModelSpec | None) -> WireTensor:
     if not isinstance(entry, dict) or set(entry) - {"pad", "slice"} != _TENSOR_KEYS:
         raise MalformedMessage(
             "schema", f"tensor #{index} must have exactly name, dtype, shape, codec, data"
@@ -262,6 +315,7 @@ def _decode_tensor(index: int, entry: Any) -> WireTensor:
     if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
         raise MalformedMessage("schema", f"tensor {name!r}: shape must be a list of sizes")
     whole = tuple(shape)
+    _check_shape(name, dtype, whole, spec)
     part = _decode_slice(name, entry["slice"], whole) if "slice" in entry else None
     try:
         array = get_codec(str(codec)).decode(
