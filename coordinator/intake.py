@@ -133,6 +133,12 @@ class Intake:
     ) -> Verdict:
         meta: UpdateMeta | None = None
         try:
+            # First, before anything is decoded: decoding costs memory in proportion to
+            # what the body declares (a metadata map of a million entries ...).
+            if len(body) > self.max_bytes:
+                raise Rejection(
+                    "too_large", f"body of {len(body)} bytes > limit of {self.max_bytes}"
+                )
             try:
                 decoded = decode_message(body, self.spec)
                 meta = decoded.meta(UpdateMeta)
@@ -144,10 +150,6 @@ class Intake:
                 raise Rejection(
                     "forged",
                     f"claims participant {meta.participant!r}, sent by broker user {user_id!r}",
-                )
-            if len(body) > self.max_bytes:
-                raise Rejection(
-                    "too_large", f"body of {len(body)} bytes > limit of {self.max_bytes}"
                 )
             chunk = decoded.chunk
             # A chunked update is known by the whole's digest, which every chunk carries.

@@ -310,7 +310,7 @@ def _decode_tensor(index: int, entry: Any, spec: ModelSpec | None) -> WireTensor
     )
     if not isinstance(name, str) or not isinstance(data, memoryview):
         raise MalformedMessage("schema", f"tensor #{index}: name must be str and data bin")
-    if dtype not in _ALLOWED_DTYPES:
+    if not isinstance(dtype, str) or dtype not in _ALLOWED_DTYPES:
         raise MalformedMessage("schema", f"tensor {name!r}: dtype {dtype!r} is not allowed")
     if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
         raise MalformedMessage("schema", f"tensor {name!r}: shape must be a list of sizes")

@@ -58,6 +58,9 @@ class FaultyFederation:
     broker: str = BROKER_URL
     #: Sync and quorum modes: each version's model is checked against FedAvg exactly.
     exact_fedavg: bool = True
+    #: Broker users (name, password) the participants log in as, their ids the user names
+    #: (for --verify-identity); by default p0, p1 ... on ``broker``'s own user.
+    users: list[tuple[str, str]] | None = None
     peak_rss_mib: float = 0.0
     #: Coordinator exits the test did not cause (neither 0 nor its own SIGKILL).
     crashes: int = 0
@@ -66,6 +69,16 @@ class FaultyFederation:
     @property
     def state(self) -> Path:
         return self.root / self.name
+
+    def participant_id(self, index: int) -> str:
+        return f"p{index}" if self.users is None else self.users[index][0]
+
+    def participant_url(self, index: int) -> str:
+        if self.users is None:
+            return self.broker
+        name, password = self.users[index]
+        scheme, rest = self.broker.split("://", 1)
+        return f"{scheme}://{name}:{password}@{rest.split('@', 1)[1]}"
 
     def sent_log(self, index: int) -> Path:
         return self.root / f"sent-p{index}.jsonl"
@@ -87,8 +100,8 @@ class FaultyFederation:
 
     def start_participant(self, index: int, label: str | None = None) -> subprocess.Popen[bytes]:
         args = ["--federation", self.name, "--app", "fedq.apps.synthetic:app"]
-        args += ["--id", f"p{index}", "--partition", f"{index}/{self.participants}"]
-        args += ["--broker", self.broker, "--sent-log", str(self.sent_log(index))]
+        args += ["--id", self.participant_id(index), "--partition", f"{index}/{self.participants}"]
+        args += ["--broker", self.participant_url(index), "--sent-log", str(self.sent_log(index))]
         log = self.root / f"{label or f'p{index}'}.log"
         env = {"FEDQ_SYNTHETIC_PARAMS": str(PARAMS)}
         process = start_fedq("participant", *args, *self.participant_args, log=log, env=env)
@@ -131,8 +144,9 @@ class FaultyFederation:
         ledger = UpdateLedger(self.state / "ledger.sqlite")
         try:
             refused = {r["update_id"] for r in ledger.rejections() if r["reason"] != "duplicate"}
+            index = {self.participant_id(i): i for i in range(self.participants)}
             by_version = [
-                [int(u.participant.removeprefix("p")) for u in ledger.updates_of(v)]
+                [index[u.participant] for u in ledger.updates_of(v)]
                 for v in range(1, report.versions + 1)
             ]
         finally:
@@ -179,7 +193,7 @@ class FaultyFederation:
 
         async def delete() -> None:
             async with AmqpTransport(self.broker) as transport:
-                participants = [f"p{i}" for i in range(self.participants)]
+                participants = [self.participant_id(i) for i in range(self.participants)]
                 await Topology(self.name).delete(transport, participants)
 
         asyncio.run(delete())

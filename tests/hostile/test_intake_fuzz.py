@@ -1,0 +1,116 @@
+"""The intake against hostile bodies, in process (thousands of them, fast): each is refused
+with its reason, nothing raises, and checking one never takes memory out of proportion
+to its size, whatever shape it declares."""
+
+from __future__ import annotations
+
+import functools
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from fedq.apps.synthetic import SyntheticApp
+from fedq.coordinator.config import CoordinatorConfig
+from fedq.coordinator.intake import Admission, Intake, Refused, Verdict, body_digest
+from fedq.coordinator.modes import make_mode
+from fedq.messages.codec import encode_message, spec_of
+from fedq.messages.schema import UpdateMeta
+from tests.hostile.cases import (
+    ATTACKER,
+    NORM_BOUND,
+    HostileCase,
+    captured_cases,
+    crafted_cases,
+    hostile_documents,
+)
+
+FEDERATION = "hostile"
+MODEL = SyntheticApp(params=100_000).initial_weights()
+OWNER = "p0"
+#: An honest update committed in v1: the attacker captured its bytes.
+HONEST_ID = "honest-update"
+HONEST = encode_message(
+    UpdateMeta(
+        federation=FEDERATION,
+        update_id=HONEST_ID,
+        participant=OWNER,
+        round=1,
+        base_version=0,
+        num_examples=100,
+    ),
+    {k: np.full_like(v, 0.001) for k, v in MODEL.items()},
+)
+#: What checking a body may take beyond the body itself: 1 MiB, plus 8 bytes per byte
+#: of body for the Python objects its metadata decode into (a msgpack map of small ints
+#: is ~1 byte per value on the wire and ~8 as Python objects).
+SLACK = 1 << 20
+
+
+def bound(body: bytes) -> int:
+    return SLACK + 8 * len(body)
+
+
+def intake_as_of_v1() -> tuple[Intake, Admission]:
+    """The intake of a sync coordinator that committed v1 (HONEST in it) and is collecting
+    round 2, with the hostile run's norm bound."""
+    committed = {HONEST_ID: body_digest(HONEST)}
+    intake = Intake(
+        FEDERATION, spec_of(MODEL), committed.get, verify_identity=True, max_norm=NORM_BOUND
+    )
+    config = CoordinatorConfig(
+        federation=FEDERATION, participants=3, rounds=5, state_dir=Path("/nonexistent")
+    )
+    mode = make_mode(config)
+    return intake, functools.partial(mode.admit, mode.open(1))
+
+
+def check(body: bytes, user: str = ATTACKER) -> tuple[Verdict, int]:
+    """The verdict on ``body`` and the peak memory Python allocated while checking it."""
+    intake, admit = intake_as_of_v1()
+    tracemalloc.start()
+    try:
+        verdict = intake.check(body, user, lambda _: None, admit)
+        return verdict, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def reason_of(verdict: Verdict) -> str:
+    if isinstance(verdict, Refused):
+        return verdict.rejection.reason
+    return type(verdict).__name__.lower()
+
+
+def all_cases() -> list[HostileCase]:
+    return crafted_cases(FEDERATION, MODEL) + captured_cases(HONEST)
+
+
+@pytest.mark.parametrize("case", all_cases(), ids=lambda c: c.kind)
+def test_each_hostile_case_gets_its_reason_in_bounded_memory(case: HostileCase):
+    verdict, peak = check(case.body, OWNER if case.sender == "owner" else ATTACKER)
+    assert reason_of(verdict) == case.reason
+    assert peak < bound(case.body)
+
+
+def test_a_topk_tensor_declaring_32_gib_is_refused_before_it_is_decoded():
+    """The memory bomb: a few bytes declare 2^33 zeros. Decoding first would allocate
+    32 GiB (or raise MemoryError out of the intake and stop the coordinator)."""
+    [bomb] = [c for c in crafted_cases(FEDERATION, MODEL) if "memory bomb" in c.kind]
+    assert len(bomb.body) < 1000
+    verdict, peak = check(bomb.body)
+    assert reason_of(verdict) == "shape_mismatch"
+    assert peak < SLACK
+
+
+@settings(
+    max_examples=400, deadline=None, derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)  # fmt: skip
+@given(hostile_documents(FEDERATION, MODEL))
+def test_any_document_is_refused_without_raising_or_growing(body: bytes):
+    verdict, peak = check(body)
+    assert isinstance(verdict, Refused), verdict
+    assert peak < bound(body)
