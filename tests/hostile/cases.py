@@ -93,7 +93,9 @@ def crafted_cases(federation: str, model: dict[str, np.ndarray]) -> list[Hostile
         HostileCase("not msgpack", b"\xc1\xc1 GET / HTTP/1.1\r\n", "undecodable"),
         HostileCase("truncated body", valid(**current)[:5000], "undecodable"),
         HostileCase("msgpack, not a map", pack([1, 2, 3]), "undecodable"),
-        HostileCase("ext type", pack({"federation": msgpack.ExtType(42, b"\x80\x04")}), "undecodable"),
+        HostileCase(
+            "ext type", pack({"federation": msgpack.ExtType(42, b"\x80\x04")}), "undecodable"
+        ),
         HostileCase("wrong field type", valid(num_examples="ten", **current), "schema"),
         HostileCase(
             "missing field",
@@ -109,7 +111,11 @@ def crafted_cases(federation: str, model: dict[str, np.ndarray]) -> list[Hostile
         ),
         HostileCase("shape larger than data", with_first(data=b"\x00" * 8), "undecodable"),
         HostileCase("object dtype", with_first(dtype="object"), "schema"),
-        HostileCase("wrong dtype", with_first(dtype="float64", data=np.zeros_like(w, np.float64).tobytes()), "dtype_mismatch"),
+        HostileCase(
+            "wrong dtype",
+            with_first(dtype="float64", data=np.zeros_like(w, np.float64).tobytes()),
+            "dtype_mismatch",
+        ),
         HostileCase(
             "unknown tensor",
             pack(update_doc(federation, model, **current) | {"tensors": [tensor("evil", w)]}),
@@ -118,11 +124,15 @@ def crafted_cases(federation: str, model: dict[str, np.ndarray]) -> list[Hostile
         HostileCase("NaN", _replace_first(federation, model, nan, current), "non_finite"),
         HostileCase("infinity", _replace_first(federation, model, inf, current), "non_finite"),
         HostileCase("norm outlier", valid(value=10.0, **current), "norm_exceeded"),
-        HostileCase("unknown federation", pack(update_doc(federation, model, **current) | {"federation": "elsewhere"}), "wrong_federation"),
+        HostileCase(
+            "unknown federation",
+            pack(update_doc(federation, model, **current) | {"federation": "elsewhere"}),
+            "wrong_federation",
+        ),
         HostileCase("stale base version", valid(round=1, base_version=0), "stale"),
         HostileCase("future base version", valid(round=1001, base_version=1000), "unknown_round"),
         HostileCase("oversized body", valid(metrics=huge_metrics, **current), "too_large"),
-    ]  # fmt: skip
+    ]
 
 
 def _replace_first(
@@ -140,9 +150,11 @@ def captured_cases(captured: bytes) -> list[HostileCase]:
     altered[-4:] = struct.pack("<f", 0.5)  # the last value of the last tensor
     return [
         HostileCase("replayed update", captured, "duplicate", sender="owner"),
-        HostileCase("other bytes under a committed id", bytes(altered), "conflicting_duplicate", "owner"),
+        HostileCase(
+            "other bytes under a committed id", bytes(altered), "conflicting_duplicate", "owner"
+        ),
         HostileCase("claimed identity", captured, "forged"),
-    ]  # fmt: skip
+    ]
 
 
 #: Any msgpack value fedq's decoder might be handed.
@@ -153,9 +165,11 @@ msgpack_values = st.recursive(
     | st.floats()
     | st.text(max_size=20)
     | st.binary(max_size=64),
-    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=12), inner, max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=12), inner, max_size=5)
+    ),
     max_leaves=30,
-)  # fmt: skip
+)
 
 
 def hostile_documents(federation: str, model: dict[str, np.ndarray]) -> st.SearchStrategy[bytes]:
