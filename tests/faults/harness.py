@@ -12,6 +12,7 @@ one folded, would change it).
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from fedq.coordinator.ledger import UpdateLedger
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.sent_log import SentUpdate, read_sent
 from fedq.messages.topology import Topology
+from fedq.messages.transport import Delivery
 from tests.conftest import BROKER_URL
 from tests.fault_table import FaultRow, record
 from tests.helpers import drain, run_fedq, start_fedq, wait_with_peak_rss
@@ -45,6 +47,8 @@ class Accounting:
     #: Refused update ids with no copy in the dead-letter queue.
     missing_from_dlq: list[str]
     versions: int
+    #: What the dead-letter queue held (drained).
+    dead_letters: list[Delivery]
 
 
 @dataclass
@@ -118,6 +122,20 @@ class FaultyFederation:
             self.crashes += 1
         return code
 
+    def ledger_value(self, sql: str) -> int:
+        """One number from the ledger, read without writing to it while the coordinator
+        runs (0 before the ledger exists)."""
+        path = self.state / "ledger.sqlite"
+        try:
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+                row = db.execute(sql).fetchone()
+        except sqlite3.OperationalError:  # not made yet
+            return 0
+        return int(row[0] or 0)
+
+    def committed_version(self) -> int:
+        return self.ledger_value("SELECT max(version) FROM versions")
+
     def logs(self) -> str:
         """Every process's log, for a failed assertion's message."""
         return "\n".join(
@@ -164,6 +182,7 @@ class FaultyFederation:
             applied_twice=twice,
             missing_from_dlq=sorted(uid for uid in refused if uid not in in_dlq),
             versions=report.versions,
+            dead_letters=dead,
         )
 
     def _is_fedavg(self, version: int, contributors: list[int]) -> bool:

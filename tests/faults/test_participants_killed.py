@@ -6,23 +6,12 @@ from __future__ import annotations
 
 import random
 import signal
-import sqlite3
 import time
 
 from fedq.messages.sent_log import read_sent
 from tests.faults.harness import FaultyFederation
 
 KILLS = 6
-
-
-def committed_version(ledger: str) -> int:
-    """The ledger's last committed version, read without writing to it."""
-    try:
-        with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True) as db:
-            row = db.execute("SELECT max(version) FROM versions").fetchone()
-    except sqlite3.OperationalError:  # not made yet
-        return 0
-    return int(row[0] or 0)
 
 
 def test_participants_killed_at_random_moments_rejoin_on_the_newest_model(tmp_path, federation):
@@ -39,7 +28,7 @@ def test_participants_killed_at_random_moments_rejoin_on_the_newest_model(tmp_pa
             i = rng.randrange(fed.participants)
             participants[i].send_signal(signal.SIGKILL)
             participants[i].wait(timeout=30)
-            version = committed_version(str(fed.state / "ledger.sqlite"))
+            version = fed.committed_version()
             logged = len(read_sent(fed.sent_log(i))) if fed.sent_log(i).exists() else 0
             restarts.append((i, version, logged))
             participants[i] = fed.start_participant(i, f"p{i}-restart-{kill}")

@@ -45,16 +45,20 @@ def tensor(name: str, array: np.ndarray, **overrides: Any) -> dict[str, Any]:
     return entry | overrides
 
 
-def update_doc(
-    federation: str, model: dict[str, np.ndarray], value: float = 0.01, **overrides: Any
+def _update_doc(
+    federation: str,
+    model: dict[str, np.ndarray],
+    value: float = 0.01,
+    attacker: str = ATTACKER,
+    **overrides: Any,
 ) -> dict[str, Any]:
-    """A well-formed update from the attacker on model v0, as a msgpack-ready map."""
+    """A well-formed update from ``attacker`` on model v0, as a msgpack-ready map."""
     doc: dict[str, Any] = {
         "v": 1,
         "kind": "update",
         "federation": federation,
         "update_id": f"hostile-{uuid.uuid4().hex[:12]}",
-        "participant": ATTACKER,
+        "participant": attacker,
         "round": 1,
         "base_version": 0,
         "num_examples": 10,
@@ -68,22 +72,29 @@ def pack(doc: Any) -> bytes:
     return msgpack.packb(doc, use_bin_type=True)
 
 
-def crafted_cases(federation: str, model: dict[str, np.ndarray]) -> list[HostileCase]:
-    """One of each kind, for a coordinator past model v0 (so base v0 is stale) whose model
-    is ``model`` and whose --max-update-norm is NORM_BOUND."""
+def crafted_cases(
+    federation: str, model: dict[str, np.ndarray], attacker: str = ATTACKER, version: int = 1
+) -> list[HostileCase]:
+    """One of each kind, for a sync coordinator collecting updates on model ``version``
+    (at least 1, so base v0 is stale) whose model is ``model`` and whose --max-update-norm
+    is NORM_BOUND, sent by broker user ``attacker``."""
+
+    def doc(**overrides: Any) -> dict[str, Any]:
+        return _update_doc(federation, model, attacker=attacker, **overrides)
+
     names = list(model)
     first, w = names[0], model[names[0]]
 
     def with_first(**entry: Any) -> bytes:
-        doc = update_doc(federation, model)
-        doc["tensors"][0] = tensor(first, np.zeros_like(w)) | entry
-        return pack(doc)
+        update = doc()
+        update["tensors"][0] = tensor(first, np.zeros_like(w)) | entry
+        return pack(update)
 
     def valid(**overrides: Any) -> bytes:
-        return pack(update_doc(federation, model, **overrides))
+        return pack(doc(**overrides))
 
     bomb = tensor(first, w, shape=[1 << 33], codec="topk", data=struct.pack("<I", 0))
-    current = {"round": 2, "base_version": 1}  # admitted by the mode, as of model v1
+    current = {"round": version + 1, "base_version": version}  # admitted by the mode
     nan = np.zeros_like(w)
     nan[0] = np.nan
     inf = np.zeros_like(w)
@@ -99,14 +110,14 @@ def crafted_cases(federation: str, model: dict[str, np.ndarray]) -> list[Hostile
         HostileCase("wrong field type", valid(num_examples="ten", **current), "schema"),
         HostileCase(
             "missing field",
-            pack({k: v for k, v in update_doc(federation, model).items() if k != "participant"}),
+            pack({k: v for k, v in doc().items() if k != "participant"}),
             "schema",
         ),
         HostileCase("negative dimension", with_first(shape=[-4]), "schema"),
         HostileCase("absurd dimension", with_first(shape=[1 << 40, 1 << 40]), "shape_mismatch"),
         HostileCase(
             "topk memory bomb (32 GiB declared)",
-            pack(update_doc(federation, model) | {"tensors": [bomb]}),
+            pack(doc() | {"tensors": [bomb]}),
             "shape_mismatch",
         ),
         HostileCase("shape larger than data", with_first(data=b"\x00" * 8), "undecodable"),
@@ -118,15 +129,15 @@ def crafted_cases(federation: str, model: dict[str, np.ndarray]) -> list[Hostile
         ),
         HostileCase(
             "unknown tensor",
-            pack(update_doc(federation, model, **current) | {"tensors": [tensor("evil", w)]}),
+            pack(doc(**current) | {"tensors": [tensor("evil", w)]}),
             "tensor_mismatch",
         ),
-        HostileCase("NaN", _replace_first(federation, model, nan, current), "non_finite"),
-        HostileCase("infinity", _replace_first(federation, model, inf, current), "non_finite"),
+        HostileCase("NaN", _replace_first(doc(**current), model, nan), "non_finite"),
+        HostileCase("infinity", _replace_first(doc(**current), model, inf), "non_finite"),
         HostileCase("norm outlier", valid(value=10.0, **current), "norm_exceeded"),
         HostileCase(
             "unknown federation",
-            pack(update_doc(federation, model, **current) | {"federation": "elsewhere"}),
+            pack(doc(**current) | {"federation": "elsewhere"}),
             "wrong_federation",
         ),
         HostileCase("stale base version", valid(round=1, base_version=0), "stale"),
@@ -135,10 +146,7 @@ def crafted_cases(federation: str, model: dict[str, np.ndarray]) -> list[Hostile
     ]
 
 
-def _replace_first(
-    federation: str, model: dict[str, np.ndarray], values: np.ndarray, fields: dict[str, Any]
-) -> bytes:
-    doc = update_doc(federation, model, **fields)
+def _replace_first(doc: dict[str, Any], model: dict[str, np.ndarray], values: np.ndarray) -> bytes:
     doc["tensors"][0] = tensor(next(iter(model)), values)
     return pack(doc)
 
@@ -172,7 +180,9 @@ msgpack_values = st.recursive(
 )
 
 
-def hostile_documents(federation: str, model: dict[str, np.ndarray]) -> st.SearchStrategy[bytes]:
+def hostile_documents(
+    federation: str, model: dict[str, np.ndarray], attacker: str = ATTACKER
+) -> st.SearchStrategy[bytes]:
     """Arbitrary msgpack documents, and updates with one field (or one tensor field) set to
     an arbitrary value. None is valid: the tensors hold NaN, so even an update whose every
     field survived is refused (``non_finite``)."""
@@ -180,7 +190,7 @@ def hostile_documents(federation: str, model: dict[str, np.ndarray]) -> st.Searc
     poisoned[0] = np.nan
 
     def base() -> dict[str, Any]:
-        doc = update_doc(federation, model, round=2, base_version=1)
+        doc = _update_doc(federation, model, attacker=attacker, round=2, base_version=1)
         doc["tensors"][0] = tensor(next(iter(model)), poisoned)
         return doc
 
