@@ -12,19 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import importlib.util
 import json
 import os
 import re
-import secrets
 import shlex
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 import tomllib
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -52,6 +46,7 @@ from fedq.messages.schema import MESSAGE_TYPES, UpdateMeta
 from fedq.messages.topology import UPDATE_KEY, Topology
 from fedq.messages.transport import TransportError
 from tests.helpers import drain, read_report, run_fedq, start_fedq
+from tests.rabbit_node import RabbitNode, free_ports, rabbit_node
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -494,21 +489,6 @@ def test_the_image_holds_every_part_of_the_package():
 
 
 # ------------------------------------------------------------------ a real node
-def rabbitmq_tool(name: str) -> str | None:
-    """The script itself: Debian's /usr/sbin wrappers switch to the rabbitmq user, who
-    could not read the test's files."""
-    debian = Path("/usr/lib/rabbitmq/bin") / name
-    return str(debian) if debian.exists() else shutil.which(name)
-
-
-def free_ports(n: int) -> list[int]:
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-
-
 def node_config(deploy_conf: str, overrides: dict[str, str]) -> str:
     """deploy/rabbitmq/rabbitmq.conf with some values changed: each must be there."""
     lines = deploy_conf.splitlines()
@@ -521,47 +501,27 @@ def node_config(deploy_conf: str, overrides: dict[str, str]) -> str:
 
 @dataclass
 class DeployNode:
-    name: str
-    amqp_port: int
+    node: RabbitNode
     management_port: int
     prometheus_port: int
     passwords: dict[str, str]
-    env: dict[str, str]
-    ctl: str
+
+    @property
+    def amqp_port(self) -> int:
+        return self.node.amqp_port
 
     def url(self, user: str) -> str:
         return f"amqp://{user}:{self.passwords[user]}@127.0.0.1:{self.amqp_port}/{VHOST}"
 
     def rabbitmqctl(self, *args: str) -> str:
-        result = subprocess.run(
-            [self.ctl, "-q", "-n", self.name, *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert result.returncode == 0, result.stdout + result.stderr
-        return result.stdout
+        return self.node.rabbitmqctl(*args)
 
 
 @pytest.fixture(scope="module")
 def deploy_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeployNode]:
     """A RabbitMQ node of this test's own (never the shared one on 5672), booted with
-    deploy/rabbitmq's config and plugins and the definitions render_definitions.py makes.
-    Its own ports, directories and Erlang cookie; stopped at the end."""
-    server, ctl = rabbitmq_tool("rabbitmq-server"), rabbitmq_tool("rabbitmqctl")
-    if server is None or ctl is None:
-        pytest.skip("rabbitmq-server is not installed")
+    deploy/rabbitmq's config and plugins and the definitions render_definitions.py makes."""
     base = tmp_path_factory.mktemp("rabbitmq")
-    home = base / "home"
-    home.mkdir()
-    cookie = home / ".erlang.cookie"
-    cookie.write_text(secrets.token_hex(16))
-    cookie.chmod(0o400)
-    (base / "conf.d").mkdir()
-    (base / "rabbitmq-env.conf").write_text("")
-    shutil.copy(DEPLOY / "rabbitmq" / "enabled_plugins", base / "enabled_plugins")
-
     script = [sys.executable, str(DEPLOY / "render_definitions.py"), "--participants", "4"]
     files = ["--out", str(base / "definitions.json"), "--env-out", str(base / "fedq.env")]
     subprocess.run(
@@ -570,7 +530,7 @@ def deploy_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeployNode
     by_var = dict(line.split("=", 1) for line in (base / "fedq.env").read_text().splitlines())
     passwords = {u: by_var[render.env_name(u)] for u in USERS}
 
-    amqp, dist, management, prometheus = free_ports(4)
+    amqp, management, prometheus = free_ports(3)
     conf = node_config(
         (DEPLOY / "rabbitmq" / "rabbitmq.conf").read_text(),
         {
@@ -582,55 +542,9 @@ def deploy_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeployNode
         },
     )
     conf += "management.tcp.ip = 127.0.0.1\nprometheus.tcp.ip = 127.0.0.1\n"
-    (base / "rabbitmq.conf").write_text(conf)
-
-    name = f"fedq-deploy-test-{uuid.uuid4().hex[:8]}@localhost"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RABBITMQ_")}
-    env |= {
-        "HOME": str(home),
-        "RABBITMQ_NODENAME": name,
-        "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
-        "RABBITMQ_NODE_PORT": str(amqp),
-        "RABBITMQ_DIST_PORT": str(dist),
-        "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq.conf"),
-        "RABBITMQ_CONFIG_FILES": str(base / "conf.d"),
-        "RABBITMQ_ADVANCED_CONFIG_FILE": str(base / "advanced.config"),
-        "RABBITMQ_CONF_ENV_FILE": str(base / "rabbitmq-env.conf"),
-        "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
-        "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
-        "RABBITMQ_LOG_BASE": str(base / "log"),
-        "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
-        "ERL_EPMD_ADDRESS": "127.0.0.1",
-    }
-    node = DeployNode(name, amqp, management, prometheus, passwords, env, ctl)
-    log = (base / "server.out").open("wb")
-    process = subprocess.Popen(
-        [server], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            started = subprocess.run(
-                [ctl, "-q", "-n", name, "await_startup", "--timeout", "20"],
-                env=env,
-                capture_output=True,
-                timeout=60,
-            )
-            if started.returncode == 0:
-                break
-            assert process.poll() is None, (base / "server.out").read_text()
-            assert time.monotonic() < deadline, (base / "server.out").read_text()
-            time.sleep(0.5)
-        yield node
-    finally:
-        assert name.startswith("fedq-deploy-test-")  # never the shared node
-        subprocess.run([ctl, "-q", "-n", name, "stop"], env=env, capture_output=True, timeout=60)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)  # its own session: this node only
-            process.wait()
-        log.close()
+    plugins = (DEPLOY / "rabbitmq" / "enabled_plugins").read_text()
+    with rabbit_node(base / "node", conf, amqp_port=amqp, plugins=plugins, label="deploy") as node:
+        yield DeployNode(node, management, prometheus, passwords)
 
 
 def test_the_node_has_the_deploy_users_and_no_guest(deploy_node):

@@ -1,0 +1,128 @@
+"""RabbitMQ nodes of a test's own, never the shared one on 5672: their own node name,
+ports, directories, config and Erlang cookie, stopped at the end. Tests that need a
+broker configured differently (deploy definitions, TLS listeners, a short
+consumer_timeout) or that stop, partition or cluster brokers boot one of these."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+#: Every node a test boots is named so, and only such nodes are ever stopped.
+PREFIX = "fedq-test-"
+
+
+def rabbitmq_tool(name: str) -> str | None:
+    """The script itself: Debian's /usr/sbin wrappers switch to the rabbitmq user, who
+    could not read the test's files."""
+    debian = Path("/usr/lib/rabbitmq/bin") / name
+    return str(debian) if debian.exists() else shutil.which(name)
+
+
+def free_ports(n: int) -> list[int]:
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+
+
+@dataclass
+class RabbitNode:
+    name: str
+    #: Its AMQP port (TCP or TLS, whichever its config listens on).
+    amqp_port: int
+    base: Path
+    env: dict[str, str]
+    ctl: str
+
+    def rabbitmqctl(self, *args: str) -> str:
+        result = subprocess.run(
+            [self.ctl, "-q", "-n", self.name, *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+
+@contextlib.contextmanager
+def rabbit_node(
+    base: Path, config: str, *, amqp_port: int, plugins: str = "[].\n", label: str = "node"
+) -> Iterator[RabbitNode]:
+    """Boot a node in ``base`` with ``config`` (rabbitmq.conf text, which must listen on
+    ``amqp_port``) and ``plugins`` (an enabled_plugins file's text); stop it after."""
+    server, ctl = rabbitmq_tool("rabbitmq-server"), rabbitmq_tool("rabbitmqctl")
+    if server is None or ctl is None:
+        pytest.skip("rabbitmq-server is not installed")
+    home = base / "home"
+    home.mkdir(parents=True)
+    cookie = home / ".erlang.cookie"
+    cookie.write_text(secrets.token_hex(16))
+    cookie.chmod(0o400)
+    (base / "conf.d").mkdir()
+    (base / "rabbitmq-env.conf").write_text("")
+    (base / "enabled_plugins").write_text(plugins)
+    (base / "rabbitmq.conf").write_text(config)
+    [dist] = free_ports(1)
+    name = f"{PREFIX}{label}-{uuid.uuid4().hex[:8]}@localhost"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RABBITMQ_")}
+    env |= {
+        "HOME": str(home),
+        "RABBITMQ_NODENAME": name,
+        "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+        "RABBITMQ_NODE_PORT": str(amqp_port),
+        "RABBITMQ_DIST_PORT": str(dist),
+        "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq.conf"),
+        "RABBITMQ_CONFIG_FILES": str(base / "conf.d"),
+        "RABBITMQ_ADVANCED_CONFIG_FILE": str(base / "advanced.config"),
+        "RABBITMQ_CONF_ENV_FILE": str(base / "rabbitmq-env.conf"),
+        "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
+        "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
+        "RABBITMQ_LOG_BASE": str(base / "log"),
+        "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+        "ERL_EPMD_ADDRESS": "127.0.0.1",
+    }
+    node = RabbitNode(name, amqp_port, base, env, ctl)
+    log = (base / "server.out").open("wb")
+    process = subprocess.Popen(
+        [server], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            started = subprocess.run(
+                [ctl, "-q", "-n", name, "await_startup", "--timeout", "20"],
+                env=env,
+                capture_output=True,
+                timeout=60,
+            )
+            if started.returncode == 0:
+                break
+            assert process.poll() is None, (base / "server.out").read_text()
+            assert time.monotonic() < deadline, (base / "server.out").read_text()
+            time.sleep(0.5)
+        yield node
+    finally:
+        assert name.startswith(PREFIX)  # never the shared node
+        subprocess.run([ctl, "-q", "-n", name, "stop"], env=env, capture_output=True, timeout=60)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)  # its own session: this node only
+            process.wait()
+        log.close()
