@@ -124,11 +124,11 @@ class ChunkedDelta(DeltaPieces):
     def __init__(self, stream: Stream, spec: ModelSpec) -> None:
         super().__init__({name: (s.shape, s.dtype) for name, s in spec.items()})
         self.stream = stream
-        self.spec = spec
+        self.model_spec = spec
 
     def __iter__(self) -> Iterator[Piece]:
         for index in range(self.stream.count):
-            decoded = decode_message(self.stream.read(index), self.spec)
+            decoded = decode_message(self.stream.read(index), self.model_spec)
             for tensor in decoded.tensors:
                 assert tensor.slice is not None, "a spooled chunk passed the intake"
                 yield tensor.name, tensor.slice[0], tensor.array.reshape(-1)

@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import ssl
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -92,6 +93,33 @@ def redact(url: str) -> str:
     except (ValueError, TypeError):
         return "<unparseable URL>"
     return str(parsed.with_password("***")) if parsed.password else str(parsed)
+
+
+def _cannot_connect(where: str, exc: BaseException) -> str:
+    """One line on why a connection failed and what to do; TLS causes are named (the
+    broker client wraps them in its own connection error)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return (
+                f"TLS to RabbitMQ at {where}: its certificate did not verify "
+                f"({cause.verify_message}): pass the CA that signed it as ?cafile=PATH"
+            )
+        if isinstance(cause, ssl.SSLError):
+            return (
+                f"TLS to RabbitMQ at {where} failed ({cause.reason or cause}): check the URL's "
+                "cafile, certfile and keyfile, and that the port is the broker's TLS listener"
+            )
+        if isinstance(cause, FileNotFoundError):
+            return (
+                f"TLS to RabbitMQ at {where}: no file {cause.filename or cause}: fix the path "
+                "in the URL's cafile, certfile or keyfile"
+            )
+        cause = cause.__cause__
+    return (
+        f"cannot reach RabbitMQ at {where} ({exc.__class__.__name__}): start it "
+        "(`rabbitmq-server -detached`) or pass the right --broker / FEDQ_BROKER_URL"
+    )
 
 
 class _AmqpDelivery:
@@ -298,7 +326,11 @@ class AmqpTransport(Transport):
                 f"bad broker URL {redact(url)!r}: expected amqp://user:password@host:port/vhost"
             )
         self.url = url
-        self.identity = parsed.user or "guest"
+        external = parsed.query.get("auth", "").lower() == "external"
+        #: The broker user this connection publishes as (the ``user_id`` of its messages,
+        #: which RabbitMQ checks): the URL's user; with EXTERNAL (a client certificate),
+        #: the URL names the certificate's user (``amqps://p0@host/?auth=external...``).
+        self.identity: str | None = parsed.user or (None if external else "guest")
         self._timeout = connect_timeout
         #: How long a publish keeps retrying while the connection is being re-established.
         self._outage_seconds = outage_seconds
@@ -330,10 +362,7 @@ class AmqpTransport(Transport):
                 f"RabbitMQ at {where} refused the login: check the user and password in the URL"
             ) from None
         except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:
-            raise BrokerUnavailable(
-                f"cannot reach RabbitMQ at {where} ({exc.__class__.__name__}): start it "
-                "(`rabbitmq-server -detached`) or pass the right --broker / FEDQ_BROKER_URL"
-            ) from None
+            raise BrokerUnavailable(_cannot_connect(where, exc)) from None
         underlay = self._conn.transport
         assert underlay is not None, "connect_robust returns connected"
         self._channel_max = underlay.connection.connection_tune.channel_max or 65535

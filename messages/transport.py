@@ -64,8 +64,9 @@ class Delivery(Protocol):
 class Transport(abc.ABC):
     """A connection to a broker. Use as ``async with``; one per process and identity."""
 
-    #: The authenticated user: set as ``user_id`` on every message this transport publishes.
-    identity: str
+    #: The authenticated user: set as ``user_id`` on every message this transport publishes
+    #: (None: unknown, as with a client certificate whose user the URL does not name).
+    identity: str | None
 
     async def __aenter__(self) -> Transport:
         await self.connect()

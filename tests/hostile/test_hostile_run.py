@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 
 from fedq.apps.synthetic import SyntheticApp
 from fedq.messages.amqp import AmqpTransport
-from fedq.messages.codec import decode_message
+from fedq.messages.codec import Weights, decode_message
 from fedq.messages.schema import MESSAGE_TYPES, UpdateMeta
 from fedq.messages.topology import UPDATE_KEY, Topology
 from tests.broker_users import broker_users
@@ -48,7 +48,7 @@ DELAY = 2.0
 RSS_BOUND_MIB = 200
 
 
-def generated_documents(federation: str, model: dict, attacker: str) -> list[bytes]:
+def generated_documents(federation: str, model: Weights, attacker: str) -> list[bytes]:
     """GENERATED distinct hypothesis documents, the same ones every run (derandomized)."""
     found: dict[bytes, None] = {}
 
