@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fedq.messages.chunks import DEFAULT_CHUNK_BYTES
 from fedq.messages.schema import FederationName
-from fedq.messages.topology import UpdatesQueueType
+from fedq.messages.topology import DEFAULT_UPDATES_QUEUE_BYTES, UpdatesQueueType
 
 Mode = Literal["sync", "quorum", "async"]
 LatePolicy = Literal["reject", "fold"]
@@ -137,6 +137,18 @@ class CoordinatorConfig(BaseModel):
         "quorum",
         description="Type of the fedq.F.updates queue: classic, or quorum (replicated in a "
         "cluster).",
+    )
+    updates_queue_bytes: int = Field(
+        DEFAULT_UPDATES_QUEUE_BYTES,
+        ge=1 << 20,
+        description="Byte limit of the fedq.F.updates queue: past it RabbitMQ refuses new "
+        "updates and participants publish them again later (set when the queue is made).",
+    )
+    max_updates_per_participant: int = Field(
+        4,
+        ge=1,
+        description="With --verify-identity: distinct updates one broker user may have "
+        "admitted per version; more are refused (rate_limited).",
     )
     max_update_norm: float | None = Field(
         None, gt=0, description="Reject updates whose delta has a larger L2 norm."

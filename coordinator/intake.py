@@ -119,6 +119,7 @@ class Intake:
         verify_identity: bool = False,
         max_bytes: int | None = None,
         max_norm: float | None = None,
+        max_per_user: int | None = None,
     ) -> None:
         self.federation = federation
         self.spec = spec
@@ -127,6 +128,28 @@ class Intake:
         raw = sum(int(np.prod(s.shape)) * s.dtype.itemsize for s in spec.values())
         self.max_bytes = max_bytes or raw + METADATA_ALLOWANCE
         self.max_norm = max_norm
+        #: With verified identities: distinct update ids one broker user may have admitted
+        #: per version. Bounded by users x this (users are the broker's, not the sender's
+        #: choice); cleared by :meth:`new_version`.
+        self.max_per_user = max_per_user if verify_identity else None
+        self._admitted_ids: dict[str, set[str]] = {}
+
+    def new_version(self) -> None:
+        """A version opened: every user's allowance starts again."""
+        self._admitted_ids.clear()
+
+    def _within_allowance(self, user: str, update_id: str) -> None:
+        """Raise rate_limited if ``user`` already had ``max_per_user`` other updates
+        admitted into the open version (a flood of well-formed updates from one user)."""
+        if self.max_per_user is None:
+            return
+        ids = self._admitted_ids.setdefault(user, set())
+        if update_id not in ids and len(ids) >= self.max_per_user:
+            raise Rejection(
+                "rate_limited",
+                f"broker user {user!r} already has {len(ids)} updates in this version",
+            )
+        ids.add(update_id)
 
     def check(
         self, body: bytes, user_id: str | None, held_digest: DigestLookup, admit: Admission
@@ -165,6 +188,8 @@ class Intake:
                     )
             # For a chunk, an early no (stale, ahead): the assembler admits the whole again.
             admitted = admit(meta)
+            if user_id is not None:
+                self._within_allowance(user_id, meta.update_id)
             if chunk is not None:
                 slices, squares = check_slices(decoded.tensors)
                 return ChunkCandidate(meta, chunk, slices, squares, chunk_digest(decoded.tensors))

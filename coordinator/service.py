@@ -121,7 +121,9 @@ class Coordinator:
         self.config = config
         self.app = app
         self.transport = transport
-        self.topology = Topology(config.federation, config.updates_queue)
+        self.topology = Topology(
+            config.federation, config.updates_queue, config.updates_queue_bytes
+        )
         self.observers = Observers(observers)
         self.mode = make_mode(config)
         self.ledger = UpdateLedger(config.state_dir / "ledger.sqlite")
@@ -164,6 +166,7 @@ class Coordinator:
                 verify_identity=self.config.verify_identity,
                 max_bytes=self.config.max_update_bytes,
                 max_norm=self.config.max_update_norm,
+                max_per_user=self.config.max_updates_per_participant,
             )
             self.assembler = Assembler(
                 self.config.state_dir / "spool",
@@ -241,6 +244,7 @@ class Coordinator:
         intake: Intake,
     ) -> tuple[Weights, int]:
         open_ = self.mode.open(version)
+        intake.new_version()
         aggregation = self.strategy.aggregator.start(
             AggregationContext(
                 template=weights,

@@ -51,6 +51,7 @@ from aio_pika.abc import (
 from fedq.messages.transport import (
     Delivery,
     ExchangeKind,
+    QueueFull,
     Transport,
     TransportError,
     Unroutable,
@@ -492,7 +493,8 @@ class AmqpTransport(Transport):
             except aio_pika.exceptions.PublishError as exc:
                 raise Unroutable(f"no queue bound to {exchange!r} for {routing_key!r}") from exc
             except aio_pika.exceptions.DeliveryError as exc:
-                raise TransportError(f"broker did not take the message: {exc}") from exc
+                # basic.nack: with fedq's queues, one at its limit with reject-publish.
+                raise QueueFull(f"RabbitMQ refused the message to {exchange!r}: {exc}") from exc
             except aiormq.exceptions.ChannelClosed as exc:
                 # e.g. NOT_FOUND for a missing exchange: the broker closed the publishing
                 # channel; open a fresh one so the next publish works.

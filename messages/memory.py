@@ -18,6 +18,7 @@ from typing import Any
 from fedq.messages.transport import (
     Delivery,
     ExchangeKind,
+    QueueFull,
     Transport,
     TransportError,
     Unroutable,
@@ -98,6 +99,17 @@ class _Queue:
     ready: deque[_Message] = field(default_factory=deque)
     consumers: list[_Consumer] = field(default_factory=list)
     _turn: itertools.count[int] = field(default_factory=itertools.count)
+
+    def refuses(self, msg: _Message) -> bool:
+        """Would ``msg`` take a reject-publish queue past its limit?"""
+        if self.arguments.get("x-overflow") != "reject-publish":
+            return False
+        limit = self.arguments.get("x-max-length")
+        byte_limit = self.arguments.get("x-max-length-bytes")
+        held = sum(len(m.body) for m in self.ready)
+        return (limit is not None and len(self.ready) >= int(limit)) or (
+            byte_limit is not None and held + len(msg.body) > int(byte_limit)
+        )
 
     def put(self, msg: _Message) -> None:
         self.ready.append(msg)
@@ -255,8 +267,14 @@ class MemoryTransport(Transport):
         queues = self.broker.route(exchange, routing_key)
         if not queues and mandatory:
             raise Unroutable(f"no queue bound to {exchange!r} for {routing_key!r}")
+
+        def message() -> _Message:  # one each: a delivery's flags are its queue's
+            return _Message(bytes(body), message_id, type, self.identity, dict(headers or {}))
+
+        if full := [q.name for q in queues if q.refuses(message())]:
+            raise QueueFull(f"queue {full[0]!r} is full and refuses new messages")
         for queue in queues:
-            queue.put(_Message(bytes(body), message_id, type, self.identity, dict(headers or {})))
+            queue.put(message())
         await asyncio.sleep(0)  # a publish is a scheduling point, as on a real socket
 
     @asynccontextmanager

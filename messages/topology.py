@@ -28,6 +28,10 @@ def participant_key(kind: str, participant: str) -> str:
 UpdatesQueueType = Literal["classic", "quorum"]
 
 
+#: The updates queue's byte limit unless configured (coordinator --updates-queue-bytes).
+DEFAULT_UPDATES_QUEUE_BYTES = 1 << 30
+
+
 @dataclass(frozen=True)
 class Topology:
     federation: str
@@ -36,6 +40,9 @@ class Topology:
     #: --updates-queue). Its dead-lettering is made at-least-once, which RabbitMQ allows
     #: only with ``x-overflow: reject-publish``.
     updates_queue_type: UpdatesQueueType = "quorum"
+    #: The updates queue's byte limit: past it RabbitMQ refuses new updates (basic.nack),
+    #: which senders publish again later; a flood fills the queue, never the broker's disk.
+    updates_max_bytes: int | None = DEFAULT_UPDATES_QUEUE_BYTES
 
     @property
     def prefix(self) -> str:
@@ -70,14 +77,16 @@ class Topology:
         """A participant's queue: the newest model only, plus ``federation.done``."""
         return f"{self.prefix}.model.{participant}"
 
-    def updates_arguments(self) -> dict[str, str]:
-        arguments = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": self.rejected}
+    def updates_arguments(self) -> dict[str, str | int]:
+        arguments: dict[str, str | int] = {
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": self.rejected,
+            "x-overflow": "reject-publish",
+        }
+        if self.updates_max_bytes is not None:
+            arguments["x-max-length-bytes"] = self.updates_max_bytes
         if self.updates_queue_type == "quorum":
-            arguments |= {
-                "x-queue-type": "quorum",
-                "x-dead-letter-strategy": "at-least-once",
-                "x-overflow": "reject-publish",
-            }
+            arguments |= {"x-queue-type": "quorum", "x-dead-letter-strategy": "at-least-once"}
         return arguments
 
     async def declare_core(self, transport: Transport) -> None:

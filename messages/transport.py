@@ -12,6 +12,9 @@ Invariants every transport keeps:
 - A consumer has at most ``prefetch`` deliveries unacked and not released at a time.
 - A queue with ``x-max-length`` and ``x-overflow: drop-head`` keeps only its newest ready
   messages.
+- A queue with ``x-max-length`` or ``x-max-length-bytes`` and ``x-overflow:
+  reject-publish`` refuses a message that would take it past its limit: ``publish``
+  raises QueueFull and the queue keeps what it had.
 """
 
 from __future__ import annotations
@@ -30,6 +33,11 @@ class TransportError(RuntimeError):
 
 class Unroutable(TransportError):
     """A mandatory message matched no queue."""
+
+
+class QueueFull(TransportError):
+    """A queue at its limit with ``x-overflow: reject-publish`` refused the message (the
+    broker's basic.nack): nothing of it was kept; publish it again later."""
 
 
 class Delivery(Protocol):

@@ -37,7 +37,7 @@ from fedq.messages.schema import (
 )
 from fedq.messages.sent_log import SentUpdate, append_sent
 from fedq.messages.topology import UPDATE_KEY, Topology, participant_key
-from fedq.messages.transport import Delivery, Transport, TransportError
+from fedq.messages.transport import Delivery, QueueFull, Transport, TransportError
 from fedq.participant.app import App, AppError, Partition, TrainConfig
 from fedq.participant.attacks import parse_attack
 from fedq.participant.compression import ErrorFeedback
@@ -46,6 +46,9 @@ from fedq.participant.model_assembly import ModelAssembler, WholeModel
 from fedq.participant.working import pausing, working
 
 log = logging.getLogger("fedq.participant")
+
+#: Longest wait between two publishes of an update the broker refused (its queue full).
+MAX_BACKOFF = 5.0
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,9 @@ class ParticipantStats:
     #: Models skipped by dropout (see ``ParticipantConfig.dropout``), by version.
     rounds_dropped: int = 0
     dropped_versions: list[int] = field(default_factory=list)
+    #: Update messages the broker refused (its updates queue full) and that were published
+    #: again until taken.
+    publishes_refused: int = 0
 
 
 def _model_bytes(app: App) -> int:
@@ -281,25 +287,50 @@ class Participant:
         sent = 0
         index = 0
         while (body := await asyncio.to_thread(next, bodies, None)) is not None:
-            await self.transport.publish(
-                self.topology.updates,
-                UPDATE_KEY,
-                body,
-                message_id=f"{update.update_id}.{index}" if count > 1 else update.update_id,
-                type=MESSAGE_TYPES["update"],
-                headers={
-                    "federation": update.federation,
-                    "participant": update.participant,
-                    **({} if update.round is None else {"round": update.round}),
-                    "base_version": update.base_version,
-                    "chunk_index": index,
-                    "chunk_count": count,
-                },
-                mandatory=True,
-            )
+            headers: dict[str, str | int] = {
+                "federation": update.federation,
+                "participant": update.participant,
+                **({} if update.round is None else {"round": update.round}),
+                "base_version": update.base_version,
+                "chunk_index": index,
+                "chunk_count": count,
+            }
+            message_id = f"{update.update_id}.{index}" if count > 1 else update.update_id
+            await self._publish_until_taken(body, message_id, headers)
             sent += len(body)
             index += 1
         return sent
+
+    async def _publish_until_taken(
+        self, body: bytes, message_id: str, headers: dict[str, str | int]
+    ) -> None:
+        """Publish one update message; while the updates queue is full (RabbitMQ refuses
+        it: a flood, or a coordinator that is down), publish it again, waiting longer each
+        time up to MAX_BACKOFF seconds. The same bytes under the same id: counted once."""
+        wait = 0.2
+        while True:
+            try:
+                await self.transport.publish(
+                    self.topology.updates,
+                    UPDATE_KEY,
+                    body,
+                    message_id=message_id,
+                    type=MESSAGE_TYPES["update"],
+                    headers=headers,
+                    mandatory=True,
+                )
+                return
+            except QueueFull:
+                if wait == 0.2:
+                    log.warning(
+                        "%s: the updates queue is full; publishing %s again until it is "
+                        "taken (nothing is dropped)",
+                        self.config.participant_id,
+                        message_id,
+                    )
+                self.stats.publishes_refused += 1
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, MAX_BACKOFF)
 
     def _delta(self, local: Weights, global_: Weights) -> Weights:
         """local - global, attacked and compressed as configured, written over ``global_``:

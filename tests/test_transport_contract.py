@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from fedq.messages.transport import Delivery, TransportError, Unroutable
+from fedq.messages.transport import Delivery, QueueFull, TransportError, Unroutable
 
 
 def names() -> tuple[str, str]:
@@ -136,6 +136,34 @@ async def test_max_length_bytes_drop_head_keeps_the_newest_that_fit(transport_pa
                 kept.append(bytes(delivery.body))
                 await delivery.ack()
             assert kept == [b"chunk-2-10", b"chunk-3-10"]
+    finally:
+        await pub.delete_queue(queue)
+
+
+async def test_a_full_reject_publish_queue_refuses_and_keeps_what_it_had(transport_pair):
+    """The updates queue: past its byte limit a publish is refused (basic.nack), not
+    accepted and dropped, so the sender knows to publish again; room frees as it drains."""
+    pub, sub = transport_pair
+    _, queue = names()
+    arguments = {"x-max-length-bytes": 25, "x-overflow": "reject-publish"}
+    await pub.declare_queue(queue, arguments=arguments)
+    try:
+        await pub.publish("", queue, b"update-0-10")
+        await pub.publish("", queue, b"update-1-10")
+        with pytest.raises(QueueFull):
+            await pub.publish("", queue, b"update-2-10")
+        assert await sub.queue_depth(queue) == 2
+        async with sub.consume(queue, prefetch=1) as deliveries:
+            first = await next_delivery(deliveries)
+            assert bytes(first.body) == b"update-0-10"
+            await first.ack()
+            await pub.publish("", queue, b"update-2-10")
+            later = []
+            for _ in range(2):
+                delivery = await next_delivery(deliveries)
+                later.append(bytes(delivery.body))
+                await delivery.ack()
+            assert later == [b"update-1-10", b"update-2-10"]
     finally:
         await pub.delete_queue(queue)
 

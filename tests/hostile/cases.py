@@ -134,7 +134,9 @@ def crafted_cases(
         ),
         HostileCase("NaN", _replace_first(doc(**current), model, nan), "non_finite"),
         HostileCase("infinity", _replace_first(doc(**current), model, inf), "non_finite"),
-        HostileCase("norm outlier", valid(value=10.0, **current), "norm_exceeded"),
+        HostileCase(
+            "norm outlier", norm_outlier(federation, model, attacker, version), "norm_exceeded"
+        ),
         HostileCase(
             "unknown federation",
             pack(doc(**current) | {"federation": "elsewhere"}),
@@ -144,6 +146,15 @@ def crafted_cases(
         HostileCase("future base version", valid(round=1001, base_version=1000), "unknown_round"),
         HostileCase("oversized body", valid(metrics=huge_metrics, **current), "too_large"),
     ]
+
+
+def norm_outlier(
+    federation: str, model: dict[str, np.ndarray], attacker: str, version: int
+) -> bytes:
+    """A well-formed update on model ``version``, a new id each call, far above NORM_BOUND."""
+    return pack(
+        _update_doc(federation, model, 10.0, attacker, round=version + 1, base_version=version)
+    )
 
 
 def _replace_first(doc: dict[str, Any], model: dict[str, np.ndarray], values: np.ndarray) -> bytes:

@@ -35,12 +35,16 @@ from tests.hostile.cases import (
     captured_cases,
     crafted_cases,
     hostile_documents,
+    norm_outlier,
 )
 
 GENERATED = 150
 GARBAGE_BODIES = 200
 GARBAGE_BYTES = 1_200_000  # under the intake's size limit: each is read and refused
 REPLAYS = 200
+#: Well-formed updates (norm outliers, distinct ids) from the attacker on the open version:
+#: past --max-updates-per-participant (4) in a version they are refused rate_limited.
+WELL_FORMED_FLOOD = 40
 #: Seconds each honest participant adds to a round.
 DELAY = 2.0
 #: The coordinator's peak RSS must stay under this: holding the flood alone would take
@@ -116,6 +120,8 @@ def test_hostile_input_during_a_real_run(tmp_path, federation):
             while fed.committed_version() < 1:  # so that base v0 is stale and v0 committed
                 assert time.monotonic() < deadline, fed.logs()
                 time.sleep(0.1)
+            generated = generated_documents(federation, model, attacker[0])
+            garbage = [b"\xc1" + os.urandom(GARBAGE_BYTES) for _ in range(GARBAGE_BODIES)]
             # Right after a commit, so that the cases aimed at the open version reach it
             # before the next one (rounds take DELAY seconds): the cases go out first.
             version = fed.committed_version()
@@ -125,13 +131,16 @@ def test_hostile_input_during_a_real_run(tmp_path, federation):
             version = fed.committed_version()
             cases = crafted_cases(federation, model, attacker[0], version)
             cases += captured_cases(captured)
-            generated = generated_documents(federation, model, attacker[0])
-            garbage = [b"\xc1" + os.urandom(GARBAGE_BYTES) for _ in range(GARBAGE_BODIES)]
             by_attacker = [
                 (f"case-{i}", c.body) for i, c in enumerate(cases) if c.sender == "attacker"
             ]
             by_owner = [(f"case-{i}", c.body) for i, c in enumerate(cases) if c.sender == "owner"]
             by_owner += [(f"replay-{i}", captured) for i in range(REPLAYS)]
+            outliers = [
+                norm_outlier(federation, model, attacker[0], version)
+                for _ in range(WELL_FORMED_FLOOD)
+            ]
+            by_attacker += [(f"outlier-{i}", b) for i, b in enumerate(outliers)]
             by_attacker += [(f"generated-{i}", b) for i, b in enumerate(generated)]
             by_attacker += [(f"garbage-{i}", b) for i, b in enumerate(garbage)]
             owner_user = honest[[u for u, _ in honest].index(owner.participant)]
@@ -172,6 +181,9 @@ def test_hostile_input_during_a_real_run(tmp_path, federation):
                     assert bytes(dead[message_id].body) == body
                     assert reason[message_id] != "duplicate"
             assert all(reason[f"garbage-{i}"] == "undecodable" for i in range(GARBAGE_BODIES))
+            flood_reasons = Counter(reason[f"outlier-{i}"] for i in range(WELL_FORMED_FLOOD))
+            assert set(flood_reasons) <= {"norm_exceeded", "rate_limited"}
+            assert flood_reasons["rate_limited"] >= WELL_FORMED_FLOOD // 2
             duplicates = fed.ledger_value(
                 "SELECT count(*) FROM rejections WHERE reason = 'duplicate' "
                 f"AND update_id = '{owner.update_id}'"
@@ -183,6 +195,7 @@ def test_hostile_input_during_a_real_run(tmp_path, federation):
             rows = [(c.kind, 1) for c in cases] + [
                 (f"hypothesis documents ({len(generated_reasons)} reasons)", len(generated)),
                 (f"flood: {GARBAGE_BYTES / 1e6:.1f} MB garbage bodies", GARBAGE_BODIES),
+                ("flood: well-formed updates from one user", WELL_FORMED_FLOOD),
                 ("flood: replays with stolen credentials", REPLAYS),
             ]
             for kind, tried in rows:

@@ -114,3 +114,28 @@ def test_any_document_is_refused_without_raising_or_growing(body: bytes):
     verdict, peak = check(body)
     assert isinstance(verdict, Refused), verdict
     assert peak < bound(body)
+
+
+def test_one_user_flooding_well_formed_updates_is_rate_limited_per_version():
+    """Each would be admitted by the mode (distinct ids on the open version); past the
+    allowance the user's further updates are refused, another user's are not, and the
+    next version starts a new allowance."""
+    intake, admit = intake_as_of_v1()
+    intake.max_per_user = 3
+
+    def update(participant: str) -> bytes:
+        meta = UpdateMeta(
+            federation=FEDERATION, participant=participant, round=2, base_version=1,
+            num_examples=10,
+        )  # fmt: skip
+        return encode_message(meta, {k: np.full_like(v, 0.001) for k, v in MODEL.items()})
+
+    def reasons(user: str, n: int) -> list[str]:
+        return [
+            reason_of(intake.check(update(user), user, lambda _: None, admit)) for _ in range(n)
+        ]
+
+    assert reasons(ATTACKER, 5) == ["candidate"] * 3 + ["rate_limited"] * 2
+    assert reasons(OWNER, 1) == ["candidate"]
+    intake.new_version()
+    assert reasons(ATTACKER, 1) == ["candidate"]

@@ -1,0 +1,79 @@
+"""A flood fills the updates queue to its byte limit: RabbitMQ then refuses new messages
+(reject-publish), and an honest participant's update is published again until the queue
+has room, not lost. Here the queue is full before the participant sends, and nothing
+drains it until the test does."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import replace
+
+from fedq.apps.synthetic import SyntheticApp
+from fedq.messages.amqp import AmqpTransport
+from fedq.messages.codec import decode_message, encode_message
+from fedq.messages.schema import MESSAGE_TYPES, ModelMeta, UpdateMeta
+from fedq.messages.sent_log import read_sent
+from fedq.messages.topology import UPDATE_KEY, Topology
+from fedq.messages.transport import QueueFull, TransportError
+from fedq.participant.worker import Participant, ParticipantConfig
+from tests.conftest import BROKER_URL
+
+LIMIT = 1 << 20
+PARAMS = 50_000  # a 200 kB update: it does not fit beside the flood
+
+
+async def test_an_update_refused_by_a_full_queue_is_published_again_until_taken(
+    tmp_path, federation
+):
+    topology = replace(Topology(federation), updates_max_bytes=LIMIT)
+    app = SyntheticApp(params=PARAMS)
+    sent_log = tmp_path / "sent.jsonl"
+    config = ParticipantConfig(federation=federation, participant_id="p0", sent_log=sent_log)
+    async with AmqpTransport(BROKER_URL) as own, AmqpTransport(BROKER_URL) as flooder:
+        await topology.declare_core(own)
+        flood = 0
+        while True:  # fill the queue: 100 kB of garbage at a time until it refuses
+            try:
+                await flooder.publish(topology.updates, UPDATE_KEY, b"\xc1" * 100_000)
+                flood += 1
+            except QueueFull:
+                break
+        assert flood >= LIMIT // 100_000  # a quorum queue takes the one that crosses it
+        participant = Participant(config, app, own)
+        running = asyncio.create_task(participant.run())
+        try:
+            for _ in range(100):  # until it consumes its queue: then give it a model
+                with contextlib.suppress(TransportError):  # not declared yet
+                    if await own.queue_consumers(topology.model_queue("p0")) == 1:
+                        break
+                await asyncio.sleep(0.1)
+            model = ModelMeta(federation=federation, version=0, round=1, rounds_total=1)
+            await own.publish(
+                topology.models, "", encode_message(model, app.initial_weights()),
+                type=MESSAGE_TYPES["model"],
+            )  # fmt: skip
+            for _ in range(100):  # until the broker has refused its update at least twice
+                if participant.stats.publishes_refused >= 2:
+                    break
+                await asyncio.sleep(0.1)
+            assert participant.stats.publishes_refused >= 2
+            assert not sent_log.exists()  # not confirmed, so not logged as sent
+            assert await own.queue_depth(topology.updates) == flood
+
+            async with own.consume(topology.updates, prefetch=flood + 1) as inbox:
+                bodies = []
+                for _ in range(flood):  # drain the flood: now there is room
+                    delivery = await asyncio.wait_for(anext(inbox), 10)
+                    bodies.append(bytes(delivery.body))
+                    await delivery.ack()
+                update = await asyncio.wait_for(anext(inbox), 30)
+                await update.ack()
+            meta = decode_message(update.body).meta(UpdateMeta)
+            assert meta.participant == "p0" and meta.base_version == 0
+            assert [s.update_id for s in read_sent(sent_log)] == [meta.update_id]
+            assert all(b.startswith(b"\xc1") for b in bodies)
+        finally:
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+            await topology.delete(own, ["p0"])
