@@ -111,11 +111,6 @@ def _cannot_connect(where: str, exc: BaseException) -> str:
                 f"TLS to RabbitMQ at {where} failed ({cause.reason or cause}): check the URL's "
                 "cafile, certfile and keyfile, and that the port is the broker's TLS listener"
             )
-        if isinstance(cause, FileNotFoundError):
-            return (
-                f"TLS to RabbitMQ at {where}: no file {cause.filename or cause}: fix the path "
-                "in the URL's cafile, certfile or keyfile"
-            )
         cause = cause.__cause__
     return (
         f"cannot reach RabbitMQ at {where} ({exc.__class__.__name__}): start it "
@@ -326,6 +321,12 @@ class AmqpTransport(Transport):
             raise BrokerUnavailable(
                 f"bad broker URL {redact(url)!r}: expected amqp://user:password@host:port/vhost"
             )
+        for key in ("cafile", "certfile", "keyfile"):
+            path = parsed.query.get(key)
+            if path is not None and not os.path.isfile(path):
+                raise BrokerUnavailable(
+                    f"{key}={path} in the broker URL: no such file; fix the path"
+                )
         self.url = url
         external = parsed.query.get("auth", "").lower() == "external"
         #: The broker user this connection publishes as (the ``user_id`` of its messages,

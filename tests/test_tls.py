@@ -137,7 +137,7 @@ def test_a_participant_logs_in_with_its_client_certificate(tls_node, tmp_path, f
     ("change", "says"),
     [
         ({"cafile": "other-ca.pem"}, "certificate did not verify"),
-        ({"cafile": "missing.pem"}, "no file"),
+        ({"cafile": "missing.pem"}, "no such file"),
     ],
 )
 def test_a_wrong_ca_is_one_clear_line(tls_node, change, says):
