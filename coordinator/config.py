@@ -176,6 +176,13 @@ class CoordinatorConfig(BaseModel):
         description="Refuse a chunked update as incomplete when no chunk of it came for this "
         "many seconds.",
     )
+    consumer_timeout: float = Field(
+        1800.0,
+        gt=0,
+        description="RabbitMQ's consumer_timeout in seconds (its default: 30 minutes): held "
+        "updates are returned to the queue and taken again after half of it, so a version "
+        "may stay open for any time.",
+    )
     verify_identity: bool = Field(
         False,
         description="Reject updates whose broker user is not the participant they claim "

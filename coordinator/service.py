@@ -323,14 +323,20 @@ class Coordinator:
         admit: Admission = functools.partial(self.mode.admit, open_)
         assembler = self.assembler
         assert assembler is not None, "run() makes the assembler"
+        # Held deliveries go back to the queue and are taken again before the broker's
+        # consumer_timeout would close the channel (see HeldDeliveries).
+        hold_for = self.config.consumer_timeout / 2
         while (reason := open_.close_reason()) is None:
             wait = open_.seconds_left()
-            if (expiry := assembler.next_expiry()) is not None:
-                wait = min(wait, expiry - time.monotonic())
+            for due in (assembler.next_expiry(), held.next_return(hold_for)):
+                if due is not None:
+                    wait = min(wait, due - time.monotonic())
             try:
                 delivery = await asyncio.wait_for(anext(deliveries), timeout=max(0.01, wait))
             except TimeoutError:
                 delivery = None
+            if returned := await held.return_older_than(hold_for):
+                log.info("returned %d held deliveries to the queue to take them again", returned)
             for stream, rejection in assembler.expired():
                 open_.refused += 1
                 await self._dead_letter_stream(stream, rejection, open_.version)
@@ -359,10 +365,13 @@ class Coordinator:
             elif isinstance(verdict, ChunkCandidate):
                 folded = await self._take_chunk(verdict, delivery, admit, open_, aggregation, held)
             else:
-                open_.refused += 1
                 size = len(delivery.body)
                 if isinstance(verdict, Duplicate) and verdict.of == "held":
-                    delivery = held.replace(verdict.meta.update_id, delivery, verdict.chunk)
+                    replaced = held.replace(verdict.meta.update_id, delivery, verdict.chunk)
+                    if replaced is None:  # a returned delivery, back: held again
+                        continue
+                    delivery = replaced
+                open_.refused += 1
                 await self._settle(verdict, delivery, open_.version, size)
             del verdict  # its tensors are views over the body: let the body go
             await self._publish_progress(open_, force=folded)
@@ -738,7 +747,8 @@ class Coordinator:
                     type=MESSAGE_TYPES["model"],
                     headers={**headers, "chunk_index": index},
                 )
-                failpoint("publishing_model")
+                if exchange:  # the fanout of a new version, not a join's answer
+                    failpoint("publishing_model")
                 index += 1
 
     # --------------------------------------------------------------- result

@@ -245,17 +245,26 @@ class _Inbox:
         self._held: dict[str | None, int] = {}
         self._full = asyncio.Event()
         self._switcher: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def start(self) -> None:
         self.tag = await self._source.consume(self.put)
         self._switcher = asyncio.create_task(self._switch_when_full(), name="fedq-consumer-switch")
 
     async def stop(self, *, cancel: bool) -> None:
-        """Stop switching, and cancel the consumer if ``cancel`` (its channel is open)."""
+        """Stop switching, and cancel the consumer if ``cancel`` (its channel is open).
+
+        The switcher is asked to stop and awaited, not cancelled: cancelled in the middle of
+        its basic.consume or basic.cancel, it would leave the channel's RPC unanswered and
+        the next RPC on it would time out."""
         if self._switcher is not None:
-            self._switcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._switcher
+            self._stopping = True
+            self._full.set()
+            done, _ = await asyncio.wait({self._switcher}, timeout=5.0)
+            if not done:  # stuck in an RPC (the connection is down): the channel goes anyway
+                self._switcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._switcher
         if cancel and self.tag is not None:
             await self._source.cancel(self.tag)
 
@@ -278,6 +287,8 @@ class _Inbox:
         while True:
             await self._full.wait()
             self._full.clear()
+            if self._stopping:
+                return
             old = self.tag
             if self._held.get(old, 0) < self._prefetch:
                 continue  # settled meanwhile: the window reopened

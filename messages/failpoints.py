@@ -14,7 +14,8 @@ The coordinator's points, in the order a version reaches them:
 - ``collecting``: an update was just folded into the open version (held, not acked);
 - ``after_checkpoint``: the new version's checkpoint is on disk, the ledger does not know it;
 - ``after_ledger_commit``: the ledger committed the version, its updates are not yet acked;
-- ``publishing_model``: the first chunk of a new model is published, the others are not;
+- ``publishing_model``: a chunk of a new version's chunked model went to every participant,
+  the chunks after it did not (hit n: the nth chunk of the fanouts, v0's first);
 - ``between_versions``: a version is committed, acked and announced, the next not opened.
 """
 

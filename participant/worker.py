@@ -2,9 +2,11 @@
 
 It declares its own queue (``fedq.F.model.<id>``: newest model only, plus
 ``federation.done``), announces itself with ``join.<id>`` (the coordinator answers with the
-current model), and loops until ``federation.done``. The model message is acked only after
-the update it produced is confirmed by the broker, so a crash mid-training retrains the same
-model on restart instead of losing the round. Heartbeats flow while training runs.
+current model), and loops until ``federation.done``. A model is acked once it is whole, and
+the participant stops consuming while it trains: it holds no delivery however long training
+takes (RabbitMQ closes the channel of a consumer that holds one past its
+``consumer_timeout``). A crash mid-training loses no round: restarted, the participant joins
+again and the coordinator answers with the current model. Heartbeats flow while training.
 """
 
 from __future__ import annotations
@@ -147,23 +149,45 @@ class Participant:
         )
         beat = asyncio.create_task(self._heartbeats(), name=f"fedq-heartbeat-{pid}")
         done = False
+        joined = False
         try:
-            async with self.transport.consume(self.topology.model_queue(pid), prefetch=1) as inbox:
-                await self._control(
-                    "join", Join(federation=self.config.federation, participant=pid)
-                )
-                async for delivery in inbox:
-                    if delivery.type == MESSAGE_TYPES["federation.done"]:
-                        await self._settle(delivery)
-                        done = True
-                        break
-                    model, finished = await self._receive(delivery)
-                    for settled in finished:
-                        await self._settle(settled)
+            while not done:
+                model = None
+                async with contextlib.AsyncExitStack() as slot:
+                    async with self.transport.consume(
+                        self.topology.model_queue(pid), prefetch=1
+                    ) as inbox:
+                        if not joined:
+                            await self._control(
+                                "join", Join(federation=self.config.federation, participant=pid)
+                            )
+                            joined = True
+                        async for delivery in inbox:
+                            if delivery.type == MESSAGE_TYPES["federation.done"]:
+                                await self._settle(delivery)
+                                done = True
+                                break
+                            model, finished = await self._receive(delivery)
+                            if model is not None and not self._drops_out(model.meta):
+                                # One of a few at work per process (memory O(few x model));
+                                # the others wait here, sharing the model's body.
+                                await slot.enter_async_context(working())
+                                finished += model.deliveries
+                            elif model is not None:
+                                finished += model.deliveries
+                                model = None
+                            for settled in finished:
+                                await self._settle(settled)
+                            if model is not None:
+                                break
+                    # Out of the consumer while training: nothing is delivered to this
+                    # participant meanwhile, so however long training takes, it holds no
+                    # delivery past RabbitMQ's consumer_timeout; what arrives waits in its
+                    # queue (the newest model only). Chunks of a model not complete were
+                    # not acked: they come back, and are assembled anew.
+                    self._models = ModelAssembler()
                     if model is not None:
-                        await self._train_round(model)
-                        for settled in model.deliveries:
-                            await self._settle(settled)
+                        await self._train(model)
         finally:
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -205,20 +229,23 @@ class Participant:
         delivery.release_body()  # copied into the model's buffers
         return result
 
-    async def _train_round(self, model: WholeModel) -> None:
-        meta = model.meta
+    def _drops_out(self, meta: ModelMeta) -> bool:
+        """Whether this participant skips ``meta``'s model (dropout, for experiments)."""
         config = self.config
-        if drops_out(config.dropout_seed, config.participant_id, meta.version, config.dropout):
-            self._dropped = meta.version
-            self.stats.rounds_dropped += 1
-            self.stats.dropped_versions.append(meta.version)
-            log.debug("%s dropped out of model v%d", self.config.participant_id, meta.version)
-            return
+        if not drops_out(config.dropout_seed, config.participant_id, meta.version, config.dropout):
+            return False
+        self._dropped = meta.version
+        self.stats.rounds_dropped += 1
+        self.stats.dropped_versions.append(meta.version)
+        log.debug("%s dropped out of model v%d", self.config.participant_id, meta.version)
+        return True
+
+    async def _train(self, model: WholeModel) -> None:
+        """Train on ``model`` and send the update (in a working slot, taken by the caller)."""
         self.stats.state = "training"
         await self._beat()
         try:
-            async with working():  # one of a few at a time per process: memory O(few x model)
-                await self._train_and_send(meta, await asyncio.to_thread(model.own_weights))
+            await self._train_and_send(model.meta, await asyncio.to_thread(model.own_weights))
         finally:
             self.stats.state = "idle"
         await self._beat()

@@ -62,10 +62,17 @@ class RabbitNode:
 
 @contextlib.contextmanager
 def rabbit_node(
-    base: Path, config: str, *, amqp_port: int, plugins: str = "[].\n", label: str = "node"
+    base: Path,
+    config: str,
+    *,
+    amqp_port: int,
+    plugins: str = "[].\n",
+    advanced: str | None = None,
+    label: str = "node",
 ) -> Iterator[RabbitNode]:
     """Boot a node in ``base`` with ``config`` (rabbitmq.conf text, which must listen on
-    ``amqp_port``) and ``plugins`` (an enabled_plugins file's text); stop it after."""
+    ``amqp_port``), ``plugins`` (an enabled_plugins file's text) and ``advanced`` (an
+    advanced.config's Erlang terms, for settings rabbitmq.conf lacks); stop it after."""
     server, ctl = rabbitmq_tool("rabbitmq-server"), rabbitmq_tool("rabbitmqctl")
     if server is None or ctl is None:
         pytest.skip("rabbitmq-server is not installed")
@@ -78,6 +85,8 @@ def rabbit_node(
     (base / "rabbitmq-env.conf").write_text("")
     (base / "enabled_plugins").write_text(plugins)
     (base / "rabbitmq.conf").write_text(config)
+    if advanced is not None:
+        (base / "advanced.config").write_text(advanced)
     [dist] = free_ports(1)
     name = f"{PREFIX}{label}-{uuid.uuid4().hex[:8]}@localhost"
     env = {k: v for k, v in os.environ.items() if not k.startswith("RABBITMQ_")}

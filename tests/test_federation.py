@@ -18,7 +18,7 @@ from fedq.coordinator.config import CoordinatorConfig
 from fedq.coordinator.ledger import UpdateLedger
 from fedq.coordinator.service import Coordinator
 from fedq.messages.amqp import AmqpTransport
-from fedq.messages.codec import encode_message
+from fedq.messages.codec import decode_message, encode_message
 from fedq.messages.schema import MESSAGE_TYPES, ModelMeta, UpdateMeta
 from fedq.messages.topology import UPDATE_KEY, Topology
 from fedq.messages.transport import TransportError
@@ -296,8 +296,13 @@ def test_sigterm_leaves_uncommitted_updates_on_the_broker(tmp_path, federation):
         asyncio.run(cleanup(federation, []))
 
 
-def test_sigterm_on_a_participant_leaves_its_model_on_the_broker(tmp_path, federation):
-    """A participant stopped mid-round has not acked its model: it gets it again on restart."""
+def test_a_participant_holds_nothing_while_it_trains_and_rejoins_after_sigterm(
+    tmp_path, federation
+):
+    """While it trains, a participant holds no delivery (so no training is too long for
+    RabbitMQ's consumer_timeout): its model is acked and its queue not consumed. Stopped
+    mid-training and restarted, it joins again: the coordinator answers a join with the
+    current model, so the round is not lost."""
     topology = Topology(federation)
     app = SyntheticApp()
     model = ModelMeta(federation=federation, version=0, round=1, rounds_total=1)
@@ -308,32 +313,42 @@ def test_sigterm_on_a_participant_leaves_its_model_on_the_broker(tmp_path, feder
             await topology.declare_core(transport)
             await topology.declare_participant(transport, "p0")
 
-    async def depth_after_model_is_taken() -> int:
+    async def give_the_model_and_see_it_trains() -> tuple[int, int]:
+        """(messages, consumers) of its queue once it took the model."""
         async with AmqpTransport(BROKER_URL) as transport:
             await transport.publish(topology.models, "", body, type=MESSAGE_TYPES["model"])
+            queue = topology.model_queue("p0")
             for _ in range(200):
-                if await transport.queue_depth(topology.model_queue("p0")) == 0:
-                    return 0
+                if await transport.queue_consumers(queue) == 0:  # it left to train
+                    return await transport.queue_depth(queue), 0
                 await asyncio.sleep(0.1)
-            return -1
+            return -1, -1
 
-    async def depth() -> int:
-        async with AmqpTransport(BROKER_URL) as transport:
-            return await transport.queue_depth(topology.model_queue("p0"))
+    async def joins() -> list[str]:
+        events = [
+            decode_message(d.body).fields for d in await drain(BROKER_URL, topology.coordinator)
+        ]
+        return [f"{e['kind']}.{e['participant']}" for e in events]
 
     asyncio.run(declare())
     args = ["--app", "fedq.apps.synthetic:app", "--id", "p0", "--delay", "60"]
     where = ["--federation", federation, "--broker", BROKER_URL]
     participant = start_fedq("participant", *args, *where, log=tmp_path / "p0.log")
+    restarted = None
     try:
-        assert asyncio.run(depth_after_model_is_taken()) == 0, (tmp_path / "p0.log").read_text()
-        time.sleep(0.5)
+        time.sleep(1)
+        assert asyncio.run(give_the_model_and_see_it_trains()) == (0, 0), (
+            tmp_path / "p0.log"
+        ).read_text()
         participant.terminate()
         assert participant.wait(timeout=30) == 130, (tmp_path / "p0.log").read_text()
-        assert asyncio.run(depth()) == 1
+        restarted = start_fedq("participant", *args, *where, log=tmp_path / "p0-again.log")
+        time.sleep(3)
+        assert asyncio.run(joins()).count("join.p0") == 2
     finally:
-        if participant.poll() is None:
-            participant.kill()
+        for process in (participant, restarted):
+            if process is not None and process.poll() is None:
+                process.kill()
         asyncio.run(cleanup(federation, ["p0"]))
 
 

@@ -102,13 +102,15 @@ class FaultyFederation:
         self.processes.append(process)
         return process
 
-    def start_participant(self, index: int, label: str | None = None) -> subprocess.Popen[bytes]:
+    def start_participant(
+        self, index: int, label: str | None = None, *extra: str
+    ) -> subprocess.Popen[bytes]:
         args = ["--federation", self.name, "--app", "fedq.apps.synthetic:app"]
         args += ["--id", self.participant_id(index), "--partition", f"{index}/{self.participants}"]
         args += ["--broker", self.participant_url(index), "--sent-log", str(self.sent_log(index))]
         log = self.root / f"{label or f'p{index}'}.log"
         env = {"FEDQ_SYNTHETIC_PARAMS": str(PARAMS)}
-        process = start_fedq("participant", *args, *self.participant_args, log=log, env=env)
+        process = start_fedq("participant", *args, *self.participant_args, *extra, log=log, env=env)
         self.processes.append(process)
         return process
 

@@ -10,9 +10,8 @@ import pytest
 
 from tests.faults.harness import CHUNK, PARAMS, FaultyFederation
 
-#: The 7 chunks of v0's model go out once to the fanout and once per join answer (3), so
-#: the 30th chunk published is inside a later model's publication.
-MID_MODEL = 30
+#: v0's model is chunks 1-7 of the fanouts: the 10th is the third of v1's.
+MID_MODEL = 10
 
 CASES = {
     "collecting": ("collecting", [], True),
