@@ -47,6 +47,12 @@ class RabbitNode:
     base: Path
     env: dict[str, str]
     ctl: str
+    process: subprocess.Popen[bytes]
+
+    def kill(self) -> None:
+        """SIGKILL the node (its own process group: this node only), as a crash would."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
 
     def rabbitmqctl(self, *args: str) -> str:
         result = subprocess.run(
@@ -69,18 +75,20 @@ def rabbit_node(
     plugins: str = "[].\n",
     advanced: str | None = None,
     label: str = "node",
+    cookie: str | None = None,
 ) -> Iterator[RabbitNode]:
     """Boot a node in ``base`` with ``config`` (rabbitmq.conf text, which must listen on
     ``amqp_port``), ``plugins`` (an enabled_plugins file's text) and ``advanced`` (an
-    advanced.config's Erlang terms, for settings rabbitmq.conf lacks); stop it after."""
+    advanced.config's Erlang terms, for settings rabbitmq.conf lacks); stop it after.
+    Nodes that are to form a cluster share their Erlang ``cookie``."""
     server, ctl = rabbitmq_tool("rabbitmq-server"), rabbitmq_tool("rabbitmqctl")
     if server is None or ctl is None:
         pytest.skip("rabbitmq-server is not installed")
     home = base / "home"
     home.mkdir(parents=True)
-    cookie = home / ".erlang.cookie"
-    cookie.write_text(secrets.token_hex(16))
-    cookie.chmod(0o400)
+    cookie_file = home / ".erlang.cookie"
+    cookie_file.write_text(cookie or secrets.token_hex(16))
+    cookie_file.chmod(0o400)
     (base / "conf.d").mkdir()
     (base / "rabbitmq-env.conf").write_text("")
     (base / "enabled_plugins").write_text(plugins)
@@ -106,11 +114,11 @@ def rabbit_node(
         "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
         "ERL_EPMD_ADDRESS": "127.0.0.1",
     }
-    node = RabbitNode(name, amqp_port, base, env, ctl)
     log = (base / "server.out").open("wb")
     process = subprocess.Popen(
         [server], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
+    node = RabbitNode(name, amqp_port, base, env, ctl, process)
     try:
         deadline = time.monotonic() + 90
         while True:
@@ -128,7 +136,10 @@ def rabbit_node(
         yield node
     finally:
         assert name.startswith(PREFIX)  # never the shared node
-        subprocess.run([ctl, "-q", "-n", name, "stop"], env=env, capture_output=True, timeout=60)
+        if process.poll() is None:
+            subprocess.run(
+                [ctl, "-q", "-n", name, "stop"], env=env, capture_output=True, timeout=60
+            )
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
