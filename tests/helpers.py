@@ -30,11 +30,17 @@ def run_fedq(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[st
     )
 
 
-def start_fedq(*args: str, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """`fedq ARGS` as a process, its output into ``log``; ``env`` adds to the environment."""
+def start_fedq(
+    *args: str, log: Path, env: dict[str, str] | None = None, via: list[str] | None = None
+) -> subprocess.Popen[bytes]:
+    """`fedq ARGS` as a process, its output into ``log``; ``env`` adds to the environment;
+    ``via`` runs it through a command (``ip netns exec NS``)."""
     handle = log.open("wb")
     return subprocess.Popen(
-        [*FEDQ, *args], stdout=handle, stderr=subprocess.STDOUT, env=fedq_env() | (env or {})
+        [*(via or []), *FEDQ, *args],
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        env=fedq_env() | (env or {}),
     )
 
 

@@ -65,6 +65,8 @@ class FaultyFederation:
     #: Broker users (name, password) the participants log in as, their ids the user names
     #: (for --verify-identity); by default p0, p1 ... on ``broker``'s own user.
     users: list[tuple[str, str]] | None = None
+    #: The synthetic model's parameter count.
+    params: int = PARAMS
     peak_rss_mib: float = 0.0
     #: Coordinator exits the test did not cause (neither 0 nor its own SIGKILL).
     crashes: int = 0
@@ -93,7 +95,7 @@ class FaultyFederation:
         args = ["--federation", self.name, "--app", "fedq.apps.synthetic:app"]
         args += ["--participants", str(self.participants), "--rounds", str(self.rounds)]
         args += ["--state-dir", str(self.root), "--broker", self.broker, "--linger", "10"]
-        env = {"FEDQ_SYNTHETIC_PARAMS": str(PARAMS)}
+        env = {"FEDQ_SYNTHETIC_PARAMS": str(self.params)}
         if failpoint:
             env["FEDQ_FAILPOINT"] = failpoint
         process = start_fedq(
@@ -103,14 +105,24 @@ class FaultyFederation:
         return process
 
     def start_participant(
-        self, index: int, label: str | None = None, *extra: str
+        self,
+        index: int,
+        label: str | None = None,
+        *extra: str,
+        via: list[str] | None = None,
+        broker: str | None = None,
     ) -> subprocess.Popen[bytes]:
+        """Participant ``index`` as a process (through ``via``, e.g. in a network namespace,
+        and to ``broker`` instead of its usual URL if given)."""
         args = ["--federation", self.name, "--app", "fedq.apps.synthetic:app"]
         args += ["--id", self.participant_id(index), "--partition", f"{index}/{self.participants}"]
-        args += ["--broker", self.participant_url(index), "--sent-log", str(self.sent_log(index))]
+        args += ["--broker", broker or self.participant_url(index)]
+        args += ["--sent-log", str(self.sent_log(index))]
         log = self.root / f"{label or f'p{index}'}.log"
-        env = {"FEDQ_SYNTHETIC_PARAMS": str(PARAMS)}
-        process = start_fedq("participant", *args, *self.participant_args, *extra, log=log, env=env)
+        env = {"FEDQ_SYNTHETIC_PARAMS": str(self.params)}
+        process = start_fedq(
+            "participant", *args, *self.participant_args, *extra, log=log, env=env, via=via
+        )
         self.processes.append(process)
         return process
 
