@@ -32,12 +32,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
                 "loopback_users = none\ndisk_free_limit.absolute = 50MB\n"
             )
             base = tmp_path_factory.mktemp(f"cluster-{i}")
-            node = rabbit_node(base, config, amqp_port=port, label=f"c{i}", cookie=cookie)
-            nodes.append(stack.enter_context(node))
-        for node in nodes[1:]:
-            node.rabbitmqctl("stop_app")
-            node.rabbitmqctl("join_cluster", nodes[0].name)
-            node.rabbitmqctl("start_app")
+            booting = rabbit_node(base, config, amqp_port=port, label=f"c{i}", cookie=cookie)
+            nodes.append(stack.enter_context(booting))
+        for joining in nodes[1:]:
+            joining.rabbitmqctl("stop_app")
+            joining.rabbitmqctl("join_cluster", nodes[0].name)
+            joining.rabbitmqctl("start_app")
         yield nodes
 
 
