@@ -43,6 +43,8 @@ export PIP_CACHE_DIR=${PIP_CACHE_DIR:-$(dirname "$(dirname "$vpython")")/.cache/
 
 if $dev; then
     apt_install dataset-fashion-mnist chromium  # chromium: the dashboard's browser test
+    # openssl: the TLS tests make certificates; iproute2 (ip, tc): the partition test
+    apt_install openssl iproute2
     command -v rabbitmq-server >/dev/null || apt_install rabbitmq-server
     if ! rabbitmqctl -q status >/dev/null 2>&1; then
         say "starting RabbitMQ"
