@@ -24,7 +24,6 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import aio_pika
@@ -38,6 +37,7 @@ import typer
 import yaml
 import yarl
 
+from fedq import broker_users as render
 from fedq.apps.synthetic import SyntheticApp
 from fedq.cli import app as fedq_app
 from fedq.messages.amqp import AmqpTransport
@@ -45,7 +45,7 @@ from fedq.messages.codec import encode_message
 from fedq.messages.schema import MESSAGE_TYPES, UpdateMeta
 from fedq.messages.topology import UPDATE_KEY, Topology
 from fedq.messages.transport import TransportError
-from tests.helpers import drain, read_report, run_fedq, start_fedq
+from tests.helpers import FEDQ, drain, read_report, run_fedq, start_fedq
 from tests.rabbit_node import RabbitNode, free_ports, rabbit_node
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,18 +61,6 @@ FEDERATION = "demo"
 SAMPLE_SECRET = "s3cret"
 
 
-def load_render() -> ModuleType:
-    """deploy/render_definitions.py, a script: imported by path."""
-    spec = importlib.util.spec_from_file_location(
-        "render_definitions", DEPLOY / "render_definitions.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-render = load_render()
 TEMPLATE = json.loads((DEPLOY / "rabbitmq" / "definitions.json").read_text())
 VHOST = TEMPLATE["vhosts"][0]["name"]
 USERS = {u["name"] for u in TEMPLATE["users"]}
@@ -260,6 +248,31 @@ def test_render_definitions_keeps_the_passwords_it_generates(tmp_path):
         salt = base64.b64decode(stored)[:4]
         assert render.password_hash(passwords[render.env_name(user)], salt) == stored
         assert passwords[render.env_name(user)] not in out.read_text()
+
+
+def test_fedq_deploy_users_writes_what_the_script_writes_and_prints_no_password(tmp_path):
+    """`fedq deploy users` (installed fedq) and deploy/render_definitions.py (a checkout)
+    are one implementation: the same definitions for the same passwords."""
+    env = without_passwords() | {render.env_name(u): f"pw-{u}" for u in render.users(["p0"])}
+    by_cli, by_script = tmp_path / "cli.json", tmp_path / "script.json"
+    command = [*FEDQ, "deploy", "users", "--federation", "F", "--participants", "1"]
+    shown = subprocess.run(
+        [*command, "--out", str(by_cli)], capture_output=True, text=True, env=env, check=True
+    )
+    script = [sys.executable, str(DEPLOY / "render_definitions.py"), "--federation", "F"]
+    subprocess.run([*script, "--participants", "1", "--out", str(by_script)], env=env, check=True)
+
+    def without_hashes(path: Path) -> dict[str, Any]:
+        """The definitions, each salted hash checked against its password and left out."""
+        found = json.loads(path.read_text())
+        for user in found["users"]:
+            stored = user.pop("password_hash")
+            salt = base64.b64decode(stored)[:4]
+            assert render.password_hash(f"pw-{user['name']}", salt) == stored
+        return found
+
+    assert without_hashes(by_cli) == without_hashes(by_script)
+    assert "pw-" not in shown.stdout + shown.stderr
 
 
 @pytest.mark.parametrize(
