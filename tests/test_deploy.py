@@ -611,6 +611,9 @@ def test_a_federation_runs_on_the_deploy_definitions_and_a_forged_update_is_refu
         seen = asyncio.run(drain(deploy_node.url("dashboard"), watcher))
         types = {d.type for d in seen}
         assert {MESSAGE_TYPES["join"], MESSAGE_TYPES["federation.done"]} <= types
+        written = [path.read_text() for path in [report, *tmp_path.glob("*.log")]]
+        for user, password in deploy_node.passwords.items():  # logs and report: redacted
+            assert not any(password in text for text in written), user
     finally:
         for p in (coordinator, *participants):
             if p.poll() is None:
