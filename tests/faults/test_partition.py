@@ -155,6 +155,7 @@ def test_a_publish_whose_confirm_was_lost_is_retried_and_counted_once(
         fed.record("participant cut off while its confirm was in flight", 1, accounting)
         assert accounting.versions == fed.rounds, fed.logs()
         assert accounting.lost == [] and accounting.applied_twice == []
+        assert accounting.missing_from_dlq == []
         assert "retrying" in (tmp_path / "p1.log").read_text(), fed.logs()
         # The update whose confirm was lost went out twice under one id and counts once.
         retried = fed.ledger_value(
