@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -45,14 +46,21 @@ def start_fedq(
 
 
 def wait_with_peak_rss(process: subprocess.Popen[bytes], timeout: float) -> tuple[int, float]:
-    """Wait for ``process`` to end; its exit code (negative: the signal that ended it) and its
-    peak resident memory in MiB (``ru_maxrss`` from wait4: known even after a SIGKILL)."""
+    """Wait for ``process`` to end; its exit code (negative: the signal that ended it) and
+    its peak resident memory in MiB: VmHWM of /proc/PID/status, read every 50 ms while it
+    runs (the kernel's high-water mark of the program's own memory, so also right for a
+    process killed by SIGKILL). Not ``ru_maxrss``: that one survives exec, so it includes
+    this test process's memory, which the child shared between fork and exec."""
     deadline = time.monotonic() + timeout
+    peak_kib = 0
+    status = Path(f"/proc/{process.pid}/status")
     while True:
-        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-        if pid:
-            process.returncode = os.waitstatus_to_exitcode(status)
-            return process.returncode, usage.ru_maxrss / 1024
+        with contextlib.suppress(OSError):
+            for line in status.read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak_kib = max(peak_kib, int(line.split()[1]))
+        if process.poll() is not None:
+            return process.returncode, peak_kib / 1024
         if time.monotonic() > deadline:
             raise subprocess.TimeoutExpired(process.args, timeout)
         time.sleep(0.05)
