@@ -88,6 +88,9 @@ from fedq.messages.transport import Delivery, Transport, TransportError
 
 log = logging.getLogger("fedq.coordinator")
 
+#: A participant's joins get the same model version at most once in this many seconds.
+JOIN_ANSWER_SECONDS = 5.0
+
 #: Update bodies the broker may push ahead of the one being checked.
 UPDATES_IN_FLIGHT = 4
 
@@ -130,6 +133,8 @@ class Coordinator:
         self.strategy = compose_strategy(config, self._dp_seed())
         #: participant -> last sign of life; a leave removes it.
         self.last_seen: dict[str, float] = {}
+        #: Per participant: the model version last sent in answer to its join, and when.
+        self._answered: dict[str, tuple[int, float]] = {}
         #: The open version's model: its weights and meta, and its body when it fits in
         #: one message (a chunked model is encoded again for each publish, one chunk at a
         #: time, rather than kept: the coordinator holds the model once).
@@ -699,20 +704,68 @@ class Coordinator:
                 except (MalformedMessage, ValidationError) as exc:
                     log.warning("ignored a malformed control message: %s", exc)
                 else:
-                    await self._on_control(event)
+                    await self._on_control(event, delivery.user_id)
                 with contextlib.suppress(TransportError):  # from before a reconnect: harmless
                     await delivery.ack()
 
-    async def _on_control(self, event: ControlMessage) -> None:
+    async def _on_control(self, event: ControlMessage, user_id: str | None) -> None:
+        if not isinstance(event, Join | Heartbeat | Leave):
+            return  # the coordinator's own announcements: not bound to its queue
+        if self.config.verify_identity and user_id != event.participant:
+            log.warning(
+                "ignored a %s claiming participant %r from broker user %r",
+                event.kind,
+                event.participant,
+                user_id,
+            )
+            return
+        now = time.time()
         if isinstance(event, Join):
-            self.last_seen[event.participant] = time.time()
-            # Its queue may have been bound after the fanout: send it the model directly.
-            await self._publish_model("", self.topology.model_queue(event.participant))
+            self.last_seen[event.participant] = now
+            await self._answer_join(event.participant)
         elif isinstance(event, Heartbeat):
-            self.last_seen[event.participant] = time.time()
+            self.last_seen[event.participant] = now
         elif isinstance(event, Leave):
             self.last_seen.pop(event.participant, None)
+        self._forget_silent(now)
         self.observers.participants_alive(self._alive())
+
+    async def _answer_join(self, participant: str) -> None:
+        """Send a joining participant the current model directly (its queue may have been
+        bound after the fanout, or it restarted after acking the model). At most once per
+        JOIN_ANSWER_SECONDS per participant and version, and only to a queue that exists:
+        a flood of joins, under any ids, cannot make the coordinator publish model after
+        model (a chunked model is hundreds of megabytes)."""
+        if self._model is None:
+            return  # nothing open yet: the participant gets the model when a version opens
+        version = self._model[0].version
+        now = time.monotonic()
+        answered = self._answered.get(participant)
+        if (
+            answered is not None
+            and answered[0] == version
+            and now - answered[1] < JOIN_ANSWER_SECONDS
+        ):
+            return
+        queue = self.topology.model_queue(participant)
+        try:
+            await self.transport.queue_depth(queue)
+        except TransportError:
+            log.info("join from %r, which has no queue %s: not answered", participant, queue)
+            return
+        self._answered[participant] = (version, now)
+        await self._publish_model("", queue)
+
+    def _forget_silent(self, now: float) -> None:
+        """Bound what control messages make the coordinator remember (any sender can
+        claim any participant id): past a few entries per participant, forget those not
+        heard from within the liveness window, and join answers older than their interval."""
+        if len(self.last_seen) > 2 * self.config.participants + 1000:
+            horizon = now - self.config.liveness_seconds
+            self.last_seen = {p: seen for p, seen in self.last_seen.items() if seen >= horizon}
+        if len(self._answered) > 2 * self.config.participants + 1000:
+            horizon = time.monotonic() - JOIN_ANSWER_SECONDS
+            self._answered = {p: a for p, a in self._answered.items() if a[1] >= horizon}
 
     def _alive(self) -> int:
         now = time.time()
@@ -720,8 +773,7 @@ class Coordinator:
 
     async def _publish_model(self, exchange: str, routing_key: str) -> None:
         """The current model: to every participant (fanout) or one queue (default exchange)."""
-        if self._model is None:
-            return  # nothing open yet: the participant gets the model when a version opens
+        assert self._model is not None, "a version is open"
         meta, weights = self._model
         message_id = f"{self.config.federation}-v{meta.version}"
         headers = {"federation": self.config.federation, "version": meta.version}
