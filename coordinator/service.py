@@ -88,8 +88,9 @@ from fedq.messages.transport import Delivery, Transport, TransportError
 
 log = logging.getLogger("fedq.coordinator")
 
-#: A participant's joins get the same model version at most once in this many seconds.
-JOIN_ANSWER_SECONDS = 5.0
+#: A participant's joins get the same model version at most once in this many seconds
+#: (a restarted participant takes longer than that to start and join again).
+JOIN_ANSWER_SECONDS = 1.0
 
 #: Update bodies the broker may push ahead of the one being checked.
 UPDATES_IN_FLIGHT = 4
@@ -732,10 +733,11 @@ class Coordinator:
 
     async def _answer_join(self, participant: str) -> None:
         """Send a joining participant the current model directly (its queue may have been
-        bound after the fanout, or it restarted after acking the model). At most once per
-        JOIN_ANSWER_SECONDS per participant and version, and only to a queue that exists:
-        a flood of joins, under any ids, cannot make the coordinator publish model after
-        model (a chunked model is hundreds of megabytes)."""
+        bound after the fanout, or it restarted after acking the model). Only to a queue
+        that exists and holds nothing yet (a model there is what the join would send), and
+        at most once per JOIN_ANSWER_SECONDS per participant and version: a flood of joins,
+        under any ids, cannot make the coordinator publish model after model (a chunked
+        model is hundreds of megabytes)."""
         if self._model is None:
             return  # nothing open yet: the participant gets the model when a version opens
         version = self._model[0].version
@@ -749,9 +751,11 @@ class Coordinator:
             return
         queue = self.topology.model_queue(participant)
         try:
-            await self.transport.queue_depth(queue)
+            waiting = await self.transport.queue_depth(queue)
         except TransportError:
             log.info("join from %r, which has no queue %s: not answered", participant, queue)
+            return
+        if waiting:
             return
         self._answered[participant] = (version, now)
         await self._publish_model("", queue)

@@ -78,6 +78,13 @@ class ParticipantConfig:
     attack: str | None = None
     #: Append a line here for each update the broker confirmed (:mod:`fedq.messages.sent_log`).
     sent_log: Path | None = None
+    #: Stop consuming its queue while training, so that it holds no delivery however long
+    #: training takes (RabbitMQ's consumer_timeout). Many participants in one process
+    #: (``--count``, simulations: :func:`fedq.simulation.run_participants`) keep consuming
+    #: instead: leaving and coming back each round measured 616 MB against 160 MB for the
+    #: process of 1,000 virtual participants (bench/scale.py), and their training is
+    #: short. A model received meanwhile is then held until they are done.
+    release_queue_while_training: bool = True
 
 
 @dataclass(frozen=True)
@@ -152,41 +159,46 @@ class Participant:
         joined = False
         try:
             while not done:
-                model = None
-                async with contextlib.AsyncExitStack() as slot:
-                    async with self.transport.consume(
-                        self.topology.model_queue(pid), prefetch=1
-                    ) as inbox:
-                        if not joined:
-                            await self._control(
-                                "join", Join(federation=self.config.federation, participant=pid)
-                            )
-                            joined = True
-                        async for delivery in inbox:
-                            if delivery.type == MESSAGE_TYPES["federation.done"]:
-                                await self._settle(delivery)
-                                done = True
-                                break
-                            model, finished = await self._receive(delivery)
-                            if model is not None and not self._drops_out(model.meta):
-                                # One of a few at work per process (memory O(few x model));
-                                # the others wait here, sharing the model's body.
-                                await slot.enter_async_context(working())
-                                finished += model.deliveries
-                            elif model is not None:
-                                finished += model.deliveries
-                                model = None
-                            for settled in finished:
-                                await self._settle(settled)
-                            if model is not None:
-                                break
-                    # Out of the consumer while training: nothing is delivered to this
-                    # participant meanwhile, so however long training takes, it holds no
-                    # delivery past RabbitMQ's consumer_timeout; what arrives waits in its
-                    # queue (the newest model only). Chunks of a model not complete were
-                    # not acked: they come back, and are assembled anew.
-                    self._models = ModelAssembler()
-                    if model is not None:
+                model, slot = None, contextlib.AsyncExitStack()
+                async with self.transport.consume(
+                    self.topology.model_queue(pid), prefetch=1
+                ) as inbox:
+                    if not joined:
+                        await self._control(
+                            "join", Join(federation=self.config.federation, participant=pid)
+                        )
+                        joined = True
+                    async for delivery in inbox:
+                        if delivery.type == MESSAGE_TYPES["federation.done"]:
+                            await self._settle(delivery)
+                            done = True
+                            break
+                        model, finished = await self._receive(delivery)
+                        if model is not None and not self._drops_out(model.meta):
+                            # One of a few at work per process (memory O(few x model));
+                            # the others wait here, sharing the model's body.
+                            await slot.enter_async_context(working())
+                            finished += model.deliveries
+                        elif model is not None:
+                            finished += model.deliveries
+                            model = None
+                        for settled in finished:
+                            await self._settle(settled)
+                        if model is None:
+                            continue
+                        if self.config.release_queue_while_training:
+                            break
+                        async with slot:
+                            await self._train(model)
+                        model, slot = None, contextlib.AsyncExitStack()
+                # Out of the consumer while training: nothing is delivered to this
+                # participant meanwhile, so however long training takes, it holds no
+                # delivery past RabbitMQ's consumer_timeout; what arrives waits in its
+                # queue (the newest model only). Chunks of a model not complete were not
+                # acked: they come back, and are assembled anew.
+                self._models = ModelAssembler()
+                if model is not None:
+                    async with slot:
                         await self._train(model)
         finally:
             beat.cancel()

@@ -94,7 +94,10 @@ async def run_participants(
     transport: Transport,
     on_round: Callable[[TrainedRound], None] | None = None,
 ) -> list[ParticipantStats]:
-    """M virtual participants on one connection (one broker identity)."""
+    """M virtual participants on one connection (one broker identity). With more than one,
+    each keeps consuming while it trains (see ``release_queue_while_training``)."""
+    if len(configs) > 1:
+        configs = [replace(c, release_queue_while_training=False) for c in configs]
     workers = (Participant(c, app, transport, on_round).run() for c in configs)
     return list(await asyncio.gather(*workers))
 

@@ -67,7 +67,7 @@ async def test_a_join_flood_gets_one_model_and_made_up_ids_get_nothing(tmp_path,
             await asyncio.sleep(0.5)
             to_p0 = own.published[topology.model_queue("p0")]
             to_nobody = sum(n for key, n in own.published.items() if ".model.nobody-" in key)
-            assert 1 <= to_p0 <= 2  # once per 5 s at most; the flood takes well under 10 s
+            assert to_p0 <= 1  # its queue holds the model already (the fanout's)
             assert to_nobody == 0
         finally:
             run.cancel()
