@@ -5,8 +5,10 @@ It declares its own queue (``fedq.F.model.<id>``: newest model only, plus
 current model), and loops until ``federation.done``. A model is acked once it is whole, and
 the participant stops consuming while it trains: it holds no delivery however long training
 takes (RabbitMQ closes the channel of a consumer that holds one past its
-``consumer_timeout``). A crash mid-training loses no round: restarted, the participant joins
-again and the coordinator answers with the current model. Heartbeats flow while training.
+``consumer_timeout``); many participants in one process keep consuming instead
+(``release_queue_while_training``). A crash mid-training loses no round: restarted, the
+participant joins again and the coordinator answers with the current model. Heartbeats flow
+while training.
 """
 
 from __future__ import annotations
