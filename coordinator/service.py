@@ -88,10 +88,6 @@ from fedq.messages.transport import Delivery, Transport, TransportError
 
 log = logging.getLogger("fedq.coordinator")
 
-#: A participant's joins get the same model version at most once in this many seconds
-#: (a restarted participant takes longer than that to start and join again).
-JOIN_ANSWER_SECONDS = 1.0
-
 #: Update bodies the broker may push ahead of the one being checked.
 UPDATES_IN_FLIGHT = 4
 
@@ -134,8 +130,6 @@ class Coordinator:
         self.strategy = compose_strategy(config, self._dp_seed())
         #: participant -> last sign of life; a leave removes it.
         self.last_seen: dict[str, float] = {}
-        #: Per participant: the model version last sent in answer to its join, and when.
-        self._answered: dict[str, tuple[int, float]] = {}
         #: The open version's model: its weights and meta, and its body when it fits in
         #: one message (a chunked model is encoded again for each publish, one chunk at a
         #: time, rather than kept: the coordinator holds the model once).
@@ -733,43 +727,29 @@ class Coordinator:
 
     async def _answer_join(self, participant: str) -> None:
         """Send a joining participant the current model directly (its queue may have been
-        bound after the fanout, or it restarted after acking the model). Only to a queue
-        that exists and holds nothing yet (a model there is what the join would send), and
-        at most once per JOIN_ANSWER_SECONDS per participant and version: a flood of joins,
-        under any ids, cannot make the coordinator publish model after model (a chunked
-        model is hundreds of megabytes)."""
+        bound after the fanout, or it restarted after acking the model), but only to a
+        queue that exists and holds nothing: a model there is what the join would send.
+        So a flood of joins, under any ids, gets at most one model per model the
+        participant takes (a chunked model is hundreds of megabytes). No time limit: a
+        participant killed and restarted within a second must get the model again."""
         if self._model is None:
             return  # nothing open yet: the participant gets the model when a version opens
-        version = self._model[0].version
-        now = time.monotonic()
-        answered = self._answered.get(participant)
-        if (
-            answered is not None
-            and answered[0] == version
-            and now - answered[1] < JOIN_ANSWER_SECONDS
-        ):
-            return
         queue = self.topology.model_queue(participant)
         try:
             waiting = await self.transport.queue_depth(queue)
         except TransportError:
             log.info("join from %r, which has no queue %s: not answered", participant, queue)
             return
-        if waiting:
-            return
-        self._answered[participant] = (version, now)
-        await self._publish_model("", queue)
+        if not waiting:
+            await self._publish_model("", queue)
 
     def _forget_silent(self, now: float) -> None:
         """Bound what control messages make the coordinator remember (any sender can
         claim any participant id): past a few entries per participant, forget those not
-        heard from within the liveness window, and join answers older than their interval."""
+        heard from within the liveness window."""
         if len(self.last_seen) > 2 * self.config.participants + 1000:
             horizon = now - self.config.liveness_seconds
             self.last_seen = {p: seen for p, seen in self.last_seen.items() if seen >= horizon}
-        if len(self._answered) > 2 * self.config.participants + 1000:
-            horizon = time.monotonic() - JOIN_ANSWER_SECONDS
-            self._answered = {p: a for p, a in self._answered.items() if a[1] >= horizon}
 
     def _alive(self) -> int:
         now = time.time()
