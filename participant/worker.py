@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -157,52 +157,37 @@ class Participant:
             max_bytes=model_bytes + 2 * self.config.chunk_bytes + (1 << 20) if chunked else None,
         )
         beat = asyncio.create_task(self._heartbeats(), name=f"fedq-heartbeat-{pid}")
-        done = False
-        joined = False
+        consumer = contextlib.AsyncExitStack()
+        inbox: AsyncIterator[Delivery] | None = None
+        joined = done = False
         try:
             while not done:
-                model, slot = None, contextlib.AsyncExitStack()
-                async with self.transport.consume(
-                    self.topology.model_queue(pid), prefetch=1
-                ) as inbox:
+                if inbox is None:
+                    inbox = await consumer.enter_async_context(
+                        self.transport.consume(self.topology.model_queue(pid), prefetch=1)
+                    )
                     if not joined:
                         await self._control(
                             "join", Join(federation=self.config.federation, participant=pid)
                         )
                         joined = True
-                    async for delivery in inbox:
-                        if delivery.type == MESSAGE_TYPES["federation.done"]:
-                            await self._settle(delivery)
-                            done = True
-                            break
-                        model, finished = await self._receive(delivery)
-                        if model is not None and not self._drops_out(model.meta):
-                            # One of a few at work per process (memory O(few x model));
-                            # the others wait here, sharing the model's body.
-                            await slot.enter_async_context(working())
-                            finished += model.deliveries
-                        elif model is not None:
-                            finished += model.deliveries
-                            model = None
-                        for settled in finished:
-                            await self._settle(settled)
-                        if model is None:
-                            continue
-                        if self.config.release_queue_while_training:
-                            break
-                        async with slot:
-                            await self._train(model)
-                        model, slot = None, contextlib.AsyncExitStack()
-                # Out of the consumer while training: nothing is delivered to this
-                # participant meanwhile, so however long training takes, it holds no
-                # delivery past RabbitMQ's consumer_timeout; what arrives waits in its
-                # queue (the newest model only). Chunks of a model not complete were not
-                # acked: they come back, and are assembled anew.
-                self._models = ModelAssembler()
-                if model is not None:
-                    async with slot:
-                        await self._train(model)
+                async with contextlib.AsyncExitStack() as slot:
+                    model = await self._next_model(inbox, slot)
+                    if model is None:
+                        done = True
+                        break
+                    if self.config.release_queue_while_training:
+                        # Out of the consumer while training: nothing is delivered to this
+                        # participant meanwhile, so however long training takes, it holds
+                        # no delivery past RabbitMQ's consumer_timeout; what arrives waits
+                        # in its queue (the newest model only). Chunks of a model not
+                        # complete were not acked: they come back, and are assembled anew.
+                        await consumer.aclose()
+                        inbox = None
+                        self._models = ModelAssembler()
+                    await self._train(model)
         finally:
+            await consumer.aclose()
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beat
@@ -211,6 +196,30 @@ class Participant:
         if done:  # the queue has nothing more to bring; do not leave it on the broker
             await self.transport.delete_queue(self.topology.model_queue(pid))
         return self.stats
+
+    async def _next_model(
+        self, inbox: AsyncIterator[Delivery], slot: contextlib.AsyncExitStack
+    ) -> WholeModel | None:
+        """The next model to train on, acked, with one of the process's working slots
+        taken into ``slot``; None at ``federation.done``. The slot is taken before the ack:
+        the few at work per process keep memory O(few x model), and the others wait here,
+        sharing the model's body."""
+        async for delivery in inbox:
+            if delivery.type == MESSAGE_TYPES["federation.done"]:
+                await self._settle(delivery)
+                return None
+            model, finished = await self._receive(delivery)
+            if model is not None:
+                finished += model.deliveries
+                if self._drops_out(model.meta):
+                    model = None
+                else:
+                    await slot.enter_async_context(working())
+            for settled in finished:
+                await self._settle(settled)
+            if model is not None:
+                return model
+        raise AssertionError("a consumer's inbox does not end")
 
     async def _settle(self, delivery: Delivery) -> None:
         try:
