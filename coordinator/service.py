@@ -328,14 +328,16 @@ class Coordinator:
         hold_for = self.config.consumer_timeout / 2
         while (reason := open_.close_reason()) is None:
             wait = open_.seconds_left()
-            for due in (assembler.next_expiry(), held.next_return(hold_for)):
+            returning = held.next_return(hold_for)
+            for due in (assembler.next_expiry(), returning):
                 if due is not None:
                     wait = min(wait, due - time.monotonic())
             try:
                 delivery = await asyncio.wait_for(anext(deliveries), timeout=max(0.01, wait))
             except TimeoutError:
                 delivery = None
-            if returned := await held.return_older_than(hold_for):
+            if returning is not None and time.monotonic() >= returning:
+                returned = await held.return_older_than(hold_for)
                 log.info("returned %d held deliveries to the queue to take them again", returned)
             for stream, rejection in assembler.expired():
                 open_.refused += 1
