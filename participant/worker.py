@@ -85,7 +85,8 @@ class ParticipantConfig:
     #: (``--count``, simulations: :func:`fedq.simulation.run_participants`) keep consuming
     #: instead: leaving and coming back each round measured 616 MB against 160 MB for the
     #: process of 1,000 virtual participants (bench/scale.py), and their training is
-    #: short. A model received meanwhile is then held until they are done.
+    #: short. They hold their model until its update is sent, as the queue keeps only
+    #: the newest: what they train on next is never a superseded one.
     release_queue_while_training: bool = True
 
 
@@ -186,6 +187,11 @@ class Participant:
                         inbox = None
                         self._models = ModelAssembler()
                     await self._train(model)
+                    if not self.config.release_queue_while_training:
+                        # Held while training: the queue keeps only the newest model, so
+                        # what this trains on next is the newest, not one superseded.
+                        for delivery in model.deliveries:
+                            await self._settle(delivery)
         finally:
             await consumer.aclose()
             beat.cancel()
@@ -200,9 +206,10 @@ class Participant:
     async def _next_model(
         self, inbox: AsyncIterator[Delivery], slot: contextlib.AsyncExitStack
     ) -> WholeModel | None:
-        """The next model to train on, acked, with one of the process's working slots
-        taken into ``slot``; None at ``federation.done``. The slot is taken before the ack:
-        the few at work per process keep memory O(few x model), and the others wait here,
+        """The next model to train on, with one of the process's working slots taken into
+        ``slot``; None at ``federation.done``. Acked if the queue is released while
+        training, else by the caller once the update is sent. The slot is taken first: the
+        few at work per process keep memory O(few x model), and the others wait here,
         sharing the model's body."""
         async for delivery in inbox:
             if delivery.type == MESSAGE_TYPES["federation.done"]:
@@ -210,11 +217,13 @@ class Participant:
                 return None
             model, finished = await self._receive(delivery)
             if model is not None:
-                finished += model.deliveries
                 if self._drops_out(model.meta):
+                    finished += model.deliveries
                     model = None
                 else:
                     await slot.enter_async_context(working())
+                    if self.config.release_queue_while_training:
+                        finished += model.deliveries
             for settled in finished:
                 await self._settle(settled)
             if model is not None:
