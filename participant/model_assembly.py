@@ -65,6 +65,14 @@ class ModelAssembler:
         #: The newest version made whole: its late chunks and older ones are handed back.
         self._completed = -1
 
+    @property
+    def partial(self) -> tuple[int, int, int] | None:
+        """The version part-way assembled, how many of its chunks are in and how many it
+        has; None when none is."""
+        if (current := self._current) is None:
+            return None
+        return current.meta.version, len(current.digests), current.count
+
     def add(
         self, meta: ModelMeta, decoded: DecodedMessage, delivery: Delivery
     ) -> tuple[WholeModel | None, list[Delivery]]:

@@ -7,8 +7,9 @@ the participant stops consuming while it trains: it holds no delivery however lo
 takes (RabbitMQ closes the channel of a consumer that holds one past its
 ``consumer_timeout``); many participants in one process keep consuming instead
 (``release_queue_while_training``). A crash mid-training loses no round: restarted, the
-participant joins again and the coordinator answers with the current model. Heartbeats flow
-while training.
+participant joins again and the coordinator answers with the current model; so does one
+whose model stopped arriving part-way (its queue was bound in the middle of the fanout).
+Heartbeats flow while training.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ log = logging.getLogger("fedq.participant")
 
 #: Longest wait between two publishes of an update the broker refused (its queue full).
 MAX_BACKOFF = 5.0
+#: A stalled model's re-joins back off up to this many times ``stalled_model_seconds``.
+MAX_REJOIN_FACTOR = 16
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,11 @@ class ParticipantConfig:
     #: short. They hold their model until its update is sent, as the queue keeps only
     #: the newest: what they train on next is never a superseded one.
     release_queue_while_training: bool = True
+    #: A model part-way assembled whose next chunk has not come for this long is asked for
+    #: again (a join; then twice as long, up to MAX_REJOIN_FACTOR times). Its first chunks
+    #: were lost to this participant when its queue was bound in the middle of the
+    #: model's fanout, and the coordinator answers no join while a queue holds chunks.
+    stalled_model_seconds: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -168,9 +176,7 @@ class Participant:
                         self.transport.consume(self.topology.model_queue(pid), prefetch=1)
                     )
                     if not joined:
-                        await self._control(
-                            "join", Join(federation=self.config.federation, participant=pid)
-                        )
+                        await self._join()
                         joined = True
                 async with contextlib.AsyncExitStack() as slot:
                     model = await self._next_model(inbox, slot)
@@ -211,7 +217,26 @@ class Participant:
         training, else by the caller once the update is sent. The slot is taken first: the
         few at work per process keep memory O(few x model), and the others wait here,
         sharing the model's body."""
-        async for delivery in inbox:
+        stalled_after = self.config.stalled_model_seconds
+        while True:
+            partial = self._models.partial
+            try:
+                delivery = await asyncio.wait_for(
+                    anext(inbox), stalled_after if partial is not None else None
+                )
+            except TimeoutError:
+                assert partial is not None, "no wait without a model part-way"
+                log.warning(
+                    "%s: model v%d stopped arriving after %d of its %d chunks; asking the "
+                    "coordinator for it again",
+                    self.config.participant_id,
+                    *partial,
+                )
+                await self._join()
+                stalled_after = min(
+                    2 * stalled_after, MAX_REJOIN_FACTOR * self.config.stalled_model_seconds
+                )
+                continue
             if delivery.type == MESSAGE_TYPES["federation.done"]:
                 await self._settle(delivery)
                 return None
@@ -228,7 +253,6 @@ class Participant:
                 await self._settle(settled)
             if model is not None:
                 return model
-        raise AssertionError("a consumer's inbox does not end")
 
     async def _settle(self, delivery: Delivery) -> None:
         try:
@@ -407,6 +431,12 @@ class Participant:
         if self._feedback is not None:
             delta = self._feedback.compress(delta, self.config.chunk_bytes)
         return delta
+
+    async def _join(self) -> None:
+        """Ask the coordinator for the current model (it sends it if this one's queue exists
+        and holds nothing)."""
+        federation, pid = self.config.federation, self.config.participant_id
+        await self._control("join", Join(federation=federation, participant=pid))
 
     async def _control(self, kind: str, message: Join | Heartbeat | Leave) -> None:
         await self.transport.publish(

@@ -129,8 +129,12 @@ class FaultyFederation:
     def wait_coordinator(
         self, process: subprocess.Popen[bytes], timeout: float = 180, *, killed: bool = False
     ) -> int:
-        """Its exit code; counts a crash the test did not cause, and its peak RSS."""
-        code, peak = wait_with_peak_rss(process, timeout)
+        """Its exit code; counts a crash the test did not cause, and its peak RSS. A
+        coordinator still running after ``timeout`` fails the test with every log."""
+        try:
+            code, peak = wait_with_peak_rss(process, timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the coordinator ran {timeout} s\n{self.logs()}") from None
         self.peak_rss_mib = max(self.peak_rss_mib, peak)
         if code not in ((0, -9) if killed else (0,)):
             self.crashes += 1
