@@ -4,13 +4,22 @@ A checkpoint holds the model and the server optimizer's state (momentum, moments
 that version, so a restarted coordinator continues exactly where the ledger says it was.
 Write to a temporary file in the same folder, fsync it, ``os.replace`` it into place and
 fsync the folder: after a crash a checkpoint is either whole or absent, never torn.
+
+The coordinator serves the current model from its checkpoint, not from RAM
+(:func:`map_checkpoint`): ``np.savez`` stores each tensor uncompressed, so a tensor is a
+read-only memory map of its bytes in the file, and :func:`release_pages` hands the pages
+read so far back to the page cache. What the coordinator holds of a version is then its
+accumulator, not also the model the accumulator is added to.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
+import struct
 import tempfile
-from collections.abc import Mapping
+import zipfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -67,3 +76,49 @@ def load_optimizer_state(path: Path) -> dict[str, np.ndarray]:
             return {}
         names = [str(n) for n in data["__state_names__"]]
         return {name: data[f"state_{i}"] for i, name in enumerate(names)}
+
+
+#: A zip member's local header: signature ... file name length, extra field length.
+_LOCAL_HEADER = struct.Struct("<4s22xHH")
+
+
+def map_checkpoint(path: Path) -> Weights:
+    """The model of a checkpoint as read-only memory maps of the file (no copy in RAM).
+    A checkpoint made otherwise than by :func:`save_checkpoint` (a compressed member) is
+    loaded instead."""
+    with zipfile.ZipFile(path) as archive:
+        if any(i.compress_type != zipfile.ZIP_STORED for i in archive.infolist()):
+            return load_checkpoint(path)
+        names = [str(n) for n in np.load(archive.open("__names__.npy"), allow_pickle=False)]
+        members = [archive.getinfo(f"arr_{i}.npy") for i in range(len(names))]
+    weights: Weights = {}
+    with open(path, "rb") as f:
+        for name, member in zip(names, members, strict=True):
+            f.seek(member.header_offset)
+            signature, name_length, extra_length = _LOCAL_HEADER.unpack(f.read(_LOCAL_HEADER.size))
+            if signature != b"PK\x03\x04":
+                raise ValueError(f"{path}: not a zip member at {member.header_offset}")
+            f.seek(name_length + extra_length, os.SEEK_CUR)
+            major, _ = np.lib.format.read_magic(f)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if major == 1
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, fortran, dtype = read_header(f)
+            if fortran or dtype.hasobject:
+                return load_checkpoint(path)
+            if 0 in shape:
+                weights[name] = np.zeros(shape, dtype)
+            else:
+                weights[name] = np.memmap(path, dtype, "r", offset=f.tell(), shape=shape)
+    return weights
+
+
+def release_pages(arrays: Iterable[np.ndarray]) -> None:
+    """Drop the pages of mapped tensors (:func:`map_checkpoint`) from this process: they
+    stay in the page cache, and a later read maps them again. Other arrays are left alone."""
+    for array in arrays:
+        mapping = getattr(array, "_mmap", None)
+        if isinstance(mapping, mmap.mmap) and not mapping.closed:
+            mapping.madvise(mmap.MADV_DONTNEED)

@@ -30,8 +30,9 @@ from fedq.coordinator.app import CoordinatorApp
 from fedq.coordinator.assembly import Assembled, Assembler, ChunkCopy, Stream
 from fedq.coordinator.checkpoint import (
     checkpoint_path,
-    load_checkpoint,
     load_optimizer_state,
+    map_checkpoint,
+    release_pages,
     save_checkpoint,
 )
 from fedq.coordinator.config import ConfigError, CoordinatorConfig
@@ -132,7 +133,9 @@ class Coordinator:
         self.last_seen: dict[str, float] = {}
         #: The open version's model: its weights and meta, and its body when it fits in
         #: one message (a chunked model is encoded again for each publish, one chunk at a
-        #: time, rather than kept: the coordinator holds the model once).
+        #: time, rather than kept). The weights are mapped from the version's checkpoint
+        #: and their pages let go as they are read: in RAM, the coordinator holds the
+        #: accumulator of the next version, not also the model.
         self._model: tuple[ModelMeta, Weights] | None = None
         self._model_body: bytes | None = None
         #: One model publish at a time, so two copies of a chunked model (the fanout and a
@@ -227,13 +230,14 @@ class Coordinator:
             # coordinator that died before committing it, and is overwritten when redone.
             log.info("resuming from model v%d", last.version)
             path = checkpoint_path(models, last.version)
-            weights = await asyncio.to_thread(load_checkpoint, path)
+            weights = await asyncio.to_thread(map_checkpoint, path)
             state = await asyncio.to_thread(load_optimizer_state, path)
             self.strategy.optimizer.load_state(state)
             return weights, last.version
-        weights = await asyncio.to_thread(self.app.initial_weights)
-        await asyncio.to_thread(save_checkpoint, models, 0, weights)
-        return weights, 0
+        initial = await asyncio.to_thread(self.app.initial_weights)
+        path = await asyncio.to_thread(save_checkpoint, models, 0, initial)
+        del initial
+        return await asyncio.to_thread(map_checkpoint, path), 0
 
     # ------------------------------------------------------------- versions
     async def _make_version(
@@ -594,6 +598,8 @@ class Coordinator:
             new,
             self.strategy.optimizer.state(),
         )
+        # Served from the file from here on: the RAM it took goes to the next accumulator.
+        new = await asyncio.to_thread(map_checkpoint, path)
         saved = time.perf_counter()
         failpoint("after_checkpoint")
         record = VersionRecord(
@@ -773,7 +779,13 @@ class Coordinator:
                 headers=headers,
             )
             return
-        bodies = encode_chunks(meta, weights, self.config.codec, self.config.chunk_bytes)
+        bodies = encode_chunks(
+            meta,
+            weights,
+            self.config.codec,
+            self.config.chunk_bytes,
+            read=lambda: release_pages(weights.values()),
+        )
         async with self._publishing_model:
             index = 0
             while (body := await asyncio.to_thread(next, bodies, None)) is not None:

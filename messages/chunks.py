@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -134,6 +134,7 @@ def encode_chunks(
     tensors: Mapping[str, np.ndarray],
     codec: str = "raw",
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    read: Callable[[], None] | None = None,
 ) -> Iterator[bytes]:
     """The bodies that carry ``meta`` and ``tensors``, one at a time: one plain message
     (:func:`~fedq.messages.codec.encode_message`) when it fits, else its chunks.
@@ -141,17 +142,26 @@ def encode_chunks(
     Only one chunk's body exists at a time. The whole digest needs every chunk's digest
     before the first chunk goes, so each chunk is encoded twice: for ``raw`` the first
     pass only hashes views of the tensors (no copy); lossy codecs pay a second encode.
+    ``read`` is called each time a chunk's slices have been read (hashed, or copied into
+    a body): tensors mapped from a file can let go of the pages read so far.
     """
     plan = plan_chunks(tensors, chunk_bytes)
     if len(plan) == 1:
         yield encode_message(meta, tensors, codec)
         return
-    digests = [chunk_digest(_encode_chunk(tensors, slices, codec)) for slices in plan]
+    digests = []
+    for slices in plan:
+        digests.append(chunk_digest(_encode_chunk(tensors, slices, codec)))
+        if read is not None:
+            read()
     digest = whole_digest(digests)
     fields = meta.model_dump(mode="json")
     for index, slices in enumerate(plan):
         chunk = ChunkInfo(index, len(plan), digest)
-        yield encode_body(fields, _encode_chunk(tensors, slices, codec), chunk)
+        body = encode_body(fields, _encode_chunk(tensors, slices, codec), chunk)
+        if read is not None:
+            read()
+        yield body
 
 
 def chunk_count(tensors: Mapping[str, np.ndarray], chunk_bytes: int) -> int:

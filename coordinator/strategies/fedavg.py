@@ -6,7 +6,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from fedq.coordinator.strategies.base import ServerOptimizer, Weights
+from fedq.coordinator.checkpoint import release_pages
+from fedq.coordinator.strategies.base import ServerOptimizer, Weights, blocks
 
 
 class FedAvg(ServerOptimizer):
@@ -22,10 +23,20 @@ class FedAvg(ServerOptimizer):
 
 def _plus_scaled(w: np.ndarray, lr: np.float32, delta: np.ndarray) -> np.ndarray:
     """w + lr * delta, written over ``delta`` when it is a writable array of w's dtype (the
-    aggregation's result, which nothing else uses): no model-sized temporaries."""
-    if isinstance(delta, np.ndarray) and delta.flags.writeable and delta.dtype == w.dtype:
+    aggregation's result, which nothing else uses): no model-sized temporaries. ``w`` is
+    read a block at a time, its pages let go after each when it is mapped from a
+    checkpoint, so the step holds one model (the result), not two."""
+    if (
+        isinstance(delta, np.ndarray)
+        and delta.flags.writeable
+        and delta.flags.c_contiguous
+        and delta.dtype == w.dtype
+    ):
         if lr != 1:
             delta *= lr
-        delta += w
+        out = delta.reshape(-1)
+        for start, block in blocks(w.reshape(-1)):
+            out[start : start + block.size] += block
+            release_pages([w])
         return delta
     return (w + lr * delta).astype(w.dtype, copy=False)
