@@ -316,8 +316,12 @@ def test_a_participant_holds_nothing_while_it_trains_and_rejoins_after_sigterm(
     async def give_the_model_and_see_it_trains() -> tuple[int, int]:
         """(messages, consumers) of its queue once it took the model."""
         async with AmqpTransport(BROKER_URL) as transport:
-            await transport.publish(topology.models, "", body, type=MESSAGE_TYPES["model"])
             queue = topology.model_queue("p0")
+            for _ in range(600):  # started (slowly under load) and consuming its queue
+                if await transport.queue_consumers(queue) == 1:
+                    break
+                await asyncio.sleep(0.1)
+            await transport.publish(topology.models, "", body, type=MESSAGE_TYPES["model"])
             for _ in range(200):
                 if await transport.queue_consumers(queue) == 0:  # it left to train
                     return await transport.queue_depth(queue), 0
@@ -336,7 +340,6 @@ def test_a_participant_holds_nothing_while_it_trains_and_rejoins_after_sigterm(
     participant = start_fedq("participant", *args, *where, log=tmp_path / "p0.log")
     restarted = None
     try:
-        time.sleep(1)
         assert asyncio.run(give_the_model_and_see_it_trains()) == (0, 0), (
             tmp_path / "p0.log"
         ).read_text()
