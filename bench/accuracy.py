@@ -22,6 +22,13 @@ accuracy is measured on the 10,000 test images after every round. Written to
 figure and the provenance: date, machine, versions, seeds), ``results.md`` (the table) and
 ``accuracy.png`` (accuracy per round, one panel per partition). The last line printed is
 one JSON object with the table's figures.
+
+A ``--full`` configuration takes hours here, so runs survive being stopped: each
+federation keeps its state (fedq's ledger and checkpoints) in ``--out``/state/, and running
+the same command again resumes it from its last committed round, as a restarted fedq
+coordinator does; ``results.json`` is rewritten after every finished run, and a run already
+in it with the same local epochs, rounds and mu is not run again (``--rerun`` runs it
+anyway). For a resumed run, "wall seconds" is the sum of its rounds' times.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -83,11 +90,22 @@ class Run:
     best_accuracy: float
     accuracy_per_round: list[float]
     seconds: float
+    #: What it ran with, so results of different invocations can be merged or re-used.
+    local_epochs: int = 0
+    rounds: int = 0
+    fedprox_mu: float = 0.0
+    date: str = ""
+    xla: bool = False
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.partition, self.algorithm
 
 
 async def federate(
     partition: str, algorithm: str, args: argparse.Namespace, state: Path
-) -> list[float]:
+) -> list[dict[str, Any]]:
+    """The federation's history: one row per committed round, from its first run on."""
     name = f"acc-{algorithm}-{list(PARTITIONS).index(partition)}"
     chosen = ALGORITHMS[algorithm]
     train = TrainConfig(
@@ -113,7 +131,7 @@ async def federate(
     os.environ[PARTITION_ENV] = PARTITIONS[partition]
     build = _with_xla(fmnist.build_niid_cnn) if args.xla else fmnist.build_niid_cnn
     result = await simulate(plan, fresh_app(build, train))
-    return [row["metrics"]["accuracy"] for row in result.history]
+    return result.history
 
 
 def _with_xla(build: Callable[[], Any]) -> Callable[[], Any]:
@@ -127,18 +145,52 @@ def _with_xla(build: Callable[[], Any]) -> Callable[[], Any]:
     return build_with_xla
 
 
-def run_one(partition: str, algorithm: str, args: argparse.Namespace) -> Run:
+def run_one(partition: str, algorithm: str, args: argparse.Namespace, state: Path) -> Run:
+    """Run (or resume, from ``state``) one federation to its last round."""
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="fedq-accuracy-") as state:
-        accuracy = run_isolated(lambda: federate(partition, algorithm, args, Path(state)))
+    resumed = state.exists()
+    history = run_isolated(lambda: federate(partition, algorithm, args, state))
+    accuracy = [row["metrics"]["accuracy"] for row in history]
+    seconds = time.perf_counter() - started
+    if resumed:
+        seconds = sum(row["seconds"] for row in history)
+    shutil.rmtree(state)
     return Run(
         partition=partition,
         algorithm=algorithm,
         final_accuracy=accuracy[-1],
         best_accuracy=max(accuracy),
         accuracy_per_round=accuracy,
-        seconds=time.perf_counter() - started,
+        seconds=seconds,
+        local_epochs=args.epochs,
+        rounds=args.rounds,
+        fedprox_mu=setting(algorithm, args)[2],
+        date=time.strftime("%Y-%m-%d"),
+        xla=args.xla,
     )
+
+
+def previous_runs(path: Path) -> dict[tuple[str, str], Run]:
+    """The runs an earlier invocation wrote to ``path`` (results.json), by key."""
+    if not path.exists():
+        return {}
+    figures = json.loads(path.read_text())
+    runs = []
+    for row in figures["runs"]:
+        proximal = ALGORITHMS[row["algorithm"]].proximal
+        setting = {  # the whole file's, for results written before runs carried their own
+            "local_epochs": figures["local_epochs"],
+            "rounds": figures["rounds"],
+            "fedprox_mu": figures["fedprox_mu"] if proximal else 0.0,
+        }
+        runs.append(Run(**{**setting, **row}))
+    return {run.key: run for run in runs}
+
+
+def setting(algorithm: str, args: argparse.Namespace) -> tuple[int, int, float]:
+    """(local epochs, rounds, mu): what makes two runs of one configuration the same."""
+    mu = args.mu if ALGORITHMS[algorithm].proximal else 0.0
+    return args.epochs, args.rounds, mu
 
 
 def table(runs: list[Run]) -> str:
@@ -194,6 +246,9 @@ def main() -> None:
     parser.add_argument(
         "--xla", action="store_true", help="compile local training with XLA (jit_compile)"
     )
+    parser.add_argument(
+        "--rerun", action="store_true", help="run again what --out's results already have"
+    )
     args = parser.parse_args()
     profile = "full" if args.full else "quick"
     epochs, rounds = PROFILES[profile]
@@ -208,21 +263,49 @@ def main() -> None:
         flush=True,
     )
     started = time.perf_counter()
-    runs = []
+    out.mkdir(parents=True, exist_ok=True)
+    done = previous_runs(out / "results.json")
     for partition in args.partitions:
         for algorithm in args.algorithms:
-            run = run_one(partition, algorithm, args)
+            earlier = done.get((partition, algorithm))
+            epochs, rounds, mu = setting(algorithm, args)
+            same = earlier is not None and (
+                (earlier.local_epochs, earlier.rounds, earlier.fedprox_mu) == (epochs, rounds, mu)
+            )
+            if same and not args.rerun:
+                print(f"  {partition:<18} {algorithm:<8} in {out}/results.json already")
+                continue
+            index = list(PARTITIONS).index(partition)
+            state = out / "state" / f"{index}-{algorithm}-e{epochs}-r{rounds}-mu{mu}"
+            run = run_one(partition, algorithm, args, state)
             print(
                 f"  {partition:<18} {algorithm:<8} {100 * run.final_accuracy:5.1f}% "
                 f"(best {100 * run.best_accuracy:.1f}%) in {run.seconds:.0f} s",
                 flush=True,
             )
-            runs.append(run)
-    wall = time.perf_counter() - started
-    text = table(runs)
+            done[run.key] = run
+            write(out, ordered(done), args, profile, time.perf_counter() - started)
+    runs = ordered(done)
+    text = write(out, runs, args, profile, time.perf_counter() - started)
     print()
     print(text)
-    print(f"\nwall time {wall:.0f} s")
+    print(f"written to {out}/ (results.json, results.md, accuracy.png)")
+    print(json.dumps(json.loads((out / "results.json").read_text())))
+
+
+def ordered(runs: dict[tuple[str, str], Run]) -> list[Run]:
+    """By partition, then algorithm, in the order of PARTITIONS and ALGORITHMS."""
+    rank = {key: i for i, key in enumerate(_keys())}
+    return sorted(runs.values(), key=lambda r: rank.get(r.key, len(rank)))
+
+
+def _keys() -> list[tuple[str, str]]:
+    return [(p, a) for p in PARTITIONS for a in ALGORITHMS]
+
+
+def write(out: Path, runs: list[Run], args: argparse.Namespace, profile: str, wall: float) -> str:
+    """results.json, results.md and accuracy.png for ``runs``; returns the table."""
+    text = table(runs)
     figures: dict[str, Any] = {
         "bench": "accuracy",
         "profile": profile,
@@ -231,17 +314,15 @@ def main() -> None:
         "rounds": args.rounds,
         "batch_size": BATCH_SIZE,
         "fedprox_mu": args.mu,
-        "algorithms": {a: asdict(ALGORITHMS[a]) for a in args.algorithms},
+        "algorithms": {a: asdict(ALGORITHMS[a]) for a in dict.fromkeys(r.algorithm for r in runs)},
         "runs": [asdict(r) for r in runs],
         "wall_seconds": wall,
         **provenance(),
     }
-    out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(figures, indent=2) + "\n")
     (out / "results.md").write_text(text + "\n")
     plot(runs, out / "accuracy.png", f"fedq, NIID-Bench CNN, Fashion-MNIST ({profile})")
-    print(f"written to {out}/ (results.json, results.md, accuracy.png)")
-    print(json.dumps(figures))
+    return text
 
 
 if __name__ == "__main__":
