@@ -32,7 +32,7 @@ import xxhash
 from pydantic import BaseModel
 
 from fedq.messages.codec import ChunkInfo, EncodedTensor, WireTensor, encode_body, encode_message
-from fedq.messages.codecs import get_codec
+from fedq.messages.codecs import TensorCodec, get_codec
 
 #: The default most raw tensor bytes per chunk: far under RabbitMQ's 128 MiB limit, and
 #: small because each body in flight costs several transient copies in the AMQP client
@@ -109,7 +109,7 @@ def whole_digest(chunk_digests: Sequence[bytes]) -> str:
 
 
 def _encode_chunk(
-    tensors: Mapping[str, np.ndarray], slices: list[TensorSlice], codec: str
+    tensors: Mapping[str, np.ndarray], slices: list[TensorSlice], codec: str | TensorCodec
 ) -> list[EncodedTensor]:
     tensor_codec = get_codec(codec)
     out = []
@@ -132,7 +132,7 @@ def _encode_chunk(
 def encode_chunks(
     meta: BaseModel,
     tensors: Mapping[str, np.ndarray],
-    codec: str = "raw",
+    codec: str | TensorCodec = "raw",
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     read: Callable[[], None] | None = None,
 ) -> Iterator[bytes]:

@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
-from fedq.messages.codecs import CodecError, get_codec
+from fedq.messages.codecs import CodecError, TensorCodec, get_codec
 from fedq.messages.codecs.buffers import element_count
 from fedq.messages.msgpack_view import (
     MsgpackError,
@@ -136,7 +136,9 @@ class DecodedMessage:
 
 
 def encode_message(
-    meta: BaseModel, tensors: Mapping[str, np.ndarray] | None = None, codec: str = "raw"
+    meta: BaseModel,
+    tensors: Mapping[str, np.ndarray] | None = None,
+    codec: str | TensorCodec = "raw",
 ) -> bytes:
     """Encode ``meta`` (and ``tensors`` with ``codec``) as one msgpack map. Each tensor
     records the codec's plain name (``topk`` for ``topk:0.05``): what decoding needs."""

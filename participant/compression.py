@@ -18,15 +18,29 @@ refuses (stale, late, over the norm bound) or a round the participant never hear
 counts as sent: the residual is not restored, so that round's dropped part is carried on
 and its sent part is lost, as it is without compression. Restoring it would need the
 coordinator to tell participants which updates it folded, which it does not.
+
+``topk:F`` picks its entries across the whole update, not per tensor: the ``F`` x (float
+entries of the update) largest magnitudes of ``delta + residual``, wherever they are, are
+sent (:func:`keep_largest`) and encoded as exactly those entries (``wire_codec``, topk of
+the nonzeros). Per tensor, a bias of 10 values would get its 1 entry whatever its
+gradients, and a convolution of 150 weights 2; one threshold lets the tensors whose entries
+move most take the budget.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
 from fedq.messages.chunks import DEFAULT_CHUNK_BYTES, plan_chunks
 from fedq.messages.codec import Weights
-from fedq.messages.codecs import LOSSLESS, get_codec
+from fedq.messages.codecs import LOSSLESS, TensorCodec, get_codec
+from fedq.messages.codecs.topk import TopKCodec
+
+#: Entries looked at at once while selecting (4 MiB of float32): selection needs this and
+#: a pool of k magnitudes, never a copy of the update.
+BLOCK = 1 << 20
 
 
 class ErrorFeedback:
@@ -36,6 +50,13 @@ class ErrorFeedback:
         self.codec_name = codec
         self.codec = get_codec(codec)
         self.residual: Weights = {}
+        self._select = isinstance(self.codec, TopKCodec) and self.codec.fraction is not None
+
+    @property
+    def wire_codec(self) -> str | TensorCodec:
+        """What the tensors :meth:`compress` returns are encoded with: for topk, each
+        tensor's nonzero entries (the selection is already made); else the codec."""
+        return TopKCodec(fraction=None) if self._select else self.codec_name
 
     @staticmethod
     def wanted(codec: str) -> bool:
@@ -47,14 +68,19 @@ class ErrorFeedback:
         them with the codec, cut into the chunks ``chunk_bytes`` makes
         (:func:`~fedq.messages.chunks.plan_chunks`), yields exactly what the coordinator
         sees (codecs are deterministic and see the same slices); the residual becomes the
-        rest. Non-float tensors pass unchanged."""
+        rest. Non-float tensors pass unchanged. For topk the tensors returned are what is
+        sent: the selected entries, zero elsewhere (encode them with ``wire_codec``)."""
         corrected: Weights = {}
+        owned: set[str] = set()  # sums made here, not the caller's arrays
         for name, values in delta.items():
             if np.issubdtype(values.dtype, np.floating):
                 carried = self.residual.get(name)
                 if carried is not None and carried.shape == values.shape:
                     values = np.add(values, carried, dtype=values.dtype)
+                    owned.add(name)
             corrected[name] = values
+        if self._select:
+            return self._keep_largest(corrected, owned)
         for slices in plan_chunks(corrected, chunk_bytes):
             for part in slices:
                 values = corrected[part.name]
@@ -70,6 +96,69 @@ class ErrorFeedback:
                 )
         return corrected
 
+    def _keep_largest(self, corrected: Weights, owned: set[str]) -> Weights:
+        floats = {n: v for n, v in corrected.items() if np.issubdtype(v.dtype, np.floating)}
+        assert isinstance(self.codec, TopKCodec)
+        k = self.codec.k_for(sum(v.size for v in floats.values())) if floats else 0
+        sent = dict(corrected)
+        for name, kept in keep_largest(floats, k):
+            values = floats[name]
+            # The rest is the residual, written over the sum this method made if it did.
+            self.residual[name] = np.subtract(
+                values, kept, out=values if name in owned else None, dtype=values.dtype
+            )
+            sent[name] = kept
+        return sent
+
     def reset(self) -> None:
         """Forget the residual (e.g. when the model's shapes change)."""
         self.residual.clear()
+
+
+def keep_largest(tensors: Weights, k: int) -> Iterator[tuple[str, np.ndarray]]:
+    """(name, kept) for each of float ``tensors``: ``kept`` holds the ``k`` entries of
+    largest magnitude across all of them (ties broken by position, NaN counted as largest)
+    as the coordinator will decode them (float32 values), zero elsewhere. Memory besides
+    the outputs: a pool of k magnitudes and one block of :data:`BLOCK` entries."""
+    threshold = _kth_largest(tensors.values(), k)
+    above = sum(int(np.count_nonzero(m > threshold)) for m in _magnitudes(tensors.values()))
+    ties = k - above  # entries equal to the threshold still to keep, first come first kept
+    for name, values in tensors.items():
+        flat = values.reshape(-1)
+        kept = np.zeros_like(flat)
+        for start in range(0, flat.size, BLOCK):
+            block = flat[start : start + BLOCK]
+            magnitude = _magnitude(block)
+            chosen = magnitude > threshold
+            if ties > 0:
+                at = np.flatnonzero(magnitude == threshold)[:ties]
+                chosen[at] = True
+                ties -= at.size
+            # What the coordinator decodes: topk's values travel as float32.
+            kept[start : start + BLOCK][chosen] = block[chosen].astype(np.float32)
+        yield name, kept.reshape(values.shape)
+
+
+def _magnitude(block: np.ndarray) -> np.ndarray:
+    magnitude: np.ndarray = np.abs(block)
+    magnitude[np.isnan(magnitude)] = np.inf
+    return magnitude
+
+
+def _magnitudes(arrays: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    for values in arrays:
+        flat = values.reshape(-1)
+        for start in range(0, flat.size, BLOCK):
+            yield _magnitude(flat[start : start + BLOCK])
+
+
+def _kth_largest(arrays: Iterable[np.ndarray], k: int) -> float:
+    """The k-th largest magnitude in ``arrays`` (inf if k is 0, so nothing is kept)."""
+    if k <= 0:
+        return float("inf")
+    pool = np.empty(0, np.float64)
+    for magnitude in _magnitudes(arrays):
+        pool = np.concatenate([pool, magnitude])
+        if pool.size > k:
+            pool = np.partition(pool, pool.size - k)[pool.size - k :]
+    return float(pool.min()) if pool.size >= k else 0.0

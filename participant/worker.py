@@ -366,7 +366,8 @@ class Participant:
         chunk is the same bytes under the same update id: the coordinator keeps one."""
         delta = await asyncio.to_thread(self._delta, local, global_)
         count = chunk_count(delta, self.config.chunk_bytes)
-        bodies = encode_chunks(update, delta, self.config.codec, self.config.chunk_bytes)
+        codec = self.config.codec if self._feedback is None else self._feedback.wire_codec
+        bodies = encode_chunks(update, delta, codec, self.config.chunk_bytes)
         sent = 0
         index = 0
         while (body := await asyncio.to_thread(next, bodies, None)) is not None:

@@ -4,6 +4,8 @@ chunked model from chunks in any order."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -85,13 +87,13 @@ def test_an_altered_chunk_changes_the_digest_of_the_whole():
 
 
 def test_error_feedback_sees_the_slices_that_are_sent():
-    """topk keeps its fraction per slice: what the coordinator decodes plus the residual is
-    exactly the corrected delta, chunked or not."""
+    """What the coordinator decodes plus the residual is exactly the corrected delta,
+    chunked or not: int8 scales each slice's blocks, topk selects across the update."""
     tensors = model([50_000, 3_000], seed=1)
-    for chunk_bytes in (1 << 15, 1 << 24):
-        feedback = ErrorFeedback("topk:0.05")
+    for codec, chunk_bytes in itertools.product(("topk:0.05", "int8"), (1 << 15, 1 << 24)):
+        feedback = ErrorFeedback(codec)
         corrected = feedback.compress(dict(tensors), chunk_bytes)
-        bodies = list(encode_chunks(META, corrected, "topk:0.05", chunk_bytes))
+        bodies = list(encode_chunks(META, corrected, feedback.wire_codec, chunk_bytes))
         if len(bodies) > 1:
             sent = decoded_whole(bodies, tensors)
         else:

@@ -7,7 +7,7 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -15,10 +15,11 @@ from fedq.apps.synthetic import SyntheticApp
 from fedq.coordinator.checkpoint import checkpoint_path, load_checkpoint
 from fedq.coordinator.config import CoordinatorConfig
 from fedq.messages.codec import MalformedMessage, decode_message, encode_message
-from fedq.messages.codecs import CodecError, get_codec
+from fedq.messages.codecs import CodecError, TensorCodec, get_codec
 from fedq.messages.codecs.int8 import BLOCK
 from fedq.messages.schema import UpdateMeta
-from fedq.participant.compression import ErrorFeedback
+from fedq.participant.compression import BLOCK as SELECTION_BLOCK
+from fedq.participant.compression import ErrorFeedback, keep_largest
 from fedq.participant.worker import ParticipantConfig
 from fedq.simulation import SimulationPlan, simulate
 
@@ -158,7 +159,7 @@ def test_a_well_formed_topk_payload_decodes():
     np.testing.assert_array_equal(decoded.weights()["w"], [0, 1.5, 0, 0, -2.0])
 
 
-def sent(codec: str, corrected: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def sent(codec: str | TensorCodec, corrected: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """What the coordinator decodes from the update the participant encodes."""
     return decode_message(encode_message(META, corrected, codec)).weights()
 
@@ -172,7 +173,7 @@ def test_sent_plus_residual_is_the_sum_of_the_true_deltas(codec):
     for _ in range(20):
         delta = rng.standard_normal(5000).astype(np.float32)
         true_sum += delta
-        sent_sum += sent(codec, feedback.compress({"w": delta}))["w"]
+        sent_sum += sent(feedback.wire_codec, feedback.compress({"w": delta}))["w"]
     np.testing.assert_allclose(sent_sum + feedback.residual["w"], true_sum, atol=1e-4)
 
 
@@ -186,7 +187,7 @@ def test_error_feedback_makes_topk_converge_to_the_true_sum():
     for _ in range(300):
         delta = direction + 0.1 * rng.standard_normal(2000).astype(np.float32)
         true_sum += delta
-        with_feedback += sent("topk", feedback.compress({"w": delta}))["w"]
+        with_feedback += sent(feedback.wire_codec, feedback.compress({"w": delta}))["w"]
         without += sent("topk", {"w": delta})["w"]
 
     def error(total: np.ndarray) -> float:
@@ -195,6 +196,84 @@ def test_error_feedback_makes_topk_converge_to_the_true_sum():
     assert error(with_feedback) < 0.2
     assert error(without) > 0.9
     assert error(with_feedback) < error(without) / 4
+
+
+@settings(deadline=None)
+@given(
+    st.lists(
+        hnp.arrays(
+            st.sampled_from([np.float32, np.float64, np.float16]),
+            hnp.array_shapes(min_dims=1, max_dims=2, min_side=0, max_side=12),
+            # Few distinct magnitudes: ties at the threshold are the hard case.
+            elements=st.sampled_from([0.0, 1.0, -1.0, 2.5, -0.5, 1e-3]),
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    st.floats(0.0, 1.0),
+)
+def test_keep_largest_keeps_exactly_k_entries_none_smaller_than_a_dropped_one(arrays, share):
+    tensors = {f"t{i}": a for i, a in enumerate(arrays)}
+    total = sum(a.size for a in arrays)
+    k = round(share * total)
+    kept = dict(keep_largest(tensors, k))
+    chosen = np.concatenate([np.ones(a.size, bool) for a in arrays] + [np.zeros(0, bool)])
+    flat_kept = np.concatenate([kept[n].reshape(-1) for n in tensors] + [np.zeros(0)])
+    flat_all = np.concatenate([a.reshape(-1).astype(np.float64) for a in arrays] + [np.zeros(0)])
+    # A kept entry is the tensor's as float32 (as topk sends it); a dropped one is zero.
+    is_kept = flat_kept != 0
+    as_sent = flat_all.astype(np.float32).astype(np.float64)
+    np.testing.assert_array_equal(flat_kept[is_kept], as_sent[is_kept])
+    nonzero = int(np.count_nonzero(flat_all))
+    assert int(is_kept.sum()) == min(k, nonzero)
+    dropped = chosen & ~is_kept
+    if is_kept.any() and dropped.any():
+        assert np.abs(flat_all[is_kept]).min() >= np.abs(flat_all[dropped]).max()
+
+
+def test_topk_spends_its_budget_across_the_whole_update_where_entries_move_most():
+    """1% of 100,100 entries is 1,001: a bias of 100 moving 10x more than a 100,000-entry
+    kernel gets all of its 100 entries (per tensor it would get 1), the kernel the other
+    901, and the wire carries exactly those."""
+    rng = np.random.default_rng(8)
+    kernel = rng.standard_normal(100_000).astype(np.float32)
+    bias = (10 + rng.random(100)).astype(np.float32)
+    feedback = ErrorFeedback("topk")
+    out = feedback.compress({"kernel": kernel.copy(), "bias": bias.copy()})
+    decoded = sent(feedback.wire_codec, out)
+    assert np.count_nonzero(decoded["bias"]) == 100
+    assert np.count_nonzero(decoded["kernel"]) == 901
+    largest = np.sort(np.abs(kernel))[-901:]
+    np.testing.assert_array_equal(
+        np.sort(np.abs(decoded["kernel"][decoded["kernel"] != 0])), largest
+    )
+    body = encode_message(META, out, feedback.wire_codec)
+    assert len(body) < 1_001 * 8 + 1_000  # 8 bytes an entry and the envelope
+    for name, values in (("kernel", kernel), ("bias", bias)):
+        np.testing.assert_array_equal(decoded[name] + feedback.residual[name], values)
+
+
+def test_topk_selection_crosses_its_blocks_and_tensors_the_same_way():
+    """A tensor larger than one selection block: the kept entries are the same as those
+    of one sort over everything."""
+    rng = np.random.default_rng(9)
+    big = rng.standard_normal(SELECTION_BLOCK * 2 + 5).astype(np.float32)
+    small = rng.standard_normal(777).astype(np.float32)
+    k = 3_000
+    kept = dict(keep_largest({"big": big, "small": small}, k))
+    everything = np.abs(np.concatenate([big, small]))
+    threshold = np.sort(everything)[-k]
+    assert np.count_nonzero(kept["big"]) + np.count_nonzero(kept["small"]) == k
+    assert (np.abs(kept["big"][kept["big"] != 0]) >= threshold).all()
+    assert (np.abs(kept["small"][kept["small"] != 0]) >= threshold).all()
+
+
+def test_a_nan_in_a_topk_update_is_sent_so_the_coordinator_refuses_it():
+    delta = np.zeros(1000, np.float32)
+    delta[3] = np.nan
+    feedback = ErrorFeedback("topk")
+    out = feedback.compress({"w": delta})
+    assert np.isnan(out["w"][3])
 
 
 def test_error_feedback_is_only_for_lossy_codecs():

@@ -46,8 +46,11 @@ _PARAMETERIZED: dict[str, Callable[[str], TensorCodec]] = {"topk": TopKCodec.par
 LOSSLESS = frozenset({"raw"})
 
 
-def get_codec(name: str) -> TensorCodec:
-    """The codec called ``name``, or ``name:setting`` for a codec that takes one."""
+def get_codec(name: str | TensorCodec) -> TensorCodec:
+    """The codec called ``name``, or ``name:setting`` for a codec that takes one; a codec
+    object is its own answer (a sender may build one the registry has no name for)."""
+    if not isinstance(name, str):
+        return name
     base, colon, argument = name.partition(":")
     if colon and base in _PARAMETERIZED:
         return _PARAMETERIZED[base](argument)

@@ -1,7 +1,10 @@
 """``topk``: a floating tensor travels as its k largest-magnitude entries, the rest as zero.
 
-k is ``fraction`` of the tensor's values (rounded, at least 1 for a non-empty tensor) and
-travels in the payload, so decoding needs no setting and the wire ``codec`` field is just
+k is ``fraction`` of the tensor's values (rounded, at least 1 for a non-empty tensor), or
+with ``fraction=None`` the tensor's nonzero entries: a sender that chose the entries itself
+(the participant picks the largest across the whole update, see
+:mod:`fedq.participant.compression`) zeroes the rest and sends what is left. k travels in
+the payload, so decoding needs no setting and the wire ``codec`` field is just
 ``topk`` whatever the fraction. Payload, little-endian::
 
     [uint32 k][k x uint32 flat index, strictly increasing][k x float32 value]
@@ -33,13 +36,15 @@ DEFAULT_FRACTION = 0.01
 class TopKCodec:
     name = "topk"
 
-    def __init__(self, fraction: float = DEFAULT_FRACTION) -> None:
-        if not 0 < fraction <= 1:
+    def __init__(self, fraction: float | None = DEFAULT_FRACTION) -> None:
+        if fraction is not None and not 0 < fraction <= 1:
             raise CodecError(f"topk fraction must be in (0, 1], got {fraction}")
         self.fraction = fraction
 
     def k_for(self, count: int) -> int:
-        """Entries kept of a tensor of ``count`` values."""
+        """Entries kept of a tensor (or an update) of ``count`` values."""
+        if self.fraction is None:
+            raise ValueError("a topk codec of the nonzero entries has no fixed k")
         return min(count, max(1, round(self.fraction * count)))
 
     def encode(self, array: np.ndarray) -> memoryview:
@@ -50,8 +55,10 @@ class TopKCodec:
         count = flat.size
         if count > np.iinfo(_INDEX).max:
             raise CodecError(f"topk cannot index a tensor of {count} values (limit 2**32 - 1)")
-        k = self.k_for(count)
-        if k == count:
+        if self.fraction is None:
+            indices = np.flatnonzero(flat).astype(_INDEX)  # NaN is nonzero: the intake refuses it
+            k = indices.size
+        elif (k := self.k_for(count)) == count:
             indices = np.arange(count, dtype=_INDEX)
         else:  # NaN sorts as largest: it is sent, and the intake refuses it
             indices = np.argpartition(np.abs(flat), count - k)[count - k :].astype(_INDEX)
