@@ -75,6 +75,7 @@ TOLERANCE_POINTS = 2.0
 @dataclasses.dataclass
 class Run:
     codec: str
+    aggregator: str
     bytes_per_update: float
     updates: int
     accuracy: float
@@ -113,8 +114,15 @@ def federation_name(codec: str) -> str:
     return f"compression-{label}-{os.getpid()}-{int(time.time())}"[:64]
 
 
+def aggregator_for(codec: str, args: argparse.Namespace) -> str:
+    """``--sparse-aggregator`` for topk updates (an entry a participant did not send is not
+    a vote for zero, see fedq.coordinator.strategies.sparse_mean), FedAvg's mean else."""
+    return args.sparse_aggregator if get_codec(codec).name == "topk" else "mean"
+
+
 async def federate(args: argparse.Namespace, codec: str, state: Path) -> Run:
     name = federation_name(codec)
+    aggregator = aggregator_for(codec, args)
     plan = SimulationPlan(
         coordinator=CoordinatorConfig(
             federation=name,
@@ -122,6 +130,7 @@ async def federate(args: argparse.Namespace, codec: str, state: Path) -> Run:
             rounds=args.rounds,
             state_dir=state,
             mode="sync",
+            aggregator=aggregator,
             round_timeout=1800.0,
         ),
         participant=ParticipantConfig(
@@ -140,6 +149,7 @@ async def federate(args: argparse.Namespace, codec: str, state: Path) -> Run:
     accuracies = [row["metrics"]["accuracy"] for row in history]
     return Run(
         codec=codec,
+        aggregator=aggregator,
         bytes_per_update=sum(row["update_bytes"] for row in history) / max(updates, 1),
         updates=updates,
         accuracy=result.final_metrics["accuracy"],
@@ -183,15 +193,17 @@ def verdict(run: Run, reference: Run) -> dict[str, Any] | None:
 def print_table(runs: list[Run], reference: Run) -> None:
     print()
     print(
-        f"{'codec':<10} {'bytes/update':>12} {'vs raw':>7} {'final acc':>9} {'best acc':>8} "
-        f"{'vs raw':>7} {'s/round':>7}  target  accuracy % after each round"
+        f"{'codec':<10} {'aggregator':<11} {'bytes/update':>12} {'vs raw':>7} "
+        f"{'final acc':>9} {'best acc':>8} {'vs raw':>7} {'s/round':>7}  "
+        "target  accuracy % after each round"
     )
     for run in runs:
         check = verdict(run, reference)
         target = "-" if check is None else ("met" if check["met"] else "MISSED")
         trajectory = " ".join(f"{100 * a:4.1f}" for a in run.accuracy_per_round)
         print(
-            f"{run.codec:<10} {run.bytes_per_update:>12,.0f} {ratio(run, reference):>6.1f}x "
+            f"{run.codec:<10} {run.aggregator:<11} {run.bytes_per_update:>12,.0f} "
+            f"{ratio(run, reference):>6.1f}x "
             f"{100 * run.accuracy:>8.2f}% {100 * run.best_accuracy:>7.2f}% "
             f"{points(run, reference):>+7.2f} {run.seconds_per_round:>7.1f}  {target:<6}  "
             f"{trajectory}"
@@ -233,6 +245,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--scheme", default="dirichlet:0.5", help="how the data is split")
     parser.add_argument(
         "--codecs", nargs="+", default=["raw", "fp16", "int8", "topk:0.01"], metavar="CODEC"
+    )
+    parser.add_argument(
+        "--sparse-aggregator",
+        default="sparse_mean",
+        help="the coordinator's aggregator for topk updates (mean: FedAvg's)",
     )
     parser.add_argument("--app", choices=list(APPS), default="app", help="see APPS")
     parser.add_argument("--epochs", type=int, default=1, help="local epochs per round")

@@ -10,10 +10,16 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.memory import MemoryBroker, MemoryTransport
 from fedq.messages.transport import Transport
+
+# No timing asserts, hypothesis's included: its default 200 ms per example fails tests on
+# a loaded machine for being slow, not wrong.
+settings.register_profile("fedq", deadline=None)
+settings.load_profile("fedq")
 
 BROKER_URL = os.environ.get("FEDQ_TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -198,7 +198,6 @@ def test_error_feedback_makes_topk_converge_to_the_true_sum():
     assert error(with_feedback) < error(without) / 4
 
 
-@settings(deadline=None)
 @given(
     st.lists(
         hnp.arrays(

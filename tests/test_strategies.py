@@ -35,6 +35,7 @@ from fedq.coordinator.strategies.krum import Krum, krum_scores, squared_distance
 from fedq.coordinator.strategies.mean import WeightedMean
 from fedq.coordinator.strategies.median import CoordinateMedian
 from fedq.coordinator.strategies.privacy import DifferentiallyPrivateMean, PrivacyAccountant
+from fedq.coordinator.strategies.sparse_mean import SparseMean
 from fedq.coordinator.strategies.stack import DeltaStack
 from fedq.coordinator.strategies.trimmed_mean import TrimmedMean
 
@@ -345,6 +346,46 @@ def test_identical_updates_aggregate_to_that_update(delta, weights):
     for rule in (CoordinateMedian(), TrimmedMean(0.3), Krum(byzantine=1, select=2)):
         assert_model_equal(run(rule, updates, capacity=max(5, len(updates))), delta)
     assert_model_close(run(WeightedMean(), updates), delta, 1e-6, 1e-6)
+
+
+def test_sparse_mean_divides_each_entry_by_a_power_mean_of_all_and_its_senders(tmp_path):
+    """Weights 1 and 3 (W = 4). w[0] sent by both, w[1] by the first only (C = 1), w[2] by
+    the second only (C = 3), w[3] by neither."""
+    first = model([2, 8, 0, 0], [1, 1, 1])
+    second = model([6, 0, 4, 0], [1, 1, 1])
+    for exponent in (0.0, 0.5, 1.0):
+        result = aggregate(SparseMean(exponent), [(first, 1), (second, 3)], tmp_path)
+
+        def divisor(senders, e=exponent):
+            return 4 ** (1 - e) * senders**e
+
+        expected = model([(2 + 18) / 4, 8 / divisor(1), 12 / divisor(3), 0], [1, 1, 1])
+        assert_model_close(result, expected)
+    # exponent 0 is FedAvg's mean, even with sparse updates
+    assert_model_close(
+        aggregate(SparseMean(0.0), [(first, 1), (second, 3)], tmp_path),
+        aggregate(WeightedMean(), [(first, 1), (second, 3)], tmp_path),
+    )
+
+
+@given(versions, st.floats(0, 1))
+def test_sparse_mean_of_dense_updates_is_the_weighted_mean(updates, exponent):
+    dense = [(model(flat(d)[:4] + 9, flat(d)[4:] + 9), w) for d, w in updates]  # no zeros
+    assert_model_close(run(SparseMean(exponent), dense), run(WeightedMean(), dense), 1e-5, 1e-5)
+
+
+def test_sparse_mean_counts_senders_by_weight_not_by_staleness(tmp_path):
+    """A stale update's entries are scaled like the plain mean's, but it still sent them:
+    C counts its weight in full."""
+    only = model([4, 0, 0, 0], [0, 0, 0])
+    result = aggregate(SparseMean(1.0), [(only, 2, 0.5)], tmp_path)
+    assert_model_close(result, model([2, 0, 0, 0], [0, 0, 0]))
+
+
+@pytest.mark.parametrize("exponent", [-0.1, 1.5])
+def test_sparse_mean_refuses_an_exponent_outside_0_to_1(exponent):
+    with pytest.raises(StrategyError, match="exponent"):
+        build_aggregator("sparse_mean", {"exponent": exponent})
 
 
 @given(versions)

@@ -39,13 +39,19 @@ class StreamingMean(Aggregation):
         assert not self._finished, "the result was taken"
         factor = np.float32(weight * scale)
         for name, start, values in pieces:
-            total = self._sums[name].reshape(-1)[start : start + values.size]
             for offset, block in blocks(values):
-                scratch = self._scratch[: block.size]
-                np.multiply(block, factor, out=scratch, casting="unsafe")
-                total[offset : offset + block.size] += scratch
+                self._fold(name, start + offset, block, factor, weight)
         self.total_weight += weight
         self.count += 1
+
+    def _fold(
+        self, name: str, at: int, block: np.ndarray, factor: np.float32, weight: float
+    ) -> None:
+        """Add ``factor * block`` to the sums of tensor ``name`` from flat index ``at``."""
+        total = self._sums[name].reshape(-1)[at : at + block.size]
+        scratch = self._scratch[: block.size]
+        np.multiply(block, factor, out=scratch, casting="unsafe")
+        total += scratch
 
     def result(self) -> Weights:
         """The mean, made in place in the sums (no second model-sized buffer) and handed
@@ -53,10 +59,13 @@ class StreamingMean(Aggregation):
         assert self.count > 0, "mean of no updates"
         if not self._finished:
             self._finished = True
-            inverse = np.float32(1.0 / self.total_weight)
-            for total in self._sums.values():
-                total *= inverse
+            self._normalise()
         return self._sums
+
+    def _normalise(self) -> None:
+        inverse = np.float32(1.0 / self.total_weight)
+        for total in self._sums.values():
+            total *= inverse
 
 
 class WeightedMean(Aggregator):
