@@ -12,8 +12,11 @@ split (``--scheme``, default label skew Dirichlet(0.5)), sync mode (every
 participant in every round, so rounds are comparable), the same seeded initial weights,
 R rounds, ``--epochs`` local epochs per round, its own temporary state dir. Participants
 send their deltas with the codec; a lossy one (fp16, int8, topk) is paired with the
-participant's error feedback (:mod:`fedq.participant.compression`). ``raw`` is the
-reference and must be among ``--codecs``.
+participant's error feedback (:mod:`fedq.participant.compression`); topk picks its
+entries across the whole update, and the coordinator aggregates topk updates with
+``--sparse-aggregator`` (default ``sparse_mean``: an entry a participant did not send is not
+a vote for zero; ``mean`` is FedAvg's), every other codec with FedAvg's mean. ``raw`` is
+the reference and must be among ``--codecs``.
 
 Reported per codec: bytes per update (the mean size of the update message bodies the
 ledger recorded: what crossed the wire, metadata included), its ratio to raw, the test

@@ -19,7 +19,7 @@ from fedq.messages.codecs import CodecError, TensorCodec, get_codec
 from fedq.messages.codecs.int8 import BLOCK
 from fedq.messages.schema import UpdateMeta
 from fedq.participant.compression import BLOCK as SELECTION_BLOCK
-from fedq.participant.compression import ErrorFeedback, keep_largest
+from fedq.participant.compression import RESIDUAL_DECAY, ErrorFeedback, keep_largest
 from fedq.participant.worker import ParticipantConfig
 from fedq.simulation import SimulationPlan, simulate
 
@@ -167,7 +167,7 @@ def sent(codec: str | TensorCodec, corrected: dict[str, np.ndarray]) -> dict[str
 @pytest.mark.parametrize("codec", ["int8", "topk", "fp16"])
 def test_sent_plus_residual_is_the_sum_of_the_true_deltas(codec):
     rng = np.random.default_rng(4)
-    feedback = ErrorFeedback(codec)
+    feedback = ErrorFeedback(codec, decay=1.0)  # nothing fades: nothing is lost
     true_sum = np.zeros(5000)
     sent_sum = np.zeros(5000)
     for _ in range(20):
@@ -182,7 +182,7 @@ def test_error_feedback_makes_topk_converge_to_the_true_sum():
     direction: without, the 99% never sent are lost for good; with, they arrive late."""
     rng = np.random.default_rng(5)
     direction = rng.standard_normal(2000).astype(np.float32)
-    feedback = ErrorFeedback("topk")
+    feedback = ErrorFeedback("topk", decay=1.0)
     true_sum, with_feedback, without = np.zeros(2000), np.zeros(2000), np.zeros(2000)
     for _ in range(300):
         delta = direction + 0.1 * rng.standard_normal(2000).astype(np.float32)
@@ -273,6 +273,19 @@ def test_a_nan_in_a_topk_update_is_sent_so_the_coordinator_refuses_it():
     feedback = ErrorFeedback("topk")
     out = feedback.compress({"w": delta})
     assert np.isnan(out["w"][3])
+
+
+def test_topk_carries_its_residual_into_the_next_round_decayed():
+    rng = np.random.default_rng(10)
+    first, second = (rng.standard_normal(1000).astype(np.float32) for _ in range(2))
+    feedback = ErrorFeedback("topk")
+    assert feedback.decay == RESIDUAL_DECAY["topk"] < 1
+    assert ErrorFeedback("int8").decay == 1.0
+    feedback.compress({"w": first.copy()})
+    carried = feedback.residual["w"].copy()
+    out = feedback.compress({"w": second.copy()})
+    expected = second + np.float32(feedback.decay) * carried
+    np.testing.assert_allclose(out["w"] + feedback.residual["w"], expected, rtol=1e-6, atol=1e-6)
 
 
 def test_error_feedback_is_only_for_lossy_codecs():
