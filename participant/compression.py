@@ -21,9 +21,9 @@ coordinator to tell participants which updates it folded, which it does not.
 
 ``topk`` also lets its residual fade: what is carried into the next round is 0.7 x the
 residual (:data:`RESIDUAL_DECAY`), so the invariant above holds only up to that decay.
-With 1% sent a round the residual otherwise keeps growing (to ~1.5x the norm of a round's
-delta after 10 rounds), made of deltas computed against older models; sent late, in one
-piece, those entries pushed the model back and forth from round to round.
+With 1% sent a round the residual otherwise grows round after round, made of deltas
+computed against older models; sent late, in one piece, those entries pushed the model
+back and forth from round to round.
 
 ``topk:F`` picks its entries across the whole update, not per tensor: the ``F`` x (float
 entries of the update) largest magnitudes of ``delta + residual``, wherever they are, are
