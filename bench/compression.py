@@ -183,7 +183,9 @@ def verdict(run: Run, reference: Run) -> dict[str, Any] | None:
         return None
     wanted = TARGET_RATIOS[run.codec]
     ratio_ok = ratio(run, reference) >= wanted
-    accuracy_ok = abs(points(run, reference)) <= TOLERANCE_POINTS
+    # Keras reports accuracy as float32: 7,750 of 10,000 against 7,950 is -2.000004 points.
+    # The test set's resolution is 0.01 points; compare at it.
+    accuracy_ok = abs(round(points(run, reference), 2)) <= TOLERANCE_POINTS
     return {
         "ratio_at_least": wanted,
         "ratio_ok": ratio_ok,
