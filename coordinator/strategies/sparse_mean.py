@@ -16,6 +16,11 @@ zero entry counts as not sent), e = ``exponent`` in [0, 1], 0.5 by default; s_k 
 staleness factor, as in the plain mean. With dense updates (C_i = W) it is FedAvg's mean,
 and ``exponent=0`` is FedAvg's mean whatever the updates.
 
+An attacker's view: an update alone on an entry moves it (W / w_k) ** e times further than
+the plain mean would, so under ``--max-update-norm`` one update's effect on the model is
+bounded by that factor more (sqrt(10) for ten equal participants at e = 0.5). Against
+poisoning, use a robust aggregator; this one is for honest sparse updates.
+
 Memory: a second float32 buffer shaped like the model (C), so O(model) whatever the number
 of updates; the fold stays streaming.
 """
