@@ -178,12 +178,12 @@ def previous_runs(path: Path) -> dict[tuple[str, str], Run]:
     runs = []
     for row in figures["runs"]:
         proximal = ALGORITHMS[row["algorithm"]].proximal
-        setting = {  # the whole file's, for results written before runs carried their own
+        defaults = {  # the whole file's, for results written before runs carried their own
             "local_epochs": figures["local_epochs"],
             "rounds": figures["rounds"],
             "fedprox_mu": figures["fedprox_mu"] if proximal else 0.0,
         }
-        runs.append(Run(**{**setting, **row}))
+        runs.append(Run(**{**defaults, **row}))
     return {run.key: run for run in runs}
 
 
