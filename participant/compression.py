@@ -132,8 +132,7 @@ def keep_largest(tensors: Weights, k: int) -> Iterator[tuple[str, np.ndarray]]:
     largest magnitude across all of them (ties broken by position, NaN counted as largest)
     as the coordinator will decode them (float32 values), zero elsewhere. Memory besides
     the outputs: a pool of k magnitudes and one block of :data:`BLOCK` entries."""
-    threshold = _kth_largest(tensors.values(), k)
-    above = sum(int(np.count_nonzero(m > threshold)) for m in _magnitudes(tensors.values()))
+    threshold, above = _kth_largest(tensors.values(), k)
     ties = k - above  # entries equal to the threshold still to keep, first come first kept
     for name, values in tensors.items():
         flat = values.reshape(-1)
@@ -164,13 +163,18 @@ def _magnitudes(arrays: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
             yield _magnitude(flat[start : start + BLOCK])
 
 
-def _kth_largest(arrays: Iterable[np.ndarray], k: int) -> float:
-    """The k-th largest magnitude in ``arrays`` (inf if k is 0, so nothing is kept)."""
+def _kth_largest(arrays: Iterable[np.ndarray], k: int) -> tuple[float, int]:
+    """(the k-th largest magnitude in ``arrays``, how many magnitudes are larger than it);
+    (inf, 0) if k is 0, so nothing is kept. The pool ends as the k largest magnitudes, so
+    every one larger than the k-th is in it: no second pass over the update counts them."""
     if k <= 0:
-        return float("inf")
+        return float("inf"), 0
     pool = np.empty(0, np.float64)
     for magnitude in _magnitudes(arrays):
         pool = np.concatenate([pool, magnitude])
         if pool.size > k:
             pool = np.partition(pool, pool.size - k)[pool.size - k :]
-    return float(pool.min()) if pool.size >= k else 0.0
+    if pool.size < k:
+        return 0.0, int(np.count_nonzero(pool > 0))
+    threshold = float(pool.min())
+    return threshold, int(np.count_nonzero(pool > threshold))
