@@ -151,7 +151,10 @@ def keep_largest(tensors: Weights, k: int) -> Iterator[tuple[str, np.ndarray]]:
 
 
 def _magnitude(block: np.ndarray) -> np.ndarray:
-    magnitude: np.ndarray = np.abs(block)
+    """|block| in float64, NaN as inf. The selection pass must compare each entry to the
+    threshold in the same precision the pool found it in: float32's 0.001 is above
+    float64's 0.001 in float64 but equal to it in float32, which would keep one too few."""
+    magnitude: np.ndarray = np.abs(block, dtype=np.float64)
     magnitude[np.isnan(magnitude)] = np.inf
     return magnitude
 

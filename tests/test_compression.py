@@ -7,7 +7,7 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -211,6 +211,9 @@ def test_error_feedback_makes_topk_converge_to_the_true_sum():
     ),
     st.floats(0.0, 1.0),
 )
+# float32's 0.001 is above float64's in float64 and equal to it in float32: CI found a
+# selection pass comparing in the block's own precision keeping one entry too few.
+@example(arrays=[np.array([0.001, 0.0], np.float32), np.array([0.001])], share=0.5)
 def test_keep_largest_keeps_exactly_k_entries_none_smaller_than_a_dropped_one(arrays, share):
     tensors = {f"t{i}": a for i, a in enumerate(arrays)}
     total = sum(a.size for a in arrays)
