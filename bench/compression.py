@@ -19,8 +19,8 @@ FedAvg's), every other codec with FedAvg's mean. ``raw`` is the reference and mu
 among ``--codecs``.
 
 Why several seeds: with Dirichlet(0.5) and 10 rounds, one run's final accuracy moves by a
-point or more with the seed (raw ended between 79.1% and 82.8% over five seeds), and a
-codec's gap to raw by as much (topk:0.01 from -0.8 to -2.4 points). Each codec's run is
+point or more with the seed (raw ended between 79.30% and 82.43% over five seeds), and a
+codec's gap to raw by as much (topk:0.01 from +0.18 to -1.32 points). Each codec's run is
 compared with raw's on the same seed, and the target is judged on the mean of those gaps.
 
 Reported per codec, as means over the seeds: bytes per update (the mean size of the update
