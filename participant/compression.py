@@ -49,7 +49,7 @@ from fedq.messages.codecs.topk import TopKCodec
 #: 1% ended 1.09 points behind raw on average with it, 1.47 with 0.7, and 2.50 without
 #: decay on seed 42 (bench/README.md, "Compression").
 RESIDUAL_DECAY = {"topk": 0.85}
-#: Entries looked at at once while selecting (4 MiB of float32): selection needs this and
+#: Entries looked at at once while selecting (8 MiB of float64 magnitudes): selection needs this and
 #: a pool of k magnitudes, never a copy of the update.
 BLOCK = 1 << 20
 
