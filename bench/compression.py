@@ -267,7 +267,7 @@ def print_table(codecs: list[Codec], seeds: list[int]) -> None:
     print(
         f"{'codec':<10} {'aggregator':<11} {'bytes/update':>12} {'vs raw':>7} "
         f"{'final acc':>9} {'best acc':>8} {'vs raw':>7} {'s/round':>7}  "
-        f"target  per seed / mean accuracy % after each round"
+        "target  per seed / mean accuracy % after each round"
     )
     for codec in codecs:
         check = codec.verdict()
