@@ -45,6 +45,7 @@ from typing import Any
 
 from fmnist_runs import fresh_app, provenance, run_isolated
 
+from fedq import strict_json
 from fedq.apps import fmnist
 from fedq.coordinator.config import CoordinatorConfig, StrategyOptions
 from fedq.participant.app import TrainConfig
@@ -290,7 +291,7 @@ def main() -> None:
     print()
     print(text)
     print(f"written to {out}/ (results.json, results.md, accuracy.png)")
-    print(json.dumps(json.loads((out / "results.json").read_text())))
+    print(strict_json.dumps(json.loads((out / "results.json").read_text())))
 
 
 def ordered(runs: dict[tuple[str, str], Run]) -> list[Run]:
@@ -319,7 +320,7 @@ def write(out: Path, runs: list[Run], args: argparse.Namespace, profile: str, wa
         "wall_seconds": wall,
         **provenance(),
     }
-    (out / "results.json").write_text(json.dumps(figures, indent=2) + "\n")
+    (out / "results.json").write_text(strict_json.dumps(figures, indent=2) + "\n")
     (out / "results.md").write_text(text + "\n")
     plot(runs, out / "accuracy.png", f"fedq, NIID-Bench CNN, Fashion-MNIST ({profile})")
     return text

@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 import os
 import statistics
 import tempfile
@@ -49,6 +48,7 @@ from typing import Any
 import numpy as np
 from timing import median_seconds
 
+from fedq import strict_json
 from fedq.coordinator.intake import (
     Admitted,
     Candidate,
@@ -326,6 +326,7 @@ def figures(
 ) -> dict[str, Any]:
     base = baseline.minimal_s
     return {
+        "bench": "aggregate",
         "params": args.params,
         "update_bytes": nbytes,
         "updates": args.updates,
@@ -385,7 +386,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="fedq-bench-spill-") as spill:
         runs = measure_robust(template, deltas, Path(spill), args.repeat)
     print_robust(runs, k_folds, args.updates, nbytes)
-    print(json.dumps(figures(args, tuned, nbytes, baseline, one, k_folds, runs)))
+    print(strict_json.dumps(figures(args, tuned, nbytes, baseline, one, k_folds, runs)))
 
 
 if __name__ == "__main__":

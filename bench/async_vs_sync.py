@@ -38,6 +38,7 @@ from typing import Any
 
 from fmnist_runs import fresh_app, provenance, run_isolated
 
+from fedq import strict_json
 from fedq.apps import fmnist
 from fedq.coordinator.config import CoordinatorConfig, Mode
 from fedq.coordinator.observers import CoordinatorObserver
@@ -238,10 +239,10 @@ def main() -> None:
         **measured,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(figures, indent=2) + "\n")
+    (args.out / "results.json").write_text(strict_json.dumps(figures, indent=2) + "\n")
     plot(runs, args.target, args.out / "accuracy.png")
     print(f"written to {args.out}/ (results.json, accuracy.png)")
-    print(json.dumps(figures))
+    print(strict_json.dumps(figures))
 
 
 if __name__ == "__main__":

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import json
 import time
 from collections.abc import Callable
 
 import msgpack
 import numpy as np
 
+from fedq import strict_json
 from fedq.messages.allocator import tune_malloc_for_large_buffers
 from fedq.messages.chunks import DEFAULT_CHUNK_BYTES, encode_chunks
 from fedq.messages.codec import decode_message, encode_message
@@ -69,7 +69,7 @@ def main() -> None:
                 f"{row['decode_gbs']:>12.1f} {row['decode_ratio']:>7.1f} "
                 f"{row['packb_ratio']:>12.2f} {row['unpackb_ratio']:>14.2f}"
             )
-    print(json.dumps({"bench": "codec", "malloc_tuning": tuned, "rows": rows}))
+    print(strict_json.dumps({"bench": "codec", "malloc_tuning": tuned, "rows": rows}))
 
 
 def measure(

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import re
 import statistics
@@ -56,6 +55,7 @@ from typing import Any
 
 from fmnist_runs import provenance, run_isolated
 
+from fedq import strict_json
 from fedq.apps import fmnist
 from fedq.apps.keras_app import KerasApp, shard
 from fedq.coordinator.config import CoordinatorConfig
@@ -392,7 +392,7 @@ def main() -> None:
     codecs = compare(runs)
     print_table(codecs, args.seeds)
     print(f"\nwall time {wall:.0f} s")
-    print(json.dumps(figures(args, codecs, wall)))
+    print(strict_json.dumps(figures(args, codecs, wall)))
 
 
 if __name__ == "__main__":

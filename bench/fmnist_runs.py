@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import importlib.metadata
-import math
 import os
 import platform
 import time
@@ -47,11 +46,6 @@ def run_isolated(coroutine: Callable[[], Coroutine[Any, Any, T]]) -> T:
     finally:
         import_keras().backend.clear_session()
         gc.collect()
-
-
-def finite_or_none(value: float) -> float | None:
-    """JSON has no NaN: a diverged model's loss is written as null."""
-    return value if math.isfinite(value) else None
 
 
 def provenance() -> dict[str, Any]:

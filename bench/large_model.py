@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
 import os
 import sqlite3
 import statistics
@@ -35,6 +34,7 @@ from pathlib import Path
 import numpy as np
 from deployment_shape import run_raw_processes
 
+from fedq import strict_json
 from fedq.apps.synthetic import SyntheticApp
 from fedq.coordinator.checkpoint import checkpoint_path, load_checkpoint
 from fedq.messages.chunks import encode_chunks
@@ -105,7 +105,7 @@ def run(params: int, n: int, rounds: int, chunk_bytes: int) -> dict[str, float |
         "participants": n,
         "chunk_mib": round(chunk_bytes / 2**20, 2),
         "rounds": rounds,
-        "seconds_per_round": round(statistics.median(steps), 2) if steps else float("nan"),
+        "seconds_per_round": round(statistics.median(steps), 2),
         "coordinator_peak_x_model": round(peaks[coordinator.pid] / model, 2),
         "coordinator_peak_mib": round(peaks[coordinator.pid] / 2**20),
         "participant_peak_x_model": round(max(peaks[p.pid] for p in participants) / model, 2),
@@ -125,7 +125,7 @@ def raw_floor(params: int, n: int, rounds: int, chunk_bytes: int) -> float:
     update_chunks = list(encode_chunks(update, delta, "raw", chunk_bytes))
     del weights, delta
     result = asyncio.run(
-        run_raw_processes(BROKER, n, update_chunks, model_chunks, max(rounds, 2), "quorum")
+        run_raw_processes(BROKER, n, update_chunks, model_chunks, rounds, "quorum")
     )
     return result.seconds_per_round
 
@@ -134,9 +134,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=int, nargs="*", default=[25_000_000, 125_000_000])
     parser.add_argument("--participants", type=int, nargs="*", default=[4, 8])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per run (>= 2)")
     parser.add_argument("--chunk-mb", type=float, default=4)
     args = parser.parse_args()
+    if args.rounds < 2:
+        parser.error("--rounds must be at least 2: a round's time is between two commits")
     chunk = int(args.chunk_mb * 2**20)
     rows = []
     for p in args.params:
@@ -150,7 +152,7 @@ def main() -> None:
     print(" | ".join(head))
     for row in rows:
         print(" | ".join(str(row[k]) for k in head))
-    print(json.dumps({"bench": "large_model", "runs": rows}))
+    print(strict_json.dumps({"bench": "large_model", "runs": rows}))
 
 
 if __name__ == "__main__":

@@ -35,7 +35,6 @@ in two full runs on a shared machine).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -43,8 +42,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from fmnist_runs import finite_or_none, fresh_app, run_isolated
+from fmnist_runs import fresh_app, run_isolated
 
+from fedq import strict_json
 from fedq.apps import fmnist
 from fedq.coordinator.config import CoordinatorConfig, StrategyOptions
 from fedq.participant.worker import ParticipantConfig
@@ -140,7 +140,6 @@ def figures(args: argparse.Namespace, clean: Run, runs: list[Run], wall: float) 
     def row(run: Run) -> dict[str, Any]:
         return {
             **asdict(run),
-            "loss": finite_or_none(run.loss),
             "aggregator_options": AGGREGATORS[run.aggregator][1],
             "points_vs_clean": points(run, clean),
             "within_tolerance": within(run, clean),
@@ -194,7 +193,7 @@ def main() -> None:
     wall = time.perf_counter() - started
     print_table(clean, runs)
     print(f"\nwall time {wall:.0f} s")
-    print(json.dumps(figures(args, clean, runs, wall)))
+    print(strict_json.dumps(figures(args, clean, runs, wall)))
 
 
 if __name__ == "__main__":

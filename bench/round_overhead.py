@@ -40,8 +40,6 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import json
-import math
 import os
 import statistics
 import tempfile
@@ -65,6 +63,7 @@ from deployment_shape import (
 )
 from timing import median_seconds
 
+from fedq import strict_json
 from fedq.apps.synthetic import SyntheticApp
 from fedq.coordinator.checkpoint import save_checkpoint
 from fedq.coordinator.config import CoordinatorConfig
@@ -664,17 +663,6 @@ def report(rows: list[Row], n: int) -> None:
         print(line(c.serial_round(n), "sum: all of a round's CPU work in series"))
 
 
-def finite(value: Any) -> Any:
-    """``value`` with every NaN (a figure that could not be taken) as None, for strict JSON."""
-    if isinstance(value, float):
-        return None if math.isnan(value) else value
-    if isinstance(value, dict):
-        return {key: finite(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [finite(item) for item in value]
-    return value
-
-
 def figures(args: argparse.Namespace, tuned: bool, rows: list[Row], wall: float) -> dict[str, Any]:
     """Every figure of the run, for the last line."""
 
@@ -688,37 +676,36 @@ def figures(args: argparse.Namespace, tuned: bool, rows: list[Row], wall: float)
             for shape, fedq_seconds, raw_seconds in shapes(row)
         }
 
-    return finite(
-        {
-            "participants": args.participants,
-            "rounds": args.rounds,
-            "updates_queue": args.updates_queue,
-            "processes": args.processes,
-            "malloc_tuning": tuned,
-            "cores": os.cpu_count(),
-            "wall_seconds": wall,
-            "rows": [
-                {
-                    "params": row.params,
-                    "update_bytes": row.update_bytes,
-                    "model_bytes": row.model_bytes,
-                    "loadavg_1min": list(row.loadavg),
-                    "shapes": ratios(row),
-                    "fedq": dataclasses.asdict(row.fedq),
-                    "raw": dataclasses.asdict(row.raw) | {"steps_total": row.raw.steps.total},
-                    "cpu_parts": dataclasses.asdict(row.cpu)
-                    | {"serial_round": row.cpu.serial_round(args.participants)},
-                    "processes": None
-                    if row.processes is None
-                    else {
-                        "fedq": dataclasses.asdict(row.processes.fedq),
-                        "raw": dataclasses.asdict(row.processes.raw),
-                    },
-                }
-                for row in rows
-            ],
-        }
-    )
+    return {
+        "bench": "round_overhead",
+        "participants": args.participants,
+        "rounds": args.rounds,
+        "updates_queue": args.updates_queue,
+        "processes": args.processes,
+        "malloc_tuning": tuned,
+        "cores": os.cpu_count(),
+        "wall_seconds": wall,
+        "rows": [
+            {
+                "params": row.params,
+                "update_bytes": row.update_bytes,
+                "model_bytes": row.model_bytes,
+                "loadavg_1min": list(row.loadavg),
+                "shapes": ratios(row),
+                "fedq": dataclasses.asdict(row.fedq),
+                "raw": dataclasses.asdict(row.raw) | {"steps_total": row.raw.steps.total},
+                "cpu_parts": dataclasses.asdict(row.cpu)
+                | {"serial_round": row.cpu.serial_round(args.participants)},
+                "processes": None
+                if row.processes is None
+                else {
+                    "fedq": dataclasses.asdict(row.processes.fedq),
+                    "raw": dataclasses.asdict(row.processes.raw),
+                },
+            }
+            for row in rows
+        ],
+    }
 
 
 async def amain(args: argparse.Namespace) -> list[Row]:
@@ -772,7 +759,7 @@ def main() -> None:
     report(rows, args.participants)
     wall = time.perf_counter() - started
     print(f"\nwall time {wall:.0f} s")
-    print(json.dumps(figures(args, tuned, rows, wall)))
+    print(strict_json.dumps(figures(args, tuned, rows, wall)))
 
 
 if __name__ == "__main__":

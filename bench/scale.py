@@ -52,6 +52,7 @@ from deployment_shape import fedq_executable
 from rich.console import Console
 from rich.table import Table
 
+from fedq import strict_json
 from fedq.coordinator.checkpoint import checkpoint_path
 from fedq.management import default_management_url
 from fedq.messages.amqp import DEFAULT_BROKER_URL, redact
@@ -335,6 +336,7 @@ def main() -> None:
     wall = time.perf_counter() - started
     console.print(f"wall time {wall:.0f} s, load average at end {os.getloadavg()[0]:.1f}")
     figures = {
+        "bench": "scale",
         "rounds": args.rounds,
         "quorum_fraction": None if args.quorum else args.quorum_fraction,
         "quorum": args.quorum,
@@ -344,7 +346,7 @@ def main() -> None:
         "runs": [asdict(r) for r in runs],
         **ratios(runs),
     }
-    print(json.dumps(figures))
+    print(strict_json.dumps(figures))
 
 
 if __name__ == "__main__":

@@ -66,8 +66,17 @@ def wait_with_peak_rss(process: subprocess.Popen[bytes], timeout: float) -> tupl
         time.sleep(0.05)
 
 
+def strict_loads(text: str) -> Any:
+    """``json.loads`` that refuses NaN and Infinity, as jq and browsers do (Python accepts them)."""
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not standard JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
 def read_report(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())
+    return strict_loads(path.read_text())
 
 
 async def drain(url: str, queue: str, quiet: float = 1.0) -> list[Delivery]:

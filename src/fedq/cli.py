@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -18,6 +17,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
+from fedq import strict_json
 from fedq.broker_users import UsersError
 from fedq.broker_users import render as render_users
 from fedq.console import (
@@ -191,7 +191,7 @@ def write_report(path: Path | None, result: FederationResult, **extra: Any) -> N
         return
     report = asdict(result) | extra
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    path.write_text(strict_json.dumps(report, indent=2, default=str) + "\n")
     console.print(f"report written to {path}")
 
 
@@ -634,7 +634,7 @@ def history_command(
         console.print(f"plot written to {plot}")
     if as_json:
         data = [asdict(h) for h in histories]
-        print(json.dumps(data if len(data) > 1 else data[0], indent=2))
+        print(strict_json.dumps(data if len(data) > 1 else data[0], indent=2))
         return
     # stdout: the history is this command's output. Piped, a table keeps its natural width
     # (not cut to 80 columns, no cell wrapped), so its lines can be grepped.

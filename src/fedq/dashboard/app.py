@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import math
 import socket
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
@@ -26,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from fedq import strict_json
 from fedq.dashboard.board import Board
 from fedq.dashboard.ledgers import page_of_rejections
 from fedq.dashboard.page import PAGE
@@ -180,19 +179,8 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _finite(value: Any) -> Any:
-    """``value`` with NaN and infinities as None: JSON has no such numbers."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
-
-
 def _dumps(value: Any) -> str:
-    return json.dumps(_finite(value), separators=(",", ":"))
+    return strict_json.dumps(value, separators=(",", ":"))
 
 
 def _json(value: Any, status: int = 200) -> Response:

@@ -1,0 +1,69 @@
+"""Every benchmark ends with one line of standard JSON, even when a figure is missing.
+
+The fast system benchmarks run here end to end, with small flags, against the real RabbitMQ
+(the learning ones take minutes and are run by hand, bench/README.md). Their last line is
+parsed with a parser that rejects NaN and Infinity, which Python's json module would
+otherwise write and read without complaint but jq, JavaScript and most consumers refuse.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import strict_loads
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+FAST_BENCHMARKS = {
+    "codec": ["--repeat", "1"],
+    "aggregate": ["--repeat", "1", "--params", "1000000"],
+    "large_model": ["--params", "1000000", "--participants", "2", "--rounds", "2"],
+    "round_overhead": [
+        "--processes",
+        "--participants",
+        "3",
+        "--params",
+        "100000",
+        "--rounds",
+        "2",
+        "--repeat",
+        "1",
+    ],
+    "scale": ["--participants", "10", "--params", "10000", "--rounds", "2"],
+}
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("name", sorted(FAST_BENCHMARKS))
+def test_benchmark_ends_with_one_line_of_standard_json(name: str) -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCH / f"{name}.py"), *FAST_BENCHMARKS[name]],
+        cwd=BENCH.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = strict_loads(done.stdout.strip().splitlines()[-1])
+    assert figures["bench"] == name
+
+
+def test_large_model_refuses_one_round_with_one_line() -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "large_model.py"), "--rounds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .endswith("--rounds must be at least 2: a round's time is between two commits")
+    )
