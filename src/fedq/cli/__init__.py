@@ -1,0 +1,56 @@
+"""The ``fedq`` command: one module per subcommand, registered here in the order
+``fedq --help`` lists them. Every user mistake ends in one line saying what to do (exit 2).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from fedq.cli.audit import audit_command
+from fedq.cli.broker import broker_app
+from fedq.cli.coordinator import coordinator_command
+from fedq.cli.dashboard import dashboard_command
+from fedq.cli.deploy import deploy_app
+from fedq.cli.export import export_command
+from fedq.cli.history import history_command
+from fedq.cli.participant import participant_command
+from fedq.cli.partition import partition_command
+from fedq.cli.running import Failure
+from fedq.cli.simulate import simulate_command
+from fedq.cli.teardown import teardown_command
+from fedq.console import console
+from fedq.messages.allocator import tune_malloc_for_large_buffers
+from fedq.options import OptionsError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    help="fedq: federated learning over RabbitMQ. Start with `fedq simulate --help`.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(broker_app, name="broker")
+app.add_typer(deploy_app, name="deploy")
+app.command("simulate")(simulate_command)
+app.command("coordinator")(coordinator_command)
+app.command("participant")(participant_command)
+app.command("history")(history_command)
+app.command("audit")(audit_command)
+app.command("partition")(partition_command)
+app.command("export")(export_command)
+app.command("dashboard")(dashboard_command)
+app.command("teardown")(teardown_command)
+
+
+def main() -> None:
+    tune_malloc_for_large_buffers()
+    try:
+        app()
+    except (Failure, OptionsError) as exc:
+        console.print(f"[bold red]fedq:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.status if isinstance(exc, Failure) else 2)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,27 @@
+"""``fedq broker check``: whether RabbitMQ is reachable and takes the login, in one line."""
+
+from __future__ import annotations
+
+import typer
+
+from fedq.cli.flags import BrokerOpt
+from fedq.cli.running import run, setup_logging
+from fedq.console import console
+from fedq.messages.amqp import AmqpTransport, redact
+from fedq.settings import settings
+
+broker_app = typer.Typer(help="Check the RabbitMQ broker.", no_args_is_help=True)
+
+
+@broker_app.command("check")
+def broker_check(broker: BrokerOpt = None) -> None:
+    """Say whether RabbitMQ is reachable, and what to do if it is not."""
+    setup_logging(verbose=False)
+    url = broker or settings().broker_url
+
+    async def main() -> None:
+        async with AmqpTransport(url, connect_timeout=5.0):
+            pass
+
+    run(main())
+    console.print(f"RabbitMQ at {redact(url)} is reachable and accepted the login")

@@ -1,0 +1,104 @@
+"""``fedq coordinator``: run the coordinator of one federation on RabbitMQ.
+
+Its settings are :class:`~fedq.coordinator.config.CoordinatorConfig`, a flag per field
+(:mod:`fedq.options`); its state lives in STATE_DIR/<federation>. What it did is shown
+live, summed up at the end and, with ``--report``, written as JSON.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from fedq import strict_json
+from fedq.cli.flags import AppOpt, BrokerOpt, FederationOpt, ReportOpt, StateOpt, VerboseOpt
+from fedq.cli.running import fail, load, run, setup_logging
+from fedq.console import RoundProgress, console, print_summary
+from fedq.coordinator.config import CoordinatorConfig
+from fedq.coordinator.observers import CoordinatorObserver
+from fedq.coordinator.service import Coordinator, FederationResult
+from fedq.coordinator.strategies import StrategyError
+from fedq.coordinator.strategy import compose_strategy
+from fedq.messages.amqp import AmqpTransport, redact
+from fedq.metrics import PrometheusMetrics, serve_metrics
+from fedq.options import OptionsError, build_config, with_coordinator_options
+from fedq.settings import settings
+from fedq.tensorboard import tensorboard_scalars
+
+
+@with_coordinator_options
+def coordinator_command(
+    coordinator_options: dict[str, Any],
+    federation: FederationOpt,
+    app_spec: AppOpt,
+    broker: BrokerOpt = None,
+    state_dir: StateOpt = None,
+    report: ReportOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Run the coordinator of one federation on RabbitMQ."""
+    setup_logging(verbose)
+    config = coordinator_config(federation, state_dir, coordinator_options)
+    application = load(app_spec)
+    url = broker or settings().broker_url
+
+    async def main() -> FederationResult:
+        async with AmqpTransport(url) as transport, watching(config, progress) as observers:
+            return await Coordinator(config, application, transport, observers).run()
+
+    console.print(f"coordinator of {federation} ({config.mode} mode) on RabbitMQ at {redact(url)}")
+    with RoundProgress(config.rounds, config.k) as progress:
+        result = run(main())
+    print_summary(result)
+    write_report(report, result, broker=redact(url))
+
+
+def coordinator_config(
+    federation: str, state_dir: Path | None, options: dict[str, Any]
+) -> CoordinatorConfig:
+    """The coordinator's settings from its flags; its state lives in STATE_DIR/<federation>.
+    Strategy settings are tried out here, so a mistake stops the command before it starts."""
+    root = state_dir or settings().state_dir
+    try:
+        config = build_config({**options, "federation": federation, "state_dir": root / federation})
+        compose_strategy(config, dp_seed=0)
+    except (OptionsError, StrategyError) as exc:
+        raise fail(str(exc)) from None
+    return config
+
+
+@contextlib.asynccontextmanager
+async def watching(
+    config: CoordinatorConfig, progress: RoundProgress
+) -> AsyncIterator[list[CoordinatorObserver]]:
+    """The coordinator's observers: the live view, Prometheus metrics served at /metrics
+    while it runs when --metrics-port is set, TensorBoard scalars when --tensorboard-dir is."""
+    observers: list[CoordinatorObserver] = [progress]
+    async with contextlib.AsyncExitStack() as stack:
+        if config.tensorboard_dir is not None:
+            board = await stack.enter_async_context(
+                tensorboard_scalars(config.tensorboard_dir, config.federation)
+            )
+            progress.progress.console.print(f"TensorBoard scalars in {board.directory}")
+            observers.append(board)
+        if config.metrics_port is not None:
+            metrics = PrometheusMetrics(config.federation)
+            url = await stack.enter_async_context(
+                serve_metrics(metrics, config.metrics_host, config.metrics_port)
+            )
+            progress.progress.console.print(f"Prometheus metrics at {url}")
+            observers.append(metrics)
+        yield observers
+
+
+def write_report(path: Path | None, result: FederationResult, **extra: Any) -> None:
+    """With ``--report``: what the run did, as JSON (NaN and Infinity as null)."""
+    if path is None:
+        return
+    report = asdict(result) | extra
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(strict_json.dumps(report, indent=2, default=str) + "\n")
+    console.print(f"report written to {path}")

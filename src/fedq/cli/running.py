@@ -1,0 +1,71 @@
+"""What every command shares: a user's mistake is a :class:`Failure` (one line, exit 2,
+printed by :func:`fedq.cli.main` after every display stopped), a run is cancelled cleanly
+by SIGINT or SIGTERM, and logging is quiet unless asked for."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from fedq.coordinator.config import ConfigError
+from fedq.coordinator.ledger import LedgerError
+from fedq.messages.amqp import BrokerUnavailable
+from fedq.messages.transport import TransportError
+from fedq.participant.app import App, AppError, load_app
+from fedq.settings import settings
+
+T = TypeVar("T")
+
+
+class Failure(Exception):
+    """A run ended on a user-facing error; ``main`` prints it after every display stopped."""
+
+    def __init__(self, message: str, status: int = 2) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def fail(message: str) -> Failure:
+    """A mistake in the command's flags: raise what this returns."""
+    return Failure(message)
+
+
+def run(coro: Awaitable[T]) -> T:
+    """Run ``coro``; SIGINT/SIGTERM cancel it (nothing uncommitted is acked)."""
+
+    async def main() -> T:
+        task = asyncio.ensure_future(coro)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        return await task
+
+    try:
+        return asyncio.run(main())
+    except asyncio.CancelledError:
+        raise Failure("interrupted; uncommitted updates stay on the broker", 130) from None
+    except (AppError, BrokerUnavailable, ConfigError, LedgerError) as exc:
+        raise Failure(str(exc)) from None
+    except TransportError as exc:
+        raise Failure(f"broker error: {exc}") from None
+
+
+def setup_logging(verbose: bool) -> None:
+    level = logging.INFO if verbose else getattr(logging, settings().log_level.upper(), 30)
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for noisy in ("tensorflow", "absl"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    # The broker client logs each failed connection attempt; fedq reports them in one line.
+    for client in ("aiormq", "aio_pika"):
+        logging.getLogger(client).setLevel(level if verbose else logging.CRITICAL)
+
+
+def load(spec: str) -> App:
+    """The app ``spec`` names, or a Failure saying why it cannot be loaded."""
+    try:
+        return load_app(spec)
+    except AppError as exc:
+        raise fail(str(exc)) from None
