@@ -48,9 +48,9 @@ from fmnist_runs import fresh_app, provenance, run_isolated
 from fedq import strict_json
 from fedq.apps import fmnist
 from fedq.coordinator.config import CoordinatorConfig, StrategyOptions
-from fedq.participant.app import TrainConfig
-from fedq.participant.partitions import ENV_VAR as PARTITION_ENV
-from fedq.participant.worker import ParticipantConfig
+from fedq.participant.app import Partition, TrainConfig
+from fedq.participant.config import ParticipantConfig
+from fedq.participant.scheme import Scheme
 from fedq.plot import pyplot, save
 from fedq.simulation import SimulationPlan, simulate
 
@@ -127,9 +127,13 @@ async def federate(
             optimizer_options=chosen.optimizer_options,
             round_timeout=3600.0,
         ),
-        participant=ParticipantConfig(federation=name, participant_id="p", train=train),
+        participant=ParticipantConfig(
+            federation=name,
+            participant_id="p",
+            partition=Partition(scheme=Scheme.parse(PARTITIONS[partition])),
+            train=train,
+        ),
     )
-    os.environ[PARTITION_ENV] = PARTITIONS[partition]
     build = _with_xla(fmnist.build_niid_cnn) if args.xla else fmnist.build_niid_cnn
     result = await simulate(plan, fresh_app(build, train))
     return result.history

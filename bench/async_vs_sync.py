@@ -43,10 +43,12 @@ from fedq.apps import fmnist
 from fedq.coordinator.config import CoordinatorConfig, Mode
 from fedq.coordinator.observers import CoordinatorObserver
 from fedq.coordinator.records import RoundHistory
-from fedq.participant.partitions import ENV_VAR as PARTITION_ENV
-from fedq.participant.worker import ParticipantConfig
+from fedq.participant.app import Partition
+from fedq.participant.config import ParticipantConfig
+from fedq.participant.scheme import Scheme
 from fedq.plot import pyplot, save
-from fedq.simulation import SimulationPlan, Straggler, simulate
+from fedq.scenario import ParticipantProfile
+from fedq.simulation import SimulationPlan, simulate
 
 PARTICIPANTS = 10
 SLOW = (0, 1, 2)
@@ -98,10 +100,11 @@ async def federate(mode: Mode, versions: int, state: Path) -> Run:
             round_timeout=3600.0,
             linger_seconds=0.0,
         ),
-        participant=ParticipantConfig(federation=name, participant_id="p"),
-        stragglers=tuple(Straggler(i, slowdown=SLOWDOWN) for i in SLOW),
+        participant=ParticipantConfig(
+            federation=name, participant_id="p", partition=Partition(scheme=Scheme.parse(SCHEME))
+        ),
+        profiles=tuple(ParticipantProfile(i, slowdown=SLOWDOWN) for i in SLOW),
     )
-    os.environ[PARTITION_ENV] = SCHEME
     run = Run(mode, versions)
     started = time.perf_counter()
     await simulate(plan, fresh_app(), [Stamps(run, started)])

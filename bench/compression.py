@@ -62,8 +62,8 @@ from fedq.coordinator.config import CoordinatorConfig
 from fedq.messages.amqp import redact
 from fedq.messages.codecs import CodecError, get_codec
 from fedq.participant.app import AppError, Partition, TrainConfig
-from fedq.participant.partitions import ENV_VAR, Scheme, scheme_from_env
-from fedq.participant.worker import ParticipantConfig
+from fedq.participant.config import ParticipantConfig
+from fedq.participant.scheme import Scheme
 from fedq.simulation import SimulationPlan, simulate
 
 #: --app -> the fedq.apps.fmnist app whose model and local training a run uses. ``app``:
@@ -102,7 +102,7 @@ def seeded_app(name: str, seed: int) -> KerasApp:
     and the split instead of ``fmnist.SEED``."""
 
     def load_partition(partition: Partition) -> tuple[Any, Any]:
-        return shard(fmnist.load_train(), partition, seed, scheme_from_env())
+        return shard(fmnist.load_train(), partition, seed)
 
     return KerasApp(
         APPS[name][0],
@@ -115,7 +115,7 @@ def seeded_app(name: str, seed: int) -> KerasApp:
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
     """The app's local training (batch size, optimizer settings) with ``--epochs``."""
-    return dataclasses.replace(APPS[args.app][1], epochs=args.epochs)
+    return APPS[args.app][1].with_overrides(epochs=args.epochs)
 
 
 def federation_name(codec: str) -> str:
@@ -146,7 +146,8 @@ async def federate(args: argparse.Namespace, codec: str, seed: int, state: Path)
         participant=ParticipantConfig(
             federation=name,
             participant_id="p",
-            codec=codec,
+            partition=Partition(scheme=Scheme.parse(args.scheme)),
+            update_codec=codec,
             train=train_config(args),
         ),
         broker_url=args.broker,
@@ -287,7 +288,7 @@ def figures(args: argparse.Namespace, codecs: list[Codec], wall: float) -> dict[
     return {
         "bench": "compression",
         "app": f"fedq.apps.fmnist:{args.app}",
-        "train": dataclasses.asdict(train_config(args)),
+        "train": train_config(args).model_dump(),
         "participants": args.participants,
         "rounds": args.rounds,
         "scheme": args.scheme,
@@ -369,7 +370,6 @@ def main() -> None:
         fmnist.check_files()
     except AppError as exc:
         raise SystemExit(f"error: {exc}") from None
-    os.environ[ENV_VAR] = args.scheme  # the apps read the split from it
     where = "embedded broker" if args.broker is None else f"RabbitMQ at {redact(args.broker)}"
     print(
         f"fedq.apps.fmnist:{args.app}: {args.participants} participants, "

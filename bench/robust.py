@@ -47,7 +47,7 @@ from fmnist_runs import fresh_app, run_isolated
 from fedq import strict_json
 from fedq.apps import fmnist
 from fedq.coordinator.config import CoordinatorConfig, StrategyOptions
-from fedq.participant.worker import ParticipantConfig
+from fedq.participant.config import ParticipantConfig
 from fedq.simulation import SimulationPlan, simulate
 
 APP = "fedq.apps.fmnist:app"

@@ -79,7 +79,7 @@ from fedq.messages.codec import Weights, decode_message, encode_message, spec_of
 from fedq.messages.schema import ModelMeta, UpdateMeta
 from fedq.messages.topology import Topology, UpdatesQueueType
 from fedq.participant.app import Partition, TrainConfig
-from fedq.participant.worker import ParticipantConfig
+from fedq.participant.config import ParticipantConfig
 from fedq.simulation import SimulationPlan, participant_configs, simulate
 
 

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from fedq.coordinator.strategies import AGGREGATORS, OPTIMIZERS, options_help
 from fedq.messages.chunks import DEFAULT_CHUNK_BYTES
 from fedq.messages.schema import FederationName
 from fedq.messages.topology import DEFAULT_UPDATES_QUEUE_BYTES, UpdatesQueueType
@@ -20,6 +21,19 @@ from fedq.messages.topology import DEFAULT_UPDATES_QUEUE_BYTES, UpdatesQueueType
 Mode = Literal["sync", "quorum", "async"]
 LatePolicy = Literal["reject", "fold"]
 StrategyOptions = dict[str, float | int | str | bool]
+
+#: What each mode does, for ``--help`` (:data:`fedq.coordinator.modes.MODES` runs them).
+MODES_HELP: dict[Mode, str] = {
+    "sync": "every participant each round",
+    "quorum": "K of N close a round",
+    "async": "(FedBuff) no rounds, a version every K updates from any base version",
+}
+_HOLDING = [name for name, cls in AGGREGATORS.items() if cls.holds_updates]
+AGGREGATOR_HELP = (
+    f"{', '.join(AGGREGATORS)}, or package.module:attr. {', '.join(_HOLDING)} keep all K "
+    "deltas: K x model size, in RAM up to --robust-memory-mb, beyond it in a file; the others "
+    "stream (O(model) memory)."
+)
 
 
 class ConfigError(ValueError):
@@ -48,8 +62,7 @@ class CoordinatorConfig(BaseModel):
 
     mode: Mode = Field(
         "quorum",
-        description="sync: every participant each round; quorum: K of N close a round; "
-        "async (FedBuff): no rounds, a version every K updates from any base version.",
+        description="; ".join(f"{mode}: {what}" for mode, what in MODES_HELP.items()) + ".",
     )
     quorum: int | None = Field(
         None,
@@ -79,27 +92,23 @@ class CoordinatorConfig(BaseModel):
 
     aggregator: str = Field(
         "mean",
-        description="mean (streaming, O(model) memory), clipped_mean, median, trimmed_mean, "
-        "krum, or package.module:attr. median, trimmed_mean and krum keep all K deltas: "
-        "K x model size, in RAM up to --robust-memory-mb, beyond it in a file.",
+        description=AGGREGATOR_HELP,
     )
     aggregator_options: StrategyOptions = Field(
         default_factory=dict,
-        description="KEY=VALUE for the aggregator: clip_norm (clipped_mean), trim_fraction "
-        "(trimmed_mean, 0.1), byzantine and select (krum, 1 and 1; select > 1 is multi-Krum).",
+        description=f"KEY=VALUE for the aggregator: {options_help(AGGREGATORS)}.",
         json_schema_extra=_cli("--aggregator-option"),
     )
     server_optimizer: str = Field(
         "fedavg",
-        description="fedavg, fedavgm, fedadam, fedyogi, fedadagrad, or package.module:attr.",
+        description=f"{', '.join(OPTIMIZERS)}, or package.module:attr.",
     )
     server_lr: float = Field(
         1.0, gt=0, description="The server optimizer's learning rate (adaptive ones: try 0.1)."
     )
     optimizer_options: StrategyOptions = Field(
         default_factory=dict,
-        description="KEY=VALUE for the server optimizer: momentum (fedavgm, 0.9); beta1, "
-        "beta2, tau (fedadam, fedyogi, fedadagrad: 0.9, 0.99, 0.001).",
+        description=f"KEY=VALUE for the server optimizer: {options_help(OPTIMIZERS)}.",
         json_schema_extra=_cli("--optimizer-option"),
     )
     robust_memory_mb: float = Field(

@@ -7,15 +7,36 @@ Keras users subclass nothing: :class:`fedq.apps.keras_app.KerasApp` wraps a mode
 and two data loaders. The shipped apps live in :mod:`fedq.apps`. The coordinator needs
 only part of an app (see :class:`fedq.coordinator.app.CoordinatorApp`); this is the
 participant's side.
+
+Hooks an app may also have, for what a real device does beside training (experiments use
+them too: :mod:`fedq.experiments` wraps an app to slow it, drop it out or poison it):
+
+- ``accepts(version) -> bool``: whether to train on model ``version`` now. A model
+  declined is acked and skipped, nothing trained or sent for it, and counted in
+  ``ParticipantStats.rounds_dropped`` (a phone that trains only while charging declines
+  the others). Asked before the model takes one of the process's working slots.
+- ``train`` as a coroutine function (``async def``): awaited on the event loop instead of
+  run in a worker thread, for an app that waits on something, such as remote work. It runs
+  its own blocking work in threads, and holds no working slot while it waits
+  (:func:`fedq.participant.working.pausing`). :func:`train_on` calls either kind.
+- ``transform_delta(delta) -> delta``: the delta as it is to be sent (clipped, or noised
+  for local privacy), before the update codec; it keeps every tensor's name, shape and
+  dtype, and runs in a worker thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
-from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, runtime_checkable
+import inspect
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, cast, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fedq.messages.codec import Weights
+from fedq.participant.scheme import IID, Scheme
 
 
 class AppError(RuntimeError):
@@ -24,34 +45,66 @@ class AppError(RuntimeError):
 
 @dataclass(frozen=True)
 class Partition:
-    """Which share of the data a participant holds: ``index`` of ``count`` (0-based)."""
+    """Which share of the data a participant holds: ``index`` of ``count`` (0-based), split
+    by ``scheme`` (the shipped apps follow it; see :mod:`fedq.participant.partitions`)."""
 
     index: int = 0
     count: int = 1
+    scheme: Scheme = IID
 
     def __post_init__(self) -> None:
         if not 0 <= self.index < self.count:
             raise AppError(f"partition {self.index}/{self.count}: need 0 <= index < count")
 
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """How a participant trains each round. ``None`` keeps what the app's model was compiled
-    with (its optimizer's learning rate and momentum)."""
+    @classmethod
+    def parse(cls, text: str) -> Partition:
+        """``INDEX/COUNT``, e.g. ``2/4`` (split ``iid``); ValueError otherwise."""
+        index, _, count = text.partition("/")
+        try:
+            return cls(int(index), int(count))
+        except (ValueError, AppError):
+            raise ValueError(f"{text!r}: expected INDEX/COUNT with 0 <= INDEX < COUNT") from None
 
-    epochs: int = 1
-    batch_size: int = 32
-    learning_rate: float | None = None
-    momentum: float | None = None
+
+class TrainConfig(BaseModel):
+    """How a participant trains each round: declared once, for the app's own
+    ``train_config``, ``fedq simulate``'s and ``fedq participant``'s flags (each a field,
+    see :mod:`fedq.options`). ``None`` keeps what the app's model was compiled with (its
+    optimizer's learning rate and momentum). A bad value is an AppError, whoever made it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    epochs: int = Field(1, description="Local epochs per round (default: the app's).")
+    batch_size: int = Field(32, description="Local batch size (default: the app's).")
+    learning_rate: float | None = Field(
+        None, description="The local optimizer's learning rate (default: the app's)."
+    )
+    momentum: float | None = Field(
+        None, description="The local optimizer's momentum, SGD or RMSprop only."
+    )
     #: False (the default, as in NIID-Bench and most papers): every round starts from a
     #: fresh local optimizer (no momentum or Adam moments carried over from the previous
     #: global model). True keeps the optimizer's state across rounds.
-    keep_optimizer: bool = False
+    keep_optimizer: bool = Field(
+        False,
+        description="Keep the local optimizer's state (momentum, moments) across rounds, or "
+        "start each round with a fresh one (default: the app's; fresh, as in NIID-Bench).",
+        json_schema_extra={"flag": "--keep-optimizer/--fresh-optimizer"},
+    )
     #: FedProx's mu: adds mu/2 * ||w - w_global||^2 over the trainable weights to the local
     #: loss, pulling local training toward the round's global model (0: plain FedAvg).
-    proximal_mu: float = 0.0
+    proximal_mu: float = Field(
+        0.0,
+        description="FedProx: pull local training toward the global model (default: the app's).",
+    )
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _sensible(self) -> TrainConfig:
+        # AppError, not a ValidationError: an app that builds a TrainConfig gets the same
+        # one line as a flag does.
         if self.epochs < 1 or self.batch_size < 1:
             raise AppError("epochs and batch size must be at least 1")
         if self.learning_rate is not None and not self.learning_rate > 0:
@@ -60,10 +113,12 @@ class TrainConfig:
             raise AppError(f"momentum {self.momentum}: must be in [0, 1)")
         if not self.proximal_mu >= 0:
             raise AppError(f"proximal mu {self.proximal_mu}: must be >= 0")
+        return self
 
     def with_overrides(self, **overrides: Any) -> TrainConfig:
         """This config with every override that is not None applied (flags over the app)."""
-        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return TrainConfig.model_validate({**self.model_dump(), **given})
 
 
 @dataclass
@@ -81,15 +136,33 @@ class App(Protocol):
         """Model version 0, in model order. Must be the same in every process."""
         ...
 
-    def train(self, weights: Weights, partition: Partition, config: TrainConfig) -> TrainResult:
-        """Train from ``weights`` on the partition's data; return the local weights.
-        ``weights`` are the participant's own writable copy of the global model, which it
-        reuses once ``train`` returns (it becomes the delta): copy what you keep of it."""
+    def train(
+        self, weights: Weights, partition: Partition, config: TrainConfig
+    ) -> TrainResult | Awaitable[TrainResult]:
+        """Train from ``weights`` on the partition's data; return the local weights (an
+        ``async def train`` returns them when awaited). ``weights`` are the participant's
+        own writable copy of the global model, which it reuses once ``train`` returns (it
+        becomes the delta): copy what you keep of it."""
         ...
 
     def evaluate(self, weights: Weights) -> dict[str, float] | None:
         """Centralized evaluation on held-out data (``loss``, ``accuracy``), or None."""
         ...
+
+
+def app_train_config(app: App) -> TrainConfig:
+    """How ``app`` trains unless told otherwise: its ``train_config``, else fedq's."""
+    config = getattr(app, "train_config", None)
+    return config if isinstance(config, TrainConfig) else TrainConfig()
+
+
+async def train_on(
+    app: App, weights: Weights, partition: Partition, config: TrainConfig
+) -> TrainResult:
+    """``app.train``: awaited if it is a coroutine function, else run in a worker thread."""
+    if inspect.iscoroutinefunction(app.train):
+        return await cast(Awaitable[TrainResult], app.train(weights, partition, config))
+    return cast(TrainResult, await asyncio.to_thread(app.train, weights, partition, config))
 
 
 def load_app(spec: str) -> App:

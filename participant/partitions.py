@@ -21,74 +21,25 @@ who asks. The parts are disjoint and cover every sample once, with one exception
 holder when ``count * K >= classes``; otherwise ``classes - count * K`` labels have none and
 their samples are left out of every part.
 
-The shipped apps read the scheme from ``FEDQ_PARTITION`` (:func:`scheme_from_env`, default
-``iid``); ``fedq simulate`` and ``fedq participant`` set it from ``--partition-scheme``.
-Pure numpy: no broker, no files.
+The scheme reaches an app in the participant's :class:`~fedq.participant.app.Partition`
+(``fedq simulate`` and ``fedq participant`` take it from ``--partition-scheme``; the shipped
+apps pass it to :func:`apply` through :func:`fedq.apps.keras_app.shard`). Pure numpy: no
+broker, no files.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
-from typing import Literal
-
 import numpy as np
 
-from fedq.participant.app import AppError, Partition
+from fedq.participant.app import Partition
+from fedq.participant.scheme import Scheme
 
 Arrays = tuple[np.ndarray, np.ndarray]
-Kind = Literal["iid", "dirichlet", "labels", "quantity", "noise"]
 
-ENV_VAR = "FEDQ_PARTITION"
 #: NIID-Bench's minimum part size for the Dirichlet schemes.
 MIN_SIZE = 10
 #: Dirichlet draws tried before giving up on ``min_size`` (NIID-Bench loops forever).
 MAX_DRAWS = 1000
-FORMS = "iid, dirichlet:BETA, labels:K, quantity:BETA or noise:SIGMA (e.g. dirichlet:0.5)"
-
-
-@dataclass(frozen=True)
-class Scheme:
-    """A partitioning scheme; ``value`` is beta, k or sigma (None for ``iid``)."""
-
-    kind: Kind = "iid"
-    value: float | None = None
-
-    @classmethod
-    def parse(cls, spec: str) -> Scheme:
-        kind, sep, raw = spec.strip().lower().partition(":")
-        if kind == "iid" and not sep:
-            return cls()
-        if kind not in ("dirichlet", "labels", "quantity", "noise") or not raw:
-            raise ValueError(f"partition scheme {spec!r}: expected {FORMS}")
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ValueError(f"partition scheme {spec!r}: {raw!r} is not a number") from None
-        if kind == "labels":
-            if not value.is_integer() or value < 1:
-                raise ValueError(f"partition scheme {spec!r}: K must be a whole number >= 1")
-        elif kind == "noise":
-            if not (np.isfinite(value) and value >= 0):
-                raise ValueError(f"partition scheme {spec!r}: SIGMA must be >= 0")
-        elif not (np.isfinite(value) and value > 0):
-            raise ValueError(f"partition scheme {spec!r}: BETA must be > 0")
-        return cls(kind, value)  # type: ignore[arg-type]  # kind checked against Kind above
-
-    def __str__(self) -> str:
-        if self.value is None:
-            return self.kind
-        shown = int(self.value) if self.kind == "labels" else self.value
-        return f"{self.kind}:{shown}"
-
-
-def scheme_from_env() -> Scheme:
-    """The scheme in ``FEDQ_PARTITION`` (default ``iid``); a bad value is one AppError line."""
-    spec = os.environ.get(ENV_VAR, "iid")
-    try:
-        return Scheme.parse(spec)
-    except ValueError as exc:
-        raise AppError(f"{ENV_VAR}: {exc}") from None
 
 
 def _classes(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -20,7 +20,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -43,12 +42,11 @@ from fedq.messages.schema import (
 from fedq.messages.sent_log import SentUpdate, append_sent
 from fedq.messages.topology import UPDATE_KEY, Topology, participant_key
 from fedq.messages.transport import Delivery, QueueFull, Transport, TransportError
-from fedq.participant.app import App, AppError, Partition, TrainConfig
-from fedq.participant.attacks import parse_attack
+from fedq.participant.app import App, AppError, app_train_config, train_on
 from fedq.participant.compression import ErrorFeedback
-from fedq.participant.dropout import drops_out
+from fedq.participant.config import ParticipantConfig
 from fedq.participant.model_assembly import ModelAssembler, WholeModel
-from fedq.participant.working import pausing, working
+from fedq.participant.working import working
 
 log = logging.getLogger("fedq.participant")
 
@@ -56,46 +54,6 @@ log = logging.getLogger("fedq.participant")
 MAX_BACKOFF = 5.0
 #: A stalled model's re-joins back off up to this many times ``stalled_model_seconds``.
 MAX_REJOIN_FACTOR = 16
-
-
-@dataclass(frozen=True)
-class ParticipantConfig:
-    federation: str
-    participant_id: str
-    partition: Partition = field(default_factory=Partition)
-    #: None: the app's ``train_config`` (or fedq's defaults).
-    train: TrainConfig | None = None
-    codec: str = "raw"
-    #: Updates larger than this many raw bytes are sent in chunks of at most this size.
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES
-    heartbeat_seconds: float = 5.0
-    #: Straggler emulation for experiments: take ``slowdown`` x the real training time,
-    #: plus ``delay_seconds``, each round.
-    slowdown: float = 1.0
-    delay_seconds: float = 0.0
-    #: Dropout for experiments: the probability of skipping a model (ack it, train nothing,
-    #: send nothing), drawn per model version from ``dropout_seed`` and the participant id
-    #: (:func:`fedq.participant.dropout.drops_out`), so a run can be reproduced.
-    dropout: float = 0.0
-    dropout_seed: int = 0
-    #: Experiments only: makes this participant malicious. An attack spec (see
-    #: :mod:`fedq.participant.attacks`, e.g. ``scale:-10``) applied to every delta it sends.
-    attack: str | None = None
-    #: Append a line here for each update the broker confirmed (:mod:`fedq.messages.sent_log`).
-    sent_log: Path | None = None
-    #: Stop consuming its queue while training, so that it holds no delivery however long
-    #: training takes (RabbitMQ's consumer_timeout). Many participants in one process
-    #: (``--count``, simulations: :func:`fedq.simulation.run_participants`) keep consuming
-    #: instead: leaving and coming back each round measured 616 MB against 160 MB for the
-    #: process of 1,000 virtual participants (bench/scale.py), and their training is
-    #: short. They hold their model until its update is sent, as the queue keeps only
-    #: the newest: what they train on next is never a superseded one.
-    release_queue_while_training: bool = True
-    #: A model part-way assembled whose next chunk has not come for this long is asked for
-    #: again (a join; then twice as long, up to MAX_REJOIN_FACTOR times). Its first chunks
-    #: were lost to this participant when its queue was bound in the middle of the
-    #: model's fanout, and the coordinator answers no join while a queue holds chunks.
-    stalled_model_seconds: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -120,7 +78,8 @@ class ParticipantStats:
     bytes_sent: int = 0
     last_version: int = -1
     state: ParticipantState = "idle"
-    #: Models skipped by dropout (see ``ParticipantConfig.dropout``), by version.
+    #: Models the app declined (``App.accepts``: a device not ready, an experiment's
+    #: dropout), by version.
     rounds_dropped: int = 0
     dropped_versions: list[int] = field(default_factory=list)
     #: Update messages the broker refused (its updates queue full) and that were published
@@ -140,30 +99,35 @@ class Participant:
         app: App,
         transport: Transport,
         on_round: Callable[[TrainedRound], None] | None = None,
+        *,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     ) -> None:
         self.config = config
+        #: Updates larger than this many raw bytes are sent in chunks of at most this size;
+        #: models larger than it are expected in chunks (its queue makes room for them).
+        self.chunk_bytes = chunk_bytes
         self.on_round = on_round
         self.app = app
         self.transport = transport
         self.topology = Topology(config.federation)
         self.stats = ParticipantStats(config.participant_id)
         self._round = 0
-        #: The newest version skipped by dropout: it is not drawn for again when redelivered.
-        self._dropped = -1
-        self._attack = None if config.attack is None else parse_attack(config.attack)
+        #: The newest version the app declined: it is not asked again when redelivered.
+        self._declined = -1
         #: A lossy update codec's residual, carried across rounds (None: lossless).
-        self._feedback = ErrorFeedback(config.codec) if ErrorFeedback.wanted(config.codec) else None
+        codec = config.update_codec
+        self._feedback = ErrorFeedback(codec) if ErrorFeedback.wanted(codec) else None
         self._models = ModelAssembler()
 
     async def run(self) -> ParticipantStats:
         pid = self.config.participant_id
         model_bytes = await asyncio.to_thread(_model_bytes, self.app)
-        chunked = model_bytes > self.config.chunk_bytes
+        chunked = model_bytes > self.chunk_bytes
         await self.topology.declare_participant(
             self.transport,
             pid,
             # Room for the newest model's chunks and the next one's first: the oldest go.
-            max_bytes=model_bytes + 2 * self.config.chunk_bytes + (1 << 20) if chunked else None,
+            max_bytes=model_bytes + 2 * self.chunk_bytes + (1 << 20) if chunked else None,
         )
         beat = asyncio.create_task(self._heartbeats(), name=f"fedq-heartbeat-{pid}")
         consumer = contextlib.AsyncExitStack()
@@ -242,7 +206,7 @@ class Participant:
                 return None
             model, finished = await self._receive(delivery)
             if model is not None:
-                if self._drops_out(model.meta):
+                if self._declines(model.meta):
                     finished += model.deliveries
                     model = None
                 else:
@@ -271,7 +235,7 @@ class Participant:
         except MalformedMessage as exc:  # only the coordinator should write here: skip it
             log.warning("%s: ignored a malformed model (%s)", self.config.participant_id, exc)
             return None, [delivery]
-        seen = max(self.stats.last_version, self._dropped)
+        seen = max(self.stats.last_version, self._declined)
         if meta.federation != self.config.federation or meta.version <= seen:
             return None, [delivery]  # already trained on or skipped (e.g. the join's answer)
         if decoded.chunk is None:  # copied only once at work (``working``)
@@ -285,15 +249,15 @@ class Participant:
         delivery.release_body()  # copied into the model's buffers
         return result
 
-    def _drops_out(self, meta: ModelMeta) -> bool:
-        """Whether this participant skips ``meta``'s model (dropout, for experiments)."""
-        config = self.config
-        if not drops_out(config.dropout_seed, config.participant_id, meta.version, config.dropout):
+    def _declines(self, meta: ModelMeta) -> bool:
+        """Whether the app declines ``meta``'s model (``App.accepts``): acked, not trained."""
+        accepts = getattr(self.app, "accepts", None)
+        if accepts is None or accepts(meta.version):
             return False
-        self._dropped = meta.version
+        self._declined = meta.version
         self.stats.rounds_dropped += 1
         self.stats.dropped_versions.append(meta.version)
-        log.debug("%s dropped out of model v%d", self.config.participant_id, meta.version)
+        log.debug("%s declined model v%d", self.config.participant_id, meta.version)
         return True
 
     async def _train(self, model: WholeModel) -> None:
@@ -309,11 +273,9 @@ class Participant:
     async def _train_and_send(self, meta: ModelMeta, global_weights: Weights) -> None:
         self._round = meta.round or 0
         started = time.monotonic()
-        train = self.config.train or getattr(self.app, "train_config", None) or TrainConfig()
+        train = self.config.train or app_train_config(self.app)
         try:
-            result = await asyncio.to_thread(
-                self.app.train, global_weights, self.config.partition, train
-            )
+            result = await train_on(self.app, global_weights, self.config.partition, train)
         except AppError:
             raise
         except Exception as exc:  # the user's code: one line naming it, not a traceback
@@ -321,11 +283,6 @@ class Participant:
                 f"{self.config.participant_id}: the app failed to train on model "
                 f"v{meta.version}: {exc.__class__.__name__}: {exc}"
             ) from exc
-        elapsed = time.monotonic() - started
-        extra = (self.config.slowdown - 1) * elapsed + self.config.delay_seconds
-        if extra > 0:
-            async with pausing():  # an emulated straggler holds up no one else
-                await asyncio.sleep(extra)
         update = UpdateMeta(
             federation=self.config.federation,
             participant=self.config.participant_id,
@@ -365,9 +322,9 @@ class Participant:
         time, each confirmed before the next is made); returns the bytes sent. A retried
         chunk is the same bytes under the same update id: the coordinator keeps one."""
         delta = await asyncio.to_thread(self._delta, local, global_)
-        count = chunk_count(delta, self.config.chunk_bytes)
-        codec = self.config.codec if self._feedback is None else self._feedback.wire_codec
-        bodies = encode_chunks(update, delta, codec, self.config.chunk_bytes)
+        count = chunk_count(delta, self.chunk_bytes)
+        codec = self.config.update_codec if self._feedback is None else self._feedback.wire_codec
+        bodies = encode_chunks(update, delta, codec, self.chunk_bytes)
         sent = 0
         index = 0
         while (body := await asyncio.to_thread(next, bodies, None)) is not None:
@@ -417,9 +374,10 @@ class Participant:
                 wait = min(wait * 2, MAX_BACKOFF)
 
     def _delta(self, local: Weights, global_: Weights) -> Weights:
-        """local - global, attacked and compressed as configured, written over ``global_``:
-        the participant's own copy of the model, of no use once trained on (one
-        model-sized buffer fewer). ``local`` is left alone: an app may keep it."""
+        """local - global, as the app transforms it (``App.transform_delta``) and compressed
+        as configured, written over ``global_``: the participant's own copy of the model, of
+        no use once trained on (one model-sized buffer fewer). ``local`` is left alone: an
+        app may keep it."""
         delta = {}
         for name, w in global_.items():
             mine = local[name]
@@ -427,10 +385,11 @@ class Participant:
                 delta[name] = np.subtract(mine, w, out=w, dtype=w.dtype, casting="unsafe")
             else:
                 delta[name] = np.subtract(mine, w, dtype=w.dtype)
-        if self._attack is not None:
-            delta = self._attack.apply(delta)
+        transform = getattr(self.app, "transform_delta", None)
+        if transform is not None:
+            delta = transform(delta)
         if self._feedback is not None:
-            delta = self._feedback.compress(delta, self.config.chunk_bytes)
+            delta = self._feedback.compress(delta, self.chunk_bytes)
         return delta
 
     async def _join(self) -> None:

@@ -9,9 +9,10 @@ at once, as many as the default thread pool has threads (so the work itself is n
 the others wait holding nothing but the model body they share (the transport keeps one copy
 of it per process): O(SLOTS x model).
 
-What must stay true: a participant waiting in an emulated straggler's delay (``pausing``)
-holds no slot, so stragglers do not hold up the others; a cancelled participant never gives
-back a slot it does not hold.
+What must stay true: a participant waiting on something that is not work (``pausing``: an
+async app awaiting remote training, an experiment's emulated straggler) holds no slot, so
+it does not hold up the others; a cancelled participant never gives back a slot it does not
+hold.
 """
 
 from __future__ import annotations
@@ -68,8 +69,9 @@ async def working() -> AsyncIterator[None]:
 
 @asynccontextmanager
 async def pausing() -> AsyncIterator[None]:
-    """Inside ``working()``, give the slot back for a while (a straggler's emulated delay),
-    and take one again after. Outside it, nothing."""
+    """Inside ``working()``, give the slot back for a while (a wait that is not work, such
+    as an async app's remote training or an emulated straggler's delay), and take one
+    again after. Outside it, nothing."""
     slot = _current.get()
     if slot is None or not slot.held:
         yield

@@ -14,8 +14,9 @@ from fedq.coordinator.config import CoordinatorConfig
 from fedq.coordinator.ledger import UpdateLedger
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.topology import Topology
-from fedq.participant.worker import ParticipantConfig
-from fedq.simulation import SimulationPlan, Straggler, simulate
+from fedq.participant.config import ParticipantConfig
+from fedq.scenario import ParticipantProfile
+from fedq.simulation import SimulationPlan, simulate
 from tests.conftest import BROKER_URL
 from tests.helpers import run_fedq
 
@@ -42,7 +43,9 @@ async def test_async_versions_follow_the_fast_and_weigh_the_slow_by_staleness(
         participant=ParticipantConfig(federation=federation, participant_id="p"),
         broker_url=BROKER_URL,
         # Training is instant in this app: the delay is the round's time, 5x for the slow.
-        stragglers=tuple(Straggler(i, delay_seconds=1.0 if i in SLOW else 0.2) for i in range(8)),
+        profiles=tuple(
+            ParticipantProfile(i, delay_seconds=1.0 if i in SLOW else 0.2) for i in range(8)
+        ),
     )
     app = SyntheticApp(params=2000)
     try:

@@ -9,8 +9,8 @@ import pytest
 from fedq.apps.synthetic import SyntheticApp
 from fedq.coordinator.checkpoint import checkpoint_path, load_checkpoint
 from fedq.coordinator.config import CoordinatorConfig
-from fedq.participant.attacks import parse_attack
-from fedq.participant.worker import ParticipantConfig
+from fedq.experiments.attacks import parse_attack
+from fedq.participant.config import ParticipantConfig
 from fedq.simulation import SimulationPlan, simulate
 
 

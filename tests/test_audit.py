@@ -13,7 +13,7 @@ from fedq.apps.synthetic import SyntheticApp
 from fedq.coordinator.audit import audit
 from fedq.coordinator.config import CoordinatorConfig
 from fedq.coordinator.ledger import UpdateLedger, chain_hash
-from fedq.participant.worker import ParticipantConfig
+from fedq.participant.config import ParticipantConfig
 from fedq.simulation import SimulationPlan, simulate
 from tests.helpers import run_fedq
 

@@ -17,8 +17,9 @@ from fedq.messages.amqp import AmqpTransport
 from fedq.messages.codec import encode_message
 from fedq.messages.schema import UpdateMeta
 from fedq.messages.topology import UPDATE_KEY, Topology
-from fedq.participant.worker import ParticipantConfig
-from fedq.simulation import SimulationPlan, Straggler, simulate
+from fedq.participant.config import ParticipantConfig
+from fedq.scenario import ParticipantProfile
+from fedq.simulation import SimulationPlan, simulate
 from tests.conftest import BROKER_URL
 
 
@@ -57,7 +58,7 @@ async def test_a_broker_restart_mid_federation_loses_and_double_counts_nothing(
         ),
         participant=ParticipantConfig(federation=federation, participant_id="p"),
         broker_url=BROKER_URL,
-        stragglers=tuple(Straggler(i, delay_seconds=0.5) for i in range(n)),
+        profiles=tuple(ParticipantProfile(i, delay_seconds=0.5) for i in range(n)),
     )  # fmt: skip
     restart = RestartAfterRound(2)
     try:

@@ -20,7 +20,7 @@ from fedq.messages.codecs.int8 import BLOCK
 from fedq.messages.schema import UpdateMeta
 from fedq.participant.compression import BLOCK as SELECTION_BLOCK
 from fedq.participant.compression import RESIDUAL_DECAY, ErrorFeedback, keep_largest
-from fedq.participant.worker import ParticipantConfig
+from fedq.participant.config import ParticipantConfig
 from fedq.simulation import SimulationPlan, simulate
 
 META = UpdateMeta(federation="f", participant="p1", round=2, base_version=1, num_examples=10)
@@ -301,7 +301,9 @@ async def run_synthetic(tmp_path: Path, codec: str, rounds: int = 3):
         coordinator=CoordinatorConfig(
             federation="compressed", participants=3, rounds=rounds, state_dir=tmp_path
         ),
-        participant=ParticipantConfig(federation="compressed", participant_id="p", codec=codec),
+        participant=ParticipantConfig(
+            federation="compressed", participant_id="p", update_codec=codec
+        ),
     )
     return await simulate(plan, SyntheticApp(params=20_000))
 

@@ -37,8 +37,9 @@ from fedq.messages.amqp import AmqpTransport
 from fedq.messages.codec import Weights, encode_message
 from fedq.messages.schema import MESSAGE_TYPES, Heartbeat, ParticipantState
 from fedq.messages.topology import UPDATE_KEY, Topology, participant_key
-from fedq.participant.worker import ParticipantConfig
-from fedq.simulation import SimulationPlan, Straggler, simulate
+from fedq.participant.config import ParticipantConfig
+from fedq.scenario import ParticipantProfile
+from fedq.simulation import SimulationPlan, simulate
 from tests.conftest import BROKER_URL
 
 MANAGEMENT_URL = os.environ.get("FEDQ_TEST_MANAGEMENT_URL", "http://127.0.0.1:15672")
@@ -194,10 +195,10 @@ def federation_plan(federation: str, state: Path) -> SimulationPlan:
             federation=federation, participant_id="p", heartbeat_seconds=1.0
         ),
         broker_url=BROKER_URL,
-        stragglers=(
-            Straggler(0, delay_seconds=1.0),
-            Straggler(1, delay_seconds=1.0),
-            Straggler(2, delay_seconds=2.5),
+        profiles=(
+            ParticipantProfile(0, delay_seconds=1.0),
+            ParticipantProfile(1, delay_seconds=1.0),
+            ParticipantProfile(2, delay_seconds=2.5),
         ),
     )
 

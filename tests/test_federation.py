@@ -22,7 +22,7 @@ from fedq.messages.codec import decode_message, encode_message
 from fedq.messages.schema import MESSAGE_TYPES, ModelMeta, UpdateMeta
 from fedq.messages.topology import UPDATE_KEY, Topology
 from fedq.messages.transport import TransportError
-from fedq.participant.worker import ParticipantConfig
+from fedq.participant.config import ParticipantConfig
 from fedq.simulation import SimulationPlan, simulate
 from tests.conftest import BROKER_URL
 from tests.helpers import drain, read_report, run_fedq, start_fedq

@@ -21,11 +21,12 @@ from fedq import cli
 from fedq.apps.synthetic import SyntheticApp
 from fedq.coordinator.config import CoordinatorConfig
 from fedq.coordinator.records import RoundHistory
+from fedq.experiments.dropout import drops_out
 from fedq.lateness import Attendance, LateUpdate, attendance, describe_late, natural
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.topology import Topology
-from fedq.participant.dropout import drops_out
-from fedq.participant.worker import ParticipantConfig, ParticipantStats, TrainedRound
+from fedq.participant.config import ParticipantConfig
+from fedq.participant.worker import ParticipantStats, TrainedRound
 from fedq.scenario import ParticipantProfile, load_scenario, profiles
 from fedq.simulation import SimulationPlan, simulate_with_participants
 from tests.conftest import BROKER_URL

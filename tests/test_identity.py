@@ -19,7 +19,8 @@ from fedq.messages.memory import MemoryBroker, MemoryTransport
 from fedq.messages.schema import MESSAGE_TYPES, UpdateMeta
 from fedq.messages.topology import UPDATE_KEY, Topology
 from fedq.messages.transport import Transport
-from fedq.participant.worker import Participant, ParticipantConfig
+from fedq.participant.config import ParticipantConfig
+from fedq.participant.worker import Participant
 from tests.conftest import BROKER_URL
 
 

@@ -17,7 +17,8 @@ from fedq.messages.amqp import AmqpTransport
 from fedq.messages.codec import Weights
 from fedq.messages.topology import Topology
 from fedq.participant.app import AppError, Partition, TrainConfig, TrainResult
-from fedq.participant.worker import ParticipantConfig
+from fedq.participant.config import ParticipantConfig
+from fedq.participant.scheme import Scheme
 from fedq.simulation import SimulationPlan, simulate
 from tests.conftest import BROKER_URL
 from tests.helpers import run_fedq
@@ -181,18 +182,14 @@ SCHEMES = ["dirichlet:0.5", "labels:2", "quantity:0.5", "noise:0.1"]
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
-def test_niid_bench_cnn_trains_on_each_partition_scheme(monkeypatch, scheme):
+def test_niid_bench_cnn_trains_on_each_partition_scheme(scheme):
     from fedq.apps import fmnist
     from fedq.participant import partitions
 
-    monkeypatch.setenv("FEDQ_PARTITION", scheme)
-    # The app keeps a partition's data for the process (its scheme is fixed there): one
-    # partition per scheme here.
-    partition = Partition(4 + SCHEMES.index(scheme), 40)
+    # The app keeps a partition's data for the process: one partition per scheme here.
+    partition = Partition(4 + SCHEMES.index(scheme), 40, Scheme.parse(scheme))
     x, y = fmnist.load_partition(partition)
-    wanted = partitions.apply(
-        fmnist.load_train(), partition, partitions.Scheme.parse(scheme), fmnist.SEED
-    )
+    wanted = partitions.apply(fmnist.load_train(), partition, Scheme.parse(scheme), fmnist.SEED)
     np.testing.assert_array_equal(x, wanted[0])
     np.testing.assert_array_equal(y, wanted[1])
     start = fmnist.niid_cnn.initial_weights()

@@ -18,7 +18,7 @@ from fedq.coordinator.checkpoint import (
 from fedq.coordinator.config import CoordinatorConfig
 from fedq.coordinator.ledger import LedgerError, UpdateLedger
 from fedq.coordinator.records import UpdateRecord, VersionRecord
-from fedq.participant.worker import ParticipantConfig
+from fedq.participant.config import ParticipantConfig
 from fedq.simulation import SimulationPlan, simulate
 
 
@@ -126,7 +126,7 @@ async def test_a_checkpoint_the_ledger_never_committed_is_redone_not_trusted(tmp
     def plan(rounds: int) -> SimulationPlan:
         return SimulationPlan(
             CoordinatorConfig(federation="f", participants=2, rounds=rounds, state_dir=tmp_path),
-            ParticipantConfig("f", "p"),
+            ParticipantConfig(federation="f", participant_id="p"),
         )
 
     app = SyntheticApp(params=4)

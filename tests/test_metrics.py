@@ -20,8 +20,9 @@ from fedq.messages.codec import Weights
 from fedq.messages.schema import MESSAGE_TYPES
 from fedq.messages.topology import UPDATE_KEY, Topology
 from fedq.metrics import MetricsUnavailable, PrometheusMetrics, serve_metrics
-from fedq.participant.worker import ParticipantConfig
-from fedq.simulation import SimulationPlan, Straggler, simulate
+from fedq.participant.config import ParticipantConfig
+from fedq.scenario import ParticipantProfile
+from fedq.simulation import SimulationPlan, simulate
 from tests.conftest import BROKER_URL
 
 
@@ -82,7 +83,7 @@ async def test_a_scrape_during_and_after_a_federation_counts_what_the_coordinato
         ),
         participant=ParticipantConfig(federation=federation, participant_id="p"),
         broker_url=BROKER_URL,
-        stragglers=(Straggler(2, delay_seconds=1.0),),
+        profiles=(ParticipantProfile(2, delay_seconds=1.0),),
     )
     topology = Topology(federation)
     metrics = PrometheusMetrics(federation)

@@ -11,7 +11,8 @@ from fedq.messages.chunks import encode_chunks
 from fedq.messages.codec import decode_message, encode_message
 from fedq.messages.schema import MESSAGE_TYPES, FederationDone, ModelMeta, UpdateMeta
 from fedq.messages.topology import FEDERATION_DONE, Topology
-from fedq.participant.worker import Participant, ParticipantConfig, TrainedRound
+from fedq.participant.config import ParticipantConfig
+from fedq.participant.worker import Participant, TrainedRound
 
 
 async def test_a_participant_trains_on_each_new_model_skips_garbage_and_stops_when_done(
@@ -67,7 +68,7 @@ async def test_a_participant_whose_model_stopped_arriving_part_way_asks_for_it_a
     await topology.declare_core(coordinator)
     app = SyntheticApp(params=4096)  # 16 KiB: 4 chunks of 4 KiB
     config = ParticipantConfig(
-        federation=federation, participant_id="late", chunk_bytes=4096, stalled_model_seconds=0.3
+        federation=federation, participant_id="late", stalled_model_seconds=0.3
     )
     model = ModelMeta(federation=federation, version=0, round=1, rounds_total=1)
     chunks = list(encode_chunks(model, app.initial_weights(), chunk_bytes=4096))
@@ -78,7 +79,7 @@ async def test_a_participant_whose_model_stopped_arriving_part_way_asks_for_it_a
         for body in bodies:
             await coordinator.publish("", queue, body, type=MESSAGE_TYPES["model"])
 
-    run = asyncio.create_task(Participant(config, app, transport).run())
+    run = asyncio.create_task(Participant(config, app, transport, chunk_bytes=4096).run())
     joins = 0
     try:
         async with coordinator.consume(topology.coordinator, prefetch=10) as control:

@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import typer
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from typer.testing import CliRunner
 
 from fedq.apps.keras_app import shard
-from fedq.participant.app import AppError, Partition
-from fedq.participant.partitions import Scheme, apply, scheme_from_env, split
+from fedq.options import Given, OptionsError, with_settings
+from fedq.participant.app import Partition
+from fedq.participant.config import DataSplit
+from fedq.participant.partitions import apply, split
+from fedq.participant.scheme import Scheme
 from tests.helpers import run_fedq
 
 seeds = st.integers(0, 2**32 - 1)
@@ -200,13 +205,29 @@ def test_a_bad_spec_names_the_forms_or_the_bound(spec):
         Scheme.parse(spec)
 
 
+def scheme_from_env() -> Scheme:
+    """The scheme a command that takes ``--partition-scheme`` finds, given no flag."""
+    found: list[Scheme] = []
+
+    @with_settings(DataSplit)
+    def command(given: Given) -> None:
+        found.append(given.build(DataSplit).partition_scheme)
+
+    cli = typer.Typer()
+    cli.command()(command)
+    result = CliRunner().invoke(cli, [])
+    if result.exception is not None:
+        raise result.exception
+    return found[0]
+
+
 def test_the_scheme_comes_from_fedq_partition(monkeypatch):
     monkeypatch.delenv("FEDQ_PARTITION", raising=False)
     assert scheme_from_env() == Scheme()
     monkeypatch.setenv("FEDQ_PARTITION", "labels:3")
     assert scheme_from_env() == Scheme("labels", 3.0)
     monkeypatch.setenv("FEDQ_PARTITION", "zipf:2")
-    with pytest.raises(AppError, match="FEDQ_PARTITION"):
+    with pytest.raises(OptionsError, match="FEDQ_PARTITION"):
         scheme_from_env()
 
 

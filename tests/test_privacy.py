@@ -15,7 +15,7 @@ from fedq.coordinator.config import CoordinatorConfig
 from fedq.coordinator.ledger import UpdateLedger
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.topology import Topology
-from fedq.participant.worker import ParticipantConfig
+from fedq.participant.config import ParticipantConfig
 from fedq.simulation import SimulationPlan, simulate
 from tests.conftest import BROKER_URL
 

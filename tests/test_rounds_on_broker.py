@@ -15,8 +15,9 @@ from fedq.coordinator.ledger import UpdateLedger
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.topology import Topology, UpdatesQueueType
 from fedq.messages.transport import TransportError
-from fedq.participant.worker import ParticipantConfig
-from fedq.simulation import SimulationPlan, Straggler, simulate
+from fedq.participant.config import ParticipantConfig
+from fedq.scenario import ParticipantProfile
+from fedq.simulation import SimulationPlan, simulate
 from tests.conftest import BROKER_URL
 
 
@@ -24,16 +25,18 @@ def on_rabbitmq(
     federation: str,
     state_dir: Path,
     codec: str = "raw",
-    stragglers: tuple[Straggler, ...] = (),
+    stragglers: tuple[ParticipantProfile, ...] = (),
     **coordinator: Any,
 ) -> SimulationPlan:
     return SimulationPlan(
         coordinator=CoordinatorConfig(
             federation=federation, state_dir=state_dir, codec=codec, **coordinator
         ),
-        participant=ParticipantConfig(federation=federation, participant_id="p", codec=codec),
+        participant=ParticipantConfig(
+            federation=federation, participant_id="p", update_codec=codec
+        ),
         broker_url=BROKER_URL,
-        stragglers=stragglers,
+        profiles=stragglers,
     )
 
 
@@ -66,7 +69,7 @@ async def test_a_deadline_closes_the_round_with_min_quorum_and_the_late_update_i
     plan = on_rabbitmq(
         federation,
         tmp_path,
-        stragglers=(Straggler(2, delay_seconds=2.5),),
+        stragglers=(ParticipantProfile(2, delay_seconds=2.5),),
         participants=3,
         rounds=2,
         quorum=3,
@@ -99,7 +102,7 @@ async def test_with_late_updates_folded_a_straggler_counts_in_the_next_round_at_
     plan = on_rabbitmq(
         federation,
         tmp_path,
-        stragglers=(Straggler(2, delay_seconds=3.0),),
+        stragglers=(ParticipantProfile(2, delay_seconds=3.0),),
         participants=3,
         rounds=3,
         quorum=3,

@@ -30,7 +30,7 @@ from fedq.management import default_management_url
 from fedq.messages.amqp import DECLARING_CHANNELS, AmqpTransport
 from fedq.messages.topology import Topology
 from fedq.participant.app import Partition
-from fedq.participant.worker import ParticipantConfig
+from fedq.participant.config import ParticipantConfig
 from fedq.simulation import run_participants
 from tests.conftest import BROKER_URL
 

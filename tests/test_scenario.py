@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fedq.participant.dropout import drops_out
+from fedq.experiments.dropout import drops_out
 from fedq.scenario import (
     ParticipantProfile,
     Scenario,

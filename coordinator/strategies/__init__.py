@@ -79,6 +79,22 @@ def _build(
     return built
 
 
+def options_help(table: Mapping[str, type], skip: frozenset[str] = frozenset({"lr"})) -> str:
+    """The options the strategies of ``table`` take, from their signatures, for help texts:
+    ``clip_norm (clipped_mean); byzantine=1, select=1 (krum)``; those that take the same
+    are listed together."""
+    takers: dict[str, list[str]] = {}
+    for name, factory in table.items():
+        params = [
+            p.name if p.default is inspect.Parameter.empty else f"{p.name}={p.default}"
+            for p in inspect.signature(factory).parameters.values()
+            if p.name not in skip
+        ]
+        if params:
+            takers.setdefault(", ".join(params), []).append(name)
+    return "; ".join(f"{params} ({', '.join(names)})" for params, names in takers.items())
+
+
 def build_aggregator(spec: str, options: Mapping[str, Any] | None = None) -> Aggregator:
     return _build("aggregator", spec, AGGREGATORS, Aggregator, options or {})  # type: ignore[type-abstract]
 
@@ -97,4 +113,5 @@ __all__ = [
     "StrategyError",
     "build_aggregator",
     "build_optimizer",
+    "options_help",
 ]

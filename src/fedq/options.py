@@ -1,9 +1,18 @@
-"""The coordinator's flags, made from :class:`~fedq.coordinator.config.CoordinatorConfig`.
+"""Flags, ``FEDQ_*`` environment variables and ``--config`` keys, made from settings models.
 
-Every field of the config is a flag of each command that runs a coordinator (``--field-
-name``, its description as help), so an option is declared once, in the config. Values
-come from the flags a user gave, then a TOML file (``--config``), then the config's
-defaults; a mistake is one line naming the flag.
+A settings model is a pydantic model whose fields are a command's options (the
+coordinator's :class:`~fedq.coordinator.config.CoordinatorConfig`, the participant's
+:class:`~fedq.participant.config.ParticipantConfig`, the training settings, ...). Each
+field not marked ``cli=False`` is, for every command decorated with :func:`with_settings`:
+
+- a flag, ``--field-name`` (or the ``flag`` its metadata names), its description as help;
+- an environment variable, ``FEDQ_FIELD_NAME`` (or the ``env`` its metadata names);
+- a key of the TOML file given with ``--config`` (``field_name`` or ``field-name``), which
+  may also set the fields that are not flags.
+
+So an option is declared once, in its model. A value comes from the flag, else the
+environment variable, else the file, else the command's default, else the model's
+default; a mistake is one line naming the flag (and the variable it came from).
 """
 
 from __future__ import annotations
@@ -16,23 +25,27 @@ import tomllib
 import types
 import typing
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import typer
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
-from fedq.coordinator.config import CoordinatorConfig
-
 F = TypeVar("F", bound=Callable[..., Any])
+M = TypeVar("M", bound=BaseModel)
 
-#: The parameter of a decorated command that receives the flags the user gave.
-OPTIONS = "coordinator_options"
+#: The parameter of a decorated command that receives what the user gave.
+GIVEN = "given"
+#: The prefix of every generated environment variable.
+ENV_PREFIX = "FEDQ_"
+#: Types a flag takes as they are; any other (a share, a scheme) is text the model parses.
+_FLAG_TYPES = (str, int, float, bool, Path)
 
 
 class OptionsError(ValueError):
-    """A flag or config-file value the coordinator cannot take; one line."""
+    """A flag, environment variable or config-file value a command cannot take; one line."""
 
 
 def _extra(info: FieldInfo) -> dict[str, Any]:
@@ -40,66 +53,139 @@ def _extra(info: FieldInfo) -> dict[str, Any]:
     return extra if isinstance(extra, dict) else {}
 
 
-def flag_of(name: str) -> str:
-    """The long flag of config field ``name``."""
-    flag = _extra(CoordinatorConfig.model_fields[name]).get("flag")
-    return (
-        flag if isinstance(flag, str) and flag.startswith("--") else "--" + name.replace("_", "-")
-    )
+def flag_of(model: type[BaseModel], name: str) -> str:
+    """The long flag of ``model``'s field ``name``."""
+    flag = _extra(model.model_fields[name]).get("flag")
+    if isinstance(flag, str) and flag.startswith("--"):
+        return flag.split("/")[0]
+    return "--" + name.replace("_", "-")
 
 
-def cli_fields() -> dict[str, FieldInfo]:
+def env_of(model: type[BaseModel], name: str) -> str:
+    """The environment variable of ``model``'s field ``name``."""
+    env = _extra(model.model_fields[name]).get("env")
+    return env if isinstance(env, str) else ENV_PREFIX + name.upper()
+
+
+def cli_fields(model: type[BaseModel]) -> dict[str, FieldInfo]:
     return {
-        name: info
-        for name, info in CoordinatorConfig.model_fields.items()
-        if _extra(info).get("cli", True)
+        name: info for name, info in model.model_fields.items() if _extra(info).get("cli", True)
     }
 
 
-def _option(name: str, info: FieldInfo, default_shown: Any) -> Any:
-    """The annotation of one field's flag: its type and its typer.Option. The default is
-    always None, meaning "not given", so a config file can fill it."""
-    kind: Any = info.annotation
-    optional = typing.get_origin(kind) in (typing.Union, types.UnionType)
-    if optional:
+def _flag_type(annotation: Any) -> Any:
+    """The type typer parses a field's flag into (None: not given)."""
+    kind = annotation
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
         kind = next(a for a in typing.get_args(kind) if a is not type(None))
-    names = [flag_of(name)]
-    short = _extra(info).get("flag")
-    if isinstance(short, str) and not short.startswith("--"):
-        names.append(short)
-    help_text = info.description or ""
-    if default_shown not in (None, {}, "") and not help_text.endswith(")"):
-        help_text += f" (default: {default_shown})"
     if typing.get_origin(kind) is Literal:  # typer shows an Enum's values as the choices
-        kind = enum.StrEnum(name, {str(a): str(a) for a in typing.get_args(kind)})  # type: ignore[misc,no-redef]
-    elif typing.get_origin(kind) is dict:
-        kind = list[str]
+        values = {str(a): str(a) for a in typing.get_args(kind)}
+        return enum.StrEnum("Choice", values)
+    if typing.get_origin(kind) is dict:
+        return list[str]
+    return kind if kind in _FLAG_TYPES else str
+
+
+def _option(model: type[BaseModel], name: str, info: FieldInfo) -> Any:
+    """The annotation of one field's flag: its type and its typer.Option. The default is
+    always None, meaning "not given", so the environment or a config file can fill it."""
+    given_flag = _extra(info).get("flag")
+    names = [flag_of(model, name)]
+    if isinstance(given_flag, str) and not given_flag.startswith("--"):
+        names.append(given_flag)
+    kind = _flag_type(info.annotation)
+    help_text = info.description or ""
+    default = None if info.is_required() else info.get_default(call_default_factory=True)
+    if default not in (None, {}, "") and "(default" not in help_text:
+        help_text += f" (default: {default})"
+    if kind is list[str]:
         help_text += " Repeat for several."
-    elif kind is bool:
+    elif kind is bool and given_flag is None:
         names = [f"{names[0]}/--no-{names[0][2:]}"]
-    option = typer.Option(*names, help=help_text, show_default=False)
+    elif isinstance(given_flag, str) and "/" in given_flag:
+        names = [given_flag]
+    option = typer.Option(*names, help=help_text, envvar=env_of(model, name), show_default=False)
     return Annotated[typing.Optional[kind], option]  # noqa: UP045 - kind is a runtime value
 
 
-def with_coordinator_options(command: F) -> F:
-    """Give ``command`` a flag per config field (and ``--config FILE``); it receives the
-    flags the user gave as a dict in its ``coordinator_options`` parameter."""
-    hints = typing.get_type_hints(command, include_extras=True)
-    own = [
-        p.replace(annotation=hints[p.name])
-        for p in inspect.signature(command).parameters.values()
-        if p.name != OPTIONS
-    ]
-    generated = []
-    for name, info in cli_fields().items():
-        default = None if info.is_required() else info.get_default(call_default_factory=True)
-        annotation = _option(name, info, default)
-        generated.append(
+@dataclass(frozen=True)
+class Given:
+    """What a command was given for its settings models: every value by field name (from
+    a flag, else ``FEDQ_*``, else the ``--config`` file), and where each came from."""
+
+    models: tuple[type[BaseModel], ...]
+    values: dict[str, Any] = field(default_factory=dict)
+    #: field name -> how an error names it: ``--flag`` or ``FEDQ_X (--flag)``.
+    origins: dict[str, str] = field(default_factory=dict)
+
+    def of(self, model: type[BaseModel]) -> dict[str, Any]:
+        """The values given for ``model``'s fields."""
+        return {k: v for k, v in self.values.items() if k in model.model_fields}
+
+    def build(self, model: type[M], defaults: Mapping[str, Any] | None = None, **fixed: Any) -> M:
+        """``model`` from ``fixed`` (what the command sets), the values given, then
+        ``defaults`` (the command's), then its own; OptionsError naming the flag."""
+        try:
+            return model.model_validate({**(defaults or {}), **self.of(model), **fixed})
+        except ValidationError as exc:
+            raise OptionsError(self._describe(model, exc)) from None
+
+    def _describe(self, model: type[BaseModel], exc: ValidationError) -> str:
+        error = exc.errors()[0]
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if not error["loc"]:
+            return message
+        name = str(error["loc"][0])
+        if name not in model.model_fields:
+            return f"--config: unknown setting {name!r}"
+        where = self.origins.get(name, flag_of(model, name))
+        if error["type"] == "missing":
+            return f"{where} is required (a flag, {env_of(model, name)} or a --config entry)"
+        return f"{where}: {message}"
+
+
+def with_settings(*models: type[BaseModel]) -> Callable[[F], F]:
+    """Give a command a flag per field of each of ``models`` (and ``--config FILE``); it
+    receives what the user gave as a :class:`Given` in its ``given`` parameter."""
+    fields = {name: model for model in models for name in cli_fields(model)}
+    assert len(fields) == sum(len(cli_fields(m)) for m in models), "a field in two models"
+
+    def decorate(command: F) -> F:
+        hints = typing.get_type_hints(command, include_extras=True)
+        own = [
+            p.replace(annotation=hints[p.name], kind=inspect.Parameter.KEYWORD_ONLY)
+            for p in inspect.signature(command).parameters.values()
+            if p.name != GIVEN
+        ]
+        assert not {p.name for p in own} & fields.keys(), "a parameter is also a setting"
+        generated = [
             inspect.Parameter(
-                name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=None,
+                annotation=_option(model, name, model.model_fields[name]),
             )
-        )
-    config_file = inspect.Parameter(
+            for name, model in fields.items()
+        ]
+        extra = [_config_file_parameter(), _context_parameter()]
+
+        @functools.wraps(command)
+        def wrapper(**kwargs: Any) -> Any:
+            context: typer.Context = kwargs.pop("typer_context")
+            given = _gather(models, fields, context, kwargs, kwargs.pop("config_file"))
+            return command(**kwargs, **{GIVEN: given})
+
+        params = [*own, *generated, *extra]
+        wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        del wrapper.__wrapped__  # typer must see the new signature, not the original's
+        return typing.cast(F, wrapper)
+
+    return decorate
+
+
+def _config_file_parameter() -> inspect.Parameter:
+    return inspect.Parameter(
         "config_file",
         inspect.Parameter.KEYWORD_ONLY,
         default=None,
@@ -107,31 +193,44 @@ def with_coordinator_options(command: F) -> F:
             Path | None,
             typer.Option(
                 "--config",
-                help="A TOML file of these settings (flag names with _ or -); flags win.",
+                help="A TOML file of these settings (flag names with _ or -); flags and "
+                "FEDQ_* variables win.",
                 show_default=False,
             ),
         ],
     )
-    taken = {p.name for p in own}
-    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own]
-    params += [p for p in (*generated, config_file) if p.name not in taken]
 
-    @functools.wraps(command)
-    def wrapper(**kwargs: Any) -> Any:
-        given = {p.name: kwargs.pop(p.name) for p in generated if p.name not in taken}
-        given = {
-            k: v.value if isinstance(v, enum.Enum) else v for k, v in given.items() if v is not None
-        }
-        for name, value in list(given.items()):
-            if typing.get_origin(cli_fields()[name].annotation) is dict:
-                given[name] = parse_pairs(flag_of(name), value)
-        file = kwargs.pop("config_file", None)
-        return command(**kwargs, **{OPTIONS: {**read_config_file(file), **given}})
 
-    wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-    wrapper.__annotations__ = {p.name: p.annotation for p in params}
-    del wrapper.__wrapped__  # typer must see the new signature, not the original's
-    return typing.cast(F, wrapper)
+def _context_parameter() -> inspect.Parameter:
+    return inspect.Parameter(
+        "typer_context", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context
+    )
+
+
+def _gather(
+    models: tuple[type[BaseModel], ...],
+    fields: dict[str, type[BaseModel]],
+    context: typer.Context,
+    kwargs: dict[str, Any],
+    config_file: Path | None,
+) -> Given:
+    """The values of ``fields`` the user gave, popped from ``kwargs``; the file's below."""
+    known = {name for model in models for name in model.model_fields}
+    values = read_config_file(config_file, known)
+    origins: dict[str, str] = {}
+    for name, model in fields.items():
+        value = kwargs.pop(name)
+        if value is None:
+            continue
+        flag = flag_of(model, name)
+        source = context.get_parameter_source(name)
+        if source is not None and source.name == "ENVIRONMENT":
+            origins[name] = f"{env_of(model, name)} ({flag})"
+        value = value.value if isinstance(value, enum.Enum) else value
+        if typing.get_origin(_flag_type(model.model_fields[name].annotation)) is list:
+            value = parse_pairs(origins.get(name, flag), value)
+        values[name] = value
+    return Given(models, values, origins)
 
 
 def parse_pairs(flag: str, pairs: list[str]) -> dict[str, Any]:
@@ -148,7 +247,9 @@ def parse_pairs(flag: str, pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def read_config_file(path: Path | None) -> dict[str, Any]:
+def read_config_file(path: Path | None, known: set[str]) -> dict[str, Any]:
+    """The settings in the TOML file ``path`` by field name; one of none of ``known`` is
+    an error naming it."""
     if path is None:
         return {}
     try:
@@ -157,22 +258,8 @@ def read_config_file(path: Path | None) -> dict[str, Any]:
         raise OptionsError(f"--config {path}: cannot read it ({exc.strerror})") from None
     except tomllib.TOMLDecodeError as exc:
         raise OptionsError(f"--config {path}: not valid TOML ({exc})") from None
-    return {key.replace("-", "_"): value for key, value in data.items()}
-
-
-def build_config(values: Mapping[str, Any]) -> CoordinatorConfig:
-    """The config from merged values, or OptionsError naming the flag that is wrong."""
-    try:
-        return CoordinatorConfig.model_validate(dict(values))
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        message = str(error["msg"]).removeprefix("Value error, ")
-        if not error["loc"]:
-            raise OptionsError(message) from None
-        field = str(error["loc"][0])
-        where = flag_of(field) if field in CoordinatorConfig.model_fields else f"{field!r}"
-        if error["type"] == "missing":
-            raise OptionsError(f"{where} is required (a flag or a --config entry)") from None
-        if error["type"] == "extra_forbidden":
-            raise OptionsError(f"--config: unknown setting {field!r}") from None
-        raise OptionsError(f"{where}: {message}") from None
+    values = {key.replace("-", "_"): value for key, value in data.items()}
+    for key in values:
+        if key not in known:
+            raise OptionsError(f"--config: unknown setting {key!r}")
+    return values

@@ -1,5 +1,8 @@
 """Heterogeneity scenarios for experiments: who is slow, who drops out, whose network lags.
 
+Each participant's profile becomes an :class:`~fedq.experiments.settings.Emulation`, which
+wraps its app (:mod:`fedq.experiments`).
+
 A scenario is a TOML file::
 
     seed = 7                    # picks the fraction groups and keys every dropout draw
@@ -35,11 +38,7 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-Slowdown = Annotated[float, Field(ge=1.0, description="Times the real training time.")]
-Dropout = Annotated[
-    float, Field(ge=0.0, lt=1.0, description="Probability of skipping a given model.")
-]
-Delay = Annotated[float, Field(ge=0.0, description="Seconds added to each round trained.")]
+from fedq.experiments.settings import Delay, Dropout, Emulation, Slowdown
 
 
 class ScenarioError(ValueError):
@@ -105,6 +104,16 @@ class ParticipantProfile:
     delay_seconds: float = 0.0
     #: The group's name (or ``group <i>``), None for the default profile.
     group: str | None = None
+
+    def emulation(self, seed: int = 0, attack: str | None = None) -> Emulation:
+        """What this profile emulates, its dropout drawn with ``seed``, sending ``attack``."""
+        return Emulation(
+            slowdown=self.slowdown,
+            delay_seconds=self.delay_seconds,
+            dropout=self.dropout,
+            dropout_seed=seed,
+            attack=attack,
+        )
 
     def with_field(self, name: str, value: float) -> ParticipantProfile:
         """This profile with ``slowdown``, ``dropout`` or ``delay_seconds`` set to ``value``."""

@@ -8,76 +8,63 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from fedq.coordinator.config import CoordinatorConfig
 from fedq.coordinator.observers import CoordinatorObserver
 from fedq.coordinator.service import Coordinator, FederationResult
 from fedq.messages.amqp import AmqpTransport
+from fedq.messages.chunks import DEFAULT_CHUNK_BYTES
 from fedq.messages.memory import MemoryBroker, MemoryTransport
 from fedq.messages.transport import Transport
 from fedq.participant.app import App, Partition
-from fedq.participant.worker import (
-    Participant,
-    ParticipantConfig,
-    ParticipantStats,
-    TrainedRound,
-)
+from fedq.participant.config import ParticipantConfig
+from fedq.participant.worker import Participant, ParticipantStats, TrainedRound
 from fedq.scenario import ParticipantProfile
-
-
-@dataclass(frozen=True)
-class Straggler:
-    """Participant ``index`` takes ``slowdown`` x its training time plus ``delay_seconds``
-    (both, whatever its profile says)."""
-
-    index: int
-    slowdown: float = 1.0
-    delay_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
 class SimulationPlan:
     coordinator: CoordinatorConfig
-    participant: ParticipantConfig  # template: id and partition are set per participant
+    #: The template: id and share are set per participant, the partition scheme kept.
+    participant: ParticipantConfig
     broker_url: str | None = None
-    stragglers: tuple[Straggler, ...] = ()
     #: Experiments only: (index, attack spec) of the malicious participants, e.g.
-    #: ``((0, "scale:-10"), (1, "sign_flip"))`` (see :mod:`fedq.participant.attacks`);
-    #: every other participant is honest, whatever the template's ``attack``.
+    #: ``((0, "scale:-10"), (1, "sign_flip"))`` (see :mod:`fedq.experiments.attacks`);
+    #: every other participant is honest.
     malicious: tuple[tuple[int, str], ...] = ()
-    #: Per participant, by index: slowdown, dropout and network delay (see
-    #: :mod:`fedq.scenario`); none: every participant is the plain default one.
+    #: By participant index: slowdown, dropout and network delay (see
+    #: :mod:`fedq.scenario`); a participant without one is the plain default one.
     profiles: tuple[ParticipantProfile, ...] = ()
     #: Keys every participant's dropout draws (the scenario's seed).
     dropout_seed: int = 0
 
 
 def participant_configs(plan: SimulationPlan, prefix: str = "p") -> list[ParticipantConfig]:
-    """One config per participant: the template, its profile, then its Straggler if any."""
+    """One config per participant: the template with its id and its share of the data."""
     n = plan.coordinator.participants
-    if plan.profiles and len(plan.profiles) != n:
-        raise ValueError(f"{len(plan.profiles)} profiles for {n} participants")
-    profiles = {p.index: p for p in plan.profiles}
-    slow = {s.index: s for s in plan.stragglers}
-    attacks = dict(plan.malicious)
-    configs = []
-    for i in range(n):
-        profile = profiles.get(i, ParticipantProfile(i))
-        straggler = slow.get(i, Straggler(i, profile.slowdown, profile.delay_seconds))
-        configs.append(
-            replace(
-                plan.participant,
-                participant_id=f"{prefix}{i}",
-                partition=Partition(i, n),
-                slowdown=straggler.slowdown,
-                delay_seconds=straggler.delay_seconds,
-                dropout=profile.dropout,
-                dropout_seed=plan.dropout_seed,
-                attack=attacks.get(i),
-            )
+    scheme = plan.participant.partition.scheme
+    return [
+        plan.participant.model_copy(
+            update={"participant_id": f"{prefix}{i}", "partition": Partition(i, n, scheme)}
         )
-    return configs
+        for i in range(n)
+    ]
+
+
+def participant_apps(plan: SimulationPlan, app: App, prefix: str = "p") -> list[App]:
+    """The app as each participant runs it: as its profile and attack, if any, emulate."""
+    n = plan.coordinator.participants
+    profiles = {p.index: p for p in plan.profiles}
+    if len(profiles) != len(plan.profiles) or not set(profiles) <= set(range(n)):
+        raise ValueError(f"profiles of indices {sorted(profiles)}: each once, of 0..{n - 1}")
+    attacks = dict(plan.malicious)
+    return [
+        profiles.get(i, ParticipantProfile(i))
+        .emulation(plan.dropout_seed, attacks.get(i))
+        .emulate(app, f"{prefix}{i}")
+        for i in range(n)
+    ]
 
 
 def transports(broker_url: str | None) -> tuple[Transport, Transport]:
@@ -90,15 +77,21 @@ def transports(broker_url: str | None) -> tuple[Transport, Transport]:
 
 async def run_participants(
     configs: list[ParticipantConfig],
-    app: App,
+    app: App | Sequence[App],
     transport: Transport,
     on_round: Callable[[TrainedRound], None] | None = None,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> list[ParticipantStats]:
-    """M virtual participants on one connection (one broker identity). With more than one,
-    each keeps consuming while it trains (see ``release_queue_while_training``)."""
+    """M virtual participants on one connection (one broker identity), sharing ``app`` or
+    each running its own (``app`` a sequence, one per config). With more than one, each
+    keeps consuming while it trains (see ``release_queue_while_training``)."""
     if len(configs) > 1:
-        configs = [replace(c, release_queue_while_training=False) for c in configs]
-    workers = (Participant(c, app, transport, on_round).run() for c in configs)
+        configs = [c.model_copy(update={"release_queue_while_training": False}) for c in configs]
+    apps = list(app) if isinstance(app, Sequence) else [app] * len(configs)
+    workers = (
+        Participant(c, a, transport, on_round, chunk_bytes=chunk_bytes).run()
+        for c, a in zip(configs, apps, strict=True)
+    )
     return list(await asyncio.gather(*workers))
 
 
@@ -128,7 +121,13 @@ async def simulate_with_participants(
         await coordinator.topology.declare_core(coordinator_transport)
         running = asyncio.create_task(coordinator.run(), name="fedq-coordinator")
         workers = asyncio.create_task(
-            run_participants(participant_configs(plan), app, participant_transport, on_round),
+            run_participants(
+                participant_configs(plan),
+                participant_apps(plan, app),
+                participant_transport,
+                on_round,
+                chunk_bytes=plan.coordinator.chunk_bytes,
+            ),
             name="fedq-participants",
         )
         try:

@@ -16,7 +16,8 @@ from fedq.messages.schema import MESSAGE_TYPES, ModelMeta, UpdateMeta
 from fedq.messages.sent_log import read_sent
 from fedq.messages.topology import UPDATE_KEY, Topology
 from fedq.messages.transport import QueueFull, TransportError
-from fedq.participant.worker import Participant, ParticipantConfig
+from fedq.participant.config import ParticipantConfig
+from fedq.participant.worker import Participant
 from tests.conftest import BROKER_URL
 
 LIMIT = 1 << 20

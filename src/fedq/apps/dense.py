@@ -2,8 +2,9 @@
 
 Binary cross-entropy with SGD (lr 0.01). Data is synthetic with a fixed seed: 5 standard
 normal features, label 1 when a fixed linear score is positive (so a good model reaches
-high accuracy); 4,000 training rows split across participants (IID unless ``FEDQ_PARTITION`` names a
-scheme, see :mod:`fedq.participant.partitions`) and 1,000 held out.
+high accuracy); 4,000 training rows split across participants (by the scheme in each one's
+:class:`~fedq.participant.app.Partition`, IID unless ``--partition-scheme`` names another;
+see :mod:`fedq.participant.partitions`) and 1,000 held out.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import numpy as np
 
 from fedq.apps.keras_app import Arrays, KerasApp, import_keras, shard
 from fedq.participant.app import Partition, TrainConfig
-from fedq.participant.partitions import scheme_from_env
 
 SEED = 1234
 _TRUE_WEIGHTS = np.array([1.5, -2.0, 0.7, 1.0, -0.5], dtype=np.float32)
@@ -52,7 +52,7 @@ def load_train() -> Arrays:
 
 
 def load_partition(partition: Partition) -> Arrays:
-    return shard(load_train(), partition, SEED, scheme_from_env())
+    return shard(load_train(), partition, SEED)
 
 
 def load_test() -> Arrays:

@@ -1,5 +1,6 @@
-"""Fashion-MNIST split across participants, IID unless ``FEDQ_PARTITION`` names a scheme (see
-:mod:`fedq.participant.partitions`), with either of two CNNs:
+"""Fashion-MNIST split across participants by the scheme in each one's
+:class:`~fedq.participant.app.Partition` (IID unless ``--partition-scheme`` names another;
+see :mod:`fedq.participant.partitions`), with either of two CNNs:
 
 - ``fedq.apps.fmnist:app``: conv 16@3x3, conv 32@3x3, FC 64, FC 10; Adam (lr 0.001), one local
   epoch of batches of 32 per round;
@@ -26,7 +27,6 @@ import numpy as np
 
 from fedq.apps.keras_app import Arrays, KerasApp, import_keras, shard
 from fedq.participant.app import AppError, Partition, TrainConfig
-from fedq.participant.partitions import scheme_from_env
 
 SEED = 42
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
@@ -118,7 +118,7 @@ def load_train() -> Arrays:
 
 
 def load_partition(partition: Partition) -> Arrays:
-    return shard(load_train(), partition, SEED, scheme_from_env())
+    return shard(load_train(), partition, SEED)
 
 
 def load_test() -> Arrays:

@@ -29,7 +29,6 @@ from fedq.apps.local_training import LocalTraining
 from fedq.messages.codec import Weights
 from fedq.participant import partitions
 from fedq.participant.app import AppError, Partition, TrainConfig, TrainResult
-from fedq.participant.partitions import Scheme
 
 if TYPE_CHECKING:
     import keras
@@ -202,9 +201,7 @@ def _checked(model: keras.Model) -> keras.Model:
     return model
 
 
-def shard(arrays: Arrays, partition: Partition, seed: int, scheme: Scheme | str = "iid") -> Arrays:
-    """The share ``partition`` of ``arrays`` under ``scheme`` (see :mod:`fedq.participant.
+def shard(arrays: Arrays, partition: Partition, seed: int) -> Arrays:
+    """The share ``partition`` of ``arrays`` under its scheme (see :mod:`fedq.participant.
     partitions`); ``iid`` is a fixed-seed shuffle cut in equal slices."""
-    if isinstance(scheme, str):
-        scheme = Scheme.parse(scheme)
-    return partitions.apply(arrays, partition, scheme, seed)
+    return partitions.apply(arrays, partition, partition.scheme, seed)

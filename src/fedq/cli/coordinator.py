@@ -1,7 +1,8 @@
 """``fedq coordinator``: run the coordinator of one federation on RabbitMQ.
 
-Its settings are :class:`~fedq.coordinator.config.CoordinatorConfig`, a flag per field
-(:mod:`fedq.options`); its state lives in STATE_DIR/<federation>. What it did is shown
+Its settings are :class:`~fedq.coordinator.config.CoordinatorConfig`, a flag, a ``FEDQ_*``
+variable and a ``--config`` key per field (:mod:`fedq.options`); its state lives in
+STATE_DIR/<federation>. What it did is shown
 live, summed up at the end and, with ``--report``, written as JSON.
 """
 
@@ -24,14 +25,14 @@ from fedq.coordinator.strategies import StrategyError
 from fedq.coordinator.strategy import compose_strategy
 from fedq.messages.amqp import AmqpTransport, redact
 from fedq.metrics import PrometheusMetrics, serve_metrics
-from fedq.options import OptionsError, build_config, with_coordinator_options
+from fedq.options import Given, OptionsError, with_settings
 from fedq.settings import settings
 from fedq.tensorboard import tensorboard_scalars
 
 
-@with_coordinator_options
+@with_settings(CoordinatorConfig)
 def coordinator_command(
-    coordinator_options: dict[str, Any],
+    given: Given,
     federation: FederationOpt,
     app_spec: AppOpt,
     broker: BrokerOpt = None,
@@ -41,7 +42,7 @@ def coordinator_command(
 ) -> None:
     """Run the coordinator of one federation on RabbitMQ."""
     setup_logging(verbose)
-    config = coordinator_config(federation, state_dir, coordinator_options)
+    config = coordinator_config(given, federation, state_dir)
     application = load(app_spec)
     url = broker or settings().broker_url
 
@@ -57,13 +58,19 @@ def coordinator_command(
 
 
 def coordinator_config(
-    federation: str, state_dir: Path | None, options: dict[str, Any]
+    given: Given,
+    federation: str,
+    state_dir: Path | None,
+    defaults: dict[str, Any] | None = None,
 ) -> CoordinatorConfig:
-    """The coordinator's settings from its flags; its state lives in STATE_DIR/<federation>.
-    Strategy settings are tried out here, so a mistake stops the command before it starts."""
+    """The coordinator's settings from what it was given over the command's ``defaults``;
+    its state lives in STATE_DIR/<federation>. Strategy settings are tried out here, so a
+    mistake stops the command before it starts."""
     root = state_dir or settings().state_dir
     try:
-        config = build_config({**options, "federation": federation, "state_dir": root / federation})
+        config = given.build(
+            CoordinatorConfig, defaults, federation=federation, state_dir=root / federation
+        )
         compose_strategy(config, dp_seed=0)
     except (OptionsError, StrategyError) as exc:
         raise fail(str(exc)) from None

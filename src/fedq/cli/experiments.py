@@ -1,6 +1,7 @@
-"""The experiment flags of ``simulate`` and ``participant``: who is slow, lags, drops out
-(a ``--scenario`` file, ``--slow``, ``--delay``, ``--dropout``) or sends poisoned updates
-(``--malicious``, ``--attack``). A malformed value is one line naming the flag."""
+"""The experiment flags of ``simulate``: who is slow, lags, drops out (a ``--scenario``
+file, ``--slow``, ``--delay``, ``--dropout``) or sends poisoned updates (``--malicious``).
+A malformed value is one line naming the flag. (``fedq participant``'s own are fields of
+:class:`~fedq.experiments.settings.Emulation`.)"""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 from fedq.cli.running import fail
 from fedq.console import console
 from fedq.coordinator.config import CoordinatorConfig
-from fedq.participant.attacks import parse_attack
+from fedq.experiments.attacks import parse_attack
 from fedq.scenario import (
     ParticipantProfile,
     Scenario,

@@ -18,10 +18,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from fedq.cli.flags import AppOpt
 from fedq.console import console
 from fedq.options import OptionsError
 from fedq.participant.app import AppError, load_app
-from fedq.participant.partitions import Scheme, split
+from fedq.participant.partitions import split
+from fedq.participant.scheme import DESCRIBED, Scheme
 from fedq.plot import PlotUnavailable, pyplot, save
 
 
@@ -79,16 +81,13 @@ def _training_labels(app_spec: str) -> np.ndarray:
 
 
 def partition_command(
-    app_spec: Annotated[str, typer.Option("--app", help="The app, package.module:attr.")],
+    app_spec: AppOpt,
     participants: Annotated[
         int, typer.Option("--participants", "-n", min=1, help="How many participants.")
     ],
     scheme: Annotated[
         str,
-        typer.Option(
-            "--scheme",
-            help="iid, dirichlet:BETA, labels:K, quantity:BETA or noise:SIGMA.",
-        ),
+        typer.Option("--scheme", help=f"How to split the data: {DESCRIBED}."),
     ] = "iid",
     seed: Annotated[
         int | None,

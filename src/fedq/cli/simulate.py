@@ -10,33 +10,22 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from fedq.cli.coordinator import coordinator_config, watching, write_report
 from fedq.cli.experiments import describe_heterogeneity, heterogeneity, parse_malicious
-from fedq.cli.flags import (
-    CODEC_HELP,
-    AppOpt,
-    BatchSizeOpt,
-    EpochsOpt,
-    KeepOptimizerOpt,
-    LearningRateOpt,
-    MomentumOpt,
-    ProximalMuOpt,
-    ReportOpt,
-    SchemeOpt,
-    StateOpt,
-    VerboseOpt,
-)
-from fedq.cli.running import load, run, setup_logging
-from fedq.cli.training import check_codec, train_config, use_scheme
+from fedq.cli.flags import AppOpt, ReportOpt, StateOpt, VerboseOpt
+from fedq.cli.running import fail, load, run, setup_logging
+from fedq.cli.training import train_config
 from fedq.console import RoundProgress, console, print_summary
+from fedq.coordinator.config import CoordinatorConfig
 from fedq.coordinator.service import FederationResult
 from fedq.messages.amqp import redact
-from fedq.options import with_coordinator_options
-from fedq.participant.worker import ParticipantConfig
+from fedq.options import Given, with_settings
+from fedq.participant.app import Partition, TrainConfig
+from fedq.participant.config import CODEC_HELP, DataSplit, ParticipantConfig, check_codec
 from fedq.scenario import heterogeneous
 from fedq.simulation import SimulationPlan, simulate
 
@@ -83,22 +72,15 @@ MaliciousOpt = Annotated[
 ]
 
 
-@with_coordinator_options
+@with_settings(CoordinatorConfig, DataSplit, TrainConfig)
 def simulate_command(
-    coordinator_options: dict[str, Any],
+    given: Given,
     app_spec: AppOpt = "fedq.apps.dense:app",
     broker: SimBrokerOpt = None,
     federation: SimFederationOpt = None,
     state_dir: StateOpt = None,
     report: ReportOpt = None,
     update_codec: UpdateCodecOpt = "raw",
-    partition_scheme: SchemeOpt = "iid",
-    epochs: EpochsOpt = None,
-    batch_size: BatchSizeOpt = None,
-    learning_rate: LearningRateOpt = None,
-    momentum: MomentumOpt = None,
-    keep_optimizer: KeepOptimizerOpt = None,
-    proximal_mu: ProximalMuOpt = None,
     scenario: ScenarioOpt = None,
     slow: SlowOpt = None,
     delay: DelayOpt = None,
@@ -112,22 +94,16 @@ def simulate_command(
     """
     setup_logging(verbose)
     name = federation or time.strftime("sim-%Y%m%d-%H%M%S")
-    config = coordinator_config(
-        name, state_dir, {"participants": 4, "rounds": 5, **coordinator_options}
-    )
-    codec = check_codec(update_codec)
+    config = coordinator_config(given, name, state_dir, {"participants": 4, "rounds": 5})
+    codec = codec_of(update_codec)
     attacks = parse_malicious(malicious or [], config.participants)
     flags = {"--slow": slow, "--delay": delay, "--dropout": dropout}
     found, seed = heterogeneity(scenario, flags, config.participants)
-    use_scheme(partition_scheme)
+    scheme = given.build(DataSplit).partition_scheme
     application = load(app_spec)
-    train = train_config(
-        application, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-        momentum=momentum, keep_optimizer=keep_optimizer, proximal_mu=proximal_mu,
-    )  # fmt: skip
     participant = ParticipantConfig(
-        federation=name, participant_id="p", train=train, codec=codec,
-        chunk_bytes=config.chunk_bytes,
+        federation=name, participant_id="p", partition=Partition(scheme=scheme),
+        update_codec=codec, train=train_config(given, application),
     )  # fmt: skip
     plan = SimulationPlan(
         config, participant, broker, malicious=attacks, profiles=found, dropout_seed=seed
@@ -142,6 +118,13 @@ def simulate_command(
         result = run(main())
     print_summary(result)
     write_report(report, result, broker="embedded" if broker is None else redact(broker))
+
+
+def codec_of(update_codec: str) -> str:
+    try:
+        return check_codec(update_codec)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
 
 
 def announce(plan: SimulationPlan) -> None:

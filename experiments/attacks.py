@@ -8,7 +8,8 @@ Forms of a spec (``--malicious 0:scale:-10``, ``--attack sign_flip``):
 - ``sign_flip``: send -delta, the same size as an honest update, pointing backwards.
 
 Pure numpy: the forged delta keeps each tensor's name, shape and dtype, so it passes the
-coordinator's checks like an honest one (unless a norm bound catches it).
+coordinator's checks like an honest one (unless a norm bound catches it). :class:`Poisoned`
+makes an app send it (``transform_delta``, before the update codec).
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from fedq.experiments.wrapper import AppWrapper
+from fedq.messages.codec import Weights
+from fedq.participant.app import App
 
 FORMS = "scale:FACTOR (e.g. scale:-10) or sign_flip"
 
@@ -46,3 +51,14 @@ def parse_attack(spec: str) -> Attack:
         if math.isfinite(factor):
             return Attack(f"scale:{factor:g}", factor)
     raise ValueError(f"attack {spec!r}: expected {FORMS}")
+
+
+class Poisoned(AppWrapper):
+    """``app``, its every delta forged by ``attack`` before it is sent."""
+
+    def __init__(self, app: App, attack: Attack) -> None:
+        super().__init__(app)
+        self.attack = attack
+
+    def transform_delta(self, delta: Weights) -> Weights:
+        return self.attack.apply(super().transform_delta(delta))
