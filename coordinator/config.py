@@ -205,20 +205,6 @@ class CoordinatorConfig(BaseModel):
         json_schema_extra=_cli("--linger"),
     )
     liveness_seconds: float = Field(15.0, gt=0, json_schema_extra=_cli(cli=False))
-    metrics_port: int | None = Field(
-        None,
-        ge=0,
-        le=65535,
-        description="Serve Prometheus metrics on this port at /metrics (0: any free port).",
-    )
-    metrics_host: str = Field(
-        "127.0.0.1", description="Address the metrics endpoint binds (0.0.0.0: every one)."
-    )
-    tensorboard_dir: Path | None = Field(
-        None,
-        description="Write TensorBoard scalars to DIR/<federation>, a step per committed "
-        "version: held-out loss and accuracy, updates, and each participant's local metrics.",
-    )
 
     @model_validator(mode="after")
     def _quorum_fits(self) -> CoordinatorConfig:

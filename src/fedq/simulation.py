@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from fedq.coordinator.config import CoordinatorConfig
 from fedq.coordinator.observers import CoordinatorObserver
 from fedq.coordinator.service import Coordinator, FederationResult
-from fedq.messages.amqp import AmqpTransport
 from fedq.messages.chunks import DEFAULT_CHUNK_BYTES
+from fedq.messages.connect import open_transport
 from fedq.messages.memory import MemoryBroker, MemoryTransport
 from fedq.messages.transport import Transport
 from fedq.participant.app import App, Partition
@@ -72,7 +72,7 @@ def transports(broker_url: str | None) -> tuple[Transport, Transport]:
     if broker_url is None:
         broker = MemoryBroker()
         return MemoryTransport(broker, "coordinator"), MemoryTransport(broker, "participants")
-    return AmqpTransport(broker_url), AmqpTransport(broker_url)
+    return open_transport(broker_url), open_transport(broker_url)
 
 
 async def run_participants(

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedq.management import ManagementClient
-from fedq.messages.amqp import AmqpTransport
+from fedq.messages.connect import open_transport
 from fedq.messages.topology import Topology
 
 
@@ -57,7 +57,7 @@ async def teardown(
     async with ManagementClient(management_url, broker_url, timeout=10.0) as api:
         queues = [q.name for q in await api.queues() if q.name.startswith(prefix)]
         exchanges = [name for name in await api.exchanges() if name.startswith(prefix)]
-    async with AmqpTransport(broker_url) as transport:
+    async with open_transport(broker_url) as transport:
         # Asked of the broker itself: the management API's counts lag by seconds.
         updates = topology.updates
         consumers = await transport.queue_consumers(updates) if updates in queues else 0

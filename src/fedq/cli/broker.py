@@ -7,7 +7,8 @@ import typer
 from fedq.cli.flags import BrokerOpt
 from fedq.cli.running import run, setup_logging
 from fedq.console import console
-from fedq.messages.amqp import AmqpTransport, redact
+from fedq.messages.amqp import redact
+from fedq.messages.connect import open_transport
 from fedq.settings import settings
 
 broker_app = typer.Typer(help="Check the RabbitMQ broker.", no_args_is_help=True)
@@ -20,7 +21,7 @@ def broker_check(broker: BrokerOpt = None) -> None:
     url = broker or settings().broker_url
 
     async def main() -> None:
-        async with AmqpTransport(url, connect_timeout=5.0):
+        async with open_transport(url, connect_timeout=5.0):
             pass
 
     run(main())

@@ -2,35 +2,33 @@
 
 Its settings are :class:`~fedq.coordinator.config.CoordinatorConfig`, a flag, a ``FEDQ_*``
 variable and a ``--config`` key per field (:mod:`fedq.options`); its state lives in
-STATE_DIR/<federation>. What it did is shown
-live, summed up at the end and, with ``--report``, written as JSON.
+STATE_DIR/<federation>. What it did is shown live (and to the observers
+:class:`~fedq.cli.observers.ObserverSettings` asks for), summed up at the end and, with
+``--report``, written as JSON.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from fedq import strict_json
 from fedq.cli.flags import AppOpt, BrokerOpt, FederationOpt, ReportOpt, StateOpt, VerboseOpt
+from fedq.cli.observers import ObserverSettings, watching
 from fedq.cli.running import fail, load, run, setup_logging
 from fedq.console import RoundProgress, console, print_summary
 from fedq.coordinator.config import CoordinatorConfig
-from fedq.coordinator.observers import CoordinatorObserver
 from fedq.coordinator.service import Coordinator, FederationResult
 from fedq.coordinator.strategies import StrategyError
 from fedq.coordinator.strategy import compose_strategy
-from fedq.messages.amqp import AmqpTransport, redact
-from fedq.metrics import PrometheusMetrics, serve_metrics
+from fedq.messages.amqp import redact
+from fedq.messages.connect import open_transport
 from fedq.options import Given, OptionsError, with_settings
 from fedq.settings import settings
-from fedq.tensorboard import tensorboard_scalars
 
 
-@with_settings(CoordinatorConfig)
+@with_settings(CoordinatorConfig, ObserverSettings)
 def coordinator_command(
     given: Given,
     federation: FederationOpt,
@@ -46,8 +44,13 @@ def coordinator_command(
     application = load(app_spec)
     url = broker or settings().broker_url
 
+    observing = given.build(ObserverSettings)
+
     async def main() -> FederationResult:
-        async with AmqpTransport(url) as transport, watching(config, progress) as observers:
+        async with (
+            open_transport(url) as transport,
+            watching(observing, federation, progress) as observers,
+        ):
             return await Coordinator(config, application, transport, observers).run()
 
     console.print(f"coordinator of {federation} ({config.mode} mode) on RabbitMQ at {redact(url)}")
@@ -75,30 +78,6 @@ def coordinator_config(
     except (OptionsError, StrategyError) as exc:
         raise fail(str(exc)) from None
     return config
-
-
-@contextlib.asynccontextmanager
-async def watching(
-    config: CoordinatorConfig, progress: RoundProgress
-) -> AsyncIterator[list[CoordinatorObserver]]:
-    """The coordinator's observers: the live view, Prometheus metrics served at /metrics
-    while it runs when --metrics-port is set, TensorBoard scalars when --tensorboard-dir is."""
-    observers: list[CoordinatorObserver] = [progress]
-    async with contextlib.AsyncExitStack() as stack:
-        if config.tensorboard_dir is not None:
-            board = await stack.enter_async_context(
-                tensorboard_scalars(config.tensorboard_dir, config.federation)
-            )
-            progress.progress.console.print(f"TensorBoard scalars in {board.directory}")
-            observers.append(board)
-        if config.metrics_port is not None:
-            metrics = PrometheusMetrics(config.federation)
-            url = await stack.enter_async_context(
-                serve_metrics(metrics, config.metrics_host, config.metrics_port)
-            )
-            progress.progress.console.print(f"Prometheus metrics at {url}")
-            observers.append(metrics)
-        yield observers
 
 
 def write_report(path: Path | None, result: FederationResult, **extra: Any) -> None:

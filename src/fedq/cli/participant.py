@@ -19,7 +19,8 @@ from fedq.cli.running import fail, load, run, setup_logging
 from fedq.cli.training import train_config
 from fedq.console import ParticipantProgress, console
 from fedq.experiments.settings import Emulation
-from fedq.messages.amqp import AmqpTransport, redact
+from fedq.messages.amqp import redact
+from fedq.messages.connect import open_transport
 from fedq.options import Given, with_settings
 from fedq.participant.app import App, Partition, TrainConfig
 from fedq.participant.config import DataSplit, ParticipantConfig
@@ -96,7 +97,7 @@ def virtual(template: ParticipantConfig, count: int) -> list[ParticipantConfig]:
 async def participate(configs: list[ParticipantConfig], apps: list[App], url: str) -> None:
     """Run ``configs`` on one connection to ``url``, then say what each did."""
     count = len(configs)
-    amqp = AmqpTransport(url)
+    amqp = open_transport(url)
     async with amqp as transport:
         # Checked before any participant declares its queue: past the limit the last
         # ``consume`` is refused only after ~2,000 queues were declared and left behind.

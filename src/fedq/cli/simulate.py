@@ -14,9 +14,10 @@ from typing import Annotated
 
 import typer
 
-from fedq.cli.coordinator import coordinator_config, watching, write_report
+from fedq.cli.coordinator import coordinator_config, write_report
 from fedq.cli.experiments import describe_heterogeneity, heterogeneity, parse_malicious
 from fedq.cli.flags import AppOpt, ReportOpt, StateOpt, VerboseOpt
+from fedq.cli.observers import ObserverSettings, watching
 from fedq.cli.running import fail, load, run, setup_logging
 from fedq.cli.training import train_config
 from fedq.console import RoundProgress, console, print_summary
@@ -72,7 +73,7 @@ MaliciousOpt = Annotated[
 ]
 
 
-@with_settings(CoordinatorConfig, DataSplit, TrainConfig)
+@with_settings(CoordinatorConfig, ObserverSettings, DataSplit, TrainConfig)
 def simulate_command(
     given: Given,
     app_spec: AppOpt = "fedq.apps.dense:app",
@@ -110,8 +111,10 @@ def simulate_command(
     )
     announce(plan)
 
+    observing = given.build(ObserverSettings)
+
     async def main() -> FederationResult:
-        async with watching(config, progress) as observers:
+        async with watching(observing, name, progress) as observers:
             return await simulate(plan, application, observers)
 
     with RoundProgress(config.rounds, config.k) as progress:

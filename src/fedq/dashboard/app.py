@@ -29,7 +29,7 @@ from fedq.dashboard.board import Board
 from fedq.dashboard.ledgers import page_of_rejections
 from fedq.dashboard.page import PAGE
 from fedq.management import default_management_url
-from fedq.messages.amqp import AmqpTransport
+from fedq.messages.connect import open_transport
 
 log = logging.getLogger("fedq.dashboard")
 
@@ -125,7 +125,7 @@ async def serve(
     cannot be had. A broker or management API that is down is not an error: the page says
     so, and the dashboard picks them up when they are back.
     """
-    AmqpTransport(broker_url)  # raises BrokerUnavailable, saying what to do, for a bad URL
+    open_transport(broker_url)  # raises BrokerUnavailable, saying what to do, for a bad URL
     management_url = management_url or default_management_url(broker_url)
     if not management_url.startswith(("http://", "https://")):
         raise DashboardError(f"bad --management-url {management_url!r}: expected http://host:15672")

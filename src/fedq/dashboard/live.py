@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from fedq.dashboard.status import SourceStatus
 from fedq.messages.amqp import AmqpTransport, BrokerUnavailable, redact
 from fedq.messages.codec import MalformedMessage, decode_message
+from fedq.messages.connect import open_transport
 from fedq.messages.schema import (
     CONTROL_MESSAGE,
     ControlMessage,
@@ -153,7 +154,7 @@ class ControlListener:
         self.on_change()
 
     async def _listen(self) -> None:
-        transport = AmqpTransport(self.broker_url, connect_timeout=5.0)
+        transport = open_transport(self.broker_url, connect_timeout=5.0)
         await transport.connect()
         try:
             await self._timed(
