@@ -7,7 +7,7 @@ in what is asked for, and in nothing when nothing is.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -15,14 +15,13 @@ from fedq.experiments.attacks import FORMS, Poisoned, parse_attack
 from fedq.experiments.dropout import DropsOut
 from fedq.experiments.stragglers import Straggler
 from fedq.participant.app import App
+from fedq.participant.config import NOT_A_FLAG
 
 Slowdown = Annotated[float, Field(ge=1.0, description="Times the real training time.")]
 Dropout = Annotated[
     float, Field(ge=0.0, lt=1.0, description="Probability of skipping a given model.")
 ]
 Delay = Annotated[float, Field(ge=0.0, description="Seconds added to each round trained.")]
-
-NOT_A_FLAG: dict[str, Any] = {"cli": False}
 
 
 class Emulation(BaseModel):

@@ -19,6 +19,7 @@ from fedq.messages.codecs import CODECS, LOSSLESS, CodecError, get_codec
 from fedq.participant.app import Partition, TrainConfig
 from fedq.participant.scheme import DESCRIBED, Scheme
 
+#: The metadata of a field that is a setting but no flag (the code or a command sets it).
 NOT_A_FLAG: dict[str, Any] = {"cli": False}
 
 CODEC_HELP = (

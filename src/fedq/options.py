@@ -98,7 +98,7 @@ def _option(model: type[BaseModel], name: str, info: FieldInfo) -> Any:
     default = None if info.is_required() else info.get_default(call_default_factory=True)
     if default not in (None, {}, "") and "(default" not in help_text:
         help_text += f" (default: {default})"
-    if kind is list[str]:
+    if typing.get_origin(kind) is list:
         help_text += " Repeat for several."
     elif kind is bool and given_flag is None:
         names = [f"{names[0]}/--no-{names[0][2:]}"]
@@ -113,7 +113,6 @@ class Given:
     """What a command was given for its settings models: every value by field name (from
     a flag, else ``FEDQ_*``, else the ``--config`` file), and where each came from."""
 
-    models: tuple[type[BaseModel], ...]
     values: dict[str, Any] = field(default_factory=dict)
     #: field name -> how an error names it: ``--flag`` or ``FEDQ_X (--flag)``.
     origins: dict[str, str] = field(default_factory=dict)
@@ -230,7 +229,7 @@ def _gather(
         if typing.get_origin(_flag_type(model.model_fields[name].annotation)) is list:
             value = parse_pairs(origins.get(name, flag), value)
         values[name] = value
-    return Given(models, values, origins)
+    return Given(values, origins)
 
 
 def parse_pairs(flag: str, pairs: list[str]) -> dict[str, Any]:
