@@ -73,13 +73,13 @@ from fedq.coordinator.records import RoundHistory
 from fedq.coordinator.strategies import Aggregation, AggregationContext
 from fedq.coordinator.strategies.fedavg import FedAvg
 from fedq.coordinator.strategies.mean import WeightedMean
-from fedq.messages.allocator import tune_malloc_for_large_buffers
 from fedq.messages.amqp import DEFAULT_BROKER_URL, AmqpTransport, redact
 from fedq.messages.codec import Weights, decode_message, encode_message, spec_of
 from fedq.messages.schema import ModelMeta, UpdateMeta
 from fedq.messages.topology import Topology, UpdatesQueueType
 from fedq.participant.app import Partition, TrainConfig
 from fedq.participant.worker import ParticipantConfig
+from fedq.runtime.allocator import tune_malloc_for_large_buffers
 from fedq.simulation import SimulationPlan, participant_configs, simulate
 
 

@@ -9,7 +9,7 @@ What is checked, for one federation's folder (``ledger.sqlite`` and ``models/``)
   recomputed;
 - every version's checkpoint file exists and its sha256 is the one recorded;
 - no update id appears twice (the table's key forbids it; a rebuilt table would not);
-- given participants' sent logs (:mod:`fedq.messages.sent_log`), every update the broker
+- given participants' sent logs (:mod:`fedq.runtime.sent_log`), every update the broker
   confirmed to them is in a committed version or was refused with a reason: none lost.
   Run it once the federation is over: an update of the open version is in neither yet.
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedq.coordinator.ledger import GENESIS, UpdateLedger, chain_hash, file_sha256
-from fedq.messages.sent_log import SentUpdate
+from fedq.runtime.sent_log import SentUpdate
 
 
 @dataclass

@@ -63,7 +63,6 @@ from fedq.messages.codec import (
     encode_message,
     spec_of,
 )
-from fedq.messages.failpoints import failpoint
 from fedq.messages.schema import (
     CONTROL_MESSAGE,
     MESSAGE_TYPES,
@@ -86,6 +85,7 @@ from fedq.messages.topology import (
     Topology,
 )
 from fedq.messages.transport import Delivery, Transport, TransportError
+from fedq.runtime.failpoints import failpoint
 
 log = logging.getLogger("fedq.coordinator")
 

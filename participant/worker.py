@@ -40,7 +40,6 @@ from fedq.messages.schema import (
     ParticipantState,
     UpdateMeta,
 )
-from fedq.messages.sent_log import SentUpdate, append_sent
 from fedq.messages.topology import UPDATE_KEY, Topology, participant_key
 from fedq.messages.transport import Delivery, QueueFull, Transport, TransportError
 from fedq.participant.app import App, AppError, Partition, TrainConfig
@@ -49,6 +48,7 @@ from fedq.participant.compression import ErrorFeedback
 from fedq.participant.dropout import drops_out
 from fedq.participant.model_assembly import ModelAssembler, WholeModel
 from fedq.participant.working import pausing, working
+from fedq.runtime.sent_log import SentUpdate, append_sent
 
 log = logging.getLogger("fedq.participant")
 
@@ -81,7 +81,7 @@ class ParticipantConfig:
     #: Experiments only: makes this participant malicious. An attack spec (see
     #: :mod:`fedq.participant.attacks`, e.g. ``scale:-10``) applied to every delta it sends.
     attack: str | None = None
-    #: Append a line here for each update the broker confirmed (:mod:`fedq.messages.sent_log`).
+    #: Append a line here for each update the broker confirmed (:mod:`fedq.runtime.sent_log`).
     sent_log: Path | None = None
     #: Stop consuming its queue while training, so that it holds no delivery however long
     #: training takes (RabbitMQ's consumer_timeout). Many participants in one process

@@ -1,6 +1,7 @@
 """Dependencies point one way: the CLI side (fedq, fedq.apps) uses the coordinator, the
-participant and the wire; the coordinator and the wire never import the CLI side, and the
-coordinator and the participant never import each other."""
+participant, the wire and the runtime; the coordinator and the participant use the wire
+and the runtime, never the CLI side nor each other; the wire and the runtime use nothing
+else of fedq."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ ROOT = Path(__file__).resolve().parent.parent
 #: folder -> the fedq packages its modules may import
 ALLOWED = {
     "messages": ("fedq.messages",),
-    "coordinator": ("fedq.coordinator", "fedq.messages"),
-    "participant": ("fedq.participant", "fedq.messages"),
+    "runtime": ("fedq.runtime",),
+    "coordinator": ("fedq.coordinator", "fedq.messages", "fedq.runtime"),
+    "participant": ("fedq.participant", "fedq.messages", "fedq.runtime"),
 }
 
 

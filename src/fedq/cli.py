@@ -40,11 +40,9 @@ from fedq.dashboard.app import DEFAULT_PORT, DashboardError, serve
 from fedq.dashboard.ledgers import find_ledgers
 from fedq.lateness import Attendance, attendance
 from fedq.management import ManagementUnavailable, default_management_url
-from fedq.messages.allocator import tune_malloc_for_large_buffers
 from fedq.messages.amqp import AmqpTransport, BrokerUnavailable, redact
 from fedq.messages.chunks import DEFAULT_CHUNK_BYTES
 from fedq.messages.codecs import CODECS, CodecError, get_codec
-from fedq.messages.sent_log import read_sent
 from fedq.messages.transport import TransportError
 from fedq.metrics import PrometheusMetrics, serve_metrics
 from fedq.options import OptionsError, build_config, with_coordinator_options
@@ -55,6 +53,8 @@ from fedq.participant.partitions import Scheme
 from fedq.participant.worker import ParticipantConfig
 from fedq.partition_command import partition_command
 from fedq.plot import PlotUnavailable, plot_history
+from fedq.runtime.allocator import tune_malloc_for_large_buffers
+from fedq.runtime.sent_log import read_sent
 from fedq.scenario import (
     ParticipantProfile,
     Scenario,

@@ -1,4 +1,4 @@
-"""The coordinator gets SIGKILL at each point of a version (``fedq.messages.failpoints``:
+"""The coordinator gets SIGKILL at each point of a version (``fedq.runtime.failpoints``:
 the process kills itself at that very instruction) while real participants keep working;
 a new coordinator on the same state dir finishes the federation. Then nothing confirmed
 is lost, nothing is applied twice, every version is exactly FedAvg, refused updates are in
