@@ -22,7 +22,6 @@ two different messages under one id, never pass. It tells copies apart; it is no
 
 from __future__ import annotations
 
-import os
 import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,13 +33,19 @@ from pydantic import BaseModel
 from fedq.messages.codec import ChunkInfo, EncodedTensor, WireTensor, encode_body, encode_message
 from fedq.messages.codecs import TensorCodec, get_codec
 
-#: The default most raw tensor bytes per chunk: far under RabbitMQ's 128 MiB limit, and
-#: small because each body in flight costs several transient copies in the AMQP client
-#: (frames, the socket buffer): at 10M parameters (malloc thresholds at 64 MiB) the
-#: coordinator peaked at 342 MiB with 16 MiB chunks and 267 MiB with 4 MiB, rounds no slower
-#: (``python bench/large_model.py --chunk-mb``). ``FEDQ_CHUNK_BYTES`` overrides it (for
-#: every process: coordinator and participants must agree).
-DEFAULT_CHUNK_BYTES = int(os.environ.get("FEDQ_CHUNK_BYTES", str(4 << 20)))
+#: The default most raw tensor bytes per chunk (the coordinator's ``chunk_bytes``, which
+#: its models announce and participants follow): small, because each body in flight costs
+#: several transient copies in the AMQP client (frames, the socket buffer), and it must stay
+#: below the 8 MiB malloc threshold of :mod:`fedq.runtime.allocator`, so that bodies come
+#: from the heap (bench/README.md, "Chunk size and malloc thresholds").
+DEFAULT_CHUNK_BYTES = 4 << 20
+#: The chunk sizes a coordinator may use and a model may announce. At most: a chunk's body
+#: (its tensor bytes plus metadata) stays under RabbitMQ's default 128 MiB message limit.
+#: At least: every body repeats the metadata, and a participant, which declares its model
+#: queue before it knows the size, can count on a model of at most this many bytes coming
+#: in one message.
+MIN_CHUNK_BYTES = 64 << 10
+MAX_CHUNK_BYTES = 120 << 20
 #: Cuts fall on multiples of this many values (``int8``'s block).
 SLICE_ALIGN = 4096
 

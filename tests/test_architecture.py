@@ -41,3 +41,54 @@ def test_a_part_imports_only_what_it_may(folder):
         if not any(name == a or name.startswith(a + ".") for a in allowed)
     }
     assert not found
+
+
+#: What a module reads the environment through: ``os.environ``, ``os.getenv`` (imported from
+#: os or not), or a pydantic-settings model.
+ENVIRONMENT_READERS = frozenset({"environ", "environb", "getenv", "getenvb"})
+
+
+def environment_reads(source: str) -> list[int]:
+    """The lines of ``source`` that read the environment."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom):
+            names = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.Attribute):
+            names = [node.attr]
+        elif isinstance(node, ast.Name):
+            names = [node.id]
+        else:
+            continue
+        if any(
+            name.rpartition(".")[2] in ENVIRONMENT_READERS or name.startswith("pydantic_settings")
+            for name in names
+        ):
+            lines.append(node.lineno)
+    return lines
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "import os\nsize = int(os.environ.get('FEDQ_CHUNK_BYTES', '4'))",
+        "import os\nsize = os.getenv('FEDQ_CHUNK_BYTES')",
+        "from os import environ\nsize = environ['FEDQ_CHUNK_BYTES']",
+        "from pydantic_settings import BaseSettings",
+    ],
+)
+def test_an_environment_read_is_found(source):
+    assert environment_reads(source)
+
+
+def test_the_wire_reads_no_environment_variable():
+    """Every setting of ``messages/`` arrives as an argument: what two processes must agree
+    on cannot then differ by the environment each was started in."""
+    found = {
+        f"{path.relative_to(ROOT)}:{line}"
+        for path in sorted((ROOT / "messages").rglob("*.py"))
+        for line in environment_reads(path.read_text())
+    }
+    assert not found
