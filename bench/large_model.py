@@ -59,10 +59,10 @@ def run(params: int, n: int, rounds: int, chunk_bytes: int) -> dict[str, float |
     federation = f"large-{uuid.uuid4().hex[:8]}"
     env = os.environ | {"FEDQ_SYNTHETIC_PARAMS": str(params), "TF_CPP_MIN_LOG_LEVEL": "3"}
     where = ["--federation", federation, "--broker", BROKER, "--app", "fedq.apps.synthetic:app"]
-    where += ["--chunk-bytes", str(chunk_bytes)]
     with tempfile.TemporaryDirectory(prefix="fedq-large-") as folder:
         state = Path(folder) / "state"
         shape = ["--participants", str(n), "--rounds", str(rounds), "--linger", "0"]
+        shape += ["--chunk-bytes", str(chunk_bytes)]  # the participants follow its models
         coordinator = subprocess.Popen(
             [*FEDQ, "coordinator", *where, *shape, "--state-dir", str(state)],
             env=env, stdout=(Path(folder) / "c.log").open("wb"), stderr=subprocess.STDOUT,

@@ -272,6 +272,7 @@ class Coordinator:
             version=open_.version,
             round=open_.round,
             rounds_total=self.config.rounds,
+            chunk_bytes=self.config.chunk_bytes,
         )
         self._model = (meta, weights)
         self._model_body = None

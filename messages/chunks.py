@@ -48,6 +48,12 @@ MIN_CHUNK_BYTES = 64 << 10
 MAX_CHUNK_BYTES = 120 << 20
 #: Cuts fall on multiples of this many values (``int8``'s block).
 SLICE_ALIGN = 4096
+#: The most bytes a tensor's (or slice's) map takes in a body besides its name, its data
+#: and 9 bytes per dimension: the keys, dtype, codec, slice, alignment pad and headers.
+TENSOR_HEAD_BYTES = 128
+#: The most bytes a body takes besides its metadata fields and its tensors: the map and
+#: array headers and a chunk's index, count and digest.
+BODY_HEAD_BYTES = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,3 +177,22 @@ def encode_chunks(
 
 def chunk_count(tensors: Mapping[str, np.ndarray], chunk_bytes: int) -> int:
     return len(plan_chunks(tensors, chunk_bytes))
+
+
+def most_body_bytes(tensors: Mapping[str, np.ndarray], chunk_bytes: int, metadata: int) -> int:
+    """The most bytes the bodies that carry ``tensors`` take together, in one message or cut
+    at ``chunk_bytes`` or any larger size, with a codec no larger than ``raw`` and at most
+    ``metadata`` bytes of metadata fields per body.
+
+    A chunk that is not the last is left with room for less than one aligned block, so it
+    holds more than ``chunk_bytes`` less the largest block: that bounds how many chunks
+    there are at this size, and at every larger one. Each chunk repeats the metadata and
+    adds at most one slice (of the tensor its end cuts)."""
+    if not tensors:
+        return BODY_HEAD_BYTES + metadata
+    raw = sum(t.nbytes for t in tensors.values())
+    heads = [TENSOR_HEAD_BYTES + len(name.encode()) + 9 * t.ndim for name, t in tensors.items()]
+    block = SLICE_ALIGN * max(t.dtype.itemsize for t in tensors.values())
+    assert chunk_bytes > block, "a chunk holds at least one aligned block of every dtype"
+    chunks = raw // (chunk_bytes - block) + 1
+    return raw + sum(heads) + chunks * (BODY_HEAD_BYTES + metadata + max(heads))

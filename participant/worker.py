@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedq.messages.chunks import DEFAULT_CHUNK_BYTES, chunk_count, encode_chunks
+from fedq.messages.chunks import chunk_count, encode_chunks
 from fedq.messages.codec import (
     MalformedMessage,
     Weights,
@@ -46,7 +46,7 @@ from fedq.participant.app import App, AppError, Partition, TrainConfig
 from fedq.participant.attacks import parse_attack
 from fedq.participant.compression import ErrorFeedback
 from fedq.participant.dropout import drops_out
-from fedq.participant.model_assembly import ModelAssembler, WholeModel
+from fedq.participant.model_assembly import ModelAssembler, WholeModel, model_queue_bytes
 from fedq.participant.working import pausing, working
 from fedq.runtime.sent_log import SentUpdate, append_sent
 
@@ -66,8 +66,6 @@ class ParticipantConfig:
     #: None: the app's ``train_config`` (or fedq's defaults).
     train: TrainConfig | None = None
     codec: str = "raw"
-    #: Updates larger than this many raw bytes are sent in chunks of at most this size.
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES
     heartbeat_seconds: float = 5.0
     #: Straggler emulation for experiments: take ``slowdown`` x the real training time,
     #: plus ``delay_seconds``, each round.
@@ -128,11 +126,6 @@ class ParticipantStats:
     publishes_refused: int = 0
 
 
-def _model_bytes(app: App) -> int:
-    """The raw size of the app's model, which tells whether models come in chunks."""
-    return sum(w.nbytes for w in app.initial_weights().values())
-
-
 class Participant:
     def __init__(
         self,
@@ -157,14 +150,8 @@ class Participant:
 
     async def run(self) -> ParticipantStats:
         pid = self.config.participant_id
-        model_bytes = await asyncio.to_thread(_model_bytes, self.app)
-        chunked = model_bytes > self.config.chunk_bytes
-        await self.topology.declare_participant(
-            self.transport,
-            pid,
-            # Room for the newest model's chunks and the next one's first: the oldest go.
-            max_bytes=model_bytes + 2 * self.config.chunk_bytes + (1 << 20) if chunked else None,
-        )
+        bound = await asyncio.to_thread(lambda: model_queue_bytes(self.app.initial_weights()))
+        await self.topology.declare_participant(self.transport, pid, max_bytes=bound)
         beat = asyncio.create_task(self._heartbeats(), name=f"fedq-heartbeat-{pid}")
         consumer = contextlib.AsyncExitStack()
         inbox: AsyncIterator[Delivery] | None = None
@@ -336,7 +323,7 @@ class Participant:
             train_seconds=time.monotonic() - started,
         )
         self.stats.state = "sending"
-        sent = await self._send(update, result.weights, global_weights)
+        sent = await self._send(update, result.weights, global_weights, meta.chunk_bytes)
         if self.config.sent_log is not None:
             sent_update = SentUpdate(
                 update.federation, update.update_id, update.participant, meta.version, sent
@@ -360,14 +347,17 @@ class Participant:
             )
         log.debug("%s sent its update on model v%d", self.config.participant_id, meta.version)
 
-    async def _send(self, update: UpdateMeta, local: Weights, global_: Weights) -> int:
-        """Publish the update, in one message or chunk by chunk (one body in memory at a
-        time, each confirmed before the next is made); returns the bytes sent. A retried
-        chunk is the same bytes under the same update id: the coordinator keeps one."""
-        delta = await asyncio.to_thread(self._delta, local, global_)
-        count = chunk_count(delta, self.config.chunk_bytes)
+    async def _send(
+        self, update: UpdateMeta, local: Weights, global_: Weights, chunk_bytes: int
+    ) -> int:
+        """Publish the update, in one message or in chunks of ``chunk_bytes``, the size its
+        model announced (one body in memory at a time, each confirmed before the next is
+        made); returns the bytes sent. A retried chunk is the same bytes under the same
+        update id: the coordinator keeps one."""
+        delta = await asyncio.to_thread(self._delta, local, global_, chunk_bytes)
+        count = chunk_count(delta, chunk_bytes)
         codec = self.config.codec if self._feedback is None else self._feedback.wire_codec
-        bodies = encode_chunks(update, delta, codec, self.config.chunk_bytes)
+        bodies = encode_chunks(update, delta, codec, chunk_bytes)
         sent = 0
         index = 0
         while (body := await asyncio.to_thread(next, bodies, None)) is not None:
@@ -416,10 +406,11 @@ class Participant:
                 await asyncio.sleep(wait)
                 wait = min(wait * 2, MAX_BACKOFF)
 
-    def _delta(self, local: Weights, global_: Weights) -> Weights:
-        """local - global, attacked and compressed as configured, written over ``global_``:
-        the participant's own copy of the model, of no use once trained on (one
-        model-sized buffer fewer). ``local`` is left alone: an app may keep it."""
+    def _delta(self, local: Weights, global_: Weights, chunk_bytes: int) -> Weights:
+        """local - global, attacked and compressed as configured (error feedback sees the
+        chunks of ``chunk_bytes`` that will be sent), written over ``global_``: the
+        participant's own copy of the model, of no use once trained on (one model-sized
+        buffer fewer). ``local`` is left alone: an app may keep it."""
         delta = {}
         for name, w in global_.items():
             mine = local[name]
@@ -430,7 +421,7 @@ class Participant:
         if self._attack is not None:
             delta = self._attack.apply(delta)
         if self._feedback is not None:
-            delta = self._feedback.compress(delta, self.config.chunk_bytes)
+            delta = self._feedback.compress(delta, chunk_bytes)
         return delta
 
     async def _join(self) -> None:

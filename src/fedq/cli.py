@@ -41,7 +41,6 @@ from fedq.dashboard.ledgers import find_ledgers
 from fedq.lateness import Attendance, attendance
 from fedq.management import ManagementUnavailable, default_management_url
 from fedq.messages.amqp import AmqpTransport, BrokerUnavailable, redact
-from fedq.messages.chunks import DEFAULT_CHUNK_BYTES
 from fedq.messages.codecs import CODECS, CodecError, get_codec
 from fedq.messages.transport import TransportError
 from fedq.metrics import PrometheusMetrics, serve_metrics
@@ -355,7 +354,6 @@ def simulate_command(
             federation=name,
             participant_id="p",
             codec=check_codec(update_codec),
-            chunk_bytes=config.chunk_bytes,
         ),
         broker_url=broker,
         malicious=parse_malicious(malicious or [], config.participants),
@@ -489,15 +487,6 @@ def participant_command(
     keep_optimizer: KeepOptimizerOpt = None,
     proximal_mu: ProximalMuOpt = None,
     codec: CodecOpt = "raw",
-    chunk_bytes: Annotated[
-        int,
-        typer.Option(
-            "--chunk-bytes",
-            min=1 << 16,
-            max=120 << 20,
-            help="Send updates larger than this many bytes in chunks of at most this size.",
-        ),
-    ] = DEFAULT_CHUNK_BYTES,
     slowdown: Annotated[
         float,
         typer.Option("--slowdown", min=1.0, help="Take this many times longer (experiments)."),
@@ -566,7 +555,6 @@ def participant_command(
             partition=Partition(first.index + i, first.count),
             train=train,
             codec=check_codec(codec),
-            chunk_bytes=chunk_bytes,
             slowdown=slowdown,
             delay_seconds=delay,
             dropout=dropout,
