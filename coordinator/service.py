@@ -51,7 +51,7 @@ from fedq.coordinator.intake import (
 from fedq.coordinator.ledger import UpdateLedger
 from fedq.coordinator.modes import CloseReason, OpenVersion, make_mode, refuse_after_last
 from fedq.coordinator.observers import CommitTimings, CoordinatorObserver, Observers, UpdateSeen
-from fedq.coordinator.records import RoundHistory, UpdateRecord, VersionRecord
+from fedq.coordinator.records import UpdateRecord, VersionRecord, summary_of
 from fedq.coordinator.strategies import Aggregation, AggregationContext
 from fedq.coordinator.strategies.base import DeltaPieces, WholeDelta
 from fedq.coordinator.strategy import compose_strategy
@@ -639,21 +639,7 @@ class Coordinator:
                     contributors=open_.contributors,
                 ),
             )
-        self.observers.version_committed(
-            RoundHistory(
-                version=version,
-                round=open_.round,
-                closed_by=reason,
-                n_updates=len(open_.records),
-                participants=open_.contributors,
-                rejected={},
-                seconds=record.committed_at - record.opened_at,
-                metrics=metrics,
-                updates=[(r.participant, r.base_version, r.staleness) for r in open_.records],
-                epsilon=record.epsilon,
-                update_bytes=sum(r.size for r in open_.records),
-            )
-        )
+        self.observers.version_committed(summary_of(record, open_.records, {}))
         failpoint("between_versions")
         return new, version
 

@@ -16,7 +16,8 @@ from fedq.coordinator.checkpoint import (
     save_checkpoint,
 )
 from fedq.coordinator.config import CoordinatorConfig
-from fedq.coordinator.ledger import LedgerError, UpdateLedger
+from fedq.coordinator.ledger import UpdateLedger
+from fedq.coordinator.ledger_schema import LedgerError
 from fedq.coordinator.records import UpdateRecord, VersionRecord
 from fedq.participant.worker import ParticipantConfig
 from fedq.simulation import SimulationPlan, simulate
