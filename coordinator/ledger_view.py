@@ -79,7 +79,7 @@ class FederationHistory:
     #: A summary per committed version (named ``rounds`` in the JSON since its first day).
     rounds: list[VersionSummary]
     rejections: list[dict[str, Any]]
-    #: Per version, who was on time, late, refused or missing (see .attendance).
+    #: Per version, who was on time, late, refused or missing (see :mod:`.attendance`).
     attendance: list[Attendance]
 
 
@@ -173,7 +173,8 @@ class LedgerView:
         return [_update(row) for row in rows]
 
     def history(self) -> list[VersionSummary]:
-        """Every committed version summarised as observers received it at commit."""
+        """Every committed version, summarised by ``summary_of`` from what is stored, as the
+        coordinator summarises it for its observers at commit: the two must stay equal."""
         with self.snapshot():
             versions = self.versions()
             updates: dict[int, list[UpdateRecord]] = {}
