@@ -49,17 +49,12 @@ import numpy as np
 from timing import median_seconds
 
 from fedq import strict_json
-from fedq.coordinator.intake import (
-    Admitted,
-    Candidate,
-    Intake,
-    body_digest,
-    check_tensors,
-)
+from fedq.coordinator.intake import Intake, body_digest, check_tensors
 from fedq.coordinator.strategies.base import Aggregation, AggregationContext, Aggregator
 from fedq.coordinator.strategies.mean import WeightedMean
 from fedq.coordinator.strategies.median import CoordinateMedian
 from fedq.coordinator.strategies.trimmed_mean import TrimmedMean
+from fedq.coordinator.verdicts import Admitted, Candidate
 from fedq.messages.codec import Weights, decode_message, encode_message, spec_of
 from fedq.messages.schema import UpdateMeta
 from fedq.runtime.allocator import tune_malloc_for_large_buffers
@@ -170,8 +165,14 @@ class OneUpdate:
     aligned_fold_s: float  # diagnostic: the same fold over aligned copies
 
 
-def admit_all(meta: UpdateMeta) -> Admitted:
-    return Admitted(staleness=0, scale=1.0)
+class AdmitAll:
+    """A version that holds nothing and admits everything (the mode's cheapest yes)."""
+
+    def held_digest(self, update_id: str) -> str | None:
+        return None
+
+    def admit(self, meta: UpdateMeta, user: str | None) -> Admitted:
+        return Admitted(staleness=0, scale=1.0)
 
 
 def nothing_seen(update_id: str) -> str | None:
@@ -185,7 +186,7 @@ def measure_one_update(body: bytes, template: Weights, repeat: int) -> OneUpdate
     aggregation = WeightedMean().start(context)
 
     def check() -> Candidate:
-        verdict = intake.check(body, None, nothing_seen, admit_all)
+        verdict = intake.check(body, None, AdmitAll())
         assert isinstance(verdict, Candidate), verdict
         return verdict
 

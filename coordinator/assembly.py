@@ -40,8 +40,8 @@ from pathlib import Path
 
 import xxhash
 
-from fedq.coordinator.intake import ChunkCandidate, Rejection
 from fedq.coordinator.strategies.base import DeltaPieces, Piece
+from fedq.coordinator.verdicts import ChunkCandidate, Rejection
 from fedq.messages.chunks import TensorSlice, whole_digest
 from fedq.messages.codec import ModelSpec, decode_message
 from fedq.messages.schema import UpdateMeta

@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
 from fedq.coordinator.config import CoordinatorConfig
-from fedq.coordinator.intake import Admitted, Rejection
 from fedq.coordinator.records import UpdateRecord
+from fedq.coordinator.verdicts import Admitted, Rejection
 from fedq.messages.schema import UpdateMeta
 
 CloseReason = Literal["quorum", "deadline"]
@@ -47,8 +46,6 @@ class OpenVersion:
     opened: float = field(default_factory=time.monotonic)
     extensions: int = 0
     records: list[UpdateRecord] = field(default_factory=list)
-    #: Deliveries settled without being folded (refused or duplicate) while it was open.
-    refused: int = 0
 
     def __post_init__(self) -> None:
         assert 1 <= self.min_quorum <= self.quorum, "need 1 <= min_quorum <= quorum"
@@ -158,16 +155,21 @@ class AsyncMode(Mode):
         """No rounds: whatever round an update names is ignored."""
 
 
-def refuse_after_last(version: int) -> Callable[[UpdateMeta], Admitted]:
-    """Admission once the federation is done: every update is late, none is folded."""
+@dataclass(frozen=True)
+class AfterTheLast:
+    """Admission once the federation is done (an :class:`~.verdicts.Admission`): nothing
+    is held, every update is late, none is folded."""
 
-    def refuse(meta: UpdateMeta) -> Admitted:
+    version: int
+
+    def held_digest(self, update_id: str) -> str | None:
+        return None
+
+    def admit(self, meta: UpdateMeta, user: str | None) -> Admitted:
         raise Rejection(
             "stale",
-            f"{describe(meta)} arrived after the last version, v{version}, was committed",
+            f"{describe(meta)} arrived after the last version, v{self.version}, was committed",
         )
-
-    return refuse
 
 
 def describe(meta: UpdateMeta) -> str:

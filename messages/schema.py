@@ -92,6 +92,9 @@ class VersionProgress(_Message):
     accepted: int = Field(ge=0)
     quorum: int = Field(ge=1)
     refused: int = Field(ge=0, description="updates refused while this version is open")
+    duplicates: int = Field(
+        default=0, ge=0, description="copies of held or committed updates, acked and not applied"
+    )
     seconds_left: float
     rounds_total: int = Field(ge=1)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import tracemalloc
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -12,21 +14,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fedq.coordinator.config import CoordinatorConfig
-from fedq.coordinator.intake import (
-    Admitted,
-    Candidate,
-    Duplicate,
-    Intake,
-    Refused,
-    Rejection,
-    body_digest,
-    check_tensors,
-)
+from fedq.coordinator.intake import Intake, body_digest, check_tensors
 from fedq.coordinator.modes import OpenVersion, make_mode
 from fedq.coordinator.records import UpdateRecord
 from fedq.coordinator.strategies import AggregationContext
 from fedq.coordinator.strategies.fedavg import FedAvg
 from fedq.coordinator.strategies.mean import WeightedMean
+from fedq.coordinator.verdicts import Admitted, Candidate, Duplicate, Refused, Rejection
 from fedq.messages.codec import decode_message, encode_message, spec_of
 from fedq.messages.schema import UpdateMeta
 
@@ -114,7 +108,7 @@ def wire(tensors):
 )
 def test_invalid_tensors_are_rejected_with_their_reason(tensors, reason):
     intake = Intake("f", spec_of(MODEL), nothing)
-    verdict = intake.check(encode_message(update_meta(), tensors), None, nothing, admit_all)
+    verdict = intake.check(encode_message(update_meta(), tensors), None, Into(nothing, admit_all))
     assert isinstance(verdict, Refused)
     assert verdict.rejection.reason == reason
     assert verdict.rejection.header().startswith(f"{reason}: ")
@@ -154,6 +148,20 @@ def nothing(update_id: str) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class Into:
+    """The version the intake admits into: its held digests and its mode's answer."""
+
+    held: Callable[[str], str | None]
+    rule: Callable[[UpdateMeta], Admitted]
+
+    def held_digest(self, update_id: str) -> str | None:
+        return self.held(update_id)
+
+    def admit(self, meta: UpdateMeta, user: str | None) -> Admitted:
+        return self.rule(meta)
+
+
 class TestIntake:
     """The order of the checks decides the reason: the cheap and the identity-related
     ones come before the mode and the tensors."""
@@ -162,7 +170,7 @@ class TestIntake:
     ok: ClassVar = {k: np.ones_like(v) for k, v in MODEL.items()}
 
     def check(self, body, user="p", held=nothing, admit=admit_all):
-        return self.intake.check(body, user, held, admit)
+        return self.intake.check(body, user, Into(held, admit))
 
     def reason(self, verdict) -> str:
         assert isinstance(verdict, Refused), verdict
@@ -202,9 +210,9 @@ class TestIntake:
         digests = {"u1": body_digest(body)}
         intake = Intake("f", spec_of(MODEL), digests.get if of == "committed" else nothing)
         held = digests.get if of == "held" else nothing
-        same = intake.check(body, "p", held, refuse_all)  # the mode is never asked
+        same = intake.check(body, "p", Into(held, refuse_all))  # the mode is never asked
         assert isinstance(same, Duplicate) and same.of == of
-        verdict = intake.check(altered, "p", held, refuse_all)
+        verdict = intake.check(altered, "p", Into(held, refuse_all))
         assert self.reason(verdict) == "conflicting_duplicate"
 
 

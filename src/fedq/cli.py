@@ -10,7 +10,7 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -30,15 +30,13 @@ from fedq.console import (
 from fedq.coordinator.audit import audit
 from fedq.coordinator.checkpoint import checkpoint_path, load_checkpoint
 from fedq.coordinator.config import ConfigError, CoordinatorConfig
-from fedq.coordinator.ledger import LedgerError, UpdateLedger
+from fedq.coordinator.ledger_schema import LedgerError
+from fedq.coordinator.ledger_view import LedgerView, ledgers_under, read_histories
 from fedq.coordinator.observers import CoordinatorObserver
-from fedq.coordinator.records import RoundHistory
 from fedq.coordinator.service import Coordinator, FederationResult
 from fedq.coordinator.strategies import StrategyError
 from fedq.coordinator.strategy import compose_strategy
 from fedq.dashboard.app import DEFAULT_PORT, DashboardError, serve
-from fedq.dashboard.ledgers import find_ledgers
-from fedq.lateness import Attendance, attendance
 from fedq.management import ManagementUnavailable, default_management_url
 from fedq.messages.amqp import AmqpTransport, BrokerUnavailable, redact
 from fedq.messages.codecs import CODECS, CodecError, get_codec
@@ -607,13 +605,10 @@ def history_command(
 
     DIR is either one federation's folder or the state dir holding one folder per federation.
     """
-    root = state_dir or settings().state_dir
-    ledgers = ledgers_under(root)
-    if federation is not None:
-        ledgers = [p for p in ledgers if p.parent.name == federation or p.parent == root]
-    if not ledgers:
-        raise fail(f"no ledger of {federation} under {root}")
-    histories = [read_history(path) for path in ledgers]
+    try:
+        histories = read_histories(state_dir or settings().state_dir, federation)
+    except LedgerError as exc:
+        raise fail(str(exc)) from None
     if plot is not None:
         try:
             plot_history([(h.federation, h.rounds) for h in histories], plot)
@@ -639,48 +634,6 @@ def history_command(
             )
 
 
-@dataclass
-class FederationHistory:
-    federation: str
-    state_dir: str
-    rounds: list[RoundHistory]
-    rejections: list[dict[str, Any]]
-    #: Per version, who was on time, late, refused or missing (see fedq.lateness).
-    attendance: list[Attendance]
-
-
-def open_ledger(path: Path) -> UpdateLedger:
-    """A ledger for reading; one of another fedq's schema is one line saying what to do."""
-    try:
-        return UpdateLedger(path)
-    except LedgerError as exc:
-        raise fail(str(exc)) from None
-
-
-def read_history(path: Path) -> FederationHistory:
-    ledger = open_ledger(path)
-    try:
-        rounds, rejections = ledger.history(), ledger.rejections()
-        return FederationHistory(
-            federation=ledger.get_meta("federation") or path.parent.name,
-            state_dir=str(path.parent),
-            rounds=rounds,
-            rejections=rejections,
-            attendance=attendance(rounds, rejections),
-        )
-    finally:
-        ledger.close()
-
-
-def ledgers_under(root: Path) -> list[Path]:
-    """The ledgers in ``root`` (one federation's folder, or a state dir of them), oldest
-    first; none is one line saying where to look."""
-    ledgers = sorted(find_ledgers(root).values(), key=lambda p: p.stat().st_mtime)
-    if not ledgers:
-        raise fail(f"no ledger under {root}: pass the --state-dir a coordinator or simulate used")
-    return ledgers
-
-
 @app.command("audit")
 def audit_command(
     state_dir: StateOpt = None,
@@ -703,7 +656,11 @@ def audit_command(
     """
     sent = [update for log_path in sent_logs or [] for update in read_sent(log_path)]
     failed = False
-    for path in ledgers_under(state_dir or settings().state_dir):
+    try:
+        ledgers = ledgers_under(state_dir or settings().state_dir)
+    except LedgerError as exc:
+        raise fail(str(exc)) from None
+    for path in ledgers:
         try:
             report = audit(path, sent)
         except LedgerError as exc:
@@ -777,11 +734,11 @@ def export_command(
     ledger_path = state_dir / "ledger.sqlite"
     if not ledger_path.exists():
         raise fail(f"no ledger in {state_dir}: pass the folder of one federation (STATE_DIR/F)")
-    ledger = open_ledger(ledger_path)
     try:
-        last = ledger.last_version()
-    finally:
-        ledger.close()
+        with LedgerView.open(ledger_path) as ledger:
+            last = ledger.last_version()
+    except LedgerError as exc:
+        raise fail(str(exc)) from None
     chosen = version if version is not None else (last.version if last else 0)
     checkpoint = checkpoint_path(state_dir / "models", chosen)
     if not checkpoint.exists():

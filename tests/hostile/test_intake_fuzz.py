@@ -4,7 +4,6 @@ to its size, whatever shape it declares."""
 
 from __future__ import annotations
 
-import functools
 import tracemalloc
 from pathlib import Path
 
@@ -14,8 +13,11 @@ from hypothesis import HealthCheck, given, settings
 
 from fedq.apps.synthetic import SyntheticApp
 from fedq.coordinator.config import CoordinatorConfig
-from fedq.coordinator.intake import Admission, Intake, Refused, Verdict, body_digest
+from fedq.coordinator.intake import Intake, body_digest
 from fedq.coordinator.modes import make_mode
+from fedq.coordinator.strategies import AggregationContext, build_aggregator
+from fedq.coordinator.verdicts import Refused, Verdict
+from fedq.coordinator.version import Version
 from fedq.messages.codec import encode_message, spec_of
 from fedq.messages.schema import UpdateMeta
 from tests.hostile.cases import (
@@ -53,26 +55,32 @@ def bound(body: bytes) -> int:
     return SLACK + 8 * len(body)
 
 
-def intake_as_of_v1() -> tuple[Intake, Admission]:
-    """The intake of a sync coordinator that committed v1 (HONEST in it) and is collecting
-    round 2, with the hostile run's norm bound."""
+def intake_as_of_v1(max_per_user: int | None = None) -> tuple[Intake, Version]:
+    """The intake of a sync coordinator that committed v1 (HONEST in it), and the version
+    it is collecting (round 2), with the hostile run's norm bound."""
     committed = {HONEST_ID: body_digest(HONEST)}
     intake = Intake(
         FEDERATION, spec_of(MODEL), committed.get, verify_identity=True, max_norm=NORM_BOUND
     )
+    return intake, version_on_v1(max_per_user)
+
+
+def version_on_v1(max_per_user: int | None) -> Version:
     config = CoordinatorConfig(
         federation=FEDERATION, participants=3, rounds=5, state_dir=Path("/nonexistent")
     )
     mode = make_mode(config)
-    return intake, functools.partial(mode.admit, mode.open(1))
+    context = AggregationContext(MODEL, 3, 1 << 20, Path("/nonexistent"), version=2)
+    aggregation = build_aggregator("mean").start(context)
+    return Version(mode.open(1), mode, aggregation, max_per_user=max_per_user)
 
 
 def check(body: bytes, user: str = ATTACKER) -> tuple[Verdict, int]:
     """The verdict on ``body`` and the peak memory Python allocated while checking it."""
-    intake, admit = intake_as_of_v1()
+    intake, version = intake_as_of_v1()
     tracemalloc.start()
     try:
-        verdict = intake.check(body, user, lambda _: None, admit)
+        verdict = intake.check(body, user, version)
         return verdict, tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -120,8 +128,7 @@ def test_one_user_flooding_well_formed_updates_is_rate_limited_per_version():
     """Each would be admitted by the mode (distinct ids on the open version); past the
     allowance the user's further updates are refused, another user's are not, and the
     next version starts a new allowance."""
-    intake, admit = intake_as_of_v1()
-    intake.max_per_user = 3
+    intake, version = intake_as_of_v1(max_per_user=3)
 
     def update(participant: str) -> bytes:
         meta = UpdateMeta(
@@ -131,11 +138,9 @@ def test_one_user_flooding_well_formed_updates_is_rate_limited_per_version():
         return encode_message(meta, {k: np.full_like(v, 0.001) for k, v in MODEL.items()})
 
     def reasons(user: str, n: int) -> list[str]:
-        return [
-            reason_of(intake.check(update(user), user, lambda _: None, admit)) for _ in range(n)
-        ]
+        return [reason_of(intake.check(update(user), user, version)) for _ in range(n)]
 
     assert reasons(ATTACKER, 5) == ["candidate"] * 3 + ["rate_limited"] * 2
     assert reasons(OWNER, 1) == ["candidate"]
-    intake.new_version()
+    version = version_on_v1(max_per_user=3)
     assert reasons(ATTACKER, 1) == ["candidate"]

@@ -1,0 +1,205 @@
+"""Collecting: every delivery of the updates queue into the open version.
+
+Each delivery goes through the intake; its verdict decides, in one place
+(:meth:`Collector.dispatch`), whether it is folded, handed to the assembler (a chunk of a
+large update), or settled (a duplicate or a refusal). Between deliveries the collector
+keeps the clocks: the version's deadline, chunked updates that stopped coming
+(``incomplete``), and held deliveries that must go back to the queue before the broker's
+``consumer_timeout`` (see :class:`~.held.HeldDeliveries`).
+
+The intake and the assembler live as long as the coordinator's consumer: made once the
+model's shapes are known, they outlast versions (a chunked update may start under one
+version and complete under the next).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+
+from fedq.coordinator.assembly import Assembled, Assembler, ChunkCopy, Stream
+from fedq.coordinator.config import CoordinatorConfig
+from fedq.coordinator.intake import Intake
+from fedq.coordinator.modes import AfterTheLast, CloseReason
+from fedq.coordinator.observers import Observers, UpdateSeen
+from fedq.coordinator.publish import Publisher
+from fedq.coordinator.settle import Settler
+from fedq.coordinator.verdicts import (
+    Candidate,
+    ChunkCandidate,
+    Duplicate,
+    Refused,
+    Rejection,
+    Settled,
+)
+from fedq.coordinator.version import Update, Version
+from fedq.messages.transport import Delivery
+from fedq.runtime.failpoints import failpoint
+
+log = logging.getLogger("fedq.coordinator")
+
+#: After the last version, how often the lingering refusal looks whether anyone is alive.
+LINGER_POLL_SECONDS = 0.5
+
+
+class Collector:
+    def __init__(
+        self,
+        config: CoordinatorConfig,
+        deliveries: AsyncIterator[Delivery],
+        intake: Intake,
+        assembler: Assembler,
+        settler: Settler,
+        publisher: Publisher,
+        observers: Observers,
+    ) -> None:
+        self.config = config
+        self.deliveries = deliveries
+        self.intake = intake
+        self.assembler = assembler
+        self.settler = settler
+        self.publisher = publisher
+        self.observers = observers
+
+    async def collect(self, version: Version) -> CloseReason:
+        """Take deliveries into ``version`` until it may close; returns why it may."""
+        # Held deliveries go back to the queue and are taken again before the broker's
+        # consumer_timeout would close the channel (see HeldDeliveries).
+        hold_for = self.config.consumer_timeout / 2
+        while (reason := version.close_reason()) is None:
+            returning = version.held.next_return(hold_for)
+            delivery = await self._next(version.window.seconds_left(), returning)
+            if returning is not None and time.monotonic() >= returning:
+                returned = await version.held.return_older_than(hold_for)
+                log.info("returned %d held deliveries to the queue to take them again", returned)
+            for stream, rejection in self.assembler.expired():
+                await self._refuse_stream(version, stream, rejection)
+            if delivery is not None:
+                folded = await self.dispatch(version, delivery)
+                await self.publisher.progress(version, force=folded)
+        return reason
+
+    async def _next(self, wait: float, returning: float | None) -> Delivery | None:
+        """The next delivery, or None once ``wait`` seconds or the next clock (a stream's
+        expiry, a held delivery's return) passed first."""
+        for due in (self.assembler.next_expiry(), returning):
+            if due is not None:
+                wait = min(wait, due - time.monotonic())
+        try:
+            return await asyncio.wait_for(anext(self.deliveries), timeout=max(0.01, wait))
+        except TimeoutError:
+            return None
+
+    async def dispatch(self, version: Version, delivery: Delivery) -> bool:
+        """The intake's verdict on ``delivery``, carried out; returns whether an update was
+        folded."""
+        verdict = await asyncio.to_thread(
+            self.intake.check, delivery.body, delivery.user_id, version
+        )
+        match verdict:
+            case Candidate():
+                await self._fold(version, Update.of(verdict, delivery))
+                return True
+            case ChunkCandidate():
+                return await self._take_chunk(version, verdict, delivery)
+            case Duplicate(of="held"):
+                size = len(delivery.body)
+                kept = version.held.replace(verdict.meta.update_id, delivery, verdict.chunk)
+                if kept is not None:  # None: a returned delivery, back, held again
+                    await self._settle(version, verdict, kept, size)
+            case _:
+                await self._settle(version, verdict, delivery)
+        return False
+
+    async def _take_chunk(
+        self, version: Version, candidate: ChunkCandidate, delivery: Delivery
+    ) -> bool:
+        """Spool a chunk; fold its update when it is the last one and the whole passes.
+        Returns whether an update was folded."""
+        size = len(delivery.body)
+        try:
+            outcome = await asyncio.to_thread(self.assembler.add, candidate, delivery)
+        except Rejection as rejection:
+            await self._settle(version, Refused(rejection, candidate.meta), delivery)
+            return False
+        delivery.release_body()  # spooled
+        if isinstance(outcome, ChunkCopy):
+            copy = Duplicate(candidate.meta, "in assembly", candidate.chunk.index)
+            await self._settle(version, copy, outcome.replaced, size)
+            return False
+        if not isinstance(outcome, Assembled):
+            return False
+        stream = outcome.stream
+        try:
+            try:
+                pieces = await asyncio.to_thread(self.assembler.finish, stream)
+                admitted = version.readmit(stream.meta)
+            except Rejection as rejection:
+                self.assembler.remember(stream.update_id, rejection)
+                await self._refuse_stream(version, stream, rejection)
+                return False
+            update = Update(
+                stream.meta, pieces, admitted, stream.digest, stream.deliveries(), stream.size
+            )
+            await self._fold(version, update)
+            return True
+        finally:
+            stream.close()
+
+    async def _fold(self, version: Version, update: Update) -> None:
+        record = await version.fold(update)
+        failpoint("collecting")
+        self.observers.update_seen(
+            UpdateSeen(
+                record.participant,
+                True,
+                None,
+                record.base_version,
+                record.staleness,
+                record.size,
+                dict(record.metrics),
+            )
+        )
+
+    async def _settle(
+        self, version: Version, verdict: Settled, delivery: Delivery, size: int | None = None
+    ) -> None:
+        version.count(verdict)
+        await self.settler.settle(verdict, delivery, version.number, size)
+
+    async def _refuse_stream(self, version: Version, stream: Stream, rejection: Rejection) -> None:
+        version.count(Refused(rejection, stream.meta))
+        await self.settler.settle_stream(stream, rejection, version.number)
+
+    async def refuse_unfinished(self, last: int) -> None:
+        """After the last version: chunked updates still in assembly will never be folded."""
+        for stream in self.assembler.drain():
+            rejection = Rejection(
+                "stale",
+                f"update was still in assembly when the last version, v{last}, was committed",
+            )
+            await self.settler.settle_stream(stream, rejection, last)
+
+    async def refuse_late(self, last: int, alive: Callable[[], int]) -> None:
+        """After the last version, refuse what still arrives (stragglers' work) while some
+        participant is ``alive``, at most ``linger_seconds``: a straggler's update is then
+        counted and dead-lettered now rather than found by the next coordinator."""
+        finished = AfterTheLast(last)
+        deadline = time.monotonic() + self.config.linger_seconds
+        while (left := deadline - time.monotonic()) > 0:
+            everyone_left = alive() == 0
+            try:
+                delivery = await asyncio.wait_for(
+                    anext(self.deliveries), timeout=min(left, LINGER_POLL_SECONDS)
+                )
+            except TimeoutError:
+                if everyone_left:  # and half a second passed with nothing left to refuse
+                    return
+                continue
+            verdict = await asyncio.to_thread(
+                self.intake.check, delivery.body, delivery.user_id, finished
+            )
+            assert isinstance(verdict, Duplicate | Refused), "nothing is admitted now"
+            await self.settler.settle(verdict, delivery, last)

@@ -1,0 +1,149 @@
+"""What the coordinator publishes: the current model, and the control and progress
+messages for participants and whoever watches.
+
+The current model is the open version's: its weights (mapped from the version's
+checkpoint, their pages let go as they are read, so that in RAM the coordinator holds the
+accumulator of the next version, not also the model) and, when it fits in one message,
+its encoded body. A chunked model is encoded again for each publish, one chunk at a time,
+rather than kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from fedq.coordinator.checkpoint import release_pages
+from fedq.coordinator.config import CoordinatorConfig
+from fedq.coordinator.modes import OpenVersion
+from fedq.coordinator.version import Version
+from fedq.messages.chunks import chunk_count, encode_chunks
+from fedq.messages.codec import Weights, encode_message
+from fedq.messages.schema import MESSAGE_TYPES, ModelMeta, RoundOpen, VersionProgress
+from fedq.messages.topology import ROUND_OPEN, VERSION_PROGRESS, Topology
+from fedq.messages.transport import Transport
+from fedq.runtime.failpoints import failpoint
+
+#: ``version.progress`` is sent at most this often, unless forced.
+PROGRESS_INTERVAL = 1.0
+
+
+class Publisher:
+    def __init__(self, config: CoordinatorConfig, transport: Transport, topology: Topology) -> None:
+        self.config = config
+        self.transport = transport
+        self.topology = topology
+        self._model: tuple[ModelMeta, Weights] | None = None
+        self._model_body: bytes | None = None
+        #: One model publish at a time, so two copies of a chunked model (the fanout and a
+        #: join's answer) never interleave in a participant's queue: bounded by bytes, it
+        #: drops the oldest chunks first, which could then be the same index of both
+        #: copies. In sequence, the newest copy always arrives whole.
+        self._publishing_model = asyncio.Lock()
+        self._progress_sent = 0.0
+
+    @property
+    def has_model(self) -> bool:
+        """Whether a version is open (before that, a join gets nothing)."""
+        return self._model is not None
+
+    async def open(self, window: OpenVersion, weights: Weights) -> None:
+        """Announce the version ``window`` opens (its round, in round modes) and fan its
+        model out to every participant."""
+        meta = ModelMeta(
+            federation=self.config.federation,
+            version=window.version,
+            round=window.round,
+            rounds_total=self.config.rounds,
+            chunk_bytes=self.config.chunk_bytes,
+        )
+        self._model = (meta, weights)
+        self._model_body = None
+        if chunk_count(weights, self.config.chunk_bytes) == 1:
+            self._model_body = await asyncio.to_thread(
+                encode_message, meta, weights, self.config.codec
+            )
+        if window.round is not None:
+            await self.control(
+                ROUND_OPEN,
+                RoundOpen(
+                    federation=self.config.federation,
+                    round=window.round,
+                    version=window.version,
+                    quorum=window.quorum,
+                    deadline_seconds=window.deadline_seconds,
+                ),
+            )
+        await self.model(self.topology.models, "")
+
+    async def model(self, exchange: str, routing_key: str) -> None:
+        """The current model: to every participant (fanout) or one queue (default exchange)."""
+        assert self._model is not None, "a version is open"
+        meta, weights = self._model
+        message_id = f"{self.config.federation}-v{meta.version}"
+        headers = {"federation": self.config.federation, "version": meta.version}
+        if self._model_body is not None:
+            await self.transport.publish(
+                exchange,
+                routing_key,
+                self._model_body,
+                message_id=message_id,
+                type=MESSAGE_TYPES["model"],
+                headers=headers,
+            )
+            return
+        bodies = encode_chunks(
+            meta,
+            weights,
+            self.config.codec,
+            self.config.chunk_bytes,
+            read=lambda: release_pages(weights.values()),
+        )
+        async with self._publishing_model:
+            index = 0
+            while (body := await asyncio.to_thread(next, bodies, None)) is not None:
+                await self.transport.publish(
+                    exchange,
+                    routing_key,
+                    body,
+                    message_id=f"{message_id}.{index}",
+                    type=MESSAGE_TYPES["model"],
+                    headers={**headers, "chunk_index": index},
+                )
+                if exchange:  # the fanout of a new version, not a join's answer
+                    failpoint("publishing_model")
+                index += 1
+
+    async def control(self, key: str, message: Any) -> None:
+        """A message of the control exchange (``round.open``, ``federation.done`` ...)."""
+        await self.transport.publish(
+            self.topology.control,
+            key,
+            encode_message(message),
+            type=MESSAGE_TYPES[message.kind],
+        )
+
+    async def progress(self, version: Version, *, force: bool) -> None:
+        """``version.progress`` for whoever watches: at once when forced (a version opened,
+        an update was folded), else at most once a second, so a flood costs no more."""
+        now = time.monotonic()
+        if not force and now - self._progress_sent < PROGRESS_INTERVAL:
+            return
+        self._progress_sent = now
+        window = version.window
+        await self.control(
+            VERSION_PROGRESS,
+            VersionProgress(
+                federation=self.config.federation,
+                mode=self.config.mode,
+                version=window.version,
+                round=window.round,
+                accepted=len(window.records),
+                quorum=window.quorum,
+                refused=version.refused,
+                duplicates=version.duplicates,
+                seconds_left=max(0.0, window.seconds_left(now)),
+                rounds_total=self.config.rounds,
+            ),
+        )
