@@ -55,9 +55,9 @@ from fedq.coordinator.strategies.mean import WeightedMean
 from fedq.coordinator.strategies.median import CoordinateMedian
 from fedq.coordinator.strategies.trimmed_mean import TrimmedMean
 from fedq.coordinator.verdicts import Admitted, Candidate
-from fedq.messages.allocator import tune_malloc_for_large_buffers
 from fedq.messages.codec import Weights, decode_message, encode_message, spec_of
 from fedq.messages.schema import UpdateMeta
+from fedq.runtime.allocator import tune_malloc_for_large_buffers
 
 TENSORS = 8
 TARGET_RATIO = 2.0

@@ -42,7 +42,7 @@ from fedq import strict_json
 from fedq.apps import fmnist
 from fedq.coordinator.config import CoordinatorConfig, Mode
 from fedq.coordinator.observers import CoordinatorObserver
-from fedq.coordinator.records import RoundHistory
+from fedq.coordinator.records import VersionSummary
 from fedq.participant.app import Partition
 from fedq.participant.config import ParticipantConfig
 from fedq.participant.scheme import Scheme
@@ -80,7 +80,7 @@ class Stamps(CoordinatorObserver):
     def __init__(self, run: Run, started: float) -> None:
         self.run, self.started = run, started
 
-    def version_committed(self, row: RoundHistory) -> None:
+    def version_committed(self, row: VersionSummary) -> None:
         accuracy = row.metrics.get("accuracy", float("nan"))
         self.run.curve.append((time.perf_counter() - self.started, accuracy))
 

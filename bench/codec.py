@@ -22,10 +22,10 @@ import msgpack
 import numpy as np
 
 from fedq import strict_json
-from fedq.messages.allocator import tune_malloc_for_large_buffers
 from fedq.messages.chunks import DEFAULT_CHUNK_BYTES, encode_chunks
 from fedq.messages.codec import decode_message, encode_message
 from fedq.messages.schema import UpdateMeta
+from fedq.runtime.allocator import tune_malloc_for_large_buffers
 
 
 def best_seconds(fn: Callable[[], object], repeat: int) -> float:

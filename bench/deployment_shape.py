@@ -60,9 +60,9 @@ import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from fedq.coordinator.checkpoint import checkpoint_path
-from fedq.messages.allocator import tune_malloc_for_large_buffers
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.topology import Topology, UpdatesQueueType
+from fedq.runtime.allocator import tune_malloc_for_large_buffers
 
 APP = "fedq.apps.synthetic:app"
 #: How often the ledger is polled for a new version (to stamp the processes' CPU clocks).

@@ -62,7 +62,7 @@ def run(params: int, n: int, rounds: int, chunk_bytes: int) -> dict[str, float |
     with tempfile.TemporaryDirectory(prefix="fedq-large-") as folder:
         state = Path(folder) / "state"
         shape = ["--participants", str(n), "--rounds", str(rounds), "--linger", "0"]
-        shape += ["--chunk-bytes", str(chunk_bytes)]  # the participants follow the coordinator
+        shape += ["--chunk-bytes", str(chunk_bytes)]  # the participants follow its models
         coordinator = subprocess.Popen(
             [*FEDQ, "coordinator", *where, *shape, "--state-dir", str(state)],
             env=env, stdout=(Path(folder) / "c.log").open("wb"), stderr=subprocess.STDOUT,

@@ -69,17 +69,17 @@ from fedq.coordinator.checkpoint import save_checkpoint
 from fedq.coordinator.config import CoordinatorConfig
 from fedq.coordinator.intake import check_tensors
 from fedq.coordinator.observers import CoordinatorObserver, UpdateSeen
-from fedq.coordinator.records import RoundHistory
+from fedq.coordinator.records import VersionSummary
 from fedq.coordinator.strategies import Aggregation, AggregationContext
 from fedq.coordinator.strategies.fedavg import FedAvg
 from fedq.coordinator.strategies.mean import WeightedMean
-from fedq.messages.allocator import tune_malloc_for_large_buffers
 from fedq.messages.amqp import DEFAULT_BROKER_URL, AmqpTransport, redact
 from fedq.messages.codec import Weights, decode_message, encode_message, spec_of
 from fedq.messages.schema import ModelMeta, UpdateMeta
 from fedq.messages.topology import Topology, UpdatesQueueType
 from fedq.participant.app import Partition, TrainConfig
 from fedq.participant.config import ParticipantConfig
+from fedq.runtime.allocator import tune_malloc_for_large_buffers
 from fedq.simulation import SimulationPlan, participant_configs, simulate
 
 
@@ -162,7 +162,7 @@ class CommitClock(CoordinatorObserver):
         self.first_update.setdefault(self._round, now)
         self.last_update[self._round] = now
 
-    def version_committed(self, row: RoundHistory) -> None:
+    def version_committed(self, row: VersionSummary) -> None:
         self.committed[row.version] = time.perf_counter()
         self.cpu[row.version] = CpuUse.now()
 

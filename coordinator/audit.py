@@ -9,10 +9,12 @@ What is checked, for one federation's folder (``ledger.sqlite`` and ``models/``)
   recomputed;
 - every version's checkpoint file exists and its sha256 is the one recorded;
 - no update id appears twice (the table's key forbids it; a rebuilt table would not);
-- given participants' sent logs (:mod:`fedq.messages.sent_log`), every update the broker
+- given participants' sent logs (:mod:`fedq.runtime.sent_log`), every update the broker
   confirmed to them is in a committed version or was refused with a reason: none lost.
   Run it once the federation is over: an update of the open version is in neither yet.
 
+The ledger is opened read-only (:class:`~fedq.coordinator.ledger_view.LedgerView`), in one
+snapshot: auditing a running federation's ledger changes nothing and sees one state.
 The chain's head is printed: recorded elsewhere (a log, a ticket), it also catches a ledger
 rewritten whole, which no check inside the ledger can. Version 0 (the initial model) is
 not in the ledger and not checked.
@@ -24,8 +26,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedq.coordinator.ledger import GENESIS, UpdateLedger, chain_hash, file_sha256
-from fedq.messages.sent_log import SentUpdate
+from fedq.coordinator.ledger import GENESIS, chain_hash, file_sha256
+from fedq.coordinator.ledger_schema import LedgerNotCreated
+from fedq.coordinator.ledger_view import LedgerView
+from fedq.runtime.sent_log import SentUpdate
 
 
 @dataclass
@@ -48,15 +52,16 @@ class AuditReport:
 def audit(ledger_path: Path, sent: Sequence[SentUpdate] = ()) -> AuditReport:
     report = AuditReport(ledger_path)
     models = ledger_path.parent / "models"
-    ledger = UpdateLedger(ledger_path)
     try:
+        ledger = LedgerView.open(ledger_path)
+    except LedgerNotCreated:  # its coordinator is creating it: nothing committed to check
+        return report
+    with ledger, ledger.snapshot():
         rows = ledger.chained_rows()
         duplicated = ledger.duplicated_update_ids()
         federation = ledger.get_meta("federation")
         committed = ledger.update_ids_by_version()
         refused = {r["update_id"] for r in ledger.rejections() if r["reason"] != "duplicate"}
-    finally:
-        ledger.close()
     chain = GENESIS
     for expected, (row, updates, stored) in enumerate(rows, start=1):
         version, n_updates, checkpoint, checkpoint_sha256 = row[0], row[3], row[7], row[10]

@@ -35,8 +35,8 @@ from fedq.coordinator.verdicts import (
     Settled,
 )
 from fedq.coordinator.version import Update, Version
-from fedq.messages.failpoints import failpoint
 from fedq.messages.transport import Delivery
+from fedq.runtime.failpoints import failpoint
 
 log = logging.getLogger("fedq.coordinator")
 

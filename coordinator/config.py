@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fedq.coordinator.strategies import AGGREGATORS, OPTIMIZERS, options_help
-from fedq.messages.chunks import DEFAULT_CHUNK_BYTES
+from fedq.messages.chunks import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, MIN_CHUNK_BYTES
 from fedq.messages.schema import FederationName
 from fedq.messages.topology import DEFAULT_UPDATES_QUEUE_BYTES, UpdatesQueueType
 
@@ -169,10 +169,11 @@ class CoordinatorConfig(BaseModel):
     )
     chunk_bytes: int = Field(
         DEFAULT_CHUNK_BYTES,
-        ge=1 << 16,
-        le=120 << 20,
+        ge=MIN_CHUNK_BYTES,
+        le=MAX_CHUNK_BYTES,
         description="Models larger than this many bytes are published in chunks of at most "
-        "this size (RabbitMQ refuses messages over 128 MiB).",
+        "this size (RabbitMQ refuses messages over 128 MiB); each model announces it, and "
+        "participants send their updates in chunks of the same size.",
     )
     max_streams: int = Field(
         64,

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from fedq.coordinator.records import RoundHistory
+from fedq.coordinator.records import VersionSummary
 
 log = logging.getLogger("fedq.coordinator")
 
@@ -55,8 +55,9 @@ class CoordinatorObserver:
     def update_seen(self, update: UpdateSeen) -> None:
         """An update was accepted into the open version or refused with a reason."""
 
-    def version_committed(self, row: RoundHistory) -> None:
-        """A new model version is committed and published."""
+    def version_committed(self, row: VersionSummary) -> None:
+        """A new model version is committed and published; ``row`` is the record ``fedq
+        history`` reads back for it from the ledger."""
 
     def commit_timed(self, timings: CommitTimings) -> None:
         """How long the parts of the last commit took."""
@@ -84,7 +85,7 @@ class Observers(CoordinatorObserver):
     def update_seen(self, update: UpdateSeen) -> None:
         self._each("update_seen", update)
 
-    def version_committed(self, row: RoundHistory) -> None:
+    def version_committed(self, row: VersionSummary) -> None:
         self._each("version_committed", row)
 
     def commit_timed(self, timings: CommitTimings) -> None:

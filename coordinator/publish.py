@@ -20,10 +20,10 @@ from fedq.coordinator.modes import OpenVersion
 from fedq.coordinator.version import Version
 from fedq.messages.chunks import chunk_count, encode_chunks
 from fedq.messages.codec import Weights, encode_message
-from fedq.messages.failpoints import failpoint
 from fedq.messages.schema import MESSAGE_TYPES, ModelMeta, RoundOpen, VersionProgress
 from fedq.messages.topology import ROUND_OPEN, VERSION_PROGRESS, Topology
 from fedq.messages.transport import Transport
+from fedq.runtime.failpoints import failpoint
 
 #: ``version.progress`` is sent at most this often, unless forced.
 PROGRESS_INTERVAL = 1.0
@@ -56,6 +56,7 @@ class Publisher:
             version=window.version,
             round=window.round,
             rounds_total=self.config.rounds,
+            chunk_bytes=self.config.chunk_bytes,
         )
         self._model = (meta, weights)
         self._model_body = None

@@ -3,6 +3,7 @@ observers pass them around. No I/O, no transport."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 
@@ -44,16 +45,26 @@ class VersionRecord:
 
 
 @dataclass(frozen=True)
-class RoundHistory:
-    """One row of ``fedq history``: a committed version."""
+class VersionSummary:
+    """A committed version as ``fedq history`` lists it and observers receive it at commit.
+
+    One record for both, made only by :func:`summary_of` from what the ledger stores, so that
+    what a watcher saw live is what the ledger says afterwards. Its fields are the rows of
+    ``fedq history --json`` and of ``--report``'s history: renaming one changes those files.
+    """
 
     version: int
+    #: The round that made it (None in async mode).
     round: int | None
     closed_by: str
     n_updates: int
+    #: Who sent its updates, in the order of ``updates`` (a name twice if it sent two).
     participants: list[str]
+    #: Refusals by reason (duplicates included) recorded while it was the open version,
+    #: that is while version - 1 was current.
     rejected: dict[str, int]
     seconds: float
+    #: The app's held-out evaluation of the committed model.
     metrics: dict[str, float]
     #: Per update, in participant order: (participant, base version, staleness).
     updates: list[tuple[str, int, int]] = field(default_factory=list)
@@ -63,3 +74,45 @@ class RoundHistory:
     #: The participants' own training metrics (loss, accuracy on their data), averaged over
     #: the version's updates weighted by examples.
     local_metrics: dict[str, float] = field(default_factory=dict)
+
+
+def summary_of(
+    version: VersionRecord,
+    updates: Iterable[UpdateRecord],
+    rejected_by_reason: Mapping[str, int],
+) -> VersionSummary:
+    """The summary of committed ``version`` made of ``updates`` and the refusals counted
+    while it was open.
+
+    The coordinator calls it at commit with what it commits, the ledger's read model with
+    what it reads back; both must give equal records, so the result depends on nothing but
+    what the ledger stores, in an order of its own: updates by participant, base version,
+    update id (the ledger's order), reasons sorted. ``version.n_updates`` is not used: the
+    count is that of ``updates``.
+    """
+    ordered = sorted(updates, key=lambda u: (u.participant, u.base_version, u.update_id))
+    return VersionSummary(
+        version=version.version,
+        round=version.round,
+        closed_by=version.closed_by,
+        n_updates=len(ordered),
+        participants=[u.participant for u in ordered],
+        rejected=dict(sorted(rejected_by_reason.items())),
+        seconds=version.committed_at - version.opened_at,
+        metrics=dict(version.metrics),
+        updates=[(u.participant, u.base_version, u.staleness) for u in ordered],
+        epsilon=version.epsilon,
+        update_bytes=sum(u.size for u in ordered),
+        local_metrics=weighted_mean([(u.num_examples, u.metrics) for u in ordered]),
+    )
+
+
+def weighted_mean(samples: Sequence[tuple[int, Mapping[str, float]]]) -> dict[str, float]:
+    """Each metric averaged over the samples that report it, weighted by their examples."""
+    sums: dict[str, float] = {}
+    weights: dict[str, int] = {}
+    for examples, metrics in samples:
+        for key, value in metrics.items():
+            sums[key] = sums.get(key, 0.0) + examples * float(value)
+            weights[key] = weights.get(key, 0) + examples
+    return {k: sums[k] / weights[k] for k in sorted(sums) if weights[k] > 0}

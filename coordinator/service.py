@@ -41,16 +41,16 @@ from fedq.coordinator.membership import Membership
 from fedq.coordinator.modes import CloseReason, make_mode
 from fedq.coordinator.observers import CommitTimings, CoordinatorObserver, Observers
 from fedq.coordinator.publish import Publisher
-from fedq.coordinator.records import RoundHistory, VersionRecord
+from fedq.coordinator.records import VersionRecord, summary_of
 from fedq.coordinator.settle import Settler
 from fedq.coordinator.strategies import AggregationContext
 from fedq.coordinator.strategy import compose_strategy
 from fedq.coordinator.version import Version
 from fedq.messages.codec import Weights, spec_of
-from fedq.messages.failpoints import failpoint
 from fedq.messages.schema import FederationDone, RoundClosed
 from fedq.messages.topology import FEDERATION_DONE, ROUND_CLOSED, Topology
 from fedq.messages.transport import Delivery, Transport
+from fedq.runtime.failpoints import failpoint
 
 log = logging.getLogger("fedq.coordinator")
 
@@ -295,21 +295,7 @@ class Coordinator:
                     contributors=window.contributors,
                 ),
             )
-        self.observers.version_committed(
-            RoundHistory(
-                version=record.version,
-                round=window.round,
-                closed_by=record.closed_by,
-                n_updates=len(window.records),
-                participants=window.contributors,
-                rejected={},
-                seconds=record.committed_at - record.opened_at,
-                metrics=record.metrics,
-                updates=[(r.participant, r.base_version, r.staleness) for r in window.records],
-                epsilon=record.epsilon,
-                update_bytes=sum(r.size for r in window.records),
-            )
-        )
+        self.observers.version_committed(summary_of(record, window.records, dict(version.settled)))
 
     async def _finish(self, version: int) -> None:
         last = await asyncio.to_thread(self.ledger.last_version)

@@ -22,7 +22,6 @@ two different messages under one id, never pass. It tells copies apart; it is no
 
 from __future__ import annotations
 
-import os
 import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,15 +33,27 @@ from pydantic import BaseModel
 from fedq.messages.codec import ChunkInfo, EncodedTensor, WireTensor, encode_body, encode_message
 from fedq.messages.codecs import TensorCodec, get_codec
 
-#: The default most raw tensor bytes per chunk: far under RabbitMQ's 128 MiB limit, and
-#: small because each body in flight costs several transient copies in the AMQP client
-#: (frames, the socket buffer): at 10M parameters (malloc thresholds at 64 MiB) the
-#: coordinator peaked at 342 MiB with 16 MiB chunks and 267 MiB with 4 MiB, rounds no slower
-#: (``python bench/large_model.py --chunk-mb``). ``FEDQ_CHUNK_BYTES`` overrides it (for
-#: every process: coordinator and participants must agree).
-DEFAULT_CHUNK_BYTES = int(os.environ.get("FEDQ_CHUNK_BYTES", str(4 << 20)))
+#: The default most raw tensor bytes per chunk (the coordinator's ``chunk_bytes``, which
+#: its models announce and participants follow): small, because each body in flight costs
+#: several transient copies in the AMQP client (frames, the socket buffer), and it must stay
+#: below the 8 MiB malloc threshold of :mod:`fedq.runtime.allocator`, so that bodies come
+#: from the heap (bench/README.md, "Chunk size and malloc thresholds").
+DEFAULT_CHUNK_BYTES = 4 << 20
+#: The chunk sizes a coordinator may use and a model may announce. At most: a chunk's body
+#: (its tensor bytes plus metadata) stays under RabbitMQ's default 128 MiB message limit.
+#: At least: every body repeats the metadata, and a participant, which declares its model
+#: queue before it knows the size, can count on a model of at most this many bytes coming
+#: in one message.
+MIN_CHUNK_BYTES = 64 << 10
+MAX_CHUNK_BYTES = 120 << 20
 #: Cuts fall on multiples of this many values (``int8``'s block).
 SLICE_ALIGN = 4096
+#: The most bytes a tensor's (or slice's) map takes in a body besides its name, its data
+#: and 9 bytes per dimension: the keys, dtype, codec, slice, alignment pad and headers.
+TENSOR_HEAD_BYTES = 128
+#: The most bytes a body takes besides its metadata fields and its tensors: the map and
+#: array headers and a chunk's index, count and digest.
+BODY_HEAD_BYTES = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,3 +177,22 @@ def encode_chunks(
 
 def chunk_count(tensors: Mapping[str, np.ndarray], chunk_bytes: int) -> int:
     return len(plan_chunks(tensors, chunk_bytes))
+
+
+def most_body_bytes(tensors: Mapping[str, np.ndarray], chunk_bytes: int, metadata: int) -> int:
+    """The most bytes the bodies that carry ``tensors`` take together, in one message or cut
+    at ``chunk_bytes`` or any larger size, with a codec no larger than ``raw`` and at most
+    ``metadata`` bytes of metadata fields per body.
+
+    A chunk that is not the last is left with room for less than one aligned block, so it
+    holds more than ``chunk_bytes`` less the largest block: that bounds how many chunks
+    there are at this size, and at every larger one. Each chunk repeats the metadata and
+    adds at most one slice (of the tensor its end cuts)."""
+    if not tensors:
+        return BODY_HEAD_BYTES + metadata
+    raw = sum(t.nbytes for t in tensors.values())
+    heads = [TENSOR_HEAD_BYTES + len(name.encode()) + 9 * t.ndim for name, t in tensors.items()]
+    block = SLICE_ALIGN * max(t.dtype.itemsize for t in tensors.values())
+    assert chunk_bytes > block, "a chunk holds at least one aligned block of every dtype"
+    chunks = raw // (chunk_bytes - block) + 1
+    return raw + sum(heads) + chunks * (BODY_HEAD_BYTES + metadata + max(heads))

@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from fedq.messages.chunks import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, MIN_CHUNK_BYTES
+
 SCHEMA_VERSION: Literal[1] = 1
 
 FederationName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
@@ -49,6 +51,18 @@ class ModelMeta(_Message):
     version: int = Field(ge=0)
     round: int | None = Field(default=None, ge=1)
     rounds_total: int = Field(ge=1, description="versions the federation will commit")
+    #: The coordinator's chunk size, the one setting both sides must share: a model larger
+    #: comes in chunks of at most this many raw tensor bytes, and a participant cuts the
+    #: update it trains on this model into chunks of the same size. A model without it
+    #: comes from a coordinator older than the field, which used the default unless told
+    #: otherwise. A participant older than the field refuses a model with it (extra fields
+    #: are forbidden): upgrade participants first.
+    chunk_bytes: int = Field(
+        DEFAULT_CHUNK_BYTES,
+        ge=MIN_CHUNK_BYTES,
+        le=MAX_CHUNK_BYTES,
+        description="the coordinator's chunk size, which updates follow",
+    )
 
 
 class RoundOpen(_Message):

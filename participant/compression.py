@@ -45,9 +45,8 @@ from fedq.messages.codecs import LOSSLESS, TensorCodec, get_codec
 from fedq.messages.codecs.topk import TopKCodec
 
 #: Codec name -> the factor of the residual carried into the next round (1 if absent).
-#: 0.85 for topk: on NIID-Bench's CNN, Dir(0.5), 10 rounds, seeds 42, 1, 2, 3, top-k at
-#: 1% ended 1.09 points behind raw on average with it, 1.47 with 0.7, and 2.50 without
-#: decay on seed 42 (bench/README.md, "Compression").
+#: For topk, the decay that ended closest to raw among those tried (bench/README.md,
+#: "Compression", has the runs): a residual kept whole keeps pushing stale directions.
 RESIDUAL_DECAY = {"topk": 0.85}
 #: Entries looked at at once while selecting (8 MiB of float64 magnitudes): selection needs this and
 #: a pool of k magnitudes, never a copy of the update.

@@ -19,12 +19,38 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedq.messages.chunks import chunk_digest, whole_digest
+from fedq.messages.chunks import MIN_CHUNK_BYTES, chunk_digest, most_body_bytes, whole_digest
 from fedq.messages.codec import DecodedMessage, MalformedMessage, Weights
 from fedq.messages.schema import ModelMeta
 from fedq.messages.transport import Delivery
 
 log = logging.getLogger("fedq.participant")
+
+#: The most bytes a model's metadata fields take in a body: a federation name of at most
+#: 64 characters, the kind, five integers and their keys, with room to spare.
+MODEL_METADATA_BYTES = 512
+
+
+def model_queue_bytes(model: Weights) -> int | None:
+    """The byte bound of a participant's model queue (``x-max-length-bytes``), or None to
+    keep only its newest message (``x-max-length: 1``), for a federation whose model has
+    the arrays of ``model``.
+
+    The queue is declared before any model comes, so before the participant learns the
+    coordinator's chunk size (each model announces it: ``ModelMeta.chunk_bytes``). A model
+    of at most ``MIN_CHUNK_BYTES``, the smallest size a coordinator may use, always comes
+    in one message: the queue keeps the newest. A larger one may come in chunks of any
+    announced size, so the queue is bounded by bytes instead, the oldest dropped first:
+    room for the bodies of one model however it is cut (the smallest chunks repeat the
+    metadata most), and, for a raw model of ordinary tensors, for less than two, so that
+    a participant back from training finds only the newest model whole. So the broker keeps
+    about one model per participant, whatever the chunk size. What the count bound does
+    and this one does not: a model sent as ``fp16`` takes half, so two may wait and the
+    older is trained on first; and ``federation.done`` waits behind the last model instead
+    of dropping it, so a participant back from training trains once more before it stops."""
+    if sum(w.nbytes for w in model.values()) <= MIN_CHUNK_BYTES:
+        return None
+    return most_body_bytes(model, MIN_CHUNK_BYTES, MODEL_METADATA_BYTES)
 
 
 @dataclass

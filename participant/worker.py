@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedq.messages.chunks import DEFAULT_CHUNK_BYTES, chunk_count, encode_chunks
+from fedq.messages.chunks import chunk_count, encode_chunks
 from fedq.messages.codec import (
     MalformedMessage,
     Weights,
@@ -39,14 +39,14 @@ from fedq.messages.schema import (
     ParticipantState,
     UpdateMeta,
 )
-from fedq.messages.sent_log import SentUpdate, append_sent
 from fedq.messages.topology import UPDATE_KEY, Topology, participant_key
 from fedq.messages.transport import Delivery, QueueFull, Transport, TransportError
 from fedq.participant.app import App, AppError, app_train_config, train_on
 from fedq.participant.compression import ErrorFeedback
 from fedq.participant.config import ParticipantConfig
-from fedq.participant.model_assembly import ModelAssembler, WholeModel
+from fedq.participant.model_assembly import ModelAssembler, WholeModel, model_queue_bytes
 from fedq.participant.working import working
+from fedq.runtime.sent_log import SentUpdate, append_sent
 
 log = logging.getLogger("fedq.participant")
 
@@ -87,11 +87,6 @@ class ParticipantStats:
     publishes_refused: int = 0
 
 
-def _model_bytes(app: App) -> int:
-    """The raw size of the app's model, which tells whether models come in chunks."""
-    return sum(w.nbytes for w in app.initial_weights().values())
-
-
 class Participant:
     def __init__(
         self,
@@ -99,13 +94,8 @@ class Participant:
         app: App,
         transport: Transport,
         on_round: Callable[[TrainedRound], None] | None = None,
-        *,
-        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     ) -> None:
         self.config = config
-        #: Updates larger than this many raw bytes are sent in chunks of at most this size;
-        #: models larger than it are expected in chunks (its queue makes room for them).
-        self.chunk_bytes = chunk_bytes
         self.on_round = on_round
         self.app = app
         self.transport = transport
@@ -121,14 +111,8 @@ class Participant:
 
     async def run(self) -> ParticipantStats:
         pid = self.config.participant_id
-        model_bytes = await asyncio.to_thread(_model_bytes, self.app)
-        chunked = model_bytes > self.chunk_bytes
-        await self.topology.declare_participant(
-            self.transport,
-            pid,
-            # Room for the newest model's chunks and the next one's first: the oldest go.
-            max_bytes=model_bytes + 2 * self.chunk_bytes + (1 << 20) if chunked else None,
-        )
+        bound = await asyncio.to_thread(lambda: model_queue_bytes(self.app.initial_weights()))
+        await self.topology.declare_participant(self.transport, pid, max_bytes=bound)
         beat = asyncio.create_task(self._heartbeats(), name=f"fedq-heartbeat-{pid}")
         consumer = contextlib.AsyncExitStack()
         inbox: AsyncIterator[Delivery] | None = None
@@ -293,7 +277,7 @@ class Participant:
             train_seconds=time.monotonic() - started,
         )
         self.stats.state = "sending"
-        sent = await self._send(update, result.weights, global_weights)
+        sent = await self._send(update, result.weights, global_weights, meta.chunk_bytes)
         if self.config.sent_log is not None:
             sent_update = SentUpdate(
                 update.federation, update.update_id, update.participant, meta.version, sent
@@ -317,14 +301,17 @@ class Participant:
             )
         log.debug("%s sent its update on model v%d", self.config.participant_id, meta.version)
 
-    async def _send(self, update: UpdateMeta, local: Weights, global_: Weights) -> int:
-        """Publish the update, in one message or chunk by chunk (one body in memory at a
-        time, each confirmed before the next is made); returns the bytes sent. A retried
-        chunk is the same bytes under the same update id: the coordinator keeps one."""
-        delta = await asyncio.to_thread(self._delta, local, global_)
-        count = chunk_count(delta, self.chunk_bytes)
+    async def _send(
+        self, update: UpdateMeta, local: Weights, global_: Weights, chunk_bytes: int
+    ) -> int:
+        """Publish the update, in one message or in chunks of ``chunk_bytes``, the size its
+        model announced (one body in memory at a time, each confirmed before the next is
+        made); returns the bytes sent. A retried chunk is the same bytes under the same
+        update id: the coordinator keeps one."""
+        delta = await asyncio.to_thread(self._delta, local, global_, chunk_bytes)
+        count = chunk_count(delta, chunk_bytes)
         codec = self.config.update_codec if self._feedback is None else self._feedback.wire_codec
-        bodies = encode_chunks(update, delta, codec, self.chunk_bytes)
+        bodies = encode_chunks(update, delta, codec, chunk_bytes)
         sent = 0
         index = 0
         while (body := await asyncio.to_thread(next, bodies, None)) is not None:
@@ -373,11 +360,12 @@ class Participant:
                 await asyncio.sleep(wait)
                 wait = min(wait * 2, MAX_BACKOFF)
 
-    def _delta(self, local: Weights, global_: Weights) -> Weights:
+    def _delta(self, local: Weights, global_: Weights, chunk_bytes: int) -> Weights:
         """local - global, as the app transforms it (``App.transform_delta``) and compressed
-        as configured, written over ``global_``: the participant's own copy of the model, of
-        no use once trained on (one model-sized buffer fewer). ``local`` is left alone: an
-        app may keep it."""
+        as configured (error feedback sees the chunks of ``chunk_bytes`` that will be sent),
+        written over ``global_``: the participant's own copy of the model, of no use once
+        trained on (one model-sized buffer fewer). ``local`` is left alone: an app may keep
+        it."""
         delta = {}
         for name, w in global_.items():
             mine = local[name]
@@ -389,7 +377,7 @@ class Participant:
         if transform is not None:
             delta = transform(delta)
         if self._feedback is not None:
-            delta = self._feedback.compress(delta, self.chunk_bytes)
+            delta = self._feedback.compress(delta, chunk_bytes)
         return delta
 
     async def _join(self) -> None:

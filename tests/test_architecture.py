@@ -1,7 +1,8 @@
 """Dependencies point one way: the CLI side (fedq, fedq.apps) uses the coordinator, the
-participant and the wire; the coordinator and the wire never import the CLI side, and the
-coordinator and the participant never import each other. Experiments wrap the participant's
-apps; the production participant knows nothing of them."""
+participant, the wire and the runtime; the coordinator and the participant use the wire
+and the runtime, never the CLI side nor each other; the wire and the runtime use nothing
+else of fedq. Experiments wrap the participant's apps; the production participant knows
+nothing of them."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ ROOT = Path(__file__).resolve().parent.parent
 #: folder -> the fedq packages its modules may import
 ALLOWED = {
     "messages": ("fedq.messages",),
-    "coordinator": ("fedq.coordinator", "fedq.messages"),
-    "participant": ("fedq.participant", "fedq.messages"),
-    "experiments": ("fedq.experiments", "fedq.participant", "fedq.messages"),
+    "runtime": ("fedq.runtime",),
+    "coordinator": ("fedq.coordinator", "fedq.messages", "fedq.runtime"),
+    "participant": ("fedq.participant", "fedq.messages", "fedq.runtime"),
+    "experiments": ("fedq.experiments", "fedq.participant", "fedq.messages", "fedq.runtime"),
 }
 
 
@@ -39,6 +41,57 @@ def test_a_part_imports_only_what_it_may(folder):
         for path in sorted((ROOT / folder).rglob("*.py"))
         for name in fedq_imports(path)
         if not any(name == a or name.startswith(a + ".") for a in allowed)
+    }
+    assert not found
+
+
+#: What a module reads the environment through: ``os.environ``, ``os.getenv`` (imported from
+#: os or not), or a pydantic-settings model.
+ENVIRONMENT_READERS = frozenset({"environ", "environb", "getenv", "getenvb"})
+
+
+def environment_reads(source: str) -> list[int]:
+    """The lines of ``source`` that read the environment."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom):
+            names = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.Attribute):
+            names = [node.attr]
+        elif isinstance(node, ast.Name):
+            names = [node.id]
+        else:
+            continue
+        if any(
+            name.rpartition(".")[2] in ENVIRONMENT_READERS or name.startswith("pydantic_settings")
+            for name in names
+        ):
+            lines.append(node.lineno)
+    return lines
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "import os\nsize = int(os.environ.get('FEDQ_CHUNK_BYTES', '4'))",
+        "import os\nsize = os.getenv('FEDQ_CHUNK_BYTES')",
+        "from os import environ\nsize = environ['FEDQ_CHUNK_BYTES']",
+        "from pydantic_settings import BaseSettings",
+    ],
+)
+def test_an_environment_read_is_found(source):
+    assert environment_reads(source)
+
+
+def test_the_wire_reads_no_environment_variable():
+    """Every setting of ``messages/`` arrives as an argument: what two processes must agree
+    on cannot then differ by the environment each was started in."""
+    found = {
+        f"{path.relative_to(ROOT)}:{line}"
+        for path in sorted((ROOT / "messages").rglob("*.py"))
+        for line in environment_reads(path.read_text())
     }
     assert not found
 

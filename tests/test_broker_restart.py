@@ -11,7 +11,7 @@ from fedq.apps.synthetic import SyntheticApp
 from fedq.coordinator.checkpoint import checkpoint_path, load_checkpoint
 from fedq.coordinator.config import CoordinatorConfig
 from fedq.coordinator.observers import CoordinatorObserver, UpdateSeen
-from fedq.coordinator.records import RoundHistory
+from fedq.coordinator.records import VersionSummary
 from fedq.coordinator.service import Coordinator
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.codec import encode_message
@@ -42,7 +42,7 @@ class RestartAfterRound(CoordinatorObserver):
         self.round = round_
         self.task: asyncio.Task[None] | None = None
 
-    def version_committed(self, row: RoundHistory) -> None:
+    def version_committed(self, row: VersionSummary) -> None:
         if row.round == self.round and self.task is None:
             self.task = asyncio.create_task(restart_broker())
 

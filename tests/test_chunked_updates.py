@@ -1,7 +1,8 @@
 """Chunked updates against a coordinator on the real RabbitMQ: lost, copied, reordered and
 tampered chunks, a sender that stops halfway, and a coordinator killed (-9) while chunks
 of several updates are in flight. Each time nothing is applied twice, nothing partial is
-applied, the federation completes, and the refused chunks are in the DLQ with a reason."""
+applied, the federation completes, and the refused chunks are in the DLQ with a reason.
+Participants cut their updates at the chunk size the coordinator's model announces."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import asyncio
 import signal
 import subprocess
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,10 +23,13 @@ from fedq.coordinator.config import CoordinatorConfig
 from fedq.coordinator.ledger import UpdateLedger
 from fedq.coordinator.service import Coordinator
 from fedq.messages.amqp import AmqpTransport
-from fedq.messages.chunks import encode_chunks
+from fedq.messages.chunks import chunk_count, encode_chunks
 from fedq.messages.schema import MESSAGE_TYPES, UpdateMeta
 from fedq.messages.topology import UPDATE_KEY, Topology
 from fedq.messages.transport import Delivery, Transport
+from fedq.participant.app import Partition
+from fedq.participant.config import ParticipantConfig
+from fedq.participant.worker import Participant
 from tests.conftest import BROKER_URL
 from tests.helpers import drain, start_fedq
 
@@ -79,6 +85,51 @@ def assert_model_is_fedavg(state_dir: Path, rounds: list[list[int]]) -> None:
     assert sum(w.size for w in weights.values()) == PARAMS
     for tensor in weights.values():
         np.testing.assert_allclose(tensor, expected, rtol=1e-6)
+
+
+async def test_participants_cut_their_updates_at_the_size_the_coordinator_announces(
+    tmp_path: Path,
+    federation: str,
+    transport_pair: tuple[Transport, Transport],
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """No participant setting: the coordinator's chunk size travels in its model, and each
+    update comes as the chunks that size makes of it (at the default size, one message)."""
+    coordinator_side, participant_side = transport_pair
+    app = SyntheticApp(params=PARAMS)
+    expected = chunk_count(app.initial_weights(), CHUNK)
+    assert expected == 7
+    sent: list[Mapping[str, Any]] = []
+    publish = participant_side.publish
+
+    async def recording(exchange: str, routing_key: str, body: bytes, **options: Any) -> None:
+        if options.get("type") == MESSAGE_TYPES["update"]:
+            sent.append(options["headers"])
+        await publish(exchange, routing_key, body, **options)
+
+    monkeypatch.setattr(participant_side, "publish", recording)
+    coordinator = Coordinator(two_participants(federation, tmp_path), app, coordinator_side)
+    await coordinator.topology.declare_core(coordinator_side)
+    participants = [
+        Participant(
+            ParticipantConfig(
+                federation=federation, participant_id=f"p{i}", partition=Partition(i, 2)
+            ),
+            app,
+            participant_side,
+        )
+        for i in range(2)
+    ]
+    try:
+        running = asyncio.create_task(coordinator.run())
+        await asyncio.wait_for(asyncio.gather(*(p.run() for p in participants)), 120)
+        result = await asyncio.wait_for(running, 60)
+    finally:
+        await coordinator.topology.delete(coordinator_side, ["p0", "p1"])
+    assert [sorted(h["participants"]) for h in result.history] == [["p0", "p1"]]
+    assert sorted((h["participant"], h["chunk_index"], h["chunk_count"]) for h in sent) == [
+        (f"p{i}", index, expected) for i in range(2) for index in range(expected)
+    ]
 
 
 async def test_lost_copied_reordered_and_tampered_chunks(tmp_path: Path, federation: str):
@@ -161,7 +212,7 @@ async def test_a_participant_process_killed_halfway_through_sending(
     config = two_participants(federation, tmp_path)
     topology = Topology(federation)
     args = ["--app", "fedq.apps.synthetic:app", "--federation", federation]
-    args += ["--broker", BROKER_URL, "--chunk-bytes", str(CHUNK)]
+    args += ["--broker", BROKER_URL]  # chunks of CHUNK: the size the coordinator's model says
 
     def participant(i: int, log: str) -> subprocess.Popen[bytes]:
         return start_fedq("participant", *args, "--id", f"p{i}", "--partition", f"{i}/2",

@@ -31,8 +31,8 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 from fedq.apps.synthetic import SyntheticApp
 from fedq.coordinator.config import CoordinatorConfig
 from fedq.coordinator.ledger import UpdateLedger
+from fedq.coordinator.ledger_view import read_only
 from fedq.dashboard.app import serve
-from fedq.dashboard.ledgers import read_only
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.codec import Weights, encode_message
 from fedq.messages.schema import MESSAGE_TYPES, Heartbeat, ParticipantState

@@ -23,6 +23,7 @@ from fedq.messages.schema import MESSAGE_TYPES, ModelMeta, UpdateMeta
 from fedq.messages.topology import UPDATE_KEY, Topology
 from fedq.messages.transport import TransportError
 from fedq.participant.config import ParticipantConfig
+from fedq.participant.model_assembly import model_queue_bytes
 from fedq.simulation import SimulationPlan, simulate
 from tests.conftest import BROKER_URL
 from tests.helpers import drain, read_report, run_fedq, start_fedq
@@ -311,7 +312,8 @@ def test_a_participant_holds_nothing_while_it_trains_and_rejoins_after_sigterm(
     async def declare() -> None:
         async with AmqpTransport(BROKER_URL) as transport:
             await topology.declare_core(transport)
-            await topology.declare_participant(transport, "p0")
+            bound = model_queue_bytes(app.initial_weights())  # as the participant declares it
+            await topology.declare_participant(transport, "p0", max_bytes=bound)
 
     async def give_the_model_and_see_it_trains() -> tuple[int, int]:
         """(messages, consumers) of its queue once it took the model."""

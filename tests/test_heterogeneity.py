@@ -1,6 +1,6 @@
-"""Stragglers and churn: who was late or missing (fedq.lateness), dropout in a participant,
-and a scenario of 30% stragglers (5x slower) and 10% dropout run to the end on the real
-RabbitMQ in quorum mode and in async mode, its history naming who was late or missing.
+"""Stragglers and churn: who was late or missing (fedq.coordinator.attendance), dropout in a
+participant, and a scenario of 30% stragglers (5x slower) and 10% dropout run to the end on
+the real RabbitMQ in quorum mode and in async mode, its history naming who was late or missing.
 
 On the synthetic app training takes milliseconds, so the scenario
 (deploy/scenarios/stragglers-synthetic.toml) emulates a round's time with ``delay_seconds``:
@@ -19,10 +19,10 @@ from typer.testing import CliRunner
 
 from fedq import cli
 from fedq.apps.synthetic import SyntheticApp
+from fedq.coordinator.attendance import Attendance, LateUpdate, attendance, describe_late, natural
 from fedq.coordinator.config import CoordinatorConfig
-from fedq.coordinator.records import RoundHistory
+from fedq.coordinator.records import VersionSummary
 from fedq.experiments.dropout import drops_out
-from fedq.lateness import Attendance, LateUpdate, attendance, describe_late, natural
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.topology import Topology
 from fedq.participant.config import ParticipantConfig
@@ -36,8 +36,10 @@ SCENARIO = Path(__file__).resolve().parent.parent / "deploy/scenarios/stragglers
 
 
 # ------------------------------------------------------------------ lateness, pure
-def row(version: int, updates: list[tuple[str, int, int]], *, rounds: bool = True) -> RoundHistory:
-    return RoundHistory(
+def row(
+    version: int, updates: list[tuple[str, int, int]], *, rounds: bool = True
+) -> VersionSummary:
+    return VersionSummary(
         version=version,
         round=version if rounds else None,
         closed_by="quorum",

@@ -16,8 +16,10 @@ from fedq.coordinator.checkpoint import (
     save_checkpoint,
 )
 from fedq.coordinator.config import CoordinatorConfig
-from fedq.coordinator.ledger import LedgerError, UpdateLedger
-from fedq.coordinator.records import UpdateRecord, VersionRecord
+from fedq.coordinator.ledger import UpdateLedger
+from fedq.coordinator.ledger_schema import LedgerError
+from fedq.coordinator.observers import CoordinatorObserver
+from fedq.coordinator.records import UpdateRecord, VersionRecord, VersionSummary
 from fedq.participant.config import ParticipantConfig
 from fedq.simulation import SimulationPlan, simulate
 
@@ -137,3 +139,22 @@ async def test_a_checkpoint_the_ledger_never_committed_is_redone_not_trusted(tmp
     step = SyntheticApp.fedavg_step([0, 1])
     for tensor in load_checkpoint(checkpoint_path(tmp_path / "models", 2)).values():
         np.testing.assert_allclose(tensor, 2 * step, rtol=1e-5)
+
+
+async def test_observers_receive_the_record_the_ledger_reads_back(tmp_path):
+    class Committed(CoordinatorObserver):
+        def __init__(self) -> None:
+            self.rows: list[VersionSummary] = []
+
+        def version_committed(self, row: VersionSummary) -> None:
+            self.rows.append(row)
+
+    seen = Committed()
+    plan = SimulationPlan(
+        CoordinatorConfig(federation="f", participants=3, rounds=2, state_dir=tmp_path),
+        ParticipantConfig(federation="f", participant_id="p"),
+    )
+    await simulate(plan, SyntheticApp(params=4), [seen])
+    stored = UpdateLedger(tmp_path / "ledger.sqlite").history()
+    assert seen.rows == stored
+    assert [row.local_metrics for row in stored] == [{"loss": 0.0}] * 2

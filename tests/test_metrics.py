@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from fedq.apps.synthetic import SyntheticApp
 from fedq.coordinator.config import CoordinatorConfig
 from fedq.coordinator.observers import CoordinatorObserver
-from fedq.coordinator.records import RoundHistory
+from fedq.coordinator.records import VersionSummary
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.codec import Weights
 from fedq.messages.schema import MESSAGE_TYPES
@@ -60,7 +60,7 @@ class ScrapeAtFirstCommit(CoordinatorObserver):
         self.url = url
         self.scrape: asyncio.Task[str] | None = None
 
-    def version_committed(self, row: RoundHistory) -> None:
+    def version_committed(self, row: VersionSummary) -> None:
         if row.version == 1:
             self.scrape = asyncio.get_running_loop().create_task(self._get())
 

@@ -5,14 +5,52 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+import pytest
 
 from fedq.apps.synthetic import SyntheticApp
-from fedq.messages.chunks import encode_chunks
+from fedq.messages.chunks import MAX_CHUNK_BYTES, MIN_CHUNK_BYTES, encode_chunks
 from fedq.messages.codec import decode_message, encode_message
 from fedq.messages.schema import MESSAGE_TYPES, FederationDone, ModelMeta, UpdateMeta
 from fedq.messages.topology import FEDERATION_DONE, Topology
 from fedq.participant.config import ParticipantConfig
+from fedq.participant.model_assembly import model_queue_bytes
 from fedq.participant.worker import Participant, TrainedRound
+
+MANY_TENSORS = {
+    **{f"block_{i}/{'conv' * 15}/kernel": np.ones((3, 3, 4, 5), np.float32) for i in range(60)},
+    **{f"block_{i}/bias": np.ones(5, np.float64) for i in range(60)},
+    "head/kernel": np.ones((300, 70), np.float32),
+    "head/steps": np.ones(9000, np.int64),
+}
+
+
+@pytest.mark.parametrize(
+    "model",
+    [{"w": np.ones(100_000, np.float32)}, {"w": np.ones(16_385, np.float32)}, MANY_TENSORS],
+    ids=["one tensor", "just above the smallest chunk", "many tensors"],
+)
+def test_a_model_queue_holds_one_model_however_it_is_cut_and_not_two(model):
+    """The participant declares its queue before it knows the chunk size: the bound holds
+    every body of one model at any size a coordinator may announce, and not two models."""
+    bound = model_queue_bytes(model)
+    assert bound is not None
+    longest = ModelMeta(
+        federation="f" * 64,
+        version=2**63 - 1,
+        round=2**63 - 1,
+        rounds_total=2**63 - 1,
+        chunk_bytes=MAX_CHUNK_BYTES,
+    )
+    for chunk_bytes in (MIN_CHUNK_BYTES, MIN_CHUNK_BYTES + 1234, 100_000, 1 << 20, MAX_CHUNK_BYTES):
+        for codec in ("raw", "fp16"):
+            bodies = encode_chunks(longest, model, codec, chunk_bytes)
+            assert sum(len(body) for body in bodies) <= bound, (chunk_bytes, codec)
+    shortest = ModelMeta(federation="f", version=0, rounds_total=1)
+    assert 2 * len(encode_message(shortest, model)) > bound
+
+
+def test_a_model_that_fits_the_smallest_chunk_keeps_only_the_newest_message():
+    assert model_queue_bytes({"w": np.ones(MIN_CHUNK_BYTES // 4, np.float32)}) is None
 
 
 async def test_a_participant_trains_on_each_new_model_skips_garbage_and_stops_when_done(
@@ -66,12 +104,14 @@ async def test_a_participant_whose_model_stopped_arriving_part_way_asks_for_it_a
     coordinator, transport = transport_pair
     topology = Topology(federation)
     await topology.declare_core(coordinator)
-    app = SyntheticApp(params=4096)  # 16 KiB: 4 chunks of 4 KiB
+    app = SyntheticApp(params=1 << 16)  # 256 KiB: 4 chunks of 64 KiB
     config = ParticipantConfig(
         federation=federation, participant_id="late", stalled_model_seconds=0.3
     )
-    model = ModelMeta(federation=federation, version=0, round=1, rounds_total=1)
-    chunks = list(encode_chunks(model, app.initial_weights(), chunk_bytes=4096))
+    model = ModelMeta(
+        federation=federation, version=0, round=1, rounds_total=1, chunk_bytes=1 << 16
+    )
+    chunks = list(encode_chunks(model, app.initial_weights(), chunk_bytes=model.chunk_bytes))
     assert len(chunks) == 4
     queue = topology.model_queue("late")
 
@@ -79,7 +119,7 @@ async def test_a_participant_whose_model_stopped_arriving_part_way_asks_for_it_a
         for body in bodies:
             await coordinator.publish("", queue, body, type=MESSAGE_TYPES["model"])
 
-    run = asyncio.create_task(Participant(config, app, transport, chunk_bytes=4096).run())
+    run = asyncio.create_task(Participant(config, app, transport).run())
     joins = 0
     try:
         async with coordinator.consume(topology.coordinator, prefetch=10) as control:

@@ -1,4 +1,4 @@
-"""Scenario files (fedq.scenario) and the dropout draw (fedq.participant.dropout): parsing,
+"""Scenario files (fedq.scenario) and the dropout draw (fedq.experiments.dropout): parsing,
 validation in one line, deterministic selection and draws, the flags on top."""
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fedq.coordinator.observers import UpdateSeen
-from fedq.coordinator.records import RoundHistory
+from fedq.coordinator.records import VersionSummary
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.topology import Topology
 from fedq.tensorboard import TensorBoardScalars
@@ -66,8 +66,8 @@ def test_updates_count_at_the_version_they_are_folded_into_and_duplicates_are_no
 ):
     board = TensorBoardScalars(tmp_path, "f")
 
-    def row(version: int, n: int, metrics: dict[str, float]) -> RoundHistory:
-        return RoundHistory(
+    def row(version: int, n: int, metrics: dict[str, float]) -> VersionSummary:
+        return VersionSummary(
             version=version, round=version, closed_by="quorum", n_updates=n, participants=[],
             rejected={}, seconds=1.5, metrics=metrics, epsilon=0.25 * version,
         )  # fmt: skip

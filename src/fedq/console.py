@@ -9,10 +9,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fedq.coordinator.attendance import Attendance, describe_late
 from fedq.coordinator.observers import CoordinatorObserver, UpdateSeen
-from fedq.coordinator.records import RoundHistory
+from fedq.coordinator.records import VersionSummary
 from fedq.coordinator.service import FederationResult
-from fedq.lateness import Attendance, describe_late
 from fedq.participant.worker import TrainedRound
 
 console = Console(stderr=True, soft_wrap=True)
@@ -23,7 +23,7 @@ def _fmt(metrics: dict[str, float], key: str) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def _updates(row: RoundHistory) -> str:
+def _updates(row: VersionSummary) -> str:
     """Contributors; a stale one with its base version and staleness: ``p3 (v2, tau 1)``."""
     return ", ".join(
         p if tau == 0 else f"{p} (v{base}, tau {tau})" for p, base, tau in row.updates
@@ -31,12 +31,12 @@ def _updates(row: RoundHistory) -> str:
 
 
 def history_table(
-    rows: Iterable[RoundHistory], title: str, attendance: Iterable[Attendance] = ()
+    rows: Iterable[VersionSummary], title: str, attendance: Iterable[Attendance] = ()
 ) -> Table:
-    """A row per committed version; with ``attendance`` (:mod:`fedq.lateness`), who was late
-    and who was missing in it. ``loss`` and ``accuracy`` are the app's held-out evaluation
-    of the version; ``local accuracy`` is what its updates' participants measured on their
-    own data while training, weighted by examples."""
+    """A row per committed version; with ``attendance`` (:mod:`fedq.coordinator.attendance`),
+    who was late and who was missing in it. ``loss`` and ``accuracy`` are the app's held-out
+    evaluation of the version; ``local accuracy`` is what its updates' participants measured
+    on their own data while training, weighted by examples."""
     rows = list(rows)
     private = any(r.epsilon is not None for r in rows)
     who = {a.version: a for a in attendance}
@@ -134,7 +134,7 @@ class RoundProgress(CoordinatorObserver):
             self.rejected[update.reason or "?"] += 1
         self.progress.update(self.task, status=self._status())
 
-    def version_committed(self, row: RoundHistory) -> None:
+    def version_committed(self, row: VersionSummary) -> None:
         self.progress.update(self.task, advance=1, description=f"committed model v{row.version}")
         stale = sum(1 for _, _, tau in row.updates if tau > 0)
         privacy = "" if row.epsilon is None else f"  epsilon {row.epsilon:.3g}"

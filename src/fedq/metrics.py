@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make
 
 from fedq.coordinator.config import ConfigError
 from fedq.coordinator.observers import CommitTimings, CoordinatorObserver, UpdateSeen
-from fedq.coordinator.records import RoundHistory
+from fedq.coordinator.records import VersionSummary
 
 log = logging.getLogger("fedq.metrics")
 
@@ -149,7 +149,7 @@ class PrometheusMetrics(CoordinatorObserver):
         else:
             self._rejected.labels(self.federation, update.reason or "unknown").inc()
 
-    def version_committed(self, row: RoundHistory) -> None:
+    def version_committed(self, row: VersionSummary) -> None:
         self._version.set(row.version)
         self._version_seconds.observe(row.seconds)
         if row.epsilon is not None:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fedq.coordinator.records import RoundHistory
+from fedq.coordinator.records import VersionSummary
 
 
 class PlotUnavailable(RuntimeError):
@@ -38,7 +38,7 @@ def save(figure: Any, path: Path) -> None:
     pyplot().close(figure)
 
 
-def plot_history(histories: Sequence[tuple[str, list[RoundHistory]]], path: Path) -> None:
+def plot_history(histories: Sequence[tuple[str, list[VersionSummary]]], path: Path) -> None:
     """Write a PNG (or any format matplotlib knows from the suffix) of loss and accuracy."""
     plt = pyplot()
     from matplotlib.ticker import MaxNLocator

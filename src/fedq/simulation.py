@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from fedq.coordinator.config import CoordinatorConfig
 from fedq.coordinator.observers import CoordinatorObserver
 from fedq.coordinator.service import Coordinator, FederationResult
-from fedq.messages.chunks import DEFAULT_CHUNK_BYTES
 from fedq.messages.connect import open_transport
 from fedq.messages.memory import MemoryBroker, MemoryTransport
 from fedq.messages.transport import Transport
@@ -80,7 +79,6 @@ async def run_participants(
     app: App | Sequence[App],
     transport: Transport,
     on_round: Callable[[TrainedRound], None] | None = None,
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> list[ParticipantStats]:
     """M virtual participants on one connection (one broker identity), sharing ``app`` or
     each running its own (``app`` a sequence, one per config). With more than one, each
@@ -89,8 +87,7 @@ async def run_participants(
         configs = [c.model_copy(update={"release_queue_while_training": False}) for c in configs]
     apps = list(app) if isinstance(app, Sequence) else [app] * len(configs)
     workers = (
-        Participant(c, a, transport, on_round, chunk_bytes=chunk_bytes).run()
-        for c, a in zip(configs, apps, strict=True)
+        Participant(c, a, transport, on_round).run() for c, a in zip(configs, apps, strict=True)
     )
     return list(await asyncio.gather(*workers))
 
@@ -126,7 +123,6 @@ async def simulate_with_participants(
                 participant_apps(plan, app),
                 participant_transport,
                 on_round,
-                chunk_bytes=plan.coordinator.chunk_bytes,
             ),
             name="fedq-participants",
         )

@@ -28,7 +28,7 @@ from typing import Any
 
 from fedq.coordinator.config import ConfigError
 from fedq.coordinator.observers import CoordinatorObserver, UpdateSeen
-from fedq.coordinator.records import RoundHistory
+from fedq.coordinator.records import VersionSummary
 
 #: Events queued before a hook would wait for the writer thread: far more than a version
 #: writes (a few per participant), so the event loop never does.
@@ -85,7 +85,7 @@ class TensorBoardScalars(CoordinatorObserver):
         elif update.reason != "duplicate":  # a duplicate is acked, not refused
             self._rejected += 1
 
-    def version_committed(self, row: RoundHistory) -> None:
+    def version_committed(self, row: VersionSummary) -> None:
         scalars = {f"global/{_tag_part(k)}": v for k, v in row.metrics.items()}
         scalars |= {
             "version/updates": row.n_updates,

@@ -24,9 +24,9 @@ from fedq.coordinator.audit import audit
 from fedq.coordinator.checkpoint import checkpoint_path, load_checkpoint
 from fedq.coordinator.ledger import UpdateLedger
 from fedq.messages.amqp import AmqpTransport
-from fedq.messages.sent_log import SentUpdate, read_sent
 from fedq.messages.topology import Topology
 from fedq.messages.transport import Delivery
+from fedq.runtime.sent_log import SentUpdate, read_sent
 from tests.conftest import BROKER_URL
 from tests.fault_table import FaultRow, record
 from tests.helpers import drain, run_fedq, start_fedq, wait_with_peak_rss

@@ -1,4 +1,4 @@
-"""The coordinator gets SIGKILL at each point of a version (``fedq.messages.failpoints``:
+"""The coordinator gets SIGKILL at each point of a version (``fedq.runtime.failpoints``:
 the process kills itself at that very instruction) while real participants keep working;
 a new coordinator on the same state dir finishes the federation. Then nothing confirmed
 is lost, nothing is applied twice, every version is exactly FedAvg, refused updates are in
@@ -39,9 +39,6 @@ def test_a_coordinator_killed_at_each_point_loses_and_double_counts_nothing(
         tmp_path,
         federation,
         coordinator_args=coordinator_args,
-        participant_args=["--chunk-bytes", str(CHUNK)]
-        if "--chunk-bytes" in coordinator_args
-        else [],
         exact_fedavg=exact,
     )
     assert PARAMS * 4 > 6 * CHUNK  # the chunked case publishes 7 chunks per model

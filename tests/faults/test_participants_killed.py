@@ -8,7 +8,7 @@ import random
 import signal
 import time
 
-from fedq.messages.sent_log import read_sent
+from fedq.runtime.sent_log import read_sent
 from tests.faults.harness import FaultyFederation
 
 KILLS = 6

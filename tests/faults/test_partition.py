@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import pytest
 
 from fedq.messages.amqp import AmqpTransport
-from fedq.messages.sent_log import read_sent
 from fedq.messages.topology import Topology
 from fedq.messages.transport import TransportError
+from fedq.runtime.sent_log import read_sent
 from tests.faults.harness import FaultyFederation
 from tests.rabbit_node import RabbitNode, free_ports, rabbit_node
 

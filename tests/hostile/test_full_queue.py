@@ -13,11 +13,11 @@ from fedq.apps.synthetic import SyntheticApp
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.codec import decode_message, encode_message
 from fedq.messages.schema import MESSAGE_TYPES, ModelMeta, UpdateMeta
-from fedq.messages.sent_log import read_sent
 from fedq.messages.topology import UPDATE_KEY, Topology
 from fedq.messages.transport import QueueFull, TransportError
 from fedq.participant.config import ParticipantConfig
 from fedq.participant.worker import Participant
+from fedq.runtime.sent_log import read_sent
 from tests.conftest import BROKER_URL
 
 LIMIT = 1 << 20

@@ -21,8 +21,8 @@ from fedq.cli.running import Failure
 from fedq.cli.simulate import simulate_command
 from fedq.cli.teardown import teardown_command
 from fedq.console import console
-from fedq.messages.allocator import tune_malloc_for_large_buffers
 from fedq.options import OptionsError
+from fedq.runtime.allocator import tune_malloc_for_large_buffers
 
 __all__ = ["app", "main"]
 

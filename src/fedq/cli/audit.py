@@ -9,12 +9,12 @@ from typing import Annotated
 import typer
 
 from fedq.cli.flags import StateOpt
-from fedq.cli.history import ledgers_under
 from fedq.cli.running import fail
 from fedq.console import console
 from fedq.coordinator.audit import audit
-from fedq.coordinator.ledger import LedgerError
-from fedq.messages.sent_log import read_sent
+from fedq.coordinator.ledger_schema import LedgerError
+from fedq.coordinator.ledger_view import ledgers_under
+from fedq.runtime.sent_log import read_sent
 from fedq.settings import settings
 
 
@@ -39,7 +39,11 @@ def audit_command(
     """
     sent = [update for log_path in sent_logs or [] for update in read_sent(log_path)]
     failed = False
-    for path in ledgers_under(state_dir or settings().state_dir):
+    try:
+        ledgers = ledgers_under(state_dir or settings().state_dir)
+    except LedgerError as exc:
+        raise fail(str(exc)) from None
+    for path in ledgers:
         try:
             report = audit(path, sent)
         except LedgerError as exc:

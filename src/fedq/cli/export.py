@@ -8,10 +8,11 @@ from typing import Annotated
 import typer
 
 from fedq.cli.flags import AppOpt
-from fedq.cli.history import open_ledger
 from fedq.cli.running import fail, load
 from fedq.console import console
 from fedq.coordinator.checkpoint import checkpoint_path, load_checkpoint
+from fedq.coordinator.ledger_schema import LedgerError
+from fedq.coordinator.ledger_view import LedgerView
 from fedq.participant.app import AppError
 
 
@@ -30,11 +31,11 @@ def export_command(
     ledger_path = state_dir / "ledger.sqlite"
     if not ledger_path.exists():
         raise fail(f"no ledger in {state_dir}: pass the folder of one federation (STATE_DIR/F)")
-    ledger = open_ledger(ledger_path)
     try:
-        last = ledger.last_version()
-    finally:
-        ledger.close()
+        with LedgerView.open(ledger_path) as ledger:
+            last = ledger.last_version()
+    except LedgerError as exc:
+        raise fail(str(exc)) from None
     chosen = version if version is not None else (last.version if last else 0)
     checkpoint = checkpoint_path(state_dir / "models", chosen)
     if not checkpoint.exists():

@@ -4,9 +4,9 @@ late or missing in each, and every refused update, as a table, JSON or a plot.""
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -15,10 +15,8 @@ from fedq import strict_json
 from fedq.cli.flags import StateOpt
 from fedq.cli.running import fail
 from fedq.console import console, history_table
-from fedq.coordinator.ledger import LedgerError, UpdateLedger
-from fedq.coordinator.records import RoundHistory
-from fedq.dashboard.ledgers import find_ledgers
-from fedq.lateness import Attendance, attendance
+from fedq.coordinator.ledger_schema import LedgerError
+from fedq.coordinator.ledger_view import FederationHistory, read_histories
 from fedq.plot import PlotUnavailable, plot_history
 from fedq.settings import settings
 
@@ -39,13 +37,10 @@ def history_command(
 
     DIR is either one federation's folder or the state dir holding one folder per federation.
     """
-    root = state_dir or settings().state_dir
-    ledgers = ledgers_under(root)
-    if federation is not None:
-        ledgers = [p for p in ledgers if p.parent.name == federation or p.parent == root]
-    if not ledgers:
-        raise fail(f"no ledger of {federation} under {root}")
-    histories = [read_history(path) for path in ledgers]
+    try:
+        histories = read_histories(state_dir or settings().state_dir, federation)
+    except LedgerError as exc:
+        raise fail(str(exc)) from None
     if plot is not None:
         try:
             plot_history([(h.federation, h.rounds) for h in histories], plot)
@@ -74,45 +69,3 @@ def print_histories(histories: list[FederationHistory]) -> None:
                 f"{r['participant'] or '?'}{base}: {r['reason']}: {r['detail']}",
                 highlight=False,
             )
-
-
-@dataclass
-class FederationHistory:
-    federation: str
-    state_dir: str
-    rounds: list[RoundHistory]
-    rejections: list[dict[str, Any]]
-    #: Per version, who was on time, late, refused or missing (see fedq.lateness).
-    attendance: list[Attendance]
-
-
-def open_ledger(path: Path) -> UpdateLedger:
-    """A ledger for reading; one of another fedq's schema is one line saying what to do."""
-    try:
-        return UpdateLedger(path)
-    except LedgerError as exc:
-        raise fail(str(exc)) from None
-
-
-def read_history(path: Path) -> FederationHistory:
-    ledger = open_ledger(path)
-    try:
-        rounds, rejections = ledger.history(), ledger.rejections()
-        return FederationHistory(
-            federation=ledger.get_meta("federation") or path.parent.name,
-            state_dir=str(path.parent),
-            rounds=rounds,
-            rejections=rejections,
-            attendance=attendance(rounds, rejections),
-        )
-    finally:
-        ledger.close()
-
-
-def ledgers_under(root: Path) -> list[Path]:
-    """The ledgers in ``root`` (one federation's folder, or a state dir of them), oldest
-    first; none is one line saying where to look."""
-    ledgers = sorted(find_ledgers(root).values(), key=lambda p: p.stat().st_mtime)
-    if not ledgers:
-        raise fail(f"no ledger under {root}: pass the --state-dir a coordinator or simulate used")
-    return ledgers

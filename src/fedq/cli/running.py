@@ -11,7 +11,7 @@ from collections.abc import Awaitable
 from typing import TypeVar
 
 from fedq.coordinator.config import ConfigError
-from fedq.coordinator.ledger import LedgerError
+from fedq.coordinator.ledger_schema import LedgerError
 from fedq.messages.amqp import BrokerUnavailable
 from fedq.messages.transport import TransportError
 from fedq.participant.app import App, AppError, load_app

@@ -25,6 +25,7 @@ from starlette.responses import HTMLResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from fedq import strict_json
+from fedq.coordinator.ledger_schema import LedgerError
 from fedq.dashboard.board import Board
 from fedq.dashboard.ledgers import page_of_rejections
 from fedq.dashboard.page import PAGE
@@ -84,6 +85,8 @@ def create_app(board: Board) -> Starlette:
             return _json({"error": "before_id and limit must be integers"}, status=400)
         except sqlite3.Error as exc:
             return _json({"error": f"cannot read the ledger {path}: {exc}"}, status=503)
+        except LedgerError as exc:  # another fedq's, or not created yet
+            return _json({"error": str(exc)}, status=503)
         return _json({"federation": federation, "rejections": rows})
 
     async def healthz(request: Request) -> Response:

@@ -17,7 +17,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from fedq.dashboard.ledgers import LEDGER, FederationLedger, find_ledgers, read_federation
+from fedq.coordinator.ledger_view import LEDGER, find_ledgers
+from fedq.dashboard.ledgers import FederationLedger, read_federation
 from fedq.dashboard.live import ControlListener, FederationLive, LiveState
 from fedq.dashboard.status import SourceStatus
 from fedq.management import ManagementClient, ManagementUnavailable, QueueStats

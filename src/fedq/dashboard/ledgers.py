@@ -1,25 +1,24 @@
-"""What the dashboard reads from each federation's ledger: read-only, never a write.
+"""What the dashboard shows of each federation's ledger, read through the ledger's one read
+model (:class:`~fedq.coordinator.ledger_view.LedgerView`): read-only, never a write.
 
 A state dir holds one folder per federation, each with its ``ledger.sqlite`` (see
-``fedq history``); a folder that is itself a federation's state works too. The connection
-is opened with ``mode=ro``, so the dashboard cannot change what the coordinator recorded,
-and the dead-letter queue is browsed here, from the rejections table, without consuming a
-single message. Calls block: the board runs them with ``asyncio.to_thread``.
+``fedq history``); a folder that is itself a federation's state works too. The dead-letter
+queue is browsed here, from the ledger's refusals, without consuming a single message.
+The shapes below are the JSON the page reads (``/api/state``): a field renamed here is a
+page broken. Calls block: the board runs them with ``asyncio.to_thread``.
 """
 
 from __future__ import annotations
 
-import json
 import sqlite3
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedq.coordinator.ledger import SCHEMA_VERSION
+from fedq.coordinator.ledger_schema import SCHEMA_VERSION, LedgerNotCreated, SchemaMismatch
+from fedq.coordinator.ledger_view import LedgerView, ParticipantAccount
+from fedq.coordinator.records import VersionRecord
 
-LEDGER = "ledger.sqlite"
 #: Newest rejections carried in every snapshot; older ones are paged with ``rejections``.
 RECENT_REJECTIONS = 50
 
@@ -38,17 +37,18 @@ class VersionPoint:
     #: Differential privacy spent up to and including this version (None: DP off).
     epsilon: float | None
 
-
-@dataclass(frozen=True)
-class ParticipantRecord:
-    """A participant's account in the ledger."""
-
-    participant: str
-    accepted: int = 0
-    rejected: int = 0
-    #: Of its accepted updates: the largest and the latest staleness (versions behind).
-    max_staleness: int = 0
-    last_staleness: int = 0
+    @classmethod
+    def of(cls, v: VersionRecord) -> VersionPoint:
+        return cls(
+            v.version,
+            v.round,
+            v.committed_at,
+            v.committed_at - v.opened_at,
+            v.closed_by,
+            v.n_updates,
+            v.metrics,
+            v.epsilon,
+        )
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ class FederationLedger:
     federation: str
     state_dir: str
     versions: list[VersionPoint] = field(default_factory=list)
-    participants: list[ParticipantRecord] = field(default_factory=list)
+    participants: list[ParticipantAccount] = field(default_factory=list)
     #: Rejections by reason, and the newest RECENT_REJECTIONS of them, newest first.
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
     recent_rejections: list[dict[str, Any]] = field(default_factory=list)
@@ -64,112 +64,36 @@ class FederationLedger:
     error: str | None = None
 
 
-def find_ledgers(state_dir: Path) -> dict[str, Path]:
-    """Federation folder name -> its ledger, under ``state_dir`` (one level deep)."""
-    if (state_dir / LEDGER).is_file():
-        return {state_dir.name: state_dir / LEDGER}
-    if not state_dir.is_dir():
-        return {}
-    return {p.parent.name: p for p in sorted(state_dir.glob(f"*/{LEDGER}"))}
-
-
-@contextmanager
-def read_only(path: Path) -> Iterator[sqlite3.Connection]:
-    """A connection that cannot write: SQLite refuses every change through it."""
-    uri = f"{path.resolve().as_uri()}?mode=ro"
-    with closing(sqlite3.connect(uri, uri=True, timeout=2.0)) as db:
-        yield db
-
-
 def read_federation(name: str, path: Path) -> FederationLedger:
-    """Everything the dashboard shows from one ledger; a ledger being created or of
-    another schema gives what could be read and an ``error`` saying why not the rest."""
+    """Everything the dashboard shows from one ledger, in one snapshot; a ledger being
+    created or of another schema gives an ``error`` saying why it is not shown."""
+    state_dir = str(path.parent)
     try:
-        with read_only(path) as db:
-            db.execute("BEGIN")  # one snapshot for every read below, whatever commits meanwhile
-            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
-            if not {"meta", "versions", "updates", "rejections"} <= tables:
-                return FederationLedger(name, str(path.parent), error="ledger not created yet")
-            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-            if meta.get("schema") != SCHEMA_VERSION:
-                return FederationLedger(
-                    name,
-                    str(path.parent),
-                    error=f"written by another fedq (ledger schema {meta.get('schema', 1)}, "
-                    f"this one reads {SCHEMA_VERSION}): its history is not shown",
-                )
+        with LedgerView.open(path) as view, view.snapshot():
             return FederationLedger(
-                federation=meta.get("federation", name),
-                state_dir=str(path.parent),
-                versions=_versions(db),
-                participants=_participants(db),
-                rejected_by_reason=dict(
-                    db.execute("SELECT reason, COUNT(*) FROM rejections GROUP BY reason")
-                ),
-                recent_rejections=rejections(db, limit=RECENT_REJECTIONS),
+                federation=view.federation,
+                state_dir=state_dir,
+                versions=[VersionPoint.of(v) for v in view.versions()],
+                participants=view.participants(),
+                rejected_by_reason=view.rejection_counts(),
+                recent_rejections=view.dead_letters(limit=RECENT_REJECTIONS),
             )
+    except LedgerNotCreated:
+        return FederationLedger(name, state_dir, error="ledger not created yet")
+    except SchemaMismatch as exc:
+        return FederationLedger(
+            name,
+            state_dir,
+            error=f"written by another fedq (ledger schema {exc.found or 1}, "
+            f"this one reads {SCHEMA_VERSION}): its history is not shown",
+        )
     except sqlite3.Error as exc:
-        return FederationLedger(name, str(path.parent), error=f"cannot read {path}: {exc}")
-
-
-def _versions(db: sqlite3.Connection) -> list[VersionPoint]:
-    rows = db.execute(
-        "SELECT version, round, committed_at, committed_at - opened_at, closed_by, n_updates, "
-        "metrics, epsilon FROM versions ORDER BY version"
-    )
-    return [
-        VersionPoint(v, r, at, seconds, closed_by, n, json.loads(metrics), eps)
-        for v, r, at, seconds, closed_by, n, metrics, eps in rows
-    ]
-
-
-def _participants(db: sqlite3.Connection) -> list[ParticipantRecord]:
-    accepted = {
-        p: (n, worst, last)
-        for p, n, worst, last in db.execute(
-            "SELECT participant, COUNT(*), MAX(staleness), "
-            "(SELECT u2.staleness FROM updates u2 WHERE u2.participant = u.participant "
-            " ORDER BY u2.version DESC LIMIT 1) "
-            "FROM updates u GROUP BY participant"
-        )
-    }
-    rejected = dict(
-        db.execute(
-            "SELECT participant, COUNT(*) FROM rejections WHERE participant IS NOT NULL "
-            "GROUP BY participant"
-        )
-    )
-    records = []
-    for participant in sorted(accepted.keys() | rejected.keys()):
-        n, worst, last = accepted.get(participant, (0, 0, 0))
-        records.append(ParticipantRecord(participant, n, rejected.get(participant, 0), worst, last))
-    return records
-
-
-def rejections(
-    db: sqlite3.Connection, *, limit: int, before_id: int | None = None, reason: str | None = None
-) -> list[dict[str, Any]]:
-    """Rejections newest first: at most ``limit``, older than ``before_id`` if given."""
-    where: list[str] = ["1"]
-    args: list[int | str] = []
-    if before_id is not None:
-        where.append("id < ?")
-        args.append(before_id)
-    if reason:
-        where.append("reason = ?")
-        args.append(reason)
-    cursor = db.execute(
-        "SELECT id, at, participant, update_id, base_version, during_version, reason, detail "
-        f"FROM rejections WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?",
-        (*args, limit),
-    )
-    cols = [c[0] for c in cursor.description]
-    return [dict(zip(cols, row, strict=True)) for row in cursor.fetchall()]
+        return FederationLedger(name, state_dir, error=f"cannot read {path}: {exc}")
 
 
 def page_of_rejections(
     path: Path, *, limit: int, before_id: int | None, reason: str | None
 ) -> list[dict[str, Any]]:
     """One page of the DLQ as the ledger recorded it (the page's "older" button)."""
-    with read_only(path) as db:
-        return rejections(db, limit=limit, before_id=before_id, reason=reason)
+    with LedgerView.open(path) as view:
+        return view.dead_letters(limit=limit, before_id=before_id, reason=reason)

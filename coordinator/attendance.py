@@ -34,7 +34,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedq.coordinator.records import RoundHistory
+from fedq.coordinator.records import VersionSummary
 
 #: Refusals that mean "it came too late".
 LATE_REASONS = frozenset({"stale"})
@@ -88,10 +88,10 @@ def _refusals(rejections: Iterable[Mapping[str, Any]]) -> list[_Refusal]:
 
 
 def attendance(
-    rows: Iterable[RoundHistory], rejections: Iterable[Mapping[str, Any]]
+    rows: Iterable[VersionSummary], rejections: Iterable[Mapping[str, Any]]
 ) -> list[Attendance]:
-    """One Attendance per committed version of ``rows`` (``UpdateLedger.history()``), from
-    them and the refusals (``UpdateLedger.rejections()``)."""
+    """One Attendance per committed version of ``rows`` (``LedgerView.history()``), from
+    them and the refusals (``LedgerView.rejections()``)."""
     rows = sorted(rows, key=lambda r: r.version)
     refusals = _refusals(rejections)
     known = {p for row in rows for p, _, _ in row.updates} | {r.participant for r in refusals}
@@ -121,7 +121,7 @@ def attendance(
 
 
 def _round(
-    row: RoundHistory,
+    row: VersionSummary,
     folded: Mapping[tuple[str, int], tuple[int, int]],
     refusals: list[_Refusal],
 ) -> tuple[list[str], list[LateUpdate], list[str]]:
@@ -148,7 +148,7 @@ def _round(
 
 
 def _window(
-    row: RoundHistory, refusals: list[_Refusal]
+    row: VersionSummary, refusals: list[_Refusal]
 ) -> tuple[list[str], list[LateUpdate], list[str]]:
     """Async version v: what arrived while model v - 1 was current."""
     on_time = [p for p, _, tau in row.updates if tau == 0]

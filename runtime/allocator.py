@@ -1,0 +1,42 @@
+"""Set glibc's mmap and trim thresholds for fedq's two kinds of large buffers.
+
+Above the mmap threshold glibc maps each new allocation and unmaps it on free, so every
+message body above it is a new mapping whose pages fault in one by one, several times
+slower to fill than a buffer reused from the heap. Below it, freed buffers stay in the
+heap, where model-sized arrays freed and made again each version fragment it: the process
+keeps their memory. fedq's message bodies are chunks (4 MiB of tensor bytes by default),
+so a fixed threshold just above a chunk serves bodies from the heap and maps the model's
+large tensors (the figures: bench/README.md, "Chunk size and malloc thresholds").
+Process-wide, so the CLI calls it once at start. ``FEDQ_MALLOC_TUNING=0`` turns it off: a
+process-level switch, read here and nowhere on the wire.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import sys
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+#: Above a chunk's body (the default chunk size, 4 MiB of tensor bytes, plus metadata), so
+#: bodies are reused from the heap at full speed; below a large model's tensors, which are
+#: mapped and handed back to the system when freed instead of fragmenting the heap. Keep it
+#: above ``fedq.messages.chunks.DEFAULT_CHUNK_BYTES``.
+_THRESHOLD = 8 << 20
+_TRIM_THRESHOLD = 8 << 20
+
+
+def tune_malloc_for_large_buffers() -> bool:
+    """Raise glibc's mmap/trim thresholds; True if applied. No-op off glibc or when disabled."""
+    if os.environ.get("FEDQ_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and others: nothing to tune
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, _THRESHOLD)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
+    )
