@@ -45,9 +45,10 @@ def model_queue_bytes(model: Weights) -> int | None:
     metadata most), and, for a raw model of ordinary tensors, for less than two, so that
     a participant back from training finds only the newest model whole. So the broker keeps
     about one model per participant, whatever the chunk size. What the count bound does
-    and this one does not: a model sent as ``fp16`` takes half, so two may wait and the
-    older is trained on first; and ``federation.done`` waits behind the last model instead
-    of dropping it, so a participant back from training trains once more before it stops."""
+    and this one does not: a model sent as ``fp16`` takes half, so two may wait; and
+    ``federation.done`` waits behind the last model instead of dropping it. So a model in
+    one message is skipped when something already waits behind it
+    (``Participant._superseded``): the participant trains on the newest, as before."""
     if sum(w.nbytes for w in model.values()) <= MIN_CHUNK_BYTES:
         return None
     return most_body_bytes(model, MIN_CHUNK_BYTES, MODEL_METADATA_BYTES)

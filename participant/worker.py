@@ -82,6 +82,9 @@ class ParticipantStats:
     #: dropout), by version.
     rounds_dropped: int = 0
     dropped_versions: list[int] = field(default_factory=list)
+    #: Models skipped because something newer already waited behind them (see
+    #: ``Participant._superseded``).
+    models_superseded: int = 0
     #: Update messages the broker refused (its updates queue full) and that were published
     #: again until taken.
     publishes_refused: int = 0
@@ -108,10 +111,13 @@ class Participant:
         codec = config.update_codec
         self._feedback = ErrorFeedback(codec) if ErrorFeedback.wanted(codec) else None
         self._models = ModelAssembler()
+        #: Set in :meth:`run`: whether the model queue may keep more than one message.
+        self._queue_bounded_by_bytes = False
 
     async def run(self) -> ParticipantStats:
         pid = self.config.participant_id
         bound = await asyncio.to_thread(lambda: model_queue_bytes(self.app.initial_weights()))
+        self._queue_bounded_by_bytes = bound is not None
         await self.topology.declare_participant(self.transport, pid, max_bytes=bound)
         beat = asyncio.create_task(self._heartbeats(), name=f"fedq-heartbeat-{pid}")
         consumer = contextlib.AsyncExitStack()
@@ -190,7 +196,7 @@ class Participant:
                 return None
             model, finished = await self._receive(delivery)
             if model is not None:
-                if self._declines(model.meta):
+                if await self._superseded(model) or self._declines(model.meta):
                     finished += model.deliveries
                     model = None
                 else:
@@ -232,6 +238,34 @@ class Participant:
         del decoded
         delivery.release_body()  # copied into the model's buffers
         return result
+
+    async def _superseded(self, model: WholeModel) -> bool:
+        """Whether something newer already waits behind ``model``, which came in one
+        message: then it is acked, not trained on.
+
+        A queue bounded by bytes (:func:`~.model_assembly.model_queue_bytes`) may keep
+        more than the newest message: two models sent smaller than raw (``fp16``), or the
+        last model with ``federation.done`` behind it. Whatever waits is newer (the queue
+        is first in, first out), so training on this one would only make a stale update.
+        A chunked model is trained on as it is: the next one's first chunks may wait
+        behind it for as long as it takes to assemble, and skipping for them could starve
+        a participant slower than the federation's versions."""
+        if not self._queue_bounded_by_bytes or len(model.deliveries) > 1:
+            return False
+        try:
+            waiting = await self.transport.queue_depth(
+                self.topology.model_queue(self.config.participant_id)
+            )
+        except TransportError:
+            return False  # the queue is not there to ask: train on what came
+        if waiting:
+            self.stats.models_superseded += 1
+            log.debug(
+                "%s skipped model v%d: a newer message waits",
+                self.config.participant_id,
+                model.meta.version,
+            )
+        return waiting > 0
 
     def _declines(self, meta: ModelMeta) -> bool:
         """Whether the app declines ``meta``'s model (``App.accepts``): acked, not trained."""

@@ -137,3 +137,42 @@ async def test_a_participant_whose_model_stopped_arriving_part_way_asks_for_it_a
     finally:
         run.cancel()
         await topology.delete(coordinator, ["late"])
+
+
+async def test_a_participant_skips_a_model_that_something_newer_waits_behind(
+    transport_pair, federation
+):
+    """A model above the smallest chunk comes through a queue bounded by bytes, which can
+    keep two models sent in fp16: the participant trains on the newest only."""
+    coordinator, transport = transport_pair
+    topology = Topology(federation)
+    await topology.declare_core(coordinator)
+    app = SyntheticApp(params=1 << 15)  # 128 KiB raw, one message at the default chunk size
+    bound = model_queue_bytes(app.initial_weights())
+    assert bound is not None
+    await topology.declare_participant(coordinator, "solo", max_bytes=bound)
+    queue = topology.model_queue("solo")
+    for version in (0, 1):
+        model = ModelMeta(federation=federation, version=version, round=version + 1, rounds_total=2)
+        body = encode_message(model, app.initial_weights(), "fp16")
+        await coordinator.publish("", queue, body, type=MESSAGE_TYPES["model"])
+    assert await coordinator.queue_depth(queue) == 2
+    seen: list[TrainedRound] = []
+    config = ParticipantConfig(federation=federation, participant_id="solo")
+    run = asyncio.create_task(Participant(config, app, transport, seen.append).run())
+    try:
+        async with coordinator.consume(topology.updates, prefetch=1) as updates:
+            delivery = await asyncio.wait_for(anext(updates), 10)
+            assert decode_message(delivery.body).meta(UpdateMeta).base_version == 1
+            await delivery.ack()
+        done = FederationDone(federation=federation, rounds_completed=2, model_version=2)
+        await coordinator.publish(
+            topology.control, FEDERATION_DONE, encode_message(done),
+            type=MESSAGE_TYPES["federation.done"],
+        )  # fmt: skip
+        stats = await asyncio.wait_for(run, 10)
+        assert [r.version for r in seen] == [1]
+        assert (stats.models_superseded, stats.updates_sent) == (1, 1)
+    finally:
+        run.cancel()
+        await topology.delete(coordinator, ["solo"])
