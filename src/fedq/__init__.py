@@ -1,0 +1,119 @@
+"""fedq: federated learning over RabbitMQ.
+
+The names a user's code needs, importable from ``fedq`` itself, so that code written
+against them survives a reorganisation of the modules behind them::
+
+    import fedq
+
+    app = fedq.KerasApp(build_model, load_partition, load_test)
+    plan = fedq.SimulationPlan(
+        fedq.CoordinatorConfig(federation="f", participants=4, rounds=5, state_dir=path),
+        fedq.ParticipantConfig(federation="f", participant_id="p"),
+    )
+    result = asyncio.run(fedq.simulate(plan, app))
+
+- your model and data: :class:`App` (the protocol), :class:`KerasApp`, :class:`Partition`,
+  :class:`TrainConfig`, :class:`TrainResult`, :class:`AppError`;
+- your aggregation: :class:`Aggregator`, :class:`Aggregation`, :class:`AggregationContext`,
+  :class:`ServerOptimizer` (one small file each; name it ``package.module:attr``);
+- watching a coordinator: :class:`CoordinatorObserver`, and what it is given
+  (:class:`UpdateSeen`, :class:`CommitTimings`, :class:`VersionSummary`);
+- settings, one pydantic model per role: :class:`CoordinatorConfig`,
+  :class:`ParticipantConfig`;
+- running: :func:`simulate` with a :class:`SimulationPlan` (one process), or a
+  :class:`Coordinator` and :class:`Participant` each on a transport from
+  :func:`open_transport`; :func:`run_participants` for many in one process; the outcome,
+  :class:`FederationResult`.
+
+Each name is imported when first used, so ``import fedq`` stays cheap (TensorFlow loads
+only with :class:`KerasApp`'s first model). ``tests/test_public_api.py`` pins the list.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+#: Public name -> the module that defines it.
+_HOMES: dict[str, str] = {
+    "App": "fedq.participant.app",
+    "AppError": "fedq.participant.app",
+    "Partition": "fedq.participant.app",
+    "TrainConfig": "fedq.participant.app",
+    "TrainResult": "fedq.participant.app",
+    "KerasApp": "fedq.apps.keras_app",
+    "Aggregator": "fedq.coordinator.strategies",
+    "Aggregation": "fedq.coordinator.strategies",
+    "AggregationContext": "fedq.coordinator.strategies",
+    "ServerOptimizer": "fedq.coordinator.strategies",
+    "CoordinatorObserver": "fedq.coordinator.observers",
+    "UpdateSeen": "fedq.coordinator.observers",
+    "CommitTimings": "fedq.coordinator.observers",
+    "VersionSummary": "fedq.coordinator.records",
+    "CoordinatorConfig": "fedq.coordinator.config",
+    "ParticipantConfig": "fedq.participant.config",
+    "Coordinator": "fedq.coordinator.service",
+    "FederationResult": "fedq.coordinator.service",
+    "Participant": "fedq.participant.worker",
+    "open_transport": "fedq.messages.connect",
+    "SimulationPlan": "fedq.simulation",
+    "simulate": "fedq.simulation",
+    "run_participants": "fedq.simulation",
+}
+
+__all__ = [
+    "Aggregation",
+    "AggregationContext",
+    "Aggregator",
+    "App",
+    "AppError",
+    "CommitTimings",
+    "Coordinator",
+    "CoordinatorConfig",
+    "CoordinatorObserver",
+    "FederationResult",
+    "KerasApp",
+    "Participant",
+    "ParticipantConfig",
+    "Partition",
+    "ServerOptimizer",
+    "SimulationPlan",
+    "TrainConfig",
+    "TrainResult",
+    "UpdateSeen",
+    "VersionSummary",
+    "open_transport",
+    "run_participants",
+    "simulate",
+]
+
+if TYPE_CHECKING:
+    from fedq.apps.keras_app import KerasApp
+    from fedq.coordinator.config import CoordinatorConfig
+    from fedq.coordinator.observers import CommitTimings, CoordinatorObserver, UpdateSeen
+    from fedq.coordinator.records import VersionSummary
+    from fedq.coordinator.service import Coordinator, FederationResult
+    from fedq.coordinator.strategies import (
+        Aggregation,
+        AggregationContext,
+        Aggregator,
+        ServerOptimizer,
+    )
+    from fedq.messages.connect import open_transport
+    from fedq.participant.app import App, AppError, Partition, TrainConfig, TrainResult
+    from fedq.participant.config import ParticipantConfig
+    from fedq.participant.worker import Participant
+    from fedq.simulation import SimulationPlan, run_participants, simulate
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'fedq' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # the next lookup is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
