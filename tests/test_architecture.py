@@ -106,3 +106,114 @@ def test_the_production_participant_imports_nothing_from_experiments():
         if name.startswith("fedq.experiments")
     }
     assert not found
+
+
+#: The parts whose size the architecture bounds: a function a reader takes in at once.
+LONGEST_FUNCTION = 60
+BOUNDED_PARTS = ("coordinator", "participant", "messages", "runtime", "experiments", "src/fedq/cli")
+
+
+def test_no_function_of_the_bounded_parts_is_longer_than_a_screen():
+    found = {
+        f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({length} lines)"
+        for part in BOUNDED_PARTS
+        for path in sorted((ROOT / part).rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and (length := (node.end_lineno or node.lineno) - node.lineno + 1) > LONGEST_FUNCTION
+    }
+    assert not found
+
+
+def test_the_coordinator_service_is_its_loop_and_each_command_a_page():
+    """service.py keeps the loop, restore, open and commit; every other concern has a room
+    of its own. A command module reads like a page of the tutorial."""
+    assert len((ROOT / "coordinator" / "service.py").read_text().splitlines()) <= 350
+    long_commands = {
+        str(path.relative_to(ROOT))
+        for path in (ROOT / "src" / "fedq" / "cli").glob("*.py")
+        if len(path.read_text().splitlines()) > 250
+    }
+    assert not long_commands
+
+
+DOC = ROOT / "docs" / "architecture.md"
+#: The folders whose every module docs/architecture.md's map names.
+MAPPED = ("messages", "runtime", "coordinator", "participant", "experiments", "src/fedq")
+
+
+def doc_section(title: str) -> str:
+    text = DOC.read_text()
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end >= 0 else None]
+
+
+def table_rows(section: str) -> list[list[str]]:
+    """Each table row's cells, the header and the rule left out."""
+    rows = [
+        [cell.strip() for cell in line.strip().strip("|").split("|")]
+        for line in section.splitlines()
+        if line.startswith("| ")
+    ]
+    return [r for r in rows if not set(r[0]) <= set("-: ") and r[0] not in ("module", "folder")]
+
+
+def ticked(cell: str) -> list[str]:
+    return [part for i, part in enumerate(cell.split("`")) if i % 2]
+
+
+def named_modules() -> set[str]:
+    """The module paths the folder map names: a row's own path, or a folder row's files."""
+    named = set()
+    for cells in table_rows(doc_section("What each folder holds")):
+        head = ticked(cells[0])
+        if not head:
+            continue
+        if head[0].endswith(".py"):
+            named.add(head[0])
+        elif head[0].count("/") > 1 or head[0].startswith("src/fedq/"):  # a sub-package row
+            named.update(head[0] + name for name in ticked(cells[-1]) if name.endswith(".py"))
+    return named
+
+
+def test_the_folder_map_names_every_module_and_nothing_that_is_gone():
+    named = named_modules()
+    existing = {
+        str(path.relative_to(ROOT))
+        for folder in MAPPED
+        for path in (ROOT / folder).rglob("*.py")
+        if path.name != "__init__.py"
+    }
+    assert existing - named == set(), "modules the map in docs/architecture.md does not name"
+    gone = {path for path in named if not (ROOT / path).is_file()}
+    assert gone == set(), "modules docs/architecture.md names that do not exist"
+
+
+def defined_names(path: Path) -> set[str]:
+    names = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
+    return names
+
+
+def test_where_a_change_goes_names_paths_and_definitions_that_exist():
+    """Each row of the table names files and folders that exist, and every class, constant
+    or function it names is defined in one of the files of its row."""
+    problems = []
+    for cells in table_rows(doc_section("Where does a change go")):
+        tokens = [t for cell in cells[1:] for t in ticked(cell)]
+        paths = [t for t in tokens if "/" in t and not t.startswith("-")]
+        problems += [f"{t}: no such path" for t in paths if not (ROOT / t).exists()]
+        defined = set().union(
+            *(defined_names(ROOT / p) for p in paths if p.endswith(".py") and (ROOT / p).is_file())
+        )
+        for token in tokens:
+            code = token.isidentifier() and (token[0].isupper() or "_" in token)
+            if code and token not in defined:
+                problems.append(f"{token}: defined in none of {paths} ({cells[0]})")
+    assert not problems
