@@ -57,8 +57,9 @@ MAX_REJOIN_FACTOR = 16
 
 
 @dataclass(frozen=True)
-class TrainedRound:
-    """What a participant did in one round, for the person watching it."""
+class LocalUpdate:
+    """An update a participant trained on one model version and sent, for the person
+    watching it."""
 
     participant: str
     #: None in async mode.
@@ -96,7 +97,7 @@ class Participant:
         config: ParticipantConfig,
         app: App,
         transport: Transport,
-        on_round: Callable[[TrainedRound], None] | None = None,
+        on_round: Callable[[LocalUpdate], None] | None = None,
     ) -> None:
         self.config = config
         self.on_round = on_round
@@ -323,7 +324,7 @@ class Participant:
         self.stats.last_version = meta.version
         if self.on_round is not None:
             self.on_round(
-                TrainedRound(
+                LocalUpdate(
                     participant=update.participant,
                     round=update.round,
                     version=meta.version,

@@ -26,7 +26,7 @@ from fedq.experiments.dropout import drops_out
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.topology import Topology
 from fedq.participant.config import ParticipantConfig
-from fedq.participant.worker import ParticipantStats, TrainedRound
+from fedq.participant.worker import LocalUpdate, ParticipantStats
 from fedq.scenario import ParticipantProfile, load_scenario, profiles
 from fedq.simulation import SimulationPlan, simulate_with_participants
 from tests.conftest import BROKER_URL
@@ -150,7 +150,7 @@ async def test_a_participant_drops_exactly_the_models_its_seed_says_and_sends_no
         profiles=tuple(ParticipantProfile(i, dropout=p) for i in range(n)),
         dropout_seed=seed,
     )
-    sent: list[TrainedRound] = []
+    sent: list[LocalUpdate] = []
     result, stats = await simulate_with_participants(plan, SyntheticApp(params=10), (), sent.append)
     assert result.model_version == 6 and len(stats) == n
     for s in stats:
@@ -168,7 +168,7 @@ class Run:
     """What one scenario run did, as the participants saw it, and its history."""
 
     def __init__(
-        self, sent: list[TrainedRound], stats: list[ParticipantStats], history: dict[str, Any]
+        self, sent: list[LocalUpdate], stats: list[ParticipantStats], history: dict[str, Any]
     ) -> None:
         self.sent = {(r.participant, r.version) for r in sent}
         self.stats = {s.participant: s for s in stats}
@@ -206,7 +206,7 @@ async def run_scenario(
         profiles=found,
         dropout_seed=scenario.seed,
     )
-    sent: list[TrainedRound] = []
+    sent: list[LocalUpdate] = []
     try:
         result, stats = await simulate_with_participants(
             plan, SyntheticApp(params=1000), (), sent.append

@@ -14,7 +14,7 @@ from fedq.messages.schema import MESSAGE_TYPES, FederationDone, ModelMeta, Updat
 from fedq.messages.topology import FEDERATION_DONE, Topology
 from fedq.participant.config import ParticipantConfig
 from fedq.participant.model_assembly import model_queue_bytes
-from fedq.participant.worker import Participant, TrainedRound
+from fedq.participant.worker import LocalUpdate, Participant
 
 MANY_TENSORS = {
     **{f"block_{i}/{'conv' * 15}/kernel": np.ones((3, 3, 4, 5), np.float32) for i in range(60)},
@@ -60,7 +60,7 @@ async def test_a_participant_trains_on_each_new_model_skips_garbage_and_stops_wh
     topology = Topology(federation)
     await topology.declare_core(coordinator)
     app = SyntheticApp(params=8)
-    seen: list[TrainedRound] = []
+    seen: list[LocalUpdate] = []
     participant = Participant(
         ParticipantConfig(federation=federation, participant_id="solo"), app, transport, seen.append
     )
@@ -157,7 +157,7 @@ async def test_a_participant_skips_a_model_that_something_newer_waits_behind(
         body = encode_message(model, app.initial_weights(), "fp16")
         await coordinator.publish("", queue, body, type=MESSAGE_TYPES["model"])
     assert await coordinator.queue_depth(queue) == 2
-    seen: list[TrainedRound] = []
+    seen: list[LocalUpdate] = []
     config = ParticipantConfig(federation=federation, participant_id="solo")
     run = asyncio.create_task(Participant(config, app, transport, seen.append).run())
     try:

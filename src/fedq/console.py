@@ -13,7 +13,7 @@ from fedq.coordinator.attendance import Attendance, describe_late
 from fedq.coordinator.observers import CoordinatorObserver, UpdateSeen
 from fedq.coordinator.records import VersionSummary
 from fedq.coordinator.service import FederationResult
-from fedq.participant.worker import TrainedRound
+from fedq.participant.worker import LocalUpdate
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -171,7 +171,7 @@ class ParticipantProgress:
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
 
-    def trained(self, r: TrainedRound) -> None:
+    def trained(self, r: LocalUpdate) -> None:
         status = (
             f"last: {r.participant} on model v{r.version}, {r.num_examples} examples in "
             f"{r.seconds:.2f}s, loss {_fmt(r.metrics, 'loss')}"

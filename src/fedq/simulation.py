@@ -18,7 +18,7 @@ from fedq.messages.memory import MemoryBroker, MemoryTransport
 from fedq.messages.transport import Transport
 from fedq.participant.app import App, Partition
 from fedq.participant.config import ParticipantConfig
-from fedq.participant.worker import Participant, ParticipantStats, TrainedRound
+from fedq.participant.worker import LocalUpdate, Participant, ParticipantStats
 from fedq.scenario import ParticipantProfile
 
 
@@ -78,7 +78,7 @@ async def run_participants(
     configs: list[ParticipantConfig],
     app: App | Sequence[App],
     transport: Transport,
-    on_round: Callable[[TrainedRound], None] | None = None,
+    on_round: Callable[[LocalUpdate], None] | None = None,
 ) -> list[ParticipantStats]:
     """M virtual participants on one connection (one broker identity), sharing ``app`` or
     each running its own (``app`` a sequence, one per config). With more than one, each
@@ -105,7 +105,7 @@ async def simulate_with_participants(
     plan: SimulationPlan,
     app: App,
     observers: Sequence[CoordinatorObserver] = (),
-    on_round: Callable[[TrainedRound], None] | None = None,
+    on_round: Callable[[LocalUpdate], None] | None = None,
 ) -> tuple[FederationResult, list[ParticipantStats]]:
     """:func:`simulate`, and what each participant did: its stats (models trained, dropped)
     once it has finished, and ``on_round`` called for every update it sent. The stats are
