@@ -86,6 +86,9 @@ class ParticipantStats:
     #: Models skipped because something newer already waited behind them (see
     #: ``Participant._superseded``).
     models_superseded: int = 0
+    #: Models and federation.done from another broker user than the coordinator's
+    #: (``verify_coordinator``): acked, never trained on nor obeyed.
+    forged_ignored: int = 0
     #: Update messages the broker refused (its updates queue full) and that were published
     #: again until taken.
     publishes_refused: int = 0
@@ -192,6 +195,9 @@ class Participant:
                     2 * stalled_after, MAX_REJOIN_FACTOR * self.config.stalled_model_seconds
                 )
                 continue
+            if self._forged(delivery):
+                await self._settle(delivery)
+                continue
             if delivery.type == MESSAGE_TYPES["federation.done"]:
                 await self._settle(delivery)
                 return None
@@ -208,6 +214,24 @@ class Participant:
                 await self._settle(settled)
             if model is not None:
                 return model
+
+    def _forged(self, delivery: Delivery) -> bool:
+        """With ``verify_coordinator``: whether ``delivery`` (a model, a chunk or
+        federation.done) was published by another broker user than the coordinator's.
+        RabbitMQ checks ``user_id`` against the login, so only the coordinator's own
+        connection can publish as it; another participant with write on the models or
+        control exchange cannot."""
+        if not self.config.verify_coordinator or delivery.user_id == self.config.coordinator_user:
+            return False
+        self.stats.forged_ignored += 1
+        log.warning(
+            "%s: ignored a %s from broker user %r (the coordinator is %r)",
+            self.config.participant_id,
+            delivery.type,
+            delivery.user_id,
+            self.config.coordinator_user,
+        )
+        return True
 
     async def _settle(self, delivery: Delivery) -> None:
         try:
