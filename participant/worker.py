@@ -54,6 +54,9 @@ log = logging.getLogger("fedq.participant")
 MAX_BACKOFF = 5.0
 #: A stalled model's re-joins back off up to this many times ``stalled_model_seconds``.
 MAX_REJOIN_FACTOR = 16
+#: How long a participant started before its coordinator waits for the exchanges, which
+#: only the coordinator declares (a participant may not configure them), before it fails.
+COORDINATOR_WAIT_SECONDS = 600.0
 
 
 @dataclass(frozen=True)
@@ -122,7 +125,7 @@ class Participant:
         pid = self.config.participant_id
         bound = await asyncio.to_thread(lambda: model_queue_bytes(self.app.initial_weights()))
         self._queue_bounded_by_bytes = bound is not None
-        await self.topology.declare_participant(self.transport, pid, max_bytes=bound)
+        await self._declare_queue(bound)
         beat = asyncio.create_task(self._heartbeats(), name=f"fedq-heartbeat-{pid}")
         consumer = contextlib.AsyncExitStack()
         inbox: AsyncIterator[Delivery] | None = None
@@ -166,6 +169,24 @@ class Participant:
         if done:  # the queue has nothing more to bring; do not leave it on the broker
             await self.transport.delete_queue(self.topology.model_queue(pid))
         return self.stats
+
+    async def _declare_queue(self, bound: int | None) -> None:
+        """Declare and bind this participant's queue, waiting (up to
+        COORDINATOR_WAIT_SECONDS) for a coordinator that has not declared its exchanges."""
+        pid = self.config.participant_id
+        deadline = time.monotonic() + COORDINATOR_WAIT_SECONDS
+        pause = 0.1
+        while True:
+            try:
+                await self.topology.declare_participant(self.transport, pid, max_bytes=bound)
+                return
+            except TransportError as exc:
+                if time.monotonic() + pause > deadline:
+                    raise
+                if pause == 0.1:
+                    log.info("%s: waiting for the coordinator's exchanges (%s)", pid, exc)
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, MAX_BACKOFF)
 
     async def _next_model(
         self, inbox: AsyncIterator[Delivery], slot: contextlib.AsyncExitStack
