@@ -19,6 +19,7 @@ from fedq.messages.codec import encode_message
 from fedq.messages.schema import MESSAGE_TYPES, Heartbeat
 from fedq.messages.topology import Topology, participant_key
 from fedq.messages.transport import Transport
+from tests.broker_users import broker_users
 from tests.conftest import BROKER_URL
 
 GHOSTS = 2000
@@ -30,6 +31,8 @@ async def _run(
     participants: int,
     attack: Callable[[Transport, Topology], Awaitable[None]],
     until: Callable[[Coordinator], bool],
+    sender_url: str = BROKER_URL,
+    verify_identity: bool = False,
 ) -> Coordinator:
     """A coordinator on the real broker under ``attack``, until ``until(coordinator)``."""
     topology = Topology(federation)
@@ -39,9 +42,10 @@ async def _run(
         rounds=1,
         state_dir=tmp_path,
         linger_seconds=0,
+        verify_identity=verify_identity,
     )
-    async with AmqpTransport(BROKER_URL) as own, AmqpTransport(BROKER_URL) as sender:
-        await topology.declare_core(sender)
+    async with AmqpTransport(BROKER_URL) as own, AmqpTransport(sender_url) as sender:
+        await topology.declare_core(own)
         coordinator = Coordinator(config, SyntheticApp(params=100), own)
         run = asyncio.create_task(coordinator.run())
         try:
@@ -53,7 +57,7 @@ async def _run(
         finally:
             run.cancel()
             await asyncio.gather(run, return_exceptions=True)
-            await topology.delete(sender, [])
+            await topology.delete(own, [])
     return coordinator
 
 
@@ -96,3 +100,25 @@ async def test_heartbeats_under_made_up_ids_are_bounded_and_never_counted_beyond
     assert membership.alive() <= 3
     # the newest are the ones remembered: eviction from the oldest end
     assert last in membership.last_seen
+
+
+async def test_with_verify_identity_a_heartbeat_from_another_broker_user_is_ignored(
+    tmp_path, federation
+):
+    """The key and the body agree (p0), but the broker user is mallory's."""
+
+    async def attack(sender: Transport, topology: Topology) -> None:
+        await _heartbeat(sender, topology, participant_key("heartbeat", "p0"), "p0")
+
+    with broker_users([f"mallory-{federation}"]) as [(name, password)]:
+        coordinator = await _run(
+            tmp_path,
+            federation,
+            3,
+            attack,
+            lambda c: bool(c.membership.ignored),
+            sender_url=BROKER_URL.replace("guest:guest@", f"{name}:{password}@"),
+            verify_identity=True,
+        )
+    assert coordinator.membership.ignored == {"forged": 1}
+    assert not coordinator.membership.last_seen
