@@ -10,7 +10,7 @@ import asyncio
 from fedq.dashboard.live import MAX_SHOWN_PARTICIPANTS, ControlListener, LiveState
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.codec import encode_message
-from fedq.messages.schema import MESSAGE_TYPES, FederationDone, Heartbeat
+from fedq.messages.schema import MESSAGE_TYPES, ControlMessage, FederationDone, Heartbeat
 from fedq.messages.topology import Topology, participant_key
 from tests.conftest import BROKER_URL
 
@@ -23,7 +23,7 @@ async def test_the_dashboard_believes_no_body_against_its_key_and_shows_a_bounde
     topology = Topology(federation)
     live = LiveState()
 
-    def on_message(message) -> None:  # type: ignore[no-untyped-def]
+    def on_message(message: ControlMessage) -> None:
         live.apply(message, asyncio.get_running_loop().time())
 
     listener = ControlListener(BROKER_URL, lambda: {federation}, on_message, lambda: None)
