@@ -89,6 +89,12 @@ class CoordinatorConfig(BaseModel):
     max_staleness: int = Field(
         4, ge=0, description="Reject an update more than this many versions behind (stale)."
     )
+    async_one_per_version: bool = Field(
+        True,
+        description="In async mode, one update per participant per version (a second is "
+        "already_submitted); off: one per participant and base version, so one participant "
+        "may fill a version with updates on several recent models.",
+    )
 
     aggregator: str = Field(
         "mean",

@@ -3,7 +3,13 @@
 The control queue (``fedq.F.coordinator``) is consumed apart from the updates: a join is
 answered with the current model, heartbeats keep a participant alive for
 ``liveness_seconds``, a leave forgets it. What this remembers is bounded whatever ids
-senders claim (:meth:`Membership.forget_silent`).
+senders claim (:meth:`Membership.forget_silent`), and each event costs O(1) amortised.
+
+Who sends a control message is known three ways: the routing key (``heartbeat.<p>``: with
+the rendered definitions' topic permissions a participant may publish only its own), the
+broker user (``user_id``, checked with ``--verify-identity``) and the id in the body. An
+event whose body names another participant than its key, or than its user, is ignored and
+counted (:attr:`Membership.ignored`), never remembered.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections import Counter, OrderedDict
 
 from pydantic import ValidationError
 
@@ -19,13 +26,17 @@ from fedq.coordinator.observers import Observers
 from fedq.coordinator.publish import Publisher
 from fedq.messages.codec import MalformedMessage, decode_message
 from fedq.messages.schema import CONTROL_MESSAGE, ControlMessage, Heartbeat, Join, Leave
-from fedq.messages.topology import Topology
+from fedq.messages.topology import Topology, participant_key
 from fedq.messages.transport import Transport, TransportError
 
 log = logging.getLogger("fedq.coordinator")
 
 #: Control messages the broker may push ahead of the one being handled.
 CONTROL_IN_FLIGHT = 64
+#: Ids remembered beyond the N participants (a restarted participant under a new id, a
+#: typo), before the oldest are forgotten whether or not they are still within the
+#: liveness window. What is counted alive is never more than N.
+REMEMBERED_SLACK = 64
 
 
 class Membership:
@@ -42,8 +53,11 @@ class Membership:
         self.topology = topology
         self.publisher = publisher
         self.observers = observers
-        #: participant -> last sign of life (wall clock); a leave removes it.
-        self.last_seen: dict[str, float] = {}
+        #: participant -> last sign of life (wall clock), oldest first; a leave removes it.
+        self.last_seen: OrderedDict[str, float] = OrderedDict()
+        #: Control events ignored, by why: ``wrong_key`` (the body names another participant
+        #: than its routing key), ``forged`` (than its broker user, ``--verify-identity``).
+        self.ignored: Counter[str] = Counter()
 
     async def serve(self) -> None:
         """Consume the control queue until cancelled. A malformed message is logged and
@@ -57,31 +71,44 @@ class Membership:
                 except (MalformedMessage, ValidationError) as exc:
                     log.warning("ignored a malformed control message: %s", exc)
                 else:
-                    await self.on_event(event, delivery.user_id)
+                    await self.on_event(event, delivery.user_id, delivery.routing_key)
                 with contextlib.suppress(TransportError):  # from before a reconnect: harmless
                     await delivery.ack()
 
-    async def on_event(self, event: ControlMessage, user_id: str | None) -> None:
+    async def on_event(
+        self, event: ControlMessage, user_id: str | None, routing_key: str | None = None
+    ) -> None:
+        """Fold one event in. ``routing_key`` None: not known (a direct call), not checked."""
         if not isinstance(event, Join | Heartbeat | Leave):
             return  # the coordinator's own announcements: not bound to its queue
+        if routing_key is not None and routing_key != participant_key(
+            event.kind, event.participant
+        ):
+            self._ignore("wrong_key", event, f"routing key {routing_key!r}")
+            return
         if self.config.verify_identity and user_id != event.participant:
-            log.warning(
-                "ignored a %s claiming participant %r from broker user %r",
-                event.kind,
-                event.participant,
-                user_id,
-            )
+            self._ignore("forged", event, f"broker user {user_id!r}")
             return
         now = time.time()
-        if isinstance(event, Join):
-            self.last_seen[event.participant] = now
-            await self.answer_join(event.participant)
-        elif isinstance(event, Heartbeat):
-            self.last_seen[event.participant] = now
-        elif isinstance(event, Leave):
+        if isinstance(event, Leave):
             self.last_seen.pop(event.participant, None)
+        else:
+            self.last_seen[event.participant] = now
+            self.last_seen.move_to_end(event.participant)
+            if isinstance(event, Join):
+                await self.answer_join(event.participant)
         self.forget_silent(now)
         self.observers.participants_alive(self.alive())
+
+    def _ignore(self, reason: str, event: Join | Heartbeat | Leave, sender: str) -> None:
+        self.ignored[reason] += 1
+        log.warning(
+            "ignored a %s claiming participant %r from %s (%s)",
+            event.kind,
+            event.participant,
+            sender,
+            reason,
+        )
 
     async def answer_join(self, participant: str) -> None:
         """Send a joining participant the current model directly (its queue may have been
@@ -102,14 +129,23 @@ class Membership:
             await self.publisher.model("", queue)
 
     def forget_silent(self, now: float) -> None:
-        """Bound what control messages make the coordinator remember (any sender can
-        claim any participant id): past a few entries per participant, forget those not
-        heard from within the liveness window."""
-        if len(self.last_seen) > 2 * self.config.participants + 1000:
-            horizon = now - self.config.liveness_seconds
-            self.last_seen = {p: seen for p, seen in self.last_seen.items() if seen >= horizon}
+        """Bound what control messages make the coordinator remember (any sender may claim
+        ids it makes up, unless ``--verify-identity``): forget, from the oldest end, those
+        not heard from within the liveness window, then any beyond N + REMEMBERED_SLACK.
+        Each id is forgotten at most once per time it was remembered: O(1) amortised."""
+        horizon = now - self.config.liveness_seconds
+        while self.last_seen:
+            oldest, seen = next(iter(self.last_seen.items()))
+            if seen >= horizon and len(self.last_seen) <= self.capacity:
+                break
+            del self.last_seen[oldest]
+
+    @property
+    def capacity(self) -> int:
+        return self.config.participants + REMEMBERED_SLACK
 
     def alive(self) -> int:
-        """Participants heard from within the liveness window that did not leave."""
-        now = time.time()
-        return sum(now - seen <= self.config.liveness_seconds for seen in self.last_seen.values())
+        """Participants heard from within the liveness window that did not leave, at most
+        N: ids beyond the federation's N participants are never counted."""
+        self.forget_silent(time.time())
+        return min(len(self.last_seen), self.config.participants)

@@ -14,7 +14,8 @@ extends). The modes differ in what they admit:
   a version.
 
 tau = version - base_version; s(tau) = (1 + tau)^-a. One update per participant and base
-version: a second is ``already_submitted``. Pure: no I/O, no transport, no ledger.
+version (in async mode, per version): a second is ``already_submitted``. Pure: no I/O,
+no transport, no ledger.
 """
 
 from __future__ import annotations
@@ -58,9 +59,12 @@ class OpenVersion:
     def total_weight(self) -> float:
         return sum(r.num_examples for r in self.records)
 
-    def submitted(self, participant: str, base_version: int) -> bool:
+    def submitted(self, participant: str, base_version: int | None = None) -> bool:
+        """Whether ``participant`` has an update in this version (on ``base_version``, or
+        on any when None)."""
         return any(
-            r.participant == participant and r.base_version == base_version for r in self.records
+            r.participant == participant and base_version in (None, r.base_version)
+            for r in self.records
         )
 
     def seconds_left(self, now: float | None = None) -> float:
@@ -113,16 +117,23 @@ class Mode(abc.ABC):
                 f"{self.max_staleness()} are admitted",
             )
         self.check_round(open_, meta, tau)
-        if open_.submitted(meta.participant, meta.base_version):
+        if open_.submitted(meta.participant, self.one_per(meta)):
             raise Rejection(
                 "already_submitted",
-                f"{meta.participant} already has an update on model v{meta.base_version} in "
-                f"this version",
+                f"{meta.participant} already has an update "
+                f"{'' if self.one_per(meta) is None else f'on model v{meta.base_version} '}"
+                "in this version",
             )
         return Admitted(tau, self.config.staleness_factor(tau))
 
     def max_staleness(self) -> int:
         return self.config.max_staleness
+
+    def one_per(self, meta: UpdateMeta) -> int | None:
+        """One update per participant and what: its base version (round modes, where a
+        late update folded beside a fresh one is a straggler's), or None: one per version
+        whatever it was trained on."""
+        return meta.base_version
 
     def check_round(self, open_: OpenVersion, meta: UpdateMeta, tau: int) -> None:
         """Round modes: the update's round must match its base version."""
@@ -153,6 +164,12 @@ class AsyncMode(Mode):
 
     def check_round(self, open_: OpenVersion, meta: UpdateMeta, tau: int) -> None:
         """No rounds: whatever round an update names is ignored."""
+
+    def one_per(self, meta: UpdateMeta) -> int | None:
+        """One update per participant per version, whatever its base version: else one
+        participant trained on several recent models could fill a whole version (K
+        updates) alone. ``async_one_per_version`` off: one per base version."""
+        return None if self.config.async_one_per_version else meta.base_version
 
 
 @dataclass(frozen=True)

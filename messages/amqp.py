@@ -148,6 +148,7 @@ class _AmqpDelivery:
     message_id = property(lambda self: self._msg.message_id)
     type = property(lambda self: self._msg.type)
     user_id = property(lambda self: self._msg.user_id)
+    routing_key = property(lambda self: self._msg.routing_key or "")
     redelivered = property(lambda self: bool(self._msg.redelivered))
 
     @property

@@ -32,6 +32,7 @@ class _Message:
     type: str | None
     user_id: str | None
     headers: Mapping[str, Any]
+    routing_key: str = ""
     redelivered: bool = False
 
 
@@ -48,6 +49,7 @@ class _MemoryDelivery:
     message_id = property(lambda self: self._msg.message_id)
     type = property(lambda self: self._msg.type)
     user_id = property(lambda self: self._msg.user_id)
+    routing_key = property(lambda self: self._msg.routing_key)
     headers = property(lambda self: self._msg.headers)
     redelivered = property(lambda self: self._msg.redelivered)
 
@@ -269,7 +271,9 @@ class MemoryTransport(Transport):
             raise Unroutable(f"no queue bound to {exchange!r} for {routing_key!r}")
 
         def message() -> _Message:  # one each: a delivery's flags are its queue's
-            return _Message(bytes(body), message_id, type, self.identity, dict(headers or {}))
+            return _Message(
+                bytes(body), message_id, type, self.identity, dict(headers or {}), routing_key
+            )
 
         if full := [q.name for q in queues if q.refuses(message())]:
             raise QueueFull(f"queue {full[0]!r} is full and refuses new messages")

@@ -107,9 +107,12 @@ class Topology:
         """A participant's model queue. ``x-max-length: 1`` with drop-head means a slow
         participant only ever finds the newest model; the broker stores each body once.
         A model that comes in chunks needs room for all of them: ``max_bytes`` then bounds
-        the queue by bytes instead (``x-max-length-bytes``), the oldest chunks dropped."""
-        await transport.declare_exchange(self.models, "fanout")
-        await transport.declare_exchange(self.control, "topic")
+        the queue by bytes instead (``x-max-length-bytes``), the oldest chunks dropped.
+
+        The exchanges are the coordinator's (:meth:`declare_core`): a participant declares
+        none, so it needs no ``configure`` permission on them (which would let it delete
+        them), only on its own queue. Before the coordinator has declared them the bind
+        fails (TransportError): the participant tries again later."""
         queue = self.model_queue(participant)
         bound = {"x-max-length": 1} if max_bytes is None else {"x-max-length-bytes": max_bytes}
         await transport.declare_queue(queue, arguments={**bound, "x-overflow": "drop-head"})

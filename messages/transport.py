@@ -52,6 +52,12 @@ class Delivery(Protocol):
     @property
     def user_id(self) -> str | None: ...
     @property
+    def routing_key(self) -> str:
+        """The key it was published with (not the queue's name, unless sent to the
+        default exchange). On a topic exchange whose keys the broker's topic permissions
+        bind to a user, it says who sent it as much as ``user_id`` does."""
+
+    @property
     def headers(self) -> Mapping[str, Any]: ...
     @property
     def redelivered(self) -> bool: ...

@@ -62,6 +62,17 @@ class ParticipantConfig(BaseModel):
         description="Append a JSON line per update the broker confirmed (for fedq audit "
         "--sent-log).",
     )
+    verify_coordinator: bool = Field(
+        False,
+        description="Take models and federation.done only from the coordinator's broker "
+        "user (--coordinator-user); anything else is acked and ignored (needs one broker "
+        "user per role, as `fedq deploy users` renders).",
+    )
+    coordinator_user: str = Field(
+        "coordinator",
+        description="With --verify-coordinator, the coordinator's broker user (the name "
+        "`fedq deploy users` gives it).",
+    )
     #: None: the app's ``train_config`` (or fedq's defaults).
     train: TrainConfig | None = Field(None, json_schema_extra=NOT_A_FLAG)
     heartbeat_seconds: float = Field(5.0, gt=0, json_schema_extra=NOT_A_FLAG)

@@ -54,6 +54,9 @@ log = logging.getLogger("fedq.participant")
 MAX_BACKOFF = 5.0
 #: A stalled model's re-joins back off up to this many times ``stalled_model_seconds``.
 MAX_REJOIN_FACTOR = 16
+#: How long a participant started before its coordinator waits for the exchanges, which
+#: only the coordinator declares (a participant may not configure them), before it fails.
+COORDINATOR_WAIT_SECONDS = 600.0
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,9 @@ class ParticipantStats:
     #: Models skipped because something newer already waited behind them (see
     #: ``Participant._superseded``).
     models_superseded: int = 0
+    #: Models and federation.done from another broker user than the coordinator's
+    #: (``verify_coordinator``): acked, never trained on nor obeyed.
+    forged_ignored: int = 0
     #: Update messages the broker refused (its updates queue full) and that were published
     #: again until taken.
     publishes_refused: int = 0
@@ -119,7 +125,7 @@ class Participant:
         pid = self.config.participant_id
         bound = await asyncio.to_thread(lambda: model_queue_bytes(self.app.initial_weights()))
         self._queue_bounded_by_bytes = bound is not None
-        await self.topology.declare_participant(self.transport, pid, max_bytes=bound)
+        await self._declare_queue(bound)
         beat = asyncio.create_task(self._heartbeats(), name=f"fedq-heartbeat-{pid}")
         consumer = contextlib.AsyncExitStack()
         inbox: AsyncIterator[Delivery] | None = None
@@ -164,6 +170,24 @@ class Participant:
             await self.transport.delete_queue(self.topology.model_queue(pid))
         return self.stats
 
+    async def _declare_queue(self, bound: int | None) -> None:
+        """Declare and bind this participant's queue, waiting (up to
+        COORDINATOR_WAIT_SECONDS) for a coordinator that has not declared its exchanges."""
+        pid = self.config.participant_id
+        deadline = time.monotonic() + COORDINATOR_WAIT_SECONDS
+        pause = 0.1
+        while True:
+            try:
+                await self.topology.declare_participant(self.transport, pid, max_bytes=bound)
+                return
+            except TransportError as exc:
+                if time.monotonic() + pause > deadline:
+                    raise
+                if pause == 0.1:
+                    log.info("%s: waiting for the coordinator's exchanges (%s)", pid, exc)
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, MAX_BACKOFF)
+
     async def _next_model(
         self, inbox: AsyncIterator[Delivery], slot: contextlib.AsyncExitStack
     ) -> WholeModel | None:
@@ -192,6 +216,9 @@ class Participant:
                     2 * stalled_after, MAX_REJOIN_FACTOR * self.config.stalled_model_seconds
                 )
                 continue
+            if self._forged(delivery):
+                await self._settle(delivery)
+                continue
             if delivery.type == MESSAGE_TYPES["federation.done"]:
                 await self._settle(delivery)
                 return None
@@ -208,6 +235,24 @@ class Participant:
                 await self._settle(settled)
             if model is not None:
                 return model
+
+    def _forged(self, delivery: Delivery) -> bool:
+        """With ``verify_coordinator``: whether ``delivery`` (a model, a chunk or
+        federation.done) was published by another broker user than the coordinator's.
+        RabbitMQ checks ``user_id`` against the login, so only the coordinator's own
+        connection can publish as it; another participant with write on the models or
+        control exchange cannot."""
+        if not self.config.verify_coordinator or delivery.user_id == self.config.coordinator_user:
+            return False
+        self.stats.forged_ignored += 1
+        log.warning(
+            "%s: ignored a %s from broker user %r (the coordinator is %r)",
+            self.config.participant_id,
+            delivery.type,
+            delivery.user_id,
+            self.config.coordinator_user,
+        )
+        return True
 
     async def _settle(self, delivery: Delivery) -> None:
         try:

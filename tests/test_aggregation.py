@@ -253,7 +253,15 @@ def test_quorum_mode_folds_late_updates_with_the_staleness_weight_when_asked():
 
 
 def test_async_mode_has_no_rounds_and_weighs_by_staleness():
-    mode = make_mode(config(mode="async", quorum=3, max_staleness=3, staleness_exponent=1.0))
+    mode = make_mode(
+        config(
+            mode="async",
+            quorum=3,
+            max_staleness=3,
+            staleness_exponent=1.0,
+            async_one_per_version=False,  # one per base version, as before
+        )
+    )
     open_ = mode.open(version=5)
     assert open_.round is None
     assert mode.admit(open_, update_meta(round_=None, base=5)) == Admitted(0, 1.0)
@@ -263,6 +271,14 @@ def test_async_mode_has_no_rounds_and_weighs_by_staleness():
     open_.records.append(record("p", 2))
     assert reason_of(mode, open_, update_meta(round_=None, base=2)) == "already_submitted"
     assert mode.admit(open_, update_meta(round_=None, base=3)).staleness == 2
+
+
+def test_async_mode_takes_one_update_per_participant_per_version_by_default():
+    mode = make_mode(config(mode="async", quorum=3, max_staleness=3))
+    open_ = mode.open(version=5)
+    open_.records.append(record("p", 2))
+    assert reason_of(mode, open_, update_meta(round_=None, base=3)) == "already_submitted"
+    assert reason_of(mode, open_, update_meta(round_=None, base=5)) == "already_submitted"
 
 
 def test_sync_mode_takes_every_participant():

@@ -281,6 +281,8 @@ def test_fedq_deploy_users_writes_what_the_script_writes_and_prints_no_password(
         ("p0", "configure", "fedq.demo.model.p0", True),
         ("p0", "configure", "fedq.demo.model.p01", False),
         ("p0", "configure", "fedq.demo.updates", False),
+        ("p0", "configure", "fedq.demo.models", False),  # configure would let it delete them
+        ("p0", "configure", "fedq.demo.control", False),
         ("p0", "read", "fedq.demo.model.p1", False),
         ("p0", "read", "fedq.demo.updates", False),
         ("p0", "read", "fedq.demo.rejected", False),

@@ -43,6 +43,7 @@ async def test_direct_exchange_routes_by_key_with_properties(transport_pair):
             assert (bytes(got.body), got.message_id, got.type) == (b"\x00body", "m-1", "t.v1")
             assert got.headers["round"] == 3
             assert got.user_id == pub.identity
+            assert got.routing_key == "update"
             assert not got.redelivered
             await got.ack()
             assert await no_delivery(deliveries)
@@ -68,8 +69,11 @@ async def test_fanout_reaches_every_bound_queue_and_topic_matches_patterns(trans
         assert await sub.queue_depth(q1) == 1
         assert await sub.queue_depth(q2) == 2
         async with sub.consume(q2, prefetch=10) as deliveries:
-            bodies = [bytes((await next_delivery(deliveries)).body) for _ in range(2)]
+            got = [await next_delivery(deliveries) for _ in range(2)]
+            bodies = [bytes(d.body) for d in got]
+            keys = [d.routing_key for d in got]
         assert bodies == [b"model", b"join"]
+        assert keys == ["", "join.p1"]
     finally:
         for q in (q1, q2):
             await pub.delete_queue(q)

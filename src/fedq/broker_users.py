@@ -64,14 +64,16 @@ def participant_ids(spec: str) -> list[str]:
 def permissions(federation: str, participants: list[str]) -> dict[str, dict[str, str]]:
     """configure / write / read regexes per user, from what fedq does on the broker.
 
-    A participant declares the exchanges fedq.F.models and fedq.F.control (a declare is
-    configure, even when they exist), declares and deletes its own queue fedq.F.model.<id>
-    (configure), binds it to both exchanges (write on the queue, read on the exchanges),
-    consumes it (read) and publishes to fedq.F.updates and fedq.F.control (write). It can
-    read no other queue: not the updates, not another participant's model queue.
+    A participant declares and deletes its own queue fedq.F.model.<id> (configure on it
+    alone), binds it to fedq.F.models and fedq.F.control (write on the queue, read on the
+    exchanges), consumes it (read) and publishes to fedq.F.updates and fedq.F.control
+    (write). It declares no exchange: configure on one would also let it delete it, and
+    the coordinator with it. It can read no other queue: not the updates, not another
+    participant's model queue.
 
-    The coordinator owns fedq.F.* and also writes to the default exchange: it copies a
-    refused update into fedq.F.rejected, and sends the model to a late joiner's queue.
+    The coordinator declares and owns every exchange and every other queue of fedq.F.*,
+    and also writes to the default exchange: it copies a refused update into
+    fedq.F.rejected, and sends the model to a late joiner's queue.
     """
     f = re.escape(f"fedq.{federation}.")
     out = {
@@ -93,7 +95,7 @@ def permissions(federation: str, participants: list[str]) -> dict[str, dict[str,
     for p in participants:
         own = f"model{re.escape('.' + p)}"
         out[p] = {
-            "configure": rf"^{f}({own}|models|control)$",
+            "configure": rf"^{f}{own}$",
             "write": rf"^{f}({own}|updates|control)$",
             "read": rf"^{f}({own}|models|control)$",
         }

@@ -36,7 +36,7 @@ from fedq.messages.schema import (
     ParticipantState,
     VersionProgress,
 )
-from fedq.messages.topology import Topology
+from fedq.messages.topology import Topology, participant_key
 from fedq.messages.transport import Delivery, TransportError
 
 log = logging.getLogger("fedq.dashboard")
@@ -48,6 +48,10 @@ _BROKER_GONE = (TransportError, TimeoutError, OSError, RuntimeError, aiormq.exce
 
 #: A participant not heard from for this long is shown as gone (the coordinator's liveness).
 GONE_AFTER_SECONDS = 15.0
+#: Participants shown per federation at most: past it the one heard from longest ago is
+#: forgotten. Any sender with write on the control exchange can make ids up (without the
+#: rendered definitions' topic permissions); the page stays bounded whatever it sends.
+MAX_SHOWN_PARTICIPANTS = 1000
 
 
 @dataclass
@@ -101,9 +105,11 @@ class LiveState:
         elif isinstance(message, FederationDone):
             federation.done, federation.done_at = message, now
         elif isinstance(message, Join | Heartbeat | Leave):
-            seen = federation.participants.setdefault(
-                message.participant, ParticipantLive(message.participant, now)
-            )
+            shown = federation.participants
+            seen = shown.pop(message.participant, None) or ParticipantLive(message.participant, now)
+            shown[message.participant] = seen  # newest last: the oldest is forgotten first
+            while len(shown) > MAX_SHOWN_PARTICIPANTS:
+                del shown[next(iter(shown))]
             seen.last_seen, seen.left = now, isinstance(message, Leave)
             if isinstance(message, Heartbeat):
                 seen.state, seen.version = message.state, message.version
@@ -193,15 +199,24 @@ class ControlListener:
                 )
             except TimeoutError:
                 continue
-            self._fold(delivery.body)
+            self._fold(delivery.body, delivery.routing_key)
             with contextlib.suppress(TransportError):  # from before a reconnect: harmless
                 await delivery.ack()
 
-    def _fold(self, body: bytes) -> None:
+    def _fold(self, body: bytes, routing_key: str) -> None:
         try:
             message = CONTROL_MESSAGE.validate_python(decode_message(body).fields)
         except (MalformedMessage, ValidationError) as exc:
             log.debug("ignored a control message that is not fedq's: %s", exc)
+            return
+        if routing_key != (
+            participant_key(message.kind, message.participant)
+            if isinstance(message, Join | Heartbeat | Leave)
+            else message.kind
+        ):
+            # A participant's key names it (the broker's topic permissions), and only the
+            # coordinator may publish under round.*, version.* and federation.done.
+            log.debug("ignored a %s sent under routing key %r", message.kind, routing_key)
             return
         self.on_message(message)
 

@@ -1,0 +1,69 @@
+"""The dashboard shows what the control exchange says only when the routing key names the
+same sender as the body (a participant's key is the one its topic permission allows), and
+at most MAX_SHOWN_PARTICIPANTS ids per federation however many are made up. Its listener
+runs on the real RabbitMQ."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fedq.dashboard.live import MAX_SHOWN_PARTICIPANTS, ControlListener, LiveState
+from fedq.messages.amqp import AmqpTransport
+from fedq.messages.codec import encode_message
+from fedq.messages.schema import MESSAGE_TYPES, ControlMessage, FederationDone, Heartbeat
+from fedq.messages.topology import Topology, participant_key
+from tests.conftest import BROKER_URL
+
+GHOSTS = MAX_SHOWN_PARTICIPANTS + 200
+
+
+async def test_the_dashboard_believes_no_body_against_its_key_and_shows_a_bounded_list(
+    federation,
+):
+    topology = Topology(federation)
+    live = LiveState()
+
+    def on_message(message: ControlMessage) -> None:
+        live.apply(message, asyncio.get_running_loop().time())
+
+    listener = ControlListener(BROKER_URL, lambda: {federation}, on_message, lambda: None)
+    async with AmqpTransport(BROKER_URL) as sender:
+        await topology.declare_core(sender)
+        task = asyncio.create_task(listener.run())
+        try:
+            for _ in range(200):  # until the listener's queue is bound
+                if listener.status.ok:
+                    break
+                await asyncio.sleep(0.05)
+
+            async def send(key: str, message: Heartbeat | FederationDone) -> None:
+                body = encode_message(message)
+                await sender.publish(topology.control, key, body, type=MESSAGE_TYPES[message.kind])
+
+            # p0's key, p1 in the body; and federation.done under a participant's key
+            await send(
+                participant_key("heartbeat", "p0"),
+                Heartbeat(federation=federation, participant="p1"),
+            )
+            done = FederationDone(federation=federation, rounds_completed=9, model_version=9)
+            await send(participant_key("heartbeat", "p0"), done)
+            for i in range(GHOSTS):
+                ghost = f"ghost-{i}"
+                await send(
+                    participant_key("heartbeat", ghost),
+                    Heartbeat(federation=federation, participant=ghost),
+                )
+            last = f"ghost-{GHOSTS - 1}"
+            for _ in range(400):
+                shown = live.federations.get(federation)
+                if shown is not None and last in shown.participants:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await topology.delete(sender, [])
+    shown = live.federations[federation]
+    assert "p1" not in shown.participants and shown.done is None
+    assert len(shown.participants) == MAX_SHOWN_PARTICIPANTS
+    assert f"ghost-{GHOSTS - 1}" in shown.participants and "ghost-0" not in shown.participants
