@@ -24,6 +24,7 @@ from tests.hostile.cases import (
     ATTACKER,
     NORM_BOUND,
     HostileCase,
+    bounds_cases,
     captured_cases,
     crafted_cases,
     hostile_documents,
@@ -101,6 +102,15 @@ def test_each_hostile_case_gets_its_reason_in_bounded_memory(case: HostileCase):
     verdict, peak = check(case.body, OWNER if case.sender == "owner" else ATTACKER)
     assert reason_of(verdict) == case.reason
     assert peak < bound(case.body)
+
+
+@pytest.mark.parametrize("case", bounds_cases(FEDERATION, MODEL), ids=lambda c: c.kind)
+def test_a_number_or_name_out_of_bounds_gets_its_exact_reason(case: HostileCase):
+    """Numbers the ledger cannot store, names a terminal or rich would obey: ``schema``,
+    with the header that says which field, before anything is admitted or recorded."""
+    verdict, _ = check(case.body)
+    assert isinstance(verdict, Refused) and verdict.meta is None
+    assert verdict.outcome().header() == case.header
 
 
 def test_a_topk_tensor_declaring_32_gib_is_refused_before_it_is_decoded():
