@@ -39,7 +39,8 @@ MAX_METRICS = 32
 FederationName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 ParticipantId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
 UpdateId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
-MetricName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_./-]{1,64}$")]
+_METRIC_NAME = r"^[A-Za-z0-9_./-]{1,64}$"
+MetricName = Annotated[str, Field(pattern=_METRIC_NAME)]
 MetricValue = Annotated[float, Field(ge=-MAX_METRIC, le=MAX_METRIC)]
 
 
@@ -66,14 +67,14 @@ def wire_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
             number = float(value)
         except (TypeError, ValueError):
             continue
-        if isinstance(name, str) and _METRIC_NAME.match(name) and abs(number) <= MAX_METRIC:
+        if isinstance(name, str) and _metric_name.match(name) and abs(number) <= MAX_METRIC:
             fits[name] = number
             if len(fits) == MAX_METRICS:
                 break
     return fits
 
 
-_METRIC_NAME = re.compile(r"[A-Za-z0-9_./-]{1,64}\Z")
+_metric_name = re.compile(_METRIC_NAME.replace("$", r"\Z"))  # "$" would take "a\n"
 
 
 class _Message(BaseModel):
