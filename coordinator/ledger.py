@@ -31,6 +31,7 @@ from fedq.coordinator.ledger_schema import (
 )
 from fedq.coordinator.ledger_view import LedgerView
 from fedq.coordinator.records import UpdateRecord, VersionRecord
+from fedq.runtime.printable import printable
 
 
 class UpdateLedger(LedgerView):
@@ -122,18 +123,22 @@ class UpdateLedger(LedgerView):
         reason: str,
         detail: str,
     ) -> None:
+        """One refused or duplicate delivery. Its values come from a message that may have
+        been refused for them, so each is made storable whatever it holds: text printable
+        and bounded, an integer beyond SQLite's int64 stored as NULL (SQLite would raise,
+        and the delivery, never acked, would come back to raise again)."""
         with self._lock:
             self._db.execute(
                 "INSERT INTO rejections (update_id, participant, round, base_version, "
                 "during_version, reason, detail, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    update_id,
-                    participant,
-                    round_,
-                    base_version,
-                    during_version,
-                    reason,
-                    detail,
+                    _text_or_none(update_id, MAX_ID_CHARS),
+                    _text_or_none(participant, MAX_ID_CHARS),
+                    _int64_or_none(round_),
+                    _int64_or_none(base_version),
+                    int(during_version),
+                    printable(reason, MAX_ID_CHARS),
+                    printable(detail),
                     time.time(),
                 ),
             )
@@ -162,3 +167,17 @@ def file_sha256(path: Path) -> str:
 
 def _int_or_none(value: int | None) -> int | None:
     return None if value is None else int(value)
+
+
+#: An id in a rejection row: a broker message id is at most 255 bytes.
+MAX_ID_CHARS = 255
+_INT64 = range(-(2**63), 2**63)
+
+
+def _int64_or_none(value: object) -> int | None:
+    """``value`` if it is an integer SQLite stores, else None."""
+    return value if isinstance(value, int) and value in _INT64 else None
+
+
+def _text_or_none(value: object, limit: int) -> str | None:
+    return None if value is None else printable(value, limit)

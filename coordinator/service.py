@@ -47,7 +47,7 @@ from fedq.coordinator.strategies import AggregationContext
 from fedq.coordinator.strategy import compose_strategy
 from fedq.coordinator.version import Version
 from fedq.messages.codec import Weights, spec_of
-from fedq.messages.schema import FederationDone, RoundClosed
+from fedq.messages.schema import FederationDone, RoundClosed, wire_metrics
 from fedq.messages.topology import FEDERATION_DONE, ROUND_CLOSED, Topology
 from fedq.messages.transport import Delivery, Transport
 from fedq.runtime.failpoints import failpoint
@@ -305,7 +305,7 @@ class Coordinator:
             federation=self.config.federation,
             rounds_completed=version,
             model_version=version,
-            metrics=last.metrics if last else {},
+            metrics=wire_metrics(last.metrics) if last else {},
         )
         await self.publisher.control(FEDERATION_DONE, done)
 

@@ -29,6 +29,7 @@ import numpy as np
 from fedq.messages.chunks import TensorSlice
 from fedq.messages.codec import ChunkInfo
 from fedq.messages.schema import UpdateMeta
+from fedq.runtime.printable import printable
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,13 @@ class Outcome:
 
     meta: UpdateMeta | None
     reason: str
+    #: For a person; made printable and bounded here (:func:`~fedq.runtime.printable.printable`):
+    #: it quotes what the sender wrote (a key of its metadata, a message id), and goes
+    #: into a header, the ledger and log lines.
     detail: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "detail", printable(self.detail))
 
     def header(self) -> str:
         """The ``x-fedq-reason`` header of its dead-letter copy."""

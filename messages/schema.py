@@ -8,22 +8,77 @@ single tensor byte is looked at.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter
 
 from fedq.messages.chunks import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, MIN_CHUNK_BYTES
 
 SCHEMA_VERSION: Literal[1] = 1
 
+#: Every integer of every message is at most this: 2**53 - 1, the largest integer a float64
+#: holds exactly. So each one fits SQLite's INTEGER (int64) in the ledger, survives the
+#: float arithmetic it meets (FedAvg weights are float64 sums of ``num_examples``; a version
+#: number + 1 never overflows), and reads back exactly from JSON in JavaScript (the
+#: dashboard). A body beyond it is refused as ``schema``, before anything is stored.
+MAX_INT = 2**53 - 1
+#: Every float of every message is finite (``allow_inf_nan=False``); a metric's value is
+#: within +-MAX_METRIC: float32 (TensorBoard's scalars) holds it, and weighted by the
+#: largest ``num_examples`` it stays far inside float64.
+MAX_METRIC = 1e30
+#: Metrics per message, and what a metric's name may be: they become ledger JSON,
+#: TensorBoard tags, table columns and plot series, so few, short and printable.
+MAX_METRICS = 32
+
+#: Names and ids travel into logs, terminals, the ledger and web pages: short, and of
+#: characters that mean nothing to a terminal, to rich markup or to HTML.
 FederationName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 ParticipantId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+UpdateId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+_METRIC_NAME = r"^[A-Za-z0-9_./-]{1,64}$"
+MetricName = Annotated[str, Field(pattern=_METRIC_NAME)]
+MetricValue = Annotated[float, Field(ge=-MAX_METRIC, le=MAX_METRIC)]
+
+
+def _few_metrics(value: object) -> object:
+    """Counted before any is validated: 50,000 keys are refused for their number alone."""
+    if isinstance(value, Mapping) and len(value) > MAX_METRICS:
+        raise ValueError(f"at most {MAX_METRICS} metrics, not {len(value)}")
+    return value
+
+
+Metrics = Annotated[dict[MetricName, MetricValue], BeforeValidator(_few_metrics)]
+#: A count, a version or a round: never negative, never beyond MAX_INT.
+Count = Annotated[int, Field(ge=0, le=MAX_INT)]
+#: Seconds: a duration, or a Unix time (``at``).
+Seconds = Annotated[float, Field(ge=0, le=MAX_INT)]
+
+
+def wire_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
+    """The metrics of ``metrics`` a message may carry: the first MAX_METRICS whose name and
+    value fit (a diverged loss of NaN is left out, not sent to be refused)."""
+    fits: dict[str, float] = {}
+    for name, value in metrics.items():
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            continue
+        if isinstance(name, str) and _metric_name.match(name) and abs(number) <= MAX_METRIC:
+            fits[name] = number
+            if len(fits) == MAX_METRICS:
+                break
+    return fits
+
+
+_metric_name = re.compile(_METRIC_NAME.replace("$", r"\Z"))  # "$" would take "a\n"
 
 
 class _Message(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     v: Literal[1] = SCHEMA_VERSION
     federation: FederationName
@@ -33,14 +88,14 @@ class UpdateMeta(_Message):
     """A participant's weight delta, computed against model ``base_version``."""
 
     kind: Literal["update"] = "update"
-    update_id: str = Field(default_factory=lambda: str(uuid.uuid4()), min_length=1, max_length=64)
+    update_id: UpdateId = Field(default_factory=lambda: str(uuid.uuid4()))
     participant: ParticipantId
     #: The round it was trained for; None in async mode, which has no rounds.
-    round: int | None = Field(default=None, ge=1)
-    base_version: int = Field(ge=0, description="the model version the delta is against")
-    num_examples: int = Field(gt=0, description="the FedAvg weight of this update")
-    metrics: dict[str, float] = Field(default_factory=dict)
-    train_seconds: float = Field(default=0.0, ge=0)
+    round: int | None = Field(default=None, ge=1, le=MAX_INT)
+    base_version: Count = Field(description="the model version the delta is against")
+    num_examples: int = Field(gt=0, le=MAX_INT, description="the FedAvg weight of this update")
+    metrics: Metrics = Field(default_factory=dict)
+    train_seconds: Seconds = 0.0
 
 
 class ModelMeta(_Message):
@@ -48,9 +103,9 @@ class ModelMeta(_Message):
     (None in async mode: train on it whenever free)."""
 
     kind: Literal["model"] = "model"
-    version: int = Field(ge=0)
-    round: int | None = Field(default=None, ge=1)
-    rounds_total: int = Field(ge=1, description="versions the federation will commit")
+    version: Count
+    round: int | None = Field(default=None, ge=1, le=MAX_INT)
+    rounds_total: int = Field(ge=1, le=MAX_INT, description="versions the federation will commit")
     #: The coordinator's chunk size, the one setting both sides must share: a model larger
     #: comes in chunks of at most this many raw tensor bytes, and a participant cuts the
     #: update it trains on this model into chunks of the same size. A model without it
@@ -67,18 +122,18 @@ class ModelMeta(_Message):
 
 class RoundOpen(_Message):
     kind: Literal["round.open"] = "round.open"
-    round: int = Field(ge=1)
-    version: int = Field(ge=0)
-    quorum: int = Field(ge=1)
-    deadline_seconds: float = Field(gt=0)
+    round: int = Field(ge=1, le=MAX_INT)
+    version: Count
+    quorum: int = Field(ge=1, le=MAX_INT)
+    deadline_seconds: Seconds = Field(gt=0)
 
 
 class RoundClosed(_Message):
     kind: Literal["round.closed"] = "round.closed"
-    round: int = Field(ge=1)
-    version: int = Field(ge=1, description="the model version this round committed")
+    round: int = Field(ge=1, le=MAX_INT)
+    version: int = Field(ge=1, le=MAX_INT, description="the model version this round committed")
     reason: Literal["quorum", "deadline"]
-    contributors: list[str]
+    contributors: list[ParticipantId]
 
 
 class VersionProgress(_Message):
@@ -87,29 +142,29 @@ class VersionProgress(_Message):
 
     kind: Literal["version.progress"] = "version.progress"
     mode: Literal["sync", "quorum", "async"]
-    version: int = Field(ge=0, description="the current model; the open version is +1")
-    round: int | None = Field(default=None, ge=1)
-    accepted: int = Field(ge=0)
-    quorum: int = Field(ge=1)
-    refused: int = Field(ge=0, description="updates refused while this version is open")
-    duplicates: int = Field(
-        default=0, ge=0, description="copies of held or committed updates, acked and not applied"
+    version: Count = Field(description="the current model; the open version is +1")
+    round: int | None = Field(default=None, ge=1, le=MAX_INT)
+    accepted: Count
+    quorum: int = Field(ge=1, le=MAX_INT)
+    refused: Count = Field(description="updates refused while this version is open")
+    duplicates: Count = Field(
+        default=0, description="copies of held or committed updates, acked and not applied"
     )
-    seconds_left: float
-    rounds_total: int = Field(ge=1)
+    seconds_left: Seconds
+    rounds_total: int = Field(ge=1, le=MAX_INT)
 
 
 class FederationDone(_Message):
     kind: Literal["federation.done"] = "federation.done"
-    rounds_completed: int = Field(ge=0)
-    model_version: int = Field(ge=0)
-    metrics: dict[str, float] = Field(default_factory=dict)
+    rounds_completed: Count
+    model_version: Count
+    metrics: Metrics = Field(default_factory=dict)
 
 
 class Join(_Message):
     kind: Literal["join"] = "join"
     participant: ParticipantId
-    at: float = Field(default_factory=time.time)
+    at: Seconds = Field(default_factory=time.time)
 
 
 ParticipantState = Literal["idle", "training", "sending"]
@@ -118,20 +173,20 @@ ParticipantState = Literal["idle", "training", "sending"]
 class Heartbeat(_Message):
     kind: Literal["heartbeat"] = "heartbeat"
     participant: ParticipantId
-    round: int = Field(ge=0, default=0)
+    round: Count = 0
     #: What it is doing now, the model version it last trained on (-1: none yet), and
     #: what it has sent so far: for the people watching (the dashboard).
     state: ParticipantState = "idle"
-    version: int = Field(ge=-1, default=-1)
-    updates_sent: int = Field(ge=0, default=0)
-    bytes_sent: int = Field(ge=0, default=0)
-    at: float = Field(default_factory=time.time)
+    version: int = Field(ge=-1, le=MAX_INT, default=-1)
+    updates_sent: Count = 0
+    bytes_sent: Count = 0
+    at: Seconds = Field(default_factory=time.time)
 
 
 class Leave(_Message):
     kind: Literal["leave"] = "leave"
     participant: ParticipantId
-    at: float = Field(default_factory=time.time)
+    at: Seconds = Field(default_factory=time.time)
 
 
 ControlMessage = Annotated[

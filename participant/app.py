@@ -30,12 +30,13 @@ import asyncio
 import importlib
 import inspect
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, cast, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fedq.messages.codec import Weights
+from fedq.messages.schema import wire_metrics
 from fedq.participant.scheme import IID, Scheme
 
 
@@ -159,10 +160,14 @@ def app_train_config(app: App) -> TrainConfig:
 async def train_on(
     app: App, weights: Weights, partition: Partition, config: TrainConfig
 ) -> TrainResult:
-    """``app.train``: awaited if it is a coroutine function, else run in a worker thread."""
+    """``app.train``: awaited if it is a coroutine function, else run in a worker thread.
+    Its metrics are those an update may carry (:func:`~fedq.messages.schema.wire_metrics`):
+    a metric the app names oddly, or a loss gone NaN, is left out rather than refused."""
     if inspect.iscoroutinefunction(app.train):
-        return await cast(Awaitable[TrainResult], app.train(weights, partition, config))
-    return cast(TrainResult, await asyncio.to_thread(app.train, weights, partition, config))
+        result = await cast(Awaitable[TrainResult], app.train(weights, partition, config))
+    else:
+        result = cast(TrainResult, await asyncio.to_thread(app.train, weights, partition, config))
+    return replace(result, metrics=wire_metrics(result.metrics))
 
 
 def load_app(spec: str) -> App:

@@ -133,8 +133,9 @@ def refuse_all(meta: UpdateMeta) -> Admitted:
     raise Rejection("stale", "refused by the mode")
 
 
-#: Valid, but its body is larger than the tensors and the metadata allowance (1 MiB).
-LARGE_META = UpdateMeta(
+#: A body larger than the tensors and the metadata allowance (1 MiB), which is checked
+#: first: its 100,000 metrics (more than a message may carry) are never read.
+LARGE_META = UpdateMeta.model_construct(
     federation="f",
     participant="p",
     round=2,

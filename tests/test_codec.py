@@ -59,12 +59,12 @@ def test_decoded_tensors_are_views_into_the_body():
 
 @given(
     st.dictionaries(st.text(min_size=1, max_size=20), float_arrays, min_size=1, max_size=6),
-    st.text(max_size=30),
+    st.from_regex(r"[A-Za-z0-9_./-]{0,30}", fullmatch=True),  # a metric name's characters
 )
 def test_every_tensor_starts_16_bytes_aligned_from_the_body_start(tensors, participant_name):
     meta = UpdateMeta(
         federation="f", participant="p" + "x" * len(participant_name), round=1,
-        base_version=0, num_examples=1, metrics={participant_name: 1.0},
+        base_version=0, num_examples=1, metrics={"m" + participant_name: 1.0},
     )  # fmt: skip
     body = encode_message(meta, tensors)
     start = np.frombuffer(body, dtype=np.uint8).__array_interface__["data"][0]

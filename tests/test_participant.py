@@ -10,7 +10,7 @@ import pytest
 from fedq.apps.synthetic import SyntheticApp
 from fedq.messages.chunks import MAX_CHUNK_BYTES, MIN_CHUNK_BYTES, encode_chunks
 from fedq.messages.codec import decode_message, encode_message
-from fedq.messages.schema import MESSAGE_TYPES, FederationDone, ModelMeta, UpdateMeta
+from fedq.messages.schema import MAX_INT, MESSAGE_TYPES, FederationDone, ModelMeta, UpdateMeta
 from fedq.messages.topology import FEDERATION_DONE, Topology
 from fedq.participant.config import ParticipantConfig
 from fedq.participant.model_assembly import model_queue_bytes
@@ -36,9 +36,9 @@ def test_a_model_queue_holds_one_model_however_it_is_cut_and_not_two(model):
     assert bound is not None
     longest = ModelMeta(
         federation="f" * 64,
-        version=2**63 - 1,
-        round=2**63 - 1,
-        rounds_total=2**63 - 1,
+        version=MAX_INT,  # the longest msgpack integer (9 bytes), as 2**63 - 1
+        round=MAX_INT,
+        rounds_total=MAX_INT,
         chunk_bytes=MAX_CHUNK_BYTES,
     )
     for chunk_bytes in (MIN_CHUNK_BYTES, MIN_CHUNK_BYTES + 1234, 100_000, 1 << 20, MAX_CHUNK_BYTES):

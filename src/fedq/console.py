@@ -1,4 +1,10 @@
-"""What a person sees: a progress bar over rounds, a row per committed round, a summary."""
+"""What a person sees: a progress bar over rounds, a row per committed round, a summary.
+
+Every string that a participant may have written (ids, reasons and details from the
+ledger, metric names) is printed through :func:`plain`: as a rich ``Text`` it is never
+read as markup (an id ``[/x]`` would stop the print), and its control characters are
+escaped (``\x1b[2J`` would clear the operator's screen).
+"""
 
 from __future__ import annotations
 
@@ -6,16 +12,24 @@ from collections import Counter
 from collections.abc import Iterable
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from fedq.coordinator.attendance import Attendance, describe_late
 from fedq.coordinator.observers import CoordinatorObserver, UpdateSeen
 from fedq.coordinator.records import VersionSummary
 from fedq.coordinator.service import FederationResult
 from fedq.participant.worker import LocalUpdate
+from fedq.runtime.printable import printable
 
 console = Console(stderr=True, soft_wrap=True)
+
+
+def plain(text: object, style: str = "") -> Text:
+    """``text`` as written, whatever it holds: no markup, control characters escaped."""
+    return Text(printable(text, limit=None), style=style)
 
 
 def _fmt(metrics: dict[str, float], key: str) -> str:
@@ -40,7 +54,7 @@ def history_table(
     rows = list(rows)
     private = any(r.epsilon is not None for r in rows)
     who = {a.version: a for a in attendance}
-    table = Table(title=title)
+    table = Table(title=plain(title))
     columns = ["version", "round", "closed by", "updates", "participants", "refused"]
     columns += ["late", "missing"] if who else []
     local = any("accuracy" in r.local_metrics for r in rows)
@@ -67,7 +81,7 @@ def history_table(
         ]
         if private:
             cells.append("-" if row.epsilon is None else f"{row.epsilon:.3g}")
-        table.add_row(*cells)
+        table.add_row(*(plain(c) for c in cells))
     return table
 
 
@@ -116,7 +130,7 @@ class RoundProgress(CoordinatorObserver):
             parts.append(f"{rejected} rejected")
         if self.alive is not None:
             parts.append(f"{self.alive} participants alive")
-        return ", ".join(parts)
+        return escape(printable(", ".join(parts), limit=None))  # a markup column
 
     def participants_alive(self, alive: int) -> None:
         self.alive = alive
@@ -176,30 +190,33 @@ class ParticipantProgress:
             f"last: {r.participant} on model v{r.version}, {r.num_examples} examples in "
             f"{r.seconds:.2f}s, loss {_fmt(r.metrics, 'loss')}"
         )
-        self.progress.update(self.task, advance=1, status=status)
+        self.progress.update(self.task, advance=1, status=escape(printable(status, limit=None)))
         if self.count <= self.LINES_UP_TO:
             self.progress.console.print(
-                f"{r.participant}: model v{r.version}: {r.num_examples} "
-                f"examples in {r.seconds:.2f}s, loss {_fmt(r.metrics, 'loss')}, "
-                f"accuracy {_fmt(r.metrics, 'accuracy')}, sent {human_bytes(r.update_bytes)}"
+                plain(
+                    f"{r.participant}: model v{r.version}: {r.num_examples} "
+                    f"examples in {r.seconds:.2f}s, loss {_fmt(r.metrics, 'loss')}, "
+                    f"accuracy {_fmt(r.metrics, 'accuracy')}, sent {human_bytes(r.update_bytes)}"
+                )
             )
 
 
 def print_summary(result: FederationResult) -> None:
-    table = Table(title=f"federation {result.federation}", show_header=False)
+    table = Table(title=plain(f"federation {result.federation}"), show_header=False)
     table.add_row("mode", result.mode)
     table.add_row("versions committed", str(result.rounds_completed))
     table.add_row("model version", str(result.model_version))
     table.add_row("updates incorporated", str(result.updates_incorporated))
     rejected = ", ".join(f"{k} {v}" for k, v in sorted(result.rejected_by_reason.items()))
     table.add_row(
-        "updates rejected", f"{result.updates_rejected}" + (f" ({rejected})" if rejected else "")
+        "updates rejected",
+        plain(f"{result.updates_rejected}" + (f" ({rejected})" if rejected else "")),
     )
     table.add_row("duplicates (acked, not applied)", str(result.duplicates))
     if result.epsilon is not None:
         table.add_row("privacy spent (epsilon)", f"{result.epsilon:.4g}")
     for key, value in sorted(result.final_metrics.items()):
-        table.add_row(f"final {key}", f"{value:.4f}")
+        table.add_row(plain(f"final {key}"), f"{value:.4f}")
     table.add_row("wall seconds", f"{result.wall_seconds:.1f}")
-    table.add_row("state dir", result.state_dir)
+    table.add_row("state dir", plain(result.state_dir))
     console.print(table)

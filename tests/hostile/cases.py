@@ -32,6 +32,8 @@ class HostileCase:
     reason: str
     #: "attacker", or "owner": published with the captured update's owner's credentials.
     sender: str = "attacker"
+    #: The whole ``x-fedq-reason`` header it must get, where the test knows it exactly.
+    header: str | None = None
 
 
 def tensor(name: str, array: np.ndarray, **overrides: Any) -> dict[str, Any]:
@@ -150,7 +152,55 @@ def crafted_cases(
             pack(doc(**current) | {"padding": [[] for _ in range(200_000)]}),
             "undecodable",
         ),
+        *bounds_cases(federation, model, attacker, version),
     ]
+
+
+#: What pydantic says of a number above MAX_INT (2**53 - 1) and of a name out of its pattern.
+ABOVE_MAX_INT = "Input should be less than or equal to 9007199254740991"
+ID_PATTERN = "String should match pattern '^[A-Za-z0-9_.-]{1,64}$'"
+METRIC_PATTERN = "String should match pattern '^[A-Za-z0-9_./-]{1,64}$'"
+#: A terminal's "clear the screen", and rich markup that stops a print ("[/x]" closes
+#: nothing that is open).
+CLEAR_SCREEN = "\x1b[2J"
+MARKUP = "[/x][bold red]"
+
+
+def bounds_cases(
+    federation: str, model: dict[str, np.ndarray], attacker: str = ATTACKER, version: int = 1
+) -> list[HostileCase]:
+    """Updates well-formed but for one number beyond what the ledger stores (int64) or
+    one name a terminal or rich would obey: each is ``schema``, with its exact header.
+    Otherwise admitted by the mode (on the open version). msgpack's integers end at
+    2**64 - 1, so that is the largest a sender can write (2**70 cannot be encoded)."""
+    current = {"round": version + 1, "base_version": version}
+
+    def case(kind: str, header: str, **overrides: Any) -> HostileCase:
+        body = pack(_update_doc(federation, model, attacker=attacker, **(current | overrides)))
+        return HostileCase(kind, body, "schema", header=f"schema: {header}")
+
+    many = {f"m{i}": 0.0 for i in range(50_000)}  # ~800 kB: under the metadata allowance
+    return [
+        case("num_examples 2**64 - 1", f"num_examples: {ABOVE_MAX_INT}", num_examples=2**64 - 1),
+        case("round 2**64 - 1", f"round: {ABOVE_MAX_INT}", round=2**64 - 1),
+        case("base_version 2**63", f"base_version: {ABOVE_MAX_INT}", base_version=2**63),
+        case("num_examples 2**53", f"num_examples: {ABOVE_MAX_INT}", num_examples=2**53),
+        case("train_seconds infinity", "train_seconds: Input should be a finite number",
+             train_seconds=float("inf")),
+        case("metric NaN", "metrics.loss: Input should be a finite number",
+             metrics={"loss": float("nan")}),
+        case("metric 1e300", "metrics.loss: Input should be less than or equal to 1" + "0" * 30,
+             metrics={"loss": 1e300}),
+        case("update id with markup", f"update_id: {ID_PATTERN}", update_id=MARKUP),
+        case("update id with a terminal escape", f"update_id: {ID_PATTERN}",
+             update_id=CLEAR_SCREEN),
+        case("metric name with markup", f"metrics.{MARKUP}.[key]: {METRIC_PATTERN}",
+             metrics={MARKUP: 1.0}),
+        case("metric name with a terminal escape",
+             f"metrics.\\x1b[2J.[key]: {METRIC_PATTERN}", metrics={CLEAR_SCREEN: 1.0}),
+        case("50,000 metric keys", "metrics: Value error, at most 32 metrics, not 50000",
+             metrics=many),
+    ]  # fmt: skip
 
 
 def norm_outlier(

@@ -19,11 +19,12 @@ from fedq.coordinator.strategies import AggregationContext, build_aggregator
 from fedq.coordinator.verdicts import Refused, Verdict
 from fedq.coordinator.version import Version
 from fedq.messages.codec import encode_message, spec_of
-from fedq.messages.schema import UpdateMeta
+from fedq.messages.schema import UpdateMeta, wire_metrics
 from tests.hostile.cases import (
     ATTACKER,
     NORM_BOUND,
     HostileCase,
+    bounds_cases,
     captured_cases,
     crafted_cases,
     hostile_documents,
@@ -103,6 +104,15 @@ def test_each_hostile_case_gets_its_reason_in_bounded_memory(case: HostileCase):
     assert peak < bound(case.body)
 
 
+@pytest.mark.parametrize("case", bounds_cases(FEDERATION, MODEL), ids=lambda c: c.kind)
+def test_a_number_or_name_out_of_bounds_gets_its_exact_reason(case: HostileCase):
+    """Numbers the ledger cannot store, names a terminal or rich would obey: ``schema``,
+    with the header that says which field, before anything is admitted or recorded."""
+    verdict, _ = check(case.body)
+    assert isinstance(verdict, Refused) and verdict.meta is None
+    assert verdict.outcome().header() == case.header
+
+
 def test_a_topk_tensor_declaring_32_gib_is_refused_before_it_is_decoded():
     """The memory bomb: a few bytes declare 2^33 zeros. Decoding first would allocate
     32 GiB (or raise MemoryError out of the intake and stop the coordinator)."""
@@ -144,3 +154,17 @@ def test_one_user_flooding_well_formed_updates_is_rate_limited_per_version():
     assert reasons(OWNER, 1) == ["candidate"]
     version = version_on_v1(max_per_user=3)
     assert reasons(ATTACKER, 1) == ["candidate"]
+
+
+def test_an_honest_app_s_odd_metrics_are_left_out_not_refused():
+    """A participant sends what its app reports only as far as the bounds allow: a loss
+    gone NaN, a name with a space, the 33rd metric are left out, and the update passes."""
+    odd = {"loss": float("nan"), "val loss": 1.0, "huge": 1e31} | {f"m{i}": 0.5 for i in range(40)}
+    metrics = wire_metrics(odd)
+    assert list(metrics) == [f"m{i}" for i in range(32)]
+    meta = UpdateMeta(
+        federation=FEDERATION, participant=OWNER, round=2, base_version=1, num_examples=10,
+        metrics=metrics,
+    )  # fmt: skip
+    body = encode_message(meta, {k: np.full_like(v, 0.001) for k, v in MODEL.items()})
+    assert reason_of(check(body, OWNER)[0]) == "candidate"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.text import Text
 
 from fedq.cli.audit import audit_command
 from fedq.cli.broker import broker_app
@@ -20,7 +21,7 @@ from fedq.cli.partition import partition_command
 from fedq.cli.running import Failure
 from fedq.cli.simulate import simulate_command
 from fedq.cli.teardown import teardown_command
-from fedq.console import console
+from fedq.console import console, plain
 from fedq.options import OptionsError
 from fedq.runtime.allocator import tune_malloc_for_large_buffers
 
@@ -50,7 +51,8 @@ def main() -> None:
     try:
         app()
     except (Failure, OptionsError) as exc:
-        console.print(f"[bold red]fedq:[/] {exc}", highlight=False, soft_wrap=True)
+        lines = (plain(line) for line in str(exc).split("\n"))  # no markup, no control
+        console.print(Text("fedq:", "bold red"), Text("\n").join(lines), soft_wrap=True)
         sys.exit(exc.status if isinstance(exc, Failure) else 2)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -10,7 +10,7 @@ import typer
 
 from fedq.cli.flags import StateOpt
 from fedq.cli.running import fail
-from fedq.console import console
+from fedq.console import console, plain
 from fedq.coordinator.audit import audit
 from fedq.coordinator.ledger_schema import LedgerError
 from fedq.coordinator.ledger_view import ledgers_under
@@ -55,13 +55,14 @@ def audit_command(
             else ""
         )
         console.print(
-            f"{path.parent}: {report.versions} versions chained (head {report.head}), "
-            f"{report.checkpoints} checkpoints matching their sha256, {report.updates} "
-            f"update ids each in one version{checked_sent}",
-            highlight=False,
+            plain(
+                f"{path.parent}: {report.versions} versions chained (head {report.head}), "
+                f"{report.checkpoints} checkpoints matching their sha256, {report.updates} "
+                f"update ids each in one version{checked_sent}"
+            )
         )
-        for failure in report.failures:
-            console.print(f"  FAILED {failure}", style="bold red", highlight=False)
+        for failure in report.failures:  # update ids from the ledger and the sent logs
+            console.print(plain(f"  FAILED {failure}", style="bold red"))
         failed = failed or not report.ok
     if failed:
         raise typer.Exit(1)

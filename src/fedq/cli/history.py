@@ -14,7 +14,7 @@ from rich.console import Console
 from fedq import strict_json
 from fedq.cli.flags import StateOpt
 from fedq.cli.running import fail
-from fedq.console import console, history_table
+from fedq.console import console, history_table, plain
 from fedq.coordinator.ledger_schema import LedgerError
 from fedq.coordinator.ledger_view import FederationHistory, read_histories
 from fedq.plot import PlotUnavailable, plot_history
@@ -46,7 +46,7 @@ def history_command(
             plot_history([(h.federation, h.rounds) for h in histories], plot)
         except PlotUnavailable as exc:
             raise fail(str(exc)) from None
-        console.print(f"plot written to {plot}")
+        console.print(plain(f"plot written to {plot}"))
     if as_json:
         data = [asdict(h) for h in histories]
         print(strict_json.dumps(data if len(data) > 1 else data[0], indent=2))
@@ -57,7 +57,8 @@ def history_command(
 def print_histories(histories: list[FederationHistory]) -> None:
     """Each federation's table, then what was refused, on stdout: the history is this
     command's output. Piped, a table keeps its natural width (not cut to 80 columns, no
-    cell wrapped), so its lines can be grepped."""
+    cell wrapped), so its lines can be grepped. What participants wrote (ids, details)
+    goes out :func:`~fedq.console.plain`: never markup, never a terminal control."""
     out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 10_000)
     for h in histories:
         title = f"federation {h.federation} ({h.state_dir})"
@@ -65,7 +66,8 @@ def print_histories(histories: list[FederationHistory]) -> None:
         for r in h.rejections:
             base = "" if r["base_version"] is None else f" on v{r['base_version']}"
             out.print(
-                f"  refused while v{r['during_version']} was current: "
-                f"{r['participant'] or '?'}{base}: {r['reason']}: {r['detail']}",
-                highlight=False,
+                plain(
+                    f"  refused while v{r['during_version']} was current: "
+                    f"{r['participant'] or '?'}{base}: {r['reason']}: {r['detail']}"
+                )
             )

@@ -1,6 +1,7 @@
 """What every command shares: a user's mistake is a :class:`Failure` (one line, exit 2,
 printed by :func:`fedq.cli.main` after every display stopped), a run is cancelled cleanly
-by SIGINT or SIGTERM, and logging is quiet unless asked for."""
+by SIGINT or SIGTERM, and logging is quiet unless asked for, one line of visible characters a
+record."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from fedq.coordinator.ledger_schema import LedgerError
 from fedq.messages.amqp import BrokerUnavailable
 from fedq.messages.transport import TransportError
 from fedq.participant.app import App, AppError, load_app
+from fedq.runtime.printable import printable
 from fedq.settings import settings
 
 T = TypeVar("T")
@@ -53,9 +55,21 @@ def run(coro: Awaitable[T]) -> T:
         raise Failure(f"broker error: {exc}") from None
 
 
+class PrintableFormatter(logging.Formatter):
+    """One record, one line of visible characters: a log message quotes what senders wrote
+    (ids, reasons, a malformed message's fields), and a terminal or a log viewer obeys the
+    control characters in it (``\x1b[2J`` clears the screen, ``\n`` forges a line), so they
+    are escaped (:func:`~fedq.runtime.printable.printable`). A traceback keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return printable(super().formatMessage(record), limit=None)
+
+
 def setup_logging(verbose: bool) -> None:
     level = logging.INFO if verbose else getattr(logging, settings().log_level.upper(), 30)
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(PrintableFormatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     for noisy in ("tensorflow", "absl"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     # The broker client logs each failed connection attempt; fedq reports them in one line.
