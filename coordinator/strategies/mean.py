@@ -20,7 +20,8 @@ first (the sum it would write, block by block, without writing), and one that wo
 finite raises :class:`~.base.FoldOverflow` with nothing changed: the update whose fold, at
 its own weight, would overflow the sum of those before it is refused (``overflow``). The
 end result is a convex combination of finite values, normalised before it is summed, so it
-is finite.
+is finite. The check is one more pass over the update through the same scratch: time, no
+memory.
 """
 
 from __future__ import annotations
