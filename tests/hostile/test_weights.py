@@ -22,13 +22,15 @@ from fedq.coordinator.checkpoint import checkpoint_path, load_checkpoint
 from fedq.coordinator.config import CoordinatorConfig
 from fedq.coordinator.service import Coordinator
 from fedq.messages.amqp import AmqpTransport
+from fedq.messages.chunks import encode_chunks
 from fedq.messages.codec import Weights, encode_message
 from fedq.messages.schema import MESSAGE_TYPES, UpdateMeta
 from fedq.messages.topology import UPDATE_KEY, Topology
 from tests.conftest import BROKER_URL
 from tests.helpers import drain
 
-PARAMS = 1000
+PARAMS = 100_000  # 400 kB of float32: 7 chunks of at most 64 KiB when chunked
+CHUNK = 1 << 16
 HONEST = 3
 #: int64's range, so the claim passes any schema bound on integers.
 CLAIMED = 10**12
@@ -74,6 +76,7 @@ async def run_one_version(
         state_dir=tmp_path,
         round_timeout=600,
         linger_seconds=0,
+        chunk_bytes=CHUNK,
         **extra,
     )
     async with AmqpTransport(BROKER_URL) as sender, AmqpTransport(BROKER_URL) as own:
@@ -127,7 +130,7 @@ async def test_a_claimed_billion_examples_is_capped_at_its_share_of_the_version(
     times the others' weight: 3 x 600 at the default share of 0.75. The committed model is
     that mean, not the attacker's delta (which it would be, to 1e-9, without the cap)."""
     bodies, weights, honest = honest_updates(federation)
-    attack = deltas(99, 0.05)
+    attack = deltas(99, 0.02)
     assert np.sqrt(sum(float(np.sum(t.astype(np.float64) ** 2)) for t in attack.values())) < 10
     bodies.insert(1, ("u-mallory", update(federation, "mallory", CLAIMED, attack)))
     committed, refused, dead = await run_one_version(
@@ -145,20 +148,31 @@ async def test_a_claimed_billion_examples_is_capped_at_its_share_of_the_version(
     assert not np.allclose(committed[name], start[name] + uncapped[name], rtol=1e-3, atol=1e-4)
 
 
-@pytest.mark.parametrize("position", [0, 2])
+@pytest.mark.parametrize(
+    ("position", "chunked"), [(0, False), (2, False), (2, True)], ids=["first", "third", "chunked"]
+)
 async def test_an_update_whose_weighted_sum_overflows_is_refused_and_the_rest_committed(
-    tmp_path: Path, federation: str, position: int
+    tmp_path: Path, federation: str, position: int, chunked: bool
 ):
     """Finite float32 values near 3e38 with a weight of 1000: the weighted sum is infinite.
-    Arriving first or after two honest updates, it is refused (overflow) with nothing of
-    it folded, and the version is the exact FedAvg of the three honest ones."""
+    Arriving first or after two honest updates, in one message or in chunks, it is refused
+    (overflow) with nothing of it folded: every body of it is in the DLQ with that reason,
+    and the version is the exact FedAvg of the three honest ones."""
     bodies, weights, honest = honest_updates(federation)
     huge = {name: np.full_like(t, 3e38) for name, t in model().items()}
-    attack = ("u-mallory", update(federation, "mallory", 1000, huge))
-    bodies.insert(position, attack)
+    if chunked:
+        meta = UpdateMeta(
+            federation=federation, participant="mallory", round=1, base_version=0,
+            num_examples=1000, update_id="u-mallory",
+        )  # fmt: skip
+        attack = [("u-mallory", body) for body in encode_chunks(meta, huge, "raw", CHUNK)]
+        assert len(attack) > 1
+    else:
+        attack = [("u-mallory", update(federation, "mallory", 1000, huge))]
+    bodies[position:position] = attack
     committed, refused, dead = await run_one_version(tmp_path, federation, HONEST, bodies)
     assert refused == {"overflow": 1}
-    assert dead == [("overflow", attack[1])]
+    assert sorted(dead) == sorted(("overflow", body) for _, body in attack)
     expected = weighted_mean(weights, honest)
     start = model()
     for name, tensor in committed.items():
