@@ -33,16 +33,17 @@ import math
 import re
 import shutil
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import xxhash
 
 from fedq.coordinator.strategies.base import DeltaPieces, Piece
 from fedq.coordinator.verdicts import ChunkCandidate, Rejection
-from fedq.messages.chunks import TensorSlice, whole_digest
+from fedq.messages.chunks import Plan, TensorSlice, plan_chunks, whole_digest
 from fedq.messages.codec import ModelSpec, decode_message
 from fedq.messages.schema import UpdateMeta
 from fedq.messages.transport import Delivery
@@ -153,6 +154,8 @@ class Assembler:
         max_norm: float | None,
         max_streams: int,
         timeout_seconds: float,
+        chunk_bytes: int,
+        max_per_sender: int,
     ) -> None:
         self.spool_dir = spool_dir
         # Whatever a previous coordinator left: the broker redelivers those chunks.
@@ -162,8 +165,14 @@ class Assembler:
         self.max_bytes = max_bytes
         self.max_norm = max_norm
         self.max_streams = max_streams
+        self.max_per_sender = max_per_sender
         self.timeout_seconds = timeout_seconds
+        #: How the coordinator's chunk size cuts an update of this model: every chunk must
+        #: carry exactly its slices (participants cut by the size the model announced).
+        self.plan = model_plan(spec, chunk_bytes)
         self.streams: dict[str, Stream] = {}
+        #: Streams in assembly per sender (see :func:`sender_of`).
+        self._per_sender: Counter[str] = Counter()
         self._refused: OrderedDict[str, Rejection] = OrderedDict()
 
     def add(self, candidate: ChunkCandidate, delivery: Delivery) -> Outcome:
@@ -175,28 +184,16 @@ class Assembler:
             raise Rejection(
                 earlier.reason, f"an earlier chunk's update was refused: {earlier.detail}"
             )
+        self._check_plan(candidate)
         stream = self.streams.get(meta.update_id)
         if stream is None:
-            if len(self.streams) >= self.max_streams:
-                raise Rejection(
-                    "too_many_streams",
-                    f"{len(self.streams)} chunked updates are in assembly already, the most "
-                    "allowed (--max-streams)",
-                )
-            stream = Stream(
-                meta,
-                chunk.count,
-                chunk.digest,
-                self.spool_dir / _file_name(meta.update_id),
-            )
-            self.streams[meta.update_id] = stream
+            stream = self._open_stream(candidate)
         elif meta != stream.meta or (chunk.count, chunk.digest) != (stream.count, stream.digest):
             raise Rejection(
                 "conflicting_chunk",
                 f"chunk {chunk.index} of update {meta.update_id} does not match its other "
                 "chunks' metadata, count or digest",
             )
-        stream.last_seen = time.monotonic()
         known = stream.chunks.get(chunk.index)
         if known is not None:
             if known.digest != candidate.digest:
@@ -206,7 +203,8 @@ class Assembler:
                     "contents",
                 )
             replaced, known.delivery = known.delivery, delivery
-            return ChunkCopy(replaced)
+            return ChunkCopy(replaced)  # a copy is no progress: its stream's clock runs on
+        stream.last_seen = time.monotonic()
         body = delivery.body
         if stream.size + len(body) > self.max_bytes:
             raise Rejection(
@@ -223,11 +221,56 @@ class Assembler:
         stream.sum_squares += candidate.sum_squares
         return Assembled(stream) if stream.complete else Pending()
 
+    def _check_plan(self, candidate: ChunkCandidate) -> None:
+        """Rejection unless the chunk is the one the model's plan makes at its index: so
+        no chunk is empty or tiny, and a stream has as many chunks as the plan, whatever
+        count the sender claims."""
+        chunk = candidate.chunk
+        if chunk.count != len(self.plan) or candidate.slices != self.plan[chunk.index]:
+            raise Rejection(
+                "chunk_plan",
+                f"chunk {chunk.index} of {chunk.count} is not the plan of the model's chunk "
+                f"size ({len(self.plan)} chunks, each of its own slices)",
+            )
+
+    def _open_stream(self, candidate: ChunkCandidate) -> Stream:
+        """A new stream for ``candidate``'s update, within the slots: ``max_streams`` in
+        all, ``max_per_sender`` for its participant (an attacker keeping streams open by
+        re-sending a chunk of each now and then holds its own few slots, not all)."""
+        meta = candidate.meta
+        if len(self.streams) >= self.max_streams:
+            raise Rejection(
+                "too_many_streams",
+                f"{len(self.streams)} chunked updates are in assembly already, the most "
+                "allowed (--max-streams)",
+            )
+        if self._per_sender[meta.participant] >= self.max_per_sender:
+            raise Rejection(
+                "too_many_streams",
+                f"{meta.participant} has {self.max_per_sender} chunked updates in assembly "
+                "already, the most allowed per participant (--max-streams-per-participant)",
+            )
+        stream = Stream(
+            meta,
+            candidate.chunk.count,
+            candidate.chunk.digest,
+            self.spool_dir / _file_name(meta.update_id),
+        )
+        self.streams[meta.update_id] = stream
+        self._per_sender[meta.participant] += 1
+        return stream
+
+    def _remove(self, stream: Stream) -> None:
+        if self.streams.pop(stream.update_id, None) is not None:
+            self._per_sender[stream.meta.participant] -= 1
+            if not self._per_sender[stream.meta.participant]:
+                del self._per_sender[stream.meta.participant]
+
     def finish(self, stream: Stream) -> ChunkedDelta:
         """The complete ``stream``'s delta, or Rejection: every value of every tensor
         exactly once, the digest of the whole, the norm bound. Removes it from assembly
         either way (the caller folds or dead-letters it, then closes it)."""
-        self.streams.pop(stream.update_id, None)
+        self._remove(stream)
         try:
             self._check_coverage(stream)
             digests = [stream.chunks[i].digest for i in range(stream.count)]
@@ -298,10 +341,18 @@ class Assembler:
 
     def take(self, stream: Stream, rejection: Rejection) -> None:
         """Remove ``stream`` from assembly, refused for ``rejection``."""
-        self.streams.pop(stream.update_id, None)
+        self._remove(stream)
         self.remember(stream.update_id, rejection)
 
     def drain(self) -> list[Stream]:
         """Every stream still in assembly, removed (the federation is done)."""
         streams, self.streams = list(self.streams.values()), {}
+        self._per_sender.clear()
         return streams
+
+
+def model_plan(spec: ModelSpec, chunk_bytes: int) -> Plan:
+    """:func:`~fedq.messages.chunks.plan_chunks` of an update of the model ``spec``, from
+    its shapes and dtypes alone (views of one value each: no model-sized allocation)."""
+    shaped = {name: np.broadcast_to(np.zeros((), s.dtype), s.shape) for name, s in spec.items()}
+    return plan_chunks(shaped, chunk_bytes)

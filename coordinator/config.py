@@ -189,6 +189,12 @@ class CoordinatorConfig(BaseModel):
         ge=1,
         description="Chunked updates assembled at once; one more is refused (too_many_streams).",
     )
+    max_streams_per_participant: int = Field(
+        2,
+        ge=1,
+        description="Chunked updates of one participant assembled at once; one more is "
+        "refused (too_many_streams).",
+    )
     chunk_timeout: float = Field(
         120.0,
         gt=0,

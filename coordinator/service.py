@@ -158,6 +158,8 @@ class Coordinator:
             max_norm=config.max_update_norm,
             max_streams=config.max_streams,
             timeout_seconds=config.chunk_timeout,
+            chunk_bytes=config.chunk_bytes,
+            max_per_sender=config.max_streams_per_participant,
         )
         return Collector(
             config, deliveries, intake, assembler, self.settler, self.publisher, self.observers

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 from fedq.coordinator.assembly import Stream
 from fedq.coordinator.ledger import UpdateLedger
@@ -24,6 +26,14 @@ log = logging.getLogger("fedq.coordinator")
 
 #: The header of a dead-lettered body that says why it was refused.
 REASON_HEADER = "x-fedq-reason"
+#: The sender's headers a dead-letter copy keeps (what fedq's participants set), when each
+#: value is a short string or an int64: every other header is dropped, never copied.
+KEPT_HEADERS = frozenset(
+    {"federation", "participant", "round", "base_version", "chunk_index", "chunk_count"}
+)
+#: The longest string a kept header, or the reason, carries into a dead-letter copy.
+MAX_HEADER_CHARS = 256
+MAX_REASON_CHARS = 1024
 
 
 class Settler:
@@ -66,8 +76,7 @@ class Settler:
 
     async def _dead_letter(self, delivery: Delivery, body: bytes, outcome: Outcome) -> None:
         """A copy of ``body`` (what ``delivery`` brought) to the dead-letter queue."""
-        headers = dict(delivery.headers)
-        headers[REASON_HEADER] = outcome.header()
+        headers = dead_letter_headers(delivery.headers, outcome)
         await self.transport.publish(
             "",
             self.topology.rejected,
@@ -109,3 +118,24 @@ class Settler:
                 size=size,
             )
         )
+
+
+def dead_letter_headers(sent: Mapping[str, Any], outcome: Outcome) -> dict[str, Any]:
+    """The headers of a dead-letter copy, rebuilt from a bounded allow-list: a sender's
+    header is whatever it chose (a value just under the broker's frame size, a table
+    nested deep), and copied whole with the reason added it could make the copy too large
+    for a frame, so that the refusal itself fails."""
+    kept = {name: sent[name] for name in KEPT_HEADERS if _keepable(sent.get(name))}
+    kept[REASON_HEADER] = _bounded(outcome.header(), MAX_REASON_CHARS)
+    return kept
+
+
+def _keepable(value: object) -> bool:
+    """A short string or an int64: what fedq's own headers hold."""
+    if isinstance(value, str):
+        return len(value) <= MAX_HEADER_CHARS
+    return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
+
+
+def _bounded(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"

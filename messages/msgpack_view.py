@@ -19,6 +19,20 @@ import msgpack
 
 _MAX_DEPTH = 32
 
+#: What decoding may allocate beyond the decode budget's share of the body (see
+#: :class:`DecodeBudget`): room for a whole honest message of small tensors.
+BUDGET_ALLOWANCE = 1 << 20
+#: Bytes of Python objects a decoded message may take per byte of its body.
+BUDGET_PER_BYTE = 8
+#: What each kind of object costs against the budget, in bytes: about what CPython
+#: allocates for it (a container also pays for each of its slots; small ints, ``None``
+#: and booleans are shared objects and cost nothing).
+_CONTAINER_COST = 64
+_SLOT_COST = 8
+_STR_COST = 50
+_BIN_COST = 200
+_NUMBER_COST = 32
+
 
 class MsgpackError(ValueError):
     """The body is not valid msgpack of the kinds fedq writes."""
@@ -51,12 +65,26 @@ _LENGTH: dict[int, tuple[str, int]] = {
 
 
 class _Reader:
-    __slots__ = ("buf", "pos")
+    """Reads one body, charging what it builds to a budget: a document of nested empty
+    containers costs one byte on the wire per container and some 64 in memory, so without
+    a budget a 40 MB body could take gigabytes. With it, decoding takes at most
+    ``BUDGET_ALLOWANCE + BUDGET_PER_BYTE x len(body)`` bytes, whatever the document."""
+
+    __slots__ = ("buf", "left", "pos")
 
     def __init__(self, body: bytes | bytearray | memoryview) -> None:
         view = memoryview(body)
         self.buf = view.cast("B") if view.format != "B" or view.ndim != 1 else view
         self.pos = 0
+        self.left = BUDGET_ALLOWANCE + BUDGET_PER_BYTE * len(self.buf)
+
+    def _charge(self, cost: int) -> None:
+        self.left -= cost
+        if self.left < 0:
+            raise MsgpackError(
+                "decoding would take more memory than a message of this length may "
+                f"({BUDGET_PER_BYTE} bytes a byte, plus {BUDGET_ALLOWANCE})"
+            )
 
     def _take(self, n: int) -> memoryview:
         end = self.pos + n
@@ -80,7 +108,7 @@ class _Reader:
         if 0xA0 <= b <= 0xBF:
             return self._str(b & 0x1F)
         if 0x90 <= b <= 0x9F:
-            return [self.read(depth + 1) for _ in range(b & 0x0F)]
+            return self._array(b & 0x0F, depth)
         if 0x80 <= b <= 0x8F:
             return self._map(b & 0x0F, depth)
         if b == 0xC0:
@@ -90,25 +118,33 @@ class _Reader:
         if b == 0xC3:
             return True
         if b in _FIXED:
+            self._charge(_NUMBER_COST)
             return self._unpack(*_FIXED[b])
         if b in _LENGTH:
             n = self._unpack(*_LENGTH[b])
             if b <= 0xC6:
+                self._charge(_BIN_COST)
                 return self._take(n)
             if b <= 0xDB:
                 return self._str(n)
             if b <= 0xDD:
-                return [self.read(depth + 1) for _ in range(n)]
+                return self._array(n, depth)
             return self._map(n, depth)
         raise MsgpackError(f"unsupported msgpack type byte 0x{b:02x} at offset {self.pos - 1}")
 
     def _str(self, n: int) -> str:
+        self._charge(_STR_COST + n)
         try:
             return str(self._take(n), "utf-8")
         except UnicodeDecodeError as exc:
             raise MsgpackError(f"invalid utf-8 string: {exc}") from None
 
+    def _array(self, n: int, depth: int) -> list[Any]:
+        self._charge(_CONTAINER_COST + _SLOT_COST * n)
+        return [self.read(depth + 1) for _ in range(n)]
+
     def _map(self, n: int, depth: int) -> dict[Any, Any]:
+        self._charge(_CONTAINER_COST + 2 * _SLOT_COST * n)
         out: dict[Any, Any] = {}
         for _ in range(n):
             key = self.read(depth + 1)

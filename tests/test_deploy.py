@@ -414,17 +414,6 @@ def parse_fedq(args: list[str]) -> dict[str, Any]:
     return dict(ctx.params)
 
 
-def missing_feature(args: list[str]) -> str | None:
-    """What of fedq a command needs that is not there yet (being written elsewhere)."""
-    if fedq_command(args[0]) is None:
-        return f"`fedq {args[0]}` does not exist yet"
-    flags = {opt for p in fedq_command(args[0]).params for opt in p.opts}
-    absent = sorted(a for a in args if a.startswith("--") and a not in flags)
-    if args[0] == "coordinator" and set(absent) <= {"--metrics-port", "--metrics-host"} and absent:
-        return f"`fedq coordinator {' '.join(absent)}` does not exist yet"
-    return None
-
-
 def test_every_fedq_role_is_deployed():
     where = {(c.where.split(":")[0], c.args[0]) for c in COMMANDS}
     for place in ("compose", "k8s"):
@@ -434,9 +423,6 @@ def test_every_fedq_role_is_deployed():
 
 @pytest.mark.parametrize("command", [pytest.param(c, id=c.where) for c in COMMANDS])
 def test_the_fedq_command_parses(command):
-    missing = missing_feature(command.args)
-    if missing:
-        pytest.xfail(missing)
     params = parse_fedq(command.args)
     if "app_spec" in params:  # importable (not imported: that would load TensorFlow)
         assert importlib.util.find_spec(params["app_spec"].partition(":")[0]) is not None

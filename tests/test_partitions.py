@@ -231,13 +231,7 @@ def test_the_scheme_comes_from_fedq_partition(monkeypatch):
         scheme_from_env()
 
 
-def partition_registered() -> bool:
-    return "partition" in run_fedq("--help", timeout=60).stdout
-
-
 def test_fedq_partition_prints_label_counts_and_plots_them(tmp_path):
-    if not partition_registered():
-        pytest.skip("`fedq partition` is not registered in fedq.cli yet")
     out = tmp_path / "out.png"
     result = run_fedq(
         "partition", "--app", "fedq.apps.dense:app", "-n", "4",
@@ -253,8 +247,6 @@ def test_fedq_partition_prints_label_counts_and_plots_them(tmp_path):
 
 
 def test_fedq_partition_rejects_a_bad_scheme_in_one_line():
-    if not partition_registered():
-        pytest.skip("`fedq partition` is not registered in fedq.cli yet")
     result = run_fedq("partition", "--app", "fedq.apps.dense:app", "-n", "2", "--scheme", "zipf")
     assert result.returncode == 2
     assert "expected iid, dirichlet:BETA" in result.stdout + result.stderr

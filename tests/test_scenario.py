@@ -193,3 +193,16 @@ def test_simulate_refuses_a_bad_scenario_in_one_line(tmp_path: Path):
     missing = run_fedq("simulate", "-n", "4", "--scenario", str(tmp_path / "none.toml"))
     assert missing.returncode == 2 and "no such file" in missing.stderr
     assert "Traceback" not in done.stderr + missing.stderr
+
+
+def test_a_simulation_that_dropout_would_stall_is_refused_with_what_to_do(tmp_path):
+    """With dropout and --min-quorum = K, a version short of a dropped update would extend
+    its deadline forever: the run is refused at once, saying which flag to give."""
+    stalled = run_fedq(
+        "simulate", "-n", "4", "-r", "3", "--dropout", "0.5",
+        "--state-dir", str(tmp_path / "state"),
+    )  # fmt: skip
+    assert stalled.returncode == 2, stalled.stdout
+    assert "--min-quorum below K (e.g. --min-quorum 3)" in stalled.stderr
+    assert "Traceback" not in stalled.stderr
+    assert not (tmp_path / "state").exists()  # refused before anything started

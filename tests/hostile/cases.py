@@ -145,6 +145,11 @@ def crafted_cases(
         HostileCase("stale base version", valid(round=1, base_version=0), "stale"),
         HostileCase("future base version", valid(round=1001, base_version=1000), "unknown_round"),
         HostileCase("oversized body", valid(metrics=huge_metrics, **current), "too_large"),
+        HostileCase(
+            "nested empty containers (64x on decode)",
+            pack(doc(**current) | {"padding": [[] for _ in range(200_000)]}),
+            "undecodable",
+        ),
     ]
 
 

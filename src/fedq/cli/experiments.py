@@ -25,14 +25,19 @@ from fedq.scenario import (
 def describe_heterogeneity(
     config: CoordinatorConfig, found: tuple[ParticipantProfile, ...], seed: int
 ) -> None:
-    """Each distinct behaviour in one line, and what dropout needs of the quorum."""
+    """Each distinct behaviour in one line; a run that dropout would stall is refused.
+
+    A participant that drops a model sends nothing for that version, and no other model
+    comes until it is committed: with ``--min-quorum`` equal to K, a version short of one
+    update would extend its deadline forever."""
+    if any(p.dropout > 0 for p in found) and config.min_k == config.k > 1:
+        raise fail(
+            f"with dropout, a version can get fewer than its {config.k} updates and would wait "
+            f"for them forever: give --min-quorum below K (e.g. --min-quorum "
+            f"{config.k - 1}) and a --round-timeout it may close at"
+        )
     for line in describe(found):
         console.print(f"heterogeneity (seed {seed}): {line}", highlight=False)
-    if any(p.dropout > 0 for p in found) and config.min_k == config.k:
-        console.print(
-            f"note: with dropout a version can get fewer than its {config.k} updates and "
-            "then waits; set --min-quorum below K to close it at its --round-timeout"
-        )
 
 
 def heterogeneity(
