@@ -100,7 +100,12 @@ class Collector:
         )
         match verdict:
             case Candidate():
-                await self._fold(version, Update.of(verdict, delivery))
+                update = Update.of(verdict, delivery)
+                try:
+                    await self._fold(version, update)
+                except Rejection as rejection:  # overflow: nothing of it was folded
+                    await self._settle(version, Refused(rejection, verdict.meta), delivery)
+                    return False
                 return True
             case ChunkCandidate():
                 return await self._take_chunk(version, verdict, delivery)
@@ -136,14 +141,14 @@ class Collector:
             try:
                 pieces = await asyncio.to_thread(self.assembler.finish, stream)
                 admitted = version.readmit(stream.meta)
+                update = Update(
+                    stream.meta, pieces, admitted, stream.digest, stream.deliveries(), stream.size
+                )
+                await self._fold(version, update)  # or overflow, with nothing folded
             except Rejection as rejection:
                 self.assembler.remember(stream.update_id, rejection)
                 await self._refuse_stream(version, stream, rejection)
                 return False
-            update = Update(
-                stream.meta, pieces, admitted, stream.digest, stream.deliveries(), stream.size
-            )
-            await self._fold(version, update)
             return True
         finally:
             stream.close()

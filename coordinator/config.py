@@ -168,6 +168,15 @@ class CoordinatorConfig(BaseModel):
     max_update_norm: float | None = Field(
         None, gt=0, description="Reject updates whose delta has a larger L2 norm."
     )
+    max_weight_share: float = Field(
+        0.75,
+        ge=0.5,
+        le=1.0,
+        description="The largest share of a version's total weight one update may have: "
+        "the heaviest is folded with at most share/(1-share) times the others' weight "
+        "(num_examples is what a sender claims). 1 turns the cap off; the default leaves "
+        "honest data sizes up to 3:1 between two updates exact.",
+    )
     max_update_bytes: int | None = Field(
         None,
         gt=0,

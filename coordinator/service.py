@@ -45,7 +45,7 @@ from fedq.coordinator.records import VersionRecord, summary_of
 from fedq.coordinator.settle import Settler
 from fedq.coordinator.strategies import AggregationContext
 from fedq.coordinator.strategy import compose_strategy
-from fedq.coordinator.version import Version
+from fedq.coordinator.version import Version, check_finite
 from fedq.messages.codec import Weights, spec_of
 from fedq.messages.schema import FederationDone, RoundClosed, wire_metrics
 from fedq.messages.topology import FEDERATION_DONE, ROUND_CLOSED, Topology
@@ -215,6 +215,7 @@ class Coordinator:
                 memory_budget=int(self.config.robust_memory_mb * 2**20),
                 spill_dir=self.config.state_dir / "spill",
                 version=number + 1,
+                max_weight_share=self.config.max_weight_share,
             )
         )
         config = self.config
@@ -237,8 +238,10 @@ class Coordinator:
         number = version.number + 1
         clock = time.perf_counter()
         delta = await asyncio.to_thread(version.aggregation.result)
+        await asyncio.to_thread(check_finite, delta, f"the aggregate of v{number}")
         new = await asyncio.to_thread(self.strategy.optimizer.step, weights, delta)
         del delta
+        await asyncio.to_thread(check_finite, new, f"model v{number}")
         aggregated = time.perf_counter()
         metrics = await asyncio.to_thread(self.app.evaluate, new) or {}
         evaluated = time.perf_counter()

@@ -11,6 +11,10 @@ the next version:
 - the aggregation its updates are folded into;
 - what was settled without being folded while it was open, by reason.
 
+Nothing non-finite is ever committed: a fold that would overflow the aggregate is refused
+(``overflow``) before it changes it (:meth:`Version.fold`), and the aggregate and the new
+model are checked again before the commit (:func:`check_finite`).
+
 Chunked updates in assembly are not the version's: a stream may start under one version
 and complete under the next, which admits it again (:meth:`Version.readmit`).
 """
@@ -21,11 +25,13 @@ import asyncio
 from collections import Counter
 from dataclasses import dataclass
 
+import numpy as np
+
 from fedq.coordinator.held import HeldDeliveries
 from fedq.coordinator.modes import CloseReason, Mode, OpenVersion
 from fedq.coordinator.records import UpdateRecord
 from fedq.coordinator.strategies import Aggregation
-from fedq.coordinator.strategies.base import DeltaPieces, WholeDelta
+from fedq.coordinator.strategies.base import DeltaPieces, FoldOverflow, Weights, WholeDelta, blocks
 from fedq.coordinator.verdicts import Admitted, Candidate, Rejection, Settled
 from fedq.messages.schema import UpdateMeta
 from fedq.messages.transport import Delivery
@@ -154,13 +160,18 @@ class Version:
 
     # ------------------------------------------------------------- contents
     async def fold(self, update: Update) -> UpdateRecord:
-        """Fold ``update`` (in a worker thread) and hold its deliveries until the commit."""
-        await asyncio.to_thread(
-            self.aggregation.add_pieces,
-            update.pieces,
-            float(update.meta.num_examples),
-            update.admitted.scale,
-        )
+        """Fold ``update`` (in a worker thread) and hold its deliveries until the commit;
+        or raise Rejection (``overflow``) with nothing folded or held: its weighted values
+        would make the aggregate infinite (the sum of the others stands as it was)."""
+        try:
+            await asyncio.to_thread(
+                self.aggregation.add_pieces,
+                update.pieces,
+                float(update.meta.num_examples),
+                update.admitted.scale,
+            )
+        except (FoldOverflow, OverflowError) as exc:  # OverflowError: an int beyond float
+            raise Rejection("overflow", f"folding it would overflow the aggregate: {exc}") from None
         record = update.record()
         self.window.records.append(record)
         self.held.hold(update.meta.update_id, update.deliveries, update.digest)
@@ -176,3 +187,19 @@ class Version:
     def close(self) -> None:
         """Let go of the aggregation's buffers (and its spill file), committed or not."""
         self.aggregation.close()
+
+
+class NonFiniteModel(RuntimeError):
+    """The aggregate or the new model holds NaN or infinity: never committed."""
+
+
+def check_finite(tensors: Weights, what: str) -> None:
+    """Raise NonFiniteModel unless every value of ``tensors`` is finite (block by block:
+    no model-sized temporary)."""
+    for name, tensor in tensors.items():
+        for _, block in blocks(tensor.reshape(-1)):
+            if not np.isfinite(block).all():
+                raise NonFiniteModel(
+                    f"{what}: tensor {name!r} holds NaN or infinity; not committed (a server "
+                    "step that overflows: bound updates with --max-update-norm)"
+                )

@@ -10,6 +10,15 @@ A version's aggregated delta is made in three steps, each a part chosen per fede
    ``scale`` its staleness factor s(tau) in (0, 1]. The update contributes
    ``scale * delta``; the normaliser uses ``weight`` only, so an all-fresh version is
    plain FedAvg and stale updates shrink the step (FedBuff).
+
+   ``weight`` is what the sender claims (``num_examples``): nothing checks it. So the
+   rules that weight by it (``mean``, ``clipped_mean``, multi-Krum) cap the heaviest
+   update of a version at :func:`weight_cap`: at most ``max_weight_share`` of the
+   version's total weight (``share / (1 - share)`` times the weight of all the others
+   together). The share is in [0.5, 1], so only the heaviest can ever be over it, and the
+   cap is exact in a streaming fold: the heaviest is kept aside until the version closes,
+   when the others' weight is known (see :mod:`.mean`). A version of one update is that
+   update (there are no others to share with).
 2. ``Aggregation.result()`` is the aggregated delta, float32, shaped like the model.
 3. a :class:`ServerOptimizer` turns (model v, aggregated delta) into model v + 1 and keeps
    its state (momentum, moments) in :meth:`ServerOptimizer.state`, which the coordinator
@@ -22,13 +31,16 @@ What must stay true:
   updates are added; the others hold K x P values, in RAM up to a budget, beyond it in a
   file under the state directory (:class:`~fedq.coordinator.strategies.stack.DeltaStack`).
 - No I/O but that spill file, no broker, no clock: the same inputs give the same model.
+- A streaming sum never holds a value that is not finite: a fold that would overflow
+  float32 raises :class:`FoldOverflow` before it writes anything, so the update that
+  would break the sum is refused and the others stand as they were.
 """
 
 from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,6 +125,39 @@ class WholeDelta(DeltaPieces):
         return dict(self.delta)
 
 
+#: The largest share of a version's weight one update may have: no cap.
+NO_WEIGHT_CAP = 1.0
+
+#: The largest finite float32: a factor above it cannot be folded.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def weight_cap(others: float, share: float) -> float:
+    """The most the heaviest update of a version may weigh when all the others together
+    weigh ``others``: ``share`` of the total, i.e. ``share / (1 - share) * others``.
+    Infinite (no cap) for ``share >= 1`` or when it is alone (``others == 0``)."""
+    assert share >= 0.5, "below one half, more than the heaviest could be over its share"
+    if share >= NO_WEIGHT_CAP or others <= 0:
+        return math.inf
+    return share / (1.0 - share) * others
+
+
+def capped_weights(weights: Sequence[float], share: float) -> list[float]:
+    """``weights`` with the heaviest lowered to :func:`weight_cap` of the others."""
+    capped = [float(w) for w in weights]
+    if len(capped) < 2:
+        return capped
+    heaviest = max(range(len(capped)), key=capped.__getitem__)
+    others = math.fsum(capped[:heaviest] + capped[heaviest + 1 :])
+    capped[heaviest] = min(capped[heaviest], weight_cap(others, share))
+    return capped
+
+
+class FoldOverflow(ArithmeticError):
+    """Folding an update would make a float32 sum infinite: finite values whose weighted
+    sum is not (values near 3.4e38, or an absurd weight). Nothing was written."""
+
+
 class StrategyError(ValueError):
     """Settings a strategy cannot work with; the message says which and what to do."""
 
@@ -131,6 +176,9 @@ class AggregationContext:
     spill_dir: Path
     #: The version being made (for seeding, e.g. differential privacy's noise).
     version: int
+    #: The largest share of the version's total weight one update may have, in [0.5, 1]
+    #: (1: no cap); see :func:`weight_cap`.
+    max_weight_share: float = NO_WEIGHT_CAP
 
 
 class Aggregation(abc.ABC):

@@ -3,7 +3,9 @@
 With k updates of which at most f are Byzantine, each update is scored by the sum of the
 squared L2 distances to its k - f - 2 nearest other updates; Krum returns the update with
 the lowest score, multi-Krum (``select`` = m > 1) the example-weighted mean of the m best
-(normalised by example counts only, like the weighted mean).
+(normalised by example counts only, like the weighted mean), the heaviest of the m capped
+at ``max_weight_share`` of their weight (:func:`~.base.capped_weights`): the distances
+choose, but a claimed weight must not make one of the chosen the whole step.
 
 What must stay true:
 - :meth:`Krum.check` refuses a capacity k <= 2f + 2, where the guarantee does not hold.
@@ -18,7 +20,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedq.coordinator.strategies.base import AggregationContext, Aggregator, StrategyError
+from fedq.coordinator.strategies.base import (
+    AggregationContext,
+    Aggregator,
+    StrategyError,
+    capped_weights,
+)
 from fedq.coordinator.strategies.stack import DeltaStack, StackedAggregation
 
 
@@ -51,7 +58,8 @@ class _KrumAggregation(StackedAggregation):
         best = np.argsort(scores, kind="stable")[: min(self.select, k)]
         if best.size == 1:
             return stack.weighted_rows_mean([int(best[0])], [1.0])
-        return stack.weighted_rows_mean(best.tolist(), stack.weights[best].tolist())
+        weights = capped_weights(stack.weights[best].tolist(), self.max_weight_share)
+        return stack.weighted_rows_mean(best.tolist(), weights)
 
 
 class Krum(Aggregator):

@@ -1,8 +1,27 @@
 """The weighted mean, streaming: O(model) memory however many updates a version takes.
 
 sum_k w_k * s_k * delta_k / sum_k w_k, folded in float32 buffers shaped like the model,
-piece by piece through a scratch of BLOCK_VALUES values: memory is the model once plus
-4 MiB, and ``add`` keeps nothing of the update, so its body can go as soon as it returns.
+piece by piece through a scratch of BLOCK_VALUES values, and ``add`` keeps nothing of the
+update, so its body can go as soon as it returns.
+
+The weights are what senders claim, so the heaviest update is capped at
+``max_weight_share`` of the version (:func:`~.base.weight_cap`). Which update is heaviest,
+and what the others weigh, is known only when the version closes; so the heaviest so far
+is kept aside, unweighted (``s_h * delta_h``, a second model-sized buffer), and every other
+update is folded into the sums. When a heavier one comes, the one kept aside is folded with
+its own weight (it can no longer be the heaviest, and only the heaviest can be over the
+cap) and the newcomer takes its place. At the end the one kept aside joins with
+min(w_h, cap(others)). The result is exact whatever the order of arrival: the cap cannot be
+gamed by arriving first or last. Memory: the model twice plus 4 MiB (once with the cap
+off, ``max_weight_share = 1``).
+
+Overflow: finite float32 values times a weight can sum to infinity. Every fold is checked
+first (the sum it would write, block by block, without writing), and one that would not be
+finite raises :class:`~.base.FoldOverflow` with nothing changed: the update whose fold, at
+its own weight, would overflow the sum of those before it is refused (``overflow``). The
+end result is a convex combination of finite values, normalised before it is summed, so it
+is finite. The check is one more pass over the update through the same scratch: time, no
+memory.
 """
 
 from __future__ import annotations
@@ -11,18 +30,26 @@ import numpy as np
 
 from fedq.coordinator.strategies.base import (
     BLOCK_VALUES,
+    FLOAT32_MAX,
+    NO_WEIGHT_CAP,
     Aggregation,
     AggregationContext,
     Aggregator,
     Delta,
     DeltaPieces,
+    FoldOverflow,
     Weights,
     WholeDelta,
     blocks,
+    weight_cap,
 )
 
 
 class StreamingMean(Aggregation):
+    #: Whether the heaviest update is capped at the context's max_weight_share; off for
+    #: subclasses whose result reads the sums of every update (sparse and DP means).
+    caps_weight = True
+
     def __init__(self, context: AggregationContext) -> None:
         super().__init__()
         template = context.template
@@ -30,19 +57,68 @@ class StreamingMean(Aggregation):
         self._scratch = np.empty(BLOCK_VALUES, dtype=np.float32)
         self.total_weight = 0.0
         self._finished = False
+        self.share = context.max_weight_share if self.caps_weight else NO_WEIGHT_CAP
+        #: The heaviest update so far, s_h * delta_h (not in the sums), and its weight.
+        self._heaviest: Weights | None = None
+        self._heaviest_weight = 0.0
+        #: The weight of the updates in the sums.
+        self._summed_weight = 0.0
+        #: The weight the heaviest update had in the result (after the cap), once taken.
+        self.capped_weight: float | None = None
 
     def add(self, delta: Delta, weight: float, scale: float = 1.0) -> None:
         self.add_pieces(WholeDelta(delta), weight, scale)
 
     def add_pieces(self, pieces: DeltaPieces, weight: float, scale: float = 1.0) -> None:
+        """Fold ``scale * delta`` with ``weight``, or raise FoldOverflow (nothing written)."""
         assert weight > 0 and 0 < scale <= 1, "weight > 0 and a staleness factor in (0, 1]"
         assert not self._finished, "the result was taken"
-        factor = np.float32(weight * scale)
+        factor = _factor(weight * scale)
+        self._check_fits(pieces, factor)
+        capped = self.share < NO_WEIGHT_CAP
+        if capped and (self._heaviest is None or weight > self._heaviest_weight):
+            self._set_aside(pieces, weight, scale)
+        else:
+            self._fold_all(pieces, factor, weight)
+        self.total_weight += weight
+        self.count += 1
+
+    def _set_aside(self, pieces: DeltaPieces, weight: float, scale: float) -> None:
+        """``pieces`` becomes the heaviest; the one it replaces is folded with its weight."""
+        if self._heaviest is None:
+            self._heaviest = {n: np.empty_like(t) for n, t in self._sums.items()}
+        else:
+            previous = WholeDelta(self._heaviest)
+            factor = _factor(self._heaviest_weight)
+            self._check_fits(previous, factor)
+            self._fold_all(previous, factor, self._heaviest_weight)
+        kept, s = self._heaviest, np.float32(scale)
+        for name, start, values in pieces:
+            out = kept[name].reshape(-1)[start : start + values.size]
+            np.multiply(values, s, out=out, casting="unsafe")
+        self._heaviest_weight = weight
+
+    def _check_fits(self, pieces: DeltaPieces, factor: np.float32) -> None:
+        """Raise FoldOverflow if ``sums + factor * pieces`` would not be finite."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            for name, start, values in pieces:
+                flat = self._sums[name].reshape(-1)
+                for offset, block in blocks(values):
+                    at = start + offset
+                    scratch = self._scratch[: block.size]
+                    np.multiply(block, factor, out=scratch, casting="unsafe")
+                    scratch += flat[at : at + block.size]
+                    if not np.isfinite(scratch).all():
+                        raise FoldOverflow(
+                            f"tensor {name!r} times weight {float(factor):.4g} makes the "
+                            "float32 sum infinite"
+                        )
+
+    def _fold_all(self, pieces: DeltaPieces, factor: np.float32, weight: float) -> None:
         for name, start, values in pieces:
             for offset, block in blocks(values):
                 self._fold(name, start + offset, block, factor, weight)
-        self.total_weight += weight
-        self.count += 1
+        self._summed_weight += weight
 
     def _fold(
         self, name: str, at: int, block: np.ndarray, factor: np.float32, weight: float
@@ -59,7 +135,10 @@ class StreamingMean(Aggregation):
         assert self.count > 0, "mean of no updates"
         if not self._finished:
             self._finished = True
-            self._normalise()
+            if self._heaviest is None:
+                self._normalise()
+            else:
+                self._join_heaviest(self._heaviest)
         return self._sums
 
     def _normalise(self) -> None:
@@ -67,9 +146,33 @@ class StreamingMean(Aggregation):
         for total in self._sums.values():
             total *= inverse
 
+    def _join_heaviest(self, heaviest: Weights) -> None:
+        """sums / W + delta_h * (w_h' / W), W = the others' weight + w_h' and w_h' the
+        heaviest's capped weight: each part is normalised first, so the sum of a convex
+        combination of finite values stays finite."""
+        others = self._summed_weight
+        capped = min(self._heaviest_weight, weight_cap(others, self.share))
+        self.capped_weight = capped
+        total = others + capped
+        inverse, part = np.float32(1.0 / total), np.float32(capped / total)
+        for name, summed in self._sums.items():
+            summed *= inverse
+            kept = heaviest[name]
+            kept *= part
+            summed += kept
+        self._heaviest = None
+
+
+def _factor(weight: float) -> np.float32:
+    """``weight`` as the float32 factor of a fold, or FoldOverflow when it is not one."""
+    if not weight <= FLOAT32_MAX:
+        raise FoldOverflow(f"weight {weight:.4g} is beyond float32")
+    return np.float32(weight)
+
 
 class WeightedMean(Aggregator):
-    """FedAvg's aggregation: the example-weighted mean of the deltas."""
+    """FedAvg's aggregation: the example-weighted mean of the deltas, the heaviest capped
+    at ``max_weight_share`` of the version."""
 
     name = "mean"
 

@@ -36,7 +36,10 @@ from fedq.coordinator.strategies.clipped_mean import ClippedStreamingMean, check
 
 
 class _PrivateSum(ClippedStreamingMean):
-    """The clipped deltas summed with weight 1 (the clipped mean's fold), then noised."""
+    """The clipped deltas summed with weight 1 (the clipped mean's fold), then noised.
+    Every weight is 1, so no cap is needed (and the noised sum reads every update)."""
+
+    caps_weight = False
 
     def __init__(self, context: AggregationContext, rule: DifferentiallyPrivateMean) -> None:
         super().__init__(context, rule.clip_norm)

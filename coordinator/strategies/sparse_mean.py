@@ -21,6 +21,9 @@ the plain mean would, so under ``--max-update-norm`` one update's effect on the 
 bounded by that factor more (sqrt(10) for ten equal participants at e = 0.5). Against
 poisoning, use a robust aggregator; this one is for honest sparse updates.
 
+The heaviest update's weight is not capped here (``max_weight_share``): the per-entry
+divisor needs every sender's weight as claimed.
+
 Memory: a second float32 buffer shaped like the model (C), so O(model) whatever the number
 of updates; the fold stays streaming.
 """
@@ -34,6 +37,9 @@ from fedq.coordinator.strategies.mean import StreamingMean
 
 
 class _SparseStreamingMean(StreamingMean):
+    #: Its per-entry divisor counts the weight of every sender: not capped (see above).
+    caps_weight = False
+
     def __init__(self, context: AggregationContext, exponent: float) -> None:
         super().__init__(context)
         self.exponent = exponent

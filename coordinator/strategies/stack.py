@@ -143,6 +143,8 @@ class StackedAggregation(Aggregation):
     def __init__(self, context: AggregationContext) -> None:
         super().__init__()
         self.stack = DeltaStack(context)
+        #: For the rules that weight rows by example count (:func:`~.base.capped_weights`).
+        self.max_weight_share = context.max_weight_share
 
     def add(self, delta: Delta, weight: float, scale: float = 1.0) -> None:
         self.add_pieces(WholeDelta(delta), weight, scale)

@@ -13,6 +13,7 @@ from typing import TypeVar
 
 from fedq.coordinator.config import ConfigError
 from fedq.coordinator.ledger_schema import LedgerError
+from fedq.coordinator.version import NonFiniteModel
 from fedq.messages.amqp import BrokerUnavailable
 from fedq.messages.transport import TransportError
 from fedq.participant.app import App, AppError, load_app
@@ -49,7 +50,7 @@ def run(coro: Awaitable[T]) -> T:
         return asyncio.run(main())
     except asyncio.CancelledError:
         raise Failure("interrupted; uncommitted updates stay on the broker", 130) from None
-    except (AppError, BrokerUnavailable, ConfigError, LedgerError) as exc:
+    except (AppError, BrokerUnavailable, ConfigError, LedgerError, NonFiniteModel) as exc:
         raise Failure(str(exc)) from None
     except TransportError as exc:
         raise Failure(f"broker error: {exc}") from None

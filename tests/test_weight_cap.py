@@ -1,0 +1,98 @@
+"""The heaviest update's weight capped at its share of the version, and folds that would
+overflow float32 refused: pure parts (the broker tests are in tests/hostile/test_weights.py)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fedq.coordinator.strategies import AggregationContext
+from fedq.coordinator.strategies.base import FoldOverflow, capped_weights, weight_cap
+from fedq.coordinator.strategies.clipped_mean import NormClippedMean
+from fedq.coordinator.strategies.krum import Krum
+from fedq.coordinator.strategies.mean import WeightedMean
+
+MODEL = {"w": np.zeros((3, 2), np.float32), "b": np.zeros(2, np.float32)}
+
+
+def context(share: float, capacity: int = 6) -> AggregationContext:
+    return AggregationContext(
+        MODEL, capacity, 1 << 30, Path("/nonexistent"), version=1, max_weight_share=share
+    )
+
+
+def delta(value: float) -> dict[str, np.ndarray]:
+    return {k: np.full_like(v, value) for k, v in MODEL.items()}
+
+
+def expected_mean(updates: Sequence[tuple[float, float]], share: float) -> float:
+    weights = capped_weights([w for w, _ in updates], share)
+    return sum(w * v for w, (_, v) in zip(weights, updates, strict=True)) / sum(weights)
+
+
+def test_the_cap_is_share_over_one_minus_share_times_the_others():
+    assert weight_cap(600, 0.75) == pytest.approx(1800)
+    assert weight_cap(600, 0.5) == pytest.approx(600)
+    assert weight_cap(600, 1.0) == np.inf
+    assert weight_cap(0, 0.75) == np.inf  # alone: it is the version
+    assert capped_weights([100, 1e12, 200, 300], 0.75) == pytest.approx([100, 1800, 200, 300])
+    assert capped_weights([100, 200], 0.75) == [100, 200]  # under the cap: FedAvg
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([1, 10, 100, 10**6, 10**12]), st.floats(-10, 10, width=32)),
+        min_size=1,
+        max_size=6,
+    ),
+    st.sampled_from([0.5, 0.6, 0.75, 0.9]),
+)
+def test_the_streaming_mean_caps_the_heaviest_whatever_the_order(updates, share):
+    expected = expected_mean(updates, share)
+    for order in itertools.islice(itertools.permutations(updates), 6):
+        mean = WeightedMean().start(context(share))
+        for weight, value in order:
+            mean.add(delta(value), weight)
+        for tensor in mean.result().values():
+            np.testing.assert_allclose(tensor, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_claimed_huge_weight_takes_at_most_its_share_of_clipped_mean_and_multi_krum():
+    updates = [(100, 0.01), (200, 0.02), (300, 0.03), (10**12, -0.5)]
+    expected = expected_mean(updates, 0.75)
+    for rule in (NormClippedMean(clip_norm=10.0), Krum(byzantine=0, select=4)):
+        aggregation = rule.start(context(0.75, capacity=4))
+        for weight, value in updates:
+            aggregation.add(delta(value), weight)
+        for tensor in aggregation.result().values():
+            np.testing.assert_allclose(tensor, expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("share", [0.75, 1.0])
+def test_a_fold_that_would_overflow_is_refused_and_changes_nothing(share):
+    mean = WeightedMean().start(context(share))
+    mean.add(delta(0.5), 100)
+    mean.add(delta(0.25), 300)
+    with pytest.raises(FoldOverflow):
+        mean.add(delta(3e38), 1000)
+    with pytest.raises(FoldOverflow):
+        mean.add(delta(1.0), 1e39)  # a weight beyond float32
+    assert mean.count == 2
+    for tensor in mean.result().values():
+        np.testing.assert_allclose(tensor, (100 * 0.5 + 300 * 0.25) / 400, rtol=1e-6)
+
+
+def test_values_near_the_float32_limit_with_small_weights_stay_finite():
+    """A convex combination of finite values is finite: the kept-aside heaviest is joined
+    normalised, never summed at its weight."""
+    mean = WeightedMean().start(context(0.75))
+    mean.add(delta(3e38), 1)
+    mean.add(delta(3e38), 1)
+    for tensor in mean.result().values():
+        assert np.isfinite(tensor).all()
