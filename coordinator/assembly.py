@@ -38,12 +38,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import xxhash
 
 from fedq.coordinator.strategies.base import DeltaPieces, Piece
 from fedq.coordinator.verdicts import ChunkCandidate, Rejection
-from fedq.messages.chunks import Plan, TensorSlice, plan_chunks, whole_digest
+from fedq.messages.chunks import SLICE_ALIGN, TensorSlice, whole_digest
 from fedq.messages.codec import ModelSpec, decode_message
 from fedq.messages.schema import UpdateMeta
 from fedq.messages.transport import Delivery
@@ -167,9 +166,9 @@ class Assembler:
         self.max_streams = max_streams
         self.max_per_sender = max_per_sender
         self.timeout_seconds = timeout_seconds
-        #: How the coordinator's chunk size cuts an update of this model: every chunk must
-        #: carry exactly its slices (participants cut by the size the model announced).
-        self.plan = model_plan(spec, chunk_bytes)
+        #: How the coordinator's chunk size may cut an update of this model, in any order
+        #: of its tensors (participants cut by the size the model announced).
+        self.cuts = ChunkBounds.of(spec, chunk_bytes)
         self.streams: dict[str, Stream] = {}
         #: Streams in assembly per sender (see :func:`sender_of`).
         self._per_sender: Counter[str] = Counter()
@@ -222,15 +221,21 @@ class Assembler:
         return Assembled(stream) if stream.complete else Pending()
 
     def _check_plan(self, candidate: ChunkCandidate) -> None:
-        """Rejection unless the chunk is the one the model's plan makes at its index: so
-        no chunk is empty or tiny, and a stream has as many chunks as the plan, whatever
-        count the sender claims."""
-        chunk = candidate.chunk
-        if chunk.count != len(self.plan) or candidate.slices != self.plan[chunk.index]:
+        """Rejection unless the chunk is one the model's chunk size can make: no more
+        chunks than any order of the tensors makes, and every chunk but the last fuller
+        than the chunk size less one aligned block (so none is empty or tiny). A
+        participant's tensors may come in another order than the coordinator's (a model
+        assembled from chunks that arrived out of order), so the slices themselves are
+        not compared."""
+        chunk, cuts = candidate.chunk, self.cuts
+        raw = sum((part.stop - part.start) * cuts.itemsize[part.name] for part in candidate.slices)
+        least = 1 if chunk.index == chunk.count - 1 else cuts.least
+        if chunk.count > cuts.most_chunks or not least <= raw <= cuts.most_bytes:
             raise Rejection(
                 "chunk_plan",
-                f"chunk {chunk.index} of {chunk.count} is not the plan of the model's chunk "
-                f"size ({len(self.plan)} chunks, each of its own slices)",
+                f"chunk {chunk.index} of {chunk.count} carries {raw} bytes: the model's chunk "
+                f"size makes at most {cuts.most_chunks} chunks of {cuts.least} to "
+                f"{cuts.most_bytes} bytes (the last of at least 1)",
             )
 
     def _open_stream(self, candidate: ChunkCandidate) -> Stream:
@@ -351,8 +356,24 @@ class Assembler:
         return streams
 
 
-def model_plan(spec: ModelSpec, chunk_bytes: int) -> Plan:
-    """:func:`~fedq.messages.chunks.plan_chunks` of an update of the model ``spec``, from
-    its shapes and dtypes alone (views of one value each: no model-sized allocation)."""
-    shaped = {name: np.broadcast_to(np.zeros((), s.dtype), s.shape) for name, s in spec.items()}
-    return plan_chunks(shaped, chunk_bytes)
+@dataclass(frozen=True)
+class ChunkBounds:
+    """What any cut of the model at a chunk size looks like (see
+    :func:`~fedq.messages.chunks.plan_chunks`): a chunk closes only when less than one
+    aligned block of room is left, so every chunk but the last holds more than
+    ``chunk_bytes`` less the largest block, and that bounds how many there are."""
+
+    itemsize: dict[str, int]
+    most_chunks: int
+    most_bytes: int
+    least: int
+
+    @classmethod
+    def of(cls, spec: ModelSpec, chunk_bytes: int) -> ChunkBounds:
+        itemsize = {name: s.dtype.itemsize for name, s in spec.items()}
+        raw = sum(math.prod(s.shape) * s.dtype.itemsize for s in spec.values())
+        block = SLICE_ALIGN * max(itemsize.values(), default=1)
+        if raw <= chunk_bytes:  # one message: an honest update never comes in chunks
+            return cls(itemsize, 1, raw, 1)
+        assert chunk_bytes > block, "a chunk holds at least one aligned block of every dtype"
+        return cls(itemsize, raw // (chunk_bytes - block) + 1, chunk_bytes, chunk_bytes - block + 1)

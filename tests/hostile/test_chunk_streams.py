@@ -14,10 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from fedq.apps.synthetic import SyntheticApp
+from fedq.coordinator.assembly import ChunkBounds
 from fedq.coordinator.config import CoordinatorConfig
 from fedq.coordinator.service import Coordinator
 from fedq.messages.amqp import AmqpTransport
-from fedq.messages.chunks import encode_chunks
+from fedq.messages.chunks import encode_chunks, plan_chunks
+from fedq.messages.codec import spec_of
 from fedq.messages.schema import MESSAGE_TYPES, UpdateMeta
 from fedq.messages.topology import UPDATE_KEY, Topology
 from fedq.messages.transport import Transport
@@ -118,3 +120,22 @@ async def test_re_sending_a_chunk_does_not_keep_its_stream_open(tmp_path: Path, 
             running.cancel()
             await asyncio.gather(running, return_exceptions=True)
             await topology.delete(sender, [])
+
+
+def test_an_honest_update_fits_the_chunk_bounds_in_any_order_of_its_tensors():
+    """A participant's tensors may be in another order than the coordinator's (a model it
+    assembled from chunks that came out of order): its cut differs, and must still pass."""
+    model = {
+        "a": np.zeros(30_000, np.float32),
+        "b": np.zeros(5_000, np.float64),
+        "c": np.zeros(70_000, np.float32),
+        "d": np.zeros(3, np.float32),
+    }
+    bounds = ChunkBounds.of(spec_of(model), CHUNK)
+    for order in (list(model), list(reversed(model)), ["c", "a", "d", "b"]):
+        plan = plan_chunks({name: model[name] for name in order}, CHUNK)
+        assert 1 < len(plan) <= bounds.most_chunks
+        for index, chunk in enumerate(plan):
+            raw = sum((s.stop - s.start) * model[s.name].itemsize for s in chunk)
+            least = 1 if index == len(plan) - 1 else bounds.least
+            assert least <= raw <= bounds.most_bytes, (order, index, raw)
