@@ -125,7 +125,7 @@ async def test_re_sending_a_chunk_does_not_keep_its_stream_open(tmp_path: Path, 
 def test_an_honest_update_fits_the_chunk_bounds_in_any_order_of_its_tensors():
     """A participant's tensors may be in another order than the coordinator's (a model it
     assembled from chunks that came out of order): its cut differs, and must still pass."""
-    model = {
+    model: dict[str, np.ndarray] = {
         "a": np.zeros(30_000, np.float32),
         "b": np.zeros(5_000, np.float64),
         "c": np.zeros(70_000, np.float32),
