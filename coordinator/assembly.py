@@ -154,7 +154,7 @@ class Assembler:
         max_streams: int,
         timeout_seconds: float,
         chunk_bytes: int,
-        max_per_sender: int,
+        max_per_participant: int,
     ) -> None:
         self.spool_dir = spool_dir
         # Whatever a previous coordinator left: the broker redelivers those chunks.
@@ -164,14 +164,15 @@ class Assembler:
         self.max_bytes = max_bytes
         self.max_norm = max_norm
         self.max_streams = max_streams
-        self.max_per_sender = max_per_sender
+        self.max_per_participant = max_per_participant
         self.timeout_seconds = timeout_seconds
         #: How the coordinator's chunk size may cut an update of this model, in any order
         #: of its tensors (participants cut by the size the model announced).
         self.cuts = ChunkBounds.of(spec, chunk_bytes)
         self.streams: dict[str, Stream] = {}
-        #: Streams in assembly per sender (see :func:`sender_of`).
-        self._per_sender: Counter[str] = Counter()
+        #: Streams in assembly per participant (the one its metadata names, verified with
+        #: --verify-identity).
+        self._per_participant: Counter[str] = Counter()
         self._refused: OrderedDict[str, Rejection] = OrderedDict()
 
     def add(self, candidate: ChunkCandidate, delivery: Delivery) -> Outcome:
@@ -240,7 +241,7 @@ class Assembler:
 
     def _open_stream(self, candidate: ChunkCandidate) -> Stream:
         """A new stream for ``candidate``'s update, within the slots: ``max_streams`` in
-        all, ``max_per_sender`` for its participant (an attacker keeping streams open by
+        all, ``max_per_participant`` for its participant (an attacker keeping streams open by
         re-sending a chunk of each now and then holds its own few slots, not all)."""
         meta = candidate.meta
         if len(self.streams) >= self.max_streams:
@@ -249,10 +250,10 @@ class Assembler:
                 f"{len(self.streams)} chunked updates are in assembly already, the most "
                 "allowed (--max-streams)",
             )
-        if self._per_sender[meta.participant] >= self.max_per_sender:
+        if self._per_participant[meta.participant] >= self.max_per_participant:
             raise Rejection(
                 "too_many_streams",
-                f"{meta.participant} has {self.max_per_sender} chunked updates in assembly "
+                f"{meta.participant} has {self.max_per_participant} chunked updates in assembly "
                 "already, the most allowed per participant (--max-streams-per-participant)",
             )
         stream = Stream(
@@ -262,14 +263,14 @@ class Assembler:
             self.spool_dir / _file_name(meta.update_id),
         )
         self.streams[meta.update_id] = stream
-        self._per_sender[meta.participant] += 1
+        self._per_participant[meta.participant] += 1
         return stream
 
     def _remove(self, stream: Stream) -> None:
         if self.streams.pop(stream.update_id, None) is not None:
-            self._per_sender[stream.meta.participant] -= 1
-            if not self._per_sender[stream.meta.participant]:
-                del self._per_sender[stream.meta.participant]
+            self._per_participant[stream.meta.participant] -= 1
+            if not self._per_participant[stream.meta.participant]:
+                del self._per_participant[stream.meta.participant]
 
     def finish(self, stream: Stream) -> ChunkedDelta:
         """The complete ``stream``'s delta, or Rejection: every value of every tensor
@@ -352,7 +353,7 @@ class Assembler:
     def drain(self) -> list[Stream]:
         """Every stream still in assembly, removed (the federation is done)."""
         streams, self.streams = list(self.streams.values()), {}
-        self._per_sender.clear()
+        self._per_participant.clear()
         return streams
 
 

@@ -159,7 +159,7 @@ class Coordinator:
             max_streams=config.max_streams,
             timeout_seconds=config.chunk_timeout,
             chunk_bytes=config.chunk_bytes,
-            max_per_sender=config.max_streams_per_participant,
+            max_per_participant=config.max_streams_per_participant,
         )
         return Collector(
             config, deliveries, intake, assembler, self.settler, self.publisher, self.observers

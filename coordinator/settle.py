@@ -55,11 +55,12 @@ class Settler:
         """Dead-letter (a refusal), ack and record ``delivery``, settled while model
         ``during`` was current. ``size``: the body's bytes, when ``delivery`` is not the
         one that brought them (a held copy it replaced)."""
+        outcome = verdict.outcome()
         if verdict.dead_letter:
-            await self._dead_letter(delivery, delivery.body, verdict.outcome())
+            await self._dead_letter(delivery, delivery.body, outcome)
         await self._ack(delivery)
         size = len(delivery.body) if size is None else size
-        await self._record(verdict.outcome(), delivery.message_id, during, size)
+        await self._record(outcome, delivery.message_id, during, size)
 
     async def settle_stream(self, stream: Stream, rejection: Rejection, during: int) -> None:
         """A refused chunked update: each chunk that came goes to the dead-letter queue as

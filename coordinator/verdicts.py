@@ -42,7 +42,7 @@ class Rejection(Exception):
 
     def header(self) -> str:
         """The ``x-fedq-reason`` header: the machine-readable reason, a colon, the text."""
-        return f"{self.reason}: {self.detail}"
+        return Outcome(None, self.reason, self.detail).header()
 
 
 @dataclass(frozen=True)
@@ -116,11 +116,15 @@ class Duplicate:
     #: A copy changes nothing: acked and counted, its body not kept anywhere.
     dead_letter = False
 
+    @property
+    def reason(self) -> str:
+        return "duplicate"
+
     def outcome(self) -> Outcome:
         detail = f"the same bytes as update {self.meta.update_id}, already {self.of}"
         if self.chunk:
             detail = f"chunk {self.chunk}: {detail}"
-        return Outcome(self.meta, "duplicate", detail)
+        return Outcome(self.meta, self.reason, detail)
 
 
 @dataclass(frozen=True)
@@ -131,8 +135,12 @@ class Refused:
     #: A refusal is evidence: its body goes to the dead-letter queue with the reason.
     dead_letter = True
 
+    @property
+    def reason(self) -> str:
+        return self.rejection.reason
+
     def outcome(self) -> Outcome:
-        return Outcome(self.meta, self.rejection.reason, self.rejection.detail)
+        return Outcome(self.meta, self.reason, self.rejection.detail)
 
 
 Settled = Duplicate | Refused

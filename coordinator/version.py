@@ -179,7 +179,7 @@ class Version:
 
     def count(self, verdict: Settled) -> None:
         """A delivery settled without being folded while this version was open."""
-        self.settled[verdict.outcome().reason] += 1
+        self.settled[verdict.reason] += 1
 
     def close_reason(self) -> CloseReason | None:
         return self.window.close_reason()

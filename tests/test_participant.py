@@ -12,6 +12,7 @@ from fedq.messages.chunks import MAX_CHUNK_BYTES, MIN_CHUNK_BYTES, encode_chunks
 from fedq.messages.codec import decode_message, encode_message
 from fedq.messages.schema import MAX_INT, MESSAGE_TYPES, FederationDone, ModelMeta, UpdateMeta
 from fedq.messages.topology import FEDERATION_DONE, Topology
+from fedq.messages.transport import Transport
 from fedq.participant.config import ParticipantConfig
 from fedq.participant.model_assembly import model_queue_bytes
 from fedq.participant.worker import LocalUpdate, Participant
@@ -53,6 +54,17 @@ def test_a_model_that_fits_the_smallest_chunk_keeps_only_the_newest_message():
     assert model_queue_bytes({"w": np.ones(MIN_CHUNK_BYTES // 4, np.float32)}) is None
 
 
+async def announce_done(coordinator: Transport, topology: Topology, versions: int) -> None:
+    """``federation.done`` after ``versions`` versions, as the coordinator sends it."""
+    done = FederationDone(
+        federation=topology.federation, rounds_completed=versions, model_version=versions
+    )
+    await coordinator.publish(
+        topology.control, FEDERATION_DONE, encode_message(done),
+        type=MESSAGE_TYPES["federation.done"],
+    )  # fmt: skip
+
+
 async def test_a_participant_trains_on_each_new_model_skips_garbage_and_stops_when_done(
     transport_pair, federation
 ):
@@ -82,11 +94,7 @@ async def test_a_participant_trains_on_each_new_model_skips_garbage_and_stops_wh
             for delta in update.weights().values():
                 np.testing.assert_allclose(delta, 0.001)
             await delivery.ack()
-        done = FederationDone(federation=federation, rounds_completed=1, model_version=1)
-        await coordinator.publish(
-            topology.control, FEDERATION_DONE, encode_message(done),
-            type=MESSAGE_TYPES["federation.done"],
-        )  # fmt: skip
+        await announce_done(coordinator, topology, versions=1)
         stats = await asyncio.wait_for(run, 10)
         assert (stats.rounds_trained, stats.updates_sent) == (1, 1)
         assert [(r.round, r.version) for r in seen] == [(1, 0)]
@@ -165,11 +173,7 @@ async def test_a_participant_skips_a_model_that_something_newer_waits_behind(
             delivery = await asyncio.wait_for(anext(updates), 10)
             assert decode_message(delivery.body).meta(UpdateMeta).base_version == 1
             await delivery.ack()
-        done = FederationDone(federation=federation, rounds_completed=2, model_version=2)
-        await coordinator.publish(
-            topology.control, FEDERATION_DONE, encode_message(done),
-            type=MESSAGE_TYPES["federation.done"],
-        )  # fmt: skip
+        await announce_done(coordinator, topology, versions=2)
         stats = await asyncio.wait_for(run, 10)
         assert [r.version for r in seen] == [1]
         assert (stats.models_superseded, stats.updates_sent) == (1, 1)
