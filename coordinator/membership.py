@@ -27,7 +27,7 @@ from fedq.coordinator.publish import Publisher
 from fedq.messages.codec import MalformedMessage, decode_message
 from fedq.messages.schema import CONTROL_MESSAGE, ControlMessage, Heartbeat, Join, Leave
 from fedq.messages.topology import Topology, participant_key
-from fedq.messages.transport import Transport, TransportError
+from fedq.messages.transport import Delivery, Transport, TransportError
 
 log = logging.getLogger("fedq.coordinator")
 
@@ -56,7 +56,8 @@ class Membership:
         #: participant -> last sign of life (wall clock), oldest first; a leave removes it.
         self.last_seen: OrderedDict[str, float] = OrderedDict()
         #: Control events ignored, by why: ``wrong_key`` (the body names another participant
-        #: than its routing key), ``forged`` (than its broker user, ``--verify-identity``).
+        #: than its routing key), ``forged`` (than its broker user, ``--verify-identity``),
+        #: ``undecodable_properties`` (the client could not decode its properties).
         self.ignored: Counter[str] = Counter()
 
     async def serve(self) -> None:
@@ -66,14 +67,23 @@ class Membership:
             self.topology.coordinator, prefetch=CONTROL_IN_FLIGHT
         ) as events:
             async for delivery in events:
-                try:
-                    event = CONTROL_MESSAGE.validate_python(decode_message(delivery.body).fields)
-                except (MalformedMessage, ValidationError) as exc:
-                    log.warning("ignored a malformed control message: %s", exc)
-                else:
+                event = self._decode(delivery)
+                if event is not None:
                     await self.on_event(event, delivery.user_id, delivery.routing_key)
                 with contextlib.suppress(TransportError):  # from before a reconnect: harmless
                     await delivery.ack()
+
+    def _decode(self, delivery: Delivery) -> ControlMessage | None:
+        """The event ``delivery`` brings, or None (logged and counted) when it brings none."""
+        if delivery.undecodable is not None:  # its sender (user_id) is unknown too
+            self.ignored["undecodable_properties"] += 1
+            log.warning("ignored a control message: %s", delivery.undecodable)
+            return None
+        try:
+            return CONTROL_MESSAGE.validate_python(decode_message(delivery.body).fields)
+        except (MalformedMessage, ValidationError) as exc:
+            log.warning("ignored a malformed control message: %s", exc)
+            return None
 
     async def on_event(
         self, event: ControlMessage, user_id: str | None, routing_key: str | None = None

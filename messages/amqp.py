@@ -48,6 +48,8 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
+from fedq.messages.frames import UNDECODABLE_HEADER
+from fedq.messages.frames import install as tolerate_undecodable_properties
 from fedq.messages.transport import (
     Delivery,
     ExchangeKind,
@@ -63,6 +65,10 @@ DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/"
 DECLARING_CHANNELS = 16
 
 log = logging.getLogger("fedq.amqp")
+
+# Before any connection: a message whose properties the client cannot decode must not
+# take a connection down (see fedq.messages.frames).
+tolerate_undecodable_properties()
 
 
 #: What a broker restart or a network cut raises while the robust connection reconnects.
@@ -150,6 +156,11 @@ class _AmqpDelivery:
     user_id = property(lambda self: self._msg.user_id)
     routing_key = property(lambda self: self._msg.routing_key or "")
     redelivered = property(lambda self: bool(self._msg.redelivered))
+
+    @property
+    def undecodable(self) -> str | None:
+        failure = (self._msg.headers or {}).get(UNDECODABLE_HEADER)
+        return failure if isinstance(failure, str) else None
 
     @property
     def headers(self) -> Mapping[str, Any]:
