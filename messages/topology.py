@@ -6,10 +6,11 @@ For federation ``F`` every name starts with ``fedq.F.``. Operators rely on these
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Literal
 
-from fedq.messages.transport import Transport
+from fedq.messages.transport import Transport, TransportError
 
 #: Routing key on ``fedq.F.updates`` (a direct exchange with one queue of the same name).
 UPDATE_KEY = "update"
@@ -18,6 +19,8 @@ ROUND_OPEN = "round.open"
 ROUND_CLOSED = "round.closed"
 VERSION_PROGRESS = "version.progress"
 FEDERATION_DONE = "federation.done"
+
+log = logging.getLogger("fedq.topology")
 
 
 def participant_key(kind: str, participant: str) -> str:
@@ -30,6 +33,16 @@ UpdatesQueueType = Literal["classic", "quorum"]
 
 #: The updates queue's byte limit unless configured (coordinator --updates-queue-bytes).
 DEFAULT_UPDATES_QUEUE_BYTES = 1 << 30
+
+#: Deliveries of one message a quorum queue makes before it dead-letters it instead
+#: (``x-delivery-limit``): the last line against a message that takes down whoever
+#: consumes it (a connection, the process), which would otherwise come back after every
+#: reconnect or restart, forever. Every return counts: a channel closed with the message
+#: unacked (a broker restart, a coordinator killed) and a held update given back before
+#: ``consumer_timeout`` (every half of it: 15 minutes by default). So 64 lets an honest
+#: update be held through one version open some 16 hours, or 63 restarts, before the
+#: broker moves it to the dead-letter queue (where ``fedq audit`` finds it missing).
+DELIVERY_LIMIT = 64
 
 
 @dataclass(frozen=True)
@@ -86,8 +99,22 @@ class Topology:
         if self.updates_max_bytes is not None:
             arguments["x-max-length-bytes"] = self.updates_max_bytes
         if self.updates_queue_type == "quorum":
-            arguments |= {"x-queue-type": "quorum", "x-dead-letter-strategy": "at-least-once"}
+            arguments |= {
+                "x-queue-type": "quorum",
+                "x-dead-letter-strategy": "at-least-once",
+                "x-delivery-limit": DELIVERY_LIMIT,
+            }
         return arguments
+
+    def coordinator_arguments(self) -> dict[str, str | int]:
+        """The control queue: a quorum queue, for its delivery limit (a control message
+        that took its consumer down is dead-lettered after DELIVERY_LIMIT tries)."""
+        return {
+            "x-queue-type": "quorum",
+            "x-delivery-limit": DELIVERY_LIMIT,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": self.rejected,
+        }
 
     async def declare_core(self, transport: Transport) -> None:
         """Everything the coordinator owns. Safe to run any number of times."""
@@ -95,9 +122,11 @@ class Topology:
         await transport.declare_exchange(self.models, "fanout")
         await transport.declare_exchange(self.control, "topic")
         await transport.declare_queue(self.rejected)
-        await transport.declare_queue(self.updates, arguments=self.updates_arguments())
+        await _declare_upgrading(transport, self.updates, self.updates_arguments(), keep=True)
         await transport.bind(self.updates, self.updates, UPDATE_KEY)
-        await transport.declare_queue(self.coordinator)
+        await _declare_upgrading(
+            transport, self.coordinator, self.coordinator_arguments(), keep=False
+        )
         for kind in ("join", "heartbeat", "leave"):
             await transport.bind(self.coordinator, self.control, f"{kind}.*")
 
@@ -142,3 +171,37 @@ class Topology:
             await transport.delete_queue(queue)
         for exchange in (self.updates, self.models, self.control):
             await transport.delete_exchange(exchange)
+
+
+async def _declare_upgrading(
+    transport: Transport, queue: str, arguments: dict[str, str | int], *, keep: bool
+) -> None:
+    """Declare ``queue``; one an earlier fedq declared with other arguments (before the
+    delivery limit, or the control queue as a classic queue) the broker refuses to
+    redeclare (PRECONDITION_FAILED). ``keep`` (it may hold updates): it is used as it is,
+    without the limit, and said once. Else (it holds only control events, which
+    participants send again): it is deleted and declared anew."""
+    try:
+        await transport.declare_queue(queue, arguments=arguments)
+        return
+    except TransportError as exc:
+        if "PRECONDITION_FAILED" not in str(exc):
+            raise
+        declared_before = exc
+    if not keep:
+        log.info("%s was declared by an earlier fedq: declaring it anew", queue)
+        await transport.delete_queue(queue)
+        await transport.declare_queue(queue, arguments=arguments)
+        return
+    without = {k: v for k, v in arguments.items() if k != "x-delivery-limit"}
+    try:
+        await transport.declare_queue(queue, arguments=without)
+    except TransportError:
+        raise declared_before from None
+    log.warning(
+        "%s was declared by an earlier fedq, without a delivery limit: a message that "
+        "takes its consumer down would come back forever. Once it is empty, delete it "
+        "(fedq teardown) or set the policy delivery-limit=%d on it",
+        queue,
+        DELIVERY_LIMIT,
+    )
