@@ -57,7 +57,8 @@ class Membership:
         self.last_seen: OrderedDict[str, float] = OrderedDict()
         #: Control events ignored, by why: ``wrong_key`` (the body names another participant
         #: than its routing key), ``forged`` (than its broker user, ``--verify-identity``),
-        #: ``undecodable_properties`` (the client could not decode its properties).
+        #: ``undecodable_properties`` (the client could not decode its properties),
+        #: ``not_in_roster`` (an id the roster does not name, ``--roster``).
         self.ignored: Counter[str] = Counter()
 
     async def serve(self) -> None:
@@ -99,6 +100,10 @@ class Membership:
         if self.config.verify_identity and user_id != event.participant:
             self._ignore("forged", event, f"broker user {user_id!r}")
             return
+        roster = self.config.participant_roster
+        if roster is not None and event.participant not in roster:
+            self._ignore("not_in_roster", event, f"broker user {user_id!r}")
+            return
         now = time.time()
         if isinstance(event, Leave):
             self.last_seen.pop(event.participant, None)
@@ -112,13 +117,16 @@ class Membership:
 
     def _ignore(self, reason: str, event: Join | Heartbeat | Leave, sender: str) -> None:
         self.ignored[reason] += 1
-        log.warning(
-            "ignored a %s claiming participant %r from %s (%s)",
-            event.kind,
-            event.participant,
-            sender,
-            reason,
-        )
+        count = self.ignored[reason]
+        if count & (count - 1) == 0:  # the 1st, 2nd, 4th ...: a flood logs a few lines
+            log.warning(
+                "ignored a %s claiming participant %r from %s (%s; %d so far)",
+                event.kind,
+                event.participant,
+                sender,
+                reason,
+                count,
+            )
 
     async def answer_join(self, participant: str) -> None:
         """Send a joining participant the current model directly (its queue may have been

@@ -150,6 +150,7 @@ class Coordinator:
             verify_identity=config.verify_identity,
             max_bytes=config.max_update_bytes,
             max_norm=config.max_update_norm,
+            roster=config.participant_roster,
         )
         assembler = Assembler(
             config.state_dir / "spool",
