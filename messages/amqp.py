@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -109,10 +110,24 @@ def redact(url: str) -> str:
 
 
 def _cannot_connect(where: str, exc: BaseException) -> str:
-    """One line on why a connection failed and what to do; TLS causes are named (the
-    broker client wraps them in its own connection error)."""
+    """One line on why a connection failed and what to do; TLS, name resolution and a
+    vhost the broker will not open are named (the client wraps them in its own errors)."""
     cause: BaseException | None = exc
     while cause is not None:
+        if isinstance(cause, socket.gaierror):
+            host = yarl.URL(where).host
+            return (
+                f"cannot resolve the host {host!r} of the broker URL {where} "
+                f"({cause.strerror}): check the host in --broker / FEDQ_BROKER_URL"
+            )
+        if isinstance(cause, aiormq.exceptions.InvalidFrameError) and "OpenOk" in str(cause):
+            # The broker answered the login, then refused to open the URL's vhost.
+            vhost = yarl.URL(where).path[1:] or "/"
+            return (
+                f"RabbitMQ at {where} would not open the vhost {vhost!r}: it does not exist "
+                "or the user has no permissions on it (rabbitmqctl add_vhost / "
+                "set_permissions), or fix the vhost in the URL's path"
+            )
         if isinstance(cause, ssl.SSLCertVerificationError):
             return (
                 f"TLS to RabbitMQ at {where}: its certificate did not verify "
@@ -123,7 +138,7 @@ def _cannot_connect(where: str, exc: BaseException) -> str:
                 f"TLS to RabbitMQ at {where} failed ({cause.reason or cause}): check the URL's "
                 "cafile, certfile and keyfile, and that the port is the broker's TLS listener"
             )
-        cause = cause.__cause__
+        cause = cause.__cause__ or cause.__context__
     return (
         f"cannot reach RabbitMQ at {where} ({exc.__class__.__name__}): start it "
         "(`rabbitmq-server -detached`) or pass the right --broker / FEDQ_BROKER_URL"
