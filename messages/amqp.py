@@ -40,7 +40,7 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
@@ -60,6 +60,7 @@ from fedq.messages.frames import install as tolerate_undecodable_properties
 from fedq.messages.transport import (
     Delivery,
     ExchangeKind,
+    QueueDeleted,
     QueueFull,
     Transport,
     TransportError,
@@ -268,8 +269,22 @@ class _Inbox:
     requeues them all.
     """
 
-    def __init__(self, queue: AbstractQueue, prefetch: int, bodies: _SharedBodies) -> None:
+    def __init__(
+        self,
+        queue: AbstractQueue,
+        prefetch: int,
+        bodies: _SharedBodies,
+        exists: Callable[[], Awaitable[bool]],
+    ) -> None:
         self.queue: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        #: Set by a delivery and by the broker cancelling this consumer.
+        self._wake = asyncio.Event()
+        #: The broker cancelled a consumer of this inbox (its queue deleted, or a node of a
+        #: cluster lost): whether the queue still exists is asked before waiting again.
+        self._broker_cancelled = False
+        self._exists = exists
+        #: Once the queue is known gone, every later ``__anext__`` raises it.
+        self._deleted: QueueDeleted | None = None
         self.bodies = bodies
         self._source = queue
         self._prefetch = prefetch
@@ -303,6 +318,12 @@ class _Inbox:
 
     async def put(self, message: AbstractIncomingMessage) -> None:
         self.queue.put_nowait(message)
+        self._wake.set()
+
+    def on_broker_cancel(self, frame: aiormq.spec.Basic.Cancel) -> None:
+        """aiormq's callback for a basic.cancel the broker sent on this inbox's channel."""
+        self._broker_cancelled = True
+        self._wake.set()
 
     def released(self, tag: str | None) -> None:
         self._held[tag] = self._held.get(tag, 0) + 1
@@ -343,7 +364,38 @@ class _Inbox:
         return self
 
     async def __anext__(self) -> Delivery:
-        return _AmqpDelivery(await self.queue.get(), self)
+        """The next delivery; QueueDeleted once the broker cancelled this consumer because
+        its queue is gone (aio-pika would otherwise try to restore it forever)."""
+        while self.queue.empty():
+            if self._deleted is not None:
+                raise self._deleted
+            if self._broker_cancelled:
+                self._broker_cancelled = False
+                if not await self._exists():
+                    self._deleted = QueueDeleted(
+                        f"the queue {self._source.name} was deleted on the broker (fedq "
+                        "teardown, or an operator): nothing more can arrive"
+                    )
+                continue  # still there: the robust channel restores the consumer
+            self._wake.clear()
+            if self.queue.empty() and not self._broker_cancelled:
+                await self._wake.wait()
+        return _AmqpDelivery(self.queue.get_nowait(), self)
+
+
+async def _on_broker_cancel(
+    channel: AbstractChannel, callback: Callable[[aiormq.spec.Basic.Cancel], None]
+) -> None:
+    """Have ``callback`` hear every basic.cancel the broker sends on ``channel``, also
+    after the robust connection reopened it (on a new aiormq channel)."""
+
+    async def watch(_: object = None) -> None:
+        underlay = await channel.get_underlay_channel()
+        underlay.on_consumer_cancel_callbacks.add(callback)
+
+    await watch()
+    if isinstance(channel, aio_pika.RobustChannel):
+        channel.reopen_callbacks.add(watch)
 
 
 class AmqpTransport(Transport):
@@ -470,6 +522,15 @@ class AmqpTransport(Transport):
         async with self._declaring(f"queue {name!r}") as channel:
             queue = await channel.get_queue(name, ensure=True)
             return int(queue.declaration_result.message_count or 0)
+
+    async def _queue_exists(self, name: str) -> bool:
+        try:
+            await self.queue_depth(name)
+        except TransportError as exc:
+            if "NOT_FOUND" in str(exc):
+                return False
+            raise
+        return True
 
     async def queue_consumers(self, name: str) -> int:
         async with self._declaring(f"queue {name!r}") as channel:
@@ -620,7 +681,8 @@ class AmqpTransport(Transport):
                 q = await channel.get_queue(queue, ensure=True)
             except aiormq.exceptions.ChannelNotFoundEntity:
                 raise TransportError(f"no queue {queue!r}") from None
-            inbox = _Inbox(q, max(1, prefetch), self._bodies)
+            inbox = _Inbox(q, max(1, prefetch), self._bodies, lambda: self._queue_exists(queue))
+            await _on_broker_cancel(channel, inbox.on_broker_cancel)
             await inbox.start()
             try:
                 yield inbox
