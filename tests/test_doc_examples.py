@@ -66,12 +66,12 @@ def small(command: str, tmp_path: Path) -> list[str]:
     if "--state-dir" not in out:
         out += ["--state-dir", str(tmp_path / "state")]
     # Fewer participants: a quorum above them shrinks in proportion.
-    given = next((int(v) for f, v in itertools.pairwise(args) if f in ("-n", "--participants")), 0)
-    if given > MAX_PARTICIPANTS:
+    n = next((int(v) for f, v in itertools.pairwise(args) if f in ("-n", "--participants")), 0)
+    if n > MAX_PARTICIPANTS:
         for flag in ("--quorum", "--min-quorum"):
             if flag in out:
                 at = out.index(flag) + 1
-                out[at] = str(max(1, int(out[at]) * MAX_PARTICIPANTS // given))
+                out[at] = str(max(1, int(out[at]) * MAX_PARTICIPANTS // n))
     return out
 
 
