@@ -133,6 +133,8 @@ class Participant:
         participant started again declares it anew, and its join brings the model)."""
         bound = await asyncio.to_thread(lambda: model_queue_bytes(self.app.initial_weights()))
         self._queue_bounded_by_bytes = bound is not None
+        if self.config.sent_log is not None:  # there from the start, even with no line yet
+            await asyncio.to_thread(self.config.sent_log.touch)
         await self._declare_queue(bound)
         try:
             await self._take_models()
