@@ -8,6 +8,7 @@ option is one field here.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -81,6 +82,14 @@ class CoordinatorConfig(BaseModel):
         "reject",
         description="Quorum mode, an update for a closed round: reject it as stale, or fold "
         "it into the next version with the staleness weight.",
+    )
+    sample_fraction: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Client sampling (sync and quorum mode): each version draws this fraction "
+        "of the live participants (at least K, seeded), and only they train on it; the "
+        "quorum applies within the sample.",
     )
     staleness_exponent: float = Field(
         0.5,
@@ -262,7 +271,21 @@ class CoordinatorConfig(BaseModel):
             )
         if self.mode == "sync" and self.quorum not in (None, self.participants):
             raise ValueError("sync mode takes every participant: drop --quorum or use quorum mode")
+        if self.sample_fraction is not None:
+            if self.mode == "async":
+                raise ValueError("--sample-fraction is for sync and quorum mode, not async")
+            if self.sample_size < self.k:
+                raise ValueError(
+                    f"--sample-fraction {self.sample_fraction} of {self.participants} draws "
+                    f"{self.sample_size}, fewer than --quorum ({self.k}): raise it or lower K"
+                )
         return self
+
+    @property
+    def sample_size(self) -> int:
+        """Participants drawn per version with --sample-fraction: ceil(F x N), at least 1."""
+        fraction = 1.0 if self.sample_fraction is None else self.sample_fraction
+        return max(1, math.ceil(fraction * self.participants - 1e-9))
 
     @property
     def k(self) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import time
 from collections import Counter, OrderedDict
 
@@ -161,6 +162,21 @@ class Membership:
     @property
     def capacity(self) -> int:
         return self.config.participants + REMEMBERED_SLACK
+
+    def draw(self, size: int, seed: str) -> frozenset[str] | None:
+        """``size`` of the participants alive now, drawn at random from ``seed`` (the same
+        draw for the same seed and the same live participants: a version redone after a
+        crash draws its sample again); None (everyone) while fewer are known alive. Ids
+        are whatever senders claim unless ``--roster`` or ``--verify-identity`` make them
+        real: made-up ones drawn only leave the version to its deadline."""
+        self.forget_silent(time.time())
+        alive = sorted(list(self.last_seen)[-self.config.participants :])
+        if len(alive) < size:
+            log.info(
+                "%d participants alive, fewer than a sample of %d: all train", len(alive), size
+            )
+            return None
+        return frozenset(random.Random(seed).sample(alive, size))
 
     def alive(self) -> int:
         """Participants heard from within the liveness window that did not leave, at most

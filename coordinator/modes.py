@@ -52,6 +52,9 @@ class OpenVersion:
     #: round's fresh ones, never instead of them, or the next round's fresh updates would
     #: arrive late in turn and every version slide into being made of stale ones.
     late_counts: bool = True
+    #: With client sampling: the participants drawn to train on this version's model;
+    #: a fresh update from anyone else is refused (``not_sampled``). None: everyone.
+    sample: frozenset[str] | None = None
 
     def __post_init__(self) -> None:
         assert 1 <= self.min_quorum <= self.quorum, "need 1 <= min_quorum <= quorum"
@@ -130,6 +133,11 @@ class Mode(abc.ABC):
                 f"{self.max_staleness()} are admitted",
             )
         self.check_round(open_, meta, tau)
+        if tau == 0 and open_.sample is not None and meta.participant not in open_.sample:
+            raise Rejection(
+                "not_sampled",
+                f"{meta.participant} was not drawn to train on model v{open_.version}",
+            )
         if open_.submitted(meta.participant, self.one_per(meta)):
             raise Rejection(
                 "already_submitted",

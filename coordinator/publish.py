@@ -57,6 +57,7 @@ class Publisher:
             round=window.round,
             rounds_total=self.config.rounds,
             chunk_bytes=self.config.chunk_bytes,
+            sampled=None if window.sample is None else sorted(window.sample),
         )
         self._model = (meta, weights)
         self._model_body = None

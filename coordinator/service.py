@@ -94,7 +94,9 @@ class Coordinator:
         self.observers = Observers(observers)
         self.mode = make_mode(config)
         self.ledger = UpdateLedger(config.state_dir / "ledger.sqlite")
-        self.strategy = compose_strategy(config, self._dp_seed())
+        #: The federation's secret seed: differential privacy's noise, client sampling.
+        self.seed = self._dp_seed()
+        self.strategy = compose_strategy(config, self.seed)
         self.publisher = Publisher(config, transport, self.topology)
         self.membership = Membership(
             config, transport, self.topology, self.publisher, self.observers
@@ -210,6 +212,8 @@ class Coordinator:
     ) -> tuple[Weights, int]:
         """Open a version on model ``number``, collect it, commit it: model ``number + 1``."""
         window = self.mode.open(number)
+        if self.config.sample_fraction is not None:
+            window.sample = self.membership.draw(self.config.sample_size, f"{self.seed}:{number}")
         aggregation = self.strategy.aggregator.start(
             AggregationContext(
                 template=weights,

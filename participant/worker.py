@@ -91,6 +91,8 @@ class ParticipantStats:
     #: Models the app declined (``App.accepts``: a device not ready, an experiment's
     #: dropout), by version.
     rounds_dropped: int = 0
+    #: Models it was not drawn to train on (client sampling).
+    rounds_not_sampled: int = 0
     dropped_versions: list[int] = field(default_factory=list)
     #: Models skipped because something newer already waited behind them (see
     #: ``Participant._superseded``).
@@ -229,7 +231,11 @@ class Participant:
                 return None
             model, finished = await self._receive(delivery)
             if model is not None:
-                if await self._superseded(model) or self._declines(model.meta):
+                if (
+                    not self._sampled(model.meta)
+                    or await self._superseded(model)
+                    or self._declines(model.meta)
+                ):
                     finished += model.deliveries
                     model = None
                 else:
@@ -362,6 +368,14 @@ class Participant:
                 model.meta.version,
             )
         return waiting > 0
+
+    def _sampled(self, meta: ModelMeta) -> bool:
+        """Whether this participant is to train on ``meta``'s model (client sampling: the
+        coordinator names who; the others ack it and wait for the next)."""
+        if meta.sampled is None or self.config.participant_id in meta.sampled:
+            return True
+        self.stats.rounds_not_sampled += 1
+        return False
 
     def _declines(self, meta: ModelMeta) -> bool:
         """Whether the app declines ``meta``'s model (``App.accepts``): acked, not trained."""

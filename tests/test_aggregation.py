@@ -318,3 +318,20 @@ def test_a_version_closes_at_quorum_or_at_the_deadline_with_min_quorum():
     assert open_.close_reason(t0 + 21) == "deadline"
     open_.records.append(record("c", 0))
     assert open_.close_reason(t0 + 1) == "quorum"
+
+
+def test_with_sampling_a_fresh_update_from_anyone_not_drawn_is_refused():
+    mode = make_mode(config(quorum=2, late_updates="fold", max_staleness=2))
+    open_ = mode.open(version=3)
+    open_.sample = frozenset({"p0", "p1"})
+    assert mode.admit(open_, update_meta(participant="p1", round_=4, base=3)).staleness == 0
+    assert reason_of(mode, open_, update_meta(participant="p7", round_=4, base=3)) == "not_sampled"
+    # A late update was trained on an older model, whose own sample it was drawn in.
+    assert mode.admit(open_, update_meta(participant="p7", round_=3, base=2)).staleness == 1
+
+
+def test_a_sample_smaller_than_the_quorum_is_one_line():
+    with pytest.raises(ValueError, match="draws 2, fewer than --quorum"):
+        config(participants=4, quorum=3, sample_fraction=0.5)
+    with pytest.raises(ValueError, match="not async"):
+        config(mode="async", quorum=2, sample_fraction=0.5)
