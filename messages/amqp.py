@@ -51,6 +51,7 @@ from aio_pika.abc import (
 from fedq.messages.transport import (
     Delivery,
     ExchangeKind,
+    Inequivalent,
     QueueFull,
     Transport,
     TransportError,
@@ -454,6 +455,8 @@ class AmqpTransport(Transport):
                 if not channel.is_closed:
                     with contextlib.suppress(Exception):
                         await channel.close()
+                if isinstance(exc, aiormq.exceptions.ChannelPreconditionFailed):
+                    raise Inequivalent(f"broker refused {what}: {exc}") from None
                 if isinstance(exc, aiormq.exceptions.ChannelClosed):
                     raise TransportError(f"broker refused {what}: {exc}") from None
                 raise

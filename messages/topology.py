@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from fedq.messages.transport import Transport
+from fedq.messages.transport import Inequivalent, Transport
 
 #: Routing key on ``fedq.F.updates`` (a direct exchange with one queue of the same name).
 UPDATE_KEY = "update"
@@ -30,6 +30,21 @@ UpdatesQueueType = Literal["classic", "quorum"]
 
 #: The updates queue's byte limit unless configured (coordinator --updates-queue-bytes).
 DEFAULT_UPDATES_QUEUE_BYTES = 1 << 30
+#: The dead-letter queue's byte limit unless configured (coordinator --dead-letter-bytes).
+DEFAULT_DEAD_LETTER_BYTES = 256 << 20
+#: The dead-letter queue holds at most one message per this many bytes of its byte limit
+#: (and at least MIN_DEAD_LETTER_MESSAGES). RabbitMQ's byte limit counts bodies only, and a
+#: copy of an empty body still stores its headers and properties: at most about 11 KiB
+#: (the reason, 1,024 characters, and six kept headers of 256, 4 bytes a character at
+#: most in UTF-8; a message id and a type of 255 bytes). So what the DLQ stores besides
+#: its bodies is at most its byte limit again, however small the bodies.
+DEAD_LETTER_BYTES_PER_MESSAGE = 16 << 10
+MIN_DEAD_LETTER_MESSAGES = 64
+
+
+def dead_letter_messages(max_bytes: int) -> int:
+    """The dead-letter queue's message limit for a byte limit of ``max_bytes``."""
+    return max(MIN_DEAD_LETTER_MESSAGES, max_bytes // DEAD_LETTER_BYTES_PER_MESSAGE)
 
 
 @dataclass(frozen=True)
@@ -43,6 +58,13 @@ class Topology:
     #: The updates queue's byte limit: past it RabbitMQ refuses new updates (basic.nack),
     #: which senders publish again later; a flood fills the queue, never the broker's disk.
     updates_max_bytes: int | None = DEFAULT_UPDATES_QUEUE_BYTES
+    #: The dead-letter queue's byte limit (bodies), with ``x-overflow: reject-publish``:
+    #: once full, RabbitMQ refuses new copies and keeps the evidence it has (drop-head
+    #: would let a flood push out the first evidence). The DLQ is of the updates queue's
+    #: type: a quorum queue is replicated like the updates it is evidence of, and refuses
+    #: once over its limit, so it may pass it by one message; a classic queue refuses the
+    #: message that would pass it.
+    dead_letter_max_bytes: int = DEFAULT_DEAD_LETTER_BYTES
 
     @property
     def prefix(self) -> str:
@@ -89,17 +111,45 @@ class Topology:
             arguments |= {"x-queue-type": "quorum", "x-dead-letter-strategy": "at-least-once"}
         return arguments
 
+    def rejected_arguments(self) -> dict[str, str | int]:
+        """The dead-letter queue's bounds: bytes, messages, and reject-publish."""
+        arguments: dict[str, str | int] = {
+            "x-max-length-bytes": self.dead_letter_max_bytes,
+            "x-max-length": dead_letter_messages(self.dead_letter_max_bytes),
+            "x-overflow": "reject-publish",
+        }
+        if self.updates_queue_type == "quorum":
+            arguments["x-queue-type"] = "quorum"
+        return arguments
+
     async def declare_core(self, transport: Transport) -> None:
-        """Everything the coordinator owns. Safe to run any number of times."""
+        """Everything the coordinator owns. Safe to run any number of times. A queue that
+        exists with other arguments (made by an older fedq, or with other limits) is
+        :class:`Inequivalent`, with what to do."""
         await transport.declare_exchange(self.updates, "direct")
         await transport.declare_exchange(self.models, "fanout")
         await transport.declare_exchange(self.control, "topic")
-        await transport.declare_queue(self.rejected)
-        await transport.declare_queue(self.updates, arguments=self.updates_arguments())
+        await self._declare_own(transport, self.rejected, self.rejected_arguments())
+        await self._declare_own(transport, self.updates, self.updates_arguments())
         await transport.bind(self.updates, self.updates, UPDATE_KEY)
         await transport.declare_queue(self.coordinator)
         for kind in ("join", "heartbeat", "leave"):
             await transport.bind(self.coordinator, self.control, f"{kind}.*")
+
+    @staticmethod
+    async def _declare_own(
+        transport: Transport, queue: str, arguments: dict[str, str | int]
+    ) -> None:
+        try:
+            await transport.declare_queue(queue, arguments=arguments)
+        except Inequivalent as exc:
+            raise Inequivalent(
+                f"queue {queue} exists with other arguments than this coordinator declares "
+                f"({', '.join(f'{k}={v}' for k, v in arguments.items())}): it was made by an "
+                "older fedq or with other limits, and RabbitMQ never changes a queue. Take out "
+                f"what it holds, delete it (rabbitmqctl delete_queue {queue}), then start "
+                f"again. The broker said: {exc}"
+            ) from None
 
     async def declare_participant(
         self, transport: Transport, participant: str, max_bytes: int | None = None

@@ -35,6 +35,11 @@ class Unroutable(TransportError):
     """A mandatory message matched no queue."""
 
 
+class Inequivalent(TransportError):
+    """A queue or exchange exists with other arguments or kind than declared (RabbitMQ's
+    PRECONDITION_FAILED): declaring never changes what exists."""
+
+
 class QueueFull(TransportError):
     """A queue at its limit with ``x-overflow: reject-publish`` refused the message (the
     broker's basic.nack): nothing of it was kept; publish it again later."""
