@@ -32,7 +32,7 @@ from fedq.coordinator.service import Coordinator
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.codec import Weights, encode_message
 from fedq.messages.schema import MESSAGE_TYPES, UpdateMeta
-from fedq.messages.topology import UPDATE_KEY, Topology
+from fedq.messages.topology import UPDATE_KEY, Topology, UpdatesQueueType
 from fedq.messages.transport import Inequivalent
 from tests.broker_users import broker_users
 from tests.conftest import BROKER_URL
@@ -112,7 +112,7 @@ def config_of(federation: str, state: Path, **extra: Any) -> CoordinatorConfig:
 
 @pytest.mark.parametrize("queue_type", ["quorum", "classic"])
 async def test_a_flood_fills_the_dead_letter_queue_to_its_bound_and_the_first_evidence_stays(
-    tmp_path: Path, federation: str, queue_type: str, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, federation: str, queue_type: UpdatesQueueType, caplog: pytest.LogCaptureFixture
 ):
     """40 bad bodies of 401 bytes before the three honest updates, the DLQ bounded at
     4 KiB, no per-sender share: the DLQ holds exactly the first bodies that fit (a quorum
