@@ -34,13 +34,13 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from fedq.coordinator.config import CoordinatorConfig
 from fedq.coordinator.observers import Observers
 from fedq.coordinator.verdicts import Outcome
 from fedq.messages.topology import Topology, dead_letter_messages
-from fedq.messages.transport import Delivery, QueueFull, Transport, TransportError, Unroutable
+from fedq.messages.transport import QueueFull, Transport, TransportError, Unroutable
 
 log = logging.getLogger("fedq.coordinator")
 
@@ -73,6 +73,20 @@ RECHECK_SECONDS = 5.0
 SENDER_SLACK = 64
 
 
+class Original(Protocol):
+    """What a copy takes of the delivery it copies (a :class:`~fedq.messages.transport.Delivery`
+    has it all)."""
+
+    @property
+    def user_id(self) -> str | None: ...
+    @property
+    def message_id(self) -> str | None: ...
+    @property
+    def type(self) -> str | None: ...
+    @property
+    def headers(self) -> Mapping[str, Any]: ...
+
+
 @dataclass
 class _Held:
     """What one broker user's copies take of the queue, as far as this coordinator knows."""
@@ -97,14 +111,15 @@ class Evidence:
         self.share: _Held | None = None
         if share < 1:
             limit = topology.dead_letter_max_bytes
-            self.share = _Held(int(share * limit), int(share * dead_letter_messages(limit)))
+            most = dead_letter_messages(limit)
+            self.share = _Held(max(1, int(share * limit)), max(1, int(share * most)))
         self.capacity = config.participants + SENDER_SLACK
         self.held: dict[str | None, _Held] = {}
         self._looked = float("-inf")
         self._warned = float("-inf")
         self._unwarned: Counter[str] = Counter()
 
-    async def keep(self, delivery: Delivery, body: bytes, outcome: Outcome) -> str | None:
+    async def keep(self, delivery: Original, body: bytes, outcome: Outcome) -> str | None:
         """Copy ``body`` (what ``delivery`` brought) to the dead-letter queue with
         ``outcome``'s reason. Returns None once the broker took it, else why it has no
         copy (:data:`NOTES`); raises only what a broker outage raises."""

@@ -16,6 +16,7 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,14 @@ import numpy as np
 import pytest
 
 from fedq.apps.synthetic import SyntheticApp
+from fedq.coordinator import evidence as evidence_module
 from fedq.coordinator.checkpoint import checkpoint_path, load_checkpoint
 from fedq.coordinator.config import CoordinatorConfig
-from fedq.coordinator.evidence import QUEUE_FULL, SENDER_SHARE
+from fedq.coordinator.evidence import QUEUE_FULL, SENDER_SHARE, SENDER_SLACK, Evidence
 from fedq.coordinator.ledger import UpdateLedger
-from fedq.coordinator.observers import CoordinatorObserver
+from fedq.coordinator.observers import CoordinatorObserver, Observers
 from fedq.coordinator.service import Coordinator
+from fedq.coordinator.verdicts import Outcome
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.codec import Weights, encode_message
 from fedq.messages.schema import MESSAGE_TYPES, UpdateMeta
@@ -211,3 +214,63 @@ async def test_a_dead_letter_queue_left_without_the_bound_is_one_line_saying_wha
             assert await admin.queue_depth(topology.rejected) == 1  # the evidence is kept
         finally:
             await topology.delete(admin, [])
+
+
+@dataclass
+class Sent:
+    """What the evidence reads of a delivery."""
+
+    user_id: str | None
+    message_id: str
+    body: bytes
+    type: str | None = MESSAGE_TYPES["update"]
+    headers: dict[str, Any] = field(default_factory=dict)
+
+
+REFUSAL = Outcome(None, "undecodable", "not msgpack")
+
+
+async def test_the_share_starts_again_once_the_queue_is_emptied(
+    federation: str, monkeypatch: pytest.MonkeyPatch
+):
+    """A user at its share (two copies of 401 bytes at 0.25 of 4 KiB) gets no copy until
+    an operator empties the queue; then every tally starts again: two more, not three."""
+    monkeypatch.setattr(evidence_module, "RECHECK_SECONDS", 0.0)
+    config = config_of(federation, Path("unused"), verify_identity=True, dead_letter_share=0.25)
+    topology = Topology(federation, dead_letter_max_bytes=BOUND)
+    body = flood_body(0)
+
+    async def keep(evidence: Evidence, n: int) -> list[str | None]:
+        return [await evidence.keep(Sent("m", f"m{i}", body), body, REFUSAL) for i in range(n)]
+
+    async with AmqpTransport(BROKER_URL) as own:
+        await topology.declare_core(own)
+        try:
+            evidence = Evidence(config, own, topology, Observers())
+            assert await keep(evidence, 3) == [None, None, SENDER_SHARE]
+            assert await keep(evidence, 1) == [SENDER_SHARE]  # the queue is not empty
+            assert len(await drain(BROKER_URL, topology.rejected)) == 2  # an operator read them
+            assert await keep(evidence, 3) == [None, None, SENDER_SHARE]
+        finally:
+            await topology.delete(own, [])
+
+
+async def test_what_the_share_remembers_is_bounded_whatever_users_send(federation: str):
+    """Broker users beyond N + 64 (and messages without a user) share one tally: 500 users
+    with a copy each leave at most N + 65 tallies (the queue has room for all 500)."""
+    config = CoordinatorConfig(
+        federation=federation, participants=2, rounds=1, state_dir=Path("unused"),
+        verify_identity=True, dead_letter_bytes=64 << 20,
+    )  # fmt: skip
+    topology = Topology(federation, dead_letter_max_bytes=64 << 20)
+    async with AmqpTransport(BROKER_URL) as own:
+        await topology.declare_core(own)
+        try:
+            evidence = Evidence(config, own, topology, Observers())
+            for i in range(500):
+                sent = Sent(f"user-{i}", f"u{i}", b"\xc1")
+                assert await evidence.keep(sent, sent.body, REFUSAL) is None
+            assert len(evidence.held) == config.participants + SENDER_SLACK + 1
+            assert await own.queue_depth(topology.rejected) == 500
+        finally:
+            await topology.delete(own, [])
