@@ -185,7 +185,7 @@ class Evidence:
         if now - self._warned >= WARN_EVERY_SECONDS:
             counts = ", ".join(f"{n} {c}" for c, n in sorted(self._unwarned.items()))
             log.warning(
-                "%s: refused updates not copied there since the last warning: %s; each is "
+                "%s: refused updates not copied there (since the last such warning): %s; each is "
                 "still acked, recorded in the ledger and counted in "
                 "fedq_dead_letter_dropped_total (next warning in %.0f s at the earliest)",
                 self.queue,
@@ -203,8 +203,8 @@ def without_copy(outcome: Outcome, causes: list[str], copies: int = 1) -> Outcom
     if not causes:
         return outcome
     why = "; ".join(NOTES[c] for c in sorted(set(causes)))
-    which = "no copy" if copies == 1 else f"{len(causes)} of {copies} chunks not copied"
-    return Outcome(outcome.meta, outcome.reason, f"[{which} in the DLQ: {why}] {outcome.detail}")
+    which = "no copy in" if copies == 1 else f"{len(causes)} of {copies} chunks not copied to"
+    return Outcome(outcome.meta, outcome.reason, f"{which} the DLQ ({why}): {outcome.detail}")
 
 
 def dead_letter_headers(sent: Mapping[str, Any], outcome: Outcome) -> dict[str, Any]:

@@ -27,7 +27,13 @@ from fedq.apps.synthetic import SyntheticApp
 from fedq.coordinator import evidence as evidence_module
 from fedq.coordinator.checkpoint import checkpoint_path, load_checkpoint
 from fedq.coordinator.config import CoordinatorConfig
-from fedq.coordinator.evidence import QUEUE_FULL, SENDER_SHARE, SENDER_SLACK, Evidence
+from fedq.coordinator.evidence import (
+    QUEUE_FULL,
+    SENDER_SHARE,
+    SENDER_SLACK,
+    Evidence,
+    without_copy,
+)
 from fedq.coordinator.ledger import UpdateLedger
 from fedq.coordinator.observers import CoordinatorObserver, Observers
 from fedq.coordinator.service import Coordinator
@@ -144,7 +150,11 @@ async def test_a_flood_fills_the_dead_letter_queue_to_its_bound_and_the_first_ev
     assert [(d.message_id, bytes(d.body)) for d in dead] == flood[:kept]
     assert observer.dropped == {("undecodable", QUEUE_FULL): FLOOD - kept}
     details = UpdateLedger(tmp_path / "ledger.sqlite").rejections()
-    missing = [r for r in details if r["detail"].startswith("[no copy in the DLQ")]
+    missing = [
+        r
+        for r in details
+        if r["detail"].startswith("no copy in the DLQ (the dead-letter queue is full")
+    ]
     assert len(details) == FLOOD and len(missing) == FLOOD - kept
     warnings = [r for r in caplog.records if "not copied there" in r.getMessage()]
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
@@ -274,3 +284,14 @@ async def test_what_the_share_remembers_is_bounded_whatever_users_send(federatio
             assert await own.queue_depth(topology.rejected) == 500
         finally:
             await topology.delete(own, [])
+
+
+def test_the_ledger_says_which_copies_are_missing_and_why():
+    """A refusal whose body, or some of whose chunks, has no copy is recorded with why;
+    one with every copy made is recorded as it was."""
+    assert without_copy(REFUSAL, []) == REFUSAL
+    full = "the dead-letter queue is full (--dead-letter-bytes)"
+    assert without_copy(REFUSAL, [QUEUE_FULL]).detail == f"no copy in the DLQ ({full}): not msgpack"
+    chunks = without_copy(REFUSAL, [SENDER_SHARE, QUEUE_FULL, QUEUE_FULL], 5)
+    assert chunks.reason == "undecodable"
+    assert chunks.detail.startswith(f"3 of 5 chunks not copied to the DLQ ({full}; its broker user")
