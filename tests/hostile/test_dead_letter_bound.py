@@ -43,6 +43,7 @@ from fedq.messages.codec import Weights, encode_message
 from fedq.messages.schema import MESSAGE_TYPES, UpdateMeta
 from fedq.messages.topology import UPDATE_KEY, Topology, UpdatesQueueType
 from fedq.messages.transport import Inequivalent
+from fedq.metrics import PrometheusMetrics
 from tests.broker_users import broker_users
 from tests.conftest import BROKER_URL
 from tests.helpers import drain, run_fedq
@@ -101,12 +102,12 @@ async def publish(url: str, topology: Topology, messages: Sequence[tuple[str, by
 
 
 async def run_coordinator(
-    config: CoordinatorConfig, topology: Topology, observer: DropCounter
+    config: CoordinatorConfig, topology: Topology, *observers: CoordinatorObserver
 ) -> tuple[Any, list[Any]]:
     """Run the coordinator over what was published: its result and the DLQ's contents,
     after checking that every delivery was settled (the updates queue is empty)."""
     async with AmqpTransport(BROKER_URL) as own:
-        coordinator = Coordinator(config, SyntheticApp(params=PARAMS), own, [observer])
+        coordinator = Coordinator(config, SyntheticApp(params=PARAMS), own, observers)
         result = await asyncio.wait_for(coordinator.run(), 120)
         assert await own.queue_depth(topology.updates) == 0
     return result, await drain(BROKER_URL, topology.rejected)
@@ -131,13 +132,13 @@ async def test_a_flood_fills_the_dead_letter_queue_to_its_bound_and_the_first_ev
     topology = Topology(federation, queue_type, dead_letter_max_bytes=BOUND)
     flood = [(f"flood-{i:03d}", flood_body(i)) for i in range(FLOOD)]
     honest = [honest_update(federation, f"p{i}", i) for i in range(3)]
-    observer = DropCounter()
+    observer, metrics = DropCounter(), PrometheusMetrics(federation)
     async with AmqpTransport(BROKER_URL) as admin:
         await topology.declare_core(admin)
         try:
             await publish(BROKER_URL, topology, [*flood, *honest])
             with caplog.at_level(logging.WARNING, "fedq.coordinator"):
-                result, dead = await run_coordinator(config, topology, observer)
+                result, dead = await run_coordinator(config, topology, observer, metrics)
         finally:
             await topology.delete(admin, [])
     assert result.model_version == 1 and result.rejected_by_reason == {"undecodable": FLOOD}
@@ -149,6 +150,9 @@ async def test_a_flood_fills_the_dead_letter_queue_to_its_bound_and_the_first_ev
     # The first evidence, byte for byte, in order: nothing of it was pushed out.
     assert [(d.message_id, bytes(d.body)) for d in dead] == flood[:kept]
     assert observer.dropped == {("undecodable", QUEUE_FULL): FLOOD - kept}
+    labels = {"federation": federation, "reason": "undecodable", "cause": QUEUE_FULL}
+    counted = metrics.registry.get_sample_value("fedq_dead_letter_dropped_total", labels)
+    assert counted == FLOOD - kept
     details = UpdateLedger(tmp_path / "ledger.sqlite").rejections()
     missing = [
         r

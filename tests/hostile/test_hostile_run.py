@@ -91,7 +91,7 @@ async def publish_all(url: str, exchange: str, messages: list[tuple[str, bytes]]
 
 
 def test_hostile_input_during_a_real_run(tmp_path, federation):
-    topology = Topology(federation)
+    topology = Topology(federation, dead_letter_max_bytes=DEAD_LETTER_BYTES)
     tag = uuid.uuid4().hex[:6]
     model = SyntheticApp(params=PARAMS).initial_weights()
     with broker_users([f"h{tag}-{i}" for i in range(3)] + [f"mallory-{tag}"]) as users:
