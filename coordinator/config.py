@@ -154,8 +154,8 @@ class CoordinatorConfig(BaseModel):
     )
     updates_queue: UpdatesQueueType = Field(
         "quorum",
-        description="Type of the fedq.F.updates and fedq.F.rejected queues: classic, or quorum "
-        "(replicated in a cluster).",
+        description="Type of the fedq.F.updates queue: classic, or quorum (replicated in a "
+        "cluster).",
     )
     updates_queue_bytes: int = Field(
         DEFAULT_UPDATES_QUEUE_BYTES,

@@ -41,7 +41,7 @@ from fedq.coordinator.verdicts import Outcome
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.codec import Weights, encode_message
 from fedq.messages.schema import MESSAGE_TYPES, UpdateMeta
-from fedq.messages.topology import UPDATE_KEY, Topology, UpdatesQueueType
+from fedq.messages.topology import UPDATE_KEY, Topology
 from fedq.messages.transport import Inequivalent
 from fedq.metrics import PrometheusMetrics
 from tests.broker_users import broker_users
@@ -120,16 +120,15 @@ def config_of(federation: str, state: Path, **extra: Any) -> CoordinatorConfig:
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("queue_type", ["quorum", "classic"])
 async def test_a_flood_fills_the_dead_letter_queue_to_its_bound_and_the_first_evidence_stays(
-    tmp_path: Path, federation: str, queue_type: UpdatesQueueType, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, federation: str, caplog: pytest.LogCaptureFixture
 ):
     """40 bad bodies of 401 bytes before the three honest updates, the DLQ bounded at
-    4 KiB, no per-sender share: the DLQ holds exactly the first bodies that fit (a quorum
-    queue refuses once over its bound, so it takes one more), the rest are acked, recorded
-    and counted as queue_full, with one warning line; the version is the exact FedAvg."""
-    config = config_of(federation, tmp_path, updates_queue=queue_type, dead_letter_share=1.0)
-    topology = Topology(federation, queue_type, dead_letter_max_bytes=BOUND)
+    4 KiB, no per-sender share: the DLQ holds exactly the first bodies that fit, the rest
+    are acked, recorded and counted as queue_full, with one warning line; the version is
+    the exact FedAvg."""
+    config = config_of(federation, tmp_path, dead_letter_share=1.0)
+    topology = Topology(federation, dead_letter_max_bytes=BOUND)
     flood = [(f"flood-{i:03d}", flood_body(i)) for i in range(FLOOD)]
     honest = [honest_update(federation, f"p{i}", i) for i in range(3)]
     observer, metrics = DropCounter(), PrometheusMetrics(federation)
@@ -144,9 +143,7 @@ async def test_a_flood_fills_the_dead_letter_queue_to_its_bound_and_the_first_ev
     assert result.model_version == 1 and result.rejected_by_reason == {"undecodable": FLOOD}
     assert_exact_fedavg(tmp_path)
     kept = len(dead)
-    fits = BOUND // BODY
-    assert kept == (fits + 1 if queue_type == "quorum" else fits)
-    assert sum(len(d.body) for d in dead) <= BOUND + (BODY if queue_type == "quorum" else 0)
+    assert kept == BOUND // BODY and sum(len(d.body) for d in dead) <= BOUND
     # The first evidence, byte for byte, in order: nothing of it was pushed out.
     assert [(d.message_id, bytes(d.body)) for d in dead] == flood[:kept]
     assert observer.dropped == {("undecodable", QUEUE_FULL): FLOOD - kept}
