@@ -11,8 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
+from fedq.coordinator.roster import Roster, load_roster
 from fedq.coordinator.strategies import AGGREGATORS, OPTIMIZERS, options_help
 from fedq.messages.chunks import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, MIN_CHUNK_BYTES
 from fedq.messages.schema import FederationName
@@ -235,6 +236,12 @@ class CoordinatorConfig(BaseModel):
         "updates are returned to the queue and taken again after half of it, so a version "
         "may stay open for any time.",
     )
+    roster: Path | None = Field(
+        None,
+        description="A TOML file naming the participants ([participants] id = { examples = N }): "
+        "updates and control events under other ids are refused or ignored, and an update "
+        "weighs at most the examples its participant declared.",
+    )
     verify_identity: bool = Field(
         False,
         description="Reject updates whose broker user is not the participant they claim "
@@ -248,6 +255,24 @@ class CoordinatorConfig(BaseModel):
         json_schema_extra=_cli("--linger"),
     )
     liveness_seconds: float = Field(15.0, gt=0, json_schema_extra=_cli(cli=False))
+
+    #: The roster read from ``roster`` (once, when the settings are checked).
+    _roster: Roster | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _roster_loads(self) -> CoordinatorConfig:
+        if self.roster is not None:
+            self._roster = load_roster(self.roster)
+            if len(self._roster) < self.participants:
+                raise ValueError(
+                    f"the roster {self.roster} names {len(self._roster)} participants, "
+                    f"fewer than --participants ({self.participants})"
+                )
+        return self
+
+    @property
+    def participant_roster(self) -> Roster | None:
+        return self._roster
 
     @model_validator(mode="after")
     def _quorum_fits(self) -> CoordinatorConfig:

@@ -36,6 +36,7 @@ from fedq.coordinator.checkpoint import (
 from fedq.coordinator.collect import Collector
 from fedq.coordinator.config import ConfigError, CoordinatorConfig
 from fedq.coordinator.evidence import Evidence
+from fedq.coordinator.headroom import Headroom
 from fedq.coordinator.intake import Intake
 from fedq.coordinator.ledger import UpdateLedger
 from fedq.coordinator.membership import Membership
@@ -155,6 +156,7 @@ class Coordinator:
             verify_identity=config.verify_identity,
             max_bytes=config.max_update_bytes,
             max_norm=config.max_update_norm,
+            roster=config.participant_roster,
         )
         assembler = Assembler(
             config.state_dir / "spool",
@@ -225,7 +227,8 @@ class Coordinator:
         )
         config = self.config
         per_user = config.max_updates_per_participant if config.verify_identity else None
-        version = Version(window, self.mode, aggregation, max_per_user=per_user)
+        headroom = await asyncio.to_thread(Headroom.of, weights)
+        version = Version(window, self.mode, aggregation, max_per_user=per_user, headroom=headroom)
         try:
             await self.publisher.open(window, weights)
             self.observers.version_opened(number, window.round)

@@ -23,6 +23,12 @@ one more and the broker closes the whole connection, every consumer on it includ
 
 The connection is named (``connection_name``, shown by the management UI and API) after
 the process, ``fedq pid <pid>``, unless told otherwise.
+
+With ``consumers_apart`` (the coordinator's transport) each consumer's channel is on a
+connection of its own, named after the process and the queue: whatever takes one
+connection down then stops only that consumer, until its robust connection is back. And
+the client never takes a connection down over a message whose properties it cannot
+decode (:mod:`fedq.messages.frames`).
 """
 
 from __future__ import annotations
@@ -48,6 +54,8 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
+from fedq.messages.frames import UNDECODABLE_HEADER
+from fedq.messages.frames import install as tolerate_undecodable_properties
 from fedq.messages.transport import (
     Delivery,
     ExchangeKind,
@@ -64,6 +72,10 @@ DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/"
 DECLARING_CHANNELS = 16
 
 log = logging.getLogger("fedq.amqp")
+
+# Before any connection: a message whose properties the client cannot decode must not
+# take a connection down (see fedq.messages.frames).
+tolerate_undecodable_properties()
 
 
 #: What a broker restart or a network cut raises while the robust connection reconnects.
@@ -151,6 +163,11 @@ class _AmqpDelivery:
     user_id = property(lambda self: self._msg.user_id)
     routing_key = property(lambda self: self._msg.routing_key or "")
     redelivered = property(lambda self: bool(self._msg.redelivered))
+
+    @property
+    def undecodable(self) -> str | None:
+        failure = (self._msg.headers or {}).get(UNDECODABLE_HEADER)
+        return failure if isinstance(failure, str) else None
 
     @property
     def headers(self) -> Mapping[str, Any]:
@@ -323,6 +340,7 @@ class AmqpTransport(Transport):
         connect_timeout: float = 10.0,
         outage_seconds: float = 120.0,
         name: str | None = None,
+        consumers_apart: bool = False,
     ) -> None:
         try:
             parsed = yarl.URL(url)
@@ -362,15 +380,25 @@ class AmqpTransport(Transport):
         self._consumers = 0
         self._channel_max = 0
         self._bodies = _SharedBodies()
+        #: Each ``consume`` on a connection of its own (see :meth:`_consumer_connection`).
+        self._consumers_apart = consumers_apart
 
     async def connect(self) -> None:
+        self._connection = await self._open(self.name)
+        underlay = self._conn.transport
+        assert underlay is not None, "connect_robust returns connected"
+        self._channel_max = underlay.connection.connection_tune.channel_max or 65535
+        await self._reopen_publisher()
+
+    async def _open(self, name: str) -> AbstractRobustConnection:
+        """A robust connection named ``name``, or BrokerUnavailable saying why not."""
         where = redact(self.url)
         try:
-            self._connection = await aio_pika.connect_robust(
+            return await aio_pika.connect_robust(
                 self.url,
                 timeout=self._timeout,
                 reconnect_interval=1.0,
-                client_properties={"connection_name": self.name},
+                client_properties={"connection_name": name},
             )
         except aiormq.exceptions.ProbableAuthenticationError:
             raise BrokerUnavailable(
@@ -378,10 +406,6 @@ class AmqpTransport(Transport):
             ) from None
         except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:
             raise BrokerUnavailable(_cannot_connect(where, exc)) from None
-        underlay = self._conn.transport
-        assert underlay is not None, "connect_robust returns connected"
-        self._channel_max = underlay.connection.connection_tune.channel_max or 65535
-        await self._reopen_publisher()
 
     async def _reopen_publisher(self) -> None:
         self._exchanges.clear()
@@ -550,8 +574,34 @@ class AmqpTransport(Transport):
             self._consumers -= 1
 
     @asynccontextmanager
+    async def _consumer_connection(self, queue: str) -> AsyncIterator[AbstractRobustConnection]:
+        """The connection a consumer of ``queue`` takes its channel on: the shared one, or
+        with ``consumers_apart`` one of its own, closed with it. Apart, whatever takes a
+        connection down (a frame the client cannot read, a heartbeat missed while busy)
+        takes only that consumer's, not the process's publishing or its other consumers:
+        the coordinator consumes updates and control events so."""
+        if not self._consumers_apart:
+            yield self._conn
+            return
+        connection = await self._open(f"{self.name} {queue}")
+        try:
+            yield connection
+        finally:
+            await connection.close()
+
+    @asynccontextmanager
     async def _consuming(self, queue: str, prefetch: int) -> AsyncIterator[AsyncIterator[Delivery]]:
-        channel = await self._conn.channel(publisher_confirms=False)
+        async with (
+            self._consumer_connection(queue) as connection,
+            self._consuming_on(connection, queue, prefetch) as inbox,
+        ):
+            yield inbox
+
+    @asynccontextmanager
+    async def _consuming_on(
+        self, connection: AbstractRobustConnection, queue: str, prefetch: int
+    ) -> AsyncIterator[AsyncIterator[Delivery]]:
+        channel = await connection.channel(publisher_confirms=False)
         try:
             await channel.set_qos(prefetch_count=max(1, prefetch))
             try:

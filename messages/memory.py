@@ -53,6 +53,8 @@ class _MemoryDelivery:
     routing_key = property(lambda self: self._msg.routing_key)
     headers = property(lambda self: self._msg.headers)
     redelivered = property(lambda self: self._msg.redelivered)
+    #: Messages in memory are never encoded, so never undecodable.
+    undecodable = None
 
     def release_body(self) -> None:
         """Nothing to free: like RabbitMQ, the embedded broker keeps the message until it

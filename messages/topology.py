@@ -6,10 +6,11 @@ For federation ``F`` every name starts with ``fedq.F.``. Operators rely on these
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Literal
 
-from fedq.messages.transport import Inequivalent, Transport
+from fedq.messages.transport import Inequivalent, Transport, TransportError
 
 #: Routing key on ``fedq.F.updates`` (a direct exchange with one queue of the same name).
 UPDATE_KEY = "update"
@@ -18,6 +19,8 @@ ROUND_OPEN = "round.open"
 ROUND_CLOSED = "round.closed"
 VERSION_PROGRESS = "version.progress"
 FEDERATION_DONE = "federation.done"
+
+log = logging.getLogger("fedq.topology")
 
 
 def participant_key(kind: str, participant: str) -> str:
@@ -45,6 +48,17 @@ MIN_DEAD_LETTER_MESSAGES = 64
 def dead_letter_messages(max_bytes: int) -> int:
     """The dead-letter queue's message limit for a byte limit of ``max_bytes``."""
     return max(MIN_DEAD_LETTER_MESSAGES, max_bytes // DEAD_LETTER_BYTES_PER_MESSAGE)
+
+
+#: Deliveries of one message a quorum queue makes before it dead-letters it instead
+#: (``x-delivery-limit``): the last line against a message that takes down whoever
+#: consumes it (a connection, the process), which would otherwise come back after every
+#: reconnect or restart, forever. Every return counts: a channel closed with the message
+#: unacked (a broker restart, a coordinator killed) and a held update given back before
+#: ``consumer_timeout`` (every half of it: 15 minutes by default). So 64 lets an honest
+#: update be held through one version open some 16 hours, or 63 restarts, before the
+#: broker moves it to the dead-letter queue (where ``fedq audit`` finds it missing).
+DELIVERY_LIMIT = 64
 
 
 @dataclass(frozen=True)
@@ -110,7 +124,11 @@ class Topology:
         if self.updates_max_bytes is not None:
             arguments["x-max-length-bytes"] = self.updates_max_bytes
         if self.updates_queue_type == "quorum":
-            arguments |= {"x-queue-type": "quorum", "x-dead-letter-strategy": "at-least-once"}
+            arguments |= {
+                "x-queue-type": "quorum",
+                "x-dead-letter-strategy": "at-least-once",
+                "x-delivery-limit": DELIVERY_LIMIT,
+            }
         return arguments
 
     def rejected_arguments(self) -> dict[str, str | int]:
@@ -121,6 +139,16 @@ class Topology:
             "x-overflow": "reject-publish",
         }
 
+    def coordinator_arguments(self) -> dict[str, str | int]:
+        """The control queue: a quorum queue, for its delivery limit (a control message
+        that took its consumer down is dead-lettered after DELIVERY_LIMIT tries)."""
+        return {
+            "x-queue-type": "quorum",
+            "x-delivery-limit": DELIVERY_LIMIT,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": self.rejected,
+        }
+
     async def declare_core(self, transport: Transport) -> None:
         """Everything the coordinator owns. Safe to run any number of times. A queue that
         exists with other arguments (made by an older fedq, or with other limits) is
@@ -128,26 +156,29 @@ class Topology:
         await transport.declare_exchange(self.updates, "direct")
         await transport.declare_exchange(self.models, "fanout")
         await transport.declare_exchange(self.control, "topic")
-        await self._declare_own(transport, self.rejected, self.rejected_arguments())
-        await self._declare_own(transport, self.updates, self.updates_arguments())
+        await self._declare_evidence(transport)
+        await _declare_upgrading(transport, self.updates, self.updates_arguments(), keep=True)
         await transport.bind(self.updates, self.updates, UPDATE_KEY)
-        await transport.declare_queue(self.coordinator)
+        await _declare_upgrading(
+            transport, self.coordinator, self.coordinator_arguments(), keep=False
+        )
         for kind in ("join", "heartbeat", "leave"):
             await transport.bind(self.coordinator, self.control, f"{kind}.*")
 
-    @staticmethod
-    async def _declare_own(
-        transport: Transport, queue: str, arguments: dict[str, str | int]
-    ) -> None:
+    async def _declare_evidence(self, transport: Transport) -> None:
+        """The dead-letter queue with its bounds. One an earlier fedq declared without them
+        (or with other limits) the broker refuses to redeclare: it may hold evidence, so it
+        is never deleted here, and the coordinator stops with what to do."""
+        arguments = self.rejected_arguments()
         try:
-            await transport.declare_queue(queue, arguments=arguments)
+            await transport.declare_queue(self.rejected, arguments=arguments)
         except Inequivalent as exc:
             raise Inequivalent(
-                f"queue {queue} exists with other arguments than this coordinator declares "
-                f"({', '.join(f'{k}={v}' for k, v in arguments.items())}): it was made by an "
-                "older fedq or with other limits, and RabbitMQ never changes a queue. Take out "
-                f"what it holds, delete it (rabbitmqctl delete_queue {queue}), then start "
-                f"again. The broker said: {exc}"
+                f"queue {self.rejected} exists with other arguments than this coordinator "
+                f"declares ({', '.join(f'{k}={v}' for k, v in arguments.items())}): it was "
+                "made by an older fedq or with other limits, and RabbitMQ never changes a "
+                "queue. Take out what it holds, delete it (rabbitmqctl -p <vhost> "
+                f"delete_queue {self.rejected}), then start again. The broker said: {exc}"
             ) from None
 
     async def declare_participant(
@@ -191,3 +222,35 @@ class Topology:
             await transport.delete_queue(queue)
         for exchange in (self.updates, self.models, self.control):
             await transport.delete_exchange(exchange)
+
+
+async def _declare_upgrading(
+    transport: Transport, queue: str, arguments: dict[str, str | int], *, keep: bool
+) -> None:
+    """Declare ``queue``; one an earlier fedq declared with other arguments (before the
+    delivery limit, or the control queue as a classic queue) the broker refuses to
+    redeclare (PRECONDITION_FAILED). ``keep`` (it may hold updates): it is used as it is,
+    without the limit, and said once. Else (it holds only control events, which
+    participants send again): it is deleted and declared anew."""
+    try:
+        await transport.declare_queue(queue, arguments=arguments)
+        return
+    except Inequivalent as exc:
+        declared_before = exc
+    if not keep:
+        log.info("%s was declared by an earlier fedq: declaring it anew", queue)
+        await transport.delete_queue(queue)
+        await transport.declare_queue(queue, arguments=arguments)
+        return
+    without = {k: v for k, v in arguments.items() if k != "x-delivery-limit"}
+    try:
+        await transport.declare_queue(queue, arguments=without)
+    except TransportError:
+        raise declared_before from None
+    log.warning(
+        "%s was declared by an earlier fedq, without a delivery limit: a message that "
+        "takes its consumer down would come back forever. Once it is empty, delete it "
+        "(fedq teardown) or set the policy delivery-limit=%d on it",
+        queue,
+        DELIVERY_LIMIT,
+    )

@@ -66,6 +66,11 @@ class Delivery(Protocol):
     def headers(self) -> Mapping[str, Any]: ...
     @property
     def redelivered(self) -> bool: ...
+    @property
+    def undecodable(self) -> str | None:
+        """Why the client could not decode this message's properties (they are then
+        all unknown: no id, type, user or headers), or None. Such a delivery is settled
+        like any other, never left to be redelivered (see :mod:`fedq.messages.frames`)."""
 
     def release_body(self) -> None:
         """Drop this process's reference to the body; ack and nack still work, and the

@@ -216,7 +216,7 @@ class Participant:
                     2 * stalled_after, MAX_REJOIN_FACTOR * self.config.stalled_model_seconds
                 )
                 continue
-            if self._forged(delivery):
+            if self._undecodable(delivery) or self._forged(delivery):
                 await self._settle(delivery)
                 continue
             if delivery.type == MESSAGE_TYPES["federation.done"]:
@@ -235,6 +235,14 @@ class Participant:
                 await self._settle(settled)
             if model is not None:
                 return model
+
+    def _undecodable(self, delivery: Delivery) -> bool:
+        """Whether the client could not decode ``delivery``'s properties: its type and
+        sender are then unknown, so it is nothing to act on."""
+        if delivery.undecodable is None:
+            return False
+        log.warning("%s: ignored a message: %s", self.config.participant_id, delivery.undecodable)
+        return True
 
     def _forged(self, delivery: Delivery) -> bool:
         """With ``verify_coordinator``: whether ``delivery`` (a model, a chunk or

@@ -71,7 +71,7 @@ def transports(broker_url: str | None) -> tuple[Transport, Transport]:
     if broker_url is None:
         broker = MemoryBroker()
         return MemoryTransport(broker, "coordinator"), MemoryTransport(broker, "participants")
-    return open_transport(broker_url), open_transport(broker_url)
+    return open_transport(broker_url, consumers_apart=True), open_transport(broker_url)
 
 
 async def run_participants(

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fedq.coordinator.ledger_view import LEDGER, find_ledgers
+from fedq.coordinator.roster import Roster
 from fedq.dashboard.ledgers import FederationLedger, read_federation
 from fedq.dashboard.live import ControlListener, FederationLive, LiveState
 from fedq.dashboard.status import SourceStatus
@@ -41,11 +42,12 @@ class Board:
         management_url: str,
         *,
         refresh_seconds: float = 2.0,
+        roster: Roster | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.refresh_seconds = refresh_seconds
         self.management = ManagementClient(management_url, broker_url)
-        self.live = LiveState()
+        self.live = LiveState(roster)
         self.listener = ControlListener(broker_url, self._watched, self._heard, self.touch)
         self.ledgers: dict[str, FederationLedger] = {}
         #: Ledger paths by federation name, for paging the DLQ.
