@@ -61,8 +61,8 @@ SENDER_SHARE = "sender_share"
 UNROUTABLE = "unroutable"
 #: What the ledger's record of such a refusal says of it.
 NOTES = {
-    QUEUE_FULL: "the dead-letter queue is full (--dead-letter-bytes)",
-    SENDER_SHARE: "its broker user holds its share of the dead-letter queue (--dead-letter-share)",
+    QUEUE_FULL: "the dead-letter queue is full, at --dead-letter-bytes",
+    SENDER_SHARE: "its broker user holds its --dead-letter-share of the dead-letter queue",
     UNROUTABLE: "there is no dead-letter queue",
 }
 #: Seconds between two warnings about copies not made: one line, not one per copy.

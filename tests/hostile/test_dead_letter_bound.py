@@ -291,7 +291,7 @@ def test_the_ledger_says_which_copies_are_missing_and_why():
     """A refusal whose body, or some of whose chunks, has no copy is recorded with why;
     one with every copy made is recorded as it was."""
     assert without_copy(REFUSAL, []) == REFUSAL
-    full = "the dead-letter queue is full (--dead-letter-bytes)"
+    full = "the dead-letter queue is full, at --dead-letter-bytes"
     assert without_copy(REFUSAL, [QUEUE_FULL]).detail == f"no copy in the DLQ ({full}): not msgpack"
     chunks = without_copy(REFUSAL, [SENDER_SHARE, QUEUE_FULL, QUEUE_FULL], 5)
     assert chunks.reason == "undecodable"
