@@ -139,7 +139,7 @@ class Publisher:
                 mode=self.config.mode,
                 version=window.version,
                 round=window.round,
-                accepted=len(window.records),
+                accepted=window.counted,
                 quorum=window.quorum,
                 refused=version.refused,
                 duplicates=version.duplicates,

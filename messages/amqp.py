@@ -37,9 +37,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
@@ -60,6 +61,7 @@ from fedq.messages.transport import (
     Delivery,
     ExchangeKind,
     Inequivalent,
+    QueueDeleted,
     QueueFull,
     Transport,
     TransportError,
@@ -110,10 +112,24 @@ def redact(url: str) -> str:
 
 
 def _cannot_connect(where: str, exc: BaseException) -> str:
-    """One line on why a connection failed and what to do; TLS causes are named (the
-    broker client wraps them in its own connection error)."""
+    """One line on why a connection failed and what to do; TLS, name resolution and a
+    vhost the broker will not open are named (the client wraps them in its own errors)."""
     cause: BaseException | None = exc
     while cause is not None:
+        if isinstance(cause, socket.gaierror):
+            host = yarl.URL(where).host
+            return (
+                f"cannot resolve the host {host!r} of the broker URL {where} "
+                f"({cause.strerror}): check the host in --broker / FEDQ_BROKER_URL"
+            )
+        if isinstance(cause, aiormq.exceptions.InvalidFrameError) and "OpenOk" in str(cause):
+            # The broker answered the login, then refused to open the URL's vhost.
+            vhost = yarl.URL(where).path[1:] or "/"
+            return (
+                f"RabbitMQ at {where} would not open the vhost {vhost!r}: it does not exist "
+                "or the user has no permissions on it (rabbitmqctl add_vhost / "
+                "set_permissions), or fix the vhost in the URL's path"
+            )
         if isinstance(cause, ssl.SSLCertVerificationError):
             return (
                 f"TLS to RabbitMQ at {where}: its certificate did not verify "
@@ -124,7 +140,7 @@ def _cannot_connect(where: str, exc: BaseException) -> str:
                 f"TLS to RabbitMQ at {where} failed ({cause.reason or cause}): check the URL's "
                 "cafile, certfile and keyfile, and that the port is the broker's TLS listener"
             )
-        cause = cause.__cause__
+        cause = cause.__cause__ or cause.__context__
     return (
         f"cannot reach RabbitMQ at {where} ({exc.__class__.__name__}): start it "
         "(`rabbitmq-server -detached`) or pass the right --broker / FEDQ_BROKER_URL"
@@ -254,8 +270,22 @@ class _Inbox:
     requeues them all.
     """
 
-    def __init__(self, queue: AbstractQueue, prefetch: int, bodies: _SharedBodies) -> None:
+    def __init__(
+        self,
+        queue: AbstractQueue,
+        prefetch: int,
+        bodies: _SharedBodies,
+        exists: Callable[[], Awaitable[bool]],
+    ) -> None:
         self.queue: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        #: Set by a delivery and by the broker cancelling this consumer.
+        self._wake = asyncio.Event()
+        #: The broker cancelled a consumer of this inbox (its queue deleted, or a node of a
+        #: cluster lost): whether the queue still exists is asked before waiting again.
+        self._broker_cancelled = False
+        self._exists = exists
+        #: Once the queue is known gone, every later ``__anext__`` raises it.
+        self._deleted: QueueDeleted | None = None
         self.bodies = bodies
         self._source = queue
         self._prefetch = prefetch
@@ -289,6 +319,12 @@ class _Inbox:
 
     async def put(self, message: AbstractIncomingMessage) -> None:
         self.queue.put_nowait(message)
+        self._wake.set()
+
+    def on_broker_cancel(self, frame: aiormq.spec.Basic.Cancel) -> None:
+        """aiormq's callback for a basic.cancel the broker sent on this inbox's channel."""
+        self._broker_cancelled = True
+        self._wake.set()
 
     def released(self, tag: str | None) -> None:
         self._held[tag] = self._held.get(tag, 0) + 1
@@ -329,7 +365,38 @@ class _Inbox:
         return self
 
     async def __anext__(self) -> Delivery:
-        return _AmqpDelivery(await self.queue.get(), self)
+        """The next delivery; QueueDeleted once the broker cancelled this consumer because
+        its queue is gone (aio-pika would otherwise try to restore it forever)."""
+        while self.queue.empty():
+            if self._deleted is not None:
+                raise self._deleted
+            if self._broker_cancelled:
+                self._broker_cancelled = False
+                if not await self._exists():
+                    self._deleted = QueueDeleted(
+                        f"the queue {self._source.name} was deleted on the broker (fedq "
+                        "teardown, or an operator): nothing more can arrive"
+                    )
+                continue  # still there: the robust channel restores the consumer
+            self._wake.clear()
+            if self.queue.empty() and not self._broker_cancelled:
+                await self._wake.wait()
+        return _AmqpDelivery(self.queue.get_nowait(), self)
+
+
+async def _on_broker_cancel(
+    channel: AbstractChannel, callback: Callable[[aiormq.spec.Basic.Cancel], None]
+) -> None:
+    """Have ``callback`` hear every basic.cancel the broker sends on ``channel``, also
+    after the robust connection reopened it (on a new aiormq channel)."""
+
+    async def watch(_: object = None) -> None:
+        underlay = await channel.get_underlay_channel()
+        underlay.on_consumer_cancel_callbacks.add(callback)
+
+    await watch()
+    if isinstance(channel, aio_pika.RobustChannel):
+        channel.reopen_callbacks.add(watch)
 
 
 class AmqpTransport(Transport):
@@ -456,6 +523,15 @@ class AmqpTransport(Transport):
         async with self._declaring(f"queue {name!r}") as channel:
             queue = await channel.get_queue(name, ensure=True)
             return int(queue.declaration_result.message_count or 0)
+
+    async def _queue_exists(self, name: str) -> bool:
+        try:
+            await self.queue_depth(name)
+        except TransportError as exc:
+            if "NOT_FOUND" in str(exc):
+                return False
+            raise
+        return True
 
     async def queue_consumers(self, name: str) -> int:
         async with self._declaring(f"queue {name!r}") as channel:
@@ -608,7 +684,8 @@ class AmqpTransport(Transport):
                 q = await channel.get_queue(queue, ensure=True)
             except aiormq.exceptions.ChannelNotFoundEntity:
                 raise TransportError(f"no queue {queue!r}") from None
-            inbox = _Inbox(q, max(1, prefetch), self._bodies)
+            inbox = _Inbox(q, max(1, prefetch), self._bodies, lambda: self._queue_exists(queue))
+            await _on_broker_cancel(channel, inbox.on_broker_cancel)
             await inbox.start()
             try:
                 yield inbox

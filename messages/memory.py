@@ -19,6 +19,7 @@ from fedq.messages.transport import (
     Delivery,
     ExchangeKind,
     Inequivalent,
+    QueueDeleted,
     QueueFull,
     Transport,
     TransportError,
@@ -89,7 +90,8 @@ class _MemoryDelivery:
 class _Consumer:
     queue: _Queue
     prefetch: int
-    inbox: asyncio.Queue[_MemoryDelivery] = field(default_factory=asyncio.Queue)
+    #: None, last: the queue was deleted.
+    inbox: asyncio.Queue[_MemoryDelivery | None] = field(default_factory=asyncio.Queue)
     unacked: dict[_MemoryDelivery, None] = field(default_factory=dict)  # delivery order
     #: Unacked deliveries whose body was released: they do not count toward the prefetch.
     released: int = 0
@@ -170,7 +172,11 @@ class _Inbox:
         return self
 
     async def __anext__(self) -> Delivery:
-        return await self._consumer.inbox.get()
+        delivery = await self._consumer.inbox.get()
+        if delivery is None:
+            self._consumer.inbox.put_nowait(None)  # every later call ends the same way
+            raise QueueDeleted(f"the queue {self._consumer.queue.name} was deleted")
+        return delivery
 
 
 class MemoryBroker:
@@ -239,6 +245,7 @@ class MemoryTransport(Transport):
         if queue is not None:
             for consumer in list(queue.consumers):
                 consumer.closed = True
+                consumer.inbox.put_nowait(None)
         for bindings in self.broker.bindings.values():
             bindings[:] = [b for b in bindings if b[0] != name]
 

@@ -40,6 +40,11 @@ class Inequivalent(TransportError):
     PRECONDITION_FAILED): declaring never changes what exists."""
 
 
+class QueueDeleted(TransportError):
+    """The queue being consumed was deleted on the broker (``fedq teardown --force``, an
+    operator): nothing more can arrive, so the consumer stops rather than wait forever."""
+
+
 class QueueFull(TransportError):
     """A queue at its limit with ``x-overflow: reject-publish`` refused the message (the
     broker's basic.nack): nothing of it was kept; publish it again later."""
