@@ -18,7 +18,11 @@ from fedq.coordinator.roster import Roster, load_roster
 from fedq.coordinator.strategies import AGGREGATORS, OPTIMIZERS, options_help
 from fedq.messages.chunks import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, MIN_CHUNK_BYTES
 from fedq.messages.schema import FederationName
-from fedq.messages.topology import DEFAULT_UPDATES_QUEUE_BYTES, UpdatesQueueType
+from fedq.messages.topology import (
+    DEFAULT_DEAD_LETTER_BYTES,
+    DEFAULT_UPDATES_QUEUE_BYTES,
+    UpdatesQueueType,
+)
 
 Mode = Literal["sync", "quorum", "async"]
 LatePolicy = Literal["reject", "fold"]
@@ -168,6 +172,23 @@ class CoordinatorConfig(BaseModel):
         ge=1 << 20,
         description="Byte limit of the fedq.F.updates queue: past it RabbitMQ refuses new "
         "updates and participants publish them again later (set when the queue is made).",
+    )
+    dead_letter_bytes: int = Field(
+        DEFAULT_DEAD_LETTER_BYTES,
+        ge=1 << 10,
+        description="Byte limit of the fedq.F.rejected dead-letter queue's bodies (and one "
+        "message per 16 KiB of it, at least 64): past it RabbitMQ refuses new copies and keeps "
+        "the ones it has; a refusal without its copy is still acked, recorded in the ledger "
+        "and counted (fedq_dead_letter_dropped_total). Set when the queue is made.",
+    )
+    dead_letter_share: float = Field(
+        0.25,
+        gt=0,
+        le=1.0,
+        description="With --verify-identity: the largest share of the dead-letter queue's "
+        "bytes and messages that one broker user's refused updates may take; past it their "
+        "bodies are not copied (recorded and counted), so one participant's flood leaves room "
+        "for the evidence of others. 1 turns it off.",
     )
     max_updates_per_participant: int = Field(
         4,

@@ -35,6 +35,7 @@ from fedq.coordinator.checkpoint import (
 )
 from fedq.coordinator.collect import Collector
 from fedq.coordinator.config import ConfigError, CoordinatorConfig
+from fedq.coordinator.evidence import Evidence
 from fedq.coordinator.headroom import Headroom
 from fedq.coordinator.intake import Intake
 from fedq.coordinator.ledger import UpdateLedger
@@ -89,7 +90,10 @@ class Coordinator:
         self.app = app
         self.transport = transport
         self.topology = Topology(
-            config.federation, config.updates_queue, config.updates_queue_bytes
+            config.federation,
+            config.updates_queue,
+            config.updates_queue_bytes,
+            config.dead_letter_bytes,
         )
         self.observers = Observers(observers)
         self.mode = make_mode(config)
@@ -101,7 +105,8 @@ class Coordinator:
         self.membership = Membership(
             config, transport, self.topology, self.publisher, self.observers
         )
-        self.settler = Settler(transport, self.topology, self.ledger, self.observers)
+        evidence = Evidence(config, transport, self.topology, self.observers)
+        self.settler = Settler(evidence, self.ledger, self.observers)
 
     def _dp_seed(self) -> int:
         """The secret seed of differential privacy's noise, kept with the ledger so that a

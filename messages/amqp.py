@@ -60,6 +60,7 @@ from fedq.messages.frames import install as tolerate_undecodable_properties
 from fedq.messages.transport import (
     Delivery,
     ExchangeKind,
+    Inequivalent,
     QueueDeleted,
     QueueFull,
     Transport,
@@ -554,6 +555,8 @@ class AmqpTransport(Transport):
                 if not channel.is_closed:
                     with contextlib.suppress(Exception):
                         await channel.close()
+                if isinstance(exc, aiormq.exceptions.ChannelPreconditionFailed):
+                    raise Inequivalent(f"broker refused {what}: {exc}") from None
                 if isinstance(exc, aiormq.exceptions.ChannelClosed):
                     raise TransportError(f"broker refused {what}: {exc}") from None
                 raise

@@ -18,6 +18,7 @@ from typing import Any
 from fedq.messages.transport import (
     Delivery,
     ExchangeKind,
+    Inequivalent,
     QueueDeleted,
     QueueFull,
     Transport,
@@ -219,7 +220,7 @@ class MemoryTransport(Transport):
     async def declare_exchange(self, name: str, kind: ExchangeKind) -> None:
         known = self.broker.exchanges.setdefault(name, kind)
         if known != kind:
-            raise TransportError(f"exchange {name!r} exists as {known}, not {kind}")
+            raise Inequivalent(f"exchange {name!r} exists as {known}, not {kind}")
 
     async def declare_queue(
         self, name: str, *, durable: bool = True, arguments: Mapping[str, Any] | None = None
@@ -229,7 +230,7 @@ class MemoryTransport(Transport):
         if queue is None:
             self.broker.queues[name] = _Queue(name, durable, args)
         elif queue.arguments != args or queue.durable != durable:
-            raise TransportError(f"queue {name!r} exists with other arguments {queue.arguments}")
+            raise Inequivalent(f"queue {name!r} exists with other arguments {queue.arguments}")
 
     async def bind(self, queue: str, exchange: str, routing_key: str = "") -> None:
         if queue not in self.broker.queues or exchange not in self.broker.exchanges:

@@ -35,6 +35,11 @@ class Unroutable(TransportError):
     """A mandatory message matched no queue."""
 
 
+class Inequivalent(TransportError):
+    """A queue or exchange exists with other arguments or kind than declared (RabbitMQ's
+    PRECONDITION_FAILED): declaring never changes what exists."""
+
+
 class QueueDeleted(TransportError):
     """The queue being consumed was deleted on the broker (``fedq teardown --force``, an
     operator): nothing more can arrive, so the consumer stops rather than wait forever."""

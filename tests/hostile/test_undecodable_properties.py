@@ -22,8 +22,8 @@ from pamqp.header import ContentHeader
 from fedq.apps.synthetic import SyntheticApp
 from fedq.coordinator.checkpoint import checkpoint_path, load_checkpoint
 from fedq.coordinator.config import CoordinatorConfig
+from fedq.coordinator.evidence import REASON_HEADER
 from fedq.coordinator.service import Coordinator
-from fedq.coordinator.settle import REASON_HEADER
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.codec import encode_message
 from fedq.messages.frames import UNDECODABLE_HEADER, tolerant_unmarshal
