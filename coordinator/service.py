@@ -38,7 +38,7 @@ from fedq.coordinator.config import ConfigError, CoordinatorConfig
 from fedq.coordinator.evidence import Evidence
 from fedq.coordinator.headroom import Headroom
 from fedq.coordinator.intake import Intake
-from fedq.coordinator.ledger import UpdateLedger
+from fedq.coordinator.ledger import FINISHED_AT, UpdateLedger
 from fedq.coordinator.membership import Membership
 from fedq.coordinator.modes import CloseReason, make_mode
 from fedq.coordinator.observers import CommitTimings, CoordinatorObserver, Observers
@@ -323,6 +323,7 @@ class Coordinator:
             metrics=wire_metrics(last.metrics) if last else {},
         )
         await self.publisher.control(FEDERATION_DONE, done)
+        await asyncio.to_thread(self.ledger.set_meta, FINISHED_AT, str(time.time()))
 
     # --------------------------------------------------------------- result
     def _result(self, started: float) -> FederationResult:
