@@ -100,6 +100,38 @@ def test_learning_rate_and_momentum_come_from_the_config() -> None:
     assert slots and any(np.any(v.numpy() != 0) for v in slots)
 
 
+def norm(weights: Weights) -> float:
+    return float(np.sqrt(sum(np.sum(w.astype(np.float64) ** 2) for w in weights.values())))
+
+
+def test_weight_decay_shrinks_the_weights_as_sgd_with_l2_would() -> None:
+    """With SGD, Keras's decoupled decay is PyTorch's L2 weight decay (NIID-Bench's 1e-5):
+    a large one pulls every weight toward 0 over the same steps; a second round with
+    another value is an error (the train step was built with the first)."""
+    base = TrainConfig(epochs=3, batch_size=32)
+    plain = norm(trained(make_app(), base))
+    decaying = make_app()
+    decayed = norm(trained(decaying, TrainConfig(epochs=3, batch_size=32, weight_decay=0.5)))
+    assert decayed < 0.8 * plain, (decayed, plain)
+    with pytest.raises(AppError, match="cannot change between rounds"):
+        trained(decaying, TrainConfig(weight_decay=0.1))
+
+
+def test_evaluate_local_holds_out_a_tenth_and_reports_the_global_model_on_it() -> None:
+    """Before training, the model it was sent is evaluated on a held-out tenth of the
+    participant's data (the same tenth each round), reported as local_*; training uses
+    the rest."""
+    app = make_app()
+    start = app.initial_weights()
+    result = app.train(start, Partition(), TrainConfig(evaluate_local=True))
+    assert result.num_examples == SAMPLES - round(SAMPLES / 10)
+    assert {"local_loss", "local_accuracy", "loss", "accuracy"} <= result.metrics.keys()
+    again = app.train(start, Partition(), TrainConfig(evaluate_local=True))
+    assert again.metrics["local_loss"] == pytest.approx(result.metrics["local_loss"], rel=1e-6)
+    plain = app.train(start, Partition(), TrainConfig())
+    assert "local_loss" not in plain.metrics and plain.num_examples == SAMPLES
+
+
 def test_mistakes_in_the_options_are_one_clear_error() -> None:
     with pytest.raises(AppError, match="has none"):
         trained(make_app("adam"), TrainConfig(momentum=0.9))
