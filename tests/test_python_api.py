@@ -19,7 +19,7 @@ from fedq.apps.synthetic import SyntheticApp
 from fedq.coordinator.observers import CoordinatorObserver
 from fedq.coordinator.records import VersionSummary
 from tests.conftest import BROKER_URL
-from tests.helpers import fedq_env, run_fedq
+from tests.helpers import fedq_env, python_snippets, run_fedq, run_snippet
 
 BROKERS = {"embedded": None, "rabbitmq": BROKER_URL}
 
@@ -162,38 +162,14 @@ def test_a_bad_value_is_a_settings_error_naming_it(settings, says, tmp_path):
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "python-api.md"
 
-RUNNER = """
-import ast, asyncio, sys
-source = open(sys.argv[1]).read()
-code = compile(source, "snippet", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
-result = eval(code, {"__name__": "__main__"})
-if asyncio.iscoroutine(result):  # a notebook cell: top-level await, on a running loop
-    asyncio.run(result)
-"""
-
-
-def snippets() -> list[str]:
-    """Every ```python block of docs/python-api.md, in order."""
-    blocks = DOC.read_text().split("```python\n")[1:]
-    return [block.split("```", 1)[0] for block in blocks]
-
 
 def test_the_doc_has_snippets():
-    assert len(snippets()) >= 3
+    assert len(python_snippets(DOC)) >= 3
 
 
 @pytest.mark.keras
-@pytest.mark.parametrize("index", range(len(snippets())))
+@pytest.mark.parametrize("index", range(len(python_snippets(DOC))))
 def test_every_snippet_of_the_python_api_doc_runs(index, tmp_path):
     """Each block as a user pastes it: a script, or a notebook cell if it awaits."""
-    path = tmp_path / "snippet.py"
-    path.write_text(snippets()[index])
-    out = subprocess.run(
-        [sys.executable, "-c", RUNNER, str(path)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=fedq_env() | {"FEDQ_STATE_DIR": str(tmp_path / "state")},
-        cwd=tmp_path,
-    )
+    out = run_snippet(python_snippets(DOC)[index], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
