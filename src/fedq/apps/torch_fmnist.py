@@ -86,4 +86,8 @@ def make_app(
     )
 
 
+#: Every training sample before the split, as fedq.apps.fmnist's (``fedq partition`` reads
+#: its labels): the two apps split the same data the same way.
+load_train = fmnist.load_train
+
 app = make_app()
