@@ -3,6 +3,7 @@ momentum and FedProx's proximal term."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 from fedq.apps.keras_app import Arrays, KerasApp, import_keras
 from fedq.messages.codec import Weights
 from fedq.participant.app import AppError, Partition, TrainConfig
+from tests.conftest import BROKER_URL
 from tests.helpers import run_fedq
 from tests.test_cli import one_line_error
 
@@ -161,3 +163,23 @@ def test_bad_training_flags_are_one_line(tmp_path: Path, flags: list[str], says:
         "simulate", "--app", "fedq.apps.synthetic:app", *flags, "--state-dir", str(tmp_path)
     )
     assert says in one_line_error(result)
+
+
+def test_federated_evaluation_and_weight_decay_on_rabbitmq(tmp_path: Path) -> None:
+    """`fedq simulate --evaluate-local --weight-decay` on RabbitMQ: every update carries
+    its participant's held-out evaluation of the model it was sent, and `fedq history`
+    shows its mean and range per version, and each participant's share of the updates."""
+    state = tmp_path / "state"
+    run = run_fedq(
+        "simulate", "--app", "fedq.apps.dense:app", "-n", "3", "-r", "2", "--evaluate-local",
+        "--weight-decay", "1e-5", "--partition-scheme", "labels:2", "--state-dir", str(state),
+        "--broker", BROKER_URL, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    history = run_fedq("history", "--state-dir", str(state))
+    assert "federated eval" in history.stdout, history.stdout
+    assert "folded updates by participant: p0 2 (33%), p1 2 (33%), p2 2 (33%)" in history.stdout
+    rows = json.loads(run_fedq("history", "--state-dir", str(state), "--json").stdout)["rounds"]
+    for row in rows:
+        low, high = row["local_accuracy_range"]
+        assert 0 <= low <= row["local_metrics"]["local_accuracy"] <= high <= 1
