@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+from importlib import metadata
 
 import numpy as np
 import pytest
@@ -250,3 +251,23 @@ def test_a_users_own_aggregator_plugs_in_by_its_path(tmp_path):
     model = load_checkpoint(checkpoint_path(tmp_path / "mine" / "models", 1))
     for tensor in model.values():  # p2 has the most examples: its delta alone, doubled
         np.testing.assert_allclose(tensor, 2 * SyntheticApp.delta_value(2))
+
+
+def test_version_and_short_help():
+    version = run_fedq("--version")
+    assert version.returncode == 0 and version.stdout.strip() == f"fedq {metadata.version('fedq')}"
+    for command in ([], ["simulate"], ["broker", "check"], ["deploy", "users"]):
+        short, long = run_fedq(*command, "-h"), run_fedq(*command, "--help")
+        assert short.returncode == 0 and short.stdout == long.stdout, command
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["simulate"], ["coordinator"], ["participant"], ["history"], ["audit"], ["partition"],
+     ["export"], ["dashboard"], ["teardown"], ["broker", "check"], ["deploy", "users"]],
+)  # fmt: skip
+def test_help_names_no_python_types(command):
+    """Help reads TEXT, INTEGER, FLOAT, PATH, a list as TEXT ..., a flag with no type:
+    never ``<bool>``, ``<list[str]>`` or another Python type name."""
+    shown = run_fedq(*command, "--help").stdout
+    assert not re.search(r"<(bool|str|int|float|path|list\[[^>]*\])>", shown), shown

@@ -5,9 +5,12 @@
 from __future__ import annotations
 
 import sys
+from importlib import metadata
+from typing import Annotated, Any
 
 import typer
 from rich.text import Text
+from typer.core import TyperOption
 
 from fedq.cli.audit import audit_command
 from fedq.cli.broker import broker_app
@@ -31,8 +34,44 @@ app = typer.Typer(
     help="fedq: federated learning over RabbitMQ. Start with `fedq simulate --help`.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish
+    context_settings={"help_option_names": ["-h", "--help"]},  # inherited by every command
 )
+
+
+def _version(shown: bool) -> None:
+    if shown:
+        print(f"fedq {metadata.version('fedq')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print fedq's version and exit."
+        ),
+    ] = False,
+) -> None:
+    """fedq: federated learning over RabbitMQ. Start with `fedq simulate --help`."""
+
+
+def _plain_type(param: TyperOption, ctx: Any) -> str | None:
+    """The type column of --help in words a user reads, not Python's: none for a flag,
+    ``INTEGER``, ``FLOAT``, ``TEXT``, ``PATH``, a list's item type followed by ``...``,
+    a choice's values as they are."""
+    if param.is_flag or param.count:
+        return None
+    shown = TyperOption.display_type(param, ctx).strip("<>")
+    listed = shown.startswith("list[")
+    shown = shown.removeprefix("list[").removesuffix("]")
+    word = _TYPE_WORDS.get(shown, shown)
+    return f"{word} ..." if listed else word
+
+
+_TYPE_WORDS = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "path": "PATH", "file": "PATH"}
+TyperOption.display_type_rich = _plain_type  # type: ignore[method-assign]
 app.add_typer(broker_app, name="broker")
 app.add_typer(deploy_app, name="deploy")
 app.command("simulate")(simulate_command)
