@@ -71,7 +71,7 @@ def _plain_type(param: TyperOption, ctx: Any) -> str | None:
 
 
 _TYPE_WORDS = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "path": "PATH", "file": "PATH"}
-TyperOption.display_type_rich = _plain_type  # type: ignore[method-assign]
+TyperOption.display_type_rich = _plain_type  # type: ignore[method-assign,assignment]
 app.add_typer(broker_app, name="broker")
 app.add_typer(deploy_app, name="deploy")
 app.command("simulate")(simulate_command)
