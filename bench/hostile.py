@@ -46,8 +46,8 @@ from fedq.messages.topology import Topology  # noqa: E402
 from tests.broker_users import broker_users  # noqa: E402
 from tests.faults.harness import FaultyFederation  # noqa: E402
 from tests.helpers import drain  # noqa: E402
+from tests.hostile import attacks  # noqa: E402
 from tests.hostile.attacks import ATTACKS, BY_NAME, NORM_BOUND, Attack, Sent, Target  # noqa: E402
-from tests.hostile.attacks import check_versions  # noqa: E402
 
 HONEST = 3
 BOUND_MIB = 200
@@ -98,7 +98,9 @@ def wait_with_cost(process: subprocess.Popen[bytes], timeout: float) -> tuple[in
     raise subprocess.TimeoutExpired(process.args, timeout)
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, what: str, logs: Callable[[], str]):
+def wait_for(
+    condition: Callable[[], bool], timeout: float, what: str, logs: Callable[[], str]
+) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
@@ -118,7 +120,9 @@ def coordinator_args(attack: Attack | None, args: argparse.Namespace) -> list[st
     return out + ([] if norm is None else ["--max-update-norm", str(norm)])
 
 
-def attack_now(fed: FaultyFederation, attack: Attack, attacker: str, url: str, args) -> tuple[float, Sent]:
+def attack_now(
+    fed: FaultyFederation, attack: Attack, attacker: str, url: str, args: argparse.Namespace
+) -> tuple[float, Sent]:
     """Publish ``attack`` right after a commit (so that updates aimed at the open version
     reach it); the CPU seconds this process spent building and publishing it."""
     version = fed.committed_version()
@@ -137,7 +141,8 @@ def attack_now(fed: FaultyFederation, attack: Attack, attacker: str, url: str, a
 async def left_on_broker(fed: FaultyFederation) -> int:
     topology = Topology(fed.name)
     async with AmqpTransport(fed.broker) as transport:
-        return sum([await transport.queue_depth(q) for q in (topology.updates, topology.coordinator)])
+        queues = (topology.updates, topology.coordinator)
+        return sum([await transport.queue_depth(q) for q in queues])
 
 
 def run(attack: Attack | None, args: argparse.Namespace, users: list[tuple[str, str]]) -> Run:
@@ -163,7 +168,7 @@ def run(attack: Attack | None, args: argparse.Namespace, users: list[tuple[str, 
                 participant.wait(timeout=120)
             left = asyncio.run(left_on_broker(fed))
             dead = asyncio.run(drain(fed.broker, Topology(fed.name).rejected))
-            versions = check_versions(fed.state, [u for u, _ in honest], attack)
+            versions = attacks.check_versions(fed.state, [u for u, _ in honest], attack)
         finally:
             fed.close()
     if versions.committed < args.rounds or versions.wrong:
@@ -187,11 +192,11 @@ def run(attack: Attack | None, args: argparse.Namespace, users: list[tuple[str, 
     )  # fmt: skip
 
 
-def figures(run: Run, baseline: Run, bound_mib: float) -> dict[str, object]:
-    """The run's figures, with what the coordinator spent beyond the baseline and the
-    ratios of the coordinator's cost to the attacker's (None where the attacker spent
-    nothing measurable)."""
-    extra_cpu = run.coordinator_cpu_s - baseline.coordinator_cpu_s
+def figures(run: Run, baseline_cpu: float, bound_mib: float) -> dict[str, object]:
+    """The run's figures, with what the coordinator spent beyond the baseline (the mean of
+    the runs without attack) and the ratios of the coordinator's cost to the attacker's
+    (None where the attacker spent nothing measurable)."""
+    extra_cpu = run.coordinator_cpu_s - baseline_cpu
     cpu_ratio = extra_cpu / run.attacker_cpu_s if run.attacker_cpu_s > 0 else None
     bytes_ratio = run.dlq_bytes / run.attacker_bytes if run.attacker_bytes else None
     return asdict(run) | {
@@ -250,16 +255,20 @@ def main() -> None:
     names = [f"h{tag}-{i}" for i in range(HONEST)] + [f"mallory-{tag}"]
     started = time.monotonic()
     with broker_users(names) as users:
-        baseline = run(None, args, users)
-        runs = [baseline] + [run(BY_NAME[name], args, users) for name in args.attacks]
-    rows = [figures(r, baseline, bound_mib) for r in runs]
+        # A baseline first and last: the spread of the two is the noise of "extra CPU".
+        runs = [run(None, args, users)]
+        runs += [run(BY_NAME[name], args, users) for name in args.attacks]
+        runs.append(run(None, args, users))
+    baseline_cpu = (runs[0].coordinator_cpu_s + runs[-1].coordinator_cpu_s) / 2
+    rows = [figures(r, baseline_cpu, bound_mib) for r in runs]
     report(rows, bound_mib, console)
     console.print(f"wall time {time.monotonic() - started:.0f} s, "
                   f"load average at end {os.getloadavg()[0]:.1f}")  # fmt: skip
     print(strict_json.dumps({
         "bench": "hostile", "rounds": args.rounds, "params": args.params,
         "model_mib": round(args.params * 4 / 2**20, 2), "memory_bound_mib": round(bound_mib, 1),
-        "honest": HONEST, "scale": args.scale, "runs": rows,
+        "honest": HONEST, "scale": args.scale, "baseline_cpu_s": round(baseline_cpu, 2),
+        "runs": rows,
     }))  # fmt: skip
 
 
