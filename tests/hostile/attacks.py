@@ -69,8 +69,10 @@ class Target:
     chunk_bytes: int
     #: Multiplies the size of every flood (1: the bench's default).
     scale: float = 1.0
-    #: How long the stream keep-alive attack re-sends its chunks.
+    #: How long the stream keep-alive attack re-sends its chunks, at most: it stops
+    #: earlier once ``stop`` is set (the restart test ends it when the others are done).
     keepalive_seconds: float = 6.0
+    stop: asyncio.Event | None = None
 
     def count(self, base: int) -> int:
         return max(1, round(base * self.scale))
@@ -252,7 +254,7 @@ async def streams_kept_open(target: Target) -> Sent:
         for i, body in enumerate(firsts):
             await out.update(f"stream-{i}", body)
         until = time.monotonic() + target.keepalive_seconds
-        while time.monotonic() < until:
+        while time.monotonic() < until and not (target.stop and target.stop.is_set()):
             for i, body in enumerate(firsts[:2]):
                 await out.update(f"stream-{i}", body)  # the same message, again
             await asyncio.sleep(0.2)

@@ -39,25 +39,30 @@ from fedq.messages.transport import Delivery
 from tests.broker_users import broker_users
 from tests.faults.harness import CHUNK, PARAMS, FaultyFederation
 from tests.helpers import drain, wait_with_peak_rss
-from tests.hostile.attacks import ATTACKS, NORM_BOUND, Publisher, Sent, Target, check_versions
+from tests.hostile.attacks import (
+    ATTACKS,
+    BY_NAME,
+    NORM_BOUND,
+    Publisher,
+    Sent,
+    Target,
+    check_versions,
+)
 from tests.hostile.cases import _update_doc, pack
 
 ROUNDS = 3
 #: Seconds each honest participant adds to a round: the version the attacks land in stays
 #: open past all of them and the SIGTERM.
 DELAY = 10.0
-#: The streams attack goes last and re-sends its chunks for KEEPALIVE seconds, longer
+#: The streams attack re-sends its chunks while the others are published and for longer
 #: than CHUNK_TIMEOUT: its streams expire while it re-sends (a copy is no progress), and
 #: the SIGTERM comes right after it, before a stream whose clock a copy had reset would
 #: have expired.
 CHUNK_TIMEOUT = 2.0
-KEEPALIVE = 4.0
 #: Floods at a tenth of the bench's size.
 SCALE = 0.1
 #: Class 3's update is admitted, not refused (see above).
-RESTART_ATTACKS = sorted(
-    (a for a in ATTACKS if a.admitted is None), key=lambda a: a.name == "streams-kept-open"
-)
+OTHER_ATTACKS = [a for a in ATTACKS if a.admitted is None and a.name != "streams-kept-open"]
 
 
 def wait_until(
@@ -70,18 +75,31 @@ def wait_until(
 
 
 async def attack(fed: FaultyFederation, user: tuple[str, str]) -> Sent:
-    """Every attack, right after the commit of the version it is aimed at; then the
-    marker. Returns everything sent (the marker is not in it)."""
+    """Right after a commit, the streams attack starts re-sending its chunks, and every
+    other attack is published beside it (each aimed at the version current when it
+    starts); the streams attack stops once they are done and its streams are older than
+    CHUNK_TIMEOUT. Returns everything sent."""
+    stop = asyncio.Event()
     target = Target(
         federation=fed.name, url=url_of(fed, user), attacker=user[0],
         model=SyntheticApp(params=PARAMS).initial_weights(), version=fed.committed_version(),
-        chunk_bytes=CHUNK, scale=SCALE, keepalive_seconds=KEEPALIVE,
+        chunk_bytes=CHUNK, scale=SCALE, keepalive_seconds=120, stop=stop,
     )  # fmt: skip
+    started = time.monotonic()
+    streams = asyncio.create_task(BY_NAME["streams-kept-open"].publish(target))
     sent = Sent()
-    for one in RESTART_ATTACKS:
+    for one in OTHER_ATTACKS:
         part = await one.publish(replace(target, version=fed.committed_version()))
         sent.messages += part.messages
         sent.dead_lettered |= part.dead_lettered
+    # The attacker's pace, not a wait for the coordinator: keep the streams "alive" past
+    # their timeout, then stop (a stream a copy kept open would now be held for
+    # CHUNK_TIMEOUT more).
+    await asyncio.sleep(max(0.0, started + 1.5 * CHUNK_TIMEOUT - time.monotonic()))
+    stop.set()
+    part = await streams
+    sent.messages += part.messages
+    sent.dead_lettered |= part.dead_lettered
     return sent
 
 
@@ -131,7 +149,7 @@ def test_a_restarted_coordinator_meets_nothing_the_attacker_sent(tmp_path, feder
             sent = asyncio.run(attack(fed, attacker))
             asyncio.run(publish_marker(fed, attacker, marker))
             recorded = f"SELECT count(*) FROM rejections WHERE update_id = '{marker}'"
-            wait_until(lambda: fed.ledger_value(recorded) == 1, 120, fed, "marker refused")
+            wait_until(lambda: fed.ledger_value(recorded) == 1, 60, fed, "marker refused")
 
             async def control_taken() -> bool:
                 async with AmqpTransport(fed.broker) as transport:
