@@ -47,7 +47,8 @@ from tests.broker_users import broker_users  # noqa: E402
 from tests.faults.harness import FaultyFederation  # noqa: E402
 from tests.helpers import drain  # noqa: E402
 from tests.hostile import attacks  # noqa: E402
-from tests.hostile.attacks import ATTACKS, BY_NAME, NORM_BOUND, Attack, Sent, Target  # noqa: E402
+from tests.hostile.attacks import ATTACKS, BY_NAME, Attack, Sent, Target  # noqa: E402
+from tests.hostile.cases import NORM_BOUND  # noqa: E402
 
 HONEST = 3
 BOUND_MIB = 200

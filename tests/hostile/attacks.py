@@ -18,7 +18,7 @@ import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,7 +88,7 @@ class Sent:
     dead_lettered: set[str] = field(default_factory=set)
 
 
-Publish = Callable[[Target], Awaitable[Sent]]
+Publish = Callable[[Target], Coroutine[Any, Any, Sent]]
 
 
 @dataclass(frozen=True)

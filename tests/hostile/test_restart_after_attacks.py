@@ -42,13 +42,12 @@ from tests.helpers import drain, wait_with_peak_rss
 from tests.hostile.attacks import (
     ATTACKS,
     BY_NAME,
-    NORM_BOUND,
     Publisher,
     Sent,
     Target,
     check_versions,
 )
-from tests.hostile.cases import _update_doc, pack
+from tests.hostile.cases import NORM_BOUND, _update_doc, pack
 
 ROUNDS = 3
 #: Seconds each honest participant adds to a round: the version the attacks land in stays
@@ -149,7 +148,9 @@ def test_a_restarted_coordinator_meets_nothing_the_attacker_sent(tmp_path, feder
             sent = asyncio.run(attack(fed, attacker))
             asyncio.run(publish_marker(fed, attacker, marker))
             recorded = f"SELECT count(*) FROM rejections WHERE update_id = '{marker}'"
-            wait_until(lambda: fed.ledger_value(recorded) == 1, 60, fed, "marker refused")
+            wait_until(  # else it is stuck on what it holds: its prefetch full of unacked ones
+                lambda: fed.ledger_value(recorded) == 1, 60, fed, "marker refused (stuck?)"
+            )
 
             async def control_taken() -> bool:
                 async with AmqpTransport(fed.broker) as transport:
