@@ -26,6 +26,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections import Counter
@@ -75,26 +76,45 @@ class Run:
     missing_evidence: int = 0
     #: Messages still on the updates and control queues once the coordinator exited.
     left_on_broker: int = 0
+    #: Whether the attack was all published before the last version was committed.
+    during_run: bool = True
     dlq_reasons: str = ""
 
 
-def wait_with_cost(process: subprocess.Popen[bytes], timeout: float) -> tuple[int, float, float]:
-    """Wait for ``process``: its exit code, its peak RSS in MiB (VmHWM, read every 50 ms:
-    a high-water mark, so exact) and the CPU seconds it used (its rusage)."""
-    deadline = time.monotonic() + timeout
-    peak_kib = 0
-    status = Path(f"/proc/{process.pid}/status")
-    while time.monotonic() < deadline:
-        try:
-            for line in status.read_text().splitlines():
+class PeakRss(threading.Thread):
+    """VmHWM of a process, read every 50 ms from its start until it exits (the kernel's
+    high-water mark: the last reading is the peak). Not ``ru_maxrss``, which survives exec
+    and so includes this process's own memory."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.status = Path(f"/proc/{pid}/status")
+        self.peak_kib = 0
+
+    def run(self) -> None:
+        while True:
+            try:
+                lines = self.status.read_text().splitlines()
+            except OSError:  # gone
+                return
+            for line in lines:
                 if line.startswith("VmHWM:"):
-                    peak_kib = max(peak_kib, int(line.split()[1]))
-        except OSError:
-            pass
+                    self.peak_kib = max(self.peak_kib, int(line.split()[1]))
+            time.sleep(0.05)
+
+
+def wait_with_cost(
+    process: subprocess.Popen[bytes], peak: PeakRss, timeout: float
+) -> tuple[int, float, float]:
+    """Wait for ``process``: its exit code, its peak RSS in MiB and the CPU seconds it used
+    (its rusage, from the kernel when it is reaped)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         pid, code, usage = os.wait4(process.pid, os.WNOHANG)
         if pid:
             process.returncode = os.waitstatus_to_exitcode(code)
-            return process.returncode, peak_kib / 1024, usage.ru_utime + usage.ru_stime
+            peak.join(timeout=5)
+            return process.returncode, peak.peak_kib / 1024, usage.ru_utime + usage.ru_stime
         time.sleep(0.05)
     raise subprocess.TimeoutExpired(process.args, timeout)
 
@@ -158,13 +178,16 @@ def run(attack: Attack | None, args: argparse.Namespace, users: list[tuple[str, 
         )  # fmt: skip
         try:
             coordinator = fed.start_coordinator("coordinator")
+            peak_rss = PeakRss(coordinator.pid)
+            peak_rss.start()
             participants = [fed.start_participant(i) for i in range(HONEST)]
             wait_for(lambda: fed.committed_version() >= 1, 120, "version 1", fed.logs)
             cpu, sent = 0.0, Sent()
             if attack is not None:
                 url = user_url(fed.broker, attacker)
                 cpu, sent = attack_now(fed, attack, attacker[0], url, args)
-            code, peak, coordinator_cpu = wait_with_cost(coordinator, 900)
+            during = fed.committed_version() < args.rounds
+            code, peak, coordinator_cpu = wait_with_cost(coordinator, peak_rss, 900)
             for participant in participants:
                 participant.wait(timeout=120)
             left = asyncio.run(left_on_broker(fed))
@@ -188,7 +211,7 @@ def run(attack: Attack | None, args: argparse.Namespace, users: list[tuple[str, 
         attacker_bytes=sent.bytes, dlq_messages=len(dead),
         dlq_bytes=sum(len(d.body) for d in dead),
         missing_evidence=len(sent.dead_lettered - {d.message_id for d in dead}),
-        left_on_broker=left,
+        left_on_broker=left, during_run=during,
         dlq_reasons=", ".join(f"{r} {n}" for r, n in reasons.most_common()),
     )  # fmt: skip
 
@@ -217,6 +240,7 @@ def report(rows: list[dict[str, object]], bound_mib: float, console: Console) ->
         "attacker_cpu_s": "attacker CPU s", "coordinator_extra_cpu_s": "coord. extra CPU s",
         "cpu_ratio": "coord./attacker CPU", "dlq_bytes": "DLQ bytes",
         "missing_evidence": "not in DLQ", "left_on_broker": "left on broker",
+        "during_run": "during the run",
     }  # fmt: skip
     for title in columns.values():
         table.add_column(title, justify="left" if title in ("attack", "honest model") else "right")
@@ -240,7 +264,7 @@ def main() -> None:
     parser.add_argument("--attacks", nargs="*", default=[a.name for a in ATTACKS],
                         help=f"of: {', '.join(BY_NAME)}")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--delay", type=float, default=1.0, help="seconds each round waits")
+    parser.add_argument("--delay", type=float, default=2.0, help="seconds each round waits")
     parser.add_argument("--params", type=int, default=100_000, help="float32 model size")
     parser.add_argument("--chunk-bytes", type=int, default=1 << 16)
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every flood")

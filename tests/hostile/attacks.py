@@ -288,11 +288,14 @@ async def control_flood(target: Target) -> Sent:
     the attacker's own key with another id in the body)."""
     fed = target.federation
     async with Publisher(target) as out:
-        for i in range(target.count(1000)):
-            ghost = f"ghost-{i}"
-            await out.control(Join(federation=fed, participant=ghost), ghost)
-            await out.control(Heartbeat(federation=fed, participant=ghost), ghost)
-            await out.control(Heartbeat(federation=fed, participant=ghost), target.attacker)
+        ghosts = range(target.count(1000))
+        for batch in (ghosts[at : at + 100] for at in range(0, len(ghosts), 100)):  # pipelined
+            await asyncio.gather(*(
+                out.control(event(federation=fed, participant=f"ghost-{i}"), key)
+                for i in batch
+                for event, key in ((Join, f"ghost-{i}"), (Heartbeat, f"ghost-{i}"),
+                                   (Heartbeat, target.attacker))
+            ))  # fmt: skip
         return out.sent
 
 
