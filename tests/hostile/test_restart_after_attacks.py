@@ -52,12 +52,12 @@ from tests.hostile.cases import NORM_BOUND, _update_doc, pack
 ROUNDS = 3
 #: Seconds each honest participant adds to a round: the version the attacks land in stays
 #: open past all of them and the SIGTERM.
-DELAY = 10.0
+DELAY = 15.0
 #: The streams attack re-sends its chunks while the others are published and for longer
 #: than CHUNK_TIMEOUT: its streams expire while it re-sends (a copy is no progress), and
 #: the SIGTERM comes right after it, before a stream whose clock a copy had reset would
 #: have expired.
-CHUNK_TIMEOUT = 2.0
+CHUNK_TIMEOUT = 5.0  # the margin for the SIGTERM after the streams attack stops
 #: Floods at a tenth of the bench's size.
 SCALE = 0.1
 #: Class 3's update is admitted, not refused (see above).
