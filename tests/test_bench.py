@@ -20,6 +20,19 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 FAST_BENCHMARKS = {
     "codec": ["--repeat", "1"],
+    # One small flood and the two baselines: three federations of 3 rounds.
+    "hostile": [
+        "--attacks",
+        "bad-updates",
+        "--rounds",
+        "3",
+        "--delay",
+        "0.3",
+        "--params",
+        "10000",
+        "--scale",
+        "0.05",
+    ],
     "aggregate": ["--repeat", "1", "--params", "1000000"],
     "large_model": ["--params", "1000000", "--participants", "2", "--rounds", "2"],
     "round_overhead": [
