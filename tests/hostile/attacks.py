@@ -31,7 +31,7 @@ from fedq.messages.amqp import AmqpTransport
 from fedq.messages.chunks import encode_chunks
 from fedq.messages.codec import Weights, encode_message
 from fedq.messages.schema import MESSAGE_TYPES, Heartbeat, Join, UpdateMeta
-from fedq.messages.topology import UPDATE_KEY, Topology
+from fedq.messages.topology import UPDATE_KEY, Topology, participant_key
 from tests.hostile.cases import (
     ID_PATTERN,
     METRIC_PATTERN,
@@ -43,6 +43,7 @@ from tests.hostile.cases import (
     norm_outlier,
     pack,
 )
+from tests.hostile.raw_frames import publish_tampered, tamperings
 
 #: What a valid update from the attacker claims in the class 3 attack: the schema's
 #: largest integer (2**53 - 1). Its delta (every value) is inside NORM_BOUND.
@@ -299,10 +300,29 @@ async def control_flood(target: Target) -> Sent:
         return out.sent
 
 
+async def undecodable_properties(target: Target) -> Sent:
+    """Class 1: messages whose properties the AMQP client cannot decode (a message_id, type
+    or header name not UTF-8, a header table nested 3000 deep, a timestamp past any
+    date), on the updates exchange and on the attacker's own heartbeat key. Each once took
+    the coordinator's connection down, forever. Their ids cannot be decoded, so none is
+    listed for the DLQ check; that they were settled is (nothing is left on the broker)."""
+    topology = Topology(target.federation)
+    sent = Sent()
+    for r in range(target.count(5)):
+        for kind in tamperings(target.attacker):
+            body = f"tampered {r} {kind.name}".encode()
+            await publish_tampered(target.url, topology.updates, UPDATE_KEY, body, kind)
+            key = participant_key("heartbeat", target.attacker)
+            await publish_tampered(target.url, topology.control, key, body, kind)
+            sent.messages += 2
+            sent.bytes += 2 * len(body)
+    return sent
+
+
 ATTACKS: list[Attack] = [
     # Class 1, frames the AMQP client cannot parse: message properties that are not valid
     # UTF-8, published with raw AMQP frames. Another change adds it here, as one entry:
-    # Attack("properties-not-utf8", "1", <its publish coroutine>).
+    Attack("undecodable-properties", "1", undecodable_properties),
     Attack("crafted", "intake", crafted),
     Attack("bad-updates", "intake", bad_update_flood),
     Attack("numbers", "2", numbers),
