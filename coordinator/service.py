@@ -112,6 +112,8 @@ class Coordinator:
         )
         evidence = Evidence(config, transport, self.topology, self.observers)
         self.settler = Settler(evidence, self.ledger, self.observers)
+        #: The model and version :meth:`prepare` found, once it ran.
+        self._start: tuple[Weights, int] | None = None
 
     def _dp_seed(self) -> int:
         """The secret seed of differential privacy's noise, kept with the ledger so that a
@@ -196,11 +198,14 @@ class Coordinator:
         """The model to continue from (the ledger's last version, or the app's v0), once
         the app's model signature matched the state dir's (:meth:`StateDir.restore`): the
         checks that need the app, before anything touches the broker. Done once."""
-        restored = await asyncio.to_thread(self.state.restore, self.app)
-        if restored.version > 0:
-            log.info("resuming from model v%d", restored.version)
-            self.strategy.optimizer.load_state(restored.optimizer_state)
-        return restored.weights, restored.version
+        if self._start is None:
+            # Read once per state dir (the CLI may have restored it before connecting).
+            restored = await asyncio.to_thread(self.state.restore, self.app)
+            if restored.version > 0:
+                log.info("resuming from model v%d", restored.version)
+                self.strategy.optimizer.load_state(restored.optimizer_state)
+            self._start = (restored.weights, restored.version)
+        return self._start
 
     # ------------------------------------------------------------- versions
     async def _make_version(
