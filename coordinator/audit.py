@@ -25,9 +25,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fedq.coordinator.ledger import GENESIS, chain_hash, file_sha256
-from fedq.coordinator.ledger_schema import LedgerNotCreated
+from fedq.coordinator.ledger_schema import LedgerDamaged, LedgerNotCreated, reading
 from fedq.coordinator.ledger_view import LedgerView
 from fedq.runtime.sent_log import SentUpdate
 
@@ -43,25 +44,50 @@ class AuditReport:
     sent_committed: int = 0
     sent_refused: int = 0
     failures: list[str] = field(default_factory=list)
+    #: Why the ledger could not be read at all (damaged): then nothing else was checked.
+    unreadable: str | None = None
 
     @property
     def ok(self) -> bool:
-        return not self.failures
+        return not self.failures and self.unreadable is None
+
+
+@dataclass
+class _Recorded:
+    """What the audit reads of a ledger, in one snapshot."""
+
+    rows: list[tuple[tuple[Any, ...], list[tuple[Any, ...]], str]]
+    duplicated: list[tuple[str, int]]
+    federation: str | None
+    committed: dict[str, int]
+    refused: set[str]
+
+
+def _read(ledger_path: Path) -> _Recorded:
+    """Everything the audit checks, from one snapshot of the ledger; a damaged file is a
+    :class:`~fedq.coordinator.ledger_schema.LedgerDamaged`."""
+    with LedgerView.open(ledger_path) as ledger, reading(ledger_path), ledger.snapshot():
+        return _Recorded(
+            rows=ledger.chained_rows(),
+            duplicated=ledger.duplicated_update_ids(),
+            federation=ledger.get_meta("federation"),
+            committed=ledger.update_ids_by_version(),
+            refused={r["update_id"] for r in ledger.rejections() if r["reason"] != "duplicate"},
+        )
 
 
 def audit(ledger_path: Path, sent: Sequence[SentUpdate] = ()) -> AuditReport:
     report = AuditReport(ledger_path)
     models = ledger_path.parent / "models"
     try:
-        ledger = LedgerView.open(ledger_path)
+        recorded = _read(ledger_path)
     except LedgerNotCreated:  # its coordinator is creating it: nothing committed to check
         return report
-    with ledger, ledger.snapshot():
-        rows = ledger.chained_rows()
-        duplicated = ledger.duplicated_update_ids()
-        federation = ledger.get_meta("federation")
-        committed = ledger.update_ids_by_version()
-        refused = {r["update_id"] for r in ledger.rejections() if r["reason"] != "duplicate"}
+    except LedgerDamaged as exc:  # a failed audit, not a crash of the auditor
+        report.unreadable = str(exc)
+        return report
+    rows, duplicated, federation = recorded.rows, recorded.duplicated, recorded.federation
+    committed, refused = recorded.committed, recorded.refused
     chain = GENESIS
     for expected, (row, updates, stored) in enumerate(rows, start=1):
         version, n_updates, checkpoint, checkpoint_sha256 = row[0], row[3], row[7], row[10]

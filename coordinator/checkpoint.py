@@ -19,13 +19,37 @@ import os
 import struct
 import tempfile
 import zipfile
-from collections.abc import Iterable, Mapping
+import zlib
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fedq.messages.codec import Weights
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be read (missing, truncated, not one fedq wrote); the message
+    names the file and says what to do."""
+
+
+#: What reading a damaged ``.npz`` raises: zipfile, numpy's header parser, a missing member.
+_DAMAGED = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error)
+
+
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Turn whatever a damaged or missing checkpoint raises into a :class:`CheckpointError`."""
+    try:
+        yield
+    except _DAMAGED as exc:
+        why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({why}): restore it from a backup; "
+            f"`fedq audit --state-dir {path.parent.parent}` checks every checkpoint"
+        ) from None
 
 
 def checkpoint_path(folder: Path, version: int) -> Path:
@@ -63,15 +87,15 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: Path) -> Weights:
-    """The model of a checkpoint."""
-    with np.load(path, allow_pickle=False) as data:
+    """The model of a checkpoint (:class:`CheckpointError` if it cannot be read)."""
+    with _reading(path), np.load(path, allow_pickle=False) as data:
         names = [str(n) for n in data["__names__"]]
         return {name: data[f"arr_{i}"] for i, name in enumerate(names)}
 
 
 def load_optimizer_state(path: Path) -> dict[str, np.ndarray]:
     """The server optimizer's state saved with a checkpoint (empty if it had none)."""
-    with np.load(path, allow_pickle=False) as data:
+    with _reading(path), np.load(path, allow_pickle=False) as data:
         if "__state_names__" not in data:
             return {}
         names = [str(n) for n in data["__state_names__"]]
@@ -85,7 +109,12 @@ _LOCAL_HEADER = struct.Struct("<4s22xHH")
 def map_checkpoint(path: Path) -> Weights:
     """The model of a checkpoint as read-only memory maps of the file (no copy in RAM).
     A checkpoint made otherwise than by :func:`save_checkpoint` (a compressed member) is
-    loaded instead."""
+    loaded instead; one that cannot be read is a :class:`CheckpointError`."""
+    with _reading(path):
+        return _map_checkpoint(path)
+
+
+def _map_checkpoint(path: Path) -> Weights:
     with zipfile.ZipFile(path) as archive:
         if any(i.compress_type != zipfile.ZIP_STORED for i in archive.infolist()):
             return load_checkpoint(path)

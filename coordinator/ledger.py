@@ -28,6 +28,7 @@ from fedq.coordinator.ledger_schema import (
     UPDATE_COLUMNS,
     VERSION_COLUMNS,
     check_schema,
+    reading,
 )
 from fedq.coordinator.ledger_view import LedgerView
 from fedq.coordinator.records import UpdateRecord, VersionRecord
@@ -41,19 +42,21 @@ FINISHED_AT = "finished_at"
 
 
 class UpdateLedger(LedgerView):
-    """The ledger of one federation, opened for writing (created if new)."""
+    """The ledger of one federation, opened for writing (created if new); a damaged file
+    is a :class:`~fedq.coordinator.ledger_schema.LedgerDamaged`."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            check_schema(db, path, created=False)
-            db.executescript(SCHEMA)
-        except BaseException:
-            db.close()
-            raise
+        with reading(path):
+            db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=FULL")
+                check_schema(db, path, created=False)
+                db.executescript(SCHEMA)
+            except BaseException:
+                db.close()
+                raise
         super().__init__(db, path)
 
     def set_meta(self, key: str, value: str) -> None:

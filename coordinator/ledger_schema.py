@@ -11,6 +11,8 @@ hash chain of every ledger already written.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 #: Bumped when a table changes; a ledger of another schema is refused with what to do.
@@ -97,6 +99,30 @@ class LedgerNotCreated(LedgerError):
         super().__init__(
             f"{path}: the ledger is not created yet; try again once its coordinator runs"
         )
+
+
+class LedgerDamaged(LedgerError):
+    """The file is not a SQLite database, or SQLite found it corrupt."""
+
+    def __init__(self, path: Path, exc: sqlite3.DatabaseError) -> None:
+        super().__init__(
+            f"{path} is damaged ({exc}): restore it from a backup, or start over with a new "
+            "--state-dir; the checkpoints in models/ are kept"
+        )
+
+
+@contextmanager
+def reading(path: Path) -> Iterator[None]:
+    """What SQLite raises on the ledger at ``path`` as a :class:`LedgerError` saying what to
+    do: a damaged file is :class:`LedgerDamaged`; any other database error (a file that
+    cannot be opened, a lock held too long) names itself and the file."""
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        name = getattr(exc, "sqlite_errorname", "")
+        if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
+            raise LedgerDamaged(path, exc) from None
+        raise LedgerError(f"{path}: {exc}") from None
 
 
 def check_schema(db: sqlite3.Connection, path: Path, *, created: bool) -> None:

@@ -38,6 +38,7 @@ from fedq.coordinator.ledger_schema import (
     LedgerError,
     LedgerNotCreated,
     check_schema,
+    reading,
 )
 from fedq.coordinator.records import UpdateRecord, VersionRecord, VersionSummary, summary_of
 
@@ -94,13 +95,15 @@ class LedgerView:
 
     @classmethod
     def open(cls, path: Path) -> LedgerView:
-        """The ledger at ``path``, read-only; LedgerError if it is not one this fedq reads."""
-        db = connect_read_only(path)
-        try:
-            check_schema(db, path, created=True)
-        except BaseException:
-            db.close()
-            raise
+        """The ledger at ``path``, read-only; LedgerError if it is not one this fedq reads
+        (:class:`~fedq.coordinator.ledger_schema.LedgerDamaged`: not a database, or corrupt)."""
+        with reading(path):
+            db = connect_read_only(path)
+            try:
+                check_schema(db, path, created=True)
+            except BaseException:
+                db.close()
+                raise
         return cls(db, path)
 
     def close(self) -> None:
@@ -368,6 +371,6 @@ def read_histories(root: Path, federation: str | None = None) -> list[Federation
         except LedgerNotCreated:  # its coordinator is creating it: nothing recorded yet
             histories.append(FederationHistory(path.parent.name, str(path.parent), [], [], []))
             continue
-        with view:
+        with view, reading(path):  # a page found corrupt while reading: one line too
             histories.append(view.federation_history())
     return histories

@@ -27,24 +27,20 @@ from typing import Any
 
 from fedq.coordinator.app import CoordinatorApp
 from fedq.coordinator.assembly import Assembler
-from fedq.coordinator.checkpoint import (
-    checkpoint_path,
-    load_optimizer_state,
-    map_checkpoint,
-    save_checkpoint,
-)
+from fedq.coordinator.checkpoint import map_checkpoint, save_checkpoint
 from fedq.coordinator.collect import Collector
-from fedq.coordinator.config import ConfigError, CoordinatorConfig
+from fedq.coordinator.config import CoordinatorConfig
 from fedq.coordinator.evidence import Evidence
 from fedq.coordinator.headroom import Headroom
 from fedq.coordinator.intake import Intake
-from fedq.coordinator.ledger import FINISHED_AT, UpdateLedger
+from fedq.coordinator.ledger import FINISHED_AT
 from fedq.coordinator.membership import Membership
 from fedq.coordinator.modes import CloseReason, make_mode
 from fedq.coordinator.observers import CommitTimings, CoordinatorObserver, Observers
 from fedq.coordinator.publish import Publisher
 from fedq.coordinator.records import VersionRecord, summary_of
 from fedq.coordinator.settle import Settler
+from fedq.coordinator.state_dir import StateDir
 from fedq.coordinator.strategies import AggregationContext
 from fedq.coordinator.strategy import compose_strategy
 from fedq.coordinator.version import Version, check_finite
@@ -85,7 +81,11 @@ class Coordinator:
         app: CoordinatorApp,
         transport: Transport,
         observers: Sequence[CoordinatorObserver] = (),
+        state: StateDir | None = None,
     ) -> None:
+        """``state``: the state dir already opened (:meth:`StateDir.open`), as the CLI does
+        before it connects; else it is opened here. Either way this coordinator holds it
+        until :meth:`run` ends."""
         self.config = config
         self.app = app
         self.transport = transport
@@ -97,16 +97,23 @@ class Coordinator:
         )
         self.observers = Observers(observers)
         self.mode = make_mode(config)
-        self.ledger = UpdateLedger(config.state_dir / "ledger.sqlite")
-        #: The federation's secret seed: differential privacy's noise, client sampling.
-        self.seed = self._dp_seed()
-        self.strategy = compose_strategy(config, self.seed)
+        self.state = state or StateDir.open(config.state_dir, config.federation)
+        self.ledger = self.state.ledger
+        try:
+            #: The federation's secret seed: differential privacy's noise, client sampling.
+            self.seed = self._dp_seed()
+            self.strategy = compose_strategy(config, self.seed)
+        except BaseException:
+            self.state.close()
+            raise
         self.publisher = Publisher(config, transport, self.topology)
         self.membership = Membership(
             config, transport, self.topology, self.publisher, self.observers
         )
         evidence = Evidence(config, transport, self.topology, self.observers)
         self.settler = Settler(evidence, self.ledger, self.observers)
+        #: The model and version :meth:`prepare` found, once it ran.
+        self._start: tuple[Weights, int] | None = None
 
     def _dp_seed(self) -> int:
         """The secret seed of differential privacy's noise, kept with the ledger so that a
@@ -121,8 +128,9 @@ class Coordinator:
     async def run(self) -> FederationResult:
         started = time.monotonic()
         try:
+            # Every local check first: nothing is declared for a coordinator refused.
+            weights, version = await self.prepare()
             await self.topology.declare_core(self.transport)
-            weights, version = await self._restore()
             self._log_held_memory(weights)
             control = asyncio.create_task(self.membership.serve(), name="fedq-control")
             try:
@@ -146,7 +154,7 @@ class Coordinator:
                     await control
             return await asyncio.to_thread(self._result, started)
         finally:
-            await asyncio.to_thread(self.ledger.close)
+            await asyncio.to_thread(self.state.close)
 
     def _collector(self, deliveries: AsyncIterator[Delivery], weights: Weights) -> Collector:
         """The intake and the assembler, made once the model's shapes are known."""
@@ -186,30 +194,18 @@ class Coordinator:
                 self.config.robust_memory_mb,
             )
 
-    async def _restore(self) -> tuple[Weights, int]:
-        """The model to continue from: the ledger's last version, or the app's v0."""
-        known = await asyncio.to_thread(self.ledger.get_meta, "federation")
-        if known is not None and known != self.config.federation:
-            raise ConfigError(
-                f"state dir {self.config.state_dir} belongs to federation {known!r}; "
-                "use another --state-dir"
-            )
-        await asyncio.to_thread(self.ledger.set_meta, "federation", self.config.federation)
-        models = self.config.state_dir / "models"
-        last = await asyncio.to_thread(self.ledger.last_version)
-        if last is not None:
-            # The ledger decides: a checkpoint newer than its last version was written by a
-            # coordinator that died before committing it, and is overwritten when redone.
-            log.info("resuming from model v%d", last.version)
-            path = checkpoint_path(models, last.version)
-            weights = await asyncio.to_thread(map_checkpoint, path)
-            state = await asyncio.to_thread(load_optimizer_state, path)
-            self.strategy.optimizer.load_state(state)
-            return weights, last.version
-        initial = await asyncio.to_thread(self.app.initial_weights)
-        path = await asyncio.to_thread(save_checkpoint, models, 0, initial)
-        del initial
-        return await asyncio.to_thread(map_checkpoint, path), 0
+    async def prepare(self) -> tuple[Weights, int]:
+        """The model to continue from (the ledger's last version, or the app's v0), once
+        the app's model signature matched the state dir's (:meth:`StateDir.restore`): the
+        checks that need the app, before anything touches the broker. Done once."""
+        if self._start is None:
+            # Read once per state dir (the CLI may have restored it before connecting).
+            restored = await asyncio.to_thread(self.state.restore, self.app)
+            if restored.version > 0:
+                log.info("resuming from model v%d", restored.version)
+                self.strategy.optimizer.load_state(restored.optimizer_state)
+            self._start = (restored.weights, restored.version)
+        return self._start
 
     # ------------------------------------------------------------- versions
     async def _make_version(

@@ -288,7 +288,7 @@ def test_sigterm_leaves_uncommitted_updates_on_the_broker(tmp_path, federation):
         asyncio.run(hand_over_one_update())
         time.sleep(0.5)
         coordinator.terminate()
-        assert coordinator.wait(timeout=30) == 130, (tmp_path / "coordinator.log").read_text()
+        assert coordinator.wait(timeout=30) == 143, (tmp_path / "coordinator.log").read_text()
         assert asyncio.run(depth()) == 1
         assert UpdateLedger(tmp_path / federation / "ledger.sqlite").count_updates() == 0
     finally:
@@ -346,7 +346,7 @@ def test_a_participant_holds_nothing_while_it_trains_and_rejoins_after_sigterm(
             tmp_path / "p0.log"
         ).read_text()
         participant.terminate()
-        assert participant.wait(timeout=30) == 130, (tmp_path / "p0.log").read_text()
+        assert participant.wait(timeout=30) == 143, (tmp_path / "p0.log").read_text()
         restarted = start_fedq("participant", *args, *where, log=tmp_path / "p0-again.log")
         time.sleep(3)
         assert asyncio.run(joins()).count("join.p0") == 2

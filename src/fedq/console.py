@@ -13,7 +13,14 @@ from collections.abc import Iterable
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
@@ -113,30 +120,52 @@ def human_bytes(n: int) -> str:
     return f"{n} B"
 
 
+class _Bar:
+    """A rich progress bar on a terminal; elsewhere (a file, a pipe, a container's log)
+    nothing is drawn and :meth:`line` prints plain lines: a bar redrawn into a file leaves
+    cut-off lines and control characters in it."""
+
+    def __init__(self, *columns: ProgressColumn) -> None:
+        self.live = console.is_terminal
+        self.progress = Progress(*columns, TimeElapsedColumn(), console=console)
+
+    def __enter__(self) -> None:
+        if self.live:
+            self.progress.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live:
+            self.progress.stop()
+
+    def line(self, text: str | Text) -> None:
+        """A line above the bar (on a terminal) or on its own."""
+        console.print(text)
+
+
 class RoundProgress(CoordinatorObserver):
-    """A :class:`~fedq.coordinator.service.CoordinatorObserver` drawing with rich."""
+    """A :class:`~fedq.coordinator.service.CoordinatorObserver` drawing with rich on a
+    terminal; elsewhere a plain line per opened and per committed version."""
 
     def __init__(self, rounds: int, quorum: int) -> None:
         self.quorum = quorum
-        self.progress = Progress(
+        self.bar = _Bar(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TimeElapsedColumn(),
             TextColumn("{task.fields[status]}"),
-            console=console,
         )
+        self.progress = self.bar.progress
         self.task = self.progress.add_task("rounds", total=rounds, status="starting")
         self.accepted = 0
         self.alive: int | None = None
         self.rejected: Counter[str] = Counter()
 
     def __enter__(self) -> RoundProgress:
-        self.progress.start()
+        self.bar.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
+        self.bar.__exit__(*exc)
 
     def _status(self) -> str:
         parts = [f"{self.accepted}/{self.quorum} updates"]
@@ -147,6 +176,8 @@ class RoundProgress(CoordinatorObserver):
         return escape(printable(", ".join(parts), limit=None))  # a markup column
 
     def participants_alive(self, alive: int) -> None:
+        if not self.bar.live and alive != self.alive:
+            self.bar.line(f"participants alive: {alive}")
         self.alive = alive
         self.progress.update(self.task, status=self._status())
 
@@ -154,6 +185,8 @@ class RoundProgress(CoordinatorObserver):
         self.accepted = 0
         what = f"round {round_} (model v{version})" if round_ else f"after model v{version}"
         self.progress.update(self.task, description=what, status=self._status())
+        if not self.bar.live:
+            self.bar.line(f"{what}: collecting {self.quorum} updates")
 
     def update_seen(self, update: UpdateSeen) -> None:
         if update.accepted:
@@ -167,7 +200,7 @@ class RoundProgress(CoordinatorObserver):
         stale = sum(1 for _, _, tau in row.updates if tau > 0)
         privacy = "" if row.epsilon is None else f"  epsilon {row.epsilon:.3g}"
         where = f"round {row.round}" if row.round is not None else f"version {row.version}"
-        self.progress.console.print(
+        self.bar.line(
             f"{where}: model v{row.version} from {row.n_updates} updates"
             f"{f' ({stale} stale)' if stale else ''} ({row.closed_by}) in {row.seconds:.2f}s  "
             f"loss {_fmt(row.metrics, 'loss')}  accuracy {_fmt(row.metrics, 'accuracy')}{privacy}"
@@ -175,44 +208,48 @@ class RoundProgress(CoordinatorObserver):
 
 
 class ParticipantProgress:
-    """A line per trained round for a few participants; a running count for many."""
+    """A line per trained round for a few participants; a running count for many (on a
+    terminal a bar, elsewhere a line each time every participant sent one more)."""
 
     LINES_UP_TO = 8
 
     def __init__(self, count: int) -> None:
         self.count = count
-        self.progress = Progress(
+        self.sent = 0
+        self.bar = _Bar(
             TextColumn("[bold]{task.description}"),
             TextColumn("{task.completed} updates sent"),
-            TimeElapsedColumn(),
             TextColumn("{task.fields[status]}"),
-            console=console,
         )
+        self.progress = self.bar.progress
         self.task = self.progress.add_task(
             f"{count} participants", total=None, status="waiting for the first model"
         )
 
     def __enter__(self) -> ParticipantProgress:
-        self.progress.start()
+        self.bar.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
+        self.bar.__exit__(*exc)
 
     def trained(self, r: LocalUpdate) -> None:
         status = (
             f"last: {r.participant} on model v{r.version}, {r.num_examples} examples in "
             f"{r.seconds:.2f}s, loss {_fmt(r.metrics, 'loss')}"
         )
+        self.sent += 1
         self.progress.update(self.task, advance=1, status=escape(printable(status, limit=None)))
         if self.count <= self.LINES_UP_TO:
-            self.progress.console.print(
+            self.bar.line(
                 plain(
                     f"{r.participant}: model v{r.version}: {r.num_examples} "
                     f"examples in {r.seconds:.2f}s, loss {_fmt(r.metrics, 'loss')}, "
                     f"accuracy {_fmt(r.metrics, 'accuracy')}, sent {human_bytes(r.update_bytes)}"
                 )
             )
+        elif not self.bar.live and self.sent % self.count == 0:
+            self.bar.line(plain(f"{self.count} participants: {self.sent} updates sent"))
 
 
 def print_summary(result: FederationResult) -> None:

@@ -122,7 +122,9 @@ async def simulate_with_participants(
     stats: list[ParticipantStats] = []
     async with coordinator_transport, participant_transport:
         coordinator = Coordinator(plan.coordinator, app, coordinator_transport, observers)
-        # Declared before participants start, so their joins are queued, not dropped.
+        # Local checks first (nothing declared for a refused coordinator); declared before
+        # participants start, so their joins are queued, not dropped.
+        await coordinator.prepare()
         await coordinator.topology.declare_core(coordinator_transport)
         running = asyncio.create_task(coordinator.run(), name="fedq-coordinator")
         workers = asyncio.create_task(

@@ -48,6 +48,10 @@ def audit_command(
             report = audit(path, sent)
         except LedgerError as exc:
             raise fail(str(exc)) from None
+        if report.unreadable is not None:  # damaged: one line, and the audit fails
+            console.print(plain(f"{path.parent}: FAILED {report.unreadable}", style="bold red"))
+            failed = True
+            continue
         checked_sent = (
             f", of the sent logs' updates {report.sent_committed} committed and "
             f"{report.sent_refused} refused"

@@ -9,6 +9,7 @@ STATE_DIR/<federation>. What it did is shown live (and to the observers
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from fedq.cli.running import fail, load, run, setup_logging
 from fedq.console import RoundProgress, console, print_summary
 from fedq.coordinator.config import CoordinatorConfig
 from fedq.coordinator.service import Coordinator, FederationResult
+from fedq.coordinator.state_dir import StateDir
 from fedq.coordinator.strategies import StrategyError
 from fedq.coordinator.strategy import compose_strategy
 from fedq.messages.amqp import redact
@@ -41,17 +43,26 @@ def coordinator_command(
     """Run the coordinator of one federation on RabbitMQ."""
     setup_logging(verbose)
     config = coordinator_config(given, federation, state_dir)
+    check_report(report)
     application = load(app_spec)
     url = broker or settings().broker_url
 
     observing = given.build(ObserverSettings)
 
     async def main() -> FederationResult:
-        async with (
-            open_transport(url, consumers_apart=True) as transport,
-            watching(observing, federation, progress) as observers,
-        ):
-            return await Coordinator(config, application, transport, observers).run()
+        # Every local check before the broker is even reached: the state dir (writable,
+        # locked, this federation's, this app's model) and its last checkpoint.
+        state = await asyncio.to_thread(StateDir.open, config.state_dir, federation)
+        try:
+            await asyncio.to_thread(state.restore, application)
+            async with (
+                open_transport(url, consumers_apart=True) as transport,
+                watching(observing, federation, progress) as observers,
+            ):
+                coordinator = Coordinator(config, application, transport, observers, state)
+                return await coordinator.run()
+        finally:
+            await asyncio.to_thread(state.close)
 
     console.print(f"coordinator of {federation} ({config.mode} mode) on RabbitMQ at {redact(url)}")
     with RoundProgress(config.rounds, config.k) as progress:
@@ -80,11 +91,34 @@ def coordinator_config(
     return config
 
 
+def check_report(path: Path | None) -> None:
+    """With ``--report``: fail now, not after the whole run, if the file cannot be written
+    (its folder is made; a file that did not exist is not left behind)."""
+    if path is None:
+        return
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a"):
+            pass
+    except OSError as exc:
+        raise fail(_unwritable(path, exc)) from None
+    if not existed:
+        path.unlink(missing_ok=True)
+
+
+def _unwritable(path: Path, exc: OSError) -> str:
+    return f"--report {path} cannot be written ({exc.strerror or exc}): pass a path you can write"
+
+
 def write_report(path: Path | None, result: FederationResult, **extra: Any) -> None:
     """With ``--report``: what the run did, as JSON (NaN and Infinity as null)."""
     if path is None:
         return
     report = asdict(result) | extra
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(strict_json.dumps(report, indent=2, default=str) + "\n")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(strict_json.dumps(report, indent=2, default=str) + "\n")
+    except OSError as exc:  # checked before the run, but the disk may have changed since
+        raise fail(_unwritable(path, exc)) from None
     console.print(f"report written to {path}")

@@ -10,8 +10,8 @@ import typer
 from fedq.cli.flags import AppOpt
 from fedq.cli.running import fail, load
 from fedq.console import console
-from fedq.coordinator.checkpoint import checkpoint_path, load_checkpoint
-from fedq.coordinator.ledger_schema import LedgerError
+from fedq.coordinator.checkpoint import CheckpointError, checkpoint_path, load_checkpoint
+from fedq.coordinator.ledger_schema import LedgerError, reading
 from fedq.coordinator.ledger_view import LedgerView
 from fedq.participant.app import AppError
 
@@ -32,7 +32,7 @@ def export_command(
     if not ledger_path.exists():
         raise fail(f"no ledger in {state_dir}: pass the folder of one federation (STATE_DIR/F)")
     try:
-        with LedgerView.open(ledger_path) as ledger:
+        with LedgerView.open(ledger_path) as ledger, reading(ledger_path):
             last = ledger.last_version()
     except LedgerError as exc:
         raise fail(str(exc)) from None
@@ -49,6 +49,6 @@ def export_command(
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         export(load_checkpoint(checkpoint), out)
-    except AppError as exc:
+    except (AppError, CheckpointError) as exc:
         raise fail(str(exc)) from None
     console.print(f"model v{chosen} written to {out}")

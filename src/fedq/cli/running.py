@@ -11,6 +11,7 @@ import signal
 from collections.abc import Awaitable
 from typing import TypeVar
 
+from fedq.coordinator.checkpoint import CheckpointError
 from fedq.coordinator.config import ConfigError
 from fedq.coordinator.ledger_schema import LedgerError
 from fedq.coordinator.version import NonFiniteModel
@@ -36,21 +37,43 @@ def fail(message: str) -> Failure:
     return Failure(message)
 
 
+#: Exit status of a run stopped by a signal: 128 + its number, as a shell reports it
+#: (SIGINT 130, SIGTERM 143), so a supervisor tells a stop it asked for from a Ctrl-C.
+STOPPED_BY = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
 def run(coro: Awaitable[T]) -> T:
-    """Run ``coro``; SIGINT/SIGTERM cancel it (nothing uncommitted is acked)."""
+    """Run ``coro``; SIGINT/SIGTERM cancel it (nothing uncommitted is acked) and the run
+    ends with status 130 or 143 (:data:`STOPPED_BY`)."""
+    received: list[signal.Signals] = []
 
     async def main() -> T:
         task = asyncio.ensure_future(coro)
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)
+
+        def stop(sig: signal.Signals) -> None:
+            received.append(sig)
+            task.cancel()
+
+        for sig in STOPPED_BY:
+            loop.add_signal_handler(sig, stop, sig)
         return await task
 
     try:
         return asyncio.run(main())
     except asyncio.CancelledError:
-        raise Failure("interrupted; uncommitted updates stay on the broker", 130) from None
-    except (AppError, BrokerUnavailable, ConfigError, LedgerError, NonFiniteModel) as exc:
+        sig = received[0] if received else signal.SIGINT
+        raise Failure(
+            f"stopped by {sig.name}; uncommitted updates stay on the broker", STOPPED_BY[sig]
+        ) from None
+    except (
+        AppError,
+        BrokerUnavailable,
+        CheckpointError,
+        ConfigError,
+        LedgerError,
+        NonFiniteModel,
+    ) as exc:
         raise Failure(str(exc)) from None
     except TransportError as exc:
         raise Failure(f"broker error: {exc}") from None

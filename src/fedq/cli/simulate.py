@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from fedq.cli.coordinator import coordinator_config, write_report
+from fedq.cli.coordinator import check_report, coordinator_config, write_report
 from fedq.cli.experiments import describe_heterogeneity, heterogeneity, parse_malicious
 from fedq.cli.flags import AppOpt, ReportOpt, StateOpt, VerboseOpt
 from fedq.cli.observers import ObserverSettings, watching
@@ -96,6 +96,7 @@ def simulate_command(
     setup_logging(verbose)
     name = federation or time.strftime("sim-%Y%m%d-%H%M%S")
     config = coordinator_config(given, name, state_dir, {"participants": 4, "rounds": 5})
+    check_report(report)
     codec = codec_of(update_codec)
     attacks = parse_malicious(malicious or [], config.participants)
     flags = {"--slow": slow, "--delay": delay, "--dropout": dropout}
