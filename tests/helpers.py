@@ -18,7 +18,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from fedq.messages.amqp import AmqpTransport
-from fedq.messages.transport import Delivery, TransportError
+from fedq.messages.transport import Delivery, Transport, TransportError
 
 FEDQ = [sys.executable, "-m", "fedq.cli"]
 
@@ -177,7 +177,7 @@ async def drain(url: str, queue: str, quiet: float = 1.0) -> list[Delivery]:
             out.append(delivery)
 
 
-async def consumers_on(transport: AmqpTransport, queue: str) -> int:
+async def consumers_on(transport: Transport, queue: str) -> int:
     """Consumers on ``queue`` now; -1 while the queue does not exist yet."""
     try:
         return await transport.queue_consumers(queue)

@@ -277,7 +277,7 @@ def unbounded_waits(source: str) -> list[str]:
     found = []
 
     def allowed(node: ast.AST) -> bool:
-        return SLEEP_OK in lines[node.lineno - 1]
+        return SLEEP_OK in lines[getattr(node, "lineno", 1) - 1]
 
     for block in _blocks(ast.parse(source)):
         for i, statement in enumerate(block):
