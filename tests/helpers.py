@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -17,8 +18,13 @@ from typing import Any, TypeVar
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from fedq.apps.synthetic import SyntheticApp
+from fedq.coordinator.observers import CoordinatorObserver
+from fedq.coordinator.records import VersionSummary
 from fedq.messages.amqp import AmqpTransport
+from fedq.messages.codec import Weights
 from fedq.messages.transport import Delivery, Transport, TransportError
+from fedq.participant.app import Partition, TrainConfig, TrainResult
 
 FEDQ = [sys.executable, "-m", "fedq.cli"]
 
@@ -224,3 +230,43 @@ def metric_total(url: str, name: str) -> float:
         for s in family.samples
         if s.name == name
     )
+
+
+class Commits(CoordinatorObserver):
+    """The last version an in-process coordinator committed, for a participant's training
+    thread to wait on (a straggler made late by the events it must miss, not by a delay
+    that a loaded machine may stretch past the others')."""
+
+    def __init__(self) -> None:
+        self.version = 0
+        self._changed = threading.Condition()
+
+    def version_committed(self, row: VersionSummary) -> None:
+        with self._changed:
+            self.version = row.version
+            self._changed.notify_all()
+
+    def wait_for(self, version: int, within: float = 120.0) -> None:
+        """Block (a worker thread, never the event loop) until ``version`` is committed."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: self.version >= version, within):
+                raise AssertionError(f"v{version} not committed within {within:g} s")
+
+
+class Straggler(SyntheticApp):
+    """The synthetic app, whose participants in ``late`` train on the newest committed
+    model v only once ``until(v)`` is committed: their update is late by construction.
+    (Training runs in a worker thread: waiting there blocks no event loop.)"""
+
+    def __init__(
+        self, params: int, commits: Commits, late: set[int], until: Callable[[int], int]
+    ) -> None:
+        super().__init__(params=params)
+        self.commits = commits
+        self.late = late
+        self.until = until
+
+    def train(self, weights: Weights, partition: Partition, config: TrainConfig) -> TrainResult:
+        if partition.index in self.late:
+            self.commits.wait_for(self.until(self.commits.version))
+        return super().train(weights, partition, config)
