@@ -255,18 +255,26 @@ class Commits(CoordinatorObserver):
 
 class Straggler(SyntheticApp):
     """The synthetic app, whose participants in ``late`` train on the newest committed
-    model v only once ``until(v)`` is committed: their update is late by construction.
-    (Training runs in a worker thread: waiting there blocks no event loop.)"""
+    model v only once ``until(v)`` is committed (at most ``last``, the federation's last
+    version, which always comes): their update is late by construction. Training runs
+    in a worker thread: waiting there blocks no event loop."""
 
     def __init__(
-        self, params: int, commits: Commits, late: set[int], until: Callable[[int], int]
+        self,
+        params: int,
+        commits: Commits,
+        *,
+        late: set[int],
+        until: Callable[[int], int],
+        last: int,
     ) -> None:
         super().__init__(params=params)
         self.commits = commits
         self.late = late
         self.until = until
+        self.last = last
 
     def train(self, weights: Weights, partition: Partition, config: TrainConfig) -> TrainResult:
         if partition.index in self.late:
-            self.commits.wait_for(self.until(self.commits.version))
+            self.commits.wait_for(min(self.until(self.commits.version), self.last))
         return super().train(weights, partition, config)

@@ -80,7 +80,7 @@ async def test_a_deadline_closes_the_round_with_min_quorum_and_the_late_update_i
         linger_seconds=30,
     )
     commits = Commits()
-    app = Straggler(1000, commits, late={2}, until=lambda _: 2)
+    app = Straggler(1000, commits, late={2}, until=lambda _: 2, last=2)
     try:
         result = await simulate(plan, app, [commits])
         assert [(h["closed_by"], h["participants"]) for h in result.history] == [
@@ -117,7 +117,8 @@ async def test_with_late_updates_folded_a_straggler_counts_in_the_next_round_at_
     )
     try:
         commits = Commits()
-        await simulate(plan, Straggler(1000, commits, late={2}, until=lambda v: v + 1), [commits])
+        app = Straggler(1000, commits, late={2}, until=lambda v: v + 1, last=3)
+        await simulate(plan, app, [commits])
         ledger = UpdateLedger(tmp_path / "ledger.sqlite")
         expected = 0.0
         late = []
