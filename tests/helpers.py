@@ -85,6 +85,16 @@ async def until_async(
         await asyncio.sleep(every)
 
 
+def polled(read: Callable[[], T]) -> Callable[[], Awaitable[T]]:
+    """``read`` as a probe for `until_async`: state this event loop's own tasks change (a
+    counter of an in-process coordinator or participant)."""
+
+    async def probe() -> T:
+        return read()
+
+    return probe
+
+
 def until_line(
     log: Path,
     text: str,

@@ -21,7 +21,7 @@ from fedq.messages.topology import Topology, participant_key
 from fedq.messages.transport import Transport
 from tests.broker_users import broker_users
 from tests.conftest import BROKER_URL
-from tests.helpers import until_async
+from tests.helpers import polled, until_async
 
 GHOSTS = 2000
 
@@ -52,7 +52,7 @@ async def _run(
         try:
             await attack(sender, topology)
             await until_async(
-                lambda: asyncio.sleep(0, coordinator),
+                polled(lambda: coordinator),
                 done,
                 what="the coordinator to have handled the attack",
             )

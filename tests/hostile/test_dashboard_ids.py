@@ -13,7 +13,7 @@ from fedq.messages.codec import encode_message
 from fedq.messages.schema import MESSAGE_TYPES, ControlMessage, FederationDone, Heartbeat
 from fedq.messages.topology import Topology, participant_key
 from tests.conftest import BROKER_URL
-from tests.helpers import until_async
+from tests.helpers import polled, until_async
 
 GHOSTS = MAX_SHOWN_PARTICIPANTS + 200
 
@@ -33,7 +33,7 @@ async def test_the_dashboard_believes_no_body_against_its_key_and_shows_a_bounde
         task = asyncio.create_task(listener.run())
         try:
             await until_async(  # the listener's queue is bound
-                lambda: asyncio.sleep(0, listener.status.ok), what="the listener bound"
+                polled(lambda: listener.status.ok), what="the listener bound"
             )
 
             async def send(key: str, message: Heartbeat | FederationDone) -> None:

@@ -18,7 +18,7 @@ from fedq.participant.config import ParticipantConfig
 from fedq.participant.worker import Participant
 from fedq.runtime.sent_log import read_sent
 from tests.conftest import BROKER_URL
-from tests.helpers import until_async, until_consumers_async
+from tests.helpers import polled, until_async, until_consumers_async
 
 LIMIT = 1 << 20
 PARAMS = 50_000  # a 200 kB update: it does not fit beside the flood
@@ -52,7 +52,7 @@ async def test_an_update_refused_by_a_full_queue_is_published_again_until_taken(
                 type=MESSAGE_TYPES["model"],
             )  # fmt: skip
             await until_async(  # the broker refused its update, and again on the retry
-                lambda: asyncio.sleep(0, participant.stats.publishes_refused),
+                polled(lambda: participant.stats.publishes_refused),
                 lambda refused: refused >= 2,
                 what="the participant's update refused twice",
             )

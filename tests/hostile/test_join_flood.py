@@ -18,7 +18,7 @@ from fedq.messages.codec import encode_message
 from fedq.messages.schema import MESSAGE_TYPES, Heartbeat, Join
 from fedq.messages.topology import Topology
 from tests.conftest import BROKER_URL
-from tests.helpers import until_async
+from tests.helpers import polled, until_async
 
 FLOOD = 300
 
@@ -48,7 +48,7 @@ async def test_a_join_flood_gets_one_model_and_made_up_ids_get_nothing(tmp_path,
         run = asyncio.create_task(coordinator.run())
         try:
             await until_async(  # v0 is open: its model went to the fanout
-                lambda: asyncio.sleep(0, own.published[""]), what="model v0 published"
+                polled(lambda: own.published[""]), what="model v0 published"
             )
             await topology.declare_participant(sender, "marker")  # empty: a join is answered
             for i in range(FLOOD):
@@ -71,7 +71,7 @@ async def test_a_join_flood_gets_one_model_and_made_up_ids_get_nothing(tmp_path,
             )  # fmt: skip
             to_marker = topology.model_queue("marker")
             await until_async(
-                lambda: asyncio.sleep(0, own.published[to_marker]),
+                polled(lambda: own.published[to_marker]),
                 what="the marker's join answered with the model",
             )
             assert own.published[to_marker] == 1
