@@ -75,7 +75,6 @@ async def test_a_join_flood_gets_one_model_and_made_up_ids_get_nothing(tmp_path,
                 what="the marker's join answered with the model",
             )
             assert own.published[to_marker] == 1
-            assert len(coordinator.membership.last_seen) <= coordinator.membership.capacity
             to_p0 = own.published[topology.model_queue("p0")]
             to_nobody = sum(n for key, n in own.published.items() if ".model.nobody-" in key)
             assert to_p0 <= 1  # its queue holds the model already (the fanout's)
