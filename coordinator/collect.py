@@ -27,12 +27,14 @@ from fedq.coordinator.observers import Observers, UpdateSeen
 from fedq.coordinator.publish import Publisher
 from fedq.coordinator.settle import Settler
 from fedq.coordinator.verdicts import (
+    Admission,
     Candidate,
     ChunkCandidate,
     Duplicate,
     Refused,
     Rejection,
     Settled,
+    Verdict,
 )
 from fedq.coordinator.version import Update, Version
 from fedq.messages.transport import Delivery
@@ -95,9 +97,7 @@ class Collector:
     async def dispatch(self, version: Version, delivery: Delivery) -> bool:
         """The intake's verdict on ``delivery``, carried out; returns whether an update was
         folded."""
-        verdict = await asyncio.to_thread(
-            self.intake.check, delivery.body, delivery.user_id, version
-        )
+        verdict = await self._check(delivery, version)
         match verdict:
             case Candidate():
                 update = Update.of(verdict, delivery)
@@ -117,6 +117,14 @@ class Collector:
             case _:
                 await self._settle(version, verdict, delivery)
         return False
+
+    async def _check(self, delivery: Delivery, into: Admission) -> Verdict:
+        """The intake's verdict, in a worker thread; a delivery whose properties the
+        client could not decode is refused before its body is looked at: who sent it
+        (``user_id``) is unknown, and so is whether it may be trusted."""
+        if delivery.undecodable is not None:
+            return Refused(Rejection("undecodable_properties", delivery.undecodable), None)
+        return await asyncio.to_thread(self.intake.check, delivery.body, delivery.user_id, into)
 
     async def _take_chunk(
         self, version: Version, candidate: ChunkCandidate, delivery: Delivery
@@ -203,8 +211,6 @@ class Collector:
                 if everyone_left:  # and half a second passed with nothing left to refuse
                     return
                 continue
-            verdict = await asyncio.to_thread(
-                self.intake.check, delivery.body, delivery.user_id, finished
-            )
+            verdict = await self._check(delivery, finished)
             assert isinstance(verdict, Duplicate | Refused), "nothing is admitted now"
             await self.settler.settle(verdict, delivery, last)

@@ -8,15 +8,21 @@ option is one field here.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
+from fedq.coordinator.roster import Roster, load_roster
 from fedq.coordinator.strategies import AGGREGATORS, OPTIMIZERS, options_help
 from fedq.messages.chunks import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, MIN_CHUNK_BYTES
 from fedq.messages.schema import FederationName
-from fedq.messages.topology import DEFAULT_UPDATES_QUEUE_BYTES, UpdatesQueueType
+from fedq.messages.topology import (
+    DEFAULT_DEAD_LETTER_BYTES,
+    DEFAULT_UPDATES_QUEUE_BYTES,
+    UpdatesQueueType,
+)
 
 Mode = Literal["sync", "quorum", "async"]
 LatePolicy = Literal["reject", "fold"]
@@ -80,6 +86,14 @@ class CoordinatorConfig(BaseModel):
         "reject",
         description="Quorum mode, an update for a closed round: reject it as stale, or fold "
         "it into the next version with the staleness weight.",
+    )
+    sample_fraction: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Client sampling (sync and quorum mode): each version draws this fraction "
+        "of the live participants (at least K, seeded), and only they train on it; the "
+        "quorum applies within the sample.",
     )
     staleness_exponent: float = Field(
         0.5,
@@ -159,6 +173,23 @@ class CoordinatorConfig(BaseModel):
         description="Byte limit of the fedq.F.updates queue: past it RabbitMQ refuses new "
         "updates and participants publish them again later (set when the queue is made).",
     )
+    dead_letter_bytes: int = Field(
+        DEFAULT_DEAD_LETTER_BYTES,
+        ge=1 << 10,
+        description="Byte limit of the fedq.F.rejected dead-letter queue's bodies (and one "
+        "message per 16 KiB of it, at least 64): past it RabbitMQ refuses new copies and keeps "
+        "the ones it has; a refusal without its copy is still acked, recorded in the ledger "
+        "and counted (fedq_dead_letter_dropped_total). Set when the queue is made.",
+    )
+    dead_letter_share: float = Field(
+        0.25,
+        gt=0,
+        le=1.0,
+        description="With --verify-identity: the largest share of the dead-letter queue's "
+        "bytes and messages that one broker user's refused updates may take; past it their "
+        "bodies are not copied (recorded and counted), so one participant's flood leaves room "
+        "for the evidence of others. 1 turns it off.",
+    )
     max_updates_per_participant: int = Field(
         4,
         ge=1,
@@ -214,6 +245,12 @@ class CoordinatorConfig(BaseModel):
         "updates are returned to the queue and taken again after half of it, so a version "
         "may stay open for any time.",
     )
+    roster: Path | None = Field(
+        None,
+        description="A TOML file naming the participants ([participants] id = { examples = N }): "
+        "updates and control events under other ids are refused or ignored, and an update "
+        "weighs at most the examples its participant declared.",
+    )
     verify_identity: bool = Field(
         False,
         description="Reject updates whose broker user is not the participant they claim "
@@ -228,6 +265,24 @@ class CoordinatorConfig(BaseModel):
     )
     liveness_seconds: float = Field(15.0, gt=0, json_schema_extra=_cli(cli=False))
 
+    #: The roster read from ``roster`` (once, when the settings are checked).
+    _roster: Roster | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _roster_loads(self) -> CoordinatorConfig:
+        if self.roster is not None:
+            self._roster = load_roster(self.roster)
+            if len(self._roster) < self.participants:
+                raise ValueError(
+                    f"the roster {self.roster} names {len(self._roster)} participants, "
+                    f"fewer than --participants ({self.participants})"
+                )
+        return self
+
+    @property
+    def participant_roster(self) -> Roster | None:
+        return self._roster
+
     @model_validator(mode="after")
     def _quorum_fits(self) -> CoordinatorConfig:
         if not 1 <= self.min_k <= self.k <= self.participants:
@@ -237,7 +292,21 @@ class CoordinatorConfig(BaseModel):
             )
         if self.mode == "sync" and self.quorum not in (None, self.participants):
             raise ValueError("sync mode takes every participant: drop --quorum or use quorum mode")
+        if self.sample_fraction is not None:
+            if self.mode == "async":
+                raise ValueError("--sample-fraction is for sync and quorum mode, not async")
+            if self.sample_size < self.k:
+                raise ValueError(
+                    f"--sample-fraction {self.sample_fraction} of {self.participants} draws "
+                    f"{self.sample_size}, fewer than --quorum ({self.k}): raise it or lower K"
+                )
         return self
+
+    @property
+    def sample_size(self) -> int:
+        """Participants drawn per version with --sample-fraction: ceil(F x N), at least 1."""
+        fraction = 1.0 if self.sample_fraction is None else self.sample_fraction
+        return max(1, math.ceil(fraction * self.participants - 1e-9))
 
     @property
     def k(self) -> int:

@@ -1,10 +1,10 @@
 """The intake: every check an update goes through, in one place and in a fixed order.
 
 size (before anything is decoded) -> decode (tensor names, shapes and dtypes against the
-model, before the data is looked at) -> schema -> federation -> identity -> duplicate or
-conflict -> admission (the version's: base version, staleness, round and one per
-participant by the mode's rule, then the sender's allowance, ``rate_limited``) -> every
-tensor present -> finite values -> norm.
+model, before the data is looked at) -> schema -> federation -> identity -> roster (and the
+weight it allows, ``--roster``) -> duplicate or conflict -> admission (the version's: base
+version, staleness, round and one per participant by the mode's rule, then the sender's
+allowance, ``rate_limited``) -> every tensor present -> finite values -> norm.
 
 The verdict is a :class:`Candidate` to fold, a :class:`Duplicate` (the same bytes as an
 update already held or committed: ack it, count it, never apply it twice) or a
@@ -24,6 +24,7 @@ from collections.abc import Callable
 import numpy as np
 import xxhash
 
+from fedq.coordinator.roster import Roster
 from fedq.coordinator.strategies.base import l2_norm, sum_of_squares
 from fedq.coordinator.verdicts import (
     Admission,
@@ -65,6 +66,7 @@ class Intake:
         verify_identity: bool = False,
         max_bytes: int | None = None,
         max_norm: float | None = None,
+        roster: Roster | None = None,
     ) -> None:
         self.federation = federation
         self.spec = spec
@@ -73,6 +75,7 @@ class Intake:
         raw = sum(int(np.prod(s.shape)) * s.dtype.itemsize for s in spec.values())
         self.max_bytes = max_bytes or raw + METADATA_ALLOWANCE
         self.max_norm = max_norm
+        self.roster = roster
 
     def check(self, body: bytes, user_id: str | None, into: Admission) -> Verdict:
         """The verdict on ``body``, sent by broker user ``user_id``, for version ``into``."""
@@ -96,6 +99,10 @@ class Intake:
                     "forged",
                     f"claims participant {meta.participant!r}, sent by broker user {user_id!r}",
                 )
+            if self.roster is not None:
+                if meta.participant not in self.roster:
+                    raise Rejection("not_in_roster", f"{meta.participant!r} is not on the roster")
+                meta = self.roster.weighed(meta)
             chunk = decoded.chunk
             # A chunked update is known by the whole's digest, which every chunk carries.
             digest = body_digest(body) if chunk is None else chunk.digest

@@ -33,6 +33,12 @@ from fedq.coordinator.ledger_view import LedgerView
 from fedq.coordinator.records import UpdateRecord, VersionRecord
 from fedq.runtime.printable import printable
 
+#: The ``meta`` key of when the last version was committed and announced (``federation.
+#: done``), as wall-clock seconds: a federation that finished, for readers of the ledger
+#: alone (the dashboard of a finished run). A coordinator started again clears nothing;
+#: readers compare it with newer activity.
+FINISHED_AT = "finished_at"
+
 
 class UpdateLedger(LedgerView):
     """The ledger of one federation, opened for writing (created if new)."""

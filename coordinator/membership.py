@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import time
 from collections import Counter, OrderedDict
 
@@ -27,7 +28,7 @@ from fedq.coordinator.publish import Publisher
 from fedq.messages.codec import MalformedMessage, decode_message
 from fedq.messages.schema import CONTROL_MESSAGE, ControlMessage, Heartbeat, Join, Leave
 from fedq.messages.topology import Topology, participant_key
-from fedq.messages.transport import Transport, TransportError
+from fedq.messages.transport import Delivery, Transport, TransportError
 
 log = logging.getLogger("fedq.coordinator")
 
@@ -56,7 +57,9 @@ class Membership:
         #: participant -> last sign of life (wall clock), oldest first; a leave removes it.
         self.last_seen: OrderedDict[str, float] = OrderedDict()
         #: Control events ignored, by why: ``wrong_key`` (the body names another participant
-        #: than its routing key), ``forged`` (than its broker user, ``--verify-identity``).
+        #: than its routing key), ``forged`` (than its broker user, ``--verify-identity``),
+        #: ``undecodable_properties`` (the client could not decode its properties),
+        #: ``not_in_roster`` (an id the roster does not name, ``--roster``).
         self.ignored: Counter[str] = Counter()
 
     async def serve(self) -> None:
@@ -66,14 +69,23 @@ class Membership:
             self.topology.coordinator, prefetch=CONTROL_IN_FLIGHT
         ) as events:
             async for delivery in events:
-                try:
-                    event = CONTROL_MESSAGE.validate_python(decode_message(delivery.body).fields)
-                except (MalformedMessage, ValidationError) as exc:
-                    log.warning("ignored a malformed control message: %s", exc)
-                else:
+                event = self._decode(delivery)
+                if event is not None:
                     await self.on_event(event, delivery.user_id, delivery.routing_key)
                 with contextlib.suppress(TransportError):  # from before a reconnect: harmless
                     await delivery.ack()
+
+    def _decode(self, delivery: Delivery) -> ControlMessage | None:
+        """The event ``delivery`` brings, or None (logged and counted) when it brings none."""
+        if delivery.undecodable is not None:  # its sender (user_id) is unknown too
+            self.ignored["undecodable_properties"] += 1
+            log.warning("ignored a control message: %s", delivery.undecodable)
+            return None
+        try:
+            return CONTROL_MESSAGE.validate_python(decode_message(delivery.body).fields)
+        except (MalformedMessage, ValidationError) as exc:
+            log.warning("ignored a malformed control message: %s", exc)
+            return None
 
     async def on_event(
         self, event: ControlMessage, user_id: str | None, routing_key: str | None = None
@@ -89,6 +101,10 @@ class Membership:
         if self.config.verify_identity and user_id != event.participant:
             self._ignore("forged", event, f"broker user {user_id!r}")
             return
+        roster = self.config.participant_roster
+        if roster is not None and event.participant not in roster:
+            self._ignore("not_in_roster", event, f"broker user {user_id!r}")
+            return
         now = time.time()
         if isinstance(event, Leave):
             self.last_seen.pop(event.participant, None)
@@ -102,13 +118,16 @@ class Membership:
 
     def _ignore(self, reason: str, event: Join | Heartbeat | Leave, sender: str) -> None:
         self.ignored[reason] += 1
-        log.warning(
-            "ignored a %s claiming participant %r from %s (%s)",
-            event.kind,
-            event.participant,
-            sender,
-            reason,
-        )
+        count = self.ignored[reason]
+        if count & (count - 1) == 0:  # the 1st, 2nd, 4th ...: a flood logs a few lines
+            log.warning(
+                "ignored a %s claiming participant %r from %s (%s; %d so far)",
+                event.kind,
+                event.participant,
+                sender,
+                reason,
+                count,
+            )
 
     async def answer_join(self, participant: str) -> None:
         """Send a joining participant the current model directly (its queue may have been
@@ -143,6 +162,21 @@ class Membership:
     @property
     def capacity(self) -> int:
         return self.config.participants + REMEMBERED_SLACK
+
+    def draw(self, size: int, seed: str) -> frozenset[str] | None:
+        """``size`` of the participants alive now, drawn at random from ``seed`` (the same
+        draw for the same seed and the same live participants: a version redone after a
+        crash draws its sample again); None (everyone) while fewer are known alive. Ids
+        are whatever senders claim unless ``--roster`` or ``--verify-identity`` make them
+        real: made-up ones drawn only leave the version to its deadline."""
+        self.forget_silent(time.time())
+        alive = sorted(list(self.last_seen)[-self.config.participants :])
+        if len(alive) < size:
+            log.info(
+                "%d participants alive, fewer than a sample of %d: all train", len(alive), size
+            )
+            return None
+        return frozenset(random.Random(seed).sample(alive, size))
 
     def alive(self) -> int:
         """Participants heard from within the liveness window that did not leave, at most

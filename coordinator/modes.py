@@ -47,6 +47,14 @@ class OpenVersion:
     opened: float = field(default_factory=time.monotonic)
     extensions: int = 0
     records: list[UpdateRecord] = field(default_factory=list)
+    #: Whether updates trained on an older model count toward the quorum. In round modes
+    #: they do not: a late update folded in (``--late-updates fold``) counts beside the
+    #: round's fresh ones, never instead of them, or the next round's fresh updates would
+    #: arrive late in turn and every version slide into being made of stale ones.
+    late_counts: bool = True
+    #: With client sampling: the participants drawn to train on this version's model;
+    #: a fresh update from anyone else is refused (``not_sampled``). None: everyone.
+    sample: frozenset[str] | None = None
 
     def __post_init__(self) -> None:
         assert 1 <= self.min_quorum <= self.quorum, "need 1 <= min_quorum <= quorum"
@@ -58,6 +66,13 @@ class OpenVersion:
     @property
     def total_weight(self) -> float:
         return sum(r.num_examples for r in self.records)
+
+    @property
+    def counted(self) -> int:
+        """Updates toward the quorum (and the deadline's minimum)."""
+        if self.late_counts:
+            return len(self.records)
+        return sum(1 for r in self.records if r.staleness == 0)
 
     def submitted(self, participant: str, base_version: int | None = None) -> bool:
         """Whether ``participant`` has an update in this version (on ``base_version``, or
@@ -74,7 +89,7 @@ class OpenVersion:
     def close_reason(self, now: float | None = None) -> CloseReason | None:
         """Why the version may be committed now, or None. Extends an expired deadline
         while fewer than ``min_quorum`` updates are in."""
-        count = len(self.records)
+        count = self.counted
         if count >= self.quorum:
             return "quorum"
         if self.seconds_left(now) <= 0:
@@ -100,6 +115,7 @@ class Mode(abc.ABC):
             quorum=self.config.k,
             min_quorum=self.config.min_k,
             deadline_seconds=self.config.round_timeout,
+            late_counts=not self.has_rounds,
         )
 
     def admit(self, open_: OpenVersion, meta: UpdateMeta) -> Admitted:
@@ -117,6 +133,11 @@ class Mode(abc.ABC):
                 f"{self.max_staleness()} are admitted",
             )
         self.check_round(open_, meta, tau)
+        if tau == 0 and open_.sample is not None and meta.participant not in open_.sample:
+            raise Rejection(
+                "not_sampled",
+                f"{meta.participant} was not drawn to train on model v{open_.version}",
+            )
         if open_.submitted(meta.participant, self.one_per(meta)):
             raise Rejection(
                 "already_submitted",

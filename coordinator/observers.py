@@ -55,6 +55,11 @@ class CoordinatorObserver:
     def update_seen(self, update: UpdateSeen) -> None:
         """An update was accepted into the open version or refused with a reason."""
 
+    def dead_letter_dropped(self, reason: str, cause: str) -> None:
+        """An update refused for ``reason`` has no copy in the dead-letter queue:
+        ``cause`` is ``queue_full``, ``sender_share`` or ``unroutable``
+        (:mod:`.evidence`). Its refusal is in the ledger all the same."""
+
     def version_committed(self, row: VersionSummary) -> None:
         """A new model version is committed and published; ``row`` is the record ``fedq
         history`` reads back for it from the ledger."""
@@ -84,6 +89,9 @@ class Observers(CoordinatorObserver):
 
     def update_seen(self, update: UpdateSeen) -> None:
         self._each("update_seen", update)
+
+    def dead_letter_dropped(self, reason: str, cause: str) -> None:
+        self._each("dead_letter_dropped", reason, cause)
 
     def version_committed(self, row: VersionSummary) -> None:
         self._each("version_committed", row)

@@ -57,6 +57,7 @@ class Publisher:
             round=window.round,
             rounds_total=self.config.rounds,
             chunk_bytes=self.config.chunk_bytes,
+            sampled=None if window.sample is None else sorted(window.sample),
         )
         self._model = (meta, weights)
         self._model_body = None
@@ -139,7 +140,7 @@ class Publisher:
                 mode=self.config.mode,
                 version=window.version,
                 round=window.round,
-                accepted=len(window.records),
+                accepted=window.counted,
                 quorum=window.quorum,
                 refused=version.refused,
                 duplicates=version.duplicates,

@@ -74,6 +74,10 @@ class VersionSummary:
     #: The participants' own training metrics (loss, accuracy on their data), averaged over
     #: the version's updates weighted by examples.
     local_metrics: dict[str, float] = field(default_factory=dict)
+    #: With federated evaluation (``--evaluate-local``): the lowest and highest
+    #: ``local_accuracy`` among its updates, the spread non-IID data makes across
+    #: participants (their example-weighted mean is in ``local_metrics``).
+    local_accuracy_range: tuple[float, float] | None = None
 
 
 def summary_of(
@@ -104,7 +108,14 @@ def summary_of(
         epsilon=version.epsilon,
         update_bytes=sum(u.size for u in ordered),
         local_metrics=weighted_mean([(u.num_examples, u.metrics) for u in ordered]),
+        local_accuracy_range=value_range(u.metrics.get("local_accuracy") for u in ordered),
     )
+
+
+def value_range(values: Iterable[float | None]) -> tuple[float, float] | None:
+    """(lowest, highest) of the values given, None if none is."""
+    present = [float(v) for v in values if v is not None]
+    return (min(present), max(present)) if present else None
 
 
 def weighted_mean(samples: Sequence[tuple[int, Mapping[str, float]]]) -> dict[str, float]:

@@ -35,8 +35,10 @@ from fedq.coordinator.checkpoint import (
 )
 from fedq.coordinator.collect import Collector
 from fedq.coordinator.config import ConfigError, CoordinatorConfig
+from fedq.coordinator.evidence import Evidence
+from fedq.coordinator.headroom import Headroom
 from fedq.coordinator.intake import Intake
-from fedq.coordinator.ledger import UpdateLedger
+from fedq.coordinator.ledger import FINISHED_AT, UpdateLedger
 from fedq.coordinator.membership import Membership
 from fedq.coordinator.modes import CloseReason, make_mode
 from fedq.coordinator.observers import CommitTimings, CoordinatorObserver, Observers
@@ -88,17 +90,23 @@ class Coordinator:
         self.app = app
         self.transport = transport
         self.topology = Topology(
-            config.federation, config.updates_queue, config.updates_queue_bytes
+            config.federation,
+            config.updates_queue,
+            config.updates_queue_bytes,
+            config.dead_letter_bytes,
         )
         self.observers = Observers(observers)
         self.mode = make_mode(config)
         self.ledger = UpdateLedger(config.state_dir / "ledger.sqlite")
-        self.strategy = compose_strategy(config, self._dp_seed())
+        #: The federation's secret seed: differential privacy's noise, client sampling.
+        self.seed = self._dp_seed()
+        self.strategy = compose_strategy(config, self.seed)
         self.publisher = Publisher(config, transport, self.topology)
         self.membership = Membership(
             config, transport, self.topology, self.publisher, self.observers
         )
-        self.settler = Settler(transport, self.topology, self.ledger, self.observers)
+        evidence = Evidence(config, transport, self.topology, self.observers)
+        self.settler = Settler(evidence, self.ledger, self.observers)
 
     def _dp_seed(self) -> int:
         """The secret seed of differential privacy's noise, kept with the ledger so that a
@@ -150,6 +158,7 @@ class Coordinator:
             verify_identity=config.verify_identity,
             max_bytes=config.max_update_bytes,
             max_norm=config.max_update_norm,
+            roster=config.participant_roster,
         )
         assembler = Assembler(
             config.state_dir / "spool",
@@ -208,6 +217,8 @@ class Coordinator:
     ) -> tuple[Weights, int]:
         """Open a version on model ``number``, collect it, commit it: model ``number + 1``."""
         window = self.mode.open(number)
+        if self.config.sample_fraction is not None:
+            window.sample = self.membership.draw(self.config.sample_size, f"{self.seed}:{number}")
         aggregation = self.strategy.aggregator.start(
             AggregationContext(
                 template=weights,
@@ -220,7 +231,8 @@ class Coordinator:
         )
         config = self.config
         per_user = config.max_updates_per_participant if config.verify_identity else None
-        version = Version(window, self.mode, aggregation, max_per_user=per_user)
+        headroom = await asyncio.to_thread(Headroom.of, weights)
+        version = Version(window, self.mode, aggregation, max_per_user=per_user, headroom=headroom)
         try:
             await self.publisher.open(window, weights)
             self.observers.version_opened(number, window.round)
@@ -311,6 +323,7 @@ class Coordinator:
             metrics=wire_metrics(last.metrics) if last else {},
         )
         await self.publisher.control(FEDERATION_DONE, done)
+        await asyncio.to_thread(self.ledger.set_meta, FINISHED_AT, str(time.time()))
 
     # --------------------------------------------------------------- result
     def _result(self, started: float) -> FederationResult:

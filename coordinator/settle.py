@@ -2,50 +2,31 @@
 once, and is never lost.
 
 In this order: a refused body is copied to the dead-letter queue (``fedq.F.rejected``)
-with its reason in ``x-fedq-reason``; the delivery is acked; the ledger records it (once
-per update, whatever its chunks); the observers hear of it. A crash between the copy and
-the ack leaves the delivery on the broker, which settles it again: the dead-letter queue
-may hold a copy twice, the ledger never loses one.
+with its reason in ``x-fedq-reason``, within the queue's bounds (:mod:`.evidence`); the
+delivery is acked, copied or not; the ledger records it (once per update, whatever its
+chunks), saying when its copy is missing; the observers hear of it. A crash between the
+copy and the ack leaves the delivery on the broker, which settles it again: the
+dead-letter queue may hold a copy twice, the ledger never loses one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
-from typing import Any
 
 from fedq.coordinator.assembly import Stream
+from fedq.coordinator.evidence import Evidence, without_copy
 from fedq.coordinator.ledger import UpdateLedger
 from fedq.coordinator.observers import Observers, UpdateSeen
 from fedq.coordinator.verdicts import Outcome, Refused, Rejection, Settled
-from fedq.messages.topology import Topology
-from fedq.messages.transport import Delivery, Transport, TransportError
+from fedq.messages.transport import Delivery, TransportError
 
 log = logging.getLogger("fedq.coordinator")
 
-#: The header of a dead-lettered body that says why it was refused.
-REASON_HEADER = "x-fedq-reason"
-#: The sender's headers a dead-letter copy keeps (what fedq's participants set), when each
-#: value is a short string or an int64: every other header is dropped, never copied.
-KEPT_HEADERS = frozenset(
-    {"federation", "participant", "round", "base_version", "chunk_index", "chunk_count"}
-)
-#: The longest string a kept header, or the reason, carries into a dead-letter copy.
-MAX_HEADER_CHARS = 256
-MAX_REASON_CHARS = 1024
-
 
 class Settler:
-    def __init__(
-        self,
-        transport: Transport,
-        topology: Topology,
-        ledger: UpdateLedger,
-        observers: Observers,
-    ) -> None:
-        self.transport = transport
-        self.topology = topology
+    def __init__(self, evidence: Evidence, ledger: UpdateLedger, observers: Observers) -> None:
+        self.evidence = evidence
         self.ledger = ledger
         self.observers = observers
 
@@ -57,7 +38,8 @@ class Settler:
         one that brought them (a held copy it replaced)."""
         outcome = verdict.outcome()
         if verdict.dead_letter:
-            await self._dead_letter(delivery, delivery.body, outcome)
+            dropped = await self.evidence.keep(delivery, delivery.body, outcome)
+            outcome = without_copy(outcome, [dropped] if dropped else [])
         await self._ack(delivery)
         size = len(delivery.body) if size is None else size
         await self._record(outcome, delivery.message_id, during, size)
@@ -67,26 +49,16 @@ class Settler:
         it came (read back from the spool) with the reason, and is acked; the ledger
         records the update's refusal once."""
         outcome = Refused(rejection, stream.meta).outcome()
+        dropped: list[str] = []
         for index in sorted(stream.chunks):
             delivery = stream.chunks[index].delivery
             body = await asyncio.to_thread(stream.read, index)
-            await self._dead_letter(delivery, body, outcome)
+            if cause := await self.evidence.keep(delivery, body, outcome):
+                dropped.append(cause)
             await self._ack(delivery)
         stream.close()
+        outcome = without_copy(outcome, dropped, len(stream.chunks))
         await self._record(outcome, stream.update_id, during, stream.size)
-
-    async def _dead_letter(self, delivery: Delivery, body: bytes, outcome: Outcome) -> None:
-        """A copy of ``body`` (what ``delivery`` brought) to the dead-letter queue."""
-        headers = dead_letter_headers(delivery.headers, outcome)
-        await self.transport.publish(
-            "",
-            self.topology.rejected,
-            body,
-            message_id=delivery.message_id,
-            type=delivery.type,
-            headers=headers,
-        )
-        log.info("rejected update: %s", headers[REASON_HEADER])
 
     @staticmethod
     async def _ack(delivery: Delivery) -> None:
@@ -119,24 +91,3 @@ class Settler:
                 size=size,
             )
         )
-
-
-def dead_letter_headers(sent: Mapping[str, Any], outcome: Outcome) -> dict[str, Any]:
-    """The headers of a dead-letter copy, rebuilt from a bounded allow-list: a sender's
-    header is whatever it chose (a value just under the broker's frame size, a table
-    nested deep), and copied whole with the reason added it could make the copy too large
-    for a frame, so that the refusal itself fails."""
-    kept = {name: sent[name] for name in KEPT_HEADERS if _keepable(sent.get(name))}
-    kept[REASON_HEADER] = _bounded(outcome.header(), MAX_REASON_CHARS)
-    return kept
-
-
-def _keepable(value: object) -> bool:
-    """A short string or an int64: what fedq's own headers hold."""
-    if isinstance(value, str):
-        return len(value) <= MAX_HEADER_CHARS
-    return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
-
-
-def _bounded(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -11,9 +11,10 @@ the next version:
 - the aggregation its updates are folded into;
 - what was settled without being folded while it was open, by reason.
 
-Nothing non-finite is ever committed: a fold that would overflow the aggregate is refused
-(``overflow``) before it changes it (:meth:`Version.fold`), and the aggregate and the new
-model are checked again before the commit (:func:`check_finite`).
+Nothing non-finite is ever committed: a fold that would overflow the aggregate, or an
+update that alone would take the model past float32 (:mod:`.headroom`), is refused
+(``overflow``) before it changes anything (:meth:`Version.fold`), and the aggregate and
+the new model are checked again before the commit (:func:`check_finite`).
 
 Chunked updates in assembly are not the version's: a stream may start under one version
 and complete under the next, which admits it again (:meth:`Version.readmit`).
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedq.coordinator.headroom import Headroom
 from fedq.coordinator.held import HeldDeliveries
 from fedq.coordinator.modes import CloseReason, Mode, OpenVersion
 from fedq.coordinator.records import UpdateRecord
@@ -114,8 +116,12 @@ class Version:
         aggregation: Aggregation,
         *,
         max_per_user: int | None = None,
+        headroom: Headroom | None = None,
     ) -> None:
         self.window = window
+        #: The model it starts from, to refuse an update that would take it past float32
+        #: (None: not checked).
+        self.headroom = headroom
         self.mode = mode
         self.aggregation = aggregation
         self.allowance = Allowance(max_per_user)
@@ -162,20 +168,25 @@ class Version:
     async def fold(self, update: Update) -> UpdateRecord:
         """Fold ``update`` (in a worker thread) and hold its deliveries until the commit;
         or raise Rejection (``overflow``) with nothing folded or held: its weighted values
-        would make the aggregate infinite (the sum of the others stands as it was)."""
-        try:
-            await asyncio.to_thread(
-                self.aggregation.add_pieces,
-                update.pieces,
-                float(update.meta.num_examples),
-                update.admitted.scale,
-            )
-        except (FoldOverflow, OverflowError) as exc:  # OverflowError: an int beyond float
-            raise Rejection("overflow", f"folding it would overflow the aggregate: {exc}") from None
+        would make the aggregate infinite (the sum of the others stands as it was), or,
+        applied alone, take the model past float32 (:mod:`.headroom`)."""
+        await asyncio.to_thread(self._fold, update)
         record = update.record()
         self.window.records.append(record)
         self.held.hold(update.meta.update_id, update.deliveries, update.digest)
         return record
+
+    def _fold(self, update: Update) -> None:
+        if self.headroom is not None and not self.headroom.fits(update.pieces):
+            raise Rejection(
+                "overflow", "applied alone it would take the model past float32 (3.4e38)"
+            )
+        try:
+            self.aggregation.add_pieces(
+                update.pieces, float(update.meta.num_examples), update.admitted.scale
+            )
+        except (FoldOverflow, OverflowError) as exc:  # OverflowError: an int beyond float
+            raise Rejection("overflow", f"folding it would overflow the aggregate: {exc}") from None
 
     def count(self, verdict: Settled) -> None:
         """A delivery settled without being folded while this version was open."""

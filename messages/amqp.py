@@ -23,6 +23,12 @@ one more and the broker closes the whole connection, every consumer on it includ
 
 The connection is named (``connection_name``, shown by the management UI and API) after
 the process, ``fedq pid <pid>``, unless told otherwise.
+
+With ``consumers_apart`` (the coordinator's transport) each consumer's channel is on a
+connection of its own, named after the process and the queue: whatever takes one
+connection down then stops only that consumer, until its robust connection is back. And
+the client never takes a connection down over a message whose properties it cannot
+decode (:mod:`fedq.messages.frames`).
 """
 
 from __future__ import annotations
@@ -31,9 +37,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
@@ -48,9 +55,13 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
+from fedq.messages.frames import UNDECODABLE_HEADER
+from fedq.messages.frames import install as tolerate_undecodable_properties
 from fedq.messages.transport import (
     Delivery,
     ExchangeKind,
+    Inequivalent,
+    QueueDeleted,
     QueueFull,
     Transport,
     TransportError,
@@ -63,6 +74,10 @@ DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/"
 DECLARING_CHANNELS = 16
 
 log = logging.getLogger("fedq.amqp")
+
+# Before any connection: a message whose properties the client cannot decode must not
+# take a connection down (see fedq.messages.frames).
+tolerate_undecodable_properties()
 
 
 #: What a broker restart or a network cut raises while the robust connection reconnects.
@@ -97,10 +112,24 @@ def redact(url: str) -> str:
 
 
 def _cannot_connect(where: str, exc: BaseException) -> str:
-    """One line on why a connection failed and what to do; TLS causes are named (the
-    broker client wraps them in its own connection error)."""
+    """One line on why a connection failed and what to do; TLS, name resolution and a
+    vhost the broker will not open are named (the client wraps them in its own errors)."""
     cause: BaseException | None = exc
     while cause is not None:
+        if isinstance(cause, socket.gaierror):
+            host = yarl.URL(where).host
+            return (
+                f"cannot resolve the host {host!r} of the broker URL {where} "
+                f"({cause.strerror}): check the host in --broker / FEDQ_BROKER_URL"
+            )
+        if isinstance(cause, aiormq.exceptions.InvalidFrameError) and "OpenOk" in str(cause):
+            # The broker answered the login, then refused to open the URL's vhost.
+            vhost = yarl.URL(where).path[1:] or "/"
+            return (
+                f"RabbitMQ at {where} would not open the vhost {vhost!r}: it does not exist "
+                "or the user has no permissions on it (rabbitmqctl add_vhost / "
+                "set_permissions), or fix the vhost in the URL's path"
+            )
         if isinstance(cause, ssl.SSLCertVerificationError):
             return (
                 f"TLS to RabbitMQ at {where}: its certificate did not verify "
@@ -111,7 +140,7 @@ def _cannot_connect(where: str, exc: BaseException) -> str:
                 f"TLS to RabbitMQ at {where} failed ({cause.reason or cause}): check the URL's "
                 "cafile, certfile and keyfile, and that the port is the broker's TLS listener"
             )
-        cause = cause.__cause__
+        cause = cause.__cause__ or cause.__context__
     return (
         f"cannot reach RabbitMQ at {where} ({exc.__class__.__name__}): start it "
         "(`rabbitmq-server -detached`) or pass the right --broker / FEDQ_BROKER_URL"
@@ -150,6 +179,11 @@ class _AmqpDelivery:
     user_id = property(lambda self: self._msg.user_id)
     routing_key = property(lambda self: self._msg.routing_key or "")
     redelivered = property(lambda self: bool(self._msg.redelivered))
+
+    @property
+    def undecodable(self) -> str | None:
+        failure = (self._msg.headers or {}).get(UNDECODABLE_HEADER)
+        return failure if isinstance(failure, str) else None
 
     @property
     def headers(self) -> Mapping[str, Any]:
@@ -236,8 +270,22 @@ class _Inbox:
     requeues them all.
     """
 
-    def __init__(self, queue: AbstractQueue, prefetch: int, bodies: _SharedBodies) -> None:
+    def __init__(
+        self,
+        queue: AbstractQueue,
+        prefetch: int,
+        bodies: _SharedBodies,
+        exists: Callable[[], Awaitable[bool]],
+    ) -> None:
         self.queue: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        #: Set by a delivery and by the broker cancelling this consumer.
+        self._wake = asyncio.Event()
+        #: The broker cancelled a consumer of this inbox (its queue deleted, or a node of a
+        #: cluster lost): whether the queue still exists is asked before waiting again.
+        self._broker_cancelled = False
+        self._exists = exists
+        #: Once the queue is known gone, every later ``__anext__`` raises it.
+        self._deleted: QueueDeleted | None = None
         self.bodies = bodies
         self._source = queue
         self._prefetch = prefetch
@@ -271,6 +319,12 @@ class _Inbox:
 
     async def put(self, message: AbstractIncomingMessage) -> None:
         self.queue.put_nowait(message)
+        self._wake.set()
+
+    def on_broker_cancel(self, frame: aiormq.spec.Basic.Cancel) -> None:
+        """aiormq's callback for a basic.cancel the broker sent on this inbox's channel."""
+        self._broker_cancelled = True
+        self._wake.set()
 
     def released(self, tag: str | None) -> None:
         self._held[tag] = self._held.get(tag, 0) + 1
@@ -311,7 +365,38 @@ class _Inbox:
         return self
 
     async def __anext__(self) -> Delivery:
-        return _AmqpDelivery(await self.queue.get(), self)
+        """The next delivery; QueueDeleted once the broker cancelled this consumer because
+        its queue is gone (aio-pika would otherwise try to restore it forever)."""
+        while self.queue.empty():
+            if self._deleted is not None:
+                raise self._deleted
+            if self._broker_cancelled:
+                self._broker_cancelled = False
+                if not await self._exists():
+                    self._deleted = QueueDeleted(
+                        f"the queue {self._source.name} was deleted on the broker (fedq "
+                        "teardown, or an operator): nothing more can arrive"
+                    )
+                continue  # still there: the robust channel restores the consumer
+            self._wake.clear()
+            if self.queue.empty() and not self._broker_cancelled:
+                await self._wake.wait()
+        return _AmqpDelivery(self.queue.get_nowait(), self)
+
+
+async def _on_broker_cancel(
+    channel: AbstractChannel, callback: Callable[[aiormq.spec.Basic.Cancel], None]
+) -> None:
+    """Have ``callback`` hear every basic.cancel the broker sends on ``channel``, also
+    after the robust connection reopened it (on a new aiormq channel)."""
+
+    async def watch(_: object = None) -> None:
+        underlay = await channel.get_underlay_channel()
+        underlay.on_consumer_cancel_callbacks.add(callback)
+
+    await watch()
+    if isinstance(channel, aio_pika.RobustChannel):
+        channel.reopen_callbacks.add(watch)
 
 
 class AmqpTransport(Transport):
@@ -322,6 +407,7 @@ class AmqpTransport(Transport):
         connect_timeout: float = 10.0,
         outage_seconds: float = 120.0,
         name: str | None = None,
+        consumers_apart: bool = False,
     ) -> None:
         try:
             parsed = yarl.URL(url)
@@ -361,15 +447,25 @@ class AmqpTransport(Transport):
         self._consumers = 0
         self._channel_max = 0
         self._bodies = _SharedBodies()
+        #: Each ``consume`` on a connection of its own (see :meth:`_consumer_connection`).
+        self._consumers_apart = consumers_apart
 
     async def connect(self) -> None:
+        self._connection = await self._open(self.name)
+        underlay = self._conn.transport
+        assert underlay is not None, "connect_robust returns connected"
+        self._channel_max = underlay.connection.connection_tune.channel_max or 65535
+        await self._reopen_publisher()
+
+    async def _open(self, name: str) -> AbstractRobustConnection:
+        """A robust connection named ``name``, or BrokerUnavailable saying why not."""
         where = redact(self.url)
         try:
-            self._connection = await aio_pika.connect_robust(
+            return await aio_pika.connect_robust(
                 self.url,
                 timeout=self._timeout,
                 reconnect_interval=1.0,
-                client_properties={"connection_name": self.name},
+                client_properties={"connection_name": name},
             )
         except aiormq.exceptions.ProbableAuthenticationError:
             raise BrokerUnavailable(
@@ -377,10 +473,6 @@ class AmqpTransport(Transport):
             ) from None
         except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:
             raise BrokerUnavailable(_cannot_connect(where, exc)) from None
-        underlay = self._conn.transport
-        assert underlay is not None, "connect_robust returns connected"
-        self._channel_max = underlay.connection.connection_tune.channel_max or 65535
-        await self._reopen_publisher()
 
     async def _reopen_publisher(self) -> None:
         self._exchanges.clear()
@@ -432,6 +524,15 @@ class AmqpTransport(Transport):
             queue = await channel.get_queue(name, ensure=True)
             return int(queue.declaration_result.message_count or 0)
 
+    async def _queue_exists(self, name: str) -> bool:
+        try:
+            await self.queue_depth(name)
+        except TransportError as exc:
+            if "NOT_FOUND" in str(exc):
+                return False
+            raise
+        return True
+
     async def queue_consumers(self, name: str) -> int:
         async with self._declaring(f"queue {name!r}") as channel:
             queue = await channel.get_queue(name, ensure=True)
@@ -454,6 +555,8 @@ class AmqpTransport(Transport):
                 if not channel.is_closed:
                     with contextlib.suppress(Exception):
                         await channel.close()
+                if isinstance(exc, aiormq.exceptions.ChannelPreconditionFailed):
+                    raise Inequivalent(f"broker refused {what}: {exc}") from None
                 if isinstance(exc, aiormq.exceptions.ChannelClosed):
                     raise TransportError(f"broker refused {what}: {exc}") from None
                 raise
@@ -547,15 +650,42 @@ class AmqpTransport(Transport):
             self._consumers -= 1
 
     @asynccontextmanager
+    async def _consumer_connection(self, queue: str) -> AsyncIterator[AbstractRobustConnection]:
+        """The connection a consumer of ``queue`` takes its channel on: the shared one, or
+        with ``consumers_apart`` one of its own, closed with it. Apart, whatever takes a
+        connection down (a frame the client cannot read, a heartbeat missed while busy)
+        takes only that consumer's, not the process's publishing or its other consumers:
+        the coordinator consumes updates and control events so."""
+        if not self._consumers_apart:
+            yield self._conn
+            return
+        connection = await self._open(f"{self.name} {queue}")
+        try:
+            yield connection
+        finally:
+            await connection.close()
+
+    @asynccontextmanager
     async def _consuming(self, queue: str, prefetch: int) -> AsyncIterator[AsyncIterator[Delivery]]:
-        channel = await self._conn.channel(publisher_confirms=False)
+        async with (
+            self._consumer_connection(queue) as connection,
+            self._consuming_on(connection, queue, prefetch) as inbox,
+        ):
+            yield inbox
+
+    @asynccontextmanager
+    async def _consuming_on(
+        self, connection: AbstractRobustConnection, queue: str, prefetch: int
+    ) -> AsyncIterator[AsyncIterator[Delivery]]:
+        channel = await connection.channel(publisher_confirms=False)
         try:
             await channel.set_qos(prefetch_count=max(1, prefetch))
             try:
                 q = await channel.get_queue(queue, ensure=True)
             except aiormq.exceptions.ChannelNotFoundEntity:
                 raise TransportError(f"no queue {queue!r}") from None
-            inbox = _Inbox(q, max(1, prefetch), self._bodies)
+            inbox = _Inbox(q, max(1, prefetch), self._bodies, lambda: self._queue_exists(queue))
+            await _on_broker_cancel(channel, inbox.on_broker_cancel)
             await inbox.start()
             try:
                 yield inbox

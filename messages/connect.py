@@ -16,9 +16,17 @@ CONNECT_TIMEOUT = 10.0
 
 
 def open_transport(
-    url: str, *, connect_timeout: float = CONNECT_TIMEOUT, name: str | None = None
+    url: str,
+    *,
+    connect_timeout: float = CONNECT_TIMEOUT,
+    name: str | None = None,
+    consumers_apart: bool = False,
 ) -> AmqpTransport:
     """The transport for ``url``, not yet connected (``async with`` connects and closes
     it). A URL it cannot use is BrokerUnavailable at once, one line saying what a URL
-    looks like; a broker that does not answer is the same, on connecting."""
-    return AmqpTransport(url, connect_timeout=connect_timeout, name=name)
+    looks like; a broker that does not answer is the same, on connecting.
+    ``consumers_apart``: each consumer on a connection of its own (the coordinator's:
+    what one queue's messages do to a connection must not stop the others)."""
+    return AmqpTransport(
+        url, connect_timeout=connect_timeout, name=name, consumers_apart=consumers_apart
+    )

@@ -18,6 +18,8 @@ from typing import Any
 from fedq.messages.transport import (
     Delivery,
     ExchangeKind,
+    Inequivalent,
+    QueueDeleted,
     QueueFull,
     Transport,
     TransportError,
@@ -52,6 +54,8 @@ class _MemoryDelivery:
     routing_key = property(lambda self: self._msg.routing_key)
     headers = property(lambda self: self._msg.headers)
     redelivered = property(lambda self: self._msg.redelivered)
+    #: Messages in memory are never encoded, so never undecodable.
+    undecodable = None
 
     def release_body(self) -> None:
         """Nothing to free: like RabbitMQ, the embedded broker keeps the message until it
@@ -86,7 +90,8 @@ class _MemoryDelivery:
 class _Consumer:
     queue: _Queue
     prefetch: int
-    inbox: asyncio.Queue[_MemoryDelivery] = field(default_factory=asyncio.Queue)
+    #: None, last: the queue was deleted.
+    inbox: asyncio.Queue[_MemoryDelivery | None] = field(default_factory=asyncio.Queue)
     unacked: dict[_MemoryDelivery, None] = field(default_factory=dict)  # delivery order
     #: Unacked deliveries whose body was released: they do not count toward the prefetch.
     released: int = 0
@@ -167,7 +172,11 @@ class _Inbox:
         return self
 
     async def __anext__(self) -> Delivery:
-        return await self._consumer.inbox.get()
+        delivery = await self._consumer.inbox.get()
+        if delivery is None:
+            self._consumer.inbox.put_nowait(None)  # every later call ends the same way
+            raise QueueDeleted(f"the queue {self._consumer.queue.name} was deleted")
+        return delivery
 
 
 class MemoryBroker:
@@ -211,7 +220,7 @@ class MemoryTransport(Transport):
     async def declare_exchange(self, name: str, kind: ExchangeKind) -> None:
         known = self.broker.exchanges.setdefault(name, kind)
         if known != kind:
-            raise TransportError(f"exchange {name!r} exists as {known}, not {kind}")
+            raise Inequivalent(f"exchange {name!r} exists as {known}, not {kind}")
 
     async def declare_queue(
         self, name: str, *, durable: bool = True, arguments: Mapping[str, Any] | None = None
@@ -221,7 +230,7 @@ class MemoryTransport(Transport):
         if queue is None:
             self.broker.queues[name] = _Queue(name, durable, args)
         elif queue.arguments != args or queue.durable != durable:
-            raise TransportError(f"queue {name!r} exists with other arguments {queue.arguments}")
+            raise Inequivalent(f"queue {name!r} exists with other arguments {queue.arguments}")
 
     async def bind(self, queue: str, exchange: str, routing_key: str = "") -> None:
         if queue not in self.broker.queues or exchange not in self.broker.exchanges:
@@ -236,6 +245,7 @@ class MemoryTransport(Transport):
         if queue is not None:
             for consumer in list(queue.consumers):
                 consumer.closed = True
+                consumer.inbox.put_nowait(None)
         for bindings in self.broker.bindings.values():
             bindings[:] = [b for b in bindings if b[0] != name]
 

@@ -98,6 +98,10 @@ class UpdateMeta(_Message):
     train_seconds: Seconds = 0.0
 
 
+#: The most participants one model may name as sampled.
+MAX_SAMPLED = 100_000
+
+
 class ModelMeta(_Message):
     """A global model: version ``version``, which participants train on in round ``round``
     (None in async mode: train on it whenever free)."""
@@ -118,6 +122,10 @@ class ModelMeta(_Message):
         le=MAX_CHUNK_BYTES,
         description="the coordinator's chunk size, which updates follow",
     )
+    #: With client sampling (``--sample-fraction``): the participants drawn to train on
+    #: this model; the others ack it and wait for the next. None: everyone trains. (A
+    #: participant older than the field refuses every model that has it: upgrade first.)
+    sampled: list[ParticipantId] | None = Field(default=None, max_length=MAX_SAMPLED)
 
 
 class RoundOpen(_Message):

@@ -35,6 +35,16 @@ class Unroutable(TransportError):
     """A mandatory message matched no queue."""
 
 
+class Inequivalent(TransportError):
+    """A queue or exchange exists with other arguments or kind than declared (RabbitMQ's
+    PRECONDITION_FAILED): declaring never changes what exists."""
+
+
+class QueueDeleted(TransportError):
+    """The queue being consumed was deleted on the broker (``fedq teardown --force``, an
+    operator): nothing more can arrive, so the consumer stops rather than wait forever."""
+
+
 class QueueFull(TransportError):
     """A queue at its limit with ``x-overflow: reject-publish`` refused the message (the
     broker's basic.nack): nothing of it was kept; publish it again later."""
@@ -61,6 +71,11 @@ class Delivery(Protocol):
     def headers(self) -> Mapping[str, Any]: ...
     @property
     def redelivered(self) -> bool: ...
+    @property
+    def undecodable(self) -> str | None:
+        """Why the client could not decode this message's properties (they are then
+        all unknown: no id, type, user or headers), or None. Such a delivery is settled
+        like any other, never left to be redelivered (see :mod:`fedq.messages.frames`)."""
 
     def release_body(self) -> None:
         """Drop this process's reference to the body; ack and nack still work, and the

@@ -102,6 +102,20 @@ class TrainConfig(BaseModel):
         description="FedProx: pull local training toward the global model (default: the app's).",
     )
 
+    weight_decay: float | None = Field(
+        None,
+        description="The local optimizer's weight decay, e.g. 1e-5 as in NIID-Bench "
+        "(default: the app's).",
+    )
+    #: Federated evaluation: each participant holds out LOCAL_EVAL_FRACTION of its data
+    #: and, before training on a model, evaluates that model there; the update carries the
+    #: result as ``local_<metric>``, so the spread across participants is in the ledger.
+    evaluate_local: bool = Field(
+        False,
+        description="Hold out 10% of the local data and evaluate each global model on it "
+        "before training (local_accuracy, local_loss in each update).",
+    )
+
     @model_validator(mode="after")
     def _sensible(self) -> TrainConfig:
         # AppError, not a ValidationError: an app that builds a TrainConfig gets the same
@@ -114,6 +128,8 @@ class TrainConfig(BaseModel):
             raise AppError(f"momentum {self.momentum}: must be in [0, 1)")
         if not self.proximal_mu >= 0:
             raise AppError(f"proximal mu {self.proximal_mu}: must be >= 0")
+        if self.weight_decay is not None and not self.weight_decay >= 0:
+            raise AppError(f"weight decay {self.weight_decay}: must be >= 0")
         return self
 
     def with_overrides(self, **overrides: Any) -> TrainConfig:

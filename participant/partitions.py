@@ -7,8 +7,9 @@ define the schemes; a :class:`Scheme` is parsed from one of these specs:
 ``iid``            a seeded shuffle cut into equal slices
 ``dirichlet:B``    label skew: per label, shares p ~ Dir(B) over participants
                    (redrawn until every participant holds ``min_size`` samples)
-``labels:K``       #C=K: each participant holds K distinct labels; a label's
-                   samples are split evenly among the participants holding it
+``labels:K``       #C=K: participant i holds label i mod C and K - 1 other
+                   distinct labels drawn at random; a label's samples are split
+                   evenly among the participants holding it
 ``quantity:B``     quantity skew: sizes ~ Dir(B) over shuffled samples
                    (redrawn until every participant holds ``min_size`` samples)
 ``noise:S``        IID, plus Gaussian noise on x with std S * index / count
@@ -17,9 +18,8 @@ define the schemes; a :class:`Scheme` is parsed from one of these specs:
 Every participant computes the same split from the same seed and takes its own part, so
 nothing is exchanged: :func:`split` depends only on (labels, count, scheme, seed), never on
 who asks. The parts are disjoint and cover every sample once, with one exception:
-``labels:K`` hands labels out round-robin over a seeded label order, so every label has a
-holder when ``count * K >= classes``; otherwise ``classes - count * K`` labels have none and
-their samples are left out of every part.
+under ``labels:K`` a label no participant drew (possible only when ``count < classes``)
+has its samples left out of every part.
 
 The scheme reaches an app in the participant's :class:`~fedq.participant.app.Partition`
 (``fedq simulate`` and ``fedq participant`` take it from ``--partition-scheme``; the shipped
@@ -88,12 +88,20 @@ def _dirichlet_labels(
 
 
 def _label_owners(classes: int, count: int, k: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Participant i holds labels order[i*k .. i*k+k-1] (mod classes): k distinct labels,
-    every label held when count*k >= classes, and holders per label differ by at most one."""
+    """NIID-Bench's #C=k rule (its ``noniid-#label`` partition): participant i holds label
+    ``i mod classes`` and k - 1 other distinct labels drawn uniformly at random, so the
+    label groups overlap (not disjoint blocks) and every label has a holder once
+    ``count >= classes``. (NIID-Bench draws the others by rejection with
+    ``random.randint``; a uniform draw without replacement from the other labels gives
+    the same distribution.)"""
     if k > classes:
         raise ValueError(f"labels:{k}: the data has only {classes} labels; need K <= {classes}")
-    order = rng.permutation(classes)
-    return [order[(i * k + np.arange(k)) % classes] for i in range(count)]
+    owners = []
+    for i in range(count):
+        own = i % classes
+        others = rng.choice(np.delete(np.arange(classes), own), k - 1, replace=False)
+        owners.append(np.concatenate([[own], others]).astype(np.int64))
+    return owners
 
 
 def _label_count(
@@ -131,9 +139,10 @@ def split(
 ) -> list[np.ndarray]:
     """Sample indices of each of ``count`` participants, a pure function of the arguments.
 
-    Parts are disjoint and together cover every sample once (``labels:K`` with
-    ``count * K < classes`` leaves the unheld labels' samples out). ``min_size`` applies to
-    ``dirichlet`` and ``quantity`` only; ValueError when it cannot be met.
+    Parts are disjoint and together cover every sample once (``labels:K`` leaves out the
+    samples of a label no participant drew, possible only with ``count < classes``).
+    ``min_size`` applies to ``dirichlet`` and ``quantity`` only; ValueError when it cannot
+    be met.
     """
     if count < 1:
         raise ValueError(f"need at least one participant, not {count}")

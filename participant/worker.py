@@ -57,6 +57,12 @@ MAX_REJOIN_FACTOR = 16
 #: How long a participant started before its coordinator waits for the exchanges, which
 #: only the coordinator declares (a participant may not configure them), before it fails.
 COORDINATOR_WAIT_SECONDS = 600.0
+#: Until a first model comes, a line saying none came after this many seconds, then
+#: after twice as long each time, up to the second bound.
+NO_MODEL_NOTICE_SECONDS = 30.0
+MAX_NO_MODEL_NOTICE_SECONDS = 600.0
+#: When stopped (Ctrl-C, SIGTERM): the most the leave and the queue's deletion may take.
+LEAVE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,8 @@ class ParticipantStats:
     #: Models the app declined (``App.accepts``: a device not ready, an experiment's
     #: dropout), by version.
     rounds_dropped: int = 0
+    #: Models it was not drawn to train on (client sampling).
+    rounds_not_sampled: int = 0
     dropped_versions: list[int] = field(default_factory=list)
     #: Models skipped because something newer already waited behind them (see
     #: ``Participant._superseded``).
@@ -122,16 +130,38 @@ class Participant:
         self._queue_bounded_by_bytes = False
 
     async def run(self) -> ParticipantStats:
-        pid = self.config.participant_id
+        """Train on each model until ``federation.done``; then, or when cancelled (Ctrl-C,
+        SIGTERM), say ``leave`` and take this participant's queue off the broker (a
+        participant started again declares it anew, and its join brings the model)."""
         bound = await asyncio.to_thread(lambda: model_queue_bytes(self.app.initial_weights()))
         self._queue_bounded_by_bytes = bound is not None
+        if self.config.sent_log is not None:  # there from the start, even with no line yet
+            await asyncio.to_thread(self.config.sent_log.touch)
         await self._declare_queue(bound)
+        try:
+            await self._take_models()
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):  # the broker may be gone: leave what is there
+                await asyncio.wait_for(self._leave(), LEAVE_SECONDS)
+            raise
+        await self._leave()
+        return self.stats
+
+    async def _leave(self) -> None:
+        pid = self.config.participant_id
+        # After the last heartbeat, so the coordinator never hears from us after "leave".
+        await self._control("leave", Leave(federation=self.config.federation, participant=pid))
+        await self.transport.delete_queue(self.topology.model_queue(pid))
+
+    async def _take_models(self) -> None:
+        """Train on each model until ``federation.done``."""
+        pid = self.config.participant_id
         beat = asyncio.create_task(self._heartbeats(), name=f"fedq-heartbeat-{pid}")
         consumer = contextlib.AsyncExitStack()
         inbox: AsyncIterator[Delivery] | None = None
-        joined = done = False
+        joined = False
         try:
-            while not done:
+            while True:
                 if inbox is None:
                     inbox = await consumer.enter_async_context(
                         self.transport.consume(self.topology.model_queue(pid), prefetch=1)
@@ -141,9 +171,8 @@ class Participant:
                         joined = True
                 async with contextlib.AsyncExitStack() as slot:
                     model = await self._next_model(inbox, slot)
-                    if model is None:
-                        done = True
-                        break
+                    if model is None:  # federation.done
+                        return
                     if self.config.release_queue_while_training:
                         # Out of the consumer while training: nothing is delivered to this
                         # participant meanwhile, so however long training takes, it holds
@@ -164,11 +193,6 @@ class Participant:
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beat
-        # After the last heartbeat, so the coordinator never hears from us after "leave".
-        await self._control("leave", Leave(federation=self.config.federation, participant=pid))
-        if done:  # the queue has nothing more to bring; do not leave it on the broker
-            await self.transport.delete_queue(self.topology.model_queue(pid))
-        return self.stats
 
     async def _declare_queue(self, bound: int | None) -> None:
         """Declare and bind this participant's queue, waiting (up to
@@ -198,25 +222,8 @@ class Participant:
         sharing the model's body."""
         stalled_after = self.config.stalled_model_seconds
         while True:
-            partial = self._models.partial
-            try:
-                delivery = await asyncio.wait_for(
-                    anext(inbox), stalled_after if partial is not None else None
-                )
-            except TimeoutError:
-                assert partial is not None, "no wait without a model part-way"
-                log.warning(
-                    "%s: model v%d stopped arriving after %d of its %d chunks; asking the "
-                    "coordinator for it again",
-                    self.config.participant_id,
-                    *partial,
-                )
-                await self._join()
-                stalled_after = min(
-                    2 * stalled_after, MAX_REJOIN_FACTOR * self.config.stalled_model_seconds
-                )
-                continue
-            if self._forged(delivery):
+            delivery, stalled_after = await self._next_delivery(inbox, stalled_after)
+            if self._undecodable(delivery) or self._forged(delivery):
                 await self._settle(delivery)
                 continue
             if delivery.type == MESSAGE_TYPES["federation.done"]:
@@ -224,7 +231,11 @@ class Participant:
                 return None
             model, finished = await self._receive(delivery)
             if model is not None:
-                if await self._superseded(model) or self._declines(model.meta):
+                if (
+                    not self._sampled(model.meta)
+                    or await self._superseded(model)
+                    or self._declines(model.meta)
+                ):
                     finished += model.deliveries
                     model = None
                 else:
@@ -235,6 +246,51 @@ class Participant:
                 await self._settle(settled)
             if model is not None:
                 return model
+
+    async def _next_delivery(
+        self, inbox: AsyncIterator[Delivery], stalled_after: float
+    ) -> tuple[Delivery, float]:
+        """The next delivery, and how long to wait next for a model stalled part-way.
+        Meanwhile a model whose chunks stopped coming for ``stalled_after`` seconds is
+        asked for again (a join, then at growing intervals); and while no model came at
+        all, one line now and then says so: a coordinator that is not running, or runs
+        another federation, would otherwise leave this participant waiting in silence."""
+        pid, notice, waited = self.config.participant_id, NO_MODEL_NOTICE_SECONDS, 0.0
+        while True:
+            partial = self._models.partial
+            none_yet = max(self.stats.last_version, self._declined) < 0
+            wait = stalled_after if partial is not None else notice if none_yet else None
+            try:
+                return await asyncio.wait_for(anext(inbox), wait), stalled_after
+            except TimeoutError:
+                pass
+            if partial is None:
+                waited += notice
+                log.warning(
+                    "%s: no model from the coordinator of %r after %.0f s: is `fedq "
+                    "coordinator --federation %s` running on this broker?",
+                    pid, self.config.federation, waited, self.config.federation,
+                )  # fmt: skip
+                notice = min(2 * notice, MAX_NO_MODEL_NOTICE_SECONDS)
+                continue
+            log.warning(
+                "%s: model v%d stopped arriving after %d of its %d chunks; asking the "
+                "coordinator for it again",
+                pid,
+                *partial,
+            )
+            await self._join()
+            stalled_after = min(
+                2 * stalled_after, MAX_REJOIN_FACTOR * self.config.stalled_model_seconds
+            )
+
+    def _undecodable(self, delivery: Delivery) -> bool:
+        """Whether the client could not decode ``delivery``'s properties: its type and
+        sender are then unknown, so it is nothing to act on."""
+        if delivery.undecodable is None:
+            return False
+        log.warning("%s: ignored a message: %s", self.config.participant_id, delivery.undecodable)
+        return True
 
     def _forged(self, delivery: Delivery) -> bool:
         """With ``verify_coordinator``: whether ``delivery`` (a model, a chunk or
@@ -312,6 +368,14 @@ class Participant:
                 model.meta.version,
             )
         return waiting > 0
+
+    def _sampled(self, meta: ModelMeta) -> bool:
+        """Whether this participant is to train on ``meta``'s model (client sampling: the
+        coordinator names who; the others ack it and wait for the next)."""
+        if meta.sampled is None or self.config.participant_id in meta.sampled:
+            return True
+        self.stats.rounds_not_sampled += 1
+        return False
 
     def _declines(self, meta: ModelMeta) -> bool:
         """Whether the app declines ``meta``'s model (``App.accepts``): acked, not trained."""

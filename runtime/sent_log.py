@@ -6,7 +6,9 @@ against it: each update the broker took responsibility for must be in exactly on
 version or refused with a reason, never lost and never applied twice. That is the promise
 the fault tests check after every crash, and one an operator can check on a real run.
 
-A line is written after the confirm, never before: a participant killed in between has a
+The participant creates the file when it starts, so an empty log says "started, nothing
+confirmed" and a missing one "never ran here". A line is written after the confirm, never
+before: a participant killed in between has a
 confirmed update missing from its log (audited as nothing), never a logged update that the
 broker does not have. Lines are appended with one ``write`` on a file opened in append mode,
 so virtual participants sharing a file do not interleave; a line cut short by a crash is

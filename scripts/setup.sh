@@ -2,7 +2,8 @@
 # Set up fedq on a fresh Debian machine, in a virtual environment: nothing is installed into
 # a system interpreter (Debian's refuses it, PEP 668). Idempotent: a second run only checks.
 #   bash scripts/setup.sh           fedq with Keras and plots (enough for `fedq simulate`)
-#   bash scripts/setup.sh --dev     also the test/lint tools, Fashion-MNIST and a running RabbitMQ
+#   bash scripts/setup.sh --dev     also the test/lint tools, PyTorch (CPU), Fashion-MNIST and a
+#                                   running RabbitMQ
 # PYTHON picks the interpreter the environment is made from (default: python3 on PATH);
 # FEDQ_VENV where it lives (default: .venv in the checkout).
 set -euo pipefail
@@ -57,10 +58,24 @@ if $dev; then
     done
     rabbitmqctl -q await_startup
     rabbitmq-plugins -q enable rabbitmq_management >/dev/null
-    extras=".[keras,plot,dev]"
+    extras=".[keras,plot,dev,torch]"
 else
     extras=".[keras,plot]"
 fi
+
+# The torch extra's CPU build: PyPI's Linux torch wheel pulls gigabytes of CUDA. The CPU
+# wheels carry a +cpu local version, which PyPI never has: asking for it exactly takes a CPU
+# wheel pip already finds (its find-links, a local index), else PyTorch's CPU index; it
+# never falls back to a CUDA build. The extra's own `torch>=2.2` is then satisfied.
+torch_cpu=${FEDQ_TORCH:-torch==2.13.0+cpu}
+install_cpu_torch() {
+    "$vpython" -c "import torch, sys; sys.exit(not torch.__version__.endswith('+cpu'))" \
+        >/dev/null 2>&1 && return 0
+    say "pip install $torch_cpu (the CPU build)"
+    "$vpython" -m pip install -q "$torch_cpu" 2>/dev/null \
+        || "$vpython" -m pip install -q "$torch_cpu" \
+            --extra-index-url https://download.pytorch.org/whl/cpu
+}
 
 # pip resolves TensorFlow's whole tree even when nothing changed: remember what was
 # installed and only check it next time. The strict editable install links each module, so
@@ -70,10 +85,11 @@ stamp="$venv/.fedq-installed"
 digest=$({ cat pyproject.toml; find src coordinator participant messages -name '*.py' | sort; } \
     | sha256sum | cut -d' ' -f1)
 digest="$digest $(pwd)"
-if ! grep -qxF -e "$extras $digest" -e ".[keras,plot,dev] $digest" "$stamp" 2>/dev/null \
+if ! grep -qxF -e "$extras $digest" -e ".[keras,plot,dev,torch] $digest" "$stamp" 2>/dev/null \
     || ! "$vpython" -c 'import fedq.cli' >/dev/null 2>&1; then
     say "pip install -e '$extras' into $venv"
     "$vpython" -m pip install -q --upgrade pip
+    if $dev; then install_cpu_torch; fi
     "$vpython" -m pip install -q -e "$extras" --config-settings editable_mode=strict
     echo "$extras $digest" >>"$stamp"
 fi

@@ -288,3 +288,35 @@ class Straggler(SyntheticApp):
         if partition.index in self.late:
             self.commits.wait_for(min(self.until(self.commits.version), self.last))
         return super().train(weights, partition, config)
+
+
+#: Runs a documentation snippet as a user would: a script, or, if it awaits at top level,
+#: a notebook cell (compiled with top-level await, on a running event loop).
+SNIPPET_RUNNER = """
+import ast, asyncio, sys
+source = open(sys.argv[1]).read()
+code = compile(source, "snippet", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+result = eval(code, {"__name__": "__main__"})
+if asyncio.iscoroutine(result):
+    asyncio.run(result)
+"""
+
+
+def python_snippets(doc: Path) -> list[str]:
+    """Every ```python block of ``doc``, in order."""
+    blocks = doc.read_text().split("```python\n")[1:]
+    return [block.split("```", 1)[0] for block in blocks]
+
+
+def run_snippet(source: str, folder: Path) -> subprocess.CompletedProcess[str]:
+    """``source`` in a fresh interpreter, in ``folder``, its state dir in there too."""
+    path = folder / "snippet.py"
+    path.write_text(source)
+    return subprocess.run(
+        [sys.executable, "-c", SNIPPET_RUNNER, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=fedq_env() | {"FEDQ_STATE_DIR": str(folder / "state")},
+        cwd=folder,
+    )

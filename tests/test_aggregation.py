@@ -253,6 +253,22 @@ def test_quorum_mode_folds_late_updates_with_the_staleness_weight_when_asked():
     assert reason_of(mode, open_, update_meta(round_=1, base=0)) == "stale"
 
 
+@pytest.mark.parametrize(("mode_name", "late_counts"), [("quorum", False), ("async", True)])
+def test_a_late_update_counts_beside_the_fresh_ones_in_round_modes(mode_name, late_counts):
+    """In quorum mode with --late-updates fold, K fresh updates close a round, however many
+    late ones were folded: a late one taking a fresh one's place made the next round's
+    updates late in turn, until every version was made of stale ones. In async mode the
+    buffer is K updates, whatever model each was trained on."""
+    mode = make_mode(config(mode=mode_name, quorum=2, late_updates="fold", max_staleness=2))
+    open_ = mode.open(version=3)
+    late = UpdateRecord("id-late", "p9", 3, 2, 5, 5.0, staleness=1)
+    open_.records += [late, record("p0", 3)]
+    assert open_.counted == (2 if late_counts else 1)
+    assert (open_.close_reason() == "quorum") is late_counts
+    open_.records.append(record("p1", 3))
+    assert open_.close_reason() == "quorum"
+
+
 def test_async_mode_has_no_rounds_and_weighs_by_staleness():
     mode = make_mode(
         config(
@@ -302,3 +318,20 @@ def test_a_version_closes_at_quorum_or_at_the_deadline_with_min_quorum():
     assert open_.close_reason(t0 + 21) == "deadline"
     open_.records.append(record("c", 0))
     assert open_.close_reason(t0 + 1) == "quorum"
+
+
+def test_with_sampling_a_fresh_update_from_anyone_not_drawn_is_refused():
+    mode = make_mode(config(quorum=2, late_updates="fold", max_staleness=2))
+    open_ = mode.open(version=3)
+    open_.sample = frozenset({"p0", "p1"})
+    assert mode.admit(open_, update_meta(participant="p1", round_=4, base=3)).staleness == 0
+    assert reason_of(mode, open_, update_meta(participant="p7", round_=4, base=3)) == "not_sampled"
+    # A late update was trained on an older model, whose own sample it was drawn in.
+    assert mode.admit(open_, update_meta(participant="p7", round_=3, base=2)).staleness == 1
+
+
+def test_a_sample_smaller_than_the_quorum_is_one_line():
+    with pytest.raises(ValueError, match="draws 2, fewer than --quorum"):
+        config(participants=4, quorum=3, sample_fraction=0.5)
+    with pytest.raises(ValueError, match="not async"):
+        config(mode="async", quorum=2, sample_fraction=0.5)

@@ -52,6 +52,27 @@ def test_an_unreachable_broker_is_one_line_saying_what_to_do():
     assert "rabbitmq-server -detached" in line
 
 
+@pytest.mark.parametrize(
+    ("url", "says", "never"),
+    [
+        # The broker answers, then will not open the vhost: not "start it".
+        (
+            "amqp://guest:guest@127.0.0.1:5672/no-such-vhost",
+            "would not open the vhost 'no-such-vhost'",
+            "rabbitmq-server -detached",
+        ),
+        (
+            "amqp://guest:guest@no-such-host.invalid:5672/",
+            "cannot resolve the host 'no-such-host.invalid'",
+            "rabbitmq-server -detached",
+        ),
+    ],
+)
+def test_a_broker_error_points_at_its_cause(url, says, never):
+    line = one_line_error(run_fedq("broker", "check", "--broker", url))
+    assert says in line and never not in line
+
+
 def test_a_wrong_password_is_reported_without_echoing_it():
     result = run_fedq("broker", "check", "--broker", "amqp://guest:hunter2@127.0.0.1:5672/")
     line = one_line_error(result)

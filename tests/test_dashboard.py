@@ -432,6 +432,47 @@ async def test_the_dlq_is_browsed_page_by_page_and_by_reason_from_the_ledger(
         assert not opened.errors
 
 
+async def test_the_picker_lists_the_newest_first_and_shows_the_one_picked(
+    tmp_path, federation, browser
+):
+    """Two finished federations under one state dir: the picker lists the one active last
+    first and shows it alone; picking the other shows its card, its queues and its DLQ;
+    its address (#fed=NAME) opens it again."""
+    older, newer = f"{federation}-a", f"{federation}-b"
+    for name in (older, newer):  # one after the other: newer is active last
+        plan = SimulationPlan(
+            coordinator=CoordinatorConfig(
+                federation=name, participants=2, rounds=2, state_dir=tmp_path / name,
+                linger_seconds=0,
+            ),
+            participant=ParticipantConfig(federation=name, participant_id="p"),
+        )  # fmt: skip
+        await asyncio.wait_for(simulate(plan, LearningSynthetic(10)), 60)
+    ledger = UpdateLedger(tmp_path / older / "ledger.sqlite")
+    ledger.record_rejection("u9", "p1", 1, 0, 1, "norm_exceeded", "a refusal of the older")
+    ledger.close()
+    async with dashboard(tmp_path) as dash:
+        opened = await open_page(browser, dash.url)
+        page = opened.page
+        # Others' federations on the shared broker, with no ledger here, come after.
+        options = page.locator("#fed-pick option")
+        await expect(options.nth(0)).to_have_text(f"{newer} (done)")
+        await expect(options.nth(1)).to_have_text(f"{older} (done)")
+        await expect(page.locator(f"#fed-{newer}")).to_be_visible()
+        await expect(page.locator(f"#fed-{older}")).to_have_count(0)
+        await page.select_option("#fed-pick", older)
+        await expect(page.locator(f"#fed-{older}")).to_be_visible()
+        await expect(page.locator(f"#fed-{newer}")).to_have_count(0)
+        await expect(page.locator("#dlq-table")).to_contain_text("norm_exceeded")
+        # Not seen live, so what each trained on last is not known: a dash, never "vnull".
+        await expect(page.locator(f"#fed-{older} table.participants")).not_to_contain_text("null")
+        assert page.url.endswith(f"#fed={older}")
+        again = await open_page(browser, f"{dash.url}#fed={older}")
+        await expect(again.page.locator(f"#fed-{older}")).to_be_visible()
+        await opened.screenshot(tmp_path / "picker.png")
+        assert not opened.errors and not again.errors
+
+
 def test_the_ledger_is_opened_read_only(tmp_path):
     path = tmp_path / "ledger.sqlite"
     UpdateLedger(path).close()

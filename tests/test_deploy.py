@@ -230,6 +230,18 @@ def test_the_committed_definitions_are_the_rendered_template():
     assert {u["password_hash"] for u in TEMPLATE["users"]} == {""}  # no login until rendered
 
 
+def test_the_dead_letter_policy_keeps_evidence_with_the_coordinators_own_bounds():
+    """The rendered policy on fedq.F.rejected says what a coordinator with its defaults
+    declares (RabbitMQ applies the lower of each bound, and the queue's overflow): the
+    same limits, and reject-publish, never drop-head, which lets a flood push out the
+    first evidence."""
+    [policy] = TEMPLATE["policies"]
+    declared = Topology(FEDERATION).rejected_arguments()
+    assert policy["pattern"] == f"^{re.escape(Topology(FEDERATION).rejected)}$"
+    assert policy["definition"] == {name.removeprefix("x-"): v for name, v in declared.items()}
+    assert policy["definition"]["overflow"] == "reject-publish"
+
+
 def test_render_definitions_keeps_the_passwords_it_generates(tmp_path):
     out, env = tmp_path / "definitions.json", tmp_path / "secrets" / "fedq.env"
     script = [sys.executable, str(DEPLOY / "render_definitions.py"), "--participants", "a,b"]

@@ -3,6 +3,7 @@ momentum and FedProx's proximal term."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 from fedq.apps.keras_app import Arrays, KerasApp, import_keras
 from fedq.messages.codec import Weights
 from fedq.participant.app import AppError, Partition, TrainConfig
+from tests.conftest import BROKER_URL
 from tests.helpers import run_fedq
 from tests.test_cli import one_line_error
 
@@ -100,6 +102,38 @@ def test_learning_rate_and_momentum_come_from_the_config() -> None:
     assert slots and any(np.any(v.numpy() != 0) for v in slots)
 
 
+def norm(weights: Weights) -> float:
+    return float(np.sqrt(sum(np.sum(w.astype(np.float64) ** 2) for w in weights.values())))
+
+
+def test_weight_decay_shrinks_the_weights_as_sgd_with_l2_would() -> None:
+    """With SGD, Keras's decoupled decay is PyTorch's L2 weight decay (NIID-Bench's 1e-5):
+    a large one pulls every weight toward 0 over the same steps; a second round with
+    another value is an error (the train step was built with the first)."""
+    base = TrainConfig(epochs=3, batch_size=32)
+    plain = norm(trained(make_app(), base))
+    decaying = make_app()
+    decayed = norm(trained(decaying, TrainConfig(epochs=3, batch_size=32, weight_decay=0.5)))
+    assert decayed < 0.8 * plain, (decayed, plain)
+    with pytest.raises(AppError, match="cannot change between rounds"):
+        trained(decaying, TrainConfig(weight_decay=0.1))
+
+
+def test_evaluate_local_holds_out_a_tenth_and_reports_the_global_model_on_it() -> None:
+    """Before training, the model it was sent is evaluated on a held-out tenth of the
+    participant's data (the same tenth each round), reported as local_*; training uses
+    the rest."""
+    app = make_app()
+    start = app.initial_weights()
+    result = app.train(start, Partition(), TrainConfig(evaluate_local=True))
+    assert result.num_examples == SAMPLES - round(SAMPLES / 10)
+    assert {"local_loss", "local_accuracy", "loss", "accuracy"} <= result.metrics.keys()
+    again = app.train(start, Partition(), TrainConfig(evaluate_local=True))
+    assert again.metrics["local_loss"] == pytest.approx(result.metrics["local_loss"], rel=1e-6)
+    plain = app.train(start, Partition(), TrainConfig())
+    assert "local_loss" not in plain.metrics and plain.num_examples == SAMPLES
+
+
 def test_mistakes_in_the_options_are_one_clear_error() -> None:
     with pytest.raises(AppError, match="has none"):
         trained(make_app("adam"), TrainConfig(momentum=0.9))
@@ -129,3 +163,23 @@ def test_bad_training_flags_are_one_line(tmp_path: Path, flags: list[str], says:
         "simulate", "--app", "fedq.apps.synthetic:app", *flags, "--state-dir", str(tmp_path)
     )
     assert says in one_line_error(result)
+
+
+def test_federated_evaluation_and_weight_decay_on_rabbitmq(tmp_path: Path) -> None:
+    """`fedq simulate --evaluate-local --weight-decay` on RabbitMQ: every update carries
+    its participant's held-out evaluation of the model it was sent, and `fedq history`
+    shows its mean and range per version, and each participant's share of the updates."""
+    state = tmp_path / "state"
+    run = run_fedq(
+        "simulate", "--app", "fedq.apps.dense:app", "-n", "3", "-r", "2", "--evaluate-local",
+        "--weight-decay", "1e-5", "--partition-scheme", "labels:2", "--state-dir", str(state),
+        "--broker", BROKER_URL, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    history = run_fedq("history", "--state-dir", str(state))
+    assert "federated eval" in history.stdout, history.stdout
+    assert "folded updates by participant: p0 2 (33%), p1 2 (33%), p2 2 (33%)" in history.stdout
+    rows = json.loads(run_fedq("history", "--state-dir", str(state), "--json").stdout)["rounds"]
+    for row in rows:
+        low, high = row["local_accuracy_range"]
+        assert 0 <= low <= row["local_metrics"]["local_accuracy"] <= high <= 1

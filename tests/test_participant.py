@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
 
 from fedq.apps.synthetic import SyntheticApp
+from fedq.messages.amqp import AmqpTransport
 from fedq.messages.chunks import MAX_CHUNK_BYTES, MIN_CHUNK_BYTES, encode_chunks
 from fedq.messages.codec import decode_message, encode_message
 from fedq.messages.schema import MAX_INT, MESSAGE_TYPES, FederationDone, ModelMeta, UpdateMeta
 from fedq.messages.topology import FEDERATION_DONE, Topology
-from fedq.messages.transport import Transport
+from fedq.messages.transport import Transport, TransportError
+from fedq.participant import worker
 from fedq.participant.config import ParticipantConfig
 from fedq.participant.model_assembly import model_queue_bytes
 from fedq.participant.worker import LocalUpdate, Participant
+from tests.conftest import BROKER_URL
 
 MANY_TENSORS = {
     **{f"block_{i}/{'conv' * 15}/kernel": np.ones((3, 3, 4, 5), np.float32) for i in range(60)},
@@ -180,3 +184,38 @@ async def test_a_participant_skips_a_model_that_something_newer_waits_behind(
     finally:
         run.cancel()
         await topology.delete(coordinator, ["solo"])
+
+
+async def test_without_a_coordinator_a_participant_says_so_and_a_stop_leaves_nothing(
+    federation, monkeypatch, caplog
+):
+    """The exchanges exist (a coordinator ran once), none runs now: the participant says
+    that no model came, now and then, instead of waiting in silence; stopped (a cancelled
+    run: Ctrl-C, SIGTERM), it says leave and takes its queue off the broker."""
+    monkeypatch.setattr(worker, "NO_MODEL_NOTICE_SECONDS", 0.2)
+    topology = Topology(federation)
+    config = ParticipantConfig(federation=federation, participant_id="p0")
+    async with AmqpTransport(BROKER_URL) as transport:
+        await topology.declare_core(transport)
+        try:
+            run = asyncio.create_task(Participant(config, SyntheticApp(params=6), transport).run())
+            async with transport.consume(topology.coordinator, prefetch=10) as events:
+                join = await asyncio.wait_for(anext(events), 10)
+                assert join.routing_key == "join.p0"
+                await join.ack()
+                deadline = time.monotonic() + 10
+                while "no model from the coordinator" not in caplog.text:
+                    assert not run.done() and time.monotonic() < deadline, caplog.text
+                    await asyncio.sleep(0.05)
+                run.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await run
+                kinds = []
+                while "leave.p0" not in kinds:
+                    event = await asyncio.wait_for(anext(events), 10)
+                    await event.ack()
+                    kinds.append(event.routing_key)
+            with pytest.raises(TransportError, match="NOT_FOUND"):
+                await transport.queue_depth(topology.model_queue("p0"))
+        finally:
+            await topology.delete(transport, ["p0"])

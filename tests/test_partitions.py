@@ -80,17 +80,33 @@ def test_tiny_beta_skews_labels_more_than_huge_beta(seed):
 
 
 @given(classes=st.integers(1, 10), count=counts, k=st.integers(1, 10), seed=seeds)
-def test_labels_k_gives_each_participant_exactly_k_labels(classes, count, k, seed):
+def test_labels_k_gives_participant_i_label_i_and_k_minus_1_others(classes, count, k, seed):
+    """NIID-Bench's #C=k: participant i holds label i mod C and k - 1 other distinct labels;
+    parts are disjoint and hold every sample of every label someone holds."""
     k = min(k, classes)
     labels = balanced_labels(classes, count * k, seed)  # enough for every holder of a label
     parts = split(labels, count, Scheme("labels", k), seed)
-    assert all(len(s) == k for s in held(labels, parts))
+    holds = held(labels, parts)
+    assert all(len(s) == k and i % classes in s for i, s in enumerate(holds))
     placed = np.concatenate(parts)
     assert len(np.unique(placed)) == len(placed)  # disjoint
-    # Every label has a holder when count*k >= classes; else count*k labels, each held once.
-    covered = set().union(*held(labels, parts))
-    assert len(covered) == min(classes, count * k)
+    covered = set().union(*holds)
+    if count >= classes:
+        assert covered == set(range(classes))
     assert np.array_equal(np.sort(placed), np.flatnonzero(np.isin(labels, list(covered))))
+
+
+def test_labels_2_of_10_overlap_as_niid_bench_draws_them():
+    """The groups of labels:2 on 10 participants are not five disjoint pairs (the rule
+    fedq had, which made a harder problem than the benchmark): each holds its own label
+    and one drawn among the other nine, and over seeds the drawn one is each of them."""
+    labels = balanced_labels(10, 50, 0)
+    drawn: set[int] = set()
+    for seed in range(40):
+        holds = held(labels, split(labels, 10, Scheme("labels", 2), seed))
+        assert all(i in s for i, s in enumerate(holds))
+        drawn |= {label for i, s in enumerate(holds) for label in s - {i}}
+    assert drawn == set(range(10))
 
 
 @given(classes=st.integers(1, 10), count=counts, k=st.integers(1, 10), seed=seeds)

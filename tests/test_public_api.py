@@ -24,6 +24,7 @@ PUBLIC = [
     "ParticipantConfig",
     "Partition",
     "ServerOptimizer",
+    "SettingsError",
     "SimulationPlan",
     "TrainConfig",
     "TrainResult",
@@ -32,6 +33,8 @@ PUBLIC = [
     "open_transport",
     "run_participants",
     "simulate",
+    "simulate_async",
+    "simulate_plan",
 ]
 
 
@@ -69,6 +72,6 @@ async def test_a_federation_runs_from_the_top_level_names_alone(tmp_path):
         fedq.CoordinatorConfig(federation="f", participants=3, rounds=2, state_dir=tmp_path),
         fedq.ParticipantConfig(federation="f", participant_id="p"),
     )
-    result = await fedq.simulate(plan, SyntheticApp(params=8))
+    result = await fedq.simulate_plan(plan, SyntheticApp(params=8))
     assert isinstance(result, fedq.FederationResult)
     assert (result.model_version, result.updates_incorporated) == (2, 6)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from fedq.messages.topology import Topology, UpdatesQueueType
 from fedq.messages.transport import TransportError
 from fedq.participant.config import ParticipantConfig
 from fedq.scenario import ParticipantProfile
-from fedq.simulation import SimulationPlan, simulate
+from fedq.simulation import SimulationPlan, simulate, simulate_with_participants
 from tests.conftest import BROKER_URL
 from tests.helpers import Commits, Straggler
 
@@ -151,3 +152,34 @@ async def test_a_finished_simulation_leaves_only_queues_that_hold_messages(
         ]:
             with pytest.raises(TransportError):
                 await transport.queue_depth(queue)
+
+
+async def test_client_sampling_draws_who_trains_and_the_quorum_applies_within(
+    tmp_path: Path, federation: str
+):
+    """6 participants, --sample-fraction 0.5 (3 drawn per version, seeded), K = 2: once
+    every participant is alive, each version is made only of participants its model named,
+    drawn as the federation's seed says; the others acked that model without training."""
+    plan = on_rabbitmq(
+        federation, tmp_path, participants=6, rounds=5, quorum=2, sample_fraction=0.5,
+        linger_seconds=5,
+    )  # fmt: skip
+    try:
+        result, stats = await simulate_with_participants(plan, SyntheticApp(params=100))
+        assert result.model_version == 5
+        ledger = UpdateLedger(tmp_path / "ledger.sqlite")
+        seed = ledger.get_meta("dp_seed")
+        everyone = sorted(f"p{i}" for i in range(6))
+        sampled_versions = 0
+        for version in range(1, 6):
+            folded = {u.participant for u in ledger.updates_of(version)}
+            drawn = set(random.Random(f"{seed}:{version - 1}").sample(everyone, 3))
+            if folded <= drawn:
+                sampled_versions += 1
+            else:  # only before every participant was known alive: everyone trained
+                assert version == 1, (version, folded, drawn)
+        assert sampled_versions >= 4
+        assert sum(s.rounds_not_sampled for s in stats) >= 3 * sampled_versions
+        assert "not_sampled" not in result.rejected_by_reason
+    finally:
+        await teardown(federation, 6)

@@ -4,15 +4,18 @@ coordinator is not pulled from under its feet unless forced."""
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Awaitable, Callable
 
 import httpx
 
 from fedq.management import default_management_url
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.topology import Topology
+from fedq.messages.transport import TransportError
 from fedq.teardown import SHOWN_NAMES, Removed
 from tests.conftest import BROKER_URL
-from tests.helpers import run_fedq
+from tests.helpers import run_fedq, start_fedq
 
 
 def names_left(federation: str) -> list[str]:
@@ -88,3 +91,42 @@ def test_the_summary_counts_every_name_but_lists_only_a_few():
     assert len(line) < 500
     few = Removed([topology.updates], []).summary("f")
     assert few.endswith(f": {topology.updates}") and "more" not in few
+
+
+def test_a_coordinator_whose_queues_are_torn_down_stops_with_one_line(tmp_path, federation):
+    """``fedq teardown --force`` under a running coordinator: it used to go on silently,
+    waiting for updates on a queue that no longer existed."""
+    coordinator = start_fedq(
+        "coordinator", "--app", "fedq.apps.synthetic:app", "--federation", federation,
+        "-n", "2", "-r", "1", "--state-dir", str(tmp_path / "state"), "--broker", BROKER_URL,
+        log=tmp_path / "coordinator.log",
+    )  # fmt: skip
+    try:
+        topology = Topology(federation)
+
+        async def consumed() -> bool:
+            async with AmqpTransport(BROKER_URL) as transport:
+                return await transport.queue_consumers(topology.updates) > 0
+
+        deadline = time.monotonic() + 60
+        while not asyncio.run(_quiet(consumed)):
+            assert coordinator.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        forced = run_fedq("teardown", "--federation", federation, "--broker", BROKER_URL, "--force")
+        assert forced.returncode == 0, forced.stderr
+        status = coordinator.wait(timeout=60)
+    finally:
+        if coordinator.poll() is None:
+            coordinator.kill()
+    output = (tmp_path / "coordinator.log").read_text()
+    assert status != 0, output
+    assert "was deleted on the broker" in output.strip().splitlines()[-1]
+    assert "Traceback" not in output
+
+
+async def _quiet(check: Callable[[], Awaitable[bool]]) -> bool:
+    """``check()``, or False while what it asks about does not exist yet."""
+    try:
+        return await check()
+    except TransportError:
+        return False

@@ -11,6 +11,7 @@ import pytest
 
 from fedq.messages.transport import (
     Delivery,
+    QueueDeleted,
     QueueFull,
     Transport,
     TransportError,
@@ -322,6 +323,24 @@ async def test_consuming_a_missing_queue_fails_clearly(transport_pair):
     with pytest.raises(TransportError):
         async with sub.consume(queue, prefetch=1):
             pass
+
+
+async def test_a_consumer_whose_queue_is_deleted_ends_with_queue_deleted(transport_pair):
+    """``fedq teardown --force`` under a running process: what consumed the queue stops,
+    instead of waiting forever for what can no longer arrive."""
+    pub, sub = transport_pair
+    _, queue = names()
+    await pub.declare_queue(queue, durable=False)
+    async with sub.consume(queue, prefetch=1) as deliveries:
+        await pub.publish("", queue, b"one")
+        first = await next_delivery(deliveries)
+        await first.ack()
+        waiting = asyncio.ensure_future(anext(deliveries))
+        await pub.delete_queue(queue)
+        with pytest.raises(QueueDeleted, match=queue):
+            await asyncio.wait_for(waiting, 10)
+        with pytest.raises(QueueDeleted):  # and it stays ended
+            await next_delivery(deliveries)
 
 
 async def test_publishing_to_a_missing_exchange_fails_and_the_transport_recovers(transport_pair):

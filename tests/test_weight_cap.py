@@ -12,8 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fedq.coordinator.headroom import Headroom
 from fedq.coordinator.strategies import AggregationContext
-from fedq.coordinator.strategies.base import FoldOverflow, capped_weights, weight_cap
+from fedq.coordinator.strategies.base import FoldOverflow, WholeDelta, capped_weights, weight_cap
 from fedq.coordinator.strategies.clipped_mean import NormClippedMean
 from fedq.coordinator.strategies.krum import Krum
 from fedq.coordinator.strategies.mean import WeightedMean
@@ -96,3 +97,18 @@ def test_values_near_the_float32_limit_with_small_weights_stay_finite():
     mean.add(delta(3e38), 1)
     for tensor in mean.result().values():
         assert np.isfinite(tensor).all()
+
+
+@pytest.mark.parametrize(
+    ("model", "delta", "fits"),
+    [
+        ([2e38, 0.0], [2e38, 0.0], False),  # past float32 where both are large
+        ([2e38, 0.0], [1e38, -1e38], True),  # within: the fast path alone decides
+        ([3e38, 0.0], [0.0, 3e38], True),  # the peaks add past it, but at other entries
+        ([-3e38, 1.0], [-1e38, 0.0], False),  # negative overflow too
+        ([0.0, 0.0], [np.nan, 0.0], False),
+    ],
+)
+def test_headroom_refuses_exactly_the_deltas_that_take_the_model_past_float32(model, delta, fits):
+    base = {"w": np.array(model, np.float32)}
+    assert Headroom.of(base).fits(WholeDelta({"w": np.array(delta, np.float32)})) is fits

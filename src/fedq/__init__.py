@@ -5,12 +5,15 @@ against them survives a reorganisation of the modules behind them::
 
     import fedq
 
+    result = fedq.simulate(app="fedq.apps.dense:app", participants=3, rounds=3, quorum=2)
+    result.final_metrics["accuracy"], len(result.history), result.state_dir
+
     app = fedq.KerasApp(build_model, load_partition, load_test)
     plan = fedq.SimulationPlan(
         fedq.CoordinatorConfig(federation="f", participants=4, rounds=5, state_dir=path),
         fedq.ParticipantConfig(federation="f", participant_id="p"),
     )
-    result = asyncio.run(fedq.simulate(plan, app))
+    result = asyncio.run(fedq.simulate_plan(plan, app))
 
 - your model and data: :class:`App` (the protocol), :class:`KerasApp`, :class:`Partition`,
   :class:`TrainConfig`, :class:`TrainResult`, :class:`AppError`;
@@ -20,7 +23,10 @@ against them survives a reorganisation of the modules behind them::
   (:class:`UpdateSeen`, :class:`CommitTimings`, :class:`VersionSummary`);
 - settings, one pydantic model per role: :class:`CoordinatorConfig`,
   :class:`ParticipantConfig`;
-- running: :func:`simulate` with a :class:`SimulationPlan` (one process), or a
+- running: :func:`simulate` (``fedq simulate`` from Python, its flags as keywords; from a
+  script or a notebook; :class:`SettingsError` for a keyword it does not know) or
+  :func:`simulate_async` (the same, awaited); :func:`simulate_plan` with a
+  :class:`SimulationPlan` (one process), or a
   :class:`Coordinator` and :class:`Participant` each on a transport from
   :func:`open_transport`; :func:`run_participants` for many in one process; the outcome,
   :class:`FederationResult`.
@@ -57,7 +63,10 @@ _HOMES: dict[str, str] = {
     "Participant": "fedq.participant.worker",
     "open_transport": "fedq.messages.connect",
     "SimulationPlan": "fedq.simulation",
-    "simulate": "fedq.simulation",
+    "simulate_plan": "fedq.simulation",
+    "simulate": "fedq.api",
+    "simulate_async": "fedq.api",
+    "SettingsError": "fedq.api",
     "run_participants": "fedq.simulation",
 }
 
@@ -77,6 +86,7 @@ __all__ = [
     "ParticipantConfig",
     "Partition",
     "ServerOptimizer",
+    "SettingsError",
     "SimulationPlan",
     "TrainConfig",
     "TrainResult",
@@ -85,9 +95,12 @@ __all__ = [
     "open_transport",
     "run_participants",
     "simulate",
+    "simulate_async",
+    "simulate_plan",
 ]
 
 if TYPE_CHECKING:
+    from fedq.api import SettingsError, simulate, simulate_async
     from fedq.apps.keras_app import KerasApp
     from fedq.coordinator.config import CoordinatorConfig
     from fedq.coordinator.observers import CommitTimings, CoordinatorObserver, UpdateSeen
@@ -103,7 +116,7 @@ if TYPE_CHECKING:
     from fedq.participant.app import App, AppError, Partition, TrainConfig, TrainResult
     from fedq.participant.config import ParticipantConfig
     from fedq.participant.worker import Participant
-    from fedq.simulation import SimulationPlan, run_participants, simulate
+    from fedq.simulation import SimulationPlan, run_participants, simulate_plan
 
 
 def __getattr__(name: str) -> Any:

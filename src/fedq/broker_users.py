@@ -33,9 +33,14 @@ from typing import Any
 
 #: RabbitMQ's name for the default exchange in permissions.
 DEFAULT_EXCHANGE = "amq.default"
-#: The policy's cap on the dead-letter queue: a hostile participant cannot fill the disk
-#: with rejected updates; past it the oldest go first (drop-head).
-REJECTED_MAX_BYTES = 1024**3
+#: The policy's caps on the dead-letter queue, the coordinator's own defaults
+#: (``fedq.messages.topology``: --dead-letter-bytes, one message per 16 KiB of it; a test
+#: keeps them equal): a hostile participant cannot fill the disk with rejected updates, and
+#: past them RabbitMQ refuses new copies and keeps the evidence it has (reject-publish;
+#: drop-head would let a flood push the first evidence out). Where the coordinator declares
+#: other limits, the lower of each applies, and its overflow setting.
+REJECTED_MAX_BYTES = 256 << 20
+REJECTED_MAX_MESSAGES = REJECTED_MAX_BYTES // (16 << 10)
 
 
 def password_hash(password: str, salt: bytes | None = None) -> str:
@@ -143,7 +148,11 @@ def definitions(
                 "pattern": f"^{re.escape(f'fedq.{federation}.rejected')}$",
                 "apply-to": "queues",
                 "priority": 0,
-                "definition": {"max-length-bytes": REJECTED_MAX_BYTES, "overflow": "drop-head"},
+                "definition": {
+                    "max-length-bytes": REJECTED_MAX_BYTES,
+                    "max-length": REJECTED_MAX_MESSAGES,
+                    "overflow": "reject-publish",
+                },
             }
         ],
         "parameters": [],

@@ -50,7 +50,9 @@ def history_table(
     """A row per committed version; with ``attendance`` (:mod:`fedq.coordinator.attendance`),
     who was late and who was missing in it. ``loss`` and ``accuracy`` are the app's held-out
     evaluation of the version; ``local accuracy`` is what its updates' participants measured
-    on their own data while training, weighted by examples."""
+    on their own data while training, weighted by examples; ``federated eval`` (with
+    ``--evaluate-local``) what they measured on data they held out, on the model they were
+    sent, with its range across participants."""
     rows = list(rows)
     private = any(r.epsilon is not None for r in rows)
     who = {a.version: a for a in attendance}
@@ -58,7 +60,9 @@ def history_table(
     columns = ["version", "round", "closed by", "updates", "participants", "refused"]
     columns += ["late", "missing"] if who else []
     local = any("accuracy" in r.local_metrics for r in rows)
+    evaluated = any(r.local_accuracy_range is not None for r in rows)
     columns += ["bytes in", "loss", "accuracy"] + (["local accuracy"] if local else [])
+    columns += ["federated eval"] if evaluated else []
     columns += ["seconds"] + (["epsilon"] if private else [])
     left = ("participants", "refused", "late", "missing")
     for column in columns:
@@ -77,12 +81,22 @@ def history_table(
             _fmt(row.metrics, "loss"),
             _fmt(row.metrics, "accuracy"),
             *([_fmt(row.local_metrics, "accuracy")] if local else []),
+            *([_spread(row)] if evaluated else []),
             f"{row.seconds:.2f}",
         ]
         if private:
             cells.append("-" if row.epsilon is None else f"{row.epsilon:.3g}")
         table.add_row(*(plain(c) for c in cells))
     return table
+
+
+def _spread(row: VersionSummary) -> str:
+    """Federated evaluation of the model its updates were trained on: the weighted mean of
+    the participants' ``local_accuracy`` and its range, ``0.812 (0.61-0.93)``."""
+    if row.local_accuracy_range is None:
+        return "-"
+    low, high = row.local_accuracy_range
+    return f"{row.local_metrics['local_accuracy']:.3f} ({low:.2f}-{high:.2f})"
 
 
 def _attendance(a: Attendance | None) -> list[str]:

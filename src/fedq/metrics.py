@@ -74,6 +74,13 @@ class PrometheusMetrics(CoordinatorObserver):
             (*by, "reason"),
             registry=on,
         )
+        self._dead_letter_dropped = Counter(
+            "fedq_dead_letter_dropped",
+            "Refused updates (or chunks) without their copy in the dead-letter queue, by "
+            "reason and cause: queue_full, sender_share, unroutable.",
+            (*by, "reason", "cause"),
+            registry=on,
+        )
         self._bytes = Counter(
             "fedq_updates_received_bytes",
             "Bytes of update bodies as received, whatever their fate.",
@@ -148,6 +155,9 @@ class PrometheusMetrics(CoordinatorObserver):
             self._duplicates.inc()
         else:
             self._rejected.labels(self.federation, update.reason or "unknown").inc()
+
+    def dead_letter_dropped(self, reason: str, cause: str) -> None:
+        self._dead_letter_dropped.labels(self.federation, reason, cause).inc()
 
     def version_committed(self, row: VersionSummary) -> None:
         self._version.set(row.version)

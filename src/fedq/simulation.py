@@ -1,4 +1,6 @@
-"""``fedq simulate``: a coordinator and N participants in one process.
+"""``fedq simulate``: a coordinator and N participants in one process, as a plan.
+
+(``fedq.simulate``, the Python API of :mod:`fedq.api`, makes the plan of its keywords.)
 
 On the embedded broker by default (no RabbitMQ needed); with a broker URL the very same
 code runs over RabbitMQ, the coordinator and the participants on separate connections.
@@ -71,7 +73,7 @@ def transports(broker_url: str | None) -> tuple[Transport, Transport]:
     if broker_url is None:
         broker = MemoryBroker()
         return MemoryTransport(broker, "coordinator"), MemoryTransport(broker, "participants")
-    return open_transport(broker_url), open_transport(broker_url)
+    return open_transport(broker_url, consumers_apart=True), open_transport(broker_url)
 
 
 async def run_participants(
@@ -92,13 +94,19 @@ async def run_participants(
     return list(await asyncio.gather(*workers))
 
 
-async def simulate(
+async def simulate_plan(
     plan: SimulationPlan,
     app: App,
     observers: Sequence[CoordinatorObserver] = (),
 ) -> FederationResult:
+    """Run ``plan``'s federation with ``app`` (``fedq simulate`` does, and
+    ``fedq.simulate`` once it made the plan of its keywords)."""
     result, _ = await simulate_with_participants(plan, app, observers)
     return result
+
+
+#: The name the CLI, the tests and the benches import it by.
+simulate = simulate_plan
 
 
 async def simulate_with_participants(

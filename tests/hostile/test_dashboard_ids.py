@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
+from fedq.coordinator.roster import Roster
 from fedq.dashboard.live import MAX_SHOWN_PARTICIPANTS, ControlListener, LiveState
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.codec import encode_message
@@ -68,3 +69,10 @@ async def test_the_dashboard_believes_no_body_against_its_key_and_shows_a_bounde
     assert "p1" not in shown.participants and shown.done is None
     assert len(shown.participants) == MAX_SHOWN_PARTICIPANTS
     assert f"ghost-{GHOSTS - 1}" in shown.participants and "ghost-0" not in shown.participants
+
+
+def test_with_a_roster_the_dashboard_shows_only_the_participants_it_names():
+    live = LiveState(Roster({"p0": None, "p1": 5}))
+    for participant in ("p0", "ghost", "p1", "p2"):
+        live.apply(Heartbeat(federation="f", participant=participant), 1.0)
+    assert list(live.federations["f"].participants) == ["p0", "p1"]

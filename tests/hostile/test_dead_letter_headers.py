@@ -11,8 +11,8 @@ import numpy as np
 
 from fedq.apps.synthetic import SyntheticApp
 from fedq.coordinator.config import CoordinatorConfig
+from fedq.coordinator.evidence import KEPT_HEADERS, MAX_REASON_CHARS, REASON_HEADER
 from fedq.coordinator.service import Coordinator
-from fedq.coordinator.settle import KEPT_HEADERS, MAX_REASON_CHARS, REASON_HEADER
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.codec import encode_message
 from fedq.messages.schema import MESSAGE_TYPES, UpdateMeta

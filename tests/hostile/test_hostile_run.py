@@ -47,6 +47,8 @@ REPLAYS = 200
 #: Well-formed updates (norm outliers, distinct ids) from the attacker on the open version:
 #: past --max-updates-per-participant (4) in a version they are refused rate_limited.
 WELL_FORMED_FLOOD = 40
+#: Room in the DLQ for every hostile body (the default, 256 MiB, is less than the flood).
+DEAD_LETTER_BYTES = 1 << 30
 #: Seconds each honest participant adds to a round.
 DELAY = 2.0
 #: The coordinator's peak RSS must stay under this. Holding the flood alone would take
@@ -115,7 +117,7 @@ async def pause_with_a_version_open(
 
 
 def test_hostile_input_during_a_real_run(tmp_path, federation):
-    topology = Topology(federation)
+    topology = Topology(federation, dead_letter_max_bytes=DEAD_LETTER_BYTES)
     tag = uuid.uuid4().hex[:6]
     model = SyntheticApp(params=PARAMS).initial_weights()
     with broker_users([f"h{tag}-{i}" for i in range(3)] + [f"mallory-{tag}"]) as users:
@@ -125,7 +127,17 @@ def test_hostile_input_during_a_real_run(tmp_path, federation):
             federation,
             rounds=12,
             users=honest,
-            coordinator_args=["--verify-identity", "--max-update-norm", str(NORM_BOUND)],
+            # Every hostile body is kept (360 MB of garbage from one user): the DLQ's bound
+            # and the per-user share are test_dead_letter_bound.py's.
+            coordinator_args=[
+                "--verify-identity",
+                "--max-update-norm",
+                str(NORM_BOUND),
+                "--dead-letter-bytes",
+                str(DEAD_LETTER_BYTES),
+                "--dead-letter-share",
+                "1",
+            ],
             participant_args=["--delay", str(DELAY)],
         )
         spy = f"{topology.updates}.spy-{tag}"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -64,7 +65,12 @@ def update(federation: str, participant: str, num_examples: int, delta: Weights)
 
 
 async def run_one_version(
-    tmp_path: Path, federation: str, participants: int, bodies: list[tuple[str, bytes]], **extra
+    tmp_path: Path,
+    federation: str,
+    participants: int,
+    bodies: list[tuple[str, bytes]],
+    app: SyntheticApp | None = None,
+    **extra: Any,
 ) -> tuple[Weights, dict[str, int], list[tuple[str, bytes]]]:
     """Publish ``bodies`` first, then run a coordinator for one version of ``participants``:
     the committed model v1, the refusals by reason, and the dead letters (reason, body)."""
@@ -87,7 +93,7 @@ async def run_one_version(
                     topology.updates, UPDATE_KEY, body, message_id=message_id,
                     type=MESSAGE_TYPES["update"], mandatory=True,
                 )  # fmt: skip
-            coordinator = Coordinator(config, SyntheticApp(params=PARAMS), own)
+            coordinator = Coordinator(config, app or SyntheticApp(params=PARAMS), own)
             result = await asyncio.wait_for(coordinator.run(), 120)
             assert result.model_version == 1
             assert await sender.queue_depth(topology.updates) == 0
@@ -178,3 +184,31 @@ async def test_an_update_whose_weighted_sum_overflows_is_refused_and_the_rest_co
     for name, tensor in committed.items():
         assert np.isfinite(tensor).all()
         np.testing.assert_allclose(tensor, start[name] + expected[name], rtol=1e-5, atol=1e-7)
+
+
+class NearTheEdge(SyntheticApp):
+    """A model already near float32's limit, as one attacker's earlier finite updates,
+    weighted down by the cap, can leave it."""
+
+    def initial_weights(self) -> Weights:
+        return {name: np.full_like(w, 2e38) for name, w in super().initial_weights().items()}
+
+
+async def test_an_update_that_alone_would_take_the_model_past_float32_is_refused(
+    tmp_path: Path, federation: str
+):
+    """Each update finite, the aggregate finite, but the model moved by it would not be:
+    the update whose delta added to the model overflows is refused (overflow) and the
+    version is the exact FedAvg of the honest ones; without the check the coordinator
+    stopped before the commit, with every later honest update refused as non-finite."""
+    bodies, weights, honest = honest_updates(federation)
+    push = {name: np.full_like(t, 2e38) for name, t in model().items()}
+    bodies.insert(1, ("u-mallory", update(federation, "mallory", 1, push)))
+    app = NearTheEdge(params=PARAMS)
+    committed, refused, dead = await run_one_version(tmp_path, federation, HONEST, bodies, app)
+    assert refused == {"overflow": 1}
+    assert dead == [("overflow", bodies[1][1])]
+    expected = weighted_mean(weights, honest)
+    start = app.initial_weights()
+    for name, tensor in committed.items():
+        np.testing.assert_allclose(tensor, start[name] + expected[name], rtol=1e-6)

@@ -140,6 +140,11 @@ class KerasApp:
                 self._data[partition] = data
         x, y = data
         self._set(model, weights)
+        metrics: dict[str, float] = {}
+        if config.evaluate_local and len(x) > 1:
+            (x, y), (held_x, held_y) = held_out(x, y, self._seed + partition.index)
+            values = model.evaluate(held_x, held_y, verbose=0, return_dict=True)
+            metrics |= {f"local_{k}": float(v) for k, v in values.items()}
         with self._lock:
             local = self._local.get(partition)
             if local is None:
@@ -148,7 +153,7 @@ class KerasApp:
         history = model.fit(
             x, y, epochs=config.epochs, batch_size=config.batch_size, verbose=0, shuffle=True
         )
-        metrics = {k: float(v[-1]) for k, v in history.history.items()}
+        metrics |= {k: float(v[-1]) for k, v in history.history.items()}
         return TrainResult(self._get(model), num_examples=len(x), metrics=metrics)
 
     def export(self, weights: Weights, path: Path) -> None:
@@ -199,6 +204,21 @@ def _checked(model: keras.Model) -> keras.Model:
             "model.compile(optimizer=..., loss=..., metrics=[...]) before returning it"
         )
     return model
+
+
+#: The share of a participant's data held out for federated evaluation (--evaluate-local).
+LOCAL_EVAL_FRACTION = 0.1
+
+
+def held_out(x: np.ndarray, y: np.ndarray, seed: int) -> tuple[Arrays, Arrays]:
+    """(what it trains on, what it evaluates on): LOCAL_EVAL_FRACTION of the examples (at
+    least one, and one fewer than all), drawn with ``seed``, the same every round. Drawn,
+    not the last ones: a non-IID partition may hold its labels in runs."""
+    n = len(x)
+    size = min(max(1, round(LOCAL_EVAL_FRACTION * n)), n - 1)
+    chosen = np.zeros(n, bool)
+    chosen[np.random.default_rng(seed).choice(n, size, replace=False)] = True
+    return (x[~chosen], y[~chosen]), (x[chosen], y[chosen])
 
 
 def shard(arrays: Arrays, partition: Partition, seed: int) -> Arrays:

@@ -38,6 +38,8 @@ class LocalTraining:
         self._fresh: list[np.ndarray] | None = None
         self._anchors: list[Any] | None = None
         self._mu: Any = None
+        #: Whether a weight decay was set (it cannot change once ``fit`` used it).
+        self._decay_fixed = False
 
     @property
     def optimizer(self) -> Any:
@@ -58,6 +60,8 @@ class LocalTraining:
                 variable.assign(value)
         if config.learning_rate is not None:
             self._set_learning_rate(config.learning_rate)
+        if config.weight_decay is not None:
+            self._set_weight_decay(config.weight_decay)
         if config.proximal_mu > 0 and self._anchors is None:
             self._install_proximal_term()
         if self._anchors is not None:
@@ -86,6 +90,19 @@ class LocalTraining:
         if not optimizer.built:
             optimizer.build(self.model.trainable_variables)
         self._fresh = [np.array(v.numpy()) for v in optimizer.variables]
+
+    def _set_weight_decay(self, decay: float) -> None:
+        """Keras applies it decoupled (w -= lr x decay x w each step), which for SGD is
+        PyTorch's L2 weight decay, NIID-Bench's. It is read when ``fit`` builds its train
+        step, so it cannot change between rounds."""
+        current = getattr(self.optimizer, "weight_decay", None)
+        if self._decay_fixed and decay != (current or 0.0):
+            raise AppError(
+                f"weight decay {decay}: the optimizer already trained with {current} and it "
+                "cannot change between rounds"
+            )
+        self.optimizer.weight_decay = decay or None
+        self._decay_fixed = True
 
     def _set_learning_rate(self, rate: float) -> None:
         try:

@@ -48,7 +48,7 @@ def coordinator_command(
 
     async def main() -> FederationResult:
         async with (
-            open_transport(url) as transport,
+            open_transport(url, consumers_apart=True) as transport,
             watching(observing, federation, progress) as observers,
         ):
             return await Coordinator(config, application, transport, observers).run()

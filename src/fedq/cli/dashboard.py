@@ -3,6 +3,7 @@ queues on the broker, with Prometheus metrics at /metrics."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -10,6 +11,7 @@ import typer
 from fedq.cli.flags import BrokerOpt, ManagementOpt, StateOpt, VerboseOpt
 from fedq.cli.running import Failure, fail, run, setup_logging
 from fedq.console import console
+from fedq.coordinator.roster import RosterError, load_roster
 from fedq.dashboard.app import DEFAULT_PORT, DashboardError, serve
 from fedq.settings import settings
 
@@ -24,15 +26,25 @@ def dashboard_command(
     host: Annotated[
         str, typer.Option("--host", help="Address to bind (0.0.0.0: every one).")
     ] = "127.0.0.1",
+    roster: Annotated[
+        Path | None,
+        typer.Option(
+            "--roster", help="The coordinator's --roster: show only the participants it names."
+        ),
+    ] = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Serve a live page of the federations under a state dir: versions, plots,
     participants, queues and the dead-letter queue."""
     setup_logging(verbose)
     url, root = broker or settings().broker_url, state_dir or settings().state_dir
+    try:
+        named = None if roster is None else load_roster(roster)
+    except RosterError as exc:
+        raise fail(str(exc)) from None
     console.print(f"dashboard of {root} on http://{host}:{port}/ (Ctrl+C stops it)")
     try:
-        run(serve(root, url, management_url, host=host, port=port))
+        run(serve(root, url, management_url, host=host, port=port, roster=named))
     except DashboardError as exc:
         raise fail(str(exc)) from None
     except Failure as exc:

@@ -4,6 +4,7 @@ late or missing in each, and every refused update, as a table, JSON or a plot.""
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
@@ -15,8 +16,10 @@ from fedq import strict_json
 from fedq.cli.flags import StateOpt
 from fedq.cli.running import fail
 from fedq.console import console, history_table, plain
+from fedq.coordinator.attendance import natural
 from fedq.coordinator.ledger_schema import LedgerError
 from fedq.coordinator.ledger_view import FederationHistory, read_histories
+from fedq.coordinator.records import VersionSummary
 from fedq.plot import PlotUnavailable, plot_history
 from fedq.settings import settings
 
@@ -63,6 +66,7 @@ def print_histories(histories: list[FederationHistory]) -> None:
     for h in histories:
         title = f"federation {h.federation} ({h.state_dir})"
         out.print(history_table(h.rounds, title, h.attendance))
+        out.print(plain(participant_shares(h.rounds)))
         for r in h.rejections:
             base = "" if r["base_version"] is None else f" on v{r['base_version']}"
             out.print(
@@ -71,3 +75,17 @@ def print_histories(histories: list[FederationHistory]) -> None:
                     f"{r['participant'] or '?'}{base}: {r['reason']}: {r['detail']}"
                 )
             )
+
+
+def participant_shares(rows: list[VersionSummary]) -> str:
+    """One line: each participant's folded updates over every version, and its share, so
+    that one the federation keeps leaving out (a straggler refused as stale) shows."""
+    folded = Counter(p for row in rows for p in row.participants)
+    total = sum(folded.values())
+    if not total:
+        return "  folded updates by participant: none"
+    shares = ", ".join(
+        f"{p} {n} ({100 * n / total:.0f}%)"
+        for p, n in sorted(folded.items(), key=lambda item: natural(item[0]))
+    )
+    return f"  folded updates by participant: {shares}"

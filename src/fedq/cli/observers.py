@@ -8,7 +8,8 @@ commands (:mod:`fedq.options`).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -40,23 +41,27 @@ class ObserverSettings(BaseModel):
 
 @contextlib.asynccontextmanager
 async def watching(
-    settings: ObserverSettings, federation: str, progress: RoundProgress
+    settings: ObserverSettings, federation: str, progress: RoundProgress | None
 ) -> AsyncIterator[list[CoordinatorObserver]]:
-    """The coordinator's observers: the live view, Prometheus metrics served at /metrics
-    while it runs when --metrics-port is set, TensorBoard scalars when --tensorboard-dir is."""
-    observers: list[CoordinatorObserver] = [progress]
+    """The coordinator's observers: the live view (None: none, as in the Python API, which
+    logs where the others are instead), Prometheus metrics served at /metrics while it runs
+    when --metrics-port is set, TensorBoard scalars when --tensorboard-dir is."""
+    observers: list[CoordinatorObserver] = [] if progress is None else [progress]
+    say: Callable[[str], object] = (
+        logging.getLogger("fedq").info if progress is None else progress.progress.console.print
+    )
     async with contextlib.AsyncExitStack() as stack:
         if settings.tensorboard_dir is not None:
             board = await stack.enter_async_context(
                 tensorboard_scalars(settings.tensorboard_dir, federation)
             )
-            progress.progress.console.print(f"TensorBoard scalars in {board.directory}")
+            say(f"TensorBoard scalars in {board.directory}")
             observers.append(board)
         if settings.metrics_port is not None:
             metrics = PrometheusMetrics(federation)
             url = await stack.enter_async_context(
                 serve_metrics(metrics, settings.metrics_host, settings.metrics_port)
             )
-            progress.progress.console.print(f"Prometheus metrics at {url}")
+            say(f"Prometheus metrics at {url}")
             observers.append(metrics)
         yield observers

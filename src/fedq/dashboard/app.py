@@ -26,6 +26,7 @@ from starlette.routing import Route
 
 from fedq import strict_json
 from fedq.coordinator.ledger_schema import LedgerError
+from fedq.coordinator.roster import Roster
 from fedq.dashboard.board import Board
 from fedq.dashboard.ledgers import page_of_rejections
 from fedq.dashboard.page import PAGE
@@ -121,8 +122,10 @@ async def serve(
     management_url: str | None = None,
     host: str = "127.0.0.1",
     port: int = DEFAULT_PORT,
+    roster: Roster | None = None,
 ) -> None:
     """Serve the dashboard on http://host:port/ until cancelled, then shut down cleanly.
+    With a ``roster``, only the participants it names are shown.
 
     Raises DashboardError (before serving) for a URL that cannot be right or a port that
     cannot be had. A broker or management API that is down is not an error: the page says
@@ -132,7 +135,7 @@ async def serve(
     management_url = management_url or default_management_url(broker_url)
     if not management_url.startswith(("http://", "https://")):
         raise DashboardError(f"bad --management-url {management_url!r}: expected http://host:15672")
-    board = Board(state_dir, broker_url, management_url)
+    board = Board(state_dir, broker_url, management_url, roster=roster)
     listening = _listen(host, port)
     server = _Server(
         uvicorn.Config(

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fedq.coordinator.ledger_view import LEDGER, find_ledgers
+from fedq.coordinator.roster import Roster
 from fedq.dashboard.ledgers import FederationLedger, read_federation
 from fedq.dashboard.live import ControlListener, FederationLive, LiveState
 from fedq.dashboard.status import SourceStatus
@@ -41,11 +42,12 @@ class Board:
         management_url: str,
         *,
         refresh_seconds: float = 2.0,
+        roster: Roster | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.refresh_seconds = refresh_seconds
         self.management = ManagementClient(management_url, broker_url)
-        self.live = LiveState()
+        self.live = LiveState(roster)
         self.listener = ControlListener(broker_url, self._watched, self._heard, self.touch)
         self.ledgers: dict[str, FederationLedger] = {}
         #: Ledger paths by federation name, for paging the DLQ.
@@ -183,7 +185,9 @@ def _federation(
         "refused": progress.refused if progress else None,
         "deadline_at": (live.progress_at + progress.seconds_left) if live and progress else None,
         "progress_at": live.progress_at if live and progress else None,
-        "done": bool(live and live.finished),
+        "done": bool(live and live.finished) or _finished_by_ledger(ledger, live),
+        # When anything was last heard or committed: the picker lists by it.
+        "last_activity": max(live.last_event if live else 0.0, last.committed_at if last else 0.0),
         "epsilon": last.epsilon if last else None,
         "versions": [asdict(v) for v in versions],
         "rejected_by_reason": ledger.rejected_by_reason if ledger else {},
@@ -197,6 +201,14 @@ def _federation(
     ):
         card["done"] = True  # the last version is committed; federation.done may be missed
     return card
+
+
+def _finished_by_ledger(ledger: FederationLedger | None, live: FederationLive | None) -> bool:
+    """Finished as its ledger says, and no version opened since (a coordinator started
+    again on it goes on)."""
+    if ledger is None or ledger.finished_at is None:
+        return False
+    return live is None or live.progress_at <= ledger.finished_at
 
 
 def _participants(

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedq.coordinator.ledger import FINISHED_AT
 from fedq.coordinator.ledger_schema import SCHEMA_VERSION, LedgerNotCreated, SchemaMismatch
 from fedq.coordinator.ledger_view import LedgerView, ParticipantAccount
 from fedq.coordinator.records import VersionRecord
@@ -60,6 +61,8 @@ class FederationLedger:
     #: Rejections by reason, and the newest RECENT_REJECTIONS of them, newest first.
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
     recent_rejections: list[dict[str, Any]] = field(default_factory=list)
+    #: When its coordinator announced the federation done (None: not yet, or never).
+    finished_at: float | None = None
     #: Why the ledger could not be read (None: it was).
     error: str | None = None
 
@@ -77,6 +80,7 @@ def read_federation(name: str, path: Path) -> FederationLedger:
                 participants=view.participants(),
                 rejected_by_reason=view.rejection_counts(),
                 recent_rejections=view.dead_letters(limit=RECENT_REJECTIONS),
+                finished_at=_float(view.get_meta(FINISHED_AT)),
             )
     except LedgerNotCreated:
         return FederationLedger(name, state_dir, error="ledger not created yet")
@@ -97,3 +101,10 @@ def page_of_rejections(
     """One page of the DLQ as the ledger recorded it (the page's "older" button)."""
     with LedgerView.open(path) as view:
         return view.dead_letters(limit=limit, before_id=before_id, reason=reason)
+
+
+def _float(text: str | None) -> float | None:
+    try:
+        return None if text is None else float(text)
+    except ValueError:
+        return None

@@ -22,6 +22,7 @@ from typing import TypeVar
 import aiormq
 from pydantic import ValidationError
 
+from fedq.coordinator.roster import Roster
 from fedq.dashboard.status import SourceStatus
 from fedq.messages.amqp import AmqpTransport, BrokerUnavailable, redact
 from fedq.messages.codec import MalformedMessage, decode_message
@@ -92,8 +93,11 @@ class FederationLive:
 class LiveState:
     """Every watched federation's latest events; ``apply`` is the only writer."""
 
-    def __init__(self) -> None:
+    def __init__(self, roster: Roster | None = None) -> None:
         self.federations: dict[str, FederationLive] = {}
+        #: With a roster (``fedq dashboard --roster``), participants it does not name are
+        #: never shown: any sender with write on a control exchange may make ids up.
+        self.roster = roster
 
     def apply(self, message: ControlMessage, now: float) -> None:
         """Fold ``message`` in. round.open and round.closed only refresh ``last_event``: the
@@ -105,6 +109,8 @@ class LiveState:
         elif isinstance(message, FederationDone):
             federation.done, federation.done_at = message, now
         elif isinstance(message, Join | Heartbeat | Leave):
+            if self.roster is not None and message.participant not in self.roster:
+                return
             shown = federation.participants
             seen = shown.pop(message.participant, None) or ParticipantLive(message.participant, now)
             shown[message.participant] = seen  # newest last: the oldest is forgotten first

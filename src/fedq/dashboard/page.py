@@ -23,6 +23,8 @@ PAGE = r"""<!doctype html>
   header { background: #17202b; color: #e8edf3; padding: 14px 28px 12px; }
   header h1 { margin: 0; font-size: 20px; font-weight: 650; display: inline-block; }
   header .where { color: #9fb0c3; margin-left: 12px; font-size: 13px; }
+  header .pick { color: #9fb0c3; margin-left: 18px; font-size: 13px; }
+  header .pick select { margin-left: 4px; }
   header .clock { float: right; color: #9fb0c3; font-variant-numeric: tabular-nums; }
   #status { margin-top: 10px; display: grid; gap: 4px; }
   .status { display: flex; gap: 10px; align-items: baseline; font-size: 13px; }
@@ -98,6 +100,7 @@ PAGE = r"""<!doctype html>
 <body>
 <header>
   <h1>fedq dashboard</h1><span class="where" id="where"></span>
+  <label class="pick">federation <select id="fed-pick"></select></label>
   <span class="clock" id="clock"></span>
   <div id="status"></div>
 </header>
@@ -106,7 +109,7 @@ PAGE = r"""<!doctype html>
   <section id="federations"></section>
   <section class="card" id="queues-panel">
     <div class="tools"><h2 class="grow" style="margin:0">Queues</h2>
-      <label><input type="checkbox" id="only-ours" checked> only federations shown above</label>
+      <label><input type="checkbox" id="only-ours" checked> only the federation shown above</label>
     </div>
     <div id="queues"></div>
   </section>
@@ -114,7 +117,7 @@ PAGE = r"""<!doctype html>
     <div class="tools"><h2 class="grow" style="margin:0">Dead-letter queue
       <span class="muted" style="font-weight:400;font-size:13px">
         rejected updates with their reasons, from the ledger (nothing is consumed)</span></h2>
-      <select id="dlq-fed"></select><select id="dlq-reason"></select>
+      <select id="dlq-reason"></select>
       <button id="dlq-newer" disabled>&larr; newer</button>
       <button id="dlq-older" disabled>older &rarr;</button>
     </div>
@@ -125,6 +128,8 @@ PAGE = r"""<!doctype html>
 "use strict";
 let snap = null, offset = 0, es = null, streamUp = false;
 const dlq = { fed: "", reason: "", pages: [], rows: [], key: "" };
+/* The federation shown: from the address (#fed=NAME), else the first of the picker. */
+let picked = decodeURIComponent((location.hash.match(/fed=([^&]*)/) || [])[1] || "");
 const $ = (id) => document.getElementById(id);
 const esc = (v) => String(v ?? "").replace(/[&<>"']/g,
   (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
@@ -322,7 +327,8 @@ function participants(f) {
   const rows = f.participants.map((p) => `<tr data-participant="${esc(p.participant)}">` +
     `<td class="mono">${esc(p.participant)}</td>` +
     `<td><span class="state ${esc(p.state)}">${esc(p.state ?? "not seen")}</span></td>` +
-    `<td>${ago(p.last_heartbeat)}</td><td class="num">${p.version >= 0 ? "v" + p.version : dash}` +
+    `<td>${ago(p.last_heartbeat)}</td>` +
+    `<td class="num">${p.version != null && p.version >= 0 ? "v" + p.version : dash}` +
     `</td><td class="num">${p.accepted}</td><td class="num">${p.rejected}</td>` +
     `<td class="num">${p.last_staleness} <span class="muted">(max ${p.max_staleness})</span></td>` +
     `<td class="num">${num(p.updates_sent)}</td><td class="num">${bytes(p.bytes_sent)}</td></tr>`);
@@ -348,9 +354,30 @@ function federation(f) {
     `<div class="fed-head">${head}<span class="dir">${esc(f.state_dir)}</span></div>` +
     `${body}</article>`;
 }
+/* Federations of this state dir before those only seen on the broker; within each,
+   running ones first, then the most recently active, then by name. */
+function ordered() {
+  const rank = (f) => (f.state_dir ? 0 : 2) + (f.mode && !f.done ? 0 : 1);
+  return [...snap.federations].sort((a, b) => rank(a) - rank(b) ||
+    (b.last_activity || 0) - (a.last_activity || 0) || a.name.localeCompare(b.name));
+}
+function renderPicker() {
+  const feds = ordered();
+  if (!feds.some((f) => f.name === picked)) picked = feds.length ? feds[0].name : "";
+  show("fed-pick", feds.map((f) => `<option value="${esc(f.name)}"` +
+    `${f.name === picked ? " selected" : ""}>${esc(f.name)}${f.mode && !f.done ? " (running)" :
+      f.done ? " (done)" : ""}</option>`).join(""));
+  $("fed-pick").style.visibility = feds.length > 1 ? "visible" : "hidden";
+}
+$("fed-pick").onchange = (e) => {
+  picked = e.target.value;
+  history.replaceState(null, "", "#fed=" + encodeURIComponent(picked));
+  dlq.reason = ""; dlq.pages = [];
+  render();
+};
 function renderFederations() {
   const open = new Set([...document.querySelectorAll("details.fed[open]")].map((d) => d.id));
-  const feds = snap.federations;
+  const feds = snap.federations.filter((f) => f.name === picked);
   show("federations", feds.length ? feds.map(federation).join("") :
     `<div class="card empty">No federation yet under ${esc(snap.state_dir)}: start a ` +
     "coordinator with this <code>--state-dir</code>, or pass the one it uses.</div>");
@@ -359,7 +386,7 @@ function renderFederations() {
 
 /* ---------------------------------------------------------------- queues */
 function renderQueues() {
-  const ours = new Set(snap.federations.map((f) => "fedq." + f.name + "."));
+  const ours = new Set(picked ? ["fedq." + picked + "."] : []);
   const only = $("only-ours").checked;
   const all = snap.queues;
   const visible = only ? all.filter((q) => [...ours].some((p) => q.name.startsWith(p))) : all;
@@ -393,18 +420,16 @@ function renderQueues() {
 
 /* ------------------------------------------------------------------- DLQ */
 function renderDlqControls() {
-  const feds = snap.federations.filter((f) => f.state_dir);
-  if (!feds.some((f) => f.name === dlq.fed)) {
-    const withRejections = feds.find((f) => Object.keys(f.rejected_by_reason).length);
-    dlq.fed = (withRejections || feds[0] || { name: "" }).name;
+  /* The DLQ of the federation picked, read from its ledger (if it has one here). */
+  const feds = snap.federations.filter((f) => f.state_dir && f.name === picked);
+  if (dlq.fed !== (feds.length ? picked : "")) {
+    dlq.fed = feds.length ? picked : "";
     dlq.pages = [];
   }
-  for (const id of ["dlq-fed", "dlq-reason", "dlq-newer", "dlq-older"]) {
+  for (const id of ["dlq-reason", "dlq-newer", "dlq-older"]) {
     $(id).style.visibility = feds.length ? "visible" : "hidden";
   }
-  show("dlq-fed", feds.map((f) => `<option ${f.name === dlq.fed ? "selected" : ""}` +
-    ` value="${esc(f.name)}">${esc(f.name)}</option>`).join(""));
-  const fed = feds.find((f) => f.name === dlq.fed);
+  const fed = feds[0];
   const reasons = fed ? fed.rejected_by_reason : {};
   const total = Object.values(reasons).reduce((a, b) => a + b, 0);
   show("dlq-reason", `<option value="">all reasons (${total})</option>` +
@@ -448,8 +473,6 @@ function renderDlq() {
     `<th class="num">refused at</th><th>update id</th></tr></thead>` +
     `<tbody>${rows.join("")}</tbody></table>`);
 }
-$("dlq-fed").onchange = (e) => { dlq.fed = e.target.value; dlq.reason = ""; dlq.pages = [];
-  renderDlqControls(); loadDlq(); };
 $("dlq-reason").onchange = (e) => { dlq.reason = e.target.value; dlq.pages = []; loadDlq(); };
 $("dlq-older").onclick = () => {
   if (dlq.rows.length) { dlq.pages.push(dlq.rows[dlq.rows.length - 1].id); loadDlq(); }
@@ -459,7 +482,7 @@ $("only-ours").onchange = () => snap && renderQueues();
 
 /* ------------------------------------------------------------------ loop */
 function render() {
-  renderStatus(); renderBanner(); renderFederations(); renderQueues();
+  renderStatus(); renderBanner(); renderPicker(); renderFederations(); renderQueues();
   const key = dlq.fed + "|" + renderDlqControls();
   if (key !== dlq.key && !dlq.pages.length) { dlq.key = key; loadDlq(); }
   document.body.dataset.revision = snap.revision;

@@ -1,0 +1,125 @@
+"""Two promises of the AMQP transport, on the real RabbitMQ: every message fedq publishes is
+persistent (delivery mode 2), so a broker restart keeps what a durable queue held; and a
+publish caught in an outage is retried until ``outage_seconds``, then given up with one
+line naming the broker, never a hang."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import aio_pika
+import pytest
+
+from fedq.apps.synthetic import SyntheticApp
+from fedq.coordinator.config import CoordinatorConfig
+from fedq.messages.amqp import AmqpTransport, ConnectionLost
+from fedq.messages.topology import UPDATE_KEY, Topology
+from fedq.participant.config import ParticipantConfig
+from fedq.simulation import SimulationPlan, simulate
+from tests.conftest import BROKER_URL
+
+
+async def test_every_message_of_a_federation_is_persistent(tmp_path, federation):
+    """A queue of the test's own, bound to each exchange (updates, models, and control
+    with ``#``), gets a copy of every message of a run: each one's delivery mode is 2."""
+    topology = Topology(federation)
+    tap = f"{federation}.tap"
+    async with AmqpTransport(BROKER_URL) as transport:
+        await topology.declare_core(transport)
+        await transport.declare_queue(tap, durable=False)
+        for exchange, key in (
+            (topology.updates, UPDATE_KEY),
+            (topology.models, ""),
+            (topology.control, "#"),
+        ):
+            await transport.bind(tap, exchange, key)
+        try:
+            plan = SimulationPlan(
+                coordinator=CoordinatorConfig(
+                    federation=federation, participants=2, rounds=2, state_dir=tmp_path,
+                    linger_seconds=0,
+                ),
+                participant=ParticipantConfig(federation=federation, participant_id="p"),
+                broker_url=BROKER_URL,
+            )  # fmt: skip
+            await simulate(plan, SyntheticApp(params=10))
+            kinds = await _delivery_modes(tap)
+        finally:
+            await transport.delete_queue(tap)
+            await topology.delete(transport, ["p0", "p1"])
+    for kind in ("fedq.update.v1", "fedq.model.v1", "fedq.join.v1", "fedq.federation-done.v1"):
+        assert kind in kinds, sorted(kinds)
+    assert all(modes == {2} for modes in kinds.values()), kinds
+
+
+async def _delivery_modes(queue: str) -> dict[str, set[int]]:
+    """Each message type found in ``queue`` -> the delivery modes it came with."""
+    connection = await aio_pika.connect(BROKER_URL)
+    found: dict[str, set[int]] = {}
+    async with connection:
+        channel = await connection.channel()
+        source = await channel.get_queue(queue)
+        while (message := await source.get(no_ack=True, fail=False)) is not None:
+            found.setdefault(str(message.type), set()).add(int(message.delivery_mode or 0))
+    return found
+
+
+@contextlib.asynccontextmanager
+async def tcp_proxy(to_port: int) -> AsyncIterator[tuple[int, asyncio.Event]]:
+    """A TCP proxy to 127.0.0.1:``to_port``: its port, and an event that, once set, cuts
+    every connection and refuses new ones (the broker gone, as far as the client sees)."""
+    cut = asyncio.Event()
+    links: list[asyncio.StreamWriter] = []
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, asyncio.CancelledError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if cut.is_set():
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", to_port)
+        links.extend([writer, up_writer])
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+
+    async def cutter() -> None:
+        await cut.wait()
+        server.close()
+        for link in links:
+            link.close()
+
+    task = asyncio.create_task(cutter())
+    try:
+        yield port, cut
+    finally:
+        cut.set()
+        await task
+
+
+async def test_a_publish_in_an_outage_gives_up_after_outage_seconds_with_one_line(federation):
+    queue = f"{federation}.outage"
+    async with AmqpTransport(BROKER_URL) as direct:
+        await direct.declare_queue(queue, durable=False)
+        try:
+            async with tcp_proxy(5672) as (port, cut):
+                url = f"amqp://guest:guest@127.0.0.1:{port}/"
+                async with AmqpTransport(url, outage_seconds=2.0) as transport:
+                    await transport.publish("", queue, b"before")
+                    cut.set()
+                    with pytest.raises(ConnectionLost) as lost:
+                        await asyncio.wait_for(transport.publish("", queue, b"during"), 30)
+            message = str(lost.value)
+            assert f"127.0.0.1:{port}" in message and "more than 2 s" in message
+            assert "\n" not in message
+            assert await direct.queue_depth(queue) == 1  # only what was confirmed
+        finally:
+            await direct.delete_queue(queue)
