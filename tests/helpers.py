@@ -6,16 +6,117 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from fedq.apps.synthetic import SyntheticApp
+from fedq.coordinator.observers import CoordinatorObserver
+from fedq.coordinator.records import VersionSummary
 from fedq.messages.amqp import AmqpTransport
-from fedq.messages.transport import Delivery
+from fedq.messages.codec import Weights
+from fedq.messages.transport import Delivery, Transport, TransportError
+from fedq.participant.app import Partition, TrainConfig, TrainResult
 
 FEDQ = [sys.executable, "-m", "fedq.cli"]
+
+T = TypeVar("T")
+
+
+def _truthy(value: object) -> bool:
+    return bool(value)
+
+
+def _timed_out(what: str, within: float, last: object) -> AssertionError:
+    shown = repr(last)
+    if len(shown) > 400:
+        shown = shown[:400] + "..."
+    return AssertionError(f"not within {within:g} s: {what} (last seen: {shown})")
+
+
+def until(
+    probe: Callable[[], T],
+    done: Callable[[T], bool] = _truthy,
+    *,
+    what: str,
+    within: float = 60.0,
+    every: float = 0.05,
+) -> T:
+    """``probe()`` again every ``every`` s until ``done`` says yes; that value. The one
+    bounded wait of the tests: a test waits for the state it needs (a consumer on a
+    queue, a version in the ledger, a line of a process's output), never for a fixed time.
+    When ``within`` s pass first it raises AssertionError naming ``what`` it waited for
+    and the last value seen, so a wait never falls through silently. The bound is a
+    ceiling for a hung system, not a timing claim: keep it generous."""
+    deadline = time.monotonic() + within
+    while True:
+        value = probe()
+        if done(value):
+            return value
+        if time.monotonic() > deadline:
+            raise _timed_out(what, within, value)
+        time.sleep(every)
+
+
+async def until_async(
+    probe: Callable[[], Awaitable[T]],
+    done: Callable[[T], bool] = _truthy,
+    *,
+    what: str,
+    within: float = 60.0,
+    every: float = 0.05,
+) -> T:
+    """`until` for an awaitable probe, sleeping on the event loop (never blocking it)."""
+    deadline = time.monotonic() + within
+    while True:
+        value = await probe()
+        if done(value):
+            return value
+        if time.monotonic() > deadline:
+            raise _timed_out(what, within, value)
+        await asyncio.sleep(every)
+
+
+def polled(read: Callable[[], T]) -> Callable[[], Awaitable[T]]:
+    """``read`` as a probe for `until_async`: state this event loop's own tasks change (a
+    counter of an in-process coordinator or participant)."""
+
+    async def probe() -> T:
+        return read()
+
+    return probe
+
+
+def until_line(
+    log: Path,
+    text: str,
+    process: subprocess.Popen[bytes] | None = None,
+    *,
+    count: int = 1,
+    within: float = 120.0,
+) -> str:
+    """Wait until ``log`` holds ``count`` lines containing ``text``; the log then. Fails
+    at once (with the log) if ``process`` ended first: it will never write the line."""
+
+    def read() -> str:
+        return log.read_text(errors="replace") if log.exists() else ""
+
+    def seen(content: str) -> bool:
+        if sum(text in line for line in content.splitlines()) >= count:
+            return True
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"ended ({process.returncode}) before {text!r}:\n{read()}")
+        return False
+
+    return until(read, seen, what=f"{count} x {text!r} in {log.name}", within=within)
 
 
 def fedq_env() -> dict[str, str]:
@@ -90,6 +191,103 @@ async def drain(url: str, queue: str, quiet: float = 1.0) -> list[Delivery]:
                 return out
             await delivery.ack()
             out.append(delivery)
+
+
+async def consumers_on(transport: Transport, queue: str) -> int:
+    """Consumers on ``queue`` now; -1 while the queue does not exist yet."""
+    try:
+        return await transport.queue_consumers(queue)
+    except TransportError:
+        return -1
+
+
+async def until_consumers_async(
+    url: str, queue: str, count: int = 1, *, within: float = 120.0
+) -> None:
+    """Wait until ``queue`` has exactly ``count`` consumers (0: its consumer left)."""
+    async with AmqpTransport(url) as transport:
+        await until_async(
+            lambda: consumers_on(transport, queue),
+            lambda n: n == count,
+            what=f"{count} consumer(s) on {queue}",
+            within=within,
+            every=0.1,
+        )
+
+
+def until_consumers(url: str, queue: str, count: int = 1, *, within: float = 120.0) -> None:
+    """`until_consumers_async` from synchronous code (a test driving `fedq` processes)."""
+    asyncio.run(until_consumers_async(url, queue, count, within=within))
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a server a test starts)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def metric_total(url: str, name: str) -> float:
+    """The sum of every series ``name`` scraped from the Prometheus endpoint ``url``; -1
+    while the endpoint does not answer yet."""
+    try:
+        text = httpx.get(url, timeout=5).text
+    except httpx.TransportError:
+        return -1.0
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name
+    )
+
+
+class Commits(CoordinatorObserver):
+    """The last version an in-process coordinator committed, for a participant's training
+    thread to wait on (a straggler made late by the events it must miss, not by a delay
+    that a loaded machine may stretch past the others')."""
+
+    def __init__(self) -> None:
+        self.version = 0
+        self._changed = threading.Condition()
+
+    def version_committed(self, row: VersionSummary) -> None:
+        with self._changed:
+            self.version = row.version
+            self._changed.notify_all()
+
+    def wait_for(self, version: int, within: float = 120.0) -> None:
+        """Block (a worker thread, never the event loop) until ``version`` is committed."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: self.version >= version, within):
+                raise AssertionError(f"v{version} not committed within {within:g} s")
+
+
+class Straggler(SyntheticApp):
+    """The synthetic app, whose participants in ``late`` train on the newest committed
+    model v only once ``until(v)`` is committed (at most ``last``, the federation's last
+    version, which always comes): their update is late by construction. Training runs
+    in a worker thread: waiting there blocks no event loop."""
+
+    def __init__(
+        self,
+        params: int,
+        commits: Commits,
+        *,
+        late: set[int],
+        until: Callable[[int], int],
+        last: int,
+    ) -> None:
+        super().__init__(params=params)
+        self.commits = commits
+        self.late = late
+        self.until = until
+        self.last = last
+
+    def train(self, weights: Weights, partition: Partition, config: TrainConfig) -> TrainResult:
+        if partition.index in self.late:
+            self.commits.wait_for(min(self.until(self.commits.version), self.last))
+        return super().train(weights, partition, config)
 
 
 #: Runs a documentation snippet as a user would: a script, or, if it awaits at top level,

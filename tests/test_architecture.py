@@ -217,3 +217,132 @@ def test_where_a_change_goes_names_paths_and_definitions_that_exist():
             if code and token not in defined:
                 problems.append(f"{token}: defined in none of {paths} ({cells[0]})")
     assert not problems
+
+
+# ---------------------------------------------------------------- waits in the tests
+#: The comment that lets one sleep through, with why: ``# sleep-ok: pacing the attacker``.
+SLEEP_OK = "# sleep-ok:"
+
+
+def _is_sleep(node: ast.AST) -> bool:
+    """``time.sleep(...)``, ``asyncio.sleep(...)`` or a bare ``sleep(...)``, awaited or not."""
+    if isinstance(node, ast.Await):
+        node = node.value
+    if not isinstance(node, ast.Call):
+        return False
+    name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+    return name == "sleep"
+
+
+def _own_nodes(statements: list[ast.stmt]) -> list[ast.AST]:
+    """Every node under ``statements``, not looking into nested functions or classes (their
+    code runs elsewhere)."""
+    out: list[ast.AST] = []
+    todo: list[ast.AST] = list(statements)
+    while todo:
+        node = todo.pop()
+        out.append(node)
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda | ast.ClassDef):
+            todo.extend(ast.iter_child_nodes(node))
+    return out
+
+
+def _fails(statements: list[ast.stmt]) -> bool:
+    return any(isinstance(n, ast.Assert | ast.Raise) for n in _own_nodes(statements))
+
+
+def _blocks(tree: ast.AST) -> list[list[ast.stmt]]:
+    """Every statement list of ``tree``: bodies, else branches, handlers, finally blocks."""
+    blocks = []
+    for node in ast.walk(tree):
+        for name in ("body", "orelse", "finalbody"):
+            block = getattr(node, name, None)
+            if isinstance(block, list) and block and isinstance(block[0], ast.stmt):
+                blocks.append(block)
+    return blocks
+
+
+def unbounded_waits(source: str) -> list[str]:
+    """What the tests may not do to wait, as ``line: why``:
+
+    - a sleep statement outside a loop with an assertion after it in its block: the
+      assertion then rests on the sleep having been long enough;
+    - a loop that sleeps (a wait) with no failing end: nothing in it asserts or raises and
+      the statement after it neither, so when the time runs out the test goes on as if
+      the state it waited for had come.
+
+    ``tests/helpers.py``'s ``until``/``until_async`` do both right. A line carrying
+    ``# sleep-ok: <why>`` is let through (pacing an attacker, an interval under test)."""
+    lines = source.splitlines()
+    found = []
+
+    def allowed(node: ast.AST) -> bool:
+        return SLEEP_OK in lines[getattr(node, "lineno", 1) - 1]
+
+    for block in _blocks(ast.parse(source)):
+        for i, statement in enumerate(block):
+            after = block[i + 1 :]
+            if (
+                isinstance(statement, ast.Expr)
+                and _is_sleep(statement.value)
+                and _fails(after)
+                and not allowed(statement)
+            ):
+                found.append(f"{statement.lineno}: a fixed sleep, then an assertion")
+            if not isinstance(statement, ast.For | ast.AsyncFor | ast.While):
+                continue
+            sleeps = [n for n in _own_nodes(statement.body) if _is_sleep(n)]
+            if not sleeps or any(allowed(n) for n in sleeps) or allowed(statement):
+                continue
+            ends = [*statement.body, *statement.orelse, *after[:1]]
+            if not _fails(ends):
+                found.append(f"{statement.lineno}: a wait loop that ends without failing")
+    return found
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "def test():\n    time.sleep(3)\n    assert joins() == 2",
+        "async def test():\n    await asyncio.sleep(0.5)\n    n = count()\n    assert n <= 1",
+        "def test():\n    for _ in range(100):\n        if ready():\n            break\n"
+        "        time.sleep(0.1)\n    go_on()",
+        "async def test():\n    while time.monotonic() < deadline:\n        if await ready():\n"
+        "            break\n        await asyncio.sleep(0.1)",
+        "def test():\n    with open_thing():\n        sleep(1)\n        assert thing.done",
+    ],
+)
+def test_a_wait_that_rests_on_time_is_found(source):
+    assert unbounded_waits(source)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "def test():\n    until(ready, what='ready')\n    assert thing.done",
+        "def test():\n    for _ in range(100):\n        if ready():\n            break\n"
+        "        time.sleep(0.1)\n    else:\n        raise AssertionError('not ready')",
+        "def test():\n    while not ready():\n        assert time.monotonic() < deadline\n"
+        "        time.sleep(0.1)\n    assert thing.done",
+        "def test():\n    for _ in range(50):\n        if depth() == 3:\n            break\n"
+        "        time.sleep(0.1)\n    assert depth() == 3",
+        "def test():\n    for kill in kills:\n        time.sleep(1)  # sleep-ok: paces the kills\n"
+        "        kill()",
+        "def test():\n    time.sleep(1)  # sleep-ok: the interval under test\n    assert x",
+    ],
+)
+def test_a_bounded_wait_or_a_justified_sleep_is_let_through(source):
+    assert not unbounded_waits(source)
+
+
+def test_no_test_waits_on_a_fixed_time_or_falls_through_a_wait():
+    """Tests synchronise on the state they need (a consumer on a queue, a version in the
+    ledger, a line of output) through ``tests/helpers.py``'s bounded waits, which fail
+    naming what they waited for: a fixed sleep passes on a fast machine and fails, or
+    worse passes wrongly, on a loaded one."""
+    found = [
+        f"{path.relative_to(ROOT)}:{where}"
+        for path in sorted((ROOT / "tests").rglob("*.py"))
+        for where in unbounded_waits(path.read_text())
+    ]
+    assert not found

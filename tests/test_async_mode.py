@@ -18,7 +18,7 @@ from fedq.participant.config import ParticipantConfig
 from fedq.scenario import ParticipantProfile
 from fedq.simulation import SimulationPlan, simulate
 from tests.conftest import BROKER_URL
-from tests.helpers import run_fedq
+from tests.helpers import Commits, Straggler, run_fedq
 
 SLOW = (5, 6, 7)
 
@@ -42,14 +42,15 @@ async def test_async_versions_follow_the_fast_and_weigh_the_slow_by_staleness(
         coordinator=config,
         participant=ParticipantConfig(federation=federation, participant_id="p"),
         broker_url=BROKER_URL,
-        # Training is instant in this app: the delay is the round's time, 5x for the slow.
-        profiles=tuple(
-            ParticipantProfile(i, delay_seconds=1.0 if i in SLOW else 0.2) for i in range(8)
-        ),
+        # Training is instant in this app: the delay is the round's time.
+        profiles=tuple(ParticipantProfile(i, delay_seconds=0.2) for i in range(8)),
     )
-    app = SyntheticApp(params=2000)
+    # The slow train on the newest model v until v + 2 is committed: slow by construction,
+    # whatever the machine's load, so each of their updates folded is at least 2 stale.
+    commits = Commits()
+    app = Straggler(2000, commits, late=set(SLOW), until=lambda v: v + 2, last=versions)
     try:
-        result = await simulate(plan, app)
+        result = await simulate(plan, app, [commits])
     finally:
         async with AmqpTransport(BROKER_URL) as transport:
             await Topology(federation).delete(transport, [f"p{i}" for i in range(8)])
@@ -71,10 +72,12 @@ async def test_async_versions_follow_the_fast_and_weigh_the_slow_by_staleness(
     rows = [u for v in range(1, versions + 1) for u in ledger.updates_of(v)]
     slow = [u for u in rows if int(u.participant[1:]) in SLOW]
     fast = [u for u in rows if int(u.participant[1:]) not in SLOW]
-    # Versions come at the fast participants' pace: the first ones are made without the
-    # slow, who contribute far fewer updates, late ones, or are refused as too stale.
-    assert not any(int(u.participant[1:]) in SLOW for u in ledger.updates_of(1))
-    assert len(fast) >= 3 * len(slow)
+    # Versions come at the fast participants' pace: the first two are made without the
+    # slow, whose updates come late (at least 2 versions), or are refused as too stale.
+    first = ledger.updates_of(1) + ledger.updates_of(2)
+    assert not any(int(u.participant[1:]) in SLOW for u in first)
+    assert all(u.staleness >= 2 for u in slow)
+    assert len(fast) + len(slow) == 4 * versions
     refused_stale = result.rejected_by_reason.get("stale", 0)
     assert any(u.staleness > 0 for u in slow) or refused_stale > 0
     model = load_checkpoint(checkpoint_path(tmp_path / "models", versions))

@@ -21,6 +21,7 @@ from fedq.apps.synthetic import SyntheticApp
 from fedq.coordinator.checkpoint import checkpoint_path, load_checkpoint
 from fedq.coordinator.config import CoordinatorConfig
 from fedq.coordinator.ledger import UpdateLedger
+from fedq.coordinator.observers import CoordinatorObserver, UpdateSeen
 from fedq.coordinator.service import Coordinator
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.chunks import chunk_count, encode_chunks
@@ -31,7 +32,7 @@ from fedq.participant.app import Partition
 from fedq.participant.config import ParticipantConfig
 from fedq.participant.worker import Participant
 from tests.conftest import BROKER_URL
-from tests.helpers import drain, start_fedq
+from tests.helpers import drain, start_fedq, until_async
 
 PARAMS = 100_000  # 400 kB of float32: 7 chunks of at most 64 KiB
 CHUNK = 1 << 16
@@ -68,6 +69,24 @@ def two_participants(federation: str, state_dir: Path) -> CoordinatorConfig:
         federation=federation, participants=2, rounds=1, state_dir=state_dir,
         round_timeout=600, linger_seconds=0, chunk_bytes=CHUNK, chunk_timeout=2,
     )  # fmt: skip
+
+
+class Refusals(CoordinatorObserver):
+    """The reasons of the updates an in-process coordinator refused so far: a test waits
+    for one (the chunk timeout's ``incomplete``) instead of sleeping past the timeout."""
+
+    def __init__(self) -> None:
+        self.reasons: Counter[str] = Counter()
+
+    def update_seen(self, update: UpdateSeen) -> None:
+        if update.reason is not None:
+            self.reasons[update.reason] += 1
+
+    async def until(self, reason: str) -> None:
+        async def count() -> int:
+            return self.reasons[reason]
+
+        await until_async(count, what=f"an update refused {reason!r}", within=60)
 
 
 def dead_letters_by_reason(dead: list[Delivery]) -> dict[str, Counter[bytes]]:
@@ -152,12 +171,13 @@ async def test_lost_copied_reordered_and_tampered_chunks(tmp_path: Path, federat
     async with AmqpTransport(BROKER_URL) as sender, AmqpTransport(BROKER_URL) as own:
         await topology.declare_core(sender)
         try:
-            coordinator = Coordinator(config, SyntheticApp(params=PARAMS), own)
+            refusals = Refusals()
+            coordinator = Coordinator(config, SyntheticApp(params=PARAMS), own, [refusals])
             run = asyncio.create_task(coordinator.run())
             await publish(sender, topology, "lost", lost)
             await publish(sender, topology, "tampered", tampered)
             await publish(sender, topology, "reordered", reordered)
-            await asyncio.sleep(4)  # the lost chunk's update times out meanwhile
+            await refusals.until("incomplete")  # the lost chunk's update timed out
             await publish(sender, topology, "honest", honest)
             result = await asyncio.wait_for(run, 120)
             assert [sorted(h["participants"]) for h in result.history] == [["p0", "p1"]]
@@ -186,10 +206,12 @@ async def test_a_sender_that_stops_halfway_and_sends_again(tmp_path: Path, feder
     async with AmqpTransport(BROKER_URL) as sender, AmqpTransport(BROKER_URL) as own:
         await topology.declare_core(sender)
         try:
-            run = asyncio.create_task(Coordinator(config, SyntheticApp(params=PARAMS), own).run())
+            refusals = Refusals()
+            coordinator = Coordinator(config, SyntheticApp(params=PARAMS), own, [refusals])
+            run = asyncio.create_task(coordinator.run())
             await publish(sender, topology, "first-try", partial)
             await publish(sender, topology, "p1", chunks(federation, 1, "p1"))
-            await asyncio.sleep(3)
+            await refusals.until("incomplete")  # the partial one timed out: p0 sends again
             await publish(sender, topology, "second-try", chunks(federation, 0, "second-try"))
             result = await asyncio.wait_for(run, 120)
             assert result.rejected_by_reason == {"incomplete": 1}
@@ -219,18 +241,22 @@ async def test_a_participant_process_killed_halfway_through_sending(
                           log=tmp_path / log)  # fmt: skip
 
     async with AmqpTransport(BROKER_URL) as own:
-        run = asyncio.create_task(Coordinator(config, SyntheticApp(params=params), own).run())
+        refusals = Refusals()
+        coordinator = Coordinator(config, SyntheticApp(params=params), own, [refusals])
+        run = asyncio.create_task(coordinator.run())
         first = participant(0, "p0-first.log")
         try:
             spool = tmp_path / "spool"
-            for _ in range(6000):  # until p0's first chunks are in the coordinator's spool
-                if spool.is_dir() and any(spool.glob("*.chunks")):
-                    break
-                await asyncio.sleep(0.005)
+
+            async def spooled() -> int:
+                return len(list(spool.glob("*.chunks"))) if spool.is_dir() else 0
+
+            # p0's first chunks are in the coordinator's spool (its last not yet sent).
+            await until_async(spooled, what="p0's update begun in the spool", every=0.005)
             first.send_signal(signal.SIGKILL)
             first.wait(timeout=30)
-            assert len(list(spool.glob("*.chunks"))) == 1, (tmp_path / "p0-first.log").read_text()
-            await asyncio.sleep(3)  # past the chunk timeout: refused while the round is open
+            assert await spooled() == 1, (tmp_path / "p0-first.log").read_text()
+            await refusals.until("incomplete")  # refused while the round is open
             others = [participant(0, "p0-second.log"), participant(1, "p1.log")]
             result = await asyncio.wait_for(run, 180)
             for process in others:
@@ -264,13 +290,15 @@ async def test_coordinator_killed_while_chunks_of_several_updates_are_in_flight(
         try:
             for i, bodies in updates.items():
                 await publish(sender, topology, f"u{i}", bodies[:4])
-            for _ in range(300):  # until the coordinator holds them (delivered, unacked)
-                if await sender.queue_depth(topology.updates) == 0:
-                    break
-                await asyncio.sleep(0.1)
-            await asyncio.sleep(1)
-            spool = list((tmp_path / federation / "spool").glob("*.chunks"))
-            assert len(spool) == 3, (tmp_path / "c1.log").read_text()
+            spool = tmp_path / federation / "spool"
+
+            async def held() -> tuple[int, int]:
+                """(messages left in the queue, updates begun in the spool)"""
+                files = len(list(spool.glob("*.chunks"))) if spool.is_dir() else 0
+                return await sender.queue_depth(topology.updates), files
+
+            # The coordinator holds them all (delivered, unacked) and spooled each update.
+            await until_async(held, lambda h: h == (0, 3), what="3 updates held and spooled")
             first.send_signal(signal.SIGKILL)
             first.wait(timeout=30)
             for i, bodies in updates.items():

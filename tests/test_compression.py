@@ -318,7 +318,37 @@ async def test_an_int8_federation_ends_near_the_fedavg_oracle(tmp_path: Path):
         np.testing.assert_allclose(tensor, oracle, atol=tolerance)
 
 
-async def test_a_topk_federation_decodes_every_update(tmp_path: Path):
+def topk_oracle(params: int, participants: int, rounds: int, fraction: float) -> np.ndarray:
+    """The synthetic federation's model under top-k with error feedback, worked out here
+    in numpy apart from fedq's code: each participant sends the k = fraction x params
+    entries of largest magnitude of (its constant delta + RESIDUAL_DECAY x its residual),
+    ties to the first positions (the update flattened tensor after tensor), and keeps the
+    rest as its residual; each version adds the example-weighted mean of what was sent."""
+    k = max(1, round(fraction * params))
+    decay = np.float32(RESIDUAL_DECAY["topk"])
+    weights = np.array([SyntheticApp.num_examples(i) for i in range(participants)], float)
+    residual = np.zeros((participants, params), np.float32)
+    model = np.zeros(params, np.float64)
+    for _ in range(rounds):
+        sent = np.zeros((participants, params), np.float32)
+        for i in range(participants):
+            corrected = np.float32(SyntheticApp.delta_value(i)) + residual[i] * decay
+            keep = np.argsort(-np.abs(corrected), kind="stable")[:k]
+            sent[i, keep] = corrected[keep]
+            residual[i] = corrected - sent[i]
+        model += weights @ sent.astype(np.float64) / weights.sum()
+    return model
+
+
+async def test_a_topk_federation_ends_at_the_top_k_model_worked_out_apart(tmp_path: Path):
+    """Each version is exactly the weighted mean of what top-k let through: 200 of the
+    20 000 entries a round, a different 200 each round as the residual grows elsewhere."""
     result = await run_synthetic(tmp_path, "topk")
     assert result.updates_rejected == 0
     assert result.updates_incorporated == 9 and result.model_version == 3
+    expected = topk_oracle(20_000, participants=3, rounds=3, fraction=0.01)
+    assert np.count_nonzero(expected) == 3 * 200  # three distinct selections
+    model = load_checkpoint(checkpoint_path(tmp_path / "models", 3))
+    flat = np.concatenate([model[name].reshape(-1) for name in sorted(model)])
+    np.testing.assert_array_equal(flat != 0, expected != 0)  # exactly those entries moved
+    np.testing.assert_allclose(flat, expected, rtol=1e-5)

@@ -16,8 +16,7 @@ import os
 import shutil
 import socket
 import sqlite3
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from fedq.participant.config import ParticipantConfig
 from fedq.scenario import ParticipantProfile
 from fedq.simulation import SimulationPlan, simulate
 from tests.conftest import BROKER_URL
+from tests.helpers import until_async
 
 MANAGEMENT_URL = os.environ.get("FEDQ_TEST_MANAGEMENT_URL", "http://127.0.0.1:15672")
 CHROMIUM = os.environ.get("FEDQ_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -77,14 +77,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def until(check: Callable[[], Awaitable[bool]], what: str, within: float = 20.0) -> None:
-    deadline = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {within:.0f} s: {what}")
-        await asyncio.sleep(0.25)
-
-
 @dataclass
 class RunningDashboard:
     url: str
@@ -104,7 +96,9 @@ class RunningDashboard:
         async def reached() -> bool:
             return (await self.status(source))["ok"] is ok
 
-        await until(reached, f"{source} {'up' if ok else 'down'} on the page", within)
+        await until_async(
+            reached, what=f"{source} {'up' if ok else 'down'} on the page", within=within
+        )
         return str((await self.status(source))["message"])
 
 
@@ -124,7 +118,7 @@ async def dashboard(
                 return (await http.get("healthz")).status_code == 200
             return False
 
-        await until(healthy, "the dashboard answers /healthz", within=10)
+        await until_async(healthy, what="the dashboard answers /healthz", within=10)
         try:
             yield RunningDashboard(url, http)
         finally:
@@ -355,7 +349,9 @@ async def test_the_dashboard_stays_up_while_the_broker_is_gone_and_recovers(
 
             await dash.until_status("broker", ok=True)
             await beat(federation, "p-watched", "training")
-            await until(lambda: participant_state("training"), "the heartbeat on the page")
+            await until_async(
+                lambda: participant_state("training"), what="the heartbeat on the page"
+            )
 
             await relay.stop()
             message = await dash.until_status("broker", ok=False)
@@ -371,7 +367,9 @@ async def test_the_dashboard_stays_up_while_the_broker_is_gone_and_recovers(
             await relay.start()
             await dash.until_status("broker", ok=True, within=30)
             await beat(federation, "p-watched", "sending")
-            await until(lambda: participant_state("sending"), "a heartbeat after the outage")
+            await until_async(
+                lambda: participant_state("sending"), what="a heartbeat after the outage"
+            )
             await expect(page.locator('.status.ok[data-source="Broker"]')).to_be_visible()
             assert not opened.errors
     finally:

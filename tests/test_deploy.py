@@ -45,7 +45,7 @@ from fedq.messages.codec import encode_message
 from fedq.messages.schema import MESSAGE_TYPES, UpdateMeta
 from fedq.messages.topology import UPDATE_KEY, Topology
 from fedq.messages.transport import TransportError
-from tests.helpers import FEDQ, drain, read_report, run_fedq, start_fedq
+from tests.helpers import FEDQ, drain, read_report, run_fedq, start_fedq, until_async
 from tests.rabbit_node import RabbitNode, free_ports, rabbit_node
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -631,7 +631,8 @@ async def forge_update_once_routable(url: str, claims: str) -> None:
         meta, {k: np.ones_like(v) for k, v in SyntheticApp().initial_weights().items()}
     )
     async with AmqpTransport(url) as transport:
-        for _ in range(300):
+
+        async def published() -> bool:
             try:
                 await transport.publish(
                     Topology(FEDERATION).updates,
@@ -641,10 +642,11 @@ async def forge_update_once_routable(url: str, claims: str) -> None:
                     type=MESSAGE_TYPES["update"],
                     mandatory=True,
                 )
-                return
             except TransportError:  # no exchange, or no queue bound, yet
-                await asyncio.sleep(0.1)
-    raise AssertionError("the coordinator never declared its updates queue")
+                return False
+            return True
+
+        await until_async(published, what="the forged update routed to the updates queue")
 
 
 async def watch_control(url: str, queue: str) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +20,23 @@ from fedq.messages.amqp import AmqpTransport
 from fedq.messages.codec import decode_message, encode_message
 from fedq.messages.schema import MESSAGE_TYPES, ModelMeta, UpdateMeta
 from fedq.messages.topology import UPDATE_KEY, Topology
-from fedq.messages.transport import TransportError
 from fedq.participant.config import ParticipantConfig
 from fedq.participant.model_assembly import model_queue_bytes
 from fedq.simulation import SimulationPlan, simulate
 from tests.conftest import BROKER_URL
-from tests.helpers import drain, read_report, run_fedq, start_fedq
+from tests.helpers import (
+    consumers_on,
+    drain,
+    free_port,
+    metric_total,
+    read_report,
+    run_fedq,
+    start_fedq,
+    until,
+    until_async,
+    until_consumers,
+    until_consumers_async,
+)
 
 
 def plan(
@@ -215,7 +225,7 @@ def test_rounds_close_at_quorum_without_the_straggler_whose_updates_are_stale(tm
     shape = ["--participants", "4", "--quorum", "3", "--rounds", "3", "--linger", "120"]
     files = ["--state-dir", str(tmp_path), "--report", str(report)]
     coordinator = start_fedq("coordinator", *app, *shape, *files, log=tmp_path / "coord.log")
-    time.sleep(1.0)
+    until_consumers(BROKER_URL, Topology(federation).updates)  # it collects: joins are answered
 
     def participant(i: int) -> subprocess.Popen[bytes]:
         slow = ["--slowdown", "10"] if i == 3 else []
@@ -251,7 +261,12 @@ def test_sigterm_leaves_uncommitted_updates_on_the_broker(tmp_path, federation):
     not acked, so the broker keeps it for the next coordinator."""
     args = ["--app", "fedq.apps.synthetic:app", "--participants", "2", "--rounds", "1"]
     where = ["--federation", federation, "--broker", BROKER_URL, "--state-dir", str(tmp_path)]
-    coordinator = start_fedq("coordinator", *args, *where, log=tmp_path / "coordinator.log")
+    metrics = free_port()
+    scrape = f"http://127.0.0.1:{metrics}/metrics"
+    coordinator = start_fedq(
+        "coordinator", *args, *where, "--metrics-port", str(metrics),
+        log=tmp_path / "coordinator.log",
+    )  # fmt: skip
     topology = Topology(federation)
     update = UpdateMeta(
         federation=federation, participant="p0", round=1, base_version=0, num_examples=5
@@ -261,24 +276,16 @@ def test_sigterm_leaves_uncommitted_updates_on_the_broker(tmp_path, federation):
     )
 
     async def hand_over_one_update() -> None:
+        await until_consumers_async(BROKER_URL, topology.updates)  # it collects
         async with AmqpTransport(BROKER_URL) as transport:
-            for _ in range(200):  # until the coordinator has declared its queue
-                try:
-                    await transport.publish(
-                        topology.updates,
-                        UPDATE_KEY,
-                        body,
-                        message_id=update.update_id,
-                        mandatory=True,
-                    )
-                    break
-                except TransportError:  # no exchange or queue yet
-                    await asyncio.sleep(0.1)
-            for _ in range(200):  # until the coordinator holds it (delivered, not acked)
-                if await transport.queue_depth(topology.updates) == 0:
-                    return
-                await asyncio.sleep(0.1)
-            raise AssertionError((tmp_path / "coordinator.log").read_text())
+            await transport.publish(
+                topology.updates, UPDATE_KEY, body, message_id=update.update_id, mandatory=True
+            )
+            await until_async(  # the coordinator holds it (delivered, not acked)
+                lambda: transport.queue_depth(topology.updates),
+                lambda depth: depth == 0,
+                what="the update delivered to the coordinator",
+            )
 
     async def depth() -> int:
         async with AmqpTransport(BROKER_URL) as transport:
@@ -286,7 +293,11 @@ def test_sigterm_leaves_uncommitted_updates_on_the_broker(tmp_path, federation):
 
     try:
         asyncio.run(hand_over_one_update())
-        time.sleep(0.5)
+        until(  # checked and held: the coordinator waits for the second update of its quorum
+            lambda: metric_total(scrape, "fedq_updates_accepted_total"),
+            lambda accepted: accepted == 1,
+            what="the update accepted into the open version",
+        )
         coordinator.terminate()
         assert coordinator.wait(timeout=30) == 143, (tmp_path / "coordinator.log").read_text()
         assert asyncio.run(depth()) == 1
@@ -315,26 +326,27 @@ def test_a_participant_holds_nothing_while_it_trains_and_rejoins_after_sigterm(
             bound = model_queue_bytes(app.initial_weights())  # as the participant declares it
             await topology.declare_participant(transport, "p0", max_bytes=bound)
 
-    async def give_the_model_and_see_it_trains() -> tuple[int, int]:
-        """(messages, consumers) of its queue once it took the model."""
+    async def give_the_model_and_see_it_trains() -> int:
+        """Messages in its queue once it took the model and left the queue to train."""
+        queue = topology.model_queue("p0")
+        await until_consumers_async(BROKER_URL, queue, 1)  # started, consuming its queue
         async with AmqpTransport(BROKER_URL) as transport:
-            queue = topology.model_queue("p0")
-            for _ in range(600):  # started (slowly under load) and consuming its queue
-                if await transport.queue_consumers(queue) == 1:
-                    break
-                await asyncio.sleep(0.1)
             await transport.publish(topology.models, "", body, type=MESSAGE_TYPES["model"])
-            for _ in range(200):
-                if await transport.queue_consumers(queue) == 0:  # it left to train
-                    return await transport.queue_depth(queue), 0
-                await asyncio.sleep(0.1)
-            return -1, -1
+            await until_async(
+                lambda: consumers_on(transport, queue),
+                lambda n: n == 0,
+                what="p0 off its queue, training",
+            )
+            return await transport.queue_depth(queue)
 
-    async def joins() -> list[str]:
-        events = [
-            decode_message(d.body).fields for d in await drain(BROKER_URL, topology.coordinator)
-        ]
-        return [f"{e['kind']}.{e['participant']}" for e in events]
+    events: list[str] = []
+
+    async def joins() -> int:
+        """The joins from p0 in the coordinator's queue so far (taken from it)."""
+        taken = await drain(BROKER_URL, topology.coordinator, quiet=0.2)
+        fields = [decode_message(d.body).fields for d in taken]
+        events.extend(f"{e['kind']}.{e['participant']}" for e in fields)
+        return events.count("join.p0")
 
     asyncio.run(declare())
     args = ["--app", "fedq.apps.synthetic:app", "--id", "p0", "--delay", "60"]
@@ -342,14 +354,15 @@ def test_a_participant_holds_nothing_while_it_trains_and_rejoins_after_sigterm(
     participant = start_fedq("participant", *args, *where, log=tmp_path / "p0.log")
     restarted = None
     try:
-        assert asyncio.run(give_the_model_and_see_it_trains()) == (0, 0), (
+        assert asyncio.run(give_the_model_and_see_it_trains()) == 0, (
             tmp_path / "p0.log"
         ).read_text()
         participant.terminate()
         assert participant.wait(timeout=30) == 143, (tmp_path / "p0.log").read_text()
         restarted = start_fedq("participant", *args, *where, log=tmp_path / "p0-again.log")
-        time.sleep(3)
-        assert asyncio.run(joins()).count("join.p0") == 2
+        # One join at each start: the restarted one joins again.
+        until(lambda: asyncio.run(joins()), lambda n: n >= 2, what="p0's second join")
+        assert events.count("join.p0") == 2, events
     finally:
         for process in (participant, restarted):
             if process is not None and process.poll() is None:
@@ -389,10 +402,7 @@ def kill_and_restart_the_coordinator(
     report = tmp_path / "report.json"
     second = None
     try:
-        for _ in range(600):
-            if committed_versions() >= 1:
-                break
-            time.sleep(0.05)
+        until(committed_versions, lambda n: n >= 1, what="version 1 committed", within=120)
         first.kill()
         first.wait(timeout=10)
         killed_after = committed_versions()

@@ -4,6 +4,7 @@ federation runs and after it, its counts agree with what the coordinator did."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import httpx
@@ -20,18 +21,29 @@ from fedq.messages.codec import Weights
 from fedq.messages.schema import MESSAGE_TYPES
 from fedq.messages.topology import UPDATE_KEY, Topology
 from fedq.metrics import MetricsUnavailable, PrometheusMetrics, serve_metrics
+from fedq.participant.app import Partition, TrainConfig, TrainResult
 from fedq.participant.config import ParticipantConfig
-from fedq.scenario import ParticipantProfile
 from fedq.simulation import SimulationPlan, simulate
 from tests.conftest import BROKER_URL
 
 
 class EvaluatedSyntheticApp(SyntheticApp):
-    """The synthetic app with a held-out evaluation, so the loss/accuracy gauges move."""
+    """The synthetic app with a held-out evaluation, so the loss/accuracy gauges move; p2
+    trains on model v1 only once ``scraped`` is set, so version 2 is open at the scrape."""
+
+    def __init__(self, params: int) -> None:
+        super().__init__(params=params)
+        self.scraped = threading.Event()
 
     def evaluate(self, weights: Weights) -> dict[str, float]:
         mean = float(np.mean([w.mean() for w in weights.values()]))
         return {"loss": 1.0 - mean, "accuracy": min(1.0, mean * 100)}
+
+    def train(self, weights: Weights, partition: Partition, config: TrainConfig) -> TrainResult:
+        on_v1 = any(np.any(w) for w in weights.values())  # v0 is all zeros
+        if partition.index == 2 and on_v1:  # in a worker thread: waiting blocks no loop
+            assert self.scraped.wait(60), "no scrape within 60 s of the first commit"
+        return super().train(weights, partition, config)
 
 
 def sample(text: str, name: str, **labels: str) -> float | None:
@@ -56,8 +68,9 @@ def total(text: str, name: str, **labels: str) -> float:
 class ScrapeAtFirstCommit(CoordinatorObserver):
     """Scrapes the endpoint once version 1 is committed, while version 2 is open."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, scraped: threading.Event) -> None:
         self.url = url
+        self.scraped = scraped
         self.scrape: asyncio.Task[str] | None = None
 
     def version_committed(self, row: VersionSummary) -> None:
@@ -68,22 +81,22 @@ class ScrapeAtFirstCommit(CoordinatorObserver):
         async with httpx.AsyncClient() as client:
             response = await client.get(self.url, timeout=10)
             response.raise_for_status()
-            return response.text
+        self.scraped.set()
+        return response.text
 
 
 async def test_a_scrape_during_and_after_a_federation_counts_what_the_coordinator_did(
     tmp_path: Path, federation: str
 ):
     """3 participants, 3 rounds and one garbage body queued before the run. The last
-    participant is 1 s late each round, so the scrape at the first commit lands while the
-    second version is open."""
+    participant trains on model v1 only after the scrape at the first commit: it lands
+    while the second version is open, however loaded the machine."""
     plan = SimulationPlan(
         coordinator=CoordinatorConfig(
             federation=federation, state_dir=tmp_path, participants=3, rounds=3
         ),
         participant=ParticipantConfig(federation=federation, participant_id="p"),
         broker_url=BROKER_URL,
-        profiles=(ParticipantProfile(2, delay_seconds=1.0),),
     )
     topology = Topology(federation)
     metrics = PrometheusMetrics(federation)
@@ -95,10 +108,9 @@ async def test_a_scrape_during_and_after_a_federation_counts_what_the_coordinato
                 type=MESSAGE_TYPES["update"], mandatory=True,
             )  # fmt: skip
             async with serve_metrics(metrics, port=0) as url, httpx.AsyncClient() as client:
-                watcher = ScrapeAtFirstCommit(url)
-                result = await asyncio.wait_for(
-                    simulate(plan, EvaluatedSyntheticApp(params=1000), [metrics, watcher]), 120
-                )
+                app = EvaluatedSyntheticApp(params=1000)
+                watcher = ScrapeAtFirstCommit(url, app.scraped)
+                result = await asyncio.wait_for(simulate(plan, app, [metrics, watcher]), 120)
                 assert watcher.scrape is not None
                 during = await watcher.scrape
                 after = (await client.get(url, timeout=10)).text
@@ -127,7 +139,9 @@ async def test_a_scrape_during_and_after_a_federation_counts_what_the_coordinato
     assert sample(after, "fedq_held_out_loss", **on) == pytest.approx(
         1.0 - 3 * SyntheticApp.fedavg_step([0, 1, 2]), rel=1e-5
     )
-    assert sample(after, "fedq_held_out_accuracy_ratio", **on) is not None
+    assert sample(after, "fedq_held_out_accuracy_ratio", **on) == pytest.approx(
+        min(1.0, 100 * 3 * SyntheticApp.fedavg_step([0, 1, 2])), rel=1e-5
+    )
     assert sample(after, "fedq_privacy_epsilon", **on) is None  # DP off: no made-up value
 
 

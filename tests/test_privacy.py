@@ -49,10 +49,21 @@ async def test_every_update_is_clipped_to_the_bound(tmp_path: Path, federation: 
 
 
 async def test_the_epsilon_of_each_version_is_the_accountants(tmp_path: Path, federation: str):
-    sigma, delta, rounds = 1.1, 1e-5, 3
+    sigma, delta, rounds, clip = 1.1, 1e-5, 3, 0.01
     result = await run(
-        tmp_path, federation, rounds, dp_clip=0.01, dp_noise_multiplier=sigma, dp_delta=delta
+        tmp_path, federation, rounds, dp_clip=clip, dp_noise_multiplier=sigma, dp_delta=delta
     )
+    # The noise reached the model: without it each version moves every coordinate by
+    # clip / sqrt(P) (the test above); with it, by that plus a fresh N(0, (sigma x clip /
+    # K)^2) draw per version. So the model less the noise-free aggregate is noise of std
+    # sqrt(rounds) x sigma x clip / K (K = N here), centred: 2000 coordinates estimate
+    # that std within 1.6 % (one standard error), so 10 % is over six of them.
+    model = load_checkpoint(checkpoint_path(tmp_path / "models", rounds))
+    flat = np.concatenate([t.reshape(-1) for t in model.values()]).astype(np.float64)
+    noise = flat - rounds * clip / np.sqrt(PARAMS)
+    std = np.sqrt(rounds) * sigma * clip / N
+    assert np.std(noise) == pytest.approx(std, rel=0.1)
+    assert abs(np.mean(noise)) < 6 * std / np.sqrt(PARAMS)
     recorded = [h.epsilon for h in UpdateLedger(tmp_path / "ledger.sqlite").history()]
     expected = []
     for versions in range(1, rounds + 1):

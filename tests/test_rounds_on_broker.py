@@ -20,6 +20,7 @@ from fedq.participant.config import ParticipantConfig
 from fedq.scenario import ParticipantProfile
 from fedq.simulation import SimulationPlan, simulate, simulate_with_participants
 from tests.conftest import BROKER_URL
+from tests.helpers import Commits, Straggler
 
 
 def on_rabbitmq(
@@ -67,10 +68,11 @@ async def test_the_committed_model_is_the_example_weighted_mean_of_the_deltas(
 async def test_a_deadline_closes_the_round_with_min_quorum_and_the_late_update_is_stale(
     tmp_path: Path, federation: str
 ):
+    """p2 trains on model v0 until the last version, v2, is committed: both rounds close
+    at their deadline without it, and its update comes after the end."""
     plan = on_rabbitmq(
         federation,
         tmp_path,
-        stragglers=(ParticipantProfile(2, delay_seconds=2.5),),
         participants=3,
         rounds=2,
         quorum=3,
@@ -78,8 +80,10 @@ async def test_a_deadline_closes_the_round_with_min_quorum_and_the_late_update_i
         round_timeout=1.0,
         linger_seconds=30,
     )
+    commits = Commits()
+    app = Straggler(1000, commits, late={2}, until=lambda _: 2, last=2)
     try:
-        result = await simulate(plan, SyntheticApp(params=1000))
+        result = await simulate(plan, app, [commits])
         assert [(h["closed_by"], h["participants"]) for h in result.history] == [
             ("deadline", ["p0", "p1"]),
             ("deadline", ["p0", "p1"]),
@@ -98,12 +102,12 @@ async def test_a_deadline_closes_the_round_with_min_quorum_and_the_late_update_i
 async def test_with_late_updates_folded_a_straggler_counts_in_the_next_round_at_s_tau(
     tmp_path: Path, federation: str
 ):
-    """p2 takes 3 s a round, the deadline is 2 s: its update for round r arrives while
-    round r + 1 is open and is folded there, tau = 1, weight n x 2^-0.5."""
+    """p2 trains on model v until v + 1 is committed (round r closed at its 2 s deadline
+    without it): its update for round r arrives while round r + 1 is open and is folded
+    there, tau = 1, weight n x 2^-0.5."""
     plan = on_rabbitmq(
         federation,
         tmp_path,
-        stragglers=(ParticipantProfile(2, delay_seconds=3.0),),
         participants=3,
         rounds=3,
         quorum=3,
@@ -113,7 +117,9 @@ async def test_with_late_updates_folded_a_straggler_counts_in_the_next_round_at_
         linger_seconds=30,
     )
     try:
-        await simulate(plan, SyntheticApp(params=1000))
+        commits = Commits()
+        app = Straggler(1000, commits, late={2}, until=lambda v: v + 1, last=3)
+        await simulate(plan, app, [commits])
         ledger = UpdateLedger(tmp_path / "ledger.sqlite")
         expected = 0.0
         late = []

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import urllib.parse
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import numpy as np
@@ -33,12 +32,11 @@ from fedq.participant.app import Partition
 from fedq.participant.config import ParticipantConfig
 from fedq.simulation import run_participants
 from tests.conftest import BROKER_URL
+from tests.helpers import until_async
 
 #: 1,000 with quorum 100, as the issue asks: 32 s here (20 CPU seconds) with the 2 cores
 #: otherwise quiet (load average 2.3); 68 to 153 s while other work kept the load at 7 to 13.
 N, K, ROUNDS = 1000, 100, 3
-
-T = TypeVar("T")
 
 
 class Management:
@@ -68,17 +66,6 @@ class Management:
         return [c for c in rows if c.get("client_properties", {}).get("connection_name") == name]
 
 
-async def until(probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], limit: float) -> T:
-    """``probe()`` again every half second until ``done`` says yes or ``limit`` s passed;
-    the last answer either way (the management API's statistics lag by seconds)."""
-    deadline = asyncio.get_running_loop().time() + limit
-    while True:
-        value = await probe()
-        if done(value) or asyncio.get_running_loop().time() > deadline:
-            return value
-        await asyncio.sleep(0.5)
-
-
 @pytest.mark.broker
 async def test_a_thousand_virtual_participants_on_one_connection_complete_every_round(
     tmp_path: Path, federation: str
@@ -104,18 +91,22 @@ async def test_a_thousand_virtual_participants_on_one_connection_complete_every_
         workers = asyncio.create_task(run_participants(configs, app, shared))
         try:
             # Every participant has its own queue and consumes it, before any model is out.
-            queues = await until(
+            queues = await until_async(
                 lambda: management.model_queues(federation),
                 lambda q: len(q) == N and all(c == 1 for c in q.values()),
-                limit=120,
+                what=f"{N} model queues, each with its consumer",
+                within=120,
+                every=0.5,  # the management API's statistics lag by seconds
             )
             assert sorted(queues) == sorted(Topology(federation).model_queue(p) for p in ids)
             assert all(consumers == 1 for consumers in queues.values())
             # ... all on one connection, a channel per consumer plus a few.
-            connections = await until(
+            connections = await until_async(
                 lambda: management.connections(name),
                 lambda c: len(c) == 1 and int(c[0].get("channels", 0)) >= N,
-                limit=60,
+                what=f"one connection with at least {N} channels",
+                within=60,
+                every=0.5,
             )
             assert len(connections) == 1
             assert N <= int(connections[0]["channels"]) <= N + 1 + DECLARING_CHANNELS

@@ -651,10 +651,22 @@ def test_every_registered_aggregator_builds_and_runs_a_version(name, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_the_private_mean_builds_from_its_module_path():
+def test_the_private_mean_builds_from_its_module_path_with_its_options(tmp_path):
+    """Built by path, its options reach it: five unclipped updates (norm < clip_norm 1)
+    summed, noised with N(0, (1.1 x 1)^2) from default_rng([seed, version]) tensor after
+    tensor in the template's order, over the expected 10 updates."""
     spec = "fedq.coordinator.strategies.privacy:DifferentiallyPrivateMean"
     options = {"clip_norm": 1.0, "noise_multiplier": 1.1, "expected_updates": 10, "seed": 3}
-    assert build_aggregator(spec, options).name == "dp_mean"
+    aggregator = build_aggregator(spec, options)
+    assert isinstance(aggregator, DifferentiallyPrivateMean)
+    update = model([0.01, 0.02, 0.03, 0.04], [0.05, 0.06, 0.07])
+    result = aggregate(aggregator, [(update, 1)] * 5, tmp_path, version=4)
+    rng = np.random.default_rng([3, 4])
+    expected = {
+        name: ((5 * update[name].astype(np.float64) + rng.normal(0.0, 1.1, t.shape)) / 10)
+        for name, t in TEMPLATE.items()
+    }
+    assert_model_close(result, {n: v.astype(np.float32) for n, v in expected.items()})
 
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))

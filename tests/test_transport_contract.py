@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
@@ -12,9 +13,11 @@ from fedq.messages.transport import (
     Delivery,
     QueueDeleted,
     QueueFull,
+    Transport,
     TransportError,
     Unroutable,
 )
+from tests.helpers import until_async
 
 
 def names() -> tuple[str, str]:
@@ -26,11 +29,24 @@ async def next_delivery(deliveries: AsyncIterator[Delivery]) -> Delivery:
     return await asyncio.wait_for(anext(deliveries), 5.0)
 
 
-async def no_delivery(deliveries: AsyncIterator[Delivery], wait: float = 0.3) -> bool:
-    task = asyncio.ensure_future(anext(deliveries))
-    done, _ = await asyncio.wait({task}, timeout=wait)
-    task.cancel()
-    return not done
+async def nothing_more(pub: Transport, queue: str, deliveries: AsyncIterator[Delivery]) -> bool:
+    """Nothing else was due to ``deliveries`` (a consumer with room in its window): a
+    marker published to ``queue`` now is its next delivery. Waiting a while for nothing
+    would also pass on a broker that had just not had the time to deliver."""
+    marker = f"marker-{uuid.uuid4().hex}".encode()
+    await pub.publish("", queue, marker)
+    got = await next_delivery(deliveries)
+    await got.ack()
+    return bytes(got.body) == marker
+
+
+@contextlib.asynccontextmanager
+async def taken_by_another(transport: Transport, queue: str) -> AsyncIterator[bytes]:
+    """The next ready message of ``queue``, as a second consumer gets it (held, unacked,
+    until the block ends). That it gets it proves the first consumer, its window full,
+    was not given it: the broker had it ready and the chance to deliver it."""
+    async with transport.consume(queue, prefetch=1) as other:
+        yield bytes((await next_delivery(other)).body)
 
 
 async def test_direct_exchange_routes_by_key_with_properties(transport_pair):
@@ -52,7 +68,7 @@ async def test_direct_exchange_routes_by_key_with_properties(transport_pair):
             assert got.routing_key == "update"
             assert not got.redelivered
             await got.ack()
-            assert await no_delivery(deliveries)
+            assert await nothing_more(pub, queue, deliveries)
     finally:
         await pub.delete_queue(queue)
         await pub.delete_exchange(exchange)
@@ -120,8 +136,10 @@ async def test_max_length_one_drop_head_keeps_only_the_newest(transport_pair):
     try:
         assert await sub.queue_depth(queue) == 1
         async with sub.consume(queue, prefetch=5) as deliveries:
-            assert bytes((await next_delivery(deliveries)).body) == b"model v2"
-            assert await no_delivery(deliveries)
+            latest = await next_delivery(deliveries)
+            assert bytes(latest.body) == b"model v2"
+            await latest.ack()
+            assert await nothing_more(pub, queue, deliveries)
     finally:
         await pub.delete_queue(queue)
 
@@ -209,7 +227,7 @@ async def test_unacked_deliveries_come_back_redelivered_in_order(transport_pair)
             assert all(d.redelivered for d in again)
             for d in again:
                 await d.ack()
-            assert await no_delivery(deliveries)
+            assert await nothing_more(pub, queue, deliveries)
     finally:
         await pub.delete_queue(queue)
 
@@ -224,8 +242,9 @@ async def test_prefetch_bounds_unacked_deliveries(transport_pair):
         async with sub.consume(queue, prefetch=2) as deliveries:
             a = await next_delivery(deliveries)
             await next_delivery(deliveries)
-            assert await no_delivery(deliveries)
-            await a.ack()
+            async with taken_by_another(pub, queue) as third:  # not given to the full window
+                assert third == b"2"
+            await a.ack()  # "2" returned to the head of the queue: now the window has room
             assert bytes((await next_delivery(deliveries)).body) == b"2"
     finally:
         await pub.delete_queue(queue)
@@ -238,31 +257,30 @@ async def test_released_deliveries_do_not_count_toward_the_prefetch(transport_pa
     pub, sub = transport_pair
     _, queue = names()
     await pub.declare_queue(queue, arguments=arguments)
-    for i in range(6):
+    for i in range(7):
         await pub.publish("", queue, b"%d" % i)
     try:
+        # Other consumers take (and hold) what the full window is not given: "2", then "5".
         async with sub.consume(queue, prefetch=2) as deliveries:
             held = [await next_delivery(deliveries), await next_delivery(deliveries)]
-            assert await no_delivery(deliveries)
-            for delivery in held:
-                delivery.release_body()
-            fresh = [await next_delivery(deliveries), await next_delivery(deliveries)]
-            assert [bytes(d.body) for d in fresh] == [b"2", b"3"]
-            assert await no_delivery(deliveries)  # two unreleased: the window is full again
-            await fresh[0].ack()
-            last = await next_delivery(deliveries)
-            assert bytes(last.body) == b"4"
-            for delivery in held:  # released, still ackable
-                await delivery.ack()
-        # Leaving requeued the unacked 3 and 4; 5 was never delivered. (A quorum queue
-        # takes returns back through its log: its count catches up within moments.)
-        depth = await sub.queue_depth(queue)
-        for _ in range(50):
-            if depth == 3:
-                break
-            await asyncio.sleep(0.1)
-            depth = await sub.queue_depth(queue)
-        assert depth == 3
+            async with taken_by_another(pub, queue) as second:
+                assert second == b"2"
+                for delivery in held:
+                    delivery.release_body()
+                fresh = [await next_delivery(deliveries), await next_delivery(deliveries)]
+                assert [bytes(d.body) for d in fresh] == [b"3", b"4"]
+                async with taken_by_another(pub, queue) as third:  # two unreleased: full again
+                    assert third == b"5"
+                    await fresh[0].ack()
+                    last = await next_delivery(deliveries)
+                    assert bytes(last.body) == b"6"
+                    for delivery in held:  # released, still ackable
+                        await delivery.ack()
+        # Leaving requeued the unacked 2, 4, 5 and 6. (A quorum queue takes returns back
+        # through its log: its count catches up within moments.)
+        await until_async(
+            lambda: sub.queue_depth(queue), lambda d: d == 4, what="4 messages back in the queue"
+        )
     finally:
         await pub.delete_queue(queue)
 
@@ -348,7 +366,7 @@ async def test_a_delivery_can_be_acked_after_its_body_is_released(transport_pair
             delivery = await next_delivery(deliveries)
             delivery.release_body()
             await delivery.ack()
-            assert await no_delivery(deliveries)
+            assert await nothing_more(pub, queue, deliveries)
         assert await sub.queue_depth(queue) == 0
     finally:
         await pub.delete_queue(queue)

@@ -20,7 +20,7 @@ from fedq.messages.schema import MESSAGE_TYPES, UpdateMeta
 from fedq.messages.topology import UPDATE_KEY, Topology
 from fedq.messages.transport import Transport
 from tests.conftest import BROKER_URL
-from tests.helpers import drain
+from tests.helpers import drain, until_async
 
 
 async def _send(sender: Transport, topology: Topology, participant: str, base: int) -> str:
@@ -40,13 +40,16 @@ async def _send(sender: Transport, topology: Topology, participant: str, base: i
 
 
 async def _committed(state: Path, version: int) -> None:
-    for _ in range(400):
-        if (state / "ledger.sqlite").exists() and UpdateLedger(state / "ledger.sqlite").updates_of(
-            version
-        ):
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"v{version} was not committed")
+    async def updates() -> int:
+        if not (state / "ledger.sqlite").exists():
+            return 0
+        ledger = UpdateLedger(state / "ledger.sqlite")
+        try:
+            return len(ledger.updates_of(version))
+        finally:
+            ledger.close()
+
+    await until_async(updates, what=f"v{version} committed")
 
 
 async def test_one_participant_cannot_fill_an_async_version_with_several_base_versions(

@@ -21,6 +21,7 @@ from fedq.messages.topology import Topology, participant_key
 from fedq.messages.transport import Transport
 from tests.broker_users import broker_users
 from tests.conftest import BROKER_URL
+from tests.helpers import polled, until_async
 
 GHOSTS = 2000
 
@@ -30,11 +31,11 @@ async def _run(
     federation: str,
     participants: int,
     attack: Callable[[Transport, Topology], Awaitable[None]],
-    until: Callable[[Coordinator], bool],
+    done: Callable[[Coordinator], bool],
     sender_url: str = BROKER_URL,
     verify_identity: bool = False,
 ) -> Coordinator:
-    """A coordinator on the real broker under ``attack``, until ``until(coordinator)``."""
+    """A coordinator on the real broker under ``attack``, until ``done(coordinator)``."""
     topology = Topology(federation)
     config = CoordinatorConfig(
         federation=federation,
@@ -50,10 +51,11 @@ async def _run(
         run = asyncio.create_task(coordinator.run())
         try:
             await attack(sender, topology)
-            for _ in range(1200):
-                if until(coordinator):
-                    break
-                await asyncio.sleep(0.05)
+            await until_async(
+                polled(lambda: coordinator),
+                done,
+                what="the coordinator to have handled the attack",
+            )
         finally:
             run.cancel()
             await asyncio.gather(run, return_exceptions=True)

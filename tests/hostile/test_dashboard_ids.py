@@ -14,6 +14,7 @@ from fedq.messages.codec import encode_message
 from fedq.messages.schema import MESSAGE_TYPES, ControlMessage, FederationDone, Heartbeat
 from fedq.messages.topology import Topology, participant_key
 from tests.conftest import BROKER_URL
+from tests.helpers import polled, until_async
 
 GHOSTS = MAX_SHOWN_PARTICIPANTS + 200
 
@@ -32,10 +33,9 @@ async def test_the_dashboard_believes_no_body_against_its_key_and_shows_a_bounde
         await topology.declare_core(sender)
         task = asyncio.create_task(listener.run())
         try:
-            for _ in range(200):  # until the listener's queue is bound
-                if listener.status.ok:
-                    break
-                await asyncio.sleep(0.05)
+            await until_async(  # the listener's queue is bound
+                polled(lambda: listener.status.ok), what="the listener bound"
+            )
 
             async def send(key: str, message: Heartbeat | FederationDone) -> None:
                 body = encode_message(message)
@@ -55,11 +55,12 @@ async def test_the_dashboard_believes_no_body_against_its_key_and_shows_a_bounde
                     Heartbeat(federation=federation, participant=ghost),
                 )
             last = f"ghost-{GHOSTS - 1}"
-            for _ in range(400):
+
+            async def showing() -> bool:  # messages come in order: the last one was taken
                 shown = live.federations.get(federation)
-                if shown is not None and last in shown.participants:
-                    break
-                await asyncio.sleep(0.05)
+                return shown is not None and last in shown.participants
+
+            await until_async(showing, what=f"{last} shown")
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)

@@ -23,6 +23,7 @@ from fedq.participant.config import ParticipantConfig
 from fedq.participant.worker import Participant
 from tests.broker_users import broker_users
 from tests.conftest import BROKER_URL
+from tests.helpers import until_async
 
 ROUNDS = 2
 
@@ -74,10 +75,11 @@ async def test_a_model_or_federation_done_from_another_user_is_ignored(tmp_path,
             )
             running = asyncio.create_task(participant.run())
             try:
-                for _ in range(200):  # until the participant has taken the forged message
-                    if await honest.queue_depth(topology.model_queue("p0")) == 0:
-                        break
-                    await asyncio.sleep(0.05)
+                await until_async(  # the participant has taken the forged message
+                    lambda: honest.queue_depth(topology.model_queue("p0")),
+                    lambda depth: depth == 0,
+                    what="the forged model taken by p0",
+                )
                 result, stats = await asyncio.wait_for(
                     asyncio.gather(Coordinator(config, app, own).run(), running), 30
                 )

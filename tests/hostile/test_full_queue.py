@@ -6,7 +6,6 @@ drains it until the test does."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import replace
 
 from fedq.apps.synthetic import SyntheticApp
@@ -14,11 +13,12 @@ from fedq.messages.amqp import AmqpTransport
 from fedq.messages.codec import decode_message, encode_message
 from fedq.messages.schema import MESSAGE_TYPES, ModelMeta, UpdateMeta
 from fedq.messages.topology import UPDATE_KEY, Topology
-from fedq.messages.transport import QueueFull, TransportError
+from fedq.messages.transport import QueueFull
 from fedq.participant.config import ParticipantConfig
 from fedq.participant.worker import Participant
 from fedq.runtime.sent_log import read_sent
 from tests.conftest import BROKER_URL
+from tests.helpers import polled, until_async, until_consumers_async
 
 LIMIT = 1 << 20
 PARAMS = 50_000  # a 200 kB update: it does not fit beside the flood
@@ -44,22 +44,19 @@ async def test_an_update_refused_by_a_full_queue_is_published_again_until_taken(
         participant = Participant(config, app, own)
         running = asyncio.create_task(participant.run())
         try:
-            for _ in range(100):  # until it consumes its queue: then give it a model
-                with contextlib.suppress(TransportError):  # not declared yet
-                    if await own.queue_consumers(topology.model_queue("p0")) == 1:
-                        break
-                await asyncio.sleep(0.1)
+            # It consumes its queue: then give it a model.
+            await until_consumers_async(BROKER_URL, topology.model_queue("p0"))
             model = ModelMeta(federation=federation, version=0, round=1, rounds_total=1)
             await own.publish(
                 topology.models, "", encode_message(model, app.initial_weights()),
                 type=MESSAGE_TYPES["model"],
             )  # fmt: skip
-            for _ in range(100):  # until the broker has refused its update at least twice
-                if participant.stats.publishes_refused >= 2:
-                    break
-                await asyncio.sleep(0.1)
-            assert participant.stats.publishes_refused >= 2
-            assert not sent_log.exists()  # not confirmed, so not logged as sent
+            await until_async(  # the broker refused its update, and again on the retry
+                polled(lambda: participant.stats.publishes_refused),
+                lambda refused: refused >= 2,
+                what="the participant's update refused twice",
+            )
+            assert read_sent(sent_log) == []  # not confirmed, so not logged as sent
             assert await own.queue_depth(topology.updates) == flood
 
             async with own.consume(topology.updates, prefetch=flood + 1) as inbox:

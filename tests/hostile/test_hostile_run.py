@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
+import signal
+import subprocess
 import uuid
 from collections import Counter
 
@@ -30,6 +31,7 @@ from fedq.messages.topology import UPDATE_KEY, Topology
 from tests.broker_users import broker_users
 from tests.fault_table import FaultRow, record
 from tests.faults.harness import PARAMS, FaultyFederation
+from tests.helpers import drain, until, until_async
 from tests.hostile.cases import (
     NORM_BOUND,
     captured_cases,
@@ -90,6 +92,30 @@ async def publish_all(url: str, exchange: str, messages: list[tuple[str, bytes]]
             )  # fmt: skip
 
 
+async def pause_with_a_version_open(
+    fed: FaultyFederation, participants: list[subprocess.Popen[bytes]], spy: str
+) -> int:
+    """SIGSTOP the honest participants; the committed version, the next one left open.
+
+    The next commit needs an update from each of them on the committed model: if all had
+    sent theirs before they stopped (the spy queue copied every update published), that
+    version is committed first, and none can follow it while they are stopped."""
+    for participant in participants:
+        participant.send_signal(signal.SIGSTOP)
+    sent: Counter[int] = Counter()  # honest updates published, by base version
+    while True:
+        version = fed.committed_version()
+        for delivery in await drain(fed.broker, spy, quiet=0.5):
+            sent[decode_message(delivery.body).meta(UpdateMeta).base_version] += 1
+        if sent[version] < fed.participants:
+            return version
+        await until_async(
+            lambda: asyncio.to_thread(fed.committed_version),
+            lambda v: v > version,  # noqa: B023 (called within this iteration)
+            what=f"v{version + 1}, whose updates were all sent, committed",
+        )
+
+
 def test_hostile_input_during_a_real_run(tmp_path, federation):
     topology = Topology(federation, dead_letter_max_bytes=DEAD_LETTER_BYTES)
     tag = uuid.uuid4().hex[:6]
@@ -128,19 +154,13 @@ def test_hostile_input_during_a_real_run(tmp_path, federation):
             participants = [fed.start_participant(i) for i in range(fed.participants)]
             captured = asyncio.run(asyncio.wait_for(capture_honest_update(fed.broker, spy), 120))
             owner = decode_message(captured).meta(UpdateMeta)
-            deadline = time.monotonic() + 120
-            while fed.committed_version() < 1:  # so that base v0 is stale and v0 committed
-                assert time.monotonic() < deadline, fed.logs()
-                time.sleep(0.1)
+            # v1 committed: base v0 is stale from now on.
+            until(fed.committed_version, lambda v: v >= 1, what="v1 committed", within=120)
             generated = generated_documents(federation, model, attacker[0])
             garbage = [b"\xc1" + os.urandom(GARBAGE_BYTES) for _ in range(GARBAGE_BODIES)]
-            # Right after a commit, so that the cases aimed at the open version reach it
-            # before the next one (rounds take DELAY seconds): the cases go out first.
-            version = fed.committed_version()
-            while fed.committed_version() == version:
-                assert time.monotonic() < deadline, fed.logs()
-                time.sleep(0.02)
-            version = fed.committed_version()
+            # The cases aimed at the open version must reach it while it is open, however
+            # slow the machine: the honest participants are paused until all are refused.
+            version = asyncio.run(pause_with_a_version_open(fed, participants, spy))
             cases = crafted_cases(federation, model, attacker[0], version)
             cases += captured_cases(captured)
             by_attacker = [
@@ -168,10 +188,17 @@ def test_hostile_input_during_a_real_run(tmp_path, federation):
 
             asyncio.run(attack())
             published = len(by_attacker) + len(by_owner)
-            while fed.ledger_value("SELECT count(*) FROM rejections") < rejected_before + published:
-                assert time.monotonic() < deadline + 300, fed.logs()
-                time.sleep(0.2)
-            assert fed.committed_version() < fed.rounds, "taken in after the run: not during it"
+            until(
+                lambda: fed.ledger_value("SELECT count(*) FROM rejections"),
+                lambda refused: refused >= rejected_before + published,
+                what=f"the {published} hostile messages refused",
+                within=300,
+                every=0.2,
+            )
+            # Taken in while the version they aimed at was open, the run not over.
+            assert fed.committed_version() == version < fed.rounds, fed.logs()
+            for participant in participants:
+                participant.send_signal(signal.SIGCONT)
 
             assert fed.wait_coordinator(coordinator) == 0, fed.logs()
             for participant in participants:

@@ -18,6 +18,7 @@ from fedq.messages.codec import encode_message
 from fedq.messages.schema import MESSAGE_TYPES, Heartbeat, Join
 from fedq.messages.topology import Topology
 from tests.conftest import BROKER_URL
+from tests.helpers import polled, until_async
 
 FLOOD = 300
 
@@ -46,10 +47,10 @@ async def test_a_join_flood_gets_one_model_and_made_up_ids_get_nothing(tmp_path,
         coordinator = Coordinator(config, SyntheticApp(params=1000), own)
         run = asyncio.create_task(coordinator.run())
         try:
-            for _ in range(300):  # until v0 is open: its model went to the fanout
-                if own.published[""]:
-                    break
-                await asyncio.sleep(0.05)
+            await until_async(  # v0 is open: its model went to the fanout
+                polled(lambda: own.published[""]), what="model v0 published"
+            )
+            await topology.declare_participant(sender, "marker")  # empty: a join is answered
             for i in range(FLOOD):
                 for event in (
                     Join(federation=federation, participant="p0"),
@@ -60,11 +61,20 @@ async def test_a_join_flood_gets_one_model_and_made_up_ids_get_nothing(tmp_path,
                     await sender.publish(
                         topology.control, key, encode_message(event), type=MESSAGE_TYPES[event.kind]
                     )
-            for _ in range(300):  # until the coordinator has taken every control message
-                if await sender.queue_depth(topology.coordinator) == 0:
-                    break
-                await asyncio.sleep(0.1)
-            await asyncio.sleep(0.5)
+            # Then a join from a participant with an empty queue: the coordinator handles
+            # control messages one after another, in order, so once it answered this one
+            # (a join is answered), it handled the whole flood.
+            marker = Join(federation=federation, participant="marker")
+            await sender.publish(
+                topology.control, "join.marker", encode_message(marker),
+                type=MESSAGE_TYPES["join"],
+            )  # fmt: skip
+            to_marker = topology.model_queue("marker")
+            await until_async(
+                polled(lambda: own.published[to_marker]),
+                what="the marker's join answered with the model",
+            )
+            assert own.published[to_marker] == 1
             to_p0 = own.published[topology.model_queue("p0")]
             to_nobody = sum(n for key, n in own.published.items() if ".model.nobody-" in key)
             assert to_p0 <= 1  # its queue holds the model already (the fanout's)
@@ -72,4 +82,4 @@ async def test_a_join_flood_gets_one_model_and_made_up_ids_get_nothing(tmp_path,
         finally:
             run.cancel()
             await asyncio.gather(run, return_exceptions=True)
-            await topology.delete(sender, ["p0"])
+            await topology.delete(sender, ["p0", "marker"])

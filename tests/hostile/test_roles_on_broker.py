@@ -20,6 +20,7 @@ from fedq.participant.config import ParticipantConfig
 from fedq.participant.worker import Participant
 from tests.broker_users import federation_vhost
 from tests.conftest import BROKER_URL
+from tests.helpers import consumers_on, until_async
 
 
 async def test_a_participant_cannot_delete_or_declare_the_exchanges_and_needs_not(
@@ -41,12 +42,11 @@ async def test_a_participant_cannot_delete_or_declare_the_exchanges_and_needs_no
                 mine,
             )
             early = asyncio.create_task(participant.run())  # before any exchange exists
-            for _ in range(200):  # until it declared its queue (and failed to bind it)
-                try:
-                    await own.queue_depth(topology.model_queue(pid))
-                    break
-                except TransportError:
-                    await asyncio.sleep(0.05)
+            await until_async(  # it declared its queue (and failed to bind it)
+                lambda: consumers_on(own, topology.model_queue(pid)),
+                lambda consumers: consumers >= 0,
+                what=f"{pid}'s queue declared",
+            )
             coordinator = Coordinator(
                 CoordinatorConfig(
                     federation=federation,
