@@ -23,9 +23,8 @@ from fedq.management import ManagementClient, default_management_url
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.memory import MemoryBroker, MemoryTransport
 from fedq.messages.topology import Topology
-from fedq.messages.transport import TransportError
 from tests.conftest import BROKER_URL
-from tests.helpers import run_fedq, start_fedq
+from tests.helpers import run_fedq, start_fedq, until_consumers
 from tests.test_cli import one_line_error
 
 DENSE = "fedq.apps.dense:app"
@@ -170,41 +169,23 @@ def test_a_second_coordinator_on_a_state_dir_exits_at_once_and_sigterm_is_143(
     args = coordinator_args(federation, tmp_path, SYNTHETIC)
     topology = Topology(federation)
 
-    async def consumers() -> int:
-        async with AmqpTransport(BROKER_URL) as transport:
-            for _ in range(600):  # bounded: until it consumes its updates (slow under load)
-                try:
-                    if (n := await transport.queue_consumers(topology.updates)) > 0:
-                        return n
-                except TransportError:  # not declared yet
-                    pass
-                await asyncio.sleep(0.1)
-        raise AssertionError("the coordinator never consumed its updates queue")
+    def consumers(count: int) -> None:
+        until_consumers(BROKER_URL, topology.updates, count, within=120)
 
     first = start_fedq(*args, log=tmp_path / "first.log")
     third = None
     try:
-        assert asyncio.run(consumers()) == 1, (tmp_path / "first.log").read_text()
+        consumers(1)
         second = run_fedq(*args, timeout=60)
         line = one_line_error(second)
         state = tmp_path / federation
         assert f"state dir {state} is in use by another coordinator (pid {first.pid})" in line
-        assert asyncio.run(consumers()) == 1  # the second never consumed
+        consumers(1)  # the second never consumed
         first.send_signal(signal.SIGKILL)
         assert first.wait(timeout=30) == -signal.SIGKILL
+        consumers(0)  # the broker saw the first one go
         third = start_fedq(*args, log=tmp_path / "third.log")
-
-        async def taken_over() -> None:
-            async with AmqpTransport(BROKER_URL) as transport:
-                for _ in range(600):
-                    if third.poll() is not None:
-                        break
-                    if await transport.queue_consumers(topology.updates) == 1:
-                        return
-                    await asyncio.sleep(0.1)
-            raise AssertionError((tmp_path / "third.log").read_text())
-
-        asyncio.run(taken_over())
+        consumers(1)
         third.terminate()
         assert third.wait(timeout=30) == 143, (tmp_path / "third.log").read_text()
         assert "stopped by SIGTERM" in (tmp_path / "third.log").read_text()

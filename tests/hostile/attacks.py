@@ -258,7 +258,7 @@ async def streams_kept_open(target: Target) -> Sent:
         while time.monotonic() < until and not (target.stop and target.stop.is_set()):
             for i, body in enumerate(firsts[:2]):
                 await out.update(f"stream-{i}", body)  # the same message, again
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.2)  # sleep-ok: paces the attacker's re-sends
         return out.sent
 
 
