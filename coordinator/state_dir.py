@@ -73,7 +73,8 @@ class StateDirInUse(ConfigError):
         holder = "another coordinator" + (f" (pid {pid})" if pid is not None else "")
         super().__init__(
             f"state dir {path} is in use by {holder}: run one coordinator per state dir; "
-            "stop that one first, or pass another --state-dir"
+            "stop that one first, pass another --state-dir, or add --standby to take over "
+            "when it stops"
         )
         self.pid = pid
 
@@ -197,12 +198,14 @@ class StateDir:
         self.restored: Restored | None = None
 
     @classmethod
-    def open(cls, folder: Path, federation: str) -> StateDir:
-        """Check ``folder`` is writable, lock it, open its ledger and check it is
-        ``federation``'s (recording that if new). Blocking: run it in a thread."""
+    def open(cls, folder: Path, federation: str, lock: StateDirLock | None = None) -> StateDir:
+        """Check ``folder`` is writable, lock it (or take ``lock``, already held: a standby
+        that waited for it), open its ledger and check it is ``federation``'s (recording
+        that if new). Blocking: run it in a thread."""
         check_writable(folder)
-        lock = StateDirLock(folder)
-        lock.acquire()
+        if lock is None:
+            lock = StateDirLock(folder)
+            lock.acquire()
         try:
             ledger = UpdateLedger(folder / "ledger.sqlite")
         except BaseException:

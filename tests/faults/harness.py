@@ -89,7 +89,7 @@ class FaultyFederation:
         return self.root / f"sent-p{index}.jsonl"
 
     def start_coordinator(
-        self, label: str, failpoint: str | None = None
+        self, label: str, failpoint: str | None = None, *extra: str
     ) -> subprocess.Popen[bytes]:
         args = ["--federation", self.name, "--app", "fedq.apps.synthetic:app"]
         args += ["--participants", str(self.participants), "--rounds", str(self.rounds)]
@@ -98,7 +98,12 @@ class FaultyFederation:
         if failpoint:
             env["FEDQ_FAILPOINT"] = failpoint
         process = start_fedq(
-            "coordinator", *args, *self.coordinator_args, log=self.root / f"{label}.log", env=env
+            "coordinator",
+            *args,
+            *self.coordinator_args,
+            *extra,
+            log=self.root / f"{label}.log",
+            env=env,
         )
         self.processes.append(process)
         return process

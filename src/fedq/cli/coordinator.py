@@ -12,16 +12,18 @@ from __future__ import annotations
 import asyncio
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import typer
 
 from fedq import strict_json
 from fedq.cli.flags import AppOpt, BrokerOpt, FederationOpt, ReportOpt, StateOpt, VerboseOpt
 from fedq.cli.observers import ObserverSettings, watching
 from fedq.cli.running import fail, load, run, setup_logging
-from fedq.console import RoundProgress, console, print_summary
+from fedq.console import RoundProgress, console, plain, print_summary
 from fedq.coordinator.config import CoordinatorConfig
 from fedq.coordinator.service import Coordinator, FederationResult
-from fedq.coordinator.state_dir import StateDir
+from fedq.coordinator.state_dir import StateDir, StateDirLock, check_writable
 from fedq.coordinator.strategies import StrategyError
 from fedq.coordinator.strategy import compose_strategy
 from fedq.messages.amqp import redact
@@ -38,6 +40,14 @@ def coordinator_command(
     broker: BrokerOpt = None,
     state_dir: StateOpt = None,
     report: ReportOpt = None,
+    standby: Annotated[
+        bool,
+        typer.Option(
+            "--standby",
+            help="If another coordinator holds the state dir, wait, and take over when it "
+            "stops (however it stops), instead of refusing to start.",
+        ),
+    ] = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Run the coordinator of one federation on RabbitMQ."""
@@ -52,7 +62,8 @@ def coordinator_command(
     async def main() -> FederationResult:
         # Every local check before the broker is even reached: the state dir (writable,
         # locked, this federation's, this app's model) and its last checkpoint.
-        state = await asyncio.to_thread(StateDir.open, config.state_dir, federation)
+        lock = await standing_by(config.state_dir, federation) if standby else None
+        state = await asyncio.to_thread(StateDir.open, config.state_dir, federation, lock)
         try:
             await asyncio.to_thread(state.restore, application)
             async with (
@@ -69,6 +80,26 @@ def coordinator_command(
         result = run(main())
     print_summary(result)
     write_report(report, result, broker=redact(url))
+
+
+async def standing_by(folder: Path, federation: str) -> StateDirLock:
+    """The state dir's lock: at once if free, else once its holder (the active coordinator)
+    is gone, however it ended (the kernel drops a killed process's lock). Says so, so
+    that an operator sees which process is the standby."""
+    await asyncio.to_thread(check_writable, folder)
+    lock = StateDirLock(folder)
+    if await asyncio.to_thread(lock.try_acquire):
+        return lock
+    holder = lock.holder()
+    console.print(
+        plain(
+            f"standby for {federation}: coordinator pid {holder} holds {folder}; "
+            "taking over when it stops"
+        )
+    )
+    await lock.wait()
+    console.print(plain(f"taking over {federation} from pid {holder}"))
+    return lock
 
 
 def coordinator_config(
