@@ -58,7 +58,7 @@ if $dev; then
     done
     rabbitmqctl -q await_startup
     rabbitmq-plugins -q enable rabbitmq_management >/dev/null
-    extras=".[keras,plot,dev,torch]"
+    extras=".[keras,plot,dev,torch,jax]"
 else
     extras=".[keras,plot]"
 fi
@@ -85,7 +85,7 @@ stamp="$venv/.fedq-installed"
 digest=$({ cat pyproject.toml; find src coordinator participant messages -name '*.py' | sort; } \
     | sha256sum | cut -d' ' -f1)
 digest="$digest $(pwd)"
-if ! grep -qxF -e "$extras $digest" -e ".[keras,plot,dev,torch] $digest" "$stamp" 2>/dev/null \
+if ! grep -qxF -e "$extras $digest" -e ".[keras,plot,dev,torch,jax] $digest" "$stamp" 2>/dev/null \
     || ! "$vpython" -c 'import fedq.cli' >/dev/null 2>&1; then
     say "pip install -e '$extras' into $venv"
     "$vpython" -m pip install -q --upgrade pip
