@@ -55,7 +55,9 @@ def _armed(spec: str | None) -> tuple[str, int, signal.Signals] | None:
     if name not in POINTS:
         raise ValueError(f"FEDQ_FAILPOINT={spec!r}: no such failpoint; the points are {POINTS}")
     if action and action not in ACTIONS:
-        raise ValueError(f"FEDQ_FAILPOINT={spec!r}: no such action; the actions are {*ACTIONS,}")
+        raise ValueError(
+            f"FEDQ_FAILPOINT={spec!r}: no such action; the actions are {tuple(ACTIONS)}"
+        )
     return name, int(nth or 1), ACTIONS[action or "kill"]
 
 

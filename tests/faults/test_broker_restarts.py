@@ -232,16 +232,17 @@ def next_commit(run: Restarts, after: int) -> int:
 
 def test_restarts_while_the_coordinator_collects(restarts: Restarts) -> None:
     run, fed = restarts, restarts.fed
+    fed.rounds = 14  # 3 s a version: the federation outlasts three restarts
     run.coordinator = fed.start_coordinator("coordinator", "collecting:1:stop")
     run.participants = [fed.start_participant(0)]
-    run.participants += [fed.start_participant(i, None, "--delay", "2") for i in (1, 2)]
+    run.participants += [fed.start_participant(i, None, "--delay", "3") for i in (1, 2)]
     run.wait_stopped(run.coordinator, "the coordinator stopped with v1's first update folded")
     run.restart("graceful")
     updates = Topology(fed.name).updates
     for kind in ("kill", "graceful"):
         since = next_commit(run, fed.committed_version())
 
-        def holding_one() -> bool:
+        def holding_one(since: int = since) -> bool:
             """p0 sent its update on the last version, p1 and p2 still train on it: the
             coordinator holds that one update, unacked, and nothing else waits."""
             version = fed.committed_version()
@@ -262,6 +263,7 @@ def test_restarts_while_the_coordinator_collects(restarts: Restarts) -> None:
 
 def test_restarts_right_after_a_commit(restarts: Restarts) -> None:
     run, fed = restarts, restarts.fed
+    fed.rounds = 20  # 1 s a version: the federation outlasts three restarts
     run.coordinator = fed.start_coordinator("coordinator", "after_ledger_commit:2:stop")
     run.participants = [fed.start_participant(i, None, "--delay", "1") for i in range(3)]
     run.wait_stopped(run.coordinator, "the coordinator stopped with v2 committed, not acked")
@@ -275,25 +277,25 @@ def test_restarts_right_after_a_commit(restarts: Restarts) -> None:
 
 def test_restarts_while_participants_train(restarts: Restarts) -> None:
     run, fed = restarts, restarts.fed
+    fed.rounds = 16  # 2 s a version: the federation outlasts three restarts
     run.coordinator = fed.start_coordinator("coordinator")
     run.participants = [fed.start_participant(i, None, "--delay", "2") for i in range(3)]
     topology = Topology(fed.name)
     queues = [topology.model_queue(fed.participant_id(i)) for i in range(fed.participants)]
-    version = 0
     for kind in ("graceful", "kill", "graceful"):
-        version = next_commit(run, version)
+        since = next_commit(run, fed.committed_version())
 
-        def training(v: int = version) -> bool:
-            if fed.committed_version() != v:
+        def training(since: int = since) -> bool:
+            version = fed.committed_version()
+            if version < since:
                 return False
             listed = run.queues()
             depths = [listed.get(q, {}) for q in queues]
-            return all(d.get("consumers") == 0 and d.get("messages_ready") == 0 for d in depths)
+            idle = all(d.get("consumers") == 0 and d.get("messages_ready") == 0 for d in depths)
+            return idle and fed.committed_version() == version
 
-        until(training, f"every participant released its queue to train on v{version}", fed)
-        run.alive()
+        until(training, "every participant released its queue to train", fed)
         run.restart(kind)
-        version = fed.committed_version()
     run.finish("training")
 
 
