@@ -277,9 +277,9 @@ def test_restarts_right_after_a_commit(restarts: Restarts) -> None:
 
 def test_restarts_while_participants_train(restarts: Restarts) -> None:
     run, fed = restarts, restarts.fed
-    fed.rounds = 16  # 2 s a version: the federation outlasts three restarts
+    fed.rounds = 16  # 3 s a version: the federation outlasts three restarts
     run.coordinator = fed.start_coordinator("coordinator")
-    run.participants = [fed.start_participant(i, None, "--delay", "2") for i in range(3)]
+    run.participants = [fed.start_participant(i, None, "--delay", "3") for i in range(3)]
     topology = Topology(fed.name)
     queues = [topology.model_queue(fed.participant_id(i)) for i in range(fed.participants)]
     for kind in ("graceful", "kill", "graceful"):
