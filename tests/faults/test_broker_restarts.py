@@ -24,6 +24,8 @@ exact FedAvg of its ledger's updates, and `fedq audit` passes.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import signal
 import subprocess
@@ -35,6 +37,7 @@ from typing import Literal
 
 import pytest
 
+from fedq.messages.amqp import AmqpTransport
 from fedq.messages.topology import Topology
 from fedq.runtime.sent_log import read_sent
 from tests.faults.harness import FaultyFederation
@@ -317,3 +320,31 @@ def test_restarts_while_chunked_models_and_updates_are_published(restarts: Resta
     next_commit(run, fed.committed_version())
     run.restart("kill")
     run.finish("chunked")
+
+
+async def test_declarations_and_counts_ride_out_a_restart(
+    node: RabbitNode, federation: str
+) -> None:
+    """A count or a declaration asked while the broker is down (the coordinator answering a
+    join, a participant checking its queue) waits for the connection to come back, as a
+    publish does, instead of raising the client's own connection error (which ended the
+    coordinator's control consumer: nobody answered joins again, and the federation
+    stalled)."""
+    queue = f"fedq.{federation}.outage"
+    transport = AmqpTransport(url(node))
+    await transport.connect()
+    try:
+        await transport.declare_queue(queue)
+        await asyncio.to_thread(node.rabbitmqctl, "stop_app")
+        depth = asyncio.create_task(transport.queue_depth(queue))
+        declared = asyncio.create_task(transport.declare_queue(f"{queue}.2"))
+        await asyncio.to_thread(node.rabbitmqctl, "start_app")
+        assert await asyncio.wait_for(depth, 60) == 0
+        await asyncio.wait_for(declared, 60)
+        assert await transport.queue_consumers(f"{queue}.2") == 0
+    finally:
+        await asyncio.to_thread(node.await_startup)
+        for name in (queue, f"{queue}.2"):
+            with contextlib.suppress(Exception):
+                await transport.delete_queue(name)
+        await transport.close()
