@@ -3,8 +3,10 @@
 When the broker restarts or the network drops, the robust connection reconnects (every
 second) and restores channels, queues and consumers; a publish caught in the outage is
 retried until it is confirmed (up to ``outage_seconds``), so delivery is at-least-once and
-consumers dedupe by ``message_id``. Acks of deliveries from before the outage fail with
-TransportError: the broker has already requeued those messages.
+consumers dedupe by ``message_id``; so are declarations, deletions and queue counts (all
+idempotent), and stopping a consumer whose connection goes down meanwhile is done. Acks
+of deliveries from before the outage fail with TransportError: the broker has already
+requeued those messages.
 
 Channels (one connection may open at most the broker's ``channel_max``, 2047 by default;
 one more and the broker closes the whole connection, every consumer on it included):
@@ -42,7 +44,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import aio_pika
 import aiormq
@@ -69,6 +71,8 @@ from fedq.messages.transport import (
 )
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+T = TypeVar("T")
 
 #: Declarations, deletions and queue counts that may run at once, each on its own channel.
 DECLARING_CHANNELS = 16
@@ -315,7 +319,14 @@ class _Inbox:
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._switcher
         if cancel and self.tag is not None:
-            await self._source.cancel(self.tag)
+            # The connection may go down with the cancel in flight (a broker restart's
+            # CONNECTION_FORCED, as a participant releases its queue to train): the broker
+            # then dropped the consumer with the connection and requeued its unacked
+            # deliveries, and aio-pika forgot it before sending the cancel, so it is not
+            # restored on reconnect either. Nothing is left to stop; raising would end a
+            # process that only wanted to stop consuming.
+            with contextlib.suppress(*_CONNECTION_LOST):
+                await self._source.cancel(self.tag)
 
     async def put(self, message: AbstractIncomingMessage) -> None:
         self.queue.put_nowait(message)
@@ -495,34 +506,46 @@ class AmqpTransport(Transport):
         return self._connection
 
     async def declare_exchange(self, name: str, kind: ExchangeKind) -> None:
-        async with self._declaring(f"exchange {name!r}") as channel:
+        async def declare(channel: AbstractChannel) -> None:
             await channel.declare_exchange(name, aio_pika.ExchangeType(kind), durable=True)
+
+        await self._on_declaring(f"exchange {name!r}", declare)
 
     async def declare_queue(
         self, name: str, *, durable: bool = True, arguments: Mapping[str, Any] | None = None
     ) -> None:
-        async with self._declaring(f"queue {name!r}") as channel:
+        async def declare(channel: AbstractChannel) -> None:
             await channel.declare_queue(name, durable=durable, arguments=dict(arguments or {}))
 
+        await self._on_declaring(f"queue {name!r}", declare)
+
     async def bind(self, queue: str, exchange: str, routing_key: str = "") -> None:
-        async with self._declaring(f"binding {queue!r} -> {exchange!r}") as channel:
+        async def bind(channel: AbstractChannel) -> None:
             # No passive declare first: a missing queue fails the bind itself (NOT_FOUND).
             q = await channel.get_queue(queue, ensure=False)
             await q.bind(exchange, routing_key=routing_key)
 
+        await self._on_declaring(f"binding {queue!r} -> {exchange!r}", bind)
+
     async def delete_queue(self, name: str) -> None:
-        async with self._declaring(f"queue {name!r}") as channel:
+        async def delete(channel: AbstractChannel) -> None:
             await channel.queue_delete(name)
 
+        await self._on_declaring(f"queue {name!r}", delete)
+
     async def delete_exchange(self, name: str) -> None:
-        async with self._declaring(f"exchange {name!r}") as channel:
+        async def delete(channel: AbstractChannel) -> None:
             await channel.exchange_delete(name)
+
+        await self._on_declaring(f"exchange {name!r}", delete)
         self._exchanges.pop(name, None)
 
     async def queue_depth(self, name: str) -> int:
-        async with self._declaring(f"queue {name!r}") as channel:
+        async def depth(channel: AbstractChannel) -> int:
             queue = await channel.get_queue(name, ensure=True)
             return int(queue.declaration_result.message_count or 0)
+
+        return await self._on_declaring(f"queue {name!r}", depth)
 
     async def _queue_exists(self, name: str) -> bool:
         try:
@@ -534,9 +557,39 @@ class AmqpTransport(Transport):
         return True
 
     async def queue_consumers(self, name: str) -> int:
-        async with self._declaring(f"queue {name!r}") as channel:
+        async def consumers(channel: AbstractChannel) -> int:
             queue = await channel.get_queue(name, ensure=True)
             return int(queue.declaration_result.consumer_count or 0)
+
+        return await self._on_declaring(f"queue {name!r}", consumers)
+
+    async def _on_declaring(
+        self, what: str, operation: Callable[[AbstractChannel], Awaitable[T]]
+    ) -> T:
+        """``operation`` on a channel of the declarations' pool. Caught by a lost connection
+        (a broker restart), it is done again once the robust connection is back, up to
+        ``outage_seconds`` (then ConnectionLost), as a publish is: every operation here is
+        idempotent (a declaration, a binding, a deletion, a count). Raising the client's
+        own connection error instead would end whoever asked (the coordinator's control
+        consumer answering a join, a participant checking its queue) over a restart."""
+        deadline = time.monotonic() + self._outage_seconds
+        retrying = False
+        while True:
+            try:
+                async with self._declaring(what) as channel:
+                    return await operation(channel)
+            except (*_CONNECTION_LOST, asyncio.CancelledError) as exc:
+                if isinstance(exc, asyncio.CancelledError) and _being_cancelled():
+                    raise
+                if time.monotonic() > deadline:
+                    raise ConnectionLost(
+                        f"RabbitMQ at {redact(self.url)} was unreachable for more than "
+                        f"{self._outage_seconds:.0f} s ({what})"
+                    ) from exc
+                if not retrying:
+                    log.warning("%s interrupted (%s); retrying", what, exc)
+                retrying = True
+                await asyncio.sleep(0.5)
 
     @asynccontextmanager
     async def _declaring(self, what: str) -> AsyncIterator[AbstractChannel]:
@@ -548,7 +601,11 @@ class AmqpTransport(Transport):
                 idle = self._idle_declarers.pop()
                 channel = None if idle.is_closed else idle
             if channel is None:
-                channel = await aio_pika.Channel(self._conn, publisher_confirms=False)
+                try:
+                    channel = await aio_pika.Channel(self._conn, publisher_confirms=False)
+                except RuntimeError as exc:  # aiormq's "<Connection ...> closed"
+                    # The robust connection is being re-established: a lost connection.
+                    raise aiormq.exceptions.AMQPConnectionError(str(exc)) from exc
             try:
                 yield channel
             except BaseException as exc:
@@ -693,4 +750,6 @@ class AmqpTransport(Transport):
                 await inbox.stop(cancel=not channel.is_closed)
         finally:
             if not channel.is_closed:
-                await channel.close()
+                # Closed with the connection meanwhile (see _Inbox.stop): nothing to close.
+                with contextlib.suppress(*_CONNECTION_LOST):
+                    await channel.close()

@@ -46,6 +46,7 @@ from fedq.participant.compression import ErrorFeedback
 from fedq.participant.config import ParticipantConfig
 from fedq.participant.model_assembly import ModelAssembler, WholeModel, model_queue_bytes
 from fedq.participant.working import working
+from fedq.runtime.failpoints import failpoint
 from fedq.runtime.sent_log import SentUpdate, append_sent
 
 log = logging.getLogger("fedq.participant")
@@ -469,6 +470,7 @@ class Participant:
             }
             message_id = f"{update.update_id}.{index}" if count > 1 else update.update_id
             await self._publish_until_taken(body, message_id, headers)
+            failpoint("publishing_update")
             sent += len(body)
             index += 1
         return sent

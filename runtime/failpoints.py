@@ -1,11 +1,17 @@
-"""Named points where a test can have a real process die by SIGKILL, in the middle of what
-it is doing (gofail's failpoints, FoundationDB's BUGGIFY, in their simplest form).
+"""Named points where a test can have a real process die by SIGKILL, or hold still, in the
+middle of what it is doing (gofail's failpoints, FoundationDB's BUGGIFY, in their simplest
+form).
 
 ``FEDQ_FAILPOINT=after_checkpoint`` makes the process kill itself the first time it reaches
 ``failpoint("after_checkpoint")``; ``after_checkpoint:3`` the third time. Nothing else is
 simulated: the process gets the same SIGKILL as from ``kill -9``, so what the fault tests
 then check (nothing confirmed is lost, nothing is applied twice) is what happens to a real
 crash at that very instruction, not at whatever moment an outside ``kill`` happens to land.
+
+``after_checkpoint:3:stop`` stops the process there instead (SIGSTOP, as ``kill -STOP``, a
+debugger or an overloaded host would hold it), until the test sends SIGCONT: the test sees
+it stopped (state ``T`` in ``/proc/PID/stat``), does what it wants done at that instruction
+(restart the broker under it), and lets it go on, its connections as the fault left them.
 
 Unset (every deployment), a failpoint is one comparison against None.
 
@@ -17,6 +23,11 @@ The coordinator's points, in the order a version reaches them:
 - ``publishing_model``: a chunk of a new version's chunked model went to every participant,
   the chunks after it did not (hit n: the nth chunk of the fanouts, v0's first);
 - ``between_versions``: a version is committed, acked and announced, the next not opened.
+
+A participant's point:
+
+- ``publishing_update``: a chunk of its update was confirmed by the broker, the chunks after
+  it were not sent (hit n: the nth chunk it has sent, counting every update's).
 """
 
 from __future__ import annotations
@@ -30,16 +41,24 @@ POINTS = (
     "after_ledger_commit",
     "publishing_model",
     "between_versions",
+    "publishing_update",
 )
+#: What an armed point does: die (the default) or stop until SIGCONT.
+ACTIONS = {"kill": signal.SIGKILL, "stop": signal.SIGSTOP}
 
 
-def _armed(spec: str | None) -> tuple[str, int] | None:
+def _armed(spec: str | None) -> tuple[str, int, signal.Signals] | None:
     if not spec:
         return None
-    name, _, nth = spec.partition(":")
+    name, _, rest = spec.partition(":")
+    nth, _, action = rest.partition(":")
     if name not in POINTS:
         raise ValueError(f"FEDQ_FAILPOINT={spec!r}: no such failpoint; the points are {POINTS}")
-    return name, int(nth or 1)
+    if action and action not in ACTIONS:
+        raise ValueError(
+            f"FEDQ_FAILPOINT={spec!r}: no such action; the actions are {tuple(ACTIONS)}"
+        )
+    return name, int(nth or 1), ACTIONS[action or "kill"]
 
 
 _ARMED = _armed(os.environ.get("FEDQ_FAILPOINT"))
@@ -47,10 +66,11 @@ _hits = 0
 
 
 def failpoint(name: str) -> None:
-    """Die here by SIGKILL if ``FEDQ_FAILPOINT`` names this point (and this is its nth hit)."""
+    """Die here by SIGKILL, or stop by SIGSTOP, if ``FEDQ_FAILPOINT`` names this point
+    (and this is its nth hit)."""
     global _hits
     if _ARMED is None or _ARMED[0] != name:
         return
     _hits += 1
     if _hits == _ARMED[1]:
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), _ARMED[2])

@@ -48,11 +48,47 @@ class RabbitNode:
     env: dict[str, str]
     ctl: str
     process: subprocess.Popen[bytes]
+    server: str = ""
 
     def kill(self) -> None:
         """SIGKILL the node (its own process group: this node only), as a crash would."""
+        assert self.name.startswith(PREFIX)  # never the shared node
         os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
+
+    def reboot(self) -> None:
+        """Crash the node (SIGKILL, as :meth:`kill`) and boot it again with the same
+        environment and directories: its mnesia is kept, so durable queues and persistent
+        messages come back, as after a host's power cut. Returns once it has started."""
+        self.kill()
+        self.process = _boot(self.server, self.env, self.base)
+        self.await_startup()
+
+    def restart_app(self) -> None:
+        """Stop and start the RabbitMQ application, the Erlang node left running: the
+        graceful restart an operator does (every client connection is closed with
+        CONNECTION_FORCED, durable queues and persistent messages are kept)."""
+        self.rabbitmqctl("stop_app")
+        self.rabbitmqctl("start_app")
+        self.await_startup()
+
+    def await_startup(self, within: float = 90) -> None:
+        """Return once the node accepts clients; fail with its output if it exited or did
+        not start ``within`` seconds."""
+        deadline = time.monotonic() + within
+        while True:
+            started = subprocess.run(
+                [self.ctl, "-q", "-n", self.name, "await_startup", "--timeout", "20"],
+                env=self.env,
+                capture_output=True,
+                timeout=60,
+            )
+            if started.returncode == 0:
+                return
+            output = (self.base / "server.out").read_text(errors="replace")
+            assert self.process.poll() is None, output
+            assert time.monotonic() < deadline, output
+            time.sleep(0.5)
 
     def rabbitmqctl(self, *args: str) -> str:
         result = subprocess.run(
@@ -64,6 +100,15 @@ class RabbitNode:
         )
         assert result.returncode == 0, result.stdout + result.stderr
         return result.stdout
+
+
+def _boot(server: str, env: dict[str, str], base: Path) -> subprocess.Popen[bytes]:
+    """rabbitmq-server in a session of its own (so killing its group kills this node
+    only), its output appended to ``base``/server.out."""
+    with (base / "server.out").open("ab") as log:
+        return subprocess.Popen(
+            [server], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
 @contextlib.contextmanager
@@ -114,35 +159,18 @@ def rabbit_node(
         "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
         "ERL_EPMD_ADDRESS": "127.0.0.1",
     }
-    log = (base / "server.out").open("wb")
-    process = subprocess.Popen(
-        [server], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    node = RabbitNode(name, amqp_port, base, env, ctl, process)
+    node = RabbitNode(name, amqp_port, base, env, ctl, _boot(server, env, base), server)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            started = subprocess.run(
-                [ctl, "-q", "-n", name, "await_startup", "--timeout", "20"],
-                env=env,
-                capture_output=True,
-                timeout=60,
-            )
-            if started.returncode == 0:
-                break
-            assert process.poll() is None, (base / "server.out").read_text()
-            assert time.monotonic() < deadline, (base / "server.out").read_text()
-            time.sleep(0.5)
+        node.await_startup()
         yield node
     finally:
         assert name.startswith(PREFIX)  # never the shared node
-        if process.poll() is None:
+        if node.process.poll() is None:
             subprocess.run(
                 [ctl, "-q", "-n", name, "stop"], env=env, capture_output=True, timeout=60
             )
         try:
-            process.wait(timeout=30)
+            node.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)  # its own session: this node only
-            process.wait()
-        log.close()
+            os.killpg(node.process.pid, signal.SIGKILL)  # its own session: this node only
+            node.process.wait()

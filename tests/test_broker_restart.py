@@ -1,11 +1,14 @@
-"""The broker restarts mid-federation: nothing is lost and nothing is counted twice."""
+"""The broker restarts mid-federation: nothing is lost and nothing is counted twice. On a
+RabbitMQ node of these tests' own (tests/rabbit_node.py), never the shared one."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from fedq.apps.synthetic import SyntheticApp
 from fedq.coordinator.checkpoint import checkpoint_path, load_checkpoint
@@ -20,36 +23,44 @@ from fedq.messages.topology import UPDATE_KEY, Topology
 from fedq.participant.config import ParticipantConfig
 from fedq.scenario import ParticipantProfile
 from fedq.simulation import SimulationPlan, simulate
-from tests.conftest import BROKER_URL
+from tests.rabbit_node import RabbitNode, free_ports, rabbit_node
 
 
-async def rabbitmqctl(*args: str) -> None:
-    process = await asyncio.create_subprocess_exec("rabbitmqctl", "-q", *args)
-    assert await process.wait() == 0, f"rabbitmqctl {' '.join(args)} failed"
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitNode]:
+    """A RabbitMQ node of these tests' own: restarting it stops no other test."""
+    [port] = free_ports(1)
+    config = f"listeners.tcp.default = 127.0.0.1:{port}\nloopback_users = none\n"
+    with rabbit_node(tmp_path_factory.mktemp("restart-node"), config, amqp_port=port) as booted:
+        yield booted
 
 
-async def restart_broker() -> None:
-    await rabbitmqctl("stop_app")
-    await asyncio.sleep(1.0)
-    await rabbitmqctl("start_app")
-    await rabbitmqctl("await_startup")
+def url_of(node: RabbitNode) -> str:
+    return f"amqp://guest:guest@127.0.0.1:{node.amqp_port}/"
+
+
+async def restart_broker(node: RabbitNode) -> None:
+    """stop_app, start_app: every client's connection is closed, and comes back."""
+    await asyncio.to_thread(node.restart_app)
 
 
 class RestartAfterRound(CoordinatorObserver):
     """An observer that stops and starts the broker's application once round N committed."""
 
-    def __init__(self, round_: int) -> None:
+    def __init__(self, round_: int, node: RabbitNode) -> None:
         self.round = round_
+        self.node = node
         self.task: asyncio.Task[None] | None = None
 
     def version_committed(self, row: VersionSummary) -> None:
         if row.round == self.round and self.task is None:
-            self.task = asyncio.create_task(restart_broker())
+            self.task = asyncio.create_task(restart_broker(self.node))
 
 
 async def test_a_broker_restart_mid_federation_loses_and_double_counts_nothing(
-    tmp_path: Path, federation: str
+    tmp_path: Path, federation: str, node: RabbitNode
 ):
+    broker = url_of(node)
     rounds, n = 6, 3
     plan = SimulationPlan(
         coordinator=CoordinatorConfig(
@@ -57,10 +68,10 @@ async def test_a_broker_restart_mid_federation_loses_and_double_counts_nothing(
             round_timeout=120, linger_seconds=5,
         ),
         participant=ParticipantConfig(federation=federation, participant_id="p"),
-        broker_url=BROKER_URL,
+        broker_url=broker,
         profiles=tuple(ParticipantProfile(i, delay_seconds=0.5) for i in range(n)),
     )  # fmt: skip
-    restart = RestartAfterRound(2)
+    restart = RestartAfterRound(2, node)
     try:
         result = await asyncio.wait_for(simulate(plan, SyntheticApp(params=1000), [restart]), 180)
         assert restart.task is not None and restart.task.done()
@@ -74,8 +85,8 @@ async def test_a_broker_restart_mid_federation_loses_and_double_counts_nothing(
     finally:
         if restart.task is not None and not restart.task.done():
             await restart.task
-        await rabbitmqctl("await_startup")
-        async with AmqpTransport(BROKER_URL) as transport:
+        await asyncio.to_thread(node.await_startup)
+        async with AmqpTransport(broker) as transport:
             await Topology(federation).delete(transport, [f"p{i}" for i in range(n)])
 
 
@@ -83,23 +94,25 @@ class RestartOnFirstFold(CoordinatorObserver):
     """Restarts the broker once the coordinator holds a folded update, then notes when the
     broker's redelivery of that update has been settled as a duplicate."""
 
-    def __init__(self) -> None:
+    def __init__(self, node: RabbitNode) -> None:
+        self.node = node
         self.task: asyncio.Task[None] | None = None
         self.duplicate_settled = asyncio.Event()
 
     def update_seen(self, update: UpdateSeen) -> None:
         if update.accepted and self.task is None:
-            self.task = asyncio.create_task(restart_broker())
+            self.task = asyncio.create_task(restart_broker(self.node))
         elif update.reason == "duplicate":
             self.duplicate_settled.set()
 
 
 async def test_a_held_update_redelivered_after_a_broker_restart_stays_on_the_broker(
-    tmp_path: Path, federation: str
+    tmp_path: Path, federation: str, node: RabbitNode
 ):
     """After a reconnect the broker redelivers the held update; the old delivery's channel
     is gone. If the coordinator acked the new copy and kept the old, a coordinator dying
     before the commit would leave nothing to redeliver: the update would be lost."""
+    broker = url_of(node)
     app = SyntheticApp(params=100)
     topology = Topology(federation)
     meta = UpdateMeta(
@@ -109,23 +122,23 @@ async def test_a_held_update_redelivered_after_a_broker_restart_stays_on_the_bro
     config = CoordinatorConfig(
         federation=federation, participants=2, rounds=1, state_dir=tmp_path, round_timeout=300
     )
-    watch = RestartOnFirstFold()
+    watch = RestartOnFirstFold(node)
     try:
-        async with AmqpTransport(BROKER_URL) as sender:
+        async with AmqpTransport(broker) as sender:
             await topology.declare_core(sender)
             await sender.publish(
                 topology.updates, UPDATE_KEY, body, message_id=meta.update_id, mandatory=True
             )
-        async with AmqpTransport(BROKER_URL) as own:
+        async with AmqpTransport(broker) as own:
             running = asyncio.create_task(Coordinator(config, app, own, [watch]).run())
             await asyncio.wait_for(watch.duplicate_settled.wait(), 120)
             running.cancel()  # the coordinator dies before the version's commit
             await asyncio.gather(running, return_exceptions=True)
-        async with AmqpTransport(BROKER_URL) as probe:
+        async with AmqpTransport(broker) as probe:
             assert await probe.queue_depth(topology.updates) == 1  # nothing lost
     finally:
         if watch.task is not None:
             await watch.task
-        await rabbitmqctl("await_startup")
-        async with AmqpTransport(BROKER_URL) as transport:
+        await asyncio.to_thread(node.await_startup)
+        async with AmqpTransport(broker) as transport:
             await topology.delete(transport, [])

@@ -115,15 +115,18 @@ class FaultyFederation:
         *extra: str,
         via: list[str] | None = None,
         broker: str | None = None,
+        failpoint: str | None = None,
     ) -> subprocess.Popen[bytes]:
         """Participant ``index`` as a process (through ``via``, e.g. in a network namespace,
-        and to ``broker`` instead of its usual URL if given)."""
+        and to ``broker`` instead of its usual URL if given; ``failpoint`` armed)."""
         args = ["--federation", self.name, "--app", "fedq.apps.synthetic:app"]
         args += ["--id", self.participant_id(index), "--partition", f"{index}/{self.participants}"]
         args += ["--broker", broker or self.participant_url(index)]
         args += ["--sent-log", str(self.sent_log(index))]
         log = self.root / f"{label or f'p{index}'}.log"
         env = {"FEDQ_SYNTHETIC_PARAMS": str(self.params)}
+        if failpoint:
+            env["FEDQ_FAILPOINT"] = failpoint
         process = start_fedq(
             "participant", *args, *self.participant_args, *extra, log=log, env=env, via=via
         )

@@ -1,0 +1,350 @@
+"""The broker restarted under a federation of separate `fedq` processes (a coordinator and
+three participants on a RabbitMQ node of the test's own), three times per federation, both
+gracefully (``rabbitmqctl stop_app`` / ``start_app``: every connection closed with
+CONNECTION_FORCED) and by SIGKILL of the node booted again on the same data (durable queues
+and persistent messages kept), at moments the test picks from what it observes, never
+after a random sleep:
+
+- ``collecting``: the coordinator holds 1 of the 3 updates of an open version (stopped
+  there by its ``collecting`` failpoint, then live: one participant fast, two slow, the
+  updates queue holding exactly one delivery unacked);
+- ``committed``: the ledger's last version has just advanced (the coordinator stopped
+  between its ledger commit and the acks, then live), which is also when every
+  participant takes the new model and releases its queue to train;
+- ``training``: every participant released its queue and trains (its queue has no
+  consumer and nothing waiting, the process is alive);
+- ``chunked``: models and updates in 7 chunks of 64 KiB; the coordinator stopped in the
+  middle of a model's fanout, a participant in the middle of publishing its update.
+
+Each restart must be seen: every process had its connections before, the node went down
+(all its connections went with it) and every process has new ones after. Then every
+process exits 0, nothing confirmed is lost or applied twice, each version's model is the
+exact FedAvg of its ledger's updates, and `fedq audit` passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import pytest
+
+from fedq.messages.amqp import AmqpTransport
+from fedq.messages.topology import Topology
+from fedq.runtime.sent_log import read_sent
+from tests.faults.harness import FaultyFederation
+from tests.rabbit_node import RabbitNode, free_ports, rabbit_node
+
+Kind = Literal["graceful", "kill"]
+#: The participants' connections are named so (``AmqpTransport.name``); the coordinator's
+#: consumers' connections add the queue's name.
+CONNECTION = "fedq pid {pid}"
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitNode]:
+    [port] = free_ports(1)
+    config = (
+        f"listeners.tcp.default = 127.0.0.1:{port}\n"
+        "loopback_users = none\ndisk_free_limit.absolute = 50MB\n"
+    )
+    base = tmp_path_factory.mktemp("restarts-node")
+    with rabbit_node(base, config, amqp_port=port, label="restarts") as started:
+        yield started
+
+
+def url(node: RabbitNode) -> str:
+    return f"amqp://guest:guest@127.0.0.1:{node.amqp_port}/"
+
+
+def until(
+    check: Callable[[], bool],
+    what: str,
+    fed: FaultyFederation,
+    within: float = 90,
+    seen: Callable[[], object] = lambda: "",
+) -> None:
+    """Return once ``check()`` holds; fail with what was ``seen`` last and every process's
+    log if it does not ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, f"{what}: not within {within} s {seen()}\n{fed.logs()}"
+        time.sleep(0.05)
+
+
+def stopped(process: subprocess.Popen[bytes]) -> bool:
+    """Whether ``process`` is stopped (SIGSTOP, by its failpoint)."""
+    try:
+        stat = Path(f"/proc/{process.pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] == "T"
+
+
+@dataclass
+class Restarts:
+    """A federation on ``node`` and the restarts done under it."""
+
+    node: RabbitNode
+    fed: FaultyFederation
+    coordinator: subprocess.Popen[bytes] | None = None
+    participants: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    done: list[Kind] = field(default_factory=list)
+
+    @property
+    def processes(self) -> list[subprocess.Popen[bytes]]:
+        assert self.coordinator is not None
+        return [self.coordinator, *self.participants]
+
+    def connections(self) -> dict[int, set[int]]:
+        """Per process of the federation, the client ports of its connections to the node."""
+        rows = json.loads(
+            self.node.rabbitmqctl(
+                "list_connections", "peer_port", "client_properties", "--formatter", "json"
+            )
+            or "[]"
+        )
+        ports: dict[int, set[int]] = {p.pid: set() for p in self.processes}
+        for row in rows:
+            name = next((v for k, _, v in row["client_properties"] if k == "connection_name"), "")
+            for pid in ports:
+                if name == CONNECTION.format(pid=pid) or name.startswith(
+                    CONNECTION.format(pid=pid) + " "
+                ):
+                    ports[pid].add(int(row["peer_port"]))
+        return ports
+
+    def alive(self) -> None:
+        for process in self.processes:
+            assert process.poll() is None, f"pid {process.pid} exited\n{self.fed.logs()}"
+
+    def restart(self, kind: Kind) -> None:
+        """Restart the node under the federation; resume the processes its failpoints
+        stopped; check that every process lost its connections and made new ones.
+
+        The federation is not done when the node goes down, so a process that ends (0)
+        before it is seen connected again did reconnect: a participant heard
+        federation.done, the coordinator committed its last version, after the restart."""
+        self.alive()
+        before: dict[int, set[int]] = {}
+
+        def connected() -> bool:
+            self.alive()
+            before.update(self.connections())
+            return all(before.values())
+
+        until(connected, "every process connected before the restart", self.fed)
+        assert self.fed.committed_version() < self.fed.rounds, self.fed.logs()
+        if kind == "graceful":
+            self.node.restart_app()
+        else:
+            self.node.reboot()
+        for process in self.processes:
+            if stopped(process):
+                process.send_signal(signal.SIGCONT)
+        after: dict[int, set[int]] = {}
+
+        def reconnected() -> bool:
+            after.update(self.connections())
+            for process in self.processes:
+                code = process.poll()
+                assert code in (None, 0), f"pid {process.pid} exited {code}\n{self.fed.logs()}"
+                if code == 0:
+                    after.pop(process.pid, None)
+            return all(len(after[pid]) >= len(before[pid]) for pid in after)
+
+        until(
+            reconnected,
+            f"every process reconnected after restart {kind}",
+            self.fed,
+            seen=lambda: f"before {before}, after {after}, pids {[p.pid for p in self.processes]}",
+        )
+        for pid, ports in after.items():
+            assert not ports & before[pid], (pid, before[pid], ports)  # new connections
+        self.done.append(kind)
+
+    def wait_stopped(self, process: subprocess.Popen[bytes], point: str) -> None:
+        until(lambda: stopped(process) or process.poll() is not None, point, self.fed)
+        self.alive()
+
+    def queues(self) -> dict[str, dict[str, int]]:
+        """The node's queues by name: consumers, messages ready and unacked (one call)."""
+        rows = json.loads(
+            self.node.rabbitmqctl(
+                "list_queues",
+                "name",
+                "consumers",
+                "messages_ready",
+                "messages_unacknowledged",
+                "--formatter",
+                "json",
+            )
+            or "[]"
+        )
+        return {r["name"]: r for r in rows}
+
+    def finish(self, kind: str) -> None:
+        """Every process exits 0; the accounting and the audit are clean."""
+        fed = self.fed
+        assert self.coordinator is not None
+        assert fed.wait_coordinator(self.coordinator) == 0, fed.logs()
+        for participant in self.participants:
+            assert participant.wait(timeout=120) == 0, fed.logs()
+        assert set(self.done) == {"graceful", "kill"}, self.done
+        accounting = fed.account()
+        fed.record(f"broker restarted ({kind})", len(self.done), accounting)
+        assert accounting.versions == fed.rounds, fed.logs()
+        assert accounting.committed >= fed.rounds, accounting
+        assert accounting.confirmed == accounting.committed + accounting.refused, accounting
+        assert accounting.lost == [] and accounting.applied_twice == [], accounting
+        assert accounting.missing_from_dlq == []
+        audited = fed.audit_command()
+        assert audited.returncode == 0, audited.stdout + audited.stderr
+
+
+@pytest.fixture
+def restarts(node: RabbitNode, tmp_path: Path, federation: str) -> Iterator[Restarts]:
+    # --verbose: the broker client's own lines (connection lost, reconnecting) in the logs.
+    fed = FaultyFederation(
+        tmp_path,
+        federation,
+        rounds=12,
+        broker=url(node),
+        coordinator_args=["--verbose"],
+        participant_args=["--verbose"],
+    )
+    try:
+        yield Restarts(node, fed)
+    finally:
+        fed.close()
+
+
+def next_commit(run: Restarts, after: int) -> int:
+    """The version the ledger commits after ``after`` (waited for)."""
+    until(lambda: run.fed.committed_version() > after, f"a commit after v{after}", run.fed)
+    return run.fed.committed_version()
+
+
+def test_restarts_while_the_coordinator_collects(restarts: Restarts) -> None:
+    run, fed = restarts, restarts.fed
+    fed.rounds = 14  # 3 s a version: the federation outlasts three restarts
+    run.coordinator = fed.start_coordinator("coordinator", "collecting:1:stop")
+    run.participants = [fed.start_participant(0)]
+    run.participants += [fed.start_participant(i, None, "--delay", "3") for i in (1, 2)]
+    run.wait_stopped(run.coordinator, "the coordinator stopped with v1's first update folded")
+    run.restart("graceful")
+    updates = Topology(fed.name).updates
+    for kind in ("kill", "graceful"):
+        since = next_commit(run, fed.committed_version())
+
+        def holding_one(since: int = since) -> bool:
+            """p0 sent its update on the last version, p1 and p2 still train on it: the
+            coordinator holds that one update, unacked, and nothing else waits."""
+            version = fed.committed_version()
+            sent = fed.sent_log(0).exists() and any(
+                u.base_version == version for u in read_sent(fed.sent_log(0))
+            )
+            if not sent or version < since:
+                return False
+            depth = run.queues().get(updates, {})
+            held = depth.get("messages_unacknowledged") == 1 and depth["messages_ready"] == 0
+            return held and fed.committed_version() == version
+
+        until(holding_one, "a version open with 1 of 3 updates", fed)
+        assert fed.committed_version() < fed.rounds
+        run.restart(kind)
+    run.finish("collecting")
+
+
+def test_restarts_right_after_a_commit(restarts: Restarts) -> None:
+    run, fed = restarts, restarts.fed
+    fed.rounds = 20  # 1 s a version: the federation outlasts three restarts
+    run.coordinator = fed.start_coordinator("coordinator", "after_ledger_commit:2:stop")
+    run.participants = [fed.start_participant(i, None, "--delay", "1") for i in range(3)]
+    run.wait_stopped(run.coordinator, "the coordinator stopped with v2 committed, not acked")
+    run.restart("kill")
+    version = fed.committed_version()
+    for kind in ("graceful", "kill"):
+        version = next_commit(run, version)
+        run.restart(kind)  # as the participants take the new model and release their queue
+    run.finish("committed")
+
+
+def test_restarts_while_participants_train(restarts: Restarts) -> None:
+    run, fed = restarts, restarts.fed
+    fed.rounds = 16  # 3 s a version: the federation outlasts three restarts
+    run.coordinator = fed.start_coordinator("coordinator")
+    run.participants = [fed.start_participant(i, None, "--delay", "3") for i in range(3)]
+    topology = Topology(fed.name)
+    queues = [topology.model_queue(fed.participant_id(i)) for i in range(fed.participants)]
+    for kind in ("graceful", "kill", "graceful"):
+        since = next_commit(run, fed.committed_version())
+
+        def training(since: int = since) -> bool:
+            version = fed.committed_version()
+            if version < since:
+                return False
+            listed = run.queues()
+            depths = [listed.get(q, {}) for q in queues]
+            idle = all(d.get("consumers") == 0 and d.get("messages_ready") == 0 for d in depths)
+            return idle and fed.committed_version() == version
+
+        until(training, "every participant released its queue to train", fed)
+        run.restart(kind)
+    run.finish("training")
+
+
+def test_restarts_while_chunked_models_and_updates_are_published(restarts: Restarts) -> None:
+    run, fed = restarts, restarts.fed
+    fed.coordinator_args += ["--chunk-bytes", str(1 << 16)]  # 7 chunks a model, an update
+    # The 10th chunk of the fanouts: v1's 3rd; p1's 10th chunk sent: its 2nd update's 3rd.
+    run.coordinator = fed.start_coordinator("coordinator", "publishing_model:10:stop")
+    run.participants = [
+        fed.start_participant(
+            i, None, "--delay", "1", failpoint="publishing_update:10:stop" if i == 1 else None
+        )
+        for i in range(fed.participants)
+    ]
+    run.wait_stopped(run.coordinator, "the coordinator stopped in v1's fanout")
+    run.restart("kill")
+    run.wait_stopped(run.participants[1], "p1 stopped in its 2nd update's chunks")
+    run.restart("graceful")
+    next_commit(run, fed.committed_version())
+    run.restart("kill")
+    run.finish("chunked")
+
+
+async def test_declarations_and_counts_ride_out_a_restart(
+    node: RabbitNode, federation: str
+) -> None:
+    """A count or a declaration asked while the broker is down (the coordinator answering a
+    join, a participant checking its queue) waits for the connection to come back, as a
+    publish does, instead of raising the client's own connection error (which ended the
+    coordinator's control consumer: nobody answered joins again, and the federation
+    stalled)."""
+    queue = f"fedq.{federation}.outage"
+    transport = AmqpTransport(url(node))
+    await transport.connect()
+    try:
+        await transport.declare_queue(queue)
+        await asyncio.to_thread(node.rabbitmqctl, "stop_app")
+        depth = asyncio.create_task(transport.queue_depth(queue))
+        declared = asyncio.create_task(transport.declare_queue(f"{queue}.2"))
+        await asyncio.to_thread(node.rabbitmqctl, "start_app")
+        assert await asyncio.wait_for(depth, 60) == 0
+        await asyncio.wait_for(declared, 60)
+        assert await transport.queue_consumers(f"{queue}.2") == 0
+    finally:
+        await asyncio.to_thread(node.await_startup)
+        for name in (queue, f"{queue}.2"):
+            with contextlib.suppress(Exception):
+                await transport.delete_queue(name)
+        await transport.close()
