@@ -17,7 +17,6 @@ whoever watches (:mod:`.observers`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import time
@@ -49,6 +48,7 @@ from fedq.messages.schema import FederationDone, RoundClosed, wire_metrics
 from fedq.messages.topology import FEDERATION_DONE, ROUND_CLOSED, Topology
 from fedq.messages.transport import Delivery, Transport
 from fedq.runtime.failpoints import failpoint
+from fedq.runtime.supervise import alongside
 
 log = logging.getLogger("fedq.coordinator")
 
@@ -132,29 +132,28 @@ class Coordinator:
             weights, version = await self.prepare()
             await self.topology.declare_core(self.transport)
             self._log_held_memory(weights)
-            control = asyncio.create_task(self.membership.serve(), name="fedq-control")
-            try:
-                # Up to K deliveries are held until the commit acks them, their bodies
-                # released, which takes them out of the prefetch; every other one is settled
-                # as soon as it is checked. So the prefetch bounds only the bodies in
-                # memory: a few keep the pipe full, whatever K (memory independent of K).
-                async with self.transport.consume(
-                    self.topology.updates, prefetch=UPDATES_IN_FLIGHT
-                ) as deliveries:
-                    collector = self._collector(deliveries, weights)
-                    while version < self.config.rounds:
-                        weights, version = await self._make_version(weights, version, collector)
-                    await self._finish(version)
-                    await collector.refuse_unfinished(version)
-                    if self.config.linger_seconds > 0:
-                        await collector.refuse_late(version, self.membership.alive)
-            finally:
-                control.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await control
+            # The control consumer beside the collection: if it dies, so does the run.
+            await alongside(self._collect_all(weights, version), self.membership.serve(), "control")
             return await asyncio.to_thread(self._result, started)
         finally:
             await asyncio.to_thread(self.state.close)
+
+    async def _collect_all(self, weights: Weights, version: int) -> None:
+        """Every version from ``version`` on, then the end of the federation."""
+        # Up to K deliveries are held until the commit acks them, their bodies released,
+        # which takes them out of the prefetch; every other one is settled as soon as it is
+        # checked. So the prefetch bounds only the bodies in memory: a few keep the pipe
+        # full, whatever K (memory independent of K).
+        async with self.transport.consume(
+            self.topology.updates, prefetch=UPDATES_IN_FLIGHT
+        ) as deliveries:
+            collector = self._collector(deliveries, weights)
+            while version < self.config.rounds:
+                weights, version = await self._make_version(weights, version, collector)
+            await self._finish(version)
+            await collector.refuse_unfinished(version)
+            if self.config.linger_seconds > 0:
+                await collector.refuse_late(version, self.membership.alive)
 
     def _collector(self, deliveries: AsyncIterator[Delivery], weights: Weights) -> Collector:
         """The intake and the assembler, made once the model's shapes are known."""
