@@ -579,17 +579,26 @@ class AmqpTransport(Transport):
                 async with self._declaring(what) as channel:
                     return await operation(channel)
             except (*_CONNECTION_LOST, asyncio.CancelledError) as exc:
-                if isinstance(exc, asyncio.CancelledError) and _being_cancelled():
-                    raise
-                if time.monotonic() > deadline:
-                    raise ConnectionLost(
-                        f"RabbitMQ at {redact(self.url)} was unreachable for more than "
-                        f"{self._outage_seconds:.0f} s ({what})"
-                    ) from exc
-                if not retrying:
-                    log.warning("%s interrupted (%s); retrying", what, exc)
+                await self._ride_out(exc, deadline, what, warned=retrying)
                 retrying = True
-                await asyncio.sleep(0.5)
+
+    async def _ride_out(
+        self, exc: BaseException, deadline: float, what: str, *, warned: bool
+    ) -> None:
+        """After ``exc`` (the connection lost, or an aiormq future cancelled with it): raise
+        it if this task itself is being cancelled, ConnectionLost once the outage lasted
+        past ``deadline``; else say so (once) and wait a moment before ``what`` is tried
+        again, while the robust connection comes back."""
+        if isinstance(exc, asyncio.CancelledError) and _being_cancelled():
+            raise exc
+        if time.monotonic() > deadline:
+            raise ConnectionLost(
+                f"RabbitMQ at {redact(self.url)} was unreachable for more than "
+                f"{self._outage_seconds:.0f} s ({what})"
+            ) from exc
+        if not warned:
+            log.warning("%s interrupted (%s); retrying", what, exc)
+        await asyncio.sleep(0.5)
 
     @asynccontextmanager
     async def _declaring(self, what: str) -> AsyncIterator[AbstractChannel]:
@@ -674,19 +683,10 @@ class AmqpTransport(Transport):
                 await self._reopen_publisher()
                 raise TransportError(f"broker refused the publish to {exchange!r}: {exc}") from None
             except (*_CONNECTION_LOST, asyncio.CancelledError) as exc:
-                if isinstance(exc, asyncio.CancelledError) and _being_cancelled():
-                    raise
-                # The robust connection is coming back; the message may or may not have
-                # arrived, so this is at-least-once: consumers dedupe by message_id.
-                if time.monotonic() > deadline:
-                    raise ConnectionLost(
-                        f"RabbitMQ at {redact(self.url)} was unreachable for more than "
-                        f"{self._outage_seconds:.0f} s"
-                    ) from exc
-                if not retrying:
-                    log.warning("publish to %r interrupted (%s); retrying", exchange, exc)
+                # The message may or may not have arrived, so this is at-least-once:
+                # consumers dedupe by message_id.
+                await self._ride_out(exc, deadline, f"publish to {exchange!r}", warned=retrying)
                 retrying = True
-                await asyncio.sleep(0.5)
 
     @asynccontextmanager
     async def consume(self, queue: str, *, prefetch: int) -> AsyncIterator[AsyncIterator[Delivery]]:
