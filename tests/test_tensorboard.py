@@ -4,6 +4,7 @@ TensorBoard's own EventAccumulator."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from fedq.messages.amqp import AmqpTransport
 from fedq.messages.topology import Topology
 from fedq.tensorboard import TensorBoardScalars
 from tests.conftest import BROKER_URL
-from tests.helpers import read_report, run_fedq
+from tests.helpers import FEDQ, fedq_env, read_report, run_fedq
 
 
 def scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
@@ -97,3 +98,20 @@ def test_an_unwritable_tensorboard_dir_is_one_line(tmp_path):
     assert result.returncode == 2
     assert "--tensorboard-dir" in result.stderr and "cannot write there" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_tensorflow_start_up_lines_stay_out_of_the_output(tmp_path):
+    """TensorBoard loads TensorFlow, whose C++ runtime writes its start-up lines (oneDNN,
+    CPU features, absl) to fd 2 whatever TF_CPP_MIN_LOG_LEVEL says: with the synthetic
+    app, nothing else would load it, so any such line came from --tensorboard-dir."""
+    env = {k: v for k, v in fedq_env().items() if not k.startswith("TF_")}
+    result = subprocess.run(
+        [*FEDQ, "simulate", "--app", "fedq.apps.synthetic:app", "-n", "2", "-r", "1",
+         "--state-dir", str(tmp_path / "state"), "--tensorboard-dir", str(tmp_path / "tb")],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    output = result.stdout + result.stderr
+    assert "TensorBoard scalars in" in output
+    for chatter in ("oneDNN", "absl::InitializeLog", "cpu_feature_guard"):
+        assert chatter not in output, output

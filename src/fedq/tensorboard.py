@@ -29,6 +29,7 @@ from typing import Any
 from fedq.coordinator.config import ConfigError
 from fedq.coordinator.observers import CoordinatorObserver, UpdateSeen
 from fedq.coordinator.records import VersionSummary
+from fedq.runtime.quiet import native_stderr_silenced
 
 #: Events queued before a hook would wait for the writer thread: far more than a version
 #: writes (a few per participant), so the event loop never does.
@@ -53,8 +54,9 @@ class TensorBoardScalars(CoordinatorObserver):
 
     def __init__(self, logdir: Path, federation: str) -> None:
         try:
-            from tensorboard.compat.proto import event_pb2, summary_pb2
-            from tensorboard.summary.writer.event_file_writer import EventFileWriter
+            with native_stderr_silenced():  # it loads TensorFlow when installed
+                from tensorboard.compat.proto import event_pb2, summary_pb2
+                from tensorboard.summary.writer.event_file_writer import EventFileWriter
         except ImportError:
             raise ConfigError(
                 "--tensorboard-dir needs the tensorboard package: pip install 'fedq[keras]'"
@@ -66,9 +68,10 @@ class TensorBoardScalars(CoordinatorObserver):
             raise ConfigError(f"--tensorboard-dir {logdir}: cannot write there ({exc})") from None
         self._event = event_pb2.Event
         self._summary = summary_pb2.Summary
-        self._writer: Any = EventFileWriter(
-            str(self.directory), max_queue_size=QUEUE_SIZE, flush_secs=FLUSH_SECONDS
-        )
+        with native_stderr_silenced():
+            self._writer: Any = EventFileWriter(
+                str(self.directory), max_queue_size=QUEUE_SIZE, flush_secs=FLUSH_SECONDS
+            )
         self._folded: list[tuple[str, dict[str, float]]] = []
         self._rejected = 0
 

@@ -13,13 +13,11 @@ learning rate, momentum, FedProx) is :mod:`fedq.apps.local_training`.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import os
-import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +27,7 @@ from fedq.apps.local_training import LocalTraining
 from fedq.messages.codec import Weights
 from fedq.participant import partitions
 from fedq.participant.app import AppError, Partition, TrainConfig, TrainResult
+from fedq.runtime.quiet import native_stderr_silenced
 
 if TYPE_CHECKING:
     import keras
@@ -38,20 +37,6 @@ Arrays = tuple[np.ndarray, np.ndarray]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ info lines
 
 
-@contextlib.contextmanager
-def _native_stderr_silenced() -> Iterator[None]:
-    """TensorFlow's C++ start-up lines ignore TF_CPP_MIN_LOG_LEVEL; hide fd 2 meanwhile."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as devnull:
-            os.dup2(devnull.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 @functools.cache
 def import_keras() -> Any:
     """Import Keras (and TensorFlow) once, quietly. Python errors still surface as usual.
@@ -59,7 +44,7 @@ def import_keras() -> Any:
     TensorFlow's own warnings are turned off too: with one model per simulated participant
     in a process, "N out of the last M calls triggered tf.function retracing" counts the
     first trace of every model's own training function, which is expected, not a fault."""
-    with _native_stderr_silenced():
+    with native_stderr_silenced():
         import keras
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     return keras
