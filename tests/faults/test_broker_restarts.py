@@ -114,7 +114,10 @@ class Restarts:
         )
         ports: dict[int, set[int]] = {p.pid: set() for p in self.processes}
         for row in rows:
-            name = next((v for k, _, v in row["client_properties"] if k == "connection_name"), "")
+            # A connection still opening lists its properties as a plain string: no name yet.
+            properties = row["client_properties"]
+            entries = properties if isinstance(properties, list) else []
+            name = next((e[2] for e in entries if len(e) == 3 and e[0] == "connection_name"), "")
             for pid in ports:
                 if name == CONNECTION.format(pid=pid) or name.startswith(
                     CONNECTION.format(pid=pid) + " "
