@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import yarl
 from prometheus_client.parser import text_string_to_metric_families
 
 from fedq.apps.synthetic import SyntheticApp
@@ -225,6 +226,42 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+class BrokerRelay:
+    """A TCP relay in front of RabbitMQ: stopping it is, to its clients, the broker going
+    away, and starting it again the broker coming back."""
+
+    def __init__(self, target: yarl.URL) -> None:
+        self.target = (target.host or "127.0.0.1", target.port or 5672)
+        self.url = str(target.with_host("127.0.0.1").with_port(free_port()))
+        self._server: asyncio.Server | None = None
+        self._open: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        port = yarl.URL(self.url).port
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", port)
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in list(self._open):
+            writer.transport.abort()
+        await self._server.wait_closed()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream = await asyncio.open_connection(*self.target)
+        self._open |= {writer, upstream}
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            sink.transport.abort()
+            self._open.discard(sink)
+
+        await asyncio.gather(pipe(reader, upstream), pipe(upstream_reader, writer))
 
 
 def metric_total(url: str, name: str) -> float:

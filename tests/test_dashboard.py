@@ -14,7 +14,6 @@ import contextlib
 import math
 import os
 import shutil
-import socket
 import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ from fedq.participant.config import ParticipantConfig
 from fedq.scenario import ParticipantProfile
 from fedq.simulation import SimulationPlan, simulate
 from tests.conftest import BROKER_URL
-from tests.helpers import until_async
+from tests.helpers import BrokerRelay, free_port, until_async
 
 MANAGEMENT_URL = os.environ.get("FEDQ_TEST_MANAGEMENT_URL", "http://127.0.0.1:15672")
 CHROMIUM = os.environ.get("FEDQ_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -71,12 +70,6 @@ class LearningSynthetic(SyntheticApp):
 
 
 # ------------------------------------------------------------------ helpers
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class RunningDashboard:
     url: str
@@ -281,42 +274,6 @@ async def test_with_the_broker_and_management_api_down_the_page_says_what_to_do(
         await expect(page.locator("#federations")).to_contain_text("No federation yet")
         await opened.screenshot(tmp_path / "dashboard-all-down.png")
         assert not opened.errors
-
-
-class BrokerRelay:
-    """A TCP relay in front of RabbitMQ: stopping it is, to its clients, the broker going
-    away, and starting it again the broker coming back."""
-
-    def __init__(self, target: yarl.URL) -> None:
-        self.target = (target.host or "127.0.0.1", target.port or 5672)
-        self.url = str(target.with_host("127.0.0.1").with_port(free_port()))
-        self._server: asyncio.Server | None = None
-        self._open: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> None:
-        port = yarl.URL(self.url).port
-        self._server = await asyncio.start_server(self._relay, "127.0.0.1", port)
-
-    async def stop(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in list(self._open):
-            writer.transport.abort()
-        await self._server.wait_closed()
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        upstream_reader, upstream = await asyncio.open_connection(*self.target)
-        self._open |= {writer, upstream}
-
-        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError):
-                while data := await source.read(65536):
-                    sink.write(data)
-                    await sink.drain()
-            sink.transport.abort()
-            self._open.discard(sink)
-
-        await asyncio.gather(pipe(reader, upstream), pipe(upstream_reader, writer))
 
 
 async def beat(federation: str, participant: str, state: ParticipantState) -> None:

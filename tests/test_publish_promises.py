@@ -6,11 +6,10 @@ line naming the broker, never a hang."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 
 import aio_pika
 import pytest
+import yarl
 
 from fedq.apps.synthetic import SyntheticApp
 from fedq.coordinator.config import CoordinatorConfig
@@ -19,6 +18,7 @@ from fedq.messages.topology import UPDATE_KEY, Topology
 from fedq.participant.config import ParticipantConfig
 from fedq.simulation import SimulationPlan, simulate
 from tests.conftest import BROKER_URL
+from tests.helpers import BrokerRelay
 
 
 async def test_every_message_of_a_federation_is_persistent(tmp_path, federation):
@@ -66,57 +66,22 @@ async def _delivery_modes(queue: str) -> dict[str, set[int]]:
     return found
 
 
-@contextlib.asynccontextmanager
-async def tcp_proxy(to_port: int) -> AsyncIterator[tuple[int, asyncio.Event]]:
-    """A TCP proxy to 127.0.0.1:``to_port``: its port, and an event that, once set, cuts
-    every connection and refuses new ones (the broker gone, as far as the client sees)."""
-    cut = asyncio.Event()
-    links: list[asyncio.StreamWriter] = []
-
-    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError, asyncio.CancelledError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        writer.close()
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if cut.is_set():
-            writer.close()
-            return
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", to_port)
-        links.extend([writer, up_writer])
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-
-    async def cutter() -> None:
-        await cut.wait()
-        server.close()
-        for link in links:
-            link.close()
-
-    task = asyncio.create_task(cutter())
-    try:
-        yield port, cut
-    finally:
-        cut.set()
-        await task
-
-
 async def test_a_publish_in_an_outage_gives_up_after_outage_seconds_with_one_line(federation):
     queue = f"{federation}.outage"
     async with AmqpTransport(BROKER_URL) as direct:
         await direct.declare_queue(queue, durable=False)
         try:
-            async with tcp_proxy(5672) as (port, cut):
-                url = f"amqp://guest:guest@127.0.0.1:{port}/"
-                async with AmqpTransport(url, outage_seconds=2.0) as transport:
+            relay = BrokerRelay(yarl.URL(BROKER_URL))  # the broker gone when it stops
+            await relay.start()
+            try:
+                async with AmqpTransport(relay.url, outage_seconds=2.0) as transport:
                     await transport.publish("", queue, b"before")
-                    cut.set()
+                    await relay.stop()
                     with pytest.raises(ConnectionLost) as lost:
                         await asyncio.wait_for(transport.publish("", queue, b"during"), 30)
+            finally:
+                await relay.stop()
+            port = yarl.URL(relay.url).port
             message = str(lost.value)
             assert f"127.0.0.1:{port}" in message and "more than 2 s" in message
             assert "\n" not in message
