@@ -58,6 +58,7 @@ from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from other_commit import InstalledCommit
 
 from fedq.coordinator.checkpoint import checkpoint_path
 from fedq.messages.amqp import AmqpTransport
@@ -234,12 +235,19 @@ async def _wait_exit(processes: Sequence[asyncio.subprocess.Process], limit: flo
 
 
 async def run_fedq_processes(
-    url: str, n: int, params: int, rounds: int, queue_type: UpdatesQueueType
+    url: str,
+    n: int,
+    params: int,
+    rounds: int,
+    queue_type: UpdatesQueueType,
+    commit: InstalledCommit | None = None,
 ) -> FedqProcessResult:
-    """One ``fedq coordinator`` and N ``fedq participant`` processes, quorum = N."""
+    """One ``fedq coordinator`` and N ``fedq participant`` processes, quorum = N; of
+    ``commit`` if given (``other_commit.py``), else of this checkout."""
     federation = f"bench-proc-{uuid.uuid4().hex[:8]}-{params}"
-    fedq = fedq_executable()
+    fedq = fedq_executable() if commit is None else commit.command
     env = os.environ | {"FEDQ_SYNTHETIC_PARAMS": str(params), "FEDQ_BROKER_URL": url}
+    env |= {} if commit is None else commit.env
     participants = [f"p{i}" for i in range(n)]
     with tempfile.TemporaryDirectory(prefix="fedq-bench-proc-") as folder:
         state, logs = Path(folder) / "state", Path(folder) / "logs"

@@ -1,7 +1,11 @@
 """Seconds per round of fedq on RabbitMQ next to a raw aio-pika floor that moves the same bytes.
 
     python bench/round_overhead.py --participants 10 --params 1000000 10000000 --rounds 6 \
-        --broker amqp://guest:guest@127.0.0.1:5672/ [--processes]
+        --broker amqp://guest:guest@127.0.0.1:5672/ [--processes [--against REV --pairs 3]]
+
+``--against REV`` runs the deployment shape of commit REV too (``other_commit.py``), in
+alternating pairs with this checkout, and reports this checkout's round time over REV's per
+pair: a regression shows in one command, on one machine in one sitting.
 
 Two shapes, each against its own floor measured in the same run:
 
@@ -61,6 +65,7 @@ from deployment_shape import (
     run_fedq_processes,
     run_raw_processes,
 )
+from other_commit import InstalledCommit, installed_commit
 from timing import median_seconds
 
 from fedq import strict_json
@@ -508,6 +513,36 @@ class ProcessRow:
 
 
 @dataclass
+class AgainstCommit:
+    """Seconds per round, deployment shape, of this checkout and of another commit, in
+    alternating pairs (this first in even pairs, the other first in odd ones)."""
+
+    sha: str
+    this: list[float]
+    other: list[float]
+
+    @property
+    def ratios(self) -> list[float]:
+        """This checkout's round time over the other's, per pair: above 1 is slower."""
+        return [this / other for this, other in zip(self.this, self.other, strict=True)]
+
+
+async def measure_against(
+    url: str, n: int, params: int, rounds: int, queue_type: UpdatesQueueType,
+    commit: InstalledCommit, pairs: int,
+) -> AgainstCommit:  # fmt: skip
+    result = AgainstCommit(commit.sha, [], [])
+    for pair in range(pairs):
+        sides: list[InstalledCommit | None] = [None, commit] if pair % 2 == 0 else [commit, None]
+        for side in sides:
+            name = "this checkout" if side is None else commit.sha[:8]
+            print(f"  P={params:,}: pair {pair + 1}/{pairs}, {name} ...", flush=True)
+            run = await run_fedq_processes(url, n, params, rounds, queue_type, side)
+            (result.this if side is None else result.other).append(run.seconds_per_round)
+    return result
+
+
+@dataclass
 class Row:
     params: int
     update_bytes: int
@@ -518,6 +553,7 @@ class Row:
     processes: ProcessRow | None = None
     #: 1-minute load average when this row's measurements started and ended.
     loadavg: tuple[float, float] = (float("nan"), float("nan"))
+    against: AgainstCommit | None = None
 
 
 async def measure(
@@ -528,6 +564,8 @@ async def measure(
     repeat: int,
     queue_type: UpdatesQueueType,
     processes: bool,
+    against: InstalledCommit | None = None,
+    pairs: int = 3,
 ) -> Row:
     load_at_start = os.getloadavg()[0]
     app = SyntheticApp(params=params)
@@ -542,6 +580,9 @@ async def measure(
         print(f"  P={params:,}: raw floor done; fedq, {n + 1} processes ...", flush=True)
         fedq_processes = await run_fedq_processes(url, n, params, rounds, queue_type)
         process_row = ProcessRow(fedq_processes, raw_processes)
+    compared = None
+    if against is not None:
+        compared = await measure_against(url, n, params, rounds, queue_type, against, pairs)
     print(f"  P={params:,}: raw floor, one process ...", flush=True)
     raw = await run_raw(url, n, update_body, model_body, rounds, queue_type)
     print(f"  P={params:,}: raw floor done; fedq, one process ...", flush=True)
@@ -555,6 +596,7 @@ async def measure(
         cpu,
         process_row,
         (load_at_start, os.getloadavg()[0]),
+        compared,
     )
 
 
@@ -610,6 +652,16 @@ def cpu_lines(cpu: ShapeCpu, seconds: float, n: int, cores: int, coordinator: st
     print(line(cpu.total, f"CPU per round, all: {busy:.0%} of {cores} cores over the round"))
 
 
+def report_against(compared: AgainstCommit) -> None:
+    name = compared.sha[:8]
+    print(f"  deployment shape: this checkout against {name}, alternating pairs:")
+    for pair, (this, other, ratio) in enumerate(
+        zip(compared.this, compared.other, compared.ratios, strict=True), 1
+    ):
+        print(f"    pair {pair}: this {this:.3f} s, {name} {other:.3f} s per round: {ratio:.2f}x")
+    print(f"    median ratio {statistics.median(compared.ratios):.2f}x (above 1: this is slower)")
+
+
 def report(rows: list[Row], n: int) -> None:
     cores = os.cpu_count() or 1
     print()
@@ -632,6 +684,8 @@ def report(rows: list[Row], n: int) -> None:
         )
         if row.processes is not None:
             report_processes(row.processes, n, cores)
+        if row.against is not None:
+            report_against(row.against)
         print("  simulation shape: fedq round, median from round 2 (commit to commit):")
         print(line(f.commit_to_open, "commit -> open: model encode + round.open + model publish"))
         print(line(f.open_to_first_fold, "open -> 1st update folded: model in, train, delta out"))
@@ -696,6 +750,15 @@ def figures(args: argparse.Namespace, tuned: bool, rows: list[Row], wall: float)
                 "raw": dataclasses.asdict(row.raw) | {"steps_total": row.raw.steps.total},
                 "cpu_parts": dataclasses.asdict(row.cpu)
                 | {"serial_round": row.cpu.serial_round(args.participants)},
+                "against": None
+                if row.against is None
+                else {
+                    "commit": row.against.sha,
+                    "this_s_per_round": row.against.this,
+                    "other_s_per_round": row.against.other,
+                    "ratios": row.against.ratios,
+                    "median_ratio": statistics.median(row.against.ratios),
+                },
                 "processes": None
                 if row.processes is None
                 else {
@@ -708,7 +771,7 @@ def figures(args: argparse.Namespace, tuned: bool, rows: list[Row], wall: float)
     }
 
 
-async def amain(args: argparse.Namespace) -> list[Row]:
+async def amain(args: argparse.Namespace, against: InstalledCommit | None) -> list[Row]:
     rows = []
     for params in args.params:
         row = await measure(
@@ -719,6 +782,8 @@ async def amain(args: argparse.Namespace) -> list[Row]:
             args.repeat,
             args.updates_queue,
             args.processes,
+            against,
+            args.pairs,
         )
         rows.append(row)
     return rows
@@ -743,9 +808,18 @@ def main() -> None:
         help="also measure the deployment shape: a fedq coordinator and N fedq participant "
         "processes, one connection each, against a floor of N participant processes",
     )
+    parser.add_argument(
+        "--against",
+        metavar="REV",
+        help="with --processes: also run the deployment shape of commit REV, in alternating "
+        "pairs with this checkout, and report this checkout's round time over REV's",
+    )
+    parser.add_argument("--pairs", type=int, default=3, help="pairs with --against")
     args = parser.parse_args()
     if args.rounds < 2:
         parser.error("--rounds must be at least 2: round 1 is warm-up")
+    if args.against and not args.processes:
+        parser.error("--against compares the deployment shape: add --processes")
     tuned = tune_malloc_for_large_buffers()
     print(f"glibc malloc tuning: {'on' if tuned else 'off'} (FEDQ_MALLOC_TUNING=0 turns it off)")
     print(
@@ -755,7 +829,9 @@ def main() -> None:
     )
     print(f"{os.cpu_count()} CPU cores shared by these processes and a local broker, if any")
     started = time.perf_counter()
-    rows = asyncio.run(amain(args))
+    with contextlib.ExitStack() as stack:
+        against = stack.enter_context(installed_commit(args.against)) if args.against else None
+        rows = asyncio.run(amain(args, against))
     report(rows, args.participants)
     wall = time.perf_counter() - started
     print(f"\nwall time {wall:.0f} s")

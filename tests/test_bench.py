@@ -47,6 +47,11 @@ FAST_BENCHMARKS = {
         "2",
         "--repeat",
         "1",
+        # Against this very commit, installed apart: the comparison runs end to end.
+        "--against",
+        "HEAD",
+        "--pairs",
+        "1",
     ],
     "scale": ["--participants", "10", "--params", "10000", "--rounds", "2"],
 }
@@ -66,6 +71,12 @@ def test_benchmark_ends_with_one_line_of_standard_json(name: str) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     figures = strict_loads(done.stdout.strip().splitlines()[-1])
     assert figures["bench"] == name
+    if name == "round_overhead":
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=BENCH, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        (row,) = figures["rows"]
+        assert row["against"]["commit"] == head and len(row["against"]["ratios"]) == 1
 
 
 def test_large_model_refuses_one_round_with_one_line() -> None:
