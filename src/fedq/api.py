@@ -45,6 +45,7 @@ from fedq.coordinator.observers import CoordinatorObserver
 from fedq.coordinator.service import FederationResult
 from fedq.coordinator.strategies import StrategyError
 from fedq.coordinator.strategy import compose_strategy
+from fedq.mlflow_tracking import run_params
 from fedq.options import Given, OptionsError, cli_fields
 from fedq.participant.app import App, AppError, Partition, TrainConfig, app_train_config, load_app
 from fedq.participant.config import DataSplit, ParticipantConfig
@@ -193,9 +194,11 @@ async def simulate_async(
     prepared = await asyncio.to_thread(
         prepare, app, participants, rounds, broker_url, federation, state_dir, dict(settings)
     )
-    name = prepared.plan.coordinator.federation
-    async with watching(prepared.observing, name, None) as watchers:
-        return await simulate_plan(prepared.plan, prepared.app, [*observers, *watchers])
+    plan = prepared.plan
+    params = run_params(plan.participant)
+    watched = watching(prepared.observing, plan.coordinator, None, prepared.app, params)
+    async with watched as watchers:
+        return await simulate_plan(plan, prepared.app, [*observers, *watchers])
 
 
 def simulate(

@@ -68,7 +68,7 @@ def coordinator_command(
             await asyncio.to_thread(state.restore, application)
             async with (
                 open_transport(url, consumers_apart=True) as transport,
-                watching(observing, federation, progress) as observers,
+                watching(observing, config, progress, application) as observers,
             ):
                 coordinator = Coordinator(config, application, transport, observers, state)
                 return await coordinator.run()
