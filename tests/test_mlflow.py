@@ -4,22 +4,28 @@ line saying what to install."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from mlflow.tracking import MlflowClient
 
+import fedq
+from fedq.apps.synthetic import SyntheticApp
 from fedq.coordinator.records import VersionSummary
-from fedq.mlflow_tracking import metric_name, version_metrics
+from fedq.mlflow_tracking import MlflowRun, metric_name, version_metrics
+from fedq.teardown import teardown
+from tests.broker_users import MANAGEMENT_URL
 from tests.conftest import BROKER_URL
 from tests.helpers import FEDQ, fedq_env, free_port
 
-mlflow_tracking = pytest.importorskip("mlflow.tracking", reason="the mlflow extra")
 
-
-def fedq(
+def run_in(
     *args: str, cwd: Path, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """``fedq ARGS`` run in ``cwd``: MLflow keeps a SQLite store's artifacts in ./mlruns."""
@@ -33,7 +39,7 @@ def fedq(
 @pytest.mark.broker
 def test_simulate_logs_settings_a_point_per_version_and_the_final_model(tmp_path, federation):
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    result = fedq(
+    result = run_in(
         "simulate", "--app", "fedq.apps.dense:app", "-n", "2", "--rounds", "2",
         "--broker", BROKER_URL, "--federation", federation, "--state-dir", str(tmp_path),
         "--quorum", "2", "--learning-rate", "0.05", "--mlflow-uri", store,
@@ -42,9 +48,8 @@ def test_simulate_logs_settings_a_point_per_version_and_the_final_model(tmp_path
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
 
-    client = mlflow_tracking.MlflowClient(tracking_uri=store)
-    experiment = client.get_experiment_by_name("fedq-tests")
-    [run] = client.search_runs([experiment.experiment_id])
+    client = MlflowClient(tracking_uri=store)
+    [run] = runs_of(client, "fedq-tests")
     assert run.info.status == "FINISHED"
     assert run.info.run_name == federation
     tags = run.data.tags
@@ -76,6 +81,13 @@ def test_simulate_logs_settings_a_point_per_version_and_the_final_model(tmp_path
     assert artifacts == {"model/model-v000002.npz", "model/model-v000002.keras"}
 
 
+def runs_of(client: MlflowClient, experiment: str) -> list[Any]:
+    """The runs of ``experiment``, which must exist."""
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, f"no experiment {experiment!r}"
+    return list(client.search_runs([found.experiment_id]))
+
+
 def history_json(state_dir: Path) -> list[dict[str, Any]]:
     out = subprocess.run(
         [*FEDQ, "history", "--state-dir", str(state_dir), "--json"],
@@ -86,10 +98,45 @@ def history_json(state_dir: Path) -> list[dict[str, Any]]:
     return rounds
 
 
+@pytest.mark.broker
+async def test_a_coordinator_on_rabbitmq_logs_its_run_too(tmp_path, federation, monkeypatch):
+    """``fedq coordinator``'s path (``fedq.run_coordinator``), with an app that cannot export
+    a .keras file: the checkpoint alone is the model."""
+    monkeypatch.chdir(tmp_path)  # MLflow keeps a SQLite store's artifacts in ./mlruns
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    app = SyntheticApp(params=8)
+    coordinator = asyncio.create_task(
+        fedq.run_coordinator_async(
+            app, federation, 2, 2, broker_url=BROKER_URL, state_dir=tmp_path, mlflow_uri=store
+        )
+    )
+    participants = [
+        fedq.run_participant_async(app, federation, f"p{i}", broker_url=BROKER_URL)
+        for i in range(2)
+    ]
+    try:
+        await asyncio.gather(*participants)
+        result = await coordinator
+    finally:
+        coordinator.cancel()
+        await teardown(federation, BROKER_URL, MANAGEMENT_URL, force=True)
+    client = MlflowClient(tracking_uri=store)
+    [run] = runs_of(client, federation)
+    assert run.info.status == "FINISHED"
+    assert (run.data.params["participants"], run.data.params["mode"]) == ("2", "quorum")
+    assert "train.epochs" not in run.data.params  # a coordinator knows no training settings
+    points = client.get_metric_history(run.info.run_id, "updates")
+    assert sorted((m.step, m.value) for m in points) == [
+        (h["version"], float(h["n_updates"])) for h in result.history
+    ]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
+    assert artifacts == {"model/model-v000002.npz"}
+
+
 def test_a_tracking_server_that_fails_is_one_warning_and_the_federation_goes_on(tmp_path):
     """Nothing listens at the URI (set through its FEDQ_* variable): every call fails."""
     nowhere = f"http://127.0.0.1:{free_port()}"
-    result = fedq(
+    result = run_in(
         "simulate", "--app", "fedq.apps.synthetic:app", "-n", "2", "--rounds", "2",
         "--state-dir", str(tmp_path),
         cwd=tmp_path, env={"FEDQ_MLFLOW_URI": nowhere, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"},
@@ -107,7 +154,7 @@ def test_mlflow_missing_is_one_line_saying_what_to_install(tmp_path):
     shadow = tmp_path / "shadow" / "mlflow"
     shadow.mkdir(parents=True)
     (shadow / "__init__.py").write_text("raise ImportError('no mlflow here')\n")
-    result = fedq(
+    result = run_in(
         "simulate", "--app", "fedq.apps.synthetic:app", "-n", "1", "--rounds", "1",
         "--state-dir", str(tmp_path / "state"), "--mlflow-uri", "sqlite:///x.db",
         cwd=tmp_path, env={"PYTHONPATH": str(shadow.parent)},
@@ -131,3 +178,28 @@ def test_metrics_come_from_the_ledgers_record_and_names_stay_one_segment():
         "epsilon": 0.5, "local/loss": 0.25, "local/.._x": 1.0,
     }  # fmt: skip
     assert metric_name("..") == "_" and metric_name("a/b") == "a_b"
+
+
+def test_a_server_that_never_answers_holds_up_neither_the_hooks_nor_the_end(tmp_path):
+    """A socket that listens and never answers: MLflow's first request waits (for its
+    120 s timeout), in the writer thread; the hooks only queue, and closing gives up at
+    its own bound."""
+    config = fedq.CoordinatorConfig(federation="f", participants=1, rounds=3, state_dir=tmp_path)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        run = MlflowRun(f"http://127.0.0.1:{silent.getsockname()[1]}", "e", config)
+        started = time.monotonic()
+        for version in (1, 2, 3):
+            run.version_committed(summary(version))
+        assert time.monotonic() - started < 0.05
+        started = time.monotonic()
+        assert run.close(timeout=1.0) is False
+        assert time.monotonic() - started < 5
+
+
+def summary(version: int) -> VersionSummary:
+    return VersionSummary(
+        version=version, round=version, closed_by="quorum", n_updates=1, participants=["a"],
+        rejected={}, seconds=0.5, metrics={"accuracy": 0.5},
+    )  # fmt: skip
