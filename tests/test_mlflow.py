@@ -133,6 +133,36 @@ async def test_a_coordinator_on_rabbitmq_logs_its_run_too(tmp_path, federation, 
     assert artifacts == {"model/model-v000002.npz"}
 
 
+def test_a_resumed_federation_goes_on_with_its_run_and_a_new_one_gets_its_own(tmp_path):
+    """Two runs of ``fedq simulate`` on one state dir: the second resumes the federation at
+    v2 with one more version (and a setting changed); a fresh state dir is a new run."""
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    def simulate(state_dir: str, rounds: int, timeout: str) -> None:
+        result = run_in(
+            "simulate", "--app", "fedq.apps.synthetic:app", "-n", "2", "-r", str(rounds),
+            "--federation", "again", "--state-dir", state_dir, "--round-timeout", timeout,
+            "--mlflow-uri", store, cwd=tmp_path,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    simulate(str(tmp_path / "state"), 2, "60")
+    simulate(str(tmp_path / "state"), 3, "30")
+    client = MlflowClient(tracking_uri=store)
+    [run] = runs_of(client, "again")
+    assert run.info.status == "FINISHED"
+    assert run.data.params["rounds"] == "2"  # as first logged
+    assert run.data.tags["fedq.resumed_with.rounds"] == "3"
+    assert run.data.tags["fedq.resumed_with.round_timeout"] == "30.0"
+    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "updates"))
+    assert steps == [1, 2, 3]
+    models = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
+    assert "model/model-v000003.npz" in models
+
+    simulate(str(tmp_path / "elsewhere"), 1, "60")
+    assert len(runs_of(client, "again")) == 2
+
+
 def test_a_tracking_server_that_fails_is_one_warning_and_the_federation_goes_on(tmp_path):
     """Nothing listens at the URI (set through its FEDQ_* variable): every call fails."""
     nowhere = f"http://127.0.0.1:{free_port()}"

@@ -1,9 +1,10 @@
-"""An MLflow run per coordinator: its settings, one metric point per committed version, and
+"""An MLflow run per federation: its settings, one metric point per committed version, and
 the final model.
 
-With ``--mlflow-uri URI`` (``http://host:5000``, ``sqlite:///mlflow.db``, ``databricks``
-...), ``fedq coordinator`` and ``fedq simulate`` open a run named after the federation in
-the experiment ``--mlflow-experiment`` (default: the federation's name) and log:
+With ``--mlflow-uri URI`` (a tracking server's ``http://host:5000``, a local
+``sqlite:///mlflow.db`` ...), ``fedq coordinator`` and ``fedq simulate`` open a run named
+after the federation in the experiment ``--mlflow-experiment`` (default: the federation's
+name) and log:
 
 - params: the coordinator's settings (:class:`~fedq.coordinator.config.CoordinatorConfig`:
   mode, participants, rounds, quorum, aggregator, server optimizer, privacy ...) and, in a
@@ -15,7 +16,11 @@ the experiment ``--mlflow-experiment`` (default: the federation's name) and log:
   ``staleness_max``, ``rejected`` (refusals, duplicates not counted), ``seconds``,
   ``update_bytes``, ``epsilon`` with differential privacy, and the participants'
   example-weighted training metrics as ``local/<name>``;
-- tags: ``fedq.federation``, ``fedq.version``, ``fedq.mode``, ``fedq.state_dir``;
+- tags: ``fedq.federation``, ``fedq.version``, ``fedq.mode``, ``fedq.state_dir`` (absolute);
+- one run per federation: a coordinator that resumes one (a restart, a standby taking
+  over) goes on with the newest run of its state dir, as a TensorBoard run is appended to;
+  a setting it changed cannot be a param again (MLflow's params are immutable) and is the
+  tag ``fedq.resumed_with.<name>``;
 - at the end, artifacts under ``model/``: the last committed checkpoint (``.npz``) and, if
   the app can export one, the whole model as a ``.keras`` file.
 
@@ -114,6 +119,16 @@ def run_params(participant: ParticipantConfig) -> dict[str, str]:
     return params
 
 
+def last_committed(state_dir: Path) -> int:
+    """The last version the ledger in ``state_dir`` committed (0: none, or no ledger)."""
+    ledger = state_dir / "ledger.sqlite"
+    if not ledger.exists():
+        return 0
+    with LedgerView.open(ledger) as view:
+        last = view.last_version()
+    return 0 if last is None else last.version
+
+
 def fedq_version() -> str:
     try:
         return metadata.version("fedq")
@@ -122,12 +137,13 @@ def fedq_version() -> str:
 
 
 class MlflowRun(CoordinatorObserver):
-    """The MLflow run of one coordinator, fed by a writer thread of its own.
+    """What one coordinator logs to its federation's MLflow run, through a writer thread
+    of its own.
 
-    Construction imports MLflow and makes its client (blocking: do it off the event loop);
-    it raises :class:`ConfigError` when MLflow is missing or the URI is not one it knows.
-    The run itself is created by the writer's first job, so an unreachable server is a
-    warning, not a refusal to start.
+    Construction imports MLflow, makes its client and reads the ledger (blocking: do it off
+    the event loop); it raises :class:`ConfigError` when MLflow is missing or the URI is
+    not one it knows. The run itself is made (or resumed) by the writer's first job, so an
+    unreachable server is a warning, not a refusal to start.
     """
 
     def __init__(
@@ -150,6 +166,10 @@ class MlflowRun(CoordinatorObserver):
         self._metric, self._param, self._tag = Metric, Param, RunTag
         self.uri, self.experiment, self.config, self.app = uri, experiment, config, app
         self.run_id: str | None = None
+        self._state_dir = str(config.state_dir.resolve())
+        #: The version the ledger had committed when this coordinator started: above 0, it
+        #: resumes a federation, and goes on with the run its predecessor logged.
+        self.resumes_from = last_committed(config.state_dir)
         extra = {k: str(v) for k, v in (params or {}).items()}
         self._params = coordinator_params(config) | extra
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
@@ -175,28 +195,56 @@ class MlflowRun(CoordinatorObserver):
                 )
 
     def _start(self) -> None:
-        client, name = self._client, self.experiment
-        found = client.get_experiment_by_name(name)
-        if found is None:
-            try:
-                experiment_id = client.create_experiment(name)
-            except Exception:  # another coordinator made it meanwhile
-                found = client.get_experiment_by_name(name)
-                if found is None:
-                    raise
-                experiment_id = found.experiment_id
-        else:
-            experiment_id = found.experiment_id
+        client = self._client
+        experiment_id = self._experiment_id()
+        run = self._resumable(experiment_id) if self.resumes_from else None
         tags = {
             "fedq.federation": self.config.federation,
             "fedq.version": fedq_version(),
             "fedq.mode": self.config.mode,
-            "fedq.state_dir": str(self.config.state_dir),
+            "fedq.state_dir": self._state_dir,
         }
-        run = client.create_run(experiment_id, run_name=self.config.federation, tags=tags)
+        if run is None:
+            run = client.create_run(experiment_id, run_name=self.config.federation, tags=tags)
+            logged: dict[str, str] = {}
+        else:  # a restarted (or standby) coordinator goes on with its federation's run
+            client.update_run(run.info.run_id, status="RUNNING")
+            logged = dict(run.data.params)
+            tags = {"fedq.version": tags["fedq.version"]}
         self.run_id = run.info.run_id
-        params = [self._param(k, v) for k, v in sorted(self._params.items())]
-        client.log_batch(self.run_id, params=params)
+        # A param cannot change once logged: a setting a restart changed is a tag instead.
+        params = {k: v for k, v in self._params.items() if k not in logged}
+        changed = {k: v for k, v in self._params.items() if k in logged and logged[k] != v}
+        tags |= {f"fedq.resumed_with.{k}": v for k, v in changed.items()}
+        client.log_batch(
+            self.run_id,
+            params=[self._param(k, v) for k, v in sorted(params.items())],
+            tags=[self._tag(k, v) for k, v in tags.items()],
+        )
+
+    def _experiment_id(self) -> str:
+        client, name = self._client, self.experiment
+        found = client.get_experiment_by_name(name)
+        if found is not None:
+            return str(found.experiment_id)
+        try:
+            return str(client.create_experiment(name))
+        except Exception:  # another coordinator made it meanwhile
+            found = client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return str(found.experiment_id)
+
+    def _resumable(self, experiment_id: str) -> Any:
+        """The newest run of this federation's state dir in the experiment, if any. A
+        federation's name is letters, digits, ``_`` and ``-``: safe in the filter."""
+        runs = self._client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`fedq.federation` = '{self.config.federation}'",
+            order_by=["attributes.start_time DESC"],
+        )
+        mine = [r for r in runs if r.data.tags.get("fedq.state_dir") == self._state_dir]
+        return mine[0] if mine else None
 
     def _log_metrics(self, step: int, metrics: dict[str, float], at: int) -> None:
         batch = [self._metric(k, v, at, step) for k, v in metrics.items()]
@@ -212,14 +260,10 @@ class MlflowRun(CoordinatorObserver):
 
     def _final_checkpoint(self) -> Path | None:
         """The checkpoint of the last version the ledger committed (None: none yet)."""
-        ledger = self.config.state_dir / "ledger.sqlite"
-        if not ledger.exists():
+        last = last_committed(self.config.state_dir)
+        if last == 0:
             return None
-        with LedgerView.open(ledger) as view:
-            last = view.last_version()
-        if last is None or last.version == 0:
-            return None
-        path = checkpoint_path(self.config.state_dir / "models", last.version)
+        path = checkpoint_path(self.config.state_dir / "models", last)
         return path if path.exists() else None
 
     def _log_keras(self, checkpoint: Path) -> None:
