@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 import fedq
 from fedq.apps.synthetic import SyntheticApp
 from fedq.coordinator.records import VersionSummary
-from fedq.mlflow_tracking import MlflowRun, metric_name, version_metrics
+from fedq.mlflow_tracking import MlflowRun, metric_name, shown, version_metrics
 from fedq.teardown import teardown
 from tests.broker_users import MANAGEMENT_URL
 from tests.conftest import BROKER_URL
@@ -47,6 +47,8 @@ def test_simulate_logs_settings_a_point_per_version_and_the_final_model(tmp_path
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
+    assert f"MLflow run of experiment 'fedq-tests' at {store}\n" in result.stderr
+    assert " INFO " not in result.stderr  # MLflow's lines on making the store's tables
 
     client = MlflowClient(tracking_uri=store)
     [run] = runs_of(client, "fedq-tests")
@@ -208,6 +210,11 @@ def test_metrics_come_from_the_ledgers_record_and_names_stay_one_segment():
         "epsilon": 0.5, "local/loss": 0.25, "local/.._x": 1.0,
     }  # fmt: skip
     assert metric_name("..") == "_" and metric_name("a/b") == "a_b"
+
+
+def test_messages_show_a_uri_as_given_but_its_password():
+    assert shown("sqlite:///mlflow.db") == "sqlite:///mlflow.db"
+    assert shown("https://me:secret@mlflow.example:5000/") == "https://me:***@mlflow.example:5000/"
 
 
 def test_a_server_that_never_answers_holds_up_neither_the_hooks_nor_the_end(tmp_path):

@@ -46,12 +46,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import yarl
+
 from fedq.coordinator.checkpoint import checkpoint_path, load_checkpoint
 from fedq.coordinator.config import ConfigError, CoordinatorConfig
 from fedq.coordinator.ledger_view import LedgerView
 from fedq.coordinator.observers import CoordinatorObserver
 from fedq.coordinator.records import VersionSummary
-from fedq.messages.amqp import redact
 from fedq.participant.config import ParticipantConfig
 
 log = logging.getLogger("fedq.mlflow")
@@ -72,6 +73,16 @@ def _not_from_writer(record: logging.LogRecord) -> bool:
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]")
 Job = Callable[[], None]
+
+
+def shown(uri: str) -> str:
+    """``uri`` as messages show it: its password, if any, starred. Otherwise untouched
+    (a URL parser would make ``sqlite:///m.db`` of ``sqlite:/m.db``)."""
+    try:
+        parsed = yarl.URL(uri)
+    except (ValueError, TypeError):
+        return "<unparseable URI>"
+    return str(parsed.with_password("***")) if parsed.password else uri
 
 
 def metric_name(name: str) -> str:
@@ -159,10 +170,13 @@ class MlflowRun(CoordinatorObserver):
             from mlflow.tracking import MlflowClient
         except ImportError:
             raise ConfigError("--mlflow-uri needs MLflow: pip install 'fedq[mlflow]'") from None
+        # Its only INFO lines, making a new SQLite store's tables, would be the only ones
+        # in fedq's output.
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
         try:
             self._client: Any = MlflowClient(tracking_uri=uri)
         except Exception as exc:  # MlflowException: a scheme it has no store for
-            raise ConfigError(f"--mlflow-uri {redact(uri)}: MLflow cannot use it ({exc})") from None
+            raise ConfigError(f"--mlflow-uri {shown(uri)}: MLflow cannot use it ({exc})") from None
         self._metric, self._param, self._tag = Metric, Param, RunTag
         self.uri, self.experiment, self.config, self.app = uri, experiment, config, app
         self.run_id: str | None = None
@@ -190,7 +204,7 @@ class MlflowRun(CoordinatorObserver):
                 self._failed = True
                 log.warning(
                     "MLflow tracking at %s failed, the federation goes on without it: %s",
-                    redact(self.uri),
+                    shown(self.uri),
                     str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
                 )
 
@@ -296,7 +310,7 @@ class MlflowRun(CoordinatorObserver):
             log.warning(
                 "MLflow tracking at %s: gave up after %.0f s; the run may lack its last "
                 "metrics and the model",
-                redact(self.uri),
+                shown(self.uri),
                 timeout,
             )
             return False  # the filter stays: the writer may still be retrying

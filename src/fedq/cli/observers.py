@@ -18,9 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from fedq.console import RoundProgress
 from fedq.coordinator.config import CoordinatorConfig
 from fedq.coordinator.observers import CoordinatorObserver
-from fedq.messages.amqp import redact
 from fedq.metrics import PrometheusMetrics, serve_metrics
-from fedq.mlflow_tracking import mlflow_run
+from fedq.mlflow_tracking import mlflow_run, shown
 from fedq.tensorboard import tensorboard_scalars
 
 
@@ -89,6 +88,6 @@ async def watching(
             tracking = await stack.enter_async_context(
                 mlflow_run(settings.mlflow_uri, settings.mlflow_experiment, config, params, app)
             )
-            say(f"MLflow run of experiment {tracking.experiment!r} at {redact(tracking.uri)}")
+            say(f"MLflow run of experiment {tracking.experiment!r} at {shown(tracking.uri)}")
             observers.append(tracking)
         yield observers
