@@ -67,6 +67,7 @@ def given_of(settings: dict[str, Any], **fixed: Any) -> Given:
 
 
 def application_of(app: str | App) -> App:
+    """The app itself, or the one its ``package.module:attr`` names (AppError if none)."""
     return load_app(app) if isinstance(app, str) else app
 
 
