@@ -2,8 +2,8 @@
 # Set up fedq on a fresh Debian machine, in a virtual environment: nothing is installed into
 # a system interpreter (Debian's refuses it, PEP 668). Idempotent: a second run only checks.
 #   bash scripts/setup.sh           fedq with Keras and plots (enough for `fedq simulate`)
-#   bash scripts/setup.sh --dev     also the test/lint tools, PyTorch (CPU), Fashion-MNIST and a
-#                                   running RabbitMQ
+#   bash scripts/setup.sh --dev     also the test/lint tools, PyTorch (CPU), JAX, MLflow's
+#                                   client, Fashion-MNIST and a running RabbitMQ
 # PYTHON picks the interpreter the environment is made from (default: python3 on PATH);
 # FEDQ_VENV where it lives (default: .venv in the checkout).
 set -euo pipefail
@@ -58,7 +58,7 @@ if $dev; then
     done
     rabbitmqctl -q await_startup
     rabbitmq-plugins -q enable rabbitmq_management >/dev/null
-    extras=".[keras,plot,dev,torch,jax]"
+    extras=".[keras,plot,dev,torch,jax,mlflow]"
 else
     extras=".[keras,plot]"
 fi
@@ -85,7 +85,7 @@ stamp="$venv/.fedq-installed"
 digest=$({ cat pyproject.toml; find src coordinator participant messages -name '*.py' | sort; } \
     | sha256sum | cut -d' ' -f1)
 digest="$digest $(pwd)"
-if ! grep -qxF -e "$extras $digest" -e ".[keras,plot,dev,torch,jax] $digest" "$stamp" 2>/dev/null \
+if ! grep -qxF -e "$extras $digest" -e ".[keras,plot,dev,torch,jax,mlflow] $digest" "$stamp" 2>/dev/null \
     || ! "$vpython" -c 'import fedq.cli' >/dev/null 2>&1; then
     say "pip install -e '$extras' into $venv"
     "$vpython" -m pip install -q --upgrade pip

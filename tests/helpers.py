@@ -127,9 +127,11 @@ def fedq_env() -> dict[str, str]:
     return env
 
 
-def run_fedq(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def run_fedq(
+    *args: str, timeout: float = 600, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*FEDQ, *args], capture_output=True, text=True, timeout=timeout, env=fedq_env()
+        [*FEDQ, *args], capture_output=True, text=True, timeout=timeout, env=fedq_env(), cwd=cwd
     )
 
 

@@ -50,12 +50,14 @@ def small(command: str, tmp_path: Path) -> list[str]:
     it = iter(args)
     for arg in it:
         flag, eq, value = arg.partition("=")
-        if flag in SMALL or flag in PATHS or flag in ("-n", "--participants"):
+        if flag in SMALL or flag in PATHS or flag in ("-n", "--participants", "--mlflow-uri"):
             given = value if eq else next(it)
             if flag in SMALL:
                 given = SMALL[flag]
             elif flag in PATHS:
                 given = str(tmp_path / flag.strip("-"))
+            elif flag == "--mlflow-uri":
+                given = f"sqlite:///{tmp_path / 'mlflow.db'}"
             else:
                 given = str(min(int(given), MAX_PARTICIPANTS))
             out += [flag, given]
@@ -84,5 +86,7 @@ def test_the_docs_have_simulate_examples():
 @pytest.mark.parametrize(("where", "command"), examples(), ids=[w for w, _ in examples()])
 def test_a_documented_simulate_example_finishes(tmp_path, where, command):
     args = small(command, tmp_path)
-    result = run_fedq("simulate", *args, timeout=300)
+    # MLflow keeps a SQLite store's artifacts in ./mlruns: in the test's folder, not here.
+    cwd = tmp_path if "--mlflow-uri" in args else None
+    result = run_fedq("simulate", *args, timeout=300, cwd=cwd)
     assert result.returncode == 0, f"{where}\n{' '.join(args)}\n{result.stdout}{result.stderr}"

@@ -1,14 +1,20 @@
 """``fedq.simulate``: the Python API, from a plain script and from a running event loop (a
 notebook), on the embedded broker and on RabbitMQ; its history is ``fedq history --json``'s;
-an unknown keyword is one error before anything runs."""
+an unknown keyword is one error before anything runs. ``fedq.run_coordinator`` and
+``fedq.run_participant``: one role each on RabbitMQ, as tasks of one loop or as plain
+calls, their settings checked before the broker is reached."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
+import re
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +24,8 @@ import fedq
 from fedq.apps.synthetic import SyntheticApp
 from fedq.coordinator.observers import CoordinatorObserver
 from fedq.coordinator.records import VersionSummary
+from fedq.teardown import teardown
+from tests.broker_users import MANAGEMENT_URL
 from tests.conftest import BROKER_URL
 from tests.helpers import fedq_env, python_snippets, run_fedq, run_snippet
 
@@ -160,6 +168,107 @@ def test_an_unknown_setting_is_one_error_before_anything_runs(tmp_path):
 def test_a_bad_value_is_a_settings_error_naming_it(settings, says, tmp_path):
     with pytest.raises(fedq.SettingsError, match=says):
         fedq.simulate(app=SyntheticApp(params=8), participants=2, rounds=1, **settings)
+
+
+def check_roles(result: fedq.FederationResult, stats: list[fedq.ParticipantStats]) -> None:
+    """Two versions from two participants, each of which sent an update to each; the
+    coordinator's history is the ledger's, as ``fedq history --json`` reads it."""
+    assert [h["version"] for h in result.history] == [1, 2]
+    assert sorted(s.participant for s in stats) == ["p0", "p1"]
+    assert all(s.rounds_trained == 2 and s.updates_sent == 2 for s in stats)
+    assert json.loads(json.dumps(result.history)) == history_json(result.state_dir)
+
+
+@pytest.mark.broker
+async def test_a_coordinator_and_participants_run_as_tasks_of_one_loop(federation, tmp_path):
+    app = SyntheticApp(params=8)
+    coordinator = asyncio.create_task(
+        fedq.run_coordinator_async(
+            app, federation, 2, 2, broker_url=BROKER_URL, state_dir=tmp_path, round_timeout=60
+        )
+    )
+    participants = [
+        fedq.run_participant_async(
+            app, federation, f"p{i}", broker_url=BROKER_URL, partition=f"{i}/2", epochs=1
+        )
+        for i in range(2)
+    ]
+    try:
+        stats = await asyncio.gather(*participants)
+        result = await coordinator
+    finally:
+        coordinator.cancel()
+        await teardown(federation, BROKER_URL, MANAGEMENT_URL, force=True)
+    assert result.state_dir == str(tmp_path / federation)
+    check_roles(result, stats)
+
+
+@pytest.mark.broker
+def test_the_plain_calls_run_each_role_where_no_loop_runs(federation, tmp_path):
+    """A script's calls: the coordinator here, each participant in a thread of its own."""
+    app = SyntheticApp(params=8)
+    with ThreadPoolExecutor(2) as pool:
+        running = [
+            pool.submit(
+                fedq.run_participant,
+                app,
+                federation,
+                f"p{i}",
+                broker_url=BROKER_URL,
+                partition=f"{i}/2",
+            )
+            for i in range(2)
+        ]
+        try:
+            result = fedq.run_coordinator(
+                app, federation, 2, 2, broker_url=BROKER_URL, state_dir=tmp_path
+            )
+            stats = [r.result(timeout=120) for r in running]
+        finally:
+            asyncio.run(teardown(federation, BROKER_URL, MANAGEMENT_URL, force=True))
+    check_roles(result, stats)
+
+
+NOWHERE = "amqp://guest:guest@127.0.0.1:1/"  # nothing listens: a connection would fail
+
+
+@pytest.mark.parametrize(
+    ("role", "settings", "says"),
+    [
+        ("coordinator", {"quorum": 0}, "quorum: "),
+        ("coordinator", {"aggregator": "nope"}, "aggregator 'nope'"),
+        ("coordinator", {"mlflow_experiment": ""}, "mlflow_experiment: "),
+        (
+            "coordinator",
+            {"quorom": 2},
+            "fedq.run_coordinator: unknown setting 'quorom' (did you mean 'quorum'?)",
+        ),
+        ("participant", {"epoch": 2}, "unknown setting 'epoch' (did you mean 'epochs'?)"),
+        ("participant", {"update_codec": "zip"}, "unknown codec 'zip'"),
+        ("participant", {"learning_rate": -1.0}, "learning rate -1.0"),
+        ("participant", {"partition": "3/2"}, "partition: "),
+    ],
+)
+def test_a_roles_bad_setting_is_a_settings_error_before_the_broker(role, settings, says, tmp_path):
+    app = SyntheticApp(params=8)
+    with pytest.raises(fedq.SettingsError, match=re.escape(says)) as caught:
+        if role == "coordinator":
+            fedq.run_coordinator(app, "f", 2, 1, broker_url=NOWHERE, state_dir=tmp_path, **settings)
+        else:
+            fedq.run_participant(app, "f", "p0", broker_url=NOWHERE, **settings)
+    assert "\n" not in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_plain_calls_share_their_coroutines_signatures():
+    pairs: list[tuple[Callable[..., Any], Callable[..., Any]]] = [
+        (fedq.simulate, fedq.simulate_async),
+        (fedq.run_coordinator, fedq.run_coordinator_async),
+        (fedq.run_participant, fedq.run_participant_async),
+    ]
+    for plain, awaited in pairs:
+        assert inspect.signature(plain) == inspect.signature(awaited)
+        assert not inspect.iscoroutinefunction(plain)
 
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "python-api.md"

@@ -25,7 +25,10 @@ against them survives a reorganisation of the modules behind them::
   :class:`ParticipantConfig`;
 - running: :func:`simulate` (``fedq simulate`` from Python, its flags as keywords; from a
   script or a notebook; :class:`SettingsError` for a keyword it does not know) or
-  :func:`simulate_async` (the same, awaited); :func:`simulate_plan` with a
+  :func:`simulate_async` (the same, awaited); one role on RabbitMQ:
+  :func:`run_coordinator` (``fedq coordinator``; its :class:`FederationResult`) and
+  :func:`run_participant` (``fedq participant``; its :class:`ParticipantStats`), each also
+  ``..._async``; :func:`simulate_plan` with a
   :class:`SimulationPlan` (one process), or a
   :class:`Coordinator` and :class:`Participant` each on a transport from
   :func:`open_transport`; :func:`run_participants` for many in one process; the outcome,
@@ -67,6 +70,11 @@ _HOMES: dict[str, str] = {
     "simulate": "fedq.api",
     "simulate_async": "fedq.api",
     "SettingsError": "fedq.api",
+    "run_coordinator": "fedq.roles",
+    "run_coordinator_async": "fedq.roles",
+    "run_participant": "fedq.roles",
+    "run_participant_async": "fedq.roles",
+    "ParticipantStats": "fedq.participant.worker",
     "run_participants": "fedq.simulation",
 }
 
@@ -84,6 +92,7 @@ __all__ = [
     "KerasApp",
     "Participant",
     "ParticipantConfig",
+    "ParticipantStats",
     "Partition",
     "ServerOptimizer",
     "SettingsError",
@@ -93,6 +102,10 @@ __all__ = [
     "UpdateSeen",
     "VersionSummary",
     "open_transport",
+    "run_coordinator",
+    "run_coordinator_async",
+    "run_participant",
+    "run_participant_async",
     "run_participants",
     "simulate",
     "simulate_async",
@@ -115,7 +128,13 @@ if TYPE_CHECKING:
     from fedq.messages.connect import open_transport
     from fedq.participant.app import App, AppError, Partition, TrainConfig, TrainResult
     from fedq.participant.config import ParticipantConfig
-    from fedq.participant.worker import Participant
+    from fedq.participant.worker import Participant, ParticipantStats
+    from fedq.roles import (
+        run_coordinator,
+        run_coordinator_async,
+        run_participant,
+        run_participant_async,
+    )
     from fedq.simulation import SimulationPlan, run_participants, simulate_plan
 
 

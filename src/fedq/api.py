@@ -28,12 +28,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import difflib
+import functools
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -45,12 +46,16 @@ from fedq.coordinator.observers import CoordinatorObserver
 from fedq.coordinator.service import FederationResult
 from fedq.coordinator.strategies import StrategyError
 from fedq.coordinator.strategy import compose_strategy
+from fedq.mlflow_tracking import run_params
 from fedq.options import Given, OptionsError, cli_fields
 from fedq.participant.app import App, AppError, Partition, TrainConfig, app_train_config, load_app
 from fedq.participant.config import DataSplit, ParticipantConfig
 from fedq.scenario import heterogeneous
 from fedq.settings import settings as process_settings
 from fedq.simulation import SimulationPlan, simulate_plan
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 #: The settings models whose fields are keywords, as they are ``fedq simulate``'s flags.
 MODELS: tuple[type[BaseModel], ...] = (CoordinatorConfig, ObserverSettings, DataSplit, TrainConfig)
@@ -65,13 +70,23 @@ class SettingsError(ValueError):
 
 def setting_names() -> list[str]:
     """Every keyword :func:`simulate` takes as a setting, sorted."""
-    fields = {name for model in MODELS for name in cli_fields(model)}
-    return sorted(fields - {"participants", "rounds"} | set(EXPERIMENT_KEYWORDS))
+    return sorted([*fields_of(MODELS, {"participants", "rounds"}), *EXPERIMENT_KEYWORDS])
 
 
-def check_names(given: Mapping[str, Any]) -> None:
-    """One SettingsError naming every unknown keyword (and the closest known one)."""
-    known = setting_names()
+def fields_of(models: Sequence[type[BaseModel]], apart: set[str]) -> list[str]:
+    """The settings keywords of ``models``' flags, but those in ``apart``, sorted."""
+    return sorted({name for model in models for name in cli_fields(model)} - apart)
+
+
+def check_names(
+    given: Mapping[str, Any],
+    known: Sequence[str] | None = None,
+    function: str = "simulate",
+    listed_by: str = "fedq.api.setting_names()",
+) -> None:
+    """One SettingsError naming every keyword of ``fedq.<function>`` that is not ``known``
+    (default: :func:`setting_names`), with the closest known one; ``listed_by`` lists them."""
+    known = setting_names() if known is None else list(known)
     unknown = sorted(set(given) - set(known))
     if not unknown:
         return
@@ -80,11 +95,34 @@ def check_names(given: Mapping[str, Any]) -> None:
         for name in unknown
         for close in [difflib.get_close_matches(name, known, n=1)]
     ]
+    command = function.removeprefix("run_")
     raise SettingsError(
-        f"fedq.simulate: unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(hints)}; "
-        "settings are fedq simulate's flags without -- and with _ for - "
-        "(fedq.api.setting_names() lists them)"
+        f"fedq.{function}: unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(hints)}; "
+        f"settings are fedq {command}'s flags without -- and with _ for - "
+        f"({listed_by} lists them)"
     )
+
+
+def blocking(coroutine: Callable[P, Coroutine[Any, Any, R]], name: str, doc: str) -> Callable[P, R]:
+    """``coroutine`` as a plain function named ``name``: one definition of the signature
+    for both forms. Without an event loop in the calling thread it runs its own
+    (``asyncio.run``); inside one (a Jupyter cell, an ``async def``) it runs the coroutine
+    on a new loop in a worker thread and waits for it, because a running loop cannot be
+    re-entered."""
+
+    @functools.wraps(coroutine)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        awaited = coroutine(*args, **kwargs)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(awaited)
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"fedq-{name}") as pool:
+            return pool.submit(asyncio.run, awaited).result()
+
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = doc
+    return call
 
 
 @dataclass(frozen=True)
@@ -188,30 +226,10 @@ async def simulate_async(
     observers: Sequence[CoordinatorObserver] = (),
     **settings: Any,
 ) -> FederationResult:
-    """:func:`simulate` as a coroutine: ``await fedq.simulate_async(...)`` in a notebook
-    keeps its event loop running (a live widget, other tasks) while the federation runs."""
-    prepared = await asyncio.to_thread(
-        prepare, app, participants, rounds, broker_url, federation, state_dir, dict(settings)
-    )
-    name = prepared.plan.coordinator.federation
-    async with watching(prepared.observing, name, None) as watchers:
-        return await simulate_plan(prepared.plan, prepared.app, [*observers, *watchers])
-
-
-def simulate(
-    app: str | App = "fedq.apps.dense:app",
-    participants: int = 4,
-    rounds: int = 5,
-    *,
-    broker_url: str | None = None,
-    federation: str | None = None,
-    state_dir: str | Path | None = None,
-    observers: Sequence[CoordinatorObserver] = (),
-    **settings: Any,
-) -> FederationResult:
     """Run a coordinator and ``participants`` participants of ``app`` (an App, or its
     ``package.module:attr``) for ``rounds`` versions in this process, and return what
-    they did.
+    they did. Awaited, the caller's event loop keeps running (a live widget, other tasks)
+    while the federation runs; :func:`simulate` is the same as a plain call.
 
     On the embedded broker, or on RabbitMQ at ``broker_url``. The federation is named
     ``federation`` (default: ``sim-<time>-<random>``) and keeps its checkpoints and ledger
@@ -219,23 +237,24 @@ def simulate(
     ``settings`` are ``fedq simulate``'s flags by their ``--config`` keys: ``quorum=2``,
     ``learning_rate=0.05``, ``partition_scheme="dirichlet:0.5"``, ``aggregator="median"``.
     ``observers`` are told of every version as it commits (:class:`CoordinatorObserver`).
+    """
+    prepared = await asyncio.to_thread(
+        prepare, app, participants, rounds, broker_url, federation, state_dir, dict(settings)
+    )
+    plan = prepared.plan
+    params = run_params(plan.participant)
+    watched = watching(prepared.observing, plan.coordinator, None, prepared.app, params)
+    async with watched as watchers:
+        return await simulate_plan(plan, prepared.app, [*observers, *watchers])
+
+
+simulate = blocking(
+    simulate_async,
+    "simulate",
+    """:func:`simulate_async` as a plain call, from a script or from a notebook: run a
+    coordinator and ``participants`` participants of ``app`` for ``rounds`` versions in
+    this process and return what they did (``final_metrics``, ``history``, ``state_dir``).
 
     Called with an event loop running in this thread (a notebook), the federation runs on
-    a loop of its own in a worker thread, and this call waits for it.
-    """
-    coro = simulate_async(
-        app,
-        participants,
-        rounds,
-        broker_url=broker_url,
-        federation=federation,
-        state_dir=state_dir,
-        observers=observers,
-        **settings,
-    )
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fedq-simulate") as pool:
-        return pool.submit(asyncio.run, coro).result()
+    a loop of its own in a worker thread, and this call waits for it.""",
+)

@@ -10,6 +10,7 @@ STATE_DIR/<federation>. What it did is shown live (and to the observers
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,6 +23,7 @@ from fedq.cli.observers import ObserverSettings, watching
 from fedq.cli.running import fail, load, run, setup_logging
 from fedq.console import RoundProgress, console, plain, print_summary
 from fedq.coordinator.config import CoordinatorConfig
+from fedq.coordinator.observers import CoordinatorObserver
 from fedq.coordinator.service import Coordinator, FederationResult
 from fedq.coordinator.state_dir import StateDir, StateDirLock, check_writable
 from fedq.coordinator.strategies import StrategyError
@@ -29,6 +31,7 @@ from fedq.coordinator.strategy import compose_strategy
 from fedq.messages.amqp import redact
 from fedq.messages.connect import open_transport
 from fedq.options import Given, OptionsError, with_settings
+from fedq.participant.app import App
 from fedq.settings import settings
 
 
@@ -60,26 +63,42 @@ def coordinator_command(
     observing = given.build(ObserverSettings)
 
     async def main() -> FederationResult:
-        # Every local check before the broker is even reached: the state dir (writable,
-        # locked, this federation's, this app's model) and its last checkpoint.
         lock = await standing_by(config.state_dir, federation) if standby else None
-        state = await asyncio.to_thread(StateDir.open, config.state_dir, federation, lock)
-        try:
-            await asyncio.to_thread(state.restore, application)
-            async with (
-                open_transport(url, consumers_apart=True) as transport,
-                watching(observing, federation, progress) as observers,
-            ):
-                coordinator = Coordinator(config, application, transport, observers, state)
-                return await coordinator.run()
-        finally:
-            await asyncio.to_thread(state.close)
+        return await coordinate(config, application, url, observing, progress, lock)
 
     console.print(f"coordinator of {federation} ({config.mode} mode) on RabbitMQ at {redact(url)}")
     with RoundProgress(config.rounds, config.k) as progress:
         result = run(main())
     print_summary(result)
     write_report(report, result, broker=redact(url))
+
+
+async def coordinate(
+    config: CoordinatorConfig,
+    application: App,
+    url: str,
+    observing: ObserverSettings,
+    progress: RoundProgress | None = None,
+    lock: StateDirLock | None = None,
+    observers: Sequence[CoordinatorObserver] = (),
+) -> FederationResult:
+    """Run the coordinator of ``config`` on RabbitMQ at ``url`` until the federation is
+    done (``fedq coordinator``, and ``fedq.run_coordinator``), watched by ``observers``
+    and those ``observing`` asks for. ``lock``: the state dir's, if already held."""
+    # Every local check before the broker is even reached: the state dir (writable,
+    # locked, this federation's, this app's model) and its last checkpoint.
+    state = await asyncio.to_thread(StateDir.open, config.state_dir, config.federation, lock)
+    try:
+        await asyncio.to_thread(state.restore, application)
+        async with (
+            open_transport(url, consumers_apart=True) as transport,
+            watching(observing, config, progress, application) as watchers,
+        ):
+            everyone = [*observers, *watchers]
+            coordinator = Coordinator(config, application, transport, everyone, state)
+            return await coordinator.run()
+    finally:
+        await asyncio.to_thread(state.close)
 
 
 async def standing_by(folder: Path, federation: str) -> StateDirLock:

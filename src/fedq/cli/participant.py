@@ -59,22 +59,32 @@ def participant_command(given: Given) -> None:
         raise fail(
             f"--count {process.count} from partition {first.index} exceeds {first.count} partitions"
         )
+    application = load(process.app_spec)
+    configs, apps = participants_of(given, template, application, process.count)
+    url = process.broker_url or settings().broker_url
+    console.print(
+        f"{process.count} participant(s) of {template.federation} on RabbitMQ at {redact(url)}"
+    )
+    run(participate(configs, apps, url))
+
+
+def participants_of(
+    given: Given, template: ParticipantConfig, application: App, count: int
+) -> tuple[list[ParticipantConfig], list[App]]:
+    """``count`` participants of ``template`` (``fedq participant``'s, and
+    ``fedq.run_participant``'s): each config with its share of the data split as given and
+    the training settings over the app's, and the app as the emulation given makes it run."""
     emulation = given.build(Emulation)
     scheme = given.build(DataSplit).partition_scheme
-    application = load(process.app_spec)
+    first = template.partition
     template = template.model_copy(
         update={
             "partition": Partition(first.index, first.count, scheme),
             "train": train_config(given, application),
         }
     )
-    configs = virtual(template, process.count)
-    apps = [emulation.emulate(application, c.participant_id) for c in configs]
-    url = process.broker_url or settings().broker_url
-    console.print(
-        f"{process.count} participant(s) of {template.federation} on RabbitMQ at {redact(url)}"
-    )
-    run(participate(configs, apps, url))
+    configs = virtual(template, count)
+    return configs, [emulation.emulate(application, c.participant_id) for c in configs]
 
 
 def virtual(template: ParticipantConfig, count: int) -> list[ParticipantConfig]:

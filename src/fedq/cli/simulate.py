@@ -24,6 +24,7 @@ from fedq.console import RoundProgress, console, print_summary
 from fedq.coordinator.config import CoordinatorConfig
 from fedq.coordinator.service import FederationResult
 from fedq.messages.amqp import redact
+from fedq.mlflow_tracking import run_params
 from fedq.options import Given, with_settings
 from fedq.participant.app import Partition, TrainConfig
 from fedq.participant.config import CODEC_HELP, DataSplit, ParticipantConfig, check_codec
@@ -115,7 +116,8 @@ def simulate_command(
     observing = given.build(ObserverSettings)
 
     async def main() -> FederationResult:
-        async with watching(observing, name, progress) as observers:
+        params = run_params(participant)
+        async with watching(observing, config, progress, application, params) as observers:
             return await simulate(plan, application, observers)
 
     with RoundProgress(config.rounds, config.k) as progress:
