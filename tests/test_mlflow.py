@@ -24,6 +24,8 @@ from tests.broker_users import MANAGEMENT_URL
 from tests.conftest import BROKER_URL
 from tests.helpers import FEDQ, fedq_env, free_port
 
+pytestmark = [pytest.mark.broker, pytest.mark.processes]
+
 
 def run_in(
     *args: str, cwd: Path, env: dict[str, str] | None = None
