@@ -35,8 +35,8 @@ class ExportSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     out: Path = Field(
-        description="Where to write the model: a .keras, .tflite or .onnx file, or a folder "
-        "(savedmodel).",
+        description="Where to write the model: a file named *.keras, *.tflite or *.onnx, or a "
+        "folder (savedmodel).",
         json_schema_extra={"env": "FEDQ_EXPORT_OUT"},
     )
     format: str | None = Field(
@@ -90,8 +90,11 @@ def export_command(
         Path, typer.Option("--state-dir", help="The federation's folder (holds ledger.sqlite).")
     ],
 ) -> None:
-    """Write a committed global model in a format other tools load: .keras, a SavedModel
-    folder, .tflite or .onnx, as far as the app writes it."""
+    """Write a committed global model for other tools: keras, savedmodel, tflite or onnx.
+
+    The format follows --out (a file named *.keras, *.tflite or *.onnx, or a folder for a
+    SavedModel) unless --format names it; an app writes only some formats (a PyTorch app:
+    onnx), and says which."""
     options = given.build(ExportSettings)
     out, format = options.out, chosen_format(options.out, options.format)
     ledger_path = state_dir / "ledger.sqlite"
