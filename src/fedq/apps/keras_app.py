@@ -157,10 +157,9 @@ class KerasApp:
     def export(self, weights: Weights, path: Path, format: str = "keras") -> None:
         """Write ``weights`` as a model in ``format`` (one of :attr:`export_formats`) to
         ``path``, for use without fedq."""
-        writer = keras_export.WRITERS.get(format)
-        if writer is None:
+        if format not in keras_export.WRITERS:
             raise AppError(f"a Keras app writes {', '.join(self.export_formats)}, not {format}")
-        writer(self.model_of(weights), path)
+        keras_export.write(self.model_of(weights), path, format)
 
     def evaluate(self, weights: Weights) -> dict[str, float] | None:
         if self._load_test is None:

@@ -11,7 +11,9 @@
 - ``onnx``: Keras 3's ``model.export(..., format="onnx")``, which on the TensorFlow backend
   converts with ``tf2onnx``; the ``onnx`` extra installs it.
 
-Each writer takes a built model that already holds the weights to write.
+Each writer takes a built model that already holds the weights to write. The Keras
+formats are tested on the TensorFlow backend; on JAX, Keras 3's ONNX export converts with
+``jax2onnx``, which the extra does not install.
 """
 
 from __future__ import annotations
@@ -53,8 +55,7 @@ def write_keras(model: keras.Model, path: Path) -> None:
 def write_saved_model(model: keras.Model, path: Path) -> None:
     """The folder ``path``: a SavedModel whose ``serving_default`` signature is the model's
     inference call (batch-norm layers use their moving statistics, dropout is off)."""
-    with native_stderr_silenced():  # TensorFlow's C++ lines while it traces
-        model.export(str(path), format="tf_saved_model", verbose=False)
+    model.export(str(path), format="tf_saved_model", verbose=False)
 
 
 def write_tflite(model: keras.Model, path: Path) -> None:
@@ -65,8 +66,7 @@ def write_tflite(model: keras.Model, path: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="fedq-export-") as folder:
         saved = Path(folder) / "saved_model"
         write_saved_model(model, saved)
-        with native_stderr_silenced():  # the converter's MLIR passes log to fd 2
-            flatbuffer = tf.lite.TFLiteConverter.from_saved_model(str(saved)).convert()
+        flatbuffer = tf.lite.TFLiteConverter.from_saved_model(str(saved)).convert()
     path.write_bytes(flatbuffer)
 
 
@@ -74,15 +74,24 @@ def write_onnx(model: keras.Model, path: Path) -> None:
     """``path``: an ONNX graph of the inference call, with a dynamic batch dimension."""
     import keras
 
-    needed = ["onnx"] + (["tf2onnx"] if keras.backend.backend() != "torch" else [])
+    needed = ONNX_CONVERTERS.get(keras.backend.backend(), ["onnx"])
     missing = [name for name in needed if importlib.util.find_spec(name) is None]
     if missing:
         raise AppError(
-            f"ONNX export of a Keras model needs {', '.join(missing)}: pip install 'fedq[onnx]'"
+            f"ONNX export of a Keras model on the {keras.backend.backend()} backend needs "
+            f"{', '.join(missing)}: pip install {' '.join(missing)} (the fedq[onnx] extra has "
+            "those of the TensorFlow and PyTorch backends)"
         )
     _call_once(model)
-    with native_stderr_silenced():
-        model.export(str(path), format="onnx", verbose=False)
+    model.export(str(path), format="onnx", verbose=False)
+
+
+#: What Keras 3's ONNX export imports on each backend.
+ONNX_CONVERTERS = {
+    "tensorflow": ["onnx", "tf2onnx"],
+    "jax": ["onnx", "jax2onnx"],
+    "torch": ["onnx", "onnxscript"],
+}
 
 
 def _call_once(model: keras.Model) -> None:
@@ -108,3 +117,11 @@ WRITERS: dict[str, Callable[[Any, Path], None]] = {
     "tflite": write_tflite,
     "onnx": write_onnx,
 }
+
+
+def write(model: keras.Model, path: Path, format: str) -> None:
+    """``model`` to ``path`` in ``format`` (a key of :data:`WRITERS`). TensorFlow's C++
+    runtime writes its start-up, tracing and converter lines straight to file descriptor 2
+    meanwhile (whichever Keras backend imports it): they are kept off fedq's output."""
+    with native_stderr_silenced():
+        WRITERS[format](model, path)
