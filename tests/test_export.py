@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -209,6 +210,24 @@ def test_a_format_the_app_cannot_write_is_one_line_naming_those_it_can(torch_fed
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "fedq: app 'tests.torch_apps:small_fmnist' cannot write tflite: it writes onnx"
+    ]
+    assert not out.exists()
+
+
+def test_onnx_without_the_onnx_extra_is_one_line_naming_it(torch_federation, tmp_path):
+    # A module set to None in sys.modules is one Python cannot import (nor find).
+    without = "import sys; sys.modules['onnxscript'] = None; from fedq.cli import main; main()"
+    out = tmp_path / "cnn.onnx"
+    args = ["--app", torch_federation.spec, "--state-dir", str(torch_federation.folder)]
+    result = subprocess.run(
+        [sys.executable, "-c", without, "export", *args, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=fedq_env(),
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "fedq: ONNX export needs onnxscript: pip install 'fedq[onnx]'"
     ]
     assert not out.exists()
 
