@@ -248,6 +248,16 @@ def test_the_format_and_the_path_come_from_the_environment_or_a_config_file(
     assert (tmp_path / "b" / "saved_model.pb").exists()
 
 
+def test_an_app_that_fails_to_write_its_format_is_one_line_naming_the_error(tmp_path):
+    federation = federate("tests.broken_app:broken_export", tmp_path)
+    result = export(federation, tmp_path / "m.npz", "--format", "npz")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "fedq: app 'tests.broken_app:broken_export' failed to write npz: ValueError: "
+        "cannot write an npz file"
+    ]
+
+
 @pytest.mark.parametrize(
     ("out", "flags", "says"),
     [

@@ -118,4 +118,8 @@ def export_command(
         application.export(load_checkpoint(checkpoint), out, format)  # type: ignore[attr-defined]
     except (AppError, CheckpointError) as exc:
         raise fail(str(exc)) from None
+    except Exception as exc:  # the app's code, or the converter's: one line naming it
+        first = (str(exc).strip().splitlines() or [""])[0]
+        why = f"{type(exc).__name__}: {first}"
+        raise fail(f"app {app_spec!r} failed to write {format}: {why}") from exc
     console.print(plain(f"model v{chosen} written to {out} ({format})"))
