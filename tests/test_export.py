@@ -32,6 +32,9 @@ from fedq.coordinator.checkpoint import checkpoint_path, load_checkpoint
 from fedq.participant.app import AppError, load_app
 from tests.helpers import FEDQ, fedq_env, run_fedq
 
+#: Every test runs fedq commands, and most train real models first.
+pytestmark = [pytest.mark.processes, pytest.mark.keras]
+
 #: The largest difference allowed between an export's predictions and the reference, per
 #: format, as a fraction of the largest output (the outputs' scale).
 TOLERANCE = {"keras": 0.0, "savedmodel": 1e-5, "tflite": 1e-5, "onnx": 1e-5}
@@ -147,10 +150,7 @@ def assert_far_apart(trained: np.ndarray, initial: np.ndarray) -> None:
     bound = max(TOLERANCE.values()) * np.abs(trained).max()
     assert np.abs(trained - initial).max() > 100 * bound
 
-pytestmark = [pytest.mark.processes, pytest.mark.keras]
 
-
-@pytest.mark.keras
 @pytest.mark.parametrize(
     ("format", "name"),
     [("keras", "m.keras"), ("savedmodel", "model"), ("tflite", "m.tflite"), ("onnx", "m.onnx")],
@@ -168,7 +168,6 @@ def test_each_format_of_a_keras_app_loads_back_and_predicts_what_the_federation_
     assert_predicts_the_same(load_and_predict(format, out, x), reference, TOLERANCE[format])
 
 
-@pytest.mark.keras
 def test_the_exported_keras_file_scores_what_the_coordinator_reported(keras_federation, tmp_path):
     import keras
 
@@ -232,7 +231,6 @@ def test_onnx_without_the_onnx_extra_is_one_line_naming_it(torch_federation, tmp
     assert not out.exists()
 
 
-@pytest.mark.keras
 def test_the_format_and_the_path_come_from_the_environment_or_a_config_file(
     keras_federation, tmp_path
 ):
@@ -282,7 +280,6 @@ def test_export_of_a_folder_without_a_ledger_is_one_line(tmp_path):
     assert result.returncode == 2 and "no ledger in" in result.stderr
 
 
-@pytest.mark.keras
 def test_a_model_keras_cannot_load_back_is_not_exported(tmp_path):
     from tests.keras_apps import unregistered_app
 
