@@ -22,6 +22,10 @@ them too: :mod:`fedq.experiments` wraps an app to slow it, drop it out or poison
 - ``transform_delta(delta) -> delta``: the delta as it is to be sent (clipped, or noised
   for local privacy), before the update codec; it keeps every tensor's name, shape and
   dtype, and runs in a worker thread.
+- ``export_formats`` (names such as ``keras``, ``savedmodel``, ``tflite``, ``onnx``) and
+  ``export(weights, path, format)``: write a model version for use without fedq
+  (``fedq export``, which refuses a format not listed in one line naming those listed).
+  The shipped Keras and PyTorch app bases have them; a user's app adds its own formats.
 """
 
 from __future__ import annotations

@@ -3,13 +3,15 @@
 # a system interpreter (Debian's refuses it, PEP 668). Idempotent: a second run only checks.
 #   bash scripts/setup.sh           fedq with Keras and plots (enough for `fedq simulate`)
 #   bash scripts/setup.sh --dev     also the test/lint tools, PyTorch (CPU), JAX, MLflow's
-#                                   client, Fashion-MNIST and a running RabbitMQ
+#                                   client, the ONNX exporters and runtime, Fashion-MNIST and
+#                                   a running RabbitMQ
 # PYTHON picks the interpreter the environment is made from (default: python3 on PATH);
 # FEDQ_VENV where it lives (default: .venv in the checkout).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1
 dev=false
+dev_extras=".[keras,plot,dev,torch,jax,mlflow,onnx]"
 [[ "${1:-}" == "--dev" ]] && dev=true
 python=${PYTHON:-python3}
 venv=${FEDQ_VENV:-.venv}
@@ -58,7 +60,7 @@ if $dev; then
     done
     rabbitmqctl -q await_startup
     rabbitmq-plugins -q enable rabbitmq_management >/dev/null
-    extras=".[keras,plot,dev,torch,jax,mlflow]"
+    extras=$dev_extras
 else
     extras=".[keras,plot]"
 fi
@@ -85,7 +87,7 @@ stamp="$venv/.fedq-installed"
 digest=$({ cat pyproject.toml; find src coordinator participant messages -name '*.py' | sort; } \
     | sha256sum | cut -d' ' -f1)
 digest="$digest $(pwd)"
-if ! grep -qxF -e "$extras $digest" -e ".[keras,plot,dev,torch,jax,mlflow] $digest" "$stamp" 2>/dev/null \
+if ! grep -qxF -e "$extras $digest" -e "$dev_extras $digest" "$stamp" 2>/dev/null \
     || ! "$vpython" -c 'import fedq.cli' >/dev/null 2>&1; then
     say "pip install -e '$extras' into $venv"
     "$vpython" -m pip install -q --upgrade pip

@@ -1,6 +1,9 @@
-"""An app whose training fails, as a user's buggy app would (used by test_cli)."""
+"""Apps whose training or export fails, as a user's buggy app would (used by test_cli and
+test_export)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from fedq.apps.synthetic import SyntheticApp
 from fedq.messages.codec import Weights
@@ -13,3 +16,15 @@ class BrokenApp(SyntheticApp):
 
 
 app = BrokenApp(params=10)
+
+
+class BrokenExportApp(SyntheticApp):
+    """Lists a format of its own and fails to write it."""
+
+    export_formats = ("npz",)
+
+    def export(self, weights: Weights, path: Path, format: str) -> None:
+        raise ValueError("cannot write an npz file\nsecond line of the message")
+
+
+broken_export = BrokenExportApp(params=10)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fedq.apps import keras_export
 from fedq.apps.local_training import LocalTraining
 from fedq.messages.codec import Weights
 from fedq.participant import partitions
@@ -141,26 +142,24 @@ class KerasApp:
         metrics |= {k: float(v[-1]) for k, v in history.history.items()}
         return TrainResult(self._get(model), num_examples=len(x), metrics=metrics)
 
-    def export(self, weights: Weights, path: Path) -> None:
-        """Save ``weights`` as a whole Keras model (architecture, weights, compile settings)
-        that ``keras.saving.load_model`` reads back without fedq. The file is loaded back
-        once before this returns: Keras saves a custom class it cannot load again (one not
-        registered as serializable), and that must fail here, not in the user's hands."""
-        model = self._model("export")
-        with self._lock:
-            self._set(model, weights)
-            model.save(path)
-        try:
-            import_keras().saving.load_model(path)
-        except Exception as exc:
-            path.unlink(missing_ok=True)
-            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise AppError(
-                f"Keras saved the model but cannot load it back ({why}): decorate custom "
-                "layers and models with @keras.saving.register_keras_serializable(), give "
-                "those whose __init__ takes arguments a get_config(), and build a subclassed "
-                "model by calling it on a batch"
-            ) from None
+    #: The formats :meth:`export` writes (``fedq export --format``); see
+    #: :mod:`fedq.apps.keras_export`.
+    export_formats: tuple[str, ...] = tuple(keras_export.WRITERS)
+
+    def model_of(self, weights: Weights) -> keras.Model:
+        """A model of this app holding ``weights``, built anew and the caller's own: the
+        federation's model to predict with, inspect or save outside fedq."""
+        import_keras()
+        model = _checked(self._build())
+        self._set(model, weights)
+        return model
+
+    def export(self, weights: Weights, path: Path, format: str = "keras") -> None:
+        """Write ``weights`` as a model in ``format`` (one of :attr:`export_formats`) to
+        ``path``, for use without fedq."""
+        if format not in keras_export.WRITERS:
+            raise AppError(f"a Keras app writes {', '.join(self.export_formats)}, not {format}")
+        keras_export.write(self.model_of(weights), path, format)
 
     def evaluate(self, weights: Weights) -> dict[str, float] | None:
         if self._load_test is None:

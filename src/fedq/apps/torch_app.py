@@ -28,12 +28,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from fedq.apps.torch_export import write_onnx
 from fedq.messages.codec import Weights
 from fedq.participant.app import AppError, Partition, TrainConfig, TrainResult
 
@@ -150,7 +152,9 @@ class TorchApp:
     cross-entropy; ``device`` is where the module runs. ``threads`` sets torch's intra-op
     threads (process-wide; None: torch's default, one per core): a process that trains
     several participants at once (``fedq simulate``, ``--count``) wants 1, as each
-    participant's training already runs in a thread of its own."""
+    participant's training already runs in a thread of its own. ``example_input``, a batch
+    of two or more inputs, is what ONNX export traces the module on (default: the first
+    two held-out examples, else the first two of the whole training data)."""
 
     def __init__(
         self,
@@ -165,8 +169,10 @@ class TorchApp:
         train_config: TrainConfig | None = None,
         check: Callable[[], None] | None = None,
         threads: int | None = None,
+        example_input: np.ndarray | None = None,
     ) -> None:
         self._build = build_model
+        self._example = example_input
         self._load_partition = load_partition
         self._load_test = load_test
         self._train = train or classification_training()
@@ -218,6 +224,29 @@ class TorchApp:
         load_weights(model, weights)
         metrics = self._train(model, data, config, self.device)
         return TrainResult(weights_of(model), num_examples=len(data[0]), metrics=metrics)
+
+    #: The formats :meth:`export` writes (``fedq export --format``).
+    export_formats: tuple[str, ...] = ("onnx",)
+
+    def model_of(self, weights: Weights) -> nn.Module:
+        """A module of this app holding ``weights``, on the app's device, built anew and the
+        caller's own: the federation's model to predict with, inspect or save outside fedq."""
+        model = self._build().to(self.device)
+        load_weights(model, weights)
+        return model
+
+    def export(self, weights: Weights, path: Path, format: str = "onnx") -> None:
+        """Write ``weights`` as a model in ``format`` (one of :attr:`export_formats`) to
+        ``path``, for use without fedq or PyTorch."""
+        if format not in self.export_formats:
+            raise AppError(f"a PyTorch app writes {', '.join(self.export_formats)}, not {format}")
+        write_onnx(self.model_of(weights), self._example_batch(), path)
+
+    def _example_batch(self) -> np.ndarray:
+        if self._example is not None:
+            return self._example
+        x = self._load_test()[0] if self._load_test else self._load_partition(Partition())[0]
+        return x[:2]
 
     def evaluate(self, weights: Weights) -> dict[str, float] | None:
         if self._load_test is None:
