@@ -30,6 +30,7 @@ from fedq.coordinator.attendance import Attendance, describe_late
 from fedq.coordinator.observers import CoordinatorObserver, UpdateSeen
 from fedq.coordinator.records import VersionSummary
 from fedq.coordinator.service import FederationResult
+from fedq.coordinator.stall import Stall
 from fedq.output import LogFormat, emit, use_json
 from fedq.participant.worker import LocalUpdate
 from fedq.runtime.printable import printable
@@ -245,6 +246,20 @@ class RoundProgress(CoordinatorObserver):
         else:
             self.rejected[update.reason or "?"] += 1
         self.progress.update(self.task, status=self._status())
+
+    def version_stalled(self, version: int, stall: Stall | None) -> None:
+        if stall is None:
+            self.bar.line(f"version {version} can close now", "version_can_close", version=version)
+            return
+        self.bar.line(
+            stall.describe(),
+            "version_cannot_close",
+            version=version,
+            needs=stall.needs,
+            has=stall.has,
+            alive=stall.alive,
+            may_send=stall.may_send,
+        )
 
     def version_committed(self, row: VersionSummary) -> None:
         self.progress.update(self.task, advance=1, description=f"committed model v{row.version}")
