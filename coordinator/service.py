@@ -202,7 +202,9 @@ class Coordinator:
         checks that need the app, before anything touches the broker. Done once."""
         if self._start is None:
             # Read once per state dir (the CLI may have restored it before connecting).
-            restored = await asyncio.to_thread(self.state.restore, self.app)
+            restored = await asyncio.to_thread(
+                self.state.restore, self.app, self.config.from_last_good
+            )
             if restored.version > 0:
                 log.info("resuming from model v%d", restored.version)
                 self.strategy.optimizer.load_state(restored.optimizer_state)

@@ -66,7 +66,7 @@ def coordinator_command(
         lock = await standing_by(config.state_dir, federation) if standby else None
         state = await asyncio.to_thread(StateDir.open, config.state_dir, federation, lock)
         try:
-            await asyncio.to_thread(state.restore, application)
+            await asyncio.to_thread(state.restore, application, config.from_last_good)
             async with (
                 open_transport(url, consumers_apart=True) as transport,
                 watching(observing, federation, progress) as observers,

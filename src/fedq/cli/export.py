@@ -49,6 +49,13 @@ def export_command(
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         export(load_checkpoint(checkpoint), out)
-    except (AppError, CheckpointError) as exc:
+    except CheckpointError as exc:
+        todo = (
+            f"export an earlier one with --version, or roll the federation back to its last "
+            f"good version with `fedq coordinator ... --from-last-good`; `fedq audit "
+            f"--state-dir {state_dir}` checks every checkpoint"
+        )
+        raise fail(str(CheckpointError(exc.path, exc.why, todo))) from None
+    except AppError as exc:
         raise fail(str(exc)) from None
     console.print(f"model v{chosen} written to {out}")
