@@ -20,7 +20,7 @@ from fedq.coordinator.rollback import roll_back_to_last_good
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.topology import Topology
 from tests.conftest import BROKER_URL
-from tests.helpers import run_fedq, start_fedq, until_consumers
+from tests.helpers import run_fedq, start_fedq, until_line
 from tests.test_cli import one_line_error
 from tests.test_local_checks import truncate
 
@@ -43,7 +43,7 @@ def federation_run(
     participants: list[subprocess.Popen[bytes]] = []
     sent = [logs / f"sent-p{i}-{tag}.jsonl" for i in range(2)]
     try:
-        until_consumers(BROKER_URL, Topology(federation).updates, 1)
+        until_line(coordinator_log, "collecting", coordinator)  # consuming by then
         for i in range(2):
             args = [
                 "participant", "--federation", federation, "--app", SYNTHETIC,

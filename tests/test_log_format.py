@@ -15,7 +15,7 @@ from typing import Any
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.topology import Topology
 from tests.conftest import BROKER_URL
-from tests.helpers import run_fedq, start_fedq, until_consumers
+from tests.helpers import run_fedq, start_fedq, until_line
 
 SYNTHETIC = "fedq.apps.synthetic:app"
 #: What every line carries, whatever its event.
@@ -68,7 +68,7 @@ def test_a_coordinator_and_participants_write_json_lines(tmp_path: Path, federat
     )  # fmt: skip
     participants: list[subprocess.Popen[bytes]] = []
     try:
-        until_consumers(BROKER_URL, Topology(federation).updates, 1)
+        until_line(coordinator_log, '"version_opened"', coordinator)  # consuming by then
         for i in range(2):
             logs.append(tmp_path / f"p{i}.log")
             args = [
