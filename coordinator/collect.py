@@ -79,7 +79,10 @@ class Collector:
             returning = version.held.next_return(hold_for)
             wait = version.window.seconds_left()
             if self.watch is not None:
-                self.watch.check(version.window)
+                if self.watch.check(version.window):  # the dashboard hears it at once
+                    said = self.watch.said
+                    version.cannot_close = None if said is None else said.describe()
+                    await self.publisher.progress(version, force=True)
                 wait = min(wait, STALL_POLL_SECONDS)
             delivery = await self._next(wait, returning)
             if returning is not None and time.monotonic() >= returning:

@@ -79,21 +79,26 @@ class StallWatch:
         #: The stall last said (None: none, or it was said resolved).
         self.said: Stall | None = None
 
-    def check(self, window: OpenVersion, now: float | None = None) -> None:
-        """Look at ``window`` now; say what changed."""
+    def check(self, window: OpenVersion, now: float | None = None) -> bool:
+        """Look at ``window`` now; say what changed. Returns whether something was said."""
         now = time.monotonic() if now is None else now
         stall = stall_of(window, *self.alive())
         if stall != self._seen:
             self._seen, self._since = stall, now
         if stall is None:
-            self.resolved(window.version + 1)
-        elif stall != self.said and (self.said is not None or now - self._since >= self.grace):
+            return self.resolved(window.version + 1)
+        if stall != self.said and (self.said is not None or now - self._since >= self.grace):
             self.said = stall
             log.info("%s", stall.describe())
             self.say(stall.version, stall)
+            return True
+        return False
 
-    def resolved(self, version: int) -> None:
-        """The stall said (if any) is over: ``version`` can close, or was committed."""
-        if self.said is not None:
-            self.said = None
-            self.say(version, None)
+    def resolved(self, version: int) -> bool:
+        """The stall said (if any) is over: ``version`` can close, or was committed.
+        Returns whether that was said."""
+        if self.said is None:
+            return False
+        self.said = None
+        self.say(version, None)
+        return True

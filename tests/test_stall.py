@@ -9,6 +9,8 @@ import asyncio
 import subprocess
 from pathlib import Path
 
+import httpx
+
 from fedq.coordinator.modes import OpenVersion
 from fedq.coordinator.records import UpdateRecord
 from fedq.coordinator.stall import Stall, StallWatch, stall_of
@@ -30,7 +32,11 @@ STALLED = "version 1 cannot close: it needs 3 updates and 2 participants are ali
 def test_a_version_short_of_participants_is_said_then_resolved(
     tmp_path: Path, federation: str
 ) -> None:
-    port = free_port()
+    port, page = free_port(), free_port()
+    board = start_fedq(
+        "dashboard", "--state-dir", str(tmp_path), "--broker", BROKER_URL, "--port", str(page),
+        log=tmp_path / "dashboard.log",
+    )  # fmt: skip
     log = tmp_path / "coordinator.log"
     coordinator = start_fedq(
         "coordinator", "--federation", federation, "--app", SYNTHETIC,
@@ -49,6 +55,16 @@ def test_a_version_short_of_participants_is_said_then_resolved(
 
     missing = "fedq_version_cannot_close_missing_updates"
     metrics = f"http://127.0.0.1:{port}/metrics"
+
+    def shown() -> str | None:
+        """What the dashboard's card of the federation says of it ("" before it has one)."""
+        try:
+            cards = httpx.get(f"http://127.0.0.1:{page}/api/state", timeout=5).json()
+        except httpx.TransportError:
+            return ""
+        card = [c for c in cards["federations"] if c["name"] == federation]
+        return card[0]["cannot_close"] if card else ""
+
     try:
         until_line(log, "collecting", coordinator)  # consuming by then
         participant(0)
@@ -57,8 +73,11 @@ def test_a_version_short_of_participants_is_said_then_resolved(
         assert "(2 updates in, 0 participants yet to send)" in text, text
         assert "start another participant, or set --min-quorum below 3" in text
         assert until(lambda: metric_total(metrics, missing), lambda v: v == 1, what=missing)
+        on_page = until(shown, lambda s: bool(s), what="the stall on the dashboard")
+        assert on_page is not None and on_page.startswith(STALLED)
         participant(2)
         until_line(log, "version 1 can close now", coordinator)
+        until(shown, lambda s: s is None, what="the stall gone from the dashboard")
         assert coordinator.wait(timeout=120) == 0, log.read_text()
         out = log.read_text()
         assert "round 1: model v1 from 3 updates" in out
@@ -66,7 +85,7 @@ def test_a_version_short_of_participants_is_said_then_resolved(
         for process in participants:
             assert process.wait(timeout=60) == 0
     finally:
-        for process in (coordinator, *participants):
+        for process in (coordinator, *participants, board):
             if process.poll() is None:
                 process.kill()
         asyncio.run(teardown(federation))
