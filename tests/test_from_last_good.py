@@ -142,3 +142,23 @@ def test_the_newest_sound_version_is_gone_on_from_and_nothing_when_all_are_sound
 async def teardown(federation: str) -> None:
     async with AmqpTransport(BROKER_URL) as transport:
         await Topology(federation).delete(transport, ["p0", "p1"])
+
+
+def test_simulate_resuming_a_damaged_state_dir_takes_the_flag_too(tmp_path: Path) -> None:
+    """``fedq simulate`` resumes its state dir like a coordinator: the same line, the same
+    flag, on the embedded broker."""
+    args = [
+        "simulate", "--app", SYNTHETIC, "-n", "2", "--rounds", "3", "--federation", "f",
+        "--state-dir", str(tmp_path),
+    ]  # fmt: skip
+    assert run_fedq(*args).returncode == 0
+    truncate(checkpoint_path(tmp_path / "f" / "models", 3))
+    assert "--from-last-good" in one_line_error(run_fedq(*args))
+    resumed = run_fedq(*args, "--from-last-good")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "rolled back from v3 to v2" in resumed.stderr
+    assert "round 3: model v3 from 2 updates" in resumed.stderr
+    model = load_checkpoint(checkpoint_path(tmp_path / "f" / "models", 3))
+    for tensor in model.values():
+        np.testing.assert_allclose(tensor, 3 * SyntheticApp.fedavg_step([0, 1]))
+    assert run_fedq("audit", "--state-dir", str(tmp_path / "f")).returncode == 0
