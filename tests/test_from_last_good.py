@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from fedq.apps.synthetic import SyntheticApp
+from fedq.coordinator.audit import RESUME_HINT
+from fedq.coordinator.audit import audit as audit_ledger
 from fedq.coordinator.checkpoint import checkpoint_path, load_checkpoint
 from fedq.coordinator.ledger import UpdateLedger
 from fedq.coordinator.rollback import roll_back_to_last_good
@@ -125,6 +127,8 @@ def test_the_newest_sound_version_is_gone_on_from_and_nothing_when_all_are_sound
         truncate(checkpoint_path(models, 4))
         third = checkpoint_path(models, 3)
         third.write_bytes(checkpoint_path(models, 1).read_bytes())  # reads, but is v1's
+        failures = audit_ledger(folder / "ledger.sqlite").failures
+        assert [f.endswith(RESUME_HINT) for f in failures] == [False, True], failures
         done = roll_back_to_last_good(folder, ledger)
         assert done is not None and (done.good, done.last, done.updates) == (2, 4, 4)
         newest = ledger.last_version()
