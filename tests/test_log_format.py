@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import pty
 import subprocess
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import Any
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.topology import Topology
 from tests.conftest import BROKER_URL
-from tests.helpers import run_fedq, start_fedq, until_line
+from tests.helpers import FEDQ, fedq_env, run_fedq, start_fedq, until_line
 
 SYNTHETIC = "fedq.apps.synthetic:app"
 #: What every line carries, whatever its event.
@@ -101,3 +103,35 @@ def test_a_coordinator_and_participants_write_json_lines(tmp_path: Path, federat
 async def teardown(federation: str) -> None:
     async with AmqpTransport(BROKER_URL) as transport:
         await Topology(federation).delete(transport, ["p0", "p1"])
+
+
+def on_a_terminal(*args: str) -> str:
+    """What ``fedq ARGS`` writes when its stdout and stderr are a terminal (a pty)."""
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [*FEDQ, *args], stdout=follower, stderr=follower, env=fedq_env(), close_fds=True
+    )
+    os.close(follower)
+    out = bytearray()
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the process closed its side
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(leader)
+    assert process.wait(timeout=120) == 0, out.decode(errors="replace")
+    return out.decode(errors="replace")
+
+
+def test_plain_is_plain_lines_even_on_a_terminal(tmp_path: Path) -> None:
+    """``auto`` draws bars and colours on a terminal; ``plain`` never does."""
+    args = ["simulate", "--app", SYNTHETIC, "-n", "2", "--rounds", "2", "--state-dir"]
+    drawn = on_a_terminal(*args, str(tmp_path / "auto"))
+    assert "\x1b" in drawn  # the control: a terminal it is
+    plain = on_a_terminal(*args, str(tmp_path / "plain"), "--log-format", "plain")
+    assert "\x1b" not in plain and "\u2501" not in plain, plain
+    assert "round 2 (model v1): collecting 2 updates" in plain
+    assert "round 2: model v2 from 2 updates" in plain
