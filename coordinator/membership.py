@@ -14,6 +14,7 @@ counted (:attr:`Membership.ignored`), never remembered.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import random
@@ -38,6 +39,8 @@ CONTROL_IN_FLIGHT = 64
 #: typo), before the oldest are forgotten whether or not they are still within the
 #: liveness window. What is counted alive is never more than N.
 REMEMBERED_SLACK = 64
+#: How late after its expiry a silent participant may still be counted alive.
+EXPIRY_SLACK = 0.05
 
 
 class Membership:
@@ -61,19 +64,45 @@ class Membership:
         #: ``undecodable_properties`` (the client could not decode its properties),
         #: ``not_in_roster`` (an id the roster does not name, ``--roster``).
         self.ignored: Counter[str] = Counter()
+        #: What the observers were last told :meth:`alive` is.
+        self.reported_alive = 0
 
     async def serve(self) -> None:
-        """Consume the control queue until cancelled. A malformed message is logged and
-        acked: nothing a sender publishes there stops the coordinator."""
-        async with self.transport.consume(
-            self.topology.coordinator, prefetch=CONTROL_IN_FLIGHT
-        ) as events:
+        """Consume the control queue until cancelled, and report expiries as they happen.
+        A malformed message is logged and acked: nothing a sender publishes there stops
+        the coordinator."""
+        async with (
+            self.transport.consume(self.topology.coordinator, prefetch=CONTROL_IN_FLIGHT) as events,
+            asyncio.TaskGroup() as expiries,
+        ):
+            expiries.create_task(self._report_expiries())
             async for delivery in events:
                 event = self._decode(delivery)
                 if event is not None:
                     await self.on_event(event, delivery.user_id, delivery.routing_key)
                 with contextlib.suppress(TransportError):  # from before a reconnect: harmless
                     await delivery.ack()
+
+    async def _report_expiries(self) -> None:
+        """Tell the observers (the dashboard, the metrics) when a participant falls out of
+        the liveness window: events alone would leave the last count standing when every
+        participant went silent (killed, cut off), exactly when it matters. Wakes when the
+        oldest sign of life expires, so each expiry is reported within EXPIRY_SLACK."""
+        while True:
+            oldest = next(iter(self.last_seen.values()), None)
+            expires = (oldest or time.time()) + self.config.liveness_seconds
+            await asyncio.sleep(max(EXPIRY_SLACK, expires - time.time() + EXPIRY_SLACK))
+            alive = self.alive()
+            if alive < self.reported_alive:
+                log.info(
+                    "%d participant(s) not heard from within %.0f s: %d alive",
+                    self.reported_alive - alive, self.config.liveness_seconds, alive,
+                )  # fmt: skip
+                self._report_alive()
+
+    def _report_alive(self) -> None:
+        self.reported_alive = self.alive()
+        self.observers.participants_alive(self.reported_alive)
 
     def _decode(self, delivery: Delivery) -> ControlMessage | None:
         """The event ``delivery`` brings, or None (logged and counted) when it brings none."""
@@ -114,7 +143,7 @@ class Membership:
             if isinstance(event, Join):
                 await self.answer_join(event.participant)
         self.forget_silent(now)
-        self.observers.participants_alive(self.alive())
+        self._report_alive()
 
     def _ignore(self, reason: str, event: Join | Heartbeat | Leave, sender: str) -> None:
         self.ignored[reason] += 1

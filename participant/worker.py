@@ -66,6 +66,14 @@ MAX_NO_MODEL_NOTICE_SECONDS = 600.0
 LEAVE_SECONDS = 5.0
 
 
+def next_rejoin_wait(waited: float, base: float) -> float:
+    """How long to wait for a stalled model after a re-join that followed a wait of
+    ``waited``: twice as long, up to ``MAX_REJOIN_FACTOR`` x ``base``. A coordinator that
+    cannot answer (down, or its fanout stuck) is asked ever less often, never more rarely
+    than that bound, so a participant neither floods it nor waits unboundedly."""
+    return min(2 * waited, MAX_REJOIN_FACTOR * base)
+
+
 @dataclass(frozen=True)
 class LocalUpdate:
     """An update a participant trained on one model version and sent, for the person
@@ -281,9 +289,7 @@ class Participant:
                 *partial,
             )
             await self._join()
-            stalled_after = min(
-                2 * stalled_after, MAX_REJOIN_FACTOR * self.config.stalled_model_seconds
-            )
+            stalled_after = next_rejoin_wait(stalled_after, self.config.stalled_model_seconds)
 
     def _undecodable(self, delivery: Delivery) -> bool:
         """Whether the client could not decode ``delivery``'s properties: its type and

@@ -15,11 +15,15 @@ from hypothesis import settings
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.memory import MemoryBroker, MemoryTransport
 from fedq.messages.transport import Transport
+from tests import kinds
+from tests.kinds import pure_guard  # noqa: F401 (an autouse fixture)
 
 # No timing asserts, hypothesis's included: its default 200 ms per example fails tests on
 # a loaded machine for being slow, not wrong.
 settings.register_profile("fedq", deadline=None)
 settings.load_profile("fedq")
+
+pytest_plugins = ["pytester"]
 
 BROKER_URL = os.environ.get("FEDQ_TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
@@ -29,7 +33,7 @@ def federation() -> str:
     return f"t{uuid.uuid4().hex[:10]}"
 
 
-@pytest.fixture(params=["memory", "amqp"])
+@pytest.fixture(params=["memory", pytest.param("amqp", marks=pytest.mark.broker)])
 async def transport_pair(
     request: pytest.FixtureRequest,
 ) -> AsyncIterator[tuple[Transport, Transport]]:
@@ -77,3 +81,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
     if os.environ.get("CI") and report.skipped:
         report.outcome = "failed"
         report.longrepr = f"skipped in CI, where every test must run: {report.longrepr}"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    kinds.configure(config)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    kinds.mark_pure(items)

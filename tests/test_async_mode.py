@@ -20,6 +20,8 @@ from fedq.simulation import SimulationPlan, simulate
 from tests.conftest import BROKER_URL
 from tests.helpers import Commits, Straggler, run_fedq
 
+pytestmark = [pytest.mark.broker, pytest.mark.processes]
+
 SLOW = (5, 6, 7)
 
 

@@ -20,6 +20,8 @@ from fedq.runtime.sent_log import SentUpdate
 from fedq.simulation import SimulationPlan, simulate
 from tests.helpers import run_fedq
 
+pytestmark = pytest.mark.processes
+
 
 @pytest.fixture(scope="module")
 def committed(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -16,6 +16,8 @@ import pytest
 
 from tests.helpers import strict_loads
 
+pytestmark = pytest.mark.processes
+
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 FAST_BENCHMARKS = {

@@ -25,6 +25,8 @@ from fedq.scenario import ParticipantProfile
 from fedq.simulation import SimulationPlan, simulate
 from tests.rabbit_node import RabbitNode, free_ports, rabbit_node
 
+pytestmark = pytest.mark.broker
+
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitNode]:

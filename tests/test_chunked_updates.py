@@ -34,6 +34,8 @@ from fedq.participant.worker import Participant
 from tests.conftest import BROKER_URL
 from tests.helpers import drain, start_fedq, until_async
 
+pytestmark = [pytest.mark.broker, pytest.mark.processes]
+
 PARAMS = 100_000  # 400 kB of float32: 7 chunks of at most 64 KiB
 CHUNK = 1 << 16
 

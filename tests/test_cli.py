@@ -15,6 +15,8 @@ from fedq.coordinator.checkpoint import checkpoint_path, load_checkpoint
 from tests.conftest import BROKER_URL
 from tests.helpers import FEDQ, fedq_env, run_fedq
 
+pytestmark = [pytest.mark.broker, pytest.mark.processes, pytest.mark.keras]
+
 
 def one_line_error(result) -> str:
     """The error is one line, the last thing printed, and there is no traceback."""

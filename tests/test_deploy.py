@@ -48,6 +48,8 @@ from fedq.messages.transport import TransportError
 from tests.helpers import FEDQ, drain, read_report, run_fedq, start_fedq, until_async
 from tests.rabbit_node import RabbitNode, free_ports, rabbit_node
 
+pytestmark = [pytest.mark.broker, pytest.mark.processes]
+
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 COMPOSE = DEPLOY / "compose.yaml"

@@ -18,6 +18,8 @@ import pytest
 
 from tests.helpers import run_fedq
 
+pytestmark = pytest.mark.processes
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 #: Flags whose value is replaced to keep the run small, and by what.

@@ -10,6 +10,8 @@ import pytest
 from fedq.participant.app import AppError
 from tests.helpers import run_fedq
 
+pytestmark = [pytest.mark.processes, pytest.mark.keras]
+
 
 @pytest.mark.keras
 @pytest.mark.parametrize(

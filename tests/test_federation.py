@@ -38,6 +38,8 @@ from tests.helpers import (
     until_consumers_async,
 )
 
+pytestmark = [pytest.mark.broker, pytest.mark.processes, pytest.mark.keras]
+
 
 def plan(
     federation: str,

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from typer.testing import CliRunner
 
 from fedq import cli
@@ -31,6 +32,8 @@ from fedq.scenario import ParticipantProfile, load_scenario, profiles
 from fedq.simulation import SimulationPlan, simulate_with_participants
 from tests.conftest import BROKER_URL
 from tests.helpers import Commits, Straggler
+
+pytestmark = pytest.mark.broker
 
 N = 10
 SCENARIO = Path(__file__).resolve().parent.parent / "deploy/scenarios/stragglers-synthetic.toml"

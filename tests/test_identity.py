@@ -23,6 +23,8 @@ from fedq.participant.config import ParticipantConfig
 from fedq.participant.worker import Participant
 from tests.conftest import BROKER_URL
 
+pytestmark = [pytest.mark.broker, pytest.mark.processes]
+
 
 def rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True)

@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from fedq.apps.synthetic import SyntheticApp
 from fedq.coordinator.checkpoint import checkpoint_path, load_checkpoint
@@ -21,6 +22,8 @@ from fedq.messages.schema import MESSAGE_TYPES, UpdateMeta
 from fedq.messages.topology import UPDATE_KEY, Topology
 from tests.conftest import BROKER_URL
 from tests.helpers import drain
+
+pytestmark = pytest.mark.broker
 
 
 def update(federation: str, index: int, value: float, update_id: str | None = None) -> bytes:

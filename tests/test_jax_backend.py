@@ -8,8 +8,12 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import BROKER_URL
 from tests.helpers import FEDQ, fedq_env
+
+pytestmark = [pytest.mark.broker, pytest.mark.processes, pytest.mark.keras]
 
 
 def on_jax(*command: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:

@@ -27,6 +27,8 @@ from tests.conftest import BROKER_URL
 from tests.helpers import run_fedq, start_fedq, until_consumers
 from tests.test_cli import one_line_error
 
+pytestmark = [pytest.mark.broker, pytest.mark.processes, pytest.mark.keras]
+
 DENSE = "fedq.apps.dense:app"
 SYNTHETIC = "fedq.apps.synthetic:app"
 

@@ -17,6 +17,8 @@ from tests.conftest import BROKER_URL
 from tests.helpers import run_fedq
 from tests.test_cli import one_line_error
 
+pytestmark = [pytest.mark.broker, pytest.mark.processes, pytest.mark.keras]
+
 SAMPLES, FEATURES, CLASSES = 256, 8, 3
 
 

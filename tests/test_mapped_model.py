@@ -12,11 +12,14 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from fedq.coordinator.checkpoint import load_checkpoint, map_checkpoint, save_checkpoint
+
+pytestmark = pytest.mark.processes
 
 DTYPES = st.sampled_from([np.float32, np.float64, np.float16, np.int64, np.int8, np.uint8])
 TENSORS = st.lists(

@@ -26,6 +26,8 @@ from fedq.participant.config import ParticipantConfig
 from fedq.simulation import SimulationPlan, simulate
 from tests.conftest import BROKER_URL
 
+pytestmark = pytest.mark.broker
+
 
 class EvaluatedSyntheticApp(SyntheticApp):
     """The synthetic app with a held-out evaluation, so the loss/accuracy gauges move; p2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import numpy as np
@@ -20,6 +21,8 @@ from fedq.participant.config import ParticipantConfig
 from fedq.participant.model_assembly import model_queue_bytes
 from fedq.participant.worker import LocalUpdate, Participant
 from tests.conftest import BROKER_URL
+
+pytestmark = pytest.mark.broker
 
 MANY_TENSORS = {
     **{f"block_{i}/{'conv' * 15}/kernel": np.ones((3, 3, 4, 5), np.float32) for i in range(60)},
@@ -149,6 +152,55 @@ async def test_a_participant_whose_model_stopped_arriving_part_way_asks_for_it_a
     finally:
         run.cancel()
         await topology.delete(coordinator, ["late"])
+
+
+async def test_a_model_that_never_completes_is_asked_for_at_doubling_intervals(
+    transport_pair, federation
+):
+    """Every join is answered with the same last two chunks, so the model never completes:
+    the participant asks again after ``stalled_model_seconds``, then twice as long each
+    time. Waits end no earlier than asked, so each gap is at least its share of the
+    schedule; with a fixed interval the fourth gap would be an eighth of its bound."""
+    coordinator, transport = transport_pair
+    topology = Topology(federation)
+    await topology.declare_core(coordinator)
+    app = SyntheticApp(params=1 << 16)
+    base = 0.1
+    config = ParticipantConfig(
+        federation=federation, participant_id="stuck", stalled_model_seconds=base
+    )
+    model = ModelMeta(
+        federation=federation, version=0, round=1, rounds_total=1, chunk_bytes=1 << 16
+    )
+    tail = list(encode_chunks(model, app.initial_weights(), chunk_bytes=model.chunk_bytes))[2:]
+    queue = topology.model_queue("stuck")
+    run = asyncio.create_task(Participant(config, app, transport).run())
+    joined: list[float] = []
+    try:
+        async with coordinator.consume(topology.coordinator, prefetch=10) as control:
+            async with asyncio.timeout(30):
+                while len(joined) < 5:
+                    event = await anext(control)
+                    await event.ack()
+                    if event.type == MESSAGE_TYPES["join"]:
+                        joined.append(time.monotonic())
+                        for body in tail:
+                            await coordinator.publish("", queue, body, type=MESSAGE_TYPES["model"])
+    finally:
+        run.cancel()
+        await topology.delete(coordinator, ["stuck"])
+    gaps = [later - earlier for earlier, later in itertools.pairwise(joined)]
+    assert all(gap >= base * 2**k for k, gap in enumerate(gaps)), gaps
+
+
+def test_the_rejoin_wait_doubles_up_to_its_bound():
+    base = 0.5
+    waits = [base]
+    for _ in range(8):
+        waits.append(worker.next_rejoin_wait(waits[-1], base))
+    bound = worker.MAX_REJOIN_FACTOR * base
+    assert waits == [min(base * 2**k, bound) for k in range(9)]
+    assert waits[-1] == bound
 
 
 async def test_a_participant_skips_a_model_that_something_newer_waits_behind(

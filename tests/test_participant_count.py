@@ -9,11 +9,14 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import pytest
 
 from fedq.management import default_management_url
 from fedq.messages.amqp import AmqpTransport
 from tests.conftest import BROKER_URL
 from tests.helpers import run_fedq
+
+pytestmark = [pytest.mark.broker, pytest.mark.processes]
 
 
 async def consumer_limit() -> int:

@@ -18,6 +18,8 @@ from fedq.participant.partitions import apply, split
 from fedq.participant.scheme import Scheme
 from tests.helpers import run_fedq
 
+pytestmark = [pytest.mark.processes, pytest.mark.keras]
+
 seeds = st.integers(0, 2**32 - 1)
 counts = st.integers(1, 8)
 label_arrays = (

@@ -19,6 +19,8 @@ from fedq.participant.config import ParticipantConfig
 from fedq.simulation import SimulationPlan, simulate
 from tests.conftest import BROKER_URL
 
+pytestmark = pytest.mark.broker
+
 PARAMS, N = 2000, 4
 
 

@@ -6,7 +6,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 import fedq
+
+pytestmark = [pytest.mark.processes, pytest.mark.keras]
 
 PUBLIC = [
     "Aggregation",

@@ -20,6 +20,8 @@ from fedq.simulation import SimulationPlan, simulate
 from tests.conftest import BROKER_URL
 from tests.helpers import BrokerRelay
 
+pytestmark = pytest.mark.broker
+
 
 async def test_every_message_of_a_federation_is_persistent(tmp_path, federation):
     """A queue of the test's own, bound to each exchange (updates, models, and control

@@ -21,6 +21,8 @@ from fedq.coordinator.records import VersionSummary
 from tests.conftest import BROKER_URL
 from tests.helpers import fedq_env, python_snippets, run_fedq, run_snippet
 
+pytestmark = [pytest.mark.broker, pytest.mark.processes, pytest.mark.keras]
+
 BROKERS = {"embedded": None, "rabbitmq": BROKER_URL}
 
 SCRIPT = """

@@ -22,6 +22,8 @@ from fedq.simulation import SimulationPlan, simulate, simulate_with_participants
 from tests.conftest import BROKER_URL
 from tests.helpers import Commits, Straggler
 
+pytestmark = pytest.mark.broker
+
 
 def on_rabbitmq(
     federation: str,

@@ -21,6 +21,8 @@ from fedq.scenario import (
 )
 from tests.helpers import run_fedq
 
+pytestmark = pytest.mark.processes
+
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "deploy" / "scenarios"
 

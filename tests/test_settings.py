@@ -22,6 +22,8 @@ from fedq.participant.app import TrainConfig
 from fedq.participant.config import ParticipantConfig
 from tests.helpers import FEDQ, fedq_env
 
+pytestmark = [pytest.mark.broker, pytest.mark.processes]
+
 COORDINATOR = (CoordinatorConfig,)
 PARTICIPANT = (ParticipantConfig, TrainConfig, Emulation)
 

@@ -11,6 +11,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -18,6 +19,8 @@ from fedq import strict_json
 from fedq.coordinator.ledger import UpdateLedger
 from fedq.coordinator.records import VersionRecord
 from tests.helpers import run_fedq, strict_loads
+
+pytestmark = pytest.mark.processes
 
 figures = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),

@@ -8,6 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import httpx
+import pytest
 
 from fedq.management import default_management_url
 from fedq.messages.amqp import AmqpTransport
@@ -16,6 +17,8 @@ from fedq.messages.transport import TransportError
 from fedq.teardown import SHOWN_NAMES, Removed
 from tests.conftest import BROKER_URL
 from tests.helpers import run_fedq, start_fedq
+
+pytestmark = [pytest.mark.broker, pytest.mark.processes]
 
 
 def names_left(federation: str) -> list[str]:

@@ -17,6 +17,8 @@ from fedq.tensorboard import TensorBoardScalars
 from tests.conftest import BROKER_URL
 from tests.helpers import FEDQ, fedq_env, read_report, run_fedq
 
+pytestmark = [pytest.mark.broker, pytest.mark.processes, pytest.mark.keras]
+
 
 def scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
     """Every scalar series in the event files of ``run``: tag -> [(step, value)]."""

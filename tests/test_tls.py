@@ -16,6 +16,8 @@ from fedq.coordinator.ledger import UpdateLedger
 from tests.helpers import read_report, run_fedq, start_fedq
 from tests.rabbit_node import free_ports, rabbit_node
 
+pytestmark = [pytest.mark.broker, pytest.mark.processes]
+
 PARTICIPANT = "p0"
 
 

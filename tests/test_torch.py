@@ -22,6 +22,8 @@ from fedq.participant.app import AppError, Partition, TrainConfig
 from tests.conftest import BROKER_URL
 from tests.helpers import python_snippets, run_snippet
 
+pytestmark = [pytest.mark.broker, pytest.mark.processes, pytest.mark.keras]
+
 
 def small_net() -> torch.nn.Module:
     return torch.nn.Sequential(

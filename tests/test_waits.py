@@ -13,6 +13,8 @@ import pytest
 
 from tests.helpers import polled, until, until_async, until_line
 
+pytestmark = pytest.mark.processes
+
 
 def test_until_returns_the_first_value_that_is_done():
     values = count()

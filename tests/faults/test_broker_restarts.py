@@ -43,6 +43,8 @@ from fedq.runtime.sent_log import read_sent
 from tests.faults.harness import FaultyFederation
 from tests.rabbit_node import RabbitNode, free_ports, rabbit_node
 
+pytestmark = [pytest.mark.broker, pytest.mark.processes]
+
 Kind = Literal["graceful", "kill"]
 #: The participants' connections are named so (``AmqpTransport.name``); the coordinator's
 #: consumers' connections add the queue's name.

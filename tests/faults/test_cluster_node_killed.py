@@ -19,6 +19,8 @@ from fedq.messages.topology import UPDATE_KEY, Topology
 from tests.faults.harness import FaultyFederation
 from tests.rabbit_node import RabbitNode, free_ports, rabbit_node
 
+pytestmark = [pytest.mark.broker, pytest.mark.processes]
+
 
 @pytest.fixture
 def cluster(tmp_path_factory: pytest.TempPathFactory):

@@ -13,6 +13,8 @@ import pytest
 from tests.faults.harness import FaultyFederation
 from tests.rabbit_node import RabbitNode, free_ports, rabbit_node
 
+pytestmark = [pytest.mark.broker, pytest.mark.processes]
+
 TIMEOUT_S = 4
 SLOW_S = 10
 

@@ -10,6 +10,8 @@ import pytest
 
 from tests.faults.harness import CHUNK, PARAMS, FaultyFederation
 
+pytestmark = [pytest.mark.broker, pytest.mark.processes]
+
 #: v0's model is chunks 1-7 of the fanouts: the 10th is the third of v1's.
 MID_MODEL = 10
 

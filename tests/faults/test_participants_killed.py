@@ -8,8 +8,12 @@ import random
 import signal
 import time
 
+import pytest
+
 from fedq.runtime.sent_log import read_sent
 from tests.faults.harness import FaultyFederation
+
+pytestmark = [pytest.mark.broker, pytest.mark.processes]
 
 KILLS = 6
 

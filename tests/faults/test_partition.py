@@ -29,6 +29,8 @@ from fedq.runtime.sent_log import read_sent
 from tests.faults.harness import FaultyFederation
 from tests.rabbit_node import RabbitNode, free_ports, rabbit_node
 
+pytestmark = [pytest.mark.broker, pytest.mark.processes]
+
 HEARTBEAT_S = 2
 CUT_S = 12  # several heartbeats: both ends give the connection up
 

@@ -16,6 +16,8 @@ from tests.conftest import BROKER_URL
 from tests.faults.harness import CHUNK, FaultyFederation
 from tests.helpers import until_consumers, until_line
 
+pytestmark = [pytest.mark.broker, pytest.mark.processes]
+
 CASES = {
     "collecting": ("collecting:2", []),
     "mid-commit, after checkpoint": ("after_checkpoint:2", []),

@@ -9,6 +9,7 @@ import asyncio
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from fedq.apps.synthetic import SyntheticApp
 from fedq.coordinator.config import CoordinatorConfig
@@ -21,6 +22,8 @@ from fedq.messages.topology import UPDATE_KEY, Topology
 from fedq.messages.transport import Transport
 from tests.conftest import BROKER_URL
 from tests.helpers import drain, until_async
+
+pytestmark = pytest.mark.broker
 
 
 async def _send(sender: Transport, topology: Topology, participant: str, base: int) -> str:

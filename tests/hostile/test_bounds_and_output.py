@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
+
 from fedq.apps.synthetic import SyntheticApp
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.schema import MESSAGE_TYPES
@@ -23,6 +25,8 @@ from fedq.messages.topology import UPDATE_KEY, Topology
 from tests.faults.harness import PARAMS, FaultyFederation
 from tests.helpers import run_fedq, strict_loads
 from tests.hostile.cases import CLEAR_SCREEN, MARKUP, bounds_cases
+
+pytestmark = [pytest.mark.broker, pytest.mark.processes]
 
 #: A broker message id that is itself hostile: it is the ledger's update id of a body that
 #: has none (refused before its metadata validated).

@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from fedq.apps.synthetic import SyntheticApp
 from fedq.coordinator.assembly import ChunkBounds
@@ -32,6 +33,8 @@ from tests.test_chunked_updates import (
     chunks,
     dead_letters_by_reason,
 )
+
+pytestmark = pytest.mark.broker
 
 
 def attacker_chunks(federation: str, chunk_bytes: int = CHUNK) -> list[bytes]:

@@ -13,9 +13,13 @@ import urllib.request
 from typing import Any
 from urllib.parse import quote
 
+import pytest
+
 from fedq.messages.amqp import AmqpTransport
 from tests.broker_users import MANAGEMENT_URL
 from tests.conftest import BROKER_URL
+
+pytestmark = pytest.mark.broker
 
 
 def _management(method: str, path: str) -> Any:

@@ -10,6 +10,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
+
 from fedq.apps.synthetic import SyntheticApp
 from fedq.coordinator.config import CoordinatorConfig
 from fedq.coordinator.membership import REMEMBERED_SLACK
@@ -22,6 +24,8 @@ from fedq.messages.transport import Transport
 from tests.broker_users import broker_users
 from tests.conftest import BROKER_URL
 from tests.helpers import polled, until_async
+
+pytestmark = pytest.mark.broker
 
 GHOSTS = 2000
 

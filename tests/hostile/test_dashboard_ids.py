@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from fedq.coordinator.roster import Roster
 from fedq.dashboard.live import MAX_SHOWN_PARTICIPANTS, ControlListener, LiveState
 from fedq.messages.amqp import AmqpTransport
@@ -15,6 +17,8 @@ from fedq.messages.schema import MESSAGE_TYPES, ControlMessage, FederationDone, 
 from fedq.messages.topology import Topology, participant_key
 from tests.conftest import BROKER_URL
 from tests.helpers import polled, until_async
+
+pytestmark = pytest.mark.broker
 
 GHOSTS = MAX_SHOWN_PARTICIPANTS + 200
 

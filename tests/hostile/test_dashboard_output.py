@@ -5,10 +5,13 @@ element is made of them and no script of theirs runs."""
 
 from __future__ import annotations
 
+import pytest
 from playwright.async_api import expect
 
 from fedq.coordinator.ledger import UpdateLedger
 from tests.test_dashboard import browser, dashboard, open_page
+
+pytestmark = pytest.mark.processes
 
 __all__ = ["browser"]  # the fixture, used by name
 

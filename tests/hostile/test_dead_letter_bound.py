@@ -48,6 +48,8 @@ from tests.broker_users import broker_users
 from tests.conftest import BROKER_URL
 from tests.helpers import drain, run_fedq
 
+pytestmark = [pytest.mark.broker, pytest.mark.processes]
+
 PARAMS = 10
 #: The DLQ's byte bound in these tests: room for ten of the flood's bodies.
 BOUND = 4096

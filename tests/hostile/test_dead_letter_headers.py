@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+import pytest
 
 from fedq.apps.synthetic import SyntheticApp
 from fedq.coordinator.config import CoordinatorConfig
@@ -18,6 +19,8 @@ from fedq.messages.codec import encode_message
 from fedq.messages.schema import MESSAGE_TYPES, UpdateMeta
 from fedq.messages.topology import UPDATE_KEY, Topology
 from tests.conftest import BROKER_URL
+
+pytestmark = pytest.mark.broker
 
 GARBAGE = b"\xc1 not msgpack"
 #: What the sender sets: two headers fedq's participants use, and what they never do.

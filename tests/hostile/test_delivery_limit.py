@@ -15,6 +15,8 @@ from fedq.messages.topology import DELIVERY_LIMIT, UPDATE_KEY, Topology, partici
 from fedq.messages.transport import TransportError
 from tests.conftest import BROKER_URL
 
+pytestmark = pytest.mark.broker
+
 
 async def _take_and_crash(queue: str) -> bytes:
     """Receive one message of ``queue`` and close the channel without settling it: what a

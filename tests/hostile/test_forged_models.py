@@ -25,6 +25,8 @@ from tests.broker_users import broker_users
 from tests.conftest import BROKER_URL
 from tests.helpers import until_async
 
+pytestmark = pytest.mark.broker
+
 ROUNDS = 2
 
 

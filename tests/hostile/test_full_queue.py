@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
+import pytest
+
 from fedq.apps.synthetic import SyntheticApp
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.codec import decode_message, encode_message
@@ -19,6 +21,8 @@ from fedq.participant.worker import Participant
 from fedq.runtime.sent_log import read_sent
 from tests.conftest import BROKER_URL
 from tests.helpers import polled, until_async, until_consumers_async
+
+pytestmark = pytest.mark.broker
 
 LIMIT = 1 << 20
 PARAMS = 50_000  # a 200 kB update: it does not fit beside the flood

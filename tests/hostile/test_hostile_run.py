@@ -21,6 +21,7 @@ import subprocess
 import uuid
 from collections import Counter
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 
 from fedq.apps.synthetic import SyntheticApp
@@ -39,6 +40,8 @@ from tests.hostile.cases import (
     hostile_documents,
     norm_outlier,
 )
+
+pytestmark = [pytest.mark.broker, pytest.mark.processes]
 
 GENERATED = 150
 GARBAGE_BODIES = 300

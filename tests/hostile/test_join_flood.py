@@ -10,6 +10,8 @@ import asyncio
 from collections import Counter
 from typing import Any
 
+import pytest
+
 from fedq.apps.synthetic import SyntheticApp
 from fedq.coordinator.config import CoordinatorConfig
 from fedq.coordinator.service import Coordinator
@@ -19,6 +21,8 @@ from fedq.messages.schema import MESSAGE_TYPES, Heartbeat, Join
 from fedq.messages.topology import Topology
 from tests.conftest import BROKER_URL
 from tests.helpers import polled, until_async
+
+pytestmark = pytest.mark.broker
 
 FLOOD = 300
 

@@ -32,6 +32,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 
+import pytest
+
 from fedq.apps.synthetic import SyntheticApp
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.topology import Topology
@@ -48,6 +50,8 @@ from tests.hostile.attacks import (
     check_versions,
 )
 from tests.hostile.cases import NORM_BOUND, _update_doc, pack
+
+pytestmark = pytest.mark.broker
 
 ROUNDS = 3
 #: Seconds each honest participant adds to a round: the version the attacks land in stays

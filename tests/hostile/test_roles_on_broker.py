@@ -22,6 +22,8 @@ from tests.broker_users import federation_vhost
 from tests.conftest import BROKER_URL
 from tests.helpers import consumers_on, until_async
 
+pytestmark = pytest.mark.broker
+
 
 async def test_a_participant_cannot_delete_or_declare_the_exchanges_and_needs_not(
     tmp_path, federation

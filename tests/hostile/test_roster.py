@@ -24,6 +24,8 @@ from fedq.messages.topology import UPDATE_KEY, Topology, participant_key
 from tests.conftest import BROKER_URL
 from tests.helpers import run_fedq
 
+pytestmark = [pytest.mark.broker, pytest.mark.processes]
+
 ROSTER = """
 [participants]
 p0 = { examples = 10 }

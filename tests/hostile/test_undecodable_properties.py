@@ -33,6 +33,8 @@ from fedq.messages.transport import Delivery, Transport
 from tests.conftest import BROKER_URL
 from tests.hostile.raw_frames import publish_tampered, tamperings
 
+pytestmark = pytest.mark.broker
+
 REASON = "undecodable_properties"
 
 

@@ -30,6 +30,8 @@ from fedq.messages.topology import UPDATE_KEY, Topology
 from tests.conftest import BROKER_URL
 from tests.helpers import drain
 
+pytestmark = pytest.mark.broker
+
 PARAMS = 100_000  # 400 kB of float32: 7 chunks of at most 64 KiB when chunked
 CHUNK = 1 << 16
 HONEST = 3
