@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from fedq.apps.synthetic import SyntheticApp
 from fedq.coordinator.audit import RESUME_HINT
@@ -26,6 +27,7 @@ from tests.helpers import run_fedq, start_fedq, until_line
 from tests.test_cli import one_line_error
 from tests.test_local_checks import truncate
 
+pytestmark = pytest.mark.processes
 SYNTHETIC = "fedq.apps.synthetic:app"
 ROUNDS = 3
 
@@ -62,6 +64,7 @@ def federation_run(
     return coordinator_log.read_text(), sent
 
 
+@pytest.mark.broker
 def test_a_damaged_last_checkpoint_is_rolled_back_with_the_flag_and_the_run_goes_on(
     tmp_path: Path, federation: str
 ) -> None:

@@ -14,11 +14,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.topology import Topology
 from tests.conftest import BROKER_URL
 from tests.helpers import FEDQ, fedq_env, run_fedq, start_fedq, until_line
 
+pytestmark = pytest.mark.processes
 SYNTHETIC = "fedq.apps.synthetic:app"
 #: What every line carries, whatever its event.
 REQUIRED = {"timestamp", "level", "role", "pid", "event", "message"}
@@ -43,6 +46,7 @@ def committed(events: list[dict[str, Any]]) -> list[int]:
     return [e["version"] for e in events if e["event"] == "version_committed"]
 
 
+@pytest.mark.broker
 def test_simulate_writes_json_lines_with_each_commit_as_an_event(
     tmp_path: Path, federation: str
 ) -> None:
@@ -59,6 +63,7 @@ def test_simulate_writes_json_lines_with_each_commit_as_an_event(
     assert len(done) == 1 and done[0]["updates_incorporated"] == 6
 
 
+@pytest.mark.broker
 def test_a_coordinator_and_participants_write_json_lines(tmp_path: Path, federation: str) -> None:
     """The coordinator is given the flag, the participants FEDQ_LOG_FORMAT."""
     coordinator_log, logs = tmp_path / "coordinator.log", []

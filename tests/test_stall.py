@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import httpx
+import pytest
 
 from fedq.coordinator.modes import OpenVersion
 from fedq.coordinator.records import UpdateRecord
@@ -29,6 +30,8 @@ SYNTHETIC = "fedq.apps.synthetic:app"
 STALLED = "version 1 cannot close: it needs 3 updates and 2 participants are alive"
 
 
+@pytest.mark.broker
+@pytest.mark.processes
 def test_a_version_short_of_participants_is_said_then_resolved(
     tmp_path: Path, federation: str
 ) -> None:
