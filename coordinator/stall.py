@@ -11,6 +11,7 @@ participants alive; :class:`StallWatch` says when that changes.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,9 @@ log = logging.getLogger("fedq.coordinator")
 #: How long a stall must last before it is said: participants starting together join
 #: within a second or two, and a line for each would only be noise.
 GRACE_SECONDS = 3.0
+#: At most one look a second: a look costs O(N + K), and a busy version has a delivery
+#: every millisecond (1,000 participants in a process).
+LOOK_EVERY_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -69,10 +73,13 @@ class StallWatch:
         alive: Callable[[], tuple[set[str], int]],
         say: Callable[[int, Stall | None], None],
         grace: float = GRACE_SECONDS,
+        every: float = LOOK_EVERY_SECONDS,
     ) -> None:
         self.alive = alive
         self.say = say
         self.grace = grace
+        self.every = every
+        self._looked = -math.inf
         #: The stall seen last, and since when (monotonic).
         self._seen: Stall | None = None
         self._since = 0.0
@@ -82,6 +89,9 @@ class StallWatch:
     def check(self, window: OpenVersion, now: float | None = None) -> bool:
         """Look at ``window`` now; say what changed. Returns whether something was said."""
         now = time.monotonic() if now is None else now
+        if now - self._looked < self.every:
+            return False
+        self._looked = now
         stall = stall_of(window, *self.alive())
         if stall != self._seen:
             self._seen, self._since = stall, now

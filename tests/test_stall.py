@@ -136,6 +136,8 @@ def test_the_watch_waits_its_grace_then_says_changes_and_the_end() -> None:
     watch.check(window, now=11.0)
     assert len(said) == 1  # nothing changed
     alive[0] = {"a", "b"}
+    watch.check(window, now=11.5)
+    assert len(said) == 1  # not looked again within a second of the last look
     watch.check(window, now=12.0)
     assert said[-1] == (1, Stall(1, 3, 0, 2, 2))
     alive[0] = {"a", "b", "c"}
