@@ -39,8 +39,9 @@ from fedq.coordinator.records import VersionSummary
 #: Refusals that mean "it came too late".
 LATE_REASONS = frozenset({"stale"})
 #: Refusals that say nothing about a participant's attendance: a second copy of an update
-#: counted elsewhere, or a message that is not this participant's (forged) or federation's.
-IGNORED_REASONS = frozenset({"duplicate", "forged", "wrong_federation"})
+#: counted elsewhere, or a message that is not this participant's (forged) or federation's,
+#: or an update of a version rolled back (``--from-last-good``), which it attended.
+IGNORED_REASONS = frozenset({"duplicate", "forged", "wrong_federation", "rolled_back"})
 
 
 @dataclass(frozen=True)

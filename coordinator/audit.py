@@ -32,6 +32,12 @@ from fedq.coordinator.ledger_schema import LedgerDamaged, LedgerNotCreated, read
 from fedq.coordinator.ledger_view import LedgerView
 from fedq.runtime.sent_log import SentUpdate
 
+#: After a damaged newest checkpoint: what goes on without it (:mod:`.rollback`).
+RESUME_HINT = (
+    "; it is the newest: `fedq coordinator ... --from-last-good` goes on from the newest "
+    "version whose checkpoint is sound"
+)
+
 
 @dataclass
 class AuditReport:
@@ -106,10 +112,12 @@ def audit(ledger_path: Path, sent: Sequence[SentUpdate] = ()) -> AuditReport:
                 f"recorded, {chain[:12]} recomputed)"
             )
         path = models / Path(checkpoint).name
+        # The newest one is what a coordinator resumes from: the flag that goes back.
+        todo = RESUME_HINT if expected == len(rows) else ""
         if not path.is_file():
-            report.failures.append(f"v{version}: checkpoint {path} is missing")
+            report.failures.append(f"v{version}: checkpoint {path} is missing{todo}")
         elif file_sha256(path) != checkpoint_sha256:
-            report.failures.append(f"v{version}: checkpoint {path} does not match its sha256")
+            report.failures.append(f"v{version}: checkpoint {path} does not match its sha256{todo}")
         else:
             report.checkpoints += 1
     report.head = chain

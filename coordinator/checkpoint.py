@@ -34,6 +34,16 @@ class CheckpointError(RuntimeError):
     """A checkpoint cannot be read (missing, truncated, not one fedq wrote); the message
     names the file and says what to do."""
 
+    def __init__(self, path: Path, why: str, todo: str | None = None) -> None:
+        todo = todo or (
+            f"restore it from a backup; `fedq audit --state-dir {path.parent.parent}` checks "
+            "every checkpoint"
+        )
+        super().__init__(f"checkpoint {path} cannot be read ({why}): {todo}")
+        self.path = path
+        #: What the reader raised, e.g. ``BadZipFile: File is not a zip file``.
+        self.why = why
+
 
 #: What reading a damaged ``.npz`` raises: zipfile, numpy's header parser, a missing member.
 _DAMAGED = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error)
@@ -46,10 +56,7 @@ def _reading(path: Path) -> Iterator[None]:
         yield
     except _DAMAGED as exc:
         why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        raise CheckpointError(
-            f"checkpoint {path} cannot be read ({why}): restore it from a backup; "
-            f"`fedq audit --state-dir {path.parent.parent}` checks every checkpoint"
-        ) from None
+        raise CheckpointError(path, why) from None
 
 
 def checkpoint_path(folder: Path, version: int) -> Path:

@@ -26,6 +26,7 @@ from fedq.coordinator.modes import AfterTheLast, CloseReason
 from fedq.coordinator.observers import Observers, UpdateSeen
 from fedq.coordinator.publish import Publisher
 from fedq.coordinator.settle import Settler
+from fedq.coordinator.stall import StallWatch
 from fedq.coordinator.verdicts import (
     Admission,
     Candidate,
@@ -44,6 +45,8 @@ log = logging.getLogger("fedq.coordinator")
 
 #: After the last version, how often the lingering refusal looks whether anyone is alive.
 LINGER_POLL_SECONDS = 0.5
+#: How often a version with no delivery looks whether it can still close (:mod:`.stall`).
+STALL_POLL_SECONDS = 1.0
 
 
 class Collector:
@@ -56,8 +59,10 @@ class Collector:
         settler: Settler,
         publisher: Publisher,
         observers: Observers,
+        watch: StallWatch | None = None,
     ) -> None:
         self.config = config
+        self.watch = watch
         self.deliveries = deliveries
         self.intake = intake
         self.assembler = assembler
@@ -72,7 +77,14 @@ class Collector:
         hold_for = self.config.consumer_timeout / 2
         while (reason := version.close_reason()) is None:
             returning = version.held.next_return(hold_for)
-            delivery = await self._next(version.window.seconds_left(), returning)
+            wait = version.window.seconds_left()
+            if self.watch is not None:
+                if self.watch.check(version.window):  # the dashboard hears it at once
+                    said = self.watch.said
+                    version.cannot_close = None if said is None else said.describe()
+                    await self.publisher.progress(version, force=True)
+                wait = min(wait, STALL_POLL_SECONDS)
+            delivery = await self._next(wait, returning)
             if returning is not None and time.monotonic() >= returning:
                 returned = await version.held.return_older_than(hold_for)
                 log.info("returned %d held deliveries to the queue to take them again", returned)
@@ -81,6 +93,8 @@ class Collector:
             if delivery is not None:
                 folded = await self.dispatch(version, delivery)
                 await self.publisher.progress(version, force=folded)
+        if self.watch is not None:
+            self.watch.resolved(version.number + 1)
         return reason
 
     async def _next(self, wait: float, returning: float | None) -> Delivery | None:

@@ -251,6 +251,13 @@ class CoordinatorConfig(BaseModel):
         "updates and control events under other ids are refused or ignored, and an update "
         "weighs at most the examples its participant declared.",
     )
+    from_last_good: bool = Field(
+        False,
+        description="If the state dir's newest checkpoint is damaged, go on from the newest "
+        "version whose checkpoint matches the ledger: the checkpoints after it (and a copy "
+        "of the ledger) move to STATE_DIR/damaged-<time>/, and their updates are lost, "
+        "recorded as refused (rolled_back).",
+    )
     verify_identity: bool = Field(
         False,
         description="Reject updates whose broker user is not the participant they claim "

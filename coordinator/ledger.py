@@ -152,6 +152,40 @@ class UpdateLedger(LedgerView):
                 ),
             )
 
+    def backup(self, path: Path) -> None:
+        """A consistent copy of the ledger at ``path`` (SQLite's online backup)."""
+        copy = sqlite3.connect(path)
+        try:
+            with self._lock:
+                self._db.backup(copy)
+        finally:
+            copy.close()
+
+    def roll_back(self, good: int, detail: str) -> int:
+        """Remove every version after ``good`` and its updates, in one transaction; each of
+        those updates is recorded as refused ``rolled_back`` with ``detail`` instead (it is
+        not in the model any more, and its delivery was acked: no copy comes back), so that
+        every update the broker confirmed is still committed or refused. The chain of
+        versions 1 to ``good`` is untouched: its head is ``good``'s. Returns the updates
+        rolled back."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(
+                    "INSERT INTO rejections (update_id, participant, round, base_version, "
+                    "during_version, reason, detail, at) SELECT update_id, participant, round, "
+                    "base_version, version - 1, 'rolled_back', ? || ' (was in v' || version "
+                    "|| ')', ? FROM updates WHERE version > ?",
+                    (printable(detail), time.time(), good),
+                )
+                removed = self._db.execute("DELETE FROM updates WHERE version > ?", (good,))
+                self._db.execute("DELETE FROM versions WHERE version > ?", (good,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return int(removed.rowcount)
+
 
 #: What the first version chains to.
 GENESIS = "0" * 64

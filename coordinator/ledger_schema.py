@@ -107,7 +107,8 @@ class LedgerDamaged(LedgerError):
     def __init__(self, path: Path, exc: sqlite3.DatabaseError) -> None:
         super().__init__(
             f"{path} is damaged ({exc}): restore it from a backup, or start over with a new "
-            "--state-dir; the checkpoints in models/ are kept"
+            "--state-dir; the checkpoints in models/ are kept (--from-last-good needs the "
+            "ledger: it is what tells a good checkpoint)"
         )
 
 

@@ -162,6 +162,13 @@ class LedgerView:
             _version(row) for row in self._all(f"SELECT {_VERSION} FROM versions ORDER BY version")
         ]
 
+    def checkpoint_digests(self) -> list[tuple[int, str, str]]:
+        """Every committed version's checkpoint file and its recorded sha256, newest first."""
+        rows = self._all(
+            "SELECT version, checkpoint, checkpoint_sha256 FROM versions ORDER BY version DESC"
+        )
+        return [(int(v), str(c), str(s)) for v, c, s in rows]
+
     def last_version(self) -> VersionRecord | None:
         rows = self._all(f"SELECT {_VERSION} FROM versions ORDER BY version DESC LIMIT 1")
         return _version(rows[0]) if rows else None

@@ -207,6 +207,12 @@ class Membership:
             return None
         return frozenset(random.Random(seed).sample(alive, size))
 
+    def alive_ids(self) -> tuple[set[str], int]:
+        """Who is alive (the N heard from last) and :meth:`alive`'s count of them."""
+        self.forget_silent(time.time())
+        ids = set(list(self.last_seen)[-self.config.participants :])
+        return ids, len(ids)
+
     def alive(self) -> int:
         """Participants heard from within the liveness window that did not leave, at most
         N: ids beyond the federation's N participants are never counted."""

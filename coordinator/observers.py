@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from fedq.coordinator.records import VersionSummary
+from fedq.coordinator.stall import Stall
 
 log = logging.getLogger("fedq.coordinator")
 
@@ -70,6 +71,10 @@ class CoordinatorObserver:
     def participants_alive(self, alive: int) -> None:
         """How many participants joined or beat within the liveness window and did not leave."""
 
+    def version_stalled(self, version: int, stall: Stall | None) -> None:
+        """Version ``version`` cannot close with the participants alive (``stall`` says
+        why: :mod:`.stall`), or, with None, it can again (or was committed)."""
+
 
 class Observers(CoordinatorObserver):
     """Many observers as one; a failing observer is logged, not fatal."""
@@ -101,3 +106,6 @@ class Observers(CoordinatorObserver):
 
     def participants_alive(self, alive: int) -> None:
         self._each("participants_alive", alive)
+
+    def version_stalled(self, version: int, stall: Stall | None) -> None:
+        self._each("version_stalled", version, stall)

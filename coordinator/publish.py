@@ -146,5 +146,6 @@ class Publisher:
                 duplicates=version.duplicates,
                 seconds_left=max(0.0, window.seconds_left(now)),
                 rounds_total=self.config.rounds,
+                cannot_close=version.cannot_close,
             ),
         )

@@ -39,6 +39,7 @@ from fedq.coordinator.observers import CommitTimings, CoordinatorObserver, Obser
 from fedq.coordinator.publish import Publisher
 from fedq.coordinator.records import VersionRecord, summary_of
 from fedq.coordinator.settle import Settler
+from fedq.coordinator.stall import StallWatch
 from fedq.coordinator.state_dir import StateDir
 from fedq.coordinator.strategies import AggregationContext
 from fedq.coordinator.strategy import compose_strategy
@@ -177,9 +178,11 @@ class Coordinator:
             chunk_bytes=config.chunk_bytes,
             max_per_participant=config.max_streams_per_participant,
         )
-        return Collector(
+        collector = Collector(
             config, deliveries, intake, assembler, self.settler, self.publisher, self.observers
         )
+        collector.watch = StallWatch(self.membership.alive_ids, self.observers.version_stalled)
+        return collector
 
     def _log_held_memory(self, weights: Weights) -> None:
         if self.strategy.aggregator.holds_updates:
@@ -199,7 +202,9 @@ class Coordinator:
         checks that need the app, before anything touches the broker. Done once."""
         if self._start is None:
             # Read once per state dir (the CLI may have restored it before connecting).
-            restored = await asyncio.to_thread(self.state.restore, self.app)
+            restored = await asyncio.to_thread(
+                self.state.restore, self.app, self.config.from_last_good
+            )
             if restored.version > 0:
                 log.info("resuming from model v%d", restored.version)
                 self.strategy.optimizer.load_state(restored.optimizer_state)

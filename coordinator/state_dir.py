@@ -40,6 +40,7 @@ import numpy as np
 
 from fedq.coordinator.app import CoordinatorApp
 from fedq.coordinator.checkpoint import (
+    CheckpointError,
     checkpoint_path,
     load_optimizer_state,
     map_checkpoint,
@@ -48,6 +49,7 @@ from fedq.coordinator.checkpoint import (
 from fedq.coordinator.config import ConfigError
 from fedq.coordinator.ledger import UpdateLedger
 from fedq.coordinator.ledger_schema import reading
+from fedq.coordinator.rollback import DAMAGED_PREFIX, roll_back_to_last_good
 from fedq.messages.codec import Weights
 
 #: The lock's file in a state dir; its content is the holder's pid, for the message only.
@@ -228,12 +230,15 @@ class StateDir:
             )
         self.ledger.set_meta("federation", federation)
 
-    def restore(self, app: CoordinatorApp) -> Restored:
+    def restore(self, app: CoordinatorApp, from_last_good: bool = False) -> Restored:
         """The model to go on from: the ledger's last version, or the app's v0, once the
-        app's model signature matched the one recorded at v0 (recorded now if it was not).
-        Blocking, and done once: later calls return the same."""
+        app's model signature matched the one recorded at v0 (recorded now if it was not);
+        ``from_last_good``: first roll back to the newest version whose checkpoint is sound
+        (:mod:`.rollback`). Blocking, and done once: later calls return the same."""
         if self.restored is None:
             with reading(self.ledger.path):
+                if from_last_good:
+                    roll_back_to_last_good(self.folder, self.ledger)
                 self.restored = self._restore(app)
         return self.restored
 
@@ -255,7 +260,16 @@ class StateDir:
         # A checkpoint newer than the ledger's last version was written by a coordinator
         # that died before committing it, and is overwritten when the version is redone.
         path = checkpoint_path(models, last.version)
-        weights = map_checkpoint(path)
+        try:
+            weights = map_checkpoint(path)
+        except CheckpointError as exc:
+            raise CheckpointError(
+                path,
+                exc.why,
+                f"go on from the last good version with --from-last-good (what comes after "
+                f"it is moved to {self.folder}/{DAMAGED_PREFIX}<time>/), or restore it from "
+                f"a backup; `fedq audit --state-dir {self.folder}` checks every checkpoint",
+            ) from None
         if recorded is None:  # a ledger of an older fedq: its model gives the signature
             found = model_signature(weights)
             self._check_signature(found, actual)

@@ -129,6 +129,8 @@ class Version:
         #: Deliveries settled without being folded while it was open, by reason
         #: (``duplicate`` for copies): what the ledger records as refused during it.
         self.settled: Counter[str] = Counter()
+        #: Why it can never close with the participants alive, as said (:mod:`.stall`).
+        self.cannot_close: str | None = None
 
     @property
     def number(self) -> int:

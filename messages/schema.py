@@ -160,6 +160,12 @@ class VersionProgress(_Message):
     )
     seconds_left: Seconds
     rounds_total: int = Field(ge=1, le=MAX_INT)
+    cannot_close: str | None = Field(
+        default=None,
+        max_length=1000,
+        description="why the open version can never close with the participants alive "
+        "(None: it can)",
+    )
 
 
 class FederationDone(_Message):

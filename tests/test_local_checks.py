@@ -265,6 +265,7 @@ def test_a_truncated_checkpoint_is_one_line_for_export(tmp_path: Path, dense_sta
     )
     line = one_line_error(result)
     assert "model-v000001.npz cannot be read (BadZipFile" in line and "fedq audit" in line
+    assert "--from-last-good" in line
 
 
 @pytest.mark.parametrize("kind", ["under a file", "a folder"])

@@ -8,8 +8,10 @@ escaped (``\x1b[2J`` would clear the operator's screen).
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Iterable
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -28,10 +30,52 @@ from fedq.coordinator.attendance import Attendance, describe_late
 from fedq.coordinator.observers import CoordinatorObserver, UpdateSeen
 from fedq.coordinator.records import VersionSummary
 from fedq.coordinator.service import FederationResult
+from fedq.coordinator.stall import Stall
+from fedq.output import LogFormat, emit, use_json
 from fedq.participant.worker import LocalUpdate
 from fedq.runtime.printable import printable
 
-console = Console(stderr=True, soft_wrap=True)
+
+class EventConsole(Console):
+    """rich's console, and what ``--log-format`` (:mod:`fedq.output`) makes of it: in
+    ``plain`` it is never a terminal (no bar, no colour); in ``json`` whatever is printed
+    becomes a JSON event, and :meth:`event` writes one with its fields."""
+
+    log_format: LogFormat = "auto"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.log_format == "auto" and super().is_terminal
+
+    def use(self, log_format: LogFormat, role: str, federation: str | None = None) -> None:
+        """Write as ``log_format`` says from now on; ``role`` and ``federation`` go into
+        every JSON line."""
+        self.log_format = log_format
+        if log_format != "auto":
+            self._color_system = None  # chosen when it was made, for a terminal
+        if log_format == "json":
+            use_json(role, federation)
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        if self.log_format != "json":
+            super().print(*objects, **kwargs)
+            return
+        with self.capture() as captured:  # what a person would have read, without styles
+            super().print(*objects, **kwargs)
+        if text := captured.get().rstrip("\n"):
+            emit("message", text)
+
+    def event(
+        self, name: str, message: str | Text, level: int = logging.INFO, **fields: Any
+    ) -> None:
+        """An event: in JSON, ``name``, ``message`` and ``fields``; else the message."""
+        if self.log_format == "json":
+            emit(name, printable(str(message), limit=None), level, **fields)
+        else:
+            super().print(message if isinstance(message, Text) else plain(message))
+
+
+console = EventConsole(stderr=True, soft_wrap=True)
 
 
 def plain(text: object, style: str = "") -> Text:
@@ -137,9 +181,10 @@ class _Bar:
         if self.live:
             self.progress.stop()
 
-    def line(self, text: str | Text) -> None:
-        """A line above the bar (on a terminal) or on its own."""
-        console.print(text)
+    def line(self, text: str | Text, event: str, **fields: Any) -> None:
+        """A line above the bar (on a terminal) or on its own; in JSON, the event
+        ``event`` with ``fields``."""
+        console.event(event, text, **fields)
 
 
 class RoundProgress(CoordinatorObserver):
@@ -177,7 +222,7 @@ class RoundProgress(CoordinatorObserver):
 
     def participants_alive(self, alive: int) -> None:
         if not self.bar.live and alive != self.alive:
-            self.bar.line(f"participants alive: {alive}")
+            self.bar.line(f"participants alive: {alive}", "participants_alive", alive=alive)
         self.alive = alive
         self.progress.update(self.task, status=self._status())
 
@@ -186,7 +231,14 @@ class RoundProgress(CoordinatorObserver):
         what = f"round {round_} (model v{version})" if round_ else f"after model v{version}"
         self.progress.update(self.task, description=what, status=self._status())
         if not self.bar.live:
-            self.bar.line(f"{what}: collecting {self.quorum} updates")
+            self.bar.line(
+                f"{what}: collecting {self.quorum} updates",
+                "version_opened",
+                version=version + 1,  # the one being collected
+                current=version,
+                round=round_,
+                needs=self.quorum,
+            )
 
     def update_seen(self, update: UpdateSeen) -> None:
         if update.accepted:
@@ -194,6 +246,20 @@ class RoundProgress(CoordinatorObserver):
         else:
             self.rejected[update.reason or "?"] += 1
         self.progress.update(self.task, status=self._status())
+
+    def version_stalled(self, version: int, stall: Stall | None) -> None:
+        if stall is None:
+            self.bar.line(f"version {version} can close now", "version_can_close", version=version)
+            return
+        self.bar.line(
+            stall.describe(),
+            "version_cannot_close",
+            version=version,
+            needs=stall.needs,
+            has=stall.has,
+            alive=stall.alive,
+            may_send=stall.may_send,
+        )
 
     def version_committed(self, row: VersionSummary) -> None:
         self.progress.update(self.task, advance=1, description=f"committed model v{row.version}")
@@ -203,7 +269,17 @@ class RoundProgress(CoordinatorObserver):
         self.bar.line(
             f"{where}: model v{row.version} from {row.n_updates} updates"
             f"{f' ({stale} stale)' if stale else ''} ({row.closed_by}) in {row.seconds:.2f}s  "
-            f"loss {_fmt(row.metrics, 'loss')}  accuracy {_fmt(row.metrics, 'accuracy')}{privacy}"
+            f"loss {_fmt(row.metrics, 'loss')}  accuracy {_fmt(row.metrics, 'accuracy')}{privacy}",
+            "version_committed",
+            version=row.version,
+            round=row.round,
+            updates=row.n_updates,
+            stale=stale,
+            closed_by=row.closed_by,
+            participants=list(row.participants),
+            seconds=round(row.seconds, 3),
+            metrics=row.metrics,
+            epsilon=row.epsilon,
         )
 
 
@@ -246,13 +322,43 @@ class ParticipantProgress:
                     f"{r.participant}: model v{r.version}: {r.num_examples} "
                     f"examples in {r.seconds:.2f}s, loss {_fmt(r.metrics, 'loss')}, "
                     f"accuracy {_fmt(r.metrics, 'accuracy')}, sent {human_bytes(r.update_bytes)}"
-                )
+                ),
+                "update_sent",
+                participant=r.participant,
+                version=r.version,
+                examples=r.num_examples,
+                seconds=round(r.seconds, 3),
+                metrics=r.metrics,
+                bytes=r.update_bytes,
             )
         elif not self.bar.live and self.sent % self.count == 0:
-            self.bar.line(plain(f"{self.count} participants: {self.sent} updates sent"))
+            self.bar.line(
+                plain(f"{self.count} participants: {self.sent} updates sent"),
+                "updates_sent",
+                participants=self.count,
+                sent=self.sent,
+            )
 
 
 def print_summary(result: FederationResult) -> None:
+    if console.log_format == "json":
+        console.event(
+            "federation_done",
+            f"federation {result.federation}: {result.rounds_completed} versions committed, "
+            f"model v{result.model_version}",
+            mode=result.mode,
+            versions_committed=result.rounds_completed,
+            version=result.model_version,
+            updates_incorporated=result.updates_incorporated,
+            updates_rejected=result.updates_rejected,
+            rejected_by_reason=result.rejected_by_reason,
+            duplicates=result.duplicates,
+            epsilon=result.epsilon,
+            final_metrics=result.final_metrics,
+            wall_seconds=round(result.wall_seconds, 3),
+            state_dir=str(result.state_dir),
+        )
+        return
     table = Table(title=plain(f"federation {result.federation}"), show_header=False)
     table.add_row("mode", result.mode)
     table.add_row("versions committed", str(result.rounds_completed))

@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make
 from fedq.coordinator.config import ConfigError
 from fedq.coordinator.observers import CommitTimings, CoordinatorObserver, UpdateSeen
 from fedq.coordinator.records import VersionSummary
+from fedq.coordinator.stall import Stall
 
 log = logging.getLogger("fedq.metrics")
 
@@ -123,6 +124,13 @@ class PrometheusMetrics(CoordinatorObserver):
             by,
             registry=on,
         ).labels(federation)
+        self._missing = Gauge(
+            "fedq_version_cannot_close_missing_updates",
+            "Updates the open version lacks even if every live participant sends one, with "
+            "no deadline it may close at: above 0, it cannot close (start a participant).",
+            by,
+            registry=on,
+        ).labels(federation)
         self._epsilon = Gauge(
             "fedq_privacy_epsilon",
             "Differential privacy spent up to the newest version.",
@@ -180,6 +188,9 @@ class PrometheusMetrics(CoordinatorObserver):
 
     def participants_alive(self, alive: int) -> None:
         self._alive.set(alive)
+
+    def version_stalled(self, version: int, stall: Stall | None) -> None:
+        self._missing.set(0 if stall is None else stall.needs - stall.has - stall.may_send)
 
 
 class _EmbeddedServer(uvicorn.Server):

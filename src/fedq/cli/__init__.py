@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from importlib import metadata
 from typing import Annotated, Any
@@ -90,8 +91,12 @@ def main() -> None:
     try:
         app()
     except (Failure, OptionsError) as exc:
+        status = exc.status if isinstance(exc, Failure) else 2
+        if console.log_format == "json":
+            console.event("failed", f"fedq: {exc}", logging.ERROR, status=status)
+            sys.exit(status)
         lines = (plain(line) for line in str(exc).split("\n"))  # no markup, no control
         console.print(Text("fedq:", "bold red"), Text("\n").join(lines), soft_wrap=True)
-        sys.exit(exc.status if isinstance(exc, Failure) else 2)
+        sys.exit(status)
     except KeyboardInterrupt:
         sys.exit(130)

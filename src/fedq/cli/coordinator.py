@@ -21,7 +21,7 @@ from fedq import strict_json
 from fedq.cli.flags import AppOpt, BrokerOpt, FederationOpt, ReportOpt, StateOpt, VerboseOpt
 from fedq.cli.observers import ObserverSettings, watching
 from fedq.cli.running import fail, load, run, setup_logging
-from fedq.console import RoundProgress, console, plain, print_summary
+from fedq.console import RoundProgress, console, print_summary
 from fedq.coordinator.config import CoordinatorConfig
 from fedq.coordinator.observers import CoordinatorObserver
 from fedq.coordinator.service import Coordinator, FederationResult
@@ -31,11 +31,12 @@ from fedq.coordinator.strategy import compose_strategy
 from fedq.messages.amqp import redact
 from fedq.messages.connect import open_transport
 from fedq.options import Given, OptionsError, with_settings
+from fedq.output import OutputSettings
 from fedq.participant.app import App
 from fedq.settings import settings
 
 
-@with_settings(CoordinatorConfig, ObserverSettings)
+@with_settings(CoordinatorConfig, ObserverSettings, OutputSettings)
 def coordinator_command(
     given: Given,
     federation: FederationOpt,
@@ -54,7 +55,7 @@ def coordinator_command(
     verbose: VerboseOpt = False,
 ) -> None:
     """Run the coordinator of one federation on RabbitMQ."""
-    setup_logging(verbose)
+    setup_logging(verbose, given.build(OutputSettings), "coordinator", federation)
     config = coordinator_config(given, federation, state_dir)
     check_report(report)
     application = load(app_spec)
@@ -66,7 +67,14 @@ def coordinator_command(
         lock = await standing_by(config.state_dir, federation) if standby else None
         return await coordinate(config, application, url, observing, progress, lock)
 
-    console.print(f"coordinator of {federation} ({config.mode} mode) on RabbitMQ at {redact(url)}")
+    console.event(
+        "coordinator_started",
+        f"coordinator of {federation} ({config.mode} mode) on RabbitMQ at {redact(url)}",
+        mode=config.mode,
+        broker=redact(url),
+        rounds=config.rounds,
+        needs=config.k,
+    )
     with RoundProgress(config.rounds, config.k) as progress:
         result = run(main())
     print_summary(result)
@@ -89,7 +97,7 @@ async def coordinate(
     # locked, this federation's, this app's model) and its last checkpoint.
     state = await asyncio.to_thread(StateDir.open, config.state_dir, config.federation, lock)
     try:
-        await asyncio.to_thread(state.restore, application)
+        await asyncio.to_thread(state.restore, application, config.from_last_good)
         async with (
             open_transport(url, consumers_apart=True) as transport,
             watching(observing, config, progress, application) as watchers,
@@ -110,14 +118,14 @@ async def standing_by(folder: Path, federation: str) -> StateDirLock:
     if await asyncio.to_thread(lock.try_acquire):
         return lock
     holder = lock.holder()
-    console.print(
-        plain(
-            f"standby for {federation}: coordinator pid {holder} holds {folder}; "
-            "taking over when it stops"
-        )
+    console.event(
+        "standby",
+        f"standby for {federation}: coordinator pid {holder} holds {folder}; "
+        "taking over when it stops",
+        holder=holder,
     )
     await lock.wait()
-    console.print(plain(f"taking over {federation} from pid {holder}"))
+    console.event("taking_over", f"taking over {federation} from pid {holder}", holder=holder)
     return lock
 
 
@@ -171,4 +179,4 @@ def write_report(path: Path | None, result: FederationResult, **extra: Any) -> N
         path.write_text(strict_json.dumps(report, indent=2, default=str) + "\n")
     except OSError as exc:  # checked before the run, but the disk may have changed since
         raise fail(_unwritable(path, exc)) from None
-    console.print(f"report written to {path}")
+    console.event("report_written", f"report written to {path}", path=str(path))

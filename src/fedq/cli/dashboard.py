@@ -13,10 +13,14 @@ from fedq.cli.running import Failure, fail, run, setup_logging
 from fedq.console import console
 from fedq.coordinator.roster import RosterError, load_roster
 from fedq.dashboard.app import DEFAULT_PORT, DashboardError, serve
+from fedq.options import Given, with_settings
+from fedq.output import OutputSettings
 from fedq.settings import settings
 
 
+@with_settings(OutputSettings)
 def dashboard_command(
+    given: Given,
     broker: BrokerOpt = None,
     management_url: ManagementOpt = None,
     state_dir: StateOpt = None,
@@ -36,7 +40,7 @@ def dashboard_command(
 ) -> None:
     """Serve a live page of the federations under a state dir: versions, plots,
     participants, queues and the dead-letter queue."""
-    setup_logging(verbose)
+    setup_logging(verbose, given.build(OutputSettings), "dashboard")
     url, root = broker or settings().broker_url, state_dir or settings().state_dir
     try:
         named = None if roster is None else load_roster(roster)

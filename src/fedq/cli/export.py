@@ -116,7 +116,14 @@ def export_command(
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         application.export(load_checkpoint(checkpoint), out, format)  # type: ignore[attr-defined]
-    except (AppError, CheckpointError) as exc:
+    except CheckpointError as exc:
+        todo = (
+            f"export an earlier one with --version, or roll the federation back to its last "
+            f"good version with `fedq coordinator ... --from-last-good`; `fedq audit "
+            f"--state-dir {state_dir}` checks every checkpoint"
+        )
+        raise fail(str(CheckpointError(exc.path, exc.why, todo))) from None
+    except AppError as exc:
         raise fail(str(exc)) from None
     except Exception as exc:  # the app's code, or the converter's: one line naming it
         first = (str(exc).strip().splitlines() or [""])[0]

@@ -22,6 +22,7 @@ from fedq.experiments.settings import Emulation
 from fedq.messages.amqp import redact
 from fedq.messages.connect import open_transport
 from fedq.options import Given, with_settings
+from fedq.output import OutputSettings
 from fedq.participant.app import App, Partition, TrainConfig
 from fedq.participant.config import DataSplit, ParticipantConfig
 from fedq.participant.worker import ParticipantStats
@@ -48,12 +49,15 @@ class ParticipantProcess(BaseModel):
     verbose: bool = Field(False, description="Log what happens.", json_schema_extra={"flag": "-v"})
 
 
-@with_settings(ParticipantConfig, ParticipantProcess, DataSplit, TrainConfig, Emulation)
+@with_settings(
+    ParticipantConfig, ParticipantProcess, DataSplit, TrainConfig, Emulation, OutputSettings
+)
 def participant_command(given: Given) -> None:
     """Run one participant (or --count virtual ones) until the federation is done."""
     process = given.build(ParticipantProcess)
-    setup_logging(process.verbose)
     template = given.build(ParticipantConfig)
+    output = given.build(OutputSettings)
+    setup_logging(process.verbose, output, "participant", template.federation)
     first = template.partition
     if first.index + process.count > first.count:
         raise fail(
@@ -62,8 +66,12 @@ def participant_command(given: Given) -> None:
     application = load(process.app_spec)
     configs, apps = participants_of(given, template, application, process.count)
     url = process.broker_url or settings().broker_url
-    console.print(
-        f"{process.count} participant(s) of {template.federation} on RabbitMQ at {redact(url)}"
+    console.event(
+        "participants_started",
+        f"{process.count} participant(s) of {template.federation} on RabbitMQ at {redact(url)}",
+        participant=template.participant_id,
+        count=process.count,
+        broker=redact(url),
     )
     run(participate(configs, apps, url))
 
@@ -126,7 +134,12 @@ async def participate(configs: list[ParticipantConfig], apps: list[App], url: st
 
 def print_done(s: ParticipantStats) -> None:
     dropped = f" (dropped {s.rounds_dropped})" if s.rounds_dropped else ""
-    console.print(
+    console.event(
+        "participant_done",
         f"{s.participant}: trained {s.rounds_trained} rounds{dropped}, sent "
-        f"{s.updates_sent} updates; federation done"
+        f"{s.updates_sent} updates; federation done",
+        participant=s.participant,
+        rounds_trained=s.rounds_trained,
+        rounds_dropped=s.rounds_dropped,
+        updates_sent=s.updates_sent,
     )

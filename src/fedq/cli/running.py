@@ -11,12 +11,14 @@ import signal
 from collections.abc import Awaitable
 from typing import TypeVar
 
+from fedq.console import console
 from fedq.coordinator.checkpoint import CheckpointError
 from fedq.coordinator.config import ConfigError
 from fedq.coordinator.ledger_schema import LedgerError
 from fedq.coordinator.version import NonFiniteModel
 from fedq.messages.amqp import BrokerUnavailable
 from fedq.messages.transport import TransportError
+from fedq.output import OutputSettings
 from fedq.participant.app import App, AppError, load_app
 from fedq.runtime.printable import printable
 from fedq.settings import settings
@@ -89,11 +91,20 @@ class PrintableFormatter(logging.Formatter):
         return printable(super().formatMessage(record), limit=None)
 
 
-def setup_logging(verbose: bool) -> None:
+def setup_logging(
+    verbose: bool,
+    output: OutputSettings | None = None,
+    role: str = "fedq",
+    federation: str | None = None,
+) -> None:
+    """Log records at ``FEDQ_LOG_LEVEL`` (INFO with ``verbose``), written as ``output``'s
+    ``--log-format`` says (:mod:`fedq.output`), and so is everything the console prints."""
     level = logging.INFO if verbose else getattr(logging, settings().log_level.upper(), 30)
     handler = logging.StreamHandler()
     handler.setFormatter(PrintableFormatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     logging.basicConfig(level=level, handlers=[handler])
+    if output is not None:
+        console.use(output.log_format, role, federation)
     for noisy in ("tensorflow", "absl"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     # The broker client logs each failed connection attempt; fedq reports them in one line.

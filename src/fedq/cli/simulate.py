@@ -26,6 +26,7 @@ from fedq.coordinator.service import FederationResult
 from fedq.messages.amqp import redact
 from fedq.mlflow_tracking import run_params
 from fedq.options import Given, with_settings
+from fedq.output import OutputSettings
 from fedq.participant.app import Partition, TrainConfig
 from fedq.participant.config import CODEC_HELP, DataSplit, ParticipantConfig, check_codec
 from fedq.scenario import heterogeneous
@@ -74,7 +75,7 @@ MaliciousOpt = Annotated[
 ]
 
 
-@with_settings(CoordinatorConfig, ObserverSettings, DataSplit, TrainConfig)
+@with_settings(CoordinatorConfig, ObserverSettings, DataSplit, TrainConfig, OutputSettings)
 def simulate_command(
     given: Given,
     app_spec: AppOpt = "fedq.apps.dense:app",
@@ -94,8 +95,8 @@ def simulate_command(
 
     4 participants and 5 rounds unless told otherwise; every coordinator flag applies.
     """
-    setup_logging(verbose)
     name = federation or time.strftime("sim-%Y%m%d-%H%M%S")
+    setup_logging(verbose, given.build(OutputSettings), "simulate", name)
     config = coordinator_config(given, name, state_dir, {"participants": 4, "rounds": 5})
     check_report(report)
     codec = codec_of(update_codec)
@@ -137,9 +138,14 @@ def announce(plan: SimulationPlan) -> None:
     """What is about to run: where, how many, and every experiment's twist."""
     config, broker = plan.coordinator, plan.broker_url
     where = f"RabbitMQ at {redact(broker)}" if broker else "the embedded broker"
-    console.print(
+    console.event(
+        "simulation_started",
         f"federation {config.federation}: {config.participants} participants, {config.rounds} "
-        f"versions ({config.mode} mode) on {where}"
+        f"versions ({config.mode} mode) on {where}",
+        participants=config.participants,
+        rounds=config.rounds,
+        mode=config.mode,
+        broker=redact(broker) if broker else "embedded",
     )
     if plan.malicious:
         named = ", ".join(f"p{i} {spec}" for i, spec in plan.malicious)

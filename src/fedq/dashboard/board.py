@@ -184,6 +184,7 @@ def _federation(
         "quorum": progress.quorum if progress else None,
         "refused": progress.refused if progress else None,
         "deadline_at": (live.progress_at + progress.seconds_left) if live and progress else None,
+        "cannot_close": progress.cannot_close if progress else None,
         "progress_at": live.progress_at if live and progress else None,
         "done": bool(live and live.finished) or _finished_by_ledger(ledger, live),
         # When anything was last heard or committed: the picker lists by it.
@@ -200,6 +201,8 @@ def _federation(
         and not card["done"]
     ):
         card["done"] = True  # the last version is committed; federation.done may be missed
+    if card["done"]:
+        card["cannot_close"] = None
     return card
 
 

@@ -343,7 +343,8 @@ function federation(f) {
   const err = f.ledger_error ? `<div class="muted">ledger: ${esc(f.ledger_error)}</div>` : "";
   const deaf = snap.status.broker.ok === false ? `<div class="note">Not live while the ` +
     "broker is unreachable: as last heard.</div>" : "";
-  const body = `${kpis(f)}${err}${plots(f)}<h3>Participants</h3>${deaf}${participants(f)}`;
+  const stuck = f.cannot_close ? `<div class="note stuck">${esc(f.cannot_close)}</div>` : "";
+  const body = `${kpis(f)}${stuck}${err}${plots(f)}<h3>Participants</h3>${deaf}${participants(f)}`;
   const head = `<h2>${esc(f.name)}</h2>${badge}`;
   if (!f.state_dir) {
     return `<details class="card fed" id="fed-${esc(f.name)}"><summary class="fed-head">` +
