@@ -28,7 +28,7 @@ from fedq.coordinator.app import CoordinatorApp
 from fedq.coordinator.assembly import Assembler
 from fedq.coordinator.checkpoint import map_checkpoint, save_checkpoint
 from fedq.coordinator.collect import Collector
-from fedq.coordinator.config import CoordinatorConfig
+from fedq.coordinator.config import ConfigError, CoordinatorConfig
 from fedq.coordinator.evidence import Evidence
 from fedq.coordinator.headroom import Headroom
 from fedq.coordinator.intake import Intake
@@ -47,7 +47,7 @@ from fedq.coordinator.version import Version, check_finite
 from fedq.messages.codec import Weights, spec_of
 from fedq.messages.schema import FederationDone, RoundClosed, wire_metrics
 from fedq.messages.topology import FEDERATION_DONE, ROUND_CLOSED, Topology
-from fedq.messages.transport import Delivery, Transport
+from fedq.messages.transport import Delivery, Locked, Transport
 from fedq.runtime.failpoints import failpoint
 from fedq.runtime.supervise import alongside
 
@@ -75,6 +75,24 @@ class FederationResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+#: How often the federation's lock is asked for while a dead coordinator's connection goes.
+LOCK_POLL_SECONDS = 0.2
+#: How long a coordinator waits for the federation's lock: a coordinator restarted right
+#: after a crash may find its predecessor's connection not yet closed by the broker.
+LOCK_GRACE_SECONDS = 10.0
+
+
+class FederationTaken(ConfigError):
+    """Another coordinator holds the federation's lock on the broker."""
+
+    def __init__(self, federation: str, lock: str) -> None:
+        super().__init__(
+            f"another coordinator runs federation {federation} on this broker (its connection "
+            f"holds {lock}): run one coordinator per federation; to stand by for it, start "
+            "this one with --standby on the same state dir"
+        )
+
+
 class Coordinator:
     def __init__(
         self,
@@ -83,11 +101,14 @@ class Coordinator:
         transport: Transport,
         observers: Sequence[CoordinatorObserver] = (),
         state: StateDir | None = None,
+        lock_wait: float = LOCK_GRACE_SECONDS,
     ) -> None:
         """``state``: the state dir already opened (:meth:`StateDir.open`), as the CLI does
         before it connects; else it is opened here. Either way this coordinator holds it
-        until :meth:`run` ends."""
+        until :meth:`run` ends. ``lock_wait``: how long to wait for the federation's lock
+        on the broker before refusing to run (longer for a standby taking over)."""
         self.config = config
+        self.lock_wait = lock_wait
         self.app = app
         self.transport = transport
         self.topology = Topology(
@@ -131,13 +152,40 @@ class Coordinator:
         try:
             # Every local check first: nothing is declared for a coordinator refused.
             weights, version = await self.prepare()
+            await self._take_the_federation()
             await self.topology.declare_core(self.transport)
             self._log_held_memory(weights)
-            # The control consumer beside the collection: if it dies, so does the run.
-            await alongside(self._collect_all(weights, version), self.membership.serve(), "control")
+            # The control consumer beside the collection, and the federation's lock beside
+            # both: if either dies, or the lock is lost, so does the run.
+            collecting = alongside(
+                self._collect_all(weights, version), self.membership.serve(), "control"
+            )
+            await alongside(collecting, self.transport.held_lost(), "the federation's lock")
             return await asyncio.to_thread(self._result, started)
         finally:
             await asyncio.to_thread(self.state.close)
+
+    async def _take_the_federation(self) -> None:
+        """Hold the federation's lock on the broker (:attr:`Topology.lock`) before
+        anything is declared or published, so that a second coordinator, on whatever host
+        and state dir, is refused instead of splitting the updates with this one. A
+        coordinator restarted, or a standby that took over the state dir, waits up to
+        ``lock_wait`` seconds for the dead one's connection to go (at once for a killed
+        process, a heartbeat timeout for a lost host)."""
+        deadline, said = time.monotonic() + self.lock_wait, False
+        while True:
+            try:
+                return await self.transport.hold(self.topology.lock)
+            except Locked:
+                if time.monotonic() >= deadline:
+                    raise FederationTaken(self.config.federation, self.topology.lock) from None
+                if not said:
+                    log.info(
+                        "%s is held by another connection: waiting up to %.0f s for it to go",
+                        self.topology.lock, self.lock_wait,
+                    )  # fmt: skip
+                    said = True
+                await asyncio.sleep(LOCK_POLL_SECONDS)
 
     async def _collect_all(self, weights: Weights, version: int) -> None:
         """Every version from ``version`` on, then the end of the federation."""
