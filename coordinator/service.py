@@ -21,15 +21,14 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
 from fedq.coordinator.app import CoordinatorApp
 from fedq.coordinator.assembly import Assembler
 from fedq.coordinator.checkpoint import map_checkpoint, save_checkpoint
 from fedq.coordinator.collect import Collector
-from fedq.coordinator.config import ConfigError, CoordinatorConfig
+from fedq.coordinator.config import CoordinatorConfig
 from fedq.coordinator.evidence import Evidence
+from fedq.coordinator.federation_lock import LOCK_GRACE_SECONDS, take_the_federation
 from fedq.coordinator.headroom import Headroom
 from fedq.coordinator.intake import Intake
 from fedq.coordinator.ledger import FINISHED_AT
@@ -38,6 +37,7 @@ from fedq.coordinator.modes import CloseReason, make_mode
 from fedq.coordinator.observers import CommitTimings, CoordinatorObserver, Observers
 from fedq.coordinator.publish import Publisher
 from fedq.coordinator.records import VersionRecord, summary_of
+from fedq.coordinator.result import FederationResult, federation_result
 from fedq.coordinator.settle import Settler
 from fedq.coordinator.stall import StallWatch
 from fedq.coordinator.state_dir import StateDir
@@ -47,7 +47,7 @@ from fedq.coordinator.version import Version, check_finite
 from fedq.messages.codec import Weights, spec_of
 from fedq.messages.schema import FederationDone, RoundClosed, wire_metrics
 from fedq.messages.topology import FEDERATION_DONE, ROUND_CLOSED, Topology
-from fedq.messages.transport import Delivery, Locked, Transport
+from fedq.messages.transport import Delivery, Transport
 from fedq.runtime.failpoints import failpoint
 from fedq.runtime.supervise import alongside
 
@@ -55,42 +55,6 @@ log = logging.getLogger("fedq.coordinator")
 
 #: Update bodies the broker may push ahead of the one being checked.
 UPDATES_IN_FLIGHT = 4
-
-
-@dataclass
-class FederationResult:
-    federation: str
-    mode: str
-    rounds_completed: int
-    model_version: int
-    updates_incorporated: int
-    updates_rejected: int
-    rejected_by_reason: dict[str, int]
-    duplicates: int
-    final_metrics: dict[str, float]
-    wall_seconds: float
-    state_dir: str
-    #: Differential privacy spent by the last version (None: DP off).
-    epsilon: float | None = None
-    history: list[dict[str, Any]] = field(default_factory=list)
-
-
-#: How often the federation's lock is asked for while a dead coordinator's connection goes.
-LOCK_POLL_SECONDS = 0.2
-#: How long a coordinator waits for the federation's lock: a coordinator restarted right
-#: after a crash may find its predecessor's connection not yet closed by the broker.
-LOCK_GRACE_SECONDS = 10.0
-
-
-class FederationTaken(ConfigError):
-    """Another coordinator holds the federation's lock on the broker."""
-
-    def __init__(self, federation: str, lock: str) -> None:
-        super().__init__(
-            f"another coordinator runs federation {federation} on this broker (its connection "
-            f"holds {lock}): run one coordinator per federation; to stand by for it, start "
-            "this one with --standby on the same state dir"
-        )
 
 
 class Coordinator:
@@ -152,7 +116,9 @@ class Coordinator:
         try:
             # Every local check first: nothing is declared for a coordinator refused.
             weights, version = await self.prepare()
-            await self._take_the_federation()
+            await take_the_federation(
+                self.transport, self.topology, self.config.federation, self.lock_wait
+            )
             await self.topology.declare_core(self.transport)
             self._log_held_memory(weights)
             # The control consumer beside the collection, and the federation's lock beside
@@ -161,31 +127,9 @@ class Coordinator:
                 self._collect_all(weights, version), self.membership.serve(), "control"
             )
             await alongside(collecting, self.transport.held_lost(), "the federation's lock")
-            return await asyncio.to_thread(self._result, started)
+            return await asyncio.to_thread(federation_result, self.ledger, self.config, started)
         finally:
             await asyncio.to_thread(self.state.close)
-
-    async def _take_the_federation(self) -> None:
-        """Hold the federation's lock on the broker (:attr:`Topology.lock`) before
-        anything is declared or published, so that a second coordinator, on whatever host
-        and state dir, is refused instead of splitting the updates with this one. A
-        coordinator restarted, or a standby that took over the state dir, waits up to
-        ``lock_wait`` seconds for the dead one's connection to go (at once for a killed
-        process, a heartbeat timeout for a lost host)."""
-        deadline, said = time.monotonic() + self.lock_wait, False
-        while True:
-            try:
-                return await self.transport.hold(self.topology.lock)
-            except Locked:
-                if time.monotonic() >= deadline:
-                    raise FederationTaken(self.config.federation, self.topology.lock) from None
-                if not said:
-                    log.info(
-                        "%s is held by another connection: waiting up to %.0f s for it to go",
-                        self.topology.lock, self.lock_wait,
-                    )  # fmt: skip
-                    said = True
-                await asyncio.sleep(LOCK_POLL_SECONDS)
 
     async def _collect_all(self, weights: Weights, version: int) -> None:
         """Every version from ``version`` on, then the end of the federation."""
@@ -374,24 +318,3 @@ class Coordinator:
         await asyncio.to_thread(self.ledger.set_meta, FINISHED_AT, str(time.time()))
 
     # --------------------------------------------------------------- result
-    def _result(self, started: float) -> FederationResult:
-        """Counts come from the ledger, so they cover every run of this state dir."""
-        history = self.ledger.history()
-        refused = self.ledger.rejection_counts()
-        duplicates = refused.pop("duplicate", 0)
-        last = history[-1] if history else None
-        return FederationResult(
-            federation=self.config.federation,
-            mode=self.config.mode,
-            rounds_completed=len(history),
-            model_version=last.version if last else 0,
-            updates_incorporated=self.ledger.count_updates(),
-            updates_rejected=sum(refused.values()),
-            rejected_by_reason=refused,
-            duplicates=duplicates,
-            final_metrics=last.metrics if last else {},
-            wall_seconds=time.monotonic() - started,
-            state_dir=str(self.config.state_dir),
-            epsilon=last.epsilon if last else None,
-            history=[h.__dict__ for h in history],
-        )

@@ -23,8 +23,10 @@ from fedq.cli.observers import ObserverSettings, watching
 from fedq.cli.running import fail, load, run, setup_logging
 from fedq.console import RoundProgress, console, print_summary
 from fedq.coordinator.config import CoordinatorConfig
+from fedq.coordinator.federation_lock import LOCK_GRACE_SECONDS
 from fedq.coordinator.observers import CoordinatorObserver
-from fedq.coordinator.service import LOCK_GRACE_SECONDS, Coordinator, FederationResult
+from fedq.coordinator.result import FederationResult
+from fedq.coordinator.service import Coordinator
 from fedq.coordinator.state_dir import StateDir, StateDirLock, check_writable
 from fedq.coordinator.strategies import StrategyError
 from fedq.coordinator.strategy import compose_strategy
