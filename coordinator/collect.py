@@ -26,6 +26,7 @@ from fedq.coordinator.modes import AfterTheLast, CloseReason
 from fedq.coordinator.observers import Observers, UpdateSeen
 from fedq.coordinator.publish import Publisher
 from fedq.coordinator.settle import Settler
+from fedq.coordinator.stale_notice import StaleNotice
 from fedq.coordinator.stall import StallWatch
 from fedq.coordinator.verdicts import (
     Admission,
@@ -69,6 +70,8 @@ class Collector:
         self.settler = settler
         self.publisher = publisher
         self.observers = observers
+        #: Participants whose updates keep being refused as stale (:mod:`.stale_notice`).
+        self.stale = StaleNotice()
 
     async def collect(self, version: Version) -> CloseReason:
         """Take deliveries into ``version`` until it may close; returns why it may."""
@@ -177,6 +180,7 @@ class Collector:
 
     async def _fold(self, version: Version, update: Update) -> None:
         record = await version.fold(update)
+        self.stale.folded(record.participant)
         failpoint("collecting")
         self.observers.update_seen(
             UpdateSeen(
@@ -195,10 +199,39 @@ class Collector:
     ) -> None:
         version.count(verdict)
         await self.settler.settle(verdict, delivery, version.number, size)
+        if isinstance(verdict, Refused):
+            await self._left_behind(version, verdict)
 
     async def _refuse_stream(self, version: Version, stream: Stream, rejection: Rejection) -> None:
-        version.count(Refused(rejection, stream.meta))
+        refused = Refused(rejection, stream.meta)
+        version.count(refused)
         await self.settler.settle_stream(stream, rejection, version.number)
+        await self._left_behind(version, refused)
+
+    async def _left_behind(self, version: Version, refused: Refused) -> None:
+        """A participant whose updates keep being refused as stale is sent the current
+        model (what it trains on next) and named in a warning (:mod:`.stale_notice`)."""
+        meta = refused.meta
+        if refused.reason != "stale" or meta is None or not self.publisher.has_model:
+            return
+        notice = self.stale.refused(meta.participant)
+        if not notice.tell:
+            return
+        if notice.warn:
+            log.warning(
+                "participant %r: its last %d updates were refused as stale (the latest on "
+                "v%d, %d versions behind v%d); sent it model v%d to train on. Raise "
+                "--max-staleness, or use --async-remedy, to keep its updates",
+                meta.participant,
+                notice.streak,
+                meta.base_version,
+                version.number - meta.base_version,
+                version.number,
+                version.number,
+            )
+        queue = self.publisher.topology.model_queue(meta.participant)
+        await self.publisher.model("", queue)
+        self.observers.participant_left_behind(meta.participant, version.number, notice.streak)
 
     async def refuse_unfinished(self, last: int) -> None:
         """After the last version: chunked updates still in assembly will never be folded."""
