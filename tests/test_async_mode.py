@@ -200,6 +200,30 @@ async def test_with_the_delay_adaptive_remedy_every_straggler_update_is_folded(
         np.testing.assert_allclose(tensor, expected, rtol=1e-5)
 
 
+def ca2fl_by_hand(ledger: UpdateLedger, versions: int) -> tuple[float, set[int]]:
+    """Every parameter of model ``versions`` (the synthetic app's deltas are one value per
+    participant) and who was cached: CA2FL's v = h + sum_S n_i (delta_i - h_i) /
+    sum_S n_i, h the example-weighted mean of the cached (latest) updates, h_i = 0 for one
+    not cached yet; no s(tau)."""
+    cached: dict[int, tuple[int, float]] = {}
+    model = 0.0
+    for version in range(1, versions + 1):
+        updates = ledger.updates_of(version)
+        assert all(u.weight == u.num_examples for u in updates)  # s(tau) = 1
+        total = sum(u.num_examples for u in updates)
+        weight = sum(n for n, _ in cached.values())
+        step = sum(n * d for n, d in cached.values()) / weight if weight else 0.0
+        for u in updates:
+            i = int(u.participant[1:])
+            old = cached[i][1] if i in cached else 0.0
+            step += u.num_examples * (SyntheticApp.delta_value(i) - old) / total
+        model += step
+        for u in updates:
+            i = int(u.participant[1:])
+            cached[i] = (u.num_examples, SyntheticApp.delta_value(i))
+    return model, set(cached)
+
+
 async def test_with_the_cached_remedy_each_version_is_calibrated_by_the_cached_updates(
     tmp_path: Path, federation: str
 ):
@@ -207,27 +231,25 @@ async def test_with_the_cached_remedy_each_version_is_calibrated_by_the_cached_u
     result = await straggling(tmp_path, federation, versions, [], async_remedy="cached")
     ledger = UpdateLedger(tmp_path / "ledger.sqlite")
     assert result.model_version == versions and stale_while_running(ledger, versions) == []
-    # CA2FL by hand: v = h + sum_S n_i (delta_i - h_i) / sum_S n_i, h the example-weighted
-    # mean of the cached (latest) updates, h_i = 0 for one not cached yet; no s(tau).
-    cached: dict[int, tuple[int, float]] = {}
-    expected = 0.0
-    for version in range(1, versions + 1):
-        updates = ledger.updates_of(version)
-        assert all(u.weight == u.num_examples for u in updates)  # s(tau) = 1
-        total = sum(u.num_examples for u in updates)
-        h = sum(n * d for n, d in cached.values()) / sum(n for n, _ in cached.values() or [(1, 0)])
-        step = h
-        for u in updates:
-            i = int(u.participant[1:])
-            old = cached[i][1] if i in cached else 0.0
-            step += u.num_examples * (SyntheticApp.delta_value(i) - old) / total
-        expected += step
-        for u in updates:
-            i = int(u.participant[1:])
-            cached[i] = (u.num_examples, SyntheticApp.delta_value(i))
-    assert set(cached) >= set(SLOW)
+    expected, cached = ca2fl_by_hand(ledger, versions)
+    assert cached >= set(SLOW)
     model = load_checkpoint(checkpoint_path(tmp_path / "models", versions))
     for tensor in model.values():
         np.testing.assert_allclose(tensor, expected, rtol=1e-4)
     # One file per participant heard: the cache is bounded by N, not by the updates.
     assert len(list((tmp_path / "update-cache").glob("*.npy"))) == len(cached)
+
+
+async def test_the_cached_remedy_goes_on_after_a_restart_from_its_files(
+    tmp_path: Path, federation: str
+):
+    """A coordinator stopped after v6 and started again on the same state dir rebuilds the
+    cache from its files: v7 to v12 are calibrated as if it had never stopped."""
+    await straggling(tmp_path, federation, 6, [], async_remedy="cached")
+    result = await straggling(tmp_path, federation, 12, [], async_remedy="cached")
+    assert result.model_version == 12
+    ledger = UpdateLedger(tmp_path / "ledger.sqlite")
+    expected, _ = ca2fl_by_hand(ledger, 12)
+    model = load_checkpoint(checkpoint_path(tmp_path / "models", 12))
+    for tensor in model.values():
+        np.testing.assert_allclose(tensor, expected, rtol=1e-4)
