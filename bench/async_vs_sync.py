@@ -324,7 +324,7 @@ def report(rows: list[dict[str, Any]]) -> None:
             f"{row['scheme']:<14} {row['arm']:<12} {num(row['versions'], '.0f'):>5} "
             f"{num(row['seconds_to_target'], '.0f'):>11} "
             f"{str(row['reached_target']) + '/' + str(len(row['seeds'])):>7} "
-            f"{num(row['speedup_vs_sync'], '.2f') + 'x':>8} "
+            f"{num(row['speedup_vs_sync'], '.2f') + ('x' if row['speedup_vs_sync'] else ''):>8} "
             f"{pct(row['accuracy_at_budget']):>9} {num(row['points_vs_sync'], '+.1f'):>7} "
             f"{pct(row['best_accuracy']):>6} {num(row['largest_drop_points'], '.1f'):>5} "
             f"{pct(row['smallest_share']):>9}"

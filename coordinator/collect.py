@@ -44,6 +44,13 @@ from fedq.runtime.failpoints import failpoint
 
 log = logging.getLogger("fedq.coordinator")
 
+#: What keeps a straggler's updates, by mode, for the warning about one left behind.
+KEEP_LATE_UPDATES = {
+    "async": "Raise --max-staleness, or use --async-remedy, to keep its updates",
+    "quorum": "Use --late-updates fold (and --max-staleness) to keep its updates",
+    "sync": "Use --late-updates fold (and --max-staleness) to keep its updates",
+}
+
 #: After the last version, how often the lingering refusal looks whether anyone is alive.
 LINGER_POLL_SECONDS = 0.5
 #: How often a version with no delivery looks whether it can still close (:mod:`.stall`).
@@ -220,14 +227,14 @@ class Collector:
         if notice.warn:
             log.warning(
                 "participant %r: its last %d updates were refused as stale (the latest on "
-                "v%d, %d versions behind v%d); sent it model v%d to train on. Raise "
-                "--max-staleness, or use --async-remedy, to keep its updates",
+                "v%d, %d versions behind v%d); sent it model v%d to train on. %s",
                 meta.participant,
                 notice.streak,
                 meta.base_version,
                 version.number - meta.base_version,
                 version.number,
                 version.number,
+                KEEP_LATE_UPDATES[self.config.mode],
             )
         queue = self.publisher.topology.model_queue(meta.participant)
         await self.publisher.model("", queue)
