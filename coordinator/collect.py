@@ -39,7 +39,7 @@ from fedq.coordinator.verdicts import (
     Verdict,
 )
 from fedq.coordinator.version import Update, Version
-from fedq.messages.transport import Delivery
+from fedq.messages.transport import Delivery, TransportError
 from fedq.runtime.failpoints import failpoint
 
 log = logging.getLogger("fedq.coordinator")
@@ -236,9 +236,21 @@ class Collector:
                 version.number,
                 KEEP_LATE_UPDATES[self.config.mode],
             )
-        queue = self.publisher.topology.model_queue(meta.participant)
-        await self.publisher.model("", queue)
+        await self._send_newest(meta.participant)
         self.observers.participant_left_behind(meta.participant, version.number, notice.streak)
+
+    async def _send_newest(self, participant: str) -> None:
+        """Make sure ``participant``'s queue holds the current model: it keeps only the
+        newest message, so a model waiting there is already the newest (the fanout put it
+        there), and only an empty queue needs it sent, as a join's answer does. None sent
+        to a queue that is not there (a sender that named another participant)."""
+        queue = self.publisher.topology.model_queue(participant)
+        try:
+            waiting = await self.publisher.transport.queue_depth(queue)
+        except TransportError:
+            return
+        if not waiting:
+            await self.publisher.model("", queue)
 
     async def refuse_unfinished(self, last: int) -> None:
         """After the last version: chunked updates still in assembly will never be folded."""

@@ -3,9 +3,10 @@
 A participant slower than the federation's versions can send update after update that
 arrives beyond ``--max-staleness``: each is refused (and dead-lettered), and nothing of its
 data reaches the model, while it keeps training on models long gone. After ``after``
-refusals as stale in a row (none folded between), the coordinator sends it the current
-model on its own queue (its queue keeps only the newest message, so this is what it
-trains on next: it is told, and moved to the newest model), and warns in one line naming
+refusals as stale in a row (none folded between), the coordinator makes sure its own
+queue holds the current model (the queue keeps only the newest message, so what waits
+there is the newest; an empty one is sent it, as a join is answered): that is what it
+trains on next, it is told and moved to the newest model. And it warns in one line naming
 it, at most once per ``warn_seconds`` per participant, so a straggler that stays one does
 not flood the log. An update of it folded resets the count.
 
