@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedq.coordinator.strategies.base import DeltaPieces, Weights
+from fedq.coordinator.strategies.base import DeltaPieces, Weights, blocks
 from fedq.coordinator.strategies.remedies import calibration
 
 _NAME = re.compile(r"^(?P<who>[0-9a-f]+)\.v(?P<version>\d+)\.w(?P<weight>[0-9.e+-]+)\.npy$")
@@ -94,8 +94,14 @@ class UpdateCache:
         self.sum[:] = 0
         self.weight = 0.0
         for entry in newest.values():
-            self.sum += np.float32(entry.weight) * self._read(entry)
+            self._add(entry.weight, entry)
             self.weight += entry.weight
+
+    def _add(self, factor: float, entry: Entry) -> None:
+        """sum += factor x the entry's update, a block at a time (no model-sized scratch)."""
+        scale = np.float32(factor)
+        for start, block in blocks(self._read(entry)):
+            self.sum[start : start + block.size] += scale * block
 
     # ------------------------------------------------------- the open version
     def stage(self, participant: str, version: int, pieces: DeltaPieces, weight: float) -> None:
@@ -133,9 +139,9 @@ class UpdateCache:
         for who, entry in self.staged.items():
             old = self.entries.get(who)
             if old is not None:
-                self.sum -= np.float32(old.weight) * self._read(old)
+                self._add(-old.weight, old)
                 self.weight -= old.weight
-            self.sum += np.float32(entry.weight) * self._read(entry)
+            self._add(entry.weight, entry)
             self.weight += entry.weight
             self.entries[who] = entry
             if old is not None and old.path != entry.path:

@@ -29,6 +29,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from fedq.coordinator.strategies.base import blocks
+
 
 def delay_adaptive_lr(lr: float, tau_max: int, tau_c: int) -> float:
     """FADAS's server learning rate for a version whose stalest update is ``tau_max``
@@ -49,13 +51,18 @@ def calibration(
     h = ``cached_sum`` / ``cached_weight`` (sum of n_j h_j over the cached participants,
     and their weight; 0 when none is cached) and ``contributors`` the version's
     (n_i, h_i) with h_i None for a participant not cached yet (h_i = 0). Flat float32
-    arrays of the model's size; the result is a new one."""
+    arrays of the model's size (h_i may be memory-mapped: read a block at a time); the
+    result is a new one, and the only model-sized allocation."""
     total = float(sum(weight for weight, _ in contributors))
     assert total > 0, "a version has at least one update, each of weight > 0"
-    out = np.zeros(cached_sum.shape, dtype=np.float64)
     if cached_weight > 0:
-        out += cached_sum.astype(np.float64) / cached_weight
+        out: np.ndarray = np.multiply(cached_sum, np.float32(1.0 / cached_weight), dtype=np.float32)
+    else:
+        out = np.zeros(cached_sum.shape, dtype=np.float32)
     for weight, cached in contributors:
-        if cached is not None:
-            out -= (weight / total) * cached.astype(np.float64)
-    return out.astype(np.float32)
+        if cached is None:
+            continue
+        share = np.float32(weight / total)
+        for start, block in blocks(cached):
+            out[start : start + block.size] -= share * block
+    return out
