@@ -37,6 +37,7 @@ from fedq.coordinator.modes import CloseReason, make_mode
 from fedq.coordinator.observers import CommitTimings, CoordinatorObserver, Observers
 from fedq.coordinator.publish import Publisher
 from fedq.coordinator.records import VersionRecord, summary_of
+from fedq.coordinator.remedy import Remedy
 from fedq.coordinator.result import FederationResult, federation_result
 from fedq.coordinator.settle import Settler
 from fedq.coordinator.stall import StallWatch
@@ -98,6 +99,7 @@ class Coordinator:
         )
         evidence = Evidence(config, transport, self.topology, self.observers)
         self.settler = Settler(evidence, self.ledger, self.observers)
+        self.remedy = Remedy(config)
         #: The model and version :meth:`prepare` found, once it ran.
         self._start: tuple[Weights, int] | None = None
 
@@ -120,7 +122,7 @@ class Coordinator:
                 self.transport, self.topology, self.config.federation, self.lock_wait
             )
             await self.topology.declare_core(self.transport)
-            self._log_held_memory(weights)
+            self.strategy.log_held_memory(self.config, weights)
             # The control consumer beside the collection, and the federation's lock beside
             # both: if either dies, or the lock is lost, so does the run.
             collecting = alongside(
@@ -176,18 +178,6 @@ class Coordinator:
         collector.watch = StallWatch(self.membership.alive_ids, self.observers.version_stalled)
         return collector
 
-    def _log_held_memory(self, weights: Weights) -> None:
-        if self.strategy.aggregator.holds_updates:
-            held_bytes = self.config.k * sum(w.nbytes for w in weights.values())
-            log.info(
-                "aggregator %s keeps all %d deltas of a version: %.1f MB, in RAM up to "
-                "--robust-memory-mb %.0f, beyond it in a file",
-                self.config.aggregator,
-                self.config.k,
-                held_bytes / 1e6,
-                self.config.robust_memory_mb,
-            )
-
     async def prepare(self) -> tuple[Weights, int]:
         """The model to continue from (the ledger's last version, or the app's v0), once
         the app's model signature matched the state dir's (:meth:`StateDir.restore`): the
@@ -200,6 +190,7 @@ class Coordinator:
             if restored.version > 0:
                 log.info("resuming from model v%d", restored.version)
                 self.strategy.optimizer.load_state(restored.optimizer_state)
+            await asyncio.to_thread(self.remedy.restore, restored.weights, restored.version)
             self._start = (restored.weights, restored.version)
         return self._start
 
@@ -225,6 +216,7 @@ class Coordinator:
         per_user = config.max_updates_per_participant if config.verify_identity else None
         headroom = await asyncio.to_thread(Headroom.of, weights)
         version = Version(window, self.mode, aggregation, max_per_user=per_user, headroom=headroom)
+        version.cache = self.remedy.cache
         try:
             await self.publisher.open(window, weights)
             self.observers.version_opened(number, window.round)
@@ -241,7 +233,7 @@ class Coordinator:
         commit point), then ack the deliveries it includes and announce it."""
         number = version.number + 1
         clock = time.perf_counter()
-        delta = await asyncio.to_thread(version.aggregation.result)
+        delta = await asyncio.to_thread(self.remedy.result, version.aggregation, version.records)
         await asyncio.to_thread(check_finite, delta, f"the aggregate of v{number}")
         new = await asyncio.to_thread(self.strategy.optimizer.step, weights, delta)
         del delta
@@ -272,6 +264,7 @@ class Coordinator:
             epsilon=self.strategy.epsilon(number),
         )
         head = await asyncio.to_thread(self.ledger.commit_version, record, version.records)
+        await asyncio.to_thread(self.remedy.committed)
         # Logged so the chain's head is also recorded outside the ledger (fedq audit).
         log.info("committed v%d, ledger chain %s", number, head)
         failpoint("after_ledger_commit")
