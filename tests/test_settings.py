@@ -195,3 +195,19 @@ def test_help_lists_every_choice_of_every_registry():
     assert all(f"{mode}:" in text for mode in MODES)
     assert all(name in text for name in [*AGGREGATORS, *OPTIMIZERS])
     assert "exponent=0.5 (sparse_mean)" in text
+
+
+def test_a_config_file_key_is_the_settings_name_or_its_flags(tmp_path):
+    """``id`` or ``participant_id``, ``codec`` or ``update_codec``: a user writes the flag
+    the help shows; the setting's own name works too."""
+    config = tmp_path / "fedq.toml"
+    config.write_text('id = "px"\ncodec = "fp16"\ndelay = 2.5\n')
+    settings = given(PARTICIPANT, ["--federation", "f", "--config", str(config)])
+    built = settings.build(ParticipantConfig)
+    assert (built.participant_id, built.update_codec) == ("px", "fp16")
+    assert settings.build(Emulation).delay_seconds == 2.5
+    config.write_text('participant_id = "py"\nupdate-codec = "int8"\n')
+    built = given(PARTICIPANT, ["--federation", "f", "--config", str(config)]).build(
+        ParticipantConfig
+    )
+    assert (built.participant_id, built.update_codec) == ("py", "int8")

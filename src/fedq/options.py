@@ -270,7 +270,8 @@ def _gather(
 ) -> Given:
     """The values of ``fields`` the user gave, popped from ``kwargs``; the file's below."""
     known = {name for model in models for name in model.model_fields}
-    values = read_config_file(config_file, known)
+    flags = {flag_of(model, name)[2:].replace("-", "_"): name for name, model in fields.items()}
+    values = read_config_file(config_file, known, flags)
     origins: dict[str, str] = {}
     for name, model in fields.items():
         value = kwargs.pop(name)
@@ -303,9 +304,12 @@ def parse_pairs(flag: str, pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def read_config_file(path: Path | None, known: set[str]) -> dict[str, Any]:
-    """The settings in the TOML file ``path`` by field name; one of none of ``known`` is
-    an error naming it."""
+def read_config_file(
+    path: Path | None, known: set[str], flags: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The settings in the TOML file ``path`` by field name, or by the name of its flag
+    (``flags``: the flag's name with ``_`` -> the field's, e.g. ``id`` -> ``participant_id``);
+    one of none of ``known`` is an error naming it."""
     if path is None:
         return {}
     try:
@@ -314,7 +318,10 @@ def read_config_file(path: Path | None, known: set[str]) -> dict[str, Any]:
         raise OptionsError(f"--config {path}: cannot read it ({exc.strerror})") from None
     except tomllib.TOMLDecodeError as exc:
         raise OptionsError(f"--config {path}: not valid TOML ({exc})") from None
-    values = {key.replace("-", "_"): value for key, value in data.items()}
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        values[name if name in known else (flags or {}).get(name, name)] = value
     for key in values:
         if key not in known:
             raise OptionsError(f"--config: unknown setting {key!r}")
