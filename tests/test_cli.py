@@ -335,6 +335,20 @@ def test_help_shows_every_default_one_way(command):
         assert str(Path.home()) not in value, value
 
 
+@pytest.mark.parametrize("command", COMMANDS, ids=named)
+def test_a_command_description_is_whole_paragraphs(command):
+    """On a terminal wide enough, each paragraph of a command's description is one line:
+    never a sentence broken where its docstring's source line ended."""
+    text = (
+        CliRunner()
+        .invoke(fedq_app, [*command, "--help"], env={"COLUMNS": "1000", "NO_COLOR": "1"})
+        .output
+    )
+    description = text.split("Usage:")[1].split("╭")[0].strip().split("\n", 1)[1]
+    for paragraph in re.split(r"\n\s*\n", description.strip()):
+        assert len(paragraph.strip().splitlines()) == 1, paragraph
+
+
 @pytest.mark.parametrize("group", GROUPS, ids=named)
 def test_each_command_summary_is_a_whole_sentence_on_one_line_of_80_columns(group):
     """The command list of ``fedq --help`` (and of each group's) shows each command's

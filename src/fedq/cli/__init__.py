@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import sys
 from collections.abc import Callable
@@ -92,6 +93,21 @@ COMMANDS: list[tuple[str, Callable[..., Any], str]] = [
 ]
 for name, command, summary in COMMANDS:
     app.command(name, short_help=summary)(command)
+
+
+def _reflow(group: typer.Typer) -> None:
+    """Each command's help as whole paragraphs: rich keeps a docstring's line breaks, and
+    a line cut where the source was wrapped shows as a sentence broken mid-way."""
+    for info in group.registered_commands:
+        doc = info.help if info.help is not None else inspect.getdoc(info.callback)
+        if doc:
+            info.help = "\n\n".join(" ".join(p.split()) for p in doc.split("\n\n"))
+    for sub in group.registered_groups:
+        if sub.typer_instance is not None:
+            _reflow(sub.typer_instance)
+
+
+_reflow(app)
 
 
 def main() -> None:
