@@ -140,12 +140,11 @@ def _option(model: type[BaseModel], name: str, info: FieldInfo, default: Any = N
         help_text += " Repeat for several."
     elif kind is bool and given_flag is None:
         names = [f"{names[0]}/--no-{names[0][2:]}"]
-        if shown is None and _extra(info).get(SHOWN_DEFAULT) is None:
-            shown = f"no-{names[0][2:].split('/')[0]}"  # typer's form: the flag that is on
     elif isinstance(given_flag, str) and "/" in given_flag:
         names = [given_flag]
-    if kind is bool and shown == "true":
-        shown = names[0].split("/")[0][2:]
+    if kind is bool and _extra(info).get(SHOWN_DEFAULT) is None:  # typer's form: the flag on
+        on, _, off = names[0].partition("/")
+        shown = on[2:] if shown == "true" else off[2:] or None
     if shown is not None:  # escaped: rich markup would swallow a bare [default: X]
         help_text += " \\[default: " + shown.replace("[", "\\[") + "]"
     option = typer.Option(*names, help=help_text, envvar=env_of(model, name), show_default=False)
