@@ -1,46 +1,65 @@
-"""Stragglers: wall-clock time to a target accuracy in sync, quorum and async (FedBuff) mode.
+"""Stragglers at equal wall time: sync, quorum and async (FedBuff and its remedies).
 
-    python bench/async_vs_sync.py [--rounds 10] [--target 0.70]
+    python bench/async_vs_sync.py [--budget-seconds 900] [--seeds 0 1 2] [--target 0.70]
+    python bench/async_vs_sync.py --quick          # a smoke run: 1 seed, Dir(0.5), 45 s
     python bench/async_vs_sync.py --from bench/results/async-vs-sync/results.json --target 0.75
 
-Fashion-MNIST (``fedq.apps.fmnist:app``'s CNN), label skew Dirichlet(0.5), 10
-participants of which 3 (p0, p1, p2) take 5x as long to train (``--slow``-style
-stragglers: after training they wait 4x their training time). Each mode gets the same
-budget of updates, 10 x ``--rounds``, and starts from the same model:
+A user chooses a mode for a wall-clock budget, so every arm gets the same one: each
+federation runs until ``--budget-seconds`` have passed since its coordinator opened the
+first version (loading data and building models, the same in every arm, is left out) and
+is then stopped; what it committed by then is its result. Fashion-MNIST (``fedq.apps.fmnist``'s
+CNN), 10 participants of which 3 (p0, p1, p2) take 5x as long to train (after training
+they wait 4x their training time), on Dir(0.5) and on NIID-Bench's #C=2 (``labels:2``),
+for each of ``--seeds`` (the seed draws the split and the initial model). The arms:
 
-- sync: every round waits for all 10, so for the slowest; ``--rounds`` rounds.
-- quorum: a round closes with the first 7 updates; a straggler's update arriving after its
-  round closed is folded into the current one, weighted by its staleness
-  ((1 + tau)^-0.5); 10/7 x as many rounds.
-- async (FedBuff): no rounds, a version every 5 updates from any base version, staleness
-  weighted as above; twice as many versions.
+- ``sync``: K = N = 10, every round waits for the slowest;
+- ``quorum``: K = 7 of 10, a late update folded into the next round with s(tau);
+- ``async``: FedBuff, a version every 5 updates, s(tau) = (1 + tau)^-0.5, refused as
+  stale beyond 4 versions (fedq's default async mode);
+- ``async-fadas``: ``--async-remedy delay_adaptive``: every update kept with s(tau), the
+  server step 1/tau_max when the stalest is more than 4 behind (FADAS);
+- ``async-ca2fl``: ``--async-remedy cached``: every update kept, each participant's
+  latest cached, each step calibrated with the cache (CA2FL).
 
-Each run is ``fedq.simulation.simulate`` in this process on the embedded broker; the test
-accuracy (10,000 images) is measured after every version, stamped with the wall time since
-the run started. Reported: seconds to reach ``--target`` (None if never), the speed-up
-against sync, the final accuracy and its difference to sync in points. Written to
-``--out`` (default ``bench/results/async-vs-sync``): ``results.json`` and ``accuracy.png``
-(accuracy against time, one line per mode). The last line printed is one JSON object.
-``--from`` re-reads an earlier ``results.json`` and reports it against another target: the
-curves are the measurement, the target only reads them.
+The test accuracy is measured after every committed version (``--eval-images`` of the
+10,000 test images; evaluating is the harness's cost, paid by every arm, and it is in the
+wall time), stamped with the seconds since the budget started. Reported per arm and
+partition, the mean over seeds (and each seed in results.json): seconds to ``--target``
+(and in how many seeds it was reached), accuracy at the end of the budget, best accuracy,
+the largest drop after the target was first reached (the deepest fall below the best so
+far, in points), and every participant's share of the folded updates in each window of 10
+consecutive versions (the smallest share any participant had in a full window: 0 means
+someone was left out). ``accuracy.png`` plots the mean accuracy against time with a band
+from the lowest to the highest seed, one panel per partition. Written to ``--out``
+(``results.json``, ``accuracy.png``); the last line printed is one JSON object.
+
+Measured on a loaded, shared machine the times mean little: run it on a quiet one.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
+import math
 import os
 import tempfile
 import time
+import warnings
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fmnist_runs import fresh_app, provenance, run_isolated
+import numpy as np
+from fmnist_runs import provenance, run_isolated
 
 from fedq import strict_json
 from fedq.apps import fmnist
-from fedq.coordinator.config import CoordinatorConfig, Mode
+from fedq.apps.keras_app import KerasApp, shard
+from fedq.coordinator.config import AsyncRemedy, CoordinatorConfig, Mode
 from fedq.coordinator.observers import CoordinatorObserver
 from fedq.coordinator.records import VersionSummary
 from fedq.participant.app import Partition
@@ -53,122 +72,315 @@ from fedq.simulation import SimulationPlan, simulate
 PARTICIPANTS = 10
 SLOW = (0, 1, 2)
 SLOWDOWN = 5.0
-SCHEME = "dirichlet:0.5"
-#: mode -> K (updates per version)
-QUORUM = {"sync": PARTICIPANTS, "quorum": 7, "async": 5}
+SCHEMES = ("dirichlet:0.5", "labels:2")
+#: Versions per window of the participants' shares.
+WINDOW = 10
+#: Versions no arm reaches within a budget: the budget stops each run.
+UNBOUNDED = 1_000_000
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    mode: Mode
+    k: int
+    remedy: AsyncRemedy = "none"
+
+
+ARMS = (
+    Arm("sync", "sync", PARTICIPANTS),
+    Arm("quorum", "quorum", 7),
+    Arm("async", "async", 5),
+    Arm("async-fadas", "async", 5, "delay_adaptive"),
+    Arm("async-ca2fl", "async", 5, "cached"),
+)
 
 
 @dataclass
 class Run:
-    mode: str
-    versions: int
-    #: (seconds since start, accuracy) after each version
+    arm: str
+    scheme: str
+    seed: int
+    budget: float
+    #: (seconds since start, accuracy) after each version committed within the budget.
     curve: list[tuple[float, float]] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def final_accuracy(self) -> float:
-        return self.curve[-1][1]
+    #: Who sent the updates of each version, in version order.
+    contributors: list[list[str]] = field(default_factory=list)
 
     def seconds_to(self, target: float) -> float | None:
         return next((t for t, a in self.curve if a >= target), None)
 
+    @property
+    def at_budget(self) -> float | None:
+        return self.curve[-1][1] if self.curve else None
+
+    @property
+    def best(self) -> float | None:
+        return max((a for _, a in self.curve), default=None)
+
+    def drop_after(self, target: float) -> float | None:
+        """The deepest fall below the best so far once ``target`` was first reached, in
+        points (None: never reached)."""
+        reached = self.seconds_to(target)
+        if reached is None:
+            return None
+        peak, drop = 0.0, 0.0
+        for t, a in self.curve:
+            if t >= reached:
+                peak = max(peak, a)
+                drop = max(drop, peak - a)
+        return 100 * drop
+
+    def shares(self) -> list[dict[str, float]]:
+        """Each participant's share of the folded updates, per window of WINDOW versions
+        (only full windows, unless there is none)."""
+        windows = [
+            self.contributors[i : i + WINDOW] for i in range(0, len(self.contributors), WINDOW)
+        ]
+        full = [w for w in windows if len(w) == WINDOW] or windows[:1]
+        out = []
+        for window in full:
+            counts = Counter(p for version in window for p in version)
+            total = sum(counts.values())
+            out.append({f"p{i}": counts[f"p{i}"] / total for i in range(PARTICIPANTS)})
+        return out
+
+    def smallest_share(self) -> float | None:
+        """The smallest share any participant had in a full window (None: no full one)."""
+        if len(self.contributors) < WINDOW:
+            return None
+        return min((min(w.values()) for w in self.shares()), default=None)
+
 
 class Stamps(CoordinatorObserver):
-    """Stamps every committed version with the wall time since the run started."""
+    """Every version committed within the budget, stamped with the seconds since the
+    coordinator opened its first version (the clock starts there, so that loading the
+    data and building the models, the same in every arm, is not in the budget)."""
 
-    def __init__(self, run: Run, started: float) -> None:
-        self.run, self.started = run, started
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.started: float | None = None
+        self.opened = asyncio.Event()
+
+    def version_opened(self, version: int, round_: int | None) -> None:
+        if self.started is None:
+            self.started = time.perf_counter()
+            self.opened.set()
 
     def version_committed(self, row: VersionSummary) -> None:
-        accuracy = row.metrics.get("accuracy", float("nan"))
-        self.run.curve.append((time.perf_counter() - self.started, accuracy))
+        assert self.started is not None, "a version is opened before it is committed"
+        seconds = time.perf_counter() - self.started
+        if seconds <= self.run.budget:
+            self.run.curve.append((seconds, row.metrics.get("accuracy", float("nan"))))
+            self.run.contributors.append(list(row.participants))
 
 
-async def federate(mode: Mode, versions: int, state: Path) -> Run:
-    name = f"avs-{mode}"
+def seeded_app(seed: int, eval_images: int) -> KerasApp:
+    """The fmnist app whose split and initial model are drawn with ``seed``; evaluated on
+    the first ``eval_images`` test images."""
+
+    def load_partition(partition: Partition) -> Any:
+        return shard(fmnist.load_train(), partition, seed)
+
+    def load_test() -> Any:
+        x, y = fmnist.load_test()
+        return x[:eval_images], y[:eval_images]
+
+    return KerasApp(
+        fmnist.build_model, load_partition, load_test, seed=seed, check=fmnist.check_files
+    )
+
+
+async def federate(
+    arm: Arm, scheme: str, seed: int, budget: float, eval_images: int, state: Path
+) -> Run:
+    name = f"avs-{arm.name}-{seed}"
     plan = SimulationPlan(
         coordinator=CoordinatorConfig(
             federation=name,
             participants=PARTICIPANTS,
-            rounds=versions,
-            mode=mode,
-            quorum=None if mode == "sync" else QUORUM[mode],
+            rounds=UNBOUNDED,
+            mode=arm.mode,
+            quorum=None if arm.mode == "sync" else arm.k,
             late_updates="fold",
             staleness_exponent=0.5,
+            async_remedy=arm.remedy,
             state_dir=state,
             round_timeout=3600.0,
             linger_seconds=0.0,
         ),
         participant=ParticipantConfig(
-            federation=name, participant_id="p", partition=Partition(scheme=Scheme.parse(SCHEME))
+            federation=name, participant_id="p", partition=Partition(scheme=Scheme.parse(scheme))
         ),
         profiles=tuple(ParticipantProfile(i, slowdown=SLOWDOWN) for i in SLOW),
     )
-    run = Run(mode, versions)
-    started = time.perf_counter()
-    await simulate(plan, fresh_app(), [Stamps(run, started)])
-    run.seconds = time.perf_counter() - started
+    run = Run(arm.name, scheme, seed, budget)
+    stamps = Stamps(run)
+    federation = asyncio.ensure_future(simulate(plan, seeded_app(seed, eval_images), [stamps]))
+    opened = asyncio.ensure_future(stamps.opened.wait())
+    await asyncio.wait({federation, opened}, return_when=asyncio.FIRST_COMPLETED)
+    opened.cancel()
+    # Once the budget is spent, what was committed within it is the result.
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(federation, budget)
     return run
 
 
-def run_one(mode: Mode, versions: int) -> Run:
+def run_one(arm: Arm, scheme: str, seed: int, budget: float, eval_images: int) -> Run:
     with tempfile.TemporaryDirectory(prefix="fedq-async-vs-sync-") as state:
-        return run_isolated(lambda: federate(mode, versions, Path(state)))
+        return run_isolated(lambda: federate(arm, scheme, seed, budget, eval_images, Path(state)))
 
 
-def plot(runs: list[Run], target: float, path: Path) -> None:
-    plt = pyplot()
-    figure, axis = plt.subplots(figsize=(7, 4.2), constrained_layout=True)
-    for run in runs:
-        axis.plot(
-            [t for t, _ in run.curve],
-            [100 * a for _, a in run.curve],
-            marker="o",
-            markersize=3,
-            label=f"{run.mode} (K={QUORUM[run.mode]})",
-        )
-    axis.axhline(100 * target, color="grey", linestyle="--", linewidth=1, label="target")
-    axis.set_xlabel("wall seconds")
-    axis.set_ylabel("test accuracy %")
-    axis.set_title(
-        f"Fashion-MNIST, Dir(0.5), {PARTICIPANTS} participants, {len(SLOW)} of them "
-        f"{SLOWDOWN:g}x slower"
-    )
-    axis.grid(alpha=0.3)
-    axis.legend()
-    save(figure, path)
-
-
-def measure(rounds: int, target: float) -> list[Run]:
-    budget = PARTICIPANTS * rounds
-    modes: tuple[Mode, ...] = ("sync", "quorum", "async")
+def measure(
+    arms: Sequence[Arm],
+    schemes: Sequence[str],
+    seeds: Sequence[int],
+    budget: float,
+    eval_images: int,
+) -> list[Run]:
     print(
-        f"fmnist CNN, {SCHEME}, {PARTICIPANTS} participants, p{', p'.join(map(str, SLOW))} "
-        f"{SLOWDOWN:g}x slower; {budget} updates per mode; target {100 * target:.0f}%; "
+        f"fmnist CNN, {PARTICIPANTS} participants, p{', p'.join(map(str, SLOW))} {SLOWDOWN:g}x "
+        f"slower; {budget:g} s per run; seeds {list(seeds)}; {', '.join(schemes)}; "
         f"{os.cpu_count()} CPU cores",
         flush=True,
     )
     runs = []
-    for mode in modes:
-        run = run_one(mode, -(-budget // QUORUM[mode]))
-        reached = run.seconds_to(target)
-        print(
-            f"  {mode:<7} {run.versions:>3} versions in {run.seconds:5.0f} s, final "
-            f"{100 * run.final_accuracy:.1f}%, target at "
-            f"{'never' if reached is None else f'{reached:.0f} s'}",
-            flush=True,
-        )
-        runs.append(run)
+    for scheme in schemes:
+        for seed in seeds:
+            for arm in arms:
+                run = run_one(arm, scheme, seed, budget, eval_images)
+                print(
+                    f"  {scheme:<14} seed {seed} {arm.name:<12} {len(run.curve):>4} versions, "
+                    f"at budget {pct(run.at_budget)}, best {pct(run.best)}, smallest share "
+                    f"{pct(run.smallest_share())}",
+                    flush=True,
+                )
+                runs.append(run)
     return runs
+
+
+def pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def mean(values: Sequence[float | None]) -> float | None:
+    known = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(known) / len(known) if known else None
+
+
+def summarise(runs: list[Run], target: float) -> list[dict[str, Any]]:
+    """Per partition and arm, the means over seeds, and how each arm compares with sync."""
+    rows = []
+    for scheme in dict.fromkeys(r.scheme for r in runs):
+        group = [r for r in runs if r.scheme == scheme]
+        by_arm: dict[str, list[Run]] = {}
+        for run in group:
+            by_arm.setdefault(run.arm, []).append(run)
+        sync = by_arm.get("sync", [])
+        sync_to = mean([r.seconds_to(target) for r in sync])
+        sync_end = mean([r.at_budget for r in sync])
+        for arm, arm_runs in by_arm.items():
+            to_target = mean([r.seconds_to(target) for r in arm_runs])
+            end = mean([r.at_budget for r in arm_runs])
+            drops = [r.drop_after(target) for r in arm_runs]
+            shares = [r.smallest_share() for r in arm_runs]
+            rows.append(
+                {
+                    "scheme": scheme,
+                    "arm": arm,
+                    "seeds": [r.seed for r in arm_runs],
+                    "versions": mean([len(r.curve) for r in arm_runs]),
+                    "seconds_to_target": to_target,
+                    "reached_target": sum(r.seconds_to(target) is not None for r in arm_runs),
+                    "speedup_vs_sync": None
+                    if to_target is None or sync_to is None
+                    else sync_to / to_target,
+                    "accuracy_at_budget": end,
+                    "points_vs_sync": None
+                    if end is None or sync_end is None
+                    else 100 * (end - sync_end),
+                    "best_accuracy": mean([r.best for r in arm_runs]),
+                    "largest_drop_points": max((d for d in drops if d is not None), default=None),
+                    "smallest_share": min((s for s in shares if s is not None), default=None),
+                    "everyone_every_window": None
+                    if any(s is None for s in shares)
+                    else all(s > 0 for s in shares if s is not None),
+                }
+            )
+    return rows
+
+
+def report(rows: list[dict[str, Any]]) -> None:
+    print(
+        f"\n{'partition':<14} {'arm':<12} {'vers':>5} {'to target s':>11} {'reached':>7} "
+        f"{'speed-up':>8} {'at budget':>9} {'vs sync':>7} {'best':>6} {'drop':>5} {'min share':>9}"
+    )
+
+    def num(value: float | None, form: str) -> str:
+        return "-" if value is None else format(value, form)
+
+    for row in rows:
+        print(
+            f"{row['scheme']:<14} {row['arm']:<12} {num(row['versions'], '.0f'):>5} "
+            f"{num(row['seconds_to_target'], '.0f'):>11} "
+            f"{str(row['reached_target']) + '/' + str(len(row['seeds'])):>7} "
+            f"{num(row['speedup_vs_sync'], '.2f') + ('x' if row['speedup_vs_sync'] else ''):>8} "
+            f"{pct(row['accuracy_at_budget']):>9} {num(row['points_vs_sync'], '+.1f'):>7} "
+            f"{pct(row['best_accuracy']):>6} {num(row['largest_drop_points'], '.1f'):>5} "
+            f"{pct(row['smallest_share']):>9}"
+        )
+
+
+def curve_on(run: Run, grid: np.ndarray) -> np.ndarray:
+    """The run's accuracy at each time of ``grid``: the last version committed by then
+    (NaN before the first)."""
+    times = np.array([t for t, _ in run.curve])
+    accuracy = np.array([a for _, a in run.curve])
+    at = np.searchsorted(times, grid, side="right") - 1
+    return np.where(at >= 0, accuracy[np.clip(at, 0, None)] if len(accuracy) else np.nan, np.nan)
+
+
+def plot(runs: list[Run], target: float, path: Path) -> None:
+    plt = pyplot()
+    schemes = list(dict.fromkeys(r.scheme for r in runs))
+    figure, axes = plt.subplots(
+        1, len(schemes), figsize=(7 * len(schemes), 4.2), constrained_layout=True, squeeze=False
+    )
+    budget = max(r.budget for r in runs)
+    grid = np.linspace(0, budget, 200)
+    for axis, scheme in zip(axes[0], schemes, strict=True):
+        for arm in dict.fromkeys(r.arm for r in runs if r.scheme == scheme):
+            curves = np.array(
+                [curve_on(r, grid) for r in runs if r.scheme == scheme and r.arm == arm]
+            )
+            with warnings.catch_warnings():  # an all-NaN column (before any version)
+                warnings.simplefilter("ignore", category=RuntimeWarning)
+                middle = np.nanmean(curves, axis=0)
+                low, high = np.nanmin(curves, axis=0), np.nanmax(curves, axis=0)
+            (line,) = axis.plot(grid, 100 * middle, label=arm)
+            axis.fill_between(grid, 100 * low, 100 * high, color=line.get_color(), alpha=0.2)
+        axis.axhline(100 * target, color="grey", linestyle="--", linewidth=1, label="target")
+        axis.set_xlabel("wall seconds")
+        axis.set_ylabel("test accuracy %")
+        axis.set_title(f"{scheme}, {len(SLOW)} of {PARTICIPANTS} {SLOWDOWN:g}x slower")
+        axis.grid(alpha=0.3)
+        axis.legend()
+    save(figure, path)
 
 
 def reload(path: Path) -> tuple[list[Run], dict[str, Any]]:
     """The runs of an earlier results.json: the curves are the measurement, the target
-    only reads them, so another target needs no new federations."""
+    only reads them."""
     data = json.loads(path.read_text())
     runs = [
-        Run(r["mode"], r["versions"], [(t, a) for t, a in r["curve"]], r["seconds"])
+        Run(
+            r["arm"],
+            r["scheme"],
+            r["seed"],
+            r["budget"],
+            [(t, a) for t, a in r["curve"]],
+            r["contributors"],
+        )
         for r in data["runs"]
     ]
     return runs, {k: data[k] for k in data if k in PROVENANCE_KEYS}
@@ -177,44 +389,23 @@ def reload(path: Path) -> tuple[list[Run], dict[str, Any]]:
 PROVENANCE_KEYS = ("date", "machine", "cpu_count", "platform", "python", "versions", "data_seed")
 
 
-def report(runs: list[Run], target: float) -> list[dict[str, Any]]:
-    sync = runs[0]
-    base = sync.seconds_to(target)
-    rows = []
-    print(
-        f"\n{'mode':<7} {'K':>3} {'versions':>8} {'to target s':>11} {'speed-up':>8} "
-        f"{'final %':>7} {'vs sync':>7} {'total s':>7}"
-    )
-    for run in runs:
-        reached = run.seconds_to(target)
-        speedup = None if reached is None or base is None else base / reached
-        points = 100 * (run.final_accuracy - sync.final_accuracy)
-        rows.append(
-            {
-                "mode": run.mode,
-                "k": QUORUM[run.mode],
-                "versions": run.versions,
-                "seconds_to_target": reached,
-                "speedup_vs_sync": speedup,
-                "final_accuracy": run.final_accuracy,
-                "points_vs_sync": points,
-                "seconds": run.seconds,
-                "curve": run.curve,
-            }
-        )
-        print(
-            f"{run.mode:<7} {QUORUM[run.mode]:>3} {run.versions:>8} "
-            f"{'-' if reached is None else f'{reached:.0f}':>11} "
-            f"{'-' if speedup is None else f'{speedup:.2f}x':>8} "
-            f"{100 * run.final_accuracy:>7.2f} {points:>+7.2f} {run.seconds:>7.0f}"
-        )
-    return rows
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=10, help="sync rounds (the budget)")
+    parser.add_argument("--budget-seconds", type=float, default=900.0, help="wall time per run")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--schemes", nargs="+", default=list(SCHEMES))
+    parser.add_argument(
+        "--arms", nargs="+", default=[a.name for a in ARMS], choices=[a.name for a in ARMS]
+    )
     parser.add_argument("--target", type=float, default=0.70, help="target test accuracy")
+    parser.add_argument(
+        "--eval-images", type=int, default=10_000, help="test images evaluated per version"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: 1 seed, Dir(0.5) only, 45 s per run, 2,000 test images",
+    )
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "async-vs-sync"
     )
@@ -225,25 +416,52 @@ def main() -> None:
         help="re-read the curves of an earlier results.json instead of running (new --target)",
     )
     args = parser.parse_args()
+    if args.quick:
+        args.seeds, args.schemes = args.seeds[:1], args.schemes[:1]
+        args.budget_seconds, args.eval_images = min(args.budget_seconds, 45.0), 2000
     if args.source is not None:
         runs, measured = reload(args.source)
     else:
         fmnist.check_files()
-        runs, measured = measure(args.rounds, args.target), provenance()
+        arms = [a for a in ARMS if a.name in args.arms]
+        runs = measure(arms, args.schemes, args.seeds, args.budget_seconds, args.eval_images)
+        measured = provenance()
+    rows = summarise(runs, args.target)
+    report(rows)
     figures: dict[str, Any] = {
         "bench": "async_vs_sync",
         "participants": PARTICIPANTS,
         "slow": list(SLOW),
         "slowdown": SLOWDOWN,
-        "scheme": SCHEME,
+        "budget_seconds": max((r.budget for r in runs), default=None),
         "target": args.target,
-        "updates_per_mode": sum(QUORUM[r.mode] * r.versions for r in runs[:1]),
-        "runs": report(runs, args.target),
+        "eval_images": args.eval_images,
+        "window_versions": WINDOW,
+        "summary": rows,
         **measured,
     }
+    per_run = [
+        {
+            "arm": r.arm,
+            "scheme": r.scheme,
+            "seed": r.seed,
+            "budget": r.budget,
+            "seconds_to_target": r.seconds_to(args.target),
+            "accuracy_at_budget": r.at_budget,
+            "best_accuracy": r.best,
+            "largest_drop_points": r.drop_after(args.target),
+            "shares": r.shares(),
+            "curve": r.curve,
+            "contributors": r.contributors,
+        }
+        for r in runs
+    ]
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(strict_json.dumps(figures, indent=2) + "\n")
-    plot(runs, args.target, args.out / "accuracy.png")
+    (args.out / "results.json").write_text(
+        strict_json.dumps({**figures, "runs": per_run}, indent=2) + "\n"
+    )
+    if runs:
+        plot(runs, args.target, args.out / "accuracy.png")
     print(f"written to {args.out}/ (results.json, accuracy.png)")
     print(strict_json.dumps(figures))
 

@@ -26,6 +26,7 @@ from fedq.coordinator.modes import AfterTheLast, CloseReason
 from fedq.coordinator.observers import Observers, UpdateSeen
 from fedq.coordinator.publish import Publisher
 from fedq.coordinator.settle import Settler
+from fedq.coordinator.stale_notice import StaleNotice
 from fedq.coordinator.stall import StallWatch
 from fedq.coordinator.verdicts import (
     Admission,
@@ -38,10 +39,17 @@ from fedq.coordinator.verdicts import (
     Verdict,
 )
 from fedq.coordinator.version import Update, Version
-from fedq.messages.transport import Delivery
+from fedq.messages.transport import Delivery, TransportError
 from fedq.runtime.failpoints import failpoint
 
 log = logging.getLogger("fedq.coordinator")
+
+#: What keeps a straggler's updates, by mode, for the warning about one left behind.
+KEEP_LATE_UPDATES = {
+    "async": "Raise --max-staleness, or use --async-remedy, to keep its updates",
+    "quorum": "Use --late-updates fold (and --max-staleness) to keep its updates",
+    "sync": "Use --late-updates fold (and --max-staleness) to keep its updates",
+}
 
 #: After the last version, how often the lingering refusal looks whether anyone is alive.
 LINGER_POLL_SECONDS = 0.5
@@ -69,6 +77,8 @@ class Collector:
         self.settler = settler
         self.publisher = publisher
         self.observers = observers
+        #: Participants whose updates keep being refused as stale (:mod:`.stale_notice`).
+        self.stale = StaleNotice()
 
     async def collect(self, version: Version) -> CloseReason:
         """Take deliveries into ``version`` until it may close; returns why it may."""
@@ -177,6 +187,7 @@ class Collector:
 
     async def _fold(self, version: Version, update: Update) -> None:
         record = await version.fold(update)
+        self.stale.folded(record.participant)
         failpoint("collecting")
         self.observers.update_seen(
             UpdateSeen(
@@ -195,10 +206,51 @@ class Collector:
     ) -> None:
         version.count(verdict)
         await self.settler.settle(verdict, delivery, version.number, size)
+        if isinstance(verdict, Refused):
+            await self._left_behind(version, verdict)
 
     async def _refuse_stream(self, version: Version, stream: Stream, rejection: Rejection) -> None:
-        version.count(Refused(rejection, stream.meta))
+        refused = Refused(rejection, stream.meta)
+        version.count(refused)
         await self.settler.settle_stream(stream, rejection, version.number)
+        await self._left_behind(version, refused)
+
+    async def _left_behind(self, version: Version, refused: Refused) -> None:
+        """A participant whose updates keep being refused as stale is sent the current
+        model (what it trains on next) and named in a warning (:mod:`.stale_notice`)."""
+        meta = refused.meta
+        if refused.reason != "stale" or meta is None or not self.publisher.has_model:
+            return
+        notice = self.stale.refused(meta.participant)
+        if not notice.tell:
+            return
+        if notice.warn:
+            log.warning(
+                "participant %r: its last %d updates were refused as stale (the latest on "
+                "v%d, %d versions behind v%d); sent it model v%d to train on. %s",
+                meta.participant,
+                notice.streak,
+                meta.base_version,
+                version.number - meta.base_version,
+                version.number,
+                version.number,
+                KEEP_LATE_UPDATES[self.config.mode],
+            )
+        await self._send_newest(meta.participant)
+        self.observers.participant_left_behind(meta.participant, version.number, notice.streak)
+
+    async def _send_newest(self, participant: str) -> None:
+        """Make sure ``participant``'s queue holds the current model: it keeps only the
+        newest message, so a model waiting there is already the newest (the fanout put it
+        there), and only an empty queue needs it sent, as a join's answer does. None sent
+        to a queue that is not there (a sender that named another participant)."""
+        queue = self.publisher.topology.model_queue(participant)
+        try:
+            waiting = await self.publisher.transport.queue_depth(queue)
+        except TransportError:
+            return
+        if not waiting:
+            await self.publisher.model("", queue)
 
     async def refuse_unfinished(self, last: int) -> None:
         """After the last version: chunked updates still in assembly will never be folded."""

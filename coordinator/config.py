@@ -25,6 +25,8 @@ from fedq.messages.topology import (
 )
 
 Mode = Literal["sync", "quorum", "async"]
+#: Async mode's remedies for stragglers (:mod:`fedq.coordinator.strategies.remedies`).
+AsyncRemedy = Literal["none", "delay_adaptive", "cached"]
 LatePolicy = Literal["reject", "fold"]
 StrategyOptions = dict[str, float | int | str | bool]
 
@@ -40,6 +42,10 @@ AGGREGATOR_HELP = (
     "deltas: K x model size, in RAM up to --robust-memory-mb, beyond it in a file; the others "
     "stream (O(model) memory)."
 )
+
+
+#: The staleness cutoff of an async remedy without --max-staleness: none in practice.
+NO_STALENESS_CUTOFF = 1 << 62
 
 
 class ConfigError(ValueError):
@@ -106,6 +112,21 @@ class CoordinatorConfig(BaseModel):
     )
     max_staleness: int = Field(
         4, ge=0, description="Reject an update more than this many versions behind (stale)."
+    )
+    async_remedy: AsyncRemedy = Field(
+        "none",
+        description="Async mode, for stragglers: none (FedBuff: s(tau), refused beyond "
+        "--max-staleness); delay_adaptive (FADAS: every update kept with s(tau), the server "
+        "step shrunk to 1/tau_max when the stalest is beyond --delay-threshold); cached "
+        "(CA2FL: every update kept, each participant's latest cached on disk and the step "
+        "calibrated with it, no s(tau)). With a remedy, nothing is refused as stale unless "
+        "--max-staleness is given.",
+    )
+    delay_threshold: int = Field(
+        4,
+        ge=0,
+        description="--async-remedy delay_adaptive: tau_c, the staleness up to which the "
+        "server step is not shrunk.",
     )
     async_one_per_version: bool = Field(
         True,
@@ -304,6 +325,16 @@ class CoordinatorConfig(BaseModel):
             )
         if self.mode == "sync" and self.quorum not in (None, self.participants):
             raise ValueError("sync mode takes every participant: drop --quorum or use quorum mode")
+        if self.async_remedy != "none":
+            if self.mode != "async":
+                raise ValueError(f"--async-remedy {self.async_remedy} is for async mode")
+            if self.async_remedy == "cached" and (
+                self.aggregator != "mean" or self.dp_clip is not None
+            ):
+                raise ValueError(
+                    "--async-remedy cached calibrates the weighted mean: drop --aggregator "
+                    "and --dp-clip, or use --async-remedy delay_adaptive"
+                )
         if self.sample_fraction is not None:
             if self.mode == "async":
                 raise ValueError("--sample-fraction is for sync and quorum mode, not async")
@@ -330,5 +361,16 @@ class CoordinatorConfig(BaseModel):
         return self.min_quorum or self.k
 
     def staleness_factor(self, tau: int) -> float:
-        """s(tau) = (1 + tau)^-a (FedBuff): 1 for a fresh update, smaller the older it is."""
+        """s(tau) = (1 + tau)^-a (FedBuff): 1 for a fresh update, smaller the older it is.
+        1 with ``--async-remedy cached``: its calibration takes the place of s(tau)."""
+        if self.async_remedy == "cached":
+            return 1.0
         return float((1 + tau) ** -self.staleness_exponent)
+
+    @property
+    def staleness_cutoff(self) -> int:
+        """The most versions behind an update may be: ``max_staleness``, or with an async
+        remedy and no ``--max-staleness`` given, no cutoff (every update is kept)."""
+        if self.async_remedy != "none" and "max_staleness" not in self.model_fields_set:
+            return NO_STALENESS_CUTOFF
+        return self.max_staleness

@@ -71,17 +71,21 @@ class Membership:
         """Consume the control queue until cancelled, and report expiries as they happen.
         A malformed message is logged and acked: nothing a sender publishes there stops
         the coordinator."""
-        async with (
-            self.transport.consume(self.topology.coordinator, prefetch=CONTROL_IN_FLIGHT) as events,
-            asyncio.TaskGroup() as expiries,
-        ):
-            expiries.create_task(self._report_expiries())
-            async for delivery in events:
-                event = self._decode(delivery)
-                if event is not None:
-                    await self.on_event(event, delivery.user_id, delivery.routing_key)
-                with contextlib.suppress(TransportError):  # from before a reconnect: harmless
-                    await delivery.ack()
+        # A plain task, not a TaskGroup: the consumer's own error (QueueDeleted, ...) must
+        # come out as itself, not wrapped in an ExceptionGroup.
+        expiries = asyncio.create_task(self._report_expiries())
+        try:
+            async with self.transport.consume(
+                self.topology.coordinator, prefetch=CONTROL_IN_FLIGHT
+            ) as events:
+                async for delivery in events:
+                    event = self._decode(delivery)
+                    if event is not None:
+                        await self.on_event(event, delivery.user_id, delivery.routing_key)
+                    with contextlib.suppress(TransportError):  # from before a reconnect: harmless
+                        await delivery.ack()
+        finally:
+            expiries.cancel()
 
     async def _report_expiries(self) -> None:
         """Tell the observers (the dashboard, the metrics) when a participant falls out of

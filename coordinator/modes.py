@@ -11,7 +11,8 @@ extends). The modes differ in what they admit:
   s(tau), up to ``max_staleness`` versions behind.
 - ``async`` (FedBuff, Nguyen et al., AISTATS 2022): no rounds. An update trained on any
   base version up to ``max_staleness`` behind is folded with s(tau); every K updates make
-  a version.
+  a version. With an async remedy (``--async-remedy``, :mod:`.strategies.remedies`) no
+  update is refused for its staleness unless ``--max-staleness`` is given.
 
 tau = version - base_version; s(tau) = (1 + tau)^-a. One update per participant and base
 version (in async mode, per version): a second is ``already_submitted``. Pure: no I/O,
@@ -148,7 +149,8 @@ class Mode(abc.ABC):
         return Admitted(tau, self.config.staleness_factor(tau))
 
     def max_staleness(self) -> int:
-        return self.config.max_staleness
+        """No cutoff with an async remedy unless --max-staleness is given."""
+        return self.config.staleness_cutoff
 
     def one_per(self, meta: UpdateMeta) -> int | None:
         """One update per participant and what: its base version (round modes, where a

@@ -75,6 +75,10 @@ class CoordinatorObserver:
         """Version ``version`` cannot close with the participants alive (``stall`` says
         why: :mod:`.stall`), or, with None, it can again (or was committed)."""
 
+    def participant_left_behind(self, participant: str, version: int, refused: int) -> None:
+        """``participant``'s last ``refused`` updates were refused as stale: it was sent
+        model ``version`` to train on (:mod:`.stale_notice`)."""
+
 
 class Observers(CoordinatorObserver):
     """Many observers as one; a failing observer is logged, not fatal."""
@@ -109,3 +113,6 @@ class Observers(CoordinatorObserver):
 
     def version_stalled(self, version: int, stall: Stall | None) -> None:
         self._each("version_stalled", version, stall)
+
+    def participant_left_behind(self, participant: str, version: int, refused: int) -> None:
+        self._each("participant_left_behind", participant, version, refused)

@@ -21,8 +21,6 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
 from fedq.coordinator.app import CoordinatorApp
 from fedq.coordinator.assembly import Assembler
@@ -30,6 +28,7 @@ from fedq.coordinator.checkpoint import map_checkpoint, save_checkpoint
 from fedq.coordinator.collect import Collector
 from fedq.coordinator.config import CoordinatorConfig
 from fedq.coordinator.evidence import Evidence
+from fedq.coordinator.federation_lock import LOCK_GRACE_SECONDS, take_the_federation
 from fedq.coordinator.headroom import Headroom
 from fedq.coordinator.intake import Intake
 from fedq.coordinator.ledger import FINISHED_AT
@@ -38,6 +37,8 @@ from fedq.coordinator.modes import CloseReason, make_mode
 from fedq.coordinator.observers import CommitTimings, CoordinatorObserver, Observers
 from fedq.coordinator.publish import Publisher
 from fedq.coordinator.records import VersionRecord, summary_of
+from fedq.coordinator.remedy import Remedy
+from fedq.coordinator.result import FederationResult, federation_result
 from fedq.coordinator.settle import Settler
 from fedq.coordinator.stall import StallWatch
 from fedq.coordinator.state_dir import StateDir
@@ -57,24 +58,6 @@ log = logging.getLogger("fedq.coordinator")
 UPDATES_IN_FLIGHT = 4
 
 
-@dataclass
-class FederationResult:
-    federation: str
-    mode: str
-    rounds_completed: int
-    model_version: int
-    updates_incorporated: int
-    updates_rejected: int
-    rejected_by_reason: dict[str, int]
-    duplicates: int
-    final_metrics: dict[str, float]
-    wall_seconds: float
-    state_dir: str
-    #: Differential privacy spent by the last version (None: DP off).
-    epsilon: float | None = None
-    history: list[dict[str, Any]] = field(default_factory=list)
-
-
 class Coordinator:
     def __init__(
         self,
@@ -83,11 +66,14 @@ class Coordinator:
         transport: Transport,
         observers: Sequence[CoordinatorObserver] = (),
         state: StateDir | None = None,
+        lock_wait: float = LOCK_GRACE_SECONDS,
     ) -> None:
         """``state``: the state dir already opened (:meth:`StateDir.open`), as the CLI does
         before it connects; else it is opened here. Either way this coordinator holds it
-        until :meth:`run` ends."""
+        until :meth:`run` ends. ``lock_wait``: how long to wait for the federation's lock
+        on the broker before refusing to run (longer for a standby taking over)."""
         self.config = config
+        self.lock_wait = lock_wait
         self.app = app
         self.transport = transport
         self.topology = Topology(
@@ -113,6 +99,7 @@ class Coordinator:
         )
         evidence = Evidence(config, transport, self.topology, self.observers)
         self.settler = Settler(evidence, self.ledger, self.observers)
+        self.remedy = Remedy(config)
         #: The model and version :meth:`prepare` found, once it ran.
         self._start: tuple[Weights, int] | None = None
 
@@ -131,11 +118,18 @@ class Coordinator:
         try:
             # Every local check first: nothing is declared for a coordinator refused.
             weights, version = await self.prepare()
+            await take_the_federation(
+                self.transport, self.topology, self.config.federation, self.lock_wait
+            )
             await self.topology.declare_core(self.transport)
-            self._log_held_memory(weights)
-            # The control consumer beside the collection: if it dies, so does the run.
-            await alongside(self._collect_all(weights, version), self.membership.serve(), "control")
-            return await asyncio.to_thread(self._result, started)
+            self.strategy.log_held_memory(self.config, weights)
+            # The control consumer beside the collection, and the federation's lock beside
+            # both: if either dies, or the lock is lost, so does the run.
+            collecting = alongside(
+                self._collect_all(weights, version), self.membership.serve(), "control"
+            )
+            await alongside(collecting, self.transport.held_lost(), "the federation's lock")
+            return await asyncio.to_thread(federation_result, self.ledger, self.config, started)
         finally:
             await asyncio.to_thread(self.state.close)
 
@@ -184,18 +178,6 @@ class Coordinator:
         collector.watch = StallWatch(self.membership.alive_ids, self.observers.version_stalled)
         return collector
 
-    def _log_held_memory(self, weights: Weights) -> None:
-        if self.strategy.aggregator.holds_updates:
-            held_bytes = self.config.k * sum(w.nbytes for w in weights.values())
-            log.info(
-                "aggregator %s keeps all %d deltas of a version: %.1f MB, in RAM up to "
-                "--robust-memory-mb %.0f, beyond it in a file",
-                self.config.aggregator,
-                self.config.k,
-                held_bytes / 1e6,
-                self.config.robust_memory_mb,
-            )
-
     async def prepare(self) -> tuple[Weights, int]:
         """The model to continue from (the ledger's last version, or the app's v0), once
         the app's model signature matched the state dir's (:meth:`StateDir.restore`): the
@@ -208,6 +190,7 @@ class Coordinator:
             if restored.version > 0:
                 log.info("resuming from model v%d", restored.version)
                 self.strategy.optimizer.load_state(restored.optimizer_state)
+            await asyncio.to_thread(self.remedy.restore, restored.weights, restored.version)
             self._start = (restored.weights, restored.version)
         return self._start
 
@@ -233,6 +216,7 @@ class Coordinator:
         per_user = config.max_updates_per_participant if config.verify_identity else None
         headroom = await asyncio.to_thread(Headroom.of, weights)
         version = Version(window, self.mode, aggregation, max_per_user=per_user, headroom=headroom)
+        version.cache = self.remedy.cache
         try:
             await self.publisher.open(window, weights)
             self.observers.version_opened(number, window.round)
@@ -249,7 +233,7 @@ class Coordinator:
         commit point), then ack the deliveries it includes and announce it."""
         number = version.number + 1
         clock = time.perf_counter()
-        delta = await asyncio.to_thread(version.aggregation.result)
+        delta = await asyncio.to_thread(self.remedy.result, version.aggregation, version.records)
         await asyncio.to_thread(check_finite, delta, f"the aggregate of v{number}")
         new = await asyncio.to_thread(self.strategy.optimizer.step, weights, delta)
         del delta
@@ -280,6 +264,7 @@ class Coordinator:
             epsilon=self.strategy.epsilon(number),
         )
         head = await asyncio.to_thread(self.ledger.commit_version, record, version.records)
+        await asyncio.to_thread(self.remedy.committed)
         # Logged so the chain's head is also recorded outside the ledger (fedq audit).
         log.info("committed v%d, ledger chain %s", number, head)
         failpoint("after_ledger_commit")
@@ -326,24 +311,3 @@ class Coordinator:
         await asyncio.to_thread(self.ledger.set_meta, FINISHED_AT, str(time.time()))
 
     # --------------------------------------------------------------- result
-    def _result(self, started: float) -> FederationResult:
-        """Counts come from the ledger, so they cover every run of this state dir."""
-        history = self.ledger.history()
-        refused = self.ledger.rejection_counts()
-        duplicates = refused.pop("duplicate", 0)
-        last = history[-1] if history else None
-        return FederationResult(
-            federation=self.config.federation,
-            mode=self.config.mode,
-            rounds_completed=len(history),
-            model_version=last.version if last else 0,
-            updates_incorporated=self.ledger.count_updates(),
-            updates_rejected=sum(refused.values()),
-            rejected_by_reason=refused,
-            duplicates=duplicates,
-            final_metrics=last.metrics if last else {},
-            wall_seconds=time.monotonic() - started,
-            state_dir=str(self.config.state_dir),
-            epsilon=last.epsilon if last else None,
-            history=[h.__dict__ for h in history],
-        )

@@ -6,6 +6,7 @@ where combinations that cannot work are refused before anything starts.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,9 @@ from fedq.coordinator.strategies import (
     build_aggregator,
     build_optimizer,
 )
+from fedq.coordinator.strategies.base import Weights
+
+log = logging.getLogger("fedq.coordinator")
 
 if TYPE_CHECKING:
     from fedq.coordinator.strategies.privacy import PrivacyAccountant
@@ -28,6 +32,19 @@ class Strategy:
     optimizer: ServerOptimizer
     #: Set when central differential privacy is on.
     accountant: PrivacyAccountant | None = None
+
+    def log_held_memory(self, config: CoordinatorConfig, weights: Weights) -> None:
+        """Say what an aggregator that keeps every delta of a version will hold."""
+        if self.aggregator.holds_updates:
+            held_bytes = config.k * sum(w.nbytes for w in weights.values())
+            log.info(
+                "aggregator %s keeps all %d deltas of a version: %.1f MB, in RAM up to "
+                "--robust-memory-mb %.0f, beyond it in a file",
+                config.aggregator,
+                config.k,
+                held_bytes / 1e6,
+                config.robust_memory_mb,
+            )
 
     def epsilon(self, versions: int) -> float | None:
         """Privacy spent after ``versions`` noised versions (None: DP is off)."""

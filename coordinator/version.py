@@ -34,6 +34,7 @@ from fedq.coordinator.modes import CloseReason, Mode, OpenVersion
 from fedq.coordinator.records import UpdateRecord
 from fedq.coordinator.strategies import Aggregation
 from fedq.coordinator.strategies.base import DeltaPieces, FoldOverflow, Weights, WholeDelta, blocks
+from fedq.coordinator.update_cache import UpdateCache
 from fedq.coordinator.verdicts import Admitted, Candidate, Rejection, Settled
 from fedq.messages.schema import UpdateMeta
 from fedq.messages.transport import Delivery
@@ -117,8 +118,11 @@ class Version:
         *,
         max_per_user: int | None = None,
         headroom: Headroom | None = None,
+        cache: UpdateCache | None = None,
     ) -> None:
         self.window = window
+        #: ``--async-remedy cached``: each folded update is written there too.
+        self.cache = cache
         #: The model it starts from, to refuse an update that would take it past float32
         #: (None: not checked).
         self.headroom = headroom
@@ -189,6 +193,11 @@ class Version:
             )
         except (FoldOverflow, OverflowError) as exc:  # OverflowError: an int beyond float
             raise Rejection("overflow", f"folding it would overflow the aggregate: {exc}") from None
+        if self.cache is not None:
+            meta = update.meta
+            self.cache.stage(
+                meta.participant, self.number + 1, update.pieces, float(meta.num_examples)
+            )
 
     def count(self, verdict: Settled) -> None:
         """A delivery settled without being folded while this version was open."""

@@ -63,6 +63,8 @@ from fedq.messages.transport import (
     Delivery,
     ExchangeKind,
     Inequivalent,
+    Locked,
+    LockLost,
     QueueDeleted,
     QueueFull,
     Transport,
@@ -460,6 +462,52 @@ class AmqpTransport(Transport):
         self._bodies = _SharedBodies()
         #: Each ``consume`` on a connection of its own (see :meth:`_consumer_connection`).
         self._consumers_apart = consumers_apart
+        #: Locks held (:meth:`hold`), taken again after each reconnect; the future fails
+        #: with LockLost if one could not be.
+        self._held: set[str] = set()
+        self._lock_lost: asyncio.Future[None] | None = None
+        self._background: set[asyncio.Future[None]] = set()
+
+    async def hold(self, name: str) -> None:
+        async def declare(channel: AbstractChannel) -> None:
+            await channel.declare_queue(name, durable=False, exclusive=True, auto_delete=True)
+
+        try:
+            await self._on_declaring(f"lock {name!r}", declare)
+        except TransportError as exc:
+            if "RESOURCE_LOCKED" in str(exc):
+                raise Locked(f"lock {name!r} is held by another connection") from None
+            raise
+        if not self._held:
+            self._conn.reconnect_callbacks.add(self._hold_again)
+        self._held.add(name)
+
+    async def _hold_again(self, *_: object) -> None:
+        """After a reconnect: the broker dropped the exclusive queues with the old
+        connection, so take each lock again, at once, in a task of its own (the callback
+        runs inside the reconnect)."""
+
+        async def again() -> None:
+            for name in sorted(self._held):
+                try:
+                    await self.hold(name)
+                except TransportError as exc:
+                    if not self._lost_locks().done():
+                        self._lost_locks().set_exception(
+                            LockLost(f"lost {name!r} while the broker was unreachable: {exc}")
+                        )
+
+        task = asyncio.ensure_future(again())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def held_lost(self) -> None:
+        await asyncio.shield(self._lost_locks())
+
+    def _lost_locks(self) -> asyncio.Future[None]:
+        if self._lock_lost is None:
+            self._lock_lost = asyncio.get_running_loop().create_future()
+        return self._lock_lost
 
     async def connect(self) -> None:
         self._connection = await self._open(self.name)

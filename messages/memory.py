@@ -19,6 +19,7 @@ from fedq.messages.transport import (
     Delivery,
     ExchangeKind,
     Inequivalent,
+    Locked,
     QueueDeleted,
     QueueFull,
     Transport,
@@ -186,6 +187,8 @@ class MemoryBroker:
         self.exchanges: dict[str, ExchangeKind] = {}
         self.bindings: dict[str, list[tuple[str, str]]] = {}
         self.queues: dict[str, _Queue] = {}
+        #: Locks (Transport.hold) and the transport holding each.
+        self.locks: dict[str, MemoryTransport] = {}
 
     def route(self, exchange: str, routing_key: str) -> list[_Queue]:
         if exchange == "":
@@ -215,7 +218,16 @@ class MemoryTransport(Transport):
         return None
 
     async def close(self) -> None:
-        return None
+        for name in [n for n, holder in self.broker.locks.items() if holder is self]:
+            del self.broker.locks[name]
+
+    async def hold(self, name: str) -> None:
+        holder = self.broker.locks.setdefault(name, self)
+        if holder is not self:
+            raise Locked(f"lock {name!r} is held by another connection")
+
+    async def held_lost(self) -> None:
+        await asyncio.Event().wait()  # one process, no outage: a lock is never lost
 
     async def declare_exchange(self, name: str, kind: ExchangeKind) -> None:
         known = self.broker.exchanges.setdefault(name, kind)

@@ -107,6 +107,13 @@ class Topology:
         return f"{self.prefix}.coordinator"
 
     @property
+    def lock(self) -> str:
+        """The active coordinator's lock (Transport.hold): an exclusive queue, held for as
+        long as its connection lives, so one coordinator runs a federation at a time,
+        whatever host and state dir each was started with."""
+        return f"{self.prefix}.coordinator.lock"
+
+    @property
     def rejected(self) -> str:
         """Dead-letter queue: every rejected update, body intact, with ``x-fedq-reason``."""
         return f"{self.prefix}.rejected"

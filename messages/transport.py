@@ -45,6 +45,14 @@ class QueueDeleted(TransportError):
     operator): nothing more can arrive, so the consumer stops rather than wait forever."""
 
 
+class Locked(TransportError):
+    """Another connection holds the lock asked for (:meth:`Transport.hold`)."""
+
+
+class LockLost(TransportError):
+    """A lock this connection held was taken by another while the connection was down."""
+
+
 class QueueFull(TransportError):
     """A queue at its limit with ``x-overflow: reject-publish`` refused the message (the
     broker's basic.nack): nothing of it was kept; publish it again later."""
@@ -137,6 +145,19 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     async def queue_consumers(self, name: str) -> int:
         """Consumers attached to ``name`` now (a running coordinator consumes its updates)."""
+
+    @abc.abstractmethod
+    async def hold(self, name: str) -> None:
+        """Hold the lock ``name`` for as long as this connection lives: an exclusive queue,
+        which the broker grants one connection at a time and deletes when that connection
+        closes, however it closes (a killed process's TCP connection included). Raises
+        Locked while another connection holds it. Held again after a reconnect; if another
+        took it meanwhile, :meth:`held_lost` says so."""
+
+    @abc.abstractmethod
+    async def held_lost(self) -> None:
+        """Wait until a lock this connection held is lost (raises LockLost); never returns
+        otherwise. Run it beside the work the lock protects."""
 
     @abc.abstractmethod
     async def publish(

@@ -198,6 +198,34 @@ def test_a_second_coordinator_on_a_state_dir_exits_at_once_and_sigterm_is_143(
         asyncio.run(cleanup(federation))
 
 
+def test_a_second_coordinator_on_another_state_dir_is_refused_by_the_broker_lock(
+    tmp_path: Path, federation: str
+) -> None:
+    """Finding 1, across state dirs (another host, another volume): the state dir's lock
+    cannot see the first coordinator, the federation's lock on the broker does. The second
+    is refused with one line, as a standby too (a standby needs the active one's state
+    dir), and never consumes; the first goes on."""
+    topology = Topology(federation)
+    first = start_fedq(
+        *coordinator_args(federation, tmp_path / "a", SYNTHETIC), log=tmp_path / "first.log"
+    )
+    try:
+        until_consumers(BROKER_URL, topology.updates, 1, within=120)
+        for extra in ([], ["--standby"]):
+            second = run_fedq(
+                *coordinator_args(federation, tmp_path / "b", SYNTHETIC), *extra, timeout=90
+            )
+            line = one_line_error(second)
+            assert f"another coordinator runs federation {federation} on this broker" in line
+            assert topology.lock in line
+        until_consumers(BROKER_URL, topology.updates, 1, within=10)
+        assert first.poll() is None, (tmp_path / "first.log").read_text()
+    finally:
+        first.kill()
+        first.wait(timeout=30)
+        asyncio.run(cleanup(federation))
+
+
 async def test_two_coordinators_in_one_process_exclude_each_other(tmp_path: Path) -> None:
     """The lock belongs to the open file, not the process: a second Coordinator on the
     same state dir is refused even in one process; once the first is done, one starts."""

@@ -15,10 +15,11 @@ from fedq.apps.synthetic import SyntheticApp
 from fedq.coordinator.config import CoordinatorConfig
 from fedq.messages.amqp import AmqpTransport, ConnectionLost
 from fedq.messages.topology import UPDATE_KEY, Topology
+from fedq.messages.transport import Locked, LockLost
 from fedq.participant.config import ParticipantConfig
 from fedq.simulation import SimulationPlan, simulate
 from tests.conftest import BROKER_URL
-from tests.helpers import BrokerRelay
+from tests.helpers import BrokerRelay, until_async
 
 pytestmark = pytest.mark.broker
 
@@ -90,3 +91,32 @@ async def test_a_publish_in_an_outage_gives_up_after_outage_seconds_with_one_lin
             assert await direct.queue_depth(queue) == 1  # only what was confirmed
         finally:
             await direct.delete_queue(queue)
+
+
+async def test_a_lock_taken_while_its_holder_was_cut_off_is_reported_lost(federation):
+    """The federation's lock after an outage: the broker dropped it with the holder's
+    connection, a rival took it, and the holder, back, must learn it is no longer the
+    one coordinator (Coordinator.run then ends) rather than go on beside the rival."""
+    lock = f"{federation}.coordinator.lock"
+    relay = BrokerRelay(yarl.URL(BROKER_URL))
+    await relay.start()
+    try:
+        async with AmqpTransport(relay.url) as holder, AmqpTransport(BROKER_URL) as rival:
+            await holder.hold(lock)
+            lost = asyncio.create_task(holder.held_lost())
+
+            async def taken() -> bool:
+                try:
+                    await rival.hold(lock)
+                except Locked:
+                    return False
+                return True
+
+            await relay.stop()
+            await until_async(taken, what="the rival to take the lock of the cut-off holder")
+            assert not lost.done()
+            await relay.start()
+            with pytest.raises(LockLost, match=lock):
+                await asyncio.wait_for(lost, 60)
+    finally:
+        await relay.stop()

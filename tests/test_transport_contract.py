@@ -11,6 +11,7 @@ import pytest
 
 from fedq.messages.transport import (
     Delivery,
+    Locked,
     QueueDeleted,
     QueueFull,
     Transport,
@@ -207,6 +208,27 @@ async def test_a_queue_counts_its_consumers(transport_pair):
         assert await pub.queue_consumers(queue) == 0
     finally:
         await pub.delete_queue(queue)
+
+
+async def test_a_lock_is_held_by_one_connection_until_it_closes(transport_pair):
+    """What keeps two coordinators off one federation: the second is refused while the
+    first lives, and gets the lock once the first's connection is gone."""
+    first, second = transport_pair
+    lock = f"t.lock.{uuid.uuid4().hex[:8]}"
+    await first.hold(lock)
+    await first.hold(lock)  # holding it again is no error
+    with pytest.raises(Locked):
+        await second.hold(lock)
+    await first.close()
+
+    async def taken() -> bool:
+        try:
+            await second.hold(lock)
+        except Locked:
+            return False
+        return True
+
+    await until_async(taken, what="the lock to pass once its holder closed")
 
 
 async def test_unacked_deliveries_come_back_redelivered_in_order(transport_pair):

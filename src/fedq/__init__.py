@@ -118,7 +118,8 @@ if TYPE_CHECKING:
     from fedq.coordinator.config import CoordinatorConfig
     from fedq.coordinator.observers import CommitTimings, CoordinatorObserver, UpdateSeen
     from fedq.coordinator.records import VersionSummary
-    from fedq.coordinator.service import Coordinator, FederationResult
+    from fedq.coordinator.result import FederationResult
+    from fedq.coordinator.service import Coordinator
     from fedq.coordinator.strategies import (
         Aggregation,
         AggregationContext,

@@ -43,7 +43,7 @@ from fedq.cli.observers import ObserverSettings, watching
 from fedq.cli.running import Failure
 from fedq.coordinator.config import CoordinatorConfig
 from fedq.coordinator.observers import CoordinatorObserver
-from fedq.coordinator.service import FederationResult
+from fedq.coordinator.result import FederationResult
 from fedq.coordinator.strategies import StrategyError
 from fedq.coordinator.strategy import compose_strategy
 from fedq.mlflow_tracking import run_params

@@ -29,7 +29,7 @@ from rich.text import Text
 from fedq.coordinator.attendance import Attendance, describe_late
 from fedq.coordinator.observers import CoordinatorObserver, UpdateSeen
 from fedq.coordinator.records import VersionSummary
-from fedq.coordinator.service import FederationResult
+from fedq.coordinator.result import FederationResult
 from fedq.coordinator.stall import Stall
 from fedq.output import LogFormat, emit, use_json
 from fedq.participant.worker import LocalUpdate

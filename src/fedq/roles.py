@@ -33,7 +33,7 @@ from fedq.cli.participant import participants_of
 from fedq.cli.running import Failure
 from fedq.coordinator.config import CoordinatorConfig
 from fedq.coordinator.observers import CoordinatorObserver
-from fedq.coordinator.service import FederationResult
+from fedq.coordinator.result import FederationResult
 from fedq.experiments.settings import Emulation
 from fedq.messages.connect import open_transport
 from fedq.options import Given, OptionsError

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from fedq.coordinator.config import CoordinatorConfig
 from fedq.coordinator.observers import CoordinatorObserver
-from fedq.coordinator.service import Coordinator, FederationResult
+from fedq.coordinator.result import FederationResult
+from fedq.coordinator.service import Coordinator
 from fedq.messages.connect import open_transport
 from fedq.messages.memory import MemoryBroker, MemoryTransport
 from fedq.messages.transport import Transport

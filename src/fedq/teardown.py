@@ -55,7 +55,12 @@ async def teardown(
     topology = Topology(federation)
     prefix = topology.prefix + "."
     async with ManagementClient(management_url, broker_url, timeout=10.0) as api:
-        queues = [q.name for q in await api.queues() if q.name.startswith(prefix)]
+        # The coordinator's lock is exclusive to its connection, and goes with it.
+        queues = [
+            q.name
+            for q in await api.queues()
+            if q.name.startswith(prefix) and q.name != topology.lock
+        ]
         exchanges = [name for name in await api.exchanges() if name.startswith(prefix)]
     async with open_transport(broker_url) as transport:
         # Asked of the broker itself: the management API's counts lag by seconds.

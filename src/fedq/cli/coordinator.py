@@ -30,8 +30,10 @@ from fedq.cli.observers import ObserverSettings, watching
 from fedq.cli.running import fail, load, run, setup_logging
 from fedq.console import RoundProgress, console, print_summary
 from fedq.coordinator.config import CoordinatorConfig
+from fedq.coordinator.federation_lock import LOCK_GRACE_SECONDS
 from fedq.coordinator.observers import CoordinatorObserver
-from fedq.coordinator.service import Coordinator, FederationResult
+from fedq.coordinator.result import FederationResult
+from fedq.coordinator.service import Coordinator
 from fedq.coordinator.state_dir import StateDir, StateDirLock, check_writable
 from fedq.coordinator.strategies import StrategyError
 from fedq.coordinator.strategy import compose_strategy
@@ -41,6 +43,11 @@ from fedq.options import Given, OptionsError, with_settings
 from fedq.output import OutputSettings
 from fedq.participant.app import App
 from fedq.settings import settings
+
+#: How long a standby that took over the state dir waits for the federation's lock on the
+#: broker: the dead coordinator's connection goes at once if its process was killed, after
+#: the heartbeat timeout (60 s by default) if its host was lost.
+TAKEOVER_LOCK_SECONDS = 180.0
 
 
 class CoordinatorProcess(BaseModel):
@@ -77,8 +84,11 @@ def coordinator_command(given: Given) -> None:
     observing = given.build(ObserverSettings)
 
     async def main() -> FederationResult:
-        lock = await standing_by(config.state_dir, federation) if process.standby else None
-        return await coordinate(config, application, url, observing, progress, lock)
+        lock, wait = None, LOCK_GRACE_SECONDS
+        if process.standby:
+            lock, took_over = await standing_by(config.state_dir, federation)
+            wait = TAKEOVER_LOCK_SECONDS if took_over else wait
+        return await coordinate(config, application, url, observing, progress, lock, wait)
 
     console.event(
         "coordinator_started",
@@ -101,6 +111,7 @@ async def coordinate(
     observing: ObserverSettings,
     progress: RoundProgress | None = None,
     lock: StateDirLock | None = None,
+    lock_wait: float = LOCK_GRACE_SECONDS,
     observers: Sequence[CoordinatorObserver] = (),
 ) -> FederationResult:
     """Run the coordinator of ``config`` on RabbitMQ at ``url`` until the federation is
@@ -116,20 +127,20 @@ async def coordinate(
             watching(observing, config, progress, application) as watchers,
         ):
             everyone = [*observers, *watchers]
-            coordinator = Coordinator(config, application, transport, everyone, state)
+            coordinator = Coordinator(config, application, transport, everyone, state, lock_wait)
             return await coordinator.run()
     finally:
         await asyncio.to_thread(state.close)
 
 
-async def standing_by(folder: Path, federation: str) -> StateDirLock:
+async def standing_by(folder: Path, federation: str) -> tuple[StateDirLock, bool]:
     """The state dir's lock: at once if free, else once its holder (the active coordinator)
     is gone, however it ended (the kernel drops a killed process's lock). Says so, so
-    that an operator sees which process is the standby."""
+    that an operator sees which process is the standby. True if it took over from one."""
     await asyncio.to_thread(check_writable, folder)
     lock = StateDirLock(folder)
     if await asyncio.to_thread(lock.try_acquire):
-        return lock
+        return lock, False
     holder = lock.holder()
     console.event(
         "standby",
@@ -139,7 +150,7 @@ async def standing_by(folder: Path, federation: str) -> StateDirLock:
     )
     await lock.wait()
     console.event("taking_over", f"taking over {federation} from pid {holder}", holder=holder)
-    return lock
+    return lock, True
 
 
 def coordinator_config(

@@ -21,7 +21,7 @@ from fedq.cli.running import fail, load, run, setup_logging
 from fedq.cli.training import train_config
 from fedq.console import RoundProgress, console, print_summary
 from fedq.coordinator.config import CoordinatorConfig
-from fedq.coordinator.service import FederationResult
+from fedq.coordinator.result import FederationResult
 from fedq.messages.amqp import redact
 from fedq.mlflow_tracking import run_params
 from fedq.options import Given, with_settings

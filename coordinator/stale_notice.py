@@ -1,0 +1,69 @@
+"""No participant silently excluded: one whose updates keep being refused as ``stale``.
+
+A participant slower than the federation's versions can send update after update that
+arrives beyond ``--max-staleness``: each is refused (and dead-lettered), and nothing of its
+data reaches the model, while it keeps training on models long gone. After ``after``
+refusals as stale in a row (none folded between), the coordinator makes sure its own
+queue holds the current model (the queue keeps only the newest message, so what waits
+there is the newest; an empty one is sent it, as a join is answered): that is what it
+trains on next, it is told and moved to the newest model. And it warns in one line naming
+it, at most once per ``warn_seconds`` per participant, so a straggler that stays one does
+not flood the log. An update of it folded resets the count.
+
+Pure: the clock is given; the collector does the sending and the logging.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+#: Refusals as stale in a row before the participant is sent the newest model.
+STALE_STREAK = 2
+#: The warning about one participant, at most this often.
+WARN_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Notice:
+    """What to do about a participant just refused as stale."""
+
+    #: Send it the current model now.
+    tell: bool
+    #: Say so in the log (rate-limited).
+    warn: bool
+    #: Its refusals as stale in a row, this one included.
+    streak: int
+
+
+class StaleNotice:
+    def __init__(
+        self,
+        after: int = STALE_STREAK,
+        warn_seconds: float = WARN_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        assert after >= 1, "told after at least one refusal"
+        self.after = after
+        self.warn_seconds = warn_seconds
+        self.clock = clock
+        self._streak: dict[str, int] = {}
+        self._warned: dict[str, float] = {}
+
+    def refused(self, participant: str) -> Notice:
+        """``participant``'s update was refused as stale."""
+        streak = self._streak.get(participant, 0) + 1
+        self._streak[participant] = streak
+        if streak % self.after:
+            return Notice(False, False, streak)
+        now = self.clock()
+        last = self._warned.get(participant)
+        warn = last is None or now - last >= self.warn_seconds
+        if warn:
+            self._warned[participant] = now
+        return Notice(True, warn, streak)
+
+    def folded(self, participant: str) -> None:
+        """An update of ``participant`` was folded: it is no longer being left out."""
+        self._streak.pop(participant, None)

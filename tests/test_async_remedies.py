@@ -1,0 +1,239 @@
+"""Async mode's remedies for stragglers (``--async-remedy``) and the notice to a participant
+left behind: hand-computed cases, pure (files only, no broker)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from fedq.coordinator.config import NO_STALENESS_CUTOFF, CoordinatorConfig
+from fedq.coordinator.modes import AsyncMode, OpenVersion
+from fedq.coordinator.records import UpdateRecord
+from fedq.coordinator.remedy import Remedy, apply_remedy
+from fedq.coordinator.stale_notice import StaleNotice
+from fedq.coordinator.strategies import AggregationContext
+from fedq.coordinator.strategies.base import WholeDelta
+from fedq.coordinator.strategies.mean import WeightedMean
+from fedq.coordinator.strategies.remedies import calibration, delay_adaptive_lr
+from fedq.coordinator.update_cache import UpdateCache
+from fedq.messages.schema import UpdateMeta
+
+#: A model of two tensors, 3 values in all: w (2,) and b (1,).
+TEMPLATE = {"w": np.zeros(2, np.float32), "b": np.zeros(1, np.float32)}
+
+
+def delta(w0: float, w1: float, b: float) -> dict[str, np.ndarray]:
+    return {"w": np.array([w0, w1], np.float32), "b": np.array([b], np.float32)}
+
+
+def record(participant: str, examples: int, staleness: int = 0) -> UpdateRecord:
+    return UpdateRecord(f"u-{participant}", participant, None, 0, examples, examples, staleness)
+
+
+def config(tmp_path: Path, **settings: object) -> CoordinatorConfig:
+    base: dict[str, object] = {
+        "federation": "f",
+        "participants": 4,
+        "rounds": 5,
+        "state_dir": tmp_path,
+        "mode": "async",
+        "quorum": 2,
+    }
+    return CoordinatorConfig.model_validate(base | settings)
+
+
+# ------------------------------------------------------------------ the maths
+@pytest.mark.parametrize(
+    ("lr", "tau_max", "tau_c", "expected"),
+    [
+        (1.0, 0, 4, 1.0),  # fresh
+        (1.0, 4, 4, 1.0),  # at the threshold: not shrunk
+        (1.0, 5, 4, 0.2),  # beyond: 1 / tau_max
+        (1.0, 10, 4, 0.1),
+        (0.1, 5, 4, 0.1),  # min(lr, 1 / tau_max): a small lr stays
+        (0.5, 8, 0, 0.125),
+    ],
+)
+def test_the_delay_adaptive_lr_is_fadas_step(lr, tau_max, tau_c, expected):
+    assert delay_adaptive_lr(lr, tau_max, tau_c) == pytest.approx(expected)
+
+
+def test_calibration_is_the_cached_mean_minus_the_contributors_cached_updates():
+    # cached: p0 weight 2, h0 = (1, 2); p1 weight 1, h1 = (4, -1): the sum is (6, 3) of
+    # weight 3, h = (2, 1). This version: p1 (weight 3, cached) and p2 (weight 1, not).
+    # h - (3 * h1 + 1 * 0) / 4 = (2 - 3, 1 + 0.75) = (-1, 1.75).
+    out = calibration(
+        np.array([6, 3], np.float32), 3.0, [(3.0, np.array([4, -1], np.float32)), (1.0, None)]
+    )
+    np.testing.assert_allclose(out, [-1.0, 1.75])
+
+
+def test_calibration_with_nothing_cached_is_zero():
+    out = calibration(np.zeros(2, np.float32), 0.0, [(5.0, None), (1.0, None)])
+    np.testing.assert_array_equal(out, [0.0, 0.0])
+
+
+# ------------------------------------------------------------------ the cache
+def cache_of(tmp_path: Path, version: int = 0) -> UpdateCache:
+    cache = UpdateCache(tmp_path / "cache", TEMPLATE)
+    cache.restore(version)
+    return cache
+
+
+def stage(cache: UpdateCache, who: str, version: int, values: tuple[float, ...], weight: float):
+    cache.stage(who, version, WholeDelta(delta(*values)), weight)
+
+
+def test_the_cache_keeps_each_participants_latest_update_and_their_weighted_sum(tmp_path):
+    cache = cache_of(tmp_path)
+    stage(cache, "p0", 1, (1, 2, 3), 2.0)
+    stage(cache, "p1", 1, (4, -1, 0), 1.0)
+    assert cache.weight == 0  # staged, not committed
+    cache.commit()
+    np.testing.assert_allclose(cache.sum, [6, 3, 6])
+    assert cache.weight == 3.0
+    stage(cache, "p0", 2, (0, 0, 1), 1.0)
+    cache.commit()
+    # p0's entry replaced: 1 * (0, 0, 1) + 1 * (4, -1, 0)
+    np.testing.assert_allclose(cache.sum, [4, -1, 1])
+    assert cache.weight == 2.0
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 2  # one per participant
+
+
+def test_a_restart_rebuilds_the_cache_of_the_committed_versions_only(tmp_path):
+    cache = cache_of(tmp_path)
+    stage(cache, "p0", 1, (1, 2, 3), 2.0)
+    cache.commit()
+    stage(cache, "p0", 2, (5, 5, 5), 1.0)
+    stage(cache, "p1", 2, (7, 7, 7), 1.0)
+    # The coordinator dies before v2 is committed: restarted at v1.
+    again = cache_of(tmp_path, version=1)
+    np.testing.assert_allclose(again.sum, [2, 4, 6])
+    assert again.weight == 2.0 and set(again.entries) == {"p0"}
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 1
+
+
+def test_a_restart_after_the_commit_but_before_the_old_entry_went_keeps_the_newest(tmp_path):
+    cache = cache_of(tmp_path)
+    stage(cache, "p0", 1, (1, 2, 3), 2.0)
+    cache.commit()
+    stage(cache, "p0", 2, (5, 5, 5), 1.0)
+    # v2 committed in the ledger, the process dies before cache.commit(): both files there.
+    again = cache_of(tmp_path, version=2)
+    np.testing.assert_allclose(again.sum, [5, 5, 5])
+    assert again.entries["p0"].version == 2
+
+
+def test_cached_remedy_makes_ca2fl_step(tmp_path):
+    """v = h + sum_S n_i (delta_i - h_i) / sum_S n_i, by hand."""
+    cache = cache_of(tmp_path)
+    stage(cache, "p0", 1, (1, 2, 3), 2.0)
+    stage(cache, "p1", 1, (4, -1, 0), 1.0)
+    cache.commit()  # h = ((2 + 4) / 3, (4 - 1) / 3, 6 / 3) = (2, 1, 2)
+    # This version: p1 sends (1, 1, 1) with weight 3, p2 (not cached) (2, 0, 4) with 1.
+    mean = WeightedMean().start(
+        AggregationContext(TEMPLATE, 2, 1 << 20, tmp_path / "spill", version=2)
+    )
+    mean.add(delta(1, 1, 1), 3.0)
+    mean.add(delta(2, 0, 4), 1.0)
+    out = mean.result()
+    apply_remedy(
+        config(tmp_path, async_remedy="cached"), [record("p1", 3), record("p2", 1)], out, cache
+    )
+    # h + (3 * ((1,1,1) - (4,-1,0)) + 1 * ((2,0,4) - 0)) / 4
+    #   = (2, 1, 2) + ((-9, 6, 3) + (2, 0, 4)) / 4 = (2 - 1.75, 1 + 1.5, 2 + 1.75)
+    np.testing.assert_allclose(out["w"], [0.25, 2.5])
+    np.testing.assert_allclose(out["b"], [3.75])
+
+
+def test_delay_adaptive_remedy_shrinks_the_step_by_the_stalest_update(tmp_path):
+    settings = config(tmp_path, async_remedy="delay_adaptive", delay_threshold=2)
+    out = delta(1, 2, 4)
+    apply_remedy(settings, [record("p0", 1, staleness=1), record("p1", 1, staleness=4)], out, None)
+    np.testing.assert_allclose(out["w"], [0.25, 0.5])  # 1 / tau_max = 1 / 4
+    np.testing.assert_allclose(out["b"], [1.0])
+    fresh = delta(1, 2, 4)
+    apply_remedy(settings, [record("p0", 1, staleness=2)], fresh, None)
+    np.testing.assert_allclose(fresh["w"], [1, 2])  # at tau_c: unchanged
+
+
+def test_no_remedy_leaves_the_delta_alone(tmp_path):
+    out = delta(1, 2, 4)
+    apply_remedy(config(tmp_path), [record("p0", 1, staleness=9)], out, None)
+    np.testing.assert_allclose(out["w"], [1, 2])
+
+
+def test_only_the_cached_remedy_makes_a_cache(tmp_path):
+    for remedy, made in (("none", False), ("delay_adaptive", False), ("cached", True)):
+        kept = Remedy(config(tmp_path, async_remedy=remedy))
+        kept.restore(TEMPLATE, 0)
+        assert (kept.cache is not None) is made
+
+
+# ---------------------------------------------------------------- the settings
+def test_a_remedy_keeps_every_update_unless_max_staleness_is_given(tmp_path):
+    assert config(tmp_path).staleness_cutoff == 4
+    assert config(tmp_path, async_remedy="delay_adaptive").staleness_cutoff == NO_STALENESS_CUTOFF
+    given = config(tmp_path, async_remedy="cached", max_staleness=30)
+    assert given.staleness_cutoff == 30
+    # An update 11 versions behind, as the issue's stragglers were, is admitted.
+    mode = AsyncMode(config(tmp_path, async_remedy="delay_adaptive"))
+    window = OpenVersion(version=12, round=None, quorum=2, min_quorum=2, deadline_seconds=60)
+    meta = UpdateMeta(federation="f", participant="p5", base_version=1, num_examples=10)
+    admitted = mode.admit(window, meta)
+    assert admitted.staleness == 11 and admitted.scale == pytest.approx(12**-0.5)
+
+
+def test_the_cached_remedy_folds_without_staleness_weight(tmp_path):
+    assert config(tmp_path, async_remedy="cached").staleness_factor(8) == 1.0
+    assert config(tmp_path, async_remedy="delay_adaptive").staleness_factor(8) == pytest.approx(
+        9**-0.5
+    )
+
+
+@pytest.mark.parametrize(
+    ("settings", "says"),
+    [
+        ({"mode": "quorum", "async_remedy": "cached"}, "is for async mode"),
+        ({"async_remedy": "cached", "aggregator": "median"}, "calibrates the weighted mean"),
+    ],
+)
+def test_a_remedy_that_cannot_work_is_refused(tmp_path, settings, says):
+    with pytest.raises(ValidationError, match=says):
+        config(tmp_path, **settings)
+
+
+# --------------------------------------------------------- a participant left behind
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_participant_refused_as_stale_twice_in_a_row_is_told_and_warned_once_a_minute():
+    clock = Clock()
+    notice = StaleNotice(after=2, warn_seconds=60, clock=clock)
+    first = notice.refused("p5")
+    assert not first.tell and not first.warn
+    second = notice.refused("p5")
+    assert second.tell and second.warn and second.streak == 2
+    clock.now = 30
+    notice.refused("p5")
+    fourth = notice.refused("p5")
+    assert fourth.tell and not fourth.warn  # told again, the warning held back
+    clock.now = 61
+    notice.refused("p5")
+    assert notice.refused("p5").warn
+
+
+def test_a_folded_update_resets_the_count():
+    notice = StaleNotice(after=2)
+    notice.refused("p5")
+    notice.folded("p5")
+    assert not notice.refused("p5").tell
+    assert not notice.refused("p6").tell  # each participant counted apart
