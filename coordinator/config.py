@@ -80,10 +80,14 @@ class CoordinatorConfig(BaseModel):
         None,
         ge=1,
         description="K, the updates that make a version: of N in quorum mode, the buffer in "
-        "async mode (default: N; sync mode is always N).",
+        "async mode (sync mode takes N).",
+        json_schema_extra={"shown_default": "N"},
     )
     min_quorum: int | None = Field(
-        None, ge=1, description="At the deadline, commit with at least this many (default: K)."
+        None,
+        ge=1,
+        description="At the deadline, commit with at least this many.",
+        json_schema_extra={"shown_default": "K"},
     )
     round_timeout: float = Field(
         120.0, gt=0, description="Seconds before a round's (or a buffer's) deadline."
@@ -232,7 +236,8 @@ class CoordinatorConfig(BaseModel):
     max_update_bytes: int | None = Field(
         None,
         gt=0,
-        description="Reject larger update bodies (default: the raw model's size plus 1 MiB).",
+        description="Reject larger update bodies.",
+        json_schema_extra={"shown_default": "the raw model's size plus 1 MiB"},
     )
     chunk_bytes: int = Field(
         DEFAULT_CHUNK_BYTES,
@@ -262,7 +267,7 @@ class CoordinatorConfig(BaseModel):
     consumer_timeout: float = Field(
         1800.0,
         gt=0,
-        description="RabbitMQ's consumer_timeout in seconds (its default: 30 minutes): held "
+        description="RabbitMQ's consumer_timeout in seconds (30 minutes unless set): held "
         "updates are returned to the queue and taken again after half of it, so a version "
         "may stay open for any time.",
     )

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, cast, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.config import JsonDict
 
 from fedq.messages.codec import Weights
 from fedq.messages.schema import wire_metrics
@@ -74,6 +75,10 @@ class Partition:
             raise ValueError(f"{text!r}: expected INDEX/COUNT with 0 <= INDEX < COUNT") from None
 
 
+#: The default a training flag shows: the app's own ``train_config`` (``fedq.options``).
+APPS: JsonDict = {"shown_default": "the app's"}
+
+
 class TrainConfig(BaseModel):
     """How a participant trains each round: declared once, for the app's own
     ``train_config``, ``fedq simulate``'s and ``fedq participant``'s flags (each a field,
@@ -82,13 +87,15 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    epochs: int = Field(1, description="Local epochs per round (default: the app's).")
-    batch_size: int = Field(32, description="Local batch size (default: the app's).")
+    epochs: int = Field(1, description="Local epochs per round.", json_schema_extra=APPS)
+    batch_size: int = Field(32, description="Local batch size.", json_schema_extra=APPS)
     learning_rate: float | None = Field(
-        None, description="The local optimizer's learning rate (default: the app's)."
+        None, description="The local optimizer's learning rate.", json_schema_extra=APPS
     )
     momentum: float | None = Field(
-        None, description="The local optimizer's momentum, SGD or RMSprop only."
+        None,
+        description="The local optimizer's momentum, SGD or RMSprop only.",
+        json_schema_extra=APPS,
     )
     #: False (the default, as in NIID-Bench and most papers): every round starts from a
     #: fresh local optimizer (no momentum or Adam moments carried over from the previous
@@ -96,20 +103,21 @@ class TrainConfig(BaseModel):
     keep_optimizer: bool = Field(
         False,
         description="Keep the local optimizer's state (momentum, moments) across rounds, or "
-        "start each round with a fresh one (default: the app's; fresh, as in NIID-Bench).",
-        json_schema_extra={"flag": "--keep-optimizer/--fresh-optimizer"},
+        "start each round with a fresh one (the shipped apps: fresh, as in NIID-Bench).",
+        json_schema_extra={"flag": "--keep-optimizer/--fresh-optimizer", **APPS},
     )
     #: FedProx's mu: adds mu/2 * ||w - w_global||^2 over the trainable weights to the local
     #: loss, pulling local training toward the round's global model (0: plain FedAvg).
     proximal_mu: float = Field(
         0.0,
-        description="FedProx: pull local training toward the global model (default: the app's).",
+        description="FedProx: pull local training toward the global model.",
+        json_schema_extra=APPS,
     )
 
     weight_decay: float | None = Field(
         None,
-        description="The local optimizer's weight decay, e.g. 1e-5 as in NIID-Bench "
-        "(default: the app's).",
+        description="The local optimizer's weight decay, e.g. 1e-5 as in NIID-Bench.",
+        json_schema_extra=APPS,
     )
     #: Federated evaluation: each participant holds out LOCAL_EVAL_FRACTION of its data
     #: and, before training on a model, evaluates that model there; the update carries the

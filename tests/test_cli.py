@@ -2,20 +2,59 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import os
 import re
 import subprocess
+import sys
 from importlib import metadata
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import typer
+from typer.testing import CliRunner
 
 from fedq.apps.synthetic import SyntheticApp
+from fedq.cli import app as fedq_app
 from fedq.coordinator.checkpoint import checkpoint_path, load_checkpoint
+from fedq.options import SETTINGS_ATTR
 from tests.conftest import BROKER_URL
 from tests.helpers import FEDQ, fedq_env, run_fedq
 
 pytestmark = [pytest.mark.broker, pytest.mark.processes, pytest.mark.keras]
+
+
+def discovered() -> tuple[list[list[str]], list[list[str]]]:
+    """(every group's path, every command's path) of ``fedq``, from its typer app: a new
+    command is covered by the tests below without being listed anywhere."""
+    groups: list[list[str]] = []
+    commands: list[list[str]] = []
+    todo: list[tuple[list[str], Any]] = [([], typer.main.get_command(fedq_app))]
+    while todo:
+        path, command = todo.pop(0)
+        if hasattr(command, "commands"):  # a group (typer carries its own click)
+            groups.append(path)
+            todo += [([*path, name], sub) for name, sub in command.commands.items()]
+        else:
+            commands.append(path)
+    return groups, commands
+
+
+GROUPS, COMMANDS = discovered()
+
+
+def command_at(path: list[str]) -> Any:
+    command: Any = typer.main.get_command(fedq_app)
+    for name in path:
+        command = command.commands[name]
+    return command
+
+
+def named(path: list[str]) -> str:
+    return " ".join(path) or "fedq"
 
 
 def one_line_error(result) -> str:
@@ -104,13 +143,7 @@ def test_history_of_a_missing_state_dir_is_one_line(tmp_path):
 
 
 def test_every_command_has_help():
-    for command in (
-        ["simulate"],
-        ["coordinator"],
-        ["participant"],
-        ["history"],
-        ["broker", "check"],
-    ):
+    for command in COMMANDS:
         result = run_fedq(*command, "--help")
         assert result.returncode == 0 and "Usage" in result.stdout
 
@@ -159,11 +192,7 @@ def test_an_app_that_fails_to_train_is_one_line_naming_the_error(tmp_path):
     assert "the app failed to train on model v0: ValueError: labels have 3 classes" in line
 
 
-HELP_COMMANDS = [[], ["simulate"], ["coordinator"], ["participant"], ["history"], ["broker"]]
-HELP_COMMANDS += [["broker", "check"], ["dashboard"], ["teardown"], ["partition"], ["export"]]
-
-
-@pytest.mark.parametrize("command", HELP_COMMANDS, ids=lambda c: " ".join(c) or "fedq")
+@pytest.mark.parametrize("command", GROUPS + COMMANDS, ids=named)
 def test_every_help_text_renders_whole_sentences(command):
     """Rich markup once swallowed "[default: N]" and left "a round ."; nothing may be lost."""
     result = subprocess.run(
@@ -263,13 +292,130 @@ def test_version_and_short_help():
         assert short.returncode == 0 and short.stdout == long.stdout, command
 
 
-@pytest.mark.parametrize(
-    "command",
-    [["simulate"], ["coordinator"], ["participant"], ["history"], ["audit"], ["partition"],
-     ["export"], ["dashboard"], ["teardown"], ["broker", "check"], ["deploy", "users"]],
-)  # fmt: skip
+@pytest.mark.parametrize("command", COMMANDS, ids=named)
 def test_help_names_no_python_types(command):
     """Help reads TEXT, INTEGER, FLOAT, PATH, a list as TEXT ..., a flag with no type:
     never ``<bool>``, ``<list[str]>`` or another Python type name."""
     shown = run_fedq(*command, "--help").stdout
     assert not re.search(r"<(bool|str|int|float|path|list\[[^>]*\])>", shown), shown
+
+
+def help_of(path: list[str], columns: int) -> str:
+    """``fedq PATH --help`` as a terminal ``columns`` wide shows it (no colour)."""
+    result = subprocess.run(
+        [*FEDQ, *path, "--help"],
+        capture_output=True,
+        text=True,
+        env={**fedq_env(), "COLUMNS": str(columns), "NO_COLOR": "1"},
+        check=True,
+    )
+    return result.stdout
+
+
+#: A default written in another form than ``[default: X]``.
+OTHER_FORMS = re.compile(r"\(default\b|\bdefaults? (to|is)\b|\bdefault:|\bby default\b", re.I)
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=named)
+def test_help_shows_every_default_one_way(command):
+    """``[default: X]`` and nothing else: no "(default 5)" or "defaults to" in a sentence,
+    no default that says nothing (None, an empty list) or names this machine's paths."""
+    text = (
+        CliRunner()
+        .invoke(fedq_app, [*command, "--help"], env={"COLUMNS": "1000", "NO_COLOR": "1"})
+        .output
+    )
+    shown = re.findall(r"\[default: ([^\]]*)\]", text)
+    assert shown, text  # every command has an option with a default
+    rest = re.sub(r"\[default: [^\]]*\]", "", text)
+    assert not OTHER_FORMS.search(rest), OTHER_FORMS.search(rest)
+    for value in shown:
+        assert value.strip() not in ("", "None", "[]", "{}", "()", "False"), value
+        assert not value.startswith(("/", "~")) and os.getcwd() not in value, value
+        assert str(Path.home()) not in value, value
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=named)
+def test_a_command_description_is_whole_paragraphs(command):
+    """On a terminal wide enough, each paragraph of a command's description is one line:
+    never a sentence broken where its docstring's source line ended."""
+    text = (
+        CliRunner()
+        .invoke(fedq_app, [*command, "--help"], env={"COLUMNS": "1000", "NO_COLOR": "1"})
+        .output
+    )
+    description = text.split("Usage:")[1].split("╭")[0].strip().split("\n", 1)[1]
+    for paragraph in re.split(r"\n\s*\n", description.strip()):
+        assert len(paragraph.strip().splitlines()) == 1, paragraph
+
+
+@pytest.mark.parametrize("group", GROUPS, ids=named)
+def test_each_command_summary_is_a_whole_sentence_on_one_line_of_80_columns(group):
+    """The command list of ``fedq --help`` (and of each group's) shows each command's
+    summary whole, on one line of the default 80-column terminal: never cut at "..." nor
+    wrapped mid-sentence onto a line of its own."""
+    text = help_of(group, 80)
+    panel = text.split("─ Commands ")[1].split("╰")[0].splitlines()[1:]
+    rows = [line[2:-2].rstrip() for line in panel]
+    assert all(len(line) <= 80 for line in text.splitlines())
+    assert all(not row.startswith(" ") for row in rows), rows  # a continued summary
+    summaries = dict(row.split(None, 1) for row in rows)
+    expected = command_at(group).commands
+    assert list(summaries) == list(expected)
+    for name, sub in expected.items():
+        whole = sub.short_help or inspect.cleandoc(sub.help or "").split("\n\n")[0]
+        assert summaries[name] == " ".join(whole.split()), name
+        assert summaries[name].endswith(".") and not summaries[name].endswith("..."), name
+
+
+@pytest.mark.parametrize("source", ["env", "config"])
+@pytest.mark.parametrize("command", COMMANDS, ids=named)
+def test_every_option_reaches_the_command_from_its_variable_and_a_config_file(
+    command, source, tmp_path
+):
+    """Each option of every command, given only by its ``FEDQ_*`` variable (or only by a
+    ``--config`` file), is what the command gets (tests/settings_probe.py runs it once per
+    option and stops it there); an option outside the settings models has neither."""
+    found = command_at(command)
+    fields = getattr(found.callback, SETTINGS_ATTR, {})
+    options = {p.name for p in found.params if p.param_type_name == "option"}
+    assert options - {"config_file"} == set(fields), named(command)
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.settings_probe", *command, source],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        env={**fedq_env(), "PYTHONPATH": str(root)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    verdicts = json.loads(result.stdout.splitlines()[-1])
+    assert len(verdicts) == len(fields)
+    missed = {flag: verdict for flag, verdict in verdicts.items() if verdict != "reached"}
+    assert not missed, missed
+
+
+def test_a_config_file_may_be_named_by_fedq_config(tmp_path):
+    config = tmp_path / "fedq.toml"
+    config.write_text(f'state-dir = "{tmp_path / "elsewhere"}"\n')
+    result = subprocess.run(
+        [*FEDQ, "history"], capture_output=True, text=True, timeout=120,
+        env={**fedq_env(), "FEDQ_CONFIG": str(config)},
+    )  # fmt: skip
+    assert f"no ledger under {tmp_path / 'elsewhere'}" in one_line_error(result)
+
+
+def test_a_flag_wins_over_its_variable_which_wins_over_the_config_file(tmp_path):
+    config = tmp_path / "fedq.toml"
+    config.write_text(f'state-dir = "{tmp_path / "from-file"}"\n')
+    env = {**fedq_env(), "FEDQ_CONFIG": str(config)}
+
+    def history(*args: str, **more: str) -> str:
+        run = subprocess.run(
+            [*FEDQ, "history", *args], capture_output=True, text=True, timeout=120,
+            env={**env, **more},
+        )  # fmt: skip
+        return one_line_error(run)
+
+    assert "from-file" in history()
+    assert "from-env" in history(FEDQ_STATE_DIR=str(tmp_path / "from-env"))
+    flag = ["--state-dir", str(tmp_path / "from-flag")]
+    assert "from-flag" in history(*flag, FEDQ_STATE_DIR=str(tmp_path / "from-env"))

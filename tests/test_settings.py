@@ -118,14 +118,20 @@ def test_a_missing_setting_says_every_way_to_give_it():
 
 #: Variables fedq or its tests read for something else than a command's setting.
 TAKEN = {
-    "FEDQ_STATE_DIR", "FEDQ_LOG_LEVEL", "FEDQ_SYNTHETIC_PARAMS", "FEDQ_FMNIST_DIR",
+    "FEDQ_LOG_LEVEL", "FEDQ_SYNTHETIC_PARAMS", "FEDQ_FMNIST_DIR",
     "FEDQ_FAILPOINT", "FEDQ_MALLOC_TUNING", "FEDQ_ARTIFACTS", "FEDQ_SKIP_SETUP", "FEDQ_VENV",
 }  # fmt: skip
 
 
+#: Variables two flags give, being one setting: the participant's --codec is simulate's
+#: --update-codec (what the participants send).
+ONE_SETTING = {"FEDQ_UPDATE_CODEC": {"--codec", "--update-codec"}}
+
+
 def test_no_generated_variable_takes_a_name_fedq_uses_for_something_else():
-    """FEDQ_BROKER_URL and FEDQ_PARTITION keep the meaning they had (the broker's URL, the
-    partition scheme); no other generated variable is one fedq already reads."""
+    """FEDQ_BROKER_URL, FEDQ_STATE_DIR and FEDQ_PARTITION keep the meaning they had (the
+    broker's URL, the state dir, the partition scheme); no other generated variable is one
+    fedq already reads, and each is one flag's, whichever command takes it."""
     meaning: dict[str, set[str]] = {}
     for name, command in _commands():
         for param in command.params:
@@ -134,7 +140,10 @@ def test_no_generated_variable_takes_a_name_fedq_uses_for_something_else():
                 assert env not in TAKEN, f"fedq {name} {param.opts[0]}"
                 assert not env.startswith(("FEDQ_PASSWORD_", "FEDQ_TEST_")), env
     assert meaning["FEDQ_BROKER_URL"] == {"--broker"}
+    assert meaning["FEDQ_STATE_DIR"] == {"--state-dir"}
     assert meaning["FEDQ_PARTITION"] == {"--partition-scheme"}
+    for env, flags in ONE_SETTING.items():
+        assert meaning.pop(env) == flags
     assert all(len(flags) == 1 for flags in meaning.values()), meaning
 
 
@@ -186,3 +195,19 @@ def test_help_lists_every_choice_of_every_registry():
     assert all(f"{mode}:" in text for mode in MODES)
     assert all(name in text for name in [*AGGREGATORS, *OPTIMIZERS])
     assert "exponent=0.5 (sparse_mean)" in text
+
+
+def test_a_config_file_key_is_the_settings_name_or_its_flags(tmp_path):
+    """``id`` or ``participant_id``, ``codec`` or ``update_codec``: a user writes the flag
+    the help shows; the setting's own name works too."""
+    config = tmp_path / "fedq.toml"
+    config.write_text('id = "px"\ncodec = "fp16"\ndelay = 2.5\n')
+    settings = given(PARTICIPANT, ["--federation", "f", "--config", str(config)])
+    built = settings.build(ParticipantConfig)
+    assert (built.participant_id, built.update_codec) == ("px", "fp16")
+    assert settings.build(Emulation).delay_seconds == 2.5
+    config.write_text('participant_id = "py"\nupdate-codec = "int8"\n')
+    built = given(PARTICIPANT, ["--federation", "f", "--config", str(config)]).build(
+        ParticipantConfig
+    )
+    assert (built.participant_id, built.update_codec) == ("py", "int8")

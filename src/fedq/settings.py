@@ -1,5 +1,6 @@
 """Settings shared by every command: flags win, then ``FEDQ_*`` environment variables,
-then a ``fedq.env`` file in the working directory, then these defaults."""
+then a ``--config`` file (:mod:`fedq.options`), then a ``fedq.env`` file in the working
+directory (read here, for these three alone), then these defaults."""
 
 from __future__ import annotations
 

@@ -4,8 +4,10 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import sys
+from collections.abc import Callable
 from importlib import metadata
 from typing import Annotated, Any
 
@@ -67,7 +69,7 @@ def _plain_type(param: TyperOption, ctx: Any) -> str | None:
     shown = TyperOption.display_type(param, ctx).strip("<>")
     listed = shown.startswith("list[")
     shown = shown.removeprefix("list[").removesuffix("]")
-    word = _TYPE_WORDS.get(shown, shown)
+    word = _TYPE_WORDS.get(shown.lower(), shown)
     return f"{word} ..." if listed else word
 
 
@@ -75,15 +77,37 @@ _TYPE_WORDS = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "path": "PATH"
 TyperOption.display_type_rich = _plain_type  # type: ignore[method-assign,assignment]
 app.add_typer(broker_app, name="broker")
 app.add_typer(deploy_app, name="deploy")
-app.command("simulate")(simulate_command)
-app.command("coordinator")(coordinator_command)
-app.command("participant")(participant_command)
-app.command("history")(history_command)
-app.command("audit")(audit_command)
-app.command("partition")(partition_command)
-app.command("export")(export_command)
-app.command("dashboard")(dashboard_command)
-app.command("teardown")(teardown_command)
+#: Each command, in the order ``fedq --help`` lists it, with the summary that list shows:
+#: one whole sentence that fits a line of an 80-column terminal (the docstring's first
+#: sentence is the command's own --help, and may be longer).
+COMMANDS: list[tuple[str, Callable[..., Any], str]] = [
+    ("simulate", simulate_command, "Run a coordinator and N participants on this machine."),
+    ("coordinator", coordinator_command, "Run the coordinator of one federation on RabbitMQ."),
+    ("participant", participant_command, "Run one participant (or --count ones) on RabbitMQ."),
+    ("history", history_command, "Print committed versions, who was late, what was refused."),
+    ("audit", audit_command, "Check a ledger's hash chain and its checkpoints' sha256."),
+    ("partition", partition_command, "Print how a partition scheme splits an app's labels."),
+    ("export", export_command, "Write a committed model as keras, savedmodel, tflite or onnx."),
+    ("dashboard", dashboard_command, "Serve a live page of the federations and their queues."),
+    ("teardown", teardown_command, "Delete a federation's queues and exchanges from the broker."),
+]
+for name, command, summary in COMMANDS:
+    app.command(name, short_help=summary)(command)
+
+
+def _reflow(group: typer.Typer) -> None:
+    """Each command's help as whole paragraphs: rich keeps a docstring's line breaks, and
+    a line cut where the source was wrapped shows as a sentence broken mid-way."""
+    for info in group.registered_commands:
+        doc = info.help if info.help is not None else inspect.getdoc(info.callback)
+        if doc:
+            info.help = "\n\n".join(" ".join(p.split()) for p in doc.split("\n\n"))
+    for sub in group.registered_groups:
+        if sub.typer_instance is not None:
+            _reflow(sub.typer_instance)
+
+
+_reflow(app)
 
 
 def main() -> None:

@@ -4,40 +4,51 @@ participants' sent logs, that no update the broker confirmed was lost)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
 
 import typer
+from pydantic import BaseModel, ConfigDict, Field
 
-from fedq.cli.flags import StateOpt
+from fedq.cli.flags import StateDirRoot
 from fedq.cli.running import fail
 from fedq.console import console, plain
 from fedq.coordinator.audit import audit
 from fedq.coordinator.ledger_schema import LedgerError
 from fedq.coordinator.ledger_view import ledgers_under
+from fedq.options import Given, with_settings
 from fedq.runtime.sent_log import read_sent
 from fedq.settings import settings
 
 
-def audit_command(
-    state_dir: StateOpt = None,
-    sent_logs: Annotated[
-        list[Path] | None,
-        typer.Option(
-            "--sent-log",
-            help="A participant's --sent-log: check that each update the broker confirmed "
-            "is committed or refused, not lost. Repeat for several.",
-            exists=True,
-            dir_okay=False,
-        ),
-    ] = None,
-) -> None:
+class AuditSettings(BaseModel):
+    """What to audit: flags, ``FEDQ_*`` variables or ``--config`` keys (:mod:`fedq.options`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    state_dir: StateDirRoot = Field(
+        None, description="The state dir, or one federation's folder in it."
+    )
+    sent_logs: list[Path] = Field(
+        [],
+        description="A participant's --sent-log: check that each update the broker confirmed "
+        "is committed or refused, not lost.",
+        json_schema_extra={"flag": "--sent-log", "env": "FEDQ_AUDIT_SENT_LOGS"},
+    )
+
+
+@with_settings(AuditSettings)
+def audit_command(given: Given) -> None:
     """Check the ledger's hash chain, every checkpoint's sha256 and that no update id
     appears twice (and, given sent logs, that no confirmed update was lost); exit status 1
     on any failure.
 
     DIR is either one federation's folder or the state dir holding one folder per federation.
     """
-    sent = [update for log_path in sent_logs or [] for update in read_sent(log_path)]
+    options = given.build(AuditSettings)
+    state_dir, sent_logs = options.state_dir, options.sent_logs
+    for log_path in sent_logs:
+        if not log_path.is_file():
+            raise fail(f"--sent-log {log_path}: no such file")
+    sent = [update for log_path in sent_logs for update in read_sent(log_path)]
     failed = False
     try:
         ledgers = ledgers_under(state_dir or settings().state_dir)

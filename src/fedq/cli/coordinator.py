@@ -13,12 +13,19 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-import typer
+from pydantic import BaseModel, ConfigDict, Field
 
 from fedq import strict_json
-from fedq.cli.flags import AppOpt, BrokerOpt, FederationOpt, ReportOpt, StateOpt, VerboseOpt
+from fedq.cli.flags import (
+    AppSpec,
+    BrokerUrl,
+    FederationName,
+    ReportPath,
+    StateDirRoot,
+    Verbose,
+)
 from fedq.cli.observers import ObserverSettings, watching
 from fedq.cli.running import fail, load, run, setup_logging
 from fedq.console import RoundProgress, console, print_summary
@@ -43,36 +50,42 @@ from fedq.settings import settings
 TAKEOVER_LOCK_SECONDS = 180.0
 
 
-@with_settings(CoordinatorConfig, ObserverSettings, OutputSettings)
-def coordinator_command(
-    given: Given,
-    federation: FederationOpt,
-    app_spec: AppOpt,
-    broker: BrokerOpt = None,
-    state_dir: StateOpt = None,
-    report: ReportOpt = None,
-    standby: Annotated[
-        bool,
-        typer.Option(
-            "--standby",
-            help="If another coordinator holds the state dir, wait, and take over when it "
-            "stops (however it stops), instead of refusing to start.",
-        ),
-    ] = False,
-    verbose: VerboseOpt = False,
-) -> None:
+class CoordinatorProcess(BaseModel):
+    """The process: which federation and app, which broker, where its state and report go
+    (the federation's own settings are :class:`CoordinatorConfig`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    federation: FederationName
+    app_spec: AppSpec
+    broker_url: BrokerUrl = None
+    state_dir: StateDirRoot = None
+    report: ReportPath = None
+    standby: bool = Field(
+        False,
+        description="If another coordinator holds the state dir, wait, and take over when it "
+        "stops (however it stops), instead of refusing to start.",
+        json_schema_extra={"flag": "--standby"},
+    )
+    verbose: Verbose = False
+
+
+@with_settings(CoordinatorProcess, CoordinatorConfig, ObserverSettings, OutputSettings)
+def coordinator_command(given: Given) -> None:
     """Run the coordinator of one federation on RabbitMQ."""
-    setup_logging(verbose, given.build(OutputSettings), "coordinator", federation)
-    config = coordinator_config(given, federation, state_dir)
+    process = given.build(CoordinatorProcess)
+    federation, report = process.federation, process.report
+    setup_logging(process.verbose, given.build(OutputSettings), "coordinator", federation)
+    config = coordinator_config(given, federation, process.state_dir)
     check_report(report)
-    application = load(app_spec)
-    url = broker or settings().broker_url
+    application = load(process.app_spec)
+    url = process.broker_url or settings().broker_url
 
     observing = given.build(ObserverSettings)
 
     async def main() -> FederationResult:
         lock, wait = None, LOCK_GRACE_SECONDS
-        if standby:
+        if process.standby:
             lock, took_over = await standing_by(config.state_dir, federation)
             wait = TAKEOVER_LOCK_SECONDS if took_over else wait
         return await coordinate(config, application, url, observing, progress, lock, wait)

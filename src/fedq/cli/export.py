@@ -11,12 +11,10 @@ onnx (:mod:`fedq.apps.torch_export`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
 
-import typer
 from pydantic import BaseModel, ConfigDict, Field
 
-from fedq.cli.flags import AppOpt
+from fedq.cli.flags import AppSpec
 from fedq.cli.running import fail, load
 from fedq.console import console, plain
 from fedq.coordinator.checkpoint import CheckpointError, checkpoint_path, load_checkpoint
@@ -30,10 +28,16 @@ SUFFIX_FORMATS = {".keras": "keras", ".tflite": "tflite", ".onnx": "onnx", "": "
 
 
 class ExportSettings(BaseModel):
-    """What to write and where: flags, ``FEDQ_EXPORT_*`` variables or ``--config`` keys."""
+    """What to write and where: flags, ``FEDQ_*`` variables (``FEDQ_EXPORT_*`` for what is
+    export's own) or ``--config`` keys."""
 
     model_config = ConfigDict(extra="forbid")
 
+    app_spec: AppSpec
+    state_dir: Path = Field(
+        description="The federation's folder (holds ledger.sqlite).",
+        json_schema_extra={"env": "FEDQ_EXPORT_STATE_DIR"},
+    )
     out: Path = Field(
         description="Where to write the model: a file named *.keras, *.tflite or *.onnx, or a "
         "folder (savedmodel).",
@@ -41,15 +45,17 @@ class ExportSettings(BaseModel):
     )
     format: str | None = Field(
         None,
-        description="keras, savedmodel, tflite, onnx, or another format the app writes "
-        "(default: the one --out's suffix names).",
-        json_schema_extra={"env": "FEDQ_EXPORT_FORMAT"},
+        description="keras, savedmodel, tflite, onnx, or another format the app writes.",
+        json_schema_extra={
+            "env": "FEDQ_EXPORT_FORMAT",
+            "shown_default": "the one --out's suffix names",
+        },
     )
     version: int | None = Field(
         None,
         ge=0,
-        description="Which model version (default: the last committed).",
-        json_schema_extra={"env": "FEDQ_EXPORT_VERSION"},
+        description="Which model version.",
+        json_schema_extra={"env": "FEDQ_EXPORT_VERSION", "shown_default": "the last committed"},
     )
 
 
@@ -83,19 +89,14 @@ def export_formats(application: App, spec: str) -> tuple[str, ...]:
 
 
 @with_settings(ExportSettings)
-def export_command(
-    given: Given,
-    app_spec: AppOpt,
-    state_dir: Annotated[
-        Path, typer.Option("--state-dir", help="The federation's folder (holds ledger.sqlite).")
-    ],
-) -> None:
+def export_command(given: Given) -> None:
     """Write a committed global model for other tools: keras, savedmodel, tflite or onnx.
 
     The format follows --out (a file named *.keras, *.tflite or *.onnx, or a folder for a
     SavedModel) unless --format names it; an app writes only some formats (a PyTorch app:
     onnx), and says which."""
     options = given.build(ExportSettings)
+    app_spec, state_dir = options.app_spec, options.state_dir
     out, format = options.out, chosen_format(options.out, options.format)
     ledger_path = state_dir / "ledger.sqlite"
     if not ledger_path.exists():

@@ -7,39 +7,53 @@ import sys
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
 
-import typer
+from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 
 from fedq import strict_json
-from fedq.cli.flags import StateOpt
+from fedq.cli.flags import StateDirRoot
 from fedq.cli.running import fail
 from fedq.console import console, history_table, plain
 from fedq.coordinator.attendance import natural
 from fedq.coordinator.ledger_schema import LedgerError
 from fedq.coordinator.ledger_view import FederationHistory, read_histories
 from fedq.coordinator.records import VersionSummary
+from fedq.options import Given, with_settings
 from fedq.plot import PlotUnavailable, plot_history
 from fedq.settings import settings
 
 
-def history_command(
-    state_dir: StateOpt = None,
-    federation: Annotated[
-        str | None, typer.Option("--federation", help="Only this federation.")
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
-    plot: Annotated[
-        Path | None,
-        typer.Option("--plot", help="Also draw loss and accuracy per round into this PNG."),
-    ] = None,
-) -> None:
+class HistorySettings(BaseModel):
+    """What to show: flags, ``FEDQ_*`` variables or ``--config`` keys (:mod:`fedq.options`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    state_dir: StateDirRoot = Field(
+        None, description="The state dir, or one federation's folder in it."
+    )
+    federation: str | None = Field(None, description="Only this federation.")
+    as_json: bool = Field(
+        False,
+        description="Print JSON instead of a table.",
+        json_schema_extra={"flag": "--json", "env": "FEDQ_HISTORY_JSON"},
+    )
+    plot: Path | None = Field(
+        None,
+        description="Also draw loss and accuracy per round into this PNG.",
+        json_schema_extra={"env": "FEDQ_HISTORY_PLOT"},
+    )
+
+
+@with_settings(HistorySettings)
+def history_command(given: Given) -> None:
     """Print committed rounds, who was late or missing in each, and rejected updates from
     the ledger(s) under a state dir.
 
     DIR is either one federation's folder or the state dir holding one folder per federation.
     """
+    options = given.build(HistorySettings)
+    state_dir, federation, plot = options.state_dir, options.federation, options.plot
     try:
         histories = read_histories(state_dir or settings().state_dir, federation)
     except LedgerError as exc:
@@ -50,7 +64,7 @@ def history_command(
         except PlotUnavailable as exc:
             raise fail(str(exc)) from None
         console.print(plain(f"plot written to {plot}"))
-    if as_json:
+    if options.as_json:
         data = [asdict(h) for h in histories]
         print(strict_json.dumps(data if len(data) > 1 else data[0], indent=2))
         return

@@ -48,7 +48,8 @@ class ObserverSettings(BaseModel):
     mlflow_experiment: str | None = Field(
         None,
         min_length=1,
-        description="The MLflow experiment of the run (default: the federation's name).",
+        description="The MLflow experiment of the run.",
+        json_schema_extra={"shown_default": "the federation's name"},
     )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fedq.cli.flags import AppSpec, BrokerUrl, Verbose
 from fedq.cli.running import fail, load, run, setup_logging
 from fedq.cli.training import train_config
 from fedq.console import ParticipantProgress, console
@@ -35,18 +36,10 @@ class ParticipantProcess(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    app_spec: str = Field(
-        description="The app, package.module:attr.",
-        json_schema_extra={"flag": "--app", "env": "FEDQ_APP"},
-    )
+    app_spec: AppSpec
     count: int = Field(1, ge=1, description="Run M virtual participants: <id>-0 ... <id>-(M-1).")
-    broker_url: str | None = Field(
-        None,
-        description="RabbitMQ URL (default: FEDQ_BROKER_URL in the fedq.env file here, else the "
-        "local broker).",
-        json_schema_extra={"flag": "--broker"},
-    )
-    verbose: bool = Field(False, description="Log what happens.", json_schema_extra={"flag": "-v"})
+    broker_url: BrokerUrl = None
+    verbose: Verbose = False
 
 
 @with_settings(

@@ -11,16 +11,15 @@ from __future__ import annotations
 import importlib
 import sys
 from pathlib import Path
-from typing import Annotated
 
 import numpy as np
-import typer
+from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.table import Table
 
-from fedq.cli.flags import AppOpt
+from fedq.cli.flags import AppSpec
 from fedq.console import console
-from fedq.options import OptionsError
+from fedq.options import Given, OptionsError, with_settings
 from fedq.participant.app import AppError, load_app
 from fedq.participant.partitions import split
 from fedq.participant.scheme import DESCRIBED, Scheme
@@ -80,24 +79,41 @@ def _training_labels(app_spec: str) -> np.ndarray:
     return np.asarray(y)
 
 
-def partition_command(
-    app_spec: AppOpt,
-    participants: Annotated[
-        int, typer.Option("--participants", "-n", min=1, help="How many participants.")
-    ],
-    scheme: Annotated[
-        str,
-        typer.Option("--scheme", help=f"How to split the data: {DESCRIBED}."),
-    ] = "iid",
-    seed: Annotated[
-        int | None,
-        typer.Option("--seed", help="Split seed (default: the app module's SEED, else 0)."),
-    ] = None,
-    plot: Annotated[
-        Path | None, typer.Option("--plot", help="Write a stacked bar chart (PNG) here.")
-    ] = None,
-) -> None:
+class PartitionSettings(BaseModel):
+    """What to split: flags, ``FEDQ_*`` variables or ``--config`` keys (:mod:`fedq.options`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    app_spec: AppSpec
+    participants: int = Field(
+        ge=1, description="How many participants.", json_schema_extra={"flag": "-n"}
+    )
+    scheme: str = Field(
+        "iid",
+        description=f"How to split the data: {DESCRIBED}.",
+        json_schema_extra={"env": "FEDQ_PARTITION_SCHEME"},
+    )
+    seed: int | None = Field(
+        None,
+        description="Split seed.",
+        json_schema_extra={
+            "env": "FEDQ_PARTITION_SEED",
+            "shown_default": "the app module's SEED, else 0",
+        },
+    )
+    plot: Path | None = Field(
+        None,
+        description="Write a stacked bar chart (PNG) here.",
+        json_schema_extra={"env": "FEDQ_PARTITION_PLOT"},
+    )
+
+
+@with_settings(PartitionSettings)
+def partition_command(given: Given) -> None:
     """Print each participant's label histogram under a partition scheme (and plot it)."""
+    options = given.build(PartitionSettings)
+    app_spec, participants, scheme = options.app_spec, options.participants, options.scheme
+    seed, plot = options.seed, options.plot
     try:
         parsed = Scheme.parse(scheme)
     except ValueError as exc:

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
 
-import typer
+from pydantic import BaseModel, ConfigDict, Field
 
 from fedq.cli.coordinator import check_report, coordinator_config, write_report
 from fedq.cli.experiments import describe_heterogeneity, heterogeneity, parse_malicious
-from fedq.cli.flags import AppOpt, ReportOpt, StateOpt, VerboseOpt
+from fedq.cli.flags import AppSpec, ReportPath, StateDirRoot, Verbose
 from fedq.cli.observers import ObserverSettings, watching
 from fedq.cli.running import fail, load, run, setup_logging
 from fedq.cli.training import train_config
@@ -32,79 +31,86 @@ from fedq.participant.config import CODEC_HELP, DataSplit, ParticipantConfig, ch
 from fedq.scenario import heterogeneous
 from fedq.simulation import SimulationPlan, simulate
 
-SimBrokerOpt = Annotated[
-    str | None,
-    typer.Option("--broker", help="Run on RabbitMQ at this URL instead of the embedded broker."),
-]
-SimFederationOpt = Annotated[
-    str | None, typer.Option("--federation", help="Name (default: sim-<timestamp>).")
-]
-UpdateCodecOpt = Annotated[str, typer.Option("--update-codec", help=CODEC_HELP)]
-ScenarioOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--scenario",
-        help="A TOML file of who is slow, drops out or lags (docs/experiments.md); "
+
+class SimulateSettings(BaseModel):
+    """The simulation's own settings (the coordinator's and the participants' are their
+    models'): flags, ``FEDQ_*`` variables or ``--config`` keys (:mod:`fedq.options`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    app_spec: AppSpec = "fedq.apps.dense:app"
+    broker_url: str | None = Field(
+        None,
+        description="Run on RabbitMQ at this URL.",
+        json_schema_extra={
+            "flag": "--broker",
+            "env": "FEDQ_SIMULATE_BROKER",
+            "shown_default": "the embedded broker",
+        },
+    )
+    federation: str | None = Field(
+        None, description="Name.", json_schema_extra={"shown_default": "sim-<timestamp>"}
+    )
+    state_dir: StateDirRoot = None
+    report: ReportPath = None
+    update_codec: str = Field("raw", description=CODEC_HELP)
+    scenario: Path | None = Field(
+        None,
+        description="A TOML file of who is slow, drops out or lags (docs/experiments.md); "
         "--slow, --delay and --dropout change it.",
-    ),
-]
-SlowOpt = Annotated[
-    list[str] | None,
-    typer.Option("--slow", help="Make participant INDEX FACTOR x slower, e.g. 3:10 (FACTOR: all)."),
-]
-DelayOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--delay", help="Add SECONDS to each round of participant INDEX, e.g. 3:5 (SECONDS: all)."
-    ),
-]
-DropoutOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--dropout",
-        help="Participant INDEX skips each model with probability P, e.g. 3:0.5 (P: all).",
-    ),
-]
-MaliciousOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--malicious",
-        help="Make participant INDEX send poisoned updates (experiments): INDEX:ATTACK, "
+    )
+    slow: list[str] = Field(
+        [], description="Make participant INDEX FACTOR x slower, e.g. 3:10 (FACTOR: all)."
+    )
+    delay: list[str] = Field(
+        [],
+        description="Add SECONDS to each round of participant INDEX, e.g. 3:5 (SECONDS: all).",
+        json_schema_extra={"env": "FEDQ_SIMULATE_DELAY"},
+    )
+    dropout: list[str] = Field(
+        [],
+        description="Participant INDEX skips each model with probability P, e.g. 3:0.5 (P: all).",
+        json_schema_extra={"env": "FEDQ_SIMULATE_DROPOUT"},
+    )
+    malicious: list[str] = Field(
+        [],
+        description="Make participant INDEX send poisoned updates (experiments): INDEX:ATTACK, "
         "ATTACK scale:FACTOR or sign_flip, e.g. 0:scale:-10.",
-    ),
-]
+    )
+    verbose: Verbose = False
 
 
-@with_settings(CoordinatorConfig, ObserverSettings, DataSplit, TrainConfig, OutputSettings)
-def simulate_command(
-    given: Given,
-    app_spec: AppOpt = "fedq.apps.dense:app",
-    broker: SimBrokerOpt = None,
-    federation: SimFederationOpt = None,
-    state_dir: StateOpt = None,
-    report: ReportOpt = None,
-    update_codec: UpdateCodecOpt = "raw",
-    scenario: ScenarioOpt = None,
-    slow: SlowOpt = None,
-    delay: DelayOpt = None,
-    dropout: DropoutOpt = None,
-    malicious: MaliciousOpt = None,
-    verbose: VerboseOpt = False,
-) -> None:
-    """Run a coordinator and N participants on this machine (embedded broker by default).
+@with_settings(
+    SimulateSettings,
+    CoordinatorConfig,
+    ObserverSettings,
+    DataSplit,
+    TrainConfig,
+    OutputSettings,
+    defaults={"participants": 4, "rounds": 5},
+)
+def simulate_command(given: Given) -> None:
+    """Run a coordinator and N participants on this machine, on an embedded broker or on
+    RabbitMQ (--broker).
 
-    4 participants and 5 rounds unless told otherwise; every coordinator flag applies.
+    Every coordinator flag applies.
     """
-    name = federation or time.strftime("sim-%Y%m%d-%H%M%S")
-    setup_logging(verbose, given.build(OutputSettings), "simulate", name)
-    config = coordinator_config(given, name, state_dir, {"participants": 4, "rounds": 5})
+    options = given.build(SimulateSettings)
+    broker, report = options.broker_url, options.report
+    name = options.federation or time.strftime("sim-%Y%m%d-%H%M%S")
+    setup_logging(options.verbose, given.build(OutputSettings), "simulate", name)
+    config = coordinator_config(given, name, options.state_dir)
     check_report(report)
-    codec = codec_of(update_codec)
-    attacks = parse_malicious(malicious or [], config.participants)
-    flags = {"--slow": slow, "--delay": delay, "--dropout": dropout}
-    found, seed = heterogeneity(scenario, flags, config.participants)
+    codec = codec_of(options.update_codec)
+    attacks = parse_malicious(options.malicious, config.participants)
+    flags: dict[str, list[str] | None] = {
+        "--slow": options.slow,
+        "--delay": options.delay,
+        "--dropout": options.dropout,
+    }
+    found, seed = heterogeneity(options.scenario, flags, config.participants)
     scheme = given.build(DataSplit).partition_scheme
-    application = load(app_spec)
+    application = load(options.app_spec)
     participant = ParticipantConfig(
         federation=name, participant_id="p", partition=Partition(scheme=scheme),
         update_codec=codec, train=train_config(given, application),
