@@ -48,7 +48,11 @@ def installed_commit(rev: str) -> Iterator[InstalledCommit]:
     with tempfile.TemporaryDirectory(prefix=f"fedq-{sha[:8]}-") as folder:
         source, site = Path(folder) / "source", Path(folder) / "site"
         with tarfile.open(fileobj=io.BytesIO(_git("archive", "--format=tar", sha))) as tar:
-            tar.extractall(source, filter="data")
+            # Our own repository's archive; the "data" filter where this Python has it
+            # (Debian's 3.11.2 predates it).
+            if hasattr(tarfile, "data_filter"):
+                tar.extraction_filter = tarfile.data_filter
+            tar.extractall(source)
         pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps"]
         subprocess.run([*pip, "--target", str(site), str(source)], check=True)
         env = {"PYTHONPATH": str(site)}
