@@ -131,6 +131,8 @@ class Coordinator:
             await alongside(collecting, self.transport.held_lost(), "the federation's lock")
             return await asyncio.to_thread(federation_result, self.ledger, self.config, started)
         finally:
+            # Let the federation go with the run (a transport may outlive it), then the dir.
+            await self.transport.release(self.topology.lock)
             await asyncio.to_thread(self.state.close)
 
     async def _collect_all(self, weights: Weights, version: int) -> None:

@@ -73,6 +73,8 @@ from fedq.messages.transport import (
 )
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/"
+#: The most letting go of a lock may take (Transport.release).
+RELEASE_SECONDS = 5.0
 
 T = TypeVar("T")
 
@@ -500,6 +502,17 @@ class AmqpTransport(Transport):
         task = asyncio.ensure_future(again())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    async def release(self, name: str) -> None:
+        if name not in self._held:
+            return
+        self._held.discard(name)
+        if self._connection is None or self._connection.is_closed:
+            return  # gone with its connection
+        # Bounded: a stopping coordinator must not ride out an outage for it; a lost
+        # connection takes the lock with it anyway.
+        with contextlib.suppress(TransportError, TimeoutError):
+            await asyncio.wait_for(self.delete_queue(name), RELEASE_SECONDS)
 
     async def held_lost(self) -> None:
         await asyncio.shield(self._lost_locks())

@@ -226,6 +226,10 @@ class MemoryTransport(Transport):
         if holder is not self:
             raise Locked(f"lock {name!r} is held by another connection")
 
+    async def release(self, name: str) -> None:
+        if self.broker.locks.get(name) is self:
+            del self.broker.locks[name]
+
     async def held_lost(self) -> None:
         await asyncio.Event().wait()  # one process, no outage: a lock is never lost
 

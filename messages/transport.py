@@ -155,6 +155,11 @@ class Transport(abc.ABC):
         took it meanwhile, :meth:`held_lost` says so."""
 
     @abc.abstractmethod
+    async def release(self, name: str) -> None:
+        """Let go of the lock ``name`` if this connection holds it (else nothing), without
+        closing the connection: a coordinator that stops leaves its transport usable."""
+
+    @abc.abstractmethod
     async def held_lost(self) -> None:
         """Wait until a lock this connection held is lost (raises LockLost); never returns
         otherwise. Run it beside the work the lock protects."""

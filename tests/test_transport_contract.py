@@ -219,6 +219,13 @@ async def test_a_lock_is_held_by_one_connection_until_it_closes(transport_pair):
     await first.hold(lock)  # holding it again is no error
     with pytest.raises(Locked):
         await second.hold(lock)
+    await second.release(lock)  # not its lock: nothing happens
+    with pytest.raises(Locked):
+        await second.hold(lock)
+    await first.release(lock)
+    await second.hold(lock)  # let go of with the connection still open
+    await second.release(lock)
+    await first.hold(lock)
     await first.close()
 
     async def taken() -> bool:
