@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import re
 import struct
 import tempfile
 import zipfile
@@ -61,6 +62,19 @@ def _reading(path: Path) -> Iterator[None]:
 
 def checkpoint_path(folder: Path, version: int) -> Path:
     return folder / f"model-v{version:06d}.npz"
+
+
+_CHECKPOINT_NAME = re.compile(r"model-v(\d+)\.npz")
+
+
+def checkpoint_versions(folder: Path) -> dict[int, Path]:
+    """The checkpoints in ``folder`` (as :func:`checkpoint_path` names them) by version."""
+    found = {}
+    for path in folder.glob("model-v*.npz"):
+        match = _CHECKPOINT_NAME.fullmatch(path.name)
+        if match is not None:
+            found[int(match.group(1))] = path
+    return found
 
 
 def save_checkpoint(

@@ -25,19 +25,22 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedq.coordinator.checkpoint import CheckpointError, load_optimizer_state, map_checkpoint
+from fedq.coordinator.checkpoint import (
+    CheckpointError,
+    checkpoint_versions,
+    load_optimizer_state,
+    map_checkpoint,
+)
 from fedq.coordinator.ledger import UpdateLedger, file_sha256
 
 log = logging.getLogger("fedq.coordinator")
 
 #: The prefix of the folder what was rolled back goes to.
 DAMAGED_PREFIX = "damaged-"
-_CHECKPOINT = re.compile(r"model-v(\d+)\.npz")
 
 
 @dataclass(frozen=True)
@@ -102,9 +105,8 @@ def roll_back_to_last_good(folder: Path, ledger: UpdateLedger) -> RolledBack | N
     # The ledger as it was, before anything changes: what an audit of the damage reads.
     ledger.backup(aside / "ledger-before-rollback.sqlite")
     (aside / "models").mkdir()
-    for path in sorted(models.glob("model-v*.npz")):
-        match = _CHECKPOINT.fullmatch(path.name)
-        if match is not None and int(match.group(1)) > good:
+    for version, path in checkpoint_versions(models).items():
+        if version > good:
             os.replace(path, aside / "models" / path.name)
     detail = f"rolled back to v{good} by --from-last-good: v{last}'s {why}"
     updates = ledger.roll_back(good, detail)

@@ -24,7 +24,7 @@ from fedq.coordinator.observers import CoordinatorObserver
 from fedq.coordinator.records import VersionSummary
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.codec import Weights
-from fedq.messages.transport import Delivery, Transport, TransportError
+from fedq.messages.transport import Delivery, Locked, Transport, TransportError
 from fedq.participant.app import Partition, TrainConfig, TrainResult
 
 FEDQ = [sys.executable, "-m", "fedq.cli"]
@@ -216,6 +216,16 @@ async def until_consumers_async(
             within=within,
             every=0.1,
         )
+
+
+async def took_lock(transport: Transport, name: str) -> bool:
+    """Whether ``transport`` could take the lock ``name`` now (then it holds it): a probe
+    for `until_async` while another holder is going."""
+    try:
+        await transport.hold(name)
+    except Locked:
+        return False
+    return True
 
 
 def until_consumers(url: str, queue: str, count: int = 1, *, within: float = 120.0) -> None:

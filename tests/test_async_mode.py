@@ -33,33 +33,18 @@ async def test_async_versions_follow_the_fast_and_weigh_the_slow_by_staleness(
     tmp_path: Path, federation: str
 ):
     exponent, versions = 0.5, 10
-    config = CoordinatorConfig(
-        federation=federation,
-        participants=8,
-        rounds=versions,
-        state_dir=tmp_path,
-        mode="async",
-        quorum=4,
-        staleness_exponent=exponent,
-        max_staleness=3,
-        linger_seconds=10,
-    )
-    plan = SimulationPlan(
-        coordinator=config,
-        participant=ParticipantConfig(federation=federation, participant_id="p"),
-        broker_url=BROKER_URL,
-        # Training is instant in this app: the delay is the round's time.
-        profiles=tuple(ParticipantProfile(i, delay_seconds=0.2) for i in range(8)),
-    )
     # The slow train on the newest model v until v + 2 is committed: slow by construction,
     # whatever the machine's load, so each of their updates folded is at least 2 stale.
-    commits = Commits()
-    app = Straggler(2000, commits, late=set(SLOW), until=lambda v: v + 2, last=versions)
-    try:
-        result = await simulate(plan, app, [commits])
-    finally:
-        async with AmqpTransport(BROKER_URL) as transport:
-            await Topology(federation).delete(transport, [f"p{i}" for i in range(8)])
+    result = await straggling(
+        tmp_path,
+        federation,
+        versions,
+        [],
+        size=2000,
+        behind=2,
+        staleness_exponent=exponent,
+        max_staleness=3,
+    )
     assert result.mode == "async" and result.model_version == versions
 
     ledger = UpdateLedger(tmp_path / "ledger.sqlite")
@@ -107,10 +92,18 @@ class LeftBehind(CoordinatorObserver):
 
 
 async def straggling(
-    tmp_path: Path, federation: str, versions: int, observers: list[CoordinatorObserver], **settings
+    tmp_path: Path,
+    federation: str,
+    versions: int,
+    observers: list[CoordinatorObserver],
+    *,
+    size: int = 64,
+    behind: int = 3,
+    **settings: Any,
 ) -> FederationResult:
-    """8 participants in async mode, K = 4; p5, p6 and p7 train on model v only once v + 3
-    is committed: every update of theirs is at least 3 versions behind."""
+    """8 participants in async mode, K = 4, training on ``size`` values of the synthetic
+    app; p5, p6 and p7 train on model v only once v + ``behind`` is committed: every update
+    of theirs is at least ``behind`` versions behind."""
     config = CoordinatorConfig(
         federation=federation,
         participants=8,
@@ -128,7 +121,7 @@ async def straggling(
         profiles=tuple(ParticipantProfile(i, delay_seconds=0.2) for i in range(8)),
     )
     commits = Commits()
-    app = Straggler(64, commits, late=set(SLOW), until=lambda v: v + 3, last=versions)
+    app = Straggler(size, commits, late=set(SLOW), until=lambda v: v + behind, last=versions)
     try:
         return await simulate(plan, app, [commits, *observers])
     finally:

@@ -15,11 +15,11 @@ from fedq.apps.synthetic import SyntheticApp
 from fedq.coordinator.config import CoordinatorConfig
 from fedq.messages.amqp import AmqpTransport, ConnectionLost
 from fedq.messages.topology import UPDATE_KEY, Topology
-from fedq.messages.transport import Locked, LockLost
+from fedq.messages.transport import LockLost
 from fedq.participant.config import ParticipantConfig
 from fedq.simulation import SimulationPlan, simulate
 from tests.conftest import BROKER_URL
-from tests.helpers import BrokerRelay, until_async
+from tests.helpers import BrokerRelay, took_lock, until_async
 
 pytestmark = pytest.mark.broker
 
@@ -105,15 +105,11 @@ async def test_a_lock_taken_while_its_holder_was_cut_off_is_reported_lost(federa
             await holder.hold(lock)
             lost = asyncio.create_task(holder.held_lost())
 
-            async def taken() -> bool:
-                try:
-                    await rival.hold(lock)
-                except Locked:
-                    return False
-                return True
-
             await relay.stop()
-            await until_async(taken, what="the rival to take the lock of the cut-off holder")
+            await until_async(
+                lambda: took_lock(rival, lock),
+                what="the rival to take the lock of the cut-off holder",
+            )
             assert not lost.done()
             await relay.start()
             with pytest.raises(LockLost, match=lock):

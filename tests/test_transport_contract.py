@@ -18,7 +18,7 @@ from fedq.messages.transport import (
     TransportError,
     Unroutable,
 )
-from tests.helpers import until_async
+from tests.helpers import took_lock, until_async
 
 
 def names() -> tuple[str, str]:
@@ -228,14 +228,9 @@ async def test_a_lock_is_held_by_one_connection_until_it_closes(transport_pair):
     await first.hold(lock)
     await first.close()
 
-    async def taken() -> bool:
-        try:
-            await second.hold(lock)
-        except Locked:
-            return False
-        return True
-
-    await until_async(taken, what="the lock to pass once its holder closed")
+    await until_async(
+        lambda: took_lock(second, lock), what="the lock to pass once its holder closed"
+    )
 
 
 async def test_unacked_deliveries_come_back_redelivered_in_order(transport_pair):

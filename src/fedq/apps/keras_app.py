@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fedq.apps import keras_export
+from fedq.apps.framework_app import Arrays as Arrays  # re-exported: apps name their data with it
+from fedq.apps.framework_app import FrameworkApp
 from fedq.apps.local_training import LocalTraining
 from fedq.messages.codec import Weights
 from fedq.participant import partitions
@@ -32,8 +33,6 @@ from fedq.runtime.quiet import native_stderr_silenced
 
 if TYPE_CHECKING:
     import keras
-
-Arrays = tuple[np.ndarray, np.ndarray]
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ info lines
 
@@ -51,7 +50,7 @@ def import_keras() -> Any:
     return keras
 
 
-class KerasApp:
+class KerasApp(FrameworkApp["keras.Model"]):
     """A compiled ``keras.Model`` (Sequential, functional or subclassed) and its data as an app.
 
     What is federated is ``model.weights``, every variable in it: trainable ones and
@@ -73,32 +72,18 @@ class KerasApp:
         train_config: TrainConfig | None = None,
         check: Callable[[], object] | None = None,
     ) -> None:
-        self._check = check
+        super().__init__(load_partition, load_test, check)
         #: What a participant runs unless its flags say otherwise.
         self.train_config = train_config or TrainConfig()
         self._build = build_model
-        self._load_partition = load_partition
-        self._load_test = load_test
         self._seed = seed
-        self._lock = threading.Lock()
-        self._models: dict[Any, keras.Model] = {}
-        self._data: dict[Partition, Arrays] = {}
         self._local: dict[Partition, LocalTraining] = {}
         self._initial: Weights | None = None
 
-    def check(self) -> None:
-        """Raise AppError if this machine cannot run the app (e.g. its data is missing)."""
-        if self._check is not None:
-            self._check()
-
-    def _model(self, key: Any) -> keras.Model:
-        with self._lock:
-            model = self._models.get(key)
-            if model is None:
-                keras = import_keras()
-                keras.utils.set_random_seed(self._seed)  # same initial weights everywhere
-                model = self._models[key] = _checked(self._build())
-            return model
+    def _new_model(self) -> keras.Model:
+        keras = import_keras()
+        keras.utils.set_random_seed(self._seed)  # same initial weights everywhere
+        return _checked(self._build())
 
     @staticmethod
     def _names(model: keras.Model) -> list[str]:
@@ -118,13 +103,7 @@ class KerasApp:
 
     def train(self, weights: Weights, partition: Partition, config: TrainConfig) -> TrainResult:
         model = self._model(("train", partition))
-        with self._lock:
-            data = self._data.get(partition)
-        if data is None:
-            data = self._load_partition(partition)
-            with self._lock:
-                self._data[partition] = data
-        x, y = data
+        x, y = self._partition_data(partition)
         self._set(model, weights)
         metrics: dict[str, float] = {}
         if config.evaluate_local and len(x) > 1:

@@ -26,7 +26,6 @@ Importing this module imports torch; ``import fedq`` and the Keras apps never do
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,11 +34,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedq.apps.framework_app import Arrays as Arrays  # re-exported: apps name their data with it
+from fedq.apps.framework_app import FrameworkApp
 from fedq.apps.torch_export import write_onnx
 from fedq.messages.codec import Weights
 from fedq.participant.app import AppError, Partition, TrainConfig, TrainResult
 
-Arrays = tuple[np.ndarray, np.ndarray]
 #: ``train(model, (x, y), config, device) -> metrics``: train ``model`` in place, on the
 #: partition's arrays, as ``config`` says (epochs, batch size, learning rate, ...).
 TrainFn = Callable[[nn.Module, Arrays, TrainConfig, torch.device], dict[str, float]]
@@ -145,7 +145,7 @@ def classification_evaluation(
     return {"loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1)}
 
 
-class TorchApp:
+class TorchApp(FrameworkApp[nn.Module]):
     """A fedq App of a ``torch.nn.Module`` builder and two data loaders of numpy arrays:
     ``load_partition(partition) -> (x, y)`` and ``load_test() -> (x, y)`` (or None: no
     held-out evaluation). ``train`` and ``evaluate`` default to classification with
@@ -171,49 +171,25 @@ class TorchApp:
         threads: int | None = None,
         example_input: np.ndarray | None = None,
     ) -> None:
+        super().__init__(load_partition, load_test, check)
         self._build = build_model
         self._example = example_input
-        self._load_partition = load_partition
-        self._load_test = load_test
         self._train = train or classification_training()
         self._evaluate = evaluate or classification_evaluation
         self.device = torch.device(device)
         self._seed = seed
         #: How participants train unless flags say otherwise (fedq reads this attribute).
         self.train_config = train_config or TrainConfig()
-        self._check = check
         #: torch's intra-op threads (process-wide), set when the first module is built.
         self._threads = threads
-        self._lock = threading.Lock()
-        self._models: dict[Any, nn.Module] = {}
-        self._data: dict[Partition, Arrays] = {}
 
-    def check(self) -> None:
-        """Raise AppError if this machine cannot run the app (e.g. its data is missing)."""
-        if self._check is not None:
-            self._check()
-
-    def _model(self, key: Any) -> nn.Module:
-        """The module of ``key`` (a partition, or the evaluation), built on first use."""
-        with self._lock:
-            model = self._models.get(key)
-            if model is None:
-                if self._threads is not None:
-                    torch.set_num_threads(self._threads)
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(self._seed)  # the same version 0 in every process
-                    model = self._build()
-                model = self._models[key] = model.to(self.device)
-            return model
-
-    def _partition_data(self, partition: Partition) -> Arrays:
-        with self._lock:
-            data = self._data.get(partition)
-        if data is None:
-            data = self._load_partition(partition)
-            with self._lock:
-                self._data[partition] = data
-        return data
+    def _new_model(self) -> nn.Module:
+        if self._threads is not None:
+            torch.set_num_threads(self._threads)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self._seed)  # the same version 0 in every process
+            model = self._build()
+        return model.to(self.device)
 
     def initial_weights(self) -> Weights:
         return weights_of(self._model("initial"))
