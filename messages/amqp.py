@@ -795,16 +795,8 @@ class AmqpTransport(Transport):
     async def _consuming_on(
         self, connection: AbstractRobustConnection, queue: str, prefetch: int
     ) -> AsyncIterator[AsyncIterator[Delivery]]:
-        channel = await connection.channel(publisher_confirms=False)
+        channel, inbox = await self._start_consumer(connection, queue, prefetch)
         try:
-            await channel.set_qos(prefetch_count=max(1, prefetch))
-            try:
-                q = await channel.get_queue(queue, ensure=True)
-            except aiormq.exceptions.ChannelNotFoundEntity:
-                raise TransportError(f"no queue {queue!r}") from None
-            inbox = _Inbox(q, max(1, prefetch), self._bodies, lambda: self._queue_exists(queue))
-            await _on_broker_cancel(channel, inbox.on_broker_cancel)
-            await inbox.start()
             try:
                 yield inbox
             finally:
@@ -814,3 +806,39 @@ class AmqpTransport(Transport):
                 # Closed with the connection meanwhile (see _Inbox.stop): nothing to close.
                 with contextlib.suppress(*_CONNECTION_LOST):
                     await channel.close()
+
+    async def _start_consumer(
+        self, connection: AbstractRobustConnection, queue: str, prefetch: int
+    ) -> tuple[AbstractChannel, _Inbox]:
+        """A channel consuming ``queue``, and its inbox. Caught by a lost connection (a
+        broker restart as a participant takes its queue back after training), it is tried
+        again once the robust connection is back, up to ``outage_seconds`` (then
+        ConnectionLost), as a publish is: raising the client's own error instead ended the
+        participant (tests/faults/test_broker_restarts.py caught it). A consumer half made
+        goes with its channel, so trying again starts from nothing."""
+        deadline = time.monotonic() + self._outage_seconds
+        retrying = False
+        while True:
+            channel: AbstractChannel | None = None
+            try:
+                try:
+                    channel = await connection.channel(publisher_confirms=False)
+                except RuntimeError as exc:  # aiormq's "<Connection ...> closed"
+                    raise aiormq.exceptions.AMQPConnectionError(str(exc)) from exc
+                await channel.set_qos(prefetch_count=max(1, prefetch))
+                try:
+                    q = await channel.get_queue(queue, ensure=True)
+                except aiormq.exceptions.ChannelNotFoundEntity:
+                    raise TransportError(f"no queue {queue!r}") from None
+                inbox = _Inbox(q, max(1, prefetch), self._bodies, lambda: self._queue_exists(queue))
+                await _on_broker_cancel(channel, inbox.on_broker_cancel)
+                await inbox.start()
+                return channel, inbox
+            except BaseException as exc:
+                if channel is not None and not channel.is_closed:
+                    with contextlib.suppress(Exception):
+                        await channel.close()
+                if not isinstance(exc, (*_CONNECTION_LOST, asyncio.CancelledError)):
+                    raise
+                await self._ride_out(exc, deadline, f"consuming {queue!r}", warned=retrying)
+                retrying = True
