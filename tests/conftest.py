@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -16,6 +16,7 @@ from fedq.messages.amqp import AmqpTransport
 from fedq.messages.memory import MemoryBroker, MemoryTransport
 from fedq.messages.transport import Transport
 from tests import kinds
+from tests.broker_hygiene import ONE_OF, BrokerWatch, clear_federation, delete
 from tests.kinds import pure_guard  # noqa: F401 (an autouse fixture)
 
 # No timing asserts, hypothesis's included: its default 200 ms per example fails tests on
@@ -29,8 +30,13 @@ BROKER_URL = os.environ.get("FEDQ_TEST_BROKER_URL", "amqp://guest:guest@127.0.0.
 
 
 @pytest.fixture
-def federation() -> str:
-    return f"t{uuid.uuid4().hex[:10]}"
+def federation(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A federation name of the test's own; after a broker test, whatever of it is left on
+    the shared broker is deleted (tests/broker_hygiene.py), pass or fail."""
+    name = f"t{uuid.uuid4().hex[:10]}"
+    yield name
+    if request.node.get_closest_marker("broker") is not None:
+        clear_federation(name, BROKER_URL)
 
 
 @pytest.fixture(params=["memory", pytest.param("amqp", marks=pytest.mark.broker)])
@@ -89,3 +95,35 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     kinds.mark_pure(items)
+
+
+_BROKER_WATCH = pytest.StashKey[BrokerWatch]()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.stash[_BROKER_WATCH] = BrokerWatch()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    yield  # the test's fixtures are torn down: what is new now, the test left
+    if item.get_closest_marker("broker") is not None:
+        item.session.stash[_BROKER_WATCH].after_test(item.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The shared broker as found: what broker tests left on it fails the run, named with
+    the test that left it, and is deleted (tests/broker_hygiene.py)."""
+    watch = session.stash.get(_BROKER_WATCH, None)
+    left = {} if watch is None else watch.leftovers()
+    if not left:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.section("left on the shared broker", red=True)
+        for (kind, vhost, name), test in sorted(left.items()):
+            where = f" on vhost {vhost!r}" if vhost else ""
+            reporter.write_line(f"{ONE_OF[kind]} {name!r}{where}, first seen after {test}")
+        reporter.write_line(f"{len(left)} left by the tests: deleted now; the run fails")
+    delete(left)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED

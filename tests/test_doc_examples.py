@@ -44,7 +44,7 @@ def examples() -> list[tuple[str, str]]:
     return found
 
 
-def small(command: str, tmp_path: Path) -> list[str]:
+def small(command: str, tmp_path: Path, federation: str) -> list[str]:
     args = shlex.split(command)[2:]  # after "fedq simulate"
     out: list[str] = []
     it = iter(args)
@@ -69,6 +69,8 @@ def small(command: str, tmp_path: Path) -> list[str]:
         out += ["--app", SMALL["--app"]]
     if "--state-dir" not in out:
         out += ["--state-dir", str(tmp_path / "state")]
+    if "--broker" in out and "--federation" not in out:
+        out += ["--federation", federation]  # the fixture's: cleared from the broker after
     # Fewer participants: a quorum above them shrinks in proportion.
     n = next((int(v) for f, v in itertools.pairwise(args) if f in ("-n", "--participants")), 0)
     if n > MAX_PARTICIPANTS:
@@ -83,9 +85,15 @@ def test_the_docs_have_simulate_examples():
     assert len(examples()) >= 10
 
 
-@pytest.mark.parametrize(("where", "command"), examples(), ids=[w for w, _ in examples()])
-def test_a_documented_simulate_example_finishes(tmp_path, where, command):
-    args = small(command, tmp_path)
+@pytest.mark.parametrize(
+    ("where", "command"),
+    [
+        pytest.param(where, command, id=where, marks=[pytest.mark.broker] * ("--broker" in command))
+        for where, command in examples()
+    ],
+)
+def test_a_documented_simulate_example_finishes(tmp_path, federation, where, command):
+    args = small(command, tmp_path, federation)
     # MLflow keeps a SQLite store's artifacts in ./mlruns: in the test's folder, not here.
     cwd = tmp_path if "--mlflow-uri" in args else None
     result = run_fedq("simulate", *args, timeout=300, cwd=cwd)

@@ -25,6 +25,7 @@ from fedq.apps.synthetic import SyntheticApp
 from fedq.coordinator.observers import CoordinatorObserver
 from fedq.coordinator.records import VersionSummary
 from fedq.teardown import teardown
+from tests.broker_hygiene import clear_federation
 from tests.broker_users import MANAGEMENT_URL
 from tests.conftest import BROKER_URL
 from tests.helpers import fedq_env, python_snippets, run_fedq, run_snippet
@@ -279,8 +280,20 @@ def test_the_doc_has_snippets():
 
 
 @pytest.mark.keras
-@pytest.mark.parametrize("index", range(len(python_snippets(DOC))))
+@pytest.mark.parametrize(
+    "index",
+    [
+        pytest.param(i, marks=[pytest.mark.broker] * ("amqp://" in snippet))
+        for i, snippet in enumerate(python_snippets(DOC))
+    ],
+)
 def test_every_snippet_of_the_python_api_doc_runs(index, tmp_path):
     """Each block as a user pastes it: a script, or a notebook cell if it awaits."""
-    out = run_snippet(python_snippets(DOC)[index], tmp_path)
+    snippet = python_snippets(DOC)[index]
+    try:
+        out = run_snippet(snippet, tmp_path)
+    finally:
+        if "amqp://" in snippet:  # its federations, named by their state dirs, go
+            for federation in (tmp_path / "state").glob("*"):
+                clear_federation(federation.name, BROKER_URL)
     assert out.returncode == 0, out.stderr[-3000:]
