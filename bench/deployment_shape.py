@@ -64,6 +64,7 @@ from fedq.coordinator.checkpoint import checkpoint_path
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.topology import Topology, UpdatesQueueType
 from fedq.runtime.allocator import tune_malloc_for_large_buffers
+from fedq.runtime.blas_threads import limit_blas_threads
 
 APP = "fedq.apps.synthetic:app"
 #: How often the ledger is polled for a new version (to stamp the processes' CPU clocks).
@@ -234,6 +235,25 @@ async def _wait_exit(processes: Sequence[asyncio.subprocess.Process], limit: flo
         ) from None
 
 
+#: py-spy's samples per second: enough to place 5 ms of a round, few enough not to slow it.
+PY_SPY_RATE = 200
+
+
+async def sampled_by_py_spy(pid: int, out: Path) -> asyncio.subprocess.Process:
+    """py-spy sampling process ``pid`` until it exits, every thread, idle stacks included
+    (a round's critical path is as much waiting as computing), without pausing it
+    (``--nonblocking``), into ``out`` as collapsed stacks (``--format raw``: one line per
+    stack and its count, for flamegraph tools and :mod:`bench.profile_summary`)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return await asyncio.create_subprocess_exec(
+        *(str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid)),
+        *("--rate", str(PY_SPY_RATE), "--nonblocking", "--idle", "--threads", "--full-filenames"),
+        *("--format", "raw", "--output", str(out)),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+
+
 async def run_fedq_processes(
     url: str,
     n: int,
@@ -241,9 +261,12 @@ async def run_fedq_processes(
     rounds: int,
     queue_type: UpdatesQueueType,
     commit: InstalledCommit | None = None,
+    profile: Path | None = None,
 ) -> FedqProcessResult:
     """One ``fedq coordinator`` and N ``fedq participant`` processes, quorum = N; of
-    ``commit`` if given (``other_commit.py``), else of this checkout."""
+    ``commit`` if given (``other_commit.py``), else of this checkout. With ``profile`` (a
+    folder), each process is sampled by py-spy from its start to its exit
+    (:func:`sampled_by_py_spy`)."""
     federation = f"bench-proc-{uuid.uuid4().hex[:8]}-{params}"
     fedq = fedq_executable() if commit is None else commit.command
     env = os.environ | {"FEDQ_SYNTHETIC_PARAMS": str(params), "FEDQ_BROKER_URL": url}
@@ -255,14 +278,16 @@ async def run_fedq_processes(
         report = Path(folder) / "report.json"
         ledger = Ledger(state / federation / "ledger.sqlite")
         children: list[asyncio.subprocess.Process] = []
+        samplers: list[asyncio.subprocess.Process] = []
 
         async def start(name: str, args: list[str], extra: dict[str, str]) -> None:
             with (logs / f"{name}.log").open("wb") as out:
-                children.append(
-                    await asyncio.create_subprocess_exec(
-                        fedq, *args, stdout=out, stderr=asyncio.subprocess.STDOUT, env=env | extra
-                    )
+                child = await asyncio.create_subprocess_exec(
+                    fedq, *args, stdout=out, stderr=asyncio.subprocess.STDOUT, env=env | extra
                 )
+            children.append(child)
+            if profile is not None:
+                samplers.append(await sampled_by_py_spy(child.pid, profile / f"{name}.txt"))
 
         try:
             started = time.time()
@@ -325,6 +350,7 @@ async def run_fedq_processes(
                 if child.returncode is None:
                     child.kill()
                     await child.wait()
+            await _wait_exit(samplers, 60.0)  # each writes its profile as its process ends
             async with AmqpTransport(url) as transport:
                 await Topology(federation, queue_type).delete(transport, participants)
 
@@ -393,6 +419,7 @@ def raw_participant(
     it and publish one update (``bodies``, each confirmed before the next). Reports
     (index, model copies consumed at, update publishes confirmed at)."""
     tune_malloc_for_large_buffers()  # as the fedq CLI does at start
+    limit_blas_threads()
     received, confirmed = asyncio.run(
         _raw_participant(url, index, updates, model_queue, bodies, model_chunks, rounds, ready)
     )

@@ -1,11 +1,14 @@
 """Seconds per round of fedq on RabbitMQ next to a raw aio-pika floor that moves the same bytes.
 
     python bench/round_overhead.py --participants 10 --params 1000000 10000000 --rounds 6 \
-        --broker amqp://guest:guest@127.0.0.1:5672/ [--processes [--against REV --pairs 3]]
+        --broker amqp://guest:guest@127.0.0.1:5672/ [--processes [--against REV --pairs 3]
+        [--profile DIR]]
 
 ``--against REV`` runs the deployment shape of commit REV too (``other_commit.py``), in
 alternating pairs with this checkout, and reports this checkout's round time over REV's per
-pair: a regression shows in one command, on one machine in one sitting.
+pair: a regression shows in one command, on one machine in one sitting. ``--profile DIR``
+samples every process of the deployment shape with py-spy (``bench/profile_summary.py``
+says where each one's time went).
 
 Two shapes, each against its own floor measured in the same run:
 
@@ -85,6 +88,7 @@ from fedq.messages.topology import Topology, UpdatesQueueType
 from fedq.participant.app import Partition, TrainConfig
 from fedq.participant.config import ParticipantConfig
 from fedq.runtime.allocator import tune_malloc_for_large_buffers
+from fedq.runtime.blas_threads import limit_blas_threads
 from fedq.simulation import SimulationPlan, participant_configs, simulate
 
 
@@ -566,6 +570,7 @@ async def measure(
     processes: bool,
     against: InstalledCommit | None = None,
     pairs: int = 3,
+    profile: Path | None = None,
 ) -> Row:
     load_at_start = os.getloadavg()[0]
     app = SyntheticApp(params=params)
@@ -578,7 +583,9 @@ async def measure(
         print(f"  P={params:,}: CPU parts done; raw floor, {n + 1} processes ...", flush=True)
         raw_processes = await run_raw_processes(url, n, update_body, model_body, rounds, queue_type)
         print(f"  P={params:,}: raw floor done; fedq, {n + 1} processes ...", flush=True)
-        fedq_processes = await run_fedq_processes(url, n, params, rounds, queue_type)
+        fedq_processes = await run_fedq_processes(
+            url, n, params, rounds, queue_type, profile=profile and profile / f"P{params}"
+        )
         process_row = ProcessRow(fedq_processes, raw_processes)
     compared = None
     if against is not None:
@@ -784,6 +791,7 @@ async def amain(args: argparse.Namespace, against: InstalledCommit | None) -> li
             args.processes,
             against,
             args.pairs,
+            args.profile,
         )
         rows.append(row)
     return rows
@@ -815,12 +823,21 @@ def main() -> None:
         "pairs with this checkout, and report this checkout's round time over REV's",
     )
     parser.add_argument("--pairs", type=int, default=3, help="pairs with --against")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="with --processes: sample each fedq process with py-spy into DIR/P<params>/"
+        "<process>.txt (collapsed stacks; python bench/profile_summary.py DIR/P<params> "
+        "sums them up)",
+    )
     args = parser.parse_args()
     if args.rounds < 2:
         parser.error("--rounds must be at least 2: round 1 is warm-up")
-    if args.against and not args.processes:
-        parser.error("--against compares the deployment shape: add --processes")
+    if (args.against or args.profile) and not args.processes:
+        parser.error("--against and --profile are of the deployment shape: add --processes")
     tuned = tune_malloc_for_large_buffers()
+    limit_blas_threads()  # as the fedq CLI does at start
     print(f"glibc malloc tuning: {'on' if tuned else 'off'} (FEDQ_MALLOC_TUNING=0 turns it off)")
     print(
         f"N = {args.participants} participants, quorum = N, {args.rounds} rounds, "

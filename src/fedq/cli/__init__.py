@@ -30,6 +30,7 @@ from fedq.cli.teardown import teardown_command
 from fedq.console import console, plain
 from fedq.options import OptionsError
 from fedq.runtime.allocator import tune_malloc_for_large_buffers
+from fedq.runtime.blas_threads import limit_blas_threads
 
 __all__ = ["app", "main"]
 
@@ -112,6 +113,7 @@ _reflow(app)
 
 def main() -> None:
     tune_malloc_for_large_buffers()
+    limit_blas_threads()
     try:
         app()
     except (Failure, OptionsError) as exc:
