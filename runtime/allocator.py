@@ -25,7 +25,11 @@ _M_MMAP_THRESHOLD = -3
 #: mapped and handed back to the system when freed instead of fragmenting the heap. Keep it
 #: above ``fedq.messages.chunks.DEFAULT_CHUNK_BYTES``.
 _THRESHOLD = 8 << 20
-_TRIM_THRESHOLD = 8 << 20
+#: Room for two chunk bodies freed at the top of the heap before glibc gives pages back: a
+#: sender holds the body it publishes while it encodes the next, and with room for only
+#: one, every other body came from pages given back and faulted in again (4,000 page
+#: faults per 40 MB update encoded; bench/README.md, "Chunk size and malloc thresholds").
+_TRIM_THRESHOLD = 16 << 20
 
 
 def tune_malloc_for_large_buffers() -> bool:
