@@ -112,3 +112,34 @@ def test_values_near_the_float32_limit_with_small_weights_stay_finite():
 def test_headroom_refuses_exactly_the_deltas_that_take_the_model_past_float32(model, delta, fits):
     base = {"w": np.array(model, np.float32)}
     assert Headroom.of(base).fits(WholeDelta({"w": np.array(delta, np.float32)})) is fits
+
+
+class CountedDelta(WholeDelta):
+    """A whole delta that counts the passes made over its values."""
+
+    def __init__(self, delta: dict[str, np.ndarray]) -> None:
+        super().__init__(delta)
+        self.passes = 0
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        self.passes += 1
+        yield from super().__iter__()
+
+
+@pytest.mark.parametrize(("value", "passes"), [(0.5, 1), (1e38, 2)])
+def test_a_fold_is_checked_by_a_pass_only_when_its_norm_leaves_room_for_overflow(value, passes):
+    """The norm bounds every value, so ordinary updates are folded in one pass (for a
+    chunked update, one read of its spool); only one whose norm could reach float32's limit
+    is checked value by value first."""
+    mean = WeightedMean().start(context(1.0))
+    mean.add_pieces(CountedDelta(delta(0.25)), 1)
+    update = CountedDelta(delta(value))
+    mean.add_pieces(update, 1)
+    assert update.passes == passes
+
+
+@pytest.mark.parametrize(("value", "passes"), [(0.5, 0), (2e38, 1)])
+def test_headroom_reads_an_update_only_when_its_norm_leaves_room_for_overflow(value, passes):
+    update = CountedDelta(delta(value))
+    assert Headroom.of(delta(1.0)).fits(update)
+    assert update.passes == passes

@@ -20,8 +20,13 @@ first (the sum it would write, block by block, without writing), and one that wo
 finite raises :class:`~.base.FoldOverflow` with nothing changed: the update whose fold, at
 its own weight, would overflow the sum of those before it is refused (``overflow``). The
 end result is a convex combination of finite values, normalised before it is summed, so it
-is finite. The check is one more pass over the update through the same scratch: time, no
-memory.
+is finite. The check is one more pass over the update through the same scratch (for a
+chunked update, one more read of its spool), so it is made only when it could fail: the
+update's L2 norm bounds each of its values, so its factor times its norm bounds what its
+fold adds to any sum, and the bounds of the folds so far add up to a bound on the sums.
+While twice the sums' bound plus the new fold's stays below float32's largest value (the
+factor 2 covers the rounding of every addition), no value can overflow, and the update
+is folded in one pass.
 """
 
 from __future__ import annotations
@@ -65,6 +70,10 @@ class StreamingMean(Aggregation):
         self._summed_weight = 0.0
         #: The weight the heaviest update had in the result (after the cap), once taken.
         self.capped_weight: float | None = None
+        #: No value of the sums is larger in magnitude: the sum of each fold's reach.
+        self._sums_bound = 0.0
+        #: The L2 norm of the heaviest as kept aside (s_h * delta_h).
+        self._heaviest_norm = 0.0
 
     def add(self, delta: Delta, weight: float, scale: float = 1.0) -> None:
         self.add_pieces(WholeDelta(delta), weight, scale)
@@ -74,32 +83,38 @@ class StreamingMean(Aggregation):
         assert weight > 0 and 0 < scale <= 1, "weight > 0 and a staleness factor in (0, 1]"
         assert not self._finished, "the result was taken"
         factor = _factor(weight * scale)
-        self._check_fits(pieces, factor)
+        norm = pieces.norm()
+        self._check_fits(pieces, factor, norm)
         capped = self.share < NO_WEIGHT_CAP
         if capped and (self._heaviest is None or weight > self._heaviest_weight):
-            self._set_aside(pieces, weight, scale)
+            self._set_aside(pieces, weight, scale, norm)
         else:
-            self._fold_all(pieces, factor, weight)
+            self._fold_all(pieces, factor, weight, norm)
         self.total_weight += weight
         self.count += 1
 
-    def _set_aside(self, pieces: DeltaPieces, weight: float, scale: float) -> None:
+    def _set_aside(self, pieces: DeltaPieces, weight: float, scale: float, norm: float) -> None:
         """``pieces`` becomes the heaviest; the one it replaces is folded with its weight."""
         if self._heaviest is None:
             self._heaviest = {n: np.empty_like(t) for n, t in self._sums.items()}
         else:
             previous = WholeDelta(self._heaviest)
             factor = _factor(self._heaviest_weight)
-            self._check_fits(previous, factor)
-            self._fold_all(previous, factor, self._heaviest_weight)
+            self._check_fits(previous, factor, self._heaviest_norm)
+            self._fold_all(previous, factor, self._heaviest_weight, self._heaviest_norm)
         kept, s = self._heaviest, np.float32(scale)
         for name, start, values in pieces:
             out = kept[name].reshape(-1)[start : start + values.size]
             np.multiply(values, s, out=out, casting="unsafe")
         self._heaviest_weight = weight
+        self._heaviest_norm = scale * norm
 
-    def _check_fits(self, pieces: DeltaPieces, factor: np.float32) -> None:
-        """Raise FoldOverflow if ``sums + factor * pieces`` would not be finite."""
+    def _check_fits(self, pieces: DeltaPieces, factor: np.float32, norm: float) -> None:
+        """Raise FoldOverflow if ``sums + factor * pieces`` would not be finite; without
+        a pass over ``pieces`` when their ``norm`` proves it cannot be."""
+        reach = float(factor) * norm
+        if 2 * (self._sums_bound + reach) < FLOAT32_MAX:  # False for a NaN or infinite norm
+            return
         with np.errstate(over="ignore", invalid="ignore"):
             for name, start, values in pieces:
                 flat = self._sums[name].reshape(-1)
@@ -114,11 +129,14 @@ class StreamingMean(Aggregation):
                             "float32 sum infinite"
                         )
 
-    def _fold_all(self, pieces: DeltaPieces, factor: np.float32, weight: float) -> None:
+    def _fold_all(
+        self, pieces: DeltaPieces, factor: np.float32, weight: float, norm: float
+    ) -> None:
         for name, start, values in pieces:
             for offset, block in blocks(values):
                 self._fold(name, start + offset, block, factor, weight)
         self._summed_weight += weight
+        self._sums_bound += float(factor) * norm
 
     def _fold(
         self, name: str, at: int, block: np.ndarray, factor: np.float32, weight: float
