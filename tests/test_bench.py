@@ -93,3 +93,28 @@ def test_large_model_refuses_one_round_with_one_line() -> None:
         .splitlines()[-1]
         .endswith("--rounds must be at least 2: a round's time is between two commits")
     )
+
+
+@pytest.mark.broker
+def test_a_profiled_round_says_where_each_process_spent_its_time(tmp_path: Path) -> None:
+    """``round_overhead.py --profile``: py-spy samples each fedq process of the deployment
+    shape, and ``profile_summary.py`` sums each up by thread and library."""
+    flags = ["--processes", "--participants", "2", "--params", "100000", "--rounds", "2"]
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "round_overhead.py"), *flags, "--repeat", "1",
+         "--profile", str(tmp_path)],
+        cwd=BENCH.parent, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = subprocess.run(
+        [sys.executable, str(BENCH / "profile_summary.py"), str(tmp_path / "P100000")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert summary.returncode == 0, summary.stderr[-2000:]
+    figures = strict_loads(summary.stdout.strip().splitlines()[-1])
+    assert set(figures["processes"]) == {"coordinator", "p0", "p1"}
+    threads = {t["thread"]: t for t in figures["processes"]["coordinator"]}
+    main = threads["MainThread"]
+    assert main["samples"] > main["idle"] > 0
+    # Busy stacks are put down to fedq's own code: the coordinator's parts show.
+    assert any(name.startswith("coordinator.") for t in threads.values() for name in t["by_fedq"])

@@ -4,7 +4,7 @@ overflow float32 refused: pure parts (the broker tests are in tests/hostile/test
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +14,13 @@ from hypothesis import strategies as st
 
 from fedq.coordinator.headroom import Headroom
 from fedq.coordinator.strategies import AggregationContext
-from fedq.coordinator.strategies.base import FoldOverflow, WholeDelta, capped_weights, weight_cap
+from fedq.coordinator.strategies.base import (
+    FoldOverflow,
+    Piece,
+    WholeDelta,
+    capped_weights,
+    weight_cap,
+)
 from fedq.coordinator.strategies.clipped_mean import NormClippedMean
 from fedq.coordinator.strategies.krum import Krum
 from fedq.coordinator.strategies.mean import WeightedMean
@@ -121,7 +127,7 @@ class CountedDelta(WholeDelta):
         super().__init__(delta)
         self.passes = 0
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Piece]:
         self.passes += 1
         yield from super().__iter__()
 
