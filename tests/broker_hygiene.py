@@ -88,9 +88,6 @@ class BrokerInventory:
     def added_since(self, before: BrokerInventory) -> set[Entity]:
         return set(self.entities - before.entities)
 
-    def missing_since(self, before: BrokerInventory) -> set[Entity]:
-        return set(before.entities - self.entities)
-
 
 class BrokerWatch:
     """What the shared broker held when the session started, and which broker test each
