@@ -37,7 +37,8 @@ For each parameter count P (float32), in one run on the real broker, the simulat
 - CPU parts of one round, single-threaded on warm buffers, no broker: update encode,
   decode + validation, N accumulator folds, mean + apply, checkpoint save, model encode,
   and the participant side (model decode + copy, train, delta, encode), to compare with the
-  round time.
+  round time; for an update sent as chunks, also the coordinator's intake and spool of its
+  chunks and its fold from the spool (``chunked_path.py``).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ from typing import Any
 import aio_pika
 import numpy as np
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractRobustConnection
+from chunked_path import ChunkedPath, chunked_path_seconds
 from deployment_shape import (
     FedqProcessResult,
     RawProcessResult,
@@ -428,6 +430,9 @@ class CpuParts:
     checkpoint: float  # save_checkpoint (npz + fsync)
     model_encode: float  # encode_message of the model (once per round)
     participant_one: float  # model decode + float copy + train + delta + encode, one participant
+    #: The coordinator's path for an update sent as chunks (bench/chunked_path.py), None
+    #: when the update fits one message: every chunk's intake and spool, then the fold.
+    chunked: ChunkedPath | None = None
 
     def serial_round(self, n: int) -> float:
         """All of a round's CPU work done one after the other (no overlap, no broker)."""
@@ -504,6 +509,7 @@ def measure_cpu(app: SyntheticApp, n: int, repeat: int) -> CpuParts:
         checkpoint=checkpoint,
         model_encode=median_seconds(lambda: encode_message(model_meta(), weights), repeat),
         participant_one=median_seconds(participant, repeat),
+        chunked=chunked_path_seconds(weights, delta, meta, repeat),
     )
 
 
@@ -721,6 +727,9 @@ def report(rows: list[Row], n: int) -> None:
         print(line(c.checkpoint, "checkpoint save (npz + fsync)"))
         print(line(c.model_encode, "model encode"))
         print(line(c.participant_one, "participant: model decode + copy, train, delta, encode", n))
+        if c.chunked is not None:
+            print(line(c.chunked.intake, "as chunks: intake + spool of every chunk of 1 update", n))
+            print(line(c.chunked.fold, "as chunks: whole checked, read back + folded, 1 update", n))
         print(line(c.serial_round(n), "sum: all of a round's CPU work in series"))
 
 
