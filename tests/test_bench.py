@@ -36,6 +36,7 @@ FAST_BENCHMARKS = {
         "0.05",
     ],
     "aggregate": ["--repeat", "1", "--params", "1000000"],
+    "chunked_path": ["--params", "1500000", "--repeat", "1"],
     "large_model": ["--params", "1000000", "--participants", "2", "--rounds", "2"],
     "round_overhead": [
         "--processes",

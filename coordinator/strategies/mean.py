@@ -12,7 +12,7 @@ update is folded into the sums. When a heavier one comes, the one kept aside is 
 its own weight (it can no longer be the heaviest, and only the heaviest can be over the
 cap) and the newcomer takes its place. At the end the one kept aside joins with
 min(w_h, cap(others)). The result is exact whatever the order of arrival: the cap cannot be
-gamed by arriving first or last. Memory: the model twice plus 4 MiB (once with the cap
+gamed by arriving first or last. Memory: the model twice plus 256 KiB (once with the cap
 off, ``max_weight_share = 1``).
 
 Overflow: finite float32 values times a weight can sum to infinity. Every fold is checked
