@@ -57,7 +57,7 @@ from fedq.coordinator.strategies.trimmed_mean import TrimmedMean
 from fedq.coordinator.verdicts import Admitted, Candidate
 from fedq.messages.codec import Weights, decode_message, encode_message, spec_of
 from fedq.messages.schema import UpdateMeta
-from fedq.runtime.allocator import tune_malloc_for_large_buffers
+from fedq.runtime.tuning import tune_process
 
 TENSORS = 8
 TARGET_RATIO = 2.0
@@ -368,7 +368,7 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=10, help="K for the robust rules")
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
-    tuned = tune_malloc_for_large_buffers()
+    tuned = tune_process()  # as the fedq CLI does at start
     print(f"glibc malloc tuning: {'on' if tuned else 'off'} (FEDQ_MALLOC_TUNING=0 turns it off)")
     rng = np.random.default_rng(0)
     updates = [make_update(i, args.params, rng) for i in range(args.updates)]

@@ -101,6 +101,7 @@ def chunked_path_seconds(
 
 def measure(params: int, repeat: int) -> ChunkedPath:
     """The path of a synthetic update of ``params`` float32 values (one tensor)."""
+    # Not fedq.runtime.tuning.tune_process: with --against, this may be an older fedq.
     from fedq.runtime.allocator import tune_malloc_for_large_buffers
     from fedq.runtime.blas_threads import limit_blas_threads
 

@@ -25,7 +25,7 @@ from fedq import strict_json
 from fedq.messages.chunks import DEFAULT_CHUNK_BYTES, encode_chunks
 from fedq.messages.codec import decode_message, encode_message
 from fedq.messages.schema import UpdateMeta
-from fedq.runtime.allocator import tune_malloc_for_large_buffers
+from fedq.runtime.tuning import tune_process
 
 
 def best_seconds(fn: Callable[[], object], repeat: int) -> float:
@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--tensors", type=int, default=8, help="tensors per update")
     args = parser.parse_args()
-    tuned = tune_malloc_for_large_buffers()
+    tuned = tune_process()  # as the fedq CLI does at start
     print(f"glibc malloc tuning: {'on' if tuned else 'off'} (FEDQ_MALLOC_TUNING=0 turns it off)")
     meta = UpdateMeta(
         federation="bench",

@@ -63,8 +63,7 @@ from other_commit import InstalledCommit
 from fedq.coordinator.checkpoint import checkpoint_path
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.topology import Topology, UpdatesQueueType
-from fedq.runtime.allocator import tune_malloc_for_large_buffers
-from fedq.runtime.blas_threads import limit_blas_threads
+from fedq.runtime.tuning import tune_process
 
 APP = "fedq.apps.synthetic:app"
 #: How often the ledger is polled for a new version (to stamp the processes' CPU clocks).
@@ -418,8 +417,7 @@ def raw_participant(
     """A floor participant process: on each model copy (``model_chunks`` messages), ack
     it and publish one update (``bodies``, each confirmed before the next). Reports
     (index, model copies consumed at, update publishes confirmed at)."""
-    tune_malloc_for_large_buffers()  # as the fedq CLI does at start
-    limit_blas_threads()
+    tune_process()  # as the fedq CLI does at start
     received, confirmed = asyncio.run(
         _raw_participant(url, index, updates, model_queue, bodies, model_chunks, rounds, ready)
     )

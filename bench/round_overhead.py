@@ -89,8 +89,7 @@ from fedq.messages.schema import ModelMeta, UpdateMeta
 from fedq.messages.topology import Topology, UpdatesQueueType
 from fedq.participant.app import Partition, TrainConfig
 from fedq.participant.config import ParticipantConfig
-from fedq.runtime.allocator import tune_malloc_for_large_buffers
-from fedq.runtime.blas_threads import limit_blas_threads
+from fedq.runtime.tuning import tune_process
 from fedq.simulation import SimulationPlan, participant_configs, simulate
 
 
@@ -845,8 +844,7 @@ def main() -> None:
         parser.error("--rounds must be at least 2: round 1 is warm-up")
     if (args.against or args.profile) and not args.processes:
         parser.error("--against and --profile are of the deployment shape: add --processes")
-    tuned = tune_malloc_for_large_buffers()
-    limit_blas_threads()  # as the fedq CLI does at start
+    tuned = tune_process()  # as the fedq CLI does at start
     print(f"glibc malloc tuning: {'on' if tuned else 'off'} (FEDQ_MALLOC_TUNING=0 turns it off)")
     print(
         f"N = {args.participants} participants, quorum = N, {args.rounds} rounds, "

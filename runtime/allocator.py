@@ -7,8 +7,9 @@ heap, where model-sized arrays freed and made again each version fragment it: th
 keeps their memory. fedq's message bodies are chunks (4 MiB of tensor bytes by default),
 so a fixed threshold just above a chunk serves bodies from the heap and maps the model's
 large tensors (the figures: bench/README.md, "Chunk size and malloc thresholds").
-Process-wide, so the CLI calls it once at start. ``FEDQ_MALLOC_TUNING=0`` turns it off: a
-process-level switch, read here and nowhere on the wire.
+Process-wide, so the CLI calls it once at start (:mod:`fedq.runtime.tuning`).
+``FEDQ_MALLOC_TUNING=0`` turns it off: a process-level switch, read here and nowhere on
+the wire.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ the broker needed (bench/README.md, "Where a round's time goes"). fedq's paralle
 its own (the event loop, worker threads, processes), and a ``dot`` of a chunk gains
 nothing from a second thread, so each fedq process asks for one.
 
-Process-wide, so the CLI calls it once at start, as it tunes malloc
+Process-wide, so the CLI calls it once at start (:mod:`fedq.runtime.tuning`), as it tunes malloc
 (:mod:`fedq.runtime.allocator`); a Python program calling fedq's API keeps its own
 settings. A user who set ``OPENBLAS_NUM_THREADS``, ``OMP_NUM_THREADS`` or
 ``MKL_NUM_THREADS`` keeps what they set.

@@ -29,8 +29,7 @@ from fedq.cli.simulate import simulate_command
 from fedq.cli.teardown import teardown_command
 from fedq.console import console, plain
 from fedq.options import OptionsError
-from fedq.runtime.allocator import tune_malloc_for_large_buffers
-from fedq.runtime.blas_threads import limit_blas_threads
+from fedq.runtime.tuning import tune_process
 
 __all__ = ["app", "main"]
 
@@ -112,8 +111,7 @@ _reflow(app)
 
 
 def main() -> None:
-    tune_malloc_for_large_buffers()
-    limit_blas_threads()
+    tune_process()
     try:
         app()
     except (Failure, OptionsError) as exc:
