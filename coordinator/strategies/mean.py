@@ -84,12 +84,12 @@ class StreamingMean(Aggregation):
         assert not self._finished, "the result was taken"
         factor = _factor(weight * scale)
         norm = pieces.norm()
-        self._check_fits(pieces, factor, norm)
+        reach = self._check_fits(pieces, factor, norm)
         capped = self.share < NO_WEIGHT_CAP
         if capped and (self._heaviest is None or weight > self._heaviest_weight):
             self._set_aside(pieces, weight, scale, norm)
         else:
-            self._fold_all(pieces, factor, weight, norm)
+            self._fold_all(pieces, factor, weight, reach)
         self.total_weight += weight
         self.count += 1
 
@@ -100,8 +100,8 @@ class StreamingMean(Aggregation):
         else:
             previous = WholeDelta(self._heaviest)
             factor = _factor(self._heaviest_weight)
-            self._check_fits(previous, factor, self._heaviest_norm)
-            self._fold_all(previous, factor, self._heaviest_weight, self._heaviest_norm)
+            reach = self._check_fits(previous, factor, self._heaviest_norm)
+            self._fold_all(previous, factor, self._heaviest_weight, reach)
         kept, s = self._heaviest, np.float32(scale)
         for name, start, values in pieces:
             out = kept[name].reshape(-1)[start : start + values.size]
@@ -109,12 +109,13 @@ class StreamingMean(Aggregation):
         self._heaviest_weight = weight
         self._heaviest_norm = scale * norm
 
-    def _check_fits(self, pieces: DeltaPieces, factor: np.float32, norm: float) -> None:
+    def _check_fits(self, pieces: DeltaPieces, factor: np.float32, norm: float) -> float:
         """Raise FoldOverflow if ``sums + factor * pieces`` would not be finite; without
-        a pass over ``pieces`` when their ``norm`` proves it cannot be."""
+        a pass over ``pieces`` when their ``norm`` proves it cannot be. Returns the fold's
+        reach, ``factor * norm``: no value it adds to a sum is larger in magnitude."""
         reach = float(factor) * norm
         if 2 * (self._sums_bound + reach) < FLOAT32_MAX:  # False for a NaN or infinite norm
-            return
+            return reach
         with np.errstate(over="ignore", invalid="ignore"):
             for name, start, values in pieces:
                 flat = self._sums[name].reshape(-1)
@@ -128,15 +129,18 @@ class StreamingMean(Aggregation):
                             f"tensor {name!r} times weight {float(factor):.4g} makes the "
                             "float32 sum infinite"
                         )
+        return reach
 
     def _fold_all(
-        self, pieces: DeltaPieces, factor: np.float32, weight: float, norm: float
+        self, pieces: DeltaPieces, factor: np.float32, weight: float, reach: float
     ) -> None:
+        """Fold ``factor * pieces`` into the sums; ``reach`` is what
+        :meth:`_check_fits` returned for them."""
         for name, start, values in pieces:
             for offset, block in blocks(values):
                 self._fold(name, start + offset, block, factor, weight)
         self._summed_weight += weight
-        self._sums_bound += float(factor) * norm
+        self._sums_bound += reach
 
     def _fold(
         self, name: str, at: int, block: np.ndarray, factor: np.float32, weight: float
