@@ -6,7 +6,6 @@ version, the damaged files moved aside, never deleted; the final model is exact 
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -20,8 +19,6 @@ from fedq.coordinator.audit import audit as audit_ledger
 from fedq.coordinator.checkpoint import checkpoint_path, load_checkpoint
 from fedq.coordinator.ledger import UpdateLedger
 from fedq.coordinator.rollback import roll_back_to_last_good
-from fedq.messages.amqp import AmqpTransport
-from fedq.messages.topology import Topology
 from tests.conftest import BROKER_URL
 from tests.helpers import run_fedq, start_fedq, until_line
 from tests.test_cli import one_line_error
@@ -71,44 +68,41 @@ def test_a_damaged_last_checkpoint_is_rolled_back_with_the_flag_and_the_run_goes
     root, logs = tmp_path / "state", tmp_path / "logs"
     logs.mkdir()
     folder, models = root / federation, root / federation / "models"
-    try:
-        _, first = federation_run(root, federation, logs, "first")
-        last = checkpoint_path(models, ROUNDS)
-        truncate(last)
+    _, first = federation_run(root, federation, logs, "first")
+    last = checkpoint_path(models, ROUNDS)
+    truncate(last)
 
-        refused = run_fedq(
-            "coordinator", "--federation", federation, "--app", SYNTHETIC,
-            "--state-dir", str(root), "--broker", BROKER_URL,
-            "--participants", "2", "--rounds", str(ROUNDS), timeout=90,
-        )  # fmt: skip
-        line = one_line_error(refused)
-        assert "model-v000003.npz cannot be read (BadZipFile" in line
-        assert "--from-last-good" in line and "fedq audit" in line
+    refused = run_fedq(
+        "coordinator", "--federation", federation, "--app", SYNTHETIC,
+        "--state-dir", str(root), "--broker", BROKER_URL,
+        "--participants", "2", "--rounds", str(ROUNDS), timeout=90,
+    )  # fmt: skip
+    line = one_line_error(refused)
+    assert "model-v000003.npz cannot be read (BadZipFile" in line
+    assert "--from-last-good" in line and "fedq audit" in line
 
-        out, second = federation_run(root, federation, logs, "second", "--from-last-good")
-        assert "rolled back from v3 to v2" in out, out
-        assert "v3's checkpoint model-v000003.npz cannot be read (BadZipFile" in out, out
-        assert f"round {ROUNDS}: model v{ROUNDS} from 2 updates" in out, out
+    out, second = federation_run(root, federation, logs, "second", "--from-last-good")
+    assert "rolled back from v3 to v2" in out, out
+    assert "v3's checkpoint model-v000003.npz cannot be read (BadZipFile" in out, out
+    assert f"round {ROUNDS}: model v{ROUNDS} from 2 updates" in out, out
 
-        model = load_checkpoint(last)  # v3 made again, from v2
-        for tensor in model.values():
-            np.testing.assert_allclose(tensor, ROUNDS * SyntheticApp.fedavg_step([0, 1]))
-        (aside,) = folder.glob("damaged-*")
-        assert (aside / "models" / last.name).stat().st_size < last.stat().st_size
-        assert (aside / "ledger-before-rollback.sqlite").is_file()
-        with sqlite3.connect(folder / "ledger.sqlite") as db:
-            rolled = db.execute(
-                "SELECT COUNT(*) FROM rejections WHERE reason = 'rolled_back'"
-            ).fetchone()[0]
-            versions = [v for (v,) in db.execute("SELECT version FROM versions ORDER BY 1")]
-        assert rolled == 2 and versions == [1, 2, 3]
+    model = load_checkpoint(last)  # v3 made again, from v2
+    for tensor in model.values():
+        np.testing.assert_allclose(tensor, ROUNDS * SyntheticApp.fedavg_step([0, 1]))
+    (aside,) = folder.glob("damaged-*")
+    assert (aside / "models" / last.name).stat().st_size < last.stat().st_size
+    assert (aside / "ledger-before-rollback.sqlite").is_file()
+    with sqlite3.connect(folder / "ledger.sqlite") as db:
+        rolled = db.execute(
+            "SELECT COUNT(*) FROM rejections WHERE reason = 'rolled_back'"
+        ).fetchone()[0]
+        versions = [v for (v,) in db.execute("SELECT version FROM versions ORDER BY 1")]
+    assert rolled == 2 and versions == [1, 2, 3]
 
-        sent_logs = [arg for path in first + second for arg in ("--sent-log", str(path))]
-        audit = run_fedq("audit", "--state-dir", str(folder), *sent_logs)
-        assert audit.returncode == 0, audit.stdout + audit.stderr
-        assert "audit passed" in audit.stderr
-    finally:
-        asyncio.run(teardown(federation))
+    sent_logs = [arg for path in first + second for arg in ("--sent-log", str(path))]
+    audit = run_fedq("audit", "--state-dir", str(folder), *sent_logs)
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    assert "audit passed" in audit.stderr
 
 
 def test_the_newest_sound_version_is_gone_on_from_and_nothing_when_all_are_sound(
@@ -144,11 +138,6 @@ def test_the_newest_sound_version_is_gone_on_from_and_nothing_when_all_are_sound
         ledger.close()
     audit = run_fedq("audit", "--state-dir", str(folder))
     assert audit.returncode == 0, audit.stdout + audit.stderr
-
-
-async def teardown(federation: str) -> None:
-    async with AmqpTransport(BROKER_URL) as transport:
-        await Topology(federation).delete(transport, ["p0", "p1"])
 
 
 def test_simulate_resuming_a_damaged_state_dir_takes_the_flag_too(tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ event with its number; real coordinator and participant processes on RabbitMQ, a
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import pty
@@ -16,8 +15,6 @@ from typing import Any
 
 import pytest
 
-from fedq.messages.amqp import AmqpTransport
-from fedq.messages.topology import Topology
 from tests.conftest import BROKER_URL
 from tests.helpers import FEDQ, fedq_env, run_fedq, start_fedq, until_line
 
@@ -102,12 +99,6 @@ def test_a_coordinator_and_participants_write_json_lines(tmp_path: Path, federat
         for process in (coordinator, *participants):
             if process.poll() is None:
                 process.kill()
-        asyncio.run(teardown(federation))
-
-
-async def teardown(federation: str) -> None:
-    async with AmqpTransport(BROKER_URL) as transport:
-        await Topology(federation).delete(transport, ["p0", "p1"])
 
 
 def on_a_terminal(*args: str) -> str:

@@ -5,7 +5,6 @@ commits. Real coordinator and participant processes on RabbitMQ."""
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 from pathlib import Path
 
@@ -15,8 +14,6 @@ import pytest
 from fedq.coordinator.modes import OpenVersion
 from fedq.coordinator.records import UpdateRecord
 from fedq.coordinator.stall import Stall, StallWatch, stall_of
-from fedq.messages.amqp import AmqpTransport
-from fedq.messages.topology import Topology
 from tests.conftest import BROKER_URL
 from tests.helpers import (
     free_port,
@@ -91,12 +88,6 @@ def test_a_version_short_of_participants_is_said_then_resolved(
         for process in (coordinator, *participants, board):
             if process.poll() is None:
                 process.kill()
-        asyncio.run(teardown(federation))
-
-
-async def teardown(federation: str) -> None:
-    async with AmqpTransport(BROKER_URL) as transport:
-        await Topology(federation).delete(transport, ["p0", "p1", "p2"])
 
 
 def record(participant: str, staleness: int = 0) -> UpdateRecord:
