@@ -63,6 +63,10 @@ ONE_OF = {
 }
 
 
+def management_client() -> httpx.Client:
+    return httpx.Client(base_url=MANAGEMENT_URL, auth=AUTH, timeout=10)
+
+
 @dataclass(frozen=True)
 class BrokerInventory:
     """Names of what the broker holds, per kind."""
@@ -70,10 +74,13 @@ class BrokerInventory:
     entities: frozenset[Entity]
 
     @classmethod
-    def read(cls) -> BrokerInventory | None:
-        """The broker's inventory now, or None when its management API does not answer."""
+    def read(cls, api: httpx.Client | None = None) -> BrokerInventory | None:
+        """The broker's inventory now, or None when its management API does not answer.
+        ``api``: a client to reuse (here a new one made a read take 60 ms, against 7 ms)."""
         try:
-            with httpx.Client(base_url=MANAGEMENT_URL, auth=AUTH, timeout=10) as api:
+            with contextlib.ExitStack() as stack:
+                if api is None:
+                    api = stack.enter_context(management_client())
                 found: set[Entity] = set()
                 for kind in ("queues", "exchanges", "policies"):  # per vhost
                     for item in api.get(f"/api/{kind}", params={"columns": "vhost,name"}).json():
@@ -95,7 +102,9 @@ class BrokerWatch:
     left at the end is named with the test that left it."""
 
     def __init__(self) -> None:
-        self.before = BrokerInventory.read()
+        #: One client for the session: the watch reads after each of some 470 broker tests.
+        self.api = management_client()
+        self.before = BrokerInventory.read(self.api)
         self.first_seen: dict[Entity, str] = {}
         self.used = False
 
@@ -103,7 +112,7 @@ class BrokerWatch:
         self.used = True
         if self.before is None:
             return
-        now = BrokerInventory.read()
+        now = BrokerInventory.read(self.api)
         for entity in () if now is None else now.added_since(self.before):
             self.first_seen.setdefault(entity, test)
 
@@ -115,7 +124,7 @@ class BrokerWatch:
             return {}
         deadline = time.monotonic() + within
         while True:
-            now = BrokerInventory.read()
+            now = BrokerInventory.read(self.api)
             if now is None:
                 return {}
             added = now.added_since(self.before)
