@@ -26,7 +26,7 @@ from fedq.coordinator.modes import AfterTheLast, CloseReason
 from fedq.coordinator.observers import Observers, UpdateSeen
 from fedq.coordinator.publish import Publisher
 from fedq.coordinator.settle import Settler
-from fedq.coordinator.stale_notice import StaleNotice
+from fedq.coordinator.stale_notice import KEEP_LATE_UPDATES, StaleNotice
 from fedq.coordinator.stall import StallWatch
 from fedq.coordinator.verdicts import (
     Admission,
@@ -43,13 +43,6 @@ from fedq.messages.transport import Delivery, TransportError
 from fedq.runtime.failpoints import failpoint
 
 log = logging.getLogger("fedq.coordinator")
-
-#: What keeps a straggler's updates, by mode, for the warning about one left behind.
-KEEP_LATE_UPDATES = {
-    "async": "Raise --max-staleness, or use --async-remedy, to keep its updates",
-    "quorum": "Use --late-updates fold (and --max-staleness) to keep its updates",
-    "sync": "Use --late-updates fold (and --max-staleness) to keep its updates",
-}
 
 #: After the last version, how often the lingering refusal looks whether anyone is alive.
 LINGER_POLL_SECONDS = 0.5

@@ -69,6 +69,11 @@ class ParticipantAccount:
     #: Of its accepted updates: the largest and the latest staleness (versions behind).
     max_staleness: int = 0
     last_staleness: int = 0
+    #: Its accepted updates over every participant's: 0 for one the federation leaves out.
+    share: float = 0.0
+    #: Its updates refused as ``stale`` during versions after the newest it was folded
+    #: into (every one, if none was): a straggler being left behind, while it lasts.
+    stale_since_folded: int = 0
 
 
 @dataclass(frozen=True)
@@ -252,11 +257,30 @@ class LedgerView:
                 "GROUP BY participant"
             )
         )
+        stale = dict(
+            self._all(
+                "WITH folded AS (SELECT participant, MAX(version) AS version FROM updates "
+                "GROUP BY participant) "
+                "SELECT r.participant, COUNT(*) FROM rejections r "
+                "LEFT JOIN folded f ON f.participant = r.participant "
+                "WHERE r.reason = 'stale' AND r.participant IS NOT NULL "
+                "AND r.during_version >= COALESCE(f.version, 0) GROUP BY r.participant"
+            )
+        )
+        total = sum(n for n, _, _ in accepted.values())
         accounts = []
         for participant in sorted(accepted.keys() | rejected.keys()):
             n, worst, last = accepted.get(participant, (0, 0, 0))
             accounts.append(
-                ParticipantAccount(participant, n, rejected.get(participant, 0), worst, last)
+                ParticipantAccount(
+                    participant,
+                    n,
+                    rejected.get(participant, 0),
+                    worst,
+                    last,
+                    share=n / total if total else 0.0,
+                    stale_since_folded=stale.get(participant, 0),
+                )
             )
         return accounts
 

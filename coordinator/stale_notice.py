@@ -23,6 +23,13 @@ from dataclasses import dataclass
 STALE_STREAK = 2
 #: The warning about one participant, at most this often.
 WARN_SECONDS = 60.0
+#: What keeps a straggler's updates, by mode: the coordinator's warning about one left
+#: behind says it, and so does the dashboard.
+KEEP_LATE_UPDATES = {
+    "async": "Raise --max-staleness, or use --async-remedy, to keep its updates",
+    "quorum": "Use --late-updates fold (and --max-staleness) to keep its updates",
+    "sync": "Use --late-updates fold (and --max-staleness) to keep its updates",
+}
 
 
 @dataclass(frozen=True)

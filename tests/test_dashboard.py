@@ -30,6 +30,7 @@ from fedq.apps.synthetic import SyntheticApp
 from fedq.coordinator.config import CoordinatorConfig
 from fedq.coordinator.ledger import UpdateLedger
 from fedq.coordinator.ledger_view import read_only
+from fedq.coordinator.records import UpdateRecord, VersionRecord
 from fedq.dashboard.app import serve
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.codec import Weights, encode_message
@@ -384,6 +385,39 @@ async def test_the_dlq_is_browsed_page_by_page_and_by_reason_from_the_ledger(
         await opened.page.select_option("#dlq-reason", "norm_exceeded")
         await expect(rows).to_have_count(10)
         await expect(opened.page.locator("#dlq-table")).not_to_contain_text("stale")
+        assert not opened.errors
+
+
+async def test_a_participant_left_behind_is_named_and_every_share_shown(
+    tmp_path, federation, browser
+):
+    """p1's updates keep being refused as stale after its last folded one (the coordinator
+    warns and sends it the newest model): the card says so above the participants, whose
+    share of the folded updates is a column; one refusal in a row is no warning yet."""
+    ledger = UpdateLedger(tmp_path / federation / "ledger.sqlite")
+    ledger.set_meta("federation", federation)
+    for v, contributors in ((1, ["p0", "p1", "p2"]), (2, ["p0", "p2"]), (3, ["p0"])):
+        checkpoint = tmp_path / f"model-v{v}.npz"
+        checkpoint.write_bytes(b"a checkpoint")
+        ledger.commit_version(
+            VersionRecord(v, v, "quorum", 1.0, 0.0, 1.0, str(checkpoint), {}),
+            [UpdateRecord(f"u{v}{p}", p, v, v - 1, 1, 1.0) for p in contributors],
+        )
+    for uid, who, during in (("s1", "p1", 1), ("s2", "p1", 2), ("s3", "p2", 2)):
+        ledger.record_rejection(uid, who, 1, 0, during, "stale", "too far behind")
+    ledger.close()
+    async with dashboard(tmp_path) as dash:
+        opened = await open_page(browser, dash.url)
+        card = opened.page.locator(f"#fed-{federation}")
+        note = card.locator(".note.behind")
+        await expect(note).to_contain_text(
+            "Left behind: p1 (2 updates refused as stale since its last folded one)"
+        )
+        await expect(note).not_to_contain_text("p2")
+        shares = {"p0": "50%", "p1": "17%", "p2": "33%"}  # of 6 folded updates
+        for participant, share in shares.items():
+            row = card.locator(f'tr[data-participant="{participant}"] .share')
+            await expect(row).to_have_text(share)
         assert not opened.errors
 
 

@@ -18,6 +18,7 @@ from fedq.coordinator.checkpoint import (
 from fedq.coordinator.config import CoordinatorConfig
 from fedq.coordinator.ledger import UpdateLedger
 from fedq.coordinator.ledger_schema import LedgerError
+from fedq.coordinator.ledger_view import LedgerView
 from fedq.coordinator.observers import CoordinatorObserver
 from fedq.coordinator.records import UpdateRecord, VersionRecord, VersionSummary
 from fedq.participant.config import ParticipantConfig
@@ -158,3 +159,26 @@ async def test_observers_receive_the_record_the_ledger_reads_back(tmp_path):
     stored = UpdateLedger(tmp_path / "ledger.sqlite").history()
     assert seen.rows == stored
     assert [row.local_metrics for row in stored] == [{"loss": 0.0}] * 2
+
+
+def test_each_participants_share_and_its_stale_refusals_since_its_last_fold(tmp_path):
+    """What `fedq history` and the dashboard show of a participant being left out."""
+    ledger = UpdateLedger(tmp_path / "ledger.sqlite")
+    ledger.commit_version(version(1), [update("a", "p0"), update("b", "p1")])
+    ledger.commit_version(version(2), [update("c", "p0")])
+    for uid, who, during, reason in [
+        ("s0", "p1", 0, "stale"),  # while v1 was made, the version p1 was folded into
+        ("s1", "p1", 1, "stale"),
+        ("s2", "p1", 2, "stale"),
+        ("s3", "p2", 1, "stale"),  # never folded: every one counts
+        ("n0", "p0", 2, "norm_exceeded"),
+    ]:
+        ledger.record_rejection(uid, who, 1, 0, during, reason, "")
+    ledger.close()
+    with LedgerView.open(tmp_path / "ledger.sqlite") as view:
+        accounts = {a.participant: a for a in view.participants()}
+    assert {p: (a.accepted, a.share, a.stale_since_folded) for p, a in accounts.items()} == {
+        "p0": (2, pytest.approx(2 / 3), 0),
+        "p1": (1, pytest.approx(1 / 3), 2),
+        "p2": (0, 0.0, 1),
+    }

@@ -19,11 +19,18 @@ from typing import Any
 
 from fedq.coordinator.ledger_view import LEDGER, find_ledgers
 from fedq.coordinator.roster import Roster
+from fedq.coordinator.stale_notice import KEEP_LATE_UPDATES, STALE_STREAK
 from fedq.dashboard.ledgers import FederationLedger, read_federation
 from fedq.dashboard.live import ControlListener, FederationLive, LiveState
 from fedq.dashboard.status import SourceStatus
 from fedq.management import ManagementClient, ManagementUnavailable, QueueStats
 from fedq.messages.schema import ControlMessage, FederationDone, RoundClosed, VersionProgress
+
+#: The hint for a participant left behind when the mode is not known (not heard live).
+KEEP_ANY_MODE = (
+    "Raise --max-staleness, or fold late updates (--late-updates fold, --async-remedy), to "
+    "keep its updates"
+)
 
 log = logging.getLogger("fedq.dashboard")
 
@@ -203,7 +210,20 @@ def _federation(
         card["done"] = True  # the last version is committed; federation.done may be missed
     if card["done"]:
         card["cannot_close"] = None
+    card["left_behind"] = [] if card["done"] else _left_behind(card["participants"])
+    card["keep_late_updates"] = KEEP_LATE_UPDATES.get(card["mode"] or "", KEEP_ANY_MODE)
     return card
+
+
+def _left_behind(participants: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Participants the running federation is leaving out: at least as many updates in a
+    row refused as stale since the newest folded one as make the coordinator warn and
+    send it the newest model (:mod:`fedq.coordinator.stale_notice`)."""
+    return [
+        {"participant": p["participant"], "refused": p["stale_since_folded"]}
+        for p in participants
+        if p["stale_since_folded"] >= STALE_STREAK
+    ]
 
 
 def _finished_by_ledger(ledger: FederationLedger | None, live: FederationLive | None) -> bool:
@@ -234,6 +254,8 @@ def _participants(
                 "rejected": record.rejected if record else 0,
                 "max_staleness": record.max_staleness if record else 0,
                 "last_staleness": record.last_staleness if record else 0,
+                "share": record.share if record else 0.0,
+                "stale_since_folded": record.stale_since_folded if record else 0,
             }
         )
     return rows

@@ -329,13 +329,24 @@ function participants(f) {
     `<td><span class="state ${esc(p.state)}">${esc(p.state ?? "not seen")}</span></td>` +
     `<td>${ago(p.last_heartbeat)}</td>` +
     `<td class="num">${p.version != null && p.version >= 0 ? "v" + p.version : dash}` +
-    `</td><td class="num">${p.accepted}</td><td class="num">${p.rejected}</td>` +
+    `</td><td class="num">${p.accepted}</td>` +
+    `<td class="num share">${(100 * (p.share ?? 0)).toFixed(0)}%</td>` +
+    `<td class="num">${p.rejected}</td>` +
     `<td class="num">${p.last_staleness} <span class="muted">(max ${p.max_staleness})</span></td>` +
     `<td class="num">${num(p.updates_sent)}</td><td class="num">${bytes(p.bytes_sent)}</td></tr>`);
   return `<table class="participants"><thead><tr><th>participant</th><th>state</th>` +
     `<th>last heartbeat</th><th class="num">trained on</th><th class="num">accepted</th>` +
-    `<th class="num">rejected</th><th class="num">staleness</th><th class="num">sent</th>` +
+    `<th class="num">share</th><th class="num">rejected</th><th class="num">staleness</th>` +
+    `<th class="num">sent</th>` +
     `<th class="num">bytes sent</th></tr></thead><tbody>${rows.join("")}</tbody></table>`;
+}
+/* Participants whose updates keep being refused as stale: the federation is leaving them
+   out (the coordinator warns too, and sends each the newest model). */
+function leftBehind(f) {
+  if (!f.left_behind || !f.left_behind.length) return "";
+  const who = f.left_behind.map((p) => `${esc(p.participant)} (${p.refused} updates ` +
+    "refused as stale since its last folded one)").join(", ");
+  return `<div class="note behind">Left behind: ${who}. ${esc(f.keep_late_updates)}.</div>`;
 }
 function federation(f) {
   const badge = f.done ? `<span class="badge done">done</span>` :
@@ -344,7 +355,8 @@ function federation(f) {
   const deaf = snap.status.broker.ok === false ? `<div class="note">Not live while the ` +
     "broker is unreachable: as last heard.</div>" : "";
   const stuck = f.cannot_close ? `<div class="note stuck">${esc(f.cannot_close)}</div>` : "";
-  const body = `${kpis(f)}${stuck}${err}${plots(f)}<h3>Participants</h3>${deaf}${participants(f)}`;
+  const body = `${kpis(f)}${stuck}${err}${plots(f)}<h3>Participants</h3>${deaf}` +
+    `${leftBehind(f)}${participants(f)}`;
   const head = `<h2>${esc(f.name)}</h2>${badge}`;
   if (!f.state_dir) {
     return `<details class="card fed" id="fed-${esc(f.name)}"><summary class="fed-head">` +
