@@ -191,11 +191,6 @@ def federation_plan(federation: str, state: Path) -> SimulationPlan:
     )
 
 
-async def delete_topology(federation: str, participants: list[str]) -> None:
-    async with AmqpTransport(BROKER_URL) as transport:
-        await Topology(federation).delete(transport, participants)
-
-
 # -------------------------------------------------------------------- tests
 async def test_the_page_follows_a_federation_its_queues_and_its_dlq_live(
     tmp_path, federation, browser
@@ -212,49 +207,44 @@ async def test_the_page_follows_a_federation_its_queues_and_its_dlq_live(
             type=MESSAGE_TYPES["update"],
             mandatory=True,
         )
-    try:
-        async with dashboard(state) as dash:
-            run = asyncio.create_task(
-                simulate(federation_plan(federation, state / federation), LearningSynthetic(1000))
-            )
-            opened = await open_page(browser, dash.url)
-            page = opened.page
-            card = page.locator(f"#fed-{federation}")
+    async with dashboard(state) as dash:
+        run = asyncio.create_task(
+            simulate(federation_plan(federation, state / federation), LearningSynthetic(1000))
+        )
+        opened = await open_page(browser, dash.url)
+        page = opened.page
+        card = page.locator(f"#fed-{federation}")
 
-            first = await version_on_page(page, federation, above=0)
-            second = await version_on_page(page, federation, above=first)
-            assert second > first
+        first = await version_on_page(page, federation, above=0)
+        second = await version_on_page(page, federation, above=first)
+        assert second > first
 
-            await expect(card.locator(".kpi").first).to_contain_text("quorum")
-            await expect(card.locator(".quorum")).to_contain_text("of 2")
-            await expect(card.locator(".epsilon")).to_contain_text("ε")
-            for participant in ("p0", "p1", "p2"):
-                row = card.locator(f'tr[data-participant="{participant}"]')
-                await expect(row).to_contain_text(" ago")
-            await expect(page.locator("#queues-table")).to_contain_text(
-                f"fedq.{federation}.updates"
-            )
-            await expect(page.locator("#dlq-table")).to_contain_text("undecodable")
-            # Both plots are drawn, each with a line of loss and one of accuracy.
-            for plot in ("by-version", "by-time"):
-                await expect(card.locator(f".{plot} svg path")).to_have_count(2)
-            for source in ("Broker", "Management API", "Ledgers"):
-                await expect(page.locator(f'.status.ok[data-source="{source}"]')).to_be_visible()
+        await expect(card.locator(".kpi").first).to_contain_text("quorum")
+        await expect(card.locator(".quorum")).to_contain_text("of 2")
+        await expect(card.locator(".epsilon")).to_contain_text("ε")
+        for participant in ("p0", "p1", "p2"):
+            row = card.locator(f'tr[data-participant="{participant}"]')
+            await expect(row).to_contain_text(" ago")
+        await expect(page.locator("#queues-table")).to_contain_text(f"fedq.{federation}.updates")
+        await expect(page.locator("#dlq-table")).to_contain_text("undecodable")
+        # Both plots are drawn, each with a line of loss and one of accuracy.
+        for plot in ("by-version", "by-time"):
+            await expect(card.locator(f".{plot} svg path")).to_have_count(2)
+        for source in ("Broker", "Management API", "Ledgers"):
+            await expect(page.locator(f'.status.ok[data-source="{source}"]')).to_be_visible()
 
-            shown = await version_on_page(page, federation, above=ROUNDS - 4)
-            await expect(card.locator(".by-version svg circle")).to_have_count(2 * shown)
-            await opened.screenshot(tmp_path / "dashboard.png")
+        shown = await version_on_page(page, federation, above=ROUNDS - 4)
+        await expect(card.locator(".by-version svg circle")).to_have_count(2 * shown)
+        await opened.screenshot(tmp_path / "dashboard.png")
 
-            result = await asyncio.wait_for(run, 120)
-            assert result.rounds_completed == ROUNDS
-            await expect(card.locator(".badge.done")).to_be_visible()
-            await expect(card.locator(".version")).to_have_text(f"v{ROUNDS}")
-            await expect(card.locator(".state.gone")).to_have_count(3)  # each sent its leave
-            reasons = (await dash.http.get(f"api/rejections?federation={federation}")).json()
-            assert "undecodable" in {r["reason"] for r in reasons["rejections"]}
-            assert not opened.errors
-    finally:
-        await delete_topology(federation, ["p0", "p1", "p2"])
+        result = await asyncio.wait_for(run, 120)
+        assert result.rounds_completed == ROUNDS
+        await expect(card.locator(".badge.done")).to_be_visible()
+        await expect(card.locator(".version")).to_have_text(f"v{ROUNDS}")
+        await expect(card.locator(".state.gone")).to_have_count(3)  # each sent its leave
+        reasons = (await dash.http.get(f"api/rejections?federation={federation}")).json()
+        assert "undecodable" in {r["reason"] for r in reasons["rejections"]}
+        assert not opened.errors
 
 
 async def test_with_the_broker_and_management_api_down_the_page_says_what_to_do(tmp_path, browser):
