@@ -53,31 +53,66 @@ def _refuse(what: str, marker: str) -> Callable[..., Any]:
     return refused
 
 
+#: The broker's ports (AMQP, AMQPS, management): a test that connects to one talks to it.
+BROKER_PORTS = frozenset({5672, 5671, 15672})
+#: Why a test fails that connects where its markers say it does not.
+PURE_CONNECTED = (
+    "a test without markers is pure, yet this one opened a network connection: "
+    "mark it (or its module) with pytest.mark.broker"
+)
+UNMARKED_BROKER = (
+    "this test connected to the broker without its marker: "
+    "mark it (or its module) with pytest.mark.broker"
+)
+
+
+def _to_broker(address: Any) -> bool:
+    return isinstance(address, tuple) and len(address) >= 2 and address[1] in BROKER_PORTS
+
+
 @pytest.fixture(autouse=True)
 def pure_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Hold a pure test to its claim: no network connection, no process of its own."""
-    if request.node.get_closest_marker(PURE) is None:
+    """Hold a test to its markers: a pure one opens no network connection and starts no
+    process; any other without ``broker`` opens no connection to the broker's ports (the
+    broker marker is what the hygiene watch and ``-m "not broker"`` go by).
+
+    A connection is refused as a broker that is down would refuse it, so the client fails
+    the way it knows (an AssertionError raised inside aio-pika's reconnect loop hangs the
+    test instead), and the test is then failed at its teardown, naming the marker it
+    lacks, whatever the client made of the refusal."""
+    if request.node.get_closest_marker("broker") is not None:
         yield
         return
+    pure = request.node.get_closest_marker(PURE) is not None
     real_connect = socket.socket.connect
     real_connect_ex = socket.socket.connect_ex
-    refuse_network = _refuse("opened a network connection", "broker")
+    refused: list[str] = []
+
+    def allowed(sock: socket.socket, address: Any) -> bool:
+        return sock.family == socket.AF_UNIX or not (pure or _to_broker(address))
+
+    def refuse() -> None:
+        refused.append(PURE_CONNECTED if pure else UNMARKED_BROKER)
+        raise ConnectionRefusedError(refused[-1])
 
     def connect(sock: socket.socket, address: Any) -> None:
-        if sock.family == socket.AF_UNIX:
+        if allowed(sock, address):
             return real_connect(sock, address)
-        refuse_network()
+        refuse()
 
     def connect_ex(sock: socket.socket, address: Any) -> int:
-        if sock.family == socket.AF_UNIX:
+        if allowed(sock, address):
             return real_connect_ex(sock, address)
-        refuse_network()
+        refuse()
         return 1
 
     monkeypatch.setattr(socket.socket, "connect", connect)
     monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
-    monkeypatch.setattr(
-        subprocess.Popen, "_execute_child", _refuse("started a process", "processes")
-    )
-    monkeypatch.setattr(os, "fork", _refuse("forked a process", "processes"))
+    if pure:
+        monkeypatch.setattr(
+            subprocess.Popen, "_execute_child", _refuse("started a process", "processes")
+        )
+        monkeypatch.setattr(os, "fork", _refuse("forked a process", "processes"))
     yield
+    if refused:
+        pytest.fail(refused[0], pytrace=False)

@@ -1,5 +1,8 @@
 """The markers hold: a test that says it needs nothing and then reaches the network or
-starts a process fails, naming the marker it lacks; a labelled one is left alone."""
+starts a process fails, naming the marker it lacks, and so does one labelled otherwise
+that talks to the broker (refused as a broker that is down would, then failed at its
+teardown, whatever the client made of the refusal); a labelled one is otherwise left
+alone."""
 
 from __future__ import annotations
 
@@ -44,6 +47,16 @@ def test_labelled_broker_connects():
 @pytest.mark.processes
 def test_labelled_processes_starts_one():
     subprocess.run([sys.executable, "-c", "pass"], check=True)
+
+@pytest.mark.processes
+def test_labelled_processes_but_talks_to_the_broker():
+    with socket.socket() as sock:
+        sock.settimeout(5)
+        sock.connect(("127.0.0.1", 5672))
+
+@pytest.mark.keras
+def test_labelled_keras_connects_elsewhere():
+    _connect()
 """
 
 
@@ -54,11 +67,13 @@ def test_a_pure_claim_is_checked_while_the_test_runs(
     pytester.makeconftest(CONFTEST)
     pytester.makepyfile(test_claims=TESTS)
     result = pytester.runpytest_subprocess("-p", "no:randomly", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=3, failed=2)
+    result.assert_outcomes(passed=4, failed=3, errors=2)
     result.stdout.fnmatch_lines(
         [
-            "E * opened a network connection: mark it * with pytest.mark.broker",
+            "*opened a network connection: mark it * with pytest.mark.broker",
             "E * started a process: mark it * with pytest.mark.processes",
+            "*this test connected to the broker without its marker: mark it * with "
+            "pytest.mark.broker",
         ],
         consecutive=False,
     )

@@ -20,7 +20,6 @@ from fedq.coordinator.ledger import UpdateLedger
 from fedq.coordinator.service import Coordinator
 from fedq.coordinator.state_dir import SIGNATURE_KEY, StateDirInUse, StateDirLock
 from fedq.management import ManagementClient, default_management_url
-from fedq.messages.amqp import AmqpTransport
 from fedq.messages.memory import MemoryBroker, MemoryTransport
 from fedq.messages.topology import Topology
 from tests.conftest import BROKER_URL
@@ -89,11 +88,6 @@ async def declared(federation: str) -> list[str]:
     return sorted(n for n in names if n.startswith(prefix))
 
 
-async def cleanup(federation: str) -> None:
-    async with AmqpTransport(BROKER_URL) as transport:
-        await Topology(federation).delete(transport, [])
-
-
 def coordinator_args(federation: str, root: Path, app: str) -> list[str]:
     return [
         "coordinator", "--federation", federation, "--app", app, "--state-dir", str(root),
@@ -154,12 +148,9 @@ def test_a_coordinator_refused_for_its_state_dir_says_one_line_and_declares_noth
     root = tmp_path / "state"
     root.mkdir()
     app, says = prepare(dense_state, root, federation)
-    try:
-        result = run_fedq(*coordinator_args(federation, root, app), timeout=90)
-        assert says in one_line_error(result)
-        assert asyncio.run(declared(federation)) == []
-    finally:
-        asyncio.run(cleanup(federation))
+    result = run_fedq(*coordinator_args(federation, root, app), timeout=90)
+    assert says in one_line_error(result)
+    assert asyncio.run(declared(federation)) == []
 
 
 def test_a_second_coordinator_on_a_state_dir_exits_at_once_and_sigterm_is_143(
@@ -195,7 +186,6 @@ def test_a_second_coordinator_on_a_state_dir_exits_at_once_and_sigterm_is_143(
         for process in (first, third):
             if process is not None and process.poll() is None:
                 process.kill()
-        asyncio.run(cleanup(federation))
 
 
 def test_a_second_coordinator_on_another_state_dir_is_refused_by_the_broker_lock(
@@ -223,7 +213,6 @@ def test_a_second_coordinator_on_another_state_dir_is_refused_by_the_broker_lock
     finally:
         first.kill()
         first.wait(timeout=30)
-        asyncio.run(cleanup(federation))
 
 
 async def test_two_coordinators_in_one_process_exclude_each_other(tmp_path: Path) -> None:
