@@ -11,7 +11,7 @@ from playwright.async_api import expect
 from fedq.coordinator.ledger import UpdateLedger
 from tests.test_dashboard import browser, dashboard, open_page
 
-pytestmark = pytest.mark.processes
+pytestmark = [pytest.mark.processes, pytest.mark.broker]  # the dashboard reads the broker
 
 __all__ = ["browser"]  # the fixture, used by name
 
