@@ -408,6 +408,7 @@ async def test_a_participant_left_behind_is_named_and_every_share_shown(
         for participant, share in shares.items():
             row = card.locator(f'tr[data-participant="{participant}"] .share')
             await expect(row).to_have_text(share)
+        await opened.screenshot(tmp_path / "left-behind.png")
         assert not opened.errors
 
 
