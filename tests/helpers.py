@@ -127,12 +127,44 @@ def fedq_env() -> dict[str, str]:
     return env
 
 
+#: How long one fedq command of a test may run: under pytest's own timeout (600 s), so that
+#: a command that hangs fails with what it printed and where its threads were.
+FEDQ_TIMEOUT = 420.0
+
+
 def run_fedq(
-    *args: str, timeout: float = 600, cwd: Path | None = None
+    *args: str, timeout: float = FEDQ_TIMEOUT, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*FEDQ, *args], capture_output=True, text=True, timeout=timeout, env=fedq_env(), cwd=cwd
-    )
+    """``fedq ARGS`` to its end; AssertionError after ``timeout`` seconds, with its Python
+    stacks (py-spy, where installed) and the end of its output."""
+    process = subprocess.Popen(
+        [*FEDQ, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=fedq_env(), cwd=cwd,
+    )  # fmt: skip
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stacks = python_stacks(process.pid)
+        process.kill()
+        out, err = process.communicate()
+        raise AssertionError(
+            f"fedq {' '.join(args)} did not end within {timeout:g} s; its threads:\n{stacks}\n"
+            f"its output ends:\n{out[-3000:]}\n{err[-5000:]}"
+        ) from None
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+def python_stacks(pid: int) -> str:
+    """Every thread's Python stack of process ``pid`` (``py-spy dump``), or why not."""
+    spy = Path(sys.executable).with_name("py-spy")
+    try:
+        dumped = subprocess.run(
+            [str(spy), "dump", "--pid", str(pid)],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"(py-spy dump failed: {exc})"
+    return dumped.stdout or f"(py-spy dump: {dumped.stderr.strip()})"
 
 
 def start_fedq(

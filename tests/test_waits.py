@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import polled, until, until_async, until_line
+from tests.helpers import polled, run_fedq, until, until_async, until_line
 
 pytestmark = pytest.mark.processes
 
@@ -43,3 +43,14 @@ def test_until_line_fails_at_once_when_the_process_ended_without_the_line(tmp_pa
     process.wait(timeout=30)
     with pytest.raises(AssertionError, match=r"ended \(0\) before 'never'"):
         until_line(log, "never", process, within=30)
+
+
+def test_a_fedq_command_that_does_not_end_fails_with_its_stacks_and_output(tmp_path):
+    """run_fedq gives up before pytest's own timeout would, which keeps nothing of the
+    command: the failure shows where its threads were and what it printed."""
+    with pytest.raises(AssertionError, match="did not end within 8 s; its threads") as failed:
+        run_fedq(
+            "simulate", "--app", "fedq.apps.synthetic:app", "-n", "2", "--rounds", "100000",
+            "--state-dir", str(tmp_path), timeout=8,
+        )  # fmt: skip
+    assert "Thread" in str(failed.value) and "fedq/cli" in str(failed.value)
