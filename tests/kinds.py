@@ -43,12 +43,16 @@ def mark_pure(items: list[pytest.Item]) -> None:
             item.add_marker(PURE)
 
 
+def _unmarked_pure(what: str, marker: str) -> str:
+    return (
+        f"a test without markers is pure, yet this one {what}: "
+        f"mark it (or its module) with pytest.mark.{marker}"
+    )
+
+
 def _refuse(what: str, marker: str) -> Callable[..., Any]:
     def refused(*_args: Any, **_kwargs: Any) -> Any:
-        raise AssertionError(
-            f"a test without markers is pure, yet this one {what}: "
-            f"mark it (or its module) with pytest.mark.{marker}"
-        )
+        raise AssertionError(_unmarked_pure(what, marker))
 
     return refused
 
@@ -56,10 +60,7 @@ def _refuse(what: str, marker: str) -> Callable[..., Any]:
 #: The broker's ports (AMQP, AMQPS, management): a test that connects to one talks to it.
 BROKER_PORTS = frozenset({5672, 5671, 15672})
 #: Why a test fails that connects where its markers say it does not.
-PURE_CONNECTED = (
-    "a test without markers is pure, yet this one opened a network connection: "
-    "mark it (or its module) with pytest.mark.broker"
-)
+PURE_CONNECTED = _unmarked_pure("opened a network connection", "broker")
 UNMARKED_BROKER = (
     "this test connected to the broker without its marker: "
     "mark it (or its module) with pytest.mark.broker"
