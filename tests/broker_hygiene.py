@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -105,7 +106,9 @@ class BrokerWatch:
         #: One client for the session: the watch reads after each of some 470 broker tests.
         self.api = management_client()
         self.before = BrokerInventory.read(self.api)
-        self.first_seen: dict[Entity, str] = {}
+        #: Each entity's suspects: the test it was first seen after, one per pytest-xdist
+        #: worker that saw it (tests running side by side see each other's entities).
+        self.first_seen: dict[Entity, list[str]] = {}
         self.used = False
 
     def after_test(self, test: str) -> None:
@@ -114,7 +117,18 @@ class BrokerWatch:
             return
         now = BrokerInventory.read(self.api)
         for entity in () if now is None else now.added_since(self.before):
-            self.first_seen.setdefault(entity, test)
+            self.first_seen.setdefault(entity, [test])
+
+    def export(self) -> dict[str, Any]:
+        """What a pytest-xdist worker saw, as plain data for the controller's :meth:`merge`."""
+        return {"used": self.used, "first_seen": [[*e, *t] for e, t in self.first_seen.items()]}
+
+    def merge(self, seen: dict[str, Any]) -> None:
+        """Add what one worker saw (its :meth:`export`): the controller runs no test, so
+        its leftovers are named with the workers' suspects."""
+        self.used = self.used or bool(seen["used"])
+        for kind, vhost, name, *tests in seen["first_seen"]:
+            self.first_seen.setdefault((kind, vhost, name), []).extend(tests)
 
     def leftovers(self, within: float = SETTLE_SECONDS) -> dict[Entity, str]:
         """What the broker holds now that it did not at the start, after waiting up to
@@ -129,7 +143,9 @@ class BrokerWatch:
                 return {}
             added = now.added_since(self.before)
             if not added or time.monotonic() >= deadline:
-                return {e: self.first_seen.get(e, "the session's end") for e in added}
+                return {
+                    e: " or ".join(self.first_seen.get(e, ["the session's end"])) for e in added
+                }
             time.sleep(0.5)  # sleep-ok: what is left after the wait is the finding, not a failure
 
 

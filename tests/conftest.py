@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -101,20 +102,45 @@ _BROKER_WATCH = pytest.StashKey[BrokerWatch]()
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    session.stash[_BROKER_WATCH] = BrokerWatch()
+    session.config.stash[_BROKER_WATCH] = BrokerWatch()
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
     yield  # the test's fixtures are torn down: what is new now, the test left
     if item.get_closest_marker("broker") is not None:
-        item.session.stash[_BROKER_WATCH].after_test(item.nodeid)
+        item.config.stash[_BROKER_WATCH].after_test(item.nodeid)
+
+
+def _xdist_worker(config: pytest.Config) -> bool:
+    """Whether this process is a pytest-xdist worker (``-n``), not the run's controller."""
+    return hasattr(config, "workerinput")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """In the controller of a ``-n`` run: take what a worker that finished saw of the
+    shared broker, and the fault rows it recorded (its :func:`pytest_sessionfinish`)."""
+    from tests.fault_table import ROWS, FaultRow
+
+    output = getattr(node, "workeroutput", {})
+    if "broker_watch" in output:
+        node.config.stash[_BROKER_WATCH].merge(output["broker_watch"])
+    ROWS.extend(FaultRow(**row) for row in output.get("fault_rows", ()))
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """The shared broker as found: what broker tests left on it fails the run, named with
-    the test that left it, and is deleted (tests/broker_hygiene.py)."""
-    watch = session.stash.get(_BROKER_WATCH, None)
+    the test that left it, and is deleted (tests/broker_hygiene.py). A pytest-xdist worker
+    hands what it saw to the controller instead, which checks once every worker is done."""
+    if _xdist_worker(session.config):
+        from tests.fault_table import ROWS
+
+        output = session.config.workeroutput  # type: ignore[attr-defined]
+        output["broker_watch"] = session.config.stash[_BROKER_WATCH].export()
+        output["fault_rows"] = [asdict(row) for row in ROWS]
+        return
+    watch = session.config.stash.get(_BROKER_WATCH, None)
     left = {} if watch is None else watch.leftovers()
     if not left:
         return

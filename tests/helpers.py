@@ -155,16 +155,24 @@ def run_fedq(
 
 
 def python_stacks(pid: int) -> str:
-    """Every thread's Python stack of process ``pid`` (``py-spy dump``), or why not."""
+    """Every thread's stack of process ``pid`` (``py-spy dump``), native frames among the
+    Python ones where py-spy can read them (a hang inside TensorFlow shows only there),
+    else the Python ones alone; or why not."""
     spy = Path(sys.executable).with_name("py-spy")
-    try:
-        dumped = subprocess.run(
-            [str(spy), "dump", "--pid", str(pid)],
-            capture_output=True, text=True, timeout=30, check=False,
-        )  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"(py-spy dump failed: {exc})"
-    return dumped.stdout or f"(py-spy dump: {dumped.stderr.strip()})"
+    why = ""
+    for extra in (["--native"], []):
+        try:
+            dumped = subprocess.run(
+                [str(spy), "dump", "--pid", str(pid), *extra],
+                capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            why = f"(py-spy dump failed: {exc})"
+            continue
+        if dumped.returncode == 0 and dumped.stdout:
+            return dumped.stdout
+        why = f"(py-spy dump: {dumped.stderr.strip()})"
+    return why
 
 
 def start_fedq(

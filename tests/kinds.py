@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -92,19 +93,22 @@ def pure_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
     def allowed(sock: socket.socket, address: Any) -> bool:
         return sock.family == socket.AF_UNIX or not (pure or _to_broker(address))
 
-    def refuse() -> None:
-        refused.append(PURE_CONNECTED if pure else UNMARKED_BROKER)
+    def refuse(address: Any) -> None:
+        # Where, and from which thread: a thread a test before this one left running (a
+        # client retrying) is caught here too, and its name says whose it is.
+        seen = f" ({address!r}, from thread {threading.current_thread().name!r})"
+        refused.append((PURE_CONNECTED if pure else UNMARKED_BROKER) + seen)
         raise ConnectionRefusedError(refused[-1])
 
     def connect(sock: socket.socket, address: Any) -> None:
         if allowed(sock, address):
             return real_connect(sock, address)
-        refuse()
+        refuse(address)
 
     def connect_ex(sock: socket.socket, address: Any) -> int:
         if allowed(sock, address):
             return real_connect_ex(sock, address)
-        refuse()
+        refuse(address)
         return 1
 
     monkeypatch.setattr(socket.socket, "connect", connect)

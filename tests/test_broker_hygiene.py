@@ -16,9 +16,12 @@ pytestmark = [pytest.mark.broker, pytest.mark.processes]
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one process", "xdist"])
 def test_a_queue_left_on_the_shared_broker_fails_the_run_names_its_test_and_goes(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, workers: list[str]
 ) -> None:
+    """Also with tests side by side (``-n 2``): the workers' watches reach the controller,
+    which names the test (or the tests, when another ran beside it and saw the queue too)."""
     queue = f"fedq.hygiene-{uuid.uuid4().hex[:8]}.left"
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
     monkeypatch.setenv("FEDQ_TEST_SETTLE_SECONDS", "1")  # the queue left never goes
@@ -46,14 +49,14 @@ def test_a_queue_left_on_the_shared_broker_fails_the_run_names_its_test_and_goes
     )
     result = pytester.runpytest_subprocess(
         "-p", "no:cacheprovider", "-o", "addopts=", "-o", "asyncio_mode=auto",
-        "-o", "asyncio_default_fixture_loop_scope=function",
+        "-o", "asyncio_default_fixture_loop_scope=function", *workers,
     )  # fmt: skip
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(
         [
             "*left on the shared broker*",
-            f"queue '{queue}' on vhost '/', first seen after test_leaves.py::test_leaves_a_queue",
+            f"queue '{queue}' on vhost '/', first seen after *test_leaves.py::test_leaves_a_queue*",
             "1 left by the tests: deleted now; the run fails",
         ]
     )

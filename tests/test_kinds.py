@@ -70,10 +70,11 @@ def test_a_pure_claim_is_checked_while_the_test_runs(
     result.assert_outcomes(passed=4, failed=3, errors=2)
     result.stdout.fnmatch_lines(
         [
-            "*opened a network connection: mark it * with pytest.mark.broker",
+            "*opened a network connection: mark it * with pytest.mark.broker (*, from "
+            "thread 'MainThread')",
             "E * started a process: mark it * with pytest.mark.processes",
             "*this test connected to the broker without its marker: mark it * with "
-            "pytest.mark.broker",
+            "pytest.mark.broker (('127.0.0.1', 5672), from thread *)",
         ],
         consecutive=False,
     )

@@ -150,16 +150,20 @@ class FaultyFederation:
     def ledger_value(self, sql: str) -> int:
         """One number from the ledger, read without writing to it while the coordinator
         runs (0 before the ledger exists)."""
-        path = self.state / "ledger.sqlite"
-        try:
-            with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
-                row = db.execute(sql).fetchone()
-        except sqlite3.OperationalError:  # not made yet
-            return 0
-        return int(row[0] or 0)
+        rows = self.ledger_rows(sql)
+        return int(rows[0][0] or 0) if rows else 0
 
     def committed_version(self) -> int:
         return self.ledger_value("SELECT max(version) FROM versions")
+
+    def ledger_rows(self, sql: str) -> list[tuple[object, ...]]:
+        """The rows of ``sql`` on the ledger, read only (none before the ledger exists)."""
+        path = self.state / "ledger.sqlite"
+        try:
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+                return db.execute(sql).fetchall()
+        except sqlite3.OperationalError:  # not made yet
+            return []
 
     def logs(self) -> str:
         """Every process's log, for a failed assertion's message."""
