@@ -16,6 +16,7 @@ import sqlite3
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -156,7 +157,7 @@ class FaultyFederation:
     def committed_version(self) -> int:
         return self.ledger_value("SELECT max(version) FROM versions")
 
-    def ledger_rows(self, sql: str) -> list[tuple[object, ...]]:
+    def ledger_rows(self, sql: str) -> list[tuple[Any, ...]]:
         """The rows of ``sql`` on the ledger, read only (none before the ledger exists)."""
         path = self.state / "ledger.sqlite"
         try:
