@@ -26,7 +26,7 @@ from fedq.coordinator.modes import AfterTheLast, CloseReason
 from fedq.coordinator.observers import Observers, UpdateSeen
 from fedq.coordinator.publish import Publisher
 from fedq.coordinator.settle import Settler
-from fedq.coordinator.stale_notice import KEEP_LATE_UPDATES, StaleNotice
+from fedq.coordinator.stale_notice import StaleNotice, keep_late_updates
 from fedq.coordinator.stall import StallWatch
 from fedq.coordinator.verdicts import (
     Admission,
@@ -227,7 +227,7 @@ class Collector:
                 version.number - meta.base_version,
                 version.number,
                 version.number,
-                KEEP_LATE_UPDATES[self.config.mode],
+                keep_late_updates(self.config.mode),
             )
         await self._send_newest(meta.participant)
         self.observers.participant_left_behind(meta.participant, version.number, notice.streak)

@@ -30,6 +30,16 @@ KEEP_LATE_UPDATES = {
     "quorum": "Use --late-updates fold (and --max-staleness) to keep its updates",
     "sync": "Use --late-updates fold (and --max-staleness) to keep its updates",
 }
+#: The hint when the mode is not known (a dashboard that has not heard the federation).
+KEEP_ANY_MODE = (
+    "Raise --max-staleness, or fold late updates (--late-updates fold, --async-remedy), to "
+    "keep its updates"
+)
+
+
+def keep_late_updates(mode: str | None) -> str:
+    """What keeps a left-behind participant's updates in ``mode`` (any mode's, if None)."""
+    return KEEP_LATE_UPDATES.get(mode or "", KEEP_ANY_MODE)
 
 
 @dataclass(frozen=True)

@@ -64,8 +64,8 @@ ONE_OF = {
 }
 
 
-def management_client() -> httpx.Client:
-    return httpx.Client(base_url=MANAGEMENT_URL, auth=AUTH, timeout=10)
+def management_client(timeout: float = 10) -> httpx.Client:
+    return httpx.Client(base_url=MANAGEMENT_URL, auth=AUTH, timeout=timeout)
 
 
 @dataclass(frozen=True)
@@ -152,7 +152,7 @@ class BrokerWatch:
 def delete(entities: Iterable[Entity]) -> None:
     """Delete ``entities`` (what a run left), users and vhosts last."""
     order = list(ONE_OF)
-    with httpx.Client(base_url=MANAGEMENT_URL, auth=AUTH, timeout=30) as api:
+    with management_client(timeout=30) as api:
         for kind, vhost, name in sorted(entities, key=lambda e: order.index(e[0])):
             path = f"/api/{kind}/{quote(vhost, safe='')}/{quote(name, safe='')}"
             if kind in ("users", "vhosts"):

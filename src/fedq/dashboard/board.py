@@ -19,18 +19,12 @@ from typing import Any
 
 from fedq.coordinator.ledger_view import LEDGER, find_ledgers
 from fedq.coordinator.roster import Roster
-from fedq.coordinator.stale_notice import KEEP_LATE_UPDATES, STALE_STREAK
+from fedq.coordinator.stale_notice import STALE_STREAK, keep_late_updates
 from fedq.dashboard.ledgers import FederationLedger, read_federation
 from fedq.dashboard.live import ControlListener, FederationLive, LiveState
 from fedq.dashboard.status import SourceStatus
 from fedq.management import ManagementClient, ManagementUnavailable, QueueStats
 from fedq.messages.schema import ControlMessage, FederationDone, RoundClosed, VersionProgress
-
-#: The hint for a participant left behind when the mode is not known (not heard live).
-KEEP_ANY_MODE = (
-    "Raise --max-staleness, or fold late updates (--late-updates fold, --async-remedy), to "
-    "keep its updates"
-)
 
 log = logging.getLogger("fedq.dashboard")
 
@@ -211,7 +205,7 @@ def _federation(
     if card["done"]:
         card["cannot_close"] = None
     card["left_behind"] = [] if card["done"] else _left_behind(card["participants"])
-    card["keep_late_updates"] = KEEP_LATE_UPDATES.get(card["mode"] or "", KEEP_ANY_MODE)
+    card["keep_late_updates"] = keep_late_updates(card["mode"])
     return card
 
 
