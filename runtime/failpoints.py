@@ -12,6 +12,8 @@ crash at that very instruction, not at whatever moment an outside ``kill`` happe
 debugger or an overloaded host would hold it), until the test sends SIGCONT: the test sees
 it stopped (state ``T`` in ``/proc/PID/stat``), does what it wants done at that instruction
 (restart the broker under it), and lets it go on, its connections as the fault left them.
+``after_ledger_commit:2,5,8:stop`` stops it at each of those hits: the process cannot run
+past the last moment the test wants, however slowly the test gets there.
 
 Unset (every deployment), a failpoint is one comparison against None.
 
@@ -47,7 +49,7 @@ POINTS = (
 ACTIONS = {"kill": signal.SIGKILL, "stop": signal.SIGSTOP}
 
 
-def _armed(spec: str | None) -> tuple[str, int, signal.Signals] | None:
+def _armed(spec: str | None) -> tuple[str, frozenset[int], signal.Signals] | None:
     if not spec:
         return None
     name, _, rest = spec.partition(":")
@@ -58,7 +60,8 @@ def _armed(spec: str | None) -> tuple[str, int, signal.Signals] | None:
         raise ValueError(
             f"FEDQ_FAILPOINT={spec!r}: no such action; the actions are {tuple(ACTIONS)}"
         )
-    return name, int(nth or 1), ACTIONS[action or "kill"]
+    hits = frozenset(int(n) for n in (nth or "1").split(","))
+    return name, hits, ACTIONS[action or "kill"]
 
 
 _ARMED = _armed(os.environ.get("FEDQ_FAILPOINT"))
@@ -67,10 +70,10 @@ _hits = 0
 
 def failpoint(name: str) -> None:
     """Die here by SIGKILL, or stop by SIGSTOP, if ``FEDQ_FAILPOINT`` names this point
-    (and this is its nth hit)."""
+    (and this is one of its armed hits)."""
     global _hits
     if _ARMED is None or _ARMED[0] != name:
         return
     _hits += 1
-    if _hits == _ARMED[1]:
+    if _hits in _ARMED[1]:
         os.kill(os.getpid(), _ARMED[2])

@@ -17,7 +17,7 @@ from fedq.messages.amqp import AmqpTransport
 from fedq.messages.memory import MemoryBroker, MemoryTransport
 from fedq.messages.transport import Transport
 from tests import kinds
-from tests.broker_hygiene import ONE_OF, BrokerWatch, clear_federation, delete
+from tests.broker_hygiene import ONE_OF, WATCH_ONLY, BrokerWatch, clear_federation, delete
 from tests.kinds import pure_guard  # noqa: F401 (an autouse fixture)
 
 # No timing asserts, hypothesis's included: its default 200 ms per example fails tests on
@@ -34,7 +34,7 @@ BROKER_URL = os.environ.get("FEDQ_TEST_BROKER_URL", "amqp://guest:guest@127.0.0.
 def federation(request: pytest.FixtureRequest) -> Iterator[str]:
     """A federation name of the test's own; after a broker test, whatever of it is left on
     the shared broker is deleted (tests/broker_hygiene.py), pass or fail."""
-    name = f"t{uuid.uuid4().hex[:10]}"
+    name = f"{WATCH_ONLY}t{uuid.uuid4().hex[:10]}"
     yield name
     if request.node.get_closest_marker("broker") is not None:
         clear_federation(name, BROKER_URL)

@@ -22,9 +22,12 @@ def test_a_queue_left_on_the_shared_broker_fails_the_run_names_its_test_and_goes
 ) -> None:
     """Also with tests side by side (``-n 2``): the workers' watches reach the controller,
     which names the test (or the tests, when another ran beside it and saw the queue too)."""
-    queue = f"fedq.hygiene-{uuid.uuid4().hex[:8]}.left"
+    own = f"hygiene{uuid.uuid4().hex[:8]}"
+    queue = f"fedq.{own}.left"
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
     monkeypatch.setenv("FEDQ_TEST_SETTLE_SECONDS", "1")  # the queue left never goes
+    # The inner session watches only its own names: this session's tests run beside it.
+    monkeypatch.setenv("FEDQ_TEST_WATCH_ONLY", own)
     pytester.makeconftest(
         "from tests.conftest import *  # noqa: F403 (the suite's hooks and fixtures)\n"
     )
