@@ -63,8 +63,13 @@ def test_versions_and_training_longer_than_the_consumer_timeout(
         assert accounting.versions == 2 and accounting.committed == 4, fed.logs()
         assert accounting.lost == [] and accounting.applied_twice == []
         assert accounting.missing_from_dlq == []
-        rejected = fed.ledger_rows("SELECT participant, reason, detail FROM rejections")
-        assert rejected == [], fed.logs()  # no duplicates
+        # A held update returned to the queue just before its version closed comes back
+        # once after the commit: a duplicate, acked and never applied (checked above).
+        # Whether the broker timed a consumer out is for its log to say, below.
+        rejected = fed.ledger_rows(
+            "SELECT participant, reason, detail FROM rejections WHERE reason != 'duplicate'"
+        )
+        assert rejected == [], fed.logs()
         assert "returned 1 held deliveries" in (tmp_path / "coordinator.log").read_text()
         assert "acknowledgement" not in broker_log(node), "the broker timed a consumer out"
     finally:
