@@ -69,6 +69,11 @@ class RabbitNode:
         graceful restart an operator does (every client connection is closed with
         CONNECTION_FORCED, durable queues and persistent messages are kept)."""
         self.rabbitmqctl("stop_app")
+        self.start_app()
+
+    def start_app(self) -> None:
+        """Start the RabbitMQ application after a ``stop_app``; returns once it accepts
+        clients."""
         self.rabbitmqctl("start_app")
         self.await_startup()
 

@@ -46,11 +46,6 @@ async def restart_broker(node: RabbitNode) -> None:
     await asyncio.to_thread(node.restart_app)
 
 
-def start_broker(node: RabbitNode) -> None:
-    node.rabbitmqctl("start_app")
-    node.await_startup()
-
-
 class RestartAfterRound(CoordinatorObserver):
     """An observer that stops and starts the broker's application once round N committed.
 
@@ -67,7 +62,7 @@ class RestartAfterRound(CoordinatorObserver):
     def version_committed(self, row: VersionSummary) -> None:
         if row.round == self.round and self.task is None:
             self.node.rabbitmqctl("stop_app")
-            self.task = asyncio.ensure_future(asyncio.to_thread(start_broker, self.node))
+            self.task = asyncio.ensure_future(asyncio.to_thread(self.node.start_app))
 
 
 async def test_a_broker_restart_mid_federation_loses_and_double_counts_nothing(
