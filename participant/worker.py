@@ -399,6 +399,7 @@ class Participant:
         """Train on ``model`` and send the update (in a working slot, taken by the caller)."""
         self.stats.state = "training"
         await self._beat()
+        failpoint("training")
         try:
             await self._train_and_send(model.meta, await asyncio.to_thread(model.own_weights))
         finally:

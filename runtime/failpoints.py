@@ -13,9 +13,12 @@ debugger or an overloaded host would hold it), until the test sends SIGCONT: the
 it stopped (state ``T`` in ``/proc/PID/stat``), does what it wants done at that instruction
 (restart the broker under it), and lets it go on, its connections as the fault left them.
 ``after_ledger_commit:2,5,8:stop`` stops it at each of those hits: the process cannot run
-past the last moment the test wants, however slowly the test gets there.
+past the last moment the test wants, however slowly the test gets there. Several points are
+armed at once with ``;`` between them (``publishing_model:10:stop;after_ledger_commit:15:stop``),
+each counting its own hits: a test can stop a process where it acts and also hold it short
+of its last version, so that the federation cannot end before the test is done with it.
 
-Unset (every deployment), a failpoint is one comparison against None.
+Unset (every deployment), a failpoint is one test of an empty dict.
 
 The coordinator's points, in the order a version reaches them:
 
@@ -26,8 +29,10 @@ The coordinator's points, in the order a version reaches them:
   the chunks after it did not (hit n: the nth chunk of the fanouts, v0's first);
 - ``between_versions``: a version is committed, acked and announced, the next not opened.
 
-A participant's point:
+A participant's points:
 
+- ``training``: it took a model to train on and released its queue (if it releases it while
+  training); training has not started (hit n: the nth model it trains on);
 - ``publishing_update``: a chunk of its update was confirmed by the broker, the chunks after
   it were not sent (hit n: the nth chunk it has sent, counting every update's).
 """
@@ -36,6 +41,7 @@ from __future__ import annotations
 
 import os
 import signal
+from dataclasses import dataclass
 
 POINTS = (
     "collecting",
@@ -43,37 +49,52 @@ POINTS = (
     "after_ledger_commit",
     "publishing_model",
     "between_versions",
+    "training",
     "publishing_update",
 )
 #: What an armed point does: die (the default) or stop until SIGCONT.
 ACTIONS = {"kill": signal.SIGKILL, "stop": signal.SIGSTOP}
 
 
-def _armed(spec: str | None) -> tuple[str, frozenset[int], signal.Signals] | None:
-    if not spec:
-        return None
-    name, _, rest = spec.partition(":")
-    nth, _, action = rest.partition(":")
-    if name not in POINTS:
-        raise ValueError(f"FEDQ_FAILPOINT={spec!r}: no such failpoint; the points are {POINTS}")
-    if action and action not in ACTIONS:
-        raise ValueError(
-            f"FEDQ_FAILPOINT={spec!r}: no such action; the actions are {tuple(ACTIONS)}"
-        )
-    hits = frozenset(int(n) for n in (nth or "1").split(","))
-    return name, hits, ACTIONS[action or "kill"]
+@dataclass(frozen=True)
+class Armed:
+    """At which of its hits a point fires, and with which signal."""
+
+    hits: frozenset[int]
+    signal: signal.Signals
+
+
+def _armed(spec: str | None) -> dict[str, Armed]:
+    """The points ``spec`` arms, by name (none when unset)."""
+    armed: dict[str, Armed] = {}
+    for one in filter(None, (spec or "").split(";")):
+        name, _, rest = one.partition(":")
+        nth, _, action = rest.partition(":")
+        if name not in POINTS:
+            raise ValueError(f"FEDQ_FAILPOINT={spec!r}: no such failpoint; the points are {POINTS}")
+        if action and action not in ACTIONS:
+            raise ValueError(
+                f"FEDQ_FAILPOINT={spec!r}: no such action; the actions are {tuple(ACTIONS)}"
+            )
+        if name in armed:
+            raise ValueError(
+                f"FEDQ_FAILPOINT={spec!r}: {name} is armed twice; list its hits once (2,5,8)"
+            )
+        hits = frozenset(int(n) for n in (nth or "1").split(","))
+        armed[name] = Armed(hits, ACTIONS[action or "kill"])
+    return armed
 
 
 _ARMED = _armed(os.environ.get("FEDQ_FAILPOINT"))
-_hits = 0
+_hits: dict[str, int] = {}
 
 
 def failpoint(name: str) -> None:
-    """Die here by SIGKILL, or stop by SIGSTOP, if ``FEDQ_FAILPOINT`` names this point
-    (and this is one of its armed hits)."""
-    global _hits
-    if _ARMED is None or _ARMED[0] != name:
+    """Die here by SIGKILL, or stop by SIGSTOP, if ``FEDQ_FAILPOINT`` arms this point (and
+    this is one of its armed hits)."""
+    armed = _ARMED.get(name) if _ARMED else None
+    if armed is None:
         return
-    _hits += 1
-    if _hits in _ARMED[1]:
-        os.kill(os.getpid(), _ARMED[2])
+    _hits[name] = hit = _hits.get(name, 0) + 1
+    if hit in armed.hits:
+        os.kill(os.getpid(), armed.signal)

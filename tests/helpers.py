@@ -189,16 +189,20 @@ def start_fedq(
     )
 
 
-def wait_with_peak_rss(process: subprocess.Popen[bytes], timeout: float) -> tuple[int, float]:
+def wait_with_peak_rss(
+    process: subprocess.Popen[bytes], timeout: float, each: Callable[[], object] = lambda: None
+) -> tuple[int, float]:
     """Wait for ``process`` to end; its exit code (negative: the signal that ended it) and
     its peak resident memory in MiB: VmHWM of /proc/PID/status, read every 50 ms while it
     runs (the kernel's high-water mark of the program's own memory, so also right for a
     process killed by SIGKILL). Not ``ru_maxrss``: that one survives exec, so it includes
-    this test process's memory, which the child shared between fork and exec."""
+    this test process's memory, which the child shared between fork and exec. ``each`` is
+    called at every reading (to let go a process a failpoint stopped, say)."""
     deadline = time.monotonic() + timeout
     peak_kib = 0
     status = Path(f"/proc/{process.pid}/status")
     while True:
+        each()
         with contextlib.suppress(OSError):
             for line in status.read_text().splitlines():
                 if line.startswith("VmHWM:"):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,12 +136,18 @@ class FaultyFederation:
         return process
 
     def wait_coordinator(
-        self, process: subprocess.Popen[bytes], timeout: float = 180, *, killed: bool = False
+        self,
+        process: subprocess.Popen[bytes],
+        timeout: float = 180,
+        *,
+        killed: bool = False,
+        each: Callable[[], object] = lambda: None,
     ) -> int:
         """Its exit code; counts a crash the test did not cause, and its peak RSS. A
-        coordinator still running after ``timeout`` fails the test with every log."""
+        coordinator still running after ``timeout`` fails the test with every log. ``each``
+        is called while it runs (``wait_with_peak_rss``)."""
         try:
-            code, peak = wait_with_peak_rss(process, timeout)
+            code, peak = wait_with_peak_rss(process, timeout, each)
         except subprocess.TimeoutExpired:
             raise AssertionError(f"the coordinator ran {timeout} s\n{self.logs()}") from None
         self.peak_rss_mib = max(self.peak_rss_mib, peak)

@@ -11,10 +11,15 @@ after a random sleep:
 - ``committed``: the ledger's last version has just advanced (the coordinator stopped
   between its ledger commit and the acks, twice, then live), which is also when every
   participant takes the new model and releases its queue to train;
-- ``training``: every participant released its queue and trains (its queue has no
-  consumer and nothing waiting, the process is alive);
+- ``training``: every participant took a model, released its queue and is about to train
+  (stopped there by its ``training`` failpoint; its queue has no consumer), at three
+  versions;
 - ``chunked``: models and updates in 7 chunks of 64 KiB; the coordinator stopped in the
   middle of a model's fanout, a participant in the middle of publishing its update.
+
+Where the last restart is live, the coordinator is also held short of its last version
+(``last_version_held``), so that however slow the machine, the federation is still running
+when the test restarts the node for the last time.
 
 Each restart must be seen: every process had its connections before, the node went down
 (all its connections went with it) and every process has new ones after. Then every
@@ -163,9 +168,7 @@ class Restarts:
             self.node.restart_app()
         else:
             self.node.reboot()
-        for process in self.processes:
-            if stopped(process):
-                process.send_signal(signal.SIGCONT)
+        self.release()
         after: dict[int, set[int]] = {}
 
         def reconnected() -> bool:
@@ -186,6 +189,12 @@ class Restarts:
         for pid, ports in after.items():
             assert not ports & before[pid], (pid, before[pid], ports)  # new connections
         self.done.append(kind)
+
+    def release(self) -> None:
+        """Let go every process a failpoint stopped."""
+        for process in self.processes:
+            if stopped(process):
+                process.send_signal(signal.SIGCONT)
 
     def wait_stopped(self, process: subprocess.Popen[bytes], point: str) -> None:
         until(lambda: stopped(process) or process.poll() is not None, point, self.fed)
@@ -208,10 +217,12 @@ class Restarts:
         return {r["name"]: r for r in rows}
 
     def finish(self, kind: str) -> None:
-        """Every process exits 0; the accounting and the audit are clean."""
+        """Every process exits 0 (let go wherever a failpoint still holds it); the
+        accounting and the audit are clean."""
         fed = self.fed
         assert self.coordinator is not None
-        assert fed.wait_coordinator(self.coordinator) == 0, fed.logs()
+        assert fed.wait_coordinator(self.coordinator, each=self.release) == 0, fed.logs()
+        self.release()
         for participant in self.participants:
             assert participant.wait(timeout=120) == 0, fed.logs()
         assert set(self.done) == {"graceful", "kill"}, self.done
@@ -232,7 +243,7 @@ def restarts(node: RabbitNode, tmp_path: Path, federation: str) -> Iterator[Rest
     fed = FaultyFederation(
         tmp_path,
         federation,
-        rounds=16,  # 1 s a version (the chunked case): a margin for three slow restarts
+        rounds=10,
         broker=url(node),
         coordinator_args=["--verbose"],
         participant_args=["--verbose"],
@@ -241,6 +252,15 @@ def restarts(node: RabbitNode, tmp_path: Path, federation: str) -> Iterator[Rest
         yield Restarts(node, fed)
     finally:
         fed.close()
+
+
+def last_version_held(fed: FaultyFederation) -> str:
+    """A coordinator failpoint that stops it right after it commits the version before its
+    last, until a restart or ``Restarts.finish`` lets it go. Armed where every restart but
+    the last waits for a stop that comes earlier, so only the last restart can meet the
+    coordinator held there: the federation cannot end before that restart, however slowly
+    the machine runs the test."""
+    return f"after_ledger_commit:{fed.rounds - 1}:stop"
 
 
 def next_commit(run: Restarts, after: int) -> int:
@@ -283,12 +303,10 @@ def test_restarts_while_the_coordinator_collects(restarts: Restarts) -> None:
 def test_restarts_right_after_a_commit(restarts: Restarts) -> None:
     """The coordinator stops itself right after the ledger commits v2 and v5 (its updates
     not yet acked) and the node restarts under it; then once more live, at the next commit,
-    as the participants take the new model. The stops keep the federation from running out
-    of versions before the live restart, however slow the machine (2 s a version after v5:
-    8 versions of margin)."""
+    as the participants take the new model (held at v9 if the machine is slower than that)."""
     run, fed = restarts, restarts.fed
-    fed.rounds = 14
-    run.coordinator = fed.start_coordinator("coordinator", "after_ledger_commit:2,5:stop")
+    fed.rounds = 10
+    run.coordinator = fed.start_coordinator("coordinator", "after_ledger_commit:2,5,9:stop")
     run.participants = [fed.start_participant(i, None, "--delay", "2") for i in range(3)]
     plan: list[tuple[int, Kind]] = [(2, "kill"), (5, "graceful")]
     for version, kind in plan:
@@ -301,25 +319,26 @@ def test_restarts_right_after_a_commit(restarts: Restarts) -> None:
 
 
 def test_restarts_while_participants_train(restarts: Restarts) -> None:
+    """Each participant stops as it starts training on v1, v4 and v7 (its 2nd, 5th and 8th
+    model: sync mode waits for all three, so they train on the same versions); the node
+    restarts under all three stopped there, and they go on training (2 s) as they find
+    their connections gone."""
     run, fed = restarts, restarts.fed
-    fed.rounds = 20  # 3 s a version: a margin for three slow restarts
+    fed.rounds = 10
     run.coordinator = fed.start_coordinator("coordinator")
-    run.participants = [fed.start_participant(i, None, "--delay", "3") for i in range(3)]
+    run.participants = [
+        fed.start_participant(i, None, "--delay", "2", failpoint="training:2,5,8:stop")
+        for i in range(fed.participants)
+    ]
     topology = Topology(fed.name)
     queues = [topology.model_queue(fed.participant_id(i)) for i in range(fed.participants)]
-    for kind in ("graceful", "kill", "graceful"):
-        since = next_commit(run, fed.committed_version())
-
-        def training(since: int = since) -> bool:
-            version = fed.committed_version()
-            if version < since:
-                return False
-            listed = run.queues()
-            depths = [listed.get(q, {}) for q in queues]
-            idle = all(d.get("consumers") == 0 and d.get("messages_ready") == 0 for d in depths)
-            return idle and fed.committed_version() == version
-
-        until(training, "every participant released its queue to train", fed)
+    plan: list[tuple[int, Kind]] = [(1, "graceful"), (4, "kill"), (7, "graceful")]
+    for version, kind in plan:
+        for i, participant in enumerate(run.participants):
+            run.wait_stopped(participant, f"p{i} stopped as it starts training on v{version}")
+        assert fed.committed_version() == version, fed.logs()
+        listed = run.queues()
+        assert all(listed[q]["consumers"] == 0 for q in queues), listed  # released to train
         run.restart(kind)
     run.finish("training")
 
@@ -327,8 +346,11 @@ def test_restarts_while_participants_train(restarts: Restarts) -> None:
 def test_restarts_while_chunked_models_and_updates_are_published(restarts: Restarts) -> None:
     run, fed = restarts, restarts.fed
     fed.coordinator_args += ["--chunk-bytes", str(1 << 16)]  # 7 chunks a model, an update
+    fed.rounds = 10
     # The 10th chunk of the fanouts: v1's 3rd; p1's 10th chunk sent: its 2nd update's 3rd.
-    run.coordinator = fed.start_coordinator("coordinator", "publishing_model:10:stop")
+    run.coordinator = fed.start_coordinator(
+        "coordinator", f"publishing_model:10:stop;{last_version_held(fed)}"
+    )
     run.participants = [
         fed.start_participant(
             i, None, "--delay", "1", failpoint="publishing_update:10:stop" if i == 1 else None
