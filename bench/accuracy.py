@@ -8,7 +8,8 @@ published baselines?
 The setting of NIID-Bench (Li, Diao, Chen, He: "Federated Learning on Non-IID Data Silos:
 An Experimental Study", ICDE 2022): its simple CNN (``fedq.apps.fmnist:niid_cnn``), 10
 participants, all of them in every round (sync mode), batches of 64, SGD with learning
-rate 0.01 and momentum 0.9, a fresh local optimizer each round. Partitions (fedq's
+rate 0.01 and momentum 0.9, a fresh local optimizer each round, a local weight decay of
+1e-5 (NIID-Bench's ``--reg``; ``--weight-decay``). Partitions (fedq's
 ``--partition-scheme``): homogeneous (``iid``), label skew ``dirichlet:0.5``, ``#C=1``,
 ``#C=2`` and ``#C=3`` (``labels:K``: K labels per participant), quantity skew
 ``quantity:0.5``. Algorithms: FedAvg; FedProx (mu, ``--mu``, default 0.01); with
@@ -17,7 +18,9 @@ effective step of 1 as FedAvg's) and FedAdam (server learning rate 0.01, beta1 0
 0.99, tau 0.001).
 
 Each run is ``fedq.simulation.simulate`` in this process on the embedded broker; the test
-accuracy is measured on the 10,000 test images after every round. Written to
+accuracy is measured on the 10,000 test images after every round. Each partition's label
+histogram (samples of each label per participant, the split each participant trains on) is
+printed before its runs and kept in ``results.json``. Written to
 ``--out`` (default ``bench/results/accuracy-quick`` or ``-full``): ``results.json`` (every
 figure and the provenance: date, machine, versions, seeds), ``results.md`` (the table) and
 ``accuracy.png`` (accuracy per round, one panel per partition). The last line printed is
@@ -27,7 +30,7 @@ A ``--full`` configuration takes hours here, so runs survive being stopped: each
 federation keeps its state (fedq's ledger and checkpoints) in ``--out``/state/, and running
 the same command again resumes it from its last committed round, as a restarted fedq
 coordinator does; ``results.json`` is rewritten after every finished run, and a run already
-in it with the same local epochs, rounds and mu is not run again (``--rerun`` runs it
+in it with the same local epochs, rounds, mu and weight decay is not run again (``--rerun`` runs it
 anyway). For a resumed run, "wall seconds" is the sum of its rounds' times.
 """
 
@@ -43,13 +46,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from fmnist_runs import fresh_app, provenance, run_isolated
+from rich.console import Console
 
 from fedq import strict_json
 from fedq.apps import fmnist
+from fedq.cli.partition import histogram_table, label_histogram
 from fedq.coordinator.config import CoordinatorConfig, StrategyOptions
 from fedq.participant.app import Partition, TrainConfig
 from fedq.participant.config import ParticipantConfig
+from fedq.participant.partitions import split
 from fedq.participant.scheme import Scheme
 from fedq.plot import pyplot, save
 from fedq.simulation import SimulationPlan, simulate
@@ -65,6 +72,8 @@ PARTITIONS = {
 }
 PROFILES = {"quick": (2, 10), "full": (10, 50)}  # local epochs, rounds
 BATCH_SIZE = 64
+#: NIID-Bench's local L2 regularisation (its ``--reg``, SGD's ``weight_decay``).
+WEIGHT_DECAY = 1e-5
 
 
 @dataclass(frozen=True)
@@ -95,6 +104,8 @@ class Run:
     local_epochs: int = 0
     rounds: int = 0
     fedprox_mu: float = 0.0
+    #: 0 in results written before runs had a weight decay.
+    weight_decay: float = 0.0
     date: str = ""
     xla: bool = False
 
@@ -114,6 +125,7 @@ async def federate(
         batch_size=BATCH_SIZE,
         keep_optimizer=False,
         proximal_mu=args.mu if chosen.proximal else 0.0,
+        weight_decay=args.weight_decay,
     )
     plan = SimulationPlan(
         coordinator=CoordinatorConfig(
@@ -170,6 +182,7 @@ def run_one(partition: str, algorithm: str, args: argparse.Namespace, state: Pat
         local_epochs=args.epochs,
         rounds=args.rounds,
         fedprox_mu=setting(algorithm, args)[2],
+        weight_decay=args.weight_decay,
         date=time.strftime("%Y-%m-%d"),
         xla=args.xla,
     )
@@ -192,21 +205,37 @@ def previous_runs(path: Path) -> dict[tuple[str, str], Run]:
     return {run.key: run for run in runs}
 
 
-def setting(algorithm: str, args: argparse.Namespace) -> tuple[int, int, float]:
-    """(local epochs, rounds, mu): what makes two runs of one configuration the same."""
+def setting(algorithm: str, args: argparse.Namespace) -> tuple[int, int, float, float]:
+    """(local epochs, rounds, mu, weight decay): what makes two runs of one configuration
+    the same."""
     mu = args.mu if ALGORITHMS[algorithm].proximal else 0.0
-    return args.epochs, args.rounds, mu
+    return args.epochs, args.rounds, mu, args.weight_decay
+
+
+def label_histograms(partitions: list[str], participants: int) -> dict[str, list[list[int]]]:
+    """Each partition's samples per participant and label (Fashion-MNIST's 10 labels),
+    printed: the split every participant computes for itself from the app's seed."""
+    _, labels = fmnist.load_train()
+    out = Console(width=160, highlight=False)
+    histograms = {}
+    for partition in partitions:
+        scheme = Scheme.parse(PARTITIONS[partition])
+        names, counts = label_histogram(labels, split(labels, participants, scheme, fmnist.SEED))
+        out.print(f"{partition} ({scheme}), samples per label:")
+        out.print(histogram_table(names, counts))
+        histograms[partition] = np.asarray(counts).tolist()
+    return histograms
 
 
 def table(runs: list[Run]) -> str:
     lines = [
-        "| partition | algorithm | final accuracy | best accuracy | wall seconds |",
-        "|---|---|---:|---:|---:|",
+        "| partition | algorithm | weight decay | final accuracy | best accuracy | wall seconds |",
+        "|---|---|---:|---:|---:|---:|",
     ]
     for r in runs:
         lines.append(
-            f"| {r.partition} | {r.algorithm} | {100 * r.final_accuracy:.1f}% | "
-            f"{100 * r.best_accuracy:.1f}% | {r.seconds:.0f} |"
+            f"| {r.partition} | {r.algorithm} | {r.weight_decay:g} | {100 * r.final_accuracy:.1f}% "
+            f"| {100 * r.best_accuracy:.1f}% | {r.seconds:.0f} |"
         )
     return "\n".join(lines)
 
@@ -242,6 +271,9 @@ def main() -> None:
     parser.add_argument("--participants", type=int, default=10)
     parser.add_argument("--mu", type=float, default=0.01, help="FedProx's mu")
     parser.add_argument(
+        "--weight-decay", type=float, default=WEIGHT_DECAY, help="local weight decay"
+    )
+    parser.add_argument(
         "--partitions", nargs="+", choices=list(PARTITIONS), default=list(PARTITIONS)
     )
     parser.add_argument(
@@ -264,24 +296,27 @@ def main() -> None:
     print(
         f"NIID-Bench CNN on Fashion-MNIST ({profile}): {args.participants} participants, "
         f"{args.epochs} local epochs, {args.rounds} rounds, batch {BATCH_SIZE}, "
-        f"SGD 0.01 momentum 0.9 fresh each round; {os.cpu_count()} CPU cores",
+        f"SGD 0.01 momentum 0.9 fresh each round, weight decay {args.weight_decay:g}; "
+        f"{os.cpu_count()} CPU cores",
         flush=True,
     )
+    args.histograms = label_histograms(args.partitions, args.participants)
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     done = previous_runs(out / "results.json")
     for partition in args.partitions:
         for algorithm in args.algorithms:
             earlier = done.get((partition, algorithm))
-            epochs, rounds, mu = setting(algorithm, args)
+            epochs, rounds, mu, decay = setting(algorithm, args)
             same = earlier is not None and (
-                (earlier.local_epochs, earlier.rounds, earlier.fedprox_mu) == (epochs, rounds, mu)
+                (earlier.local_epochs, earlier.rounds, earlier.fedprox_mu, earlier.weight_decay)
+                == (epochs, rounds, mu, decay)
             )
             if same and not args.rerun:
                 print(f"  {partition:<18} {algorithm:<8} in {out}/results.json already")
                 continue
             index = list(PARTITIONS).index(partition)
-            state = out / "state" / f"{index}-{algorithm}-e{epochs}-r{rounds}-mu{mu}"
+            state = out / "state" / f"{index}-{algorithm}-e{epochs}-r{rounds}-mu{mu}-wd{decay}"
             run = run_one(partition, algorithm, args, state)
             print(
                 f"  {partition:<18} {algorithm:<8} {100 * run.final_accuracy:5.1f}% "
@@ -319,6 +354,8 @@ def write(out: Path, runs: list[Run], args: argparse.Namespace, profile: str, wa
         "rounds": args.rounds,
         "batch_size": BATCH_SIZE,
         "fedprox_mu": args.mu,
+        "weight_decay": args.weight_decay,
+        "label_histograms": args.histograms,
         "algorithms": {a: asdict(ALGORITHMS[a]) for a in dict.fromkeys(r.algorithm for r in runs)},
         "runs": [asdict(r) for r in runs],
         "wall_seconds": wall,

@@ -39,6 +39,18 @@ def label_histogram(labels: np.ndarray, parts: list[np.ndarray]) -> tuple[list[s
     return names, counts
 
 
+def histogram_table(names: list[str], counts: np.ndarray) -> Table:
+    """One row per participant: its samples, then its samples of each label."""
+    table = Table()
+    table.add_column("participant", justify="right")
+    table.add_column("samples", justify="right")
+    for name in names:
+        table.add_column(name, justify="right")
+    for i, row in enumerate(counts):
+        table.add_row(str(i), str(int(row.sum())), *(str(int(c)) for c in row))
+    return table
+
+
 def plot_histogram(names: list[str], counts: np.ndarray, title: str, path: Path) -> None:
     """A stacked bar per participant, one colour per label."""
     try:
@@ -130,14 +142,7 @@ def partition_command(given: Given) -> None:
     # stdout: the histogram is this command's output; piped, it is not cut to 80 columns.
     out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
     out.print(f"{app_spec} split {parsed} (seed {seed}), samples per label:", highlight=False)
-    table = Table()
-    table.add_column("participant", justify="right")
-    table.add_column("samples", justify="right")
-    for name in names:
-        table.add_column(name, justify="right")
-    for i, row in enumerate(counts):
-        table.add_row(str(i), str(int(row.sum())), *(str(int(c)) for c in row))
-    out.print(table)
+    out.print(histogram_table(names, counts))
     left_out = len(labels) - int(counts.sum())
     if left_out:
         console.print(
