@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Callable
 from fedq.coordinator.assembly import Assembled, Assembler, ChunkCopy, Stream
 from fedq.coordinator.config import CoordinatorConfig
 from fedq.coordinator.intake import Intake
+from fedq.coordinator.membership import REMEMBERED_SLACK
 from fedq.coordinator.modes import AfterTheLast, CloseReason
 from fedq.coordinator.observers import Observers, UpdateSeen
 from fedq.coordinator.publish import Publisher
@@ -48,6 +49,12 @@ log = logging.getLogger("fedq.coordinator")
 LINGER_POLL_SECONDS = 0.5
 #: How often a version with no delivery looks whether it can still close (:mod:`.stall`).
 STALL_POLL_SECONDS = 1.0
+#: Participants left behind being sent the newest model at once (each a queue lookup on
+#: the broker, maybe a model). They go beside the collection, never in its way: with
+#: N = 1,000 and a quorum of 100, 900 updates a version can be refused as stale, and a
+#: lookup each in turn held the collector for minutes. Past this many, a notice is left
+#: out: the next version's fanout reaches that participant's queue anyway.
+NOTICES_IN_FLIGHT = 8
 
 
 class Collector:
@@ -71,7 +78,9 @@ class Collector:
         self.publisher = publisher
         self.observers = observers
         #: Participants whose updates keep being refused as stale (:mod:`.stale_notice`).
-        self.stale = StaleNotice()
+        self.stale = StaleNotice(remember=config.participants + REMEMBERED_SLACK)
+        #: The newest model on its way to participants left behind, by participant.
+        self._notices: dict[str, asyncio.Task[None]] = {}
 
     async def collect(self, version: Version) -> CloseReason:
         """Take deliveries into ``version`` until it may close; returns why it may."""
@@ -229,8 +238,30 @@ class Collector:
                 version.number,
                 keep_late_updates(self.config.mode),
             )
-        await self._send_newest(meta.participant)
+        self._tell_newest(meta.participant)
         self.observers.participant_left_behind(meta.participant, version.number, notice.streak)
+
+    def _tell_newest(self, participant: str) -> None:
+        """Send ``participant`` the newest model beside the collection (at most one on its
+        way per participant, :data:`NOTICES_IN_FLIGHT` in all)."""
+        if participant in self._notices or len(self._notices) >= NOTICES_IN_FLIGHT:
+            return
+        task = asyncio.create_task(self._send_newest(participant), name=f"notice {participant}")
+        self._notices[participant] = task
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._notices.pop(participant, None)
+            if not task.cancelled() and (error := task.exception()) is not None:
+                log.warning("could not send %r the newest model: %s", participant, error)
+
+        task.add_done_callback(done)
+
+    async def aclose(self) -> None:
+        """Stop sending models to participants left behind (the run is ending)."""
+        notices = list(self._notices.values())
+        for task in notices:
+            task.cancel()
+        await asyncio.gather(*notices, return_exceptions=True)
 
     async def _send_newest(self, participant: str) -> None:
         """Make sure ``participant``'s queue holds the current model: it keeps only the

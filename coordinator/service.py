@@ -145,12 +145,15 @@ class Coordinator:
             self.topology.updates, prefetch=UPDATES_IN_FLIGHT
         ) as deliveries:
             collector = self._collector(deliveries, weights)
-            while version < self.config.rounds:
-                weights, version = await self._make_version(weights, version, collector)
-            await self._finish(version)
-            await collector.refuse_unfinished(version)
-            if self.config.linger_seconds > 0:
-                await collector.refuse_late(version, self.membership.alive)
+            try:
+                while version < self.config.rounds:
+                    weights, version = await self._make_version(weights, version, collector)
+                await self._finish(version)
+                await collector.refuse_unfinished(version)
+                if self.config.linger_seconds > 0:
+                    await collector.refuse_late(version, self.membership.alive)
+            finally:
+                await collector.aclose()
 
     def _collector(self, deliveries: AsyncIterator[Delivery], weights: Weights) -> Collector:
         """The intake and the assembler, made once the model's shapes are known."""

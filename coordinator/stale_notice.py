@@ -55,32 +55,39 @@ class Notice:
 
 
 class StaleNotice:
+    """Each participant's refusals as stale in a row and its last warning, for at most
+    ``remember`` participants: the ids are what senders claim (unless ``--roster`` or
+    ``--verify-identity``), so the one refused longest ago is forgotten past that."""
+
     def __init__(
         self,
         after: int = STALE_STREAK,
         warn_seconds: float = WARN_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        remember: int = 10_000,
     ) -> None:
-        assert after >= 1, "told after at least one refusal"
+        assert after >= 1 and remember >= 1, "told after at least one refusal"
         self.after = after
         self.warn_seconds = warn_seconds
         self.clock = clock
-        self._streak: dict[str, int] = {}
-        self._warned: dict[str, float] = {}
+        self.remember = remember
+        #: participant -> (refusals in a row, when it was last warned about, if ever)
+        self._seen: dict[str, tuple[int, float | None]] = {}
 
     def refused(self, participant: str) -> Notice:
         """``participant``'s update was refused as stale."""
-        streak = self._streak.get(participant, 0) + 1
-        self._streak[participant] = streak
-        if streak % self.after:
-            return Notice(False, False, streak)
+        streak, warned = self._seen.pop(participant, (0, None))
+        streak += 1
+        tell = streak % self.after == 0
         now = self.clock()
-        last = self._warned.get(participant)
-        warn = last is None or now - last >= self.warn_seconds
-        if warn:
-            self._warned[participant] = now
-        return Notice(True, warn, streak)
+        warn = tell and (warned is None or now - warned >= self.warn_seconds)
+        self._seen[participant] = (streak, now if warn else warned)  # the newest, last
+        if len(self._seen) > self.remember:
+            del self._seen[next(iter(self._seen))]
+        return Notice(tell, warn, streak)
 
     def folded(self, participant: str) -> None:
-        """An update of ``participant`` was folded: it is no longer being left out."""
-        self._streak.pop(participant, None)
+        """An update of ``participant`` was folded: it is no longer being left out (when it
+        was last warned about still holds back the next warning)."""
+        if (seen := self._seen.get(participant)) is not None:
+            self._seen[participant] = (0, seen[1])

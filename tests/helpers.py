@@ -189,6 +189,39 @@ def start_fedq(
     )
 
 
+def vm_hwm_kib(status: Path) -> int | None:
+    """VmHWM of a /proc/PID/status file: the process's peak resident memory in KiB; None
+    once the process is gone (or a zombie, which has no memory left to report)."""
+    try:
+        text = status.read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return None
+
+
+class PeakRss:
+    """A process's peak resident memory, read every 50 ms by a thread of its own from when
+    this is made until the process ends: right even when the process ended while the test
+    looked elsewhere and a ``poll()`` reaped it, which leaves nothing to read after."""
+
+    def __init__(self, pid: int) -> None:
+        self._status = Path(f"/proc/{pid}/status")
+        self.kib = 0
+        threading.Thread(target=self._watch, name=f"peak-rss-{pid}", daemon=True).start()
+
+    def _watch(self) -> None:
+        while (kib := vm_hwm_kib(self._status)) is not None:
+            self.kib = max(self.kib, kib)
+            time.sleep(0.05)
+
+    @property
+    def mib(self) -> float:
+        return self.kib / 1024
+
+
 def wait_with_peak_rss(
     process: subprocess.Popen[bytes], timeout: float, each: Callable[[], object] = lambda: None
 ) -> tuple[int, float]:
@@ -203,10 +236,7 @@ def wait_with_peak_rss(
     status = Path(f"/proc/{process.pid}/status")
     while True:
         each()
-        with contextlib.suppress(OSError):
-            for line in status.read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    peak_kib = max(peak_kib, int(line.split()[1]))
+        peak_kib = max(peak_kib, vm_hwm_kib(status) or 0)
         if process.poll() is not None:
             return process.returncode, peak_kib / 1024
         if time.monotonic() > deadline:

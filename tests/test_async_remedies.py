@@ -237,3 +237,27 @@ def test_a_folded_update_resets_the_count():
     notice.folded("p5")
     assert not notice.refused("p5").tell
     assert not notice.refused("p6").tell  # each participant counted apart
+
+
+def test_a_fold_between_keeps_the_warning_held_back():
+    clock = Clock()
+    notice = StaleNotice(after=2, warn_seconds=60, clock=clock)
+    notice.refused("p5")
+    assert notice.refused("p5").warn
+    notice.folded("p5")
+    notice.refused("p5")
+    told = notice.refused("p5")
+    assert told.tell and not told.warn
+
+
+def test_made_up_ids_are_forgotten_past_what_it_remembers():
+    """Ids are what senders claim: a flood of them keeps at most ``remember``, dropping
+    the one refused longest ago."""
+    notice = StaleNotice(after=2, remember=2)
+    for participant in ("p1", "p2", "p1", "p3"):  # p2 is now the oldest, then forgotten
+        notice.refused(participant)
+    assert notice.refused("p1").streak == 3
+    assert notice.refused("p2").streak == 1
+    for i in range(1000):
+        notice.refused(f"made-up-{i}")
+    assert len(notice._seen) == 2

@@ -81,7 +81,10 @@ def test_a_version_short_of_participants_is_said_then_resolved(
         assert coordinator.wait(timeout=120) == 0, log.read_text()
         out = log.read_text()
         assert "round 1: model v1 from 3 updates" in out
-        assert out.count("cannot close") == 1, out  # said once: the numbers did not change
+        # Said again only when its numbers change: once with both participants in (and,
+        # on a slow machine, before with fewer alive), never repeated while it waits.
+        said = [line for line in out.splitlines() if "cannot close" in line]
+        assert len(said) == len(set(said)) and out.count(STALLED) == 1, out
         for process in participants:
             assert process.wait(timeout=60) == 0
     finally:

@@ -32,7 +32,7 @@ from fedq.messages.transport import Delivery
 from fedq.runtime.sent_log import SentUpdate, read_sent
 from tests.conftest import BROKER_URL
 from tests.fault_table import FaultRow, record
-from tests.helpers import drain, run_fedq, start_fedq, wait_with_peak_rss
+from tests.helpers import PeakRss, drain, run_fedq, start_fedq, wait_with_peak_rss
 
 PARAMS = 100_000  # 400 kB of float32: 7 chunks of 64 KiB when chunked
 CHUNK = 1 << 16
@@ -72,6 +72,8 @@ class FaultyFederation:
     #: Coordinator exits the test did not cause (neither 0 nor its own SIGKILL).
     crashes: int = 0
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    #: Each coordinator's peak memory, watched from its start, by pid.
+    coordinator_peaks: dict[int, PeakRss] = field(default_factory=dict)
 
     @property
     def state(self) -> Path:
@@ -108,6 +110,7 @@ class FaultyFederation:
             env=env,
         )
         self.processes.append(process)
+        self.coordinator_peaks[process.pid] = PeakRss(process.pid)
         return process
 
     def start_participant(
@@ -143,13 +146,15 @@ class FaultyFederation:
         killed: bool = False,
         each: Callable[[], object] = lambda: None,
     ) -> int:
-        """Its exit code; counts a crash the test did not cause, and its peak RSS. A
-        coordinator still running after ``timeout`` fails the test with every log. ``each``
-        is called while it runs (``wait_with_peak_rss``)."""
+        """Its exit code; counts a crash the test did not cause, and its peak RSS (watched
+        since it started). A coordinator still running after ``timeout`` fails the test
+        with every log. ``each`` is called while it runs (``wait_with_peak_rss``)."""
         try:
             code, peak = wait_with_peak_rss(process, timeout, each)
         except subprocess.TimeoutExpired:
             raise AssertionError(f"the coordinator ran {timeout} s\n{self.logs()}") from None
+        peak = max(peak, self.coordinator_peaks[process.pid].mib)
+        assert peak > 0, f"pid {process.pid}: its memory was never read"
         self.peak_rss_mib = max(self.peak_rss_mib, peak)
         if code not in ((0, -9) if killed else (0,)):
             self.crashes += 1
