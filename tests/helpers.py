@@ -215,7 +215,7 @@ class PeakRss:
     def _watch(self) -> None:
         while (kib := vm_hwm_kib(self._status)) is not None:
             self.kib = max(self.kib, kib)
-            time.sleep(0.05)
+            time.sleep(0.05)  # sleep-ok: the sampling interval; it ends with the process
 
     @property
     def mib(self) -> float:

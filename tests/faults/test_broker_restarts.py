@@ -263,8 +263,16 @@ def last_version_held(fed: FaultyFederation) -> str:
 
 
 def next_commit(run: Restarts, after: int) -> int:
-    """The version the ledger commits after ``after`` (waited for)."""
-    until(lambda: run.fed.committed_version() > after, f"a commit after v{after}", run.fed)
+    """The version the ledger commits after ``after`` (waited for), or ``after`` itself if
+    the coordinator is held there (``last_version_held``: it commits nothing more until a
+    restart lets it go)."""
+    coordinator = run.coordinator
+    assert coordinator is not None
+
+    def committed_or_held() -> bool:
+        return run.fed.committed_version() > after or stopped(coordinator)
+
+    until(committed_or_held, f"a commit after v{after}", run.fed)
     return run.fed.committed_version()
 
 
