@@ -36,10 +36,10 @@ class Publisher:
         self.topology = topology
         self._model: tuple[ModelMeta, Weights] | None = None
         self._model_body: bytes | None = None
-        #: One model publish at a time, so two copies of a chunked model (the fanout and a
-        #: join's answer) never interleave in a participant's queue: bounded by bytes, it
-        #: drops the oldest chunks first, which could then be the same index of both
-        #: copies. In sequence, the newest copy always arrives whole.
+        #: One model publish at a time (:meth:`model`), so two copies of a chunked model
+        #: (the fanout and a join's answer) never interleave in a participant's queue:
+        #: bounded by bytes, it drops the oldest chunks first, which could then be the same
+        #: index of both copies. In sequence, the newest copy always arrives whole.
         self._publishing_model = asyncio.Lock()
         self._progress_sent = 0.0
 
@@ -79,29 +79,34 @@ class Publisher:
         await self.model(self.topology.models, "")
 
     async def model(self, exchange: str, routing_key: str) -> None:
-        """The current model: to every participant (fanout) or one queue (default exchange)."""
-        assert self._model is not None, "a version is open"
-        meta, weights = self._model
-        message_id = f"{self.config.federation}-v{meta.version}"
-        headers = {"federation": self.config.federation, "version": meta.version}
-        if self._model_body is not None:
-            await self.transport.publish(
-                exchange,
-                routing_key,
-                self._model_body,
-                message_id=message_id,
-                type=MESSAGE_TYPES["model"],
-                headers=headers,
-            )
-            return
-        bodies = encode_chunks(
-            meta,
-            weights,
-            self.config.codec,
-            self.config.chunk_bytes,
-            read=lambda: release_pages(weights.values()),
-        )
+        """The current model: to every participant (fanout) or one queue (default exchange).
+
+        One publish at a time, and the current model is read once the lock is held: a copy
+        sent to one queue (a join's answer, a left-behind participant's notice, which run
+        beside the versions) is then never an older model published after a newer one's
+        fanout, which that queue, keeping only the newest message, would keep instead."""
         async with self._publishing_model:
+            assert self._model is not None, "a version is open"
+            meta, weights = self._model
+            message_id = f"{self.config.federation}-v{meta.version}"
+            headers = {"federation": self.config.federation, "version": meta.version}
+            if self._model_body is not None:
+                await self.transport.publish(
+                    exchange,
+                    routing_key,
+                    self._model_body,
+                    message_id=message_id,
+                    type=MESSAGE_TYPES["model"],
+                    headers=headers,
+                )
+                return
+            bodies = encode_chunks(
+                meta,
+                weights,
+                self.config.codec,
+                self.config.chunk_bytes,
+                read=lambda: release_pages(weights.values()),
+            )
             index = 0
             while (body := await asyncio.to_thread(next, bodies, None)) is not None:
                 await self.transport.publish(
