@@ -55,6 +55,10 @@ STALL_POLL_SECONDS = 1.0
 #: lookup each in turn held the collector for minutes. Past this many, a notice is left
 #: out: the next version's fanout reaches that participant's queue anyway.
 NOTICES_IN_FLIGHT = 8
+#: Participants left behind named in a warning of their own per version; the others share
+#: one line as the version closes (N = 1,000 with a quorum of 100 would otherwise log 900
+#: lines a version).
+NAMED_LEFT_BEHIND = 5
 
 
 class Collector:
@@ -81,6 +85,11 @@ class Collector:
         self.stale = StaleNotice(remember=config.participants + REMEMBERED_SLACK)
         #: The newest model on its way to participants left behind, by participant.
         self._notices: dict[str, asyncio.Task[None]] = {}
+        #: Participants left behind named in a line each this version, and the others
+        #: (:meth:`_warn_unnamed`).
+        self._named_left_behind = 0
+        self._unnamed_left_behind = 0
+        self._some_unnamed: list[str] = []
 
     async def collect(self, version: Version) -> CloseReason:
         """Take deliveries into ``version`` until it may close; returns why it may."""
@@ -105,6 +114,8 @@ class Collector:
             if delivery is not None:
                 folded = await self.dispatch(version, delivery)
                 await self.publisher.progress(version, force=folded)
+        await self.settler.drain()  # all it took is settled before it commits
+        self._warn_unnamed(version)
         if self.watch is not None:
             self.watch.resolved(version.number + 1)
         return reason
@@ -226,7 +237,8 @@ class Collector:
         notice = self.stale.refused(meta.participant)
         if not notice.tell:
             return
-        if notice.warn:
+        if notice.warn and self._named_left_behind < NAMED_LEFT_BEHIND:
+            self._named_left_behind += 1
             log.warning(
                 "participant %r: its last %d updates were refused as stale (the latest on "
                 "v%d, %d versions behind v%d); sent it model v%d to train on. %s",
@@ -238,8 +250,30 @@ class Collector:
                 version.number,
                 keep_late_updates(self.config.mode),
             )
+        elif notice.warn:
+            self._unnamed_left_behind += 1
+            if len(self._some_unnamed) < NAMED_LEFT_BEHIND:
+                self._some_unnamed.append(meta.participant)
         self._tell_newest(meta.participant)
         self.observers.participant_left_behind(meta.participant, version.number, notice.streak)
+
+    def _warn_unnamed(self, version: Version) -> None:
+        """One line for the participants left behind past the first few named this
+        version, then start counting again."""
+        unnamed, some = self._unnamed_left_behind, self._some_unnamed
+        self._named_left_behind = self._unnamed_left_behind = 0
+        self._some_unnamed = []
+        if unnamed:
+            log.warning(
+                "%d more participants' updates were refused as stale twice or more in a row "
+                "while v%d was open (%s%s); each was sent model v%d to train on. %s",
+                unnamed,
+                version.number,
+                ", ".join(repr(p) for p in some),
+                ", ..." if unnamed > len(some) else "",
+                version.number,
+                keep_late_updates(self.config.mode),
+            )
 
     def _tell_newest(self, participant: str) -> None:
         """Send ``participant`` the newest model beside the collection (at most one on its
@@ -257,11 +291,13 @@ class Collector:
         task.add_done_callback(done)
 
     async def aclose(self) -> None:
-        """Stop sending models to participants left behind (the run is ending)."""
+        """Stop sending models to participants left behind, and stop settlements still
+        under way (the run is ending)."""
         notices = list(self._notices.values())
         for task in notices:
             task.cancel()
         await asyncio.gather(*notices, return_exceptions=True)
+        await self.settler.aclose()
 
     async def _send_newest(self, participant: str) -> None:
         """Make sure ``participant``'s queue holds the current model: it keeps only the
@@ -289,6 +325,10 @@ class Collector:
         """After the last version, refuse what still arrives (stragglers' work) while some
         participant is ``alive``, at most ``linger_seconds``: a straggler's update is then
         counted and dead-lettered now rather than found by the next coordinator."""
+        await self._refuse_late(last, alive)
+        await self.settler.drain()
+
+    async def _refuse_late(self, last: int, alive: Callable[[], int]) -> None:
         finished = AfterTheLast(last)
         deadline = time.monotonic() + self.config.linger_seconds
         while (left := deadline - time.monotonic()) > 0:

@@ -126,6 +126,9 @@ class Evidence:
         sender = self._sender(delivery.user_id)
         if not await self._within_share(sender, len(body)):
             return self._dropped(SENDER_SHARE, outcome)
+        # Counted before it is sent, taken back if it is not: copies made at once (the
+        # settler's) each see the others' in the sender's share.
+        self._count(sender, len(body), 1)
         headers = dead_letter_headers(delivery.headers, outcome)
         try:
             await self.transport.publish(
@@ -137,16 +140,23 @@ class Evidence:
                 headers=headers,
                 mandatory=True,
             )
-        except QueueFull:
-            return self._dropped(QUEUE_FULL, outcome)
-        except Unroutable:
-            return self._dropped(UNROUTABLE, outcome)
-        if self.share is not None:
-            held = self.held.setdefault(sender, _Held())
-            held.bytes += len(body)
-            held.messages += 1
+        except BaseException as exc:
+            self._count(sender, -len(body), -1)
+            if isinstance(exc, QueueFull):
+                return self._dropped(QUEUE_FULL, outcome)
+            if isinstance(exc, Unroutable):
+                return self._dropped(UNROUTABLE, outcome)
+            raise
         log.info("rejected update: %s", headers[REASON_HEADER])
         return None
+
+    def _count(self, sender: str | None, size: int, messages: int) -> None:
+        """Add to ``sender``'s tally (when the share is on); never below zero (the tallies
+        may have restarted while a copy taken back was on its way)."""
+        if self.share is not None:
+            held = self.held.setdefault(sender, _Held())
+            held.bytes = max(0, held.bytes + size)
+            held.messages = max(0, held.messages + messages)
 
     def _sender(self, user: str | None) -> str | None:
         """The tally ``user`` counts in: its own while there is room for it, else None,

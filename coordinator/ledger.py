@@ -20,6 +20,7 @@ import hashlib
 import json
 import sqlite3
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from fedq.coordinator.ledger_schema import (
     reading,
 )
 from fedq.coordinator.ledger_view import LedgerView
-from fedq.coordinator.records import UpdateRecord, VersionRecord
+from fedq.coordinator.records import RejectionRecord, UpdateRecord, VersionRecord
 from fedq.runtime.printable import printable
 
 #: The ``meta`` key of when the last version was committed and announced (``federation.
@@ -132,25 +133,48 @@ class UpdateLedger(LedgerView):
         reason: str,
         detail: str,
     ) -> None:
-        """One refused or duplicate delivery. Its values come from a message that may have
-        been refused for them, so each is made storable whatever it holds: text printable
-        and bounded, an integer beyond SQLite's int64 stored as NULL (SQLite would raise,
-        and the delivery, never acked, would come back to raise again)."""
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO rejections (update_id, participant, round, base_version, "
-                "during_version, reason, detail, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    _text_or_none(update_id, MAX_ID_CHARS),
-                    _text_or_none(participant, MAX_ID_CHARS),
-                    _int64_or_none(round_),
-                    _int64_or_none(base_version),
-                    int(during_version),
-                    printable(reason, MAX_ID_CHARS),
-                    printable(detail),
-                    time.time(),
-                ),
+        """One refused or duplicate delivery (:meth:`record_rejections`)."""
+        self.record_rejections(
+            [
+                RejectionRecord(
+                    update_id, participant, round_, base_version, during_version, reason, detail
+                )
+            ]
+        )
+
+    def record_rejections(self, records: Sequence[RejectionRecord]) -> None:
+        """Refused or duplicate deliveries, in one transaction: one write to the disk for
+        all (the coordinator settles refusals in batches, :mod:`.settle`). Their values come
+        from messages that may have been refused for them, so each is made storable whatever
+        it holds: text printable and bounded, an integer beyond SQLite's int64 stored as
+        NULL (SQLite would raise, and the delivery, never acked, would come back to raise
+        again)."""
+        at = time.time()
+        rows = [
+            (
+                _text_or_none(r.update_id, MAX_ID_CHARS),
+                _text_or_none(r.participant, MAX_ID_CHARS),
+                _int64_or_none(r.round),
+                _int64_or_none(r.base_version),
+                int(r.during_version),
+                printable(r.reason, MAX_ID_CHARS),
+                printable(r.detail),
+                at,
             )
+            for r in records
+        ]
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "INSERT INTO rejections (update_id, participant, round, base_version, "
+                    "during_version, reason, detail, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     def backup(self, path: Path) -> None:
         """A consistent copy of the ledger at ``path`` (SQLite's online backup)."""

@@ -29,6 +29,22 @@ class UpdateRecord:
 
 
 @dataclass(frozen=True)
+class RejectionRecord:
+    """One refused or duplicate delivery, as the ledger's ``rejections`` table keeps it.
+    Its values come from a message that may have been refused for them: the ledger makes
+    each storable (:meth:`~fedq.coordinator.ledger.UpdateLedger.record_rejections`)."""
+
+    update_id: str | None
+    participant: str | None
+    round: int | None
+    base_version: int | None
+    #: The version open when it was settled.
+    during_version: int
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True)
 class VersionRecord:
     version: int
     #: The round that made it (None in async mode).
