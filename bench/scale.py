@@ -1,7 +1,11 @@
 """Many participants: rounds per minute and peak memory with N virtual participants.
 
     python bench/scale.py --participants 100 1000 --params 100000 --rounds 5 \
-        --broker amqp://guest:guest@127.0.0.1:5672/
+        --broker amqp://guest:guest@127.0.0.1:5672/ [--against REV --pairs 3]
+
+``--against REV`` runs commit REV too (installed apart, ``other_commit.py``), taking turns
+with this checkout, and prints each pair's ratio of seconds per round (REV's over this
+checkout's: above 1, this checkout is faster) and of the coordinator's CPU seconds.
 
 For each N and P (float32 parameters), on the real broker, as deployed: one
 ``fedq coordinator`` process and ONE ``fedq participant --count N`` process holding the N
@@ -49,6 +53,7 @@ from typing import Any
 
 import httpx
 from deployment_shape import fedq_executable
+from other_commit import InstalledCommit, installed_commit
 from rich.console import Console
 from rich.table import Table
 
@@ -171,12 +176,19 @@ class Management:
 
 
 def run_once(
-    args: argparse.Namespace, management: Management, n: int, params: int, folder: Path
+    args: argparse.Namespace,
+    management: Management,
+    n: int,
+    params: int,
+    folder: Path,
+    commit: InstalledCommit | None = None,
 ) -> Run:
+    """One federation of ``n`` participants, with this checkout's ``fedq`` or ``commit``'s."""
     federation = f"{PREFIX}{uuid.uuid4().hex[:8]}-{n}-{params}"
     quorum = args.quorum or max(1, round(n * args.quorum_fraction))
-    fedq = fedq_executable()
+    fedq = fedq_executable() if commit is None else commit.command
     env = os.environ | {"FEDQ_SYNTHETIC_PARAMS": str(params), "FEDQ_BROKER_URL": args.broker}
+    env |= {} if commit is None else commit.env
     state, report = folder / "state", folder / f"{federation}.json"
     children: list[Child] = []
 
@@ -264,6 +276,48 @@ def run_once(
     )
 
 
+def run_pairs(
+    args: argparse.Namespace,
+    management: Management,
+    n: int,
+    params: int,
+    folder: Path,
+    other: InstalledCommit,
+    console: Console,
+) -> list[tuple[Run, Run]]:
+    """``args.pairs`` runs of this checkout and of ``other``, taking turns (who goes first
+    alternates too), so that both meet the same machine."""
+    pairs = []
+    for pair in range(args.pairs):
+        this_first = pair % 2 == 0
+        ran: dict[bool, Run] = {}
+        for this in (this_first, not this_first):
+            ran[this] = run_once(args, management, n, params, folder, None if this else other)
+        console.print(
+            f"  pair {pair + 1}: s/round this {ran[True].median_round_seconds:.2f}, "
+            f"{other.sha[:8]} {ran[False].median_round_seconds:.2f}"
+        )
+        pairs.append((ran[True], ran[False]))
+    return pairs
+
+
+def comparison(other: InstalledCommit, pairs: list[tuple[Run, Run]]) -> dict[str, Any]:
+    """Each pair's ratios, the other commit over this checkout: above 1, this is faster."""
+    round_ratios = [o.median_round_seconds / t.median_round_seconds for t, o in pairs]
+    return {
+        "commit": other.sha,
+        "participants": pairs[0][0].participants,
+        "params": pairs[0][0].params,
+        "this_round_seconds": [t.median_round_seconds for t, _ in pairs],
+        "other_round_seconds": [o.median_round_seconds for _, o in pairs],
+        "round_ratios": round_ratios,
+        "median_round_ratio": statistics.median(round_ratios),
+        "coordinator_cpu_ratios": [
+            o.coordinator_cpu_per_round / t.coordinator_cpu_per_round for t, o in pairs
+        ],
+    }
+
+
 def ratios(runs: list[Run]) -> dict[str, float]:
     """Per P: the coordinator's peak RSS at the largest N over the smallest N."""
     out = {}
@@ -309,6 +363,12 @@ def main() -> None:
     parser.add_argument("--broker", default=DEFAULT_BROKER_URL)
     parser.add_argument("--management-url", default=None, help="default: the broker's host")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per run")
+    parser.add_argument(
+        "--against",
+        metavar="REV",
+        help="also run commit REV (installed apart), alternating with this checkout",
+    )
+    parser.add_argument("--pairs", type=int, default=3, help="pairs of runs with --against")
     args = parser.parse_args()
     if args.rounds < 2:
         parser.error("--rounds must be at least 2: round 1 includes the joins")
@@ -323,16 +383,32 @@ def main() -> None:
     management = Management(args.management_url, args.broker)
     management.cap_dead_letters()
     runs: list[Run] = []
+    compared: list[dict[str, Any]] = []
     started = time.perf_counter()
     try:
-        with tempfile.TemporaryDirectory(prefix="fedq-bench-scale-") as folder:
+        with contextlib.ExitStack() as stack:
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fedq-scale-")))
+            other = stack.enter_context(installed_commit(args.against)) if args.against else None
             for params in args.params:
                 for n in args.participants:
                     console.print(f"N = {n:,}, P = {params:,} ...")
-                    runs.append(run_once(args, management, n, params, Path(folder)))
+                    if other is None:
+                        runs.append(run_once(args, management, n, params, folder))
+                        continue
+                    pairs = run_pairs(args, management, n, params, folder, other, console)
+                    runs.extend(this for this, _ in pairs)
+                    compared.append(comparison(other, pairs))
     finally:
         management.uncap_dead_letters()
     report(runs, console)
+    for row in compared:
+        console.print(
+            f"N = {row['participants']:,}, P = {row['params']:,}: seconds per round, commit "
+            f"{row['commit'][:8]} over this checkout, pair by pair: "
+            + ", ".join(f"{r:.2f}" for r in row["round_ratios"])
+            + f" (median {row['median_round_ratio']:.2f}); coordinator CPU s per round: "
+            + ", ".join(f"{r:.2f}" for r in row["coordinator_cpu_ratios"])
+        )
     wall = time.perf_counter() - started
     console.print(f"wall time {wall:.0f} s, load average at end {os.getloadavg()[0]:.1f}")
     figures = {
@@ -344,6 +420,7 @@ def main() -> None:
         "load_average_end": os.getloadavg()[0],
         "wall_seconds": wall,
         "runs": [asdict(r) for r in runs],
+        "against": compared,
         **ratios(runs),
     }
     print(strict_json.dumps(figures))

@@ -20,7 +20,7 @@ import yarl
 from prometheus_client.parser import text_string_to_metric_families
 
 from fedq.apps.synthetic import SyntheticApp
-from fedq.coordinator.observers import CoordinatorObserver
+from fedq.coordinator.observers import CoordinatorObserver, UpdateSeen
 from fedq.coordinator.records import VersionSummary
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.codec import Weights
@@ -84,6 +84,30 @@ async def until_async(
         if time.monotonic() > deadline:
             raise _timed_out(what, within, value)
         await asyncio.sleep(every)
+
+
+async def while_progressing(
+    work: Awaitable[T], progress: Callable[[], object], *, what: str, quiet: float
+) -> T:
+    """``work``'s result, waited for as long as it makes progress: fails, naming ``what``,
+    once ``progress()`` has not changed for ``quiet`` seconds (``work`` is then cancelled).
+    For work whose length depends on the machine's load: a hang shows as no progress, and
+    a slow machine does not fail the test."""
+    task = asyncio.ensure_future(work)
+    last, since = progress(), time.monotonic()
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=1.0)
+            if done:
+                return task.result()
+            if (now := progress()) != last:
+                last, since = now, time.monotonic()
+            elif time.monotonic() - since > quiet:
+                raise AssertionError(f"{what}: no progress for {quiet:g} s (at {last!r})")
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
 
 def polled(read: Callable[[], T]) -> Callable[[], Awaitable[T]]:
@@ -363,6 +387,17 @@ def metric_total(url: str, name: str) -> float:
         for s in family.samples
         if s.name == name
     )
+
+
+class UpdatesSeen(CoordinatorObserver):
+    """How many updates an in-process coordinator has taken, folded or settled: its
+    progress, while it drains a flood of refusals as much as while it folds."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def update_seen(self, seen: UpdateSeen) -> None:
+        self.count += 1
 
 
 class Commits(CoordinatorObserver):
