@@ -268,6 +268,29 @@ async def test_the_share_starts_again_once_the_queue_is_emptied(
             await topology.delete(own, [])
 
 
+async def test_copies_made_at_once_each_count_in_the_share(federation: str):
+    """The coordinator settles refusals several at once: six copies of one user's bodies
+    started together get two copies (its share, 0.25 of 4 KiB), as six in turn would, not
+    six that each looked at the share before any other was counted."""
+    config = config_of(federation, Path("unused"), verify_identity=True, dead_letter_share=0.25)
+    topology = Topology(federation, dead_letter_max_bytes=BOUND)
+    body = flood_body(0)
+    async with AmqpTransport(BROKER_URL) as own:
+        await topology.declare_core(own)
+        try:
+            evidence = Evidence(config, own, topology, Observers())
+            kept = await asyncio.gather(
+                *(evidence.keep(Sent("m", f"m{i}", body), body, REFUSAL) for i in range(6))
+            )
+            assert kept == [None, None, *[SENDER_SHARE] * 4]
+            assert [d.message_id for d in await drain(BROKER_URL, topology.rejected)] == [
+                "m0",
+                "m1",
+            ]
+        finally:
+            await topology.delete(own, [])
+
+
 async def test_what_the_share_remembers_is_bounded_whatever_users_send(federation: str):
     """Broker users beyond N + 64 (and messages without a user) share one tally: 500 users
     with a copy each leave at most N + 65 tallies (the queue has room for all 500)."""
