@@ -196,20 +196,24 @@ class Membership:
     def capacity(self) -> int:
         return self.config.participants + REMEMBERED_SLACK
 
-    def draw(self, size: int, seed: str) -> frozenset[str] | None:
+    def draw(self, size: int, seed: str, version: int) -> frozenset[str] | None:
         """``size`` of the participants alive now, drawn at random from ``seed`` (the same
         draw for the same seed and the same live participants: a version redone after a
-        crash draws its sample again); None (everyone) while fewer are known alive. Ids
-        are whatever senders claim unless ``--roster`` or ``--verify-identity`` make them
-        real: made-up ones drawn only leave the version to its deadline."""
+        crash draws its sample again) to train on model ``version``; None (everyone) while
+        fewer are known alive. Ids are whatever senders claim unless ``--roster`` or
+        ``--verify-identity`` make them real: made-up ones drawn only leave the version to
+        its deadline. The observers hear the draw and whom it was made among."""
         self.forget_silent(time.time())
         alive = sorted(list(self.last_seen)[-self.config.participants :])
         if len(alive) < size:
             log.info(
                 "%d participants alive, fewer than a sample of %d: all train", len(alive), size
             )
+            self.observers.sample_drawn(version, alive, None)
             return None
-        return frozenset(random.Random(seed).sample(alive, size))
+        sample = random.Random(seed).sample(alive, size)
+        self.observers.sample_drawn(version, alive, sorted(sample))
+        return frozenset(sample)
 
     def alive_ids(self) -> tuple[set[str], int]:
         """Who is alive (the N heard from last) and :meth:`alive`'s count of them."""

@@ -71,6 +71,11 @@ class CoordinatorObserver:
     def participants_alive(self, alive: int) -> None:
         """How many participants joined or beat within the liveness window and did not leave."""
 
+    def sample_drawn(self, version: int, among: list[str], sampled: list[str] | None) -> None:
+        """With client sampling: the participants drawn to train on model ``version``
+        (sorted), from those alive at that moment, ``among`` (sorted); None when fewer than
+        a sample were alive, and everyone trains."""
+
     def version_stalled(self, version: int, stall: Stall | None) -> None:
         """Version ``version`` cannot close with the participants alive (``stall`` says
         why: :mod:`.stall`), or, with None, it can again (or was committed)."""
@@ -110,6 +115,9 @@ class Observers(CoordinatorObserver):
 
     def participants_alive(self, alive: int) -> None:
         self._each("participants_alive", alive)
+
+    def sample_drawn(self, version: int, among: list[str], sampled: list[str] | None) -> None:
+        self._each("sample_drawn", version, among, sampled)
 
     def version_stalled(self, version: int, stall: Stall | None) -> None:
         self._each("version_stalled", version, stall)

@@ -206,7 +206,9 @@ class Coordinator:
         """Open a version on model ``number``, collect it, commit it: model ``number + 1``."""
         window = self.mode.open(number)
         if self.config.sample_fraction is not None:
-            window.sample = self.membership.draw(self.config.sample_size, f"{self.seed}:{number}")
+            window.sample = self.membership.draw(
+                self.config.sample_size, f"{self.seed}:{number}", number
+            )
         aggregation = self.strategy.aggregator.start(
             AggregationContext(
                 template=weights,

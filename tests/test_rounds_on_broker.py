@@ -157,50 +157,47 @@ async def test_a_finished_simulation_leaves_only_queues_that_hold_messages(
                 await transport.queue_depth(queue)
 
 
-class AliveAtOpen(CoordinatorObserver):
-    """How many participants the coordinator counted alive when it opened each version
-    (on model N), which is when it draws that version's sample."""
+class Draws(CoordinatorObserver):
+    """Each version's sample as the coordinator drew it, and whom it drew among (those it
+    counted alive at that moment)."""
 
     def __init__(self) -> None:
-        self.alive = 0
-        self.at_open: dict[int, int] = {}
+        self.drawn: dict[int, tuple[list[str], list[str] | None]] = {}
 
-    def participants_alive(self, alive: int) -> None:
-        self.alive = alive
-
-    def version_opened(self, version: int, round_: int | None) -> None:
-        self.at_open[version] = self.alive
+    def sample_drawn(self, version: int, among: list[str], sampled: list[str] | None) -> None:
+        self.drawn[version] = (among, sampled)
 
 
 async def test_client_sampling_draws_who_trains_and_the_quorum_applies_within(
     tmp_path: Path, federation: str
 ):
     """6 participants, --sample-fraction 0.5 (3 drawn per version, seeded), K = 2: each
-    version opened with every participant alive is made only of participants its model
-    named, drawn as the federation's seed says; the others acked that model without
-    training. (Opened with fewer alive, everyone trains, or the draw is among those alive:
-    on a loaded machine a join can come after model v1 went out.)"""
+    version is made only of participants its model named, drawn as the federation's seed
+    says among those alive when it opened; the others acked that model without training.
+    (On a loaded machine a join can come after a model went out, or a heartbeat so late
+    that its participant counts as silent at the draw: the draw is then among fewer.)"""
     plan = on_rabbitmq(
         federation, tmp_path, participants=6, rounds=5, quorum=2, sample_fraction=0.5,
         linger_seconds=5,
     )  # fmt: skip
-    watch = AliveAtOpen()
+    draws = Draws()
     try:
-        result, stats = await simulate_with_participants(plan, SyntheticApp(params=100), [watch])
+        result, stats = await simulate_with_participants(plan, SyntheticApp(params=100), [draws])
         assert result.model_version == 5
         ledger = UpdateLedger(tmp_path / "ledger.sqlite")
         seed = ledger.get_meta("dp_seed")
-        everyone = sorted(f"p{i}" for i in range(6))
-        sampled_versions = 0
+        sampled_versions = all_alive = 0
         for version in range(1, 6):
-            if watch.at_open.get(version - 1) != 6:
+            among, sampled = draws.drawn[version - 1]
+            if sampled is None:  # fewer than 3 alive: everyone trains
                 continue
+            assert sampled == sorted(random.Random(f"{seed}:{version - 1}").sample(among, 3))
             folded = {u.participant for u in ledger.updates_of(version)}
-            drawn = set(random.Random(f"{seed}:{version - 1}").sample(everyone, 3))
-            assert folded <= drawn, (version, folded, drawn)
+            assert folded <= set(sampled), (version, folded, sampled)
             sampled_versions += 1
-        assert sampled_versions >= 3, watch.at_open
-        assert sum(s.rounds_not_sampled for s in stats) >= 3 * sampled_versions
+            all_alive += len(among) == 6
+        assert sampled_versions >= 3, draws.drawn
+        assert sum(s.rounds_not_sampled for s in stats) >= 3 * all_alive
         assert "not_sampled" not in result.rejected_by_reason
     finally:
         await teardown(federation, 6)
