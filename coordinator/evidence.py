@@ -116,6 +116,9 @@ class Evidence:
         self.capacity = config.participants + SENDER_SLACK
         self.held: dict[str | None, _Held] = {}
         self._looked = float("-inf")
+        #: Copies on their way to the queue, and copies begun in all.
+        self._copying = 0
+        self._begun = 0
         self._warned = float("-inf")
         self._unwarned: Counter[str] = Counter()
 
@@ -130,6 +133,8 @@ class Evidence:
         # settler's) each see the others' in the sender's share.
         self._count(sender, len(body), 1)
         headers = dead_letter_headers(delivery.headers, outcome)
+        self._copying += 1
+        self._begun += 1
         try:
             await self.transport.publish(
                 "",
@@ -147,6 +152,8 @@ class Evidence:
             if isinstance(exc, Unroutable):
                 return self._dropped(UNROUTABLE, outcome)
             raise
+        finally:
+            self._copying -= 1
         log.info("rejected update: %s", headers[REASON_HEADER])
         return None
 
@@ -176,13 +183,17 @@ class Evidence:
         if held.bytes + size <= share.bytes and held.messages < share.messages:
             return True
         now = time.monotonic()
-        if now - self._looked < RECHECK_SECONDS:
+        if now - self._looked < RECHECK_SECONDS or self._copying:
+            # With copies on their way, an empty queue says nothing of what an operator
+            # took out: they may not be in it yet.
             return False
         self._looked = now
+        begun = self._begun
         try:
             emptied = await self.transport.queue_depth(self.queue) == 0
         except TransportError:
             return False
+        emptied = emptied and self._begun == begun  # and none began while it looked
         if emptied:
             self.held.clear()
         return emptied and size <= share.bytes
