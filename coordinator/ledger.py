@@ -16,11 +16,12 @@ Calls block; the coordinator runs them with ``asyncio.to_thread``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,19 @@ class UpdateLedger(LedgerView):
                 db.close()
                 raise
         super().__init__(db, path)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One write transaction, taken at once (``BEGIN IMMEDIATE``), under the lock:
+        committed when the block ends, rolled back if it raises."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     def set_meta(self, key: str, value: str) -> None:
         with self._lock:
@@ -100,27 +114,20 @@ class UpdateLedger(LedgerView):
             )
             for u in updates
         ]
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                prev = self._db.execute(
-                    "SELECT chain FROM versions ORDER BY version DESC LIMIT 1"
-                ).fetchone()
-                chain = chain_hash(GENESIS if prev is None else prev[0], row, update_rows)
-                self._db.execute(
-                    f"INSERT INTO versions ({VERSION_COLUMNS}, chain) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (*row, chain),
-                )
-                self._db.executemany(
-                    f"INSERT INTO updates ({UPDATE_COLUMNS}) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    update_rows,
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._transaction():
+            prev = self._db.execute(
+                "SELECT chain FROM versions ORDER BY version DESC LIMIT 1"
+            ).fetchone()
+            chain = chain_hash(GENESIS if prev is None else prev[0], row, update_rows)
+            self._db.execute(
+                f"INSERT INTO versions ({VERSION_COLUMNS}, chain) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*row, chain),
+            )
+            self._db.executemany(
+                f"INSERT INTO updates ({UPDATE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                update_rows,
+            )
         return chain
 
     def record_rejection(
@@ -163,18 +170,12 @@ class UpdateLedger(LedgerView):
             )
             for r in records
         ]
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany(
-                    "INSERT INTO rejections (update_id, participant, round, base_version, "
-                    "during_version, reason, detail, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._transaction():
+            self._db.executemany(
+                "INSERT INTO rejections (update_id, participant, round, base_version, "
+                "during_version, reason, detail, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
 
     def backup(self, path: Path) -> None:
         """A consistent copy of the ledger at ``path`` (SQLite's online backup)."""
@@ -192,22 +193,16 @@ class UpdateLedger(LedgerView):
         every update the broker confirmed is still committed or refused. The chain of
         versions 1 to ``good`` is untouched: its head is ``good``'s. Returns the updates
         rolled back."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute(
-                    "INSERT INTO rejections (update_id, participant, round, base_version, "
-                    "during_version, reason, detail, at) SELECT update_id, participant, round, "
-                    "base_version, version - 1, 'rolled_back', ? || ' (was in v' || version "
-                    "|| ')', ? FROM updates WHERE version > ?",
-                    (printable(detail), time.time(), good),
-                )
-                removed = self._db.execute("DELETE FROM updates WHERE version > ?", (good,))
-                self._db.execute("DELETE FROM versions WHERE version > ?", (good,))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._transaction():
+            self._db.execute(
+                "INSERT INTO rejections (update_id, participant, round, base_version, "
+                "during_version, reason, detail, at) SELECT update_id, participant, round, "
+                "base_version, version - 1, 'rolled_back', ? || ' (was in v' || version "
+                "|| ')', ? FROM updates WHERE version > ?",
+                (printable(detail), time.time(), good),
+            )
+            removed = self._db.execute("DELETE FROM updates WHERE version > ?", (good,))
+            self._db.execute("DELETE FROM versions WHERE version > ?", (good,))
         return int(removed.rowcount)
 
 
