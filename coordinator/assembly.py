@@ -318,7 +318,7 @@ class Assembler:
                 )
 
     def remember(self, update_id: str, rejection: Rejection) -> None:
-        self._refused[update_id] = rejection
+        self._refused[update_id] = rejection.bare()
         while len(self._refused) > REMEMBERED_REFUSALS:
             self._refused.popitem(last=False)
 

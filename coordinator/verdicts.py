@@ -44,6 +44,15 @@ class Rejection(Exception):
         """The ``x-fedq-reason`` header: the machine-readable reason, a colon, the text."""
         return Outcome(None, self.reason, self.detail).header()
 
+    def bare(self) -> Rejection:
+        """The same reason and detail, raised nowhere. Kept past the ``except`` that caught
+        it (in a verdict settled beside the collection, in the assembler's memory of
+        refused ids), a rejection as raised holds its traceback and the exceptions it was
+        raised from: every frame they passed through with its locals (the body among them),
+        in a cycle through the worker thread's frame that only the garbage collector
+        breaks, however late. A flood of large refused bodies piled up so."""
+        return Rejection(self.reason, self.detail)
+
 
 @dataclass(frozen=True)
 class Admitted:
@@ -131,6 +140,9 @@ class Duplicate:
 class Refused:
     rejection: Rejection
     meta: UpdateMeta | None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rejection", self.rejection.bare())  # see Rejection.bare
 
     #: A refusal is evidence: its body goes to the dead-letter queue with the reason.
     dead_letter = True
