@@ -132,19 +132,13 @@ class Restarts:
         return ports
 
     def alive(self) -> None:
-        """Every process runs; if one ended, say whether the federation simply finished
-        before the test's restarts were done (a machine slower than the test's margin of
-        versions), which is no fault of fedq's, or what its logs show."""
+        """Every process runs, or the test fails with every log. None may end on its own
+        before a restart: at each restart's moment a failpoint stops the federation (the
+        coordinator, or the participants it waits for), or where the moment is live, holds
+        the coordinator short of its last version (``last_version_held``)."""
         for process in self.processes:
-            if process.poll() is None:
-                continue
-            if process.returncode == 0 and self.fed.committed_version() >= self.fed.rounds:
-                raise AssertionError(
-                    f"the federation committed its last version (v{self.fed.rounds}) after "
-                    f"restarts {self.done}, before the test's next: this machine is slower "
-                    "than the test's margin of versions"
-                )
-            raise AssertionError(f"pid {process.pid} exited\n{self.fed.logs()}")
+            if process.poll() is not None:
+                raise AssertionError(f"pid {process.pid} exited\n{self.fed.logs()}")
 
     def restart(self, kind: Kind) -> None:
         """Restart the node under the federation; resume the processes its failpoints
@@ -298,10 +292,12 @@ def test_restarts_while_the_coordinator_collects(restarts: Restarts) -> None:
 def test_restarts_right_after_a_commit(restarts: Restarts) -> None:
     """The coordinator stops itself right after the ledger commits v2 and v5 (its updates
     not yet acked) and the node restarts under it; then once more live, at the next commit,
-    as the participants take the new model (held at v9 if the machine is slower than that)."""
+    as the participants take the new model (held at v9, ``last_version_held``, if the
+    machine is slower than that)."""
     run, fed = restarts, restarts.fed
     fed.rounds = 10
-    run.coordinator = fed.start_coordinator("coordinator", "after_ledger_commit:2,5,9:stop")
+    stops = f"after_ledger_commit:2,5,{fed.rounds - 1}:stop"  # the last: last_version_held
+    run.coordinator = fed.start_coordinator("coordinator", stops)
     run.participants = [fed.start_participant(i, None, "--delay", "2") for i in range(3)]
     plan: list[tuple[int, Kind]] = [(2, "kill"), (5, "graceful")]
     for version, kind in plan:
