@@ -72,7 +72,11 @@ class Run:
     attacker_bytes: int = 0
     dlq_messages: int = 0
     dlq_bytes: int = 0
-    #: Ids the coordinator had to dead-letter and did not.
+    #: Copies not made that the ledger records with why: past the attacker's
+    #: --dead-letter-share of the queue (a flood leaves room for the others' evidence).
+    without_copy: int = 0
+    #: Ids the coordinator had to dead-letter, not in the DLQ, beyond those the ledger
+    #: records as not copied: evidence lost.
     missing_evidence: int = 0
     #: Messages still on the updates and control queues once the coordinator exited.
     left_on_broker: int = 0
@@ -159,6 +163,17 @@ def attack_now(
     return time.process_time() - before, sent
 
 
+def copies_not_made(fed: FaultyFederation) -> int:
+    """Messages refused whose dead-letter copy the ledger records as not made, with why
+    (``evidence.without_copy``: "no copy in the DLQ (...)" for one message, "N of M chunks
+    not copied to the DLQ (...)" for a chunked update)."""
+    rows = fed.ledger_rows(
+        "SELECT detail FROM rejections WHERE detail LIKE 'no copy in the DLQ%' "
+        "OR detail LIKE '% chunks not copied to the DLQ%'"
+    )
+    return sum(1 if d.startswith("no copy") else int(d.split()[0]) for (d,) in rows)
+
+
 async def left_on_broker(fed: FaultyFederation) -> int:
     topology = Topology(fed.name)
     async with AmqpTransport(fed.broker) as transport:
@@ -192,6 +207,7 @@ def run(attack: Attack | None, args: argparse.Namespace, users: list[tuple[str, 
                 participant.wait(timeout=120)
             left = asyncio.run(left_on_broker(fed))
             dead = asyncio.run(drain(fed.broker, Topology(fed.name).rejected))
+            without_copy = copies_not_made(fed)
             versions = attacks.check_versions(fed.state, [u for u, _ in honest], attack)
         finally:
             fed.close()
@@ -210,7 +226,10 @@ def run(attack: Attack | None, args: argparse.Namespace, users: list[tuple[str, 
         attacker_cpu_s=round(cpu, 2), attacker_messages=sent.messages,
         attacker_bytes=sent.bytes, dlq_messages=len(dead),
         dlq_bytes=sum(len(d.body) for d in dead),
-        missing_evidence=len(sent.dead_lettered - {d.message_id for d in dead}),
+        without_copy=without_copy,
+        missing_evidence=max(
+            0, len(sent.dead_lettered - {d.message_id for d in dead}) - without_copy
+        ),
         left_on_broker=left, during_run=during,
         dlq_reasons=", ".join(f"{r} {n}" for r, n in reasons.most_common()),
     )  # fmt: skip
@@ -239,7 +258,8 @@ def report(rows: list[dict[str, object]], bound_mib: float, console: Console) ->
         "attacker_messages": "attacker msgs", "attacker_bytes": "attacker bytes",
         "attacker_cpu_s": "attacker CPU s", "coordinator_extra_cpu_s": "coord. extra CPU s",
         "cpu_ratio": "coord./attacker CPU", "dlq_bytes": "DLQ bytes",
-        "missing_evidence": "not in DLQ", "left_on_broker": "left on broker",
+        "without_copy": "no copy, recorded", "missing_evidence": "evidence lost",
+        "left_on_broker": "left on broker",
         "during_run": "during the run",
     }  # fmt: skip
     for title in columns.values():
