@@ -29,7 +29,9 @@ refused ``too_large``. Only the service's loop calls in (one thread at a time).
 
 from __future__ import annotations
 
+import itertools
 import math
+import os
 import re
 import shutil
 import time
@@ -46,6 +48,9 @@ from fedq.messages.chunks import SLICE_ALIGN, TensorSlice, whole_digest
 from fedq.messages.codec import ModelSpec, decode_message
 from fedq.messages.schema import UpdateMeta
 from fedq.messages.transport import Delivery
+
+#: Numbers the spool files' second names (:meth:`ChunkedDelta.keep`).
+_KEPT = itertools.count()
 
 #: Refused update ids remembered, so their later chunks are refused at once, not spooled.
 REMEMBERED_REFUSALS = 1024
@@ -84,10 +89,11 @@ class Stream:
     def deliveries(self) -> dict[int, Delivery]:
         return {index: chunk.delivery for index, chunk in self.chunks.items()}
 
-    def read(self, index: int) -> bytes:
-        """The body of chunk ``index`` as it came."""
+    def read(self, index: int, spool: Path | None = None) -> bytes:
+        """The body of chunk ``index`` as it came (from ``spool``, another name of the
+        stream's spool file, if given)."""
         chunk = self.chunks[index]
-        with self.spool.open("rb") as f:
+        with (spool or self.spool).open("rb") as f:
             f.seek(chunk.offset)
             return f.read(chunk.size)
 
@@ -121,14 +127,32 @@ Outcome = Pending | ChunkCopy | Assembled
 class ChunkedDelta(DeltaPieces):
     """A spooled update's delta, read back one chunk at a time."""
 
-    def __init__(self, stream: Stream, spec: ModelSpec) -> None:
+    def __init__(self, stream: Stream, spec: ModelSpec, spool: Path | None = None) -> None:
         super().__init__({name: (s.shape, s.dtype) for name, s in spec.items()})
         self.stream = stream
         self.model_spec = spec
+        #: A name of its own for the spool file once kept (:meth:`keep`), else None.
+        self._kept: Path | None = spool
+
+    def keep(self) -> ChunkedDelta | None:
+        """The same delta under a second name of the spool file (a hard link, no copy), so
+        closing the stream leaves it readable until :meth:`release` (an aggregation keeps
+        the heaviest update of a version aside this way: disk, not a model's worth of RAM).
+        None when the file system makes no hard links."""
+        kept = self.stream.spool.with_name(f"{self.stream.spool.name}.kept-{next(_KEPT)}")
+        try:
+            os.link(self.stream.spool, kept)
+        except OSError:
+            return None
+        return ChunkedDelta(self.stream, self.model_spec, kept)
+
+    def release(self) -> None:
+        if self._kept is not None:
+            self._kept.unlink(missing_ok=True)
 
     def __iter__(self) -> Iterator[Piece]:
         for index in range(self.stream.count):
-            decoded = decode_message(self.stream.read(index), self.model_spec)
+            decoded = decode_message(self.stream.read(index, self._kept), self.model_spec)
             for tensor in decoded.tensors:
                 assert tensor.slice is not None, "a spooled chunk passed the intake"
                 yield tensor.name, tensor.slice[0], tensor.array.reshape(-1)

@@ -4,15 +4,19 @@ overflow float32 refused: pure parts (the broker tests are in tests/hostile/test
 from __future__ import annotations
 
 import itertools
+import tracemalloc
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fedq.coordinator.assembly import Assembled, Assembler
 from fedq.coordinator.headroom import Headroom
+from fedq.coordinator.intake import Intake
 from fedq.coordinator.strategies import AggregationContext
 from fedq.coordinator.strategies.base import (
     FoldOverflow,
@@ -24,6 +28,11 @@ from fedq.coordinator.strategies.base import (
 from fedq.coordinator.strategies.clipped_mean import NormClippedMean
 from fedq.coordinator.strategies.krum import Krum
 from fedq.coordinator.strategies.mean import WeightedMean
+from fedq.coordinator.verdicts import Admitted, ChunkCandidate
+from fedq.messages.chunks import encode_chunks
+from fedq.messages.codec import spec_of
+from fedq.messages.schema import UpdateMeta
+from fedq.messages.transport import Delivery
 
 MODEL = {"w": np.zeros((3, 2), np.float32), "b": np.zeros(2, np.float32)}
 
@@ -149,3 +158,81 @@ def test_headroom_reads_an_update_only_when_its_norm_leaves_room_for_overflow(va
     update = CountedDelta(delta(value))
     assert Headroom.of(delta(1.0)).fits(update)
     assert update.passes == passes
+
+
+class _Body:
+    """What the assembler reads of a delivery."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+
+class _AdmitFresh:
+    def held_digest(self, update_id: str) -> str | None:
+        return None
+
+    def admit(self, meta: UpdateMeta, user: str | None) -> Admitted:
+        return Admitted(staleness=0, scale=1.0)
+
+
+def test_the_heaviest_chunked_update_waits_on_disk_and_joins_as_a_copy_in_memory_would(
+    tmp_path: Path,
+):
+    """The heaviest update of a version is kept aside until the version closes. One that
+    came in chunks stays in its spool file (a second name of it), not in a model-sized
+    buffer: the mean is bit for bit the one made from copies in memory, the file goes
+    with the aggregation, and nothing of the model's size is allocated meanwhile."""
+    template = {"w": np.zeros(1_000_000, np.float32), "b": np.zeros(1000, np.float32)}
+    rng = np.random.default_rng(7)
+    chunk_bytes = 256 << 10
+    spec = spec_of(template)
+    intake = Intake("f", spec, lambda update_id: None)
+    assembler = Assembler(
+        tmp_path / "spool",
+        spec,
+        max_bytes=1 << 30,
+        max_norm=None,
+        max_streams=4,
+        timeout_seconds=60.0,
+        chunk_bytes=chunk_bytes,
+        max_per_participant=4,
+    )
+    # Heavier and heavier, then lighter: each newcomer but the last replaces the one aside.
+    weights = [10, 1000, 10**6, 50]
+    deltas = [{k: rng.standard_normal(v.shape).astype(np.float32) for k, v in template.items()}
+              for _ in weights]  # fmt: skip
+    share = 0.75
+    on_disk = WeightedMean().start(
+        AggregationContext(template, 4, 0, tmp_path, version=1, max_weight_share=share)
+    )
+    tracemalloc.start()
+    try:
+        for i, (weight, delta) in enumerate(zip(weights, deltas, strict=True)):
+            meta = UpdateMeta(federation="f", participant=f"p{i}", round=1, base_version=0,
+                              num_examples=weight)  # fmt: skip
+            for body in encode_chunks(meta, delta, chunk_bytes=chunk_bytes):
+                verdict = intake.check(body, None, _AdmitFresh())
+                assert isinstance(verdict, ChunkCandidate), verdict
+                outcome = assembler.add(verdict, cast(Delivery, _Body(body)))
+            assert isinstance(outcome, Assembled)
+            tracemalloc.reset_peak()
+            before = tracemalloc.get_traced_memory()[0]
+            on_disk.add_pieces(assembler.finish(outcome.stream), float(weight))
+            held = tracemalloc.get_traced_memory()[1] - before
+            outcome.stream.close()  # as the collector does once the update is folded
+            kept = list((tmp_path / "spool").glob("*.kept-*"))
+            assert len(kept) == 1, kept  # the heaviest so far, and only it
+            assert held < 4_000_000 / 4, f"{held} bytes allocated by a fold: a model-sized copy"
+    finally:
+        tracemalloc.stop()
+    in_memory = WeightedMean().start(
+        AggregationContext(template, 4, 0, tmp_path, version=1, max_weight_share=share)
+    )
+    for weight, delta in zip(weights, deltas, strict=True):
+        in_memory.add(delta, float(weight))
+    expected = in_memory.result()
+    result = on_disk.result()
+    assert not list((tmp_path / "spool").glob("*")), "the kept spool file outlived the result"
+    for name in template:
+        np.testing.assert_array_equal(result[name], expected[name])
+    on_disk.close()  # again: harmless

@@ -105,6 +105,15 @@ class DeltaPieces(abc.ABC):
     def norm(self) -> float:
         """The L2 norm of the whole delta."""
 
+    def keep(self) -> DeltaPieces | None:
+        """These pieces, still readable after the caller lets them go, without a copy in
+        memory (a spooled update keeps its spool file); None when only a copy in memory
+        could keep them. What it returns is the caller's to :meth:`release`."""
+        return None
+
+    def release(self) -> None:  # noqa: B027 - optional hook
+        """Let go of what :meth:`keep` kept. Safe to call twice."""
+
     def materialize(self) -> Weights:
         """The delta as whole tensors: O(model) memory, for aggregations that need it."""
         out = {name: np.empty(shape, dtype) for name, (shape, dtype) in self.spec.items()}
