@@ -264,6 +264,14 @@ class _SharedBodies:
                 del self._bodies[key]
 
 
+def lanes_of(prefetch: int) -> tuple[int, int]:
+    """(each consumer's window, consumers) for a prefetch: two lanes of half the prefetch
+    each from a prefetch of 2 (see :class:`_Inbox`), else one of 1."""
+    if prefetch >= 2:
+        return prefetch // 2, 2
+    return 1, 1
+
+
 class _Inbox:
     """Deliveries pushed by the broker; a cancelled ``__anext__`` loses nothing and ends nothing.
 
@@ -271,11 +279,21 @@ class _Inbox:
 
     Released deliveries (``release_body``) do not count toward the prefetch. The broker counts
     a consumer's unacked deliveries per consumer tag, and applies the channel's prefetch to
-    each new consumer: so once every unacked delivery of the current tag is released, a new
+    each new consumer: so once every unacked delivery of a consumer is released, a new
     consumer is started on the same channel, with a fresh window, and the old one cancelled.
     Nothing is lost in the switch: deliveries sent to the old tag before its cancel-ok still
     reach this inbox, its unacked ones stay ackable on the channel, and closing the channel
     requeues them all.
+
+    With a prefetch of 2 or more the window is split between two consumers (lanes) of
+    ``prefetch // 2`` each, so that while one is being replaced the other still has room:
+    with a single consumer, every switch left the broker nothing to send until the new
+    consumer's consume-ok came back and its first body arrived: a coordinator holding the
+    chunks of 40 MB updates (released, 4 to a window) waited 7 to 12 ms every 4 chunks, a
+    quarter of a second a round. Two lanes hold at most the prefetch, as one did; the round
+    took 0.89x to 0.91x as long as with one (``python bench/round_overhead.py --processes
+    --participants 10 --params 10000000 --rounds 6 --repeat 1 --against REV --pairs 3``;
+    bench/README.md, "Where a round's time goes").
     """
 
     def __init__(
@@ -296,8 +314,10 @@ class _Inbox:
         self._deleted: QueueDeleted | None = None
         self.bodies = bodies
         self._source = queue
-        self._prefetch = prefetch
-        self.tag: str | None = None
+        self.window, lanes = lanes_of(prefetch)
+        #: The consumers taking deliveries (one per lane), oldest first.
+        self.tags: list[str] = []
+        self._lanes = lanes
         #: Per consumer tag: deliveries released and not yet settled.
         self._held: dict[str | None, int] = {}
         self._full = asyncio.Event()
@@ -305,11 +325,12 @@ class _Inbox:
         self._stopping = False
 
     async def start(self) -> None:
-        self.tag = await self._source.consume(self.put)
+        for _ in range(self._lanes):
+            self.tags.append(await self._source.consume(self.put))
         self._switcher = asyncio.create_task(self._switch_when_full(), name="fedq-consumer-switch")
 
     async def stop(self, *, cancel: bool) -> None:
-        """Stop switching, and cancel the consumer if ``cancel`` (its channel is open).
+        """Stop switching, and cancel the consumers if ``cancel`` (their channel is open).
 
         The switcher is asked to stop and awaited, not cancelled: cancelled in the middle of
         its basic.consume or basic.cancel, it would leave the channel's RPC unanswered and
@@ -322,15 +343,16 @@ class _Inbox:
                 self._switcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._switcher
-        if cancel and self.tag is not None:
-            # The connection may go down with the cancel in flight (a broker restart's
-            # CONNECTION_FORCED, as a participant releases its queue to train): the broker
-            # then dropped the consumer with the connection and requeued its unacked
-            # deliveries, and aio-pika forgot it before sending the cancel, so it is not
-            # restored on reconnect either. Nothing is left to stop; raising would end a
-            # process that only wanted to stop consuming.
-            with contextlib.suppress(*_CONNECTION_LOST):
-                await self._source.cancel(self.tag)
+        if cancel:
+            for tag in self.tags:
+                # The connection may go down with the cancel in flight (a broker restart's
+                # CONNECTION_FORCED, as a participant releases its queue to train): the
+                # broker then dropped the consumer with the connection and requeued its
+                # unacked deliveries, and aio-pika forgot it before sending the cancel, so
+                # it is not restored on reconnect either. Nothing is left to stop; raising
+                # would end a process that only wanted to stop consuming.
+                with contextlib.suppress(*_CONNECTION_LOST):
+                    await self._source.cancel(tag)
 
     async def put(self, message: AbstractIncomingMessage) -> None:
         self.queue.put_nowait(message)
@@ -343,7 +365,7 @@ class _Inbox:
 
     def released(self, tag: str | None) -> None:
         self._held[tag] = self._held.get(tag, 0) + 1
-        if tag == self.tag and self._held[tag] >= self._prefetch:
+        if tag in self.tags and self._held[tag] >= self.window:
             self._full.set()
 
     def settled(self, tag: str | None) -> None:
@@ -359,22 +381,25 @@ class _Inbox:
             self._full.clear()
             if self._stopping:
                 return
-            old = self.tag
-            if self._held.get(old, 0) < self._prefetch:
-                continue  # settled meanwhile: the window reopened
+            full = [tag for tag in self.tags if self._held.get(tag, 0) >= self.window]
+            if not full:
+                continue  # settled meanwhile: the windows reopened
+            old = full[0]
             try:
-                self.tag = await self._source.consume(self.put)
+                new = await self._source.consume(self.put)
             except (*_CONNECTION_LOST, aiormq.exceptions.AMQPError) as exc:
-                # Reconnecting: try again shortly (the restored consumer has a fresh window
-                # anyway, since the broker requeued every unacked delivery).
+                # Reconnecting: try again shortly (the restored consumers have fresh
+                # windows anyway, since the broker requeued every unacked delivery).
                 log.warning("could not start a consumer on %s (%s); retrying", self._source, exc)
                 await asyncio.sleep(1.0)
                 self._full.set()
                 continue
-            if old is not None:
-                # A stalled consumer left behind (reconnecting) costs nothing: it is full.
-                with contextlib.suppress(*_CONNECTION_LOST, aiormq.exceptions.AMQPError):
-                    await self._source.cancel(old)
+            self.tags[self.tags.index(old)] = new
+            # A stalled consumer left behind (reconnecting) costs nothing: it is full.
+            with contextlib.suppress(*_CONNECTION_LOST, aiormq.exceptions.AMQPError):
+                await self._source.cancel(old)
+            if len(full) > 1:
+                self._full.set()  # the other lane is full too
 
     def __aiter__(self) -> _Inbox:
         return self
@@ -825,7 +850,7 @@ class AmqpTransport(Transport):
                     channel = await connection.channel(publisher_confirms=False)
                 except RuntimeError as exc:  # aiormq's "<Connection ...> closed"
                     raise aiormq.exceptions.AMQPConnectionError(str(exc)) from exc
-                await channel.set_qos(prefetch_count=max(1, prefetch))
+                await channel.set_qos(prefetch_count=lanes_of(prefetch)[0])
                 try:
                     q = await channel.get_queue(queue, ensure=True)
                 except aiormq.exceptions.ChannelNotFoundEntity:

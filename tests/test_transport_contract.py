@@ -309,6 +309,36 @@ async def test_released_deliveries_do_not_count_toward_the_prefetch(transport_pa
         await pub.delete_queue(queue)
 
 
+@pytest.mark.parametrize("arguments", [{}, {"x-queue-type": "quorum"}], ids=["classic", "quorum"])
+async def test_a_window_of_four_holds_four_bodies_and_refills_once_they_are_released(
+    transport_pair, arguments
+):
+    """The coordinator's window (4): the AMQP transport splits it between two consumers of
+    2, so that one still takes deliveries while the other is replaced; together they must
+    still hold no more than 4 unreleased bodies, and refill as bodies are released."""
+    pub, sub = transport_pair
+    _, queue = names()
+    await pub.declare_queue(queue, arguments=arguments)
+    for i in range(10):
+        await pub.publish("", queue, b"%d" % i)
+    try:
+        async with sub.consume(queue, prefetch=4) as deliveries:
+            first = [await next_delivery(deliveries) for _ in range(4)]
+            assert sorted(bytes(d.body) for d in first) == [b"0", b"1", b"2", b"3"]
+            async with taken_by_another(pub, queue) as fifth:  # four unreleased: full
+                assert fifth == b"4"
+                for delivery in first:
+                    delivery.release_body()
+                again = [await next_delivery(deliveries) for _ in range(4)]
+                assert sorted(bytes(d.body) for d in again) == [b"5", b"6", b"7", b"8"]
+                async with taken_by_another(pub, queue) as last:  # full again
+                    assert last == b"9"
+                for delivery in first:  # released, still ackable
+                    await delivery.ack()
+    finally:
+        await pub.delete_queue(queue)
+
+
 async def test_nack_without_requeue_drops_and_with_requeue_redelivers(transport_pair):
     pub, sub = transport_pair
     _, queue = names()
