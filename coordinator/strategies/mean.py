@@ -204,12 +204,8 @@ class StreamingMean(Aggregation):
         for summed in self._sums.values():
             summed *= inverse
         for name, start, values in heaviest:
-            flat = self._sums[name].reshape(-1)
             for offset, block in blocks(values):
-                at = start + offset
-                scratch = self._scratch[: block.size]
-                np.multiply(block, part, out=scratch, casting="unsafe")
-                flat[at : at + block.size] += scratch
+                self._fold(name, start + offset, block, part, capped)
         self.close()
 
 
