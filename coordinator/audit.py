@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedq.coordinator.ledger import GENESIS, chain_hash, file_sha256
+from fedq.coordinator.checkpoint import file_sha256
+from fedq.coordinator.ledger import GENESIS, chain_hash
 from fedq.coordinator.ledger_schema import LedgerDamaged, LedgerNotCreated, reading
 from fedq.coordinator.ledger_view import LedgerView
 from fedq.runtime.sent_log import SentUpdate

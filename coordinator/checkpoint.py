@@ -14,6 +14,7 @@ accumulator, not also the model the accumulator is added to.
 
 from __future__ import annotations
 
+import hashlib
 import mmap
 import os
 import re
@@ -22,6 +23,7 @@ import tempfile
 import zipfile
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -80,6 +82,18 @@ def checkpoint_versions(folder: Path) -> dict[int, Path]:
 def save_checkpoint(
     folder: Path, version: int, weights: Weights, state: Mapping[str, np.ndarray] | None = None
 ) -> Path:
+    return write_checkpoint(folder, version, weights, state)[0]
+
+
+def write_checkpoint(
+    folder: Path, version: int, weights: Weights, state: Mapping[str, np.ndarray] | None = None
+) -> tuple[Path, str]:
+    """Write version ``version``'s checkpoint durably; returns its path and the sha256 of
+    the file, which the ledger records.
+
+    The file is hashed from the page cache while its fsync waits on the disk, in a thread
+    of its own (both let the GIL go): a commit used to wait for the fsync, then for the
+    ledger reading the file back to hash it, one after the other."""
     folder.mkdir(parents=True, exist_ok=True)
     target = checkpoint_path(folder, version)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".model-", suffix=".tmp")
@@ -94,7 +108,10 @@ def save_checkpoint(
             arrays["__state_names__"] = np.array(list(state), dtype=str)
             np.savez(f, **arrays)
             f.flush()
-            os.fsync(f.fileno())
+            with ThreadPoolExecutor(1, thread_name_prefix="fedq-checkpoint-hash") as hasher:
+                digest = hasher.submit(file_sha256, Path(tmp))
+                os.fsync(f.fileno())
+                sha256 = digest.result()
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -104,7 +121,12 @@ def save_checkpoint(
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-    return target
+    return target, sha256
+
+
+def file_sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def load_checkpoint(path: Path) -> Weights:

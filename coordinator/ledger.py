@@ -25,6 +25,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from fedq.coordinator.checkpoint import file_sha256
 from fedq.coordinator.ledger_schema import (
     SCHEMA,
     UPDATE_COLUMNS,
@@ -78,11 +79,18 @@ class UpdateLedger(LedgerView):
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
-    def commit_version(self, version: VersionRecord, updates: list[UpdateRecord]) -> str:
+    def commit_version(
+        self,
+        version: VersionRecord,
+        updates: list[UpdateRecord],
+        checkpoint_sha256: str | None = None,
+    ) -> str:
         """Atomically record ``version`` and the updates it incorporated, chained to the
-        previous version (the checkpoint file must be written already: it is hashed).
-        Returns the version's chain hash, the ledger's new head."""
-        checkpoint_sha256 = file_sha256(Path(version.checkpoint))
+        previous version (the checkpoint file must be written already: it is hashed here
+        unless ``checkpoint_sha256``, its hash as written, is given). Returns the version's
+        chain hash, the ledger's new head."""
+        if checkpoint_sha256 is None:
+            checkpoint_sha256 = file_sha256(Path(version.checkpoint))
         # Each value as the type its column stores (REAL: float), so that the hash of
         # what is written is the hash of what is read back.
         row = (
@@ -220,11 +228,6 @@ def chain_hash(prev: str, row: tuple[Any, ...], updates: list[tuple[Any, ...]]) 
         separators=(",", ":"),
     )
     return hashlib.sha256(payload.encode()).hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _int_or_none(value: int | None) -> int | None:

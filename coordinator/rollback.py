@@ -32,10 +32,11 @@ from pathlib import Path
 from fedq.coordinator.checkpoint import (
     CheckpointError,
     checkpoint_versions,
+    file_sha256,
     load_optimizer_state,
     map_checkpoint,
 )
-from fedq.coordinator.ledger import UpdateLedger, file_sha256
+from fedq.coordinator.ledger import UpdateLedger
 
 log = logging.getLogger("fedq.coordinator")
 

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Sequence
 
 from fedq.coordinator.app import CoordinatorApp
 from fedq.coordinator.assembly import Assembler
-from fedq.coordinator.checkpoint import map_checkpoint, save_checkpoint
+from fedq.coordinator.checkpoint import map_checkpoint, write_checkpoint
 from fedq.coordinator.collect import Collector
 from fedq.coordinator.config import CoordinatorConfig
 from fedq.coordinator.evidence import Evidence
@@ -248,8 +248,8 @@ class Coordinator:
         aggregated = time.perf_counter()
         metrics = await asyncio.to_thread(self.app.evaluate, new) or {}
         evaluated = time.perf_counter()
-        path = await asyncio.to_thread(
-            save_checkpoint,
+        path, checkpoint_sha256 = await asyncio.to_thread(
+            write_checkpoint,
             self.config.state_dir / "models",
             number,
             new,
@@ -270,7 +270,9 @@ class Coordinator:
             metrics=metrics,
             epsilon=self.strategy.epsilon(number),
         )
-        head = await asyncio.to_thread(self.ledger.commit_version, record, version.records)
+        head = await asyncio.to_thread(
+            self.ledger.commit_version, record, version.records, checkpoint_sha256
+        )
         await asyncio.to_thread(self.remedy.committed)
         # Logged so the chain's head is also recorded outside the ledger (fedq audit).
         log.info("committed v%d, ledger chain %s", number, head)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import hashlib
 import sqlite3
 from pathlib import Path
 
@@ -14,6 +17,7 @@ from fedq.coordinator.checkpoint import (
     load_checkpoint,
     load_optimizer_state,
     save_checkpoint,
+    write_checkpoint,
 )
 from fedq.coordinator.config import CoordinatorConfig
 from fedq.coordinator.ledger import UpdateLedger
@@ -182,3 +186,17 @@ def test_each_participants_share_and_its_stale_refusals_since_its_last_fold(tmp_
         "p1": (1, pytest.approx(1 / 3), 2),
         "p2": (0, 0.0, 1),
     }
+
+
+def test_the_ledger_records_the_hash_of_the_checkpoint_as_it_was_written(tmp_path):
+    """The commit hashes the checkpoint while its fsync waits: the hash it hands the
+    ledger is the file's, the one ``fedq audit`` checks against."""
+    weights = {"w": np.arange(300_000, dtype=np.float32)}
+    path, sha256 = write_checkpoint(tmp_path, 1, weights)
+    assert sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    UpdateLedger(tmp_path / "l.sqlite").commit_version(
+        dataclasses.replace(version(1), checkpoint=str(path)), [], sha256
+    )
+    with contextlib.closing(sqlite3.connect(tmp_path / "l.sqlite")) as db:
+        recorded = db.execute("SELECT checkpoint_sha256 FROM versions WHERE version = 1")
+        assert recorded.fetchone() == (sha256,)
