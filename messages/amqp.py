@@ -264,12 +264,18 @@ class _SharedBodies:
                 del self._bodies[key]
 
 
+#: The largest prefetch split in two lanes (see :class:`_Inbox`): a small window, as kept
+#: by a consumer that holds released deliveries (the coordinator's updates, 4). A larger
+#: one (control events, the dashboard) acks as it goes and is never replaced.
+MOST_SPLIT = 16
+
+
 def lanes_of(prefetch: int) -> tuple[int, int]:
     """(each consumer's window, consumers) for a prefetch: two lanes of half the prefetch
-    each from a prefetch of 2 (see :class:`_Inbox`), else one of 1."""
-    if prefetch >= 2:
+    each from 2 to :data:`MOST_SPLIT` (see :class:`_Inbox`), else one of all of it."""
+    if 2 <= prefetch <= MOST_SPLIT:
         return prefetch // 2, 2
-    return 1, 1
+    return max(1, prefetch), 1
 
 
 class _Inbox:
@@ -285,8 +291,9 @@ class _Inbox:
     reach this inbox, its unacked ones stay ackable on the channel, and closing the channel
     requeues them all.
 
-    With a prefetch of 2 or more the window is split between two consumers (lanes) of
-    ``prefetch // 2`` each, so that while one is being replaced the other still has room:
+    A small window (a prefetch of 2 to :data:`MOST_SPLIT`) is split between two consumers
+    (lanes) of ``prefetch // 2`` each, so that while one is being replaced the other still
+    has room (the broker lists both on the queue):
     with a single consumer, every switch left the broker nothing to send until the new
     consumer's consume-ok came back and its first body arrived: a coordinator holding the
     chunks of 40 MB updates (released, 4 to a window) waited 7 to 12 ms every 4 chunks, a

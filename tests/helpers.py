@@ -22,7 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from fedq.apps.synthetic import SyntheticApp
 from fedq.coordinator.observers import CoordinatorObserver, UpdateSeen
 from fedq.coordinator.records import VersionSummary
-from fedq.messages.amqp import AmqpTransport
+from fedq.coordinator.service import UPDATES_IN_FLIGHT
+from fedq.messages.amqp import AmqpTransport, lanes_of
 from fedq.messages.codec import Weights
 from fedq.messages.transport import Delivery, Locked, Transport, TransportError
 from fedq.participant.app import Partition, TrainConfig, TrainResult
@@ -292,6 +293,11 @@ async def drain(url: str, queue: str, quiet: float = 1.0) -> list[Delivery]:
                 return out
             await delivery.ack()
             out.append(delivery)
+
+
+#: Consumers a collecting coordinator keeps on its updates queue: the AMQP transport splits
+#: its window of UPDATES_IN_FLIGHT between two (``_Inbox`` in messages/amqp.py).
+COORDINATOR_CONSUMERS = lanes_of(UPDATES_IN_FLIGHT)[1]
 
 
 async def consumers_on(transport: Transport, queue: str) -> int:

@@ -25,6 +25,7 @@ from fedq.participant.model_assembly import model_queue_bytes
 from fedq.simulation import SimulationPlan, simulate
 from tests.conftest import BROKER_URL
 from tests.helpers import (
+    COORDINATOR_CONSUMERS,
     consumers_on,
     drain,
     free_port,
@@ -227,7 +228,8 @@ def test_rounds_close_at_quorum_without_the_straggler_whose_updates_are_stale(tm
     shape = ["--participants", "4", "--quorum", "3", "--rounds", "3", "--linger", "120"]
     files = ["--state-dir", str(tmp_path), "--report", str(report)]
     coordinator = start_fedq("coordinator", *app, *shape, *files, log=tmp_path / "coord.log")
-    until_consumers(BROKER_URL, Topology(federation).updates)  # it collects: joins are answered
+    # it collects: joins are answered
+    until_consumers(BROKER_URL, Topology(federation).updates, COORDINATOR_CONSUMERS)
 
     def participant(i: int) -> subprocess.Popen[bytes]:
         slow = ["--slowdown", "10"] if i == 3 else []
@@ -278,7 +280,7 @@ def test_sigterm_leaves_uncommitted_updates_on_the_broker(tmp_path, federation):
     )
 
     async def hand_over_one_update() -> None:
-        await until_consumers_async(BROKER_URL, topology.updates)  # it collects
+        await until_consumers_async(BROKER_URL, topology.updates, COORDINATOR_CONSUMERS)
         async with AmqpTransport(BROKER_URL) as transport:
             await transport.publish(
                 topology.updates, UPDATE_KEY, body, message_id=update.update_id, mandatory=True

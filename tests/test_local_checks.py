@@ -23,7 +23,7 @@ from fedq.management import ManagementClient, default_management_url
 from fedq.messages.memory import MemoryBroker, MemoryTransport
 from fedq.messages.topology import Topology
 from tests.conftest import BROKER_URL
-from tests.helpers import run_fedq, start_fedq, until_consumers
+from tests.helpers import COORDINATOR_CONSUMERS, run_fedq, start_fedq, until_consumers
 from tests.test_cli import one_line_error
 
 pytestmark = [pytest.mark.broker, pytest.mark.processes, pytest.mark.keras]
@@ -168,17 +168,17 @@ def test_a_second_coordinator_on_a_state_dir_exits_at_once_and_sigterm_is_143(
     first = start_fedq(*args, log=tmp_path / "first.log")
     third = None
     try:
-        consumers(1)
+        consumers(COORDINATOR_CONSUMERS)
         second = run_fedq(*args, timeout=60)
         line = one_line_error(second)
         state = tmp_path / federation
         assert f"state dir {state} is in use by another coordinator (pid {first.pid})" in line
-        consumers(1)  # the second never consumed
+        consumers(COORDINATOR_CONSUMERS)  # the second never consumed
         first.send_signal(signal.SIGKILL)
         assert first.wait(timeout=30) == -signal.SIGKILL
         consumers(0)  # the broker saw the first one go
         third = start_fedq(*args, log=tmp_path / "third.log")
-        consumers(1)
+        consumers(COORDINATOR_CONSUMERS)
         third.terminate()
         assert third.wait(timeout=30) == 143, (tmp_path / "third.log").read_text()
         assert "stopped by SIGTERM" in (tmp_path / "third.log").read_text()
@@ -200,7 +200,7 @@ def test_a_second_coordinator_on_another_state_dir_is_refused_by_the_broker_lock
         *coordinator_args(federation, tmp_path / "a", SYNTHETIC), log=tmp_path / "first.log"
     )
     try:
-        until_consumers(BROKER_URL, topology.updates, 1, within=120)
+        until_consumers(BROKER_URL, topology.updates, COORDINATOR_CONSUMERS, within=120)
         for extra in ([], ["--standby"]):
             second = run_fedq(
                 *coordinator_args(federation, tmp_path / "b", SYNTHETIC), *extra, timeout=90
@@ -208,7 +208,7 @@ def test_a_second_coordinator_on_another_state_dir_is_refused_by_the_broker_lock
             line = one_line_error(second)
             assert f"another coordinator runs federation {federation} on this broker" in line
             assert topology.lock in line
-        until_consumers(BROKER_URL, topology.updates, 1, within=10)
+        until_consumers(BROKER_URL, topology.updates, COORDINATOR_CONSUMERS, within=10)
         assert first.poll() is None, (tmp_path / "first.log").read_text()
     finally:
         first.kill()

@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import BROKER_URL
 from tests.faults.harness import CHUNK, FaultyFederation
-from tests.helpers import until_consumers, until_line
+from tests.helpers import COORDINATOR_CONSUMERS, until_consumers, until_line
 
 pytestmark = [pytest.mark.broker, pytest.mark.processes]
 
@@ -31,7 +31,7 @@ def test_a_standby_takes_over_a_killed_coordinator_and_nothing_is_lost(tmp_path,
     fed = FaultyFederation(tmp_path, federation, coordinator_args=coordinator_args)
     try:
         active = fed.start_coordinator("active", failpoint)
-        until_consumers(BROKER_URL, f"fedq.{federation}.updates", 1)
+        until_consumers(BROKER_URL, f"fedq.{federation}.updates", COORDINATOR_CONSUMERS)
         standby = fed.start_coordinator("standby", None, "--standby")
         until_line(tmp_path / "standby.log", "standby for", standby)
         participants = [fed.start_participant(i) for i in range(fed.participants)]
