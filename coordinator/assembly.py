@@ -127,12 +127,20 @@ Outcome = Pending | ChunkCopy | Assembled
 class ChunkedDelta(DeltaPieces):
     """A spooled update's delta, read back one chunk at a time."""
 
-    def __init__(self, stream: Stream, spec: ModelSpec, spool: Path | None = None) -> None:
+    def __init__(
+        self,
+        stream: Stream,
+        spec: ModelSpec,
+        spool: Path | None = None,
+        indices: range | None = None,
+    ) -> None:
         super().__init__({name: (s.shape, s.dtype) for name, s in spec.items()})
         self.stream = stream
         self.model_spec = spec
         #: A name of its own for the spool file once kept (:meth:`keep`), else None.
         self._kept: Path | None = spool
+        #: The chunks read (:meth:`parts` splits them): every one of the stream's by default.
+        self.indices = range(stream.count) if indices is None else indices
 
     def keep(self) -> ChunkedDelta | None:
         """The same delta under a second name of the spool file (a hard link, no copy), so
@@ -150,8 +158,16 @@ class ChunkedDelta(DeltaPieces):
         if self._kept is not None:
             self._kept.unlink(missing_ok=True)
 
+    def parts(self, n: int) -> list[DeltaPieces]:
+        """The chunks in ``n`` groups (every n-th): each chunk covers values of its own (the
+        assembler checked that every value is sent exactly once), so groups are disjoint."""
+        if n < 2 or len(self.indices) < 2:
+            return [self]
+        runs = [self.indices[i::n] for i in range(n)]
+        return [ChunkedDelta(self.stream, self.model_spec, self._kept, run) for run in runs]
+
     def __iter__(self) -> Iterator[Piece]:
-        for index in range(self.stream.count):
+        for index in self.indices:
             decoded = decode_message(self.stream.read(index, self._kept), self.model_spec)
             for tensor in decoded.tensors:
                 assert tensor.slice is not None, "a spooled chunk passed the intake"

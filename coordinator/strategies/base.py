@@ -114,6 +114,11 @@ class DeltaPieces(abc.ABC):
     def release(self) -> None:  # noqa: B027 - optional hook
         """Let go of what :meth:`keep` kept. Safe to call twice."""
 
+    def parts(self, n: int) -> list[DeltaPieces]:
+        """Up to ``n`` groups of these pieces, disjoint and together the whole, for folding
+        in parallel (each into other values of the sums); this default is one group."""
+        return [self]
+
     def materialize(self) -> Weights:
         """The delta as whole tensors: O(model) memory, for aggregations that need it."""
         out = {name: np.empty(shape, dtype) for name, (shape, dtype) in self.spec.items()}

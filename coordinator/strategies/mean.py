@@ -37,6 +37,7 @@ is folded in one pass.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -153,20 +154,54 @@ class StreamingMean(Aggregation):
     ) -> None:
         """Fold ``factor * pieces`` into the sums; ``reach`` is what
         :meth:`_check_fits` returned for them."""
-        for name, start, values in pieces:
-            for offset, block in blocks(values):
-                self._fold(name, start + offset, block, factor, weight)
+        self._fold_parts(pieces, factor, weight)
         self._summed_weight += weight
         self._sums_bound += reach
 
-    def _fold(
-        self, name: str, at: int, block: np.ndarray, factor: np.float32, weight: float
+    def _fold_parts(self, pieces: DeltaPieces, factor: np.float32, weight: float) -> None:
+        """Fold ``factor * pieces`` into the sums, half of them in a second thread when they
+        come in parts (a chunked update: every other chunk, from its spool). Each value is
+        computed as in one thread; only the order in which disjoint values are written
+        differs, so the sums are bit for bit the same. A 40 MB update's fold from its
+        spool took 0.62x to 0.76x the wall time of one thread's (``python
+        bench/chunked_path.py --against REV --pairs 5``, idle machine), and the round of 10
+        participant processes 0.86x to 0.98x (``python bench/round_overhead.py --processes
+        --participants 10 --params 10000000 --rounds 6 --repeat 1 --against REV --pairs 3``):
+        the updates complete together at the end of a round, when the second core is free."""
+        parts = pieces.parts(2)
+        if len(parts) == 1:
+            self._fold_pieces(pieces, factor, weight, self._scratch)
+            return
+        other = _folder().submit(
+            self._fold_pieces, parts[1], factor, weight, np.empty_like(self._scratch)
+        )
+        try:
+            self._fold_pieces(parts[0], factor, weight, self._scratch)
+        finally:
+            other.result()  # never return while the other half still writes
+
+    def _fold_pieces(
+        self, pieces: DeltaPieces, factor: np.float32, weight: float, scratch: np.ndarray
     ) -> None:
-        """Add ``factor * block`` to the sums of tensor ``name`` from flat index ``at``."""
+        for name, start, values in pieces:
+            for offset, block in blocks(values):
+                self._fold(name, start + offset, block, factor, weight, scratch)
+
+    def _fold(
+        self,
+        name: str,
+        at: int,
+        block: np.ndarray,
+        factor: np.float32,
+        weight: float,
+        scratch: np.ndarray,
+    ) -> None:
+        """Add ``factor * block`` to the sums of tensor ``name`` from flat index ``at``
+        (through ``scratch``, the calling thread's)."""
         total = self._sums[name].reshape(-1)[at : at + block.size]
-        scratch = self._scratch[: block.size]
-        np.multiply(block, factor, out=scratch, casting="unsafe")
-        total += scratch
+        part = scratch[: block.size]
+        np.multiply(block, factor, out=part, casting="unsafe")
+        total += part
 
     def result(self) -> Weights:
         """The mean, made in place in the sums (no second model-sized buffer) and handed
@@ -203,9 +238,7 @@ class StreamingMean(Aggregation):
         inverse, part = np.float32(1.0 / total), np.float32(capped / total)
         for summed in self._sums.values():
             summed *= inverse
-        for name, start, values in heaviest:
-            for offset, block in blocks(values):
-                self._fold(name, start + offset, block, part, capped)
+        self._fold_parts(heaviest, part, capped)
         self.close()
 
 
@@ -229,8 +262,24 @@ class _Scaled(DeltaPieces):
     def norm(self) -> float:
         return float(self.scale) * self.pieces.norm()
 
+    def parts(self, n: int) -> list[DeltaPieces]:
+        inner = self.pieces.parts(n)
+        return [self] if len(inner) == 1 else [_Scaled(part, float(self.scale)) for part in inner]
+
     def release(self) -> None:
         self.pieces.release()
+
+
+_FOLDER: ThreadPoolExecutor | None = None
+
+
+def _folder() -> ThreadPoolExecutor:
+    """The thread that folds the second half of a chunked update (one per process: folds
+    run one at a time)."""
+    global _FOLDER
+    if _FOLDER is None:
+        _FOLDER = ThreadPoolExecutor(1, thread_name_prefix="fedq-fold")
+    return _FOLDER
 
 
 def _factor(weight: float) -> np.float32:

@@ -48,9 +48,15 @@ class _SparseStreamingMean(StreamingMean):
         }
 
     def _fold(
-        self, name: str, at: int, block: np.ndarray, factor: np.float32, weight: float
+        self,
+        name: str,
+        at: int,
+        block: np.ndarray,
+        factor: np.float32,
+        weight: float,
+        scratch: np.ndarray,
     ) -> None:
-        super()._fold(name, at, block, factor, weight)
+        super()._fold(name, at, block, factor, weight, scratch)
         senders = self._senders[name].reshape(-1)[at : at + block.size]
         np.add(senders, np.float32(weight), out=senders, where=block != 0)
 
