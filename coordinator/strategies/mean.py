@@ -14,11 +14,11 @@ its place. An update that came in chunks is kept aside as its spool file (a seco
 it: :meth:`~.base.DeltaPieces.keep`) and read again when it is folded, so it costs disk,
 not RAM; any other is copied into a second model-sized buffer. At the end the one kept
 aside joins with min(w_h, cap(others)). The result is exact whatever the order of arrival:
-the cap cannot be gamed by arriving first or last. Memory: the model once plus 512 KiB
-when the heaviest came in chunks, else twice (once with the cap off,
+the cap cannot be gamed by arriving first or last. Memory: the model once plus about
+1 MiB of scratch when the heaviest came in chunks, else twice (once with the cap off,
 ``max_weight_share = 1``). Measured at P = 10M (40 MB), 10 participants and 4 MiB chunks
 (``python bench/large_model.py --params 10000000 --participants 10 --rounds 5``): the
-coordinator's peak was 227 to 240 MiB with the buffer, 188 and 191 MiB with the spool.
+coordinator's peak was 227 to 240 MiB with the buffer, 172 to 203 MiB with the spool.
 
 Overflow: finite float32 values times a weight can sum to infinity. Every fold is checked
 first (the sum it would write, block by block, without writing), and one that would not be
@@ -274,8 +274,9 @@ _FOLDER: ThreadPoolExecutor | None = None
 
 
 def _folder() -> ThreadPoolExecutor:
-    """The thread that folds the second half of a chunked update (one per process: folds
-    run one at a time)."""
+    """The thread that folds the second half of a chunked update: one per process (a
+    version folds one update at a time; another aggregation folding at once waits its
+    turn)."""
     global _FOLDER
     if _FOLDER is None:
         _FOLDER = ThreadPoolExecutor(1, thread_name_prefix="fedq-fold")
