@@ -292,10 +292,10 @@ class _Inbox:
     requeues them all.
 
     A small window (a prefetch of 2 to :data:`MOST_SPLIT`) is split between two consumers
-    (lanes) of ``prefetch // 2`` each, so that while one is being replaced the other still
-    has room (the broker lists both on the queue):
-    with a single consumer, every switch left the broker nothing to send until the new
-    consumer's consume-ok came back and its first body arrived: a coordinator holding the
+    (lanes) of ``prefetch // 2`` each, both listed on the queue, so that while one is being
+    replaced the other still has room. With a single consumer, every switch left the
+    broker nothing to send until the new consumer's consume-ok came back and its first
+    body arrived: a coordinator holding the
     chunks of 40 MB updates (released, 4 to a window) waited 7 to 12 ms every 4 chunks, a
     quarter of a second a round. Two lanes hold at most the prefetch, as one did; the round
     took 0.89x to 0.91x as long as with one (``python bench/round_overhead.py --processes
