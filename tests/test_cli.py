@@ -21,6 +21,7 @@ from fedq.apps.synthetic import SyntheticApp
 from fedq.cli import app as fedq_app
 from fedq.coordinator.checkpoint import checkpoint_path, load_checkpoint
 from fedq.options import SETTINGS_ATTR
+from fedq.simulation import simulation_name
 from tests.conftest import BROKER_URL
 from tests.helpers import FEDQ, fedq_env, run_fedq
 
@@ -419,3 +420,12 @@ def test_a_flag_wins_over_its_variable_which_wins_over_the_config_file(tmp_path)
     assert "from-env" in history(FEDQ_STATE_DIR=str(tmp_path / "from-env"))
     flag = ["--state-dir", str(tmp_path / "from-flag")]
     assert "from-flag" in history(*flag, FEDQ_STATE_DIR=str(tmp_path / "from-env"))
+
+
+def test_a_simulation_named_by_its_time_gets_a_random_part_too():
+    """Two `fedq simulate` runs started in the same second on one broker must not share a
+    federation: the first to finish would tear down the other's queues (CI caught a JAX
+    run losing its model queue so)."""
+    names = {simulation_name() for _ in range(50)}
+    assert len(names) > 1, names  # the same second, yet not one name
+    assert all(re.fullmatch(r"sim-\d{8}-\d{6}-[0-9a-f]{4}", name) for name in names), names

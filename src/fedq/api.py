@@ -29,8 +29,6 @@ import asyncio
 import concurrent.futures
 import difflib
 import functools
-import secrets
-import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +50,7 @@ from fedq.participant.app import App, AppError, Partition, TrainConfig, app_trai
 from fedq.participant.config import DataSplit, ParticipantConfig
 from fedq.scenario import heterogeneous
 from fedq.settings import settings as process_settings
-from fedq.simulation import SimulationPlan, simulate_plan
+from fedq.simulation import SimulationPlan, simulate_plan, simulation_name
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -157,7 +155,7 @@ def prepare(
     experiments = {k: settings.pop(k) for k in EXPERIMENT_KEYWORDS if k in settings}
     origins = {name: name for name in [*settings, "participants", "rounds"]}
     given = Given(dict(settings), origins)
-    name = federation or f"{time.strftime('sim-%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    name = federation or simulation_name()
     root = Path(state_dir) if state_dir is not None else process_settings().state_dir
     try:
         config = given.build(

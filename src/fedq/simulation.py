@@ -9,6 +9,8 @@ code runs over RabbitMQ, the coordinator and the participants on separate connec
 from __future__ import annotations
 
 import asyncio
+import secrets
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -23,6 +25,13 @@ from fedq.participant.app import App, Partition
 from fedq.participant.config import ParticipantConfig
 from fedq.participant.worker import LocalUpdate, Participant, ParticipantStats
 from fedq.scenario import ParticipantProfile
+
+
+def simulation_name() -> str:
+    """The federation name of a simulation that is given none: the time, and a random part,
+    so that two started in the same second on one broker (two users, or tests side by
+    side) never share queues: the first to finish tears its federation down."""
+    return f"{time.strftime('sim-%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
 @dataclass(frozen=True)

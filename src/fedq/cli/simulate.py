@@ -8,7 +8,6 @@ experiment may make some of them slow, lagging, dropping out (``--scenario``, ``
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,7 +28,7 @@ from fedq.output import OutputSettings
 from fedq.participant.app import Partition, TrainConfig
 from fedq.participant.config import CODEC_HELP, DataSplit, ParticipantConfig, check_codec
 from fedq.scenario import heterogeneous
-from fedq.simulation import SimulationPlan, simulate
+from fedq.simulation import SimulationPlan, simulate, simulation_name
 
 
 class SimulateSettings(BaseModel):
@@ -49,7 +48,7 @@ class SimulateSettings(BaseModel):
         },
     )
     federation: str | None = Field(
-        None, description="Name.", json_schema_extra={"shown_default": "sim-<timestamp>"}
+        None, description="Name.", json_schema_extra={"shown_default": "sim-<time>-<random>"}
     )
     state_dir: StateDirRoot = None
     report: ReportPath = None
@@ -97,7 +96,7 @@ def simulate_command(given: Given) -> None:
     """
     options = given.build(SimulateSettings)
     broker, report = options.broker_url, options.report
-    name = options.federation or time.strftime("sim-%Y%m%d-%H%M%S")
+    name = options.federation or simulation_name()
     setup_logging(options.verbose, given.build(OutputSettings), "simulate", name)
     config = coordinator_config(given, name, options.state_dir)
     check_report(report)
