@@ -82,21 +82,36 @@ def checkpoint_versions(folder: Path) -> dict[int, Path]:
 def save_checkpoint(
     folder: Path, version: int, weights: Weights, state: Mapping[str, np.ndarray] | None = None
 ) -> Path:
-    return write_checkpoint(folder, version, weights, state)[0]
+    """Write version ``version``'s checkpoint durably; returns its path."""
+    return _write(folder, version, weights, state, hashed=False)[0]
 
 
 def write_checkpoint(
     folder: Path, version: int, weights: Weights, state: Mapping[str, np.ndarray] | None = None
 ) -> tuple[Path, str]:
-    """Write version ``version``'s checkpoint durably; returns its path and the sha256 of
-    the file, which the ledger records.
+    """:func:`save_checkpoint`, also returning the sha256 of the file, which the ledger
+    records.
 
     The file is hashed from the page cache while its fsync waits on the disk, in a thread
     of its own (both let the GIL go): a commit used to wait for the fsync, then for the
     ledger reading the file back to hash it, one after the other."""
+    path, sha256 = _write(folder, version, weights, state, hashed=True)
+    assert sha256 is not None
+    return path, sha256
+
+
+def _write(
+    folder: Path,
+    version: int,
+    weights: Weights,
+    state: Mapping[str, np.ndarray] | None,
+    *,
+    hashed: bool,
+) -> tuple[Path, str | None]:
     folder.mkdir(parents=True, exist_ok=True)
     target = checkpoint_path(folder, version)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".model-", suffix=".tmp")
+    sha256 = None
     try:
         with os.fdopen(fd, "wb") as f:
             # Positional keys keep the model's order; names travel alongside (a tensor name
@@ -108,10 +123,13 @@ def write_checkpoint(
             arrays["__state_names__"] = np.array(list(state), dtype=str)
             np.savez(f, **arrays)
             f.flush()
-            with ThreadPoolExecutor(1, thread_name_prefix="fedq-checkpoint-hash") as hasher:
-                digest = hasher.submit(file_sha256, Path(tmp))
+            if hashed:
+                with ThreadPoolExecutor(1, thread_name_prefix="fedq-checkpoint-hash") as hasher:
+                    digest = hasher.submit(file_sha256, Path(tmp))
+                    os.fsync(f.fileno())
+                    sha256 = digest.result()
+            else:
                 os.fsync(f.fileno())
-                sha256 = digest.result()
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
