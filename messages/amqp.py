@@ -295,11 +295,11 @@ class _Inbox:
     (lanes) of ``prefetch // 2`` each, both listed on the queue, so that while one is being
     replaced the other still has room. With a single consumer, every switch left the
     broker nothing to send until the new consumer's consume-ok came back and its first
-    body arrived: a coordinator holding the
-    chunks of 40 MB updates (released, 4 to a window) waited 7 to 12 ms every 4 chunks, a
-    quarter of a second a round. Two lanes hold at most the prefetch, as one did; the round
-    took 0.89x to 0.91x as long as with one (``python bench/round_overhead.py --processes
-    --participants 10 --params 10000000 --rounds 6 --repeat 1 --against REV --pairs 3``;
+    body arrived: a coordinator holding the chunks of 40 MB updates (released, 4 to a
+    window) waited 7 to 12 ms every 4 chunks, a quarter of a second a round. Two lanes hold
+    at most the prefetch, as one did; the round took 0.89x to 0.91x as long as with one
+    (``python bench/round_overhead.py --processes --participants 10 --params 10000000
+    --rounds 6 --repeat 1 --against REV --pairs 3``;
     bench/README.md, "Where a round's time goes").
     """
 
