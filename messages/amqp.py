@@ -311,14 +311,16 @@ class _Inbox:
         exists: Callable[[], Awaitable[bool]],
     ) -> None:
         self.queue: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
-        #: Set by a delivery and by the broker cancelling this consumer.
+        #: Set by a delivery and by the end of this inbox (``_ended``).
         self._wake = asyncio.Event()
         #: The broker cancelled a consumer of this inbox (its queue deleted, or a node of a
-        #: cluster lost): whether the queue still exists is asked before waiting again.
+        #: cluster lost) since the queue's existence was last asked.
         self._broker_cancelled = False
         self._exists = exists
-        #: Once the queue is known gone, every later ``__anext__`` raises it.
-        self._deleted: QueueDeleted | None = None
+        #: Asks the broker whether the queue still exists, after it cancelled a consumer.
+        self._checker: asyncio.Task[None] | None = None
+        #: Once set (QueueDeleted, or what the check met), every later ``__anext__`` raises it.
+        self._ended: Exception | None = None
         self.bodies = bodies
         self._source = queue
         self.window, lanes = lanes_of(prefetch)
@@ -342,14 +344,16 @@ class _Inbox:
         The switcher is asked to stop and awaited, not cancelled: cancelled in the middle of
         its basic.consume or basic.cancel, it would leave the channel's RPC unanswered and
         the next RPC on it would time out."""
-        if self._switcher is not None:
-            self._stopping = True
-            self._full.set()
-            done, _ = await asyncio.wait({self._switcher}, timeout=5.0)
+        self._stopping = True
+        self._full.set()
+        for helper in (self._switcher, self._checker):
+            if helper is None:
+                continue
+            done, _ = await asyncio.wait({helper}, timeout=5.0)
             if not done:  # stuck in an RPC (the connection is down): the channel goes anyway
-                self._switcher.cancel()
+                helper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await self._switcher
+                    await helper
         if cancel:
             for tag in self.tags:
                 # The connection may go down with the cancel in flight (a broker restart's
@@ -368,7 +372,33 @@ class _Inbox:
     def on_broker_cancel(self, frame: aiormq.spec.Basic.Cancel) -> None:
         """aiormq's callback for a basic.cancel the broker sent on this inbox's channel."""
         self._broker_cancelled = True
-        self._wake.set()
+        if self._checker is None or self._checker.done():
+            self._checker = asyncio.get_running_loop().create_task(
+                self._check_queue(), name="fedq-queue-check"
+            )
+
+    async def _check_queue(self) -> None:
+        """Whether the queue still exists, asked after the broker cancelled a consumer: if
+        it is gone, this inbox ends with QueueDeleted (aio-pika would otherwise try to
+        restore the consumer forever); if it is there, the robust channel restores it.
+
+        This runs in a task of its own, never inside ``__anext__``: a caller's timeout
+        cancels ``__anext__`` routinely, and a declaration cancelled mid-flight made aiormq
+        close its channel half-opened, which RabbitMQ answered by closing the whole
+        connection (CHANNEL_ERROR - expected 'channel.open'). It also lost the broker's
+        cancel: the next ``__anext__`` waited for a delivery that could never come."""
+        try:
+            while self._broker_cancelled and self._ended is None and not self._stopping:
+                self._broker_cancelled = False
+                if not await self._exists():
+                    self._ended = QueueDeleted(
+                        f"the queue {self._source.name} was deleted on the broker (fedq "
+                        "teardown, or an operator): nothing more can arrive"
+                    )
+        except Exception as exc:  # the broker unreachable for too long, or refusing
+            self._ended = exc
+        finally:
+            self._wake.set()
 
     def released(self, tag: str | None) -> None:
         self._held[tag] = self._held.get(tag, 0) + 1
@@ -413,21 +443,13 @@ class _Inbox:
 
     async def __anext__(self) -> Delivery:
         """The next delivery; QueueDeleted once the broker cancelled this consumer because
-        its queue is gone (aio-pika would otherwise try to restore it forever)."""
+        its queue is gone (``_check_queue``). It awaits nothing but the next delivery or
+        that end, so cancelling it at any moment loses nothing."""
         while self.queue.empty():
-            if self._deleted is not None:
-                raise self._deleted
-            if self._broker_cancelled:
-                self._broker_cancelled = False
-                if not await self._exists():
-                    self._deleted = QueueDeleted(
-                        f"the queue {self._source.name} was deleted on the broker (fedq "
-                        "teardown, or an operator): nothing more can arrive"
-                    )
-                continue  # still there: the robust channel restores the consumer
+            if self._ended is not None:
+                raise self._ended
             self._wake.clear()
-            if self.queue.empty() and not self._broker_cancelled:
-                await self._wake.wait()
+            await self._wake.wait()
         return _AmqpDelivery(self.queue.get_nowait(), self)
 
 

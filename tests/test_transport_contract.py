@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -395,6 +396,32 @@ async def test_a_consumer_whose_queue_is_deleted_ends_with_queue_deleted(transpo
             await asyncio.wait_for(waiting, 10)
         with pytest.raises(QueueDeleted):  # and it stays ended
             await next_delivery(deliveries)
+
+
+async def test_a_consumer_polled_with_short_timeouts_ends_when_its_queue_goes(transport_pair):
+    """The coordinator polls its deliveries with timeouts of a few milliseconds. A timeout
+    that cancels the wait while the consumer asks the broker whether its queue still
+    exists must neither lose the broker's cancel (the consumer then waited forever) nor
+    break the connection (aiormq closed the half-opened channel, and RabbitMQ closed the
+    connection: CHANNEL_ERROR - expected 'channel.open')."""
+    pub, sub = transport_pair
+    _, queue = names()
+    await pub.declare_queue(queue, durable=False)
+    async with sub.consume(queue, prefetch=4) as deliveries:
+        await pub.delete_queue(queue)
+        deadline = time.monotonic() + 10
+        with pytest.raises(QueueDeleted, match=queue):
+            while time.monotonic() < deadline:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(anext(deliveries), 0.001)
+    _, other = names()
+    await sub.declare_queue(other, durable=False)  # the connection still serves
+    try:
+        await pub.publish("", other, b"after")
+        async with sub.consume(other, prefetch=1) as deliveries:
+            assert (await next_delivery(deliveries)).body == b"after"
+    finally:
+        await pub.delete_queue(other)
 
 
 async def test_publishing_to_a_missing_exchange_fails_and_the_transport_recovers(transport_pair):
