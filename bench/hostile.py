@@ -26,7 +26,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections import Counter
@@ -44,6 +43,7 @@ from fedq import strict_json  # noqa: E402
 from fedq.apps.synthetic import SyntheticApp  # noqa: E402
 from fedq.messages.amqp import AmqpTransport  # noqa: E402
 from fedq.messages.topology import Topology  # noqa: E402
+from fedq.runtime.peak_memory import PeakRss  # noqa: E402
 from tests.broker_users import broker_users  # noqa: E402
 from tests.faults.harness import FaultyFederation  # noqa: E402
 from tests.helpers import drain  # noqa: E402
@@ -85,28 +85,6 @@ class Run:
     dlq_reasons: str = ""
 
 
-class PeakRss(threading.Thread):
-    """VmHWM of a process, read every 50 ms from its start until it exits (the kernel's
-    high-water mark: the last reading is the peak). Not ``ru_maxrss``, which survives exec
-    and so includes this process's own memory."""
-
-    def __init__(self, pid: int) -> None:
-        super().__init__(daemon=True)
-        self.status = Path(f"/proc/{pid}/status")
-        self.peak_kib = 0
-
-    def run(self) -> None:
-        while True:
-            try:
-                lines = self.status.read_text().splitlines()
-            except OSError:  # gone
-                return
-            for line in lines:
-                if line.startswith("VmHWM:"):
-                    self.peak_kib = max(self.peak_kib, int(line.split()[1]))
-            time.sleep(0.05)
-
-
 def wait_with_cost(
     process: subprocess.Popen[bytes], peak: PeakRss, timeout: float
 ) -> tuple[int, float, float]:
@@ -118,7 +96,7 @@ def wait_with_cost(
         if pid:
             process.returncode = os.waitstatus_to_exitcode(code)
             peak.join(timeout=5)
-            return process.returncode, peak.peak_kib / 1024, usage.ru_utime + usage.ru_stime
+            return process.returncode, peak.mib, usage.ru_utime + usage.ru_stime
         time.sleep(0.05)
     raise subprocess.TimeoutExpired(process.args, timeout)
 
@@ -194,7 +172,6 @@ def run(attack: Attack | None, args: argparse.Namespace, users: list[tuple[str, 
         try:
             coordinator = fed.start_coordinator("coordinator")
             peak_rss = PeakRss(coordinator.pid)
-            peak_rss.start()
             participants = [fed.start_participant(i) for i in range(HONEST)]
             wait_for(lambda: fed.committed_version() >= 1, 120, "version 1", fed.logs)
             cpu, sent = 0.0, Sent()

@@ -39,20 +39,10 @@ from fedq.apps.synthetic import SyntheticApp
 from fedq.coordinator.checkpoint import checkpoint_path, load_checkpoint
 from fedq.messages.chunks import encode_chunks
 from fedq.messages.schema import ModelMeta, UpdateMeta
+from fedq.runtime.peak_memory import vm_hwm_kib
 
 BROKER = os.environ.get("FEDQ_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/")
 FEDQ = [sys.executable, "-m", "fedq.cli"]
-
-
-def peak_rss(pid: int) -> int:
-    """VmHWM of a live process, bytes (0 once it is gone)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except (FileNotFoundError, ProcessLookupError):
-        pass
-    return 0
 
 
 def run(params: int, n: int, rounds: int, chunk_bytes: int) -> dict[str, float | int | bool]:
@@ -79,7 +69,7 @@ def run(params: int, n: int, rounds: int, chunk_bytes: int) -> dict[str, float |
         peaks = {p.pid: 0 for p in [coordinator, *participants]}
         while coordinator.poll() is None:
             for pid in peaks:
-                peaks[pid] = max(peaks[pid], peak_rss(pid))
+                peaks[pid] = max(peaks[pid], (vm_hwm_kib(pid) or 0) * 1024)
             time.sleep(0.2)
         for p in participants:
             p.wait(timeout=120)

@@ -27,6 +27,7 @@ from fedq.messages.amqp import AmqpTransport, lanes_of
 from fedq.messages.codec import Weights
 from fedq.messages.transport import Delivery, Locked, Transport, TransportError
 from fedq.participant.app import Partition, TrainConfig, TrainResult
+from fedq.runtime.peak_memory import vm_hwm_kib
 
 FEDQ = [sys.executable, "-m", "fedq.cli"]
 
@@ -214,39 +215,6 @@ def start_fedq(
     )
 
 
-def vm_hwm_kib(status: Path) -> int | None:
-    """VmHWM of a /proc/PID/status file: the process's peak resident memory in KiB; None
-    once the process is gone (or a zombie, which has no memory left to report)."""
-    try:
-        text = status.read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return None
-
-
-class PeakRss:
-    """A process's peak resident memory, read every 50 ms by a thread of its own from when
-    this is made until the process ends: right even when the process ended while the test
-    looked elsewhere and a ``poll()`` reaped it, which leaves nothing to read after."""
-
-    def __init__(self, pid: int) -> None:
-        self._status = Path(f"/proc/{pid}/status")
-        self.kib = 0
-        threading.Thread(target=self._watch, name=f"peak-rss-{pid}", daemon=True).start()
-
-    def _watch(self) -> None:
-        while (kib := vm_hwm_kib(self._status)) is not None:
-            self.kib = max(self.kib, kib)
-            time.sleep(0.05)  # sleep-ok: the sampling interval; it ends with the process
-
-    @property
-    def mib(self) -> float:
-        return self.kib / 1024
-
-
 def wait_with_peak_rss(
     process: subprocess.Popen[bytes], timeout: float, each: Callable[[], object] = lambda: None
 ) -> tuple[int, float]:
@@ -258,10 +226,9 @@ def wait_with_peak_rss(
     called at every reading (to let go a process a failpoint stopped, say)."""
     deadline = time.monotonic() + timeout
     peak_kib = 0
-    status = Path(f"/proc/{process.pid}/status")
     while True:
         each()
-        peak_kib = max(peak_kib, vm_hwm_kib(status) or 0)
+        peak_kib = max(peak_kib, vm_hwm_kib(process.pid) or 0)
         if process.poll() is not None:
             return process.returncode, peak_kib / 1024
         if time.monotonic() > deadline:

@@ -61,11 +61,10 @@ READ_THROUGH = textwrap.dedent(
     from fedq.coordinator.strategies.fedavg import FedAvg
     from fedq.messages.chunks import encode_chunks
     from fedq.messages.schema import ModelMeta
+    from fedq.runtime.peak_memory import vm_hwm_kib
 
     def hwm():
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
+        return vm_hwm_kib() / 1024
 
     path, what = sys.argv[1], sys.argv[2]
     model = map_checkpoint(Path(path))

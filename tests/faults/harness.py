@@ -29,10 +29,11 @@ from fedq.coordinator.records import UpdateRecord
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.topology import Topology
 from fedq.messages.transport import Delivery
+from fedq.runtime.peak_memory import PeakRss
 from fedq.runtime.sent_log import SentUpdate, read_sent
 from tests.conftest import BROKER_URL
 from tests.fault_table import FaultRow, record
-from tests.helpers import PeakRss, drain, run_fedq, start_fedq, wait_with_peak_rss
+from tests.helpers import drain, run_fedq, start_fedq, wait_with_peak_rss
 
 PARAMS = 100_000  # 400 kB of float32: 7 chunks of 64 KiB when chunked
 CHUNK = 1 << 16
