@@ -522,7 +522,7 @@ class AmqpTransport(Transport):
         #: with LockLost if one could not be.
         self._held: set[str] = set()
         self._lock_lost: asyncio.Future[None] | None = None
-        self._background: set[asyncio.Future[None]] = set()
+        self._background: set[asyncio.Future[Any]] = set()
 
     async def hold(self, name: str) -> None:
         async def declare(channel: AbstractChannel) -> None:
@@ -686,16 +686,39 @@ class AmqpTransport(Transport):
         ``outage_seconds`` (then ConnectionLost), as a publish is: every operation here is
         idempotent (a declaration, a binding, a deletion, a count). Raising the client's
         own connection error instead would end whoever asked (the coordinator's control
-        consumer answering a join, a participant checking its queue) over a restart."""
+        consumer answering a join, a participant checking its queue) over a restart.
+
+        A caller cancelled (a timeout, a shutdown) leaves at once, but the attempt under
+        way finishes on its own: aiormq, cancelled in the middle of an RPC, closed the
+        channel and reused its number before RabbitMQ had closed it, and RabbitMQ answered
+        by closing the whole connection (CHANNEL_ERROR - second 'channel.open' seen), with
+        every consumer on it and every delivery it held unacked."""
         deadline = time.monotonic() + self._outage_seconds
         retrying = False
         while True:
+            attempt = asyncio.ensure_future(self._declare_once(what, operation))
             try:
-                async with self._declaring(what) as channel:
-                    return await operation(channel)
+                return await asyncio.shield(attempt)
             except (*_CONNECTION_LOST, asyncio.CancelledError) as exc:
+                if not attempt.done():  # this task is being cancelled
+                    self._background.add(attempt)
+                    attempt.add_done_callback(self._finished_alone)
+                    raise
                 await self._ride_out(exc, deadline, what, warned=retrying)
                 retrying = True
+
+    async def _declare_once(
+        self, what: str, operation: Callable[[AbstractChannel], Awaitable[T]]
+    ) -> T:
+        async with self._declaring(what) as channel:
+            return await operation(channel)
+
+    def _finished_alone(self, attempt: asyncio.Future[Any]) -> None:
+        """An attempt whose caller was cancelled has ended: whatever it raised is retrieved
+        (nobody is left to hear it)."""
+        self._background.discard(attempt)
+        if not attempt.cancelled():
+            attempt.exception()
 
     async def _ride_out(
         self, exc: BaseException, deadline: float, what: str, *, warned: bool

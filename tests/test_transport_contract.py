@@ -424,6 +424,31 @@ async def test_a_consumer_polled_with_short_timeouts_ends_when_its_queue_goes(tr
         await pub.delete_queue(other)
 
 
+async def test_declarations_cancelled_at_any_moment_leave_the_connection_up(transport_pair):
+    """Asking about a queue that is gone (RabbitMQ closes the channel: NOT_FOUND), cancelled
+    at every moment from the call on: aiormq, cancelled mid-RPC, reused the channel's number
+    before RabbitMQ had closed it, and RabbitMQ closed the whole connection (CHANNEL_ERROR -
+    second 'channel.open' seen), sending back to the queue the delivery held unacked."""
+    pub, sub = transport_pair
+    _, queue = names()
+    _, gone = names()
+    await pub.declare_queue(queue)
+    try:
+        await pub.publish("", queue, b"held")
+        async with sub.consume(queue, prefetch=1) as deliveries:
+            held = await next_delivery(deliveries)
+            for moment in range(60):  # loop turns from the call to its cancellation
+                asking = asyncio.ensure_future(sub.queue_depth(gone))
+                for _ in range(moment):
+                    await asyncio.sleep(0)
+                asking.cancel()
+                await asyncio.gather(asking, return_exceptions=True)
+            await held.ack()
+        assert await pub.queue_depth(queue) == 0  # acked on the channel it came on
+    finally:
+        await pub.delete_queue(queue)
+
+
 async def test_publishing_to_a_missing_exchange_fails_and_the_transport_recovers(transport_pair):
     pub, _ = transport_pair
     exchange, queue = names()
