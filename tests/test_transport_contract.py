@@ -440,7 +440,7 @@ async def test_declarations_cancelled_at_any_moment_leave_the_connection_up(tran
             for moment in range(60):  # loop turns from the call to its cancellation
                 asking = asyncio.ensure_future(sub.queue_depth(gone))
                 for _ in range(moment):
-                    await asyncio.sleep(0)
+                    await asyncio.sleep(0)  # sleep-ok: one loop turn, to cancel at each moment
                 asking.cancel()
                 await asyncio.gather(asking, return_exceptions=True)
             await held.ack()
