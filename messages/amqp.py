@@ -383,10 +383,11 @@ class _Inbox:
         restore the consumer forever); if it is there, the robust channel restores it.
 
         This runs in a task of its own, never inside ``__anext__``: a caller's timeout
-        cancels ``__anext__`` routinely, and a declaration cancelled mid-flight made aiormq
-        close its channel half-opened, which RabbitMQ answered by closing the whole
-        connection (CHANNEL_ERROR - expected 'channel.open'). It also lost the broker's
-        cancel: the next ``__anext__`` waited for a delivery that could never come."""
+        cancels ``__anext__`` routinely, and a check cancelled there lost the broker's
+        cancel (its flag already cleared), so the next ``__anext__`` waited for a delivery
+        that could never come. (That cancellation also reached the declaration on the
+        broker and broke the connection; :meth:`AmqpTransport._on_declaring` now lets a
+        declaration whose caller left finish on its own.)"""
         try:
             while self._broker_cancelled and self._ended is None and not self._stopping:
                 self._broker_cancelled = False
