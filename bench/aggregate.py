@@ -51,7 +51,7 @@ from timing import median_seconds
 from fedq import strict_json
 from fedq.coordinator.intake import Intake, body_digest, check_tensors
 from fedq.coordinator.strategies.base import Aggregation, AggregationContext, Aggregator
-from fedq.coordinator.strategies.mean import WeightedMean
+from fedq.coordinator.strategies.early_mean import WeightedMean
 from fedq.coordinator.strategies.median import CoordinateMedian
 from fedq.coordinator.strategies.trimmed_mean import TrimmedMean
 from fedq.coordinator.verdicts import Admitted, Candidate

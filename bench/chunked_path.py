@@ -38,7 +38,7 @@ from fedq import strict_json
 from fedq.coordinator.assembly import Assembled, Assembler
 from fedq.coordinator.intake import Intake
 from fedq.coordinator.strategies import AggregationContext
-from fedq.coordinator.strategies.mean import WeightedMean
+from fedq.coordinator.strategies.early_mean import WeightedMean
 from fedq.coordinator.verdicts import ChunkCandidate
 from fedq.messages.chunks import DEFAULT_CHUNK_BYTES, encode_chunks
 from fedq.messages.codec import Weights, spec_of

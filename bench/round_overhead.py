@@ -81,8 +81,8 @@ from fedq.coordinator.intake import check_tensors
 from fedq.coordinator.observers import CoordinatorObserver, UpdateSeen
 from fedq.coordinator.records import VersionSummary
 from fedq.coordinator.strategies import Aggregation, AggregationContext
+from fedq.coordinator.strategies.early_mean import WeightedMean
 from fedq.coordinator.strategies.fedavg import FedAvg
-from fedq.coordinator.strategies.mean import WeightedMean
 from fedq.messages.amqp import DEFAULT_BROKER_URL, AmqpTransport, redact
 from fedq.messages.codec import Weights, decode_message, encode_message, spec_of
 from fedq.messages.schema import ModelMeta, UpdateMeta
@@ -529,6 +529,9 @@ class AgainstCommit:
     sha: str
     this: list[float]
     other: list[float]
+    #: CPU seconds per round of every process (coordinator, participants, broker), per run.
+    this_cpu: list[ShapeCpu] = field(default_factory=list)
+    other_cpu: list[ShapeCpu] = field(default_factory=list)
 
     @property
     def ratios(self) -> list[float]:
@@ -548,6 +551,7 @@ async def measure_against(
             print(f"  P={params:,}: pair {pair + 1}/{pairs}, {name} ...", flush=True)
             run = await run_fedq_processes(url, n, params, rounds, queue_type, side)
             (result.this if side is None else result.other).append(run.seconds_per_round)
+            (result.this_cpu if side is None else result.other_cpu).append(run.cpu)
     return result
 
 
@@ -672,6 +676,12 @@ def report_against(compared: AgainstCommit) -> None:
     ):
         print(f"    pair {pair}: this {this:.3f} s, {name} {other:.3f} s per round: {ratio:.2f}x")
     print(f"    median ratio {statistics.median(compared.ratios):.2f}x (above 1: this is slower)")
+    for side, runs in (("this checkout", compared.this_cpu), (name, compared.other_cpu)):
+        parts = ", ".join(
+            f"{c.coordinator:.2f} + {c.participants:.2f} + {c.broker:.2f} = {c.total:.2f}"
+            for c in runs
+        )
+        print(f"    CPU s per round, {side} (coordinator + participants + broker): {parts}")
 
 
 def report(rows: list[Row], n: int) -> None:
@@ -772,6 +782,8 @@ def figures(args: argparse.Namespace, tuned: bool, rows: list[Row], wall: float)
                     "this_s_per_round": row.against.this,
                     "other_s_per_round": row.against.other,
                     "ratios": row.against.ratios,
+                    "this_cpu_s_per_round": [c.total for c in row.against.this_cpu],
+                    "other_cpu_s_per_round": [c.total for c in row.against.other_cpu],
                     "median_ratio": statistics.median(row.against.ratios),
                 },
                 "processes": None

@@ -105,6 +105,8 @@ class Stream:
 class Pending:
     """The chunk is spooled; its update is not complete."""
 
+    stream: Stream
+
 
 @dataclass(frozen=True)
 class ChunkCopy:
@@ -168,13 +170,32 @@ class ChunkedDelta(DeltaPieces):
 
     def __iter__(self) -> Iterator[Piece]:
         for index in self.indices:
-            decoded = decode_message(self.stream.read(index, self._kept), self.model_spec)
-            for tensor in decoded.tensors:
-                assert tensor.slice is not None, "a spooled chunk passed the intake"
-                yield tensor.name, tensor.slice[0], tensor.array.reshape(-1)
+            yield from _chunk_pieces(self.stream.read(index, self._kept), self.model_spec)
 
     def norm(self) -> float:
         return math.sqrt(self.stream.sum_squares)
+
+
+class ChunkBody(DeltaPieces):
+    """The values of one chunk, over its body as it came (decoded again when read)."""
+
+    def __init__(self, body: bytes, spec: ModelSpec) -> None:
+        super().__init__({name: (s.shape, s.dtype) for name, s in spec.items()})
+        self.body = body
+        self.model_spec = spec
+
+    def __iter__(self) -> Iterator[Piece]:
+        return _chunk_pieces(self.body, self.model_spec)
+
+    def norm(self) -> float:
+        raise NotImplementedError("a chunk's sum of squares comes from the intake")
+
+
+def _chunk_pieces(body: bytes, spec: ModelSpec) -> Iterator[Piece]:
+    """The pieces of a chunk's body (it passed the intake: every tensor has its slice)."""
+    for tensor in decode_message(body, spec).tensors:
+        assert tensor.slice is not None, "a chunk passed the intake"
+        yield tensor.name, tensor.slice[0], tensor.array.reshape(-1)
 
 
 def _file_name(update_id: str) -> str:
@@ -259,7 +280,7 @@ class Assembler:
         )
         stream.size += len(body)
         stream.sum_squares += candidate.sum_squares
-        return Assembled(stream) if stream.complete else Pending()
+        return Assembled(stream) if stream.complete else Pending(stream)
 
     def _check_plan(self, candidate: ChunkCandidate) -> None:
         """Rejection unless the chunk is one the model's chunk size can make: no more

@@ -19,7 +19,15 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
-from fedq.coordinator.assembly import Assembled, Assembler, ChunkCopy, Stream
+from fedq.coordinator.assembly import (
+    Assembled,
+    Assembler,
+    ChunkBody,
+    ChunkCopy,
+    Outcome,
+    Pending,
+    Stream,
+)
 from fedq.coordinator.config import CoordinatorConfig
 from fedq.coordinator.intake import Intake
 from fedq.coordinator.membership import REMEMBERED_SLACK
@@ -170,7 +178,7 @@ class Collector:
         Returns whether an update was folded."""
         size = len(delivery.body)
         try:
-            outcome = await asyncio.to_thread(self.assembler.add, candidate, delivery)
+            outcome = await asyncio.to_thread(self._spool, version, candidate, delivery)
         except Rejection as rejection:
             await self._settle(version, Refused(rejection, candidate.meta), delivery)
             return False
@@ -198,6 +206,20 @@ class Collector:
         finally:
             stream.close()
 
+    def _spool(self, version: Version, candidate: ChunkCandidate, delivery: Delivery) -> Outcome:
+        """Spool a chunk (in a worker thread), and fold it at once if the version folds its
+        update's chunks as they come: a fresh update whose first chunk came while this
+        version was open (:mod:`~.strategies.early_mean`)."""
+        outcome = self.assembler.add(candidate, delivery)
+        early = version.early
+        if early is None or not isinstance(outcome, Pending | Assembled):
+            return outcome
+        key = outcome.stream.update_id
+        if len(outcome.stream.chunks) == 1 and candidate.admitted.staleness == 0:
+            early.begin(key, float(candidate.meta.num_examples), candidate.admitted.scale)
+        early.fold(key, ChunkBody(delivery.body, self.assembler.spec), candidate.sum_squares)
+        return outcome
+
     async def _fold(self, version: Version, update: Update) -> None:
         record = await version.fold(update)
         self.stale.folded(record.participant)
@@ -223,6 +245,8 @@ class Collector:
             await self._left_behind(version, verdict)
 
     async def _refuse_stream(self, version: Version, stream: Stream, rejection: Rejection) -> None:
+        if version.early is not None:
+            version.early.drop(stream.update_id)
         refused = Refused(rejection, stream.meta)
         version.count(refused)
         await self.settler.settle_stream(stream, rejection, version.number)

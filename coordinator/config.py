@@ -357,6 +357,15 @@ class CoordinatorConfig(BaseModel):
         return self.participants if self.mode == "sync" else self.quorum or self.participants
 
     @property
+    def folds_early(self) -> bool:
+        """Whether a version folds chunked updates' chunks as they come
+        (:mod:`~.strategies.early_mean`): when it waits for an update from everyone drawn
+        (a round mode whose quorum is every sampled participant), so an update in chunks
+        rarely spans two versions. With a smaller quorum, or in async mode, stragglers'
+        updates would, and each version would fold its updates again at its end."""
+        return self.mode != "async" and self.k >= self.sample_size
+
+    @property
     def min_k(self) -> int:
         return self.min_quorum or self.k
 

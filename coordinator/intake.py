@@ -119,7 +119,9 @@ class Intake:
             admitted = into.admit(meta, user_id)
             if chunk is not None:
                 slices, squares = check_slices(decoded.tensors)
-                return ChunkCandidate(meta, chunk, slices, squares, chunk_digest(decoded.tensors))
+                return ChunkCandidate(
+                    meta, chunk, slices, squares, chunk_digest(decoded.tensors), admitted
+                )
             deltas = check_tensors(decoded.tensors, self.spec, self.max_norm)
             return Candidate(meta, deltas, digest, admitted)
         except Rejection as rejection:

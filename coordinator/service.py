@@ -222,7 +222,14 @@ class Coordinator:
         config = self.config
         per_user = config.max_updates_per_participant if config.verify_identity else None
         headroom = await asyncio.to_thread(Headroom.of, weights)
-        version = Version(window, self.mode, aggregation, max_per_user=per_user, headroom=headroom)
+        version = Version(
+            window,
+            self.mode,
+            aggregation,
+            max_per_user=per_user,
+            headroom=headroom,
+            early=config.folds_early,
+        )
         version.cache = self.remedy.cache
         try:
             await self.publisher.open(window, weights)

@@ -93,6 +93,9 @@ class ChunkCandidate:
     sum_squares: float
     #: Its own digest (:func:`fedq.messages.chunks.chunk_digest`).
     digest: bytes
+    #: The version's admission of its update as of this chunk (the whole is admitted
+    #: again when complete: :meth:`~.version.Version.readmit`).
+    admitted: Admitted
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,14 @@ from fedq.coordinator.held import HeldDeliveries
 from fedq.coordinator.modes import CloseReason, Mode, OpenVersion
 from fedq.coordinator.records import UpdateRecord
 from fedq.coordinator.strategies import Aggregation
-from fedq.coordinator.strategies.base import DeltaPieces, FoldOverflow, Weights, WholeDelta, blocks
+from fedq.coordinator.strategies.base import (
+    DeltaPieces,
+    EarlyFolds,
+    FoldOverflow,
+    Weights,
+    WholeDelta,
+    blocks,
+)
 from fedq.coordinator.update_cache import UpdateCache
 from fedq.coordinator.verdicts import Admitted, Candidate, Rejection, Settled
 from fedq.messages.schema import UpdateMeta
@@ -119,6 +126,7 @@ class Version:
         max_per_user: int | None = None,
         headroom: Headroom | None = None,
         cache: UpdateCache | None = None,
+        early: bool = False,
     ) -> None:
         self.window = window
         #: ``--async-remedy cached``: each folded update is written there too.
@@ -128,6 +136,9 @@ class Version:
         self.headroom = headroom
         self.mode = mode
         self.aggregation = aggregation
+        #: Folds chunks of chunked updates as they come (when the aggregation can, and
+        #: ``early``): see :mod:`~.strategies.early_mean`.
+        self.early: EarlyFolds | None = aggregation.early_folds() if early else None
         self.allowance = Allowance(max_per_user)
         self.held = HeldDeliveries()
         #: Deliveries settled without being folded while it was open, by reason
@@ -187,17 +198,17 @@ class Version:
             raise Rejection(
                 "overflow", "applied alone it would take the model past float32 (3.4e38)"
             )
+        meta, weight, scale = update.meta, float(update.meta.num_examples), update.admitted.scale
         try:
-            self.aggregation.add_pieces(
-                update.pieces, float(update.meta.num_examples), update.admitted.scale
-            )
+            early, chunks = self.early, len(update.deliveries)
+            if early is None or not early.admit(
+                meta.update_id, update.pieces, weight, scale, chunks
+            ):
+                self.aggregation.add_pieces(update.pieces, weight, scale)
         except (FoldOverflow, OverflowError) as exc:  # OverflowError: an int beyond float
             raise Rejection("overflow", f"folding it would overflow the aggregate: {exc}") from None
         if self.cache is not None:
-            meta = update.meta
-            self.cache.stage(
-                meta.participant, self.number + 1, update.pieces, float(meta.num_examples)
-            )
+            self.cache.stage(meta.participant, self.number + 1, update.pieces, weight)
 
     def count(self, verdict: Settled) -> None:
         """A delivery settled without being folded while this version was open."""

@@ -18,8 +18,8 @@ from fedq.coordinator.intake import Intake, body_digest, check_tensors
 from fedq.coordinator.modes import OpenVersion, make_mode
 from fedq.coordinator.records import UpdateRecord
 from fedq.coordinator.strategies import AggregationContext
+from fedq.coordinator.strategies.early_mean import WeightedMean
 from fedq.coordinator.strategies.fedavg import FedAvg
-from fedq.coordinator.strategies.mean import WeightedMean
 from fedq.coordinator.verdicts import Admitted, Candidate, Duplicate, Refused, Rejection
 from fedq.messages.codec import decode_message, encode_message, spec_of
 from fedq.messages.schema import UpdateMeta

@@ -16,7 +16,7 @@ from fedq.coordinator.remedy import Remedy, apply_remedy
 from fedq.coordinator.stale_notice import StaleNotice
 from fedq.coordinator.strategies import AggregationContext
 from fedq.coordinator.strategies.base import WholeDelta
-from fedq.coordinator.strategies.mean import WeightedMean
+from fedq.coordinator.strategies.early_mean import WeightedMean
 from fedq.coordinator.strategies.remedies import calibration, delay_adaptive_lr
 from fedq.coordinator.update_cache import UpdateCache
 from fedq.messages.schema import UpdateMeta

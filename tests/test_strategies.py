@@ -27,12 +27,12 @@ from fedq.coordinator.strategies import (
     build_optimizer,
 )
 from fedq.coordinator.strategies.clipped_mean import NormClippedMean, l2_norm
+from fedq.coordinator.strategies.early_mean import WeightedMean
 from fedq.coordinator.strategies.fedadagrad import FedAdagrad
 from fedq.coordinator.strategies.fedadam import FedAdam
 from fedq.coordinator.strategies.fedavgm import FedAvgM
 from fedq.coordinator.strategies.fedyogi import FedYogi
 from fedq.coordinator.strategies.krum import Krum, krum_scores, squared_distances
-from fedq.coordinator.strategies.mean import WeightedMean
 from fedq.coordinator.strategies.median import CoordinateMedian
 from fedq.coordinator.strategies.privacy import DifferentiallyPrivateMean, PrivacyAccountant
 from fedq.coordinator.strategies.sparse_mean import SparseMean

@@ -26,8 +26,8 @@ from fedq.coordinator.strategies.base import (
     weight_cap,
 )
 from fedq.coordinator.strategies.clipped_mean import NormClippedMean
+from fedq.coordinator.strategies.early_mean import WeightedMean
 from fedq.coordinator.strategies.krum import Krum
-from fedq.coordinator.strategies.mean import WeightedMean
 from fedq.coordinator.verdicts import Admitted, ChunkCandidate
 from fedq.messages.chunks import encode_chunks
 from fedq.messages.codec import spec_of

@@ -227,6 +227,47 @@ class Aggregation(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release what the aggregation holds (spill files). Safe to call twice."""
 
+    def early_folds(self) -> EarlyFolds | None:
+        """Itself, from now on taking chunked updates' chunks as they come, when it can
+        (:mod:`.early_mean`); None when it takes updates whole only (this default)."""
+        return None
+
+
+class EarlyFolds(abc.ABC):
+    """An aggregation that folds a chunked update's chunks as they come, before the update
+    is whole and checked, and takes them out again, exactly, if it is refused.
+
+    ``key`` names one update (its id) while it is in assembly. A chunk is folded only
+    after :meth:`begin` said yes for its update; :meth:`admit` then takes the whole
+    (whether or not its chunks were folded early) and :meth:`drop` takes out the chunks of
+    an update refused or still incomplete. Every method may run in a worker thread, one at
+    a time."""
+
+    @abc.abstractmethod
+    def begin(self, key: str, weight: float, scale: float) -> bool:
+        """Whether the chunks of update ``key`` (its example ``weight`` and staleness
+        ``scale``) are folded as they come, from its first."""
+
+    @abc.abstractmethod
+    def fold(self, key: str, chunk: DeltaPieces, sum_squares: float) -> bool:
+        """Fold the next chunk of update ``key`` (its values and the sum of their
+        squares; every chunk once, a copy never). False when it was not: ``key`` was not
+        begun, or its folds cannot be proven finite without a pass of their own (the
+        update is then taken whole when admitted)."""
+
+    @abc.abstractmethod
+    def drop(self, key: str) -> None:
+        """Take the chunks of update ``key`` out of the sums (none folded: nothing)."""
+
+    @abc.abstractmethod
+    def admit(
+        self, key: str, pieces: DeltaPieces, weight: float, scale: float, chunks: int
+    ) -> bool:
+        """Take update ``key``, whole and checked, that came in ``chunks`` messages, as
+        ``add_pieces`` would (FoldOverflow with nothing changed); False when these pieces
+        cannot be read again (a delta in memory): the caller adds them with
+        ``add_pieces``."""
+
 
 class Aggregator(abc.ABC):
     """A rule that combines one version's deltas, e.g. the weighted mean or the median."""

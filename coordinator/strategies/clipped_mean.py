@@ -1,7 +1,7 @@
 """The weighted mean of norm-clipped deltas: bounds how far one update can pull the model.
 
 Each (staleness-scaled) delta is shrunk to L2 norm <= clip_norm, the norm taken over every
-value of every tensor, then folded exactly like :class:`~.mean.WeightedMean` (the heaviest
+value of every tensor, then folded exactly like :class:`~.early_mean.WeightedMean` (the heaviest
 capped at ``max_weight_share`` of the version, a fold that would overflow refused). The
 result is a weighted average of vectors no longer than clip_norm, so it is no longer
 either; the cap bounds how much of that average one claimed weight can take.

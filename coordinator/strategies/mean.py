@@ -47,7 +47,6 @@ from fedq.coordinator.strategies.base import (
     NO_WEIGHT_CAP,
     Aggregation,
     AggregationContext,
-    Aggregator,
     Delta,
     DeltaPieces,
     FoldOverflow,
@@ -97,7 +96,7 @@ class StreamingMean(Aggregation):
         norm = pieces.norm()
         reach = self._check_fits(pieces, factor, norm)
         capped = self.share < NO_WEIGHT_CAP
-        if capped and (self._heaviest is None or weight > self._heaviest_weight):
+        if capped and weight > self._heaviest_weight:  # the first, or heavier
             self._set_aside(pieces, weight, scale, norm)
         else:
             self._fold_all(pieces, factor, weight, reach)
@@ -106,13 +105,7 @@ class StreamingMean(Aggregation):
 
     def _set_aside(self, pieces: DeltaPieces, weight: float, scale: float, norm: float) -> None:
         """``pieces`` becomes the heaviest; the one it replaces is folded with its weight."""
-        previous = self._heaviest
-        if previous is not None:
-            factor = _factor(self._heaviest_weight)
-            reach = self._check_fits(previous, factor, self._heaviest_norm)
-            self._fold_all(previous, factor, self._heaviest_weight, reach)
-            previous.release()
-            self._heaviest = None
+        self._fold_aside()
         kept = pieces.keep()
         if kept is not None:
             self._heaviest = _Scaled(kept, scale)
@@ -127,6 +120,21 @@ class StreamingMean(Aggregation):
         self._heaviest_weight = weight
         self._heaviest_norm = scale * norm
 
+    def _fold_aside(self) -> None:
+        """Fold the update kept aside as the heaviest, if any, with its own weight: a
+        heavier one came."""
+        previous = self._heaviest
+        if previous is not None:
+            factor = _factor(self._heaviest_weight)
+            reach = self._check_fits(previous, factor, self._heaviest_norm)
+            self._fold_all(previous, factor, self._heaviest_weight, reach)
+            previous.release()
+            self._heaviest = None
+
+    def _all_sums(self) -> list[Weights]:
+        """Every buffer whose values add up to the sums (a subclass may keep two)."""
+        return [self._sums]
+
     def _check_fits(self, pieces: DeltaPieces, factor: np.float32, norm: float) -> float:
         """Raise FoldOverflow if ``sums + factor * pieces`` would not be finite; without
         a pass over ``pieces`` when their ``norm`` proves it cannot be. Returns the fold's
@@ -136,12 +144,13 @@ class StreamingMean(Aggregation):
             return reach
         with np.errstate(over="ignore", invalid="ignore"):
             for name, start, values in pieces:
-                flat = self._sums[name].reshape(-1)
+                flats = [sums[name].reshape(-1) for sums in self._all_sums()]
                 for offset, block in blocks(values):
                     at = start + offset
                     scratch = self._scratch[: block.size]
                     np.multiply(block, factor, out=scratch, casting="unsafe")
-                    scratch += flat[at : at + block.size]
+                    for flat in flats:
+                        scratch += flat[at : at + block.size]
                     if not np.isfinite(scratch).all():
                         raise FoldOverflow(
                             f"tensor {name!r} times weight {float(factor):.4g} makes the "
@@ -158,7 +167,9 @@ class StreamingMean(Aggregation):
         self._summed_weight += weight
         self._sums_bound += reach
 
-    def _fold_parts(self, pieces: DeltaPieces, factor: np.float32, weight: float) -> None:
+    def _fold_parts(
+        self, pieces: DeltaPieces, factor: np.float32, weight: float, into: Weights | None = None
+    ) -> None:
         """Fold ``factor * pieces`` into the sums, half of them in a second thread when they
         come in parts (a chunked update: every other chunk, from its spool). Each value is
         computed as in one thread; only the order in which disjoint values are written
@@ -167,25 +178,32 @@ class StreamingMean(Aggregation):
         bench/chunked_path.py --against REV --pairs 5``, idle machine), and the round of 10
         participant processes 0.86x to 0.98x (``python bench/round_overhead.py --processes
         --participants 10 --params 10000000 --rounds 6 --repeat 1 --against REV --pairs 3``):
-        the updates complete together at the end of a round, when the second core is free."""
+        the updates complete together at the end of a round, when the second core is free.
+        ``into``: other sums of the same shapes than the aggregation's own."""
+        into = self._sums if into is None else into
         parts = pieces.parts(2)
         if len(parts) == 1:
-            self._fold_pieces(pieces, factor, weight, self._scratch)
+            self._fold_pieces(pieces, factor, weight, self._scratch, into)
             return
         other = _folder().submit(
-            self._fold_pieces, parts[1], factor, weight, np.empty_like(self._scratch)
+            self._fold_pieces, parts[1], factor, weight, np.empty_like(self._scratch), into
         )
         try:
-            self._fold_pieces(parts[0], factor, weight, self._scratch)
+            self._fold_pieces(parts[0], factor, weight, self._scratch, into)
         finally:
             other.result()  # never return while the other half still writes
 
     def _fold_pieces(
-        self, pieces: DeltaPieces, factor: np.float32, weight: float, scratch: np.ndarray
+        self,
+        pieces: DeltaPieces,
+        factor: np.float32,
+        weight: float,
+        scratch: np.ndarray,
+        into: Weights,
     ) -> None:
         for name, start, values in pieces:
             for offset, block in blocks(values):
-                self._fold(name, start + offset, block, factor, weight, scratch)
+                self._fold(name, start + offset, block, factor, weight, scratch, into)
 
     def _fold(
         self,
@@ -195,10 +213,11 @@ class StreamingMean(Aggregation):
         factor: np.float32,
         weight: float,
         scratch: np.ndarray,
+        into: Weights,
     ) -> None:
-        """Add ``factor * block`` to the sums of tensor ``name`` from flat index ``at``
-        (through ``scratch``, the calling thread's)."""
-        total = self._sums[name].reshape(-1)[at : at + block.size]
+        """Add ``factor * block`` to ``into`` (the sums) of tensor ``name`` from flat index
+        ``at`` (through ``scratch``, the calling thread's)."""
+        total = into[name].reshape(-1)[at : at + block.size]
         part = scratch[: block.size]
         np.multiply(block, factor, out=part, casting="unsafe")
         total += part
@@ -288,13 +307,3 @@ def _factor(weight: float) -> np.float32:
     if not weight <= FLOAT32_MAX:
         raise FoldOverflow(f"weight {weight:.4g} is beyond float32")
     return np.float32(weight)
-
-
-class WeightedMean(Aggregator):
-    """FedAvg's aggregation: the example-weighted mean of the deltas, the heaviest capped
-    at ``max_weight_share`` of the version."""
-
-    name = "mean"
-
-    def start(self, context: AggregationContext) -> StreamingMean:
-        return StreamingMean(context)

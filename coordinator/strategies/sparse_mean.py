@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedq.coordinator.strategies.base import AggregationContext, Aggregator, blocks
+from fedq.coordinator.strategies.base import AggregationContext, Aggregator, Weights, blocks
 from fedq.coordinator.strategies.mean import StreamingMean
 
 
@@ -55,8 +55,9 @@ class _SparseStreamingMean(StreamingMean):
         factor: np.float32,
         weight: float,
         scratch: np.ndarray,
+        into: Weights,
     ) -> None:
-        super()._fold(name, at, block, factor, weight, scratch)
+        super()._fold(name, at, block, factor, weight, scratch, into)
         senders = self._senders[name].reshape(-1)[at : at + block.size]
         np.add(senders, np.float32(weight), out=senders, where=block != 0)
 

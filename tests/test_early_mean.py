@@ -1,0 +1,257 @@
+"""Folding a chunked update's chunks as they come (:mod:`fedq.coordinator.strategies.early_mean`):
+the mean is the one the whole updates make, whatever is refused, dropped or capped on the
+way. Pure: real chunks through the real intake and assembler, spooled to a temporary folder.
+
+The deltas hold small integers, so every sum is exact in float32 and the comparisons are
+bit for bit: a fold left in the sums, or one missing, changes the result."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
+
+import numpy as np
+import pytest
+
+from fedq.coordinator.assembly import Assembled, Assembler, ChunkBody, Pending, Stream
+from fedq.coordinator.intake import Intake
+from fedq.coordinator.strategies import AggregationContext
+from fedq.coordinator.strategies.base import WholeDelta
+from fedq.coordinator.strategies.early_mean import EarlyStreamingMean, WeightedMean
+from fedq.coordinator.verdicts import Admitted, ChunkCandidate, Rejection
+from fedq.messages.chunks import encode_chunks
+from fedq.messages.codec import spec_of
+from fedq.messages.schema import UpdateMeta
+from fedq.messages.transport import Delivery
+
+pytestmark = pytest.mark.pure
+
+TEMPLATE = {"w": np.zeros(300_000, np.float32), "b": np.zeros(1000, np.float32)}
+CHUNK_BYTES = 256 << 10  # 5 chunks an update
+
+
+class _Body:
+    """What the assembler reads of a delivery."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+
+class _AdmitFresh:
+    def held_digest(self, update_id: str) -> str | None:
+        return None
+
+    def admit(self, meta: UpdateMeta, user: str | None) -> Admitted:
+        return Admitted(staleness=0, scale=1.0)
+
+
+@dataclass
+class Sent:
+    """One update's chunks as the intake passed them, with their bodies."""
+
+    weight: int
+    delta: dict[str, np.ndarray]
+    chunks: list[tuple[ChunkCandidate, bytes]]
+
+    @property
+    def update_id(self) -> str:
+        return self.chunks[0][0].meta.update_id
+
+
+class Federation:
+    """The coordinator's side of one version: intake, assembler, an early mean."""
+
+    def __init__(self, tmp_path: Path, share: float = 0.75) -> None:
+        spec = spec_of(TEMPLATE)
+        self.spec = spec
+        self.intake = Intake("f", spec, lambda update_id: None)
+        self.assembler = Assembler(
+            tmp_path / "spool",
+            spec,
+            max_bytes=1 << 30,
+            max_norm=None,
+            max_streams=16,
+            timeout_seconds=60.0,
+            chunk_bytes=CHUNK_BYTES,
+            max_per_participant=4,
+        )
+        self.context = AggregationContext(
+            TEMPLATE, 8, 0, tmp_path, version=1, max_weight_share=share
+        )
+        mean = WeightedMean().start(self.context)
+        early = mean.early_folds()
+        assert early is mean
+        self.mean: EarlyStreamingMean = mean
+        self.rng = np.random.default_rng(5)
+        self._ids = itertools.count()
+
+    def update(self, weight: int) -> Sent:
+        delta = {
+            k: self.rng.integers(-8, 9, v.shape).astype(np.float32) for k, v in TEMPLATE.items()
+        }
+        i = next(self._ids)
+        meta = UpdateMeta(
+            federation="f", participant=f"p{i}", round=1, base_version=0, num_examples=weight
+        )
+        chunks = []
+        for body in encode_chunks(meta, delta, chunk_bytes=CHUNK_BYTES):
+            verdict = self.intake.check(body, None, _AdmitFresh())
+            assert isinstance(verdict, ChunkCandidate), verdict
+            chunks.append((verdict, body))
+        assert len(chunks) > 2
+        return Sent(weight, delta, chunks)
+
+    def take(self, candidate: ChunkCandidate, body: bytes) -> Stream | None:
+        """One chunk as the collector takes it: spooled, folded if its update began early.
+        Returns its stream once complete."""
+        outcome = self.assembler.add(candidate, cast(Delivery, _Body(body)))
+        assert isinstance(outcome, Pending | Assembled)
+        key = outcome.stream.update_id
+        if len(outcome.stream.chunks) == 1:
+            self.mean.begin(key, float(candidate.meta.num_examples), 1.0)
+        self.mean.fold(key, ChunkBody(body, self.spec), candidate.sum_squares)
+        return outcome.stream if isinstance(outcome, Assembled) else None
+
+    def admit(self, stream: Stream) -> None:
+        """A complete stream checked and admitted, as the version does."""
+        pieces = self.assembler.finish(stream)
+        weight = float(stream.meta.num_examples)
+        assert self.mean.admit(stream.update_id, pieces, weight, 1.0, stream.count)
+        stream.close()  # as the collector does once the update is folded
+
+
+def interleaved(*updates: Sent) -> list[tuple[ChunkCandidate, bytes]]:
+    """Their chunks as a round brings them: one of each in turn."""
+    rounds = itertools.zip_longest(*(u.chunks for u in updates))
+    return [chunk for turn in rounds for chunk in turn if chunk is not None]
+
+
+def reference(updates: list[Sent], share: float = 1.0) -> dict[str, np.ndarray]:
+    """The mean of the same updates, each folded whole from memory. With the cap off by
+    default: under the cap, the early mean divides all the sums by the total weight, as
+    this one does (a mean keeping the heaviest aside joins it in a second step, which
+    rounds its last bit differently)."""
+    context = AggregationContext(TEMPLATE, 8, 0, Path("/nonexistent"), 1, share)
+    mean = WeightedMean().start(context)
+    for sent in updates:
+        mean.add(sent.delta, float(sent.weight))
+    return mean.result()
+
+
+def assert_same(result: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> None:
+    for name in TEMPLATE:
+        np.testing.assert_array_equal(result[name], expected[name])
+
+
+def collect(fed: Federation, chunks: list[tuple[ChunkCandidate, bytes]]) -> list[Stream]:
+    """Take every chunk; the streams that completed, in the order they did."""
+    return [stream for c, b in chunks if (stream := fed.take(c, b)) is not None]
+
+
+def test_chunks_folded_as_they_come_make_the_mean_of_the_whole_updates(tmp_path: Path):
+    fed = Federation(tmp_path)
+    updates = [fed.update(w) for w in (30, 10, 20, 25)]
+    for stream in collect(fed, interleaved(*updates)):
+        fed.admit(stream)
+    assert_same(fed.mean.result(), reference(updates))
+    assert fed.mean.folded_again == 0, "nothing was dropped: no pass over the spools again"
+    fed.mean.close()
+    assert not list((tmp_path / "spool").glob("*")), "a kept spool file outlived the version"
+
+
+def test_a_refused_stream_is_taken_out_and_no_later_one_begins_early(tmp_path: Path):
+    """Chunks of an update whose whole is refused (its digest) were folded: the result is
+    the others' mean, bit for bit, and the sums were folded again once."""
+    fed = Federation(tmp_path)
+    good = [fed.update(w) for w in (10, 20, 30)]
+    forged = fed.update(15)
+    streams = collect(fed, interleaved(good[0], good[1], forged))
+    (bad,) = [s for s in streams if s.update_id == forged.update_id]
+    bad.digest = "0" * len(bad.digest)  # the whole no longer hashes to what it carries
+    for stream in streams:
+        if stream is bad:
+            with pytest.raises(Rejection, match="do not hash"):
+                fed.assembler.finish(stream)
+            fed.mean.drop(stream.update_id)
+            stream.close()
+        else:
+            fed.admit(stream)
+    # After a drop, a new update is taken whole at its admission, not chunk by chunk.
+    assert not fed.mean.begin("later", 1.0, 1.0)
+    (last,) = collect(fed, good[2].chunks)
+    fed.admit(last)
+    assert_same(fed.mean.result(), reference(good))
+    assert fed.mean.folded_again == 1
+
+
+def test_an_update_still_coming_when_the_version_closes_is_left_out(tmp_path: Path):
+    fed = Federation(tmp_path)
+    done = [fed.update(w) for w in (10, 20)]
+    coming = fed.update(40)
+    chunks = interleaved(*done, coming)
+    last_of_coming = max(i for i, (c, _) in enumerate(chunks) if c.meta.participant == "p2")
+    streams = collect(fed, chunks[:last_of_coming])
+    assert [s.update_id for s in streams] == [u.update_id for u in done]
+    for stream in streams:
+        fed.admit(stream)
+    assert_same(fed.mean.result(), reference(done))
+    assert fed.mean.folded_again == 1
+
+
+@pytest.mark.parametrize("in_memory_first", [False, True])
+def test_a_chunked_heaviest_over_its_cap_is_joined_with_its_capped_weight(
+    tmp_path: Path, in_memory_first: bool
+):
+    """The heaviest was folded with its own weight as its chunks came; over its cap, it is
+    taken out and joined with the capped weight, exactly as a heaviest kept aside. An update
+    in memory, lighter, goes to the other sums, and the two are added at the end."""
+    fed = Federation(tmp_path)
+    chunked = [fed.update(w) for w in (10, 10**6, 20)]
+    light = fed.update(5)
+    if in_memory_first:
+        fed.mean.add_pieces(WholeDelta(light.delta), float(light.weight))
+    for stream in collect(fed, interleaved(*chunked)):
+        fed.admit(stream)
+    if not in_memory_first:
+        fed.mean.add_pieces(WholeDelta(light.delta), float(light.weight))
+    everyone = [*chunked, light]
+    expected = reference(everyone, share=0.75)
+    assert_same(fed.mean.result(), expected)
+    assert fed.mean.capped_weight == pytest.approx(3 * (10 + 20 + 5))
+    assert fed.mean.folded_again == 1
+
+
+def test_an_update_heavier_than_one_in_memory_leaves_it_folded_with_its_weight(
+    tmp_path: Path,
+):
+    """A heavy update in memory is kept aside; a heavier chunked one folds it into the
+    other sums with its own weight and becomes the heaviest."""
+    fed = Federation(tmp_path)
+    aside = fed.update(100)
+    fed.mean.add_pieces(WholeDelta(aside.delta), float(aside.weight))
+    chunked = [fed.update(w) for w in (1000, 10)]
+    for stream in collect(fed, interleaved(*chunked)):
+        fed.admit(stream)
+    assert_same(fed.mean.result(), reference([aside, *chunked], share=0.75))
+    assert fed.mean.capped_weight == pytest.approx(3 * (100 + 10))
+
+
+def test_an_update_whose_folds_miss_a_chunk_is_taken_whole(tmp_path: Path):
+    """The collector folds every chunk of an update begun early; if one were missed, the
+    admission sees fewer folds than chunks and takes the update whole instead."""
+    fed = Federation(tmp_path)
+    updates = [fed.update(w) for w in (10, 20)]
+    skipped = updates[1].chunks[2][0]
+    streams = []
+    for candidate, body in interleaved(*updates):
+        if candidate is skipped:
+            outcome = fed.assembler.add(candidate, cast(Delivery, _Body(body)))
+            assert isinstance(outcome, Pending)
+            continue
+        if (stream := fed.take(candidate, body)) is not None:
+            streams.append(stream)
+    for stream in streams:
+        fed.admit(stream)
+    assert_same(fed.mean.result(), reference(updates))
