@@ -4,15 +4,18 @@ A chunk passes the intake's checks on its own (:class:`~.intake.ChunkCandidate`)
 assembler keeps its delivery unacked and appends its body to the update's spool file in
 ``<state dir>/spool``, then the body is released. When an update's last chunk is in, the
 whole is checked (each value present exactly once, the digest of the whole, the norm) and
-the service folds it, reading the spool back one chunk at a time (:class:`ChunkedDelta`).
+the service folds it, reading the spool back one chunk at a time (:class:`ChunkedDelta`),
+unless its chunks were folded as they came (:mod:`~.strategies.early_mean`, in a version
+that waits for every participant: the collector hands each chunk's body over as
+:class:`ChunkBody` once it is spooled).
 
-Why spool to disk and fold at completion, rather than fold each chunk as it arrives:
+Why a spool:
 - An update that fails after some of its chunks were folded (a chunk never comes, the
-  digest does not match, the norm is over the bound, it went stale meanwhile) would have
-  to be taken out of the accumulator again; float sums cannot be undone exactly, and a
-  per-update scratch in RAM costs the model's size for every update in flight, which
-  grows with the number of senders. A spool costs disk, not memory, and nothing partial
-  ever reaches the accumulator.
+  digest does not match, the norm is over the bound, it went stale meanwhile) must be
+  taken out of the sums again; float sums cannot be undone exactly, and a per-update
+  scratch in RAM costs the model's size for every update in flight, which grows with the
+  number of senders. The spool is what the sums are made again from, and costs disk, not
+  memory.
 - A refused update goes to the dead-letter queue as the very chunk bodies that came, read
   back from the spool: RabbitMQ's own dead-lettering could not add fedq's reason.
 - The spool is a cache: the broker still holds every chunk unacked. After a crash the
@@ -20,7 +23,9 @@ Why spool to disk and fold at completion, rather than fold each chunk as it arri
 - The cost is one write and one read of each chunk (page cache, usually not the disk).
 
 Memory: the bodies in flight (the consumer's prefetch) plus one chunk while folding;
-never a whole update. Disk: at most ``max_streams`` updates of at most ``max_bytes``.
+never a whole update. Disk: at most ``max_streams`` updates of at most ``max_bytes`` in
+assembly, plus those an aggregation keeps (:meth:`ChunkedDelta.keep`) until its version
+closes.
 What a sender can do: chunks of updates that never complete are refused ``incomplete``
 ``timeout_seconds`` after their last chunk came; more than ``max_streams`` updates in
 assembly at once are refused ``too_many_streams``; a stream beyond ``max_bytes`` is
