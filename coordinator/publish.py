@@ -11,6 +11,7 @@ rather than kept.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -22,8 +23,10 @@ from fedq.messages.chunks import chunk_count, encode_chunks
 from fedq.messages.codec import Weights, encode_message
 from fedq.messages.schema import MESSAGE_TYPES, ModelMeta, RoundOpen, VersionProgress
 from fedq.messages.topology import ROUND_OPEN, VERSION_PROGRESS, Topology
-from fedq.messages.transport import Transport
+from fedq.messages.transport import Transport, TransportError
 from fedq.runtime.failpoints import failpoint
+
+log = logging.getLogger("fedq.coordinator")
 
 #: ``version.progress`` is sent at most this often, unless forced.
 PROGRESS_INTERVAL = 1.0
@@ -42,6 +45,10 @@ class Publisher:
         #: index of both copies. In sequence, the newest copy always arrives whole.
         self._publishing_model = asyncio.Lock()
         self._progress_sent = 0.0
+        #: The newest ``version.progress`` not yet handed to the broker, and the task
+        #: that publishes it (:meth:`progress`).
+        self._progress: VersionProgress | None = None
+        self._progress_task: asyncio.Task[None] | None = None
 
     @property
     def has_model(self) -> bool:
@@ -77,6 +84,30 @@ class Publisher:
                 ),
             )
         await self.model(self.topology.models, "")
+
+    async def _send_progress(self) -> None:
+        while (message := self._progress) is not None:
+            self._progress = None
+            try:
+                await self._publish_control(VERSION_PROGRESS, message)
+            except TransportError as error:  # the collection's own calls will say so
+                log.warning("could not publish version.progress: %s", error)
+                return
+
+    async def _progress_sent_all(self) -> None:
+        """Wait until every ``version.progress`` so far was published (or given up)."""
+        task = self._progress_task
+        if task is not None and not task.done():
+            await asyncio.wait([task])
+
+    async def aclose(self) -> None:
+        """Stop publishing ``version.progress`` (the run is ending; watchers hear
+        ``federation.done`` or nothing)."""
+        task, self._progress_task = self._progress_task, None
+        self._progress = None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
     async def model(self, exchange: str, routing_key: str) -> None:
         """The current model: to every participant (fanout) or one queue (default exchange).
@@ -122,7 +153,12 @@ class Publisher:
                 index += 1
 
     async def control(self, key: str, message: Any) -> None:
-        """A message of the control exchange (``round.open``, ``federation.done`` ...)."""
+        """A message of the control exchange (``round.open``, ``federation.done`` ...),
+        after every ``version.progress`` before it: watchers see them in order."""
+        await self._progress_sent_all()
+        await self._publish_control(key, message)
+
+    async def _publish_control(self, key: str, message: Any) -> None:
         await self.transport.publish(
             self.topology.control,
             key,
@@ -132,25 +168,31 @@ class Publisher:
 
     async def progress(self, version: Version, *, force: bool) -> None:
         """``version.progress`` for whoever watches: at once when forced (a version opened,
-        an update was folded), else at most once a second, so a flood costs no more."""
+        an update was folded), else at most once a second, so a flood costs no more.
+
+        Published beside the caller, which does not wait for the broker's confirm: the
+        collector calls it after each update it folds, and a confirm's round trip each
+        time held the next delivery back (ten a round, serial, when the last updates of a
+        round arrive together). One is published at a time; one made meanwhile replaces
+        any still waiting (progress is a gauge: the newest says all), so at most one
+        waits, and every other control message waits until it is out (:meth:`control`)."""
         now = time.monotonic()
         if not force and now - self._progress_sent < PROGRESS_INTERVAL:
             return
         self._progress_sent = now
         window = version.window
-        await self.control(
-            VERSION_PROGRESS,
-            VersionProgress(
-                federation=self.config.federation,
-                mode=self.config.mode,
-                version=window.version,
-                round=window.round,
-                accepted=window.counted,
-                quorum=window.quorum,
-                refused=version.refused,
-                duplicates=version.duplicates,
-                seconds_left=max(0.0, window.seconds_left(now)),
-                rounds_total=self.config.rounds,
-                cannot_close=version.cannot_close,
-            ),
+        self._progress = VersionProgress(
+            federation=self.config.federation,
+            mode=self.config.mode,
+            version=window.version,
+            round=window.round,
+            accepted=window.counted,
+            quorum=window.quorum,
+            refused=version.refused,
+            duplicates=version.duplicates,
+            seconds_left=max(0.0, window.seconds_left(now)),
+            rounds_total=self.config.rounds,
+            cannot_close=version.cannot_close,
         )
+        if self._progress_task is None or self._progress_task.done():
+            self._progress_task = asyncio.create_task(self._send_progress(), name="progress")

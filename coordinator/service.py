@@ -154,6 +154,7 @@ class Coordinator:
                     await collector.refuse_late(version, self.membership.alive)
             finally:
                 await collector.aclose()
+                await self.publisher.aclose()
 
     def _collector(self, deliveries: AsyncIterator[Delivery], weights: Weights) -> Collector:
         """The intake and the assembler, made once the model's shapes are known."""
