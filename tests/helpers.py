@@ -23,8 +23,10 @@ from fedq.apps.synthetic import SyntheticApp
 from fedq.coordinator.observers import CoordinatorObserver, UpdateSeen
 from fedq.coordinator.records import VersionSummary
 from fedq.coordinator.service import UPDATES_IN_FLIGHT
+from fedq.coordinator.verdicts import Admitted
 from fedq.messages.amqp import AmqpTransport, lanes_of
 from fedq.messages.codec import Weights
+from fedq.messages.schema import UpdateMeta
 from fedq.messages.transport import Delivery, Locked, Transport, TransportError
 from fedq.participant.app import Partition, TrainConfig, TrainResult
 from fedq.runtime.peak_memory import vm_hwm_kib
@@ -451,3 +453,20 @@ def run_snippet(source: str, folder: Path) -> subprocess.CompletedProcess[str]:
         env=fedq_env() | {"FEDQ_STATE_DIR": str(folder / "state")},
         cwd=folder,
     )
+
+
+class BodyOnly:
+    """A delivery as the assembler reads it: its body, nothing else (pure tests)."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+
+class AdmitFresh:
+    """A version that admits every update as fresh (an Admission for the intake)."""
+
+    def held_digest(self, update_id: str) -> str | None:
+        return None
+
+    def admit(self, meta: UpdateMeta, user: str | None) -> Admitted:
+        return Admitted(staleness=0, scale=1.0)

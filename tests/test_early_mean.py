@@ -20,31 +20,17 @@ from fedq.coordinator.intake import Intake
 from fedq.coordinator.strategies import AggregationContext
 from fedq.coordinator.strategies.base import WholeDelta
 from fedq.coordinator.strategies.early_mean import EarlyStreamingMean, WeightedMean
-from fedq.coordinator.verdicts import Admitted, ChunkCandidate, Rejection
+from fedq.coordinator.verdicts import ChunkCandidate, Rejection
 from fedq.messages.chunks import encode_chunks
 from fedq.messages.codec import spec_of
 from fedq.messages.schema import UpdateMeta
 from fedq.messages.transport import Delivery
+from tests.helpers import AdmitFresh, BodyOnly
 
 pytestmark = pytest.mark.pure
 
 TEMPLATE = {"w": np.zeros(300_000, np.float32), "b": np.zeros(1000, np.float32)}
 CHUNK_BYTES = 256 << 10  # 5 chunks an update
-
-
-class _Body:
-    """What the assembler reads of a delivery."""
-
-    def __init__(self, body: bytes) -> None:
-        self.body = body
-
-
-class _AdmitFresh:
-    def held_digest(self, update_id: str) -> str | None:
-        return None
-
-    def admit(self, meta: UpdateMeta, user: str | None) -> Admitted:
-        return Admitted(staleness=0, scale=1.0)
 
 
 @dataclass
@@ -97,7 +83,7 @@ class Federation:
         )
         chunks = []
         for body in encode_chunks(meta, delta, chunk_bytes=CHUNK_BYTES):
-            verdict = self.intake.check(body, None, _AdmitFresh())
+            verdict = self.intake.check(body, None, AdmitFresh())
             assert isinstance(verdict, ChunkCandidate), verdict
             chunks.append((verdict, body))
         assert len(chunks) > 2
@@ -106,7 +92,7 @@ class Federation:
     def take(self, candidate: ChunkCandidate, body: bytes) -> Stream | None:
         """One chunk as the collector takes it: spooled, folded if its update began early.
         Returns its stream once complete."""
-        outcome = self.assembler.add(candidate, cast(Delivery, _Body(body)))
+        outcome = self.assembler.add(candidate, cast(Delivery, BodyOnly(body)))
         assert isinstance(outcome, Pending | Assembled)
         key = outcome.stream.update_id
         if len(outcome.stream.chunks) == 1:
@@ -247,7 +233,7 @@ def test_an_update_whose_folds_miss_a_chunk_is_taken_whole(tmp_path: Path):
     streams = []
     for candidate, body in interleaved(*updates):
         if candidate is skipped:
-            outcome = fed.assembler.add(candidate, cast(Delivery, _Body(body)))
+            outcome = fed.assembler.add(candidate, cast(Delivery, BodyOnly(body)))
             assert isinstance(outcome, Pending)
             continue
         if (stream := fed.take(candidate, body)) is not None:

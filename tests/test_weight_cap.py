@@ -28,11 +28,12 @@ from fedq.coordinator.strategies.base import (
 from fedq.coordinator.strategies.clipped_mean import NormClippedMean
 from fedq.coordinator.strategies.early_mean import WeightedMean
 from fedq.coordinator.strategies.krum import Krum
-from fedq.coordinator.verdicts import Admitted, ChunkCandidate
+from fedq.coordinator.verdicts import ChunkCandidate
 from fedq.messages.chunks import encode_chunks
 from fedq.messages.codec import spec_of
 from fedq.messages.schema import UpdateMeta
 from fedq.messages.transport import Delivery
+from tests.helpers import AdmitFresh, BodyOnly
 
 MODEL = {"w": np.zeros((3, 2), np.float32), "b": np.zeros(2, np.float32)}
 
@@ -160,21 +161,6 @@ def test_headroom_reads_an_update_only_when_its_norm_leaves_room_for_overflow(va
     assert update.passes == passes
 
 
-class _Body:
-    """What the assembler reads of a delivery."""
-
-    def __init__(self, body: bytes) -> None:
-        self.body = body
-
-
-class _AdmitFresh:
-    def held_digest(self, update_id: str) -> str | None:
-        return None
-
-    def admit(self, meta: UpdateMeta, user: str | None) -> Admitted:
-        return Admitted(staleness=0, scale=1.0)
-
-
 def test_the_heaviest_chunked_update_waits_on_disk_and_joins_as_a_copy_in_memory_would(
     tmp_path: Path,
 ):
@@ -211,9 +197,9 @@ def test_the_heaviest_chunked_update_waits_on_disk_and_joins_as_a_copy_in_memory
             meta = UpdateMeta(federation="f", participant=f"p{i}", round=1, base_version=0,
                               num_examples=weight)  # fmt: skip
             for body in encode_chunks(meta, delta, chunk_bytes=chunk_bytes):
-                verdict = intake.check(body, None, _AdmitFresh())
+                verdict = intake.check(body, None, AdmitFresh())
                 assert isinstance(verdict, ChunkCandidate), verdict
-                outcome = assembler.add(verdict, cast(Delivery, _Body(body)))
+                outcome = assembler.add(verdict, cast(Delivery, BodyOnly(body)))
             assert isinstance(outcome, Assembled)
             tracemalloc.reset_peak()
             before = tracemalloc.get_traced_memory()[0]
