@@ -10,10 +10,12 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fedq.coordinator.assembly import Assembled, Assembler, ChunkBody, Pending, Stream
 from fedq.coordinator.intake import Intake
@@ -49,24 +51,29 @@ class Sent:
 class Federation:
     """The coordinator's side of one version: intake, assembler, an early mean."""
 
-    def __init__(self, tmp_path: Path, share: float = 0.75) -> None:
-        spec = spec_of(TEMPLATE)
-        self.spec = spec
+    def __init__(
+        self,
+        tmp_path: Path,
+        share: float = 0.75,
+        template: dict[str, np.ndarray] = TEMPLATE,
+        chunk_bytes: int = CHUNK_BYTES,
+    ) -> None:
+        spec = spec_of(template)
+        self.spec, self.template, self.chunk_bytes = spec, template, chunk_bytes
+        self.spool = tmp_path / "spool"
         self.intake = Intake("f", spec, lambda update_id: None)
         self.assembler = Assembler(
-            tmp_path / "spool",
+            self.spool,
             spec,
             max_bytes=1 << 30,
             max_norm=None,
             max_streams=16,
             timeout_seconds=60.0,
-            chunk_bytes=CHUNK_BYTES,
+            chunk_bytes=chunk_bytes,
             max_per_participant=4,
         )
-        self.context = AggregationContext(
-            TEMPLATE, 8, 0, tmp_path, version=1, max_weight_share=share
-        )
-        mean = WeightedMean().start(self.context)
+        context = AggregationContext(template, 8, 0, tmp_path, version=1, max_weight_share=share)
+        mean = WeightedMean().start(context)
         early = mean.early_folds()
         assert early is mean
         self.mean: EarlyStreamingMean = mean
@@ -75,14 +82,15 @@ class Federation:
 
     def update(self, weight: int) -> Sent:
         delta = {
-            k: self.rng.integers(-8, 9, v.shape).astype(np.float32) for k, v in TEMPLATE.items()
+            k: self.rng.integers(-8, 9, v.shape).astype(np.float32)
+            for k, v in self.template.items()
         }
         i = next(self._ids)
         meta = UpdateMeta(
             federation="f", participant=f"p{i}", round=1, base_version=0, num_examples=weight
         )
         chunks = []
-        for body in encode_chunks(meta, delta, chunk_bytes=CHUNK_BYTES):
+        for body in encode_chunks(meta, delta, chunk_bytes=self.chunk_bytes):
             verdict = self.intake.check(body, None, AdmitFresh())
             assert isinstance(verdict, ChunkCandidate), verdict
             chunks.append((verdict, body))
@@ -241,3 +249,64 @@ def test_an_update_whose_folds_miss_a_chunk_is_taken_whole(tmp_path: Path):
     for stream in streams:
         fed.admit(stream)
     assert_same(fed.mean.result(), reference(updates))
+
+
+SMALL = {"w": np.zeros(60_000, np.float32), "b": np.zeros(100, np.float32)}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    plan=st.lists(
+        st.tuples(
+            st.integers(1, 400) | st.integers(10_000, 100_000),  # weight: some over the cap
+            st.sampled_from(["admitted", "refused", "coming", "in memory"]),
+        ),
+        min_size=1,
+        max_size=6,
+    ).filter(lambda plan: any(fate in ("admitted", "in memory") for _, fate in plan)),
+    share=st.sampled_from([0.5, 0.75, 1.0]),
+    order=st.randoms(use_true_random=False),
+)
+def test_whatever_is_refused_or_still_coming_the_mean_is_that_of_the_admitted(
+    tmp_path_factory: pytest.TempPathFactory,
+    plan: list[tuple[int, str]],
+    share: float,
+    order: Any,
+):
+    """Updates in chunks, interleaved in any order, some refused when whole, some still
+    coming at the end, some in one message: the result is the weighted mean (the heaviest
+    capped) of those admitted, as a mean of the whole updates in memory makes it."""
+    fed = Federation(tmp_path_factory.mktemp("early"), share, SMALL, chunk_bytes=64 << 10)
+    updates = [(fed.update(weight), fate) for weight, fate in plan]
+    chunked = [(sent, fate) for sent, fate in updates if fate != "in memory"]
+    arrivals = [chunk for sent, _ in chunked for chunk in sent.chunks]
+    order.shuffle(arrivals)
+    # An update still coming lacks its last chunk to arrive.
+    for sent, fate in chunked:
+        if fate == "coming":
+            arrivals.remove(max(sent.chunks, key=lambda c: arrivals.index(c)))
+    in_memory = iter([sent for sent, fate in updates if fate == "in memory"])
+    fates = {sent.update_id: fate for sent, fate in chunked}
+    for candidate, body in arrivals:
+        if order.random() < 0.3 and (sent := next(in_memory, None)) is not None:
+            fed.mean.add_pieces(WholeDelta(sent.delta), float(sent.weight))
+        stream = fed.take(candidate, body)
+        if stream is None:
+            continue
+        if fates[stream.update_id] == "refused":
+            fed.mean.drop(stream.update_id)
+            stream.close()
+        else:
+            fed.admit(stream)
+    for sent in in_memory:
+        fed.mean.add_pieces(WholeDelta(sent.delta), float(sent.weight))
+    admitted = [sent for sent, fate in updates if fate in ("admitted", "in memory")]
+    context = AggregationContext(SMALL, 8, 0, Path("/nonexistent"), 1, share)
+    expected = WeightedMean().start(context)
+    for sent in admitted:
+        expected.add(sent.delta, float(sent.weight))
+    result, reference_mean = fed.mean.result(), expected.result()
+    for name in SMALL:  # the same sums; the last step may round differently (see reference)
+        np.testing.assert_allclose(result[name], reference_mean[name], rtol=2e-7, atol=2e-6)
+    fed.mean.close()
+    assert not list(fed.spool.glob("*.kept-*")), "a kept spool file outlived the version"
