@@ -288,8 +288,8 @@ def test_whatever_is_refused_or_still_coming_the_mean_is_that_of_the_admitted(
     in_memory = iter([sent for sent, fate in updates if fate == "in memory"])
     fates = {sent.update_id: fate for sent, fate in chunked}
     for candidate, body in arrivals:
-        if order.random() < 0.3 and (sent := next(in_memory, None)) is not None:
-            fed.mean.add_pieces(WholeDelta(sent.delta), float(sent.weight))
+        if order.random() < 0.3 and (whole := next(in_memory, None)) is not None:
+            fed.mean.add_pieces(WholeDelta(whole.delta), float(whole.weight))
         stream = fed.take(candidate, body)
         if stream is None:
             continue
@@ -298,8 +298,8 @@ def test_whatever_is_refused_or_still_coming_the_mean_is_that_of_the_admitted(
             stream.close()
         else:
             fed.admit(stream)
-    for sent in in_memory:
-        fed.mean.add_pieces(WholeDelta(sent.delta), float(sent.weight))
+    for whole in in_memory:
+        fed.mean.add_pieces(WholeDelta(whole.delta), float(whole.weight))
     admitted = [sent for sent, fate in updates if fate in ("admitted", "in memory")]
     context = AggregationContext(SMALL, 8, 0, Path("/nonexistent"), 1, share)
     expected = WeightedMean().start(context)
