@@ -162,21 +162,21 @@ class EarlyStreamingMean(StreamingMean, EarlyFolds):
                 self.drop(key)
             return False
         heaviest = self.share < NO_WEIGHT_CAP and weight > self._heaviest_weight
-        if entry is None:
-            factor = _factor(weight * scale)
-            try:
+        try:  # FoldOverflow: nothing more written; the caller refuses it (and drops it)
+            if entry is None:
+                factor = _factor(weight * scale)
                 reach = self._check_fits(pieces, factor, pieces.norm())
-            except FoldOverflow:
-                kept.release()
-                raise
-            if heaviest:
+                if heaviest:
+                    self._fold_aside()
+                self._fold_parts(pieces, factor, weight, self._refoldable_sums())
+                entry = _Refoldable(factor, weight, scale, chunks, pieces.norm() ** 2)
+                self._refolds[key] = entry
+                self._sums_bound += reach
+            elif heaviest:
                 self._fold_aside()
-            self._fold_parts(pieces, factor, weight, self._refoldable_sums())
-            entry = _Refoldable(factor, weight, scale, chunks, pieces.norm() ** 2)
-            self._refolds[key] = entry
-            self._sums_bound += reach
-        elif heaviest:
-            self._fold_aside()
+        except FoldOverflow:
+            kept.release()
+            raise
         entry.whole = kept
         if heaviest:
             self._heaviest_key, self._heaviest_weight = key, weight
