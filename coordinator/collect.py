@@ -216,7 +216,7 @@ class Collector:
             return outcome
         key = outcome.stream.update_id
         if len(outcome.stream.chunks) == 1 and candidate.admitted.staleness == 0:
-            early.begin(key, float(candidate.meta.num_examples), candidate.admitted.scale)
+            early.begin(key, candidate.meta.num_examples, candidate.admitted.scale)
         early.fold(key, ChunkBody(delivery.body, self.assembler.spec), candidate.sum_squares)
         return outcome
 

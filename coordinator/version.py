@@ -198,8 +198,9 @@ class Version:
             raise Rejection(
                 "overflow", "applied alone it would take the model past float32 (3.4e38)"
             )
-        meta, weight, scale = update.meta, float(update.meta.num_examples), update.admitted.scale
+        meta, scale = update.meta, update.admitted.scale
         try:
+            weight = float(meta.num_examples)
             early, chunks = self.early, len(update.deliveries)
             if early is None or not early.admit(
                 meta.update_id, update.pieces, weight, scale, chunks

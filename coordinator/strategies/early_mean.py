@@ -109,7 +109,7 @@ class EarlyStreamingMean(StreamingMean, EarlyFolds):
             return False
         try:
             factor = _factor(weight * scale)
-        except FoldOverflow:
+        except (FoldOverflow, OverflowError):  # taken whole, and refused, when admitted
             return False
         self._refolds[key] = _Refoldable(factor, weight, scale)
         return True
