@@ -95,10 +95,13 @@ class Publisher:
                 return
 
     async def _progress_sent_all(self) -> None:
-        """Wait until every ``version.progress`` so far was published (or given up)."""
+        """Wait until every ``version.progress`` so far was published (or given up, on a
+        broker error, logged there). Any other error of the publishing task is raised
+        here, to the caller, as it was when progress was published in the caller."""
         task = self._progress_task
-        if task is not None and not task.done():
+        if task is not None:
             await asyncio.wait([task])
+            task.result()
 
     async def aclose(self) -> None:
         """Stop publishing ``version.progress`` (the run is ending; watchers hear

@@ -164,12 +164,12 @@ class EarlyStreamingMean(StreamingMean, EarlyFolds):
         heaviest = self.share < NO_WEIGHT_CAP and weight > self._heaviest_weight
         try:  # FoldOverflow: nothing more written; the caller refuses it (and drops it)
             if entry is None:
-                factor = _factor(weight * scale)
-                reach = self._check_fits(pieces, factor, pieces.norm())
+                factor, norm = _factor(weight * scale), pieces.norm()
+                reach = self._check_fits(pieces, factor, norm)
                 if heaviest:
                     self._fold_aside()
                 self._fold_parts(pieces, factor, weight, self._refoldable_sums())
-                entry = _Refoldable(factor, weight, scale, chunks, pieces.norm() ** 2)
+                entry = _Refoldable(factor, weight, scale, chunks, norm**2)
                 self._refolds[key] = entry
                 self._sums_bound += reach
             elif heaviest:
