@@ -3,6 +3,7 @@
     python bench/async_vs_sync.py [--budget-seconds 900] [--seeds 0 1 2] [--target 0.70]
     python bench/async_vs_sync.py --quick          # a smoke run: 1 seed, Dir(0.5), 45 s
     python bench/async_vs_sync.py --from bench/results/async-vs-sync/results.json --target 0.75
+    python bench/async_vs_sync.py --schemes dirichlet:0.5 --seeds 0 --arms sync async  # a part
 
 A user chooses a mode for a wall-clock budget, so every arm gets the same one: each
 federation runs until ``--budget-seconds`` have passed since its coordinator opened the
@@ -32,6 +33,12 @@ consecutive versions (the smallest share any participant had in a full window: 0
 someone was left out). ``accuracy.png`` plots the mean accuracy against time with a band
 from the lowest to the highest seed, one panel per partition. Written to ``--out``
 (``results.json``, ``accuracy.png``); the last line printed is one JSON object.
+
+The whole grid is hours of machine time, so it can be measured in parts: every finished
+run is written at once to ``--out``/runs/ (one JSON file per partition, seed, arm and budget,
+with where and when it was measured), a run already there with the same test images is
+not measured again, and the report covers every run asked for, old and new. Commit the
+run files to carry a part over to another session or machine.
 
 Measured on a loaded, shared machine the times mean little: run it on a quiet one.
 """
@@ -145,6 +152,38 @@ class Run:
             out.append({f"p{i}": counts[f"p{i}"] / total for i in range(PARTICIPANTS)})
         return out
 
+    @property
+    def file_name(self) -> str:
+        return f"{self.scheme.replace(':', '-')}-seed{self.seed}-{self.arm}-{self.budget:g}s.json"
+
+    def record(self, target: float) -> dict[str, Any]:
+        """What results.json and a run's own file keep (the figures read at ``target``;
+        the curve and contributors are the measurement)."""
+        return {
+            "arm": self.arm,
+            "scheme": self.scheme,
+            "seed": self.seed,
+            "budget": self.budget,
+            "seconds_to_target": self.seconds_to(target),
+            "accuracy_at_budget": self.at_budget,
+            "best_accuracy": self.best,
+            "largest_drop_points": self.drop_after(target),
+            "shares": self.shares(),
+            "curve": self.curve,
+            "contributors": self.contributors,
+        }
+
+    @classmethod
+    def from_record(cls, r: dict[str, Any]) -> Run:
+        return cls(
+            r["arm"],
+            r["scheme"],
+            r["seed"],
+            r["budget"],
+            [(t, a) for t, a in r["curve"]],
+            r["contributors"],
+        )
+
     def smallest_share(self) -> float | None:
         """The smallest share any participant had in a full window (None: no full one)."""
         if len(self.contributors) < WINDOW:
@@ -237,22 +276,33 @@ def measure(
     seeds: Sequence[int],
     budget: float,
     eval_images: int,
+    store: Path,
 ) -> list[Run]:
+    """Every run asked for: read from ``store`` when measured there before with the same
+    test images, else measured now and written there at once."""
     print(
         f"fmnist CNN, {PARTICIPANTS} participants, p{', p'.join(map(str, SLOW))} {SLOWDOWN:g}x "
         f"slower; {budget:g} s per run; seeds {list(seeds)}; {', '.join(schemes)}; "
         f"{os.cpu_count()} CPU cores",
         flush=True,
     )
+    store.mkdir(parents=True, exist_ok=True)
     runs = []
     for scheme in schemes:
         for seed in seeds:
             for arm in arms:
-                run = run_one(arm, scheme, seed, budget, eval_images)
+                path = store / Run(arm.name, scheme, seed, budget).file_name
+                kept = json.loads(path.read_text()) if path.exists() else None
+                if kept and kept["eval_images"] == eval_images:
+                    run, origin = Run.from_record(kept), f"kept, {kept['date']}"
+                else:
+                    run, origin = run_one(arm, scheme, seed, budget, eval_images), "measured"
+                    record = {**run.record(0.0), "eval_images": eval_images, **provenance()}
+                    path.write_text(strict_json.dumps(record, indent=2) + "\n")
                 print(
                     f"  {scheme:<14} seed {seed} {arm.name:<12} {len(run.curve):>4} versions, "
                     f"at budget {pct(run.at_budget)}, best {pct(run.best)}, smallest share "
-                    f"{pct(run.smallest_share())}",
+                    f"{pct(run.smallest_share())} ({origin})",
                     flush=True,
                 )
                 runs.append(run)
@@ -372,17 +422,7 @@ def reload(path: Path) -> tuple[list[Run], dict[str, Any]]:
     """The runs of an earlier results.json: the curves are the measurement, the target
     only reads them."""
     data = json.loads(path.read_text())
-    runs = [
-        Run(
-            r["arm"],
-            r["scheme"],
-            r["seed"],
-            r["budget"],
-            [(t, a) for t, a in r["curve"]],
-            r["contributors"],
-        )
-        for r in data["runs"]
-    ]
+    runs = [Run.from_record(r) for r in data["runs"]]
     return runs, {k: data[k] for k in data if k in PROVENANCE_KEYS}
 
 
@@ -407,7 +447,10 @@ def main() -> None:
         help="a smoke run: 1 seed, Dir(0.5) only, 45 s per run, 2,000 test images",
     )
     parser.add_argument(
-        "--out", type=Path, default=Path(__file__).parent / "results" / "async-vs-sync"
+        "--out",
+        type=Path,
+        help="where results.json, accuracy.png and runs/ go (default: bench/results/"
+        "async-vs-sync, or a temporary folder with --quick)",
     )
     parser.add_argument(
         "--from",
@@ -419,12 +462,25 @@ def main() -> None:
     if args.quick:
         args.seeds, args.schemes = args.seeds[:1], args.schemes[:1]
         args.budget_seconds, args.eval_images = min(args.budget_seconds, 45.0), 2000
+    if args.out is None:
+        args.out = (
+            Path(tempfile.gettempdir()) / "fedq-async-vs-sync-quick"
+            if args.quick
+            else Path(__file__).parent / "results" / "async-vs-sync"
+        )
     if args.source is not None:
         runs, measured = reload(args.source)
     else:
         fmnist.check_files()
         arms = [a for a in ARMS if a.name in args.arms]
-        runs = measure(arms, args.schemes, args.seeds, args.budget_seconds, args.eval_images)
+        runs = measure(
+            arms,
+            args.schemes,
+            args.seeds,
+            args.budget_seconds,
+            args.eval_images,
+            args.out / "runs",
+        )
         measured = provenance()
     rows = summarise(runs, args.target)
     report(rows)
@@ -440,22 +496,7 @@ def main() -> None:
         "summary": rows,
         **measured,
     }
-    per_run = [
-        {
-            "arm": r.arm,
-            "scheme": r.scheme,
-            "seed": r.seed,
-            "budget": r.budget,
-            "seconds_to_target": r.seconds_to(args.target),
-            "accuracy_at_budget": r.at_budget,
-            "best_accuracy": r.best,
-            "largest_drop_points": r.drop_after(args.target),
-            "shares": r.shares(),
-            "curve": r.curve,
-            "contributors": r.contributors,
-        }
-        for r in runs
-    ]
+    per_run = [r.record(args.target) for r in runs]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(
         strict_json.dumps({**figures, "runs": per_run}, indent=2) + "\n"

@@ -3,6 +3,7 @@ is run by hand: it trains for minutes)."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -52,3 +53,17 @@ def test_a_curve_on_a_grid_is_the_last_version_committed_by_then():
     out = curve_on(r, np.array([0.0, 1.0, 2.0, 3.5]))
     assert np.isnan(out[0])
     np.testing.assert_allclose(out[1:], [0.5, 0.5, 0.7])
+
+
+def test_a_run_kept_in_its_file_reads_back_as_measured_and_parts_do_not_share_a_file():
+    r = run([(1.0, 0.5), (2.0, 0.72)], [["p0", "p3"], ["p1"]])
+    back = Run.from_record(json.loads(json.dumps(r.record(0.7))))
+    assert back == r
+    names = {
+        Run(arm, scheme, seed, budget).file_name
+        for arm in ("sync", "async")
+        for scheme in ("dirichlet:0.5", "labels:2")
+        for seed in (0, 1)
+        for budget in (45.0, 900.0)
+    }
+    assert len(names) == 16 and all(":" not in n for n in names)
