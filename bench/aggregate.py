@@ -168,7 +168,7 @@ class OneUpdate:
 class AdmitAll:
     """A version that holds nothing and admits everything (the mode's cheapest yes)."""
 
-    def held_digest(self, update_id: str) -> str | None:
+    def held_digest(self, update_id: str, chunk: int) -> str | None:
         return None
 
     def admit(self, meta: UpdateMeta, user: str | None) -> Admitted:

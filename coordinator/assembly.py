@@ -47,10 +47,11 @@ from pathlib import Path
 
 import xxhash
 
+from fedq.coordinator.intake import chunk_copy_digest
 from fedq.coordinator.strategies.base import DeltaPieces, Piece
 from fedq.coordinator.verdicts import ChunkCandidate, Rejection
 from fedq.messages.chunks import SLICE_ALIGN, TensorSlice, whole_digest
-from fedq.messages.codec import ModelSpec, decode_message
+from fedq.messages.codec import ChunkInfo, ModelSpec, decode_message
 from fedq.messages.schema import UpdateMeta
 from fedq.messages.transport import Delivery
 
@@ -93,6 +94,13 @@ class Stream:
 
     def deliveries(self) -> dict[int, Delivery]:
         return {index: chunk.delivery for index, chunk in self.chunks.items()}
+
+    def copies(self) -> dict[int, str]:
+        """By chunk index, what a copy of it must match once the update is held."""
+        return {
+            index: chunk_copy_digest(self.meta, ChunkInfo(index, self.count, self.digest), c.digest)
+            for index, c in self.chunks.items()
+        }
 
     def read(self, index: int, spool: Path | None = None) -> bytes:
         """The body of chunk ``index`` as it came (from ``spool``, another name of the

@@ -195,7 +195,13 @@ class Collector:
                 pieces = await asyncio.to_thread(self.assembler.finish, stream)
                 admitted = version.readmit(stream.meta)
                 update = Update(
-                    stream.meta, pieces, admitted, stream.digest, stream.deliveries(), stream.size
+                    stream.meta,
+                    pieces,
+                    admitted,
+                    stream.digest,
+                    stream.deliveries(),
+                    stream.size,
+                    stream.copies(),
                 )
                 await self._fold(version, update)  # or overflow, with nothing folded
             except Rejection as rejection:

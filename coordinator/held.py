@@ -30,9 +30,9 @@ log = logging.getLogger("fedq.coordinator")
 class HeldUpdate:
     #: By chunk index (0 for an update in one message).
     deliveries: dict[int, Delivery]
-    #: Digest of the body (released once folded), or of a chunked update's whole: a later
-    #: copy is compared against it.
-    digest: str
+    #: By chunk index, what a later copy must match to be held instead: the body's digest
+    #: (the body is released once folded), or a chunk's :func:`~.intake.chunk_copy_digest`.
+    copies: dict[int, str]
     #: When each delivery was taken (monotonic seconds), by chunk index.
     taken_at: dict[int, float] = field(default_factory=dict)
     #: Chunk indices returned to the queue and not delivered again yet.
@@ -46,18 +46,20 @@ class HeldDeliveries:
     def __len__(self) -> int:
         return len(self._held)
 
-    def digest_of(self, update_id: str) -> str | None:
+    def copy_digest(self, update_id: str, chunk: int) -> str | None:
+        """What a copy of ``chunk`` of the update held under ``update_id`` must match (""
+        for a chunk it has not: nothing matches), or None when nothing is held under it."""
         held = self._held.get(update_id)
-        return None if held is None else held.digest
+        return None if held is None else held.copies.get(chunk, "")
 
-    def hold(self, update_id: str, deliveries: dict[int, Delivery], digest: str) -> None:
+    def hold(self, update_id: str, deliveries: dict[int, Delivery], copies: dict[int, str]) -> None:
         """Keep ``deliveries`` for the commit; their bodies are dropped (the fold has them)."""
         assert update_id not in self._held, "a held update id is settled at the intake"
         for delivery in deliveries.values():
             delivery.release_body()
         now = time.monotonic()
         self._held[update_id] = HeldUpdate(
-            dict(deliveries), digest, {index: now for index in deliveries}
+            dict(deliveries), dict(copies), {index: now for index in deliveries}
         )
 
     def replace(self, update_id: str, copy: Delivery, chunk: int = 0) -> Delivery | None:

@@ -36,7 +36,13 @@ from fedq.coordinator.verdicts import (
     Verdict,
 )
 from fedq.messages.chunks import TensorSlice, chunk_digest
-from fedq.messages.codec import MalformedMessage, ModelSpec, WireTensor, decode_message
+from fedq.messages.codec import (
+    ChunkInfo,
+    MalformedMessage,
+    ModelSpec,
+    WireTensor,
+    decode_message,
+)
 from fedq.messages.schema import UpdateMeta
 
 #: Bytes a body may carry beyond its raw tensors (metadata, msgpack headers) by default.
@@ -51,6 +57,17 @@ def body_digest(body: bytes | memoryview) -> str:
     security boundary (either way the copy is never applied), so speed wins: xxh3 runs
     near memory bandwidth, many times faster than a cryptographic hash."""
     return xxhash.xxh3_128_hexdigest(body)
+
+
+def chunk_copy_digest(meta: UpdateMeta, chunk: ChunkInfo, own: bytes) -> str:
+    """What a copy of a held chunk must match: its update's metadata, its place and the
+    whole's digest as it carries them, and its own digest (``own``,
+    :func:`~fedq.messages.chunks.chunk_digest`, computed here, not claimed). The whole's
+    digest alone is only a claim: a copy carrying it over other values, held in place of
+    the honest chunk, would be all the broker has of it after a crash."""
+    fields = meta.model_dump_json().encode()
+    place = f"{chunk.index}/{chunk.count}/{chunk.digest}".encode()
+    return xxhash.xxh3_128_hexdigest(b"\0".join((fields, place, own)))
 
 
 class Intake:
@@ -104,17 +121,20 @@ class Intake:
                     raise Rejection("not_in_roster", f"{meta.participant!r} is not on the roster")
                 meta = self.roster.weighed(meta)
             chunk = decoded.chunk
-            # A chunked update is known by the whole's digest, which every chunk carries.
+            index = 0 if chunk is None else chunk.index
             digest = body_digest(body) if chunk is None else chunk.digest
-            for of, known in (("held", into.held_digest), ("committed", self.committed_digest)):
-                seen = known(meta.update_id)
-                if seen == digest:
-                    return Duplicate(meta, of, 0 if chunk is None else chunk.index)
-                if seen is not None:
-                    raise Rejection(
-                        "conflicting_duplicate",
-                        f"update id {meta.update_id} is {of} with other contents",
-                    )
+            held = into.held_digest(meta.update_id, index)
+            if held is not None:  # its copy must be the same, checked: it may be held instead
+                if chunk is not None:
+                    digest = chunk_copy_digest(meta, chunk, chunk_digest(decoded.tensors))
+                self._duplicate(meta, "held", held, digest)
+                return Duplicate(meta, "held", index)
+            # A committed copy is only acked, never held: the whole's digest each chunk
+            # claims tells it apart.
+            committed = self.committed_digest(meta.update_id)
+            if committed is not None:
+                self._duplicate(meta, "committed", committed, digest)
+                return Duplicate(meta, "committed", index)
             # For a chunk, an early no (stale, ahead): the version admits the whole again.
             admitted = into.admit(meta, user_id)
             if chunk is not None:
@@ -126,6 +146,14 @@ class Intake:
             return Candidate(meta, deltas, digest, admitted)
         except Rejection as rejection:
             return Refused(rejection, meta)
+
+    @staticmethod
+    def _duplicate(meta: UpdateMeta, of: str, known: str, digest: str) -> None:
+        """Rejection unless ``digest`` is that of the copy ``of`` kept under its id."""
+        if known != digest:
+            raise Rejection(
+                "conflicting_duplicate", f"update id {meta.update_id} is {of} with other contents"
+            )
 
 
 def check_slices(tensors: list[WireTensor]) -> tuple[list[TensorSlice], float]:

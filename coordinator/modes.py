@@ -202,7 +202,7 @@ class AfterTheLast:
 
     version: int
 
-    def held_digest(self, update_id: str) -> str | None:
+    def held_digest(self, update_id: str, chunk: int) -> str | None:
         return None
 
     def admit(self, meta: UpdateMeta, user: str | None) -> Admitted:

@@ -66,8 +66,9 @@ class Admission(Protocol):
     """What the intake asks of the version it admits into (:class:`.version.Version`, or
     the refusal of everything once the federation is done)."""
 
-    def held_digest(self, update_id: str) -> str | None:
-        """The digest of the update held under ``update_id``, or None."""
+    def held_digest(self, update_id: str, chunk: int) -> str | None:
+        """What a copy of chunk ``chunk`` (0 for an update in one message) of the update
+        held under ``update_id`` must match, or None when no update is held under it."""
 
     def admit(self, meta: UpdateMeta, user: str | None) -> Admitted:
         """Admit ``meta``, sent by broker user ``user``, or raise :class:`Rejection`."""

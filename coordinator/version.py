@@ -55,12 +55,16 @@ class Update:
     #: Its delta: views over one body, or a chunked update read back from the spool.
     pieces: DeltaPieces
     admitted: Admitted
-    #: Of the body, or of a chunked update's whole: a later copy is compared against it.
+    #: Of the body, or of a chunked update's whole: the ledger's, which a later copy of
+    #: a committed update is compared against.
     digest: str
     #: The deliveries that brought it, by chunk index (0 for an update in one message).
     deliveries: dict[int, Delivery]
     #: Bytes on the wire, all chunks together.
     size: int
+    #: By chunk index, what a later copy of each delivery is compared against while it is
+    #: held (:func:`~.intake.chunk_copy_digest`; the body's digest for one message).
+    copies: dict[int, str]
 
     @classmethod
     def of(cls, candidate: Candidate, delivery: Delivery) -> Update:
@@ -72,6 +76,7 @@ class Update:
             candidate.digest,
             {0: delivery},
             len(delivery.body),
+            {0: candidate.digest},
         )
 
     def record(self) -> UpdateRecord:
@@ -165,8 +170,8 @@ class Version:
         return self.settled["duplicate"]
 
     # ------------------------------------------------------------ admission
-    def held_digest(self, update_id: str) -> str | None:
-        return self.held.digest_of(update_id)
+    def held_digest(self, update_id: str, chunk: int) -> str | None:
+        return self.held.copy_digest(update_id, chunk)
 
     def admit(self, meta: UpdateMeta, user: str | None) -> Admitted:
         """The mode's rule, then ``user``'s allowance; or raise Rejection."""
@@ -190,7 +195,7 @@ class Version:
         await asyncio.to_thread(self._fold, update)
         record = update.record()
         self.window.records.append(record)
-        self.held.hold(update.meta.update_id, update.deliveries, update.digest)
+        self.held.hold(update.meta.update_id, update.deliveries, update.copies)
         return record
 
     def _fold(self, update: Update) -> None:

@@ -465,7 +465,7 @@ class BodyOnly:
 class AdmitFresh:
     """A version that admits every update as fresh (an Admission for the intake)."""
 
-    def held_digest(self, update_id: str) -> str | None:
+    def held_digest(self, update_id: str, chunk: int) -> str | None:
         return None
 
     def admit(self, meta: UpdateMeta, user: str | None) -> Admitted:

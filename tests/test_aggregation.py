@@ -156,7 +156,7 @@ class Into:
     held: Callable[[str], str | None]
     rule: Callable[[UpdateMeta], Admitted]
 
-    def held_digest(self, update_id: str) -> str | None:
+    def held_digest(self, update_id: str, chunk: int) -> str | None:
         return self.held(update_id)
 
     def admit(self, meta: UpdateMeta, user: str | None) -> Admitted:

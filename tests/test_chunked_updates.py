@@ -74,21 +74,21 @@ def two_participants(federation: str, state_dir: Path) -> CoordinatorConfig:
 
 
 class Refusals(CoordinatorObserver):
-    """The reasons of the updates an in-process coordinator refused so far: a test waits
-    for one (the chunk timeout's ``incomplete``) instead of sleeping past the timeout."""
+    """The reasons of the updates an in-process coordinator refused so far ("folded" for
+    one it folded): a test waits for one (the chunk timeout's ``incomplete``) instead of
+    sleeping past the timeout."""
 
     def __init__(self) -> None:
         self.reasons: Counter[str] = Counter()
 
     def update_seen(self, update: UpdateSeen) -> None:
-        if update.reason is not None:
-            self.reasons[update.reason] += 1
+        self.reasons[update.reason or "folded"] += 1
 
-    async def until(self, reason: str) -> None:
-        async def count() -> int:
-            return self.reasons[reason]
+    async def until(self, reason: str, times: int = 1) -> None:
+        async def reached() -> bool:
+            return self.reasons[reason] >= times
 
-        await until_async(count, what=f"an update refused {reason!r}", within=60)
+        await until_async(reached, what=f"{times} updates {reason!r}", within=60)
 
 
 def dead_letters_by_reason(dead: list[Delivery]) -> dict[str, Counter[bytes]]:
@@ -194,6 +194,58 @@ async def test_lost_copied_reordered_and_tampered_chunks(tmp_path: Path, federat
                 "honest": sum(len(b) for b in honest),
             }
             ledger.close()
+            assert_model_is_fedavg(tmp_path, [[0, 1]])
+        finally:
+            await topology.delete(sender, [])
+
+
+async def test_an_altered_copy_of_a_held_chunk_is_refused_and_the_held_one_kept(
+    tmp_path: Path, federation: str
+):
+    """p0's update is folded and held: the version waits for p1. Copies of its chunk 2
+    that carry the same whole digest, one with a value altered and one with the same
+    values under other metadata, are refused ``conflicting_duplicate`` (in the DLQ byte for
+    byte), not held in place of the honest chunk: the coordinator stops before the commit,
+    the next one rebuilds p0's update from what the broker kept, and the version is exactly
+    FedAvg of p0's and p1's."""
+    topology = Topology(federation)
+    honest = chunks(federation, 0, "p0")
+    altered = bytearray(honest[2])
+    altered[-4] ^= 0x01  # the lowest mantissa byte of the last value: still finite
+    model = SyntheticApp(params=PARAMS).initial_weights()
+    other_meta = UpdateMeta(
+        federation=federation, participant="p0", round=1, base_version=0,
+        num_examples=SyntheticApp.num_examples(0) + 1, update_id="p0",
+    )  # fmt: skip
+    delta = {k: np.full_like(v, SyntheticApp.delta_value(0)) for k, v in model.items()}
+    relabelled = list(encode_chunks(other_meta, delta, "raw", CHUNK))[2]
+    copies = [bytes(altered), relabelled]
+    config = two_participants(federation, tmp_path)
+    async with AmqpTransport(BROKER_URL) as sender:
+        await topology.declare_core(sender)
+        try:
+            refusals = Refusals()
+            async with AmqpTransport(BROKER_URL) as own:
+                coordinator = Coordinator(config, SyntheticApp(params=PARAMS), own, [refusals])
+                run = asyncio.create_task(coordinator.run())
+                try:
+                    await publish(sender, topology, "p0", honest)
+                    await refusals.until("folded")
+                    await publish(sender, topology, "p0", copies)
+                    await refusals.until("conflicting_duplicate", times=2)
+                finally:
+                    run.cancel()
+                    await asyncio.gather(run, return_exceptions=True)
+            assert refusals.reasons == {"folded": 1, "conflicting_duplicate": 2}
+            async with AmqpTransport(BROKER_URL) as own:
+                coordinator = Coordinator(config, SyntheticApp(params=PARAMS), own)
+                run = asyncio.create_task(coordinator.run())
+                await publish(sender, topology, "p1", chunks(federation, 1, "p1"))
+                result = await asyncio.wait_for(run, 120)
+            assert [sorted(h["participants"]) for h in result.history] == [["p0", "p1"]]
+            assert result.rejected_by_reason == {"conflicting_duplicate": 2}  # the ledger's
+            dead = dead_letters_by_reason(await drain(BROKER_URL, topology.rejected))
+            assert dead == {"conflicting_duplicate": Counter(copies)}
             assert_model_is_fedavg(tmp_path, [[0, 1]])
         finally:
             await topology.delete(sender, [])
