@@ -5,10 +5,10 @@
 For 4 MB and 40 MB float32 updates: encode (metadata + tensors -> one msgpack body) and
 decode (body -> validated metadata + zero-copy tensor views), as GB/s of tensor payload
 and as a ratio to memcpy of the same bytes into a warm buffer (best of N runs each).
-Codec ``raw/chunks`` is the 40 MB update as fedq sends it: chunks of the default chunk
-size (``encode_chunks``, each body made and dropped in turn, digests included; decode of
-every chunk). For context it also times naive ``msgpack.packb`` / ``unpackb`` of the
-payload as bytes. Ends with one JSON line of the figures.
+Codecs ``raw/chunks`` and ``fp16/chunks`` are the 40 MB update as fedq sends it: chunks of
+the default chunk size (``encode_chunks``, each body made and dropped in turn, digests
+included; decode of every chunk). For context it also times naive ``msgpack.packb`` /
+``unpackb`` of the payload as bytes. Ends with one JSON line of the figures.
 """
 
 from __future__ import annotations
@@ -88,21 +88,21 @@ def measure(
     unpackb = best_seconds(lambda: msgpack.unpackb(packed), repeat)
     rows = []
     codecs = (
-        ("raw", "fp16", "raw/chunks")
+        ("raw", "fp16", "raw/chunks", "fp16/chunks")
         if megabytes * 1_000_000 > DEFAULT_CHUNK_BYTES
         else ("raw", "fp16")
     )
     for codec in codecs:
-        chunked = codec == "raw/chunks"
+        tensor_codec, _, chunked = codec.partition("/")
         bodies = (
-            list(encode_chunks(meta, tensors, "raw"))
+            list(encode_chunks(meta, tensors, tensor_codec))
             if chunked
             else [encode_message(meta, tensors, codec)]
         )
 
-        def encode(c: str = codec, chunked: bool = chunked) -> None:
+        def encode(c: str = tensor_codec, chunked: bool = bool(chunked)) -> None:
             if chunked:
-                for _ in encode_chunks(meta, tensors, "raw"):
+                for _ in encode_chunks(meta, tensors, c):
                     pass
             else:
                 encode_message(meta, tensors, c)

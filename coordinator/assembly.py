@@ -3,7 +3,7 @@
 A chunk passes the intake's checks on its own (:class:`~.intake.ChunkCandidate`); the
 assembler keeps its delivery unacked and appends its body to the update's spool file in
 ``<state dir>/spool``, then the body is released. When an update's last chunk is in, the
-whole is checked (each value present exactly once, the digest of the whole, the norm) and
+whole is checked (each value present exactly once, every digest its chunks carry, the norm) and
 the service folds it, reading the spool back one chunk at a time (:class:`ChunkedDelta`),
 unless its chunks were folded as they came (:mod:`~.strategies.early_mean`, in a version
 that waits for every participant: the collector hands each chunk's body over as
@@ -50,7 +50,7 @@ import xxhash
 from fedq.coordinator.intake import chunk_copy_digest
 from fedq.coordinator.strategies.base import DeltaPieces, Piece
 from fedq.coordinator.verdicts import ChunkCandidate, Rejection
-from fedq.messages.chunks import SLICE_ALIGN, TensorSlice, whole_digest
+from fedq.messages.chunks import SLICE_ALIGN, TensorSlice, chain_matches, follows
 from fedq.messages.codec import ChunkInfo, ModelSpec, decode_message
 from fedq.messages.schema import UpdateMeta
 from fedq.messages.transport import Delivery
@@ -65,10 +65,13 @@ REMEMBERED_REFUSALS = 1024
 @dataclass
 class SpooledChunk:
     delivery: Delivery
+    #: Its own digest, computed by the intake.
     digest: bytes
     offset: int
     size: int
     slices: list[TensorSlice]
+    #: The digest it carries: of its update's chunks up to it.
+    carried: str
 
 
 @dataclass
@@ -77,7 +80,6 @@ class Stream:
 
     meta: UpdateMeta
     count: int
-    digest: str
     spool: Path
     chunks: dict[int, SpooledChunk] = field(default_factory=dict)
     sum_squares: float = 0.0
@@ -92,13 +94,22 @@ class Stream:
     def complete(self) -> bool:
         return len(self.chunks) == self.count
 
+    @property
+    def digest(self) -> str:
+        """The whole's digest: what its last chunk carries (checked by :meth:`Assembler.
+        finish`)."""
+        return self.chunks[self.count - 1].carried
+
+    def own_digests(self) -> dict[int, bytes]:
+        return {index: chunk.digest for index, chunk in self.chunks.items()}
+
     def deliveries(self) -> dict[int, Delivery]:
         return {index: chunk.delivery for index, chunk in self.chunks.items()}
 
     def copies(self) -> dict[int, str]:
         """By chunk index, what a copy of it must match once the update is held."""
         return {
-            index: chunk_copy_digest(self.meta, ChunkInfo(index, self.count, self.digest), c.digest)
+            index: chunk_copy_digest(self.meta, ChunkInfo(index, self.count, c.carried), c.digest)
             for index, c in self.chunks.items()
         }
 
@@ -260,24 +271,32 @@ class Assembler:
             )
         self._check_plan(candidate)
         stream = self.streams.get(meta.update_id)
+        if stream is not None:
+            if meta != stream.meta or chunk.count != stream.count:
+                raise Rejection(
+                    "conflicting_chunk",
+                    f"chunk {chunk.index} of update {meta.update_id} does not match its other "
+                    "chunks' metadata or count",
+                )
+            known = stream.chunks.get(chunk.index)
+            if known is not None:
+                if (known.digest, known.carried) != (candidate.digest, chunk.digest):
+                    raise Rejection(
+                        "conflicting_duplicate",
+                        f"chunk {chunk.index} of update {meta.update_id} came before with other "
+                        "contents",
+                    )
+                replaced, known.delivery = known.delivery, delivery
+                return ChunkCopy(replaced)  # a copy is no progress: its stream's clock runs on
+        own_so_far = {} if stream is None else stream.own_digests()
+        if not follows(own_so_far, chunk.index, candidate.digest, chunk.digest):
+            raise Rejection(  # this chunk alone: another one may still come in its place
+                "digest_mismatch",
+                f"chunk {chunk.index} of update {meta.update_id} does not carry the digest of "
+                f"its update's chunks 0 to {chunk.index}",
+            )
         if stream is None:
             stream = self._open_stream(candidate)
-        elif meta != stream.meta or (chunk.count, chunk.digest) != (stream.count, stream.digest):
-            raise Rejection(
-                "conflicting_chunk",
-                f"chunk {chunk.index} of update {meta.update_id} does not match its other "
-                "chunks' metadata, count or digest",
-            )
-        known = stream.chunks.get(chunk.index)
-        if known is not None:
-            if known.digest != candidate.digest:
-                raise Rejection(
-                    "conflicting_duplicate",
-                    f"chunk {chunk.index} of update {meta.update_id} came before with other "
-                    "contents",
-                )
-            replaced, known.delivery = known.delivery, delivery
-            return ChunkCopy(replaced)  # a copy is no progress: its stream's clock runs on
         stream.last_seen = time.monotonic()
         body = delivery.body
         if stream.size + len(body) > self.max_bytes:
@@ -289,7 +308,7 @@ class Assembler:
             offset = f.tell()
             f.write(body)
         stream.chunks[chunk.index] = SpooledChunk(
-            delivery, candidate.digest, offset, len(body), candidate.slices
+            delivery, candidate.digest, offset, len(body), candidate.slices, chunk.digest
         )
         stream.size += len(body)
         stream.sum_squares += candidate.sum_squares
@@ -330,12 +349,7 @@ class Assembler:
                 f"{meta.participant} has {self.max_per_participant} chunked updates in assembly "
                 "already, the most allowed per participant (--max-streams-per-participant)",
             )
-        stream = Stream(
-            meta,
-            candidate.chunk.count,
-            candidate.chunk.digest,
-            self.spool_dir / _file_name(meta.update_id),
-        )
+        stream = Stream(meta, candidate.chunk.count, self.spool_dir / _file_name(meta.update_id))
         self.streams[meta.update_id] = stream
         self._per_participant[meta.participant] += 1
         return stream
@@ -353,11 +367,11 @@ class Assembler:
         self._remove(stream)
         try:
             self._check_coverage(stream)
-            digests = [stream.chunks[i].digest for i in range(stream.count)]
-            if whole_digest(digests) != stream.digest:
+            chunks = [stream.chunks[i] for i in range(stream.count)]
+            if not chain_matches([c.digest for c in chunks], [c.carried for c in chunks]):
                 raise Rejection(
                     "digest_mismatch",
-                    f"update {stream.update_id}'s chunks do not hash to the digest they carry",
+                    f"update {stream.update_id}'s chunks do not hash to the digests they carry",
                 )
             delta = ChunkedDelta(stream, self.spec)
             if self.max_norm is not None and delta.norm() > self.max_norm:

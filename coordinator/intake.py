@@ -129,11 +129,13 @@ class Intake:
                     digest = chunk_copy_digest(meta, chunk, chunk_digest(decoded.tensors))
                 self._duplicate(meta, "held", held, digest)
                 return Duplicate(meta, "held", index)
-            # A committed copy is only acked, never held: the whole's digest each chunk
-            # claims tells it apart.
+            # A committed copy is only acked, never held: the digest it claims is enough.
+            # The ledger keeps the whole's, which only the last chunk carries, so a copy of
+            # another chunk is taken as a duplicate (never applied, whatever it carries).
             committed = self.committed_digest(meta.update_id)
             if committed is not None:
-                self._duplicate(meta, "committed", committed, digest)
+                if chunk is None or chunk.index == chunk.count - 1:
+                    self._duplicate(meta, "committed", committed, digest)
                 return Duplicate(meta, "committed", index)
             # For a chunk, an early no (stale, ahead): the version admits the whole again.
             admitted = into.admit(meta, user_id)

@@ -13,11 +13,18 @@ scale blocks never straddle two chunks and its chunks decode exactly as the whol
 would. ``topk`` keeps the top fraction per slice: the participant's error feedback computes
 what it sends with the same plan (:func:`plan_chunks`), so nothing is lost either way.
 
-The digest: each chunk's is xxh3-128 over its slices' names, codecs, bounds and encoded
-payloads; the whole's (``digest`` in every chunk) is xxh3-128 over the chunks' digests in
-index order. A receiver checks each chunk's when it arrives (cheap, and any chunk may come
-first) and the whole's when it has them all: a chunk replaced by other bytes, or chunks of
-two different messages under one id, never pass. It tells copies apart; it is no signature.
+The digest: each chunk's own is xxh3-128 over its slices' names, codecs, bounds and
+encoded payloads. The ``digest`` a chunk carries is that of the chunks up to it: chunk i
+carries xxh3-128 over the own digests of chunks 0 to i in index order
+(:func:`carried_digests`), so the last one carries the whole's. A
+sender makes each chunk's body right after hashing its slices, while they are still in
+the CPU's cache: one pass over the tensors, not a pass to hash the whole before the first
+chunk can go. A receiver computes each chunk's own digest as it arrives; a chunk whose
+earlier chunks are all in must carry their chain (:func:`follows`), so a chunk of another
+message under the same id is refused on its own when chunks come in order, and once it has
+them all every carried digest must match (:func:`chain_matches`): a chunk replaced by other
+bytes, or chunks of two different messages under one id, never pass. It tells copies
+apart; it is no signature.
 """
 
 from __future__ import annotations
@@ -114,9 +121,29 @@ def chunk_digest(slices: Iterable[WireTensor] | Iterable[EncodedTensor]) -> byte
     return hasher.digest()
 
 
-def whole_digest(chunk_digests: Sequence[bytes]) -> str:
-    """The digest every chunk carries: xxh3-128 (hex) of the chunks' digests in order."""
-    return xxhash.xxh3_128_hexdigest(b"".join(chunk_digests))
+def carried_digests(chunk_digests: Iterable[bytes]) -> Iterator[str]:
+    """The digest each chunk carries, in order: chunk i's is xxh3-128 (hex) of the own
+    digests of chunks 0 to i joined (the last one's is the whole's)."""
+    hasher = xxhash.xxh3_128()
+    for digest in chunk_digests:
+        hasher.update(digest)
+        yield hasher.hexdigest()
+
+
+def follows(earlier: Mapping[int, bytes], index: int, own: bytes, carried: str) -> bool:
+    """Whether a chunk whose own digest is ``own`` and that carries ``carried`` can be
+    chunk ``index`` of the message whose chunks' own digests so far are ``earlier`` (by
+    index): False only when every chunk before it is in and ``carried`` is not their
+    chain with ``own``; after a gap it is checked once the message is whole."""
+    if any(i not in earlier for i in range(index)):
+        return True
+    *_, chain = carried_digests([*(earlier[i] for i in range(index)), own])
+    return chain == carried
+
+
+def chain_matches(chunk_digests: Sequence[bytes], carried: Sequence[str]) -> bool:
+    """Whether every chunk of a whole message carries the digest of its chunks up to it."""
+    return list(carried_digests(chunk_digests)) == list(carried)
 
 
 def _encode_chunk(
@@ -150,26 +177,22 @@ def encode_chunks(
     """The bodies that carry ``meta`` and ``tensors``, one at a time: one plain message
     (:func:`~fedq.messages.codec.encode_message`) when it fits, else its chunks.
 
-    Only one chunk's body exists at a time. The whole digest needs every chunk's digest
-    before the first chunk goes, so each chunk is encoded twice: for ``raw`` the first
-    pass only hashes views of the tensors (no copy); lossy codecs pay a second encode.
-    ``read`` is called each time a chunk's slices have been read (hashed, or copied into
-    a body): tensors mapped from a file can let go of the pages read so far.
+    Only one chunk's body exists at a time. Each chunk's slices are hashed, then copied
+    into its body while still in cache: the digest a chunk carries needs only the chunks
+    up to it. ``read`` is called each time a chunk's slices have been read into its body:
+    tensors mapped from a file can let go of the pages read so far.
     """
     plan = plan_chunks(tensors, chunk_bytes)
     if len(plan) == 1:
         yield encode_message(meta, tensors, codec)
         return
-    digests = []
-    for slices in plan:
-        digests.append(chunk_digest(_encode_chunk(tensors, slices, codec)))
-        if read is not None:
-            read()
-    digest = whole_digest(digests)
     fields = meta.model_dump(mode="json")
+    chain = xxhash.xxh3_128()
     for index, slices in enumerate(plan):
-        chunk = ChunkInfo(index, len(plan), digest)
-        body = encode_body(fields, _encode_chunk(tensors, slices, codec), chunk)
+        encoded = _encode_chunk(tensors, slices, codec)
+        chain.update(chunk_digest(encoded))
+        body = encode_body(fields, encoded, ChunkInfo(index, len(plan), chain.hexdigest()))
+        del encoded  # a lossy codec's payloads: one chunk's at a time
         if read is not None:
             read()
         yield body

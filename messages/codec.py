@@ -108,8 +108,8 @@ class WireTensor:
 
 @dataclass(frozen=True, slots=True)
 class ChunkInfo:
-    """Which chunk of a message this is, and the digest of the whole
-    (:func:`fedq.messages.chunks.whole_digest`), which every chunk repeats."""
+    """Which chunk of a message this is, and the digest of the chunks up to it
+    (:func:`fedq.messages.chunks.carried_digests`): the last chunk's is the whole's."""
 
     index: int
     count: int

@@ -9,7 +9,9 @@ until the caller has trained and sent, as for a model in one message.
 
 Only the newest version matters: a chunk of a newer version drops the one in assembly
 (its deliveries are handed back to be acked), and a chunk of an older version is handed
-back at once. A model whose chunks do not hash to the digest they carry is dropped too.
+back at once. A chunk that cannot follow the chunks in (another model of the same version:
+a coordinator that redid it after a crash) starts the assembly again from it, and a model
+whose chunks do not hash to the digests they carry is dropped.
 """
 
 from __future__ import annotations
@@ -19,8 +21,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedq.messages.chunks import MIN_CHUNK_BYTES, chunk_digest, most_body_bytes, whole_digest
-from fedq.messages.codec import DecodedMessage, MalformedMessage, Weights
+from fedq.messages.chunks import (
+    MIN_CHUNK_BYTES,
+    chain_matches,
+    chunk_digest,
+    follows,
+    most_body_bytes,
+)
+from fedq.messages.codec import ChunkInfo, DecodedMessage, MalformedMessage, Weights
 from fedq.messages.schema import ModelMeta
 from fedq.messages.transport import Delivery
 
@@ -58,10 +66,25 @@ def model_queue_bytes(model: Weights) -> int | None:
 class _Assembly:
     meta: ModelMeta
     count: int
-    digest: str
     weights: Weights
+    #: By chunk index: its own digest, and the digest it carries.
     digests: dict[int, bytes] = field(default_factory=dict)
+    carried: dict[int, str] = field(default_factory=dict)
     deliveries: list[Delivery] = field(default_factory=list)
+
+    def takes(self, meta: ModelMeta, chunk: ChunkInfo, own: bytes) -> bool:
+        """Whether the chunk can belong to this model (the same version, cut the same way,
+        and the digest it carries follows the chunks in, where it can be checked)."""
+        if (meta.version, chunk.count) != (self.meta.version, self.count):
+            return False
+        if chunk.index in self.carried:
+            return (self.digests[chunk.index], self.carried[chunk.index]) == (own, chunk.digest)
+        return follows(self.digests, chunk.index, own, chunk.digest)
+
+    def chained(self) -> bool:
+        """Whether every chunk, all in, carries the digest of the chunks up to it."""
+        order = range(self.count)
+        return chain_matches([self.digests[i] for i in order], [self.carried[i] for i in order])
 
 
 def writable_copy(decoded: DecodedMessage) -> Weights:
@@ -113,14 +136,12 @@ class ModelAssembler:
             current is not None and meta.version < current.meta.version
         ):
             return None, [delivery]
-        if current is not None and (
-            meta.version > current.meta.version
-            or (chunk.count, chunk.digest) != (current.count, current.digest)
-        ):
+        own = chunk_digest(decoded.tensors)
+        if current is not None and not current.takes(meta, chunk, own):
             done += current.deliveries
             current = self._current = None
         if current is None:
-            current = self._current = _Assembly(meta, chunk.count, chunk.digest, {})
+            current = self._current = _Assembly(meta, chunk.count, {})
         if chunk.index in current.digests:
             return None, [*done, delivery]  # a copy (redelivered): the first one counts
         for tensor in decoded.tensors:
@@ -132,13 +153,14 @@ class ModelAssembler:
                 raise MalformedMessage("schema", f"tensor {tensor.name!r} changed between chunks")
             start, stop = tensor.slice
             target.reshape(-1)[start:stop] = tensor.array
-        current.digests[chunk.index] = chunk_digest(decoded.tensors)
+        current.digests[chunk.index] = own
+        current.carried[chunk.index] = chunk.digest
         current.deliveries.append(delivery)
         if len(current.digests) < current.count:
             return None, done
         self._current = None
-        if whole_digest([current.digests[i] for i in range(current.count)]) != current.digest:
-            log.warning("dropped model v%d: its chunks do not hash to its digest", meta.version)
+        if not current.chained():
+            log.warning("dropped model v%d: its chunks do not hash to their digests", meta.version)
             return None, [*done, *current.deliveries]
         self._completed = meta.version
         return WholeModel(current.meta, current.weights, current.deliveries), done

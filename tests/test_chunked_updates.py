@@ -154,17 +154,19 @@ async def test_participants_cut_their_updates_at_the_size_the_coordinator_announ
 
 
 async def test_lost_copied_reordered_and_tampered_chunks(tmp_path: Path, federation: str):
-    """p1's first update loses a chunk (refused ``incomplete`` after the timeout), its second
-    has a chunk altered in transit (``digest_mismatch`` once complete), p0's arrives in
-    reverse order with one chunk twice, and p1's third is honest. The version is exactly
-    FedAvg of p0's and p1's honest updates."""
+    """p1's first update loses a chunk (refused ``incomplete`` after the timeout); its
+    second has its first chunk altered in transit, which then does not carry its own digest
+    (``digest_mismatch`` at once, that chunk alone: another could still come in its place),
+    so its other chunks are ``incomplete`` after the timeout; p0's arrives in reverse order
+    with one chunk twice, and p1's third is honest. The version is exactly FedAvg of p0's
+    and p1's honest updates."""
     topology = Topology(federation)
     lost = chunks(federation, 1, "lost")
     missing = lost.pop(3)
     tampered = chunks(federation, 1, "tampered")
-    altered = bytearray(tampered[2])
+    altered = bytearray(tampered[0])
     altered[-4] ^= 0x01  # the lowest mantissa byte of the last value: still finite
-    tampered[2] = bytes(altered)
+    tampered[0] = bytes(altered)
     reordered = chunks(federation, 0, "reordered")[::-1]
     reordered.insert(3, reordered[5])  # chunk 1, twice
     honest = chunks(federation, 1, "honest")
@@ -179,15 +181,18 @@ async def test_lost_copied_reordered_and_tampered_chunks(tmp_path: Path, federat
             await publish(sender, topology, "lost", lost)
             await publish(sender, topology, "tampered", tampered)
             await publish(sender, topology, "reordered", reordered)
-            await refusals.until("incomplete")  # the lost chunk's update timed out
+            await refusals.until("incomplete", times=2)  # both timed out
             await publish(sender, topology, "honest", honest)
             result = await asyncio.wait_for(run, 120)
             assert [sorted(h["participants"]) for h in result.history] == [["p0", "p1"]]
-            assert result.rejected_by_reason == {"incomplete": 1, "digest_mismatch": 1}
+            assert result.rejected_by_reason == {"incomplete": 2, "digest_mismatch": 1}
             assert result.duplicates == 1
             assert await sender.queue_depth(topology.updates) == 0
             dead = dead_letters_by_reason(await drain(BROKER_URL, topology.rejected))
-            assert dead == {"incomplete": Counter(lost), "digest_mismatch": Counter(tampered)}
+            assert dead == {
+                "incomplete": Counter(lost + tampered[1:]),
+                "digest_mismatch": Counter(tampered[:1]),
+            }
             ledger = UpdateLedger(tmp_path / "ledger.sqlite")
             assert {u.update_id: u.size for u in ledger.updates_of(1)} == {
                 "reordered": sum(len(b) for b in set(reordered)),

@@ -1,5 +1,6 @@
 """Chunking: the plan covers every value once within the size, chunks decode to what a
-whole message would, the digest catches an altered chunk, and a participant assembles a
+whole message would, each chunk carries the digest of the chunks up to it (which catches an
+altered chunk, and a chunk of another message, in order), and a participant assembles a
 chunked model from chunks in any order."""
 
 from __future__ import annotations
@@ -7,10 +8,19 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedq.messages.chunks import SLICE_ALIGN, chunk_digest, encode_chunks, plan_chunks, whole_digest
+from fedq.messages.chunks import (
+    SLICE_ALIGN,
+    carried_digests,
+    chain_matches,
+    chunk_digest,
+    encode_chunks,
+    follows,
+    plan_chunks,
+)
 from fedq.messages.codec import decode_message, encode_message
 from fedq.messages.schema import ModelMeta, UpdateMeta
 from fedq.participant.compression import ErrorFeedback
@@ -52,16 +62,18 @@ def test_the_plan_covers_every_value_once_within_the_chunk_size(sizes, chunk_byt
 
 def decoded_whole(bodies: list[bytes], like: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     out = {name: np.full(t.size, np.nan, np.float32) for name, t in like.items()}
-    digests = []
-    for body in bodies:
+    digests, carried = [], []
+    for index, body in enumerate(bodies):
         decoded = decode_message(body)
         assert decoded.chunk is not None and decoded.chunk.count == len(bodies)
+        assert decoded.chunk.index == index
         digests.append(chunk_digest(decoded.tensors))
+        carried.append(decoded.chunk.digest)
         for t in decoded.tensors:
             assert t.slice is not None
             out[t.name][t.slice[0] : t.slice[1]] = t.array
-    last = decode_message(bodies[-1]).chunk
-    assert last is not None and whole_digest(digests) == last.digest
+    assert chain_matches(digests, carried)
+    assert carried[-1] == xxhash.xxh3_128_hexdigest(b"".join(digests))  # the whole's
     return out
 
 
@@ -75,15 +87,52 @@ def test_chunks_decode_to_what_one_message_would_for_every_codec():
             np.testing.assert_array_equal(values, np.asarray(whole[name], np.float32).reshape(-1))
 
 
-def test_an_altered_chunk_changes_the_digest_of_the_whole():
+def own_and_carried(bodies: list[bytes]) -> list[tuple[bytes, str]]:
+    out = []
+    for body in bodies:
+        decoded = decode_message(body)
+        assert decoded.chunk is not None
+        out.append((chunk_digest(decoded.tensors), decoded.chunk.digest))
+    return out
+
+
+def test_an_altered_chunk_does_not_follow_its_earlier_chunks_nor_hash_to_the_whole():
     tensors = model([40_000])
     bodies = list(encode_chunks(META, tensors, "raw", chunk_bytes=1 << 15))
-    digests = [chunk_digest(decode_message(b).tensors) for b in bodies]
+    chunks = own_and_carried(bodies)
     altered = bytearray(bodies[1])
     altered[-4] ^= 1
-    digests[1] = chunk_digest(decode_message(bytes(altered)).tensors)
-    first = decode_message(bodies[0]).chunk
-    assert first is not None and whole_digest(digests) != first.digest
+    (altered_own, altered_carried), *_ = own_and_carried([bytes(altered)])
+    assert altered_carried == chunks[1][1]  # what it claims is unchanged
+    assert follows({0: chunks[0][0]}, 1, *chunks[1])
+    assert not follows({0: chunks[0][0]}, 1, altered_own, altered_carried)
+    owns = [own for own, _ in chunks]
+    owns[1] = altered_own
+    assert not chain_matches(owns, [carried for _, carried in chunks])
+
+
+@settings(max_examples=50, deadline=None)
+@given(order=st.permutations(range(6)), other_at=st.integers(0, 5))
+def test_honest_chunks_follow_in_any_order_and_one_of_another_message_not_in_order(
+    order: list[int], other_at: int
+):
+    """Chunks that come after a gap are taken on trust until the message is whole; one of
+    another message under the same cut is caught once every chunk before it is in (a chunk
+    0 binds nothing before it: any message's first chunk follows nothing)."""
+    tensors = model([6 * 8192])
+    honest = own_and_carried(list(encode_chunks(META, tensors, "raw", chunk_bytes=1 << 15)))
+    assert len(honest) == 6
+    other = own_and_carried(
+        list(encode_chunks(META, {k: v + 1 for k, v in tensors.items()}, "raw", 1 << 15))
+    )
+    seen: dict[int, bytes] = {}
+    for index in order:
+        assert follows(seen, index, *honest[index])
+        if index == other_at:
+            gap = any(i not in seen for i in range(index))
+            assert follows(seen, index, *other[index]) == (gap or index == 0)
+        seen[index] = honest[index][0]
+    assert list(carried_digests([own for own, _ in honest])) == [c for _, c in honest]
 
 
 def test_error_feedback_sees_the_slices_that_are_sent():
@@ -142,3 +191,29 @@ def test_a_participant_assembles_the_newest_model_from_chunks_in_any_order():
         assert weights[name].flags.writeable
     assert len(complete.deliveries) == len(new)
     assert len(acked) == len(old) + 1  # every v3 chunk and the copy, handed back to ack
+
+
+@settings(max_examples=30, deadline=None)
+@given(order=st.permutations(range(4)))
+def test_a_version_redone_with_other_weights_replaces_the_one_in_assembly(order: list[int]):
+    """A coordinator that died before its ledger commit redoes the version, maybe with other
+    updates: the same version number, other weights. Chunks of the first that came are
+    dropped as soon as one of the redone model's cannot follow them; the participant ends
+    with the redone model whatever order its chunks come in."""
+    first, redone = model([4 * 8192], seed=3), model([4 * 8192], seed=4)
+    meta = ModelMeta(federation="f", version=5, round=6, rounds_total=9)
+    old = list(encode_chunks(meta, first, "raw", chunk_bytes=1 << 15))
+    new = list(encode_chunks(meta, redone, "raw", chunk_bytes=1 << 15))
+    assert len(old) == len(new) == 4
+    assembler = ModelAssembler()
+    acked, complete = [], None
+    for body in old[:3] + [new[i] for i in order]:
+        decoded = decode_message(body)
+        whole, done = assembler.add(decoded.meta(ModelMeta), decoded, FakeDelivery(body))  # type: ignore[arg-type]
+        acked += done
+        complete = whole or complete
+    assert complete is not None
+    weights = complete.own_weights()
+    for name, values in redone.items():
+        np.testing.assert_array_equal(weights[name], values)
+    assert sorted(d.body for d in acked) == sorted(old[:3])
