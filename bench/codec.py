@@ -9,19 +9,31 @@ Codecs ``raw/chunks`` and ``fp16/chunks`` are the 40 MB update as fedq sends it:
 the default chunk size (``encode_chunks``, each body made and dropped in turn, digests
 included; decode of every chunk). For context it also times naive ``msgpack.packb`` /
 ``unpackb`` of the payload as bytes. Ends with one JSON line of the figures.
+
+    python bench/codec.py --against REV
+
+also times the chunked encoder (``encode_chunks``) of commit REV (its
+``messages/chunks.py``, run against this checkout's codec) and this one's on the same 40 MB
+update, taking turns, for raw, fp16, int8 and topk:0.01: the ratio of each pair's best
+times, this checkout's over REV's.
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
+import subprocess
+import sys
 import time
+import types
 from collections.abc import Callable
+from pathlib import Path
 
 import msgpack
 import numpy as np
 
 from fedq import strict_json
+from fedq.messages import chunks
 from fedq.messages.chunks import DEFAULT_CHUNK_BYTES, encode_chunks
 from fedq.messages.codec import decode_message, encode_message
 from fedq.messages.schema import UpdateMeta
@@ -42,6 +54,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--tensors", type=int, default=8, help="tensors per update")
+    parser.add_argument("--against", metavar="REV", help="also time REV's chunked encoder")
+    parser.add_argument("--pairs", type=int, default=3, help="turns each, with --against")
     args = parser.parse_args()
     tuned = tune_process()  # as the fedq CLI does at start
     print(f"glibc malloc tuning: {'on' if tuned else 'off'} (FEDQ_MALLOC_TUNING=0 turns it off)")
@@ -69,7 +83,68 @@ def main() -> None:
                 f"{row['decode_gbs']:>12.1f} {row['decode_ratio']:>7.1f} "
                 f"{row['packb_ratio']:>12.2f} {row['unpackb_ratio']:>14.2f}"
             )
-    print(strict_json.dumps({"bench": "codec", "malloc_tuning": tuned, "rows": rows}))
+    figures: dict[str, object] = {"bench": "codec", "malloc_tuning": tuned, "rows": rows}
+    if args.against:
+        figures["against"] = args.against
+        figures["chunked_encode_vs_against"] = against(
+            meta, args.against, args.tensors, args.repeat, args.pairs
+        )
+    print(strict_json.dumps(figures))
+
+
+def chunks_at(rev: str) -> types.ModuleType:
+    """Commit ``rev``'s ``messages/chunks.py`` as a module of its own (importing this
+    checkout's codec)."""
+    root = Path(__file__).resolve().parent.parent
+    source = subprocess.run(
+        ["git", "show", f"{rev}:messages/chunks.py"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    module = types.ModuleType(f"chunks_at_{rev}")
+    sys.modules[module.__name__] = module  # dataclasses look their module up
+    exec(compile(source, f"{rev}:messages/chunks.py", "exec"), module.__dict__)
+    return module
+
+
+def encode_seconds(
+    module: types.ModuleType,
+    meta: UpdateMeta,
+    tensors: dict[str, np.ndarray],
+    codec: str,
+    repeat: int,
+) -> float:
+    def encode() -> None:
+        for _ in module.encode_chunks(meta, tensors, codec):
+            pass
+
+    return best_seconds(encode, repeat)
+
+
+def against(
+    meta: UpdateMeta, rev: str, n_tensors: int, repeat: int, pairs: int
+) -> dict[str, list[float]]:
+    """Per codec, this checkout's best encode time of a 40 MB update as chunks over REV's,
+    each of ``pairs`` turns."""
+    other = chunks_at(rev)
+    params = 40 * 1_000_000 // 4
+    rng = np.random.default_rng(1)
+    tensors = {
+        f"t{i}": rng.standard_normal(len(s)).astype(np.float32)
+        for i, s in enumerate(np.array_split(np.arange(params), n_tensors))
+    }
+    print(f"\n40 MB as chunks, this checkout's encode time / {rev}'s, {pairs} turns each:")
+    ratios: dict[str, list[float]] = {}
+    for codec in ("raw", "fp16", "int8", "topk:0.01"):
+        for _ in range(pairs):
+            times = [
+                encode_seconds(module, meta, tensors, codec, repeat) for module in (other, chunks)
+            ]
+            ratios.setdefault(codec, []).append(round(times[1] / times[0], 2))
+        print(f"  {codec:>10}: {', '.join(f'{r:.2f}x' for r in ratios[codec])}")
+    return ratios
 
 
 def measure(

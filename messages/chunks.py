@@ -17,9 +17,9 @@ The digest: each chunk's own is xxh3-128 over its slices' names, codecs, bounds 
 encoded payloads. The ``digest`` a chunk carries is that of the chunks up to it: chunk i
 carries xxh3-128 over the own digests of chunks 0 to i in index order
 (:func:`carried_digests`), so the last one carries the whole's. A
-sender makes each chunk's body right after hashing its slices, while they are still in
-the CPU's cache: one pass over the tensors, not a pass to hash the whole before the first
-chunk can go. A receiver computes each chunk's own digest as it arrives; a chunk whose
+sender makes each chunk's body right after hashing its slices: one pass over the tensors,
+each chunk encoded once, not a pass to hash (and encode) the whole before the first chunk
+can go. A receiver computes each chunk's own digest as it arrives; a chunk whose
 earlier chunks are all in must carry their chain (:func:`follows`), so a chunk of another
 message under the same id is refused on its own when chunks come in order, and once it has
 them all every carried digest must match (:func:`chain_matches`): a chunk replaced by other
@@ -177,10 +177,10 @@ def encode_chunks(
     """The bodies that carry ``meta`` and ``tensors``, one at a time: one plain message
     (:func:`~fedq.messages.codec.encode_message`) when it fits, else its chunks.
 
-    Only one chunk's body exists at a time. Each chunk's slices are hashed, then copied
-    into its body while still in cache: the digest a chunk carries needs only the chunks
-    up to it. ``read`` is called each time a chunk's slices have been read into its body:
-    tensors mapped from a file can let go of the pages read so far.
+    Only one chunk's body exists at a time, and each chunk is encoded once: the digest a
+    chunk carries needs only the chunks up to it. ``read`` is called each time a chunk's
+    slices have been read into its body: tensors mapped from a file can let go of the
+    pages read so far.
     """
     plan = plan_chunks(tensors, chunk_bytes)
     if len(plan) == 1:
