@@ -61,10 +61,10 @@ def body_digest(body: bytes | memoryview) -> str:
 
 def chunk_copy_digest(meta: UpdateMeta, chunk: ChunkInfo, own: bytes) -> str:
     """What a copy of a held chunk must match: its update's metadata, its place and the
-    whole's digest as it carries them, and its own digest (``own``,
-    :func:`~fedq.messages.chunks.chunk_digest`, computed here, not claimed). The whole's
-    digest alone is only a claim: a copy carrying it over other values, held in place of
-    the honest chunk, would be all the broker has of it after a crash."""
+    digest it carries, and its own digest (``own``, :func:`~fedq.messages.chunks.
+    chunk_digest`, computed here, not claimed). The digest a chunk carries is only a claim:
+    a copy carrying it over other values, held in place of the honest chunk, would be all
+    the broker has of it after a crash."""
     fields = meta.model_dump_json().encode()
     place = f"{chunk.index}/{chunk.count}/{chunk.digest}".encode()
     return xxhash.xxh3_128_hexdigest(b"\0".join((fields, place, own)))
