@@ -129,12 +129,7 @@ def against(
     """Per codec, this checkout's best encode time of a 40 MB update as chunks over REV's,
     each of ``pairs`` turns."""
     other = chunks_at(rev)
-    params = 40 * 1_000_000 // 4
-    rng = np.random.default_rng(1)
-    tensors = {
-        f"t{i}": rng.standard_normal(len(s)).astype(np.float32)
-        for i, s in enumerate(np.array_split(np.arange(params), n_tensors))
-    }
+    tensors = update_tensors(40, n_tensors, np.random.default_rng(1))
     print(f"\n40 MB as chunks, this checkout's encode time / {rev}'s, {pairs} turns each:")
     ratios: dict[str, list[float]] = {}
     for codec in ("raw", "fp16", "int8", "topk:0.01"):
@@ -147,12 +142,18 @@ def against(
     return ratios
 
 
+def update_tensors(
+    megabytes: int, n_tensors: int, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """An update of ``megabytes`` of float32 values in ``n_tensors`` tensors."""
+    sizes = np.array_split(np.arange(megabytes * 1_000_000 // 4), n_tensors)
+    return {f"t{i}": rng.standard_normal(len(s)).astype(np.float32) for i, s in enumerate(sizes)}
+
+
 def measure(
     meta: UpdateMeta, megabytes: int, n_tensors: int, repeat: int, rng: np.random.Generator
 ) -> list[dict[str, object]]:
-    params = megabytes * 1_000_000 // 4
-    sizes = np.array_split(np.arange(params), n_tensors)
-    tensors = {f"t{i}": rng.standard_normal(len(s)).astype(np.float32) for i, s in enumerate(sizes)}
+    tensors = update_tensors(megabytes, n_tensors, rng)
     payload = b"".join(t.tobytes() for t in tensors.values())
     target = bytearray(len(payload))
     dst = (ctypes.c_char * len(target)).from_buffer(target)
