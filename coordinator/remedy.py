@@ -19,8 +19,9 @@ from fedq.coordinator.strategies.base import Aggregation, Weights
 from fedq.coordinator.strategies.remedies import delay_adaptive_lr
 from fedq.coordinator.update_cache import UpdateCache
 
-#: Under the state dir: ``--async-remedy cached``'s entries.
-CACHE_FOLDER = "update-cache"
+#: Under the state dir: ``--async-remedy cached``'s entries (each participant's latest
+#: local model; ``update-cache``, which held deltas, was its name before they were).
+CACHE_FOLDER = "local-models"
 
 
 class Remedy:
@@ -34,13 +35,21 @@ class Remedy:
     def restore(self, weights: Mapping[str, np.ndarray], version: int) -> None:
         """Before the first version: the cache as committed up to model ``version``."""
         if self.config.async_remedy == "cached":
-            self.cache = UpdateCache(self.config.state_dir / CACHE_FOLDER, weights)
+            state = self.config.state_dir
+            self.cache = UpdateCache(state / CACHE_FOLDER, weights, state / "models")
             self.cache.restore(version)
 
-    def result(self, aggregation: Aggregation, records: Sequence[UpdateRecord]) -> Weights:
-        """The version's delta: the aggregation's result (``records`` folded), remedied."""
+    def result(
+        self,
+        aggregation: Aggregation,
+        records: Sequence[UpdateRecord],
+        model: Weights,
+        version: int,
+    ) -> Weights:
+        """The version's delta on ``model`` (model ``version``): the aggregation's result
+        (``records`` folded), remedied."""
         delta = aggregation.result()
-        apply_remedy(self.config, records, delta, self.cache)
+        apply_remedy(self.config, records, delta, model, version, self.cache)
         return delta
 
     def committed(self) -> None:
@@ -53,13 +62,16 @@ def apply_remedy(
     config: CoordinatorConfig,
     records: Sequence[UpdateRecord],
     delta: Weights,
+    model: Weights,
+    version: int,
     cache: UpdateCache | None,
 ) -> None:
-    """Change ``delta`` (the aggregate of ``records``) in place as the remedy says."""
+    """Change ``delta`` (the aggregate of ``records`` on ``model``, model ``version``) in
+    place as the remedy says."""
     if config.async_remedy == "cached":
         assert cache is not None, "made when the coordinator prepares"
-        contributors = [(r.participant, float(r.num_examples)) for r in records]
-        for name, correction in cache.correction(contributors).items():
+        contributors = [(r.participant, float(r.num_examples), r.base_version) for r in records]
+        for name, correction in cache.correction(contributors, model, version).items():
             delta[name] += correction
     elif config.async_remedy == "delay_adaptive":
         tau_max = max(r.staleness for r in records)

@@ -248,7 +248,9 @@ class Coordinator:
         commit point), then ack the deliveries it includes and announce it."""
         number = version.number + 1
         clock = time.perf_counter()
-        delta = await asyncio.to_thread(self.remedy.result, version.aggregation, version.records)
+        delta = await asyncio.to_thread(
+            self.remedy.result, version.aggregation, version.records, weights, version.number
+        )
         await asyncio.to_thread(check_finite, delta, f"the aggregate of v{number}")
         new = await asyncio.to_thread(self.strategy.optimizer.step, weights, delta)
         del delta

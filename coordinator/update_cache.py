@@ -1,8 +1,13 @@
 """Each participant's latest folded update, on disk: CA2FL's cache (``--async-remedy cached``).
 
 One flat float32 file per participant and version, ``<hex id>.v<version>.w<weight>.npy``
-under ``<state dir>/update-cache``: the update a participant had folded into ``version``
-(the tensors in the model's order) and its example weight. In RAM only their weighted sum
+under ``<state dir>/local-models``: the local model a participant's update folded into
+``version`` produced, its base model plus its delta (the tensors in the model's order; the
+calibration takes it from the current model, :func:`.strategies.remedies.calibration`),
+and its example weight. The base model is the checkpoint of the update's base version,
+which the state dir keeps; where it was deleted, the model the version is made on stands
+in (a warning says so). A participant's base is the model as published: with a lossy
+``--codec`` it differs from the checkpoint by the codec's error. In RAM only their weighted sum
 (one model of float32) and each participant's newest (version, weight); an entry is read
 back (memory-mapped) only when its participant contributes again. So memory is one model
 however many participants, and the disk holds one update per participant (two for a
@@ -20,6 +25,7 @@ again empty (its next update fills it), as for a participant not heard yet.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -27,8 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
+from fedq.coordinator.checkpoint import checkpoint_path, map_checkpoint, release_pages
 from fedq.coordinator.strategies.base import DeltaPieces, Weights, blocks
-from fedq.coordinator.strategies.remedies import calibration
+from fedq.coordinator.strategies.remedies import Flat, calibration
+
+log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^(?P<who>[0-9a-f]+)\.v(?P<version>\d+)\.w(?P<weight>[0-9.e+-]+)\.npy$")
 
@@ -41,8 +50,10 @@ class Entry:
 
 
 class UpdateCache:
-    def __init__(self, folder: Path, template: Mapping[str, np.ndarray]) -> None:
+    def __init__(self, folder: Path, template: Mapping[str, np.ndarray], models: Path) -> None:
         self.folder = folder
+        #: The checkpoints, by version: each update's base model.
+        self.models = models
         #: (name, flat offset, shape) of each tensor, in the model's order.
         self.layout: list[tuple[str, int, tuple[int, ...]]] = []
         offset = 0
@@ -69,6 +80,24 @@ class UpdateCache:
                 continue
             who = bytes.fromhex(match["who"]).decode()
             yield who, Entry(int(match["version"]), float(match["weight"]), path)
+
+    def _flat(self, weights: Mapping[str, np.ndarray]) -> Flat:
+        return [(self.offsets[name], weights[name].reshape(-1)) for name, _, _ in self.layout]
+
+    def _base(self, version: int, current: int) -> Weights:
+        """Model ``version`` (memory-mapped), or the ``current`` one if its checkpoint is
+        gone: its update is then taken as computed on the current model."""
+        path = checkpoint_path(self.models, version)
+        if not path.exists() and version != current:
+            log.warning(
+                "%s is gone: an update on v%d is cached as if made on v%d (keep the "
+                "checkpoints of the last versions with --async-remedy cached)",
+                path,
+                version,
+                current,
+            )
+            path = checkpoint_path(self.models, current)
+        return map_checkpoint(path)
 
     def _read(self, entry: Entry) -> np.ndarray:
         values: np.ndarray = np.load(entry.path, mmap_mode="r")
@@ -104,13 +133,20 @@ class UpdateCache:
             self.sum[start : start + block.size] += scale * block
 
     # ------------------------------------------------------- the open version
-    def stage(self, participant: str, version: int, pieces: DeltaPieces, weight: float) -> None:
-        """Write ``participant``'s update, folded into the version making ``version``."""
+    def stage(
+        self, participant: str, version: int, base: int, pieces: DeltaPieces, weight: float
+    ) -> None:
+        """Write the local model of ``participant``'s update on model ``base`` (its base
+        plus its delta), folded into the version making ``version``."""
         path = self._path(participant, version, weight)
         out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(self.size,))
+        model = self._base(base, version - 1)
+        for offset, values in self._flat(model):
+            out[offset : offset + values.size] = values
+        release_pages(model.values())
         for name, start, values in pieces:
             at = self.offsets[name] + start
-            out[at : at + values.size] = values
+            out[at : at + values.size] += values
         out.flush()
         del out
         previous = self.staged.get(participant)
@@ -118,17 +154,28 @@ class UpdateCache:
             previous.path.unlink(missing_ok=True)
         self.staged[participant] = Entry(version, weight, path)
 
-    def correction(self, contributors: Iterable[tuple[str, float]]) -> Weights:
-        """CA2FL's correction for a version of ``contributors`` (participant, example
-        weight), against the committed cache, as tensors shaped like the model."""
+    def correction(
+        self, contributors: Iterable[tuple[str, float, int]], model: Weights, version: int
+    ) -> Weights:
+        """CA2FL's correction for a version on ``model`` (model ``version``) of
+        ``contributors`` (participant, example weight, base version), against the
+        committed cache, as tensors shaped like the model."""
+        bases = {base: self._base(base, version) for _, _, base in contributors}
         flat = calibration(
             self.sum,
             self.weight,
             [
-                (weight, self._read(self.entries[who]) if who in self.entries else None)
-                for who, weight in contributors
+                (
+                    weight,
+                    [(0, self._read(self.entries[who]))] if who in self.entries else None,
+                    self._flat(bases[base]),
+                )
+                for who, weight, base in contributors
             ],
+            self._flat(model),
         )
+        for weights in bases.values():
+            release_pages(weights.values())
         return {name: flat[start : start + int(np.prod(shape))].reshape(shape)
                 for name, start, shape in self.layout}  # fmt: skip
 

@@ -214,7 +214,9 @@ class Version:
         except (FoldOverflow, OverflowError) as exc:  # OverflowError: an int beyond float
             raise Rejection("overflow", f"folding it would overflow the aggregate: {exc}") from None
         if self.cache is not None:
-            self.cache.stage(meta.participant, self.number + 1, update.pieces, weight)
+            self.cache.stage(
+                meta.participant, self.number + 1, meta.base_version, update.pieces, weight
+            )
 
     def count(self, verdict: Settled) -> None:
         """A delivery settled without being folded while this version was open."""

@@ -189,26 +189,32 @@ async def test_with_the_delay_adaptive_remedy_every_straggler_update_is_folded(
 
 def ca2fl_by_hand(ledger: UpdateLedger, versions: int) -> tuple[float, set[int]]:
     """Every parameter of model ``versions`` (the synthetic app's deltas are one value per
-    participant) and who was cached: CA2FL's v = h + sum_S n_i (delta_i - h_i) /
-    sum_S n_i, h the example-weighted mean of the cached (latest) updates, h_i = 0 for one
-    not cached yet; no s(tau)."""
+    participant, so every model is one value too) and who was cached: CA2FL's
+    v = h + sum_S n_i (u_i - h_i) / sum_S n_i, every update taken from the current model x
+    (u_i = x_b + delta_i - x, x_b its base model; h_i = m_i - x, m_i the local model of
+    i's cached update, 0 for one not cached yet; h the example-weighted mean of the cached
+    h_j, 0 while none is); no s(tau)."""
     cached: dict[int, tuple[int, float]] = {}
-    model = 0.0
+    models = [0.0]
     for version in range(1, versions + 1):
+        x = models[-1]
         updates = ledger.updates_of(version)
         assert all(u.weight == u.num_examples for u in updates)  # s(tau) = 1
         total = sum(u.num_examples for u in updates)
         weight = sum(n for n, _ in cached.values())
-        step = sum(n * d for n, d in cached.values()) / weight if weight else 0.0
+        step = sum(n * m for n, m in cached.values()) / weight - x if weight else 0.0
+        local = {
+            u.update_id: models[u.base_version] + SyntheticApp.delta_value(int(u.participant[1:]))
+            for u in updates
+        }
         for u in updates:
             i = int(u.participant[1:])
-            old = cached[i][1] if i in cached else 0.0
-            step += u.num_examples * (SyntheticApp.delta_value(i) - old) / total
-        model += step
+            old = cached[i][1] - x if i in cached else 0.0
+            step += u.num_examples * (local[u.update_id] - x - old) / total
+        models.append(x + step)
         for u in updates:
-            i = int(u.participant[1:])
-            cached[i] = (u.num_examples, SyntheticApp.delta_value(i))
-    return model, set(cached)
+            cached[int(u.participant[1:])] = (u.num_examples, local[u.update_id])
+    return models[-1], set(cached)
 
 
 async def test_with_the_cached_remedy_each_version_is_calibrated_by_the_cached_updates(
@@ -224,7 +230,7 @@ async def test_with_the_cached_remedy_each_version_is_calibrated_by_the_cached_u
     for tensor in model.values():
         np.testing.assert_allclose(tensor, expected, rtol=1e-4)
     # One file per participant heard: the cache is bounded by N, not by the updates.
-    assert len(list((tmp_path / "update-cache").glob("*.npy"))) == len(cached)
+    assert len(list((tmp_path / "local-models").glob("*.npy"))) == len(cached)
 
 
 async def test_the_cached_remedy_goes_on_after_a_restart_from_its_files(

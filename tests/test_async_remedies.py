@@ -3,12 +3,14 @@ left behind: hand-computed cases, pure (files only, no broker)."""
 
 from __future__ import annotations
 
+import heapq
 from pathlib import Path
 
 import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from fedq.coordinator.checkpoint import save_checkpoint
 from fedq.coordinator.config import NO_STALENESS_CUTOFF, CoordinatorConfig
 from fedq.coordinator.modes import AsyncMode, OpenVersion
 from fedq.coordinator.records import UpdateRecord
@@ -61,30 +63,55 @@ def test_the_delay_adaptive_lr_is_fadas_step(lr, tau_max, tau_c, expected):
     assert delay_adaptive_lr(lr, tau_max, tau_c) == pytest.approx(expected)
 
 
-def test_calibration_is_the_cached_mean_minus_the_contributors_cached_updates():
-    # cached: p0 weight 2, h0 = (1, 2); p1 weight 1, h1 = (4, -1): the sum is (6, 3) of
+def flat(*values: float) -> list[tuple[int, np.ndarray]]:
+    return [(0, np.array(values, np.float32))]
+
+
+def test_calibration_on_the_initial_model_is_the_cached_mean_minus_the_contributors_entries():
+    # Model and bases 0: the local models are the deltas, as in the paper.
+    # cached: p0 weight 2, m0 = (1, 2); p1 weight 1, m1 = (4, -1): the sum is (6, 3) of
     # weight 3, h = (2, 1). This version: p1 (weight 3, cached) and p2 (weight 1, not).
-    # h - (3 * h1 + 1 * 0) / 4 = (2 - 3, 1 + 0.75) = (-1, 1.75).
+    # h - (3 * m1 + 1 * 0) / 4 = (2 - 3, 1 + 0.75) = (-1, 1.75).
+    zero = flat(0, 0)
     out = calibration(
-        np.array([6, 3], np.float32), 3.0, [(3.0, np.array([4, -1], np.float32)), (1.0, None)]
+        np.array([6, 3], np.float32), 3.0, [(3.0, flat(4, -1), zero), (1.0, None, zero)], zero
     )
     np.testing.assert_allclose(out, [-1.0, 1.75])
 
 
-def test_calibration_with_nothing_cached_is_zero():
-    out = calibration(np.zeros(2, np.float32), 0.0, [(5.0, None), (1.0, None)])
-    np.testing.assert_array_equal(out, [0.0, 0.0])
+def test_calibration_takes_every_update_from_the_current_model():
+    # Current model x = (10, 0). Cached: p0 weight 1, local model m0 = (12, 1).
+    # h = m0 - x = (2, 1). This version: p0 (weight 1, base x_b = (9, 0)) and p1 (weight 1,
+    # not cached, base x). v = h + (1/2) ((x_b + d0 - x) - h0) + (1/2) ((x + d1 - x) - 0),
+    # and v - A (A = (d0 + d1) / 2) = h + (x_b - x) / 2 - h0 / 2
+    # = (2, 1) + (-0.5, 0) - (1, 0.5) = (0.5, 0.5).
+    x = flat(10, 0)
+    out = calibration(
+        np.array([12, 1], np.float32), 1.0, [(1.0, flat(12, 1), flat(9, 0)), (1.0, None, x)], x
+    )
+    np.testing.assert_allclose(out, [0.5, 0.5])
+
+
+def test_calibration_with_nothing_cached_rebases_the_new_updates_only():
+    # v - A = sum_S s_i (x_b_i - x): a stale update (base (1, 1), x = (3, 3)), weight 1 of 4.
+    x = flat(3, 3)
+    out = calibration(np.zeros(2, np.float32), 0.0, [(1.0, None, flat(1, 1)), (3.0, None, x)], x)
+    np.testing.assert_allclose(out, [-0.5, -0.5])
 
 
 # ------------------------------------------------------------------ the cache
 def cache_of(tmp_path: Path, version: int = 0) -> UpdateCache:
-    cache = UpdateCache(tmp_path / "cache", TEMPLATE)
+    """A cache whose models are all 0 (checkpoints up to v3): local models are deltas."""
+    models = tmp_path / "models"
+    for v in range(4):
+        save_checkpoint(models, v, TEMPLATE)
+    cache = UpdateCache(tmp_path / "cache", TEMPLATE, models)
     cache.restore(version)
     return cache
 
 
 def stage(cache: UpdateCache, who: str, version: int, values: tuple[float, ...], weight: float):
-    cache.stage(who, version, WholeDelta(delta(*values)), weight)
+    cache.stage(who, version, version - 1, WholeDelta(delta(*values)), weight)
 
 
 def test_the_cache_keeps_each_participants_latest_update_and_their_weighted_sum(tmp_path):
@@ -141,7 +168,12 @@ def test_cached_remedy_makes_ca2fl_step(tmp_path):
     mean.add(delta(2, 0, 4), 1.0)
     out = mean.result()
     apply_remedy(
-        config(tmp_path, async_remedy="cached"), [record("p1", 3), record("p2", 1)], out, cache
+        config(tmp_path, async_remedy="cached"),
+        [record("p1", 3), record("p2", 1)],
+        out,
+        TEMPLATE,
+        1,
+        cache,
     )
     # h + (3 * ((1,1,1) - (4,-1,0)) + 1 * ((2,0,4) - 0)) / 4
     #   = (2, 1, 2) + ((-9, 6, 3) + (2, 0, 4)) / 4 = (2 - 1.75, 1 + 1.5, 2 + 1.75)
@@ -149,20 +181,97 @@ def test_cached_remedy_makes_ca2fl_step(tmp_path):
     np.testing.assert_allclose(out["b"], [3.75])
 
 
+def far_local_training(steps, versions: int, reach: float = 0.95, seed: int = 0):
+    """Async mode on quadratic objectives, event by event: 10 participants, participant i's
+    training on model x goes 95% of the way to its optimum c_i (delta = 0.95 (c_i - x)),
+    p0 to p2 take 5 time units, the others 1 (+-10%); a version of every 5 updates, each
+    on the model its participant last received. ``steps(number, x, buffer)`` gives model
+    ``number + 1`` from x and the buffer's (participant, base version, delta). Returns
+    the distance to FedAvg's fixed point (the mean of c_i) after each version."""
+    rng = np.random.default_rng(seed)
+    optima = rng.normal(size=(10, 20)).astype(np.float32) * 3
+    models = [np.zeros(20, np.float32)]
+    events = [(5.0 if i < 3 else 1.0) * rng.uniform(0.9, 1.1) for i in range(10)]
+    queue = [(t, i, 0) for i, t in enumerate(events)]
+    heapq.heapify(queue)
+    buffer: list[tuple[int, int, np.ndarray]] = []
+    distances = []
+    while len(models) <= versions:
+        now, who, base = heapq.heappop(queue)
+        buffer.append((who, base, reach * (optima[who] - models[base])))
+        if len(buffer) == 5:
+            models.append(steps(len(models) - 1, models[-1], buffer))
+            distances.append(float(np.linalg.norm(models[-1] - optima.mean(axis=0))))
+            buffer = []
+        took = (5.0 if who < 3 else 1.0) * rng.uniform(0.9, 1.1)
+        heapq.heappush(queue, (now + took, who, len(models) - 1))
+    return distances
+
+
+def test_the_cached_remedy_converges_where_local_training_goes_far(tmp_path):
+    """The case where CA2FL's step as published diverges (``bench/async_vs_sync.py`` saw it
+    on Fashion-MNIST): deltas that are mostly the way to each participant's optimum, and
+    stragglers whose cached delta stays for about 10 versions. fedq's cache, through the
+    coordinator's own code (staged, calibrated against the checkpoints, committed), reaches
+    FedAvg's fixed point."""
+    template = {"w": np.zeros(20, np.float32)}
+    models = tmp_path / "models"
+    save_checkpoint(models, 0, template)
+    cache = UpdateCache(tmp_path / "cache", template, models)
+    cache.restore(0)
+
+    def fedq(number: int, x: np.ndarray, buffer: list[tuple[int, int, np.ndarray]]):
+        for who, base, d in buffer:
+            cache.stage(f"p{who}", number + 1, base, WholeDelta({"w": d}), 1.0)
+        mean = np.mean([d for _, _, d in buffer], axis=0)
+        contributors = [(f"p{who}", 1.0, base) for who, base, _ in buffer]
+        new = x + mean + cache.correction(contributors, {"w": x}, number)["w"]
+        save_checkpoint(models, number + 1, {"w": new})
+        cache.commit()
+        return new
+
+    distances = far_local_training(fedq, 150)
+    assert distances[-1] < 1e-3 * distances[0]
+    assert set(cache.entries) == {f"p{i}" for i in range(10)}
+
+
+def test_the_published_ca2fl_step_diverges_where_local_training_goes_far():
+    """What the test above guards against: the paper's step, cached deltas added as they
+    came, by hand, on the same federation, ends further from the fixed point than it
+    started, ten times as far (so that test would fail with it)."""
+    cached: dict[int, np.ndarray] = {}
+
+    def published(number: int, x: np.ndarray, buffer: list[tuple[int, int, np.ndarray]]):
+        h = np.mean(list(cached.values()), axis=0) if cached else np.zeros_like(x)
+        step = h + np.mean([d - cached.get(who, 0) for who, _, d in buffer], axis=0)
+        cached.update({who: d for who, _, d in buffer})
+        return x + step
+
+    distances = far_local_training(published, 150)
+    assert distances[-1] > 10 * distances[0]
+
+
 def test_delay_adaptive_remedy_shrinks_the_step_by_the_stalest_update(tmp_path):
     settings = config(tmp_path, async_remedy="delay_adaptive", delay_threshold=2)
     out = delta(1, 2, 4)
-    apply_remedy(settings, [record("p0", 1, staleness=1), record("p1", 1, staleness=4)], out, None)
+    apply_remedy(
+        settings,
+        [record("p0", 1, staleness=1), record("p1", 1, staleness=4)],
+        out,
+        TEMPLATE,
+        5,
+        None,
+    )
     np.testing.assert_allclose(out["w"], [0.25, 0.5])  # 1 / tau_max = 1 / 4
     np.testing.assert_allclose(out["b"], [1.0])
     fresh = delta(1, 2, 4)
-    apply_remedy(settings, [record("p0", 1, staleness=2)], fresh, None)
+    apply_remedy(settings, [record("p0", 1, staleness=2)], fresh, TEMPLATE, 5, None)
     np.testing.assert_allclose(fresh["w"], [1, 2])  # at tau_c: unchanged
 
 
 def test_no_remedy_leaves_the_delta_alone(tmp_path):
     out = delta(1, 2, 4)
-    apply_remedy(config(tmp_path), [record("p0", 1, staleness=9)], out, None)
+    apply_remedy(config(tmp_path), [record("p0", 1, staleness=9)], out, TEMPLATE, 9, None)
     np.testing.assert_allclose(out["w"], [1, 2])
 
 
