@@ -50,7 +50,7 @@ import xxhash
 from fedq.coordinator.intake import chunk_copy_digest
 from fedq.coordinator.strategies.base import DeltaPieces, Piece
 from fedq.coordinator.verdicts import ChunkCandidate, Rejection
-from fedq.messages.chunks import SLICE_ALIGN, TensorSlice, chain_matches, follows
+from fedq.messages.chunks import SLICE_ALIGN, ChunkChain, TensorSlice
 from fedq.messages.codec import ChunkInfo, ModelSpec, decode_message
 from fedq.messages.schema import UpdateMeta
 from fedq.messages.transport import Delivery
@@ -62,16 +62,12 @@ _KEPT = itertools.count()
 REMEMBERED_REFUSALS = 1024
 
 
-@dataclass
+@dataclass(slots=True)
 class SpooledChunk:
     delivery: Delivery
-    #: Its own digest, computed by the intake.
-    digest: bytes
     offset: int
     size: int
     slices: list[TensorSlice]
-    #: The digest it carries: of its update's chunks up to it.
-    carried: str
 
 
 @dataclass
@@ -82,9 +78,14 @@ class Stream:
     count: int
     spool: Path
     chunks: dict[int, SpooledChunk] = field(default_factory=dict)
+    #: The chunks' own digests (computed by the intake) and the ones they carry.
+    chain: ChunkChain = field(init=False)
     sum_squares: float = 0.0
     size: int = 0
     last_seen: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self.chain = ChunkChain(self.count)
 
     @property
     def update_id(self) -> str:
@@ -98,19 +99,19 @@ class Stream:
     def digest(self) -> str:
         """The whole's digest: what its last chunk carries (checked by :meth:`Assembler.
         finish`)."""
-        return self.chunks[self.count - 1].carried
-
-    def own_digests(self) -> dict[int, bytes]:
-        return {index: chunk.digest for index, chunk in self.chunks.items()}
+        return self.chain.digest
 
     def deliveries(self) -> dict[int, Delivery]:
         return {index: chunk.delivery for index, chunk in self.chunks.items()}
 
     def copies(self) -> dict[int, str]:
         """By chunk index, what a copy of it must match once the update is held."""
+        chain = self.chain
         return {
-            index: chunk_copy_digest(self.meta, ChunkInfo(index, self.count, c.carried), c.digest)
-            for index, c in self.chunks.items()
+            index: chunk_copy_digest(
+                self.meta, ChunkInfo(index, self.count, chain.carried[index]), own
+            )
+            for index, own in chain.own.items()
         }
 
     def read(self, index: int, spool: Path | None = None) -> bytes:
@@ -280,7 +281,7 @@ class Assembler:
                 )
             known = stream.chunks.get(chunk.index)
             if known is not None:
-                if (known.digest, known.carried) != (candidate.digest, chunk.digest):
+                if not stream.chain.same(chunk.index, candidate.digest, chunk.digest):
                     raise Rejection(
                         "conflicting_duplicate",
                         f"chunk {chunk.index} of update {meta.update_id} came before with other "
@@ -288,8 +289,8 @@ class Assembler:
                     )
                 replaced, known.delivery = known.delivery, delivery
                 return ChunkCopy(replaced)  # a copy is no progress: its stream's clock runs on
-        own_so_far = {} if stream is None else stream.own_digests()
-        if not follows(own_so_far, chunk.index, candidate.digest, chunk.digest):
+        chain = ChunkChain(chunk.count) if stream is None else stream.chain
+        if not chain.follows(chunk.index, candidate.digest, chunk.digest):
             raise Rejection(  # this chunk alone: another one may still come in its place
                 "digest_mismatch",
                 f"chunk {chunk.index} of update {meta.update_id} does not carry the digest of "
@@ -307,9 +308,8 @@ class Assembler:
         with stream.spool.open("ab") as f:
             offset = f.tell()
             f.write(body)
-        stream.chunks[chunk.index] = SpooledChunk(
-            delivery, candidate.digest, offset, len(body), candidate.slices, chunk.digest
-        )
+        stream.chunks[chunk.index] = SpooledChunk(delivery, offset, len(body), candidate.slices)
+        stream.chain.add(chunk.index, candidate.digest, chunk.digest)
         stream.size += len(body)
         stream.sum_squares += candidate.sum_squares
         return Assembled(stream) if stream.complete else Pending(stream)
@@ -367,8 +367,7 @@ class Assembler:
         self._remove(stream)
         try:
             self._check_coverage(stream)
-            chunks = [stream.chunks[i] for i in range(stream.count)]
-            if not chain_matches([c.digest for c in chunks], [c.carried for c in chunks]):
+            if not stream.chain.matches():
                 raise Rejection(
                     "digest_mismatch",
                     f"update {stream.update_id}'s chunks do not hash to the digests they carry",

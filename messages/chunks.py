@@ -16,22 +16,23 @@ what it sends with the same plan (:func:`plan_chunks`), so nothing is lost eithe
 The digest: each chunk's own is xxh3-128 over its slices' names, codecs, bounds and
 encoded payloads. The ``digest`` a chunk carries is that of the chunks up to it: chunk i
 carries xxh3-128 over the own digests of chunks 0 to i in index order
-(:func:`carried_digests`), so the last one carries the whole's. A
-sender makes each chunk's body right after hashing its slices: one pass over the tensors,
-each chunk encoded once, not a pass to hash (and encode) the whole before the first chunk
-can go. A receiver computes each chunk's own digest as it arrives; a chunk whose
-earlier chunks are all in must carry their chain (:func:`follows`), so a chunk of another
-message under the same id is refused on its own when chunks come in order, and once it has
-them all every carried digest must match (:func:`chain_matches`): a chunk replaced by other
-bytes, or chunks of two different messages under one id, never pass. It tells copies
+(:func:`carried_digests`), so the last one carries the whole's. A sender makes each
+chunk's body right after hashing its slices: one pass over the tensors, each chunk encoded
+once, not a pass to hash (and encode) the whole before the first chunk can go. A receiver
+keeps a :class:`ChunkChain` of each message in assembly: it computes each chunk's own
+digest as it arrives; a chunk whose earlier chunks are all in must carry their chain
+(:meth:`ChunkChain.follows`), so a chunk of another message under the same id is refused
+on its own when chunks come in order, and once it has them all every carried digest must
+match (:meth:`ChunkChain.matches`): a chunk replaced by other bytes, or chunks of two
+different messages under one id, never pass. It tells copies
 apart; it is no signature.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import xxhash
@@ -130,20 +131,59 @@ def carried_digests(chunk_digests: Iterable[bytes]) -> Iterator[str]:
         yield hasher.hexdigest()
 
 
-def follows(earlier: Mapping[int, bytes], index: int, own: bytes, carried: str) -> bool:
-    """Whether a chunk whose own digest is ``own`` and that carries ``carried`` can be
-    chunk ``index`` of the message whose chunks' own digests so far are ``earlier`` (by
-    index): False only when every chunk before it is in and ``carried`` is not their
-    chain with ``own``; after a gap it is checked once the message is whole."""
-    if any(i not in earlier for i in range(index)):
-        return True
-    *_, chain = carried_digests([*(earlier[i] for i in range(index)), own])
-    return chain == carried
+@dataclass
+class ChunkChain:
+    """One chunked message's digests as its chunks come in, by index: each chunk's own
+    digest (the receiver computes it) and the digest it carries. Both receivers, the
+    coordinator's update assembly and a participant's model assembly, check a chunk
+    against it. Holds only what :meth:`add` was given: 16 bytes and a hex string a chunk."""
 
+    count: int
+    own: dict[int, bytes] = field(default_factory=dict)
+    carried: dict[int, str] = field(default_factory=dict)
 
-def chain_matches(chunk_digests: Sequence[bytes], carried: Sequence[str]) -> bool:
-    """Whether every chunk of a whole message carries the digest of its chunks up to it."""
-    return list(carried_digests(chunk_digests)) == list(carried)
+    def __len__(self) -> int:
+        return len(self.own)
+
+    def __contains__(self, index: object) -> bool:
+        return index in self.own
+
+    @property
+    def whole(self) -> bool:
+        return len(self.own) == self.count
+
+    @property
+    def digest(self) -> str:
+        """The whole's: what the last chunk carries (in the chain once it came)."""
+        return self.carried[self.count - 1]
+
+    def same(self, index: int, own: bytes, carried: str) -> bool:
+        """Whether a chunk is a copy of chunk ``index``, which is in: the same bytes and the
+        same digest carried."""
+        return (self.own[index], self.carried[index]) == (own, carried)
+
+    def follows(self, index: int, own: bytes, carried: str) -> bool:
+        """Whether a chunk whose own digest is ``own`` and that carries ``carried`` can be
+        chunk ``index``: False only when every chunk before it is in and ``carried`` is not
+        their chain with ``own``; after a gap it is checked once the message is whole
+        (:meth:`matches`)."""
+        if any(i not in self.own for i in range(index)):
+            return True
+        *_, chain = carried_digests([*(self.own[i] for i in range(index)), own])
+        return chain == carried
+
+    def add(self, index: int, own: bytes, carried: str) -> None:
+        assert 0 <= index < self.count and index not in self.own, "a new chunk of the message"
+        self.own[index] = own
+        self.carried[index] = carried
+
+    def matches(self) -> bool:
+        """Whether the message is whole and every chunk carries the digest of its chunks up
+        to it."""
+        if not self.whole:
+            return False
+        order = range(self.count)
+        return list(carried_digests(self.own[i] for i in order)) == [self.carried[i] for i in order]
 
 
 def _encode_chunk(

@@ -21,13 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedq.messages.chunks import (
-    MIN_CHUNK_BYTES,
-    chain_matches,
-    chunk_digest,
-    follows,
-    most_body_bytes,
-)
+from fedq.messages.chunks import MIN_CHUNK_BYTES, ChunkChain, chunk_digest, most_body_bytes
 from fedq.messages.codec import ChunkInfo, DecodedMessage, MalformedMessage, Weights
 from fedq.messages.schema import ModelMeta
 from fedq.messages.transport import Delivery
@@ -68,8 +62,7 @@ class _Assembly:
     count: int
     weights: Weights
     #: By chunk index: its own digest, and the digest it carries.
-    digests: dict[int, bytes] = field(default_factory=dict)
-    carried: dict[int, str] = field(default_factory=dict)
+    chain: ChunkChain
     deliveries: list[Delivery] = field(default_factory=list)
 
     def takes(self, meta: ModelMeta, chunk: ChunkInfo, own: bytes) -> bool:
@@ -77,14 +70,9 @@ class _Assembly:
         and the digest it carries follows the chunks in, where it can be checked)."""
         if (meta.version, chunk.count) != (self.meta.version, self.count):
             return False
-        if chunk.index in self.carried:
-            return (self.digests[chunk.index], self.carried[chunk.index]) == (own, chunk.digest)
-        return follows(self.digests, chunk.index, own, chunk.digest)
-
-    def chained(self) -> bool:
-        """Whether every chunk, all in, carries the digest of the chunks up to it."""
-        order = range(self.count)
-        return chain_matches([self.digests[i] for i in order], [self.carried[i] for i in order])
+        if chunk.index in self.chain:
+            return self.chain.same(chunk.index, own, chunk.digest)
+        return self.chain.follows(chunk.index, own, chunk.digest)
 
 
 def writable_copy(decoded: DecodedMessage) -> Weights:
@@ -121,7 +109,7 @@ class ModelAssembler:
         has; None when none is."""
         if (current := self._current) is None:
             return None
-        return current.meta.version, len(current.digests), current.count
+        return current.meta.version, len(current.chain), current.count
 
     def add(
         self, meta: ModelMeta, decoded: DecodedMessage, delivery: Delivery
@@ -141,8 +129,8 @@ class ModelAssembler:
             done += current.deliveries
             current = self._current = None
         if current is None:
-            current = self._current = _Assembly(meta, chunk.count, {})
-        if chunk.index in current.digests:
+            current = self._current = _Assembly(meta, chunk.count, {}, ChunkChain(chunk.count))
+        if chunk.index in current.chain:
             return None, [*done, delivery]  # a copy (redelivered): the first one counts
         for tensor in decoded.tensors:
             assert tensor.slice is not None, "the decoder gives every tensor of a chunk its slice"
@@ -153,13 +141,12 @@ class ModelAssembler:
                 raise MalformedMessage("schema", f"tensor {tensor.name!r} changed between chunks")
             start, stop = tensor.slice
             target.reshape(-1)[start:stop] = tensor.array
-        current.digests[chunk.index] = own
-        current.carried[chunk.index] = chunk.digest
+        current.chain.add(chunk.index, own, chunk.digest)
         current.deliveries.append(delivery)
-        if len(current.digests) < current.count:
+        if not current.chain.whole:
             return None, done
         self._current = None
-        if not current.chained():
+        if not current.chain.matches():
             log.warning("dropped model v%d: its chunks do not hash to their digests", meta.version)
             return None, [*done, *current.deliveries]
         self._completed = meta.version

@@ -14,11 +14,10 @@ from hypothesis import strategies as st
 
 from fedq.messages.chunks import (
     SLICE_ALIGN,
+    ChunkChain,
     carried_digests,
-    chain_matches,
     chunk_digest,
     encode_chunks,
-    follows,
     plan_chunks,
 )
 from fedq.messages.codec import decode_message, encode_message
@@ -62,18 +61,18 @@ def test_the_plan_covers_every_value_once_within_the_chunk_size(sizes, chunk_byt
 
 def decoded_whole(bodies: list[bytes], like: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     out = {name: np.full(t.size, np.nan, np.float32) for name, t in like.items()}
-    digests, carried = [], []
+    chain = ChunkChain(len(bodies))
     for index, body in enumerate(bodies):
         decoded = decode_message(body)
         assert decoded.chunk is not None and decoded.chunk.count == len(bodies)
         assert decoded.chunk.index == index
-        digests.append(chunk_digest(decoded.tensors))
-        carried.append(decoded.chunk.digest)
+        chain.add(index, chunk_digest(decoded.tensors), decoded.chunk.digest)
         for t in decoded.tensors:
             assert t.slice is not None
             out[t.name][t.slice[0] : t.slice[1]] = t.array
-    assert chain_matches(digests, carried)
-    assert carried[-1] == xxhash.xxh3_128_hexdigest(b"".join(digests))  # the whole's
+    assert chain.matches()
+    whole = b"".join(chain.own[i] for i in range(len(bodies)))
+    assert chain.digest == xxhash.xxh3_128_hexdigest(whole)
     return out
 
 
@@ -104,11 +103,14 @@ def test_an_altered_chunk_does_not_follow_its_earlier_chunks_nor_hash_to_the_who
     altered[-4] ^= 1
     (altered_own, altered_carried), *_ = own_and_carried([bytes(altered)])
     assert altered_carried == chunks[1][1]  # what it claims is unchanged
-    assert follows({0: chunks[0][0]}, 1, *chunks[1])
-    assert not follows({0: chunks[0][0]}, 1, altered_own, altered_carried)
-    owns = [own for own, _ in chunks]
-    owns[1] = altered_own
-    assert not chain_matches(owns, [carried for _, carried in chunks])
+    chain = ChunkChain(len(chunks))
+    chain.add(0, *chunks[0])
+    assert chain.follows(1, *chunks[1])
+    assert not chain.follows(1, altered_own, altered_carried)
+    chain.add(1, altered_own, altered_carried)  # taken after a gap, say
+    for index in range(2, len(chunks)):
+        chain.add(index, *chunks[index])
+    assert chain.whole and not chain.matches()
 
 
 @settings(max_examples=50, deadline=None)
@@ -125,13 +127,14 @@ def test_honest_chunks_follow_in_any_order_and_one_of_another_message_not_in_ord
     other = own_and_carried(
         list(encode_chunks(META, {k: v + 1 for k, v in tensors.items()}, "raw", 1 << 15))
     )
-    seen: dict[int, bytes] = {}
+    chain = ChunkChain(6)
     for index in order:
-        assert follows(seen, index, *honest[index])
+        assert chain.follows(index, *honest[index])
         if index == other_at:
-            gap = any(i not in seen for i in range(index))
-            assert follows(seen, index, *other[index]) == (gap or index == 0)
-        seen[index] = honest[index][0]
+            gap = any(i not in chain for i in range(index))
+            assert chain.follows(index, *other[index]) == (gap or index == 0)
+        chain.add(index, *honest[index])
+    assert chain.matches()
     assert list(carried_digests([own for own, _ in honest])) == [c for _, c in honest]
 
 

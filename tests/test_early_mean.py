@@ -163,7 +163,7 @@ def test_a_refused_stream_is_taken_out_and_no_later_one_begins_early(tmp_path: P
     forged = fed.update(15)
     streams = collect(fed, interleaved(good[0], good[1], forged))
     (bad,) = [s for s in streams if s.update_id == forged.update_id]
-    bad.chunks[bad.count - 1].carried = "0" * 32  # no longer the chain of its chunks
+    bad.chain.carried[bad.count - 1] = "0" * 32  # no longer the chain of its chunks
     for stream in streams:
         if stream is bad:
             with pytest.raises(Rejection, match="do not hash"):
