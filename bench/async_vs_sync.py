@@ -36,9 +36,11 @@ from the lowest to the highest seed, one panel per partition. Written to ``--out
 
 The whole grid is hours of machine time, so it can be measured in parts: every finished
 run is written at once to ``--out``/runs/ (one JSON file per partition, seed, arm and budget,
-with where and when it was measured), a run already there with the same test images is
-not measured again, and the report covers every run asked for, old and new. Commit the
-run files to carry a part over to another session or machine.
+with where, on which CPU and when it was measured), a run already there with the same
+test images and CPU is not measured again (machines of one name here have differed by a
+factor of two in speed, and arms timed on different ones would not compare), and the
+report covers every run asked for, old and new. Commit the run files to carry a part over
+to another session or machine of the same CPU.
 
 Measured on a loaded, shared machine the times mean little: run it on a quiet one.
 """
@@ -61,7 +63,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fmnist_runs import provenance, run_isolated
+from fmnist_runs import cpu, provenance, run_isolated
 
 from fedq import strict_json
 from fedq.apps import fmnist
@@ -287,16 +289,27 @@ def measure(
         flush=True,
     )
     store.mkdir(parents=True, exist_ok=True)
+    here = cpu()
     runs = []
     for scheme in schemes:
         for seed in seeds:
             for arm in arms:
                 path = store / Run(arm.name, scheme, seed, budget).file_name
                 kept = json.loads(path.read_text()) if path.exists() else None
-                if kept and kept["eval_images"] == eval_images:
+                if kept and kept["eval_images"] == eval_images and kept.get("cpu") == here:
                     run, origin = Run.from_record(kept), f"kept, {kept['date']}"
                 else:
-                    run, origin = run_one(arm, scheme, seed, budget, eval_images), "measured"
+                    run = run_one(arm, scheme, seed, budget, eval_images)
+                    origin = (
+                        "measured"
+                        if kept is None
+                        else "measured again: "
+                        + (
+                            "other test images"
+                            if kept["eval_images"] != eval_images
+                            else f"the kept run was on {kept.get('cpu', 'a CPU not recorded')}"
+                        )
+                    )
                     record = {**run.record(0.0), "eval_images": eval_images, **provenance()}
                     path.write_text(strict_json.dumps(record, indent=2) + "\n")
                 print(

@@ -10,12 +10,14 @@ long bench does not grow with every run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import importlib.metadata
 import os
 import platform
 import time
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 from fedq.apps import fmnist
@@ -48,6 +50,24 @@ def run_isolated(coroutine: Callable[[], Coroutine[Any, Any, T]]) -> T:
         gc.collect()
 
 
+def cpu() -> str:
+    """The processor, as exactly as Linux tells it: machines of one name here ("AMD EPYC")
+    have differed by a factor of two in training speed, so runs timed on different ones
+    are not compared (``bench/async_vs_sync.py`` measures a kept run again)."""
+    fields: dict[str, str] = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    l2 = Path("/sys/devices/system/cpu/cpu0/cache/index2/size")
+    cache = l2.read_text().strip() if l2.exists() else "?"
+    return (
+        f"{fields.get('model name', platform.processor() or '?')} (family "
+        f"{fields.get('cpu family', '?')}, model {fields.get('model', '?')}, stepping "
+        f"{fields.get('stepping', '?')}, L2 {cache})"
+    )
+
+
 def provenance() -> dict[str, Any]:
     """Where and with what a result was measured."""
     versions = {}
@@ -60,6 +80,7 @@ def provenance() -> dict[str, Any]:
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": platform.node(),
         "cpu_count": os.cpu_count(),
+        "cpu": cpu(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "versions": versions,
