@@ -300,16 +300,7 @@ def measure(
                     run, origin = Run.from_record(kept), f"kept, {kept['date']}"
                 else:
                     run = run_one(arm, scheme, seed, budget, eval_images)
-                    origin = (
-                        "measured"
-                        if kept is None
-                        else "measured again: "
-                        + (
-                            "other test images"
-                            if kept["eval_images"] != eval_images
-                            else f"the kept run was on {kept.get('cpu', 'a CPU not recorded')}"
-                        )
-                    )
+                    origin = measured_why(kept, eval_images)
                     record = {**run.record(0.0), "eval_images": eval_images, **provenance()}
                     path.write_text(strict_json.dumps(record, indent=2) + "\n")
                 print(
@@ -320,6 +311,16 @@ def measure(
                 )
                 runs.append(run)
     return runs
+
+
+def measured_why(kept: dict[str, Any] | None, eval_images: int) -> str:
+    """Why a run was measured rather than read: none was kept, or the kept one does not
+    compare (other test images, or timed on another CPU)."""
+    if kept is None:
+        return "measured"
+    if kept["eval_images"] != eval_images:
+        return "measured again: other test images"
+    return f"measured again: the kept run was on {kept.get('cpu', 'a CPU not recorded')}"
 
 
 def pct(value: float | None) -> str:

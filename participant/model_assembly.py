@@ -59,11 +59,14 @@ def model_queue_bytes(model: Weights) -> int | None:
 @dataclass
 class _Assembly:
     meta: ModelMeta
-    count: int
     weights: Weights
     #: By chunk index: its own digest, and the digest it carries.
     chain: ChunkChain
     deliveries: list[Delivery] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return self.chain.count
 
     def takes(self, meta: ModelMeta, chunk: ChunkInfo, own: bytes) -> bool:
         """Whether the chunk can belong to this model (the same version, cut the same way,
@@ -129,7 +132,7 @@ class ModelAssembler:
             done += current.deliveries
             current = self._current = None
         if current is None:
-            current = self._current = _Assembly(meta, chunk.count, {}, ChunkChain(chunk.count))
+            current = self._current = _Assembly(meta, {}, ChunkChain(chunk.count))
         if chunk.index in current.chain:
             return None, [*done, delivery]  # a copy (redelivered): the first one counts
         for tensor in decoded.tensors:

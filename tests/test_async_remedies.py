@@ -191,8 +191,11 @@ def far_local_training(steps, versions: int, reach: float = 0.95, seed: int = 0)
     rng = np.random.default_rng(seed)
     optima = rng.normal(size=(10, 20)).astype(np.float32) * 3
     models = [np.zeros(20, np.float32)]
-    events = [(5.0 if i < 3 else 1.0) * rng.uniform(0.9, 1.1) for i in range(10)]
-    queue = [(t, i, 0) for i, t in enumerate(events)]
+
+    def training_time(who: int) -> float:
+        return (5.0 if who < 3 else 1.0) * rng.uniform(0.9, 1.1)
+
+    queue = [(training_time(i), i, 0) for i in range(10)]
     heapq.heapify(queue)
     buffer: list[tuple[int, int, np.ndarray]] = []
     distances = []
@@ -203,8 +206,7 @@ def far_local_training(steps, versions: int, reach: float = 0.95, seed: int = 0)
             models.append(steps(len(models) - 1, models[-1], buffer))
             distances.append(float(np.linalg.norm(models[-1] - optima.mean(axis=0))))
             buffer = []
-        took = (5.0 if who < 3 else 1.0) * rng.uniform(0.9, 1.1)
-        heapq.heappush(queue, (now + took, who, len(models) - 1))
+        heapq.heappush(queue, (now + training_time(who), who, len(models) - 1))
     return distances
 
 
