@@ -36,11 +36,13 @@ from the lowest to the highest seed, one panel per partition. Written to ``--out
 
 The whole grid is hours of machine time, so it can be measured in parts: every finished
 run is written at once to ``--out``/runs/ (one JSON file per partition, seed, arm and budget,
-with where, on which CPU and when it was measured), a run already there with the same
-test images and CPU is not measured again (machines of one name here have differed by a
-factor of two in speed, and arms timed on different ones would not compare), and the
-report covers every run asked for, old and new. Commit the run files to carry a part over
-to another session or machine of the same CPU.
+with where, on which CPU and when it was measured), and the report covers every run asked
+for, old and new. The arms of one seed are timed on one CPU (machines of one name here
+have differed by a factor of two in speed, and arms timed on different ones would not
+compare), and each is compared with the sync run of its own seed; the seeds may have
+been timed on different CPUs. So a seed whose arms are all kept on one CPU is read, and
+any other is measured here (but for arms kept from this CPU). Commit the run files to
+carry a part over to another session or machine.
 
 Measured on a loaded, shared machine the times mean little: run it on a quiet one.
 """
@@ -115,6 +117,8 @@ class Run:
     curve: list[tuple[float, float]] = field(default_factory=list)
     #: Who sent the updates of each version, in version order.
     contributors: list[list[str]] = field(default_factory=list)
+    #: The CPU it was timed on (``fmnist_runs.cpu``); None when not recorded.
+    cpu: str | None = None
 
     def seconds_to(self, target: float) -> float | None:
         return next((t for t, a in self.curve if a >= target), None)
@@ -173,6 +177,7 @@ class Run:
             "shares": self.shares(),
             "curve": self.curve,
             "contributors": self.contributors,
+            "cpu": self.cpu,
         }
 
     @classmethod
@@ -184,6 +189,7 @@ class Run:
             r["budget"],
             [(t, a) for t, a in r["curve"]],
             r["contributors"],
+            r.get("cpu"),
         )
 
     def smallest_share(self) -> float | None:
@@ -280,8 +286,8 @@ def measure(
     eval_images: int,
     store: Path,
 ) -> list[Run]:
-    """Every run asked for: read from ``store`` when measured there before with the same
-    test images, else measured now and written there at once."""
+    """Every run asked for: read from ``store`` when it compares (see ``reusable``), else
+    measured now and written there at once."""
     print(
         f"fmnist CNN, {PARTICIPANTS} participants, p{', p'.join(map(str, SLOW))} {SLOWDOWN:g}x "
         f"slower; {budget:g} s per run; seeds {list(seeds)}; {', '.join(schemes)}; "
@@ -293,16 +299,19 @@ def measure(
     runs = []
     for scheme in schemes:
         for seed in seeds:
+            paths = {a.name: store / Run(a.name, scheme, seed, budget).file_name for a in arms}
+            kept = {n: json.loads(p.read_text()) for n, p in paths.items() if p.exists()}
+            reuse = reusable(kept, set(paths), eval_images, here)
             for arm in arms:
-                path = store / Run(arm.name, scheme, seed, budget).file_name
-                kept = json.loads(path.read_text()) if path.exists() else None
-                if kept and kept["eval_images"] == eval_images and kept.get("cpu") == here:
-                    run, origin = Run.from_record(kept), f"kept, {kept['date']}"
+                record = reuse.get(arm.name)
+                if record is not None:
+                    run, origin = Run.from_record(record), f"kept, {record['date']}"
                 else:
                     run = run_one(arm, scheme, seed, budget, eval_images)
-                    origin = measured_why(kept, eval_images)
+                    run.cpu = here
+                    origin = measured_why(kept.get(arm.name), eval_images)
                     record = {**run.record(0.0), "eval_images": eval_images, **provenance()}
-                    path.write_text(strict_json.dumps(record, indent=2) + "\n")
+                    paths[arm.name].write_text(strict_json.dumps(record, indent=2) + "\n")
                 print(
                     f"  {scheme:<14} seed {seed} {arm.name:<12} {len(run.curve):>4} versions, "
                     f"at budget {pct(run.at_budget)}, best {pct(run.best)}, smallest share "
@@ -313,9 +322,28 @@ def measure(
     return runs
 
 
+def reusable(
+    kept: dict[str, dict[str, Any]], asked: set[str], eval_images: int, here: str
+) -> dict[str, dict[str, Any]]:
+    """The kept runs of one partition and seed that need not be measured again, by arm.
+
+    The arms of one seed are compared with each other (the speed-up is taken per seed),
+    so they must be timed on one CPU: machines of one name here have differed by a factor
+    of two in speed. The seeds need not share one, so a grid can be measured over
+    sessions on different machines. Hence: every arm asked for kept, with these test
+    images, on one recorded CPU: all are read. Otherwise only those timed on this CPU are,
+    and the others are measured here."""
+    same = {n: r for n, r in kept.items() if r["eval_images"] == eval_images}
+    cpus = {r.get("cpu") for r in same.values()}
+    if same.keys() == asked and len(cpus) == 1 and None not in cpus:
+        return same
+    return {n: r for n, r in same.items() if r.get("cpu") == here}
+
+
 def measured_why(kept: dict[str, Any] | None, eval_images: int) -> str:
     """Why a run was measured rather than read: none was kept, or the kept one does not
-    compare (other test images, or timed on another CPU)."""
+    compare (other test images, or timed on a CPU other than this one, where its seed's
+    other arms are timed)."""
     if kept is None:
         return "measured"
     if kept["eval_images"] != eval_images:
@@ -333,19 +361,20 @@ def mean(values: Sequence[float | None]) -> float | None:
 
 
 def summarise(runs: list[Run], target: float) -> list[dict[str, Any]]:
-    """Per partition and arm, the means over seeds, and how each arm compares with sync."""
+    """Per partition and arm, the means over seeds, and how each arm compares with sync.
+
+    The comparisons with sync are taken seed by seed, against the sync run of the same
+    seed (timed on the same CPU), then averaged: seeds may have been timed on different
+    machines, whose speeds differ."""
     rows = []
     for scheme in dict.fromkeys(r.scheme for r in runs):
         group = [r for r in runs if r.scheme == scheme]
         by_arm: dict[str, list[Run]] = {}
         for run in group:
             by_arm.setdefault(run.arm, []).append(run)
-        sync = by_arm.get("sync", [])
-        sync_to = mean([r.seconds_to(target) for r in sync])
-        sync_end = mean([r.at_budget for r in sync])
+        sync = {r.seed: r for r in by_arm.get("sync", [])}
         for arm, arm_runs in by_arm.items():
-            to_target = mean([r.seconds_to(target) for r in arm_runs])
-            end = mean([r.at_budget for r in arm_runs])
+            pairs = [(r, sync[r.seed]) for r in arm_runs if r.seed in sync]
             drops = [r.drop_after(target) for r in arm_runs]
             shares = [r.smallest_share() for r in arm_runs]
             rows.append(
@@ -353,16 +382,13 @@ def summarise(runs: list[Run], target: float) -> list[dict[str, Any]]:
                     "scheme": scheme,
                     "arm": arm,
                     "seeds": [r.seed for r in arm_runs],
+                    "cpus": sorted({r.cpu or "not recorded" for r in arm_runs}),
                     "versions": mean([len(r.curve) for r in arm_runs]),
-                    "seconds_to_target": to_target,
+                    "seconds_to_target": mean([r.seconds_to(target) for r in arm_runs]),
                     "reached_target": sum(r.seconds_to(target) is not None for r in arm_runs),
-                    "speedup_vs_sync": None
-                    if to_target is None or sync_to is None
-                    else sync_to / to_target,
-                    "accuracy_at_budget": end,
-                    "points_vs_sync": None
-                    if end is None or sync_end is None
-                    else 100 * (end - sync_end),
+                    "speedup_vs_sync": mean([speedup(r, s, target) for r, s in pairs]),
+                    "accuracy_at_budget": mean([r.at_budget for r in arm_runs]),
+                    "points_vs_sync": mean([points_above(r, s) for r, s in pairs]),
                     "best_accuracy": mean([r.best for r in arm_runs]),
                     "largest_drop_points": max((d for d in drops if d is not None), default=None),
                     "smallest_share": min((s for s in shares if s is not None), default=None),
@@ -372,6 +398,19 @@ def summarise(runs: list[Run], target: float) -> list[dict[str, Any]]:
                 }
             )
     return rows
+
+
+def speedup(run: Run, sync: Run, target: float) -> float | None:
+    """How many times sooner than sync ``run`` reached the target (None: one did not)."""
+    mine, theirs = run.seconds_to(target), sync.seconds_to(target)
+    return None if mine is None or theirs is None else theirs / mine
+
+
+def points_above(run: Run, sync: Run) -> float | None:
+    """How many points above sync's ``run`` ended its budget."""
+    if run.at_budget is None or sync.at_budget is None:
+        return None
+    return 100 * (run.at_budget - sync.at_budget)
 
 
 def report(rows: list[dict[str, Any]]) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-from async_vs_sync import WINDOW, Run, curve_on
+from async_vs_sync import WINDOW, Run, curve_on, reusable, summarise
 
 
 def run(curve: list[tuple[float, float]], contributors: list[list[str]] | None = None) -> Run:
@@ -67,3 +67,43 @@ def test_a_run_kept_in_its_file_reads_back_as_measured_and_parts_do_not_share_a_
         for budget in (45.0, 900.0)
     }
     assert len(names) == 16 and all(":" not in n for n in names)
+
+
+def kept(cpu: str | None, images: int = 10_000) -> dict[str, object]:
+    return {"eval_images": images, "cpu": cpu, "date": "then"}
+
+
+def test_a_seed_is_read_back_only_when_all_its_arms_were_timed_on_one_cpu():
+    asked = {"sync", "async"}
+    there, here = "EPYC model 17", "EPYC model 1"
+    # All asked for, on one CPU (not this one): all read, since they compare with each other.
+    both_there = {"sync": kept(there), "async": kept(there)}
+    assert reusable(both_there, asked, 10_000, here) == both_there
+    # One missing: the seed is timed here, so the one kept on another CPU is measured too.
+    assert reusable({"sync": kept(there)}, asked, 10_000, here) == {}
+    # Split over two CPUs: only the one timed here is read.
+    split = {"sync": kept(there), "async": kept(here)}
+    assert reusable(split, asked, 10_000, here) == {"async": kept(here)}
+    # No CPU recorded, or other test images: measured again.
+    assert reusable({"sync": kept(None), "async": kept(None)}, asked, 10_000, here) == {}
+    other_images = {"sync": kept(here, 2000), "async": kept(here)}
+    assert reusable(other_images, asked, 10_000, here) == {"async": kept(here)}
+
+
+def test_speed_up_and_points_are_taken_against_the_sync_run_of_the_same_seed():
+    def timed(arm: str, seed: int, reached: float, end: float) -> Run:
+        return Run(arm, "dirichlet:0.5", seed, 900.0, [(reached, 0.7), (900.0, end)])
+
+    # Seed 0 on a machine twice as fast as seed 1's: per seed, async is 2x and 4x sooner.
+    runs = [
+        timed("sync", 0, 40.0, 0.88),
+        timed("async", 0, 20.0, 0.86),
+        timed("sync", 1, 80.0, 0.80),
+        timed("async", 1, 20.0, 0.81),
+    ]
+    row = next(r for r in summarise(runs, 0.7) if r["arm"] == "async")
+    assert row["speedup_vs_sync"] == pytest.approx(3.0)  # (2 + 4) / 2; the means give 3.0 too
+    assert row["points_vs_sync"] == pytest.approx((-2.0 + 1.0) / 2)
+    runs[3] = timed("async", 1, 10.0, 0.81)  # 8x: mean of ratios 5.0, ratio of means 4.0
+    row = next(r for r in summarise(runs, 0.7) if r["arm"] == "async")
+    assert row["speedup_vs_sync"] == pytest.approx(5.0)
