@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-from async_vs_sync import WINDOW, Run, curve_on, reusable, summarise
+from async_vs_sync import HARNESS, WINDOW, Run, curve_on, reusable, summarise
 
 
 def run(curve: list[tuple[float, float]], contributors: list[list[str]] | None = None) -> Run:
@@ -69,8 +69,8 @@ def test_a_run_kept_in_its_file_reads_back_as_measured_and_parts_do_not_share_a_
     assert len(names) == 16 and all(":" not in n for n in names)
 
 
-def kept(cpu: str | None, images: int = 10_000) -> dict[str, object]:
-    return {"eval_images": images, "cpu": cpu, "date": "then"}
+def kept(cpu: str | None, images: int = 10_000, harness: int = HARNESS) -> dict[str, object]:
+    return {"eval_images": images, "cpu": cpu, "date": "then", "harness": harness}
 
 
 def test_a_seed_is_read_back_only_when_all_its_arms_were_timed_on_one_cpu():
@@ -88,6 +88,10 @@ def test_a_seed_is_read_back_only_when_all_its_arms_were_timed_on_one_cpu():
     assert reusable({"sync": kept(None), "async": kept(None)}, asked, 10_000, here) == {}
     other_images = {"sync": kept(here, 2000), "async": kept(here)}
     assert reusable(other_images, asked, 10_000, here) == {"async": kept(here)}
+    # Measured by the older harness (evaluating within the wall time): measured again.
+    older = {"sync": kept(there), "async": kept(there)}
+    del older["sync"]["harness"]
+    assert reusable(older, asked, 10_000, here) == {}
 
 
 def test_speed_up_and_points_are_taken_against_the_sync_run_of_the_same_seed():
