@@ -32,6 +32,12 @@ the same command again resumes it from its last committed round, as a restarted 
 coordinator does; ``results.json`` is rewritten after every finished run, and a run already
 in it with the same local epochs, rounds, mu and weight decay is not run again (``--rerun`` runs it
 anyway). For a resumed run, "wall seconds" is the sum of its rounds' times.
+
+A run can also be carried to another machine: only the last committed round's checkpoint
+is kept (a coordinator resumes from it), so a run's state is its ledger and one checkpoint,
+0.33 MB here. Stop the command (``kill -9`` is safe: a round is committed whole or not at
+all), commit ``bench/results/accuracy-full/state/`` (the ledger's ``-wal`` file too), and
+run the same command on the other machine. Its rounds' times then come from both.
 """
 
 from __future__ import annotations
@@ -53,7 +59,10 @@ from rich.console import Console
 from fedq import strict_json
 from fedq.apps import fmnist
 from fedq.cli.partition import histogram_table, label_histogram
+from fedq.coordinator.checkpoint import checkpoint_path
 from fedq.coordinator.config import CoordinatorConfig, StrategyOptions
+from fedq.coordinator.observers import CoordinatorObserver
+from fedq.coordinator.records import VersionSummary
 from fedq.participant.app import Partition, TrainConfig
 from fedq.participant.config import ParticipantConfig
 from fedq.participant.partitions import split
@@ -147,8 +156,21 @@ async def federate(
         ),
     )
     build = _with_xla(fmnist.build_niid_cnn) if args.xla else fmnist.build_niid_cnn
-    result = await simulate(plan, fresh_app(build, train))
+    result = await simulate(plan, fresh_app(build, train), [KeepLastCheckpoint(state / "models")])
     return result.history
+
+
+class KeepLastCheckpoint(CoordinatorObserver):
+    """Deletes a version's checkpoint once the next one is committed, so that a run's state
+    stays small enough to commit and carry to another machine. A resumed coordinator reads
+    only its last committed version's checkpoint; one written for a version not committed
+    yet is written again when the version is redone."""
+
+    def __init__(self, models: Path) -> None:
+        self.models = models
+
+    def version_committed(self, row: VersionSummary) -> None:
+        checkpoint_path(self.models, row.version - 1).unlink(missing_ok=True)
 
 
 def _with_xla(build: Callable[[], Any]) -> Callable[[], Any]:

@@ -92,6 +92,14 @@ class CoordinatorConfig(BaseModel):
     round_timeout: float = Field(
         120.0, gt=0, description="Seconds before a round's (or a buffer's) deadline."
     )
+    evaluate_every: int = Field(
+        1,
+        ge=1,
+        description="Evaluate the committed model (the app's held-out evaluation) every N "
+        "versions, and the last. The evaluation comes between a commit and the next "
+        "version's model, so in async mode, where versions come every few updates, "
+        "evaluating each one bounds how fast they can come.",
+    )
     late_updates: LatePolicy = Field(
         "reject",
         description="Quorum mode, an update for a closed round: reject it as stale, or fold "
@@ -364,6 +372,10 @@ class CoordinatorConfig(BaseModel):
         rarely spans two versions. With a smaller quorum, or in async mode, stragglers'
         updates would, and each version would fold its updates again at its end."""
         return self.mode != "async" and self.k >= self.sample_size
+
+    def evaluates(self, version: int) -> bool:
+        """Whether version ``version`` is evaluated when it is committed."""
+        return version % self.evaluate_every == 0 or version >= self.rounds
 
     @property
     def min_k(self) -> int:

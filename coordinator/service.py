@@ -256,7 +256,7 @@ class Coordinator:
         del delta
         await asyncio.to_thread(check_finite, new, f"model v{number}")
         aggregated = time.perf_counter()
-        metrics = await asyncio.to_thread(self.app.evaluate, new) or {}
+        metrics = await self._evaluate(number, new)
         evaluated = time.perf_counter()
         path, checkpoint_sha256 = await asyncio.to_thread(
             write_checkpoint,
@@ -301,6 +301,13 @@ class Coordinator:
         await self._announce(version, record)
         failpoint("between_versions")
         return new, number
+
+    async def _evaluate(self, number: int, model: Weights) -> dict[str, float]:
+        """The app's evaluation of version ``number`` (``--evaluate-every``: empty when
+        this version is not one to evaluate, or the app does not evaluate)."""
+        if not self.config.evaluates(number):
+            return {}
+        return await asyncio.to_thread(self.app.evaluate, model) or {}
 
     async def _announce(self, version: Version, record: VersionRecord) -> None:
         """A committed version: ``round.closed`` (round modes) and the observers."""

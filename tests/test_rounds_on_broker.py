@@ -201,3 +201,40 @@ async def test_client_sampling_draws_who_trains_and_the_quorum_applies_within(
         assert "not_sampled" not in result.rejected_by_reason
     finally:
         await teardown(federation, 6)
+
+
+class EvaluationCountingApp(SyntheticApp):
+    """The synthetic app with an evaluation that records the models it was given (by the
+    value of their first element, which each version moves)."""
+
+    def __init__(self, params: int) -> None:
+        super().__init__(params=params)
+        self.evaluated: list[float] = []
+
+    def evaluate(self, weights: Any) -> dict[str, float]:
+        first = float(next(iter(weights.values())).flat[0])
+        self.evaluated.append(first)
+        return {"first": first}
+
+
+async def test_evaluate_every_evaluates_every_nth_version_and_the_last(
+    tmp_path: Path, federation: str
+):
+    plan = on_rabbitmq(federation, tmp_path, participants=2, rounds=5, evaluate_every=2)
+    app = EvaluationCountingApp(params=10)
+    try:
+        await simulate(plan, app)
+        history = UpdateLedger(tmp_path / "ledger.sqlite").history()
+        assert {h.version: h.metrics for h in history} == {
+            1: {},
+            2: {"first": app.evaluated[0]},
+            3: {},
+            4: {"first": app.evaluated[1]},
+            5: {"first": app.evaluated[2]},
+        }
+        # Each evaluation was of its own version's model.
+        for version, value in zip((2, 4, 5), app.evaluated, strict=True):
+            model = load_checkpoint(checkpoint_path(tmp_path / "models", version))
+            assert next(iter(model.values())).flat[0] == value
+    finally:
+        await teardown(federation, 2)
