@@ -325,11 +325,12 @@ def run_one(arm: Arm, scheme: str, seed: int, budget: float, eval_images: int) -
     with tempfile.TemporaryDirectory(prefix="fedq-async-vs-sync-") as state:
         app = warmed_app(scheme, seed)
         stamps = run_isolated(lambda: federate(arm, scheme, seed, budget, Path(state), app))
-        app = seeded_app(seed, eval_images)
+        evaluating = seeded_app(seed, eval_images)
         models = Path(state) / "models"
         run = stamps.run
         for seconds, version in stamps.committed:
-            metrics = app.evaluate(map_checkpoint(checkpoint_path(models, version))) or {}
+            model = map_checkpoint(checkpoint_path(models, version))
+            metrics = evaluating.evaluate(model) or {}
             run.curve.append((seconds, metrics.get("accuracy", float("nan"))))
         return run
 

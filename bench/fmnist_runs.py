@@ -53,7 +53,7 @@ def run_isolated(coroutine: Callable[[], Coroutine[Any, Any, T]]) -> T:
 def cpu() -> str:
     """The processor, as exactly as Linux tells it: machines of one name here ("AMD EPYC")
     have differed by a factor of two in training speed, so runs timed on different ones
-    are not compared (``bench/async_vs_sync.py`` measures a kept run again)."""
+    are not compared (``bench/async_vs_sync.py`` times a seed's arms on one CPU)."""
     fields: dict[str, str] = {}
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
