@@ -15,6 +15,7 @@ from fedq.coordinator.config import CoordinatorConfig
 from fedq.coordinator.ledger import UpdateLedger
 from fedq.coordinator.observers import CoordinatorObserver
 from fedq.messages.amqp import AmqpTransport
+from fedq.messages.codec import Weights
 from fedq.messages.topology import Topology, UpdatesQueueType
 from fedq.messages.transport import TransportError
 from fedq.participant.config import ParticipantConfig
@@ -211,7 +212,7 @@ class EvaluationCountingApp(SyntheticApp):
         super().__init__(params=params)
         self.evaluated: list[float] = []
 
-    def evaluate(self, weights: Any) -> dict[str, float]:
+    def evaluate(self, weights: Weights) -> dict[str, float]:
         first = float(next(iter(weights.values())).flat[0])
         self.evaluated.append(first)
         return {"first": first}
