@@ -4,6 +4,7 @@
     python bench/async_vs_sync.py --quick          # a smoke run: 1 seed, Dir(0.5), 45 s
     python bench/async_vs_sync.py --from bench/results/async-vs-sync/results.json --target 0.75
     python bench/async_vs_sync.py --schemes dirichlet:0.5 --seeds 0 --arms sync async  # a part
+    python bench/async_vs_sync.py --schemes dirichlet:0.5 --kept  # report the parts kept
 
 A user chooses a mode for a wall-clock budget, so every arm gets the same one: each
 federation runs until ``--budget-seconds`` have passed since its coordinator opened the
@@ -17,13 +18,13 @@ for each of ``--seeds`` (the seed draws the split and the initial model). The ar
 - ``sync``: K = N = 10, every round waits for the slowest;
 - ``quorum``: K = 7 of 10, a late update folded into the next round with s(tau);
 - ``async``: FedBuff, a version every 5 updates, s(tau) = (1 + tau)^-0.5, refused as
-  stale beyond 4 versions (fedq's default async mode);
+  stale beyond 4 versions (``--async-remedy none``);
 - ``async-fadas``: ``--async-remedy delay_adaptive``: every update kept with s(tau), the
   server step 1/tau_max when the stalest is more than 4 behind (FADAS);
 - ``async-ca2fl``: ``--async-remedy cached``: every update kept, each participant's
   latest cached, each step calibrated with the cache (CA2FL);
 - only when named in ``--arms``: ``async-fadas-k7`` and ``async-ca2fl-k7``, the same with
-  a version every 7 updates.
+  a version every 7 updates (``async-ca2fl-k7`` is fedq's default async mode, K = 7).
 
 The test accuracy of every version committed within the budget (``--eval-images`` of the
 10,000 test images), stamped with the seconds from the start to its commit. It is
@@ -180,22 +181,31 @@ class Run:
     def file_name(self) -> str:
         return f"{self.scheme.replace(':', '-')}-seed{self.seed}-{self.arm}-{self.budget:g}s.json"
 
-    def record(self, target: float) -> dict[str, Any]:
-        """What results.json and a run's own file keep (the figures read at ``target``;
-        the curve and contributors are the measurement)."""
+    def measurement(self) -> dict[str, Any]:
+        """What a run's own file keeps: what was measured, nothing read off it at a
+        target (a target is the report's choice, so the figures go to results.json)."""
         return {
             "arm": self.arm,
             "scheme": self.scheme,
             "seed": self.seed,
             "budget": self.budget,
+            "cpu": self.cpu,
+            "contributors": self.contributors,
+            "curve": self.curve,
+        }
+
+    def record(self, target: float) -> dict[str, Any]:
+        """What results.json keeps of a run: the figures read at ``target``, then the
+        measurement (its curve and contributors last: they are long)."""
+        measured = self.measurement()
+        return {
+            **{key: measured.pop(key) for key in ("arm", "scheme", "seed", "budget")},
             "seconds_to_target": self.seconds_to(target),
             "accuracy_at_budget": self.at_budget,
             "best_accuracy": self.best,
             "largest_drop_points": self.drop_after(target),
             "shares": self.shares(),
-            "curve": self.curve,
-            "contributors": self.contributors,
-            "cpu": self.cpu,
+            **measured,
         }
 
     @classmethod
@@ -342,9 +352,12 @@ def measure(
     budget: float,
     eval_images: int,
     store: Path,
+    *,
+    kept_only: bool = False,
 ) -> list[Run]:
     """Every run asked for: read from ``store`` when it compares (see ``reusable``), else
-    measured now and written there at once."""
+    measured now and written there at once; with ``kept_only``, the kept ones alone (the
+    arms of a seed that were all timed on one CPU), nothing measured."""
     print(
         f"fmnist CNN, {PARTICIPANTS} participants, p{', p'.join(map(str, SLOW))} {SLOWDOWN:g}x "
         f"slower; {budget:g} s per run; seeds {list(seeds)}; {', '.join(schemes)}; "
@@ -358,24 +371,26 @@ def measure(
         for seed in seeds:
             paths = {a.name: store / Run(a.name, scheme, seed, budget).file_name for a in arms}
             kept = {n: json.loads(p.read_text()) for n, p in paths.items() if p.exists()}
-            reuse = reusable(kept, set(paths), eval_images, here)
+            reuse = reusable(kept, set(kept if kept_only else paths), eval_images, here)
             for arm in arms:
                 record = reuse.get(arm.name)
                 if record is not None:
                     run, origin = Run.from_record(record), f"kept, {record['date']}"
+                elif kept_only:
+                    continue
                 else:
                     run = run_one(arm, scheme, seed, budget, eval_images)
                     run.cpu = here
                     origin = measured_why(kept.get(arm.name), eval_images)
                     record = {
-                        **run.record(0.0),
+                        **run.measurement(),
                         "eval_images": eval_images,
                         "harness": HARNESS,
                         **provenance(),
                     }
                     paths[arm.name].write_text(strict_json.dumps(record, indent=2) + "\n")
                 print(
-                    f"  {scheme:<14} seed {seed} {arm.name:<12} {len(run.curve):>4} versions, "
+                    f"  {scheme:<14} seed {seed} {arm.name:<14} {len(run.curve):>4} versions, "
                     f"at budget {pct(run.at_budget)}, best {pct(run.best)}, smallest share "
                     f"{pct(run.smallest_share())} ({origin})",
                     flush=True,
@@ -484,7 +499,7 @@ def points_above(run: Run, sync: Run) -> float | None:
 
 def report(rows: list[dict[str, Any]]) -> None:
     print(
-        f"\n{'partition':<14} {'arm':<12} {'vers':>5} {'to target s':>11} {'reached':>7} "
+        f"\n{'partition':<14} {'arm':<14} {'vers':>5} {'to target s':>11} {'reached':>7} "
         f"{'speed-up':>8} {'at budget':>9} {'vs sync':>7} {'best':>6} {'drop':>5} {'min share':>9}"
     )
 
@@ -493,7 +508,7 @@ def report(rows: list[dict[str, Any]]) -> None:
 
     for row in rows:
         print(
-            f"{row['scheme']:<14} {row['arm']:<12} {num(row['versions'], '.0f'):>5} "
+            f"{row['scheme']:<14} {row['arm']:<14} {num(row['versions'], '.0f'):>5} "
             f"{num(row['seconds_to_target'], '.0f'):>11} "
             f"{str(row['reached_target']) + '/' + str(len(row['seeds'])):>7} "
             f"{num(row['speedup_vs_sync'], '.2f') + ('x' if row['speedup_vs_sync'] else ''):>8} "
@@ -578,6 +593,12 @@ def main() -> None:
         "async-vs-sync, or a temporary folder with --quick)",
     )
     parser.add_argument(
+        "--kept",
+        action="store_true",
+        help="report the runs kept in runs/ for these seeds and arms, measuring none "
+        "(a seed whose arms were timed on different CPUs: only those timed on this one)",
+    )
+    parser.add_argument(
         "--from",
         dest="source",
         type=Path,
@@ -605,6 +626,7 @@ def main() -> None:
             args.budget_seconds,
             args.eval_images,
             args.out / "runs",
+            kept_only=args.kept,
         )
         measured = provenance()
     rows = summarise(runs, args.target)
