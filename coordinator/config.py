@@ -34,7 +34,8 @@ StrategyOptions = dict[str, float | int | str | bool]
 MODES_HELP: dict[Mode, str] = {
     "sync": "every participant each round",
     "quorum": "K of N close a round",
-    "async": "(FedBuff) no rounds, a version every K updates from any base version",
+    "async": "no rounds, a version every K updates from any base version, stragglers "
+    "kept (--async-remedy)",
 }
 _HOLDING = [name for name, cls in AGGREGATORS.items() if cls.holds_updates]
 AGGREGATOR_HELP = (
@@ -129,6 +130,10 @@ class CoordinatorConfig(BaseModel):
         "(CA2FL: every update kept, each participant's latest cached on disk and the step "
         "calibrated with it, no s(tau)). With a remedy, nothing is refused as stale unless "
         "--max-staleness is given.",
+        json_schema_extra={
+            "shown_default": "none; in async mode cached (delay_adaptive with an "
+            "--aggregator other than mean, or with --dp-clip)"
+        },
     )
     delay_threshold: int = Field(
         4,
@@ -323,6 +328,23 @@ class CoordinatorConfig(BaseModel):
     @property
     def participant_roster(self) -> Roster | None:
         return self._roster
+
+    @model_validator(mode="before")
+    @classmethod
+    def _async_remedy_by_default(cls, data: Any) -> Any:
+        """Async mode keeps its stragglers unless told otherwise: its default remedy is
+        CA2FL's cached calibration, which learned best in ``bench/async_vs_sync.py`` (3
+        seeds of Dir(0.5), 3 of 10 participants 5x slower, bench/README "Stragglers").
+        It calibrates the weighted mean, so with a robust aggregator or DP clipping the
+        default is FADAS's delay-adaptive step instead. Sync and quorum mode take none. The
+        choice is written into the settings (``async_remedy`` is never left unset), so a
+        resumed coordinator and ``fedq history`` see what ran."""
+        if not isinstance(data, dict) or data.get("mode") != "async":
+            return data
+        if data.get("async_remedy") is not None:
+            return data
+        calibrates = data.get("aggregator", "mean") == "mean" and data.get("dp_clip") is None
+        return {**data, "async_remedy": "cached" if calibrates else "delay_adaptive"}
 
     @model_validator(mode="after")
     def _quorum_fits(self) -> CoordinatorConfig:

@@ -276,6 +276,7 @@ def test_async_mode_has_no_rounds_and_weighs_by_staleness():
             quorum=3,
             max_staleness=3,
             staleness_exponent=1.0,
+            async_remedy="none",  # FedBuff
             async_one_per_version=False,  # one per base version, as before
         )
     )

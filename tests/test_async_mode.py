@@ -110,7 +110,7 @@ async def straggling(
         mode="async",
         quorum=4,
         linger_seconds=10,
-        **settings,
+        **{"async_remedy": "none", **settings},  # FedBuff, unless a remedy is named
     )
     plan = SimulationPlan(
         coordinator=config,

@@ -273,7 +273,8 @@ def test_delay_adaptive_remedy_shrinks_the_step_by_the_stalest_update(tmp_path):
 
 def test_no_remedy_leaves_the_delta_alone(tmp_path):
     out = delta(1, 2, 4)
-    apply_remedy(config(tmp_path), [record("p0", 1, staleness=9)], out, TEMPLATE, 9, None)
+    settings = config(tmp_path, async_remedy="none")
+    apply_remedy(settings, [record("p0", 1, staleness=9)], out, TEMPLATE, 9, None)
     np.testing.assert_allclose(out["w"], [1, 2])
 
 
@@ -286,7 +287,7 @@ def test_only_the_cached_remedy_makes_a_cache(tmp_path):
 
 # ---------------------------------------------------------------- the settings
 def test_a_remedy_keeps_every_update_unless_max_staleness_is_given(tmp_path):
-    assert config(tmp_path).staleness_cutoff == 4
+    assert config(tmp_path, async_remedy="none").staleness_cutoff == 4
     assert config(tmp_path, async_remedy="delay_adaptive").staleness_cutoff == NO_STALENESS_CUTOFF
     given = config(tmp_path, async_remedy="cached", max_staleness=30)
     assert given.staleness_cutoff == 30
@@ -296,6 +297,20 @@ def test_a_remedy_keeps_every_update_unless_max_staleness_is_given(tmp_path):
     meta = UpdateMeta(federation="f", participant="p5", base_version=1, num_examples=10)
     admitted = mode.admit(window, meta)
     assert admitted.staleness == 11 and admitted.scale == pytest.approx(12**-0.5)
+
+
+def test_async_mode_keeps_its_stragglers_unless_told_otherwise(tmp_path):
+    """The default remedy: cached where it can calibrate (the weighted mean, no DP clip),
+    else delay_adaptive; none in the round modes; one named is kept."""
+    assert config(tmp_path).async_remedy == "cached"
+    assert config(tmp_path, aggregator="median").async_remedy == "delay_adaptive"
+    assert config(tmp_path, dp_clip=1.0).async_remedy == "delay_adaptive"
+    assert config(tmp_path, async_remedy="none").async_remedy == "none"
+    assert config(tmp_path, mode="quorum").async_remedy == "none"
+    assert config(tmp_path, mode="sync", quorum=None).async_remedy == "none"
+    # What ran is in the settings themselves: dumped and read back, it stays.
+    chosen = config(tmp_path, aggregator="median")
+    assert CoordinatorConfig.model_validate(chosen.model_dump()).async_remedy == "delay_adaptive"
 
 
 def test_the_cached_remedy_folds_without_staleness_weight(tmp_path):

@@ -214,7 +214,7 @@ class FaultyFederation:
         in_dlq = {(d.message_id or "").split(".")[0] for d in dead}
         twice = [f for f in report.failures if "appears" in f]
         twice += [
-            f"v{v}" for v, folded in enumerate(by_version, 1) if not self._is_fedavg(v, folded)
+            f"v{v}" for v, step in enumerate(self._steps(by_version), 1) if not self._took(v, step)
         ]
         return Accounting(
             confirmed=len(sent),
@@ -227,16 +227,41 @@ class FaultyFederation:
             dead_letters=dead,
         )
 
-    def _is_fedavg(self, version: int, folded: list[UpdateRecord]) -> bool:
-        """Whether model ``version`` is exactly model ``version - 1`` plus the weighted mean
-        of the updates its ledger lists: sum(weight x delta) / sum(num_examples), where
-        weight is num_examples x the staleness factor (1 in round modes). The synthetic
-        app's delta does not depend on the model it was trained on, so this holds in async
-        mode too, and an update folded twice, or a part of one, changes the model."""
+    def _steps(self, by_version: list[list[UpdateRecord]]) -> list[float]:
+        """The step each version must have taken, from its ledger rows alone: the synthetic
+        app's delta does not depend on the model it was trained on, so an update folded
+        twice, or a part of one, changes the model. FedAvg's weighted mean,
+        sum(weight x delta) / sum(num_examples), weight being num_examples x the staleness
+        factor (1 in round modes); with the cached remedy (its cache is on disk), CA2FL's
+        step as fedq rebases it (``coordinator/strategies/remedies.calibration``), replayed
+        from every version's updates in order."""
         index = {self.participant_id(i): i for i in range(self.participants)}
-        step = sum(u.weight * SyntheticApp.delta_value(index[u.participant]) for u in folded) / sum(
-            u.num_examples for u in folded
-        )
+        cached = (self.state / "local-models").is_dir()
+        models = [0.0]  # each version's model less model 0 (every value moves alike)
+        cache: dict[str, tuple[float, float]] = {}  # participant: (examples, local model)
+        steps = []
+        for folded in by_version:
+            x, total = models[-1], sum(u.num_examples for u in folded)
+            local = {u.participant: models[u.base_version] + SyntheticApp.delta_value(
+                index[u.participant]) for u in folded}  # fmt: skip
+            step = sum(u.weight * (local[u.participant] - models[u.base_version]) for u in folded)
+            step /= total
+            if cached:
+                weight = sum(n for n, _ in cache.values())
+                h = sum(n * m for n, m in cache.values()) / weight - x if cache else 0.0
+                step = h + sum(
+                    u.num_examples
+                    / total
+                    * (local[u.participant] - cache.get(u.participant, (0, x))[1])
+                    for u in folded
+                )
+                cache |= {u.participant: (u.num_examples, local[u.participant]) for u in folded}
+            steps.append(step)
+            models.append(x + step)
+        return steps
+
+    def _took(self, version: int, step: float) -> bool:
+        """Whether model ``version`` is exactly model ``version - 1`` plus ``step``."""
         models = self.state / "models"
         before = load_checkpoint(checkpoint_path(models, version - 1))
         after = load_checkpoint(checkpoint_path(models, version))

@@ -1,7 +1,7 @@
 """The coordinator gets SIGKILL at each point of a version (``fedq.runtime.failpoints``:
 the process kills itself at that very instruction) while real participants keep working;
 a new coordinator on the same state dir finishes the federation. Then nothing confirmed
-is lost, nothing is applied twice, every version is exactly FedAvg, refused updates are in
+is lost, nothing is applied twice, every version took exactly its step, refused updates are in
 the dead-letter queue, and `fedq audit` passes."""
 
 from __future__ import annotations
@@ -20,8 +20,13 @@ CASES = {
     "after checkpoint, before ledger": ("after_checkpoint:2", []),
     "after ledger, before acks": ("after_ledger_commit:2", []),
     "publishing a chunked model": (f"publishing_model:{MID_MODEL}", ["--chunk-bytes", str(CHUNK)]),
-    # Every version checked exactly too, with its updates' staleness weights.
+    # Every version checked exactly too: CA2FL's step replayed from the ledger (async
+    # mode's default remedy, its cache rebuilt from its files), or FedBuff's weights.
     "async, between versions": ("between_versions:2", ["--mode", "async", "--quorum", "2"]),
+    "async FedBuff, between versions": (
+        "between_versions:2",
+        ["--mode", "async", "--quorum", "2", "--async-remedy", "none"],
+    ),
 }
 
 
