@@ -35,7 +35,7 @@ anyway). For a resumed run, "wall seconds" is the sum of its rounds' times.
 
 A run can also be carried to another machine: only the last committed round's checkpoint
 is kept (a coordinator resumes from it), so a run's state is its ledger and one checkpoint,
-0.33 MB here. Stop the command (``kill -9`` is safe: a round is committed whole or not at
+0.33 MB here. Stop the command (Ctrl-C, or ``kill -9``: a round is committed whole or not at
 all), commit ``bench/results/accuracy-full/state/`` (the ledger's ``-wal`` file too), and
 run the same command on the other machine. Its rounds' times then come from both.
 """
@@ -46,6 +46,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -339,7 +340,15 @@ def main() -> None:
                 continue
             index = list(PARTITIONS).index(partition)
             state = out / "state" / f"{index}-{algorithm}-e{epochs}-r{rounds}-mu{mu}-wd{decay}"
-            run = run_one(partition, algorithm, args, state)
+            try:
+                run = run_one(partition, algorithm, args, state)
+            except KeyboardInterrupt:
+                print(
+                    f"stopped (Ctrl-C): {partition} {algorithm} keeps its committed rounds in "
+                    f"{state}; the same command resumes it",
+                    file=sys.stderr,
+                )
+                raise SystemExit(130) from None
             print(
                 f"  {partition:<18} {algorithm:<8} {100 * run.final_accuracy:5.1f}% "
                 f"(best {100 * run.best_accuracy:.1f}%) in {run.seconds:.0f} s",
