@@ -337,8 +337,8 @@ class CoordinatorConfig(BaseModel):
         seeds of Dir(0.5), 3 of 10 participants 5x slower, bench/README "Stragglers").
         It calibrates the weighted mean, so with a robust aggregator or DP clipping the
         default is FADAS's delay-adaptive step instead. Sync and quorum mode take none. The
-        choice is written into the settings (``async_remedy`` is never left unset), so a
-        resumed coordinator and ``fedq history`` see what ran."""
+        choice is made as the settings are read, so ``async_remedy`` always names the
+        remedy in use."""
         if not isinstance(data, dict) or data.get("mode") != "async":
             return data
         if data.get("async_remedy") is not None:

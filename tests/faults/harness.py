@@ -236,25 +236,27 @@ class FaultyFederation:
         step as fedq rebases it (``coordinator/strategies/remedies.calibration``), replayed
         from every version's updates in order."""
         index = {self.participant_id(i): i for i in range(self.participants)}
+
+        def delta(u: UpdateRecord) -> float:
+            return SyntheticApp.delta_value(index[u.participant])
+
         cached = (self.state / "local-models").is_dir()
         models = [0.0]  # each version's model less model 0 (every value moves alike)
         cache: dict[str, tuple[float, float]] = {}  # participant: (examples, local model)
         steps = []
         for folded in by_version:
             x, total = models[-1], sum(u.num_examples for u in folded)
-            local = {u.participant: models[u.base_version] + SyntheticApp.delta_value(
-                index[u.participant]) for u in folded}  # fmt: skip
-            step = sum(u.weight * (local[u.participant] - models[u.base_version]) for u in folded)
-            step /= total
+            step = sum(u.weight * delta(u) for u in folded) / total
             if cached:
+                local = {u.participant: models[u.base_version] + delta(u) for u in folded}
                 weight = sum(n for n, _ in cache.values())
                 h = sum(n * m for n, m in cache.values()) / weight - x if cache else 0.0
-                step = h + sum(
-                    u.num_examples
-                    / total
-                    * (local[u.participant] - cache.get(u.participant, (0, x))[1])
-                    for u in folded
-                )
+                # Each contributor moves the step by its new local model less its cached
+                # one (the current model for one not cached yet), weighted by examples.
+                step = h
+                for u in folded:
+                    before = cache[u.participant][1] if u.participant in cache else x
+                    step += u.num_examples / total * (local[u.participant] - before)
                 cache |= {u.participant: (u.num_examples, local[u.participant]) for u in folded}
             steps.append(step)
             models.append(x + step)
