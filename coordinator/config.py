@@ -49,6 +49,12 @@ AGGREGATOR_HELP = (
 NO_STALENESS_CUTOFF = 1 << 62
 
 
+def cached_can_calibrate(aggregator: str, dp_clip: float | None) -> bool:
+    """Whether ``--async-remedy cached`` can work with these settings: its calibration is
+    of the weighted mean, which a robust aggregator or DP clipping replaces."""
+    return aggregator == "mean" and dp_clip is None
+
+
 class ConfigError(ValueError):
     """The coordinator cannot run with these settings; the message says which and why."""
 
@@ -343,7 +349,7 @@ class CoordinatorConfig(BaseModel):
             return data
         if data.get("async_remedy") is not None:
             return data
-        calibrates = data.get("aggregator", "mean") == "mean" and data.get("dp_clip") is None
+        calibrates = cached_can_calibrate(data.get("aggregator", "mean"), data.get("dp_clip"))
         return {**data, "async_remedy": "cached" if calibrates else "delay_adaptive"}
 
     @model_validator(mode="after")
@@ -358,8 +364,8 @@ class CoordinatorConfig(BaseModel):
         if self.async_remedy != "none":
             if self.mode != "async":
                 raise ValueError(f"--async-remedy {self.async_remedy} is for async mode")
-            if self.async_remedy == "cached" and (
-                self.aggregator != "mean" or self.dp_clip is not None
+            if self.async_remedy == "cached" and not cached_can_calibrate(
+                self.aggregator, self.dp_clip
             ):
                 raise ValueError(
                     "--async-remedy cached calibrates the weighted mean: drop --aggregator "

@@ -246,8 +246,9 @@ class FaultyFederation:
         steps = []
         for folded in by_version:
             x, total = models[-1], sum(u.num_examples for u in folded)
-            step = sum(u.weight * delta(u) for u in folded) / total
-            if cached:
+            if not cached:
+                step = sum(u.weight * delta(u) for u in folded) / total
+            else:
                 local = {u.participant: models[u.base_version] + delta(u) for u in folded}
                 weight = sum(n for n, _ in cache.values())
                 h = sum(n * m for n, m in cache.values()) / weight - x if cache else 0.0
