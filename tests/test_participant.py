@@ -13,7 +13,14 @@ from fedq.apps.synthetic import SyntheticApp
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.chunks import MAX_CHUNK_BYTES, MIN_CHUNK_BYTES, encode_chunks
 from fedq.messages.codec import decode_message, encode_message
-from fedq.messages.schema import MAX_INT, MESSAGE_TYPES, FederationDone, ModelMeta, UpdateMeta
+from fedq.messages.schema import (
+    MAX_INT,
+    MESSAGE_TYPES,
+    FederationDone,
+    Heartbeat,
+    ModelMeta,
+    UpdateMeta,
+)
 from fedq.messages.topology import FEDERATION_DONE, Topology
 from fedq.messages.transport import Transport, TransportError
 from fedq.participant import worker
@@ -70,6 +77,55 @@ async def announce_done(coordinator: Transport, topology: Topology, versions: in
         topology.control, FEDERATION_DONE, encode_message(done),
         type=MESSAGE_TYPES["federation.done"],
     )  # fmt: skip
+
+
+async def test_changes_of_state_less_than_a_second_apart_share_one_heartbeat(
+    transport_pair, federation
+):
+    """Short rounds: a heartbeat at every start and end of training was two more confirmed
+    publishes a round for the participant and two more deliveries for the coordinator.
+    Now a change of state goes out at once only if the last heartbeat is a second old or
+    more; the first one (training on v0) goes out at once."""
+    coordinator, transport = transport_pair
+    topology = Topology(federation)
+    await topology.declare_core(coordinator)
+    app, rounds = SyntheticApp(params=8), 20
+    participant = Participant(
+        ParticipantConfig(federation=federation, participant_id="quick"), app, transport
+    )
+    await topology.declare_participant(coordinator, "quick")
+    beats: list[Heartbeat] = []
+    run = asyncio.create_task(participant.run())
+    try:
+        started = time.monotonic()
+        async with coordinator.consume(topology.updates, prefetch=1) as updates:
+            for version in range(rounds):
+                model = ModelMeta(
+                    federation=federation, version=version, round=version + 1, rounds_total=rounds
+                )
+                await coordinator.publish(
+                    topology.models, "", encode_message(model, app.initial_weights()),
+                    type=MESSAGE_TYPES["model"],
+                )  # fmt: skip
+                delivery = await asyncio.wait_for(anext(updates), 10)
+                await delivery.ack()
+        await announce_done(coordinator, topology, versions=rounds)
+        await asyncio.wait_for(run, 10)
+        elapsed = time.monotonic() - started
+        async with coordinator.consume(topology.coordinator, prefetch=10) as events:
+            while (event := await asyncio.wait_for(anext(events), 10)).type != MESSAGE_TYPES[
+                "leave"
+            ]:
+                if event.type == MESSAGE_TYPES["heartbeat"]:
+                    beats.append(decode_message(event.body).meta(Heartbeat))
+                await event.ack()
+            await event.ack()
+    finally:
+        run.cancel()
+        await topology.delete(coordinator, ["quick"])
+    assert (beats[0].state, beats[0].version) == ("training", -1), beats[0]
+    # One a second for the changes of state, one every 5 s at most besides: not 2 a round.
+    assert len(beats) <= 2 + elapsed + elapsed / 5 < 2 * rounds, (len(beats), elapsed)
 
 
 async def test_a_participant_trains_on_each_new_model_skips_garbage_and_stops_when_done(
