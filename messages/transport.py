@@ -188,5 +188,6 @@ class Transport(abc.ABC):
         """Deliveries from ``queue``, at most ``prefetch`` unacked at a time, not counting
         released ones (``Delivery.release_body``).
 
-        Leaving the context requeues every delivery not yet acked.
+        Leaving the context requeues every delivery not yet acked; settling one of them
+        afterwards raises TransportError.
         """

@@ -257,6 +257,28 @@ async def test_unacked_deliveries_come_back_redelivered_in_order(transport_pair)
         await pub.delete_queue(queue)
 
 
+async def test_settling_a_delivery_after_its_consumer_closed_fails_and_loses_nothing(
+    transport_pair,
+):
+    pub, sub = transport_pair
+    _, queue = names()
+    await pub.declare_queue(queue)
+    await pub.publish("", queue, b"kept", message_id="0")
+    try:
+        async with sub.consume(queue, prefetch=1) as deliveries:
+            late = await next_delivery(deliveries)
+        for settle in (late.ack(), late.nack(requeue=False)):
+            with pytest.raises(TransportError):
+                await settle
+        async with sub.consume(queue, prefetch=1) as deliveries:
+            again = await next_delivery(deliveries)
+            assert (again.message_id, again.redelivered) == ("0", True)
+            await again.ack()
+            assert await nothing_more(pub, queue, deliveries)
+    finally:
+        await pub.delete_queue(queue)
+
+
 async def test_prefetch_bounds_unacked_deliveries(transport_pair):
     pub, sub = transport_pair
     _, queue = names()
