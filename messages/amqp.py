@@ -935,9 +935,15 @@ class AmqpTransport(Transport):
             return False
         if channel.is_closed:
             return False
-        try:
+
+        async def recovered() -> aiormq.abc.AbstractChannel:
+            # A robust channel's underlay waits for the connection: in an outage, as long.
             underlay = await channel.get_underlay_channel()
-            await asyncio.wait_for(underlay.basic_recover(requeue=True), RECOVER_SECONDS)
+            await underlay.basic_recover(requeue=True)
+            return underlay
+
+        try:
+            underlay = await asyncio.wait_for(recovered(), RECOVER_SECONDS)
         except (*_CONNECTION_LOST, aiormq.exceptions.AMQPError, RuntimeError, TimeoutError):
             return False
         unwatch(underlay)
