@@ -954,14 +954,13 @@ class AmqpTransport(Transport):
         self, connection: AbstractRobustConnection, window: int
     ) -> AbstractChannel:
         """A channel for a consumer of ``window`` deliveries: the one kept on the shared
-        connection (:meth:`_keep_for_reuse`) if it is still open, else a new one."""
+        connection (:meth:`_keep_for_reuse`) if it is still open, else a new one. A kept
+        channel is always the shared connection's, and only there do consumers take one:
+        with ``consumers_apart`` none is ever kept."""
         kept, self._idle_consumer = self._idle_consumer, None
-        if kept is not None and connection is self._connection and not kept[0].is_closed:
+        if kept is not None and not kept[0].is_closed:
             channel, qos = kept
         else:
-            if kept is not None and not kept[0].is_closed:
-                with contextlib.suppress(*_CONNECTION_LOST):
-                    await kept[0].close()
             try:
                 channel = await connection.channel(publisher_confirms=False)
             except RuntimeError as exc:  # aiormq's "<Connection ...> closed"
