@@ -57,6 +57,8 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
+from fedq.messages.channel_closing import RobustConnection
+from fedq.messages.channel_closing import install as answer_every_channel_close
 from fedq.messages.frames import UNDECODABLE_HEADER
 from fedq.messages.frames import install as tolerate_undecodable_properties
 from fedq.messages.transport import (
@@ -90,6 +92,9 @@ log = logging.getLogger("fedq.amqp")
 # Before any connection: a message whose properties the client cannot decode must not
 # take a connection down (see fedq.messages.frames).
 tolerate_undecodable_properties()
+# And a channel the broker closes must be answered before its number is used again (see
+# fedq.messages.channel_closing).
+answer_every_channel_close()
 
 
 #: What a broker restart or a network cut raises while the robust connection reconnects.
@@ -619,6 +624,7 @@ class AmqpTransport(Transport):
                 timeout=self._timeout,
                 reconnect_interval=1.0,
                 client_properties={"connection_name": name},
+                connection_class=RobustConnection,
             )
         except aiormq.exceptions.ProbableAuthenticationError:
             raise BrokerUnavailable(
@@ -720,7 +726,9 @@ class AmqpTransport(Transport):
         way finishes on its own: aiormq, cancelled in the middle of an RPC, closed the
         channel and reused its number before RabbitMQ had closed it, and RabbitMQ answered
         by closing the whole connection (CHANNEL_ERROR - second 'channel.open' seen), with
-        every consumer on it and every delivery it held unacked."""
+        every consumer on it and every delivery it held unacked. Two more ways aiormq let
+        that happen, whenever RabbitMQ closes a channel, are made right in
+        :mod:`fedq.messages.channel_closing`."""
         deadline = time.monotonic() + self._outage_seconds
         retrying = False
         while True:
