@@ -661,12 +661,24 @@ class AmqpTransport(Transport):
         await self._on_declaring(f"exchange {name!r}", declare)
 
     async def declare_queue(
-        self, name: str, *, durable: bool = True, arguments: Mapping[str, Any] | None = None
+        self,
+        name: str,
+        *,
+        durable: bool = True,
+        exclusive: bool = False,
+        arguments: Mapping[str, Any] | None = None,
     ) -> None:
         async def declare(channel: AbstractChannel) -> None:
-            await channel.declare_queue(name, durable=durable, arguments=dict(arguments or {}))
+            await channel.declare_queue(
+                name, durable=durable, exclusive=exclusive, arguments=dict(arguments or {})
+            )
 
-        await self._on_declaring(f"queue {name!r}", declare)
+        try:
+            await self._on_declaring(f"queue {name!r}", declare)
+        except TransportError as exc:
+            if "RESOURCE_LOCKED" in str(exc):
+                raise Locked(f"queue {name!r} is exclusive to another connection") from None
+            raise
 
     async def bind(self, queue: str, exchange: str, routing_key: str = "") -> None:
         async def bind(channel: AbstractChannel) -> None:
@@ -1008,6 +1020,8 @@ class AmqpTransport(Transport):
                     await inbox.start()
                 except aiormq.exceptions.ChannelNotFoundEntity:
                     raise TransportError(f"no queue {queue!r}") from None
+                except aiormq.exceptions.ChannelLockedResource:
+                    raise Locked(f"queue {queue!r} is exclusive to another connection") from None
                 return channel, inbox, unwatch
             except BaseException as exc:
                 if channel is not None and not channel.is_closed:

@@ -104,6 +104,8 @@ class _Queue:
     name: str
     durable: bool
     arguments: dict[str, Any]
+    #: The transport an exclusive queue belongs to, None for a shared one.
+    owner: MemoryTransport | None = None
     ready: deque[_Message] = field(default_factory=deque)
     consumers: list[_Consumer] = field(default_factory=list)
     _turn: itertools.count[int] = field(default_factory=itertools.count)
@@ -220,6 +222,8 @@ class MemoryTransport(Transport):
     async def close(self) -> None:
         for name in [n for n, holder in self.broker.locks.items() if holder is self]:
             del self.broker.locks[name]
+        for name in [n for n, q in self.broker.queues.items() if q.owner is self]:
+            await self.delete_queue(name)
 
     async def hold(self, name: str) -> None:
         holder = self.broker.locks.setdefault(name, self)
@@ -239,13 +243,20 @@ class MemoryTransport(Transport):
             raise Inequivalent(f"exchange {name!r} exists as {known}, not {kind}")
 
     async def declare_queue(
-        self, name: str, *, durable: bool = True, arguments: Mapping[str, Any] | None = None
+        self,
+        name: str,
+        *,
+        durable: bool = True,
+        exclusive: bool = False,
+        arguments: Mapping[str, Any] | None = None,
     ) -> None:
         args = dict(arguments or {})
         queue = self.broker.queues.get(name)
         if queue is None:
-            self.broker.queues[name] = _Queue(name, durable, args)
-        elif queue.arguments != args or queue.durable != durable:
+            self.broker.queues[name] = _Queue(name, durable, args, self if exclusive else None)
+        elif queue.owner not in (None, self):
+            raise Locked(f"queue {name!r} is exclusive to another connection")
+        elif queue.arguments != args or queue.durable != durable or exclusive != bool(queue.owner):
             raise Inequivalent(f"queue {name!r} exists with other arguments {queue.arguments}")
 
     async def bind(self, queue: str, exchange: str, routing_key: str = "") -> None:
@@ -312,6 +323,8 @@ class MemoryTransport(Transport):
         target = self.broker.queues.get(queue)
         if target is None:
             raise TransportError(f"no queue {queue!r}")
+        if target.owner not in (None, self):
+            raise Locked(f"queue {queue!r} is exclusive to another connection")
         consumer = _Consumer(target, max(1, prefetch))
         target.consumers.append(consumer)
         target.dispatch()

@@ -124,9 +124,17 @@ class Transport(abc.ABC):
 
     @abc.abstractmethod
     async def declare_queue(
-        self, name: str, *, durable: bool = True, arguments: Mapping[str, Any] | None = None
+        self,
+        name: str,
+        *,
+        durable: bool = True,
+        exclusive: bool = False,
+        arguments: Mapping[str, Any] | None = None,
     ) -> None:
-        """Declare a queue; idempotent for equal arguments, TransportError otherwise."""
+        """Declare a queue; idempotent for equal arguments, TransportError otherwise.
+        ``exclusive``: this connection's alone, consumed on it only (not with
+        ``consumers_apart``), and deleted by the broker when the connection closes or is
+        lost, however this process ends: Locked for any other connection."""
 
     @abc.abstractmethod
     async def bind(self, queue: str, exchange: str, routing_key: str = "") -> None: ...

@@ -14,6 +14,7 @@ import contextlib
 import math
 import os
 import shutil
+import signal
 import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from fedq.participant.config import ParticipantConfig
 from fedq.scenario import ParticipantProfile
 from fedq.simulation import SimulationPlan, simulate
 from tests.conftest import BROKER_URL
-from tests.helpers import BrokerRelay, free_port, until_async
+from tests.helpers import BrokerRelay, free_port, start_fedq, until_async
 
 MANAGEMENT_URL = os.environ.get("FEDQ_TEST_MANAGEMENT_URL", "http://127.0.0.1:15672")
 CHROMIUM = os.environ.get("FEDQ_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -265,6 +266,41 @@ async def test_with_the_broker_and_management_api_down_the_page_says_what_to_do(
         await expect(page.locator("#federations")).to_contain_text("No federation yet")
         await opened.screenshot(tmp_path / "dashboard-all-down.png")
         assert not opened.errors
+
+
+async def test_a_dashboard_killed_leaves_no_queue_behind(tmp_path):
+    """Its queue is exclusive to its connection: RabbitMQ deletes it as the connection
+    goes, kill -9 included, where a delete of the dashboard's own on the way out could not
+    run (and, given up after a timeout, once left one behind for the tests' broker check).
+    Its queue used to expire 30 s after the dashboard was gone."""
+    port = free_port()
+    process = start_fedq(
+        "dashboard", "--state-dir", str(tmp_path), "--port", str(port), log=tmp_path / "dash.log"
+    )
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}/", timeout=5) as http:
+            page = RunningDashboard(f"http://127.0.0.1:{port}/", http)
+
+            async def listening() -> str | None:
+                with contextlib.suppress(httpx.TransportError):
+                    status = await page.status("broker")
+                    return str(status["message"]) if status["ok"] else None
+                return None
+
+            message = await until_async(listening, what="the dashboard listening", within=30)
+        name = message.rsplit(" on queue ", 1)[1]
+        async with httpx.AsyncClient(base_url=MANAGEMENT_URL, auth=("guest", "guest")) as http:
+            queue = (await http.get(f"/api/queues/%2F/{name}")).json()
+        assert queue["exclusive"] is True, queue
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+
+    async def gone() -> bool:
+        async with httpx.AsyncClient(base_url=MANAGEMENT_URL, auth=("guest", "guest")) as http:
+            return (await http.get(f"/api/queues/%2F/{name}")).status_code == 404
+
+    await until_async(gone, what=f"{name} deleted with its connection", within=10)
 
 
 async def beat(federation: str, participant: str, state: ParticipantState) -> None:

@@ -652,7 +652,9 @@ async def forge_update_once_routable(url: str, claims: str) -> None:
 
 
 async def watch_control(url: str, queue: str) -> None:
-    """What the dashboard does: its own queue, bound with # to fedq.F.control."""
+    """What the dashboard does, with its user's permissions: its own queue, bound with # to
+    fedq.F.control. Not exclusive, as the dashboard's is, but expiring: the test drains it
+    afterwards, on another connection."""
     async with AmqpTransport(url) as transport:
         await transport.declare_queue(
             queue, durable=False, arguments={"x-expires": 60_000, "x-max-length": 100_000}

@@ -500,3 +500,26 @@ async def test_a_delivery_can_be_acked_after_its_body_is_released(transport_pair
         assert await sub.queue_depth(queue) == 0
     finally:
         await pub.delete_queue(queue)
+
+
+async def test_an_exclusive_queue_is_its_connections_alone_and_goes_with_it(transport_pair):
+    """A dashboard's queue: whoever publishes to it, only its own connection declares or
+    consumes it, and the broker deletes it when that connection closes, however the process
+    ends (a delete of its own on the way out could time out, and leave it behind)."""
+    pub, sub = transport_pair
+    _, queue = names()
+    await sub.declare_queue(queue, durable=False, exclusive=True)
+    await sub.declare_queue(queue, durable=False, exclusive=True)  # idempotent for its owner
+    await pub.publish("", queue, b"for its owner")
+    with pytest.raises(Locked):
+        await pub.declare_queue(queue, durable=False, exclusive=True)
+    with pytest.raises(Locked):
+        async with pub.consume(queue, prefetch=1):
+            pass
+    async with sub.consume(queue, prefetch=1) as deliveries:
+        got = await next_delivery(deliveries)
+        assert bytes(got.body) == b"for its owner"
+        await got.ack()
+    await sub.close()
+    with pytest.raises(TransportError, match=r"no queue|NOT_FOUND"):
+        await pub.queue_depth(queue)

@@ -1,7 +1,8 @@
 """What the federations say on their control exchanges, folded into in-memory state.
 
 The listener declares its own queue, ``fedq-dashboard.<random>`` (not ``fedq.``: it is not
-a federation's), non-durable and expiring 30 s after the dashboard is gone, and binds it
+a federation's), exclusive to its connection, so that RabbitMQ deletes it when the
+dashboard's connection closes or is lost, however the dashboard ends, and binds it
 with ``#`` to each watched federation's ``fedq.F.control``: it receives a copy of every
 progress, round and membership event and takes nothing from anyone. When the broker goes
 away the listener says so in its status and starts over every few seconds; it never stops.
@@ -173,20 +174,20 @@ class ControlListener:
                 transport.declare_queue(
                     self.queue,
                     durable=False,
-                    arguments={"x-expires": 30_000, "x-max-length": 100_000},
+                    exclusive=True,
+                    arguments={"x-max-length": 100_000},
                 )
             )
             await self._bind_all(transport)
             async with transport.consume(self.queue, prefetch=256) as inbox:
-                self.status.set(True, f"listening to RabbitMQ at {redact(self.broker_url)}")
+                self.status.set(
+                    True,
+                    f"listening to RabbitMQ at {redact(self.broker_url)} on queue {self.queue}",
+                )
                 self.on_change()
                 await self._follow(transport, inbox)
         finally:
-            # Discarded, gone broker or not. When the dashboard stops, its queue goes too
-            # (best effort: else it expires 30 s later).
-            with contextlib.suppress(*_BROKER_GONE):
-                if _being_cancelled():
-                    await asyncio.wait_for(transport.delete_queue(self.queue), 2.0)
+            # Discarded, gone broker or not; its queue goes with the connection.
             with contextlib.suppress(*_BROKER_GONE):
                 await asyncio.wait_for(transport.close(), 5.0)
 
@@ -238,8 +239,3 @@ class ControlListener:
     async def _timed(operation: Awaitable[T]) -> T:
         """A broker operation, given up after 5 s: a half-open connection would hang it."""
         return await asyncio.wait_for(operation, 5.0)
-
-
-def _being_cancelled() -> bool:
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
