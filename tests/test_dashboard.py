@@ -281,11 +281,11 @@ async def test_a_dashboard_killed_leaves_no_queue_behind(tmp_path):
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}/", timeout=5) as http:
             page = RunningDashboard(f"http://127.0.0.1:{port}/", http)
 
-            async def listening() -> str | None:
+            async def listening() -> str:
                 with contextlib.suppress(httpx.TransportError):
                     status = await page.status("broker")
-                    return str(status["message"]) if status["ok"] else None
-                return None
+                    return str(status["message"]) if status["ok"] else ""
+                return ""
 
             message = await until_async(listening, what="the dashboard listening", within=30)
         name = message.rsplit(" on queue ", 1)[1]
