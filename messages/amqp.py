@@ -562,10 +562,8 @@ class AmqpTransport(Transport):
 
         try:
             await self._on_declaring(f"lock {name!r}", declare)
-        except TransportError as exc:
-            if "RESOURCE_LOCKED" in str(exc):
-                raise Locked(f"lock {name!r} is held by another connection") from None
-            raise
+        except Locked:
+            raise Locked(f"lock {name!r} is held by another connection") from None
         if not self._held:
             self._conn.reconnect_callbacks.add(self._hold_again)
         self._held.add(name)
@@ -673,12 +671,7 @@ class AmqpTransport(Transport):
                 name, durable=durable, exclusive=exclusive, arguments=dict(arguments or {})
             )
 
-        try:
-            await self._on_declaring(f"queue {name!r}", declare)
-        except TransportError as exc:
-            if "RESOURCE_LOCKED" in str(exc):
-                raise Locked(f"queue {name!r} is exclusive to another connection") from None
-            raise
+        await self._on_declaring(f"queue {name!r}", declare)
 
     async def bind(self, queue: str, exchange: str, routing_key: str = "") -> None:
         async def bind(channel: AbstractChannel) -> None:
@@ -809,6 +802,8 @@ class AmqpTransport(Transport):
                         await channel.close()
                 if isinstance(exc, aiormq.exceptions.ChannelPreconditionFailed):
                     raise Inequivalent(f"broker refused {what}: {exc}") from None
+                if isinstance(exc, aiormq.exceptions.ChannelLockedResource):
+                    raise Locked(f"{what} is exclusive to another connection") from None
                 if isinstance(exc, aiormq.exceptions.ChannelClosed):
                     raise TransportError(f"broker refused {what}: {exc}") from None
                 raise
