@@ -4,6 +4,7 @@ published baselines?
     python bench/accuracy.py           # quick profile: 2 local epochs, 10 rounds
     python bench/accuracy.py --full    # the paper's scale: 10 local epochs, 50 rounds
     python bench/accuracy.py --xla     # local training compiled by XLA (9% shorter here)
+    python bench/accuracy.py --seeds 42 1 2   # each run on three draws of the split
 
 The setting of NIID-Bench (Li, Diao, Chen, He: "Federated Learning on Non-IID Data Silos:
 An Experimental Study", ICDE 2022): its simple CNN (``fedq.apps.fmnist:niid_cnn``), 10
@@ -20,7 +21,10 @@ effective step of 1 as FedAvg's) and FedAdam (server learning rate 0.01, beta1 0
 Each run is ``fedq.simulation.simulate`` in this process on the embedded broker; the test
 accuracy is measured on the 10,000 test images after every round. Each partition's label
 histogram (samples of each label per participant, the split each participant trains on) is
-printed before its runs and kept in ``results.json``. Written to
+printed before its runs and kept in ``results.json``. ``--seeds`` draws the split and the
+initial model with each seed given (the app's own, 42, by default; the reference's single
+run is one draw, so how far a result is from it depends on the draw, and more seeds say by
+how much). Written to
 ``--out`` (default ``bench/results/accuracy-quick`` or ``-full``): ``results.json`` (every
 figure and the provenance: date, machine, versions, seeds), ``results.md`` (the table) and
 ``accuracy.png`` (accuracy per round, one panel per partition). The last line printed is
@@ -43,6 +47,7 @@ run the same command on the other machine. Its rounds' times then come from both
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -118,17 +123,19 @@ class Run:
     weight_decay: float = 0.0
     date: str = ""
     xla: bool = False
+    #: What drew the split and the initial model (results written before it: the app's).
+    seed: int = fmnist.SEED
 
     @property
-    def key(self) -> tuple[str, str]:
-        return self.partition, self.algorithm
+    def key(self) -> tuple[str, str, int]:
+        return self.partition, self.algorithm, self.seed
 
 
 async def federate(
-    partition: str, algorithm: str, args: argparse.Namespace, state: Path
+    partition: str, algorithm: str, seed: int, args: argparse.Namespace, state: Path
 ) -> list[dict[str, Any]]:
     """The federation's history: one row per committed round, from its first run on."""
-    name = f"acc-{algorithm}-{list(PARTITIONS).index(partition)}"
+    name = f"acc-{algorithm}-{list(PARTITIONS).index(partition)}{seed_suffix(seed)}"
     chosen = ALGORITHMS[algorithm]
     train = TrainConfig(
         epochs=args.epochs,
@@ -157,7 +164,8 @@ async def federate(
         ),
     )
     build = _with_xla(fmnist.build_niid_cnn) if args.xla else fmnist.build_niid_cnn
-    result = await simulate(plan, fresh_app(build, train), [KeepLastCheckpoint(state / "models")])
+    app = fresh_app(build, train, seed)
+    result = await simulate(plan, app, [KeepLastCheckpoint(state / "models")])
     return result.history
 
 
@@ -185,11 +193,18 @@ def _with_xla(build: Callable[[], Any]) -> Callable[[], Any]:
     return build_with_xla
 
 
-def run_one(partition: str, algorithm: str, args: argparse.Namespace, state: Path) -> Run:
+def seed_suffix(seed: int) -> str:
+    """What a seed adds to a run's names: nothing for the app's own (names from before)."""
+    return "" if seed == fmnist.SEED else f"-seed{seed}"
+
+
+def run_one(
+    partition: str, algorithm: str, seed: int, args: argparse.Namespace, state: Path
+) -> Run:
     """Run (or resume, from ``state``) one federation to its last round."""
     started = time.perf_counter()
     resumed = state.exists()
-    history = run_isolated(lambda: federate(partition, algorithm, args, state))
+    history = run_isolated(lambda: federate(partition, algorithm, seed, args, state))
     accuracy = [row["metrics"]["accuracy"] for row in history]
     seconds = time.perf_counter() - started
     if resumed:
@@ -208,10 +223,11 @@ def run_one(partition: str, algorithm: str, args: argparse.Namespace, state: Pat
         weight_decay=args.weight_decay,
         date=time.strftime("%Y-%m-%d"),
         xla=args.xla,
+        seed=seed,
     )
 
 
-def previous_runs(path: Path) -> dict[tuple[str, str], Run]:
+def previous_runs(path: Path) -> dict[tuple[str, str, int], Run]:
     """The runs an earlier invocation wrote to ``path`` (results.json), by key."""
     if not path.exists():
         return {}
@@ -235,30 +251,36 @@ def setting(algorithm: str, args: argparse.Namespace) -> tuple[int, int, float, 
     return args.epochs, args.rounds, mu, args.weight_decay
 
 
-def label_histograms(partitions: list[str], participants: int) -> dict[str, list[list[int]]]:
-    """Each partition's samples per participant and label (Fashion-MNIST's 10 labels),
-    printed: the split every participant computes for itself from the app's seed."""
+def label_histograms(
+    partitions: list[str], participants: int, seeds: list[int]
+) -> dict[str, list[list[int]]]:
+    """Each partition's samples per participant and label (Fashion-MNIST's 10 labels) for
+    each seed, printed: the split every participant computes for itself from the seed.
+    Keyed by the partition, followed by `` seed N`` for a seed not the app's."""
     _, labels = fmnist.load_train()
     out = Console(width=160, highlight=False)
     histograms = {}
     for partition in partitions:
         scheme = Scheme.parse(PARTITIONS[partition])
-        names, counts = label_histogram(labels, split(labels, participants, scheme, fmnist.SEED))
-        out.print(f"{partition} ({scheme}), samples per label:")
-        out.print(histogram_table(names, counts))
-        histograms[partition] = np.asarray(counts).tolist()
+        for seed in seeds:
+            names, counts = label_histogram(labels, split(labels, participants, scheme, seed))
+            name = partition + ("" if seed == fmnist.SEED else f" seed {seed}")
+            out.print(f"{name} ({scheme}), samples per label:")
+            out.print(histogram_table(names, counts))
+            histograms[name] = np.asarray(counts).tolist()
     return histograms
 
 
 def table(runs: list[Run]) -> str:
     lines = [
-        "| partition | algorithm | weight decay | final accuracy | best accuracy | wall seconds |",
-        "|---|---|---:|---:|---:|---:|",
+        "| partition | algorithm | seed | weight decay | final accuracy | best accuracy "
+        "| wall seconds |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in runs:
         lines.append(
-            f"| {r.partition} | {r.algorithm} | {r.weight_decay:g} | {100 * r.final_accuracy:.1f}% "
-            f"| {100 * r.best_accuracy:.1f}% | {r.seconds:.0f} |"
+            f"| {r.partition} | {r.algorithm} | {r.seed} | {r.weight_decay:g} "
+            f"| {100 * r.final_accuracy:.1f}% | {100 * r.best_accuracy:.1f}% | {r.seconds:.0f} |"
         )
     return "\n".join(lines)
 
@@ -274,7 +296,8 @@ def plot(runs: list[Run], path: Path, title: str) -> None:
     for axis, partition in zip(axes.flat, partitions, strict=False):
         for r in (r for r in runs if r.partition == partition):
             rounds = range(1, len(r.accuracy_per_round) + 1)
-            axis.plot(rounds, [100 * a for a in r.accuracy_per_round], label=r.algorithm)
+            label = r.algorithm + ("" if r.seed == fmnist.SEED else f", seed {r.seed}")
+            axis.plot(rounds, [100 * a for a in r.accuracy_per_round], label=label)
         axis.set_title(partition)
         axis.set_xlabel("round")
         axis.set_ylabel("test accuracy %")
@@ -307,6 +330,13 @@ def main() -> None:
         "--xla", action="store_true", help="compile local training with XLA (jit_compile)"
     )
     parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[fmnist.SEED],
+        help="draw the split and the initial model with each (default: the app's, 42)",
+    )
+    parser.add_argument(
         "--rerun", action="store_true", help="run again what --out's results already have"
     )
     args = parser.parse_args()
@@ -323,39 +353,44 @@ def main() -> None:
         f"{os.cpu_count()} CPU cores",
         flush=True,
     )
-    args.histograms = label_histograms(args.partitions, args.participants)
+    args.histograms = label_histograms(args.partitions, args.participants, args.seeds)
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     done = previous_runs(out / "results.json")
-    for partition in args.partitions:
-        for algorithm in args.algorithms:
-            earlier = done.get((partition, algorithm))
-            epochs, rounds, mu, decay = setting(algorithm, args)
-            same = earlier is not None and (
-                (earlier.local_epochs, earlier.rounds, earlier.fedprox_mu, earlier.weight_decay)
-                == (epochs, rounds, mu, decay)
-            )
-            if same and not args.rerun:
-                print(f"  {partition:<18} {algorithm:<8} in {out}/results.json already")
-                continue
-            index = list(PARTITIONS).index(partition)
-            state = out / "state" / f"{index}-{algorithm}-e{epochs}-r{rounds}-mu{mu}-wd{decay}"
-            try:
-                run = run_one(partition, algorithm, args, state)
-            except KeyboardInterrupt:
-                print(
-                    f"stopped (Ctrl-C): {partition} {algorithm} keeps its committed rounds in "
-                    f"{state}; the same command resumes it",
-                    file=sys.stderr,
-                )
-                raise SystemExit(130) from None
+    for partition, algorithm, seed in itertools.product(
+        args.partitions, args.algorithms, args.seeds
+    ):
+        earlier = done.get((partition, algorithm, seed))
+        epochs, rounds, mu, decay = setting(algorithm, args)
+        same = earlier is not None and (
+            (earlier.local_epochs, earlier.rounds, earlier.fedprox_mu, earlier.weight_decay)
+            == (epochs, rounds, mu, decay)
+        )
+        if same and not args.rerun:
+            print(f"  {partition:<18} {algorithm:<8} {seed:>4} in {out}/results.json already")
+            continue
+        index = list(PARTITIONS).index(partition)
+        state = (
+            out
+            / "state"
+            / (f"{index}-{algorithm}-e{epochs}-r{rounds}-mu{mu}-wd{decay}{seed_suffix(seed)}")
+        )
+        try:
+            run = run_one(partition, algorithm, seed, args, state)
+        except KeyboardInterrupt:
             print(
-                f"  {partition:<18} {algorithm:<8} {100 * run.final_accuracy:5.1f}% "
-                f"(best {100 * run.best_accuracy:.1f}%) in {run.seconds:.0f} s",
-                flush=True,
+                f"stopped (Ctrl-C): {partition} {algorithm} seed {seed} keeps its committed "
+                f"rounds in {state}; the same command resumes it",
+                file=sys.stderr,
             )
-            done[run.key] = run
-            write(out, ordered(done), args, profile, time.perf_counter() - started)
+            raise SystemExit(130) from None
+        print(
+            f"  {partition:<18} {algorithm:<8} {seed:>4} {100 * run.final_accuracy:5.1f}% "
+            f"(best {100 * run.best_accuracy:.1f}%) in {run.seconds:.0f} s",
+            flush=True,
+        )
+        done[run.key] = run
+        write(out, ordered(done), args, profile, time.perf_counter() - started)
     runs = ordered(done)
     text = write(out, runs, args, profile, time.perf_counter() - started)
     print()
@@ -364,10 +399,14 @@ def main() -> None:
     print(strict_json.dumps(json.loads((out / "results.json").read_text())))
 
 
-def ordered(runs: dict[tuple[str, str], Run]) -> list[Run]:
-    """By partition, then algorithm, in the order of PARTITIONS and ALGORITHMS."""
+def ordered(runs: dict[tuple[str, str, int], Run]) -> list[Run]:
+    """By partition, then algorithm, in the order of PARTITIONS and ALGORITHMS, then seed
+    (the app's first)."""
     rank = {key: i for i, key in enumerate(_keys())}
-    return sorted(runs.values(), key=lambda r: rank.get(r.key, len(rank)))
+    return sorted(
+        runs.values(),
+        key=lambda r: (rank.get(r.key[:2], len(rank)), r.seed != fmnist.SEED, r.seed),
+    )
 
 
 def _keys() -> list[tuple[str, str]]:
@@ -391,6 +430,7 @@ def write(out: Path, runs: list[Run], args: argparse.Namespace, profile: str, wa
         "runs": [asdict(r) for r in runs],
         "wall_seconds": wall,
         **provenance(),
+        "data_seed": sorted({r.seed for r in runs}),  # each run's is its own
     }
     (out / "results.json").write_text(strict_json.dumps(figures, indent=2) + "\n")
     (out / "results.md").write_text(text + "\n")

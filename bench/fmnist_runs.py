@@ -21,21 +21,28 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fedq.apps import fmnist
-from fedq.apps.keras_app import KerasApp, import_keras
-from fedq.participant.app import TrainConfig
+from fedq.apps.keras_app import KerasApp, import_keras, shard
+from fedq.participant.app import Partition, TrainConfig
 
 T = TypeVar("T")
 
 
 def fresh_app(
-    build: Callable[[], Any] = fmnist.build_model, train: TrainConfig | None = None
+    build: Callable[[], Any] = fmnist.build_model,
+    train: TrainConfig | None = None,
+    seed: int = fmnist.SEED,
 ) -> KerasApp:
-    """An fmnist app (its data, partitions and seed) around ``build``, no model built yet."""
+    """An fmnist app (its data, partitions and seed) around ``build``, no model built yet;
+    ``seed`` draws the split and the initial model (the app's own is ``fmnist.SEED``)."""
+
+    def load_partition(partition: Partition) -> Any:
+        return shard(fmnist.load_train(), partition, seed)
+
     return KerasApp(
         build,
-        fmnist.load_partition,
+        load_partition,
         fmnist.load_test,
-        seed=fmnist.SEED,
+        seed=seed,
         train_config=train,
         check=fmnist.check_files,
     )

@@ -113,3 +113,13 @@ def test_speed_up_and_points_are_taken_against_the_sync_run_of_the_same_seed():
     runs[3] = timed("async", 1, 10.0, 0.81)  # 8x: mean of ratios 5.0, ratio of means 4.0
     row = next(r for r in summarise(runs, 0.7) if r["arm"] == "async")
     assert row["speedup_vs_sync"] == pytest.approx(5.0)
+
+
+def test_each_partition_is_read_at_its_own_target_unless_one_is_chosen():
+    # The same curve on both partitions: 45% at 1 s, 70% at 2 s.
+    curve = [(1.0, 0.5), (2.0, 0.72)]
+    runs = [Run("sync", scheme, 0, 60.0, curve) for scheme in ("dirichlet:0.5", "labels:2")]
+    own = {row["scheme"]: row["seconds_to_target"] for row in summarise(runs, None)}
+    assert own == {"dirichlet:0.5": 2.0, "labels:2": 1.0}
+    chosen = {row["scheme"]: row["seconds_to_target"] for row in summarise(runs, 0.7)}
+    assert chosen == {"dirichlet:0.5": 2.0, "labels:2": 2.0}
