@@ -72,11 +72,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fmnist_runs import cpu, provenance, run_isolated
+from fmnist_runs import cpu, fresh_app, provenance, run_isolated
 
 from fedq import strict_json
 from fedq.apps import fmnist
-from fedq.apps.keras_app import KerasApp, shard
+from fedq.apps.keras_app import KerasApp
 from fedq.coordinator.checkpoint import checkpoint_path, map_checkpoint
 from fedq.coordinator.config import AsyncRemedy, CoordinatorConfig, Mode
 from fedq.coordinator.observers import CoordinatorObserver
@@ -262,20 +262,11 @@ def seeded_app(seed: int, eval_images: int | None) -> KerasApp:
     """The fmnist app whose split and initial model are drawn with ``seed``; evaluated on
     the first ``eval_images`` test images (None: it does not evaluate)."""
 
-    def load_partition(partition: Partition) -> Any:
-        return shard(fmnist.load_train(), partition, seed)
-
     def load_test() -> Any:
         x, y = fmnist.load_test()
         return x[:eval_images], y[:eval_images]
 
-    return KerasApp(
-        fmnist.build_model,
-        load_partition,
-        None if eval_images is None else load_test,
-        seed=seed,
-        check=fmnist.check_files,
-    )
+    return fresh_app(seed=seed, load_test=None if eval_images is None else load_test)
 
 
 def warmed_app(scheme: str, seed: int) -> KerasApp:

@@ -31,9 +31,11 @@ def fresh_app(
     build: Callable[[], Any] = fmnist.build_model,
     train: TrainConfig | None = None,
     seed: int = fmnist.SEED,
+    load_test: Callable[[], Any] | None = fmnist.load_test,
 ) -> KerasApp:
     """An fmnist app (its data, partitions and seed) around ``build``, no model built yet;
-    ``seed`` draws the split and the initial model (the app's own is ``fmnist.SEED``)."""
+    ``seed`` draws the split and the initial model (the app's own is ``fmnist.SEED``), and
+    ``load_test`` is what it evaluates on (None: it does not evaluate)."""
 
     def load_partition(partition: Partition) -> Any:
         return shard(fmnist.load_train(), partition, seed)
@@ -41,7 +43,7 @@ def fresh_app(
     return KerasApp(
         build,
         load_partition,
-        fmnist.load_test,
+        load_test,
         seed=seed,
         train_config=train,
         check=fmnist.check_files,

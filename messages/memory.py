@@ -254,10 +254,15 @@ class MemoryTransport(Transport):
         queue = self.broker.queues.get(name)
         if queue is None:
             self.broker.queues[name] = _Queue(name, durable, args, self if exclusive else None)
-        elif queue.owner not in (None, self):
-            raise Locked(f"queue {name!r} is exclusive to another connection")
-        elif queue.arguments != args or queue.durable != durable or exclusive != bool(queue.owner):
+            return
+        self._check_owner(queue)
+        if queue.arguments != args or queue.durable != durable or exclusive != bool(queue.owner):
             raise Inequivalent(f"queue {name!r} exists with other arguments {queue.arguments}")
+
+    def _check_owner(self, queue: _Queue) -> None:
+        """Locked if ``queue`` is exclusive to another transport (RESOURCE_LOCKED)."""
+        if queue.owner not in (None, self):
+            raise Locked(f"queue {queue.name!r} is exclusive to another connection")
 
     async def bind(self, queue: str, exchange: str, routing_key: str = "") -> None:
         if queue not in self.broker.queues or exchange not in self.broker.exchanges:
@@ -323,8 +328,7 @@ class MemoryTransport(Transport):
         target = self.broker.queues.get(queue)
         if target is None:
             raise TransportError(f"no queue {queue!r}")
-        if target.owner not in (None, self):
-            raise Locked(f"queue {queue!r} is exclusive to another connection")
+        self._check_owner(target)
         consumer = _Consumer(target, max(1, prefetch))
         target.consumers.append(consumer)
         target.dispatch()
