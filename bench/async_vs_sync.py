@@ -144,6 +144,9 @@ class Run:
     contributors: list[list[str]] = field(default_factory=list)
     #: The CPU it was timed on (``fmnist_runs.cpu``); None when not recorded.
     cpu: str | None = None
+    #: Each version's test accuracy per label (label 0 first), in version order; empty
+    #: for runs measured before it was kept.
+    label_accuracy: list[list[float]] = field(default_factory=list)
 
     def seconds_to(self, target: float) -> float | None:
         return next((t for t, a in self.curve if a >= target), None)
@@ -198,6 +201,7 @@ class Run:
             "cpu": self.cpu,
             "contributors": self.contributors,
             "curve": self.curve,
+            "label_accuracy": self.label_accuracy,
         }
 
     def record(self, target: float) -> dict[str, Any]:
@@ -224,6 +228,7 @@ class Run:
             [(t, a) for t, a in r["curve"]],
             r["contributors"],
             r.get("cpu"),
+            r.get("label_accuracy", []),
         )
 
     def smallest_share(self) -> float | None:
@@ -258,27 +263,18 @@ class Stamps(CoordinatorObserver):
             self.run.contributors.append(list(row.participants))
 
 
-def seeded_app(seed: int, eval_images: int | None) -> KerasApp:
-    """The fmnist app whose split and initial model are drawn with ``seed``; evaluated on
-    the first ``eval_images`` test images (None: it does not evaluate)."""
-
-    def load_test() -> Any:
-        x, y = fmnist.load_test()
-        return x[:eval_images], y[:eval_images]
-
-    return fresh_app(seed=seed, load_test=None if eval_images is None else load_test)
-
-
 def warmed_app(scheme: str, seed: int) -> KerasApp:
-    """``seeded_app`` (not evaluating) with every participant's share of the data loaded,
-    its model built and its training step traced, by one local training each, untimed.
+    """The fmnist app whose split and initial model are drawn with ``seed`` (not
+    evaluating: ``run_one`` scores the versions itself), with every participant's share
+    of the data loaded, its model built and its training step traced, by one local
+    training each, untimed.
 
     The budget leaves out what every arm does once before it learns, but Keras does these
     on a model's first ``fit``: 2.3 s more than a later one here, for each of the 10
     participants, on two cores, so the first version came at 33 s and the next ones every
     11 s. The warm-up changes no result: each round sets the model's weights and resets
     its optimizer."""
-    app = seeded_app(seed, None)
+    app = fresh_app(seed=seed, load_test=None)
     weights, config = app.initial_weights(), app_train_config(app)
     for index in range(PARTICIPANTS):
         app.train(weights, Partition(index, PARTICIPANTS, Scheme.parse(scheme)), config)
@@ -332,14 +328,27 @@ def run_one(arm: Arm, scheme: str, seed: int, budget: float, eval_images: int) -
     with tempfile.TemporaryDirectory(prefix="fedq-async-vs-sync-") as state:
         app = warmed_app(scheme, seed)
         stamps = run_isolated(lambda: federate(arm, scheme, seed, budget, Path(state), app))
-        evaluating = seeded_app(seed, eval_images)
+        x, y = fmnist.load_test()
+        x, y = x[:eval_images], y[:eval_images]
         models = Path(state) / "models"
         run = stamps.run
+        scorer: Any = None
         for seconds, version in stamps.committed:
-            model = map_checkpoint(checkpoint_path(models, version))
-            metrics = evaluating.evaluate(model) or {}
-            run.curve.append((seconds, metrics.get("accuracy", float("nan"))))
+            weights = map_checkpoint(checkpoint_path(models, version))
+            if scorer is None:
+                scorer = app.model_of(weights)
+            else:
+                scorer.set_weights(list(weights.values()))
+            right = np.argmax(scorer.predict(x, batch_size=1000, verbose=0), axis=1) == y
+            run.curve.append((seconds, float(right.mean())))
+            run.label_accuracy.append(label_accuracy(right, y))
         return run
+
+
+def label_accuracy(right: np.ndarray, labels: np.ndarray) -> list[float]:
+    """The share of ``right`` predictions among the examples of each label, label 0 first
+    (what a label-skewed partition can cost one label and not the mean)."""
+    return [float(right[labels == label].mean()) for label in range(int(labels.max()) + 1)]
 
 
 def measure(
