@@ -24,7 +24,9 @@ for each of ``--seeds`` (the seed draws the split and the initial model). The ar
 - ``async-ca2fl``: ``--async-remedy cached``: every update kept, each participant's
   latest cached, each step calibrated with the cache (CA2FL);
 - only when named in ``--arms``: ``async-fadas-k7`` and ``async-ca2fl-k7``, the same with
-  a version every 7 updates (``async-ca2fl-k7`` is fedq's default async mode, K = 7).
+  a version every 7 updates (``async-ca2fl-k7`` is fedq's default async mode, K = 7), and
+  ``async-mifa-k7``: ``--async-remedy cached_mean``, each version the mean of every
+  participant's latest local model (MIFA), K = 7.
 
 The test accuracy of every version committed within the budget (``--eval-images`` of the
 10,000 test images), stamped with the seconds from the start to its commit. It is measured
@@ -129,6 +131,7 @@ ARMS = (
 MORE_ARMS = (
     Arm("async-fadas-k7", "async", 7, "delay_adaptive"),
     Arm("async-ca2fl-k7", "async", 7, "cached"),
+    Arm("async-mifa-k7", "async", 7, "cached_mean"),
 )
 
 

@@ -26,7 +26,9 @@ from fedq.messages.topology import (
 
 Mode = Literal["sync", "quorum", "async"]
 #: Async mode's remedies for stragglers (:mod:`fedq.coordinator.strategies.remedies`).
-AsyncRemedy = Literal["none", "delay_adaptive", "cached"]
+AsyncRemedy = Literal["none", "delay_adaptive", "cached", "cached_mean"]
+#: The remedies that keep each participant's latest update (:mod:`.update_cache`).
+CACHING_REMEDIES: frozenset[AsyncRemedy] = frozenset({"cached", "cached_mean"})
 LatePolicy = Literal["reject", "fold"]
 StrategyOptions = dict[str, float | int | str | bool]
 
@@ -50,8 +52,9 @@ NO_STALENESS_CUTOFF = 1 << 62
 
 
 def cached_can_calibrate(aggregator: str, dp_clip: float | None) -> bool:
-    """Whether ``--async-remedy cached`` can work with these settings: its calibration is
-    of the weighted mean, which a robust aggregator or DP clipping replaces."""
+    """Whether ``--async-remedy cached`` (or ``cached_mean``) can work with these settings:
+    its step is made of the updates' weighted mean, which a robust aggregator or DP
+    clipping replaces."""
     return aggregator == "mean" and dp_clip is None
 
 
@@ -134,7 +137,9 @@ class CoordinatorConfig(BaseModel):
         "--max-staleness); delay_adaptive (FADAS: every update kept with s(tau), the server "
         "step shrunk to 1/tau_max when the stalest is beyond --delay-threshold); cached "
         "(CA2FL: every update kept, each participant's latest cached on disk and the step "
-        "calibrated with it, no s(tau)). With a remedy, nothing is refused as stale unless "
+        "calibrated with it, no s(tau)); cached_mean (MIFA: the same cache, each version "
+        "the mean of every participant's latest local model). With a remedy, nothing is "
+        "refused as stale unless "
         "--max-staleness is given.",
         json_schema_extra={
             "shown_default": "none; in async mode cached (delay_adaptive with an "
@@ -364,12 +369,10 @@ class CoordinatorConfig(BaseModel):
         if self.async_remedy != "none":
             if self.mode != "async":
                 raise ValueError(f"--async-remedy {self.async_remedy} is for async mode")
-            if self.async_remedy == "cached" and not cached_can_calibrate(
-                self.aggregator, self.dp_clip
-            ):
+            if self.caches_updates and not cached_can_calibrate(self.aggregator, self.dp_clip):
                 raise ValueError(
-                    "--async-remedy cached calibrates the weighted mean: drop --aggregator "
-                    "and --dp-clip, or use --async-remedy delay_adaptive"
+                    f"--async-remedy {self.async_remedy} steps by the weighted mean: drop "
+                    "--aggregator and --dp-clip, or use --async-remedy delay_adaptive"
                 )
         if self.sample_fraction is not None:
             if self.mode == "async":
@@ -409,10 +412,15 @@ class CoordinatorConfig(BaseModel):
     def min_k(self) -> int:
         return self.min_quorum or self.k
 
+    @property
+    def caches_updates(self) -> bool:
+        """Whether the remedy keeps each participant's latest update on disk."""
+        return self.async_remedy in CACHING_REMEDIES
+
     def staleness_factor(self, tau: int) -> float:
         """s(tau) = (1 + tau)^-a (FedBuff): 1 for a fresh update, smaller the older it is.
-        1 with ``--async-remedy cached``: its calibration takes the place of s(tau)."""
-        if self.async_remedy == "cached":
+        1 with a caching remedy: the cache takes the place of s(tau)."""
+        if self.caches_updates:
             return 1.0
         return float((1 + tau) ** -self.staleness_exponent)
 

@@ -1,7 +1,8 @@
 """Async mode's remedy for stragglers (``--async-remedy``), applied to a version's delta.
 
 Between the aggregation's result and the server step: CA2FL's calibration by each
-participant's cached update (:class:`~.update_cache.UpdateCache`), or FADAS's
+participant's cached update (:class:`~.update_cache.UpdateCache`), the mean of the cached
+local models (MIFA, rebased), or FADAS's
 delay-adaptive step (the delta scaled by eta_t / eta, so it works with any server
 optimizer: for FedAvg it is exactly FADAS's step size, for an adaptive optimizer it
 scales the pseudo-gradient it is given). The maths is :mod:`.strategies.remedies`.
@@ -29,12 +30,13 @@ class Remedy:
 
     def __init__(self, config: CoordinatorConfig) -> None:
         self.config = config
-        #: ``cached``: each participant's latest update (made by :meth:`restore`).
+        #: ``cached``, ``cached_mean``: each participant's latest update (made by
+        #: :meth:`restore`).
         self.cache: UpdateCache | None = None
 
     def restore(self, weights: Mapping[str, np.ndarray], version: int) -> None:
         """Before the first version: the cache as committed up to model ``version``."""
-        if self.config.async_remedy == "cached":
+        if self.config.caches_updates:
             state = self.config.state_dir
             self.cache = UpdateCache(state / CACHE_FOLDER, weights, state / "models")
             self.cache.restore(version)
@@ -73,6 +75,9 @@ def apply_remedy(
         contributors = [(r.participant, float(r.num_examples), r.base_version) for r in records]
         for name, correction in cache.correction(contributors, model, version).items():
             delta[name] += correction
+    elif config.async_remedy == "cached_mean":
+        assert cache is not None, "made when the coordinator prepares"
+        delta.update(cache.mean_step(model))
     elif config.async_remedy == "delay_adaptive":
         tau_max = max(r.staleness for r in records)
         lr = config.server_lr

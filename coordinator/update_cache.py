@@ -35,7 +35,7 @@ import numpy as np
 
 from fedq.coordinator.checkpoint import checkpoint_path, map_checkpoint, release_pages
 from fedq.coordinator.strategies.base import DeltaPieces, Weights, blocks
-from fedq.coordinator.strategies.remedies import Flat, calibration
+from fedq.coordinator.strategies.remedies import Flat, cached_mean_step, calibration
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +176,26 @@ class UpdateCache:
         )
         for weights in bases.values():
             release_pages(weights.values())
+        return self._shaped(flat)
+
+    def mean_step(self, model: Weights) -> Weights:
+        """``cached_mean``'s delta on ``model``: the mean of the committed cache with the
+        staged entries (the open version's updates) in their participants' places, minus
+        ``model``, as tensors shaped like the model."""
+        flat = cached_mean_step(
+            self.sum,
+            self.weight,
+            [
+                (entry.weight, [(0, self._read(entry))])
+                for who, entry in self.entries.items()
+                if who in self.staged
+            ],
+            [(entry.weight, [(0, self._read(entry))]) for entry in self.staged.values()],
+            self._flat(model),
+        )
+        return self._shaped(flat)
+
+    def _shaped(self, flat: np.ndarray) -> Weights:
         return {name: flat[start : start + int(np.prod(shape))].reshape(shape)
                 for name, start, shape in self.layout}  # fmt: skip
 

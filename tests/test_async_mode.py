@@ -4,6 +4,7 @@ the slow ones' updates folded with s(tau) = (1 + tau)^-a or refused beyond max s
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -217,14 +218,35 @@ def ca2fl_by_hand(ledger: UpdateLedger, versions: int) -> tuple[float, set[int]]
     return models[-1], set(cached)
 
 
-async def test_with_the_cached_remedy_each_version_is_calibrated_by_the_cached_updates(
-    tmp_path: Path, federation: str
+def mifa_by_hand(ledger: UpdateLedger, versions: int) -> tuple[float, set[int]]:
+    """Every parameter of model ``versions`` with ``cached_mean``: each version the
+    example-weighted mean of every participant's latest local model (m_i = x_b + delta_i,
+    x_b its base model), the version's updates in their participants' places."""
+    cached: dict[int, tuple[int, float]] = {}
+    models = [0.0]
+    for version in range(1, versions + 1):
+        for u in ledger.updates_of(version):
+            assert u.weight == u.num_examples  # s(tau) = 1
+            local = models[u.base_version] + SyntheticApp.delta_value(int(u.participant[1:]))
+            cached[int(u.participant[1:])] = (u.num_examples, local)
+        models.append(sum(n * m for n, m in cached.values()) / sum(n for n, _ in cached.values()))
+    return models[-1], set(cached)
+
+
+@pytest.mark.parametrize(
+    ("remedy", "by_hand"), [("cached", ca2fl_by_hand), ("cached_mean", mifa_by_hand)]
+)
+async def test_with_a_caching_remedy_each_version_is_made_of_the_cached_updates(
+    tmp_path: Path,
+    federation: str,
+    remedy: str,
+    by_hand: Callable[[UpdateLedger, int], tuple[float, set[int]]],
 ):
     versions = 12
-    result = await straggling(tmp_path, federation, versions, [], async_remedy="cached")
+    result = await straggling(tmp_path, federation, versions, [], async_remedy=remedy)
     ledger = UpdateLedger(tmp_path / "ledger.sqlite")
     assert result.model_version == versions and stale_while_running(ledger, versions) == []
-    expected, cached = ca2fl_by_hand(ledger, versions)
+    expected, cached = by_hand(ledger, versions)
     assert cached >= set(SLOW)
     model = load_checkpoint(checkpoint_path(tmp_path / "models", versions))
     for tensor in model.values():

@@ -19,7 +19,11 @@ from fedq.coordinator.stale_notice import StaleNotice
 from fedq.coordinator.strategies import AggregationContext
 from fedq.coordinator.strategies.base import WholeDelta
 from fedq.coordinator.strategies.early_mean import WeightedMean
-from fedq.coordinator.strategies.remedies import calibration, delay_adaptive_lr
+from fedq.coordinator.strategies.remedies import (
+    cached_mean_step,
+    calibration,
+    delay_adaptive_lr,
+)
 from fedq.coordinator.update_cache import UpdateCache
 from fedq.messages.schema import UpdateMeta
 
@@ -99,6 +103,27 @@ def test_calibration_with_nothing_cached_rebases_the_new_updates_only():
     np.testing.assert_allclose(out, [-0.5, -0.5])
 
 
+def test_the_cached_mean_step_is_the_mean_with_the_versions_entries_in_their_places():
+    # Cached: p0 weight 2, m0 = (1, 2); p1 weight 1, m1 = (4, -1): sum (6, 3) of weight 3.
+    # This version: p1 again (weight 3, m = (0, 1)) and p2 (weight 1, m = (2, 2)).
+    # Mean: (2 (1, 2) + 3 (0, 1) + 1 (2, 2)) / 6 = (4, 9) / 6; minus x = (1, 1).
+    out = cached_mean_step(
+        np.array([6, 3], np.float32),
+        3.0,
+        [(1.0, flat(4, -1))],
+        [(3.0, flat(0, 1)), (1.0, flat(2, 2))],
+        flat(1, 1),
+    )
+    np.testing.assert_allclose(out, [4 / 6 - 1, 9 / 6 - 1], rtol=1e-6)
+
+
+def test_the_cached_mean_step_with_nothing_cached_is_the_versions_mean():
+    out = cached_mean_step(
+        np.zeros(2, np.float32), 0.0, [], [(1.0, flat(4, 0)), (3.0, flat(0, 4))], flat(0, 0)
+    )
+    np.testing.assert_allclose(out, [1, 3])
+
+
 # ------------------------------------------------------------------ the cache
 def cache_of(tmp_path: Path, version: int = 0) -> UpdateCache:
     """A cache whose models are all 0 (checkpoints up to v3): local models are deltas."""
@@ -154,12 +179,18 @@ def test_a_restart_after_the_commit_but_before_the_old_entry_went_keeps_the_newe
     assert again.entries["p0"].version == 2
 
 
-def test_cached_remedy_makes_ca2fl_step(tmp_path):
-    """v = h + sum_S n_i (delta_i - h_i) / sum_S n_i, by hand."""
+def two_cached(tmp_path: Path) -> UpdateCache:
+    """A cache of p0's (1, 2, 3) of weight 2 and p1's (4, -1, 0) of weight 1, bases 0."""
     cache = cache_of(tmp_path)
     stage(cache, "p0", 1, (1, 2, 3), 2.0)
     stage(cache, "p1", 1, (4, -1, 0), 1.0)
-    cache.commit()  # h = ((2 + 4) / 3, (4 - 1) / 3, 6 / 3) = (2, 1, 2)
+    cache.commit()
+    return cache
+
+
+def test_cached_remedy_makes_ca2fl_step(tmp_path):
+    """v = h + sum_S n_i (delta_i - h_i) / sum_S n_i, by hand."""
+    cache = two_cached(tmp_path)  # h = ((2 + 4) / 3, (4 - 1) / 3, 6 / 3) = (2, 1, 2)
     # This version: p1 sends (1, 1, 1) with weight 3, p2 (not cached) (2, 0, 4) with 1.
     mean = WeightedMean().start(
         AggregationContext(TEMPLATE, 2, 1 << 20, tmp_path / "spill", version=2)
@@ -179,6 +210,26 @@ def test_cached_remedy_makes_ca2fl_step(tmp_path):
     #   = (2, 1, 2) + ((-9, 6, 3) + (2, 0, 4)) / 4 = (2 - 1.75, 1 + 1.5, 2 + 1.75)
     np.testing.assert_allclose(out["w"], [0.25, 2.5])
     np.testing.assert_allclose(out["b"], [3.75])
+
+
+def test_cached_mean_remedy_steps_to_the_mean_of_every_latest_local_model(tmp_path):
+    """The cache of the test above, the same version: its model is the example-weighted
+    mean of p0's cached (1, 2, 3), p1's new (1, 1, 1) and p2's new (2, 0, 4), bases 0."""
+    cache = two_cached(tmp_path)
+    stage(cache, "p1", 2, (1, 1, 1), 3.0)
+    stage(cache, "p2", 2, (2, 0, 4), 1.0)
+    out = delta(9, 9, 9)  # the aggregation's result is replaced, whatever it was
+    apply_remedy(
+        config(tmp_path, async_remedy="cached_mean"),
+        [record("p1", 3), record("p2", 1)],
+        out,
+        TEMPLATE,
+        1,
+        cache,
+    )
+    # (2 (1, 2, 3) + 3 (1, 1, 1) + 1 (2, 0, 4)) / 6 = (7, 7, 13) / 6
+    np.testing.assert_allclose(out["w"], [7 / 6, 7 / 6], rtol=1e-6)
+    np.testing.assert_allclose(out["b"], [13 / 6], rtol=1e-6)
 
 
 def far_local_training(steps, versions: int, reach: float = 0.95, seed: int = 0):
@@ -210,12 +261,13 @@ def far_local_training(steps, versions: int, reach: float = 0.95, seed: int = 0)
     return distances
 
 
-def test_the_cached_remedy_converges_where_local_training_goes_far(tmp_path):
+@pytest.mark.parametrize("remedy", ["cached", "cached_mean"])
+def test_the_caching_remedies_converge_where_local_training_goes_far(tmp_path, remedy):
     """The case where CA2FL's step as published diverges (``bench/async_vs_sync.py`` saw it
     on Fashion-MNIST): deltas that are mostly the way to each participant's optimum, and
     stragglers whose cached delta stays for about 10 versions. fedq's cache, through the
-    coordinator's own code (staged, calibrated against the checkpoints, committed), reaches
-    FedAvg's fixed point."""
+    coordinator's own code (staged, then CA2FL's calibration or the cached mean against
+    the checkpoints, committed), reaches FedAvg's fixed point."""
     template = {"w": np.zeros(20, np.float32)}
     models = tmp_path / "models"
     save_checkpoint(models, 0, template)
@@ -225,9 +277,13 @@ def test_the_cached_remedy_converges_where_local_training_goes_far(tmp_path):
     def fedq(number: int, x: np.ndarray, buffer: list[tuple[int, int, np.ndarray]]):
         for who, base, d in buffer:
             cache.stage(f"p{who}", number + 1, base, WholeDelta({"w": d}), 1.0)
-        mean = np.mean([d for _, _, d in buffer], axis=0)
-        contributors = [(f"p{who}", 1.0, base) for who, base, _ in buffer]
-        new = x + mean + cache.correction(contributors, {"w": x}, number)["w"]
+        if remedy == "cached_mean":
+            step = cache.mean_step({"w": x})["w"]
+        else:
+            contributors = [(f"p{who}", 1.0, base) for who, base, _ in buffer]
+            step = np.mean([d for _, _, d in buffer], axis=0)
+            step += cache.correction(contributors, {"w": x}, number)["w"]
+        new = x + step
         save_checkpoint(models, number + 1, {"w": new})
         cache.commit()
         return new
@@ -278,8 +334,13 @@ def test_no_remedy_leaves_the_delta_alone(tmp_path):
     np.testing.assert_allclose(out["w"], [1, 2])
 
 
-def test_only_the_cached_remedy_makes_a_cache(tmp_path):
-    for remedy, made in (("none", False), ("delay_adaptive", False), ("cached", True)):
+def test_only_the_caching_remedies_make_a_cache(tmp_path):
+    for remedy, made in (
+        ("none", False),
+        ("delay_adaptive", False),
+        ("cached", True),
+        ("cached_mean", True),
+    ):
         kept = Remedy(config(tmp_path, async_remedy=remedy))
         kept.restore(TEMPLATE, 0)
         assert (kept.cache is not None) is made
@@ -313,8 +374,9 @@ def test_async_mode_keeps_its_stragglers_unless_told_otherwise(tmp_path):
     assert CoordinatorConfig.model_validate(chosen.model_dump()).async_remedy == "delay_adaptive"
 
 
-def test_the_cached_remedy_folds_without_staleness_weight(tmp_path):
+def test_the_caching_remedies_fold_without_staleness_weight(tmp_path):
     assert config(tmp_path, async_remedy="cached").staleness_factor(8) == 1.0
+    assert config(tmp_path, async_remedy="cached_mean").staleness_factor(8) == 1.0
     assert config(tmp_path, async_remedy="delay_adaptive").staleness_factor(8) == pytest.approx(
         9**-0.5
     )
@@ -324,7 +386,8 @@ def test_the_cached_remedy_folds_without_staleness_weight(tmp_path):
     ("settings", "says"),
     [
         ({"mode": "quorum", "async_remedy": "cached"}, "is for async mode"),
-        ({"async_remedy": "cached", "aggregator": "median"}, "calibrates the weighted mean"),
+        ({"async_remedy": "cached", "aggregator": "median"}, "steps by the weighted mean"),
+        ({"async_remedy": "cached_mean", "dp_clip": 1.0}, "steps by the weighted mean"),
     ],
 )
 def test_a_remedy_that_cannot_work_is_refused(tmp_path, settings, says):

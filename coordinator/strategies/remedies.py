@@ -32,7 +32,17 @@ remedies from the literature keep every update and bound the harm a stale one do
   paper's step diverges where this one converges to FedAvg's fixed point. The paper's
   analysis assumes small local steps (delta_i near a gradient), where the two agree.
 
-Both functions below are the whole of the maths; the cache's storage is
+- ``cached_mean`` (MIFA, Gu et al., NeurIPS 2021, rebased as ``cached`` is): the same
+  cache, and each version's model is the example-weighted mean of every participant's
+  latest local model, the version's updates replacing their participants' entries:
+  x' = sum_j n_j m_j / sum_j n_j. CA2FL's step is that mean plus
+  sum_S (s_i - n_i / sum_j n_j) (m_i - m_i_old): the version's own updates counted again,
+  so the model leans each version toward the participants who sent it, the fast ones.
+  Where a few slow participants hold labels nobody else does (NIID-Bench's #C=2), that
+  lean is toward the others' labels in every version; the mean has none, and with every
+  update fresh (sync mode's case) it is FedAvg's step exactly.
+
+The functions below are the whole of the maths; the cache's storage is
 :mod:`fedq.coordinator.update_cache`.
 """
 
@@ -105,3 +115,29 @@ def _add(out: np.ndarray, values: Flat, factor: float) -> None:
         for start, block in blocks(piece.reshape(-1)):
             at = offset + start
             out[at : at + block.size] += scale * block
+
+
+def cached_mean_step(
+    cached_sum: np.ndarray,
+    cached_weight: float,
+    replaced: Sequence[tuple[float, Flat]],
+    added: Sequence[tuple[float, Flat]],
+    model: Flat,
+) -> np.ndarray:
+    """``cached_mean``'s delta on the current model x: the example-weighted mean of the
+    cached local models once the version's are in, minus x.
+
+    ``cached_sum`` / ``cached_weight``: sum_j n_j m_j and sum_j n_j over the committed
+    cache; ``replaced``: the (n, m) entries the version's updates supersede; ``added``: the
+    version's (n, m), one per participant (its latest). Flat float32 of the model's size;
+    every argument but ``cached_sum`` is read a block at a time (it may be memory-mapped),
+    and the result, a new array, is the only model-sized allocation."""
+    weight = cached_weight - sum(w for w, _ in replaced) + sum(w for w, _ in added)
+    assert added and weight > 0, "a version has at least one update, each of weight > 0"
+    out: np.ndarray = np.array(cached_sum, dtype=np.float32)
+    for factor, entries in ((-1.0, replaced), (1.0, added)):
+        for w, local in entries:
+            _add(out, local, factor * w)
+    out *= np.float32(1.0 / weight)
+    _add(out, model, -1.0)
+    return out
