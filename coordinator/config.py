@@ -139,8 +139,7 @@ class CoordinatorConfig(BaseModel):
         "(CA2FL: every update kept, each participant's latest cached on disk and the step "
         "calibrated with it, no s(tau)); cached_mean (MIFA: the same cache, each version "
         "the mean of every participant's latest local model). With a remedy, nothing is "
-        "refused as stale unless "
-        "--max-staleness is given.",
+        "refused as stale unless --max-staleness is given.",
         json_schema_extra={
             "shown_default": "none; in async mode cached (delay_adaptive with an "
             "--aggregator other than mean, or with --dp-clip)"

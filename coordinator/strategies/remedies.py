@@ -3,7 +3,7 @@
 FedBuff's async mode (Nguyen et al., AISTATS 2022) weighs an update tau versions behind by
 s(tau) = (1 + tau)^-a and refuses it beyond ``--max-staleness``. With participants 5x
 slower than the rest, their updates arrive further behind than the cutoff, so their data
-never reaches the model; on label-skewed data its labels are then never learned. Two
+never reaches the model; on label-skewed data its labels are then never learned. Three
 remedies from the literature keep every update and bound the harm a stale one does:
 
 - ``delay_adaptive`` (FADAS, Wang et al., ICML 2024, its delay-adaptive step): keep every
@@ -37,10 +37,12 @@ remedies from the literature keep every update and bound the harm a stale one do
   latest local model, the version's updates replacing their participants' entries:
   x' = sum_j n_j m_j / sum_j n_j. CA2FL's step is that mean plus
   sum_S (s_i - n_i / sum_j n_j) (m_i - m_i_old): the version's own updates counted again,
-  so the model leans each version toward the participants who sent it, the fast ones.
-  Where a few slow participants hold labels nobody else does (NIID-Bench's #C=2), that
-  lean is toward the others' labels in every version; the mean has none, and with every
-  update fresh (sync mode's case) it is FedAvg's step exactly.
+  so the model leans each version toward the participants who sent it, most often the
+  fast ones. Where a label has one or two holders (NIID-Bench's #C=2), the model then
+  swings from version to version with who sent it; the mean does not lean, and with
+  every update fresh (sync mode's case) it is FedAvg's step exactly. Measured in
+  ``bench/async_vs_sync.py``: steadier than ``cached`` on #C=2, slower to a first target
+  on Dir(0.5) (bench/README, "Stragglers").
 
 The functions below are the whole of the maths; the cache's storage is
 :mod:`fedq.coordinator.update_cache`.
