@@ -335,13 +335,10 @@ def run_one(arm: Arm, scheme: str, seed: int, budget: float, eval_images: int) -
         x, y = x[:eval_images], y[:eval_images]
         models = Path(state) / "models"
         run = stamps.run
-        scorer: Any = None
+        scorer = app.model_of(app.initial_weights())
         for seconds, version in stamps.committed:
             weights = map_checkpoint(checkpoint_path(models, version))
-            if scorer is None:
-                scorer = app.model_of(weights)
-            else:
-                scorer.set_weights(list(weights.values()))
+            scorer.set_weights(list(weights.values()))
             right = np.argmax(scorer.predict(x, batch_size=1000, verbose=0), axis=1) == y
             run.curve.append((seconds, float(right.mean())))
             run.label_accuracy.append(label_accuracy(right, y))
