@@ -73,17 +73,17 @@ def chunked_path_seconds(
     intake = Intake(meta.federation, spec, nothing_seen)
     intakes, folds = [], []
     with tempfile.TemporaryDirectory(prefix="fedq-bench-chunked-") as folder:
+        assembler = Assembler(  # one for every update, as a coordinator has
+            Path(folder) / "spool",
+            spec,
+            max_bytes=1 << 40,
+            max_norm=None,
+            max_streams=1,
+            timeout_seconds=60.0,
+            chunk_bytes=DEFAULT_CHUNK_BYTES,
+            max_per_participant=1,
+        )
         for _ in range(repeat):
-            assembler = Assembler(
-                Path(folder) / "spool",
-                spec,
-                max_bytes=1 << 40,
-                max_norm=None,
-                max_streams=1,
-                timeout_seconds=60.0,
-                chunk_bytes=DEFAULT_CHUNK_BYTES,
-                max_per_participant=1,
-            )
             mean = WeightedMean().start(AggregationContext(template, 1, 0, Path(folder), 1))
             start = time.perf_counter()
             for body in bodies:

@@ -21,11 +21,12 @@ Why a spool:
 - The spool is a cache: the broker still holds every chunk unacked. After a crash the
   spool is wiped and the redelivered chunks rebuild it.
 - The cost is one write and one read of each chunk (page cache, usually not the disk).
+  The files are reused (:mod:`~.spool_files`), so the write is over pages already cached.
 
 Memory: the bodies in flight (the consumer's prefetch) plus one chunk while folding;
 never a whole update. Disk: at most ``max_streams`` updates of at most ``max_bytes`` in
 assembly, plus those an aggregation keeps (:meth:`ChunkedDelta.keep`) until its version
-closes.
+closes, plus at most ``max_streams`` retired files waiting for reuse.
 What a sender can do: chunks of updates that never complete are refused ``incomplete``
 ``timeout_seconds`` after their last chunk came; more than ``max_streams`` updates in
 assembly at once are refused ``too_many_streams``; a stream beyond ``max_bytes`` is
@@ -48,6 +49,7 @@ from pathlib import Path
 import xxhash
 
 from fedq.coordinator.intake import chunk_copy_digest
+from fedq.coordinator.spool_files import SpoolFiles
 from fedq.coordinator.strategies.base import DeltaPieces, Piece
 from fedq.coordinator.verdicts import ChunkCandidate, Rejection
 from fedq.messages.chunks import SLICE_ALIGN, ChunkChain, TensorSlice
@@ -77,6 +79,8 @@ class Stream:
     meta: UpdateMeta
     count: int
     spool: Path
+    #: Where ``spool`` came from and goes back to when closed.
+    files: SpoolFiles
     chunks: dict[int, SpooledChunk] = field(default_factory=dict)
     #: The chunks' own digests (computed by the intake) and the ones they carry.
     chain: ChunkChain = field(init=False)
@@ -123,7 +127,7 @@ class Stream:
             return f.read(chunk.size)
 
     def close(self) -> None:
-        self.spool.unlink(missing_ok=True)
+        self.files.retire(self.spool)
 
 
 @dataclass(frozen=True)
@@ -183,7 +187,7 @@ class ChunkedDelta(DeltaPieces):
 
     def release(self) -> None:
         if self._kept is not None:
-            self._kept.unlink(missing_ok=True)
+            self.stream.files.retire(self._kept)
 
     def parts(self, n: int) -> list[DeltaPieces]:
         """The chunks in ``n`` groups (every n-th): each chunk covers values of its own (the
@@ -246,6 +250,7 @@ class Assembler:
         # Whatever a previous coordinator left: the broker redelivers those chunks.
         shutil.rmtree(spool_dir, ignore_errors=True)
         spool_dir.mkdir(parents=True, exist_ok=True)
+        self.files = SpoolFiles(spool_dir, max_streams)
         self.spec = spec
         self.max_bytes = max_bytes
         self.max_norm = max_norm
@@ -305,10 +310,12 @@ class Assembler:
                 "too_large",
                 f"update {meta.update_id}'s chunks exceed the limit of {self.max_bytes} bytes",
             )
-        with stream.spool.open("ab") as f:
-            offset = f.tell()
+        with stream.spool.open("r+b") as f:  # a reused file: over what it held
+            f.seek(stream.size)
             f.write(body)
-        stream.chunks[chunk.index] = SpooledChunk(delivery, offset, len(body), candidate.slices)
+        stream.chunks[chunk.index] = SpooledChunk(
+            delivery, stream.size, len(body), candidate.slices
+        )
         stream.chain.add(chunk.index, candidate.digest, chunk.digest)
         stream.size += len(body)
         stream.sum_squares += candidate.sum_squares
@@ -349,7 +356,10 @@ class Assembler:
                 f"{meta.participant} has {self.max_per_participant} chunked updates in assembly "
                 "already, the most allowed per participant (--max-streams-per-participant)",
             )
-        stream = Stream(meta, candidate.chunk.count, self.spool_dir / _file_name(meta.update_id))
+        stream = Stream(
+            meta, candidate.chunk.count, self.spool_dir / _file_name(meta.update_id), self.files
+        )
+        self.files.take(stream.spool)
         self.streams[meta.update_id] = stream
         self._per_participant[meta.participant] += 1
         return stream

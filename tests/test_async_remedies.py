@@ -363,7 +363,7 @@ def test_a_remedy_keeps_every_update_unless_max_staleness_is_given(tmp_path):
 def test_async_mode_keeps_its_stragglers_unless_told_otherwise(tmp_path):
     """The default remedy: cached where it can calibrate (the weighted mean, no DP clip),
     else delay_adaptive; none in the round modes; one named is kept."""
-    assert config(tmp_path).async_remedy == "cached"
+    assert config(tmp_path).async_remedy == "cached_mean"
     assert config(tmp_path, aggregator="median").async_remedy == "delay_adaptive"
     assert config(tmp_path, dp_clip=1.0).async_remedy == "delay_adaptive"
     assert config(tmp_path, async_remedy="none").async_remedy == "none"

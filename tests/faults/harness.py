@@ -232,9 +232,10 @@ class FaultyFederation:
         app's delta does not depend on the model it was trained on, so an update folded
         twice, or a part of one, changes the model. FedAvg's weighted mean,
         sum(weight x delta) / sum(num_examples), weight being num_examples x the staleness
-        factor (1 in round modes); with the cached remedy (its cache is on disk), CA2FL's
-        step as fedq rebases it (``coordinator/strategies/remedies.calibration``), replayed
-        from every version's updates in order."""
+        factor (1 in round modes); with a caching remedy (its cache is on disk), its step as
+        fedq rebases it (``coordinator/strategies/remedies``), replayed from every version's
+        updates in order: CA2FL's calibrated step for ``cached``, MIFA's mean of every
+        participant's latest local model for ``cached_mean``."""
         index = {self.participant_id(i): i for i in range(self.participants)}
 
         def delta(u: UpdateRecord) -> float:
@@ -250,18 +251,29 @@ class FaultyFederation:
                 step = sum(u.weight * delta(u) for u in folded) / total
             else:
                 local = {u.participant: models[u.base_version] + delta(u) for u in folded}
+                if self.remedy == "cached_mean":
+                    cache |= {u.participant: (u.num_examples, local[u.participant]) for u in folded}
                 weight = sum(n for n, _ in cache.values())
-                h = sum(n * m for n, m in cache.values()) / weight - x if cache else 0.0
-                # Each contributor moves the step by its new local model less its cached
-                # one (the current model for one not cached yet), weighted by examples.
-                step = h
-                for u in folded:
-                    before = cache[u.participant][1] if u.participant in cache else x
-                    step += u.num_examples / total * (local[u.participant] - before)
-                cache |= {u.participant: (u.num_examples, local[u.participant]) for u in folded}
+                step = sum(n * m for n, m in cache.values()) / weight - x if cache else 0.0
+                if self.remedy == "cached":
+                    # Each contributor moves the step by its new local model less its cached
+                    # one (the current model for one not cached yet), weighted by examples.
+                    for u in folded:
+                        before = cache[u.participant][1] if u.participant in cache else x
+                        step += u.num_examples / total * (local[u.participant] - before)
+                    cache |= {u.participant: (u.num_examples, local[u.participant]) for u in folded}
             steps.append(step)
             models.append(x + step)
         return steps
+
+    @property
+    def remedy(self) -> str:
+        """The async remedy the coordinator runs with: the one its arguments name, else
+        async mode's default (``cached_mean``)."""
+        args = self.coordinator_args
+        if "--async-remedy" in args:
+            return args[args.index("--async-remedy") + 1]
+        return "cached_mean" if "async" in args else "none"
 
     def _took(self, version: int, step: float) -> bool:
         """Whether model ``version`` is exactly model ``version - 1`` plus ``step``."""

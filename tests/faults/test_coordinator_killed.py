@@ -20,9 +20,13 @@ CASES = {
     "after checkpoint, before ledger": ("after_checkpoint:2", []),
     "after ledger, before acks": ("after_ledger_commit:2", []),
     "publishing a chunked model": (f"publishing_model:{MID_MODEL}", ["--chunk-bytes", str(CHUNK)]),
-    # Every version checked exactly too: CA2FL's step replayed from the ledger (async
-    # mode's default remedy, its cache rebuilt from its files), or FedBuff's weights.
+    # Every version checked exactly too: MIFA's step replayed from the ledger (async mode's
+    # default remedy, its cache rebuilt from its files), CA2FL's, or FedBuff's weights.
     "async, between versions": ("between_versions:2", ["--mode", "async", "--quorum", "2"]),
+    "async CA2FL, between versions": (
+        "between_versions:2",
+        ["--mode", "async", "--quorum", "2", "--async-remedy", "cached"],
+    ),
     "async FedBuff, between versions": (
         "between_versions:2",
         ["--mode", "async", "--quorum", "2", "--async-remedy", "none"],
