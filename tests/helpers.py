@@ -20,12 +20,13 @@ import yarl
 from prometheus_client.parser import text_string_to_metric_families
 
 from fedq.apps.synthetic import SyntheticApp
+from fedq.coordinator.assembly import Assembler
 from fedq.coordinator.observers import CoordinatorObserver, UpdateSeen
 from fedq.coordinator.records import VersionSummary
 from fedq.coordinator.service import UPDATES_IN_FLIGHT
 from fedq.coordinator.verdicts import Admitted
 from fedq.messages.amqp import AmqpTransport, lanes_of
-from fedq.messages.codec import Weights
+from fedq.messages.codec import ModelSpec, Weights
 from fedq.messages.schema import UpdateMeta
 from fedq.messages.transport import Delivery, Locked, Transport, TransportError
 from fedq.participant.app import Partition, TrainConfig, TrainResult
@@ -460,6 +461,23 @@ class BodyOnly:
 
     def __init__(self, body: bytes) -> None:
         self.body = body
+
+
+def roomy_assembler(
+    folder: Path, spec: ModelSpec, chunk_bytes: int, *, max_streams: int = 4
+) -> Assembler:
+    """An assembler spooling to ``folder`` with room for any pure test's updates: no norm
+    bound, a minute before a stream is incomplete, four streams a participant."""
+    return Assembler(
+        folder,
+        spec,
+        max_bytes=1 << 30,
+        max_norm=None,
+        max_streams=max_streams,
+        timeout_seconds=60.0,
+        chunk_bytes=chunk_bytes,
+        max_per_participant=4,
+    )
 
 
 class AdmitFresh:

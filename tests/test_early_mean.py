@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedq.coordinator.assembly import Assembled, Assembler, ChunkBody, Pending, Stream
+from fedq.coordinator.assembly import Assembled, ChunkBody, Pending, Stream
 from fedq.coordinator.intake import Intake
 from fedq.coordinator.strategies import AggregationContext
 from fedq.coordinator.strategies.base import WholeDelta
@@ -27,7 +27,7 @@ from fedq.messages.chunks import encode_chunks
 from fedq.messages.codec import spec_of
 from fedq.messages.schema import UpdateMeta
 from fedq.messages.transport import Delivery
-from tests.helpers import AdmitFresh, BodyOnly
+from tests.helpers import AdmitFresh, BodyOnly, roomy_assembler
 
 pytestmark = pytest.mark.pure
 
@@ -62,16 +62,7 @@ class Federation:
         self.spec, self.template, self.chunk_bytes = spec, template, chunk_bytes
         self.spool = tmp_path / "spool"
         self.intake = Intake("f", spec, lambda update_id: None)
-        self.assembler = Assembler(
-            self.spool,
-            spec,
-            max_bytes=1 << 30,
-            max_norm=None,
-            max_streams=16,
-            timeout_seconds=60.0,
-            chunk_bytes=chunk_bytes,
-            max_per_participant=4,
-        )
+        self.assembler = roomy_assembler(self.spool, spec, chunk_bytes, max_streams=16)
         context = AggregationContext(template, 8, 0, tmp_path, version=1, max_weight_share=share)
         mean = WeightedMean().start(context)
         early = mean.early_folds()

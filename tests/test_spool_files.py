@@ -11,7 +11,7 @@ from typing import cast
 import numpy as np
 import pytest
 
-from fedq.coordinator.assembly import Assembled, Assembler
+from fedq.coordinator.assembly import Assembled
 from fedq.coordinator.intake import Intake
 from fedq.coordinator.spool_files import SpoolFiles
 from fedq.coordinator.verdicts import ChunkCandidate
@@ -19,7 +19,7 @@ from fedq.messages.chunks import encode_chunks
 from fedq.messages.codec import spec_of
 from fedq.messages.schema import UpdateMeta
 from fedq.messages.transport import Delivery
-from tests.helpers import AdmitFresh, BodyOnly
+from tests.helpers import AdmitFresh, BodyOnly, roomy_assembler
 
 pytestmark = pytest.mark.pure
 
@@ -78,16 +78,7 @@ def test_no_more_than_the_bound_wait_for_reuse(tmp_path: Path):
 def test_the_assembler_reads_back_what_it_wrote_over_a_longer_file(tmp_path: Path):
     template = {"w": np.zeros(200_000, np.float32)}
     spec = spec_of(template)
-    assembler = Assembler(
-        tmp_path / "spool",
-        spec,
-        max_bytes=1 << 30,
-        max_norm=None,
-        max_streams=4,
-        timeout_seconds=60.0,
-        chunk_bytes=256 << 10,
-        max_per_participant=4,
-    )
+    assembler = roomy_assembler(tmp_path / "spool", spec, 256 << 10)
     longer = written(tmp_path / "spool" / "old.chunks", os.urandom(3 << 20))
     inode = longer.stat().st_ino
     assembler.files.retire(longer)

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fedq.coordinator.assembly import Assembled, Assembler
+from fedq.coordinator.assembly import Assembled
 from fedq.coordinator.headroom import Headroom
 from fedq.coordinator.intake import Intake
 from fedq.coordinator.strategies import AggregationContext
@@ -33,7 +33,7 @@ from fedq.messages.chunks import encode_chunks
 from fedq.messages.codec import spec_of
 from fedq.messages.schema import UpdateMeta
 from fedq.messages.transport import Delivery
-from tests.helpers import AdmitFresh, BodyOnly
+from tests.helpers import AdmitFresh, BodyOnly, roomy_assembler
 
 MODEL = {"w": np.zeros((3, 2), np.float32), "b": np.zeros(2, np.float32)}
 
@@ -173,16 +173,7 @@ def test_the_heaviest_chunked_update_waits_on_disk_and_joins_as_a_copy_in_memory
     chunk_bytes = 256 << 10
     spec = spec_of(template)
     intake = Intake("f", spec, lambda update_id: None)
-    assembler = Assembler(
-        tmp_path / "spool",
-        spec,
-        max_bytes=1 << 30,
-        max_norm=None,
-        max_streams=4,
-        timeout_seconds=60.0,
-        chunk_bytes=chunk_bytes,
-        max_per_participant=4,
-    )
+    assembler = roomy_assembler(tmp_path / "spool", spec, chunk_bytes)
     # Heavier and heavier, then lighter: each newcomer but the last replaces the one aside.
     weights = [10, 1000, 10**6, 50]
     deltas = [{k: rng.standard_normal(v.shape).astype(np.float32) for k, v in template.items()}
