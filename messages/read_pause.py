@@ -16,10 +16,10 @@ What must stay true:
 - Only a connection that carries nothing but one consumer's deliveries is paused (the
   coordinator's, ``consumers_apart``): a publish confirm or an RPC reply behind a paused
   read would wait for the consumer, and the consumer may be waiting for it.
-- A pause never outlasts :func:`longest_pause` of the connection's heartbeat: aiormq
-  closes a connection it has read nothing from for three heartbeat intervals. After that
-  long the reads resume, and the next body read pauses them again (one more body per
-  pause of a consumer that does not take its deliveries).
+- A pause never outlasts :data:`LONGEST_PAUSE` seconds at a time: aiormq closes a
+  connection it has read nothing from for three heartbeat intervals. After that long the
+  reads resume, and the next body read pauses them again (one more body per
+  :data:`LONGEST_PAUSE` of a consumer that does not take its deliveries).
 - A new connection (a reconnect) starts with its reads on.
 """
 
@@ -31,22 +31,9 @@ from typing import Any
 from aiormq.connection import TCPTransportFactory, TLSTransportFactory, TransportFactory
 from yarl import URL
 
-#: The longest a pause lasts before reads resume for a body, with the default heartbeat.
+#: The longest a pause lasts before reads resume for a body; well under aiormq's 3
+#: heartbeat intervals (60 s each by default) without a frame read.
 LONGEST_PAUSE = 20.0
-
-
-def longest_pause(url: URL) -> float:
-    """How long reads may pause on a connection to ``url``: :data:`LONGEST_PAUSE`, or a
-    quarter of the time aiormq waits for a frame before it gives the connection up
-    (``(heartbeat + 1) x 3`` seconds) where a short ``heartbeat`` in the URL makes that
-    sooner. A heartbeat of 0 (off) sets no such time."""
-    try:
-        heartbeat = int(url.query.get("heartbeat", "60"))
-    except ValueError:
-        return LONGEST_PAUSE
-    if heartbeat <= 0:
-        return LONGEST_PAUSE
-    return min(LONGEST_PAUSE, (heartbeat + 1) * 3 / 4)
 
 
 class PausableReads(TransportFactory):
@@ -56,7 +43,6 @@ class PausableReads(TransportFactory):
     def __init__(self) -> None:
         self._transport: asyncio.Transport | None = None
         self._resume: asyncio.TimerHandle | None = None
-        self._longest = LONGEST_PAUSE
 
     async def create(
         self, url: URL, **kwargs: Any
@@ -65,7 +51,6 @@ class PausableReads(TransportFactory):
         reader, writer = await inner.create(url, **kwargs)
         self.resume()  # whatever was paused was the old connection's
         self._transport = writer.transport  # type: ignore[assignment]
-        self._longest = longest_pause(url)
         return reader, writer
 
     @property
@@ -75,12 +60,12 @@ class PausableReads(TransportFactory):
         return transport is not None and transport.is_reading()
 
     def pause(self) -> None:
-        """Stop reading the socket, for at most :func:`longest_pause` seconds."""
+        """Stop reading the socket, for at most :data:`LONGEST_PAUSE` seconds."""
         transport = self._transport
         if self._resume is not None or transport is None or transport.is_closing():
             return
         transport.pause_reading()
-        self._resume = asyncio.get_running_loop().call_later(self._longest, self.resume)
+        self._resume = asyncio.get_running_loop().call_later(LONGEST_PAUSE, self.resume)
 
     def resume(self) -> None:
         if self._resume is None:
