@@ -61,7 +61,6 @@ from fedq.messages.channel_closing import RobustConnection
 from fedq.messages.channel_closing import install as answer_every_channel_close
 from fedq.messages.frames import UNDECODABLE_HEADER
 from fedq.messages.frames import install as tolerate_undecodable_properties
-from fedq.messages.read_pause import PausableReads
 from fedq.messages.transport import (
     Delivery,
     ExchangeKind,
@@ -166,14 +165,12 @@ def _cannot_connect(where: str, exc: BaseException) -> str:
 
 
 class _AmqpDelivery:
-    __slots__ = ("_body", "_inbox", "_msg", "_released", "_shared", "_unreleased")
+    __slots__ = ("_body", "_inbox", "_msg", "_released", "_shared")
 
     def __init__(self, msg: AbstractIncomingMessage, inbox: _Inbox) -> None:
         self._msg = msg
         self._inbox = inbox
         self._released = False
-        #: Until its body is released or it is settled: one of the inbox's bodies in hand.
-        self._unreleased = True
         self._body, self._shared = inbox.bodies.take(msg)
         # This wrapper becomes the body's only holder, so release_body() really frees it.
         cast(aio_pika.IncomingMessage, msg).body = b""
@@ -186,9 +183,6 @@ class _AmqpDelivery:
         if self._shared is not None:
             self._inbox.bodies.drop(self._shared)
             self._shared = None
-        if self._unreleased:
-            self._unreleased = False
-            self._inbox.let_go()
 
     def release_body(self) -> None:
         self._body = b""
@@ -285,11 +279,6 @@ class _SharedBodies:
                 del self._bodies[key]
 
 
-#: The broker's window for a consumer whose socket reads bound its bodies in hand
-#: (:mod:`~fedq.messages.read_pause`): the chunks it can hold unacked before a new consumer
-#: takes over (each one's deliveries of a version, at most, in practice).
-PACED_WINDOW = 1024
-
 #: The largest prefetch split in two lanes (see :class:`_Inbox`): a small window, as kept
 #: by a consumer that holds released deliveries (the coordinator's updates, 4). A larger
 #: one (control events, the dashboard) acks as it goes and is never replaced.
@@ -327,12 +316,6 @@ class _Inbox:
     (``python bench/round_overhead.py --processes --participants 10 --params 10000000
     --rounds 6 --repeat 1 --against REV --pairs 3``;
     bench/README.md, "Where a round's time goes").
-
-    On a connection of its own (``consumers_apart``, the coordinator's) a small prefetch is
-    kept another way: the broker's window is :data:`PACED_WINDOW`, and the socket's reads
-    pause while the prefetch's bodies are in hand, not released or settled
-    (:mod:`~fedq.messages.read_pause`), so a consumer is replaced only after
-    :data:`PACED_WINDOW` deliveries held, not every few chunks.
     """
 
     def __init__(
@@ -341,7 +324,6 @@ class _Inbox:
         prefetch: int,
         bodies: _SharedBodies,
         exists: Callable[[], Awaitable[bool]],
-        reads: PausableReads | None = None,
     ) -> None:
         self.queue: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         #: Set by a delivery and by the end of this inbox (``_ended``).
@@ -356,13 +338,7 @@ class _Inbox:
         self._ended: Exception | None = None
         self.bodies = bodies
         self._source = queue
-        #: With ``reads`` (a connection of this consumer's own), the prefetch bounds the
-        #: bodies in hand by pausing the socket's reads, and the broker's window is
-        #: :data:`PACED_WINDOW`; else the window is the prefetch.
-        self._reads = reads
-        self._most_in_hand = prefetch
-        self._in_hand = 0
-        self.window, lanes = lanes_of(PACED_WINDOW if reads is not None else prefetch)
+        self.window, lanes = lanes_of(prefetch)
         #: The consumers taking deliveries (one per lane), oldest first.
         self.tags: list[str] = []
         self._lanes = lanes
@@ -411,15 +387,6 @@ class _Inbox:
     async def put(self, message: AbstractIncomingMessage) -> None:
         self.queue.put_nowait(message)
         self._wake.set()
-        self._in_hand += 1
-        if self._reads is not None and self._in_hand >= self._most_in_hand:
-            self._reads.pause()
-
-    def let_go(self) -> None:
-        """A delivery's body was released, or the delivery settled (whichever came first)."""
-        self._in_hand -= 1
-        if self._reads is not None and self._in_hand < self._most_in_hand:
-            self._reads.resume()
 
     def on_broker_cancel(self, frame: aiormq.spec.Basic.Cancel) -> None:
         """aiormq's callback for a basic.cancel the broker sent on this inbox's channel."""
@@ -1023,17 +990,6 @@ class AmqpTransport(Transport):
                 raise
         return channel
 
-    def _paced_reads(
-        self, connection: AbstractRobustConnection, prefetch: int
-    ) -> PausableReads | None:
-        """The socket reads that bound a consumer's bodies in hand, or None for its window
-        to: only a connection of the consumer's own (``consumers_apart``) is paused, and
-        only for a small prefetch (a consumer that holds its deliveries, see
-        :class:`_Inbox`)."""
-        if not self._consumers_apart or not 2 <= prefetch <= MOST_SPLIT:
-            return None
-        return getattr(connection, "reads", None)
-
     async def _start_consumer(
         self, connection: AbstractRobustConnection, queue: str, prefetch: int
     ) -> tuple[AbstractChannel, _Inbox, Callable[[aiormq.abc.AbstractChannel], None]]:
@@ -1048,18 +1004,12 @@ class AmqpTransport(Transport):
         while True:
             channel: AbstractChannel | None = None
             try:
-                reads = self._paced_reads(connection, prefetch)
-                window = PACED_WINDOW if reads is not None else prefetch
-                channel = await self._consumer_channel(connection, lanes_of(window)[0])
+                channel = await self._consumer_channel(connection, lanes_of(prefetch)[0])
                 try:
                     # On a kept channel the queue is known, and only basic.consume asks.
                     q = await channel.get_queue(queue, ensure=True)
                     inbox = _Inbox(
-                        q,
-                        max(1, prefetch),
-                        self._bodies,
-                        lambda: self._queue_exists(queue),
-                        reads,
+                        q, max(1, prefetch), self._bodies, lambda: self._queue_exists(queue)
                     )
                     unwatch = await _on_broker_cancel(channel, inbox.on_broker_cancel)
                     await inbox.start()
