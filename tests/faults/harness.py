@@ -250,18 +250,21 @@ class FaultyFederation:
             if not cached:
                 step = sum(u.weight * delta(u) for u in folded) / total
             else:
-                local = {u.participant: models[u.base_version] + delta(u) for u in folded}
+                latest = {
+                    u.participant: (u.num_examples, models[u.base_version] + delta(u))
+                    for u in folded
+                }
                 if self.remedy == "cached_mean":
-                    cache |= {u.participant: (u.num_examples, local[u.participant]) for u in folded}
+                    cache |= latest
                 weight = sum(n for n, _ in cache.values())
                 step = sum(n * m for n, m in cache.values()) / weight - x if cache else 0.0
                 if self.remedy == "cached":
                     # Each contributor moves the step by its new local model less its cached
                     # one (the current model for one not cached yet), weighted by examples.
-                    for u in folded:
-                        before = cache[u.participant][1] if u.participant in cache else x
-                        step += u.num_examples / total * (local[u.participant] - before)
-                    cache |= {u.participant: (u.num_examples, local[u.participant]) for u in folded}
+                    for who, (n, local) in latest.items():
+                        before = cache[who][1] if who in cache else x
+                        step += n / total * (local - before)
+                    cache |= latest
             steps.append(step)
             models.append(x + step)
         return steps
