@@ -8,7 +8,8 @@
 alternating pairs with this checkout, and reports this checkout's round time over REV's per
 pair: a regression shows in one command, on one machine in one sitting. ``--profile DIR``
 samples every process of the deployment shape with py-spy (``bench/profile_summary.py``
-says where each one's time went).
+says where each one's time went); with ``--against``, also the first pair's two runs, so
+that both commits' profiles come from one run.
 
 Two shapes, each against its own floor measured in the same run:
 
@@ -541,15 +542,22 @@ class AgainstCommit:
 
 async def measure_against(
     url: str, n: int, params: int, rounds: int, queue_type: UpdatesQueueType,
-    commit: InstalledCommit, pairs: int,
+    commit: InstalledCommit, pairs: int, profile: Path | None = None,
 ) -> AgainstCommit:  # fmt: skip
+    """Alternating pairs of this checkout and ``commit``. With ``profile``, the first pair's
+    two runs are sampled too, into ``profile/P<params>-this`` and ``-<commit>``: the same
+    profile of both, in one run (sampling slows both sides alike; the other pairs are
+    not sampled)."""
     result = AgainstCommit(commit.sha, [], [])
     for pair in range(pairs):
         sides: list[InstalledCommit | None] = [None, commit] if pair % 2 == 0 else [commit, None]
         for side in sides:
             name = "this checkout" if side is None else commit.sha[:8]
             print(f"  P={params:,}: pair {pair + 1}/{pairs}, {name} ...", flush=True)
-            run = await run_fedq_processes(url, n, params, rounds, queue_type, side)
+            sampled = None
+            if profile is not None and pair == 0:
+                sampled = profile / f"P{params}-{'this' if side is None else commit.sha[:8]}"
+            run = await run_fedq_processes(url, n, params, rounds, queue_type, side, sampled)
             (result.this if side is None else result.other).append(run.seconds_per_round)
             (result.this_cpu if side is None else result.other_cpu).append(run.cpu)
     return result
@@ -598,7 +606,9 @@ async def measure(
         process_row = ProcessRow(fedq_processes, raw_processes)
     compared = None
     if against is not None:
-        compared = await measure_against(url, n, params, rounds, queue_type, against, pairs)
+        compared = await measure_against(
+            url, n, params, rounds, queue_type, against, pairs, profile
+        )
     print(f"  P={params:,}: raw floor, one process ...", flush=True)
     raw = await run_raw(url, n, update_body, model_body, rounds, queue_type)
     print(f"  P={params:,}: raw floor done; fedq, one process ...", flush=True)
@@ -849,7 +859,8 @@ def main() -> None:
         metavar="DIR",
         help="with --processes: sample each fedq process with py-spy into DIR/P<params>/"
         "<process>.txt (collapsed stacks; python bench/profile_summary.py DIR/P<params> "
-        "sums them up)",
+        "sums them up); with --against, also the first pair into DIR/P<params>-this and "
+        "DIR/P<params>-<commit>",
     )
     args = parser.parse_args()
     if args.rounds < 2:
