@@ -608,10 +608,14 @@ class AmqpTransport(Transport):
 
     async def connect(self) -> None:
         self._connection = await self._open(self.name)
-        underlay = self._conn.transport
-        assert underlay is not None, "connect_robust returns connected"
-        self._channel_max = underlay.connection.connection_tune.channel_max or 65535
-        await self._reopen_publisher()
+        try:
+            underlay = self._conn.transport
+            assert underlay is not None, "connect_robust returns connected"
+            self._channel_max = underlay.connection.connection_tune.channel_max or 65535
+            await self._reopen_publisher()
+        except BaseException:  # ``async with`` does not close what its enter left open
+            await self.close()
+            raise
 
     async def _open(self, name: str) -> AbstractRobustConnection:
         """A robust connection named ``name``, or BrokerUnavailable saying why not."""

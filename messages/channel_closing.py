@@ -23,7 +23,8 @@ unacked with it. aiormq 7.2 breaks that rule two ways:
   then the CloseOk is in the write queue, which is first in, first out, ahead of any later
   Channel.Open.
 
-tests/test_amqp_channel_closing.py opens the window of each on purpose.
+tests/test_amqp_channel_closing.py opens the window of each on purpose. The connection
+class also closes itself when its first connect is cancelled (see :class:`RobustConnection`).
 
 What must stay true: exactly one CloseOk answers each Channel.Close; a number is freed
 once, and only while it still belongs to the channel that was closed; a channel that never
@@ -86,7 +87,22 @@ def hold_channel_numbers(connection: aiormq.abc.AbstractConnection) -> None:
 
 class RobustConnection(aio_pika.RobustConnection):
     """aio-pika's robust connection whose every underlying connection holds its channels'
-    numbers (:func:`hold_channel_numbers`), from before it restores any channel."""
+    numbers (:func:`hold_channel_numbers`), from before it restores any channel; and that
+    closes itself when its first connect does not end connected.
+
+    aio-pika connects in a task of the connection's own, which outlives the caller of
+    ``connect`` and, cancelled while it connects, takes that for a failed attempt and tries
+    again. A caller cancelled while it waited for a first connect (a coordinator stopping
+    as one of its consumers opens a connection) left a connection nobody could close,
+    whose task a loop's shutdown (cancelling each task once) then waited on for ever: a
+    test's teardown hung 600 s so in CI (tests/test_amqp_connecting.py)."""
+
+    async def connect(self, timeout: aiormq.abc.TimeoutType = None) -> None:  # noqa: ASYNC109 (aio-pika's signature)
+        try:
+            await super().connect(timeout)
+        except BaseException:
+            await self.close()  # marks it closed first: its task ends at its next await
+            raise
 
     async def _on_connected(self) -> None:
         if self.transport is not None:
