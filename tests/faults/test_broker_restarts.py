@@ -110,26 +110,34 @@ class Restarts:
         assert self.coordinator is not None
         return [self.coordinator, *self.participants]
 
-    def connections(self) -> dict[int, set[int]]:
-        """Per process of the federation, the client ports of its connections to the node."""
+    def connections(self) -> dict[int, set[tuple[int, int]]]:
+        """Per process of the federation, its connections to the node, each as (client
+        port, the node's time of connecting in ms): a port alone may be taken again by the
+        connection that replaces one the broker closed (the client socket did not linger
+        in TIME_WAIT, and Linux starts its search at the same port for the same peer)."""
         rows = json.loads(
             self.node.rabbitmqctl(
-                "list_connections", "peer_port", "client_properties", "--formatter", "json"
+                "list_connections",
+                "peer_port",
+                "connected_at",
+                "client_properties",
+                "--formatter",
+                "json",
             )
             or "[]"
         )
-        ports: dict[int, set[int]] = {p.pid: set() for p in self.processes}
+        found: dict[int, set[tuple[int, int]]] = {p.pid: set() for p in self.processes}
         for row in rows:
             # A connection still opening lists its properties as a plain string: no name yet.
             properties = row["client_properties"]
             entries = properties if isinstance(properties, list) else []
             name = next((e[2] for e in entries if len(e) == 3 and e[0] == "connection_name"), "")
-            for pid in ports:
+            for pid in found:
                 if name == CONNECTION.format(pid=pid) or name.startswith(
                     CONNECTION.format(pid=pid) + " "
                 ):
-                    ports[pid].add(int(row["peer_port"]))
-        return ports
+                    found[pid].add((int(row["peer_port"]), int(row["connected_at"])))
+        return found
 
     def alive(self) -> None:
         """Every process runs, or the test fails with every log. None may end on its own
@@ -148,7 +156,7 @@ class Restarts:
         before it is seen connected again did reconnect: a participant heard
         federation.done, the coordinator committed its last version, after the restart."""
         self.alive()
-        before: dict[int, set[int]] = {}
+        before: dict[int, set[tuple[int, int]]] = {}
 
         def connected() -> bool:
             self.alive()
@@ -162,7 +170,7 @@ class Restarts:
         else:
             self.node.reboot()
         self.release()
-        after: dict[int, set[int]] = {}
+        after: dict[int, set[tuple[int, int]]] = {}
 
         def reconnected() -> bool:
             after.update(self.connections())
@@ -179,8 +187,8 @@ class Restarts:
             self.fed,
             seen=lambda: f"before {before}, after {after}, pids {[p.pid for p in self.processes]}",
         )
-        for pid, ports in after.items():
-            assert not ports & before[pid], (pid, before[pid], ports)  # new connections
+        for pid, connections in after.items():
+            assert not connections & before[pid], (pid, before[pid], connections)  # all new
         self.done.append(kind)
 
     def release(self) -> None:
