@@ -1,0 +1,96 @@
+"""On RabbitMQ, a consumer on a connection of its own (``consumers_apart``, the
+coordinator's) that holds its deliveries unacked: the broker may send far past the
+prefetch, with one consumer throughout, while the bodies read from the socket and not
+released stay at the prefetch, because the socket's reads pause
+(:mod:`fedq.messages.read_pause`)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from typing import Any
+
+import pytest
+from pamqp.body import ContentBody
+
+from fedq.messages.amqp import AmqpTransport
+from fedq.messages.read_pause import DeliverFrames
+from fedq.messages.transport import Delivery
+from tests.conftest import BROKER_URL
+from tests.helpers import until_async
+
+pytestmark = pytest.mark.broker
+
+#: Larger than what the client reads ahead of a pause (asyncio's read size and the stream
+#: reader's buffer, a few hundred KiB), so a body read after the pause would be a whole one.
+BODY = 1_200_000
+PREFETCH = 4
+SENT = 30
+
+
+def body_bytes_read(frames: asyncio.Queue[Any], inbox: Any) -> int:
+    """Bytes of bodies read from the socket and held by the client beyond what the test
+    took: body frames waiting for aiormq's channel, and messages handed to the inbox."""
+    queued: list[tuple[int, object]] = list(frames._queue)  # type: ignore[attr-defined]
+    waiting = sum(len(frame.value) for _, frame in queued if isinstance(frame, ContentBody))
+    handed = sum(len(m.body) for m in list(inbox.queue._queue))
+    return waiting + handed
+
+
+async def test_a_consumer_apart_holding_its_deliveries_pauses_reads_not_the_broker() -> None:
+    queue = f"fedq.test-{uuid.uuid4().hex[:10]}.q"
+    bodies = [os.urandom(BODY) for _ in range(SENT)]
+    async with (
+        AmqpTransport(BROKER_URL) as pub,
+        AmqpTransport(BROKER_URL, consumers_apart=True) as sub,
+    ):
+        await pub.declare_queue(queue)
+        try:
+            for i, body in enumerate(bodies):
+                await pub.publish("", queue, body, message_id=str(i))
+            async with sub.consume(queue, prefetch=PREFETCH) as deliveries:
+                inbox: Any = deliveries
+                tags = list(inbox.tags)
+                held: list[Delivery] = [
+                    await asyncio.wait_for(anext(deliveries), 10) for _ in range(PREFETCH)
+                ]  # bodies in hand: none released
+                # The broker's window is not the prefetch: it hands over every message.
+                await until_async(
+                    lambda: pub.queue_depth(queue), lambda n: n == 0, what="nothing ready"
+                )
+                reads = inbox._reads
+                assert reads.paused, "the socket is read with the prefetch's bodies in hand"
+                transport = reads._gate.transport
+                assert not transport.is_reading(), "the transport reads, paused or not"
+                channel = await inbox._source.channel.get_underlay_channel()
+
+                assert isinstance(channel.frames, DeliverFrames), "bodies not counted as read"
+
+                async def idle() -> bool:  # what was read before the pause reached the inbox
+                    return (
+                        channel.frames.empty()
+                        and inbox._read_ahead <= 1
+                        and not transport.is_reading()
+                    )
+
+                await until_async(idle, what="the reads paused and processed")
+                # Past the prefetch, at most the first frames of the body whose
+                # basic.deliver paused the reads: never a whole body more.
+                extra = body_bytes_read(channel.frames, inbox)
+                assert extra < BODY, f"{extra} bytes of bodies read past the prefetch"
+                held[0].release_body()  # as the coordinator does once it is spooled
+                assert not reads.paused, "a body released, and still no reads"
+                for delivery in held[1:]:
+                    delivery.release_body()
+                while len(held) < SENT:
+                    delivery = await asyncio.wait_for(anext(deliveries), 10)
+                    delivery.release_body()
+                    held.append(delivery)
+                assert inbox.tags == tags, "a consumer was replaced"
+                for delivery in held:
+                    await delivery.ack()
+            assert [d.message_id for d in held] == [str(i) for i in range(SENT)]
+            assert await pub.queue_depth(queue) == 0
+        finally:
+            await pub.delete_queue(queue)
