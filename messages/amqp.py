@@ -393,6 +393,9 @@ class _Inbox:
         the next RPC on it would time out."""
         self._stopping = True
         self._full.set()
+        if self._reads is not None:  # whatever it still counts in hand, it takes no more
+            self._reads.resume()
+            self._reads = None
         for helper in (self._switcher, self._checker):
             if helper is None:
                 continue

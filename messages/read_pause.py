@@ -101,6 +101,9 @@ class PausableReads(TransportFactory):
         self._gate: _ReadGate | None = None
         self._resume: asyncio.TimerHandle | None = None
         self._longest = LONGEST_PAUSE
+        #: Pauses that lasted :func:`longest_pause` and were ended by the clock, not by a
+        #: body let go: a consumer that did not take its deliveries for that long.
+        self.ran_out = 0
 
     async def create(
         self, url: URL, **kwargs: Any
@@ -124,7 +127,11 @@ class PausableReads(TransportFactory):
             return
         gate.held = True
         gate.apply()
-        self._resume = asyncio.get_running_loop().call_later(self._longest, self.resume)
+        self._resume = asyncio.get_running_loop().call_later(self._longest, self._run_out)
+
+    def _run_out(self) -> None:
+        self.ran_out += 1
+        self.resume()
 
     def resume(self) -> None:
         if self._resume is None:

@@ -92,5 +92,24 @@ async def test_a_consumer_apart_holding_its_deliveries_pauses_reads_not_the_brok
                     await delivery.ack()
             assert [d.message_id for d in held] == [str(i) for i in range(SENT)]
             assert await pub.queue_depth(queue) == 0
+
+            # A consumer that stops with its prefetch's bodies in hand leaves the socket
+            # read: the connection's other consumers (a restarted one) must not wait.
+            for i in range(PREFETCH + 2):
+                await pub.publish("", queue, bodies[i], message_id=f"again-{i}")
+            async with sub.consume(queue, prefetch=PREFETCH) as deliveries:
+                again: Any = deliveries
+                for _ in range(PREFETCH):
+                    await asyncio.wait_for(anext(deliveries), 10)
+
+                async def paused() -> bool:
+                    return bool(again._reads.paused)
+
+                await until_async(paused, what="the reads paused again")
+                reads = again._reads
+            assert reads.ran_out == 0, "the reads stayed paused after the consumer stopped"
+            await until_async(
+                lambda: pub.queue_depth(queue), lambda n: n == PREFETCH + 2, what="requeued"
+            )
         finally:
             await pub.delete_queue(queue)
