@@ -34,6 +34,7 @@ What must stay true:
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +42,8 @@ import aiormq.abc
 from aiormq.connection import TCPTransportFactory, TLSTransportFactory, TransportFactory
 from pamqp import commands as spec
 from yarl import URL
+
+log = logging.getLogger("fedq.amqp")
 
 #: The longest a pause lasts before reads resume for a body, with the default heartbeat.
 LONGEST_PAUSE = 20.0
@@ -131,6 +134,11 @@ class PausableReads(TransportFactory):
 
     def _run_out(self) -> None:
         self.ran_out += 1
+        log.warning(
+            "a consumer held its bodies for %.0f s without letting one go; reading its "
+            "socket again (one more body)",
+            self._longest,
+        )
         self.resume()
 
     def resume(self) -> None:
