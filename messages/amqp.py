@@ -367,6 +367,8 @@ class _Inbox:
         #: Deliveries put here whose body is neither released nor settled.
         self._in_hand = 0
         self.window, lanes = lanes_of(PACED_WINDOW if reads is not None else prefetch)
+        if reads is not None:
+            reads.holding = self._holding
         #: The consumers taking deliveries (one per lane), oldest first.
         self.tags: list[str] = []
         self._lanes = lanes
@@ -439,6 +441,12 @@ class _Inbox:
             frames.on_deliver = self._frame_read
             self._read_ahead = 0
             self._pace()
+
+    def _holding(self) -> str:
+        return (
+            f"{self._read_ahead} read and not yet delivered, {self._in_hand} in hand of "
+            f"which {self.queue.qsize()} not taken yet"
+        )
 
     def _pace(self) -> None:
         """Pause the socket's reads while more bodies are read or in hand than the

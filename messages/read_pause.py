@@ -107,6 +107,9 @@ class PausableReads(TransportFactory):
         #: Pauses that lasted :func:`longest_pause` and were ended by the clock, not by a
         #: body let go: a consumer that did not take its deliveries for that long.
         self.ran_out = 0
+        #: What holds the reads paused, in words, for the warning when a pause runs out
+        #: (set by the consumer that paces them).
+        self.holding: Callable[[], str] = lambda: "bodies in hand"
 
     async def create(
         self, url: URL, **kwargs: Any
@@ -135,9 +138,10 @@ class PausableReads(TransportFactory):
     def _run_out(self) -> None:
         self.ran_out += 1
         log.warning(
-            "a consumer held its bodies for %.0f s without letting one go; reading its "
-            "socket again (one more body)",
+            "a consumer held its bodies for %.0f s without letting one go (%s); reading "
+            "its socket again (one more body)",
             self._longest,
+            self.holding(),
         )
         self.resume()
 
