@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from yarl import URL
 
-from fedq.messages.read_pause import LONGEST_PAUSE, _ReadGate, longest_pause
+from fedq.messages.read_pause import LONGEST_PAUSE, PausableReads, _ReadGate, longest_pause
+from tests.helpers import until_async
 
 
 @pytest.mark.parametrize(
@@ -46,6 +47,34 @@ async def test_the_stream_readers_own_resume_does_not_undo_a_pause() -> None:
         gate.held = False
         gate.apply()
         assert transport.is_reading()
+        writer.close()
+    finally:
+        theirs.close()
+
+
+async def test_a_pause_that_runs_out_reads_again_and_says_what_held_it(caplog) -> None:
+    """A consumer that holds its bodies past the longest pause must not stall the
+    connection (aiormq would give it up): the reads resume, the pause is counted, and the
+    warning names what was held, so that a stalled run explains itself in its log."""
+    ours, theirs = socket.socketpair()
+    try:
+        _, writer = await asyncio.open_connection(sock=ours)
+        transport: Any = writer.transport
+        reads = PausableReads()
+        reads._gate = _ReadGate(transport)  # what ``create`` does for aiormq's connection
+        reads._longest = 0.05
+        reads.holding = lambda: "3 read and not yet delivered, 4 in hand"
+        reads.pause()
+        assert reads.paused and not transport.is_reading()
+
+        async def ran_out() -> bool:
+            return reads.ran_out > 0
+
+        await until_async(ran_out, what="the pause to run out")
+        assert reads.ran_out == 1
+        assert not reads.paused and transport.is_reading()
+        warned = [r.getMessage() for r in caplog.records if r.name == "fedq.amqp"]
+        assert any("3 read and not yet delivered, 4 in hand" in m for m in warned), warned
         writer.close()
     finally:
         theirs.close()
