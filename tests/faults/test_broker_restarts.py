@@ -113,8 +113,8 @@ class Restarts:
     def connections(self) -> dict[int, set[tuple[int, int]]]:
         """Per process of the federation, its connections to the node, each as (client
         port, the node's time of connecting in ms): a port alone may be taken again by the
-        connection that replaces one the broker closed (the client socket did not linger
-        in TIME_WAIT, and Linux starts its search at the same port for the same peer)."""
+        connection that replaces one the broker closed (the broker closed first, so the
+        client's socket did not linger in TIME_WAIT; a run of the suite saw it happen)."""
         rows = json.loads(
             self.node.rabbitmqctl(
                 "list_connections",
