@@ -48,7 +48,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from multiprocessing.process import BaseProcess
@@ -61,6 +61,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from other_commit import InstalledCommit
 
 from fedq.coordinator.checkpoint import checkpoint_path
+from fedq.messages import body_frames
 from fedq.messages.amqp import AmqpTransport
 from fedq.messages.topology import Topology, UpdatesQueueType
 from fedq.runtime.tuning import tune_process
@@ -403,6 +404,18 @@ Bodies = list[bytes]
 """A message as the bodies that carry it: one, or its chunks (each confirmed in turn)."""
 
 
+@contextlib.contextmanager
+def as_aio_pika_ships() -> Iterator[None]:
+    """The raw floor measures aio-pika as it ships: fedq's own reading of message bodies
+    (:mod:`fedq.messages.body_frames`), which importing fedq's transport installs in this
+    process, is taken out while the floor runs and put back after."""
+    body_frames.uninstall()
+    try:
+        yield
+    finally:
+        body_frames.install()
+
+
 def raw_participant(
     url: str,
     index: int,
@@ -418,6 +431,7 @@ def raw_participant(
     it and publish one update (``bodies``, each confirmed before the next). Reports
     (index, model copies consumed at, update publishes confirmed at)."""
     tune_process()  # as the fedq CLI does at start
+    body_frames.uninstall()  # aio-pika as it ships (see as_aio_pika_ships)
     received, confirmed = asyncio.run(
         _raw_participant(url, index, updates, model_queue, bodies, model_chunks, rounds, ready)
     )
@@ -561,6 +575,13 @@ async def run_raw_processes(
     A model or update given as several bodies (chunks) goes as those messages in turn."""
     update_bodies = [update_body] if isinstance(update_body, bytes) else update_body
     model_bodies = [model_body] if isinstance(model_body, bytes) else model_body
+    with as_aio_pika_ships():
+        return await _run_raw_processes(url, n, update_bodies, model_bodies, rounds, queue_type)
+
+
+async def _run_raw_processes(
+    url: str, n: int, update_bodies: Bodies, model_bodies: Bodies, rounds: int, queue_type: str
+) -> RawProcessResult:
     chunked = len(model_bodies) > 1
     bound = {"x-max-length-bytes": 2 * sum(map(len, model_bodies))} if chunked else None
     prefix = f"fedq-bench-rawproc-{uuid.uuid4().hex[:12]}"

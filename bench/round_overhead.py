@@ -67,6 +67,7 @@ from deployment_shape import (
     FedqProcessResult,
     RawProcessResult,
     ShapeCpu,
+    as_aio_pika_ships,
     declare_raw_topology,
     run_fedq_processes,
     run_raw_processes,
@@ -279,6 +280,13 @@ class RawResult:
 
 
 async def run_raw(
+    url: str, n: int, update_body: bytes, model_body: bytes, rounds: int, queue_type: str
+) -> RawResult:
+    with as_aio_pika_ships():
+        return await _run_raw(url, n, update_body, model_body, rounds, queue_type)
+
+
+async def _run_raw(
     url: str, n: int, update_body: bytes, model_body: bytes, rounds: int, queue_type: str
 ) -> RawResult:
     prefix = f"fedq-bench-raw-{uuid.uuid4().hex[:12]}"

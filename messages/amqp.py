@@ -57,6 +57,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
+from fedq.messages.body_frames import install as read_bodies_in_two_copies
 from fedq.messages.channel_closing import RobustConnection
 from fedq.messages.channel_closing import install as answer_every_channel_close
 from fedq.messages.frames import UNDECODABLE_HEADER
@@ -95,6 +96,9 @@ tolerate_undecodable_properties()
 # And a channel the broker closes must be answered before its number is used again (see
 # fedq.messages.channel_closing).
 answer_every_channel_close()
+# And a body is assembled from its frames once, not in a buffer that grows (see
+# fedq.messages.body_frames).
+read_bodies_in_two_copies()
 
 
 #: What a broker restart or a network cut raises while the robust connection reconnects.

@@ -1,0 +1,138 @@
+"""A message body read from the socket with two copies, not five and a growing buffer.
+
+aiormq 7 reads every frame into a ``BytesIO`` (header, then payload), has pamqp slice the
+payload out of that (a copy), and assembles a delivery's body in another ``BytesIO``,
+frame after frame. That last buffer grows by reallocation: with fedq's malloc thresholds
+(:mod:`fedq.runtime.allocator`) a 4 MiB chunk body lives on the heap, where a realloc that
+cannot grow in place copies everything written so far. A CPU profile of the coordinator
+(yappi, CPU clock, ``bench/round_overhead.py --processes --params 10000000``) put that
+assembly's ``BytesIO.write`` first of all its functions, ahead of the folds: 57 us for
+each 128 KiB frame, six times a memcpy of it (bench/README.md, "Where a round's time
+goes").
+
+:func:`install` replaces two methods of aiormq:
+
+- ``FrameReceiver.get_frame``: a body frame's payload is read straight into its own bytes
+  (one copy out of the stream's buffer) and becomes the ``ContentBody``; every other frame
+  goes through ``pamqp.frame.unmarshal`` as before (looked up on each call, so
+  :mod:`fedq.messages.frames` still wraps it).
+- ``Channel._read_content``: a body's frames are kept in a list and joined once, at its
+  size (a body of one frame is that frame's bytes, no copy).
+
+What must stay true: the same frames, weights (bytes consumed) and errors as aiormq's own,
+for every input: a body frame whose end byte is wrong, or of size 0, goes through pamqp,
+which refuses it as before; a read cut short raises aiormq's ``AMQPConnectionError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+
+import aiormq.channel
+import aiormq.connection
+import pamqp.frame
+from aiormq.abc import DeliveredMessage
+from aiormq.exceptions import AMQPConnectionError, InvalidFrameError, ProtocolSyntaxError
+from pamqp import constants
+from pamqp.body import ContentBody
+from pamqp.exceptions import PAMQPException
+from pamqp.header import ContentHeader
+
+_HEAD = struct.Struct(">BHI")  # frame type, channel, payload size
+_END = bytes([constants.FRAME_END])
+
+
+_AIORMQS_OWN = (aiormq.connection.FrameReceiver.get_frame, aiormq.channel.Channel._read_content)
+
+
+def install() -> None:
+    """Make every aiormq connection of this process read bodies this way. Idempotent."""
+    aiormq.connection.FrameReceiver.get_frame = _get_frame  # type: ignore[method-assign]
+    aiormq.channel.Channel._read_content = _read_content  # type: ignore[method-assign]
+
+
+def uninstall() -> None:
+    """aiormq's own methods again: for the benchmarks' raw floor, which measures aio-pika
+    as it ships, in processes that import fedq."""
+    get_frame, read_content = _AIORMQS_OWN
+    aiormq.connection.FrameReceiver.get_frame = get_frame  # type: ignore[method-assign]
+    aiormq.channel.Channel._read_content = read_content  # type: ignore[method-assign]
+
+
+async def _get_frame(self: aiormq.connection.FrameReceiver) -> aiormq.connection.ReceivedFrame:
+    """aiormq's ``FrameReceiver.get_frame``, reading a body frame's payload as it is."""
+    if self.reader.at_eof():
+        del self.reader
+        raise StopAsyncIteration
+    async with self.lock:
+        try:
+            head = await _head(self.reader)
+            if not self.started and head.startswith(b"AMQP"):
+                raise ProtocolSyntaxError("Unexpected AMQP protocol header")
+            self.started = True
+            kind, channel, size = _HEAD.unpack(head)
+            if kind == constants.FRAME_BODY and size:
+                payload, end = await _payload_and_end(self.reader, size)
+                if end == _END:
+                    return constants.FRAME_HEADER_SIZE + size + 1, channel, ContentBody(payload)
+                data = b"".join((head, payload, end))  # pamqp says what is wrong with it
+            else:
+                data = head + await self.reader.readexactly(size + 1)
+        except asyncio.IncompleteReadError as e:
+            raise AMQPConnectionError(
+                "Server connection unexpectedly closed. "
+                f"Read {len(e.partial)} bytes but {e.expected} bytes expected",
+            ) from e
+        except ConnectionRefusedError as e:
+            raise AMQPConnectionError(f"Server connection refused: {e!r}") from e
+        except ConnectionResetError as e:
+            raise AMQPConnectionError(f"Server connection reset: {e!r}") from e
+        except ConnectionError as e:
+            raise AMQPConnectionError(f"Server connection error: {e!r}") from e
+        except OSError as e:
+            raise AMQPConnectionError(f"Server communication error: {e!r}") from e
+    try:
+        return pamqp.frame.unmarshal(data)
+    except PAMQPException as e:
+        raise InvalidFrameError(str(e)) from e
+
+
+async def _head(reader: asyncio.StreamReader) -> bytes:
+    """A frame's 7 bytes of type, channel and size; cut short, the error aiormq's reads of
+    1 byte and then 6 would raise."""
+    try:
+        return await reader.readexactly(constants.FRAME_HEADER_SIZE)
+    except asyncio.IncompleteReadError as e:
+        if not e.partial:
+            raise asyncio.IncompleteReadError(b"", 1) from None
+        raise asyncio.IncompleteReadError(e.partial[1:], 6) from None
+
+
+async def _payload_and_end(reader: asyncio.StreamReader, size: int) -> tuple[bytes, bytes]:
+    """A body frame's payload and end byte, read apart so that the payload needs no slice;
+    cut short, the error aiormq's single read of both would raise."""
+    try:
+        payload = await reader.readexactly(size)
+    except asyncio.IncompleteReadError as e:
+        raise asyncio.IncompleteReadError(e.partial, size + 1) from None
+    try:
+        return payload, await reader.readexactly(1)
+    except asyncio.IncompleteReadError:
+        raise asyncio.IncompleteReadError(payload, size + 1) from None
+
+
+async def _read_content(
+    self: aiormq.channel.Channel, frame: object, header: ContentHeader
+) -> DeliveredMessage:
+    """aiormq's ``Channel._read_content``, joining the body's frames once at the end."""
+    parts: list[bytes] = []
+    size = 0
+    while size < header.body_size:
+        content = await self._Channel__get_content_frame()  # type: ignore[attr-defined]
+        if not content.value:  # as aiormq: an empty frame ends the body
+            break
+        parts.append(content.value)
+        size += len(content.value)
+    body = parts[0] if len(parts) == 1 else b"".join(parts)
+    return DeliveredMessage(delivery=frame, header=header, body=body, channel=self)  # type: ignore[arg-type]
