@@ -62,6 +62,7 @@ from fedq.messages.channel_closing import RobustConnection
 from fedq.messages.channel_closing import install as answer_every_channel_close
 from fedq.messages.frames import UNDECODABLE_HEADER
 from fedq.messages.frames import install as tolerate_undecodable_properties
+from fedq.messages.read_pause import WAITING_PAUSE, DeliverFrames, PausableReads
 from fedq.messages.transport import (
     Delivery,
     ExchangeKind,
@@ -169,12 +170,14 @@ def _cannot_connect(where: str, exc: BaseException) -> str:
 
 
 class _AmqpDelivery:
-    __slots__ = ("_body", "_inbox", "_msg", "_released", "_shared")
+    __slots__ = ("_body", "_inbox", "_msg", "_released", "_shared", "_unreleased")
 
     def __init__(self, msg: AbstractIncomingMessage, inbox: _Inbox) -> None:
         self._msg = msg
         self._inbox = inbox
         self._released = False
+        #: Until its body is released or it is settled: one of the inbox's bodies in hand.
+        self._unreleased = True
         self._body, self._shared = inbox.bodies.take(msg)
         # This wrapper becomes the body's only holder, so release_body() really frees it.
         cast(aio_pika.IncomingMessage, msg).body = b""
@@ -187,6 +190,9 @@ class _AmqpDelivery:
         if self._shared is not None:
             self._inbox.bodies.drop(self._shared)
             self._shared = None
+        if self._unreleased:
+            self._unreleased = False
+            self._inbox.let_go()
 
     def release_body(self) -> None:
         self._body = b""
@@ -283,6 +289,11 @@ class _SharedBodies:
                 del self._bodies[key]
 
 
+#: The broker's window for a consumer whose socket reads bound its bodies in hand
+#: (:mod:`~fedq.messages.read_pause`): the chunks it can hold unacked before a new consumer
+#: takes over (each one's deliveries of a version, at most, in practice).
+PACED_WINDOW = 1024
+
 #: The largest prefetch split in two lanes (see :class:`_Inbox`): a small window, as kept
 #: by a consumer that holds released deliveries (the coordinator's updates, 4). A larger
 #: one (control events, the dashboard) acks as it goes and is never replaced.
@@ -320,6 +331,12 @@ class _Inbox:
     (``python bench/round_overhead.py --processes --participants 10 --params 10000000
     --rounds 6 --repeat 1 --against REV --pairs 3``;
     bench/README.md, "Where a round's time goes").
+
+    On a connection of its own (``consumers_apart``, the coordinator's) a small prefetch is
+    kept another way: the broker's window is :data:`PACED_WINDOW`, and the socket's reads
+    pause while the prefetch's bodies are in hand, not released or settled
+    (:mod:`~fedq.messages.read_pause`), so a consumer is replaced only after
+    :data:`PACED_WINDOW` deliveries held, not every few chunks.
     """
 
     def __init__(
@@ -328,6 +345,7 @@ class _Inbox:
         prefetch: int,
         bodies: _SharedBodies,
         exists: Callable[[], Awaitable[bool]],
+        reads: PausableReads | None = None,
     ) -> None:
         self.queue: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         #: Set by a delivery and by the end of this inbox (``_ended``).
@@ -342,7 +360,21 @@ class _Inbox:
         self._ended: Exception | None = None
         self.bodies = bodies
         self._source = queue
-        self.window, lanes = lanes_of(prefetch)
+        #: With ``reads`` (a connection of this consumer's own), the prefetch bounds the
+        #: bodies in hand by pausing the socket's reads, and the broker's window is
+        #: :data:`PACED_WINDOW`; else the window is the prefetch.
+        self._reads = reads
+        self._most_in_hand = prefetch
+        #: Bodies whose basic.deliver frame was read (:class:`DeliverFrames`) and that
+        #: have not reached ``put`` yet: being assembled, or in a consumer callback.
+        self._read_ahead = 0
+        #: Deliveries put here whose body is neither released nor settled.
+        self._in_hand = 0
+        #: Whether ``__anext__`` waits for a delivery, none queued (see :meth:`_pace`).
+        self._waiting = False
+        self.window, lanes = lanes_of(PACED_WINDOW if reads is not None else prefetch)
+        if reads is not None:
+            reads.holding = self._holding
         #: The consumers taking deliveries (one per lane), oldest first.
         self.tags: list[str] = []
         self._lanes = lanes
@@ -369,6 +401,9 @@ class _Inbox:
         the next RPC on it would time out."""
         self._stopping = True
         self._full.set()
+        if self._reads is not None:  # whatever it still counts in hand, it takes no more
+            self._reads.resume()
+            self._reads = None
         for helper in (self._switcher, self._checker):
             if helper is None:
                 continue
@@ -391,6 +426,53 @@ class _Inbox:
     async def put(self, message: AbstractIncomingMessage) -> None:
         self.queue.put_nowait(message)
         self._wake.set()
+        self._waiting = False  # the waiter has a delivery
+        self._read_ahead = max(0, self._read_ahead - 1)
+        self._in_hand += 1
+        self._pace()
+
+    def let_go(self) -> None:
+        """A delivery's body was released, or the delivery settled (whichever came first)."""
+        self._in_hand -= 1
+        self._pace()
+
+    def _frame_read(self) -> None:
+        self._read_ahead += 1
+        self._pace()
+
+    def count_frames_of(self, underlay: aiormq.abc.AbstractChannel) -> None:
+        """Count the bodies read for ``underlay``, the channel's aiormq channel now (a new
+        one after a reconnect: the bodies half read on the old one are gone with it)."""
+        frames = getattr(underlay, "frames", None)
+        if self._reads is not None and isinstance(frames, DeliverFrames):
+            frames.on_deliver = self._frame_read
+            self._read_ahead = 0
+            self._pace()
+
+    def _holding(self) -> str:
+        return (
+            f"{self._read_ahead} read and not yet delivered, {self._in_hand} in hand of "
+            f"which {self.queue.qsize()} not taken yet"
+        )
+
+    def _pace(self) -> None:
+        """Pause the socket's reads while more bodies are read or in hand than the
+        prefetch (the last one read only in part: its first frames are what paused).
+
+        While the consumer waits for a delivery with none queued, a pause lasts at most
+        :data:`~.read_pause.WAITING_PAUSE`: the bodies in hand are then the ones still being
+        settled (a refused body's dead-letter copy, its confirm), which let go within
+        milliseconds, or ones counted that never reached the consumer or never let go (a
+        bug), and the consumer cannot go on without a delivery. A pause that runs out is
+        logged with what held it (:meth:`_holding`)."""
+        if self._reads is None:
+            return
+        if self._read_ahead + self._in_hand > self._most_in_hand:
+            self._reads.pause()
+            if self._waiting:
+                self._reads.hurry(WAITING_PAUSE)
+        else:
+            self._reads.resume()
 
     def on_broker_cancel(self, frame: aiormq.spec.Basic.Cancel) -> None:
         """aiormq's callback for a basic.cancel the broker sent on this inbox's channel."""
@@ -473,28 +555,38 @@ class _Inbox:
             if self._ended is not None:
                 raise self._ended
             self._wake.clear()
-            await self._wake.wait()
+            self._waiting = True
+            self._pace()
+            try:
+                await self._wake.wait()
+            finally:
+                self._waiting = False
         return _AmqpDelivery(self.queue.get_nowait(), self)
 
 
-async def _on_broker_cancel(
-    channel: AbstractChannel, callback: Callable[[aiormq.spec.Basic.Cancel], None]
+async def _watch_channel(
+    channel: AbstractChannel, inbox: _Inbox
 ) -> Callable[[aiormq.abc.AbstractChannel], None]:
-    """Have ``callback`` hear every basic.cancel the broker sends on ``channel``, also
-    after the robust connection reopened it (on a new aiormq channel). Returns what stops
-    it, given the channel's current aiormq channel: a channel used again for another
-    consumer must not keep calling the inboxes it served."""
+    """Have ``inbox`` hear every basic.cancel the broker sends on ``channel`` and count the
+    bodies read for it (:meth:`_Inbox.count_frames_of`), also after the robust connection
+    reopened it (on a new aiormq channel). Returns what stops it, given the channel's
+    current aiormq channel: a channel used again for another consumer must not keep
+    calling the inboxes it served."""
 
     async def watch(_: object = None) -> None:
         underlay = await channel.get_underlay_channel()
-        underlay.on_consumer_cancel_callbacks.add(callback)
+        underlay.on_consumer_cancel_callbacks.add(inbox.on_broker_cancel)
+        inbox.count_frames_of(underlay)
 
     await watch()
     if isinstance(channel, aio_pika.RobustChannel):
         channel.reopen_callbacks.add(watch)
 
     def unwatch(underlay: aiormq.abc.AbstractChannel) -> None:
-        underlay.on_consumer_cancel_callbacks.discard(callback)
+        underlay.on_consumer_cancel_callbacks.discard(inbox.on_broker_cancel)
+        frames = getattr(underlay, "frames", None)
+        if isinstance(frames, DeliverFrames):
+            frames.on_deliver = None
         if isinstance(channel, aio_pika.RobustChannel):
             channel.reopen_callbacks.discard(watch)
 
@@ -998,6 +1090,17 @@ class AmqpTransport(Transport):
                 raise
         return channel
 
+    def _paced_reads(
+        self, connection: AbstractRobustConnection, prefetch: int
+    ) -> PausableReads | None:
+        """The socket reads that bound a consumer's bodies in hand, or None for its window
+        to: only a connection of the consumer's own (``consumers_apart``) is paused, and
+        only for a small prefetch (a consumer that holds its deliveries, see
+        :class:`_Inbox`)."""
+        if not self._consumers_apart or not 2 <= prefetch <= MOST_SPLIT:
+            return None
+        return getattr(connection, "reads", None)
+
     async def _start_consumer(
         self, connection: AbstractRobustConnection, queue: str, prefetch: int
     ) -> tuple[AbstractChannel, _Inbox, Callable[[aiormq.abc.AbstractChannel], None]]:
@@ -1012,14 +1115,20 @@ class AmqpTransport(Transport):
         while True:
             channel: AbstractChannel | None = None
             try:
-                channel = await self._consumer_channel(connection, lanes_of(prefetch)[0])
+                reads = self._paced_reads(connection, prefetch)
+                window = PACED_WINDOW if reads is not None else prefetch
+                channel = await self._consumer_channel(connection, lanes_of(window)[0])
                 try:
                     # On a kept channel the queue is known, and only basic.consume asks.
                     q = await channel.get_queue(queue, ensure=True)
                     inbox = _Inbox(
-                        q, max(1, prefetch), self._bodies, lambda: self._queue_exists(queue)
+                        q,
+                        max(1, prefetch),
+                        self._bodies,
+                        lambda: self._queue_exists(queue),
+                        reads,
                     )
-                    unwatch = await _on_broker_cancel(channel, inbox.on_broker_cancel)
+                    unwatch = await _watch_channel(channel, inbox)
                     await inbox.start()
                 except aiormq.exceptions.ChannelNotFoundEntity:
                     raise TransportError(f"no queue {queue!r}") from None

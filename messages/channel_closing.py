@@ -34,12 +34,15 @@ this does not delay).
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aio_pika
 import aiormq.abc
 import aiormq.channel
 from pamqp import commands as spec
+
+from fedq.messages.read_pause import PausableReads, count_deliveries
 
 
 def install() -> None:
@@ -64,7 +67,12 @@ async def _answer_close(self: aiormq.channel.Channel, frame: spec.Channel.Close)
 class HeldChannelNumbers(dict[int, Any]):
     """aiormq's table of a connection's channels by number, whose ``pop`` (what its frame
     reader does on Channel.Close and Channel.CloseOk) keeps the number until the channel
-    is closed."""
+    is closed, and gives each new channel a queue of frames that counts its basic.deliver
+    frames (:func:`~.read_pause.count_deliveries`, for a consumer whose reads are paced)."""
+
+    def __setitem__(self, number: int, channel: Any) -> None:
+        count_deliveries(channel)
+        super().__setitem__(number, channel)
 
     def pop(self, number: int, *default: Any) -> Any:
         channel = self.get(number)
@@ -87,8 +95,9 @@ def hold_channel_numbers(connection: aiormq.abc.AbstractConnection) -> None:
 
 class RobustConnection(aio_pika.RobustConnection):
     """aio-pika's robust connection whose every underlying connection holds its channels'
-    numbers (:func:`hold_channel_numbers`), from before it restores any channel; and that
-    closes itself when its first connect does not end connected.
+    numbers (:func:`hold_channel_numbers`), from before it restores any channel; whose
+    socket reads can be paused (``reads``, :mod:`~.read_pause`); and that closes itself
+    when its first connect does not end connected.
 
     aio-pika connects in a task of the connection's own, which outlives the caller of
     ``connect`` and, cancelled while it connects, takes that for a failed attempt and tries
@@ -96,6 +105,11 @@ class RobustConnection(aio_pika.RobustConnection):
     as one of its consumers opens a connection) left a connection nobody could close,
     whose task a loop's shutdown (cancelling each task once) then waited on for ever: a
     test's teardown hung 600 s so in CI (tests/test_amqp_connecting.py)."""
+
+    def __init__(self, url: Any, loop: asyncio.AbstractEventLoop | None = None, **kwargs: Any):
+        super().__init__(url, loop, **kwargs)
+        self.reads = PausableReads()
+        self.kwargs["transport_factory"] = self.reads
 
     async def connect(self, timeout: aiormq.abc.TimeoutType = None) -> None:  # noqa: ASYNC109 (aio-pika's signature)
         try:

@@ -23,9 +23,8 @@ from fedq.apps.synthetic import SyntheticApp
 from fedq.coordinator.assembly import Assembler
 from fedq.coordinator.observers import CoordinatorObserver, UpdateSeen
 from fedq.coordinator.records import VersionSummary
-from fedq.coordinator.service import UPDATES_IN_FLIGHT
 from fedq.coordinator.verdicts import Admitted
-from fedq.messages.amqp import AmqpTransport, lanes_of
+from fedq.messages.amqp import PACED_WINDOW, AmqpTransport, lanes_of
 from fedq.messages.codec import ModelSpec, Weights
 from fedq.messages.schema import UpdateMeta
 from fedq.messages.transport import Delivery, Locked, Transport, TransportError
@@ -265,9 +264,10 @@ async def drain(url: str, queue: str, quiet: float = 1.0) -> list[Delivery]:
             out.append(delivery)
 
 
-#: Consumers a collecting coordinator keeps on its updates queue: the AMQP transport splits
-#: its window of UPDATES_IN_FLIGHT between two (``_Inbox`` in messages/amqp.py).
-COORDINATOR_CONSUMERS = lanes_of(UPDATES_IN_FLIGHT)[1]
+#: Consumers a collecting coordinator keeps on its updates queue: on its connection of its
+#: own, its bodies in hand are paced by pausing the socket's reads, and the broker's window
+#: is PACED_WINDOW, one lane (``_Inbox`` in messages/amqp.py).
+COORDINATOR_CONSUMERS = lanes_of(PACED_WINDOW)[1]
 
 
 async def consumers_on(transport: Transport, queue: str) -> int:
