@@ -1,4 +1,5 @@
-"""A message body read from the socket with two copies, not five and a growing buffer.
+"""A message body read from the socket with two copies, not five and a growing buffer;
+and written to it with one, not four and another growing buffer.
 
 aiormq 7 reads every frame into a ``BytesIO`` (header, then payload), has pamqp slice the
 payload out of that (a copy), and assembles a delivery's body in another ``BytesIO``,
@@ -10,7 +11,11 @@ assembly's ``BytesIO.write`` first of all its functions, ahead of the folds: 57 
 each 128 KiB frame, six times a memcpy of it (bench/README.md, "Where a round's time
 goes").
 
-:func:`install` replaces two methods of aiormq:
+Publishing had the same shape: aiormq copies a body into frames of ``frame_max`` (read
+from a ``BytesIO``), pamqp copies each into its marshalled frame, and aiormq writes those
+into one more ``BytesIO`` that grows by reallocation, frame after frame.
+
+:func:`install` replaces four methods of aiormq:
 
 - ``FrameReceiver.get_frame``: a body frame's payload is read straight into its own bytes
   (one copy out of the stream's buffer) and becomes the ``ContentBody``; every other frame
@@ -18,22 +23,31 @@ goes").
   :mod:`fedq.messages.frames` still wraps it).
 - ``Channel._read_content``: a body's frames are kept in a list and joined once, at its
   size (a body of one frame is that frame's bytes, no copy).
+- ``Channel._split_body``: a body's frames are views of it, not copies.
+- ``ChannelFrame.marshall``: the frames of a publish are joined once into what is written;
+  a body frame's header, payload (the view) and end byte go in as they are, every other
+  frame as pamqp marshals it.
 
-What must stay true: the same frames, weights (bytes consumed) and errors as aiormq's own,
-for every input: a body frame whose end byte is wrong, or of size 0, goes through pamqp,
-which refuses it as before; a read cut short raises aiormq's ``AMQPConnectionError``.
+What must stay true: the same bytes written as aiormq's own, for every list of frames; the
+same frames, weights (bytes consumed) and errors read as aiormq's own, for every input: a
+body frame whose end byte is wrong, or of size 0, goes through pamqp, which refuses it as
+before; a read cut short raises aiormq's ``AMQPConnectionError``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
+from collections.abc import Iterable
+from typing import Any
 
 import aiormq.channel
 import aiormq.connection
 import pamqp.frame
-from aiormq.abc import DeliveredMessage
+from aiormq.abc import ChannelFrame, DeliveredMessage
 from aiormq.exceptions import AMQPConnectionError, InvalidFrameError, ProtocolSyntaxError
+from pamqp import commands as spec
 from pamqp import constants
 from pamqp.body import ContentBody
 from pamqp.exceptions import PAMQPException
@@ -43,21 +57,27 @@ _HEAD = struct.Struct(">BHI")  # frame type, channel, payload size
 _END = bytes([constants.FRAME_END])
 
 
-_AIORMQS_OWN = (aiormq.connection.FrameReceiver.get_frame, aiormq.channel.Channel._read_content)
+_REPLACED = (
+    (aiormq.connection.FrameReceiver, "get_frame"),
+    (aiormq.channel.Channel, "_read_content"),
+    (aiormq.channel.Channel, "_split_body"),
+    (ChannelFrame, "marshall"),
+)
+_AIORMQS_OWN = [owner.__dict__[name] for owner, name in _REPLACED]
 
 
 def install() -> None:
-    """Make every aiormq connection of this process read bodies this way. Idempotent."""
-    aiormq.connection.FrameReceiver.get_frame = _get_frame  # type: ignore[method-assign]
-    aiormq.channel.Channel._read_content = _read_content  # type: ignore[method-assign]
+    """Make every aiormq connection of this process read and write bodies this way.
+    Idempotent."""
+    for (owner, name), ours in zip(_REPLACED, _OURS, strict=True):
+        setattr(owner, name, ours)
 
 
 def uninstall() -> None:
     """aiormq's own methods again: for the benchmarks' raw floor, which measures aio-pika
     as it ships, in processes that import fedq."""
-    get_frame, read_content = _AIORMQS_OWN
-    aiormq.connection.FrameReceiver.get_frame = get_frame  # type: ignore[method-assign]
-    aiormq.channel.Channel._read_content = read_content  # type: ignore[method-assign]
+    for (owner, name), own in zip(_REPLACED, _AIORMQS_OWN, strict=True):
+        setattr(owner, name, own)
 
 
 async def _get_frame(self: aiormq.connection.FrameReceiver) -> aiormq.connection.ReceivedFrame:
@@ -136,3 +156,41 @@ async def _read_content(
         size += len(content.value)
     body = parts[0] if len(parts) == 1 else b"".join(parts)
     return DeliveredMessage(delivery=frame, header=header, body=body, channel=self)  # type: ignore[arg-type]
+
+
+def _split_body(self: aiormq.channel.Channel, body: bytes) -> list[ContentBody]:
+    """aiormq's ``Channel._split_body``: frames of at most ``max_content_size`` bytes, as
+    views of ``body``."""
+    view = memoryview(body)
+    step = self.max_content_size
+    return [ContentBody(view[i : i + step]) for i in range(0, len(view), step)]  # type: ignore[arg-type]
+
+
+def _marshall(
+    cls: type[ChannelFrame],
+    channel_number: int,
+    frames: Iterable[Any],
+    drain_future: asyncio.Future[Any] | None = None,
+) -> ChannelFrame:
+    """aiormq's ``ChannelFrame.marshall``, joining every frame's bytes once."""
+    parts: list[bytes | memoryview] = []
+    should_close = False
+    for frame in frames:
+        if should_close:
+            logging.getLogger("aiormq.connection").getChild("marshall").warning(
+                "It looks like you are going to send a frame %r after the connection is "
+                "closed, it's pointless, the frame is dropped.",
+                frame,
+            )
+            continue
+        if isinstance(frame, spec.Connection.CloseOk):
+            should_close = True
+        if isinstance(frame, ContentBody):
+            value = frame.value
+            parts += (_HEAD.pack(constants.FRAME_BODY, channel_number, len(value)), value, _END)
+        else:
+            parts.append(pamqp.frame.marshal(frame, channel_number))
+    return cls(payload=b"".join(parts), drain_future=drain_future, should_close=should_close)
+
+
+_OURS = [_get_frame, _read_content, _split_body, classmethod(_marshall)]

@@ -1,6 +1,7 @@
-"""fedq's reading of AMQP frames and bodies (fedq.messages.body_frames) gives what aiormq's
-own gives, for any bytes the broker, or anything posing as it, can send: the same frames,
-weights and errors. And bodies of every size around a frame's come through RabbitMQ whole."""
+"""fedq's reading and writing of AMQP frames and bodies (fedq.messages.body_frames) does what
+aiormq's own does: for any bytes the broker, or anything posing as it, can send, the same
+frames, weights and errors read; for any frames published, the same bytes written. And
+bodies of every size around a frame's come through RabbitMQ whole."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import asyncio
 import os
 import struct
 import uuid
+from functools import partial
 from typing import Any
 
+import aiormq.abc
 import aiormq.connection
 import pytest
 from hypothesis import given
@@ -55,7 +58,7 @@ async def read_all(get_frame: Any, data: bytes) -> list[Any]:
 
 
 def both_read(data: bytes) -> tuple[list[Any], list[Any]]:
-    own, _ = body_frames._AIORMQS_OWN
+    own = body_frames._AIORMQS_OWN[0]
     return (
         asyncio.run(read_all(own, data)),
         asyncio.run(read_all(body_frames._get_frame, data)),
@@ -98,6 +101,45 @@ def test_a_body_frame_is_its_payload_as_read():
     payload = os.urandom(1000)
     (weight, channel, kind, value), *_ = both_read(body_frame(payload, channel=5))[1]
     assert (weight, channel, kind, value) == (7 + 1000 + 1, 5, "ContentBody", payload)
+
+
+class SplittingChannel:
+    """What ``Channel._split_body`` reads of its channel."""
+
+    def __init__(self, max_content_size: int) -> None:
+        self.max_content_size = max_content_size
+
+
+def written(split: Any, marshall: Any, frames: list[Any], body: bytes, size: int) -> Any:
+    """The payload and close flag of a publish: ``frames`` then ``body`` split at ``size``."""
+    marshalled_frame = marshall(3, [*frames, *split(SplittingChannel(size), body)])
+    return marshalled_frame.payload, marshalled_frame.should_close
+
+
+@given(
+    st.binary(max_size=5000),
+    st.integers(1, 2000),
+    st.lists(
+        st.sampled_from(
+            [spec.Basic.Publish(exchange="x", routing_key="k"), Heartbeat(), spec.Basic.Ack(1)]
+        ),
+        max_size=3,
+    ),
+    st.booleans(),
+)
+def test_a_publish_writes_the_bytes_aiormq_writes(body, size, before, closing):
+    """A body of any size, split at any frame size, after any frames; and after a
+    Connection.CloseOk, which ends what is written."""
+    frames = [*before, ContentHeader(body_size=len(body))]
+    if closing:
+        frames.insert(len(before) // 2, spec.Connection.CloseOk())
+    _, _, own_split, own_marshall = body_frames._AIORMQS_OWN
+    frame_class = aiormq.abc.ChannelFrame
+    ours = written(
+        body_frames._split_body, partial(body_frames._marshall, frame_class), frames, body, size
+    )
+    theirs = written(own_split, partial(own_marshall.__func__, frame_class), frames, body, size)
+    assert ours == theirs
 
 
 @pytest.mark.broker
