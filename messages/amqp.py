@@ -57,7 +57,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
-from fedq.messages.body_frames import install as read_bodies_in_two_copies
+from fedq.messages.body_frames import install as copy_bodies_once_each_way
 from fedq.messages.channel_closing import RobustConnection
 from fedq.messages.channel_closing import install as answer_every_channel_close
 from fedq.messages.frames import UNDECODABLE_HEADER
@@ -97,9 +97,9 @@ tolerate_undecodable_properties()
 # And a channel the broker closes must be answered before its number is used again (see
 # fedq.messages.channel_closing).
 answer_every_channel_close()
-# And a body is assembled from its frames once, not in a buffer that grows (see
-# fedq.messages.body_frames).
-read_bodies_in_two_copies()
+# And a body goes from frames to bytes and back with the fewest copies, never through a
+# buffer that grows (see fedq.messages.body_frames).
+copy_bodies_once_each_way()
 
 
 #: What a broker restart or a network cut raises while the robust connection reconnects.
