@@ -406,9 +406,9 @@ Bodies = list[bytes]
 
 @contextlib.contextmanager
 def as_aio_pika_ships() -> Iterator[None]:
-    """The raw floor measures aio-pika as it ships: fedq's own reading of message bodies
-    (:mod:`fedq.messages.body_frames`), which importing fedq's transport installs in this
-    process, is taken out while the floor runs and put back after."""
+    """The raw floor measures aio-pika as it ships: fedq's own reading and writing of
+    message bodies (:mod:`fedq.messages.body_frames`), which importing fedq's transport
+    installs in this process, is taken out while the floor runs and put back after."""
     body_frames.uninstall()
     try:
         yield
