@@ -39,7 +39,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import aiormq.channel
@@ -52,6 +53,8 @@ from pamqp import constants
 from pamqp.body import ContentBody
 from pamqp.exceptions import PAMQPException
 from pamqp.header import ContentHeader
+
+from fedq.messages.frame_stream import FrameStream
 
 _HEAD = struct.Struct(">BHI")  # frame type, channel, payload size
 _END = bytes([constants.FRAME_END])
@@ -81,12 +84,15 @@ def uninstall() -> None:
 
 
 async def _get_frame(self: aiormq.connection.FrameReceiver) -> aiormq.connection.ReceivedFrame:
-    """aiormq's ``FrameReceiver.get_frame``, reading a body frame's payload as it is."""
+    """aiormq's ``FrameReceiver.get_frame``, reading a body frame's payload as it is; or
+    the next frame of a :class:`~.frame_stream.FrameStream`, which read it already."""
     if self.reader.at_eof():
         del self.reader
         raise StopAsyncIteration
     async with self.lock:
-        try:
+        with _as_aiormqs_errors():
+            if isinstance(self.reader, FrameStream):
+                return await self.reader.next_frame()
             head = await _head(self.reader)
             if not self.started and head.startswith(b"AMQP"):
                 raise ProtocolSyntaxError("Unexpected AMQP protocol header")
@@ -99,23 +105,30 @@ async def _get_frame(self: aiormq.connection.FrameReceiver) -> aiormq.connection
                 data = b"".join((head, payload, end))  # pamqp says what is wrong with it
             else:
                 data = head + await self.reader.readexactly(size + 1)
-        except asyncio.IncompleteReadError as e:
-            raise AMQPConnectionError(
-                "Server connection unexpectedly closed. "
-                f"Read {len(e.partial)} bytes but {e.expected} bytes expected",
-            ) from e
-        except ConnectionRefusedError as e:
-            raise AMQPConnectionError(f"Server connection refused: {e!r}") from e
-        except ConnectionResetError as e:
-            raise AMQPConnectionError(f"Server connection reset: {e!r}") from e
-        except ConnectionError as e:
-            raise AMQPConnectionError(f"Server connection error: {e!r}") from e
-        except OSError as e:
-            raise AMQPConnectionError(f"Server communication error: {e!r}") from e
     try:
         return pamqp.frame.unmarshal(data)
     except PAMQPException as e:
         raise InvalidFrameError(str(e)) from e
+
+
+@contextmanager
+def _as_aiormqs_errors() -> Iterator[None]:
+    """A read cut short or a connection error, raised as aiormq's reader raises it."""
+    try:
+        yield
+    except asyncio.IncompleteReadError as e:
+        raise AMQPConnectionError(
+            "Server connection unexpectedly closed. "
+            f"Read {len(e.partial)} bytes but {e.expected} bytes expected",
+        ) from e
+    except ConnectionRefusedError as e:
+        raise AMQPConnectionError(f"Server connection refused: {e!r}") from e
+    except ConnectionResetError as e:
+        raise AMQPConnectionError(f"Server connection reset: {e!r}") from e
+    except ConnectionError as e:
+        raise AMQPConnectionError(f"Server connection error: {e!r}") from e
+    except OSError as e:
+        raise AMQPConnectionError(f"Server communication error: {e!r}") from e
 
 
 async def _head(reader: asyncio.StreamReader) -> bytes:

@@ -46,9 +46,12 @@ from collections.abc import Callable
 from typing import Any
 
 import aiormq.abc
-from aiormq.connection import TCPTransportFactory, TLSTransportFactory, TransportFactory
+from aiormq.connection import TransportFactory
+from aiormq.exceptions import AMQPConnectionError
 from pamqp import commands as spec
 from yarl import URL
+
+from fedq.messages.frame_stream import FrameStream, open_frame_stream
 
 log = logging.getLogger("fedq.amqp")
 
@@ -107,7 +110,8 @@ class _ReadGate:
 
 class PausableReads(TransportFactory):
     """aiormq's transport factory for a connection (TCP, or TLS for amqps://, as aiormq
-    picks), keeping the socket transport it made last so that its reads can be paused."""
+    picks), keeping the socket transport it made last so that its reads can be paused;
+    its frames are read by a :class:`~.frame_stream.FrameStream`."""
 
     def __init__(self) -> None:
         self._gate: _ReadGate | None = None
@@ -121,11 +125,17 @@ class PausableReads(TransportFactory):
         #: (set by the consumer that paces them).
         self.holding: Callable[[], str] = lambda: "bodies in hand"
 
-    async def create(
+    async def create(  # type: ignore[override]
         self, url: URL, **kwargs: Any
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        inner = TLSTransportFactory() if url.scheme == "amqps" else TCPTransportFactory()
-        reader, writer = await inner.create(url, **kwargs)
+    ) -> tuple[FrameStream, asyncio.StreamWriter]:
+        """The connection, TCP or TLS (amqps://) as aiormq's own factories make it, with
+        a :class:`~.frame_stream.FrameStream` for its protocol."""
+        provider = kwargs.pop("ssl_context_provider", None)
+        ssl = await provider.get_context() if url.scheme == "amqps" else None
+        try:
+            reader, writer = await open_frame_stream(url.host, url.port, ssl=ssl, **kwargs)
+        except OSError as e:  # as aiormq's own factories
+            raise AMQPConnectionError(*e.args) from e
         self.resume()  # whatever was paused was the old connection's
         self._gate = _ReadGate(writer.transport)  # type: ignore[arg-type]
         self._longest = longest_pause(url)
