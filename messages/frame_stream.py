@@ -46,6 +46,7 @@ from pamqp.header import ContentHeader
 _HEAD = struct.Struct(">BHI")  # frame type, channel, payload size
 _HEAD_SIZE = constants.FRAME_HEADER_SIZE
 _END = constants.FRAME_END
+_BETWEEN = _HEAD_SIZE + 1  # a frame's end byte and the next frame's head
 
 #: Bytes read ahead from the socket when no body is being received straight.
 READ_AHEAD = 1 << 16
@@ -61,17 +62,24 @@ Received = tuple[int, int, Any]  # weight (bytes read), channel, frame
 
 
 class _Body:
-    """A body being received: its buffer (not zeroed) and how much of it is filled."""
+    """A body being received: its buffer (not zeroed) and how much of it is filled. The
+    buffer has room for a frame's end byte and the next frame's head past the body's
+    last byte: a body frame's payload is read with what follows it, in one read."""
 
-    __slots__ = ("data", "filled")
+    __slots__ = ("data", "filled", "size")
 
     def __init__(self, size: int) -> None:
-        self.data = np.empty(size, dtype=np.uint8)
+        self.size = size
+        self.data = np.empty(size + _BETWEEN, dtype=np.uint8)
         self.filled = 0
 
     @property
     def left(self) -> int:
-        return self.data.size - self.filled
+        return self.size - self.filled
+
+    def taken(self, size: int | None = None) -> bytes:
+        """The body as bytes: all of it, or its first ``size`` bytes."""
+        return self.data[: self.size if size is None else size].tobytes()
 
 
 class _Failure:
@@ -114,12 +122,13 @@ class FrameStream(asyncio.streams.FlowControlMixin, asyncio.BufferedProtocol):
         self.transport = transport  # type: ignore[assignment]
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        if self._direct is not None:
+        if self._direct is not None:  # the payload, its end byte and the next head
             _, body, _, left = self._direct
-            return memoryview(body.data)[body.filled : body.filled + left]  # type: ignore[arg-type]
-        # Right after a body frame read straight: its end byte and the next frame's head
-        # alone, so that a next body frame's payload is read straight too.
-        want = _HEAD_SIZE + 1 if self._ending is not None else READ_AHEAD
+            view = memoryview(body.data)  # type: ignore[arg-type]
+            return view[body.filled : body.filled + left + _BETWEEN]
+        # Right after a body frame read straight but for its end: the end byte and the
+        # next frame's head alone, so that a next body frame's payload is read straight.
+        want = _BETWEEN if self._ending is not None else READ_AHEAD
         old = self._stage
         if self._start == self._end:
             self._start = self._end = 0
@@ -137,13 +146,18 @@ class FrameStream(asyncio.streams.FlowControlMixin, asyncio.BufferedProtocol):
         direct = self._direct
         if direct is not None:
             channel, body, size, left = direct
-            body.filled += nbytes
             if nbytes < left:
+                body.filled += nbytes
                 self._direct = (channel, body, size, left - nbytes)
                 return
+            body.filled += left
             self._direct = None
             self._ending = (channel, body, size)
-            return
+            # What came past the payload goes to the stage (empty while reading straight).
+            nbytes -= left
+            self._stage[:nbytes] = body.data[body.filled : body.filled + nbytes].tobytes()
+            self._start = 0
+            self._end = 0
         self._end += nbytes
         self._parse()
 
@@ -253,7 +267,7 @@ class FrameStream(asyncio.streams.FlowControlMixin, asyncio.BufferedProtocol):
     def _body_frame_read(self, channel: int, body: _Body) -> None:
         if body.left == 0:
             del self._bodies[channel]
-            self._queue((body.data.size, channel, ContentBody(body.data.tobytes())))
+            self._queue((body.size, channel, ContentBody(body.taken())))
 
     def _hand_over_partial(self, channel: int, body: _Body) -> None:
         """A frame on ``channel`` that is not the next piece of its body (a broker that
@@ -261,8 +275,7 @@ class FrameStream(asyncio.streams.FlowControlMixin, asyncio.BufferedProtocol):
         aiormq as one body frame first, and the channel's frames go on as they come."""
         del self._bodies[channel]
         if body.filled:
-            payload = body.data[: body.filled].tobytes()
-            self._queue((body.filled, channel, ContentBody(payload)))
+            self._queue((body.filled, channel, ContentBody(body.taken(body.filled))))
 
     def _unmarshal(self, data: bytes) -> None:
         try:
