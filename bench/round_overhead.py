@@ -86,6 +86,7 @@ from fedq.coordinator.strategies import Aggregation, AggregationContext
 from fedq.coordinator.strategies.early_mean import WeightedMean
 from fedq.coordinator.strategies.fedavg import FedAvg
 from fedq.messages.amqp import DEFAULT_BROKER_URL, AmqpTransport, redact
+from fedq.messages.chunks import DEFAULT_CHUNK_BYTES, encode_chunks
 from fedq.messages.codec import Weights, decode_message, encode_message, spec_of
 from fedq.messages.schema import ModelMeta, UpdateMeta
 from fedq.messages.topology import Topology, UpdatesQueueType
@@ -468,6 +469,12 @@ def model_meta() -> ModelMeta:
     return ModelMeta(federation="bench", version=1, round=1, rounds_total=1)
 
 
+def as_sent(meta: UpdateMeta | ModelMeta, weights: Weights) -> list[bytes]:
+    """The bodies fedq sends for ``meta`` and ``weights`` with its default chunk size: one
+    message, or its chunks."""
+    return list(encode_chunks(meta, weights, "raw", DEFAULT_CHUNK_BYTES))
+
+
 def measure_cpu(app: SyntheticApp, n: int, repeat: int) -> CpuParts:
     weights = app.initial_weights()
     spec = spec_of(weights)
@@ -606,7 +613,17 @@ async def measure(
     process_row = None
     if processes:
         print(f"  P={params:,}: CPU parts done; raw floor, {n + 1} processes ...", flush=True)
-        raw_processes = await run_raw_processes(url, n, update_body, model_body, rounds, queue_type)
+        # The floor moves what fedq moves: an update or a model above the chunk size as
+        # its chunks (at 10M, ten of 4 MiB), not one whole message, which RabbitMQ moves
+        # more slowly (before 2026-12-08 it did, and flattered fedq at 10M).
+        raw_processes = await run_raw_processes(
+            url,
+            n,
+            as_sent(update_meta(), weights),
+            as_sent(model_meta(), weights),
+            rounds,
+            queue_type,
+        )
         print(f"  P={params:,}: raw floor done; fedq, {n + 1} processes ...", flush=True)
         fedq_processes = await run_fedq_processes(
             url, n, params, rounds, queue_type, profile=profile and profile / f"P{params}"
