@@ -12,9 +12,10 @@ and woke a coroutine three times a frame. Consuming 4 MiB messages from RabbitMQ
 :class:`FrameStream` is the connection's protocol instead (``asyncio.BufferedProtocol``,
 over TCP or TLS): it parses frames out of a small read-ahead buffer, and once a content
 header announces a body larger than that buffer, the body's frames are read by the
-socket straight into a buffer of the body's size (the 8 bytes between two frames are read
-on their own). The whole body then goes to aiormq as one ``ContentBody``, where
-:func:`~.body_frames._read_content` takes it as it is.
+socket straight into a buffer of the body's size, each frame's payload in one read with
+the end byte and the next frame's head that follow it (8 bytes of room past the body's
+end; what lands there goes on to the read-ahead buffer). The whole body then goes to
+aiormq as one ``ContentBody``, where :func:`~.body_frames._read_content` takes it as it is.
 
 What must stay true:
 - aiormq gets the same frames in the same order on each channel, and the same errors, as

@@ -22,6 +22,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 FAST_BENCHMARKS = {
     "codec": ["--repeat", "1"],
+    "consume": ["--messages", "3", "--megabytes", "0.5", "--turns", "1"],
     # One small flood and the two baselines: three federations of 3 rounds.
     "hostile": [
         "--attacks",
