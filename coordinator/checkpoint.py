@@ -67,6 +67,8 @@ def checkpoint_path(folder: Path, version: int) -> Path:
 
 
 _CHECKPOINT_NAME = re.compile(r"model-v(\d+)\.npz")
+#: A staged checkpoint's file name: ``.model-<random>.tmp``.
+_STAGED_PREFIX, _STAGED_SUFFIX = ".model-", ".tmp"
 
 
 def checkpoint_versions(folder: Path) -> dict[int, Path]:
@@ -83,35 +85,29 @@ def save_checkpoint(
     folder: Path, version: int, weights: Weights, state: Mapping[str, np.ndarray] | None = None
 ) -> Path:
     """Write version ``version``'s checkpoint durably; returns its path."""
-    return _write(folder, version, weights, state, hashed=False)[0]
+    staged = stage_checkpoint(folder, weights, state)
+    return commit_checkpoint(staged, folder, version, hashed=False)[0]
 
 
 def write_checkpoint(
     folder: Path, version: int, weights: Weights, state: Mapping[str, np.ndarray] | None = None
 ) -> tuple[Path, str]:
     """:func:`save_checkpoint`, also returning the sha256 of the file, which the ledger
-    records.
-
-    The file is hashed from the page cache while its fsync waits on the disk, in a thread
-    of its own (both let the GIL go): a commit used to wait for the fsync, then for the
-    ledger reading the file back to hash it, one after the other."""
-    path, sha256 = _write(folder, version, weights, state, hashed=True)
+    records."""
+    path, sha256 = commit_checkpoint(stage_checkpoint(folder, weights, state), folder, version)
     assert sha256 is not None
     return path, sha256
 
 
-def _write(
-    folder: Path,
-    version: int,
-    weights: Weights,
-    state: Mapping[str, np.ndarray] | None,
-    *,
-    hashed: bool,
-) -> tuple[Path, str | None]:
+def stage_checkpoint(
+    folder: Path, weights: Weights, state: Mapping[str, np.ndarray] | None = None
+) -> Path:
+    """A checkpoint written to a temporary file in ``folder``: neither durable nor in place
+    yet, but its tensors can be mapped (:func:`map_checkpoint`) and served at once, while
+    :func:`commit_checkpoint` makes it durable. A coordinator that dies before that leaves
+    the file, which the next start removes (:func:`remove_staged`)."""
     folder.mkdir(parents=True, exist_ok=True)
-    target = checkpoint_path(folder, version)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".model-", suffix=".tmp")
-    sha256 = None
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_STAGED_PREFIX, suffix=_STAGED_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as f:
             # Positional keys keep the model's order; names travel alongside (a tensor name
@@ -122,17 +118,36 @@ def _write(
             arrays["__names__"] = np.array(list(weights), dtype=str)
             arrays["__state_names__"] = np.array(list(state), dtype=str)
             np.savez(f, **arrays)
-            f.flush()
-            if hashed:
-                with ThreadPoolExecutor(1, thread_name_prefix="fedq-checkpoint-hash") as hasher:
-                    digest = hasher.submit(file_sha256, Path(tmp))
-                    os.fsync(f.fileno())
-                    sha256 = digest.result()
-            else:
-                os.fsync(f.fileno())
-        os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
+
+
+def commit_checkpoint(
+    staged: Path, folder: Path, version: int, *, hashed: bool = True
+) -> tuple[Path, str | None]:
+    """A staged checkpoint made durable as version ``version``'s: fsynced, renamed into
+    place, the folder fsynced, so that after a crash it is whole or absent, never torn.
+    With ``hashed``, also the sha256 of the file, hashed from the page cache while the
+    fsync waits on the disk, in a thread of its own (both let the GIL go)."""
+    target = checkpoint_path(folder, version)
+    sha256 = None
+    try:
+        fd = os.open(staged, os.O_RDONLY)
+        try:
+            if hashed:
+                with ThreadPoolExecutor(1, thread_name_prefix="fedq-checkpoint-hash") as hasher:
+                    digest = hasher.submit(file_sha256, staged)
+                    os.fsync(fd)
+                    sha256 = digest.result()
+            else:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(staged, target)
+    except BaseException:
+        staged.unlink(missing_ok=True)
         raise
     dir_fd = os.open(folder, os.O_RDONLY)
     try:
@@ -140,6 +155,16 @@ def _write(
     finally:
         os.close(dir_fd)
     return target, sha256
+
+
+def remove_staged(folder: Path) -> int:
+    """Remove the staged checkpoints a coordinator that died left in ``folder`` (never
+    committed, so nothing points at them); returns how many."""
+    removed = 0
+    for path in folder.glob(f"{_STAGED_PREFIX}*{_STAGED_SUFFIX}"):
+        path.unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 def file_sha256(path: Path) -> str:

@@ -21,10 +21,12 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 from fedq.coordinator.app import CoordinatorApp
 from fedq.coordinator.assembly import Assembler
-from fedq.coordinator.checkpoint import map_checkpoint, write_checkpoint
+from fedq.coordinator.checkpoint import commit_checkpoint, map_checkpoint, stage_checkpoint
 from fedq.coordinator.collect import Collector
 from fedq.coordinator.config import CoordinatorConfig
 from fedq.coordinator.evidence import Evidence
@@ -56,6 +58,32 @@ log = logging.getLogger("fedq.coordinator")
 
 #: Update bodies the broker may push ahead of the one being checked.
 UPDATES_IN_FLIGHT = 4
+
+
+@dataclass(frozen=True)
+class Committing:
+    """A version's next model, published before its commit is durable: what
+    :meth:`Coordinator._make_durable` needs of it."""
+
+    reason: CloseReason
+    staged: Path  # its checkpoint, written, not yet durable nor in place
+    aggregate_seconds: float
+    stage_seconds: float
+
+
+async def _finished(committing: asyncio.Task[None] | None, *, cancel: bool = False) -> None:
+    """Wait for a version's commit to end, raising what it raised; with ``cancel``, end it
+    first unless it ended (a run that stops acks nothing it has not committed)."""
+    if committing is None:
+        return
+    if not cancel:
+        await committing
+        return
+    if not committing.done():
+        committing.cancel()
+    for outcome in await asyncio.gather(committing, return_exceptions=True):
+        if isinstance(outcome, Exception):
+            log.error("the commit under way failed: %s", outcome)
 
 
 class Coordinator:
@@ -145,14 +173,20 @@ class Coordinator:
             self.topology.updates, prefetch=UPDATES_IN_FLIGHT
         ) as deliveries:
             collector = self._collector(deliveries, weights)
+            committing: asyncio.Task[None] | None = None
             try:
                 while version < self.config.rounds:
-                    weights, version = await self._make_version(weights, version, collector)
+                    weights, version, committing = await self._make_version(
+                        weights, version, collector, committing
+                    )
+                await _finished(committing)
+                committing = None
                 await self._finish(version)
                 await collector.refuse_unfinished(version)
                 if self.config.linger_seconds > 0:
                     await collector.refuse_late(version, self.membership.alive)
             finally:
+                await _finished(committing, cancel=True)
                 await collector.aclose()
                 await self.publisher.aclose()
 
@@ -202,27 +236,38 @@ class Coordinator:
 
     # ------------------------------------------------------------- versions
     async def _make_version(
-        self, weights: Weights, number: int, collector: Collector
-    ) -> tuple[Weights, int]:
-        """Open a version on model ``number``, collect it, commit it: model ``number + 1``."""
+        self,
+        weights: Weights,
+        number: int,
+        collector: Collector,
+        committing: asyncio.Task[None] | None,
+    ) -> tuple[Weights, int, asyncio.Task[None]]:
+        """Open a version on model ``number``, collect it, commit it: model ``number + 1``,
+        and the task that makes its commit durable.
+
+        ``committing`` makes model ``number`` durable (:meth:`_make_durable`) while its
+        model goes out: nothing of this version is collected before it is done."""
         window = self.mode.open(number)
         if self.config.sample_fraction is not None:
             window.sample = self.membership.draw(
                 self.config.sample_size, f"{self.seed}:{number}", number
             )
+        await self.publisher.open(window, weights)
+        headroom = await asyncio.to_thread(Headroom.of, weights)
+        await _finished(committing)
+        self.observers.version_opened(number, window.round)
+        config = self.config
         aggregation = self.strategy.aggregator.start(
             AggregationContext(
                 template=weights,
                 capacity=window.quorum,
-                memory_budget=int(self.config.robust_memory_mb * 2**20),
-                spill_dir=self.config.state_dir / "spill",
+                memory_budget=int(config.robust_memory_mb * 2**20),
+                spill_dir=config.state_dir / "spill",
                 version=number + 1,
-                max_weight_share=self.config.max_weight_share,
+                max_weight_share=config.max_weight_share,
             )
         )
-        config = self.config
         per_user = config.max_updates_per_participant if config.verify_identity else None
-        headroom = await asyncio.to_thread(Headroom.of, weights)
         version = Version(
             window,
             self.mode,
@@ -233,19 +278,23 @@ class Coordinator:
         )
         version.cache = self.remedy.cache
         try:
-            await self.publisher.open(window, weights)
-            self.observers.version_opened(number, window.round)
             await self.publisher.progress(version, force=True)
             reason = await collector.collect(version)
-            return await self._commit(version, reason, weights)
-        finally:
+            new, next_commit = await self._next_model(version, reason, weights)
+        except BaseException:
             version.close()
+            raise
+        task = asyncio.create_task(
+            self._make_durable(version, new, next_commit), name=f"commit-v{number + 1}"
+        )
+        return new, number + 1, task
 
-    async def _commit(
+    async def _next_model(
         self, version: Version, reason: CloseReason, weights: Weights
-    ) -> tuple[Weights, int]:
-        """Make the next model durable (the checkpoint, then the ledger's transaction: the
-        commit point), then ack the deliveries it includes and announce it."""
+    ) -> tuple[Weights, Committing]:
+        """Model ``version.number + 1``: the aggregate applied, checked, written to a
+        checkpoint file not yet durable and served from it (the RAM it took goes to the
+        next accumulator), which :meth:`_make_durable` then commits."""
         number = version.number + 1
         clock = time.perf_counter()
         delta = await asyncio.to_thread(
@@ -256,23 +305,37 @@ class Coordinator:
         del delta
         await asyncio.to_thread(check_finite, new, f"model v{number}")
         aggregated = time.perf_counter()
+        staged = await asyncio.to_thread(
+            stage_checkpoint, self.config.state_dir / "models", new, self.strategy.optimizer.state()
+        )
+        new = await asyncio.to_thread(map_checkpoint, staged)
+        staged_at = time.perf_counter()
+        return new, Committing(reason, staged, aggregated - clock, staged_at - aggregated)
+
+    async def _make_durable(self, version: Version, new: Weights, committing: Committing) -> None:
+        """Commit model ``version.number + 1`` (published already): its evaluation, its
+        checkpoint made durable, then the ledger's transaction (the commit point); then
+        ack the deliveries it includes and announce it; then let go of the version's
+        aggregation (its spool files are the async remedy's until the commit)."""
+        try:
+            await self._commit(version, new, committing)
+        finally:
+            version.close()
+
+    async def _commit(self, version: Version, new: Weights, committing: Committing) -> None:
+        number = version.number + 1
+        evaluating = time.perf_counter()
         metrics = await self._evaluate(number, new)
         evaluated = time.perf_counter()
         path, checkpoint_sha256 = await asyncio.to_thread(
-            write_checkpoint,
-            self.config.state_dir / "models",
-            number,
-            new,
-            self.strategy.optimizer.state(),
+            commit_checkpoint, committing.staged, self.config.state_dir / "models", number
         )
-        # Served from the file from here on: the RAM it took goes to the next accumulator.
-        new = await asyncio.to_thread(map_checkpoint, path)
         saved = time.perf_counter()
         failpoint("after_checkpoint")
         record = VersionRecord(
             version=number,
             round=version.window.round,
-            closed_by=reason,
+            closed_by=committing.reason,
             total_weight=version.window.total_weight,
             opened_at=version.window.opened_wall,
             committed_at=time.time(),
@@ -290,9 +353,9 @@ class Coordinator:
         self.observers.commit_timed(
             CommitTimings(
                 version=number,
-                aggregate=aggregated - clock,
-                evaluate=evaluated - aggregated,
-                checkpoint=saved - evaluated,
+                aggregate=committing.aggregate_seconds,
+                evaluate=evaluated - evaluating,
+                checkpoint=committing.stage_seconds + saved - evaluated,
                 ledger=time.perf_counter() - saved,
             )
         )
@@ -300,7 +363,6 @@ class Coordinator:
         await version.held.ack_all()
         await self._announce(version, record)
         failpoint("between_versions")
-        return new, number
 
     async def _evaluate(self, number: int, model: Weights) -> dict[str, float]:
         """The app's evaluation of version ``number`` (``--evaluate-every``: empty when

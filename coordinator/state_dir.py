@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Mapping
@@ -44,6 +45,7 @@ from fedq.coordinator.checkpoint import (
     checkpoint_path,
     load_optimizer_state,
     map_checkpoint,
+    remove_staged,
     save_checkpoint,
 )
 from fedq.coordinator.config import ConfigError
@@ -51,6 +53,8 @@ from fedq.coordinator.ledger import UpdateLedger
 from fedq.coordinator.ledger_schema import reading
 from fedq.coordinator.rollback import DAMAGED_PREFIX, roll_back_to_last_good
 from fedq.messages.codec import Weights
+
+log = logging.getLogger("fedq.coordinator")
 
 #: The lock's file in a state dir; its content is the holder's pid, for the message only.
 LOCK_FILE = "coordinator.lock"
@@ -244,6 +248,8 @@ class StateDir:
 
     def _restore(self, app: CoordinatorApp) -> Restored:
         models = self.folder / "models"
+        if models.is_dir() and (removed := remove_staged(models)):
+            log.info("removed %d checkpoint(s) staged and never committed", removed)
         initial = app.initial_weights()
         actual = model_signature(initial)
         last = self.ledger.last_version()
