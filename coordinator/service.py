@@ -20,6 +20,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,10 +33,11 @@ from fedq.coordinator.config import CoordinatorConfig
 from fedq.coordinator.evidence import Evidence
 from fedq.coordinator.federation_lock import LOCK_GRACE_SECONDS, take_the_federation
 from fedq.coordinator.headroom import Headroom
+from fedq.coordinator.held import HeldDeliveries
 from fedq.coordinator.intake import Intake
 from fedq.coordinator.ledger import FINISHED_AT
 from fedq.coordinator.membership import Membership
-from fedq.coordinator.modes import CloseReason, make_mode
+from fedq.coordinator.modes import CloseReason, OpenVersion, make_mode
 from fedq.coordinator.observers import CommitTimings, CoordinatorObserver, Observers
 from fedq.coordinator.publish import Publisher
 from fedq.coordinator.records import VersionRecord, summary_of
@@ -62,11 +64,15 @@ UPDATES_IN_FLIGHT = 4
 
 @dataclass(frozen=True)
 class Committing:
-    """A version's next model, published before its commit is durable: what
-    :meth:`Coordinator._make_durable` needs of it."""
+    """A version collected, its next model published before its commit is durable: what
+    :meth:`Coordinator._make_durable` needs of it. Not its aggregation, let go before the
+    next model goes out (its buffers are model-sized)."""
 
+    window: OpenVersion
+    held: HeldDeliveries  # the deliveries to ack once committed
+    settled: Counter[str]  # what it refused, by reason
     reason: CloseReason
-    staged: Path  # its checkpoint, written, not yet durable nor in place
+    staged: Path  # the next model's checkpoint, written, not yet durable nor in place
     aggregate_seconds: float
     stage_seconds: float
 
@@ -252,8 +258,11 @@ class Coordinator:
             window.sample = self.membership.draw(
                 self.config.sample_size, f"{self.seed}:{number}", number
             )
-        await self.publisher.open(window, weights)
+        # Before the model goes out: Headroom.of reads every page of the model's mapping,
+        # which the publish then lets go of as it reads them (after it, they stayed, and
+        # the coordinator's peak at 500 MB grew by the model).
         headroom = await asyncio.to_thread(Headroom.of, weights)
+        await self.publisher.open(window, weights)
         await _finished(committing)
         self.observers.version_opened(number, window.round)
         config = self.config
@@ -281,11 +290,10 @@ class Coordinator:
             await self.publisher.progress(version, force=True)
             reason = await collector.collect(version)
             new, next_commit = await self._next_model(version, reason, weights)
-        except BaseException:
-            version.close()
-            raise
+        finally:
+            version.close()  # its aggregation's files; its buffers go with it, below
         task = asyncio.create_task(
-            self._make_durable(version, new, next_commit), name=f"commit-v{number + 1}"
+            self._make_durable(new, next_commit), name=f"commit-v{number + 1}"
         )
         return new, number + 1, task
 
@@ -310,20 +318,22 @@ class Coordinator:
         )
         new = await asyncio.to_thread(map_checkpoint, staged)
         staged_at = time.perf_counter()
-        return new, Committing(reason, staged, aggregated - clock, staged_at - aggregated)
+        return new, Committing(
+            version.window,
+            version.held,
+            version.settled,
+            reason,
+            staged,
+            aggregated - clock,
+            staged_at - aggregated,
+        )
 
-    async def _make_durable(self, version: Version, new: Weights, committing: Committing) -> None:
-        """Commit model ``version.number + 1`` (published already): its evaluation, its
-        checkpoint made durable, then the ledger's transaction (the commit point); then
-        ack the deliveries it includes and announce it; then let go of the version's
-        aggregation (its spool files are the async remedy's until the commit)."""
-        try:
-            await self._commit(version, new, committing)
-        finally:
-            version.close()
-
-    async def _commit(self, version: Version, new: Weights, committing: Committing) -> None:
-        number = version.number + 1
+    async def _make_durable(self, new: Weights, committing: Committing) -> None:
+        """Commit model ``new`` (published already): its evaluation, its checkpoint made
+        durable, then the ledger's transaction (the commit point); then ack the deliveries
+        it includes and announce it."""
+        window = committing.window
+        number = window.version + 1
         evaluating = time.perf_counter()
         metrics = await self._evaluate(number, new)
         evaluated = time.perf_counter()
@@ -334,17 +344,17 @@ class Coordinator:
         failpoint("after_checkpoint")
         record = VersionRecord(
             version=number,
-            round=version.window.round,
+            round=window.round,
             closed_by=committing.reason,
-            total_weight=version.window.total_weight,
-            opened_at=version.window.opened_wall,
+            total_weight=window.total_weight,
+            opened_at=window.opened_wall,
             committed_at=time.time(),
             checkpoint=str(path),
             metrics=metrics,
             epsilon=self.strategy.epsilon(number),
         )
         head = await asyncio.to_thread(
-            self.ledger.commit_version, record, version.records, checkpoint_sha256
+            self.ledger.commit_version, record, window.records, checkpoint_sha256
         )
         await asyncio.to_thread(self.remedy.committed)
         # Logged so the chain's head is also recorded outside the ledger (fedq audit).
@@ -360,8 +370,8 @@ class Coordinator:
             )
         )
         # Committed: from here a redelivery of these updates is a duplicate, never re-applied.
-        await version.held.ack_all()
-        await self._announce(version, record)
+        await committing.held.ack_all()
+        await self._announce(window, committing.settled, record)
         failpoint("between_versions")
 
     async def _evaluate(self, number: int, model: Weights) -> dict[str, float]:
@@ -371,9 +381,10 @@ class Coordinator:
             return {}
         return await asyncio.to_thread(self.app.evaluate, model) or {}
 
-    async def _announce(self, version: Version, record: VersionRecord) -> None:
+    async def _announce(
+        self, window: OpenVersion, settled: Counter[str], record: VersionRecord
+    ) -> None:
         """A committed version: ``round.closed`` (round modes) and the observers."""
-        window = version.window
         if window.round is not None:
             await self.publisher.control(
                 ROUND_CLOSED,
@@ -385,7 +396,7 @@ class Coordinator:
                     contributors=window.contributors,
                 ),
             )
-        self.observers.version_committed(summary_of(record, window.records, dict(version.settled)))
+        self.observers.version_committed(summary_of(record, window.records, dict(settled)))
 
     async def _finish(self, version: int) -> None:
         last = await asyncio.to_thread(self.ledger.last_version)
