@@ -2,8 +2,10 @@
 
 A checkpoint holds the model and the server optimizer's state (momentum, moments) after
 that version, so a restarted coordinator continues exactly where the ledger says it was.
-Write to a temporary file in the same folder, fsync it, ``os.replace`` it into place and
-fsync the folder: after a crash a checkpoint is either whole or absent, never torn.
+Write to a temporary file in the same folder (:func:`stage_checkpoint`), fsync it,
+``os.replace`` it into place and fsync the folder (:func:`commit_checkpoint`): after a
+crash a checkpoint is either whole or absent, never torn. The coordinator serves and
+publishes the staged file while the commit runs beside it.
 
 The coordinator serves the current model from its checkpoint, not from RAM
 (:func:`map_checkpoint`): ``np.savez`` stores each tensor uncompressed, so a tensor is a
