@@ -17,6 +17,7 @@ from fedq.coordinator.checkpoint import (
     load_checkpoint,
     load_optimizer_state,
     save_checkpoint,
+    stage_checkpoint,
     write_checkpoint,
 )
 from fedq.coordinator.config import CoordinatorConfig
@@ -128,7 +129,9 @@ def test_checkpoints_round_trip_in_model_order_and_leave_no_temp_files(tmp_path)
 
 
 async def test_a_checkpoint_the_ledger_never_committed_is_redone_not_trusted(tmp_path):
-    """A coordinator died between writing checkpoint v2 and committing it in the ledger."""
+    """A coordinator died between writing checkpoint v2 and committing it in the ledger,
+    and another left v2 staged (published, never committed): the restart removes the
+    staged file and redoes v2."""
 
     def plan(rounds: int) -> SimulationPlan:
         return SimulationPlan(
@@ -138,8 +141,11 @@ async def test_a_checkpoint_the_ledger_never_committed_is_redone_not_trusted(tmp
 
     app = SyntheticApp(params=4)
     await simulate(plan(1), app)
-    save_checkpoint(tmp_path / "models", 2, {k: v + 99 for k, v in app.initial_weights().items()})
+    wrong = {k: v + 99 for k, v in app.initial_weights().items()}
+    save_checkpoint(tmp_path / "models", 2, wrong)
+    staged = stage_checkpoint(tmp_path / "models", wrong)
     result = await simulate(plan(2), app)
+    assert not staged.exists()
     assert result.model_version == 2 and result.updates_incorporated == 4
     step = SyntheticApp.fedavg_step([0, 1])
     for tensor in load_checkpoint(checkpoint_path(tmp_path / "models", 2)).values():
