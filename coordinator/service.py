@@ -2,10 +2,11 @@
 
 Per version: open (publish the model) -> collect: each delivery goes through the intake and
 is folded, counted as a duplicate, or dead-lettered -> the mode says it may close ->
-commit: aggregate, server step, evaluate, checkpoint (model and optimizer state), ledger,
-ack the held deliveries, announce. Cancelling :meth:`Coordinator.run` (SIGINT) acks
-nothing that is not committed: the broker redelivers it to the next coordinator, which
-resumes from the ledger's last version.
+commit (:mod:`.commit`): aggregate, server step, the next model staged in its checkpoint
+and published, while beside it the checkpoint is made durable, the evaluation runs, the
+ledger commits, the held deliveries are acked and the version announced. Cancelling
+:meth:`Coordinator.run` (SIGINT) acks nothing that is not committed: the broker redelivers
+it to the next coordinator, which resumes from the ledger's last version.
 
 Each concern has its room: the checks (:mod:`.intake`), what is admitted and when a version
 closes (:mod:`.modes`), the version being made (:mod:`.version`), taking deliveries into it
@@ -20,27 +21,22 @@ import asyncio
 import logging
 import secrets
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 from fedq.coordinator.app import CoordinatorApp
 from fedq.coordinator.assembly import Assembler
-from fedq.coordinator.checkpoint import commit_checkpoint, map_checkpoint, stage_checkpoint
 from fedq.coordinator.collect import Collector
+from fedq.coordinator.commit import Commits, finished
 from fedq.coordinator.config import CoordinatorConfig
 from fedq.coordinator.evidence import Evidence
 from fedq.coordinator.federation_lock import LOCK_GRACE_SECONDS, take_the_federation
 from fedq.coordinator.headroom import Headroom
-from fedq.coordinator.held import HeldDeliveries
 from fedq.coordinator.intake import Intake
 from fedq.coordinator.ledger import FINISHED_AT
 from fedq.coordinator.membership import Membership
-from fedq.coordinator.modes import CloseReason, OpenVersion, make_mode
-from fedq.coordinator.observers import CommitTimings, CoordinatorObserver, Observers
+from fedq.coordinator.modes import make_mode
+from fedq.coordinator.observers import CoordinatorObserver, Observers
 from fedq.coordinator.publish import Publisher
-from fedq.coordinator.records import VersionRecord, summary_of
 from fedq.coordinator.remedy import Remedy
 from fedq.coordinator.result import FederationResult, federation_result
 from fedq.coordinator.settle import Settler
@@ -48,48 +44,17 @@ from fedq.coordinator.stall import StallWatch
 from fedq.coordinator.state_dir import StateDir
 from fedq.coordinator.strategies import AggregationContext
 from fedq.coordinator.strategy import compose_strategy
-from fedq.coordinator.version import Version, check_finite
+from fedq.coordinator.version import Version
 from fedq.messages.codec import Weights, spec_of
-from fedq.messages.schema import FederationDone, RoundClosed, wire_metrics
-from fedq.messages.topology import FEDERATION_DONE, ROUND_CLOSED, Topology
+from fedq.messages.schema import FederationDone, wire_metrics
+from fedq.messages.topology import FEDERATION_DONE, Topology
 from fedq.messages.transport import Delivery, Transport
-from fedq.runtime.failpoints import failpoint
 from fedq.runtime.supervise import alongside
 
 log = logging.getLogger("fedq.coordinator")
 
 #: Update bodies the broker may push ahead of the one being checked.
 UPDATES_IN_FLIGHT = 4
-
-
-@dataclass(frozen=True)
-class Committing:
-    """A version collected, its next model published before its commit is durable: what
-    :meth:`Coordinator._make_durable` needs of it. Not its aggregation, let go before the
-    next model goes out (its buffers are model-sized)."""
-
-    window: OpenVersion
-    held: HeldDeliveries  # the deliveries to ack once committed
-    settled: Counter[str]  # what it refused, by reason
-    reason: CloseReason
-    staged: Path  # the next model's checkpoint, written, not yet durable nor in place
-    aggregate_seconds: float
-    stage_seconds: float
-
-
-async def _finished(committing: asyncio.Task[None] | None, *, cancel: bool = False) -> None:
-    """Wait for a version's commit to end, raising what it raised; with ``cancel``, end it
-    first unless it ended (a run that stops acks nothing it has not committed)."""
-    if committing is None:
-        return
-    if not cancel:
-        await committing
-        return
-    if not committing.done():
-        committing.cancel()
-    for outcome in await asyncio.gather(committing, return_exceptions=True):
-        if isinstance(outcome, Exception):
-            log.error("the commit under way failed: %s", outcome)
 
 
 class Coordinator:
@@ -134,6 +99,9 @@ class Coordinator:
         evidence = Evidence(config, transport, self.topology, self.observers)
         self.settler = Settler(evidence, self.ledger, self.observers)
         self.remedy = Remedy(config)
+        self.commits = Commits(
+            config, app, self.strategy, self.remedy, self.ledger, self.publisher, self.observers
+        )
         #: The model and version :meth:`prepare` found, once it ran.
         self._start: tuple[Weights, int] | None = None
 
@@ -185,14 +153,14 @@ class Coordinator:
                     weights, version, committing = await self._make_version(
                         weights, version, collector, committing
                     )
-                await _finished(committing)
+                await finished(committing)
                 committing = None
                 await self._finish(version)
                 await collector.refuse_unfinished(version)
                 if self.config.linger_seconds > 0:
                     await collector.refuse_late(version, self.membership.alive)
             finally:
-                await _finished(committing, cancel=True)
+                await finished(committing, cancel=True)
                 await collector.aclose()
                 await self.publisher.aclose()
 
@@ -251,7 +219,7 @@ class Coordinator:
         """Open a version on model ``number``, collect it, commit it: model ``number + 1``,
         and the task that makes its commit durable.
 
-        ``committing`` makes model ``number`` durable (:meth:`_make_durable`) while its
+        ``committing`` makes model ``number`` durable (:meth:`.Commits.make_durable`) while its
         model goes out: nothing of this version is collected before it is done."""
         window = self.mode.open(number)
         if self.config.sample_fraction is not None:
@@ -263,7 +231,7 @@ class Coordinator:
         # the coordinator's peak at 500 MB grew by the model).
         headroom = await asyncio.to_thread(Headroom.of, weights)
         await self.publisher.open(window, weights)
-        await _finished(committing)
+        await finished(committing)
         self.observers.version_opened(number, window.round)
         config = self.config
         aggregation = self.strategy.aggregator.start(
@@ -289,114 +257,13 @@ class Coordinator:
         try:
             await self.publisher.progress(version, force=True)
             reason = await collector.collect(version)
-            new, next_commit = await self._next_model(version, reason, weights)
+            new, next_commit = await self.commits.next_model(version, reason, weights)
         finally:
             version.close()  # its aggregation's files; its buffers go with it, below
         task = asyncio.create_task(
-            self._make_durable(new, next_commit), name=f"commit-v{number + 1}"
+            self.commits.make_durable(new, next_commit), name=f"commit-v{number + 1}"
         )
         return new, number + 1, task
-
-    async def _next_model(
-        self, version: Version, reason: CloseReason, weights: Weights
-    ) -> tuple[Weights, Committing]:
-        """Model ``version.number + 1``: the aggregate applied, checked, written to a
-        checkpoint file not yet durable and served from it (the RAM it took goes to the
-        next accumulator), which :meth:`_make_durable` then commits."""
-        number = version.number + 1
-        clock = time.perf_counter()
-        delta = await asyncio.to_thread(
-            self.remedy.result, version.aggregation, version.records, weights, version.number
-        )
-        await asyncio.to_thread(check_finite, delta, f"the aggregate of v{number}")
-        new = await asyncio.to_thread(self.strategy.optimizer.step, weights, delta)
-        del delta
-        await asyncio.to_thread(check_finite, new, f"model v{number}")
-        aggregated = time.perf_counter()
-        staged = await asyncio.to_thread(
-            stage_checkpoint, self.config.state_dir / "models", new, self.strategy.optimizer.state()
-        )
-        new = await asyncio.to_thread(map_checkpoint, staged)
-        staged_at = time.perf_counter()
-        return new, Committing(
-            version.window,
-            version.held,
-            version.settled,
-            reason,
-            staged,
-            aggregated - clock,
-            staged_at - aggregated,
-        )
-
-    async def _make_durable(self, new: Weights, committing: Committing) -> None:
-        """Commit model ``new`` (published already): its evaluation, its checkpoint made
-        durable, then the ledger's transaction (the commit point); then ack the deliveries
-        it includes and announce it."""
-        window = committing.window
-        number = window.version + 1
-        evaluating = time.perf_counter()
-        metrics = await self._evaluate(number, new)
-        evaluated = time.perf_counter()
-        path, checkpoint_sha256 = await asyncio.to_thread(
-            commit_checkpoint, committing.staged, self.config.state_dir / "models", number
-        )
-        saved = time.perf_counter()
-        failpoint("after_checkpoint")
-        record = VersionRecord(
-            version=number,
-            round=window.round,
-            closed_by=committing.reason,
-            total_weight=window.total_weight,
-            opened_at=window.opened_wall,
-            committed_at=time.time(),
-            checkpoint=str(path),
-            metrics=metrics,
-            epsilon=self.strategy.epsilon(number),
-        )
-        head = await asyncio.to_thread(
-            self.ledger.commit_version, record, window.records, checkpoint_sha256
-        )
-        await asyncio.to_thread(self.remedy.committed)
-        # Logged so the chain's head is also recorded outside the ledger (fedq audit).
-        log.info("committed v%d, ledger chain %s", number, head)
-        failpoint("after_ledger_commit")
-        self.observers.commit_timed(
-            CommitTimings(
-                version=number,
-                aggregate=committing.aggregate_seconds,
-                evaluate=evaluated - evaluating,
-                checkpoint=committing.stage_seconds + saved - evaluated,
-                ledger=time.perf_counter() - saved,
-            )
-        )
-        # Committed: from here a redelivery of these updates is a duplicate, never re-applied.
-        await committing.held.ack_all()
-        await self._announce(window, committing.settled, record)
-        failpoint("between_versions")
-
-    async def _evaluate(self, number: int, model: Weights) -> dict[str, float]:
-        """The app's evaluation of version ``number`` (``--evaluate-every``: empty when
-        this version is not one to evaluate, or the app does not evaluate)."""
-        if not self.config.evaluates(number):
-            return {}
-        return await asyncio.to_thread(self.app.evaluate, model) or {}
-
-    async def _announce(
-        self, window: OpenVersion, settled: Counter[str], record: VersionRecord
-    ) -> None:
-        """A committed version: ``round.closed`` (round modes) and the observers."""
-        if window.round is not None:
-            await self.publisher.control(
-                ROUND_CLOSED,
-                RoundClosed(
-                    federation=self.config.federation,
-                    round=window.round,
-                    version=record.version,
-                    reason=record.closed_by,
-                    contributors=window.contributors,
-                ),
-            )
-        self.observers.version_committed(summary_of(record, window.records, dict(settled)))
 
     async def _finish(self, version: int) -> None:
         last = await asyncio.to_thread(self.ledger.last_version)
