@@ -43,7 +43,7 @@ class EvaluatedSyntheticApp(SyntheticApp):
 
     def train(self, weights: Weights, partition: Partition, config: TrainConfig) -> TrainResult:
         on_v1 = any(np.any(w) for w in weights.values())  # v0 is all zeros
-        if partition.index == 2 and on_v1:  # in a worker thread: waiting blocks no loop
+        if on_v1:  # in a worker thread: waiting blocks no loop
             assert self.scraped.wait(60), "no scrape within 60 s of the first commit"
         return super().train(weights, partition, config)
 
@@ -90,9 +90,10 @@ class ScrapeAtFirstCommit(CoordinatorObserver):
 async def test_a_scrape_during_and_after_a_federation_counts_what_the_coordinator_did(
     tmp_path: Path, federation: str
 ):
-    """3 participants, 3 rounds and one garbage body queued before the run. The last
-    participant trains on model v1 only after the scrape at the first commit: it lands
-    while the second version is open, however loaded the machine."""
+    """3 participants, 3 rounds and one garbage body queued before the run. No participant
+    trains on model v1 before the scrape at the first commit: it lands while the second
+    version is open and has folded nothing, however loaded the machine (model v1 goes out
+    before its commit is durable, so updates on it may wait in the queue by then)."""
     plan = SimulationPlan(
         coordinator=CoordinatorConfig(
             federation=federation, state_dir=tmp_path, participants=3, rounds=3
