@@ -335,6 +335,9 @@ def test_restarts_while_participants_train(restarts: Restarts) -> None:
     for version, kind in plan:
         for i, participant in enumerate(run.participants):
             run.wait_stopped(participant, f"p{i} stopped as it starts training on v{version}")
+        # The model goes out while its commit is made durable: a participant may start
+        # on it a moment before the ledger has it.
+        until(lambda: fed.committed_version() >= version, f"v{version} committed", fed)  # noqa: B023
         assert fed.committed_version() == version, fed.logs()
         listed = run.queues()
         assert all(listed[q]["consumers"] == 0 for q in queues), listed  # released to train
