@@ -91,16 +91,6 @@ def save_checkpoint(
     return commit_checkpoint(staged, folder, version, hashed=False)[0]
 
 
-def write_checkpoint(
-    folder: Path, version: int, weights: Weights, state: Mapping[str, np.ndarray] | None = None
-) -> tuple[Path, str]:
-    """:func:`save_checkpoint`, also returning the sha256 of the file, which the ledger
-    records."""
-    path, sha256 = commit_checkpoint(stage_checkpoint(folder, weights, state), folder, version)
-    assert sha256 is not None
-    return path, sha256
-
-
 def stage_checkpoint(
     folder: Path, weights: Weights, state: Mapping[str, np.ndarray] | None = None
 ) -> Path:

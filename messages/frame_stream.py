@@ -208,8 +208,7 @@ class FrameStream(asyncio.streams.FlowControlMixin, asyncio.BufferedProtocol):
         self._queued_bytes -= item[0]
         if self._reads_paused and not self._too_many(half=True):
             self._reads_paused = False
-            if self.transport is not None and not self.transport.is_closing():
-                self.transport.resume_reading()
+            self._reading(True)
         return item
 
     # ------------------------------------------------------------ parsing
@@ -294,7 +293,14 @@ class FrameStream(asyncio.streams.FlowControlMixin, asyncio.BufferedProtocol):
         self._wake()
         if not self._reads_paused and self._too_many():
             self._reads_paused = True
-            if self.transport is not None and not self.transport.is_closing():
+            self._reading(False)
+
+    def _reading(self, on: bool) -> None:
+        """Resume (``on``) or pause the socket's reads, unless it is gone or closing."""
+        if self.transport is not None and not self.transport.is_closing():
+            if on:
+                self.transport.resume_reading()
+            else:
                 self.transport.pause_reading()
 
     def _too_many(self, half: bool = False) -> bool:
@@ -311,8 +317,7 @@ class FrameStream(asyncio.streams.FlowControlMixin, asyncio.BufferedProtocol):
             self._hand_over_partial(channel, body)
         self._frames.append(_Failure(error))
         self._wake()
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.pause_reading()
+        self._reading(False)
 
     def _end_of_stream(self, lost: BaseException | None) -> None:
         """The connection ended (``lost``: with that error): the frames read whole go to

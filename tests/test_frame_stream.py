@@ -22,8 +22,8 @@ from pamqp.heartbeat import Heartbeat
 
 from fedq.messages import body_frames, frame_stream
 from fedq.messages.frame_stream import FrameStream
+from tests.test_body_frames import FRAME_END, body_frame
 
-FRAME_END = b"\xce"
 #: The read-ahead in these tests: bodies larger go straight into a buffer of their own.
 READ_AHEAD = 64
 
@@ -49,10 +49,6 @@ class Transport:
 
     def is_closing(self) -> bool:
         return False
-
-
-def body_frame(payload: bytes, channel: int = 1, end: bytes = FRAME_END) -> bytes:
-    return struct.pack(">BHI", 3, channel, len(payload)) + payload + end
 
 
 def a_message(channel: int, body: bytes, frame_size: int, announced: int | None = None) -> bytes:

@@ -14,11 +14,11 @@ import pytest
 from fedq.apps.synthetic import SyntheticApp
 from fedq.coordinator.checkpoint import (
     checkpoint_path,
+    commit_checkpoint,
     load_checkpoint,
     load_optimizer_state,
     save_checkpoint,
     stage_checkpoint,
-    write_checkpoint,
 )
 from fedq.coordinator.config import CoordinatorConfig
 from fedq.coordinator.ledger import UpdateLedger
@@ -198,7 +198,7 @@ def test_the_ledger_records_the_hash_of_the_checkpoint_as_it_was_written(tmp_pat
     """The commit hashes the checkpoint while its fsync waits: the hash it hands the
     ledger is the file's, the one ``fedq audit`` checks against."""
     weights = {"w": np.arange(300_000, dtype=np.float32)}
-    path, sha256 = write_checkpoint(tmp_path, 1, weights)
+    path, sha256 = commit_checkpoint(stage_checkpoint(tmp_path, weights), tmp_path, 1)
     assert sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     UpdateLedger(tmp_path / "l.sqlite").commit_version(
         dataclasses.replace(version(1), checkpoint=str(path)), [], sha256
