@@ -28,9 +28,12 @@ from tests.test_body_frames import FRAME_END, body_frame
 READ_AHEAD = 64
 
 
-@pytest.fixture(autouse=True)
-def small_read_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(autouse=True, params=[True, False], ids=["into bytes", "copied out"])
+def small_read_ahead(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test with a small read-ahead, once with bodies received into the bytes handed
+    over and once on the fallback for interpreters where that cannot be done."""
     monkeypatch.setattr(frame_stream, "READ_AHEAD", READ_AHEAD)
+    monkeypatch.setattr(frame_stream, "FILLS_BYTES", request.param)
 
 
 class Transport:
@@ -178,6 +181,34 @@ def test_a_body_larger_than_the_read_ahead_comes_whole_as_one_frame(reads):
     kinds = [kind for _, kind, _ in read_frames]
     assert kinds == ["Deliver", "ContentHeader", "ContentBody", "Heartbeat"]
     assert read_frames[2][2] == body
+
+
+def test_a_body_is_handed_over_as_the_bytes_it_was_received_into(monkeypatch):
+    """No copy to hand a body over: aiormq gets the very object the socket filled."""
+    if not frame_stream.FILLS_BYTES:
+        pytest.skip("the fallback copies")
+    assert frame_stream._fills_bytes()  # so on this interpreter
+    made: list[bytes] = []
+
+    def unfilled(size: int) -> tuple[bytes, Any]:
+        body, view = real(size)
+        made.append(body)
+        return body, view
+
+    real = frame_stream._unfilled_bytes
+    monkeypatch.setattr(frame_stream, "_unfilled_bytes", unfilled)
+    body = bytes(range(256)) * 5
+    data = a_message(1, body, 100) + pamqp_frame.marshal(Heartbeat(), 0)
+
+    async def read() -> list[Any]:
+        stream = FrameStream(asyncio.get_running_loop())
+        stream.connection_made(Transport())  # type: ignore[arg-type]
+        feed(stream, data, [7, 1, 300, 9])
+        return await read_all(stream)
+
+    handed = asyncio.run(read())[2][2]
+    assert handed == body
+    assert len(made) == 1 and handed is made[0]
 
 
 def test_reads_pause_while_aiormq_leaves_too_much_unread_and_resume_as_it_reads():
