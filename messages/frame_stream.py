@@ -12,7 +12,7 @@ and woke a coroutine three times a frame. Consuming 4 MiB messages from RabbitMQ
 :class:`FrameStream` is the connection's protocol instead (``asyncio.BufferedProtocol``,
 over TCP or TLS): it parses frames out of a small read-ahead buffer, and once a content
 header announces a body larger than that buffer, the body's frames are read by the
-socket straight into a bytes object of the body's size (:func:`_unfilled_bytes`), each
+socket straight into a bytes object of the body's size (:mod:`~.unfilled`), each
 frame's payload in one read with the end byte and the next frame's head that follow it
 (they land where the next payload goes, and go on to the read-ahead buffer; the last
 payload is read alone). The whole body then goes to aiormq as one ``ContentBody``, where
@@ -35,7 +35,6 @@ What must stay true:
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import struct
 from collections import deque
 from typing import Any
@@ -47,6 +46,8 @@ from pamqp import constants
 from pamqp.body import ContentBody
 from pamqp.exceptions import PAMQPException
 from pamqp.header import ContentHeader
+
+from fedq.messages import unfilled
 
 _HEAD = struct.Struct(">BHI")  # frame type, channel, payload size
 _HEAD_SIZE = constants.FRAME_HEADER_SIZE
@@ -66,44 +67,6 @@ LARGEST_BUFFERED = 512 << 20
 Received = tuple[int, int, Any]  # weight (bytes read), channel, frame
 
 
-_new_bytes = ctypes.pythonapi.PyBytes_FromStringAndSize
-_new_bytes.restype = ctypes.py_object
-_new_bytes.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
-#: Where a bytes object's own bytes start: past its header (CPython's ``ob_sval``).
-_BYTES_DATA = bytes.__basicsize__ - 1
-
-
-def _unfilled_bytes(size: int) -> tuple[bytes, np.ndarray]:
-    """A new bytes object of ``size`` (> 1) bytes not yet filled, and a writable view of
-    its bytes, which keeps it alive.
-
-    This is the C API's own way to make bytes from data still to come
-    (``PyBytes_FromStringAndSize(NULL, size)``, then fill it), through ctypes: the object
-    is this module's alone until it is filled and handed over, and nobody has hashed or
-    seen it, so filling it changes nothing anyone saw. A body is then received straight
-    into the bytes that aiormq and aio-pika take, with no copy to hand it over (they take
-    only ``bytes``). Sizes 0 and 1 may be shared objects: never asked for here."""
-    assert size > 1, "a body larger than the read-ahead"
-    body = _new_bytes(None, size)
-    storage = (ctypes.c_char * size).from_address(id(body) + _BYTES_DATA)
-    storage._body = body  # type: ignore[attr-defined]  # the view keeps the object alive
-    return body, np.frombuffer(storage, dtype=np.uint8)
-
-
-def _fills_bytes() -> bool:
-    """Whether :func:`_unfilled_bytes` fills what it says it does on this interpreter."""
-    try:
-        body, view = _unfilled_bytes(16)
-        view[:] = np.arange(16, dtype=np.uint8)
-    except (AttributeError, ValueError, TypeError):
-        return False
-    return body == bytes(range(16))
-
-
-#: False off CPython's layout: a body is then received into a buffer and copied out.
-FILLS_BYTES = _fills_bytes()
-
-
 class _Body:
     """A body being received, and how much of it is filled: the bytes it will be handed
     over as (not zeroed), filled through ``data``. A body frame's payload is read with the
@@ -115,8 +78,8 @@ class _Body:
     def __init__(self, size: int) -> None:
         self.size = size
         self.body: bytes | None = None
-        if FILLS_BYTES:
-            self.body, self.data = _unfilled_bytes(size)
+        if unfilled.FILLS_BYTES:
+            self.body, self.data = unfilled.unfilled_bytes(size)
         else:
             self.data = np.empty(size, dtype=np.uint8)
         self.filled = 0

@@ -20,7 +20,7 @@ from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 from pamqp.heartbeat import Heartbeat
 
-from fedq.messages import body_frames, frame_stream
+from fedq.messages import body_frames, frame_stream, unfilled
 from fedq.messages.frame_stream import FrameStream
 from tests.test_body_frames import FRAME_END, body_frame
 
@@ -33,7 +33,7 @@ def small_read_ahead(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyP
     """Every test with a small read-ahead, once with bodies received into the bytes handed
     over and once on the fallback for interpreters where that cannot be done."""
     monkeypatch.setattr(frame_stream, "READ_AHEAD", READ_AHEAD)
-    monkeypatch.setattr(frame_stream, "FILLS_BYTES", request.param)
+    monkeypatch.setattr(unfilled, "FILLS_BYTES", request.param)
 
 
 class Transport:
@@ -185,18 +185,18 @@ def test_a_body_larger_than_the_read_ahead_comes_whole_as_one_frame(reads):
 
 def test_a_body_is_handed_over_as_the_bytes_it_was_received_into(monkeypatch):
     """No copy to hand a body over: aiormq gets the very object the socket filled."""
-    if not frame_stream.FILLS_BYTES:
+    if not unfilled.FILLS_BYTES:
         pytest.skip("the fallback copies")
-    assert frame_stream._fills_bytes()  # so on this interpreter
+    assert unfilled._fills_bytes()  # so on this interpreter
     made: list[bytes] = []
 
-    def unfilled(size: int) -> tuple[bytes, Any]:
+    def made_here(size: int) -> tuple[bytes, Any]:
         body, view = real(size)
         made.append(body)
         return body, view
 
-    real = frame_stream._unfilled_bytes
-    monkeypatch.setattr(frame_stream, "_unfilled_bytes", unfilled)
+    real = unfilled.unfilled_bytes
+    monkeypatch.setattr(unfilled, "unfilled_bytes", made_here)
     body = bytes(range(256)) * 5
     data = a_message(1, body, 100) + pamqp_frame.marshal(Heartbeat(), 0)
 
