@@ -48,9 +48,9 @@ def model_queue_bytes(model: Weights) -> int | None:
     a participant back from training finds only the newest model whole. So the broker keeps
     about one model per participant, whatever the chunk size. What the count bound does
     and this one does not: a model sent as ``fp16`` takes half, so two may wait; and
-    ``federation.done`` waits behind the last model instead of dropping it. So no update
-    is sent on a model in one message when something already waited behind it
-    (``Participant._superseded``): the participant sends on the newest, as before."""
+    ``federation.done`` waits behind the last model instead of dropping it. So a model in
+    one message is skipped when something already waits behind it
+    (``Participant._superseded``): the participant trains on the newest, as before."""
     if sum(w.nbytes for w in model.values()) <= MIN_CHUNK_BYTES:
         return None
     return most_body_bytes(model, MIN_CHUNK_BYTES, MODEL_METADATA_BYTES)

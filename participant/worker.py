@@ -191,28 +191,19 @@ class Participant:
                         await self._join()
                         joined = True
                 async with contextlib.AsyncExitStack() as slot:
-                    taken = await self._next_model(inbox, slot)
-                    if taken is None:  # federation.done
+                    model = await self._next_model(inbox, slot)
+                    if model is None:  # federation.done
                         return
-                    model, newer = taken
-                    leaving = None
                     if self.config.release_queue_while_training:
                         # Out of the consumer while training: nothing is delivered to this
                         # participant meanwhile, so however long training takes, it holds
                         # no delivery past RabbitMQ's consumer_timeout; what arrives waits
                         # in its queue (the newest model only). Chunks of a model not
                         # complete were not acked: they come back, and are assembled anew.
-                        # The acks and the cancel go beside the training: round trips that
-                        # took up to 50 ms a participant under load at P = 1M, before it
-                        # began (bench/README.md, "Where a round's time goes").
-                        leaving = asyncio.create_task(self._let_go(model, newer, consumer))
+                        await consumer.aclose()
                         inbox = None
                         self._models = ModelAssembler()
-                    try:
-                        await self._train(model, newer)
-                    finally:
-                        if leaving is not None:
-                            await leaving
+                    await self._train(model)
                     if not self.config.release_queue_while_training:
                         # Held while training: the queue keeps only the newest model, so
                         # what this trains on next is the newest, not one superseded.
@@ -244,13 +235,12 @@ class Participant:
 
     async def _next_model(
         self, inbox: AsyncIterator[Delivery], slot: contextlib.AsyncExitStack
-    ) -> tuple[WholeModel, asyncio.Task[bool] | None] | None:
+    ) -> WholeModel | None:
         """The next model to train on, with one of the process's working slots taken into
-        ``slot``, and the lookup under way of whether something newer waits behind it
-        (:meth:`_superseded`); None at ``federation.done``. The caller acks the model: at
-        once if the queue is released while training, else once the update is sent. The
-        slot is taken first: the few at work per process keep memory O(few x model), and
-        the others wait here, sharing the model's body."""
+        ``slot``; None at ``federation.done``. Acked if the queue is released while
+        training, else by the caller once the update is sent. The slot is taken first: the
+        few at work per process keep memory O(few x model), and the others wait here,
+        sharing the model's body."""
         stalled_after = self.config.stalled_model_seconds
         while True:
             delivery, stalled_after = await self._next_delivery(inbox, stalled_after)
@@ -262,18 +252,21 @@ class Participant:
                 return None
             model, finished = await self._receive(delivery)
             if model is not None:
-                if not self._sampled(model.meta) or self._declines(model.meta):
+                if (
+                    not self._sampled(model.meta)
+                    or await self._superseded(model)
+                    or self._declines(model.meta)
+                ):
                     finished += model.deliveries
                     model = None
                 else:
                     await slot.enter_async_context(working())
+                    if self.config.release_queue_while_training:
+                        finished += model.deliveries
             for settled in finished:
                 await self._settle(settled)
             if model is not None:
-                newer = None
-                if self._queue_bounded_by_bytes and len(model.deliveries) == 1:
-                    newer = asyncio.create_task(self._superseded(model))
-                return model, newer
+                return model
 
     async def _next_delivery(
         self, inbox: AsyncIterator[Delivery], stalled_after: float
@@ -367,26 +360,9 @@ class Participant:
         delivery.release_body()  # copied into the model's buffers
         return result
 
-    async def _let_go(
-        self,
-        model: WholeModel,
-        newer: asyncio.Task[bool] | None,
-        consumer: contextlib.AsyncExitStack,
-    ) -> None:
-        """Ack ``model`` and stop consuming (``release_queue_while_training``); after the
-        lookup ``newer``, if any: once acked, the model lets the consumer's prefetch take
-        what waits behind it, which the lookup would then no longer count."""
-        if newer is not None:
-            await asyncio.wait({newer})
-        for delivery in model.deliveries:
-            await self._settle(delivery)
-        await consumer.aclose()
-
     async def _superseded(self, model: WholeModel) -> bool:
         """Whether something newer already waits behind ``model``, which came in one
-        message: then no update is sent on it. The lookup is a broker round trip (2 to
-        39 ms a participant under load at P = 1M), so it runs beside the training, which
-        it stops from sending only in the rare case it says yes.
+        message: then it is acked, not trained on.
 
         A queue bounded by bytes (:func:`~.model_assembly.model_queue_bytes`) may keep
         more than the newest message: two models sent smaller than raw (``fp16``), or the
@@ -394,8 +370,9 @@ class Participant:
         is first in, first out), so training on this one would only make a stale update.
         A chunked model is trained on as it is: the next one's first chunks may wait
         behind it for as long as it takes to assemble, and skipping for them could starve
-        a participant slower than the federation's versions. So it is looked up only for
-        a model in one message through a queue bounded by bytes."""
+        a participant slower than the federation's versions."""
+        if not self._queue_bounded_by_bytes or len(model.deliveries) > 1:
+            return False
         try:
             waiting = await self.transport.queue_depth(
                 self.topology.model_queue(self.config.participant_id)
@@ -430,24 +407,18 @@ class Participant:
         log.debug("%s declined model v%d", self.config.participant_id, meta.version)
         return True
 
-    async def _train(self, model: WholeModel, newer: asyncio.Task[bool] | None) -> None:
-        """Train on ``model`` and send the update (in a working slot, taken by the caller),
-        unless ``newer`` says something newer waits behind the model."""
+    async def _train(self, model: WholeModel) -> None:
+        """Train on ``model`` and send the update (in a working slot, taken by the caller)."""
         self.stats.state = "training"
         await self._state_changed()
         failpoint("training")
         try:
-            global_weights = await asyncio.to_thread(model.own_weights)
-            await self._train_and_send(model.meta, global_weights, newer)
+            await self._train_and_send(model.meta, await asyncio.to_thread(model.own_weights))
         finally:
-            if newer is not None and not newer.done():
-                newer.cancel()
             self.stats.state = "idle"
         await self._state_changed()
 
-    async def _train_and_send(
-        self, meta: ModelMeta, global_weights: Weights, newer: asyncio.Task[bool] | None
-    ) -> None:
+    async def _train_and_send(self, meta: ModelMeta, global_weights: Weights) -> None:
         self._round = meta.round or 0
         started = time.monotonic()
         train = self.config.train or app_train_config(self.app)
@@ -469,8 +440,6 @@ class Participant:
             metrics=result.metrics,
             train_seconds=time.monotonic() - started,
         )
-        if newer is not None and await newer:
-            return  # an update on it would only be stale
         self.stats.state = "sending"
         sent = await self._send(update, result.weights, global_weights, meta.chunk_bytes)
         if self.config.sent_log is not None:

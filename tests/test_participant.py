@@ -263,7 +263,7 @@ async def test_a_participant_skips_a_model_that_something_newer_waits_behind(
     transport_pair, federation
 ):
     """A model above the smallest chunk comes through a queue bounded by bytes, which can
-    keep two models sent in fp16: the participant sends an update on the newest only."""
+    keep two models sent in fp16: the participant trains on the newest only."""
     coordinator, transport = transport_pair
     topology = Topology(federation)
     await topology.declare_core(coordinator)
