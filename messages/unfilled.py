@@ -1,4 +1,4 @@
-"""Bytes objects filled after they are made: a body received or encoded straight into the
+"""Bytes objects filled after they are made: a message body received straight into the
 ``bytes`` that aiormq and aio-pika take, with no copy to make it ``bytes`` at the end.
 
 They take only ``bytes`` (aio-pika's ``Message`` copies anything else), and a ``bytes``
