@@ -26,7 +26,6 @@ against it before its codec runs. Without one, a shape is still refused above
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -56,6 +55,8 @@ ALIGNMENT = 16
 _TENSOR_KEYS = frozenset({"name", "dtype", "shape", "codec", "data"})
 _PAD_KEY = pack("pad")
 _DATA_KEY = pack("data")
+_CHUNK_KEY = pack("chunk")
+_TENSORS_KEY = pack("tensors")
 
 _ALLOWED_DTYPES = frozenset(
     {"float16", "float32", "float64", "int8", "int32", "int64", "uint8", "uint32", "uint64"}
@@ -175,24 +176,62 @@ class EncodedTensor:
     payload: memoryview
 
 
-def encode_body(
-    fields: Mapping[str, Any], tensors: list[EncodedTensor], chunk: ChunkInfo | None = None
-) -> bytes:
-    """The msgpack body of ``fields`` plus ``tensors`` (and ``chunk``), each payload
-    copied once, straight into the joined body."""
-    extra = {} if chunk is None else {"chunk": dataclasses.asdict(chunk)}
-    parts: list[bytes | memoryview] = [map_header(len(fields) + len(extra) + 1)]
-    for key, value in (*fields.items(), *extra.items()):
-        parts.append(pack(key))
-        parts.append(pack(value))
-    parts.append(pack("tensors"))
-    parts.append(array_header(len(tensors)))
+@dataclass(frozen=True, slots=True)
+class PackedFields:
+    """A body's metadata fields, packed once: a chunked message's bodies all repeat them."""
+
+    count: int
+    entries: bytes
+
+    @classmethod
+    def of(cls, fields: Mapping[str, Any]) -> PackedFields:
+        packed = pack(dict(fields))
+        return cls(len(fields), packed[len(map_header(len(fields))) :])
+
+
+@dataclass(frozen=True, slots=True)
+class BodyLayout:
+    """A body's parts in order, and where things land once they are joined: each tensor's
+    payload, and the end of the ``chunk`` map (whose last entry is the carried digest)."""
+
+    parts: list[bytes | memoryview]
+    payloads: list[int]
+    chunk_end: int | None
+
+
+def lay_out_body(
+    fields: PackedFields, tensors: list[EncodedTensor], chunk: ChunkInfo | None = None
+) -> BodyLayout:
+    """The parts of the msgpack body of ``fields`` plus ``tensors`` (and ``chunk``)."""
+    parts: list[bytes | memoryview] = [
+        map_header(fields.count + (chunk is not None) + 1),
+        fields.entries,
+    ]
+    chunk_end = None
+    if chunk is not None:
+        described = {"index": chunk.index, "count": chunk.count, "digest": chunk.digest}
+        parts += (_CHUNK_KEY, pack(described))
+        chunk_end = sum(len(p) for p in parts)
+    parts += (_TENSORS_KEY, array_header(len(tensors)))
     offset = sum(len(p) for p in parts)
+    payloads = []
     for tensor in tensors:
         head = _tensor_head(tensor, offset, bin_header(tensor.payload.nbytes))
         parts += (head, tensor.payload)
+        payloads.append(offset + len(head))
         offset += len(head) + tensor.payload.nbytes
-    return b"".join(parts)
+    return BodyLayout(parts, payloads, chunk_end)
+
+
+def encode_body(
+    fields: Mapping[str, Any] | PackedFields,
+    tensors: list[EncodedTensor],
+    chunk: ChunkInfo | None = None,
+) -> bytes:
+    """The msgpack body of ``fields`` plus ``tensors`` (and ``chunk``), each payload
+    copied once, straight into the joined body."""
+    packed = fields if isinstance(fields, PackedFields) else PackedFields.of(fields)
+    return b"".join(lay_out_body(packed, tensors, chunk).parts)
 
 
 def _tensor_head(tensor: EncodedTensor, offset: int, data_header: bytes) -> bytes:

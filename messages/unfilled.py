@@ -1,5 +1,6 @@
 """Bytes objects filled after they are made: a message body received straight into the
-``bytes`` that aiormq and aio-pika take, with no copy to make it ``bytes`` at the end.
+``bytes`` that aiormq and aio-pika take, with no copy to make it ``bytes`` at the end; a
+chunk's body whose digest is written in once its payloads are hashed from it.
 
 They take only ``bytes`` (aio-pika's ``Message`` copies anything else), and a ``bytes``
 object cannot be written to from Python. The C API has a way for data still to come:
@@ -29,9 +30,16 @@ def unfilled_bytes(size: int) -> tuple[bytes, np.ndarray]:
     view of its bytes, which keeps it alive. Sizes 0 and 1 may be shared objects."""
     assert size > 1, "a fresh object, not a shared one"
     made = _new_bytes(None, size)
-    storage = (ctypes.c_char * size).from_address(id(made) + _BYTES_DATA)
+    return made, writable_view(made)
+
+
+def writable_view(made: bytes) -> np.ndarray:
+    """A writable uint8 view of the bytes of ``made``, which keeps it alive: only for an
+    object its maker alone holds, not yet hashed nor handed over (a fresh one, of more than
+    one byte: shorter ones may be shared)."""
+    storage = (ctypes.c_char * len(made)).from_address(id(made) + _BYTES_DATA)
     storage._made = made  # type: ignore[attr-defined]  # the view keeps the object alive
-    return made, np.frombuffer(memoryview(storage), dtype=np.uint8)
+    return np.frombuffer(memoryview(storage), dtype=np.uint8)
 
 
 def _fills_bytes() -> bool:

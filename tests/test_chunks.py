@@ -8,10 +8,12 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import pytest
 import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fedq.messages import chunks
 from fedq.messages.chunks import (
     SLICE_ALIGN,
     ChunkChain,
@@ -84,6 +86,25 @@ def test_chunks_decode_to_what_one_message_would_for_every_codec():
         whole = decode_message(encode_message(META, tensors, codec)).weights()
         for name, values in decoded_whole(bodies, tensors).items():
             np.testing.assert_array_equal(values, np.asarray(whole[name], np.float32).reshape(-1))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 30_000), min_size=1, max_size=4),
+    codec=st.sampled_from(["raw", "fp16", "int8", "topk:0.1"]),
+)
+def test_bodies_hashed_from_themselves_are_those_hashed_from_the_tensors(
+    sizes: list[int], codec: str
+):
+    """A chunk's body is made first, its slices hashed from it and its digest written in
+    (where bytes can be filled in), or its slices hashed first: the bytes are the same."""
+    tensors = model(sizes, seed=len(sizes))
+    assert chunks.FILLS_BYTES, "this interpreter fills bytes in: the path under test"
+    filled_in = list(encode_chunks(META, tensors, codec, chunk_bytes=1 << 14))
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(chunks, "FILLS_BYTES", False)
+        hashed_first = list(encode_chunks(META, tensors, codec, chunk_bytes=1 << 14))
+    assert filled_in == hashed_first
 
 
 def own_and_carried(bodies: list[bytes]) -> list[tuple[bytes, str]]:
