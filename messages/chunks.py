@@ -232,7 +232,8 @@ def _chunk_body(
     Where a bytes object can be filled in after it is made (:data:`FILLS_BYTES`), the body
     is joined first and each payload hashed from it, still in the cache, and the digest is
     then written in its place: hashing the payloads from the tensors instead reads them from
-    memory a second time (bench/README.md, "Where a round's time goes", 2026-12-07 on an AMD EPYC)."""
+    memory a second time (bench/README.md, "Where a round's time goes", 2026-12-07, an AMD
+    EPYC)."""
     if not FILLS_BYTES:
         chain.update(chunk_digest(encoded))
         return encode_body(fields, encoded, replace(chunk, digest=chain.hexdigest()))
