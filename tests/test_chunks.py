@@ -24,6 +24,7 @@ from fedq.messages.chunks import (
 )
 from fedq.messages.codec import decode_message, encode_message
 from fedq.messages.schema import ModelMeta, UpdateMeta
+from fedq.messages.unfilled import FILLS_BYTES
 from fedq.participant.compression import ErrorFeedback
 from fedq.participant.model_assembly import ModelAssembler
 
@@ -99,7 +100,7 @@ def test_bodies_hashed_from_themselves_are_those_hashed_from_the_tensors(
     """A chunk's body is made first, its slices hashed from it and its digest written in
     (where bytes can be filled in), or its slices hashed first: the bytes are the same."""
     tensors = model(sizes, seed=len(sizes))
-    assert chunks.FILLS_BYTES, "this interpreter fills bytes in: the path under test"
+    assert FILLS_BYTES, "this interpreter fills bytes in: the path under test"
     filled_in = list(encode_chunks(META, tensors, codec, chunk_bytes=1 << 14))
     with pytest.MonkeyPatch.context() as patched:
         patched.setattr(chunks, "FILLS_BYTES", False)
