@@ -1,4 +1,5 @@
-"""Set glibc's mmap and trim thresholds for fedq's two kinds of large buffers.
+"""Set glibc's mmap and trim thresholds for fedq's two kinds of large buffers, and one
+heap for all threads.
 
 Above the mmap threshold glibc maps each new allocation and unmaps it on free, so every
 message body above it is a new mapping whose pages fault in one by one, several times
@@ -21,6 +22,7 @@ import sys
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
 #: Above a chunk's body (the default chunk size, 4 MiB of tensor bytes, plus metadata), so
 #: bodies are reused from the heap at full speed; below a large model's tensors, which are
 #: mapped and handed back to the system when freed instead of fragmenting the heap. Keep it
@@ -31,10 +33,20 @@ _THRESHOLD = 8 << 20
 #: one, every other body came from pages given back and faulted in again (4,000 page
 #: faults per 40 MB update encoded; bench/README.md, "Chunk size and malloc thresholds").
 _TRIM_THRESHOLD = 16 << 20
+#: One heap for every thread. glibc gives threads heaps of their own (up to 8 per core),
+#: and each keeps what was freed in it: a chunk body made in a worker thread (an encoder's,
+#: a spool read's) and freed in the event loop goes back to its thread's heap. With one per
+#: thread, the coordinator at 10M parameters held 40 to 60 MiB freed in its heaps and
+#: peaked at 195 to 230 MiB; with one heap, 178 and 189 MiB (bench/README.md, "Where a
+#: round's time goes", 2026-12-07 on an AMD EPYC). The threads mostly wait for the GIL
+#: anyway, so sharing one heap's lock costs little.
+_ARENA_MAX = 1
 
 
 def tune_malloc_for_large_buffers() -> bool:
-    """Raise glibc's mmap/trim thresholds; True if applied. No-op off glibc or when disabled."""
+    """Raise glibc's mmap/trim thresholds and keep one heap; True if applied. No-op off
+    glibc or when disabled. Call it before any thread starts: threads that have a heap of
+    their own keep it."""
     if os.environ.get("FEDQ_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
         return False
     try:
@@ -42,6 +54,11 @@ def tune_malloc_for_large_buffers() -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):  # musl and others: nothing to tune
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, _THRESHOLD)) and bool(
-        mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
+    return all(
+        bool(mallopt(option, value))
+        for option, value in (
+            (_M_MMAP_THRESHOLD, _THRESHOLD),
+            (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD),
+            (_M_ARENA_MAX, _ARENA_MAX),
+        )
     )
