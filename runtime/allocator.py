@@ -37,9 +37,9 @@ _TRIM_THRESHOLD = 16 << 20
 #: and each keeps what was freed in it: a chunk body made in a worker thread (an encoder's,
 #: a spool read's) and freed in the event loop goes back to its thread's heap. With one per
 #: thread, the coordinator at 10M parameters held 40 to 60 MiB freed in its heaps and
-#: peaked at 195 to 230 MiB; with one heap, 178 and 189 MiB (bench/README.md, "Where a
-#: round's time goes", 2026-12-07 on an AMD EPYC). The threads mostly wait for the GIL
-#: anyway, so sharing one heap's lock costs little.
+#: peaked at 195 to 207 MiB; with one heap, 177 to 201 MiB, and the round took no longer
+#: (bench/README.md, "Where a round's time goes", 2026-12-07 on an AMD EPYC). The threads
+#: mostly wait for the GIL anyway, so sharing one heap's lock costs little.
 _ARENA_MAX = 1
 
 
