@@ -161,7 +161,7 @@ def encode_message(
         )
         for name, array in tensors.items()
     ]
-    return encode_body(fields, encoded)
+    return encode_body(PackedFields.of(fields), encoded)
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,14 +224,11 @@ def lay_out_body(
 
 
 def encode_body(
-    fields: Mapping[str, Any] | PackedFields,
-    tensors: list[EncodedTensor],
-    chunk: ChunkInfo | None = None,
+    fields: PackedFields, tensors: list[EncodedTensor], chunk: ChunkInfo | None = None
 ) -> bytes:
     """The msgpack body of ``fields`` plus ``tensors`` (and ``chunk``), each payload
     copied once, straight into the joined body."""
-    packed = fields if isinstance(fields, PackedFields) else PackedFields.of(fields)
-    return b"".join(lay_out_body(packed, tensors, chunk).parts)
+    return b"".join(lay_out_body(fields, tensors, chunk).parts)
 
 
 def _tensor_head(tensor: EncodedTensor, offset: int, data_header: bytes) -> bytes:
