@@ -37,6 +37,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, cast, runtime_checkable
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.config import JsonDict
 
@@ -171,7 +172,10 @@ class App(Protocol):
         """Train from ``weights`` on the partition's data; return the local weights (an
         ``async def train`` returns them when awaited). ``weights`` are the participant's
         own writable copy of the global model, which it reuses once ``train`` returns (it
-        becomes the delta): copy what you keep of it."""
+        becomes the delta): copy what you keep of it. Return new arrays, never ``weights``'
+        own (nor views of them): the delta is what ``train`` returns minus ``weights``, so
+        an app that trains in place and returns them would send zeros. fedq refuses such a
+        result (:func:`train_on`)."""
         ...
 
     def evaluate(self, weights: Weights) -> dict[str, float] | None:
@@ -195,7 +199,26 @@ async def train_on(
         result = await cast(Awaitable[TrainResult], app.train(weights, partition, config))
     else:
         result = cast(TrainResult, await asyncio.to_thread(app.train, weights, partition, config))
+    _refuse_shared(weights, result.weights)
     return replace(result, metrics=wire_metrics(result.metrics))
+
+
+def _refuse_shared(given: Weights, returned: Weights) -> None:
+    """An AppError if a returned array shares memory with a given one: ``train`` trained in
+    place and returned what it was given, so the global model it started from is gone and
+    the delta (returned - given) would be all zeros, sent as if it were a real update.
+    ``may_share_memory`` compares bounds only (no false negatives, O(1) per tensor)."""
+    shared = [
+        name
+        for name, array in returned.items()
+        if name in given and np.may_share_memory(array, given[name])
+    ]
+    if shared:
+        names = ", ".join(shared[:3]) + (f" and {len(shared) - 3} more" if len(shared) > 3 else "")
+        raise AppError(
+            f"train returned arrays that share memory with the weights it was given ({names}):"
+            " the delta would be all zeros; return new arrays (a copy, or the model's own)"
+        )
 
 
 def load_app(spec: str) -> App:

@@ -1,5 +1,5 @@
-"""Apps whose training or export fails, as a user's buggy app would (used by test_cli and
-test_export)."""
+"""Apps whose training or export fails or is wrong, as a user's buggy app would (used by
+test_cli and test_export)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,24 @@ class BrokenApp(SyntheticApp):
 
 
 app = BrokenApp(params=10)
+
+
+class InPlaceApp(SyntheticApp):
+    """Trains in the arrays it was given and returns them (or views of them): the delta
+    fedq would compute from them is all zeros."""
+
+    def __init__(self, params: int, view: bool = False) -> None:
+        super().__init__(params=params)
+        self.view = view
+
+    def train(self, weights: Weights, partition: Partition, config: TrainConfig) -> TrainResult:
+        for w in weights.values():
+            w += 0.5
+        local = {name: w[:] if self.view else w for name, w in weights.items()}
+        return TrainResult(local, num_examples=10)
+
+
+in_place = InPlaceApp(params=10)
 
 
 class BrokenExportApp(SyntheticApp):

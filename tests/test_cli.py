@@ -21,7 +21,9 @@ from fedq.apps.synthetic import SyntheticApp
 from fedq.cli import app as fedq_app
 from fedq.coordinator.checkpoint import checkpoint_path, load_checkpoint
 from fedq.options import SETTINGS_ATTR
+from fedq.participant.app import AppError, Partition, TrainConfig, train_on
 from fedq.simulation import simulation_name
+from tests.broken_app import InPlaceApp
 from tests.conftest import BROKER_URL
 from tests.helpers import FEDQ, fedq_env, run_fedq
 
@@ -191,6 +193,21 @@ def test_missing_fashion_mnist_names_the_debian_package(tmp_path, monkeypatch):
 def test_an_app_that_fails_to_train_is_one_line_naming_the_error(tmp_path):
     line = one_line_error(simulate_briefly("tests.broken_app:app", tmp_path))
     assert "the app failed to train on model v0: ValueError: labels have 3 classes" in line
+
+
+def test_an_app_that_returns_the_arrays_it_trained_in_place_is_refused_in_one_line(tmp_path):
+    line = one_line_error(simulate_briefly("tests.broken_app:in_place", tmp_path))
+    shared = "share memory with the weights it was given (t0, t1, t2 and 1 more)"
+    assert f"train returned arrays that {shared}: the delta would be all zeros" in line
+
+
+@pytest.mark.parametrize("view", [False, True], ids=["the arrays", "views of them"])
+async def test_train_on_refuses_arrays_that_share_memory_with_those_given(view):
+    given = {"w": np.zeros(10, np.float32)}
+    with pytest.raises(AppError, match=r"share memory .* \(w\): the delta would be all zeros"):
+        await train_on(InPlaceApp(params=10, view=view), given, Partition(), TrainConfig())
+    fresh = await train_on(SyntheticApp(params=10), given, Partition(), TrainConfig())
+    assert not np.shares_memory(fresh.weights["w"], given["w"])
 
 
 @pytest.mark.parametrize("command", GROUPS + COMMANDS, ids=named)
