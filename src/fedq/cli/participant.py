@@ -27,6 +27,7 @@ from fedq.output import OutputSettings
 from fedq.participant.app import App, Partition, TrainConfig
 from fedq.participant.config import DataSplit, ParticipantConfig
 from fedq.participant.worker import ParticipantStats
+from fedq.runtime.allocator import keep_model_buffers
 from fedq.settings import settings
 from fedq.simulation import run_participants
 
@@ -47,6 +48,7 @@ class ParticipantProcess(BaseModel):
 )
 def participant_command(given: Given) -> None:
     """Run one participant (or --count virtual ones) until the federation is done."""
+    keep_model_buffers()
     process = given.build(ParticipantProcess)
     template = given.build(ParticipantConfig)
     output = given.build(OutputSettings)
