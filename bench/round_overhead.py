@@ -1,8 +1,14 @@
 """Seconds per round of fedq on RabbitMQ next to a raw aio-pika floor that moves the same bytes.
 
     python bench/round_overhead.py --participants 10 --params 1000000 10000000 --rounds 6 \
-        --broker amqp://guest:guest@127.0.0.1:5672/ [--processes [--against REV --pairs 3]
-        [--profile DIR]]
+        --broker amqp://guest:guest@127.0.0.1:5672/ [--processes [--floor-pairs K]
+        [--against REV --pairs 3] [--profile DIR]]
+
+``--floor-pairs K`` runs the deployment shape and its floor K times each, in alternating
+pairs (the floor first in the first pair, fedq in the second, ...), and reports the median
+of the K ratios: on 2 shared cores one pair's ratio spread from 1.06x to 1.63x in a
+sitting at 10M (bench/README.md, "Where a round's time goes"), so a single pair says
+little, and a machine that drifts during the run weighs on both sides alike.
 
 ``--against REV`` runs the deployment shape of commit REV too (``other_commit.py``), in
 alternating pairs with this checkout, and reports this checkout's round time over REV's per
@@ -590,6 +596,13 @@ class Row:
     #: 1-minute load average when this row's measurements started and ended.
     loadavg: tuple[float, float] = (float("nan"), float("nan"))
     against: AgainstCommit | None = None
+    #: With ``--floor-pairs K``: every pair of the deployment shape and its floor, the
+    #: first (``processes``) included, the floor first in even pairs, fedq in odd ones.
+    floor_pairs: list[ProcessRow] = field(default_factory=list)
+
+    def floor_ratios(self) -> list[float]:
+        """fedq's round over its floor's, per pair."""
+        return [p.fedq.seconds_per_round / p.raw.seconds_per_round for p in self.floor_pairs]
 
 
 async def measure(
@@ -603,6 +616,7 @@ async def measure(
     against: InstalledCommit | None = None,
     pairs: int = 3,
     profile: Path | None = None,
+    floor_pairs: int = 1,
 ) -> Row:
     load_at_start = os.getloadavg()[0]
     app = SyntheticApp(params=params)
@@ -610,25 +624,16 @@ async def measure(
     update_body = encode_message(update_meta(), weights)
     model_body = encode_message(model_meta(), weights)
     cpu = measure_cpu(app, n, repeat)
-    process_row = None
+    process_pairs: list[ProcessRow] = []
     if processes:
-        print(f"  P={params:,}: CPU parts done; raw floor, {n + 1} processes ...", flush=True)
-        # The floor moves what fedq moves: an update or a model above the chunk size as
-        # its chunks (at 10M, ten of 4 MiB), not one whole message, which RabbitMQ moves
-        # more slowly (before 2026-12-08 it did, and flattered fedq at 10M).
-        raw_processes = await run_raw_processes(
-            url,
-            n,
-            as_sent(update_meta(), weights),
-            as_sent(model_meta(), weights),
-            rounds,
-            queue_type,
-        )
-        print(f"  P={params:,}: raw floor done; fedq, {n + 1} processes ...", flush=True)
-        fedq_processes = await run_fedq_processes(
-            url, n, params, rounds, queue_type, profile=profile and profile / f"P{params}"
-        )
-        process_row = ProcessRow(fedq_processes, raw_processes)
+        print(f"  P={params:,}: CPU parts done", flush=True)
+        for pair in range(floor_pairs):
+            process_pairs.append(
+                await _deployment_pair(
+                    url, n, weights, rounds, queue_type, pair, floor_pairs,
+                    profile=profile and profile / f"P{params}" if pair == 0 else None,
+                )
+            )  # fmt: skip
     compared = None
     if against is not None:
         compared = await measure_against(
@@ -645,10 +650,43 @@ async def measure(
         fedq,
         raw,
         cpu,
-        process_row,
+        process_pairs[0] if process_pairs else None,
         (load_at_start, os.getloadavg()[0]),
         compared,
+        process_pairs if floor_pairs > 1 else [],
     )
+
+
+async def _deployment_pair(
+    url: str, n: int, weights: Weights, rounds: int, queue_type: UpdatesQueueType,
+    pair: int, pairs: int, profile: Path | None,
+) -> ProcessRow:  # fmt: skip
+    """The deployment shape and its floor, one after the other: the floor first in even
+    pairs, fedq first in odd ones, so that a machine that slows down or speeds up during
+    the run weighs on both alike."""
+    params = sum(w.size for w in weights.values())
+    raw_processes: RawProcessResult | None = None
+    fedq_processes: FedqProcessResult | None = None
+    for side in ("floor", "fedq") if pair % 2 == 0 else ("fedq", "floor"):
+        print(f"  P={params:,}: pair {pair + 1}/{pairs}, {side}, {n + 1} processes ...", flush=True)
+        if side == "floor":
+            # The floor moves what fedq moves: an update or a model above the chunk size
+            # as its chunks (at 10M, ten of 4 MiB), not one whole message, which RabbitMQ
+            # moves more slowly (before 2026-12-08 it did, and flattered fedq at 10M).
+            raw_processes = await run_raw_processes(
+                url,
+                n,
+                as_sent(update_meta(), weights),
+                as_sent(model_meta(), weights),
+                rounds,
+                queue_type,
+            )
+        else:
+            fedq_processes = await run_fedq_processes(
+                url, n, params, rounds, queue_type, profile=profile
+            )
+    assert raw_processes is not None and fedq_processes is not None
+    return ProcessRow(fedq_processes, raw_processes)
 
 
 def line(seconds: float, what: str, times: int = 1) -> str:
@@ -703,6 +741,16 @@ def cpu_lines(cpu: ShapeCpu, seconds: float, n: int, cores: int, coordinator: st
     print(line(cpu.total, f"CPU per round, all: {busy:.0%} of {cores} cores over the round"))
 
 
+def report_floor_pairs(row: Row) -> None:
+    print("  deployment shape against its floor, alternating pairs (floor first in pair 1):")
+    for pair, (run, ratio) in enumerate(zip(row.floor_pairs, row.floor_ratios(), strict=True), 1):
+        print(
+            f"    pair {pair}: fedq {run.fedq.seconds_per_round:.3f} s, floor "
+            f"{run.raw.seconds_per_round:.3f} s per round: {ratio:.2f}x"
+        )
+    print(f"    median ratio {statistics.median(row.floor_ratios()):.2f}x")
+
+
 def report_against(compared: AgainstCommit) -> None:
     name = compared.sha[:8]
     print(f"  deployment shape: this checkout against {name}, alternating pairs:")
@@ -741,6 +789,8 @@ def report(rows: list[Row], n: int) -> None:
         )
         if row.processes is not None:
             report_processes(row.processes, n, cores)
+        if row.floor_pairs:
+            report_floor_pairs(row)
         if row.against is not None:
             report_against(row.against)
         print("  simulation shape: fedq round, median from round 2 (commit to commit):")
@@ -827,6 +877,14 @@ def figures(args: argparse.Namespace, tuned: bool, rows: list[Row], wall: float)
                     "fedq": dataclasses.asdict(row.processes.fedq),
                     "raw": dataclasses.asdict(row.processes.raw),
                 },
+                "floor_pairs": None
+                if not row.floor_pairs
+                else {
+                    "fedq_s_per_round": [p.fedq.seconds_per_round for p in row.floor_pairs],
+                    "raw_s_per_round": [p.raw.seconds_per_round for p in row.floor_pairs],
+                    "ratios": row.floor_ratios(),
+                    "median_ratio": statistics.median(row.floor_ratios()),
+                },
             }
             for row in rows
         ],
@@ -847,6 +905,7 @@ async def amain(args: argparse.Namespace, against: InstalledCommit | None) -> li
             against,
             args.pairs,
             args.profile,
+            args.floor_pairs,
         )
         rows.append(row)
     return rows
@@ -879,6 +938,15 @@ def main() -> None:
     )
     parser.add_argument("--pairs", type=int, default=3, help="pairs with --against")
     parser.add_argument(
+        "--floor-pairs",
+        type=int,
+        default=1,
+        metavar="K",
+        help="with --processes: run the deployment shape and its floor K times each, in "
+        "alternating pairs (the floor first in the first pair), and report the median of "
+        "the K ratios",
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         metavar="DIR",
@@ -890,8 +958,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.rounds < 2:
         parser.error("--rounds must be at least 2: round 1 is warm-up")
-    if (args.against or args.profile) and not args.processes:
-        parser.error("--against and --profile are of the deployment shape: add --processes")
+    if (args.against or args.profile or args.floor_pairs > 1) and not args.processes:
+        parser.error(
+            "--against, --profile and --floor-pairs are of the deployment shape: add --processes"
+        )
+    if args.floor_pairs < 1:
+        parser.error("--floor-pairs must be at least 1")
     tuned = tune_process()  # as the fedq CLI does at start
     print(f"glibc malloc tuning: {'on' if tuned else 'off'} (FEDQ_MALLOC_TUNING=0 turns it off)")
     print(

@@ -54,6 +54,8 @@ FAST_BENCHMARKS = {
         "HEAD",
         "--pairs",
         "1",
+        "--floor-pairs",
+        "2",
     ],
     "scale": ["--participants", "10", "--params", "10000", "--rounds", "2"],
 }
@@ -79,6 +81,9 @@ def test_benchmark_ends_with_one_line_of_standard_json(name: str) -> None:
         ).stdout.strip()
         (row,) = figures["rows"]
         assert row["against"]["commit"] == head and len(row["against"]["ratios"]) == 1
+        pairs = row["floor_pairs"]  # two of fedq and its floor; the first is the row's own
+        assert pairs["fedq_s_per_round"][0] == row["processes"]["fedq"]["seconds_per_round"]
+        assert len(pairs["ratios"]) == 2 and all(r > 0 for r in pairs["ratios"])
 
 
 def test_large_model_refuses_one_round_with_one_line() -> None:
