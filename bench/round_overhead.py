@@ -592,13 +592,17 @@ class Row:
     fedq: FedqResult
     raw: RawResult
     cpu: CpuParts
-    processes: ProcessRow | None = None
+    #: With ``--processes``: each pair of the deployment shape and its floor (one, or
+    #: ``--floor-pairs K``), the floor first in the first pair, fedq in the second, ...
+    floor_pairs: list[ProcessRow] = field(default_factory=list)
     #: 1-minute load average when this row's measurements started and ended.
     loadavg: tuple[float, float] = (float("nan"), float("nan"))
     against: AgainstCommit | None = None
-    #: With ``--floor-pairs K``: every pair of the deployment shape and its floor, the
-    #: first (``processes``) included, the floor first in even pairs, fedq in odd ones.
-    floor_pairs: list[ProcessRow] = field(default_factory=list)
+
+    @property
+    def processes(self) -> ProcessRow | None:
+        """The first pair: the one reported in full."""
+        return self.floor_pairs[0] if self.floor_pairs else None
 
     def floor_ratios(self) -> list[float]:
         """fedq's round over its floor's, per pair."""
@@ -628,12 +632,12 @@ async def measure(
     if processes:
         print(f"  P={params:,}: CPU parts done", flush=True)
         for pair in range(floor_pairs):
+            sampled = profile / f"P{params}" if profile is not None and pair == 0 else None
             process_pairs.append(
                 await _deployment_pair(
-                    url, n, weights, rounds, queue_type, pair, floor_pairs,
-                    profile=profile and profile / f"P{params}" if pair == 0 else None,
+                    url, n, weights, rounds, queue_type, (pair, floor_pairs), sampled
                 )
-            )  # fmt: skip
+            )
     compared = None
     if against is not None:
         compared = await measure_against(
@@ -650,43 +654,42 @@ async def measure(
         fedq,
         raw,
         cpu,
-        process_pairs[0] if process_pairs else None,
+        process_pairs,
         (load_at_start, os.getloadavg()[0]),
         compared,
-        process_pairs if floor_pairs > 1 else [],
     )
 
 
 async def _deployment_pair(
     url: str, n: int, weights: Weights, rounds: int, queue_type: UpdatesQueueType,
-    pair: int, pairs: int, profile: Path | None,
+    pair: tuple[int, int], profile: Path | None,
 ) -> ProcessRow:  # fmt: skip
     """The deployment shape and its floor, one after the other: the floor first in even
-    pairs, fedq first in odd ones, so that a machine that slows down or speeds up during
-    the run weighs on both alike."""
+    pairs (``pair`` is its index and the count), fedq first in odd ones, so that a machine
+    that slows down or speeds up during the run weighs on both alike."""
     params = sum(w.size for w in weights.values())
-    raw_processes: RawProcessResult | None = None
-    fedq_processes: FedqProcessResult | None = None
-    for side in ("floor", "fedq") if pair % 2 == 0 else ("fedq", "floor"):
-        print(f"  P={params:,}: pair {pair + 1}/{pairs}, {side}, {n + 1} processes ...", flush=True)
-        if side == "floor":
-            # The floor moves what fedq moves: an update or a model above the chunk size
-            # as its chunks (at 10M, ten of 4 MiB), not one whole message, which RabbitMQ
-            # moves more slowly (before 2026-12-08 it did, and flattered fedq at 10M).
-            raw_processes = await run_raw_processes(
-                url,
-                n,
-                as_sent(update_meta(), weights),
-                as_sent(model_meta(), weights),
-                rounds,
-                queue_type,
-            )
-        else:
-            fedq_processes = await run_fedq_processes(
-                url, n, params, rounds, queue_type, profile=profile
-            )
-    assert raw_processes is not None and fedq_processes is not None
-    return ProcessRow(fedq_processes, raw_processes)
+
+    def started(side: str) -> None:
+        where = f"pair {pair[0] + 1}/{pair[1]}, {side}, {n + 1} processes"
+        print(f"  P={params:,}: {where} ...", flush=True)
+
+    async def floor() -> RawProcessResult:
+        started("floor")
+        # The floor moves what fedq moves: an update or a model above the chunk size as
+        # its chunks (at 10M, ten of 4 MiB), not one whole message, which RabbitMQ moves
+        # more slowly (before 2026-12-08 it did, and flattered fedq at 10M).
+        update, model = as_sent(update_meta(), weights), as_sent(model_meta(), weights)
+        return await run_raw_processes(url, n, update, model, rounds, queue_type)
+
+    async def fedq() -> FedqProcessResult:
+        started("fedq")
+        return await run_fedq_processes(url, n, params, rounds, queue_type, profile=profile)
+
+    if pair[0] % 2 == 0:
+        raw = await floor()
+        return ProcessRow(await fedq(), raw)
+    fedq_run = await fedq()
+    return ProcessRow(fedq_run, await floor())
 
 
 def line(seconds: float, what: str, times: int = 1) -> str:
@@ -789,7 +792,7 @@ def report(rows: list[Row], n: int) -> None:
         )
         if row.processes is not None:
             report_processes(row.processes, n, cores)
-        if row.floor_pairs:
+        if len(row.floor_pairs) > 1:
             report_floor_pairs(row)
         if row.against is not None:
             report_against(row.against)
@@ -878,7 +881,7 @@ def figures(args: argparse.Namespace, tuned: bool, rows: list[Row], wall: float)
                     "raw": dataclasses.asdict(row.processes.raw),
                 },
                 "floor_pairs": None
-                if not row.floor_pairs
+                if len(row.floor_pairs) < 2
                 else {
                     "fedq_s_per_round": [p.fedq.seconds_per_round for p in row.floor_pairs],
                     "raw_s_per_round": [p.raw.seconds_per_round for p in row.floor_pairs],
