@@ -95,30 +95,38 @@ class Commits:
         """Model ``version.number + 1``: the aggregate applied, checked, written to a
         checkpoint file not yet durable and served from it (the RAM it took goes to the
         next accumulator), which :meth:`make_durable` then commits."""
-        number = version.number + 1
-        clock = time.perf_counter()
-        delta = await asyncio.to_thread(
-            self.remedy.result, version.aggregation, version.records, weights, version.number
+        new, staged, aggregate_seconds, stage_seconds = await asyncio.to_thread(
+            self._make_next, version, weights
         )
-        await asyncio.to_thread(check_finite, delta, f"the aggregate of v{number}")
-        new = await asyncio.to_thread(self.strategy.optimizer.step, weights, delta)
-        del delta
-        await asyncio.to_thread(check_finite, new, f"model v{number}")
-        aggregated = time.perf_counter()
-        staged = await asyncio.to_thread(
-            stage_checkpoint, self.config.state_dir / "models", new, self.strategy.optimizer.state()
-        )
-        new = await asyncio.to_thread(map_checkpoint, staged)
-        staged_at = time.perf_counter()
         return new, Committing(
             version.window,
             version.held,
             version.settled,
             reason,
             staged,
-            aggregated - clock,
-            staged_at - aggregated,
+            aggregate_seconds,
+            stage_seconds,
         )
+
+    def _make_next(self, version: Version, weights: Weights) -> tuple[Weights, Path, float, float]:
+        """:meth:`next_model`'s work, in one worker thread: it is the whole of the critical
+        path between a version's last update and the next model's publish, and with a hop
+        to the event loop between its steps, each step waited for a core again on a busy
+        machine. Returns the model, its staged file, and the seconds to aggregate and to
+        stage."""
+        number = version.number + 1
+        clock = time.perf_counter()
+        delta = self.remedy.result(version.aggregation, version.records, weights, version.number)
+        check_finite(delta, f"the aggregate of v{number}")
+        new = self.strategy.optimizer.step(weights, delta)
+        del delta
+        check_finite(new, f"model v{number}")
+        aggregated = time.perf_counter()
+        staged = stage_checkpoint(
+            self.config.state_dir / "models", new, self.strategy.optimizer.state()
+        )
+        new = map_checkpoint(staged)
+        return new, staged, aggregated - clock, time.perf_counter() - aggregated
 
     async def make_durable(self, new: Weights, committing: Committing) -> None:
         """Commit model ``new`` (published already): its evaluation, its checkpoint made

@@ -72,18 +72,25 @@ class Publisher:
             self._model_body = await asyncio.to_thread(
                 encode_message, meta, weights, self.config.codec
             )
-        if window.round is not None:
-            await self.control(
-                ROUND_OPEN,
-                RoundOpen(
-                    federation=self.config.federation,
-                    round=window.round,
-                    version=window.version,
-                    quorum=window.quorum,
-                    deadline_seconds=window.deadline_seconds,
-                ),
-            )
-        await self.model(self.topology.models, "")
+        if window.round is None:
+            await self.model(self.topology.models, "")
+            return
+        # round.open is for watchers, the model for participants: neither waits for the
+        # other's confirm (the model went out a broker round trip later when it did).
+        round_open = RoundOpen(
+            federation=self.config.federation,
+            round=window.round,
+            version=window.version,
+            quorum=window.quorum,
+            deadline_seconds=window.deadline_seconds,
+        )
+        for outcome in await asyncio.gather(
+            self.control(ROUND_OPEN, round_open),
+            self.model(self.topology.models, ""),
+            return_exceptions=True,
+        ):
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     async def _send_progress(self) -> None:
         while (message := self._progress) is not None:

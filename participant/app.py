@@ -192,14 +192,25 @@ def app_train_config(app: App) -> TrainConfig:
 async def train_on(
     app: App, weights: Weights, partition: Partition, config: TrainConfig
 ) -> TrainResult:
-    """``app.train``: awaited if it is a coroutine function, else run in a worker thread.
-    Its metrics are those an update may carry (:func:`~fedq.messages.schema.wire_metrics`):
-    a metric the app names oddly, or a loss gone NaN, is left out rather than refused."""
+    """``app.train``: awaited if it is a coroutine function, else run in a worker thread
+    (:func:`trained`)."""
     if inspect.iscoroutinefunction(app.train):
         result = await cast(Awaitable[TrainResult], app.train(weights, partition, config))
-    else:
-        result = cast(TrainResult, await asyncio.to_thread(app.train, weights, partition, config))
-    _refuse_shared(weights, result.weights)
+        return _checked(weights, result)
+    return await asyncio.to_thread(trained, app, weights, partition, config)
+
+
+def trained(app: App, weights: Weights, partition: Partition, config: TrainConfig) -> TrainResult:
+    """A plain ``app.train``, called here (a worker thread: a participant makes its copy of
+    the model in the same one), its result checked as :func:`train_on` checks it."""
+    return _checked(weights, cast(TrainResult, app.train(weights, partition, config)))
+
+
+def _checked(given: Weights, result: TrainResult) -> TrainResult:
+    """``result``, refused if it shares memory with ``given`` (:func:`_refuse_shared`), with
+    the metrics an update may carry (:func:`~fedq.messages.schema.wire_metrics`): a metric
+    the app names oddly, or a loss gone NaN, is left out rather than refused."""
+    _refuse_shared(given, result.weights)
     return replace(result, metrics=wire_metrics(result.metrics))
 
 

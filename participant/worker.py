@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,7 +43,15 @@ from fedq.messages.schema import (
 )
 from fedq.messages.topology import UPDATE_KEY, Topology, participant_key
 from fedq.messages.transport import Delivery, QueueFull, Transport, TransportError
-from fedq.participant.app import App, AppError, app_train_config, train_on
+from fedq.participant.app import (
+    App,
+    AppError,
+    TrainConfig,
+    TrainResult,
+    app_train_config,
+    train_on,
+    trained,
+)
 from fedq.participant.compression import ErrorFeedback
 from fedq.participant.config import ParticipantConfig
 from fedq.participant.model_assembly import ModelAssembler, WholeModel, model_queue_bytes
@@ -413,17 +422,18 @@ class Participant:
         await self._state_changed()
         failpoint("training")
         try:
-            await self._train_and_send(model.meta, await asyncio.to_thread(model.own_weights))
+            await self._train_and_send(model)
         finally:
             self.stats.state = "idle"
         await self._state_changed()
 
-    async def _train_and_send(self, meta: ModelMeta, global_weights: Weights) -> None:
+    async def _train_and_send(self, model: WholeModel) -> None:
+        meta = model.meta
         self._round = meta.round or 0
         started = time.monotonic()
         train = self.config.train or app_train_config(self.app)
         try:
-            result = await train_on(self.app, global_weights, self.config.partition, train)
+            global_weights, result = await self._trained(model, train)
         except AppError:
             raise
         except Exception as exc:  # the user's code: one line naming it, not a traceback
@@ -465,6 +475,22 @@ class Participant:
             )
         log.debug("%s sent its update on model v%d", self.config.participant_id, meta.version)
 
+    async def _trained(self, model: WholeModel, train: TrainConfig) -> tuple[Weights, TrainResult]:
+        """The participant's own copy of ``model`` and what the app trained from it. A plain
+        ``train`` runs in the worker thread that made the copy: each hop between the event
+        loop and a worker thread waits for a core, on a busy machine for milliseconds, and
+        this path is the round's."""
+        partition = self.config.partition
+        if inspect.iscoroutinefunction(self.app.train):
+            weights = await asyncio.to_thread(model.own_weights)
+            return weights, await train_on(self.app, weights, partition, train)
+
+        def copied_and_trained() -> tuple[Weights, TrainResult]:
+            weights = model.own_weights()
+            return weights, trained(self.app, weights, partition, train)
+
+        return await asyncio.to_thread(copied_and_trained)
+
     async def _send(
         self, update: UpdateMeta, local: Weights, global_: Weights, chunk_bytes: int
     ) -> int:
@@ -472,13 +498,13 @@ class Participant:
         model announced (one body in memory at a time, each confirmed before the next is
         made); returns the bytes sent. A retried chunk is the same bytes under the same
         update id: the coordinator keeps one."""
-        delta = await asyncio.to_thread(self._delta, local, global_, chunk_bytes)
-        count = chunk_count(delta, chunk_bytes)
-        codec = self.config.update_codec if self._feedback is None else self._feedback.wire_codec
-        bodies = encode_chunks(update, delta, codec, chunk_bytes)
+        count, body, bodies = await asyncio.to_thread(
+            self._first_body, update, local, global_, chunk_bytes
+        )
         sent = 0
-        index = 0
-        while (body := await asyncio.to_thread(next, bodies, None)) is not None:
+        for index in range(count):
+            if index > 0:
+                body = await asyncio.to_thread(next, bodies)
             headers: dict[str, str | int] = {
                 "federation": update.federation,
                 "participant": update.participant,
@@ -491,8 +517,17 @@ class Participant:
             await self._publish_until_taken(body, message_id, headers)
             failpoint("publishing_update")
             sent += len(body)
-            index += 1
         return sent
+
+    def _first_body(
+        self, update: UpdateMeta, local: Weights, global_: Weights, chunk_bytes: int
+    ) -> tuple[int, bytes, Iterator[bytes]]:
+        """(in a worker thread) The delta as sent: how many bodies carry it, the first one,
+        and the iterator that makes the others (made with the delta: one hop fewer)."""
+        delta = self._delta(local, global_, chunk_bytes)
+        codec = self.config.update_codec if self._feedback is None else self._feedback.wire_codec
+        bodies = encode_chunks(update, delta, codec, chunk_bytes)
+        return chunk_count(delta, chunk_bytes), next(bodies), bodies
 
     async def _publish_until_taken(
         self, body: bytes, message_id: str, headers: dict[str, str | int]
