@@ -25,6 +25,7 @@ from fedq.messages.schema import MESSAGE_TYPES, ModelMeta, RoundOpen, VersionPro
 from fedq.messages.topology import ROUND_OPEN, VERSION_PROGRESS, Topology
 from fedq.messages.transport import Transport, TransportError
 from fedq.runtime.failpoints import failpoint
+from fedq.runtime.supervise import stopped
 
 log = logging.getLogger("fedq.coordinator")
 
@@ -55,9 +56,13 @@ class Publisher:
         """Whether a version is open (before that, a join gets nothing)."""
         return self._model is not None
 
-    async def open(self, window: OpenVersion, weights: Weights) -> None:
-        """Announce the version ``window`` opens (its round, in round modes) and fan its
-        model out to every participant."""
+    async def open(self, window: OpenVersion, weights: Weights) -> asyncio.Task[None]:
+        """Announce the version ``window`` opens (its round, in round modes) and start to fan
+        its model out to every participant. Returns the fanout under way: it ends once the
+        broker confirmed the model. The collection need not wait for it: an update on this
+        model comes only after the model reached its participant, and waiting held every
+        update back by that confirm (a write to each model queue, 35 to 55 ms at P = 1M
+        with 10 participants) while they queued up on the broker."""
         meta = ModelMeta(
             federation=self.config.federation,
             version=window.version,
@@ -72,25 +77,25 @@ class Publisher:
             self._model_body = await asyncio.to_thread(
                 encode_message, meta, weights, self.config.codec
             )
-        if window.round is None:
-            await self.model(self.topology.models, "")
-            return
-        # round.open is for watchers, the model for participants: neither waits for the
-        # other's confirm (the model went out a broker round trip later when it did).
-        round_open = RoundOpen(
-            federation=self.config.federation,
-            round=window.round,
-            version=window.version,
-            quorum=window.quorum,
-            deadline_seconds=window.deadline_seconds,
+        fanout = asyncio.create_task(
+            self.model(self.topology.models, ""), name=f"fanout-v{window.version}"
         )
-        for outcome in await asyncio.gather(
-            self.control(ROUND_OPEN, round_open),
-            self.model(self.topology.models, ""),
-            return_exceptions=True,
-        ):
-            if isinstance(outcome, BaseException):
-                raise outcome
+        if window.round is not None:
+            try:
+                await self.control(
+                    ROUND_OPEN,
+                    RoundOpen(
+                        federation=self.config.federation,
+                        round=window.round,
+                        version=window.version,
+                        quorum=window.quorum,
+                        deadline_seconds=window.deadline_seconds,
+                    ),
+                )
+            except BaseException:
+                await stopped(fanout)
+                raise
+        return fanout
 
     async def _send_progress(self) -> None:
         while (message := self._progress) is not None:

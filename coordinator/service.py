@@ -34,7 +34,7 @@ from fedq.coordinator.headroom import Headroom
 from fedq.coordinator.intake import Intake
 from fedq.coordinator.ledger import FINISHED_AT
 from fedq.coordinator.membership import Membership
-from fedq.coordinator.modes import make_mode
+from fedq.coordinator.modes import OpenVersion, make_mode
 from fedq.coordinator.observers import CoordinatorObserver, Observers
 from fedq.coordinator.publish import Publisher
 from fedq.coordinator.remedy import Remedy
@@ -49,7 +49,7 @@ from fedq.messages.codec import Weights, spec_of
 from fedq.messages.schema import FederationDone, wire_metrics
 from fedq.messages.topology import FEDERATION_DONE, Topology
 from fedq.messages.transport import Delivery, Transport
-from fedq.runtime.supervise import alongside
+from fedq.runtime.supervise import alongside, beside, stopped
 
 log = logging.getLogger("fedq.coordinator")
 
@@ -230,9 +230,28 @@ class Coordinator:
         # which the publish then lets go of as it reads them (after it, they stayed, and
         # the coordinator's peak at 500 MB grew by the model).
         headroom = await asyncio.to_thread(Headroom.of, weights)
-        await self.publisher.open(window, weights)
-        await finished(committing)
-        self.observers.version_opened(number, window.round)
+        fanout = await self.publisher.open(window, weights)
+        try:
+            await finished(committing)
+            self.observers.version_opened(number, window.round)
+            version = self._version(window, weights, headroom)
+            try:
+                await self.publisher.progress(version, force=True)
+                # Collected while the broker confirms the model (see Publisher.open).
+                reason = await beside(collector.collect(version), fanout)
+                await fanout  # a model the broker did not confirm is not one to build on
+                new, next_commit = await self.commits.next_model(version, reason, weights)
+            finally:
+                version.close()  # its aggregation's files; its buffers go with it, below
+        finally:
+            await stopped(fanout)  # ended already, unless the collection failed
+        task = asyncio.create_task(
+            self.commits.make_durable(new, next_commit), name=f"commit-v{number + 1}"
+        )
+        return new, number + 1, task
+
+    def _version(self, window: OpenVersion, weights: Weights, headroom: Headroom) -> Version:
+        """The version ``window`` opens, its aggregation started on ``weights``."""
         config = self.config
         aggregation = self.strategy.aggregator.start(
             AggregationContext(
@@ -240,7 +259,7 @@ class Coordinator:
                 capacity=window.quorum,
                 memory_budget=int(config.robust_memory_mb * 2**20),
                 spill_dir=config.state_dir / "spill",
-                version=number + 1,
+                version=window.version + 1,
                 max_weight_share=config.max_weight_share,
             )
         )
@@ -254,16 +273,7 @@ class Coordinator:
             early=config.folds_early,
         )
         version.cache = self.remedy.cache
-        try:
-            await self.publisher.progress(version, force=True)
-            reason = await collector.collect(version)
-            new, next_commit = await self.commits.next_model(version, reason, weights)
-        finally:
-            version.close()  # its aggregation's files; its buffers go with it, below
-        task = asyncio.create_task(
-            self.commits.make_durable(new, next_commit), name=f"commit-v{number + 1}"
-        )
-        return new, number + 1, task
+        return version
 
     async def _finish(self, version: int) -> None:
         last = await asyncio.to_thread(self.ledger.last_version)

@@ -39,3 +39,26 @@ async def alongside(
         for task in (work, side):
             task.cancel()
         await asyncio.gather(work, side, return_exceptions=True)
+
+
+async def beside(main: Coroutine[Any, Any, T], side: asyncio.Future[Any]) -> T:
+    """``main``'s result, with ``side`` (already running, e.g. a publish being confirmed)
+    allowed to end meanwhile: if it fails, ``main`` is cancelled and the failure raised; if
+    it ends well, ``main`` goes on. ``side`` is left as it is when ``main`` ends first (the
+    caller awaits it). Cancelling this cancels ``main``."""
+    work = asyncio.ensure_future(main)
+    try:
+        await asyncio.wait({work, side}, return_when=asyncio.FIRST_COMPLETED)
+        if not work.done():
+            side.result()  # raises what it failed with (or CancelledError)
+        return await work
+    finally:
+        await stopped(work)
+
+
+async def stopped(task: asyncio.Future[Any]) -> None:
+    """``task`` cancelled unless it ended, and waited for; what it raised is dropped (the
+    caller is on its way out with an error of its own, or took the result already)."""
+    if not task.done():
+        task.cancel()
+    await asyncio.gather(task, return_exceptions=True)

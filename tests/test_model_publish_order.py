@@ -53,7 +53,7 @@ async def test_a_copy_to_one_queue_taken_before_a_new_version_lands_before_its_f
     recorder = Recorder()
     publisher = Publisher(config, cast(Transport, recorder), Topology("order"))
     weights = {"w": np.zeros(4, dtype=np.float32)}
-    await publisher.open(window(0), weights)
+    await (await publisher.open(window(0), weights))  # v0's fanout, confirmed
     answer = asyncio.create_task(publisher.model("", QUEUE))  # v0 is the current model
     await recorder.waiting.wait()
     newer = asyncio.create_task(publisher.open(window(1), weights))
@@ -70,5 +70,6 @@ async def test_a_copy_to_one_queue_taken_before_a_new_version_lands_before_its_f
     await until_async(polled(v1_ready), what="v1's body encoded")
     recorder.gate.set()
     await asyncio.gather(answer, newer)
+    await newer.result()  # v1's fanout
     models = Topology("order").models
     assert recorder.published == [(models, "", 0), ("", QUEUE, 0), (models, "", 1)]
