@@ -497,7 +497,7 @@ def measure_cpu(app: SyntheticApp, n: int, repeat: int) -> CpuParts:
         decoded.meta(UpdateMeta)
         check_tensors(decoded.tensors, spec)
 
-    deltas = check_tensors(decode_message(body, spec).tensors, spec)
+    deltas, _ = check_tensors(decode_message(body, spec).tensors, spec)
 
     def fold() -> Aggregation:
         aggregation = WeightedMean().start(

@@ -19,13 +19,14 @@ admits into: :class:`~.verdicts.Admission`); runs in a worker thread.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
 import xxhash
 
 from fedq.coordinator.roster import Roster
-from fedq.coordinator.strategies.base import l2_norm, sum_of_squares
+from fedq.coordinator.strategies.base import sum_of_squares
 from fedq.coordinator.verdicts import (
     Admission,
     Candidate,
@@ -144,8 +145,8 @@ class Intake:
                 return ChunkCandidate(
                     meta, chunk, slices, squares, chunk_digest(decoded.tensors), admitted
                 )
-            deltas = check_tensors(decoded.tensors, self.spec, self.max_norm)
-            return Candidate(meta, deltas, digest, admitted)
+            deltas, squares = check_tensors(decoded.tensors, self.spec, self.max_norm)
+            return Candidate(meta, deltas, squares, digest, admitted)
         except Rejection as rejection:
             return Refused(rejection, meta)
 
@@ -177,22 +178,25 @@ def check_slices(tensors: list[WireTensor]) -> tuple[list[TensorSlice], float]:
 
 def check_tensors(
     tensors: list[WireTensor], spec: ModelSpec, max_norm: float | None = None
-) -> dict[str, np.ndarray]:
-    """The update's deltas by name, or Rejection: every tensor of ``spec`` present, finite
-    values, and (if ``max_norm`` is set) the L2 norm of the whole delta, a first guard
-    against an update scaled up to drag the model (model replacement). ``tensors`` were
-    decoded against ``spec``, which checked each one's shape and dtype before decoding."""
+) -> tuple[dict[str, np.ndarray], float]:
+    """The update's deltas by name and the sum of their squared values, or Rejection:
+    every tensor of ``spec`` present, finite values, and (if ``max_norm`` is set) the L2
+    norm of the whole delta, a first guard against an update scaled up to drag the model
+    (model replacement). ``tensors`` were decoded against ``spec``, which checked each
+    one's shape and dtype before decoding. One pass over the values gives all three, as
+    for a chunk (:func:`check_slices`), and the fold takes the norm from it
+    (:class:`~.strategies.base.WholeDelta`) instead of a pass of its own."""
     names = [t.name for t in tensors]
     if set(names) != set(spec):
         missing = sorted(set(spec) - set(names))
         extra = sorted(set(names) - set(spec))
         raise Rejection("tensor_mismatch", f"missing {missing[:5]}, unexpected {extra[:5]}")
+    squares = 0.0
     for t in tensors:
-        if not np.isfinite(t.array).all():
+        square = sum_of_squares(t.array)
+        if not np.isfinite(square):  # NaN or infinity among the values
             raise Rejection("non_finite", f"tensor {t.name!r} holds NaN or infinity")
-    deltas = {t.name: t.array for t in tensors}
-    if max_norm is not None:
-        norm = l2_norm(deltas)
-        if norm > max_norm:
-            raise Rejection("norm_exceeded", f"update L2 norm {norm:.4g} > bound {max_norm:.4g}")
-    return deltas
+        squares += square
+    if max_norm is not None and (norm := math.sqrt(squares)) > max_norm:
+        raise Rejection("norm_exceeded", f"update L2 norm {norm:.4g} > bound {max_norm:.4g}")
+    return {t.name: t.array for t in tensors}, squares

@@ -79,6 +79,8 @@ class Candidate:
     meta: UpdateMeta
     #: Read-only views over the body: fold them before the body is released.
     deltas: dict[str, np.ndarray]
+    #: Sum of the squares of its values (float64), for its norm.
+    sum_squares: float
     digest: str
     admitted: Admitted
 

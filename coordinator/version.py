@@ -23,6 +23,7 @@ and complete under the next, which admits it again (:meth:`Version.readmit`).
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import Counter
 from dataclasses import dataclass
 
@@ -71,7 +72,7 @@ class Update:
         """The update of one message."""
         return cls(
             candidate.meta,
-            WholeDelta(candidate.deltas),
+            WholeDelta(candidate.deltas, math.sqrt(candidate.sum_squares)),
             candidate.admitted,
             candidate.digest,
             {0: delivery},

@@ -6,7 +6,8 @@ import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from types import SimpleNamespace
+from typing import ClassVar, cast
 
 import numpy as np
 import pytest
@@ -18,11 +19,14 @@ from fedq.coordinator.intake import Intake, body_digest, check_tensors
 from fedq.coordinator.modes import OpenVersion, make_mode
 from fedq.coordinator.records import UpdateRecord
 from fedq.coordinator.strategies import AggregationContext
+from fedq.coordinator.strategies.base import WholeDelta, l2_norm
 from fedq.coordinator.strategies.early_mean import WeightedMean
 from fedq.coordinator.strategies.fedavg import FedAvg
 from fedq.coordinator.verdicts import Admitted, Candidate, Duplicate, Refused, Rejection
+from fedq.coordinator.version import Update
 from fedq.messages.codec import decode_message, encode_message, spec_of
 from fedq.messages.schema import UpdateMeta
+from fedq.messages.transport import Delivery
 
 MODEL = {"w": np.zeros((3, 2), np.float32), "b": np.zeros(2, np.float32)}
 
@@ -122,7 +126,24 @@ def test_an_update_above_the_norm_bound_is_rejected_even_in_fp16():
         check_tensors(half, spec, max_norm=100.0)
     assert err.value.reason == "norm_exceeded" and "bound 100" in err.value.detail
     small = {k: np.full_like(v, 0.01) for k, v in MODEL.items()}
-    assert set(check_tensors(wire(small), spec, max_norm=100.0)) == set(MODEL)
+    assert set(check_tensors(wire(small), spec, max_norm=100.0)[0]) == set(MODEL)
+
+
+def test_the_norm_a_fold_uses_is_the_intake_s_one_pass():
+    """The intake's pass over an update's values gives the fold its norm: the same as the
+    fold's own pass would (so no second pass is needed), and NaN refused by it."""
+    rng = np.random.default_rng(7)
+    tensors = {k: rng.normal(size=v.shape).astype(v.dtype) for k, v in MODEL.items()}
+    intake = Intake("f", spec_of(MODEL), nothing)
+    verdict = intake.check(encode_message(update_meta(), tensors), None, Into(nothing, admit_all))
+    assert isinstance(verdict, Candidate)
+    update = Update.of(verdict, cast(Delivery, SimpleNamespace(body=b"")))
+    assert isinstance(update.pieces, WholeDelta)
+    update.pieces.delta = {k: np.zeros_like(v) for k, v in tensors.items()}  # no pass sees it
+    assert update.pieces.norm() == l2_norm(tensors) > 0
+    tensors[next(iter(MODEL))].reshape(-1)[-1] = np.nan
+    with pytest.raises(Rejection, match="NaN or infinity"):
+        check_tensors(wire(tensors), spec_of(MODEL))
 
 
 def admit_all(meta: UpdateMeta) -> Admitted:

@@ -130,10 +130,12 @@ class DeltaPieces(abc.ABC):
 class WholeDelta(DeltaPieces):
     """A delta whose tensors are all in memory (an update that came in one message)."""
 
-    def __init__(self, delta: Delta) -> None:
+    def __init__(self, delta: Delta, norm: float | None = None) -> None:
+        """``norm``: the delta's L2 norm if already known (the intake's, from its one pass
+        over the values), else computed when first asked for."""
         super().__init__({name: (t.shape, t.dtype) for name, t in delta.items()})
         self.delta = delta
-        self._norm: float | None = None
+        self._norm = norm
 
     def __iter__(self) -> Iterator[Piece]:
         for name, tensor in self.delta.items():
