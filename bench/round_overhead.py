@@ -764,10 +764,11 @@ def report_against(compared: AgainstCommit) -> None:
     print(f"    median ratio {statistics.median(compared.ratios):.2f}x (above 1: this is slower)")
     for side, runs in (("this checkout", compared.this_cpu), (name, compared.other_cpu)):
         parts = ", ".join(
-            f"{c.coordinator:.2f} + {c.participants:.2f} + {c.broker:.2f} = {c.total:.2f}"
+            f"{1e3 * c.coordinator:.0f} + {1e3 * c.participants:.0f} + {1e3 * c.broker:.0f}"
+            f" = {1e3 * c.total:.0f}"
             for c in runs
         )
-        print(f"    CPU s per round, {side} (coordinator + participants + broker): {parts}")
+        print(f"    CPU ms per round, {side} (coordinator + participants + broker): {parts}")
 
 
 def report(rows: list[Row], n: int) -> None:
