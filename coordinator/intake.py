@@ -165,15 +165,22 @@ def check_slices(tensors: list[WireTensor]) -> tuple[list[TensorSlice], float]:
     before decoding); whether the chunks cover each value exactly once is the assembler's check,
     once it has them all."""
     slices: list[TensorSlice] = []
-    squares = 0.0
     for t in tensors:
         assert t.slice is not None, "the decoder gives every tensor of a chunk its slice"
+        slices.append(TensorSlice(t.name, *t.slice))
+    return slices, finite_squares(tensors)
+
+
+def finite_squares(tensors: list[WireTensor]) -> float:
+    """The sum of the squared values of ``tensors`` (float64), or Rejection: a value is NaN
+    or infinite. One pass gives both: the sum is finite exactly when every value is."""
+    squares = 0.0
+    for t in tensors:
         square = sum_of_squares(t.array)
-        if not np.isfinite(square):  # NaN or infinity among the values
+        if not np.isfinite(square):
             raise Rejection("non_finite", f"tensor {t.name!r} holds NaN or infinity")
         squares += square
-        slices.append(TensorSlice(t.name, *t.slice))
-    return slices, squares
+    return squares
 
 
 def check_tensors(
@@ -183,20 +190,15 @@ def check_tensors(
     every tensor of ``spec`` present, finite values, and (if ``max_norm`` is set) the L2
     norm of the whole delta, a first guard against an update scaled up to drag the model
     (model replacement). ``tensors`` were decoded against ``spec``, which checked each
-    one's shape and dtype before decoding. One pass over the values gives all three, as
-    for a chunk (:func:`check_slices`), and the fold takes the norm from it
+    one's shape and dtype before decoding. One pass over the values gives all three
+    (:func:`finite_squares`, as for a chunk), and the fold takes the norm from it
     (:class:`~.strategies.base.WholeDelta`) instead of a pass of its own."""
     names = [t.name for t in tensors]
     if set(names) != set(spec):
         missing = sorted(set(spec) - set(names))
         extra = sorted(set(names) - set(spec))
         raise Rejection("tensor_mismatch", f"missing {missing[:5]}, unexpected {extra[:5]}")
-    squares = 0.0
-    for t in tensors:
-        square = sum_of_squares(t.array)
-        if not np.isfinite(square):  # NaN or infinity among the values
-            raise Rejection("non_finite", f"tensor {t.name!r} holds NaN or infinity")
-        squares += square
+    squares = finite_squares(tensors)
     if max_norm is not None and (norm := math.sqrt(squares)) > max_norm:
         raise Rejection("norm_exceeded", f"update L2 norm {norm:.4g} > bound {max_norm:.4g}")
     return {t.name: t.array for t in tensors}, squares

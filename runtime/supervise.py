@@ -36,9 +36,7 @@ async def alongside(
         failure = side.exception() if not side.cancelled() else None
         raise failure or CompanionEnded(f"{name} ended while the work went on")
     finally:
-        for task in (work, side):
-            task.cancel()
-        await asyncio.gather(work, side, return_exceptions=True)
+        await stopped(work, side)
 
 
 async def beside(main: Coroutine[Any, Any, T], side: asyncio.Future[Any]) -> T:
@@ -56,9 +54,9 @@ async def beside(main: Coroutine[Any, Any, T], side: asyncio.Future[Any]) -> T:
         await stopped(work)
 
 
-async def stopped(task: asyncio.Future[Any]) -> None:
-    """``task`` cancelled unless it ended, and waited for; what it raised is dropped (the
-    caller is on its way out with an error of its own, or took the result already)."""
-    if not task.done():
-        task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+async def stopped(*tasks: asyncio.Future[Any]) -> None:
+    """``tasks`` cancelled unless they ended, and waited for; what they raised is dropped
+    (the caller is on its way out with an error of its own, or took the result already)."""
+    for task in tasks:
+        task.cancel()  # nothing for one that ended
+    await asyncio.gather(*tasks, return_exceptions=True)
